@@ -1,0 +1,1 @@
+//! EXIF/XMP tagging.

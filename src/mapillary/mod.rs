@@ -1,0 +1,1 @@
+//! Mapillary Graph API + CDN client.

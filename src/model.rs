@@ -1,0 +1,367 @@
+//! Domain types shared by every layer: the image metadata the API serves, the
+//! quality and bbox a job asks for, and the id rules that guard the file system.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::fmt;
+use std::str::FromStr;
+
+/// The image fields we ask the API for, in the order `fields=` lists them.
+/// Every `thumb_*_url` is requested so a refresh serves any quality.
+pub const IMAGE_FIELDS: &[&str] = &[
+    "id",
+    "captured_at",
+    "geometry",
+    "computed_geometry",
+    "altitude",
+    "computed_altitude",
+    "compass_angle",
+    "computed_compass_angle",
+    "sequence",
+    "make",
+    "model",
+    "is_pano",
+    "camera_type",
+    "width",
+    "height",
+    "exif_orientation",
+    "creator",
+    "thumb_256_url",
+    "thumb_1024_url",
+    "thumb_2048_url",
+    "thumb_original_url",
+];
+
+/// A GeoJSON point as the API serves it: `coordinates` is `[lon, lat]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GeoPoint {
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    pub coordinates: Vec<f64>,
+}
+
+impl GeoPoint {
+    /// `(lat, lon)` when the point has two finite coordinates in range.
+    pub fn lat_lon(&self) -> Option<(f64, f64)> {
+        match self.coordinates.as_slice() {
+            [lon, lat, ..]
+                if lon.is_finite()
+                    && lat.is_finite()
+                    && (-90.0..=90.0).contains(lat)
+                    && (-180.0..=180.0).contains(lon) =>
+            {
+                Some((*lat, *lon))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// One image as served by `GET /images` or `GET /?ids=`.
+///
+/// Every field is optional because the API omits fields freely; `0.0` is a
+/// value, and only an absent field is `None`. Fields we do not model are kept
+/// in `extra`, so `metadata.jsonl` loses nothing the API said.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ImageMeta {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub captured_at: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub geometry: Option<GeoPoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub computed_geometry: Option<GeoPoint>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub altitude: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub computed_altitude: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compass_angle: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub computed_compass_angle: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub make: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_pano: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub camera_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumb_256_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumb_1024_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumb_2048_url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thumb_original_url: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl ImageMeta {
+    /// The CDN URL for `quality`, if the API served one.
+    pub fn url_for(&self, quality: Quality) -> Option<&str> {
+        match quality {
+            Quality::Original => self.thumb_original_url.as_deref(),
+            Quality::Q2048 => self.thumb_2048_url.as_deref(),
+            Quality::Q1024 => self.thumb_1024_url.as_deref(),
+            Quality::Q256 => self.thumb_256_url.as_deref(),
+        }
+    }
+
+    /// A copy without any `*_url` field: what we persist and what
+    /// `metadata.jsonl` holds. URLs expire, so storing them is useless.
+    pub fn without_urls(&self) -> ImageMeta {
+        let mut copy = self.clone();
+        copy.thumb_256_url = None;
+        copy.thumb_1024_url = None;
+        copy.thumb_2048_url = None;
+        copy.thumb_original_url = None;
+        copy.extra.retain(|key, _| !key.ends_with("_url"));
+        copy
+    }
+}
+
+/// The image size a job downloads. Serialised as SPEC's strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Quality {
+    #[serde(rename = "original")]
+    Original,
+    #[serde(rename = "2048")]
+    Q2048,
+    #[serde(rename = "1024")]
+    Q1024,
+    #[serde(rename = "256")]
+    Q256,
+}
+
+impl Quality {
+    pub const ALL: [Quality; 4] = [
+        Quality::Original,
+        Quality::Q2048,
+        Quality::Q1024,
+        Quality::Q256,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quality::Original => "original",
+            Quality::Q2048 => "2048",
+            Quality::Q1024 => "1024",
+            Quality::Q256 => "256",
+        }
+    }
+
+    /// The API field that carries this quality's URL.
+    pub fn url_field(self) -> &'static str {
+        match self {
+            Quality::Original => "thumb_original_url",
+            Quality::Q2048 => "thumb_2048_url",
+            Quality::Q1024 => "thumb_1024_url",
+            Quality::Q256 => "thumb_256_url",
+        }
+    }
+}
+
+impl fmt::Display for Quality {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Quality {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Quality::ALL
+            .into_iter()
+            .find(|q| q.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown quality {s:?}: expected one of original, 2048, 1024, 256")
+            })
+    }
+}
+
+/// A bounding box `[west, south, east, north]` in degrees, validated on build.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(into = "[f64; 4]")]
+pub struct Bbox {
+    pub west: f64,
+    pub south: f64,
+    pub east: f64,
+    pub north: f64,
+}
+
+impl From<Bbox> for [f64; 4] {
+    fn from(b: Bbox) -> Self {
+        [b.west, b.south, b.east, b.north]
+    }
+}
+
+impl Bbox {
+    /// Checks SPEC's rule: four finite numbers, w<e, s<n, inside ±180/±90.
+    pub fn new(west: f64, south: f64, east: f64, north: f64) -> Result<Bbox, String> {
+        let all = [west, south, east, north];
+        if all.iter().any(|v| !v.is_finite()) {
+            return Err("bbox values must be finite numbers".into());
+        }
+        if !(-180.0..=180.0).contains(&west) || !(-180.0..=180.0).contains(&east) {
+            return Err("bbox longitudes must lie within -180..180".into());
+        }
+        if !(-90.0..=90.0).contains(&south) || !(-90.0..=90.0).contains(&north) {
+            return Err("bbox latitudes must lie within -90..90".into());
+        }
+        if west >= east {
+            return Err("bbox west must be less than east".into());
+        }
+        if south >= north {
+            return Err("bbox south must be less than north".into());
+        }
+        Ok(Bbox {
+            west,
+            south,
+            east,
+            north,
+        })
+    }
+
+    pub fn from_slice(values: &[f64]) -> Result<Bbox, String> {
+        match values {
+            [w, s, e, n] => Bbox::new(*w, *s, *e, *n),
+            _ => Err(format!(
+                "bbox must have exactly four numbers [west, south, east, north], got {}",
+                values.len()
+            )),
+        }
+    }
+
+    /// The `bbox=` query value: `minLon,minLat,maxLon,maxLat`.
+    pub fn to_query(&self) -> String {
+        format!("{},{},{},{}", self.west, self.south, self.east, self.north)
+    }
+
+    pub fn contains(&self, lat: f64, lon: f64) -> bool {
+        (self.west..=self.east).contains(&lon) && (self.south..=self.north).contains(&lat)
+    }
+}
+
+impl FromStr for Bbox {
+    type Err = String;
+    /// Parses the CLI form `W,S,E,N`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let values = s
+            .split(',')
+            .map(|part| {
+                part.trim()
+                    .parse::<f64>()
+                    .map_err(|_| format!("bbox value {part:?} is not a number"))
+            })
+            .collect::<Result<Vec<f64>, String>>()?;
+        Bbox::from_slice(&values)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bbox {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let values = Vec::<f64>::deserialize(d)?;
+        Bbox::from_slice(&values).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Checks a Mapillary username before it reaches a path or a query.
+pub fn validate_username(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("username must not be empty".into());
+    }
+    if name.len() > 100 {
+        return Err("username is longer than 100 bytes".into());
+    }
+    if name == "." || name == ".." {
+        return Err("username must not be '.' or '..'".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| *c == '/' || *c == '\\' || c.is_control() || c.is_whitespace())
+    {
+        return Err(format!("username contains a forbidden character {c:?}"));
+    }
+    Ok(())
+}
+
+/// Invariant 10: an image id must be digits before it names a file.
+pub fn validate_image_id(id: &str) -> Result<(), String> {
+    if !id.is_empty() && id.len() <= 32 && id.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(format!("invalid image id {id:?}: expected 1-32 digits"))
+    }
+}
+
+/// Invariant 10: a sequence id must be `[A-Za-z0-9_-]{1,64}` before it names a folder.
+pub fn validate_sequence_id(id: &str) -> Result<(), String> {
+    if !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid sequence id {id:?}: expected 1-64 characters of [A-Za-z0-9_-]"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_is_a_value_when_parsing() {
+        let m: ImageMeta =
+            serde_json::from_str(r#"{"id":"1","compass_angle":0.0,"altitude":0}"#).unwrap();
+        assert_eq!(m.compass_angle, Some(0.0));
+        assert_eq!(m.altitude, Some(0.0));
+        assert_eq!(m.computed_compass_angle, None);
+    }
+
+    #[test]
+    fn without_urls_drops_every_url_and_keeps_unknown_fields() {
+        let m: ImageMeta = serde_json::from_str(
+            r#"{"id":"1","thumb_256_url":"http://x","quality_score":0.5,"thumb_5120_url":"y"}"#,
+        )
+        .unwrap();
+        let v = serde_json::to_value(m.without_urls()).unwrap();
+        assert_eq!(v, serde_json::json!({"id":"1","quality_score":0.5}));
+    }
+
+    #[test]
+    fn bbox_rules() {
+        assert!("1,2,3,4".parse::<Bbox>().is_ok());
+        assert!("3,2,1,4".parse::<Bbox>().is_err());
+        assert!("1,2,3".parse::<Bbox>().is_err());
+        assert!("1,2,3,NaN".parse::<Bbox>().is_err());
+        assert!("-181,2,3,4".parse::<Bbox>().is_err());
+        assert!(serde_json::from_str::<Bbox>("[1,2,3,91]").is_err());
+    }
+
+    #[test]
+    fn id_rules() {
+        assert!(validate_image_id("1383728082010917").is_ok());
+        assert!(validate_image_id("../etc").is_err());
+        assert!(validate_image_id("").is_err());
+        assert!(validate_sequence_id("aB3_-x").is_ok());
+        assert!(validate_sequence_id("a/b").is_err());
+        assert!(validate_sequence_id(&"a".repeat(65)).is_err());
+        assert!(validate_username("alice").is_ok());
+        assert!(validate_username("a/b").is_err());
+        assert!(validate_username("a\u{7}").is_err());
+    }
+}
