@@ -6,7 +6,7 @@
 //! Values are checked after merging, and an error names the key and the layer
 //! that set it, so a user knows which file or variable to fix.
 
-use crate::secret::Secret;
+pub use crate::secret::Secret;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

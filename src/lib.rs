@@ -8,11 +8,27 @@
 //! - [`exif`]: JPEG bytes + metadata -> tagged JPEG bytes (EXIF, GPS, XMP GPano).
 //! - [`secret`]: a string type whose Debug and Display print `[redacted]`.
 //! - [`units`]: human-readable sizes, rates and durations.
+//! - [`archive`]: the on-disk layout and durable writes (`.part`, fsync, rename, fsync dir).
+//! - [`engine`]: enumerators, the dispatcher, workers and the supervisor; crash recovery and shutdown.
+//! - [`app`]: wiring for `serve`: store + client + engine + HTTP server, and signal handling.
+//! - [`oneshot`]: the `download` command (engine in-process until done) and the `--dry-run` size estimate.
+//! - [`progress`]: progress bars on a terminal, plain lines elsewhere; pure rendering helpers.
+//! - [`status`]: the status report shared by `GET /status` and the `status` command.
+//! - [`commands`]: per-subcommand glue and exit codes. [`cli`]: the clap command line. [`telemetry`]: tracing setup.
 
+pub mod app;
+pub mod archive;
+pub mod cli;
+pub mod commands;
 pub mod config;
+pub mod engine;
 pub mod exif;
 pub mod mapillary;
 pub mod model;
+pub mod oneshot;
+pub mod progress;
 pub mod secret;
+pub mod status;
 pub mod store;
+pub mod telemetry;
 pub mod units;

@@ -1,0 +1,138 @@
+//! Wiring: builds the store, the client, the engine and the HTTP server from
+//! [`Settings`], and runs them until a shutdown signal.
+//!
+//! [`Application::build`] binds the listener itself and reports the real
+//! address, so tests run the whole daemon on `127.0.0.1:0`.
+
+use crate::api::{self, AppState, HttpServer};
+use crate::config::Settings;
+use crate::engine::{Engine, EngineContext, Tuning, new_owner_id};
+use crate::mapillary::{ClientSettings, MapillaryClient};
+use crate::secret::Secret;
+use crate::stats::Stats;
+use crate::store::Store;
+use anyhow::Context;
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// Name of the lock file that keeps two engines off one data dir.
+const LOCK_FILE: &str = "mapillary.lock";
+
+/// Takes the data dir's exclusive lock. Two engines on one database would
+/// hand back each other's in-flight images at startup; `status` needs no lock.
+pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
+    let path = data_dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    file.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "another mapillary-downloader is already running on {} (lock file {})",
+            data_dir.display(),
+            path.display()
+        )
+    })?;
+    Ok(file)
+}
+
+/// Builds the client settings from the `[mapillary]` section.
+pub fn client_settings(settings: &Settings) -> anyhow::Result<ClientSettings> {
+    let m = &settings.mapillary;
+    Ok(ClientSettings {
+        api_url: url::Url::parse(&m.url).context("mapillary.url")?,
+        page_size: m.page_size,
+        calls_per_minute: m.calls_per_minute,
+        connect_timeout: Duration::from_secs(m.connect_timeout_secs),
+        request_timeout: Duration::from_secs(m.request_timeout_secs),
+        download_timeout: Duration::from_secs(m.download_timeout_secs),
+        max_image_bytes: m.max_image_bytes,
+    })
+}
+
+/// The engine's shared context, ready to start.
+pub async fn engine_context(settings: &Settings, token: Secret) -> anyhow::Result<EngineContext> {
+    let store = Store::open(&settings.database_path())
+        .await
+        .with_context(|| format!("cannot open the database {}", settings.database_path().display()))?;
+    let client = MapillaryClient::new(client_settings(settings)?, token)?;
+    Ok(EngineContext {
+        store: Arc::new(store),
+        client,
+        stats: Arc::new(Stats::new()),
+        wake: Arc::new(Notify::new()),
+        archive_dir: settings.archive_dir(),
+        owner: new_owner_id(),
+        tuning: Tuning::from_settings(settings),
+    })
+}
+
+/// The daemon: HTTP API + engine.
+pub struct Application {
+    server: HttpServer,
+    engine: Engine,
+    _lock: File,
+}
+
+impl Application {
+    pub async fn build(settings: &Settings, token: Secret) -> anyhow::Result<Application> {
+        let lock = lock_data_dir(&settings.storage.data_dir)?;
+        let ctx = engine_context(settings, token).await?;
+        let addr = settings.listen_addr().map_err(anyhow::Error::msg)?;
+        let state = AppState {
+            store: ctx.store.clone(),
+            wake: ctx.wake.clone(),
+            stats: ctx.stats.clone(),
+            api_token: settings.api_token().cloned(),
+            started: std::time::Instant::now(),
+        };
+        let server = api::bind(addr, state)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let engine = Engine::start(ctx).await?;
+        Ok(Application {
+            server,
+            engine,
+            _lock: lock,
+        })
+    }
+
+    /// The address the API really listens on (port 0 resolved).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr
+    }
+
+    /// Serves until `shutdown` resolves, then stops the engine gracefully.
+    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let stop_http = CancellationToken::new();
+        let server = tokio::spawn(self.server.serve(stop_http.clone()));
+        shutdown.await;
+        info!("shutting down: no new claims; letting in-flight images finish");
+        self.engine.shutdown().await;
+        stop_http.cancel();
+        server.await.context("HTTP server task")?.context("HTTP server")?;
+        info!("shutdown complete");
+        Ok(())
+    }
+}
+
+/// Resolves on the first SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => info!("received SIGTERM"),
+        _ = int.recv() => info!("received SIGINT"),
+    }
+}

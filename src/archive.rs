@@ -1,0 +1,234 @@
+//! The archive on disk: where each image goes, and how it gets there durably.
+//!
+//! Layout (shared with the Python tool, so archives are interchangeable):
+//! `<archive>/mapillary-<username>-<quality>/<YYYY-MM-DD>/<sequence_id>/<image_id>.jpg`.
+//! Invariant 1 lives here: a file is written to `<final>.part`, fsynced,
+//! renamed, and its directory fsynced, before anyone may call it done.
+
+use crate::model::{ImageMeta, Quality, validate_image_id, validate_sequence_id, validate_username};
+use chrono::{DateTime, Utc};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Suffix of a file still being written. Never left behind by a finished job.
+pub const PART_SUFFIX: &str = ".part";
+/// Name of the per-collection metadata file.
+pub const METADATA_FILE: &str = "metadata.jsonl";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    /// Invariant 10: an id that would not be a safe path component.
+    #[error("{0}")]
+    InvalidId(String),
+    /// ENOSPC (or a quota): not the image's fault, so it costs no attempt.
+    #[error("disk full while writing {path}: {source}")]
+    DiskFull { path: PathBuf, source: io::Error },
+    #[error("cannot write {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+impl ArchiveError {
+    fn from_io(path: &Path, source: io::Error) -> ArchiveError {
+        let full = source.kind() == io::ErrorKind::StorageFull
+            || source.kind() == io::ErrorKind::QuotaExceeded
+            || source.raw_os_error() == Some(28);
+        if full {
+            ArchiveError::DiskFull {
+                path: path.to_path_buf(),
+                source,
+            }
+        } else {
+            ArchiveError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    }
+}
+
+/// The folder holding one job's images: `mapillary-<username>-<quality>`.
+pub fn collection_dir(archive: &Path, username: &str, quality: Quality) -> Result<PathBuf, ArchiveError> {
+    validate_username(username).map_err(ArchiveError::InvalidId)?;
+    Ok(archive.join(format!("mapillary-{username}-{quality}")))
+}
+
+/// The UTC date folder of a capture time, or `unknown-date`.
+pub fn date_folder(captured_at_ms: Option<i64>) -> String {
+    captured_at_ms
+        .and_then(DateTime::<Utc>::from_timestamp_millis)
+        .map(|t| t.format("%Y-%m-%d").to_string())
+        .unwrap_or_else(|| "unknown-date".to_string())
+}
+
+/// Where an image's file goes. Validates every id before it touches a path.
+pub fn image_path(collection: &Path, meta: &ImageMeta) -> Result<PathBuf, ArchiveError> {
+    validate_image_id(&meta.id).map_err(ArchiveError::InvalidId)?;
+    let mut dir = collection.join(date_folder(meta.captured_at));
+    if let Some(sequence) = meta.sequence.as_deref().filter(|s| !s.is_empty()) {
+        validate_sequence_id(sequence).map_err(ArchiveError::InvalidId)?;
+        dir.push(sequence);
+    }
+    Ok(dir.join(format!("{}.jpg", meta.id)))
+}
+
+fn part_path(final_path: &Path) -> PathBuf {
+    let mut name = final_path.as_os_str().to_owned();
+    name.push(PART_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// Writes `bytes` to `final_path` durably: `.part`, fsync, set mtime, rename,
+/// fsync the directory. On any error the `.part` file is removed, so a
+/// failure never leaves a half-written file behind.
+pub fn write_durably(final_path: &Path, bytes: &[u8], mtime_ms: Option<i64>) -> Result<(), ArchiveError> {
+    let dir = final_path
+        .parent()
+        .ok_or_else(|| ArchiveError::from_io(final_path, io::Error::other("path has no parent")))?;
+    fs::create_dir_all(dir).map_err(|e| ArchiveError::from_io(dir, e))?;
+    let part = part_path(final_path);
+    let result = write_part(&part, bytes, mtime_ms).and_then(|()| {
+        fs::rename(&part, final_path).map_err(|e| ArchiveError::from_io(final_path, e))?;
+        sync_dir(dir)
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&part);
+    }
+    result
+}
+
+fn write_part(part: &Path, bytes: &[u8], mtime_ms: Option<i64>) -> Result<(), ArchiveError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(part)
+        .map_err(|e| ArchiveError::from_io(part, e))?;
+    file.write_all(bytes).map_err(|e| ArchiveError::from_io(part, e))?;
+    if let Some(mtime) = mtime_ms.and_then(system_time_from_ms) {
+        file.set_modified(mtime).map_err(|e| ArchiveError::from_io(part, e))?;
+    }
+    file.sync_all().map_err(|e| ArchiveError::from_io(part, e))
+}
+
+fn system_time_from_ms(ms: i64) -> Option<SystemTime> {
+    if ms >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_millis(ms as u64))
+    } else {
+        UNIX_EPOCH.checked_sub(Duration::from_millis(ms.unsigned_abs()))
+    }
+}
+
+/// fsync a directory so a rename in it survives power loss.
+pub fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| ArchiveError::from_io(dir, e))
+}
+
+/// Writes a whole file atomically (temp file, fsync, rename, fsync dir).
+/// Used for `metadata.jsonl`, whose writer streams lines into `write`.
+pub fn write_atomically(
+    final_path: &Path,
+    write: impl FnOnce(&mut io::BufWriter<&File>) -> io::Result<()>,
+) -> Result<(), ArchiveError> {
+    let dir = final_path
+        .parent()
+        .ok_or_else(|| ArchiveError::from_io(final_path, io::Error::other("path has no parent")))?;
+    fs::create_dir_all(dir).map_err(|e| ArchiveError::from_io(dir, e))?;
+    let part = part_path(final_path);
+    let result = (|| {
+        let file = File::create(&part).map_err(|e| ArchiveError::from_io(&part, e))?;
+        {
+            let mut writer = io::BufWriter::new(&file);
+            write(&mut writer).map_err(|e| ArchiveError::from_io(&part, e))?;
+            writer.flush().map_err(|e| ArchiveError::from_io(&part, e))?;
+        }
+        file.sync_all().map_err(|e| ArchiveError::from_io(&part, e))?;
+        fs::rename(&part, final_path).map_err(|e| ArchiveError::from_io(final_path, e))?;
+        sync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&part);
+    }
+    result
+}
+
+/// Deletes every `*.part` file under `root`: what a kill -9 left behind. Safe
+/// only when no worker is writing under `root` (at startup, or for a job with
+/// nothing in flight). Returns how many it removed.
+pub fn remove_part_files(root: &Path) -> io::Result<u64> {
+    let mut removed = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                stack.push(entry.path());
+            } else if entry.file_name().to_string_lossy().ends_with(PART_SUFFIX) {
+                fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(id: &str, captured_at: Option<i64>, sequence: Option<&str>) -> ImageMeta {
+        ImageMeta {
+            id: id.into(),
+            captured_at,
+            sequence: sequence.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn layout_matches_the_python_tool() {
+        let c = collection_dir(Path::new("/a"), "bob", Quality::Q2048).unwrap();
+        assert_eq!(c, Path::new("/a/mapillary-bob-2048"));
+        // 2021-03-04T23:59:59.999Z, UTC date, not local.
+        let p = image_path(&c, &meta("123", Some(1_614_902_399_999), Some("seqA"))).unwrap();
+        assert_eq!(p, Path::new("/a/mapillary-bob-2048/2021-03-04/seqA/123.jpg"));
+        let p = image_path(&c, &meta("124", None, None)).unwrap();
+        assert_eq!(p, Path::new("/a/mapillary-bob-2048/unknown-date/124.jpg"));
+    }
+
+    #[test]
+    fn hostile_ids_never_become_paths() {
+        let c = Path::new("/a/c");
+        assert!(matches!(image_path(c, &meta("../1", None, None)), Err(ArchiveError::InvalidId(_))));
+        assert!(matches!(
+            image_path(c, &meta("1", None, Some("../../etc"))),
+            Err(ArchiveError::InvalidId(_))
+        ));
+        assert!(collection_dir(c, "../x", Quality::Original).is_err());
+    }
+
+    #[test]
+    fn durable_write_leaves_no_part_and_sets_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("x/y/1.jpg");
+        write_durably(&target, b"\xff\xd8\xffhello", Some(1_600_000_000_123)).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"\xff\xd8\xffhello");
+        let mtime = fs::metadata(&target).unwrap().modified().unwrap();
+        assert_eq!(
+            mtime.duration_since(UNIX_EPOCH).unwrap().as_millis(),
+            1_600_000_000_123
+        );
+        assert_eq!(remove_part_files(dir.path()).unwrap(), 0);
+        fs::write(dir.path().join("x/y/2.jpg.part"), b"junk").unwrap();
+        assert_eq!(remove_part_files(dir.path()).unwrap(), 1);
+    }
+}

@@ -1,0 +1,97 @@
+//! The command line: what each subcommand takes. Parsing only; no behaviour.
+
+use crate::model::{Bbox, Quality};
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mapillary-downloader",
+    version,
+    about = "Archive Mapillary imagery: resumable, crash-safe, with correct EXIF",
+    long_about = "Archive all of a Mapillary user's images, at a chosen quality, optionally inside a bounding box, \
+                  each JPEG tagged with its GPS position, heading and capture time.\n\n\
+                  Environment: MAPILLARY_TOKEN (required access token), MAPILLARY_API_URL (API base), \
+                  MLD__<SECTION>__<KEY> (any setting of config/default.toml)."
+)]
+pub struct Cli {
+    /// A TOML file overriding config/default.toml.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: HTTP API, enumerators and workers.
+    Serve(ServeArgs),
+    /// Archive users' images now, in-process, until done (run again to resume).
+    Download(DownloadArgs),
+    /// Print the jobs and their progress from the database (works beside a running daemon).
+    Status(StatusArgs),
+    /// Exit 0 when the daemon's /healthz answers 200 (for Docker's HEALTHCHECK; needs no curl).
+    Healthcheck(HealthcheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// URL to probe; defaults to /healthz on the configured `api.listen` address.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// Mapillary usernames to archive.
+    #[arg(required = true, value_name = "USERNAME")]
+    pub usernames: Vec<String>,
+    /// Image size: original, 2048, 1024 or 256.
+    #[arg(long, default_value = "original", value_parser = parse_quality)]
+    pub quality: Quality,
+    /// Only images inside this box: west,south,east,north in degrees.
+    #[arg(long, value_name = "W,S,E,N", value_parser = parse_bbox, allow_hyphen_values = true)]
+    pub bbox: Option<Bbox>,
+    /// Where the database and archive live.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Concurrent downloads.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: Option<u32>,
+    /// Enumerate only: print the image count and an estimated total size, download nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Where the database lives.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print the same JSON as `GET /status`.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where the database and archive live.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address for the HTTP API, e.g. 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Concurrent downloads.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub workers: Option<u32>,
+}
+
+/// Parses `--quality` for clap.
+pub fn parse_quality(s: &str) -> Result<Quality, String> {
+    s.parse()
+}
+
+/// Parses `--bbox W,S,E,N` for clap.
+pub fn parse_bbox(s: &str) -> Result<Bbox, String> {
+    s.parse()
+}

@@ -1,0 +1,250 @@
+//! The engine: enumerators fill the queue, a dispatcher claims due images in
+//! batches and refreshes their URLs, workers download, tag and write them, and
+//! a supervisor loop starts enumerators and finishes jobs.
+//!
+//! Each piece exposes a *step* that returns an outcome enum
+//! ([`enumerate::PageOutcome`], [`worker::Outcome`]); the loops that repeat the
+//! steps live apart, so tests can drive the queue one step at a time.
+//!
+//! The process owns one lease owner id. Rows it claimed carry it; a crash
+//! leaves them `in_progress`, and [`Engine::start`] hands them back first.
+
+pub mod dispatch;
+pub mod enumerate;
+pub mod finalize;
+pub mod worker;
+
+use crate::config::Settings;
+use crate::mapillary::MapillaryClient;
+use crate::stats::Stats;
+use crate::store::{JobState, Store};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Everything a step needs. Cheap to clone (all shared).
+#[derive(Clone)]
+pub struct EngineContext {
+    pub store: Arc<Store>,
+    pub client: MapillaryClient,
+    pub stats: Arc<Stats>,
+    /// Woken whenever work may have appeared (a new job, a resume, a retry).
+    pub wake: Arc<Notify>,
+    pub archive_dir: PathBuf,
+    /// This process's lease owner id.
+    pub owner: String,
+    pub tuning: Tuning,
+}
+
+/// The numbers the engine runs by, taken from [`Settings`].
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    pub workers: usize,
+    pub lease: Duration,
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+    pub poll_interval: Duration,
+    pub url_refresh_margin: Duration,
+    pub shutdown_grace: Duration,
+    /// How often a job paused for a full disk is tried again.
+    pub disk_full_retry: Duration,
+}
+
+impl Tuning {
+    pub fn from_settings(settings: &Settings) -> Tuning {
+        Tuning {
+            workers: settings.workers.count as usize,
+            lease: settings.lease(),
+            max_attempts: settings.retry.max_attempts,
+            backoff_base: Duration::from_millis(settings.retry.backoff_base_ms),
+            backoff_cap: Duration::from_millis(settings.retry.backoff_cap_ms),
+            poll_interval: Duration::from_millis(settings.workers.poll_interval_ms),
+            url_refresh_margin: Duration::from_secs(settings.mapillary.url_refresh_margin_secs),
+            shutdown_grace: Duration::from_secs(settings.workers.shutdown_grace_secs),
+            disk_full_retry: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Wall-clock milliseconds since the epoch: what the store records.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A fresh lease owner id for this process: pid plus randomness, so two
+/// processes (or two runs of one pid) never share one.
+pub fn new_owner_id() -> String {
+    format!("{}-{:08x}", std::process::id(), rand::random::<u32>())
+}
+
+/// The message a job carries while paused because the disk is full. The
+/// supervisor recognises it to resume the job once space may be back.
+pub const DISK_FULL_PREFIX: &str = "disk full";
+
+/// A running engine. Dropping it does not stop it: call [`Engine::shutdown`].
+pub struct Engine {
+    ctx: EngineContext,
+    cancel: CancellationToken,
+    abort: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Engine {
+    /// Recovers from any earlier crash, then starts the supervisor, the
+    /// dispatcher and the workers.
+    pub async fn start(ctx: EngineContext) -> anyhow::Result<Engine> {
+        let reset = ctx.store.reset_in_flight(now_ms()).await?;
+        if reset > 0 {
+            info!(images = reset, "handed back images left in flight by an earlier run");
+        }
+        let archive = ctx.archive_dir.clone();
+        let swept = tokio::task::spawn_blocking(move || crate::archive::remove_part_files(&archive)).await??;
+        if swept > 0 {
+            info!(files = swept, "removed partial files left by an earlier run");
+        }
+        let cancel = CancellationToken::new();
+        let abort = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let queue = dispatch::WorkQueue::new(ctx.tuning.workers);
+        tasks.spawn(supervise(ctx.clone(), cancel.clone()));
+        tasks.spawn(dispatch::run(ctx.clone(), queue.clone(), cancel.clone()));
+        for index in 0..ctx.tuning.workers {
+            tasks.spawn(worker::run(
+                ctx.clone(),
+                index,
+                queue.clone(),
+                cancel.clone(),
+                abort.clone(),
+            ));
+        }
+        Ok(Engine {
+            ctx,
+            cancel,
+            abort,
+            tasks,
+        })
+    }
+
+    pub fn context(&self) -> &EngineContext {
+        &self.ctx
+    }
+
+    /// Stops claiming, lets in-flight images finish within the grace period,
+    /// then aborts the rest (their rows are handed back, their `.part` files
+    /// removed), and leaves the database consistent.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        self.ctx.wake.notify_waiters();
+        let grace = self.ctx.tuning.shutdown_grace;
+        let drained = tokio::time::timeout(grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(?grace, "in-flight images did not finish within the grace period; abandoning them");
+            self.abort.cancel();
+            while self.tasks.join_next().await.is_some() {}
+        }
+        // Anything still marked ours (a queued claim nobody started) goes back.
+        match self.ctx.store.reset_in_flight(now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => info!(images = n, "handed back claimed images at shutdown"),
+            Err(e) => warn!(error = %e, "could not hand back claimed images"),
+        }
+    }
+}
+
+/// Starts enumerators for jobs that need one, finishes jobs whose queue has
+/// drained, and retries jobs paused for a full disk.
+async fn supervise(ctx: EngineContext, cancel: CancellationToken) {
+    let running: Arc<Mutex<HashMap<i64, CancellationToken>>> = Arc::default();
+    let mut enumerators = JoinSet::new();
+    let mut last_disk_retry = tokio::time::Instant::now();
+    loop {
+        if let Err(e) = supervise_once(&ctx, &running, &mut enumerators, &cancel).await {
+            warn!(error = %e, "supervisor step failed");
+        }
+        if last_disk_retry.elapsed() >= ctx.tuning.disk_full_retry {
+            last_disk_retry = tokio::time::Instant::now();
+            if let Err(e) = resume_disk_full_jobs(&ctx).await {
+                warn!(error = %e, "could not retry jobs paused for a full disk");
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = ctx.wake.notified() => {}
+            _ = tokio::time::sleep(ctx.tuning.poll_interval) => {}
+            Some(_) = enumerators.join_next(), if !enumerators.is_empty() => {}
+        }
+    }
+    // Enumerators stop at the next page boundary; a page is one transaction.
+    if let Ok(map) = running.lock() {
+        map.values().for_each(CancellationToken::cancel);
+    }
+    while enumerators.join_next().await.is_some() {}
+}
+
+async fn supervise_once(
+    ctx: &EngineContext,
+    running: &Arc<Mutex<HashMap<i64, CancellationToken>>>,
+    enumerators: &mut JoinSet<()>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<()> {
+    let jobs = ctx
+        .store
+        .jobs_in_states(&[JobState::Queued, JobState::Enumerating, JobState::Downloading])
+        .await?;
+    for job in jobs {
+        if !job.enumeration_complete {
+            let token = {
+                let mut map = running.lock().map_err(|_| anyhow::anyhow!("enumerator map poisoned"))?;
+                if map.contains_key(&job.id) {
+                    continue;
+                }
+                let token = cancel.child_token();
+                map.insert(job.id, token.clone());
+                token
+            };
+            let ctx = ctx.clone();
+            let running = running.clone();
+            enumerators.spawn(async move {
+                enumerate::run(&ctx, job.id, token).await;
+                if let Ok(mut map) = running.lock() {
+                    map.remove(&job.id);
+                }
+                ctx.wake.notify_waiters();
+            });
+        } else if job.counts.pending == 0 && job.counts.in_progress == 0 {
+            finalize::finish_job(ctx, job.id).await?;
+        }
+    }
+    Ok(())
+}
+
+async fn resume_disk_full_jobs(ctx: &EngineContext) -> anyhow::Result<()> {
+    for job in ctx.store.jobs_in_states(&[JobState::Paused]).await? {
+        let disk_full = job
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(DISK_FULL_PREFIX));
+        if disk_full {
+            let next = if job.enumeration_complete {
+                JobState::Downloading
+            } else {
+                JobState::Enumerating
+            };
+            info!(job = job.id, "retrying a job paused for a full disk");
+            ctx.store
+                .transition_job(job.id, &[JobState::Paused], next, now_ms())
+                .await?;
+            ctx.wake.notify_waiters();
+        }
+    }
+    Ok(())
+}

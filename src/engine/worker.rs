@@ -1,0 +1,187 @@
+//! A worker step: one claimed image in, one [`Outcome`] out. The outcome is
+//! then applied to the store by [`apply`]; the loop that repeats both is
+//! [`run`]. Tests call [`process`] and [`apply`] directly.
+
+use super::dispatch::WorkQueue;
+use super::{DISK_FULL_PREFIX, EngineContext, now_ms};
+use crate::archive::{self, ArchiveError};
+use crate::mapillary::{RetryDecision, backoff_delay};
+use crate::store::{ClaimedImage, FailOutcome};
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// What became of one image.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Written durably at `path`.
+    Done { bytes: u64, path: PathBuf },
+    /// A fault that costs an attempt; retried with backoff until `max_attempts`.
+    Retry { error: String },
+    /// Will never work (an invalid id, a bad request): failed for good now.
+    GiveUp { error: String },
+    /// The URL expired: drop it so the dispatcher refreshes it. No attempt.
+    UrlExpired,
+    /// Rate limited: back in the queue after `delay`. No attempt.
+    RateLimited { delay: Duration },
+    /// The job cannot go on (bad token, full disk): pause it. No attempt.
+    PauseJob { reason: String },
+    /// Shutdown overtook the image: hand it back untouched. No attempt.
+    Abandoned,
+}
+
+/// Downloads, tags and writes one image. Never touches the queue state.
+pub async fn process(ctx: &EngineContext, image: &ClaimedImage, abort: &CancellationToken) -> Outcome {
+    let collection = match archive::collection_dir(&ctx.archive_dir, &image.username, image.quality) {
+        Ok(dir) => dir,
+        Err(e) => return Outcome::GiveUp { error: e.to_string() },
+    };
+    // The row's image id is the one the queue knows; the metadata must agree.
+    let mut meta = image.meta.clone();
+    meta.id.clone_from(&image.image_id);
+    let path = match archive::image_path(&collection, &meta) {
+        Ok(path) => path,
+        Err(e) => return Outcome::GiveUp { error: e.to_string() },
+    };
+    let Some(url) = image.url.as_deref() else {
+        return Outcome::Retry {
+            error: format!("the API served no {} URL for image {}", image.quality, image.image_id),
+        };
+    };
+    let body = tokio::select! {
+        _ = abort.cancelled() => return Outcome::Abandoned,
+        body = ctx.client.download(url) => body,
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(error) => {
+            return match error.decision() {
+                RetryDecision::RefreshUrl => Outcome::UrlExpired,
+                RetryDecision::RateLimited(wait) => Outcome::RateLimited {
+                    delay: wait.unwrap_or(Duration::from_secs(5)),
+                },
+                RetryDecision::PauseJob => Outcome::PauseJob {
+                    reason: format!("download rejected: {error}"),
+                },
+                RetryDecision::Retryable => Outcome::Retry {
+                    error: format!("download failed: {error}"),
+                },
+                RetryDecision::GiveUp => Outcome::Retry {
+                    error: format!("download failed: {error}"),
+                },
+            };
+        }
+    };
+    let captured_at = meta.captured_at;
+    let written = tokio::task::spawn_blocking(move || {
+        let tagged = crate::exif::tag_jpeg(&body, &meta).map_err(|e| format!("tagging failed: {e}"))?;
+        let bytes = tagged.len() as u64;
+        archive::write_durably(&path, &tagged, captured_at).map_err(WriteError::Archive)?;
+        Ok::<_, WriteError>((bytes, path))
+    })
+    .await;
+    match written {
+        Ok(Ok((bytes, path))) => Outcome::Done { bytes, path },
+        Ok(Err(WriteError::Tag(error))) => Outcome::Retry { error },
+        Ok(Err(WriteError::Archive(ArchiveError::DiskFull { path, source }))) => Outcome::PauseJob {
+            reason: format!(
+                "{DISK_FULL_PREFIX}: cannot write {} ({source}); free some space, then resume the job",
+                path.display()
+            ),
+        },
+        Ok(Err(WriteError::Archive(e @ ArchiveError::InvalidId(_)))) => Outcome::GiveUp { error: e.to_string() },
+        Ok(Err(WriteError::Archive(e))) => Outcome::Retry { error: e.to_string() },
+        Err(join) => Outcome::Retry {
+            error: format!("writing the image panicked: {join}"),
+        },
+    }
+}
+
+enum WriteError {
+    Tag(String),
+    Archive(ArchiveError),
+}
+
+impl From<String> for WriteError {
+    fn from(error: String) -> Self {
+        WriteError::Tag(error)
+    }
+}
+
+/// Records an outcome in the store, fenced by this claim's owner and attempt.
+pub async fn apply(ctx: &EngineContext, image: &ClaimedImage, outcome: Outcome) -> anyhow::Result<()> {
+    let now = now_ms();
+    let (owner, attempt, row) = (ctx.owner.as_str(), image.attempt, image.row_id);
+    match outcome {
+        Outcome::Done { bytes, path } => {
+            let path_text = path.to_string_lossy();
+            if ctx.store.complete(row, owner, attempt, bytes, &path_text, now).await? {
+                ctx.stats.record_image(bytes);
+            } else {
+                warn!(image = %image.image_id, "lost the lease before completing; the file is in place anyway");
+            }
+        }
+        Outcome::Retry { error } => {
+            let delay = backoff_delay(attempt as u32, ctx.tuning.backoff_base, ctx.tuning.backoff_cap);
+            let retry_at = now + delay.as_millis() as i64;
+            let outcome = ctx
+                .store
+                .fail(row, owner, attempt, &error, ctx.tuning.max_attempts, retry_at, now)
+                .await?;
+            match outcome {
+                FailOutcome::FailedForGood => {
+                    warn!(image = %image.image_id, attempt, error, "image failed for good")
+                }
+                _ => debug!(image = %image.image_id, attempt, error, ?delay, "image will be retried"),
+            }
+        }
+        Outcome::GiveUp { error } => {
+            warn!(image = %image.image_id, error, "image failed for good");
+            ctx.store.fail(row, owner, attempt, &error, 0, now, now).await?;
+        }
+        Outcome::UrlExpired => {
+            ctx.store.update_urls(&[(row, None)]).await?;
+            ctx.store.release(row, owner, attempt, now, None).await?;
+        }
+        Outcome::RateLimited { delay } => {
+            ctx.store
+                .release(row, owner, attempt, now + delay.as_millis() as i64, Some("rate limited"))
+                .await?;
+        }
+        Outcome::PauseJob { reason } => {
+            ctx.store.release(row, owner, attempt, now, Some(&reason)).await?;
+            super::enumerate::pause(ctx, image.job_id, &reason).await?;
+        }
+        Outcome::Abandoned => {
+            ctx.store.release(row, owner, attempt, now, None).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes images from the queue until shutdown. After `cancel`, the worker
+/// finishes the image in hand and stops; after `abort`, it drops it.
+pub async fn run(
+    ctx: EngineContext,
+    index: usize,
+    queue: WorkQueue,
+    cancel: CancellationToken,
+    abort: CancellationToken,
+) {
+    loop {
+        let work = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            work = queue.next() => match work {
+                Some(work) => work,
+                None => break,
+            },
+        };
+        let outcome = process(&ctx, &work.image, &abort).await;
+        if let Err(e) = apply(&ctx, &work.image, outcome).await {
+            warn!(worker = index, image = %work.image.image_id, error = %e, "could not record an outcome");
+        }
+    }
+    info!(worker = index, "worker stopped");
+}

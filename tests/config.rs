@@ -1,0 +1,117 @@
+//! Layered configuration: defaults, file, env, flags; errors that name the key
+//! and the layer; the token is never printable.
+
+use mapillary_downloader::config::{ConfigError, FlagOverrides, Settings, token_from};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn defaults_load_without_any_file_on_disk() {
+    let s = Settings::load_from(&FlagOverrides::default(), &env(&[])).unwrap();
+    assert_eq!(s.mapillary.url, "https://graph.mapillary.com");
+    assert_eq!(s.mapillary.page_size, 2000);
+    assert_eq!(s.storage.data_dir, PathBuf::from("./mapillary-data"));
+    assert_eq!(s.api.listen, "127.0.0.1:8080");
+    assert!(s.api_token().is_none());
+}
+
+#[test]
+fn layers_apply_in_order_file_env_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "[workers]\ncount = 3\n[mapillary]\npage_size = 500\ncalls_per_minute = 100\n").unwrap();
+    let flags = FlagOverrides {
+        config_file: Some(file.clone()),
+        ..Default::default()
+    };
+    let vars = env(&[("MLD__MAPILLARY__PAGE_SIZE", "700"), ("MAPILLARY_API_URL", "http://127.0.0.1:9/")]);
+    let s = Settings::load_from(&flags, &vars).unwrap();
+    assert_eq!(s.workers.count, 3, "file beats defaults");
+    assert_eq!(s.mapillary.calls_per_minute, 100);
+    assert_eq!(s.mapillary.page_size, 700, "env beats file");
+    assert_eq!(s.mapillary.url, "http://127.0.0.1:9/");
+
+    let flags = FlagOverrides {
+        config_file: Some(file),
+        workers: Some(9),
+        data_dir: Some("/tmp/x".into()),
+        listen: Some("127.0.0.1:0".into()),
+    };
+    let s = Settings::load_from(&flags, &env(&[("MLD__WORKERS__COUNT", "5")])).unwrap();
+    assert_eq!(s.workers.count, 9, "flags beat env");
+    assert_eq!(s.storage.data_dir, PathBuf::from("/tmp/x"));
+    assert_eq!(s.api.listen, "127.0.0.1:0");
+}
+
+#[test]
+fn invalid_values_name_the_key_and_the_layer() {
+    let err = Settings::load_from(&FlagOverrides::default(), &env(&[("MLD__MAPILLARY__PAGE_SIZE", "0")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("mapillary.page_size"), "{err}");
+    assert!(err.contains("MLD__MAPILLARY__PAGE_SIZE"), "{err}");
+
+    let err = Settings::load_from(&FlagOverrides::default(), &env(&[("MLD__WORKERS__COUNT", "many")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("workers.count"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(&file, "[api]\nlisten = \"not an address\"\n").unwrap();
+    let flags = FlagOverrides {
+        config_file: Some(file.clone()),
+        ..Default::default()
+    };
+    let err = Settings::load_from(&flags, &env(&[])).unwrap_err().to_string();
+    assert!(err.contains("api.listen") && err.contains(&file.display().to_string()), "{err}");
+
+    let err = Settings::load_from(&FlagOverrides::default(), &env(&[("MAPILLARY_API_URL", "ftp://x")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("mapillary.url") && err.contains("MAPILLARY_API_URL"), "{err}");
+
+    let flags = FlagOverrides {
+        config_file: Some(dir.path().join("missing.toml")),
+        ..Default::default()
+    };
+    assert!(Settings::load_from(&flags, &env(&[])).unwrap_err().to_string().contains("missing.toml"));
+}
+
+#[test]
+fn tokens_are_redacted_everywhere_they_could_print() {
+    let vars = env(&[("MAPILLARY_TOKEN", "MLY|123|deadbeef"), ("MLD__API__TOKEN", "bearer-secret")]);
+    let token = token_from(&vars).unwrap();
+    assert_eq!(token.expose(), "MLY|123|deadbeef");
+    assert_eq!(format!("{token} {token:?}"), "[redacted] [redacted]");
+    let s = Settings::load_from(&FlagOverrides::default(), &vars).unwrap();
+    let debug = format!("{s:?}");
+    assert!(!debug.contains("bearer-secret"), "{debug}");
+    assert_eq!(s.api_token().map(|t| t.expose()), Some("bearer-secret"));
+}
+
+#[test]
+fn a_missing_token_names_the_variable() {
+    for vars in [env(&[]), env(&[("MAPILLARY_TOKEN", "  ")])] {
+        let err = token_from(&vars).unwrap_err();
+        assert!(matches!(err, ConfigError::MissingToken));
+        assert!(err.to_string().contains("MAPILLARY_TOKEN"));
+    }
+}
+
+#[test]
+fn every_default_key_has_a_comment() {
+    let text = mapillary_downloader::config::DEFAULTS_TOML;
+    let mut previous = "";
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if !trimmed.is_empty() && !trimmed.starts_with('#') && !trimmed.starts_with('[') {
+            assert!(previous.starts_with('#'), "key without a comment above it: {trimmed}");
+        }
+        previous = trimmed;
+    }
+}
