@@ -34,8 +34,7 @@ fn exponential(attempt: u32, base: Duration, cap: Duration) -> Duration {
     if shift >= 32 {
         return cap;
     }
-    base.checked_mul(1u32 << shift)
-        .map_or(cap, |d| d.min(cap))
+    base.checked_mul(1u32 << shift).map_or(cap, |d| d.min(cap))
 }
 
 #[cfg(test)]
@@ -54,7 +53,11 @@ mod tests {
             let e = exponential(attempt, BASE, CAP);
             for _ in 0..200 {
                 let d = backoff_delay_with(&mut rng, attempt, BASE, CAP);
-                assert!(d >= e / 2 && d <= e, "attempt {attempt}: {d:?} outside [{:?}, {e:?}]", e / 2);
+                assert!(
+                    d >= e / 2 && d <= e,
+                    "attempt {attempt}: {d:?} outside [{:?}, {e:?}]",
+                    e / 2
+                );
             }
         }
     }

@@ -14,7 +14,9 @@ use crate::model::{Bbox, IMAGE_FIELDS, ImageMeta};
 use crate::secret::Secret;
 use bytes::Bytes;
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderValue, RANGE};
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderValue, RANGE,
+};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -115,8 +117,12 @@ impl MapillaryClient {
                 settings.api_url.scheme()
             )));
         }
-        let mut auth = HeaderValue::from_str(&format!("OAuth {}", token.expose().trim()))
-            .map_err(|_| ApiError::BadToken("the access token contains characters not allowed in an HTTP header".into()))?;
+        let mut auth =
+            HeaderValue::from_str(&format!("OAuth {}", token.expose().trim())).map_err(|_| {
+                ApiError::BadToken(
+                    "the access token contains characters not allowed in an HTTP header".into(),
+                )
+            })?;
         auth.set_sensitive(true);
         let api = reqwest::Client::builder()
             .user_agent(USER_AGENT)
@@ -261,7 +267,10 @@ impl MapillaryClient {
             .chars()
             .take(60)
             .collect::<String>();
-        let capacity = declared.unwrap_or(256 * 1024).min(max).min(64 * 1024 * 1024);
+        let capacity = declared
+            .unwrap_or(256 * 1024)
+            .min(max)
+            .min(64 * 1024 * 1024);
         let mut buf = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
         loop {
             let chunk = response
@@ -290,7 +299,11 @@ impl MapillaryClient {
                 buf.len()
             )));
         }
-        tracing::debug!(bytes = buf.len(), elapsed_ms = started.elapsed().as_millis() as u64, "downloaded an image");
+        tracing::debug!(
+            bytes = buf.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "downloaded an image"
+        );
         Ok(Bytes::from(buf))
     }
 
@@ -374,7 +387,9 @@ impl MapillaryClient {
         let headers = response.headers().clone();
         // A cut-short error body still classifies by status.
         let body = response.bytes().await.unwrap_or_default();
-        Err(classify_api_status(status, &headers, &body, |s| self.redact(s)))
+        Err(classify_api_status(status, &headers, &body, |s| {
+            self.redact(s)
+        }))
     }
 
     /// Scrubs the token out of server-provided text.
@@ -410,7 +425,10 @@ fn cdn_target(url: &str) -> Result<Url, ApiError> {
     Ok(parsed)
 }
 
-fn header_u64(headers: &reqwest::header::HeaderMap, name: reqwest::header::HeaderName) -> Option<u64> {
+fn header_u64(
+    headers: &reqwest::header::HeaderMap,
+    name: reqwest::header::HeaderName,
+) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
@@ -461,7 +479,10 @@ mod tests {
             cdn_target("http://cdn.local/img/1/original.jpg?oe=10"),
             Err(ApiError::UrlExpired(_))
         ));
-        assert!(matches!(cdn_target("ftp://cdn.local/x.jpg"), Err(ApiError::UrlExpired(_))));
+        assert!(matches!(
+            cdn_target("ftp://cdn.local/x.jpg"),
+            Err(ApiError::UrlExpired(_))
+        ));
         assert!(matches!(cdn_target("nope"), Err(ApiError::UrlExpired(_))));
         assert!(cdn_target("http://cdn.local/img/1/original.jpg?oe=7fffffff").is_ok());
     }
@@ -480,8 +501,14 @@ mod tests {
         };
         let s = ClientSettings::from_config(&m).unwrap();
         assert_eq!(s.download_timeout, Duration::from_secs(3));
-        let bad = MapillarySettings { url: "::".into(), ..m };
-        assert!(matches!(ClientSettings::from_config(&bad), Err(ApiError::Fatal(_))));
+        let bad = MapillarySettings {
+            url: "::".into(),
+            ..m
+        };
+        assert!(matches!(
+            ClientSettings::from_config(&bad),
+            Err(ApiError::Fatal(_))
+        ));
     }
 
     #[test]

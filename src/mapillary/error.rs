@@ -106,7 +106,8 @@ pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
     } else {
         let when = chrono::DateTime::parse_from_rfc2822(raw).ok()?;
         let when = SystemTime::from(when);
-        when.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO)
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
     };
     Some(delay.min(MAX_RETRY_AFTER))
 }
@@ -125,7 +126,8 @@ pub(crate) fn classify_api_status(
         None => format!("HTTP {}", status.as_u16()),
     };
     let code = graph.code;
-    if status == StatusCode::TOO_MANY_REQUESTS || code.is_some_and(|c| RATE_LIMIT_CODES.contains(&c))
+    if status == StatusCode::TOO_MANY_REQUESTS
+        || code.is_some_and(|c| RATE_LIMIT_CODES.contains(&c))
     {
         return ApiError::RateLimited {
             retry_after: parse_retry_after(headers),
@@ -244,7 +246,10 @@ mod tests {
     #[test]
     fn token_bad_request_server_errors() {
         assert!(matches!(classify(401, "", None), ApiError::BadToken(_)));
-        assert!(matches!(classify(400, &graph(190), None), ApiError::BadToken(_)));
+        assert!(matches!(
+            classify(400, &graph(190), None),
+            ApiError::BadToken(_)
+        ));
         assert!(matches!(
             classify(400, &graph(100), None),
             ApiError::BadRequest {
@@ -267,22 +272,37 @@ mod tests {
         assert_eq!(parse_retry_after(&h), Some(Duration::from_secs(120)));
         h.insert(RETRY_AFTER, HeaderValue::from_static("999999"));
         assert_eq!(parse_retry_after(&h), Some(MAX_RETRY_AFTER));
-        h.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
         assert_eq!(parse_retry_after(&h), Some(Duration::ZERO));
         let future = chrono::Utc::now() + chrono::Duration::seconds(30);
         let date = future.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
         h.insert(RETRY_AFTER, HeaderValue::from_str(&date).unwrap());
         let d = parse_retry_after(&h).unwrap();
-        assert!(d > Duration::from_secs(27) && d <= Duration::from_secs(30), "{d:?}");
+        assert!(
+            d > Duration::from_secs(27) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(parse_retry_after(&h), None);
     }
 
     #[test]
     fn cdn_statuses() {
-        assert!(matches!(classify_cdn_status(StatusCode::FORBIDDEN), ApiError::UrlExpired(_)));
-        assert!(matches!(classify_cdn_status(StatusCode::GONE), ApiError::UrlExpired(_)));
-        assert!(matches!(classify_cdn_status(StatusCode::NOT_FOUND), ApiError::NotFound(_)));
+        assert!(matches!(
+            classify_cdn_status(StatusCode::FORBIDDEN),
+            ApiError::UrlExpired(_)
+        ));
+        assert!(matches!(
+            classify_cdn_status(StatusCode::GONE),
+            ApiError::UrlExpired(_)
+        ));
+        assert!(matches!(
+            classify_cdn_status(StatusCode::NOT_FOUND),
+            ApiError::NotFound(_)
+        ));
         assert!(matches!(
             classify_cdn_status(StatusCode::BAD_GATEWAY),
             ApiError::Transient(_)
@@ -291,13 +311,25 @@ mod tests {
 
     #[test]
     fn decisions() {
-        assert_eq!(ApiError::Transient("x".into()).decision(), RetryDecision::Retryable);
+        assert_eq!(
+            ApiError::Transient("x".into()).decision(),
+            RetryDecision::Retryable
+        );
         assert_eq!(
             ApiError::RateLimited { retry_after: None }.decision(),
             RetryDecision::RateLimited(None)
         );
-        assert_eq!(ApiError::UrlExpired("x".into()).decision(), RetryDecision::RefreshUrl);
-        assert_eq!(ApiError::BadToken("x".into()).decision(), RetryDecision::PauseJob);
-        assert_eq!(ApiError::NotFound("x".into()).decision(), RetryDecision::GiveUp);
+        assert_eq!(
+            ApiError::UrlExpired("x".into()).decision(),
+            RetryDecision::RefreshUrl
+        );
+        assert_eq!(
+            ApiError::BadToken("x".into()).decision(),
+            RetryDecision::PauseJob
+        );
+        assert_eq!(
+            ApiError::NotFound("x".into()).decision(),
+            RetryDecision::GiveUp
+        );
     }
 }

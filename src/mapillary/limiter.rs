@@ -128,7 +128,9 @@ impl Limiter {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // The state stays consistent even if a holder panicked: every update is one assignment.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -188,7 +190,10 @@ mod tests {
     async fn hold_blocks_everyone_until_retry_after() {
         let limiter = Arc::new(Limiter::new(60_000, 10));
         let start = Instant::now();
-        assert_eq!(limiter.hold(Some(Duration::from_secs(5))), Duration::from_secs(5));
+        assert_eq!(
+            limiter.hold(Some(Duration::from_secs(5))),
+            Duration::from_secs(5)
+        );
         let tasks: Vec<_> = (0..8)
             .map(|_| {
                 let l = limiter.clone();
@@ -217,7 +222,11 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(500)).await;
         limiter.hold(Some(Duration::from_secs(10)));
         let done = waiter.await.unwrap();
-        assert!(done - start >= Duration::from_millis(10_500), "{:?}", done - start);
+        assert!(
+            done - start >= Duration::from_millis(10_500),
+            "{:?}",
+            done - start
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -59,7 +59,12 @@ pub fn url_expires_at(url: &str) -> Option<i64> {
 }
 
 /// The first `GET /images` page for a user, token-free.
-pub(crate) fn first_page_url(base: &Url, username: &str, page_size: u32, bbox: Option<Bbox>) -> String {
+pub(crate) fn first_page_url(
+    base: &Url,
+    username: &str,
+    page_size: u32,
+    bbox: Option<Bbox>,
+) -> String {
     let mut url = endpoint(base, "images");
     {
         let mut q = url.query_pairs_mut();
@@ -95,7 +100,10 @@ pub(crate) fn onto_api_origin(base: &Url, link: &str) -> Result<Url, String> {
             .map_err(|e| format!("page link is not a URL: {e}"))?,
         Err(e) => return Err(format!("page link is not a URL: {e}")),
     };
-    if parsed.origin() == base.origin() && parsed.username().is_empty() && parsed.password().is_none() {
+    if parsed.origin() == base.origin()
+        && parsed.username().is_empty()
+        && parsed.password().is_none()
+    {
         return Ok(parsed);
     }
     let mut rebased = base.clone();
@@ -119,10 +127,22 @@ mod tests {
             strip_token("https://g.com/images?after=xyz&Access_Token=MLY%7C1%7Ca"),
             "https://g.com/images?after=xyz"
         );
-        assert_eq!(strip_token("https://g.com/images?ACCESS_TOKEN=t"), "https://g.com/images");
-        assert_eq!(strip_token("https://g.com/x?a=1&access%5Ftoken=t#frag"), "https://g.com/x?a=1#frag");
-        assert_eq!(strip_token("https://g.com/x?access_token"), "https://g.com/x");
-        assert_eq!(strip_token("https://g.com/x?a=1&&access_token=t&"), "https://g.com/x?a=1");
+        assert_eq!(
+            strip_token("https://g.com/images?ACCESS_TOKEN=t"),
+            "https://g.com/images"
+        );
+        assert_eq!(
+            strip_token("https://g.com/x?a=1&access%5Ftoken=t#frag"),
+            "https://g.com/x?a=1#frag"
+        );
+        assert_eq!(
+            strip_token("https://g.com/x?access_token"),
+            "https://g.com/x"
+        );
+        assert_eq!(
+            strip_token("https://g.com/x?a=1&&access_token=t&"),
+            "https://g.com/x?a=1"
+        );
     }
 
     #[test]
@@ -138,7 +158,10 @@ mod tests {
             url_expires_at("https://cdn/x.jpg?stp=a&oe=65A1B2C3&_nc_sig=z"),
             Some(0x65A1B2C3)
         );
-        assert_eq!(url_expires_at("https://cdn/x.jpg?oe=6a1b2c3d"), Some(0x6a1b2c3d));
+        assert_eq!(
+            url_expires_at("https://cdn/x.jpg?oe=6a1b2c3d"),
+            Some(0x6a1b2c3d)
+        );
         assert_eq!(url_expires_at("https://cdn/x.jpg?noe=1"), None);
         assert_eq!(url_expires_at("https://cdn/x.jpg?oe=zz"), None);
         assert_eq!(url_expires_at("https://cdn/x.jpg"), None);
@@ -161,13 +184,17 @@ mod tests {
     #[test]
     fn endpoint_keeps_a_path_prefix() {
         let base = Url::parse("http://proxy.local/v4/").unwrap();
-        assert_eq!(endpoint(&base, "images").as_str(), "http://proxy.local/v4/images");
+        assert_eq!(
+            endpoint(&base, "images").as_str(),
+            "http://proxy.local/v4/images"
+        );
     }
 
     #[test]
     fn foreign_links_are_rebased_onto_the_api() {
         let base = Url::parse("http://127.0.0.1:9000/").unwrap();
-        let same = onto_api_origin(&base, "http://127.0.0.1:9000/images?after=a&access_token=t").unwrap();
+        let same =
+            onto_api_origin(&base, "http://127.0.0.1:9000/images?after=a&access_token=t").unwrap();
         assert_eq!(same.as_str(), "http://127.0.0.1:9000/images?after=a");
         let foreign = onto_api_origin(&base, "https://evil.example:443/images?after=b").unwrap();
         assert_eq!(foreign.as_str(), "http://127.0.0.1:9000/images?after=b");
