@@ -1,0 +1,534 @@
+//! The Mapillary client: Graph API calls through the shared limiter, and CDN
+//! downloads that never carry the token.
+//!
+//! Two `reqwest::Client`s keep the two hosts apart: only the API client ever
+//! sees the `Authorization` header, and it follows no redirects, so the token
+//! cannot be carried off the API origin. Each method makes exactly ONE
+//! attempt; the daemon owns retries, using [`ApiError::decision`].
+
+use super::error::{ApiError, classify_api_status, classify_cdn_status, transport_error};
+use super::limiter::Limiter;
+use super::urls::{endpoint, first_page_url, onto_api_origin, strip_token, url_expires_at};
+use crate::config::MapillarySettings;
+use crate::model::{Bbox, IMAGE_FIELDS, ImageMeta};
+use crate::secret::Secret;
+use bytes::Bytes;
+use reqwest::StatusCode;
+use reqwest::header::{
+    AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, HeaderValue, RANGE,
+};
+use serde::Deserialize;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use url::Url;
+
+/// Most ids one `GET /?ids=` call may name (Graph API limit).
+pub const MAX_IDS_PER_CALL: usize = 50;
+
+const USER_AGENT: &str = concat!("mapillary-downloader/", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub api_url: Url,
+    pub page_size: u32,
+    pub calls_per_minute: u32,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub download_timeout: Duration,
+    pub max_image_bytes: u64,
+}
+
+impl ClientSettings {
+    /// From the `[mapillary]` config section (already range-checked there).
+    pub fn from_config(m: &MapillarySettings) -> Result<ClientSettings, ApiError> {
+        let api_url = Url::parse(&m.url)
+            .map_err(|e| ApiError::Fatal(format!("mapillary.url {:?} is not a URL: {e}", m.url)))?;
+        Ok(ClientSettings {
+            api_url,
+            page_size: m.page_size,
+            calls_per_minute: m.calls_per_minute,
+            connect_timeout: Duration::from_secs(m.connect_timeout_secs),
+            request_timeout: Duration::from_secs(m.request_timeout_secs),
+            download_timeout: Duration::from_secs(m.download_timeout_secs),
+            max_image_bytes: m.max_image_bytes,
+        })
+    }
+}
+
+/// One page of `GET /images`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImagePage {
+    pub images: Vec<ImageMeta>,
+    /// Token-free link to the next page; `None` on the last page.
+    pub next: Option<String>,
+    /// Items of `data` that were not image objects (logged, then dropped).
+    pub skipped: usize,
+}
+
+/// Cheap to clone: every clone shares the connection pools and the limiter.
+#[derive(Clone)]
+pub struct MapillaryClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: ClientSettings,
+    token: Secret,
+    /// `OAuth <token>`, marked sensitive so http's Debug never prints it.
+    auth: HeaderValue,
+    api: reqwest::Client,
+    cdn: reqwest::Client,
+    limiter: Limiter,
+}
+
+impl std::fmt::Debug for MapillaryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapillaryClient")
+            .field("api_url", &self.inner.settings.api_url.as_str())
+            .field("token", &self.inner.token)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct PageBody {
+    data: Vec<Value>,
+    #[serde(default)]
+    paging: Option<Paging>,
+}
+
+#[derive(Deserialize)]
+struct Paging {
+    #[serde(default)]
+    next: Option<String>,
+}
+
+impl MapillaryClient {
+    pub fn new(settings: ClientSettings, token: Secret) -> Result<Self, ApiError> {
+        if token.is_empty() {
+            return Err(ApiError::BadToken("the access token is empty".into()));
+        }
+        if !matches!(settings.api_url.scheme(), "http" | "https") {
+            return Err(ApiError::Fatal(format!(
+                "API URL must be http or https, got {:?}",
+                settings.api_url.scheme()
+            )));
+        }
+        let mut auth =
+            HeaderValue::from_str(&format!("OAuth {}", token.expose().trim())).map_err(|_| {
+                ApiError::BadToken(
+                    "the access token contains characters not allowed in an HTTP header".into(),
+                )
+            })?;
+        auth.set_sensitive(true);
+        let api = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.request_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .retry(reqwest::retry::never())
+            .build()
+            .map_err(|e| ApiError::Fatal(format!("cannot build the API HTTP client: {e}")))?;
+        let cdn = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.download_timeout)
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .retry(reqwest::retry::never())
+            .build()
+            .map_err(|e| ApiError::Fatal(format!("cannot build the CDN HTTP client: {e}")))?;
+        let limiter = Limiter::new(
+            settings.calls_per_minute,
+            Limiter::default_burst(settings.calls_per_minute),
+        );
+        Ok(MapillaryClient {
+            inner: Arc::new(Inner {
+                settings,
+                token,
+                auth,
+                api,
+                cdn,
+                limiter,
+            }),
+        })
+    }
+
+    pub fn settings(&self) -> &ClientSettings {
+        &self.inner.settings
+    }
+
+    /// The limiter every API call of every clone passes.
+    pub fn limiter(&self) -> &Limiter {
+        &self.inner.limiter
+    }
+
+    /// Token-free URL of the first `GET /images` page.
+    pub fn first_page_url(&self, username: &str, bbox: Option<Bbox>) -> String {
+        let s = &self.inner.settings;
+        first_page_url(&s.api_url, username, s.page_size, bbox)
+    }
+
+    /// One page. `url` is a first-page URL or a stored `next`; it is always
+    /// fetched from the configured API origin, and `next` comes back token-free.
+    pub async fn fetch_page(&self, url: &str) -> Result<ImagePage, ApiError> {
+        let target = onto_api_origin(&self.inner.settings.api_url, url)
+            .map_err(|e| ApiError::Fatal(self.redact(&e)))?;
+        let body = self.api_get(target, "images page").await?;
+        let page: PageBody = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::Transient(format!("invalid JSON in images page: {e}")))?;
+        let mut images = Vec::with_capacity(page.data.len());
+        let mut skipped = 0;
+        for item in page.data {
+            match parse_image(item) {
+                Ok(meta) => images.push(meta),
+                Err(reason) => {
+                    skipped += 1;
+                    tracing::warn!(reason = %self.redact(&reason), "skipping an item of an images page");
+                }
+            }
+        }
+        let next = page
+            .paging
+            .and_then(|p| p.next)
+            .map(|n| strip_token(n.trim()))
+            .filter(|n| !n.is_empty());
+        Ok(ImagePage {
+            images,
+            next,
+            skipped,
+        })
+    }
+
+    /// Fresh metadata (and image URLs) for up to 50 ids in one call. Ids the
+    /// API does not know are absent from the map.
+    pub async fn fetch_images(&self, ids: &[&str]) -> Result<HashMap<String, ImageMeta>, ApiError> {
+        if ids.len() > MAX_IDS_PER_CALL {
+            return Err(ApiError::BadRequest {
+                code: None,
+                message: format!("at most {MAX_IDS_PER_CALL} ids per call, got {}", ids.len()),
+            });
+        }
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let mut target = endpoint(&self.inner.settings.api_url, "");
+        target
+            .query_pairs_mut()
+            .append_pair("ids", &ids.join(","))
+            .append_pair("fields", &IMAGE_FIELDS.join(","));
+        let body = self.api_get(target, "ids batch").await?;
+        let objects: HashMap<String, Value> = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::Transient(format!("invalid JSON in ids batch: {e}")))?;
+        let mut out = HashMap::with_capacity(objects.len());
+        for (key, value) in objects {
+            match parse_image(value) {
+                Ok(meta) => {
+                    out.insert(key, meta);
+                }
+                Err(reason) => {
+                    tracing::warn!(reason = %self.redact(&reason), "skipping an object of an ids batch");
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Downloads one CDN object into memory. No `Authorization` header, ever.
+    pub async fn download(&self, url: &str) -> Result<Bytes, ApiError> {
+        let target = cdn_target(url)?;
+        let started = Instant::now();
+        let mut response = self
+            .inner
+            .cdn
+            .get(target)
+            .send()
+            .await
+            .map_err(|e| transport_error("image download", e))?;
+        let status = response.status();
+        if !status.is_success() {
+            tracing::debug!(status = status.as_u16(), "CDN refused an image");
+            return Err(classify_cdn_status(status));
+        }
+        let max = self.inner.settings.max_image_bytes;
+        let declared = header_u64(response.headers(), CONTENT_LENGTH);
+        if let Some(n) = declared.filter(|n| *n > max) {
+            return Err(ApiError::Transient(format!(
+                "image is {n} bytes, over the {max}-byte limit"
+            )));
+        }
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none")
+            .chars()
+            .take(60)
+            .collect::<String>();
+        let capacity = declared
+            .unwrap_or(256 * 1024)
+            .min(max)
+            .min(64 * 1024 * 1024);
+        let mut buf = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
+        loop {
+            let chunk = response
+                .chunk()
+                .await
+                .map_err(|e| transport_error("image download", e))?;
+            let Some(chunk) = chunk else { break };
+            if (buf.len() + chunk.len()) as u64 > max {
+                return Err(ApiError::Transient(format!(
+                    "image body exceeds the {max}-byte limit"
+                )));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        if let Some(n) = declared
+            && buf.len() as u64 != n
+        {
+            return Err(ApiError::Transient(format!(
+                "short image body: {} of {n} bytes",
+                buf.len()
+            )));
+        }
+        if !buf.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            return Err(ApiError::Transient(format!(
+                "not a JPEG: {} bytes of content-type {content_type}",
+                buf.len()
+            )));
+        }
+        tracing::debug!(
+            bytes = buf.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "downloaded an image"
+        );
+        Ok(Bytes::from(buf))
+    }
+
+    /// Size of a CDN object without downloading it: HEAD, then a one-byte
+    /// ranged GET. `None` when the CDN does not say.
+    pub async fn probe_size(&self, url: &str) -> Result<Option<u64>, ApiError> {
+        let target = cdn_target(url)?;
+        let head = self
+            .inner
+            .cdn
+            .head(target.clone())
+            .send()
+            .await
+            .map_err(|e| transport_error("size probe", e))?;
+        let status = head.status();
+        if status.is_success() {
+            if let Some(n) = header_u64(head.headers(), CONTENT_LENGTH) {
+                return Ok(Some(n));
+            }
+        } else if !matches!(
+            status,
+            StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED | StatusCode::BAD_REQUEST
+        ) {
+            return Err(classify_cdn_status(status));
+        }
+        let ranged = self
+            .inner
+            .cdn
+            .get(target)
+            .header(RANGE, "bytes=0-0")
+            .send()
+            .await
+            .map_err(|e| transport_error("size probe", e))?;
+        match ranged.status() {
+            StatusCode::PARTIAL_CONTENT => Ok(ranged
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(total_from_content_range)),
+            s if s.is_success() => Ok(header_u64(ranged.headers(), CONTENT_LENGTH)),
+            s => Err(classify_cdn_status(s)),
+        }
+    }
+
+    /// One API GET through the limiter; feeds rate limits back into it.
+    async fn api_get(&self, url: Url, what: &str) -> Result<Bytes, ApiError> {
+        self.inner.limiter.acquire().await;
+        let started = Instant::now();
+        let result = self.api_get_once(url.clone()).await;
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        match &result {
+            Ok(body) => {
+                self.inner.limiter.record_success();
+                tracing::debug!(url = %url, bytes = body.len(), elapsed_ms, "{what}");
+            }
+            Err(ApiError::RateLimited { retry_after }) => {
+                let pause = self.inner.limiter.hold(*retry_after);
+                tracing::debug!(url = %url, pause_ms = pause.as_millis() as u64, "{what}: rate limited; holding all API calls");
+            }
+            Err(e) => tracing::debug!(url = %url, error = %e, elapsed_ms, "{what} failed"),
+        }
+        result
+    }
+
+    async fn api_get_once(&self, url: Url) -> Result<Bytes, ApiError> {
+        let response = self
+            .inner
+            .api
+            .get(url)
+            .header(AUTHORIZATION, self.inner.auth.clone())
+            .send()
+            .await
+            .map_err(|e| transport_error("API call", e))?;
+        let status = response.status();
+        if status.is_success() {
+            return response
+                .bytes()
+                .await
+                .map_err(|e| transport_error("API response", e));
+        }
+        let headers = response.headers().clone();
+        // A cut-short error body still classifies by status.
+        let body = response.bytes().await.unwrap_or_default();
+        Err(classify_api_status(status, &headers, &body, |s| {
+            self.redact(s)
+        }))
+    }
+
+    /// Scrubs the token out of server-provided text.
+    fn redact(&self, text: &str) -> String {
+        let token = self.inner.token.expose().trim();
+        if token.is_empty() {
+            text.to_string()
+        } else {
+            text.replace(token, "[redacted]")
+        }
+    }
+}
+
+/// An image URL we may request: absolute http(s), not yet past its `oe=` expiry.
+fn cdn_target(url: &str) -> Result<Url, ApiError> {
+    let parsed = Url::parse(url.trim())
+        .map_err(|e| ApiError::UrlExpired(format!("unusable image URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(ApiError::UrlExpired(format!(
+            "unusable image URL scheme {:?}",
+            parsed.scheme()
+        )));
+    }
+    if let Some(expiry) = url_expires_at(url) {
+        let now = chrono::Utc::now().timestamp();
+        if expiry <= now {
+            return Err(ApiError::UrlExpired(format!(
+                "image URL expired {}s ago",
+                now - expiry
+            )));
+        }
+    }
+    Ok(parsed)
+}
+
+fn header_u64(
+    headers: &reqwest::header::HeaderMap,
+    name: reqwest::header::HeaderName,
+) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// `bytes 0-0/12345` -> 12345; `*` totals are unknown.
+fn total_from_content_range(value: &str) -> Option<u64> {
+    value.rsplit_once('/')?.1.trim().parse().ok()
+}
+
+/// An image object; a numeric `id` (not what the API documents, but cheap to
+/// accept) becomes the string the rest of the program expects.
+fn parse_image(mut value: Value) -> Result<ImageMeta, String> {
+    if let Some(obj) = value.as_object_mut()
+        && let Some(Value::Number(n)) = obj.get("id")
+    {
+        let id = n.to_string();
+        obj.insert("id".into(), Value::String(id));
+    }
+    let id_hint = value
+        .get("id")
+        .and_then(Value::as_str)
+        .map(|s| s.chars().take(40).collect::<String>())
+        .unwrap_or_default();
+    serde_json::from_value(value).map_err(|e| format!("image {id_hint:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_range_totals() {
+        assert_eq!(total_from_content_range("bytes 0-0/12345"), Some(12345));
+        assert_eq!(total_from_content_range("bytes 0-0/*"), None);
+        assert_eq!(total_from_content_range("garbage"), None);
+    }
+
+    #[test]
+    fn numeric_ids_become_strings() {
+        let meta = parse_image(serde_json::json!({"id": 123, "captured_at": 5})).unwrap();
+        assert_eq!(meta.id, "123");
+        assert!(parse_image(serde_json::json!({"captured_at": 5})).is_err());
+        assert!(parse_image(serde_json::json!("nope")).is_err());
+    }
+
+    #[test]
+    fn expired_and_unusable_urls_never_hit_the_network() {
+        assert!(matches!(
+            cdn_target("http://cdn.local/img/1/original.jpg?oe=10"),
+            Err(ApiError::UrlExpired(_))
+        ));
+        assert!(matches!(
+            cdn_target("ftp://cdn.local/x.jpg"),
+            Err(ApiError::UrlExpired(_))
+        ));
+        assert!(matches!(cdn_target("nope"), Err(ApiError::UrlExpired(_))));
+        assert!(cdn_target("http://cdn.local/img/1/original.jpg?oe=7fffffff").is_ok());
+    }
+
+    #[test]
+    fn settings_from_config() {
+        let m = MapillarySettings {
+            url: "http://127.0.0.1:1".into(),
+            page_size: 10,
+            calls_per_minute: 60,
+            connect_timeout_secs: 1,
+            request_timeout_secs: 2,
+            download_timeout_secs: 3,
+            max_image_bytes: 4,
+            url_refresh_margin_secs: 5,
+        };
+        let s = ClientSettings::from_config(&m).unwrap();
+        assert_eq!(s.download_timeout, Duration::from_secs(3));
+        let bad = MapillarySettings {
+            url: "::".into(),
+            ..m
+        };
+        assert!(matches!(
+            ClientSettings::from_config(&bad),
+            Err(ApiError::Fatal(_))
+        ));
+    }
+
+    #[test]
+    fn client_refuses_empty_or_unsendable_tokens() {
+        let settings = ClientSettings {
+            api_url: Url::parse("http://127.0.0.1:1").unwrap(),
+            page_size: 10,
+            calls_per_minute: 60,
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            download_timeout: Duration::from_secs(1),
+            max_image_bytes: 1000,
+        };
+        assert!(matches!(
+            MapillaryClient::new(settings.clone(), Secret::new(" ")),
+            Err(ApiError::BadToken(_))
+        ));
+        let err = MapillaryClient::new(settings.clone(), Secret::new("MLY|1|a\nb")).unwrap_err();
+        assert!(!err.to_string().contains("MLY|1|a"));
+        let client = MapillaryClient::new(settings, Secret::new("MLY|1|abc")).unwrap();
+        assert!(!format!("{client:?}").contains("MLY|1|abc"));
+    }
+}

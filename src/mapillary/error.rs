@@ -1,0 +1,335 @@
+//! Every failure of an API call or a CDN download, classified once, here.
+//!
+//! The daemon must never guess from a message whether to retry: each variant
+//! carries its decision ([`ApiError::decision`]), so the retry policy of
+//! SPEC invariants 3-6 lives in one match.
+
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use serde::Deserialize;
+use std::time::{Duration, SystemTime};
+
+/// Longest `Retry-After` we honour. A server asking for more is obeyed for
+/// this long and then asked again, so a bogus header cannot park the daemon.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Graph error codes that mean "application request limit reached".
+const RATE_LIMIT_CODES: [i64; 4] = [4, 17, 32, 613];
+/// Graph error code for an invalid or expired access token.
+const BAD_TOKEN_CODE: i64 = 190;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApiError {
+    /// Worth another attempt after a backoff: 5xx, resets, timeouts, short or
+    /// invalid bodies, a non-JPEG image.
+    #[error("transient failure: {0}")]
+    Transient(String),
+    /// HTTP 429 or Graph code 4/17/32/613. Costs no attempt.
+    #[error("rate limited by the API{}", retry_after.map(|d| format!(" (retry after {}s)", d.as_secs_f64())).unwrap_or_default())]
+    RateLimited { retry_after: Option<Duration> },
+    /// The signed CDN URL is expired or refused: fetch a fresh one via `?ids=`.
+    #[error("image URL expired or refused: {0}")]
+    UrlExpired(String),
+    /// Graph code 190 or HTTP 401: the job pauses until the token is fixed.
+    #[error("the Mapillary token was rejected (check MAPILLARY_TOKEN): {0}")]
+    BadToken(String),
+    /// Graph code 100 or another 4xx: the request itself is wrong.
+    #[error("bad request{}: {message}", code.map(|c| format!(" (code {c})")).unwrap_or_default())]
+    BadRequest { code: Option<i64>, message: String },
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Nothing a retry could fix (bad configuration, unusable URL).
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// What the caller should do after an [`ApiError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryDecision {
+    /// Back off and try again; costs an attempt.
+    Retryable,
+    /// Wait (the client's limiter already holds all API calls); costs no attempt.
+    RateLimited(Option<Duration>),
+    /// Refresh the image URL via `GET /?ids=`; costs no attempt.
+    RefreshUrl,
+    /// Pause the job with the error as `last_error`; costs no attempt.
+    PauseJob,
+    /// Retrying cannot help: fail the image (or the call) for good.
+    GiveUp,
+}
+
+impl ApiError {
+    pub fn decision(&self) -> RetryDecision {
+        match self {
+            ApiError::Transient(_) => RetryDecision::Retryable,
+            ApiError::RateLimited { retry_after } => RetryDecision::RateLimited(*retry_after),
+            ApiError::UrlExpired(_) => RetryDecision::RefreshUrl,
+            ApiError::BadToken(_) => RetryDecision::PauseJob,
+            ApiError::BadRequest { .. } | ApiError::NotFound(_) | ApiError::Fatal(_) => {
+                RetryDecision::GiveUp
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct GraphErrorBody {
+    error: GraphError,
+}
+
+/// The `error` object of a Graph error body.
+#[derive(Debug, Deserialize, Default)]
+pub(crate) struct GraphError {
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(default)]
+    pub code: Option<i64>,
+}
+
+/// Parses `{"error":{...}}` if the body is one; HTML and garbage give `None`.
+pub(crate) fn parse_graph_error(body: &[u8]) -> Option<GraphError> {
+    serde_json::from_slice::<GraphErrorBody>(body)
+        .ok()
+        .map(|b| b.error)
+}
+
+/// `Retry-After` as delta-seconds or an HTTP-date, capped at [`MAX_RETRY_AFTER`].
+pub fn parse_retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let raw = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    let delay = if let Ok(secs) = raw.parse::<u64>() {
+        Duration::from_secs(secs)
+    } else if let Ok(secs) = raw.parse::<f64>() {
+        if !secs.is_finite() || secs < 0.0 {
+            return None;
+        }
+        Duration::from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64()))
+    } else {
+        let when = chrono::DateTime::parse_from_rfc2822(raw).ok()?;
+        let when = SystemTime::from(when);
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    };
+    Some(delay.min(MAX_RETRY_AFTER))
+}
+
+/// Classifies a non-2xx answer of the API host by status AND Graph code.
+/// `redact` scrubs server-provided text so a token echoed back never escapes.
+pub(crate) fn classify_api_status(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    redact: impl Fn(&str) -> String,
+) -> ApiError {
+    let graph = parse_graph_error(body).unwrap_or_default();
+    let detail = match &graph.message {
+        Some(m) => format!("HTTP {}: {}", status.as_u16(), redact(m)),
+        None => format!("HTTP {}", status.as_u16()),
+    };
+    let code = graph.code;
+    if status == StatusCode::TOO_MANY_REQUESTS
+        || code.is_some_and(|c| RATE_LIMIT_CODES.contains(&c))
+    {
+        return ApiError::RateLimited {
+            retry_after: parse_retry_after(headers),
+        };
+    }
+    if status == StatusCode::UNAUTHORIZED || code == Some(BAD_TOKEN_CODE) {
+        return ApiError::BadToken(detail);
+    }
+    if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
+        return ApiError::Transient(format!("API answered {detail}"));
+    }
+    if status == StatusCode::NOT_FOUND {
+        return ApiError::NotFound(format!("API answered {detail}"));
+    }
+    if status.is_client_error() {
+        return ApiError::BadRequest {
+            code,
+            message: format!("API answered {detail}"),
+        };
+    }
+    // 1xx/3xx: redirects are never followed (the token must stay on the API host).
+    ApiError::Fatal(format!("API answered unexpected {detail}"))
+}
+
+/// Classifies a non-2xx answer of the CDN.
+pub(crate) fn classify_cdn_status(status: StatusCode) -> ApiError {
+    let code = status.as_u16();
+    match status {
+        StatusCode::FORBIDDEN | StatusCode::GONE => {
+            ApiError::UrlExpired(format!("CDN answered HTTP {code}"))
+        }
+        StatusCode::NOT_FOUND => ApiError::NotFound(format!("CDN answered HTTP {code}")),
+        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
+            ApiError::Transient(format!("CDN answered HTTP {code}"))
+        }
+        s if s.is_server_error() => ApiError::Transient(format!("CDN answered HTTP {code}")),
+        s if s.is_client_error() => ApiError::BadRequest {
+            code: None,
+            message: format!("CDN answered HTTP {code}"),
+        },
+        _ => ApiError::Fatal(format!("CDN answered unexpected HTTP {code}")),
+    }
+}
+
+/// A transport failure (connect, reset, timeout, body cut short). Always
+/// transient; the message drops the URL, which may be signed.
+pub(crate) fn transport_error(what: &str, err: reqwest::Error) -> ApiError {
+    let kind = if err.is_timeout() {
+        "timed out"
+    } else if err.is_connect() {
+        "connection failed"
+    } else if err.is_body() || err.is_decode() {
+        "body interrupted"
+    } else {
+        "request failed"
+    };
+    let mut source = String::new();
+    let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(&err);
+    while let Some(c) = cause {
+        source = c.to_string();
+        cause = c.source();
+    }
+    if source.is_empty() {
+        ApiError::Transient(format!("{what} {kind}"))
+    } else {
+        ApiError::Transient(format!("{what} {kind}: {source}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use reqwest::header::HeaderValue;
+
+    fn classify(status: u16, body: &str, retry_after: Option<&str>) -> ApiError {
+        let mut headers = HeaderMap::new();
+        if let Some(v) = retry_after {
+            headers.insert(RETRY_AFTER, HeaderValue::from_str(v).unwrap());
+        }
+        classify_api_status(
+            StatusCode::from_u16(status).unwrap(),
+            &headers,
+            body.as_bytes(),
+            |s| s.to_string(),
+        )
+    }
+
+    fn graph(code: i64) -> String {
+        format!(r#"{{"error":{{"message":"m","type":"OAuthException","code":{code}}}}}"#)
+    }
+
+    #[test]
+    fn rate_limits_by_status_and_by_code() {
+        assert_eq!(
+            classify(429, "", Some("7")),
+            ApiError::RateLimited {
+                retry_after: Some(Duration::from_secs(7))
+            }
+        );
+        assert_eq!(
+            classify(429, "", None),
+            ApiError::RateLimited { retry_after: None }
+        );
+        for code in [4, 17, 32, 613] {
+            assert!(matches!(
+                classify(400, &graph(code), None),
+                ApiError::RateLimited { .. }
+            ));
+            assert!(matches!(
+                classify(403, &graph(code), None),
+                ApiError::RateLimited { .. }
+            ));
+        }
+    }
+
+    #[test]
+    fn token_bad_request_server_errors() {
+        assert!(matches!(classify(401, "", None), ApiError::BadToken(_)));
+        assert!(matches!(
+            classify(400, &graph(190), None),
+            ApiError::BadToken(_)
+        ));
+        assert!(matches!(
+            classify(400, &graph(100), None),
+            ApiError::BadRequest {
+                code: Some(100),
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify(503, "<html>down</html>", None),
+            ApiError::Transient(_)
+        ));
+        assert!(matches!(classify(404, "", None), ApiError::NotFound(_)));
+        assert!(matches!(classify(302, "", None), ApiError::Fatal(_)));
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("120"));
+        assert_eq!(parse_retry_after(&h), Some(Duration::from_secs(120)));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("999999"));
+        assert_eq!(parse_retry_after(&h), Some(MAX_RETRY_AFTER));
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(parse_retry_after(&h), Some(Duration::ZERO));
+        let future = chrono::Utc::now() + chrono::Duration::seconds(30);
+        let date = future.format("%a, %d %b %Y %H:%M:%S GMT").to_string();
+        h.insert(RETRY_AFTER, HeaderValue::from_str(&date).unwrap());
+        let d = parse_retry_after(&h).unwrap();
+        assert!(
+            d > Duration::from_secs(27) && d <= Duration::from_secs(30),
+            "{d:?}"
+        );
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(parse_retry_after(&h), None);
+    }
+
+    #[test]
+    fn cdn_statuses() {
+        assert!(matches!(
+            classify_cdn_status(StatusCode::FORBIDDEN),
+            ApiError::UrlExpired(_)
+        ));
+        assert!(matches!(
+            classify_cdn_status(StatusCode::GONE),
+            ApiError::UrlExpired(_)
+        ));
+        assert!(matches!(
+            classify_cdn_status(StatusCode::NOT_FOUND),
+            ApiError::NotFound(_)
+        ));
+        assert!(matches!(
+            classify_cdn_status(StatusCode::BAD_GATEWAY),
+            ApiError::Transient(_)
+        ));
+    }
+
+    #[test]
+    fn decisions() {
+        assert_eq!(
+            ApiError::Transient("x".into()).decision(),
+            RetryDecision::Retryable
+        );
+        assert_eq!(
+            ApiError::RateLimited { retry_after: None }.decision(),
+            RetryDecision::RateLimited(None)
+        );
+        assert_eq!(
+            ApiError::UrlExpired("x".into()).decision(),
+            RetryDecision::RefreshUrl
+        );
+        assert_eq!(
+            ApiError::BadToken("x".into()).decision(),
+            RetryDecision::PauseJob
+        );
+        assert_eq!(
+            ApiError::NotFound("x".into()).decision(),
+            RetryDecision::GiveUp
+        );
+    }
+}

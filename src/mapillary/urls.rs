@@ -1,0 +1,206 @@
+//! URL surgery: token stripping, signed-URL expiry, and keeping API calls on
+//! the API origin (SPEC invariant 2).
+//!
+//! Query strings are edited as raw text, pair by pair, so every parameter we
+//! keep is byte-for-byte what the server sent: a stored `next` cursor must
+//! round-trip exactly.
+
+use crate::model::{Bbox, IMAGE_FIELDS};
+use url::Url;
+
+const TOKEN_PARAM: &str = "access_token";
+
+/// `url` without any `access_token` parameter (matched case-insensitively,
+/// also when percent-encoded). Works on unparseable input too, since the
+/// point is that a token never survives into storage or logs.
+pub fn strip_token(url: &str) -> String {
+    let (before_fragment, fragment) = match url.split_once('#') {
+        Some((head, frag)) => (head, Some(frag)),
+        None => (url, None),
+    };
+    let Some((base, query)) = before_fragment.split_once('?') else {
+        return url.to_string();
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| !pair.is_empty() && !is_token_pair(pair))
+        .collect();
+    let mut out = String::with_capacity(url.len());
+    out.push_str(base);
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    if let Some(frag) = fragment {
+        out.push('#');
+        out.push_str(frag);
+    }
+    out
+}
+
+fn is_token_pair(pair: &str) -> bool {
+    let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+    url::form_urlencoded::parse(key.as_bytes())
+        .next()
+        .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case(TOKEN_PARAM))
+}
+
+/// The expiry of a signed CDN URL: its `oe=` parameter, hex Unix seconds.
+pub fn url_expires_at(url: &str) -> Option<i64> {
+    let query = url.split_once('?')?.1;
+    let query = query.split_once('#').map_or(query, |(q, _)| q);
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        if key != "oe" {
+            return None;
+        }
+        i64::from_str_radix(value, 16).ok()
+    })
+}
+
+/// The first `GET /images` page for a user, token-free.
+pub(crate) fn first_page_url(
+    base: &Url,
+    username: &str,
+    page_size: u32,
+    bbox: Option<Bbox>,
+) -> String {
+    let mut url = endpoint(base, "images");
+    {
+        let mut q = url.query_pairs_mut();
+        q.append_pair("creator_username", username);
+        q.append_pair("fields", &IMAGE_FIELDS.join(","));
+        q.append_pair("limit", &page_size.to_string());
+        if let Some(b) = bbox {
+            q.append_pair("bbox", &b.to_query());
+        }
+    }
+    url.into()
+}
+
+/// `<base>/<name>` keeping any path prefix of the base (e.g. a proxy's `/v4`).
+pub(crate) fn endpoint(base: &Url, name: &str) -> Url {
+    let mut url = base.clone();
+    let path = format!("{}/{}", base.path().trim_end_matches('/'), name);
+    url.set_path(&path);
+    url.set_query(None);
+    url.set_fragment(None);
+    url
+}
+
+/// The URL a stored page link is actually fetched from: on the API origin,
+/// token-free. A link on another origin (or relative) keeps its path and
+/// query but is moved onto `base`, so the token can only ever go there.
+pub(crate) fn onto_api_origin(base: &Url, link: &str) -> Result<Url, String> {
+    let clean = strip_token(link.trim());
+    let parsed = match Url::parse(&clean) {
+        Ok(u) => u,
+        Err(url::ParseError::RelativeUrlWithoutBase) => base
+            .join(&clean)
+            .map_err(|e| format!("page link is not a URL: {e}"))?,
+        Err(e) => return Err(format!("page link is not a URL: {e}")),
+    };
+    if parsed.origin() == base.origin()
+        && parsed.username().is_empty()
+        && parsed.password().is_none()
+    {
+        return Ok(parsed);
+    }
+    let mut rebased = base.clone();
+    rebased.set_path(parsed.path());
+    rebased.set_query(parsed.query());
+    rebased.set_fragment(None);
+    Ok(rebased)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_token_in_any_case_and_position() {
+        assert_eq!(
+            strip_token("https://g.com/images?access_token=MLY|1|a&after=xyz&limit=5"),
+            "https://g.com/images?after=xyz&limit=5"
+        );
+        assert_eq!(
+            strip_token("https://g.com/images?after=xyz&Access_Token=MLY%7C1%7Ca"),
+            "https://g.com/images?after=xyz"
+        );
+        assert_eq!(
+            strip_token("https://g.com/images?ACCESS_TOKEN=t"),
+            "https://g.com/images"
+        );
+        assert_eq!(
+            strip_token("https://g.com/x?a=1&access%5Ftoken=t#frag"),
+            "https://g.com/x?a=1#frag"
+        );
+        assert_eq!(
+            strip_token("https://g.com/x?access_token"),
+            "https://g.com/x"
+        );
+        assert_eq!(
+            strip_token("https://g.com/x?a=1&&access_token=t&"),
+            "https://g.com/x?a=1"
+        );
+    }
+
+    #[test]
+    fn strip_keeps_other_params_byte_for_byte() {
+        let url = "https://g.com/images?fields=id%2Ccaptured_at&after=QVFI%3D&my_access_token=keep";
+        assert_eq!(strip_token(url), url);
+        assert_eq!(strip_token("not a url at all"), "not a url at all");
+    }
+
+    #[test]
+    fn expiry_from_oe() {
+        assert_eq!(
+            url_expires_at("https://cdn/x.jpg?stp=a&oe=65A1B2C3&_nc_sig=z"),
+            Some(0x65A1B2C3)
+        );
+        assert_eq!(
+            url_expires_at("https://cdn/x.jpg?oe=6a1b2c3d"),
+            Some(0x6a1b2c3d)
+        );
+        assert_eq!(url_expires_at("https://cdn/x.jpg?noe=1"), None);
+        assert_eq!(url_expires_at("https://cdn/x.jpg?oe=zz"), None);
+        assert_eq!(url_expires_at("https://cdn/x.jpg"), None);
+    }
+
+    #[test]
+    fn first_page_has_every_parameter() {
+        let base = Url::parse("https://graph.mapillary.com").unwrap();
+        let bbox = Bbox::new(2.25, 48.8, 2.45, 48.9).unwrap();
+        let url = Url::parse(&first_page_url(&base, "alice", 500, Some(bbox))).unwrap();
+        assert_eq!(url.path(), "/images");
+        let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+        assert_eq!(q["creator_username"], "alice");
+        assert_eq!(q["fields"], IMAGE_FIELDS.join(","));
+        assert_eq!(q["limit"], "500");
+        assert_eq!(q["bbox"], "2.25,48.8,2.45,48.9");
+        assert!(!q.contains_key("access_token"));
+    }
+
+    #[test]
+    fn endpoint_keeps_a_path_prefix() {
+        let base = Url::parse("http://proxy.local/v4/").unwrap();
+        assert_eq!(
+            endpoint(&base, "images").as_str(),
+            "http://proxy.local/v4/images"
+        );
+    }
+
+    #[test]
+    fn foreign_links_are_rebased_onto_the_api() {
+        let base = Url::parse("http://127.0.0.1:9000/").unwrap();
+        let same =
+            onto_api_origin(&base, "http://127.0.0.1:9000/images?after=a&access_token=t").unwrap();
+        assert_eq!(same.as_str(), "http://127.0.0.1:9000/images?after=a");
+        let foreign = onto_api_origin(&base, "https://evil.example:443/images?after=b").unwrap();
+        assert_eq!(foreign.as_str(), "http://127.0.0.1:9000/images?after=b");
+        let userinfo = onto_api_origin(&base, "http://u:p@127.0.0.1:9000/images").unwrap();
+        assert_eq!(userinfo.as_str(), "http://127.0.0.1:9000/images");
+        let relative = onto_api_origin(&base, "/images?after=c").unwrap();
+        assert_eq!(relative.as_str(), "http://127.0.0.1:9000/images?after=c");
+    }
+}

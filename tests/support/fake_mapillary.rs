@@ -1,0 +1,1243 @@
+//! A fake Mapillary Graph API and CDN for tests, following
+//! `shared/mapillary-api.md`: paging with cursors and `next`, `fields`, bbox,
+//! `?ids=` batches, expiring signed image URLs, Graph error bodies, and
+//! scriptable faults. It records every request so tests can assert exact logs
+//! (e.g. "the CDN never saw an Authorization header").
+//!
+//! Include it with `#[path = "support/fake_mapillary.rs"] mod fake_mapillary;`.
+//! The API and the CDN listen on two ports of 127.0.0.1: two origins.
+#![allow(dead_code, unused_imports)]
+
+#[path = "fake_mapillary/data.rs"]
+mod data;
+#[path = "fake_mapillary/net.rs"]
+mod net;
+
+pub use data::{FIRST_ID, REGION, SERVED_DESCRIPTION, WRAPPED_ALTITUDE};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use data::{Block, JpegBases};
+use mapillary_downloader::model::{ImageMeta, Quality};
+use net::{ConnInfo, KillableListener};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Map, Value, json};
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use url::Url;
+
+pub const DEFAULT_TOKEN: &str = "MLY|4242424242|fake0123456789abcdef0123456789ab";
+/// Graph API page size maximum and default.
+pub const MAX_LIMIT: usize = 2000;
+/// How far an overlapping page reaches back into the previous one.
+pub const OVERLAP: usize = 3;
+const HTML_5XX: &str = "<!DOCTYPE html><html><head><title>Service Unavailable</title></head><body><h1>Sorry, something went wrong.</h1></body></html>";
+const HTML_200: &str = "<!DOCTYPE html><html><body><h1>Temporarily unavailable</h1><p>Please try again later.</p></body></html>";
+
+#[derive(Debug, Clone)]
+pub struct FakeConfig {
+    /// The one valid token (changeable at runtime with `set_token`).
+    pub token: String,
+    /// Lifetime of issued image URLs; negative issues already-expired URLs.
+    pub url_ttl_secs: i64,
+    pub api_latency: Duration,
+    pub cdn_latency: Duration,
+    /// Uniform extra CDN latency in `[0, jitter]`.
+    pub cdn_latency_jitter: Duration,
+    /// Put `access_token=<token>` into every `next` (the [I] case of the API notes).
+    pub token_in_next: bool,
+    pub faults: Faults,
+    /// Seeds the fault RNG.
+    pub seed: u64,
+    /// When false the CDN answers HEAD with 405 (size probes must fall back to Range).
+    pub head_allowed: bool,
+    /// Requests kept in the log (the oldest are dropped); counters keep counting.
+    pub log_capacity: usize,
+    /// 0 = any free port.
+    pub api_port: u16,
+    pub cdn_port: u16,
+}
+
+impl Default for FakeConfig {
+    fn default() -> Self {
+        FakeConfig {
+            token: DEFAULT_TOKEN.to_string(),
+            url_ttl_secs: 3600,
+            api_latency: Duration::ZERO,
+            cdn_latency: Duration::ZERO,
+            cdn_latency_jitter: Duration::ZERO,
+            token_in_next: false,
+            faults: Faults::default(),
+            seed: 42,
+            head_allowed: true,
+            log_capacity: 200_000,
+            api_port: 0,
+            cdn_port: 0,
+        }
+    }
+}
+
+/// Per-request fault probabilities (0.0..=1.0), drawn from a seeded RNG.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Faults {
+    pub api_5xx_html: f64,
+    pub api_429_retry_after: f64,
+    pub api_429_plain: f64,
+    pub api_code4_400: f64,
+    pub api_invalid_json: f64,
+    pub api_truncated: f64,
+    pub api_reset: f64,
+    pub cdn_5xx: f64,
+    pub cdn_truncated: f64,
+    pub cdn_reset: f64,
+    pub cdn_html_200: f64,
+    pub overlapping_pages: f64,
+}
+
+impl Faults {
+    /// Named mixes for the standalone server: `none`, `flaky`, `chaos`, `ratelimit`.
+    pub fn preset(name: &str) -> Option<Faults> {
+        let all = |api: f64, cdn: f64, overlap: f64| Faults {
+            api_5xx_html: api,
+            api_429_retry_after: api,
+            api_429_plain: api,
+            api_code4_400: api,
+            api_invalid_json: api,
+            api_truncated: api,
+            api_reset: api,
+            cdn_5xx: cdn,
+            cdn_truncated: cdn,
+            cdn_reset: cdn,
+            cdn_html_200: cdn,
+            overlapping_pages: overlap,
+        };
+        match name {
+            "none" => Some(Faults::default()),
+            "flaky" => Some(all(0.01, 0.02, 0.2)),
+            "chaos" => Some(all(0.04, 0.06, 0.5)),
+            "ratelimit" => Some(Faults {
+                api_429_retry_after: 0.1,
+                api_429_plain: 0.05,
+                api_code4_400: 0.05,
+                ..Faults::default()
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Route {
+    Api,
+    Cdn,
+}
+
+/// One scripted answer, consumed in order by the next requests of a route.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// Serve normally (lets a script skip a request).
+    Pass,
+    Status500Html,
+    Status503Html,
+    /// HTTP 429 with a Graph code-4 body, with or without `Retry-After: <secs>`.
+    RateLimit {
+        retry_after: Option<u64>,
+    },
+    /// HTTP 400 with Graph code 4 (rate limited without a 429).
+    RateLimitCode4,
+    /// HTTP 401 with Graph code 190.
+    BadToken,
+    /// HTTP 400 with Graph code 100.
+    BadParam,
+    /// HTTP 200 with a body that is not JSON.
+    InvalidJson,
+    /// The real answer, with a Content-Length larger than the bytes sent, then a close.
+    Truncated,
+    /// The connection is reset instead of answered.
+    Reset,
+    /// HTTP 200 with an HTML body (for the CDN: not a JPEG).
+    Html200,
+    /// HTTP 403 "URL signature expired" with a short text body.
+    Expired,
+    /// HTTP 410.
+    Gone,
+    NotFound,
+    /// The page repeats the last few ids of the previous page.
+    OverlapPage,
+}
+
+impl Fault {
+    fn name(&self) -> &'static str {
+        match self {
+            Fault::Pass => "pass",
+            Fault::Status500Html => "500-html",
+            Fault::Status503Html => "503-html",
+            Fault::RateLimit {
+                retry_after: Some(_),
+            } => "429-retry-after",
+            Fault::RateLimit { retry_after: None } => "429-plain",
+            Fault::RateLimitCode4 => "400-code4",
+            Fault::BadToken => "401-code190",
+            Fault::BadParam => "400-code100",
+            Fault::InvalidJson => "invalid-json",
+            Fault::Truncated => "truncated",
+            Fault::Reset => "reset",
+            Fault::Html200 => "html-200",
+            Fault::Expired => "403-expired",
+            Fault::Gone => "410-gone",
+            Fault::NotFound => "404",
+            Fault::OverlapPage => "overlap",
+        }
+    }
+}
+
+/// One served request.
+#[derive(Debug, Clone)]
+pub struct RequestRecord {
+    pub route: Route,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    /// The `Authorization` header as received, if any.
+    pub authorization: Option<String>,
+    pub range: Option<String>,
+    /// Status served; 0 for a reset connection.
+    pub status: u16,
+    /// The image a CDN request asked for.
+    pub image_id: Option<String>,
+    /// The injected fault, if any.
+    pub fault: Option<&'static str>,
+    pub at: Instant,
+}
+
+/// The user-visible list of a user's images: generated blocks and hand-made
+/// images, in the order they were added.
+#[derive(Debug, Clone)]
+enum Entry {
+    Block(Block),
+    Single(Box<ImageMeta>),
+}
+
+#[derive(Debug, Clone)]
+struct User {
+    name: String,
+    user_id: String,
+    entries: Vec<Entry>,
+    len: usize,
+}
+
+impl User {
+    fn get(&self, mut pos: usize) -> Option<ImageMeta> {
+        for entry in &self.entries {
+            match entry {
+                Entry::Block(b) => {
+                    if pos < b.count as usize {
+                        return Some(data::generate(b, pos as u64, &self.name, &self.user_id));
+                    }
+                    pos -= b.count as usize;
+                }
+                Entry::Single(m) => {
+                    if pos == 0 {
+                        return Some((**m).clone());
+                    }
+                    pos -= 1;
+                }
+            }
+        }
+        None
+    }
+}
+
+struct State_ {
+    token: String,
+    url_ttl_secs: i64,
+    token_in_next: bool,
+    head_allowed: bool,
+    cdn_latency: Duration,
+    cdn_latency_jitter: Duration,
+    api_latency: Duration,
+    users: Vec<User>,
+    by_name: HashMap<String, usize>,
+    /// Hand-made images by id (generated ones are found by id range).
+    singles: HashMap<String, ImageMeta>,
+    next_id: u64,
+    faults: Faults,
+    rng: StdRng,
+    api_script: VecDeque<Fault>,
+    cdn_script: VecDeque<Fault>,
+    log: VecDeque<RequestRecord>,
+    log_capacity: usize,
+    api_times: Vec<Instant>,
+    cdn_total: usize,
+    cdn_full: HashMap<String, usize>,
+    token_on_cdn: bool,
+}
+
+struct Shared {
+    state: Mutex<State_>,
+    bases: JpegBases,
+    api_url: Url,
+    cdn_url: Url,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State_> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn find(&self, id: &str) -> Option<ImageMeta> {
+        let s = self.lock();
+        if let Some(m) = s.singles.get(id) {
+            return Some(m.clone());
+        }
+        let n: u64 = id.parse().ok()?;
+        if id.starts_with('0') {
+            return None;
+        }
+        for user in &s.users {
+            for entry in &user.entries {
+                if let Entry::Block(b) = entry
+                    && n >= b.id_base
+                    && n < b.id_base + b.count
+                {
+                    return Some(data::generate(b, n - b.id_base, &user.name, &user.user_id));
+                }
+            }
+        }
+        None
+    }
+
+    fn signature(id: &str, q: Quality, oe: i64) -> String {
+        format!(
+            "{:016x}",
+            data::mix(data::hash_str(id) ^ data::hash_str(q.as_str()) ^ oe as u64)
+        )
+    }
+
+    fn thumb_url(&self, id: &str, q: Quality, oe: i64) -> String {
+        let mut url = self.cdn_url.clone();
+        url.path_segments_mut()
+            .map(|mut p| {
+                p.clear()
+                    .push("img")
+                    .push(id)
+                    .push(&format!("{}.jpg", q.as_str()));
+            })
+            .ok();
+        url.query_pairs_mut()
+            .append_pair("stp", "dst-jpg_s1024x768")
+            .append_pair("_nc_cat", "1")
+            .append_pair("oe", &format!("{oe:X}"))
+            .append_pair("_nc_sig", &Shared::signature(id, q, oe));
+        url.into()
+    }
+
+    /// The object the API serves for `meta`, restricted to `fields` (`id` always).
+    fn render(&self, meta: &ImageMeta, fields: &[String]) -> Value {
+        let ttl = self.lock().url_ttl_secs;
+        let oe = now_secs() + ttl;
+        let mut full = match serde_json::to_value(meta.without_urls()) {
+            Ok(Value::Object(map)) => map,
+            _ => Map::new(),
+        };
+        for q in Quality::ALL {
+            full.insert(
+                q.url_field().into(),
+                Value::String(self.thumb_url(&meta.id, q, oe)),
+            );
+        }
+        let mut out = Map::new();
+        out.insert("id".into(), Value::String(meta.id.clone()));
+        for f in fields {
+            if let Some(v) = full.get(f) {
+                out.insert(f.clone(), v.clone());
+            }
+        }
+        Value::Object(out)
+    }
+}
+
+pub fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// A running fake. Dropping it stops both servers.
+pub struct FakeMapillary {
+    shared: Arc<Shared>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for FakeMapillary {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl FakeMapillary {
+    pub async fn start(cfg: FakeConfig) -> FakeMapillary {
+        let api_listener = TcpListener::bind(("127.0.0.1", cfg.api_port))
+            .await
+            .expect("bind the fake API");
+        let cdn_listener = TcpListener::bind(("127.0.0.1", cfg.cdn_port))
+            .await
+            .expect("bind the fake CDN");
+        let api_addr = api_listener.local_addr().expect("fake API address");
+        let cdn_addr = cdn_listener.local_addr().expect("fake CDN address");
+        let api_url = Url::parse(&format!("http://{api_addr}/")).expect("API URL");
+        let cdn_url = Url::parse(&format!("http://{cdn_addr}/")).expect("CDN URL");
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State_ {
+                token: cfg.token.clone(),
+                url_ttl_secs: cfg.url_ttl_secs,
+                token_in_next: cfg.token_in_next,
+                head_allowed: cfg.head_allowed,
+                cdn_latency: cfg.cdn_latency,
+                cdn_latency_jitter: cfg.cdn_latency_jitter,
+                api_latency: cfg.api_latency,
+                users: Vec::new(),
+                by_name: HashMap::new(),
+                singles: HashMap::new(),
+                next_id: FIRST_ID,
+                faults: cfg.faults,
+                rng: StdRng::seed_from_u64(cfg.seed),
+                api_script: VecDeque::new(),
+                cdn_script: VecDeque::new(),
+                log: VecDeque::new(),
+                log_capacity: cfg.log_capacity,
+                api_times: Vec::new(),
+                cdn_total: 0,
+                cdn_full: HashMap::new(),
+                token_on_cdn: false,
+            }),
+            bases: JpegBases::new(),
+            api_url,
+            cdn_url,
+        });
+        let api = Router::new()
+            .route("/", get(api_ids))
+            .route("/images", get(api_images))
+            .route("/image_ids", get(api_image_ids))
+            .route("/{id}", get(api_one))
+            .fallback(api_unknown_path)
+            .layer(middleware::from_fn_with_state(shared.clone(), api_gate))
+            .with_state(shared.clone());
+        let cdn = Router::new()
+            .route("/img/{id}/{file}", get(cdn_image))
+            .fallback(|| async { (StatusCode::NOT_FOUND, "Not Found") })
+            .layer(middleware::from_fn_with_state(shared.clone(), cdn_gate))
+            .with_state(shared.clone());
+        let mut tasks = Vec::new();
+        for (listener, app) in [(api_listener, api), (cdn_listener, cdn)] {
+            let service = app.into_make_service_with_connect_info::<ConnInfo>();
+            tasks.push(tokio::spawn(async move {
+                let _ = axum::serve(KillableListener { inner: listener }, service).await;
+            }));
+        }
+        FakeMapillary { shared, tasks }
+    }
+
+    /// Base URL of the API, e.g. `http://127.0.0.1:41234/`.
+    pub fn api_url(&self) -> Url {
+        self.shared.api_url.clone()
+    }
+
+    /// Base URL of the CDN: another port, so another origin.
+    pub fn cdn_url(&self) -> Url {
+        self.shared.cdn_url.clone()
+    }
+
+    pub fn token(&self) -> String {
+        self.shared.lock().token.clone()
+    }
+
+    /// Changes the one valid token (e.g. to simulate revocation).
+    pub fn set_token(&self, token: &str) {
+        self.shared.lock().token = token.to_string();
+    }
+
+    pub fn set_faults(&self, faults: Faults) {
+        self.shared.lock().faults = faults;
+    }
+
+    pub fn set_url_ttl_secs(&self, ttl: i64) {
+        self.shared.lock().url_ttl_secs = ttl;
+    }
+
+    pub fn set_token_in_next(&self, on: bool) {
+        self.shared.lock().token_in_next = on;
+    }
+
+    pub fn set_head_allowed(&self, on: bool) {
+        self.shared.lock().head_allowed = on;
+    }
+
+    pub fn set_cdn_latency(&self, latency: Duration, jitter: Duration) {
+        let mut s = self.shared.lock();
+        s.cdn_latency = latency;
+        s.cdn_latency_jitter = jitter;
+    }
+
+    pub fn set_api_latency(&self, latency: Duration) {
+        self.shared.lock().api_latency = latency;
+    }
+
+    /// Queues answers for the next requests of `route`, in order.
+    pub fn script(&self, route: Route, faults: Vec<Fault>) {
+        let mut s = self.shared.lock();
+        match route {
+            Route::Api => s.api_script.extend(faults),
+            Route::Cdn => s.cdn_script.extend(faults),
+        }
+    }
+
+    /// Adds `count` generated images to `username` (created if new). Ids are
+    /// unique across users; the same (count, seed) always gives the same images.
+    pub fn add_user(&self, username: &str, count: u64, seed: u64) {
+        let mut s = self.shared.lock();
+        let id_base = s.next_id;
+        s.next_id += count + 1000;
+        let user = user_mut(&mut s, username);
+        user.entries.push(Entry::Block(Block {
+            id_base,
+            count,
+            seed,
+        }));
+        user.len += count as usize;
+    }
+
+    /// Adds a hand-made image (URL fields are ignored: the fake issues its own).
+    pub fn add_image(&self, username: &str, meta: ImageMeta) {
+        let mut s = self.shared.lock();
+        let meta = meta.without_urls();
+        s.singles.insert(meta.id.clone(), meta.clone());
+        let user = user_mut(&mut s, username);
+        user.entries.push(Entry::Single(Box::new(meta)));
+        user.len += 1;
+    }
+
+    /// The truth for assertions: every image of the user, in listing order, without URLs.
+    pub fn images(&self, username: &str) -> Vec<ImageMeta> {
+        let s = self.shared.lock();
+        let Some(&index) = s.by_name.get(username) else {
+            return Vec::new();
+        };
+        let user = s.users[index].clone();
+        drop(s);
+        (0..user.len).filter_map(|p| user.get(p)).collect()
+    }
+
+    pub fn image(&self, id: &str) -> Option<ImageMeta> {
+        self.shared.find(id)
+    }
+
+    /// A fresh signed CDN URL for an image, valid for the configured TTL.
+    pub fn thumb_url(&self, id: &str, quality: Quality) -> String {
+        let ttl = self.shared.lock().url_ttl_secs;
+        self.shared.thumb_url(id, quality, now_secs() + ttl)
+    }
+
+    /// A signed CDN URL with a chosen `oe` expiry (Unix seconds).
+    pub fn thumb_url_expiring_at(&self, id: &str, quality: Quality, oe: i64) -> String {
+        self.shared.thumb_url(id, quality, oe)
+    }
+
+    /// The exact bytes the CDN serves for an image.
+    pub fn expected_body(&self, id: &str, quality: Quality) -> Vec<u8> {
+        self.shared.bases.body(id, quality)
+    }
+
+    /// The COM payload that marks a served body: `mly-fake:<id>:<quality>`.
+    pub fn jpeg_marker(&self, id: &str, quality: Quality) -> Vec<u8> {
+        data::marker(id, quality)
+    }
+
+    /// The retained request log (oldest first).
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.lock().log.iter().cloned().collect()
+    }
+
+    pub fn clear_log(&self) {
+        let mut s = self.shared.lock();
+        s.log.clear();
+        s.api_times.clear();
+        s.cdn_total = 0;
+        s.cdn_full.clear();
+        s.token_on_cdn = false;
+    }
+
+    /// Every API request received, whatever its outcome.
+    pub fn api_calls(&self) -> usize {
+        self.shared.lock().api_times.len()
+    }
+
+    pub fn cdn_requests(&self) -> usize {
+        self.shared.lock().cdn_total
+    }
+
+    /// Complete, successful downloads of an image (any quality).
+    pub fn cdn_hits(&self, id: &str) -> usize {
+        self.shared.lock().cdn_full.get(id).copied().unwrap_or(0)
+    }
+
+    pub fn cdn_hits_total(&self) -> usize {
+        self.shared.lock().cdn_full.values().sum()
+    }
+
+    /// Whether any CDN request carried an Authorization header, an
+    /// `access_token` parameter or the token text anywhere.
+    pub fn saw_token_on_cdn(&self) -> bool {
+        self.shared.lock().token_on_cdn
+    }
+
+    /// The most API requests received within any `window`-long span.
+    pub fn max_api_calls_per_window(&self, window: Duration) -> usize {
+        let s = self.shared.lock();
+        let times = &s.api_times;
+        let (mut best, mut lo) = (0, 0);
+        for hi in 0..times.len() {
+            while times[hi].duration_since(times[lo]) >= window {
+                lo += 1;
+            }
+            best = best.max(hi - lo + 1);
+        }
+        best
+    }
+}
+
+fn user_mut<'a>(s: &'a mut State_, username: &str) -> &'a mut User {
+    let index = match s.by_name.get(username) {
+        Some(&i) => i,
+        None => {
+            let i = s.users.len();
+            s.users.push(User {
+                name: username.to_string(),
+                user_id: (100_000_000_000_000 + data::hash_str(username) % 900_000_000_000_000)
+                    .to_string(),
+                entries: Vec::new(),
+                len: 0,
+            });
+            s.by_name.insert(username.to_string(), i);
+            i
+        }
+    };
+    &mut s.users[index]
+}
+
+// ---------------------------------------------------------------- gates (faults, latency, log)
+
+fn pick_fault(s: &mut State_, route: Route) -> Option<Fault> {
+    let scripted = match route {
+        Route::Api => s.api_script.pop_front(),
+        Route::Cdn => s.cdn_script.pop_front(),
+    };
+    if let Some(f) = scripted {
+        return (f != Fault::Pass).then_some(f);
+    }
+    let f = s.faults;
+    let table: Vec<(f64, Fault)> = match route {
+        Route::Api => vec![
+            (f.api_reset, Fault::Reset),
+            (f.api_5xx_html, Fault::Status503Html),
+            (
+                f.api_429_retry_after,
+                Fault::RateLimit {
+                    retry_after: Some(1),
+                },
+            ),
+            (f.api_429_plain, Fault::RateLimit { retry_after: None }),
+            (f.api_code4_400, Fault::RateLimitCode4),
+            (f.api_invalid_json, Fault::InvalidJson),
+            (f.api_truncated, Fault::Truncated),
+            (f.overlapping_pages, Fault::OverlapPage),
+        ],
+        Route::Cdn => vec![
+            (f.cdn_reset, Fault::Reset),
+            (f.cdn_5xx, Fault::Status503Html),
+            (f.cdn_truncated, Fault::Truncated),
+            (f.cdn_html_200, Fault::Html200),
+        ],
+    };
+    table
+        .into_iter()
+        .find(|(p, _)| *p > 0.0 && s.rng.random_bool(p.clamp(0.0, 1.0)))
+        .map(|(_, fault)| fault)
+}
+
+fn graph_error(status: StatusCode, code: i64, message: &str) -> Response {
+    let body = json!({"error": {"message": message, "type": "OAuthException", "code": code,
+        "fbtrace_id": "AfakeTRACEid0123"}});
+    (status, Json(body)).into_response()
+}
+
+fn bad_token() -> Response {
+    graph_error(
+        StatusCode::UNAUTHORIZED,
+        190,
+        "Invalid OAuth access token - Cannot parse access token",
+    )
+}
+
+fn bad_param(message: &str) -> Response {
+    graph_error(StatusCode::BAD_REQUEST, 100, message)
+}
+
+fn html(status: StatusCode, body: &'static str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain")], body).into_response()
+}
+
+fn fault_response(route: Route, fault: &Fault) -> Response {
+    match fault {
+        Fault::Status500Html => html(StatusCode::INTERNAL_SERVER_ERROR, HTML_5XX),
+        Fault::Status503Html => html(StatusCode::SERVICE_UNAVAILABLE, HTML_5XX),
+        Fault::RateLimit { retry_after } => {
+            let mut r = graph_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                4,
+                "(#4) Application request limit reached",
+            );
+            if let Some(secs) = retry_after {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            r
+        }
+        Fault::RateLimitCode4 => graph_error(
+            StatusCode::BAD_REQUEST,
+            4,
+            "(#4) Application request limit reached",
+        ),
+        Fault::BadToken => bad_token(),
+        Fault::BadParam => bad_param("(#100) Invalid parameter"),
+        Fault::InvalidJson => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/json")],
+            "{\"data\":[{\"id\":\"1\",,}<html>",
+        )
+            .into_response(),
+        Fault::Html200 => html(StatusCode::OK, HTML_200),
+        Fault::Expired => text(StatusCode::FORBIDDEN, "URL signature expired"),
+        Fault::Gone => text(StatusCode::GONE, "Gone"),
+        Fault::NotFound if route == Route::Api => {
+            graph_error(StatusCode::NOT_FOUND, 803, "Not found")
+        }
+        Fault::NotFound => text(StatusCode::NOT_FOUND, "Not Found"),
+        Fault::Pass | Fault::Truncated | Fault::Reset | Fault::OverlapPage => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "fake: unreachable fault response",
+        ),
+    }
+}
+
+/// Re-sends `response` with its full Content-Length but only half its bytes,
+/// then breaks the connection.
+async fn truncate(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let full = bytes.len().max(2);
+    let half = bytes.slice(..bytes.len() / 2);
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
+        Ok(half),
+        Err(std::io::Error::new(
+            std::io::ErrorKind::BrokenPipe,
+            "fake: truncated on purpose",
+        )),
+    ];
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(full));
+    Response::from_parts(parts, Body::from_stream(futures_util::stream::iter(chunks)))
+}
+
+/// The image a CDN response carried in full, for `cdn_hits`.
+#[derive(Clone)]
+struct ServedImage(String);
+
+/// The page handler should overlap the previous page.
+#[derive(Clone)]
+struct Overlap;
+
+async fn api_gate(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    gate(Route::Api, shared, req, next).await
+}
+
+async fn cdn_gate(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    gate(Route::Cdn, shared, req, next).await
+}
+
+async fn gate(route: Route, shared: Arc<Shared>, mut req: Request, next: Next) -> Response {
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let range = req
+        .headers()
+        .get(header::RANGE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let conn = req
+        .extensions()
+        .get::<ConnectInfo<ConnInfo>>()
+        .map(|c| c.0.clone());
+    let (fault, delay) = {
+        let mut s = shared.lock();
+        let fault = pick_fault(&mut s, route);
+        let delay = match route {
+            Route::Api => s.api_latency,
+            Route::Cdn => {
+                let jitter = s.cdn_latency_jitter.as_micros() as u64;
+                let extra = if jitter > 0 {
+                    s.rng.random_range(0..=jitter)
+                } else {
+                    0
+                };
+                s.cdn_latency + Duration::from_micros(extra)
+            }
+        };
+        (fault, delay)
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let (response, status) = match &fault {
+        None | Some(Fault::Pass) => {
+            let r = next.run(req).await;
+            let st = r.status().as_u16();
+            (r, st)
+        }
+        Some(Fault::OverlapPage) => {
+            req.extensions_mut().insert(Overlap);
+            let r = next.run(req).await;
+            let st = r.status().as_u16();
+            (r, st)
+        }
+        Some(Fault::Truncated) => {
+            let r = truncate(next.run(req).await).await;
+            let st = r.status().as_u16();
+            (r, st)
+        }
+        Some(Fault::Reset) => {
+            if let Some(c) = &conn {
+                c.kill();
+            }
+            (text(StatusCode::INTERNAL_SERVER_ERROR, "reset"), 0)
+        }
+        Some(other) => {
+            let r = fault_response(route, other);
+            let st = r.status().as_u16();
+            (r, st)
+        }
+    };
+    let served = response
+        .extensions()
+        .get::<ServedImage>()
+        .map(|s| s.0.clone());
+    let image_id = match route {
+        Route::Cdn => cdn_path_id(&path),
+        Route::Api => None,
+    };
+    let mut s = shared.lock();
+    let now = Instant::now();
+    match route {
+        Route::Api => s.api_times.push(now),
+        Route::Cdn => {
+            s.cdn_total += 1;
+            let token = s.token.clone();
+            if authorization.is_some()
+                || query.to_ascii_lowercase().contains("access_token")
+                || (!token.is_empty() && (path.contains(&token) || query.contains(&token)))
+            {
+                s.token_on_cdn = true;
+            }
+            if fault.is_none()
+                && let Some(id) = served
+            {
+                *s.cdn_full.entry(id).or_insert(0) += 1;
+            }
+        }
+    }
+    if s.log.len() >= s.log_capacity.max(1) {
+        s.log.pop_front();
+    }
+    s.log.push_back(RequestRecord {
+        route,
+        method,
+        path,
+        query: query.chars().take(2048).collect(),
+        authorization,
+        range,
+        status,
+        image_id,
+        fault: fault.as_ref().map(Fault::name),
+        at: now,
+    });
+    response
+}
+
+fn cdn_path_id(path: &str) -> Option<String> {
+    let rest = path.strip_prefix("/img/")?;
+    let (id, _) = rest.rsplit_once('/')?;
+    let decoded = url::form_urlencoded::parse(format!("x={id}").as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned());
+    decoded
+}
+
+// ---------------------------------------------------------------- API handlers
+
+/// Checks `Authorization: OAuth <token>` or `?access_token=`; returns the token used.
+fn authorize(
+    shared: &Shared,
+    headers: &HeaderMap,
+    query: &HashMap<String, String>,
+) -> Result<String, Response> {
+    let valid = shared.lock().token.clone();
+    if let Some(t) = query.get("access_token") {
+        return if *t == valid {
+            Ok(t.clone())
+        } else {
+            Err(bad_token())
+        };
+    }
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match header.and_then(|h| h.strip_prefix("OAuth ")) {
+        Some(t) if t.trim() == valid => Ok(valid),
+        _ => Err(bad_token()),
+    }
+}
+
+fn fields_of(query: &HashMap<String, String>) -> Vec<String> {
+    query
+        .get("fields")
+        .map(|f| {
+            f.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn encode_cursor(pos: usize) -> String {
+    format!("QVFI{:X}", pos as u64 ^ 0x5A5A_5A5A)
+}
+
+fn decode_cursor(cursor: &str) -> Option<usize> {
+    let hex = cursor.strip_prefix("QVFI")?;
+    u64::from_str_radix(hex, 16)
+        .ok()
+        .map(|v| (v ^ 0x5A5A_5A5A) as usize)
+}
+
+fn parse_bbox(raw: &str) -> Option<[f64; 4]> {
+    let v: Vec<f64> = raw
+        .split(',')
+        .map(|p| p.trim().parse::<f64>())
+        .collect::<Result<_, _>>()
+        .ok()?;
+    match v.as_slice() {
+        [w, s, e, n] if w < e && s < n => Some([*w, *s, *e, *n]),
+        _ => None,
+    }
+}
+
+fn in_bbox(meta: &ImageMeta, b: &[f64; 4]) -> bool {
+    let point = meta.computed_geometry.as_ref().or(meta.geometry.as_ref());
+    match point.and_then(|p| p.lat_lon()) {
+        Some((lat, lon)) => lon >= b[0] && lon <= b[2] && lat >= b[1] && lat <= b[3],
+        None => false,
+    }
+}
+
+async fn api_images(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    req: Request,
+) -> Response {
+    let token = match authorize(&shared, &headers, &query) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
+        None => MAX_LIMIT,
+        Some(Ok(l)) => l.clamp(1, MAX_LIMIT),
+        Some(Err(_)) => return bad_param("(#100) limit must be an integer"),
+    };
+    let bbox = match query.get("bbox") {
+        None => None,
+        Some(raw) => match parse_bbox(raw) {
+            Some(b) => Some(b),
+            None => return bad_param("(#100) bbox must be minLon,minLat,maxLon,maxLat"),
+        },
+    };
+    let mut start = match query.get("after") {
+        None => 0,
+        Some(c) => match decode_cursor(c) {
+            Some(p) => p,
+            None => return bad_param("(#100) Invalid cursor"),
+        },
+    };
+    let fields = fields_of(&query);
+    let user = {
+        let s = shared.lock();
+        query
+            .get("creator_username")
+            .and_then(|name| s.by_name.get(name))
+            .map(|&i| s.users[i].clone())
+    };
+    let Some(user) = user else {
+        return Json(json!({"data": []})).into_response();
+    };
+    let matches = |m: &ImageMeta| bbox.is_none_or(|b| in_bbox(m, &b));
+    let overlap = req.extensions().get::<Overlap>().is_some();
+    if overlap && start > 0 {
+        let mut back = 0;
+        while start > 0 && back < OVERLAP {
+            start -= 1;
+            if user.get(start).is_some_and(|m| matches(&m)) {
+                back += 1;
+            }
+        }
+    }
+    let mut data = Vec::new();
+    let mut pos = start;
+    while pos < user.len && data.len() < limit {
+        if let Some(m) = user.get(pos)
+            && matches(&m)
+        {
+            data.push(shared.render(&m, &fields));
+        }
+        pos += 1;
+    }
+    let mut body = Map::new();
+    body.insert("data".into(), Value::Array(data));
+    let cursors = json!({"before": encode_cursor(start), "after": encode_cursor(pos)});
+    if pos < user.len {
+        let mut next = shared.api_url.join("images").expect("images URL");
+        {
+            let mut q = next.query_pairs_mut();
+            for key in ["creator_username", "fields", "bbox"] {
+                if let Some(v) = query.get(key) {
+                    q.append_pair(key, v);
+                }
+            }
+            q.append_pair("limit", &limit.to_string());
+            q.append_pair("after", &encode_cursor(pos));
+            if query.contains_key("access_token") || shared.lock().token_in_next {
+                q.append_pair("access_token", &token);
+            }
+        }
+        body.insert(
+            "paging".into(),
+            json!({"cursors": cursors, "next": next.as_str()}),
+        );
+    } else {
+        // The last page: vary the shape as the API does.
+        match start % 3 {
+            0 => {}
+            1 => {
+                body.insert("paging".into(), json!({}));
+            }
+            _ => {
+                body.insert("paging".into(), json!({"cursors": cursors}));
+            }
+        }
+    }
+    Json(Value::Object(body)).into_response()
+}
+
+async fn api_ids(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&shared, &headers, &query) {
+        return r;
+    }
+    let Some(raw) = query.get("ids") else {
+        return bad_param("(#100) Missing parameter: ids");
+    };
+    let ids: Vec<&str> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if ids.len() > 50 {
+        return bad_param("(#100) Too many IDs. Maximum: 50. Provided: more");
+    }
+    let fields = fields_of(&query);
+    let mut out = Map::new();
+    for id in ids {
+        if let Some(m) = shared.find(id) {
+            out.insert(id.to_string(), shared.render(&m, &fields));
+        }
+    }
+    Json(Value::Object(out)).into_response()
+}
+
+async fn api_one(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&shared, &headers, &query) {
+        return r;
+    }
+    match shared.find(&id) {
+        Some(m) => Json(shared.render(&m, &fields_of(&query))).into_response(),
+        None => graph_error(
+            StatusCode::BAD_REQUEST,
+            100,
+            "Unsupported get request. Object does not exist, cannot be loaded due to missing permissions, or does not support this operation",
+        ),
+    }
+}
+
+async fn api_image_ids(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&shared, &headers, &query) {
+        return r;
+    }
+    let Some(seq) = query.get("sequence_id").cloned() else {
+        return bad_param("(#100) Missing parameter: sequence_id");
+    };
+    let users: Vec<User> = shared.lock().users.clone();
+    let mut found: Vec<(i64, String)> = Vec::new();
+    for user in &users {
+        for p in 0..user.len {
+            if let Some(m) = user.get(p)
+                && m.sequence.as_deref() == Some(seq.as_str())
+            {
+                found.push((m.captured_at.unwrap_or(i64::MAX), m.id));
+            }
+        }
+    }
+    found.sort();
+    let data: Vec<Value> = found.into_iter().map(|(_, id)| json!({"id": id})).collect();
+    Json(json!({"data": data})).into_response()
+}
+
+async fn api_unknown_path(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&shared, &headers, &query) {
+        return r;
+    }
+    graph_error(StatusCode::NOT_FOUND, 2500, "Unknown path components")
+}
+
+// ---------------------------------------------------------------- CDN
+
+async fn cdn_image(
+    State(shared): State<Arc<Shared>>,
+    Path((id, file)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    method: Method,
+    headers: HeaderMap,
+) -> Response {
+    let Some(quality) = file
+        .strip_suffix(".jpg")
+        .and_then(|q| q.parse::<Quality>().ok())
+    else {
+        return text(StatusCode::NOT_FOUND, "Not Found");
+    };
+    let oe = query
+        .get("oe")
+        .and_then(|v| i64::from_str_radix(v, 16).ok());
+    let sig_ok =
+        oe.is_some_and(|oe| query.get("_nc_sig") == Some(&Shared::signature(&id, quality, oe)));
+    if !sig_ok {
+        return text(StatusCode::FORBIDDEN, "Bad URL hash");
+    }
+    if oe.is_some_and(|oe| oe < now_secs()) {
+        return text(StatusCode::FORBIDDEN, "URL signature expired");
+    }
+    if shared.find(&id).is_none() {
+        return text(StatusCode::NOT_FOUND, "Not Found");
+    }
+    let body = shared.bases.body(&id, quality);
+    let total = body.len();
+    if method == Method::HEAD {
+        if !shared.lock().head_allowed {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
+        }
+        return (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, "image/jpeg".to_string()),
+                (header::CONTENT_LENGTH, total.to_string()),
+            ],
+        )
+            .into_response();
+    }
+    if let Some((a, b)) = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_range)
+    {
+        let end = b.min(total.saturating_sub(1));
+        if a > end {
+            return text(StatusCode::RANGE_NOT_SATISFIABLE, "Range Not Satisfiable");
+        }
+        return (
+            StatusCode::PARTIAL_CONTENT,
+            [
+                (header::CONTENT_TYPE, "image/jpeg".to_string()),
+                (header::CONTENT_RANGE, format!("bytes {a}-{end}/{total}")),
+            ],
+            body[a..=end].to_vec(),
+        )
+            .into_response();
+    }
+    let mut response =
+        (StatusCode::OK, [(header::CONTENT_TYPE, "image/jpeg")], body).into_response();
+    response.extensions_mut().insert(ServedImage(id));
+    response
+}
+
+/// `bytes=a-b` (a single range).
+fn parse_range(value: &str) -> Option<(usize, usize)> {
+    let (a, b) = value.strip_prefix("bytes=")?.split_once('-')?;
+    let a = a.trim().parse().ok()?;
+    let b = if b.trim().is_empty() {
+        usize::MAX
+    } else {
+        b.trim().parse().ok()?
+    };
+    Some((a, b))
+}
