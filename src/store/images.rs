@@ -1,0 +1,127 @@
+//! Reading image rows back: archived pages for `metadata.jsonl`, failures,
+//! and one row for tests and debugging. All on the read pool.
+
+use super::{
+    ArchivedImage, FailedImage, ImageRecord, ImageState, Store, StoreError, StoreResult, parse_meta,
+};
+use sqlx::Row;
+
+impl Store {
+    /// One page of a job's archived (`done`) images in `metadata.jsonl` order:
+    /// by `captured_at`, images without one last, ties by row id.
+    ///
+    /// Keyset paging: pass `None` for the first page, then the last returned
+    /// `row_id`. Each page is an index seek, so writing a million-line file
+    /// costs O(n) in total and holds one page in memory.
+    pub async fn finished_images(
+        &self,
+        job_id: i64,
+        after_row_id: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<ArchivedImage>> {
+        let rows = match after_row_id {
+            None => {
+                sqlx::query(
+                    "SELECT rowid, meta, path FROM images \
+                     WHERE job_id = ? AND state = 'done' \
+                     ORDER BY capture_order, rowid LIMIT ?",
+                )
+                .bind(job_id)
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?
+            }
+            Some(after) => {
+                sqlx::query(
+                    "SELECT rowid, meta, path FROM images \
+                     WHERE job_id = ?1 AND state = 'done' \
+                       AND (capture_order, rowid) > \
+                           (SELECT capture_order, rowid FROM images WHERE rowid = ?2) \
+                     ORDER BY capture_order, rowid LIMIT ?3",
+                )
+                .bind(job_id)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?
+            }
+        };
+        rows.iter()
+            .map(|row| {
+                let row_id: i64 = row.try_get("rowid")?;
+                let meta: String = row.try_get("meta")?;
+                let path: Option<String> = row.try_get("path")?;
+                Ok(ArchivedImage {
+                    row_id,
+                    meta: parse_meta(row_id, &meta)?,
+                    path: path.ok_or_else(|| {
+                        StoreError::Invalid(format!("image row {row_id} is done without a path"))
+                    })?,
+                })
+            })
+            .collect()
+    }
+
+    /// Up to `limit` of a job's failed images with their last error, oldest first.
+    pub async fn failed_images(&self, job_id: i64, limit: u32) -> StoreResult<Vec<FailedImage>> {
+        let rows = sqlx::query(
+            "SELECT rowid, image_id, attempts, last_error FROM images \
+             WHERE job_id = ? AND state = 'failed' ORDER BY rowid LIMIT ?",
+        )
+        .bind(job_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(FailedImage {
+                    row_id: row.try_get("rowid")?,
+                    image_id: row.try_get("image_id")?,
+                    attempts: row.try_get("attempts")?,
+                    last_error: row.try_get("last_error")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Everything stored about one image of a job.
+    pub async fn image_by_id(
+        &self,
+        job_id: i64,
+        image_id: &str,
+    ) -> StoreResult<Option<ImageRecord>> {
+        let row = sqlx::query(
+            "SELECT rowid, job_id, image_id, meta, url, state, attempts, run_at, lease_owner, \
+             lease_until, bytes, path, last_error, captured_at \
+             FROM images WHERE job_id = ? AND image_id = ?",
+        )
+        .bind(job_id)
+        .bind(image_id)
+        .fetch_optional(&self.reader)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let row_id: i64 = row.try_get("rowid")?;
+        let meta: String = row.try_get("meta")?;
+        let state: String = row.try_get("state")?;
+        Ok(Some(ImageRecord {
+            row_id,
+            job_id: row.try_get("job_id")?,
+            image_id: row.try_get("image_id")?,
+            meta: parse_meta(row_id, &meta)?,
+            url: row.try_get("url")?,
+            state: state
+                .parse::<ImageState>()
+                .map_err(|e| StoreError::Invalid(format!("image row {row_id}: {e}")))?,
+            attempts: row.try_get("attempts")?,
+            run_at: row.try_get("run_at")?,
+            lease_owner: row.try_get("lease_owner")?,
+            lease_until: row.try_get("lease_until")?,
+            bytes: row.try_get("bytes")?,
+            path: row.try_get("path")?,
+            last_error: row.try_get("last_error")?,
+            captured_at: row.try_get("captured_at")?,
+        }))
+    }
+}

@@ -1,0 +1,1049 @@
+//! The job store against a real SQLite file per test.
+
+use mapillary_downloader::model::{Bbox, GeoPoint, ImageMeta, Quality};
+use mapillary_downloader::store::{
+    ClaimedImage, Counts, FailOutcome, ImageState, JobState, Store, StoreError,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::{Row, SqlitePool};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+const LEASE: Duration = Duration::from_secs(60);
+const LEASE_MS: i64 = 60_000;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    store: Store,
+}
+
+async fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested").join("mapillary.db");
+    let store = Store::open(&path).await.unwrap();
+    Fixture {
+        _dir: dir,
+        path,
+        store,
+    }
+}
+
+/// A second, independent connection for checks and fault injection.
+async fn raw(path: &Path) -> SqlitePool {
+    SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(SqliteConnectOptions::new().filename(path))
+        .await
+        .unwrap()
+}
+
+fn meta(id: &str, captured_at: Option<i64>) -> ImageMeta {
+    ImageMeta {
+        id: id.to_string(),
+        captured_at,
+        geometry: Some(GeoPoint {
+            kind: Some("Point".into()),
+            coordinates: vec![13.4, 52.5],
+        }),
+        compass_angle: Some(0.0),
+        sequence: Some("seqA".into()),
+        thumb_original_url: Some(format!("https://cdn.example/{id}/orig.jpg?oe=FFFF")),
+        thumb_256_url: Some(format!("https://cdn.example/{id}/256.jpg")),
+        ..ImageMeta::default()
+    }
+}
+
+fn metas(ids: impl IntoIterator<Item = u64>) -> Vec<ImageMeta> {
+    ids.into_iter()
+        .map(|i| meta(&i.to_string(), Some(1_600_000_000_000 + i as i64)))
+        .collect()
+}
+
+async fn active_job(store: &Store, username: &str) -> i64 {
+    let job = store
+        .create_job(username, Quality::Original, None, 1_000)
+        .await
+        .unwrap();
+    store
+        .set_job_state(job.id, JobState::Downloading, None, 1_000)
+        .await
+        .unwrap();
+    job.id
+}
+
+async fn counts(store: &Store, job_id: i64) -> Counts {
+    store.find_job(job_id).await.unwrap().unwrap().counts
+}
+
+fn ids(claimed: &[ClaimedImage]) -> Vec<&str> {
+    claimed.iter().map(|c| c.image_id.as_str()).collect()
+}
+
+#[tokio::test]
+async fn open_creates_the_directory_uses_wal_and_reopens() {
+    let f = fixture().await;
+    assert!(f.path.exists());
+    let pool = raw(&f.path).await;
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(mode, "wal");
+    f.store.ping().await.unwrap();
+    let job = f
+        .store
+        .create_job("alice", Quality::Q2048, None, 5)
+        .await
+        .unwrap();
+    f.store.close().await;
+    let again = Store::open(&f.path).await.unwrap();
+    assert_eq!(again.find_job(job.id).await.unwrap().unwrap(), job);
+}
+
+#[tokio::test]
+async fn jobs_are_created_found_by_key_and_listed() {
+    let f = fixture().await;
+    let s = &f.store;
+    let bbox = Bbox::new(13.0, 52.0, 14.0, 53.0).unwrap();
+    let a = s
+        .create_job("alice", Quality::Original, Some(bbox), 1_000)
+        .await
+        .unwrap();
+    assert_eq!(a.state, JobState::Queued);
+    assert_eq!(a.bbox, Some(bbox));
+    assert_eq!(a.created_at, "1970-01-01T00:00:01.000Z");
+    assert_eq!(a.counts, Counts::default());
+    assert!(!a.enumeration_complete);
+    let b = s
+        .create_job("alice", Quality::Original, None, 2_000)
+        .await
+        .unwrap();
+
+    let found = s
+        .find_job_by_key("alice", Quality::Original, Some(bbox))
+        .await
+        .unwrap();
+    assert_eq!(found.map(|j| j.id), Some(a.id));
+    let other_box = Bbox::new(13.0, 52.0, 14.0, 53.5).unwrap();
+    assert!(
+        s.find_job_by_key("alice", Quality::Original, Some(other_box))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        s.find_job_by_key("alice", Quality::Q256, None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // A cancelled job is not a match; the newest live one is.
+    s.set_job_state(b.id, JobState::Cancelled, None, 3_000)
+        .await
+        .unwrap();
+    assert!(
+        s.find_job_by_key("alice", Quality::Original, None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let c = s
+        .create_job("alice", Quality::Original, None, 4_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.find_job_by_key("alice", Quality::Original, None)
+            .await
+            .unwrap()
+            .map(|j| j.id),
+        Some(c.id)
+    );
+
+    let listed: Vec<i64> = s.list_jobs().await.unwrap().iter().map(|j| j.id).collect();
+    assert_eq!(listed, vec![a.id, b.id, c.id]);
+    let queued: Vec<i64> = s
+        .jobs_in_states(&[JobState::Queued, JobState::Paused])
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(queued, vec![a.id, c.id]);
+
+    s.set_job_state(a.id, JobState::Paused, Some("token rejected"), 5_000)
+        .await
+        .unwrap();
+    let paused = s.find_job(a.id).await.unwrap().unwrap();
+    assert_eq!(paused.state, JobState::Paused);
+    assert_eq!(paused.last_error.as_deref(), Some("token rejected"));
+    assert_eq!(paused.updated_at, "1970-01-01T00:00:05.000Z");
+    s.set_job_error(a.id, None, 6_000).await.unwrap();
+    let cleared = s.find_job(a.id).await.unwrap().unwrap();
+    assert_eq!(cleared.last_error, None);
+    assert_eq!(cleared.state, JobState::Paused);
+
+    assert!(matches!(
+        s.set_job_state(999, JobState::Done, None, 1).await,
+        Err(StoreError::NoSuchJob(999))
+    ));
+    assert!(s.find_job(999).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn page_insert_is_idempotent_and_stores_the_cursor() {
+    let f = fixture().await;
+    let s = &f.store;
+    let job = active_job(s, "alice").await;
+
+    let new = s
+        .insert_page(
+            job,
+            Quality::Original,
+            &metas(1..=3),
+            Some("https://h/images?after=c1"),
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(new, 3);
+    assert_eq!(
+        s.job_cursor(job).await.unwrap().as_deref(),
+        Some("https://h/images?after=c1")
+    );
+
+    // Overlapping page: only the unseen image is new.
+    let new = s
+        .insert_page(
+            job,
+            Quality::Original,
+            &metas(2..=4),
+            Some("https://h/images?after=c2"),
+            20,
+        )
+        .await
+        .unwrap();
+    assert_eq!(new, 1);
+    // The same id twice inside one page counts once.
+    let new = s
+        .insert_page(
+            job,
+            Quality::Original,
+            &metas([5, 5]),
+            Some("https://h/images?after=c3"),
+            30,
+        )
+        .await
+        .unwrap();
+    assert_eq!(new, 1);
+    let j = s.find_job(job).await.unwrap().unwrap();
+    assert_eq!(j.counts.discovered, 5);
+    assert_eq!(j.counts.pending, 5);
+    assert!(!j.enumeration_complete);
+
+    // The last page completes enumeration and clears the cursor.
+    let new = s
+        .insert_page(job, Quality::Original, &metas(5..=6), None, 40)
+        .await
+        .unwrap();
+    assert_eq!(new, 1);
+    let j = s.find_job(job).await.unwrap().unwrap();
+    assert!(j.enumeration_complete);
+    assert_eq!(j.cursor, None);
+    assert_eq!(j.counts.discovered, 6);
+
+    // Stored metadata has no URL; the url column has the job quality's URL.
+    let rec = s.image_by_id(job, "2").await.unwrap().unwrap();
+    assert_eq!(rec.meta, metas([2])[0].without_urls());
+    assert_eq!(
+        rec.url.as_deref(),
+        Some("https://cdn.example/2/orig.jpg?oe=FFFF")
+    );
+    assert_eq!(rec.state, ImageState::Pending);
+    assert_eq!(rec.attempts, 0);
+    assert_eq!(rec.run_at, 10);
+    assert_eq!(rec.captured_at, Some(1_600_000_000_002));
+
+    // A re-sync starts from the first page and adds only new images.
+    s.set_job_state(job, JobState::Done, None, 50)
+        .await
+        .unwrap();
+    s.restart_enumeration(job, 60).await.unwrap();
+    let j = s.find_job(job).await.unwrap().unwrap();
+    assert_eq!(j.state, JobState::Enumerating);
+    assert!(!j.enumeration_complete);
+    let new = s
+        .insert_page(job, Quality::Original, &metas(1..=8), None, 70)
+        .await
+        .unwrap();
+    assert_eq!(new, 2);
+
+    // A large page crosses every chunk size and still counts right.
+    let big = s
+        .insert_page(job, Quality::Original, &metas(1..=2_345), None, 80)
+        .await
+        .unwrap();
+    assert_eq!(big, 2_345 - 8);
+    assert_eq!(counts(s, job).await.discovered, 2_345);
+
+    assert!(matches!(
+        s.insert_page(777, Quality::Original, &metas([1]), None, 1)
+            .await,
+        Err(StoreError::NoSuchJob(777))
+    ));
+}
+
+#[tokio::test]
+async fn a_failing_page_insert_leaves_rows_and_cursor_unchanged() {
+    let f = fixture().await;
+    let s = &f.store;
+    let job = active_job(s, "alice").await;
+    s.insert_page(
+        job,
+        Quality::Original,
+        &metas(1..=2),
+        Some("https://h/?after=c1"),
+        10,
+    )
+    .await
+    .unwrap();
+
+    let pool = raw(&f.path).await;
+    sqlx::query(
+        "CREATE TRIGGER test_boom BEFORE INSERT ON images WHEN NEW.image_id = 'boom' \
+         BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    // Enough rows before the failing one that several chunks already ran.
+    let mut page = metas(3..=400);
+    page.push(meta("boom", None));
+    let err = s
+        .insert_page(
+            job,
+            Quality::Original,
+            &page,
+            Some("https://h/?after=c2"),
+            20,
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("injected failure"), "{err}");
+
+    assert_eq!(
+        s.job_cursor(job).await.unwrap().as_deref(),
+        Some("https://h/?after=c1")
+    );
+    assert_eq!(counts(s, job).await.discovered, 2);
+    assert!(s.image_by_id(job, "3").await.unwrap().is_none());
+    // The writer is usable after the rollback.
+    assert_eq!(
+        s.insert_page(job, Quality::Original, &metas(3..=4), None, 30)
+            .await
+            .unwrap(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn claim_respects_limit_order_run_at_and_job_state() {
+    let f = fixture().await;
+    let s = &f.store;
+    let job = s
+        .create_job("alice", Quality::Q256, None, 0)
+        .await
+        .unwrap()
+        .id;
+    s.insert_page(job, Quality::Q256, &metas(1..=5), None, 1_000)
+        .await
+        .unwrap();
+    // A queued job's images are not handed out.
+    assert!(s.claim("w1", 10, LEASE, 1_000).await.unwrap().is_empty());
+    s.set_job_state(job, JobState::Enumerating, None, 1_000)
+        .await
+        .unwrap();
+
+    let first = s.claim("w1", 2, LEASE, 1_000).await.unwrap();
+    assert_eq!(ids(&first), vec!["1", "2"]);
+    let c = &first[0];
+    assert_eq!(c.job_id, job);
+    assert_eq!(c.quality, Quality::Q256);
+    assert_eq!(c.username, "alice");
+    assert_eq!(c.attempt, 1);
+    assert_eq!(c.url.as_deref(), Some("https://cdn.example/1/256.jpg"));
+    assert_eq!(c.meta, metas([1])[0].without_urls());
+    let rec = s.image_by_id(job, "1").await.unwrap().unwrap();
+    assert_eq!(rec.state, ImageState::InProgress);
+    assert_eq!(rec.lease_owner.as_deref(), Some("w1"));
+    assert_eq!(rec.lease_until, Some(1_000 + LEASE_MS));
+
+    // Image 3 is put back for later; it is not due before its run_at.
+    let rest = s.claim("w2", 1, LEASE, 1_000).await.unwrap();
+    assert_eq!(ids(&rest), vec!["3"]);
+    assert!(
+        s.release(rest[0].row_id, "w2", 1, 9_000, None)
+            .await
+            .unwrap()
+    );
+    let rest = s.claim("w2", 10, LEASE, 2_000).await.unwrap();
+    assert_eq!(ids(&rest), vec!["4", "5"]);
+    assert!(s.claim("w2", 10, LEASE, 8_999).await.unwrap().is_empty());
+    let later = s.claim("w2", 10, LEASE, 9_000).await.unwrap();
+    assert_eq!(ids(&later), vec!["3"]);
+    assert!(s.claim("w2", 0, LEASE, 9_000).await.unwrap().is_empty());
+
+    let c = counts(s, job).await;
+    assert_eq!((c.pending, c.in_progress), (0, 5));
+}
+
+#[tokio::test]
+async fn paused_and_cancelled_jobs_are_not_claimed() {
+    let f = fixture().await;
+    let s = &f.store;
+    let a = active_job(s, "alice").await;
+    let b = active_job(s, "bob").await;
+    let c = active_job(s, "carol").await;
+    s.insert_page(a, Quality::Original, &metas(1..=3), None, 0)
+        .await
+        .unwrap();
+    s.insert_page(b, Quality::Original, &metas(10..=12), None, 0)
+        .await
+        .unwrap();
+    s.insert_page(c, Quality::Original, &metas(20..=22), None, 0)
+        .await
+        .unwrap();
+    s.set_job_state(a, JobState::Paused, None, 0).await.unwrap();
+    s.set_job_state(c, JobState::Cancelled, None, 0)
+        .await
+        .unwrap();
+
+    let got = s.claim("w", 10, LEASE, 0).await.unwrap();
+    assert_eq!(ids(&got), vec!["10", "11", "12"]);
+    assert!(got.iter().all(|c| c.username == "bob"));
+    assert!(s.claim("w", 10, LEASE, 0).await.unwrap().is_empty());
+
+    // An expired lease of a paused job is not reclaimed either.
+    s.set_job_state(b, JobState::Paused, None, 0).await.unwrap();
+    assert!(
+        s.claim("w", 10, LEASE, LEASE_MS * 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    s.set_job_state(a, JobState::Downloading, None, 0)
+        .await
+        .unwrap();
+    let got = s.claim("w", 10, LEASE, 0).await.unwrap();
+    assert_eq!(ids(&got), vec!["1", "2", "3"]);
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_reclaimed_as_a_new_attempt() {
+    let f = fixture().await;
+    let s = &f.store;
+    let job = active_job(s, "alice").await;
+    s.insert_page(job, Quality::Original, &metas([1]), None, 0)
+        .await
+        .unwrap();
+    let a = s.claim("A", 1, Duration::from_secs(10), 0).await.unwrap();
+    assert_eq!(a[0].attempt, 1);
+    assert!(s.claim("B", 1, LEASE, 9_999).await.unwrap().is_empty());
+    assert!(s.claim("B", 1, LEASE, 10_000).await.unwrap().is_empty());
+    let b = s.claim("B", 1, LEASE, 10_001).await.unwrap();
+    assert_eq!(ids(&b), vec!["1"]);
+    assert_eq!(b[0].attempt, 2);
+    assert_eq!(counts(s, job).await.in_progress, 1);
+
+    // The old holder has lost the row in every way it could touch it.
+    assert!(
+        !s.complete(a[0].row_id, "A", 1, 10, "x.jpg", 10_002)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.fail(a[0].row_id, "A", 1, "boom", 5, 20_000, 10_002)
+            .await
+            .unwrap(),
+        FailOutcome::LeaseLost
+    );
+    assert!(!s.release(a[0].row_id, "A", 1, 0, None).await.unwrap());
+    assert!(
+        s.complete(b[0].row_id, "B", 2, 10, "x.jpg", 10_003)
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn complete_is_fenced_by_owner_and_attempt() {
+    let f = fixture().await;
+    let s = &f.store;
+    let job = active_job(s, "alice").await;
+    s.insert_page(job, Quality::Original, &metas([1]), None, 0)
+        .await
+        .unwrap();
+    let c = s.claim("w1", 1, LEASE, 0).await.unwrap().remove(0);
+    let before = s.image_by_id(job, "1").await.unwrap().unwrap();
+
+    assert!(
+        !s.complete(c.row_id, "w2", c.attempt, 5, "p", 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.complete(c.row_id, "w1", c.attempt - 1, 5, "p", 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.complete(c.row_id, "w1", c.attempt + 1, 5, "p", 1)
+            .await
+            .unwrap()
+    );
+    assert_eq!(s.image_by_id(job, "1").await.unwrap().unwrap(), before);
+
+    assert!(
+        s.complete(c.row_id, "w1", c.attempt, 12_345, "archive/1.jpg", 2)
+            .await
+            .unwrap()
+    );
+    let done = s.image_by_id(job, "1").await.unwrap().unwrap();
+    assert_eq!(done.state, ImageState::Done);
+    assert_eq!(done.bytes, Some(12_345));
+    assert_eq!(done.path.as_deref(), Some("archive/1.jpg"));
+    assert_eq!(done.lease_owner, None);
+    // Completing twice is a lost lease, not a second count.
+    assert!(
+        !s.complete(c.row_id, "w1", c.attempt, 1, "p", 3)
+            .await
+            .unwrap()
+    );
+    let j = s.find_job(job).await.unwrap().unwrap();
+    assert_eq!((j.counts.done, j.bytes_done), (1, 12_345));
+}
+
+#[tokio::test]
+async fn fail_backs_off_then_fails_for_good_and_retry_requeues() {
+    let f = fixture().await;
+    let s = &f.store;
+    let job = active_job(s, "alice").await;
+    s.insert_page(job, Quality::Original, &metas([1]), None, 0)
+        .await
+        .unwrap();
+
+    let mut now = 0;
+    for attempt in 1..=2 {
+        let c = s.claim("w", 1, LEASE, now).await.unwrap().remove(0);
+        assert_eq!(c.attempt, attempt);
+        let retry_at = now + 1_000 * attempt;
+        let outcome = s
+            .fail(c.row_id, "w", c.attempt, "HTTP 503", 3, retry_at, now)
+            .await
+            .unwrap();
+        assert_eq!(outcome, FailOutcome::Retrying { run_at: retry_at });
+        let rec = s.image_by_id(job, "1").await.unwrap().unwrap();
+        assert_eq!(rec.state, ImageState::Pending);
+        assert_eq!(rec.last_error.as_deref(), Some("HTTP 503"));
+        assert!(
+            s.claim("w", 1, LEASE, retry_at - 1)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        now = retry_at;
+    }
+    let c = s.claim("w", 1, LEASE, now).await.unwrap().remove(0);
+    assert_eq!(c.attempt, 3);
+    let outcome = s
+        .fail(c.row_id, "w", 3, "body is not a JPEG", 3, now + 10_000, now)
+        .await
+        .unwrap();
+    assert_eq!(outcome, FailOutcome::FailedForGood);
+    let rec = s.image_by_id(job, "1").await.unwrap().unwrap();
+    assert_eq!(rec.state, ImageState::Failed);
+    assert_eq!(rec.attempts, 3);
+    assert!(
+        s.claim("w", 1, LEASE, now + 1_000_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let failed = s.failed_images(job, 10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].image_id, "1");
+    assert_eq!(failed[0].last_error.as_deref(), Some("body is not a JPEG"));
+    assert_eq!(counts(s, job).await.failed, 1);
+
+    assert_eq!(s.retry_failed(job, 50_000).await.unwrap(), 1);
+    let rec = s.image_by_id(job, "1").await.unwrap().unwrap();
+    assert_eq!(
+        (rec.state, rec.attempts, rec.run_at),
+        (ImageState::Pending, 0, 50_000)
+    );
+    assert_eq!(rec.last_error, None);
+    assert_eq!(counts(s, job).await.pending, 1);
+    assert_eq!(s.retry_failed(job, 50_000).await.unwrap(), 0);
+    let again = s.claim("w", 1, LEASE, 50_000).await.unwrap();
+    assert_eq!(again[0].attempt, 1);
+}
+
+#[tokio::test]
+async fn release_costs_no_attempt() {
+    let f = fixture().await;
+    let s = &f.store;
+    let job = active_job(s, "alice").await;
+    s.insert_page(job, Quality::Original, &metas([1]), None, 0)
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let c = s.claim("w", 1, LEASE, 100).await.unwrap().remove(0);
+        assert_eq!(c.attempt, 1);
+        assert!(
+            s.release(c.row_id, "w", c.attempt, 100, Some("rate limited"))
+                .await
+                .unwrap()
+        );
+    }
+    let rec = s.image_by_id(job, "1").await.unwrap().unwrap();
+    assert_eq!((rec.state, rec.attempts), (ImageState::Pending, 0));
+    assert_eq!(rec.last_error.as_deref(), Some("rate limited"));
+    assert_eq!((rec.lease_owner, rec.lease_until), (None, None));
+    // Without a note the last error stays.
+    let c = s.claim("w", 1, LEASE, 100).await.unwrap().remove(0);
+    assert!(s.release(c.row_id, "w", 1, 100, None).await.unwrap());
+    let rec = s.image_by_id(job, "1").await.unwrap().unwrap();
+    assert_eq!(rec.last_error.as_deref(), Some("rate limited"));
+}
+
+#[tokio::test]
+async fn reset_in_flight_returns_rows_and_their_attempts() {
+    let f = fixture().await;
+    let s = &f.store;
+    let job = active_job(s, "alice").await;
+    s.insert_page(job, Quality::Original, &metas(1..=4), None, 0)
+        .await
+        .unwrap();
+    let claimed = s.claim("w", 3, LEASE, 0).await.unwrap();
+    assert!(
+        s.complete(claimed[0].row_id, "w", 1, 9, "p", 1)
+            .await
+            .unwrap()
+    );
+
+    assert_eq!(s.reset_in_flight(500).await.unwrap(), 2);
+    for id in ["2", "3"] {
+        let rec = s.image_by_id(job, id).await.unwrap().unwrap();
+        assert_eq!(
+            (rec.state, rec.attempts, rec.run_at),
+            (ImageState::Pending, 0, 500)
+        );
+        assert_eq!(rec.lease_owner, None);
+    }
+    assert_eq!(
+        s.image_by_id(job, "1").await.unwrap().unwrap().state,
+        ImageState::Done
+    );
+    let c = counts(s, job).await;
+    assert_eq!((c.pending, c.in_progress, c.done), (3, 0, 1));
+    // The reset holders' outcomes no longer land.
+    assert!(
+        !s.complete(claimed[1].row_id, "w", 1, 9, "p", 600)
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn two_jobs_with_the_same_image_are_independent() {
+    let f = fixture().await;
+    let s = &f.store;
+    let a = active_job(s, "alice").await;
+    let b = s
+        .create_job("alice", Quality::Q1024, None, 0)
+        .await
+        .unwrap()
+        .id;
+    s.set_job_state(b, JobState::Downloading, None, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.insert_page(a, Quality::Original, &metas([42]), None, 0)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.insert_page(b, Quality::Q1024, &metas([42]), None, 0)
+            .await
+            .unwrap(),
+        1
+    );
+    let got = s.claim("w", 10, LEASE, 0).await.unwrap();
+    assert_eq!(got.len(), 1);
+    let first = &got[0];
+    assert!(s.complete(first.row_id, "w", 1, 7, "p", 1).await.unwrap());
+    let got = s.claim("w", 10, LEASE, 0).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_ne!(got[0].job_id, first.job_id);
+    assert_eq!(got[0].image_id, "42");
+    assert_eq!(counts(s, first.job_id).await.done, 1);
+    assert_eq!(counts(s, got[0].job_id).await.in_progress, 1);
+}
+
+#[tokio::test]
+async fn finished_images_page_by_capture_time_with_missing_times_last() {
+    let f = fixture().await;
+    let s = &f.store;
+    let job = active_job(s, "alice").await;
+    let page = vec![
+        meta("1", Some(300)),
+        meta("2", None),
+        meta("3", Some(100)),
+        meta("4", Some(200)),
+        meta("5", Some(100)),
+        meta("6", None),
+        meta("7", Some(50)),
+    ];
+    s.insert_page(job, Quality::Original, &page, None, 0)
+        .await
+        .unwrap();
+    for c in s.claim("w", 10, LEASE, 0).await.unwrap() {
+        if c.image_id == "7" {
+            // Failed images are not archived.
+            s.fail(c.row_id, "w", 1, "x", 1, 0, 0).await.unwrap();
+        } else {
+            let path = format!("archive/{}.jpg", c.image_id);
+            assert!(s.complete(c.row_id, "w", 1, 1, &path, 0).await.unwrap());
+        }
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.finished_images(job, after, 2).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|img| img.row_id);
+        for img in page {
+            assert_eq!(img.path, format!("archive/{}.jpg", img.meta.id));
+            assert_eq!(img.meta.thumb_original_url, None);
+            seen.push(img.meta.id);
+        }
+    }
+    assert_eq!(seen, vec!["3", "5", "4", "1", "2", "6"]);
+}
+
+#[tokio::test]
+async fn update_urls_stores_refreshed_urls() {
+    let f = fixture().await;
+    let s = &f.store;
+    let job = active_job(s, "alice").await;
+    s.insert_page(job, Quality::Original, &metas(1..=2), None, 0)
+        .await
+        .unwrap();
+    let one = s.image_by_id(job, "1").await.unwrap().unwrap();
+    let two = s.image_by_id(job, "2").await.unwrap().unwrap();
+    let updated = s
+        .update_urls(&[
+            (one.row_id, Some("https://cdn.example/new".into())),
+            (two.row_id, None),
+            (9_999, Some("https://nowhere".into())),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(updated, 2);
+    let claimed = s.claim("w", 2, LEASE, 0).await.unwrap();
+    assert_eq!(claimed[0].url.as_deref(), Some("https://cdn.example/new"));
+    assert_eq!(claimed[1].url, None);
+}
+
+async fn group_by_counts(pool: &SqlitePool, job_id: i64) -> (Counts, u64) {
+    let rows = sqlx::query(
+        "SELECT state, count(*) AS n, sum(CASE WHEN state = 'done' THEN bytes ELSE 0 END) AS b \
+         FROM images WHERE job_id = ? GROUP BY state",
+    )
+    .bind(job_id)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut c = Counts::default();
+    let mut bytes = 0;
+    for row in rows {
+        let n = row.get::<i64, _>("n") as u64;
+        match row.get::<String, _>("state").as_str() {
+            "pending" => c.pending = n,
+            "in_progress" => c.in_progress = n,
+            "done" => {
+                c.done = n;
+                bytes = row.get::<i64, _>("b") as u64;
+            }
+            "failed" => c.failed = n,
+            other => panic!("unexpected state {other}"),
+        }
+    }
+    c.discovered = c.pending + c.in_progress + c.done + c.failed;
+    (c, bytes)
+}
+
+#[tokio::test]
+async fn counters_always_equal_a_group_by_count() {
+    let f = fixture().await;
+    let s = &f.store;
+    let pool = raw(&f.path).await;
+    let jobs = [active_job(s, "alice").await, active_job(s, "bob").await];
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut held: Vec<(ClaimedImage, String)> = Vec::new();
+    let mut now = 0i64;
+
+    for step in 0..600 {
+        now += rng.random_range(0..3_000);
+        match rng.random_range(0..10) {
+            0 | 1 => {
+                let job = jobs[rng.random_range(0..2)];
+                let start = rng.random_range(0..300u64);
+                let page = metas(start..start + rng.random_range(0..60));
+                s.insert_page(
+                    job,
+                    Quality::Original,
+                    &page,
+                    Some("https://h/?after=x"),
+                    now,
+                )
+                .await
+                .unwrap();
+            }
+            2 | 3 => {
+                let owner = format!("w{}", rng.random_range(0..4));
+                let lease = Duration::from_millis(rng.random_range(1_000..20_000));
+                for c in s
+                    .claim(&owner, rng.random_range(1..8), lease, now)
+                    .await
+                    .unwrap()
+                {
+                    held.push((c, owner.clone()));
+                }
+            }
+            4..=7 if !held.is_empty() => {
+                let (c, owner) = held.swap_remove(rng.random_range(0..held.len()));
+                match rng.random_range(0..3) {
+                    0 => {
+                        let bytes = rng.random_range(1..1_000_000);
+                        s.complete(c.row_id, &owner, c.attempt, bytes, "p", now)
+                            .await
+                            .unwrap();
+                    }
+                    1 => {
+                        let retry = now + rng.random_range(0..5_000);
+                        s.fail(c.row_id, &owner, c.attempt, "e", 3, retry, now)
+                            .await
+                            .unwrap();
+                    }
+                    _ => {
+                        s.release(c.row_id, &owner, c.attempt, now, Some("r"))
+                            .await
+                            .unwrap();
+                    }
+                }
+            }
+            8 => {
+                s.retry_failed(jobs[rng.random_range(0..2)], now)
+                    .await
+                    .unwrap();
+            }
+            9 if rng.random_range(0..5) == 0 => {
+                s.reset_in_flight(now).await.unwrap();
+                held.clear();
+            }
+            _ => {
+                let job = jobs[rng.random_range(0..2)];
+                let state = [JobState::Downloading, JobState::Paused][rng.random_range(0..2)];
+                s.set_job_state(job, state, None, now).await.unwrap();
+            }
+        }
+        if step % 25 == 0 || step == 599 {
+            for &job in &jobs {
+                let stored = s.find_job(job).await.unwrap().unwrap();
+                let (expected, bytes) = group_by_counts(&pool, job).await;
+                assert_eq!(stored.counts, expected, "step {step}, job {job}");
+                assert_eq!(stored.bytes_done, bytes, "step {step}, job {job}");
+            }
+        }
+    }
+    let total = counts(s, jobs[0]).await.done + counts(s, jobs[1]).await.done;
+    assert!(total > 0, "the random mix should complete some images");
+}
+
+#[tokio::test]
+async fn concurrent_claimers_never_share_a_row() {
+    let f = fixture().await;
+    let store = Arc::new(f.store);
+    let job = active_job(&store, "alice").await;
+    store
+        .insert_page(job, Quality::Original, &metas(1..=500), None, 0)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            let owner = format!("w{worker}");
+            let mut mine = Vec::new();
+            loop {
+                let got = store.claim(&owner, 7, LEASE, 0).await.unwrap();
+                if got.is_empty() {
+                    break;
+                }
+                for c in got {
+                    assert!(
+                        store
+                            .complete(c.row_id, &owner, c.attempt, 1, "p", 0)
+                            .await
+                            .unwrap()
+                    );
+                    mine.push(c.row_id);
+                }
+            }
+            mine
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let unique: HashSet<i64> = all.iter().copied().collect();
+    assert_eq!(all.len(), 500);
+    assert_eq!(unique.len(), 500);
+    assert_eq!(counts(&store, job).await.done, 500);
+}
+
+#[tokio::test]
+async fn the_token_never_reaches_the_database_files() {
+    const TOKEN: &str = "MLY|4242424242|deadbeefcafef00dtoken";
+    let f = fixture().await;
+    let s = &f.store;
+    let job = active_job(s, "alice").await;
+    let encoded = TOKEN.replace('|', "%7C");
+    let next = format!(
+        "https://graph.mapillary.com/images?creator_username=alice&fields=id&limit=2000&access_token={encoded}&after=QVFIUz"
+    );
+    s.insert_page(job, Quality::Original, &metas(1..=50), Some(&next), 0)
+        .await
+        .unwrap();
+    let raw_next = format!("https://graph.mapillary.com/images?access_token={TOKEN}&after=QVFIU2");
+    s.insert_page(job, Quality::Original, &metas(51..=60), Some(&raw_next), 0)
+        .await
+        .unwrap();
+    let cursor = s.job_cursor(job).await.unwrap().unwrap();
+    assert_eq!(cursor, "https://graph.mapillary.com/images?after=QVFIU2");
+    for c in s.claim("w", 20, LEASE, 0).await.unwrap() {
+        s.fail(c.row_id, "w", c.attempt, "HTTP 500", 1, 0, 0)
+            .await
+            .unwrap();
+    }
+    s.set_job_state(job, JobState::Paused, Some("token rejected (code 190)"), 1)
+        .await
+        .unwrap();
+    s.close().await;
+
+    let dir = f.path.parent().unwrap();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        checked += bytes.len();
+        for needle in [TOKEN.as_bytes(), encoded.as_bytes(), b"deadbeefcafef00d"] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "a database file holds the token"
+            );
+        }
+    }
+    assert!(checked > 0);
+}
+
+#[tokio::test]
+async fn read_only_store_reads_beside_a_live_writer_and_never_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mapillary.db");
+    match Store::open_read_only(&path).await {
+        Err(StoreError::Schema(msg)) => assert!(msg.contains("no database"), "{msg}"),
+        other => panic!("expected a clear error, got {:?}", other.err()),
+    }
+    assert!(!path.exists(), "a read-only open must not create the file");
+
+    let writer = Store::open(&path).await.unwrap();
+    let job = active_job(&writer, "alice").await;
+    writer
+        .insert_page(job, Quality::Original, &metas(1..=3), None, 0)
+        .await
+        .unwrap();
+
+    let reader = Store::open_read_only(&path).await.unwrap();
+    reader.ping().await.unwrap();
+    assert_eq!(
+        reader.find_job(job).await.unwrap().unwrap().counts.pending,
+        3
+    );
+    // It sees what the live writer commits next.
+    writer.claim("w", 1, LEASE, 0).await.unwrap();
+    assert_eq!(reader.list_jobs().await.unwrap()[0].counts.in_progress, 1);
+    assert!(matches!(
+        reader.create_job("bob", Quality::Original, None, 0).await,
+        Err(StoreError::ReadOnly)
+    ));
+    assert!(matches!(
+        reader.claim("w", 1, LEASE, 0).await,
+        Err(StoreError::ReadOnly)
+    ));
+    reader.close().await;
+    writer.close().await;
+
+    // After the daemon has stopped, status still opens the database.
+    let reader = Store::open_read_only(&path).await.unwrap();
+    assert_eq!(reader.list_jobs().await.unwrap().len(), 1);
+    reader.close().await;
+
+    // A schema from a newer binary is refused with a clear message.
+    let pool = raw(&path).await;
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99990101000000, 'future', 1, x'00', 0)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    match Store::open_read_only(&path).await {
+        Err(StoreError::Schema(msg)) => assert!(msg.contains("newer"), "{msg}"),
+        other => panic!("expected a schema error, got {:?}", other.err()),
+    }
+
+    // A file that is not our database is refused too.
+    let stranger = dir.path().join("other.db");
+    let pool = SqlitePoolOptions::new()
+        .connect_with(
+            SqliteConnectOptions::new()
+                .filename(&stranger)
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE t (x)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    assert!(matches!(
+        Store::open_read_only(&stranger).await,
+        Err(StoreError::Schema(_))
+    ));
+}
