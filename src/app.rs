@@ -16,7 +16,6 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -48,16 +47,7 @@ pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
 
 /// Builds the client settings from the `[mapillary]` section.
 pub fn client_settings(settings: &Settings) -> anyhow::Result<ClientSettings> {
-    let m = &settings.mapillary;
-    Ok(ClientSettings {
-        api_url: url::Url::parse(&m.url).context("mapillary.url")?,
-        page_size: m.page_size,
-        calls_per_minute: m.calls_per_minute,
-        connect_timeout: Duration::from_secs(m.connect_timeout_secs),
-        request_timeout: Duration::from_secs(m.request_timeout_secs),
-        download_timeout: Duration::from_secs(m.download_timeout_secs),
-        max_image_bytes: m.max_image_bytes,
-    })
+    Ok(ClientSettings::from_config(&settings.mapillary)?)
 }
 
 /// The engine's shared context, ready to start.

@@ -6,6 +6,8 @@
 //! - [`store`]: the SQLite job store; every SQL statement lives here.
 //! - [`mapillary`]: the Graph API and CDN client, its error classification and the shared rate limiter.
 //! - [`exif`]: JPEG bytes + metadata -> tagged JPEG bytes (EXIF, GPS, XMP GPano).
+//! - [`api`]: the axum HTTP API: job commands, `/status`, `/healthz`, `/metrics`, bearer auth.
+//! - [`stats`]: throughput over the last minute and the ETA derived from it.
 //! - [`secret`]: a string type whose Debug and Display print `[redacted]`.
 //! - [`units`]: human-readable sizes, rates and durations.
 //! - [`archive`]: the on-disk layout and durable writes (`.part`, fsync, rename, fsync dir).
@@ -16,6 +18,7 @@
 //! - [`status`]: the status report shared by `GET /status` and the `status` command.
 //! - [`commands`]: per-subcommand glue and exit codes. [`cli`]: the clap command line. [`telemetry`]: tracing setup.
 
+pub mod api;
 pub mod app;
 pub mod archive;
 pub mod cli;
@@ -28,6 +31,7 @@ pub mod model;
 pub mod oneshot;
 pub mod progress;
 pub mod secret;
+pub mod stats;
 pub mod status;
 pub mod store;
 pub mod telemetry;

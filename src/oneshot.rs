@@ -37,32 +37,19 @@ pub enum RunEnd {
     Stalled,
 }
 
-/// Creates or picks up one job per user, exactly as `POST /jobs` would.
+/// Creates or picks up one job per user, exactly as `POST /jobs` would; a
+/// job paused earlier (say, for a full disk) is resumed, since the user is
+/// asking for it now.
 pub async fn prepare_jobs(store: &Store, request: &DownloadRequest) -> anyhow::Result<Vec<i64>> {
     let mut ids = Vec::new();
     for username in &request.usernames {
-        let now = now_ms();
-        let job = match store.find_job_by_key(username, request.quality, request.bbox).await? {
-            Some(job) => match job.state {
-                JobState::Done | JobState::Failed => store
-                    .restart_enumeration(job.id, now)
-                    .await?
-                    .unwrap_or(job),
-                JobState::Paused => {
-                    let next = if job.enumeration_complete {
-                        JobState::Downloading
-                    } else {
-                        JobState::Enumerating
-                    };
-                    store.transition_job(job.id, &[JobState::Paused], next, now).await?;
-                    store.set_job_error(job.id, None, now).await?;
-                    job
-                }
-                JobState::Cancelled => store.create_job(username, request.quality, request.bbox, now).await?,
-                _ => job,
-            },
-            None => store.create_job(username, request.quality, request.bbox, now).await?,
-        };
+        let submitted = store
+            .submit_job(username, request.quality, request.bbox, now_ms())
+            .await?;
+        let job = submitted.job();
+        if job.state == JobState::Paused {
+            store.reactivate_job(job.id, &[JobState::Paused], now_ms()).await?;
+        }
         ids.push(job.id);
     }
     Ok(ids)

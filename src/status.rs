@@ -1,61 +1,14 @@
-//! The status report: one shape for `GET /status` and `status --json`, and
-//! the human table of the `status` command. Reads counters only, so it stays
-//! cheap at millions of images.
+//! The `status` command: the jobs table, or with `--json` the very report
+//! `GET /status` serves. It opens the database read-only, so it works beside
+//! a running daemon, and reads only counters, so it stays cheap at millions
+//! of images. Throughput comes from the images finished in the last minute.
 
+use crate::api::status::{StatusReport, Totals, Throughput, remaining_images};
 use crate::progress::group_digits;
+use crate::stats::Rate;
 use crate::store::{Job, Store};
 use crate::units::format_bytes;
-use serde::Serialize;
 use std::path::Path;
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Totals {
-    pub discovered: u64,
-    pub pending: u64,
-    pub in_progress: u64,
-    pub done: u64,
-    pub failed: u64,
-    pub bytes_done: u64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Throughput {
-    pub images_per_sec: f64,
-    pub bytes_per_sec: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct StatusReport {
-    pub jobs: Vec<Job>,
-    pub totals: Totals,
-    pub throughput: Throughput,
-    /// Seconds until every discovered image is finished at the current rate;
-    /// `null` when nothing moves.
-    pub eta_seconds: Option<u64>,
-}
-
-impl StatusReport {
-    pub fn new(jobs: Vec<Job>, throughput: Throughput) -> StatusReport {
-        let mut totals = Totals::default();
-        for job in &jobs {
-            totals.discovered += job.counts.discovered;
-            totals.pending += job.counts.pending;
-            totals.in_progress += job.counts.in_progress;
-            totals.done += job.counts.done;
-            totals.failed += job.counts.failed;
-            totals.bytes_done += job.bytes_done;
-        }
-        let left = totals.pending + totals.in_progress;
-        let eta_seconds = (throughput.images_per_sec > 0.0)
-            .then(|| (left as f64 / throughput.images_per_sec).ceil() as u64);
-        StatusReport {
-            jobs,
-            totals,
-            throughput,
-            eta_seconds,
-        }
-    }
-}
 
 /// The `status` command: reads the database read-only, beside a live daemon.
 pub async fn print_status(db: &Path, json: bool) -> anyhow::Result<()> {
@@ -63,11 +16,21 @@ pub async fn print_status(db: &Path, json: bool) -> anyhow::Result<()> {
     let jobs = store.list_jobs().await?;
     let since = crate::engine::now_ms() - 60_000;
     let (images, bytes) = store.finished_since(since).await?;
-    let throughput = Throughput {
+    let rate = Rate {
         images_per_sec: images as f64 / 60.0,
         bytes_per_sec: bytes as f64 / 60.0,
     };
-    let report = StatusReport::new(jobs, throughput);
+    let report = StatusReport {
+        totals: Totals::of(&jobs),
+        throughput: Throughput {
+            images_per_sec: rate.images_per_sec,
+            bytes_per_sec: rate.bytes_per_sec,
+        },
+        eta_seconds: rate
+            .eta(remaining_images(&jobs))
+            .map(|eta| eta.as_secs_f64().ceil() as u64),
+        jobs,
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -5,7 +5,8 @@
 
 use super::{EngineContext, now_ms};
 use crate::archive::{self, METADATA_FILE};
-use crate::store::JobState;
+use crate::store::{ArchivedImage, JobState, Store, StoreError};
+use std::collections::{HashSet, VecDeque};
 use std::io::Write;
 use tracing::info;
 
@@ -42,38 +43,44 @@ pub async fn finish_job(ctx: &EngineContext, job_id: i64) -> anyhow::Result<bool
     Ok(finished.is_some())
 }
 
-/// Writes every archived image of the collection (all jobs sharing the
-/// username and quality write into one folder), sorted by `captured_at`.
+/// Writes every archived image of the collection, sorted by `captured_at`.
+/// Jobs that share a username and quality (different bboxes) share one
+/// folder, so their pages are merged, each image once.
 async fn write_metadata(
     ctx: &EngineContext,
     username: &str,
     quality: crate::model::Quality,
     collection: &std::path::Path,
 ) -> anyhow::Result<()> {
+    let job_ids: Vec<i64> = ctx
+        .store
+        .list_jobs()
+        .await?
+        .into_iter()
+        .filter(|j| j.username == username && j.quality == quality)
+        .map(|j| j.id)
+        .collect();
     let target = collection.join(METADATA_FILE);
     let store = ctx.store.clone();
-    let username = username.to_owned();
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         archive::write_atomically(&target, |out| {
-            let mut after = None;
-            let mut last_id: Option<String> = None;
-            loop {
-                let page = handle
-                    .block_on(store.collection_metadata(&username, quality, after.clone(), METADATA_PAGE))
-                    .map_err(std::io::Error::other)?;
-                let Some(last) = page.last() else { break };
-                after = Some((last.captured_at, last.image_id.clone()));
-                for row in &page {
-                    // The same image in two jobs of one collection is one line.
-                    if last_id.as_deref() != Some(row.image_id.as_str()) {
-                        out.write_all(row.meta_json.as_bytes())?;
-                        out.write_all(b"\n")?;
-                        last_id = Some(row.image_id.clone());
-                    }
+            let mut merge = MergedPages::new(&job_ids);
+            let mut current_key = None;
+            let mut written_at_key = HashSet::new();
+            while let Some(image) = handle
+                .block_on(merge.next(&store))
+                .map_err(std::io::Error::other)?
+            {
+                let key = capture_order(&image);
+                if current_key != Some(key) {
+                    current_key = Some(key);
+                    written_at_key.clear();
                 }
-                if page.len() < METADATA_PAGE as usize {
-                    break;
+                // The same image in two jobs of one collection is one line.
+                if written_at_key.insert(image.meta.id.clone()) {
+                    serde_json::to_writer(&mut *out, &image.meta)?;
+                    out.write_all(b"\n")?;
                 }
             }
             Ok(())
@@ -81,4 +88,56 @@ async fn write_metadata(
     })
     .await??;
     Ok(())
+}
+
+fn capture_order(image: &ArchivedImage) -> i64 {
+    image.meta.captured_at.unwrap_or(i64::MAX)
+}
+
+/// A k-way merge of several jobs' archived images, each job read in pages
+/// in capture order, so memory holds one page per job.
+struct MergedPages {
+    cursors: Vec<JobCursor>,
+}
+
+struct JobCursor {
+    job_id: i64,
+    buffer: VecDeque<ArchivedImage>,
+    after: Option<i64>,
+    exhausted: bool,
+}
+
+impl MergedPages {
+    fn new(job_ids: &[i64]) -> MergedPages {
+        MergedPages {
+            cursors: job_ids
+                .iter()
+                .map(|&job_id| JobCursor {
+                    job_id,
+                    buffer: VecDeque::new(),
+                    after: None,
+                    exhausted: false,
+                })
+                .collect(),
+        }
+    }
+
+    async fn next(&mut self, store: &Store) -> Result<Option<ArchivedImage>, StoreError> {
+        for cursor in &mut self.cursors {
+            if cursor.buffer.is_empty() && !cursor.exhausted {
+                let page = store
+                    .finished_images(cursor.job_id, cursor.after, METADATA_PAGE)
+                    .await?;
+                cursor.exhausted = page.len() < METADATA_PAGE as usize;
+                cursor.after = page.last().map(|i| i.row_id).or(cursor.after);
+                cursor.buffer.extend(page);
+            }
+        }
+        let best = self
+            .cursors
+            .iter_mut()
+            .filter(|c| !c.buffer.is_empty())
+            .min_by_key(|c| c.buffer.front().map(capture_order));
+        Ok(best.and_then(|c| c.buffer.pop_front()))
+    }
 }

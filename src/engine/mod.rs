@@ -234,14 +234,9 @@ async fn resume_disk_full_jobs(ctx: &EngineContext) -> anyhow::Result<()> {
             .as_deref()
             .is_some_and(|e| e.starts_with(DISK_FULL_PREFIX));
         if disk_full {
-            let next = if job.enumeration_complete {
-                JobState::Downloading
-            } else {
-                JobState::Enumerating
-            };
             info!(job = job.id, "retrying a job paused for a full disk");
             ctx.store
-                .transition_job(job.id, &[JobState::Paused], next, now_ms())
+                .reactivate_job(job.id, &[JobState::Paused], now_ms())
                 .await?;
             ctx.wake.notify_waiters();
         }

@@ -62,6 +62,19 @@ impl Store {
             .collect()
     }
 
+    /// Images finished (done) since `since_ms`, and their bytes, across all
+    /// jobs: the `status` command's throughput, readable from any process.
+    pub async fn finished_since(&self, since_ms: i64) -> StoreResult<(u64, u64)> {
+        let (count, bytes): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), ifnull(sum(bytes), 0) FROM images \
+             WHERE state = 'done' AND updated_at > ?",
+        )
+        .bind(since_ms)
+        .fetch_one(&self.reader)
+        .await?;
+        Ok((count.max(0) as u64, bytes.max(0) as u64))
+    }
+
     /// Up to `limit` of a job's failed images with their last error, oldest first.
     pub async fn failed_images(&self, job_id: i64, limit: u32) -> StoreResult<Vec<FailedImage>> {
         let rows = sqlx::query(

@@ -1,0 +1,158 @@
+//! `/status` latency at 1,000,000 image rows (SPEC: p99 <= 5 ms).
+//!
+//! Run: `cargo bench --bench api`. Builds a store of 10 jobs x 100,000 images
+//! (pages of 2000 through `insert_page`, half of each job marked done), serves
+//! the real router on loopback and times sequential keep-alive requests from
+//! reqwest, so the figure includes HTTP, JSON and the store read.
+
+use mapillary_downloader::api::{self, AppState};
+use mapillary_downloader::model::{ImageMeta, Quality};
+use mapillary_downloader::stats::Stats;
+use mapillary_downloader::store::{JobState, Store};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const JOBS: u64 = 10;
+const IMAGES_PER_JOB: u64 = 100_000;
+const PAGE: u64 = 2_000;
+const WARMUP: usize = 200;
+const SAMPLES: usize = 5_000;
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn page(first: u64) -> Vec<ImageMeta> {
+    (first..first + PAGE)
+        .map(|id| ImageMeta {
+            id: id.to_string(),
+            captured_at: Some(1_600_000_000_000 + id as i64),
+            sequence: Some(format!("seq{}", id / 500)),
+            thumb_original_url: Some(format!("https://cdn.example/{id}.jpg")),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index]
+}
+
+async fn time_requests(client: &reqwest::Client, url: &str) -> Vec<Duration> {
+    for _ in 0..WARMUP {
+        client.get(url).send().await.unwrap().bytes().await.unwrap();
+    }
+    let mut samples = Vec::with_capacity(SAMPLES);
+    for _ in 0..SAMPLES {
+        let start = Instant::now();
+        let response = client.get(url).send().await.unwrap();
+        assert!(response.status().is_success(), "{url}: {}", response.status());
+        response.bytes().await.unwrap();
+        samples.push(start.elapsed());
+    }
+    samples.sort();
+    samples
+}
+
+fn report(what: &str, samples: &[Duration]) {
+    println!(
+        "{what:<28} n={:<5} p50={:>8.3} ms  p99={:>8.3} ms  max={:>8.3} ms",
+        samples.len(),
+        percentile(samples, 0.50).as_secs_f64() * 1e3,
+        percentile(samples, 0.99).as_secs_f64() * 1e3,
+        samples.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("mapillary.db")).await.unwrap());
+
+    let setup = Instant::now();
+    for j in 0..JOBS {
+        let job = store
+            .create_job(&format!("user{j}"), Quality::Original, None, now_ms())
+            .await
+            .unwrap();
+        let pages = IMAGES_PER_JOB / PAGE;
+        for p in 0..pages {
+            let next = (p + 1 < pages).then_some("https://graph.example/images?after=x");
+            store
+                .insert_page(job.id, Quality::Original, &page(p * PAGE), next, now_ms())
+                .await
+                .unwrap();
+        }
+        store
+            .set_job_state(job.id, JobState::Downloading, None, now_ms())
+            .await
+            .unwrap();
+    }
+    // Move a share of the rows through claim/complete so counters are mixed.
+    let mut completed = 0u64;
+    while completed < 20_000 {
+        let claimed = store
+            .claim("bench", 500, Duration::from_secs(600), now_ms())
+            .await
+            .unwrap();
+        for image in &claimed {
+            store
+                .complete(image.row_id, "bench", image.attempt, 100_000, "x.jpg", now_ms())
+                .await
+                .unwrap();
+        }
+        completed += claimed.len() as u64;
+    }
+    let jobs = store.list_jobs().await.unwrap();
+    let rows: u64 = jobs.iter().map(|j| j.counts.discovered).sum();
+    println!(
+        "setup: {rows} image rows in {} jobs ({completed} done) in {:.1} s",
+        jobs.len(),
+        setup.elapsed().as_secs_f64()
+    );
+
+    let stats = Arc::new(Stats::new());
+    for _ in 0..1000 {
+        stats.record_image(100_000);
+    }
+    let state = AppState {
+        store: store.clone(),
+        wake: Arc::new(tokio::sync::Notify::new()),
+        stats,
+        api_token: Some(mapillary_downloader::secret::Secret::new("bench-token")),
+        started: Instant::now(),
+    };
+    let server = api::bind("127.0.0.1:0".parse().unwrap(), state)
+        .await
+        .unwrap();
+    let base = format!("http://{}", server.local_addr);
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(server.serve(shutdown.clone()));
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        "Bearer bench-token".parse().unwrap(),
+    );
+    let client = reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap();
+
+    let status = time_requests(&client, &format!("{base}/status")).await;
+    report("GET /status", &status);
+    report("GET /jobs/5", &time_requests(&client, &format!("{base}/jobs/5")).await);
+    report("GET /metrics", &time_requests(&client, &format!("{base}/metrics")).await);
+    report("GET /healthz", &time_requests(&client, &format!("{base}/healthz")).await);
+
+    let p99 = percentile(&status, 0.99);
+    println!(
+        "target: /status p99 <= 5 ms at 1,000,000 rows -> {} ({:.3} ms)",
+        if p99 <= Duration::from_millis(5) { "MET" } else { "MISSED" },
+        p99.as_secs_f64() * 1e3
+    );
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
+    store.close().await;
+}

@@ -1,0 +1,103 @@
+//! The one error type every handler returns, and its JSON shape.
+//!
+//! SPEC promises `{"error": "<message>"}` with a 4xx/5xx status for every
+//! failure, so everything (extractor rejections, fallbacks, auth, store
+//! failures) funnels through [`ApiError`]. Store errors are logged in full
+//! and answered with a generic message: SQL details are for the operator's
+//! log, not for the client.
+
+use crate::store::StoreError;
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed request: not JSON, bad path parameter, bad header.
+    #[error("{0}")]
+    BadRequest(String),
+    /// Well-formed JSON whose content breaks a rule (unknown quality, bad bbox...).
+    #[error("{0}")]
+    Unprocessable(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("authentication required: send the header `Authorization: Bearer <api token>`")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// The request is valid but the job's current state forbids it.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("database error (details are in the server log)")]
+    Store(#[from] StoreError),
+    #[error("database is not answering")]
+    Unavailable,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+
+    pub fn job_not_found(id: i64) -> ApiError {
+        ApiError::NotFound(format!("job {id} not found"))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Store(err) = &self {
+            tracing::error!(error = %err, "HTTP API request failed on the database");
+        }
+        let status = self.status();
+        let body = Json(serde_json::json!({ "error": self.to_string() }));
+        let mut response = (status, body).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// Fallback for paths no route knows.
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::NotFound(format!("no such endpoint: {}", shorten(uri.path())))
+}
+
+/// Fallback for a known path asked with a method it does not serve.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "method {method} is not allowed on {}",
+        shorten(uri.path())
+    ))
+}
+
+/// Echoed paths are capped so a long URL cannot bloat the error.
+fn shorten(path: &str) -> &str {
+    const MAX: usize = 200;
+    if path.len() <= MAX {
+        return path;
+    }
+    let mut end = MAX;
+    while !path.is_char_boundary(end) {
+        end -= 1;
+    }
+    &path[..end]
+}

@@ -1,0 +1,195 @@
+//! `/jobs` handlers: submit, list, inspect and steer jobs.
+//!
+//! Every state change is one conditional UPDATE in the store, so two racing
+//! requests (or a request racing the engine) cannot both win; when it does
+//! not apply, the job is read back to tell "no such job" (404) from "not in
+//! a state that allows this" (409).
+
+use crate::api::error::ApiError;
+use crate::api::extract::{ApiJson, JobId};
+use crate::api::validate::CreateJobRequest;
+use crate::api::{AppState, state_name};
+use crate::store::transitions::Submitted;
+use crate::store::{Job, JobState};
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+
+/// States a job can be paused from: the ones where work is (or will be) running.
+const PAUSABLE: &[JobState] = &[
+    JobState::Queued,
+    JobState::Enumerating,
+    JobState::Downloading,
+];
+
+/// Every state but `cancelled`.
+const CANCELLABLE: &[JobState] = &[
+    JobState::Queued,
+    JobState::Enumerating,
+    JobState::Downloading,
+    JobState::Paused,
+    JobState::Done,
+    JobState::Failed,
+];
+
+/// Finished states that a retry brings back to work.
+const FINISHED: &[JobState] = &[JobState::Done, JobState::Failed];
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// `POST /jobs`: 201 for a new job; 200 with the existing job when the same
+/// (username, quality, bbox) is already queued or running; 200 and a re-sync
+/// when that job had finished. A cancelled job does not count.
+pub async fn create_job(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<CreateJobRequest>,
+) -> Result<(StatusCode, Json<Job>), ApiError> {
+    let submitted = state
+        .store
+        .submit_job(&request.username, request.quality, request.bbox, now_ms())
+        .await?;
+    let (status, job) = match submitted {
+        Submitted::Created(job) => {
+            tracing::info!(job = job.id, username = %job.username, quality = %job.quality, "job created");
+            (StatusCode::CREATED, job)
+        }
+        Submitted::Resynced(job) => {
+            tracing::info!(job = job.id, username = %job.username, "finished job re-synced");
+            (StatusCode::OK, job)
+        }
+        Submitted::Existing(job) => return Ok((StatusCode::OK, Json(job))),
+    };
+    state.wake_engine();
+    Ok((status, Json(job)))
+}
+
+/// `GET /jobs`.
+pub async fn list_jobs(State(state): State<AppState>) -> Result<Json<Vec<Job>>, ApiError> {
+    Ok(Json(state.store.list_jobs().await?))
+}
+
+/// `GET /jobs/{id}`.
+pub async fn get_job(
+    State(state): State<AppState>,
+    JobId(id): JobId,
+) -> Result<Json<Job>, ApiError> {
+    state
+        .store
+        .find_job(id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::job_not_found(id))
+}
+
+/// `POST /jobs/{id}/pause`: queued, enumerating or downloading -> paused.
+/// Images in flight finish; nothing new is claimed for the job.
+pub async fn pause_job(
+    State(state): State<AppState>,
+    JobId(id): JobId,
+) -> Result<Json<Job>, ApiError> {
+    let now = now_ms();
+    match state
+        .store
+        .transition_job(id, PAUSABLE, JobState::Paused, now)
+        .await?
+    {
+        Some(job) => {
+            tracing::info!(job = id, "job paused");
+            state.wake_engine();
+            Ok(Json(job))
+        }
+        None => Err(refusal(&state, id, "paused", PAUSABLE).await),
+    }
+}
+
+/// `POST /jobs/{id}/resume`: paused -> enumerating (listing unfinished) or
+/// downloading, with `last_error` cleared.
+pub async fn resume_job(
+    State(state): State<AppState>,
+    JobId(id): JobId,
+) -> Result<Json<Job>, ApiError> {
+    match state
+        .store
+        .reactivate_job(id, &[JobState::Paused], now_ms())
+        .await?
+    {
+        Some(job) => {
+            tracing::info!(job = id, state = state_name(job.state), "job resumed");
+            state.wake_engine();
+            Ok(Json(job))
+        }
+        None => Err(refusal(&state, id, "resumed", &[JobState::Paused]).await),
+    }
+}
+
+/// `POST /jobs/{id}/retry`: failed images go back to the queue; a finished
+/// job goes back to work. A paused job stays paused (its images wait).
+pub async fn retry_job(
+    State(state): State<AppState>,
+    JobId(id): JobId,
+) -> Result<Json<Job>, ApiError> {
+    let job = state
+        .store
+        .find_job(id)
+        .await?
+        .ok_or_else(|| ApiError::job_not_found(id))?;
+    if job.state == JobState::Cancelled {
+        return Err(ApiError::Conflict(format!(
+            "job {id} is cancelled and cannot be retried; submit it again with POST /jobs"
+        )));
+    }
+    let now = now_ms();
+    let requeued = state.store.retry_failed(id, now).await?;
+    // Only a finished job changes state; the conditional update ignores the others.
+    state.store.reactivate_job(id, FINISHED, now).await?;
+    tracing::info!(job = id, requeued, "failed images re-queued");
+    state.wake_engine();
+    let job = state
+        .store
+        .find_job(id)
+        .await?
+        .ok_or_else(|| ApiError::job_not_found(id))?;
+    Ok(Json(job))
+}
+
+/// `DELETE /jobs/{id}`: cancels the job and keeps its files. Cancelling a
+/// cancelled job answers it again, so the call is idempotent.
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    JobId(id): JobId,
+) -> Result<Json<Job>, ApiError> {
+    if let Some(job) = state
+        .store
+        .transition_job(id, CANCELLABLE, JobState::Cancelled, now_ms())
+        .await?
+    {
+        tracing::info!(job = id, "job cancelled");
+        state.wake_engine();
+        return Ok(Json(job));
+    }
+    state
+        .store
+        .find_job(id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::job_not_found(id))
+}
+
+/// Why a conditional transition did not apply: the job is missing (404) or
+/// in a state that does not allow it (409).
+async fn refusal(state: &AppState, id: i64, verb: &str, allowed: &[JobState]) -> ApiError {
+    match state.store.find_job(id).await {
+        Ok(Some(job)) => {
+            let allowed: Vec<&str> = allowed.iter().map(|s| state_name(*s)).collect();
+            ApiError::Conflict(format!(
+                "job {id} is {} and cannot be {verb}; only a job that is {} can",
+                state_name(job.state),
+                allowed.join(" or ")
+            ))
+        }
+        Ok(None) => ApiError::job_not_found(id),
+        Err(err) => ApiError::Store(err),
+    }
+}

@@ -1,0 +1,231 @@
+//! `GET /metrics`: Prometheus text exposition format 0.0.4.
+//!
+//! Written by hand: the format is a few lines of text, and a metrics crate
+//! would add a global registry for numbers the store already keeps.
+//! Per-job series are labelled `job`, `username` and `quality`; the username is
+//! user input, so label values are escaped as the format requires.
+
+use crate::api::error::ApiError;
+use crate::api::status::{StatusReport, Totals};
+use crate::api::{AppState, state_name};
+use crate::store::{Job, JobState};
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+const JOB_STATES: [JobState; 7] = [
+    JobState::Queued,
+    JobState::Enumerating,
+    JobState::Downloading,
+    JobState::Paused,
+    JobState::Done,
+    JobState::Failed,
+    JobState::Cancelled,
+];
+
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let jobs = state.store.list_jobs().await?;
+    let report = StatusReport::build(jobs, &state.stats);
+    let body = render(&report, state.started.elapsed());
+    let mut response = body.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE));
+    Ok(response)
+}
+
+/// Renders every metric family; pure, so tests can check the text directly.
+pub fn render(report: &StatusReport, uptime: Duration) -> String {
+    let mut out = Exposition::default();
+    let jobs = &report.jobs;
+
+    out.family("mapillary_job_images", "Images of a job by state.");
+    for job in jobs {
+        let c = &job.counts;
+        for (name, value) in [
+            ("pending", c.pending),
+            ("in_progress", c.in_progress),
+            ("done", c.done),
+            ("failed", c.failed),
+        ] {
+            out.sample_job(job, Some(name), value as f64);
+        }
+    }
+    out.family(
+        "mapillary_job_discovered_images",
+        "Images enumeration has found for a job so far.",
+    );
+    for job in jobs {
+        out.sample_job(job, None, job.counts.discovered as f64);
+    }
+    out.family(
+        "mapillary_job_bytes_done",
+        "Bytes of a job's images written to the archive.",
+    );
+    for job in jobs {
+        out.sample_job(job, None, job.bytes_done as f64);
+    }
+    out.family(
+        "mapillary_job_state",
+        "1 for the state a job is in, 0 for the others.",
+    );
+    for job in jobs {
+        for candidate in JOB_STATES {
+            let value = if job.state == candidate { 1.0 } else { 0.0 };
+            out.sample_job(job, Some(state_name(candidate)), value);
+        }
+    }
+    out.family(
+        "mapillary_job_enumeration_complete",
+        "1 once every page of a job's listing has been stored.",
+    );
+    for job in jobs {
+        out.sample_job(job, None, f64::from(u8::from(job.enumeration_complete)));
+    }
+
+    out.family("mapillary_jobs", "Jobs by state.");
+    for candidate in JOB_STATES {
+        let count = jobs.iter().filter(|job| job.state == candidate).count();
+        out.sample(&[("state", state_name(candidate))], count as f64);
+    }
+    let Totals {
+        discovered,
+        pending,
+        in_progress,
+        done,
+        failed,
+        bytes_done,
+    } = report.totals;
+    out.family("mapillary_images", "Images of all jobs by state.");
+    for (name, value) in [
+        ("pending", pending),
+        ("in_progress", in_progress),
+        ("done", done),
+        ("failed", failed),
+    ] {
+        out.sample(&[("state", name)], value as f64);
+    }
+    out.family(
+        "mapillary_discovered_images",
+        "Images found by enumeration, all jobs.",
+    );
+    out.sample(&[], discovered as f64);
+    out.family(
+        "mapillary_bytes_done",
+        "Bytes written to the archive, all jobs.",
+    );
+    out.sample(&[], bytes_done as f64);
+    out.family(
+        "mapillary_throughput_images_per_second",
+        "Images completed per second over the last minute.",
+    );
+    out.sample(&[], report.throughput.images_per_sec);
+    out.family(
+        "mapillary_throughput_bytes_per_second",
+        "Bytes completed per second over the last minute.",
+    );
+    out.sample(&[], report.throughput.bytes_per_sec);
+    out.family(
+        "mapillary_uptime_seconds",
+        "Seconds since the process started.",
+    );
+    out.sample(&[], uptime.as_secs_f64());
+    out.text
+}
+
+#[derive(Default)]
+struct Exposition {
+    text: String,
+    family: &'static str,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &'static str, help: &str) {
+        self.family = name;
+        // `write!` into a String cannot fail.
+        let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.text, "# TYPE {name} gauge");
+    }
+
+    fn sample_job(&mut self, job: &Job, state: Option<&str>, value: f64) {
+        let id = job.id.to_string();
+        let mut labels = vec![
+            ("job", id.as_str()),
+            ("username", job.username.as_str()),
+            ("quality", job.quality.as_str()),
+        ];
+        if let Some(state) = state {
+            labels.push(("state", state));
+        }
+        self.sample(&labels, value);
+    }
+
+    fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
+        self.text.push_str(self.family);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (name, value)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let _ = write!(self.text, "{name}=\"{}\"", escape_label_value(value));
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {}", format_value(value));
+    }
+}
+
+/// Label values escape backslash, double quote and line feed.
+pub fn escape_label_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// HELP text escapes backslash and line feed only.
+fn escape_help(text: &str) -> String {
+    text.replace('\\', "\\\\").replace('\n', "\\n")
+}
+
+fn format_value(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".into()
+    } else if value.is_infinite() {
+        if value > 0.0 { "+Inf" } else { "-Inf" }.into()
+    } else {
+        format!("{value}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_label_values() {
+        assert_eq!(escape_label_value(r#"a"b\c"#), r#"a\"b\\c"#);
+        assert_eq!(escape_label_value("x\ny"), "x\\ny");
+        assert_eq!(escape_label_value("zoë"), "zoë");
+    }
+
+    #[test]
+    fn formats_values() {
+        assert_eq!(format_value(3.0), "3");
+        assert_eq!(format_value(0.25), "0.25");
+        assert_eq!(format_value(f64::INFINITY), "+Inf");
+        assert_eq!(format_value(f64::NAN), "NaN");
+        assert_eq!(format_value(1e21), "1000000000000000000000");
+    }
+}

@@ -1,0 +1,949 @@
+//! The HTTP API end to end: the real router on 127.0.0.1:0, a real SQLite
+//! store in a temp dir, reqwest as the client. DB effects are checked through
+//! the store; no engine runs.
+
+use mapillary_downloader::api::{self, AppState};
+use mapillary_downloader::model::{ImageMeta, Quality};
+use mapillary_downloader::secret::Secret;
+use mapillary_downloader::stats::Stats;
+use mapillary_downloader::store::{JobState, Store};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const TOKEN: &str = "s3cr3t-api-token-Zq9";
+
+struct Server {
+    base: String,
+    store: Arc<Store>,
+    stats: Arc<Stats>,
+    wake: Arc<Notify>,
+    client: reqwest::Client,
+    shutdown: CancellationToken,
+    handle: JoinHandle<std::io::Result<()>>,
+    _dir: TempDir,
+}
+
+async fn start(token: Option<&str>) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Store::open(&dir.path().join("mapillary.db")).await.unwrap());
+    let stats = Arc::new(Stats::new());
+    let wake = Arc::new(Notify::new());
+    let state = AppState {
+        store: store.clone(),
+        wake: wake.clone(),
+        stats: stats.clone(),
+        api_token: token.map(Secret::new),
+        started: Instant::now(),
+    };
+    let server = api::bind("127.0.0.1:0".parse().unwrap(), state)
+        .await
+        .unwrap();
+    let base = format!("http://{}", server.local_addr);
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(server.serve(shutdown.clone()));
+    Server {
+        base,
+        store,
+        stats,
+        wake,
+        client: reqwest::Client::new(),
+        shutdown,
+        handle,
+        _dir: dir,
+    }
+}
+
+impl Server {
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        let value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{path}: body is not JSON ({e}): {text:?}"));
+        (status, value)
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(Method::GET, path, None).await
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(Method::POST, path, Some(body)).await
+    }
+
+    async fn post_empty(&self, path: &str) -> (StatusCode, Value) {
+        self.send(Method::POST, path, None).await
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let result = tokio::time::timeout(Duration::from_secs(5), self.handle)
+            .await
+            .expect("server stops promptly after cancel")
+            .unwrap();
+        result.unwrap();
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn image(id: u64) -> ImageMeta {
+    ImageMeta {
+        id: id.to_string(),
+        captured_at: Some(1_600_000_000_000 + id as i64),
+        thumb_original_url: Some(format!("https://cdn.example/{id}.jpg")),
+        thumb_256_url: Some(format!("https://cdn.example/{id}-256.jpg")),
+        ..Default::default()
+    }
+}
+
+fn error_message(body: &Value) -> &str {
+    body.get("error")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("not an error body: {body}"))
+}
+
+fn job_id(body: &Value) -> i64 {
+    body["id"].as_i64().unwrap_or_else(|| panic!("no id in {body}"))
+}
+
+/// Puts `n` images into the job and marks its enumeration complete.
+async fn enumerate(server: &Server, id: i64, first: u64, n: u64) {
+    let images: Vec<ImageMeta> = (first..first + n).map(image).collect();
+    server
+        .store
+        .insert_page(id, Quality::Original, &images, None, now_ms())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn create_answers_201_then_200_for_the_same_key() {
+    let server = start(None).await;
+    let (status, created) = server
+        .post("/jobs", json!({"username": "alice", "bbox": [1, 2, 3, 4]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["username"], "alice");
+    assert_eq!(created["quality"], "original");
+    assert_eq!(created["bbox"], json!([1.0, 2.0, 3.0, 4.0]));
+    assert_eq!(created["state"], "queued");
+    assert_eq!(created["enumeration_complete"], false);
+    assert_eq!(
+        created["counts"],
+        json!({"discovered":0,"pending":0,"in_progress":0,"done":0,"failed":0})
+    );
+    assert_eq!(created["bytes_done"], 0);
+    assert!(created["last_error"].is_null());
+    assert!(created["created_at"].as_str().unwrap().ends_with('Z'));
+    assert!(created["updated_at"].is_string());
+    assert!(created.get("cursor").is_none(), "cursor must never be served");
+
+    let (status, again) = server
+        .post(
+            "/jobs",
+            json!({"username": "alice", "quality": "original", "bbox": [1.0, 2.0, 3.0, 4.0]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(job_id(&again), job_id(&created));
+
+    // Another quality, another bbox or none: distinct jobs.
+    let (status, q256) = server
+        .post("/jobs", json!({"username": "alice", "quality": "256", "bbox": [1, 2, 3, 4]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(q256["quality"], "256");
+    let (status, no_bbox) = server
+        .post("/jobs", json!({"username": "alice", "bbox": null}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert!(no_bbox["bbox"].is_null());
+    assert_eq!(server.store.list_jobs().await.unwrap().len(), 3);
+
+    // The store's own key lookup agrees with what the API created.
+    let bbox = Some(mapillary_downloader::model::Bbox::new(1.0, 2.0, 3.0, 4.0).unwrap());
+    let found = server
+        .store
+        .find_job_by_key("alice", Quality::Original, bbox)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.id, job_id(&created));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn api_dedupes_jobs_the_store_created() {
+    let server = start(None).await;
+    let bbox = Some(mapillary_downloader::model::Bbox::new(-0.5, 10.25, 0.125, 11.0).unwrap());
+    let job = server
+        .store
+        .create_job("carol", Quality::Q1024, bbox, now_ms())
+        .await
+        .unwrap();
+    let (status, body) = server
+        .post(
+            "/jobs",
+            json!({"username": "carol", "quality": "1024", "bbox": [-0.5, 10.25, 0.125, 11.0]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(job_id(&body), job.id);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn concurrent_identical_posts_make_one_job() {
+    let server = Arc::new(start(None).await);
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let server = server.clone();
+        tasks.push(tokio::spawn(async move {
+            server.post("/jobs", json!({"username": "dave"})).await
+        }));
+    }
+    let mut created = 0;
+    let mut ids = std::collections::HashSet::new();
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        if status == StatusCode::CREATED {
+            created += 1;
+        } else {
+            assert_eq!(status, StatusCode::OK);
+        }
+        ids.insert(job_id(&body));
+    }
+    assert_eq!(created, 1);
+    assert_eq!(ids.len(), 1);
+    assert_eq!(server.store.list_jobs().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn posting_a_done_job_starts_a_resync() {
+    let server = start(None).await;
+    let (_, created) = server.post("/jobs", json!({"username": "bob"})).await;
+    let id = job_id(&created);
+    enumerate(&server, id, 1, 3).await;
+    server
+        .store
+        .set_job_state(id, JobState::Done, None, now_ms())
+        .await
+        .unwrap();
+    assert!(server.store.find_job(id).await.unwrap().unwrap().enumeration_complete);
+
+    let wake = server.wake.clone();
+    let woken = tokio::spawn(async move { wake.notified().await });
+    tokio::task::yield_now().await;
+
+    let (status, body) = server.post("/jobs", json!({"username": "bob"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(job_id(&body), id);
+    assert_eq!(body["state"], "enumerating");
+    assert_eq!(body["enumeration_complete"], false);
+    assert_eq!(body["counts"]["discovered"], 3, "known images are kept");
+    let stored = server.store.find_job(id).await.unwrap().unwrap();
+    assert!(!stored.enumeration_complete);
+    assert_eq!(stored.state, JobState::Enumerating);
+    assert_eq!(stored.cursor, None);
+    tokio::time::timeout(Duration::from_secs(2), woken)
+        .await
+        .expect("the engine is woken after a re-sync")
+        .unwrap();
+
+    // A failed job re-syncs the same way.
+    server
+        .store
+        .set_job_state(id, JobState::Failed, Some("listing failed"), now_ms())
+        .await
+        .unwrap();
+    let (status, body) = server.post("/jobs", json!({"username": "bob"})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["state"], "enumerating");
+    assert!(body["last_error"].is_null());
+    assert_eq!(server.store.list_jobs().await.unwrap().len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancelled_job_does_not_count_as_existing() {
+    let server = start(None).await;
+    let (_, first) = server.post("/jobs", json!({"username": "erin"})).await;
+    let (status, cancelled) = server
+        .send(Method::DELETE, &format!("/jobs/{}", job_id(&first)), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(cancelled["state"], "cancelled");
+    let (status, second) = server.post("/jobs", json!({"username": "erin"})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_ne!(job_id(&second), job_id(&first));
+    assert_eq!(server.store.list_jobs().await.unwrap().len(), 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn list_and_get_jobs() {
+    let server = start(None).await;
+    let (status, list) = server.get("/jobs").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list, json!([]));
+    let (_, a) = server.post("/jobs", json!({"username": "a"})).await;
+    let (_, b) = server.post("/jobs", json!({"username": "b", "quality": "2048"})).await;
+    let (status, list) = server.get("/jobs").await;
+    assert_eq!(status, StatusCode::OK);
+    let ids: Vec<i64> = list.as_array().unwrap().iter().map(job_id).collect();
+    assert_eq!(ids, vec![job_id(&a), job_id(&b)]);
+    let (status, one) = server.get(&format!("/jobs/{}", job_id(&b))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(one, b);
+    let (status, missing) = server.get("/jobs/999").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(error_message(&missing).contains("999"));
+    let (status, bad) = server.get("/jobs/abc").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_message(&bad).contains("positive integer"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn pause_and_resume() {
+    let server = start(None).await;
+    let (_, job) = server.post("/jobs", json!({"username": "frank"})).await;
+    let id = job_id(&job);
+
+    let (status, paused) = server.post_empty(&format!("/jobs/{id}/pause")).await;
+    assert_eq!(status, StatusCode::OK, "{paused}");
+    assert_eq!(paused["state"], "paused");
+    let (status, again) = server.post_empty(&format!("/jobs/{id}/pause")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(error_message(&again).contains("paused"), "{again}");
+
+    server
+        .store
+        .set_job_error(id, Some("bad token (code 190)"), now_ms())
+        .await
+        .unwrap();
+    let (status, resumed) = server.post_empty(&format!("/jobs/{id}/resume")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(resumed["state"], "enumerating", "listing not finished yet");
+    assert!(resumed["last_error"].is_null());
+    let (status, again) = server.post_empty(&format!("/jobs/{id}/resume")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(error_message(&again).contains("enumerating"), "{again}");
+
+    // Once the listing is complete, resume goes straight to downloading.
+    enumerate(&server, id, 1, 2).await;
+    let (status, _) = server.post_empty(&format!("/jobs/{id}/pause")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, resumed) = server.post_empty(&format!("/jobs/{id}/resume")).await;
+    assert_eq!(resumed["state"], "downloading");
+    let stored = server.store.find_job(id).await.unwrap().unwrap();
+    assert_eq!(stored.state, JobState::Downloading);
+
+    // A finished job cannot be paused.
+    server
+        .store
+        .set_job_state(id, JobState::Done, None, now_ms())
+        .await
+        .unwrap();
+    let (status, body) = server.post_empty(&format!("/jobs/{id}/pause")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(error_message(&body).contains("done"));
+
+    let (status, _) = server.post_empty("/jobs/4242/pause").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = server.post_empty("/jobs/4242/resume").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn retry_requeues_failed_images_and_reopens_a_finished_job() {
+    let server = start(None).await;
+    let (_, job) = server.post("/jobs", json!({"username": "gina"})).await;
+    let id = job_id(&job);
+    enumerate(&server, id, 1, 3).await;
+    let store = &server.store;
+    store
+        .set_job_state(id, JobState::Downloading, None, now_ms())
+        .await
+        .unwrap();
+    let claimed = store
+        .claim("worker-1", 3, Duration::from_secs(60), now_ms())
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    let (first, rest) = claimed.split_first().unwrap();
+    assert!(
+        store
+            .complete(first.row_id, "worker-1", first.attempt, 1234, "a/b.jpg", now_ms())
+            .await
+            .unwrap()
+    );
+    for image in rest {
+        store
+            .fail(image.row_id, "worker-1", image.attempt, "HTTP 500", 1, now_ms(), now_ms())
+            .await
+            .unwrap();
+    }
+    store.set_job_state(id, JobState::Done, None, now_ms()).await.unwrap();
+    let before = store.find_job(id).await.unwrap().unwrap();
+    assert_eq!(before.counts.failed, 2);
+
+    let (status, body) = server.post_empty(&format!("/jobs/{id}/retry")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "downloading");
+    assert_eq!(body["counts"]["failed"], 0);
+    assert_eq!(body["counts"]["pending"], 2);
+    assert_eq!(body["counts"]["done"], 1);
+    assert_eq!(body["bytes_done"], 1234);
+    let after = store.find_job(id).await.unwrap().unwrap();
+    assert_eq!(after.state, JobState::Downloading);
+    assert_eq!(after.counts.pending, 2);
+
+    // Retrying a running job only re-queues: state unchanged.
+    let (status, body) = server.post_empty(&format!("/jobs/{id}/retry")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["state"], "downloading");
+
+    // Cancelled jobs cannot be retried; missing ones are 404.
+    server.send(Method::DELETE, &format!("/jobs/{id}"), None).await;
+    let (status, body) = server.post_empty(&format!("/jobs/{id}/retry")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(error_message(&body).contains("cancelled"));
+    let (status, _) = server.post_empty("/jobs/777/retry").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn delete_cancels_and_is_idempotent() {
+    let server = start(None).await;
+    let (_, job) = server.post("/jobs", json!({"username": "hank"})).await;
+    let id = job_id(&job);
+    enumerate(&server, id, 1, 2).await;
+    let (status, body) = server.send(Method::DELETE, &format!("/jobs/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["state"], "cancelled");
+    assert_eq!(body["counts"]["discovered"], 2, "rows are kept");
+    let (status, body) = server.send(Method::DELETE, &format!("/jobs/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["state"], "cancelled");
+    let stored = server.store.find_job(id).await.unwrap().unwrap();
+    assert_eq!(stored.state, JobState::Cancelled);
+    // A cancelled job is neither paused nor resumed.
+    let (status, _) = server.post_empty(&format!("/jobs/{id}/pause")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, _) = server.post_empty(&format!("/jobs/{id}/resume")).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, body) = server.send(Method::DELETE, "/jobs/31337", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(error_message(&body).contains("31337"));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn status_reports_jobs_totals_throughput_and_eta() {
+    let server = start(None).await;
+    let (status, empty) = server.get("/status").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(empty["jobs"], json!([]));
+    assert_eq!(
+        empty["totals"],
+        json!({"discovered":0,"pending":0,"in_progress":0,"done":0,"failed":0,"bytes_done":0})
+    );
+    assert_eq!(empty["eta_seconds"], 0);
+
+    let (_, a) = server.post("/jobs", json!({"username": "ivy"})).await;
+    let (_, b) = server.post("/jobs", json!({"username": "jon"})).await;
+    let (a, b) = (job_id(&a), job_id(&b));
+    enumerate(&server, a, 1, 4).await;
+    enumerate(&server, b, 100, 6).await;
+    let store = &server.store;
+    store.set_job_state(a, JobState::Downloading, None, now_ms()).await.unwrap();
+    store.set_job_state(b, JobState::Downloading, None, now_ms()).await.unwrap();
+    let claimed = store
+        .claim("w", 3, Duration::from_secs(60), now_ms())
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 3);
+    store
+        .complete(claimed[0].row_id, "w", claimed[0].attempt, 500, "x.jpg", now_ms())
+        .await
+        .unwrap();
+    store
+        .fail(claimed[1].row_id, "w", claimed[1].attempt, "boom", 1, now_ms(), now_ms())
+        .await
+        .unwrap();
+
+    // Nothing completed yet in the window: no honest ETA.
+    let (_, body) = server.get("/status").await;
+    assert!(body["eta_seconds"].is_null(), "{body}");
+    assert_eq!(body["throughput"]["images_per_sec"], 0.0);
+
+    for _ in 0..10 {
+        server.stats.record_image(2_000);
+    }
+    let (status, body) = server.get("/status").await;
+    assert_eq!(status, StatusCode::OK);
+    let jobs = body["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert!(jobs.iter().all(|j| j.get("cursor").is_none()));
+    assert_eq!(
+        body["totals"],
+        json!({"discovered":10,"pending":7,"in_progress":1,"done":1,"failed":1,"bytes_done":500})
+    );
+    let ips = body["throughput"]["images_per_sec"].as_f64().unwrap();
+    let bps = body["throughput"]["bytes_per_sec"].as_f64().unwrap();
+    assert!(ips > 0.0 && ips <= 10.0, "{ips}");
+    assert!((bps / ips - 2_000.0).abs() < 1e-6, "{bps} vs {ips}");
+    // 8 images remain (7 pending + 1 in flight) at `ips` images/s.
+    let eta = body["eta_seconds"].as_u64().unwrap();
+    assert_eq!(eta, (8.0 / ips).ceil() as u64);
+
+    // A paused job's images do not count towards the ETA.
+    server.post_empty(&format!("/jobs/{b}/pause")).await;
+    let (_, body) = server.get("/status").await;
+    let remaining_a = 4 - body["jobs"][0]["counts"]["done"].as_u64().unwrap()
+        - body["jobs"][0]["counts"]["failed"].as_u64().unwrap();
+    let eta = body["eta_seconds"].as_u64().unwrap();
+    let ips = body["throughput"]["images_per_sec"].as_f64().unwrap();
+    assert_eq!(eta, (remaining_a as f64 / ips).ceil() as u64);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn healthz_answers_while_the_database_does() {
+    let server = start(Some(TOKEN)).await;
+    let response = server.client.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body, json!({"status": "ok"}));
+    server.store.close().await;
+    let response = server.client.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = response.json().await.unwrap();
+    assert!(!error_message(&body).is_empty());
+    server.stop().await;
+}
+
+/// Checks one exposition line `name{label="value",...} number`.
+fn check_sample_line(line: &str) -> Result<(String, f64), String> {
+    let name_end = line
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .ok_or("no value")?;
+    let name = &line[..name_end];
+    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(format!("bad metric name in {line:?}"));
+    }
+    let mut rest = &line[name_end..];
+    if let Some(labels) = rest.strip_prefix('{') {
+        let mut chars = labels.char_indices().peekable();
+        let close;
+        loop {
+            // label name
+            let start = chars.peek().map(|(i, _)| *i).ok_or("unterminated labels")?;
+            let mut end = start;
+            while let Some(&(i, c)) = chars.peek() {
+                if c.is_ascii_alphanumeric() || c == '_' {
+                    chars.next();
+                    end = i + 1;
+                } else {
+                    break;
+                }
+            }
+            if end == start {
+                return Err(format!("empty label name in {line:?}"));
+            }
+            if chars.next().map(|(_, c)| c) != Some('=') || chars.next().map(|(_, c)| c) != Some('"')
+            {
+                return Err(format!("label without =\"...\" in {line:?}"));
+            }
+            loop {
+                match chars.next().ok_or("unterminated label value")?.1 {
+                    '\\' => match chars.next().ok_or("dangling escape")?.1 {
+                        '\\' | '"' | 'n' => {}
+                        other => return Err(format!("bad escape \\{other} in {line:?}")),
+                    },
+                    '"' => break,
+                    '\n' => return Err("raw newline in label value".into()),
+                    _ => {}
+                }
+            }
+            match chars.next().ok_or("unterminated labels")? {
+                (_, ',') => continue,
+                (i, '}') => {
+                    close = i;
+                    break;
+                }
+                (_, c) => return Err(format!("unexpected {c:?} in labels of {line:?}")),
+            }
+        }
+        rest = &labels[close + 1..];
+    }
+    let value = rest
+        .strip_prefix(' ')
+        .ok_or_else(|| format!("no space before value in {line:?}"))?;
+    let value = match value {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        "NaN" => f64::NAN,
+        v => v.parse::<f64>().map_err(|_| format!("bad value {v:?} in {line:?}"))?,
+    };
+    Ok((name.to_string(), value))
+}
+
+#[tokio::test]
+async fn metrics_are_valid_prometheus_text() {
+    let server = start(None).await;
+    // Backslashes and newlines are refused in usernames, but a double quote
+    // and non-ASCII are allowed, so label values must be escaped.
+    let (_, job) = server.post("/jobs", json!({"username": "zoë\"x"})).await;
+    let id = job_id(&job);
+    enumerate(&server, id, 1, 5).await;
+    server.stats.record_image(100);
+
+    let response = server.client.get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = response.text().await.unwrap();
+    let mut typed = std::collections::HashSet::new();
+    let mut samples = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(comment) = line.strip_prefix("# ") {
+            let mut parts = comment.splitn(3, ' ');
+            let kind = parts.next().unwrap();
+            let name = parts.next().expect("comment names a metric");
+            assert!(kind == "HELP" || kind == "TYPE", "{line}");
+            if kind == "TYPE" {
+                assert_eq!(parts.next(), Some("gauge"));
+                typed.insert(name.to_string());
+            }
+            continue;
+        }
+        let (name, value) = check_sample_line(line).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(typed.contains(&name), "{name} has no TYPE line before it");
+        samples.push((line.to_string(), value));
+    }
+    let find = |prefix: &str| {
+        samples
+            .iter()
+            .find(|(line, _)| line.starts_with(prefix))
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no sample {prefix}\n{text}"))
+    };
+    let labels = format!(r#"job="{id}",username="zoë\"x",quality="original""#);
+    assert_eq!(
+        find(&format!(r#"mapillary_job_images{{{labels},state="pending"}}"#)),
+        5.0
+    );
+    assert_eq!(find(&format!("mapillary_job_bytes_done{{{labels}}}")), 0.0);
+    assert_eq!(
+        find(&format!(r#"mapillary_job_state{{{labels},state="queued"}}"#)),
+        1.0
+    );
+    assert_eq!(find(r#"mapillary_images{state="pending"}"#), 5.0);
+    assert_eq!(find(r#"mapillary_jobs{state="queued"}"#), 1.0);
+    assert_eq!(find("mapillary_discovered_images "), 5.0);
+    assert!(find("mapillary_throughput_images_per_second ") > 0.0);
+    assert!(find("mapillary_throughput_bytes_per_second ") > 0.0);
+    assert!(find("mapillary_uptime_seconds ") >= 0.0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bearer_token_guards_everything_but_healthz() {
+    let server = start(Some(TOKEN)).await;
+    let client = &server.client;
+    let mut bodies = Vec::new();
+    for (method, path) in [
+        (Method::GET, "/jobs"),
+        (Method::POST, "/jobs"),
+        (Method::GET, "/status"),
+        (Method::GET, "/metrics"),
+        (Method::GET, "/jobs/1"),
+        (Method::DELETE, "/jobs/1"),
+        (Method::POST, "/jobs/1/pause"),
+        (Method::GET, "/no-such-route"),
+        (Method::POST, "/healthz"),
+    ] {
+        for auth in [
+            None,
+            Some("Bearer wrong-token".to_string()),
+            Some(format!("Basic {TOKEN}")),
+            Some(format!("Bearer {TOKEN}x")),
+            Some(TOKEN.to_string()),
+        ] {
+            let mut request = client
+                .request(method.clone(), server.url(path))
+                .header("content-type", "application/json")
+                .body(r#"{"username":"kim"}"#);
+            if let Some(auth) = &auth {
+                request = request.header("authorization", auth);
+            }
+            let response = request.send().await.unwrap();
+            assert_eq!(
+                response.status(),
+                StatusCode::UNAUTHORIZED,
+                "{method} {path} with {auth:?}"
+            );
+            assert_eq!(response.headers()["www-authenticate"], "Bearer");
+            let body: Value = response.json().await.unwrap();
+            assert!(error_message(&body).contains("Bearer"));
+            bodies.push(body.to_string());
+        }
+    }
+    assert!(server.store.list_jobs().await.unwrap().is_empty(), "nothing written");
+
+    // With the token everything works, and the scheme is case-insensitive.
+    let ok = client
+        .post(server.url("/jobs"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .json(&json!({"username": "kim"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::CREATED);
+    bodies.push(ok.text().await.unwrap());
+    for path in ["/jobs", "/status", "/metrics", "/jobs/1"] {
+        let response = client
+            .get(server.url(path))
+            .header("authorization", format!("bearer {TOKEN}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        bodies.push(response.text().await.unwrap());
+    }
+    // An unknown route with the token is a 404, not a 401.
+    let response = client
+        .get(server.url("/nope"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    bodies.push(response.text().await.unwrap());
+
+    // /healthz is open.
+    let response = client.get(server.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    bodies.push(response.text().await.unwrap());
+
+    for body in &bodies {
+        assert!(!body.contains(TOKEN), "token echoed in {body}");
+    }
+    server.stop().await;
+}
+
+struct BadRequest {
+    method: Method,
+    path: &'static str,
+    content_type: Option<&'static str>,
+    body: Vec<u8>,
+    status: u16,
+    /// A piece of the message that says what is wrong.
+    says: &'static str,
+}
+
+fn bad(method: Method, path: &'static str, body: &str, status: u16, says: &'static str) -> BadRequest {
+    BadRequest {
+        method,
+        path,
+        content_type: Some("application/json"),
+        body: body.as_bytes().to_vec(),
+        status,
+        says,
+    }
+}
+
+fn bad_post(body: &str, status: u16, says: &'static str) -> BadRequest {
+    bad(Method::POST, "/jobs", body, status, says)
+}
+
+fn malformed_requests() -> Vec<BadRequest> {
+    let long_name = format!(r#"{{"username":"{}"}}"#, "x".repeat(101));
+    let long_name: &'static str = Box::leak(long_name.into_boxed_str());
+    vec![
+        BadRequest {
+            content_type: Some("text/plain"),
+            ..bad_post(r#"{"username":"a"}"#, 415, "application/json")
+        },
+        BadRequest {
+            content_type: None,
+            ..bad_post(r#"{"username":"a"}"#, 415, "Content-Type")
+        },
+        BadRequest {
+            content_type: Some("application/x-www-form-urlencoded"),
+            ..bad_post("username=a", 415, "application/json")
+        },
+        bad_post("", 400, "not valid JSON"),
+        bad_post("not json", 400, "not valid JSON"),
+        bad_post(r#"{"username":"a""#, 400, "not valid JSON"),
+        bad_post(r#"{"username":"a"} trailing"#, 400, "not valid JSON"),
+        bad_post(r#"{'username':'a'}"#, 400, "not valid JSON"),
+        BadRequest {
+            body: b"{\"username\":\"\xff\xfe\"}".to_vec(),
+            ..bad_post("", 400, "not valid JSON")
+        },
+        bad_post("[]", 422, "invalid request"),
+        bad_post(r#""alice""#, 422, "invalid request"),
+        bad_post("null", 422, "invalid request"),
+        bad_post("{}", 422, "missing field `username`"),
+        bad_post(r#"{"username":""}"#, 422, "must not be empty"),
+        bad_post(long_name, 422, "longer than 100 bytes"),
+        bad_post(r#"{"username":"a/b"}"#, 422, "forbidden character"),
+        bad_post(r#"{"username":"a\\b"}"#, 422, "forbidden character"),
+        bad_post(r#"{"username":"a\u0007b"}"#, 422, "forbidden character"),
+        bad_post(r#"{"username":"a\nb"}"#, 422, "forbidden character"),
+        bad_post(r#"{"username":".."}"#, 422, "'..'"),
+        bad_post(r#"{"username":5}"#, 422, "username must be a string"),
+        bad_post(r#"{"username":["a"]}"#, 422, "username must be a string"),
+        bad_post(r#"{"username":"a","quality":"4096"}"#, 422, "unknown quality"),
+        bad_post(r#"{"username":"a","quality":"ORIGINAL"}"#, 422, "unknown quality"),
+        bad_post(r#"{"username":"a","quality":1024}"#, 422, "quality must be one of"),
+        bad_post(r#"{"username":"a","bbox":[1,2,3]}"#, 422, "exactly four numbers"),
+        bad_post(r#"{"username":"a","bbox":[1,2,3,4,5]}"#, 422, "exactly four numbers"),
+        bad_post(r#"{"username":"a","bbox":[]}"#, 422, "exactly four numbers"),
+        bad_post(r#"{"username":"a","bbox":[3,2,1,4]}"#, 422, "west must be less than east"),
+        bad_post(r#"{"username":"a","bbox":[1,2,1,4]}"#, 422, "west must be less than east"),
+        bad_post(r#"{"username":"a","bbox":[1,4,3,2]}"#, 422, "south must be less than north"),
+        bad_post(r#"{"username":"a","bbox":[-181,0,1,1]}"#, 422, "-180..180"),
+        bad_post(r#"{"username":"a","bbox":[0,-91,1,1]}"#, 422, "-90..90"),
+        bad_post(r#"{"username":"a","bbox":["0",0,1,1]}"#, 422, "four numbers"),
+        bad_post(r#"{"username":"a","bbox":[0,0,1,null]}"#, 422, "four numbers"),
+        bad_post(r#"{"username":"a","bbox":"0,0,1,1"}"#, 422, "array of four numbers"),
+        bad_post(r#"{"username":"a","bbox":{"west":0}}"#, 422, "array of four numbers"),
+        bad_post(r#"{"username":"a","bbox":[0,0,1,1e999]}"#, 400, "not valid JSON"),
+        bad_post(r#"{"username":"a","extra":true}"#, 422, "unknown field `extra`"),
+        bad_post(r#"{"username":"a","Username":"b"}"#, 422, "unknown field `Username`"),
+        bad_post(r#"{"username":"a","username":"b"}"#, 422, "duplicate field"),
+        bad(Method::GET, "/jobs/abc", "", 400, "positive integer"),
+        bad(Method::GET, "/jobs/0", "", 400, "positive integer"),
+        bad(Method::GET, "/jobs/-1", "", 400, "positive integer"),
+        bad(Method::POST, "/jobs/abc/pause", "", 400, "positive integer"),
+        bad(Method::POST, "/jobs/99999999999999999999999/resume", "", 400, "positive integer"),
+        bad(Method::DELETE, "/jobs/1.5", "", 400, "positive integer"),
+        bad(Method::PUT, "/jobs", r#"{"username":"a"}"#, 405, "not allowed"),
+        bad(Method::DELETE, "/jobs", "", 405, "not allowed"),
+        bad(Method::PATCH, "/jobs/1", r#"{"username":"a"}"#, 405, "not allowed"),
+        bad(Method::GET, "/jobs/1/pause", "", 405, "not allowed"),
+        bad(Method::POST, "/status", r#"{"username":"a"}"#, 405, "not allowed"),
+        bad(Method::GET, "/nope", "", 404, "no such endpoint"),
+        bad(Method::POST, "/jobs/1/explode", "", 404, "no such endpoint"),
+        bad(Method::POST, "/jobs/", r#"{"username":"a"}"#, 404, "no such endpoint"),
+    ]
+}
+
+#[tokio::test]
+async fn malformed_requests_are_refused_and_write_nothing() {
+    let server = start(None).await;
+    let cases = malformed_requests();
+    assert!(cases.len() >= 25);
+    for case in cases {
+        let mut request = server
+            .client
+            .request(case.method.clone(), server.url(case.path))
+            .body(case.body.clone());
+        if let Some(content_type) = case.content_type {
+            request = request.header("content-type", content_type);
+        }
+        let response = request.send().await.unwrap();
+        let what = format!(
+            "{} {} {:?}",
+            case.method,
+            case.path,
+            String::from_utf8_lossy(&case.body)
+        );
+        assert_eq!(response.status().as_u16(), case.status, "{what}");
+        let content_type = response.headers()["content-type"].to_str().unwrap().to_string();
+        assert!(content_type.starts_with("application/json"), "{what}: {content_type}");
+        let body: Value = response.json().await.unwrap();
+        let message = error_message(&body);
+        assert!(
+            message.contains(case.says),
+            "{what}: message {message:?} should say {:?}",
+            case.says
+        );
+        assert_eq!(body.as_object().unwrap().len(), 1, "{what}: only `error`");
+    }
+    assert!(server.store.list_jobs().await.unwrap().is_empty());
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bodies_over_64_kib_are_refused_with_413() {
+    let server = start(None).await;
+    let padding = " ".repeat(64 * 1024);
+    let body = format!(r#"{{"username":"big"{padding}}}"#);
+    let response = server
+        .client
+        .post(server.url("/jobs"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value = response.json().await.unwrap();
+    assert!(error_message(&body).contains("65536"), "{body}");
+
+    // Streamed without Content-Length: still refused.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..80).map(|_| Ok(vec![b' '; 1024])).collect();
+    let response = server
+        .client
+        .post(server.url("/jobs"))
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Just under the limit is fine.
+    let padding = " ".repeat(60 * 1024);
+    let response = server
+        .client
+        .post(server.url("/jobs"))
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"username":"big"{padding}}}"#))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(server.store.list_jobs().await.unwrap().len(), 1);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_is_graceful_and_prompt() {
+    let server = start(None).await;
+    let (status, _) = server.get("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
+    let base = server.base.clone();
+    server.stop().await;
+    assert!(reqwest::get(format!("{base}/healthz")).await.is_err());
+}
