@@ -79,7 +79,7 @@ impl Default for FakeConfig {
             faults: Faults::default(),
             seed: 42,
             head_allowed: true,
-            log_capacity: 200_000,
+            log_capacity: 100_000,
             api_port: 0,
             cdn_port: 0,
         }
@@ -903,34 +903,30 @@ async fn gate(route: Route, shared: Arc<Shared>, mut req: Request, next: Next) -
 fn cdn_path_id(path: &str) -> Option<String> {
     let rest = path.strip_prefix("/img/")?;
     let (id, _) = rest.rsplit_once('/')?;
-    let decoded = url::form_urlencoded::parse(format!("x={id}").as_bytes())
+    url::form_urlencoded::parse(format!("x={id}").as_bytes())
         .next()
-        .map(|(_, v)| v.into_owned());
-    decoded
+        .map(|(_, v)| v.into_owned())
 }
 
 // ---------------------------------------------------------------- API handlers
 
-/// Checks `Authorization: OAuth <token>` or `?access_token=`; returns the token used.
+/// Checks `Authorization: OAuth <token>` or `?access_token=`; returns the token
+/// used, or `None` when the request must get a 401 code 190.
 fn authorize(
     shared: &Shared,
     headers: &HeaderMap,
     query: &HashMap<String, String>,
-) -> Result<String, Response> {
+) -> Option<String> {
     let valid = shared.lock().token.clone();
     if let Some(t) = query.get("access_token") {
-        return if *t == valid {
-            Ok(t.clone())
-        } else {
-            Err(bad_token())
-        };
+        return (*t == valid).then(|| t.clone());
     }
     let header = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     match header.and_then(|h| h.strip_prefix("OAuth ")) {
-        Some(t) if t.trim() == valid => Ok(valid),
-        _ => Err(bad_token()),
+        Some(t) if t.trim() == valid => Some(valid),
+        _ => None,
     }
 }
 
@@ -983,9 +979,8 @@ async fn api_images(
     headers: HeaderMap,
     req: Request,
 ) -> Response {
-    let token = match authorize(&shared, &headers, &query) {
-        Ok(t) => t,
-        Err(r) => return r,
+    let Some(token) = authorize(&shared, &headers, &query) else {
+        return bad_token();
     };
     let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
         None => MAX_LIMIT,
@@ -1080,8 +1075,8 @@ async fn api_ids(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorize(&shared, &headers, &query) {
-        return r;
+    if authorize(&shared, &headers, &query).is_none() {
+        return bad_token();
     }
     let Some(raw) = query.get("ids") else {
         return bad_param("(#100) Missing parameter: ids");
@@ -1110,8 +1105,8 @@ async fn api_one(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorize(&shared, &headers, &query) {
-        return r;
+    if authorize(&shared, &headers, &query).is_none() {
+        return bad_token();
     }
     match shared.find(&id) {
         Some(m) => Json(shared.render(&m, &fields_of(&query))).into_response(),
@@ -1128,8 +1123,8 @@ async fn api_image_ids(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorize(&shared, &headers, &query) {
-        return r;
+    if authorize(&shared, &headers, &query).is_none() {
+        return bad_token();
     }
     let Some(seq) = query.get("sequence_id").cloned() else {
         return bad_param("(#100) Missing parameter: sequence_id");
@@ -1155,8 +1150,8 @@ async fn api_unknown_path(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Response {
-    if let Err(r) = authorize(&shared, &headers, &query) {
-        return r;
+    if authorize(&shared, &headers, &query).is_none() {
+        return bad_token();
     }
     graph_error(StatusCode::NOT_FOUND, 2500, "Unknown path components")
 }
