@@ -652,3 +652,112 @@ async fn hand_made_images_with_bad_ids_are_listed_verbatim() {
         fake.expected_body("12/../x", Quality::Q256).as_slice()
     );
 }
+
+/// The fake itself: bodies are real JPEGs, most with EXIF as the CDN serves
+/// it, some with malformed EXIF; the side endpoints answer like the API.
+#[tokio::test]
+async fn the_fake_serves_realistic_bodies_and_endpoints() {
+    let fake = start(FakeConfig::default()).await;
+    fake.add_user("pia", 40, 16);
+    let truth = fake.images("pia");
+    let (mut valid_exif, mut broken_exif) = (0, 0);
+    let mut sizes = HashSet::new();
+    for m in &truth {
+        let mut dims = Vec::new();
+        for q in Quality::ALL {
+            let body = fake.expected_body(&m.id, q);
+            let img = image::load_from_memory_with_format(&body, image::ImageFormat::Jpeg).unwrap();
+            dims.push(img.width());
+            sizes.insert(body.len());
+        }
+        dims.dedup();
+        assert_eq!(dims.len(), 4, "every quality has its own pixel size");
+        let body = fake.expected_body(&m.id, Quality::Original);
+        match exif::Reader::new().read_from_container(&mut std::io::Cursor::new(&body)) {
+            Ok(e) => {
+                let desc = e
+                    .get_field(exif::Tag::ImageDescription, exif::In::PRIMARY)
+                    .unwrap();
+                let exif::Value::Ascii(text) = &desc.value else {
+                    panic!("ImageDescription is not ASCII")
+                };
+                assert_eq!(text[0], fake_mapillary::SERVED_DESCRIPTION.as_bytes());
+                valid_exif += 1;
+            }
+            Err(exif::Error::NotFound(_)) => {}
+            Err(_) => broken_exif += 1,
+        }
+    }
+    assert!(
+        valid_exif > 20 && broken_exif > 0,
+        "{valid_exif} valid, {broken_exif} malformed"
+    );
+    assert!(sizes.len() > 150, "sizes should vary");
+
+    let http = reqwest::Client::new();
+    let api = fake.api_url();
+    let auth = format!("OAuth {}", fake.token());
+    let seq = truth.iter().find_map(|m| m.sequence.clone()).unwrap();
+    let body: serde_json::Value = http
+        .get(api.join(&format!("image_ids?sequence_id={seq}")).unwrap())
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let expected: Vec<&str> = truth
+        .iter()
+        .filter(|m| m.sequence.as_deref() == Some(seq.as_str()))
+        .map(|m| m.id.as_str())
+        .collect();
+    let got: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, expected);
+    let one: serde_json::Value = http
+        .get(
+            api.join(&format!("{}?fields=make,thumb_256_url", truth[0].id))
+                .unwrap(),
+        )
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let keys: HashSet<&str> = one
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert!(
+        keys.iter()
+            .all(|k| ["id", "make", "thumb_256_url"].contains(k)),
+        "{keys:?}"
+    );
+    let unauthorized = http
+        .get(api.join("images?creator_username=pia").unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), 401);
+    let err: serde_json::Value = unauthorized.json().await.unwrap();
+    assert_eq!(err["error"]["code"], 190);
+    let many: Vec<String> = (0..51).map(|i| i.to_string()).collect();
+    let refused = http
+        .get(api.join(&format!("?ids={}", many.join(","))).unwrap())
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 400);
+    let err: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(err["error"]["code"], 100);
+}

@@ -84,7 +84,7 @@ pub fn generate(block: &Block, i: u64, username: &str, user_id: &str) -> ImageMe
                 + (h(s, i, 10) % 1000) as i64,
         );
     }
-    if h(s, i, 1) % 17 != 0 {
+    if !h(s, i, 1).is_multiple_of(17) {
         m.sequence = Some(sequence_id(s, i / 25));
     }
     let lon = REGION[0] + unit(h(s, i, 2)) * (REGION[2] - REGION[0]);
@@ -92,7 +92,7 @@ pub fn generate(block: &Block, i: u64, username: &str, user_id: &str) -> ImageMe
     let lon = round(lon, 7);
     let lat = round(lat, 7);
     m.geometry = Some(point(lon, lat));
-    if h(s, i, 4) % 5 != 0 {
+    if !h(s, i, 4).is_multiple_of(5) {
         m.computed_geometry = Some(point(round(lon + 0.00001, 7), round(lat - 0.00001, 7)));
     }
     let plain_alt = round(35.0 + unit(h(s, i, 5)) * 100.0, 3);
@@ -101,7 +101,7 @@ pub fn generate(block: &Block, i: u64, username: &str, user_id: &str) -> ImageMe
         1 => 0.0,
         _ => plain_alt,
     });
-    if h(s, i, 7) % 7 != 0 {
+    if !h(s, i, 7).is_multiple_of(7) {
         m.computed_altitude = Some(round(plain_alt - 1.5, 3));
     }
     let heading = round(unit(h(s, i, 8)) * 360.0, 3);
