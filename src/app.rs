@@ -54,7 +54,12 @@ pub fn client_settings(settings: &Settings) -> anyhow::Result<ClientSettings> {
 pub async fn engine_context(settings: &Settings, token: Secret) -> anyhow::Result<EngineContext> {
     let store = Store::open(&settings.database_path())
         .await
-        .with_context(|| format!("cannot open the database {}", settings.database_path().display()))?;
+        .with_context(|| {
+            format!(
+                "cannot open the database {}",
+                settings.database_path().display()
+            )
+        })?;
     let client = MapillaryClient::new(client_settings(settings)?, token)?;
     Ok(EngineContext {
         store: Arc::new(store),
@@ -103,14 +108,20 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then stops the engine gracefully.
-    pub async fn run_until(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn run_until(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         let stop_http = CancellationToken::new();
         let server = tokio::spawn(self.server.serve(stop_http.clone()));
         shutdown.await;
         info!("shutting down: no new claims; letting in-flight images finish");
         self.engine.shutdown().await;
         stop_http.cancel();
-        server.await.context("HTTP server task")?.context("HTTP server")?;
+        server
+            .await
+            .context("HTTP server task")?
+            .context("HTTP server")?;
         info!("shutdown complete");
         Ok(())
     }

@@ -5,7 +5,9 @@
 //! Invariant 1 lives here: a file is written to `<final>.part`, fsynced,
 //! renamed, and its directory fsynced, before anyone may call it done.
 
-use crate::model::{ImageMeta, Quality, validate_image_id, validate_sequence_id, validate_username};
+use crate::model::{
+    ImageMeta, Quality, validate_image_id, validate_sequence_id, validate_username,
+};
 use chrono::{DateTime, Utc};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -49,7 +51,11 @@ impl ArchiveError {
 }
 
 /// The folder holding one job's images: `mapillary-<username>-<quality>`.
-pub fn collection_dir(archive: &Path, username: &str, quality: Quality) -> Result<PathBuf, ArchiveError> {
+pub fn collection_dir(
+    archive: &Path,
+    username: &str,
+    quality: Quality,
+) -> Result<PathBuf, ArchiveError> {
     validate_username(username).map_err(ArchiveError::InvalidId)?;
     Ok(archive.join(format!("mapillary-{username}-{quality}")))
 }
@@ -82,7 +88,11 @@ fn part_path(final_path: &Path) -> PathBuf {
 /// Writes `bytes` to `final_path` durably: `.part`, fsync, set mtime, rename,
 /// fsync the directory. On any error the `.part` file is removed, so a
 /// failure never leaves a half-written file behind.
-pub fn write_durably(final_path: &Path, bytes: &[u8], mtime_ms: Option<i64>) -> Result<(), ArchiveError> {
+pub fn write_durably(
+    final_path: &Path,
+    bytes: &[u8],
+    mtime_ms: Option<i64>,
+) -> Result<(), ArchiveError> {
     let dir = final_path
         .parent()
         .ok_or_else(|| ArchiveError::from_io(final_path, io::Error::other("path has no parent")))?;
@@ -105,9 +115,11 @@ fn write_part(part: &Path, bytes: &[u8], mtime_ms: Option<i64>) -> Result<(), Ar
         .truncate(true)
         .open(part)
         .map_err(|e| ArchiveError::from_io(part, e))?;
-    file.write_all(bytes).map_err(|e| ArchiveError::from_io(part, e))?;
+    file.write_all(bytes)
+        .map_err(|e| ArchiveError::from_io(part, e))?;
     if let Some(mtime) = mtime_ms.and_then(system_time_from_ms) {
-        file.set_modified(mtime).map_err(|e| ArchiveError::from_io(part, e))?;
+        file.set_modified(mtime)
+            .map_err(|e| ArchiveError::from_io(part, e))?;
     }
     file.sync_all().map_err(|e| ArchiveError::from_io(part, e))
 }
@@ -143,9 +155,12 @@ pub fn write_atomically(
         {
             let mut writer = io::BufWriter::new(&file);
             write(&mut writer).map_err(|e| ArchiveError::from_io(&part, e))?;
-            writer.flush().map_err(|e| ArchiveError::from_io(&part, e))?;
+            writer
+                .flush()
+                .map_err(|e| ArchiveError::from_io(&part, e))?;
         }
-        file.sync_all().map_err(|e| ArchiveError::from_io(&part, e))?;
+        file.sync_all()
+            .map_err(|e| ArchiveError::from_io(&part, e))?;
         fs::rename(&part, final_path).map_err(|e| ArchiveError::from_io(final_path, e))?;
         sync_dir(dir)
     })();
@@ -200,7 +215,10 @@ mod tests {
         assert_eq!(c, Path::new("/a/mapillary-bob-2048"));
         // 2021-03-04T23:59:59.999Z, UTC date, not local.
         let p = image_path(&c, &meta("123", Some(1_614_902_399_999), Some("seqA"))).unwrap();
-        assert_eq!(p, Path::new("/a/mapillary-bob-2048/2021-03-04/seqA/123.jpg"));
+        assert_eq!(
+            p,
+            Path::new("/a/mapillary-bob-2048/2021-03-04/seqA/123.jpg")
+        );
         let p = image_path(&c, &meta("124", None, None)).unwrap();
         assert_eq!(p, Path::new("/a/mapillary-bob-2048/unknown-date/124.jpg"));
     }
@@ -208,7 +226,10 @@ mod tests {
     #[test]
     fn hostile_ids_never_become_paths() {
         let c = Path::new("/a/c");
-        assert!(matches!(image_path(c, &meta("../1", None, None)), Err(ArchiveError::InvalidId(_))));
+        assert!(matches!(
+            image_path(c, &meta("../1", None, None)),
+            Err(ArchiveError::InvalidId(_))
+        ));
         assert!(matches!(
             image_path(c, &meta("1", None, Some("../../etc"))),
             Err(ArchiveError::InvalidId(_))

@@ -74,7 +74,9 @@ pub async fn run(cli: Cli) -> ExitCode {
                 Err(e) => return usage_error(e),
             };
             // Bars and info logs fight over a terminal; keep logs to warnings there.
-            if std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("RUST_LOG").is_none() {
+            if std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("RUST_LOG").is_none()
+            {
                 settings.log.level = "warn".into();
             }
             telemetry::init(&settings.log);
@@ -85,7 +87,10 @@ pub async fn run(cli: Cli) -> ExitCode {
                 Ok(RunEnd::Archived) => ExitCode::SUCCESS,
                 Ok(RunEnd::SomeFailed | RunEnd::Stalled) => ExitCode::from(1),
                 Ok(RunEnd::TokenRejected) => {
-                    eprintln!("error: Mapillary rejected the access token: set a valid {}", config::TOKEN_ENV);
+                    eprintln!(
+                        "error: Mapillary rejected the access token: set a valid {}",
+                        config::TOKEN_ENV
+                    );
                     ExitCode::from(2)
                 }
                 Ok(RunEnd::Interrupted) => {
@@ -143,7 +148,9 @@ async fn healthcheck(settings: &Settings, url: Option<String>) -> ExitCode {
             Err(e) => return usage_error(e),
         },
     };
-    let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(4)).build();
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(4))
+        .build();
     match client.map(|c| c.get(&url)) {
         Ok(request) => match request.send().await {
             Ok(response) if response.status().is_success() => ExitCode::SUCCESS,
@@ -164,7 +171,11 @@ async fn healthcheck(settings: &Settings, url: Option<String>) -> ExitCode {
 }
 
 /// `download --dry-run`: count and size estimate, nothing written.
-async fn dry_run(settings: &Settings, token: config::Secret, request: &DownloadRequest) -> ExitCode {
+async fn dry_run(
+    settings: &Settings,
+    token: config::Secret,
+    request: &DownloadRequest,
+) -> ExitCode {
     let client = match app::client_settings(settings)
         .and_then(|cs| Ok(crate::mapillary::MapillaryClient::new(cs, token)?))
     {
@@ -175,7 +186,10 @@ async fn dry_run(settings: &Settings, token: config::Secret, request: &DownloadR
         match oneshot::estimate(&client, settings, username, request.quality, request.bbox).await {
             Ok(estimate) => println!("{}", oneshot::estimate_line(&estimate, request.quality)),
             Err(e) if e.decision() == crate::mapillary::RetryDecision::PauseJob => {
-                return usage_error(format!("Mapillary rejected the access token ({e}): set a valid {}", config::TOKEN_ENV));
+                return usage_error(format!(
+                    "Mapillary rejected the access token ({e}): set a valid {}",
+                    config::TOKEN_ENV
+                ));
             }
             Err(e) => {
                 eprintln!("error: listing {username}'s images failed: {e}");

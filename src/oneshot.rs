@@ -48,7 +48,9 @@ pub async fn prepare_jobs(store: &Store, request: &DownloadRequest) -> anyhow::R
             .await?;
         let job = submitted.job();
         if job.state == JobState::Paused {
-            store.reactivate_job(job.id, &[JobState::Paused], now_ms()).await?;
+            store
+                .reactivate_job(job.id, &[JobState::Paused], now_ms())
+                .await?;
         }
         ids.push(job.id);
     }
@@ -119,18 +121,29 @@ async fn load_jobs(ctx: &EngineContext, ids: &[i64]) -> anyhow::Result<Vec<Job>>
 
 /// `Some` once no job can make progress without the user.
 pub fn run_end(jobs: &[Job]) -> Option<RunEnd> {
-    let ended = |j: &Job| matches!(j.state, JobState::Done | JobState::Failed | JobState::Paused | JobState::Cancelled);
+    let ended = |j: &Job| {
+        matches!(
+            j.state,
+            JobState::Done | JobState::Failed | JobState::Paused | JobState::Cancelled
+        )
+    };
     if !jobs.iter().all(ended) {
         return None;
     }
     let token_rejected = jobs.iter().any(|j| {
-        j.state == JobState::Paused && j.last_error.as_deref().is_some_and(|e| e.contains("MAPILLARY_TOKEN"))
+        j.state == JobState::Paused
+            && j.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("MAPILLARY_TOKEN"))
     });
     Some(if token_rejected {
         RunEnd::TokenRejected
     } else if jobs.iter().any(|j| j.state == JobState::Paused) {
         RunEnd::Stalled
-    } else if jobs.iter().any(|j| j.state == JobState::Failed || j.counts.failed > 0) {
+    } else if jobs
+        .iter()
+        .any(|j| j.state == JobState::Failed || j.counts.failed > 0)
+    {
         RunEnd::SomeFailed
     } else {
         RunEnd::Archived
@@ -252,7 +265,9 @@ where
                 RetryDecision::RateLimited(wait) => {
                     tokio::time::sleep(wait.unwrap_or(Duration::from_secs(1))).await;
                 }
-                RetryDecision::Retryable | RetryDecision::RefreshUrl if attempt < settings.retry.max_attempts => {
+                RetryDecision::Retryable | RetryDecision::RefreshUrl
+                    if attempt < settings.retry.max_attempts =>
+                {
                     tokio::time::sleep(backoff_delay(attempt, base, cap)).await;
                 }
                 _ => return Err(e),
@@ -264,7 +279,10 @@ where
 /// The dry-run report line.
 pub fn estimate_line(e: &Estimate, quality: Quality) -> String {
     if e.images == 0 {
-        return format!("{}: no images found (unknown user, or no images in that bbox)", e.username);
+        return format!(
+            "{}: no images found (unknown user, or no images in that bbox)",
+            e.username
+        );
     }
     format!(
         "{}: about to download {} images at quality {quality} (≈ {}). Estimate: mean Content-Length of {} randomly sampled images (HEAD requests) × {} images.",

@@ -121,7 +121,10 @@ impl RateMeter {
         {
             window.pop_front();
         }
-        let (t0, n0, b0) = window.front().copied().unwrap_or((now, finished, job.bytes_done));
+        let (t0, n0, b0) = window
+            .front()
+            .copied()
+            .unwrap_or((now, finished, job.bytes_done));
         let secs = now.duration_since(t0).as_secs_f64();
         if secs < 0.5 {
             return (0.0, 0.0);
@@ -208,10 +211,13 @@ impl Reporter {
 
 /// The text right of a bar.
 pub fn bar_message(p: &JobProgress) -> String {
-    let eta = p
-        .eta()
-        .map(format_duration)
-        .unwrap_or_else(|| if p.total_growing { "enumerating".into() } else { "-".into() });
+    let eta = p.eta().map(format_duration).unwrap_or_else(|| {
+        if p.total_growing {
+            "enumerating".into()
+        } else {
+            "-".into()
+        }
+    });
     let failed = if p.failed > 0 {
         format!(" ({} failed)", group_digits(p.failed))
     } else {
@@ -264,7 +270,10 @@ mod tests {
     #[test]
     fn plain_line_is_plain() {
         let line = progress().plain_line();
-        assert!(line.starts_with("alice [original] downloading: 1,500/4,500 images"), "{line}");
+        assert!(
+            line.starts_with("alice [original] downloading: 1,500/4,500 images"),
+            "{line}"
+        );
         assert!(line.contains("ETA 5m"), "{line}");
         assert!(line.chars().all(|c| !c.is_control()), "{line:?}");
     }

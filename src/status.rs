@@ -3,7 +3,7 @@
 //! a running daemon, and reads only counters, so it stays cheap at millions
 //! of images. Throughput comes from the images finished in the last minute.
 
-use crate::api::status::{StatusReport, Totals, Throughput, remaining_images};
+use crate::api::status::{StatusReport, Throughput, Totals, remaining_images};
 use crate::progress::group_digits;
 use crate::stats::Rate;
 use crate::store::{Job, Store};
@@ -41,7 +41,16 @@ pub async fn print_status(db: &Path, json: bool) -> anyhow::Result<()> {
 
 /// The human table: one row per job.
 pub fn render_table(jobs: &[Job]) -> String {
-    let header = ["ID", "USER", "QUALITY", "STATE", "DONE/DISCOVERED", "FAILED", "SIZE", "LAST ERROR"];
+    let header = [
+        "ID",
+        "USER",
+        "QUALITY",
+        "STATE",
+        "DONE/DISCOVERED",
+        "FAILED",
+        "SIZE",
+        "LAST ERROR",
+    ];
     let rows: Vec<[String; 8]> = jobs
         .iter()
         .map(|j| {
@@ -58,7 +67,10 @@ pub fn render_table(jobs: &[Job]) -> String {
                 ),
                 group_digits(j.counts.failed),
                 format_bytes(j.bytes_done),
-                j.last_error.clone().unwrap_or_default().replace(['\n', '\r'], " "),
+                j.last_error
+                    .clone()
+                    .unwrap_or_default()
+                    .replace(['\n', '\r'], " "),
             ]
         })
         .collect();

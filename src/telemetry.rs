@@ -17,7 +17,9 @@ pub fn init(settings: &LogSettings) {
     let result = if settings.format == "json" {
         builder.json().try_init()
     } else {
-        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).try_init()
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init()
     };
     // A second init (tests) keeps the first subscriber; that is fine.
     drop(result);

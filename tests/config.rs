@@ -6,7 +6,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 #[test]
@@ -23,12 +26,19 @@ fn defaults_load_without_any_file_on_disk() {
 fn layers_apply_in_order_file_env_flags() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("c.toml");
-    std::fs::write(&file, "[workers]\ncount = 3\n[mapillary]\npage_size = 500\ncalls_per_minute = 100\n").unwrap();
+    std::fs::write(
+        &file,
+        "[workers]\ncount = 3\n[mapillary]\npage_size = 500\ncalls_per_minute = 100\n",
+    )
+    .unwrap();
     let flags = FlagOverrides {
         config_file: Some(file.clone()),
         ..Default::default()
     };
-    let vars = env(&[("MLD__MAPILLARY__PAGE_SIZE", "700"), ("MAPILLARY_API_URL", "http://127.0.0.1:9/")]);
+    let vars = env(&[
+        ("MLD__MAPILLARY__PAGE_SIZE", "700"),
+        ("MAPILLARY_API_URL", "http://127.0.0.1:9/"),
+    ]);
     let s = Settings::load_from(&flags, &vars).unwrap();
     assert_eq!(s.workers.count, 3, "file beats defaults");
     assert_eq!(s.mapillary.calls_per_minute, 100);
@@ -49,15 +59,21 @@ fn layers_apply_in_order_file_env_flags() {
 
 #[test]
 fn invalid_values_name_the_key_and_the_layer() {
-    let err = Settings::load_from(&FlagOverrides::default(), &env(&[("MLD__MAPILLARY__PAGE_SIZE", "0")]))
-        .unwrap_err()
-        .to_string();
+    let err = Settings::load_from(
+        &FlagOverrides::default(),
+        &env(&[("MLD__MAPILLARY__PAGE_SIZE", "0")]),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("mapillary.page_size"), "{err}");
     assert!(err.contains("MLD__MAPILLARY__PAGE_SIZE"), "{err}");
 
-    let err = Settings::load_from(&FlagOverrides::default(), &env(&[("MLD__WORKERS__COUNT", "many")]))
-        .unwrap_err()
-        .to_string();
+    let err = Settings::load_from(
+        &FlagOverrides::default(),
+        &env(&[("MLD__WORKERS__COUNT", "many")]),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("workers.count"), "{err}");
 
     let dir = tempfile::tempdir().unwrap();
@@ -67,24 +83,43 @@ fn invalid_values_name_the_key_and_the_layer() {
         config_file: Some(file.clone()),
         ..Default::default()
     };
-    let err = Settings::load_from(&flags, &env(&[])).unwrap_err().to_string();
-    assert!(err.contains("api.listen") && err.contains(&file.display().to_string()), "{err}");
-
-    let err = Settings::load_from(&FlagOverrides::default(), &env(&[("MAPILLARY_API_URL", "ftp://x")]))
+    let err = Settings::load_from(&flags, &env(&[]))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("mapillary.url") && err.contains("MAPILLARY_API_URL"), "{err}");
+    assert!(
+        err.contains("api.listen") && err.contains(&file.display().to_string()),
+        "{err}"
+    );
+
+    let err = Settings::load_from(
+        &FlagOverrides::default(),
+        &env(&[("MAPILLARY_API_URL", "ftp://x")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("mapillary.url") && err.contains("MAPILLARY_API_URL"),
+        "{err}"
+    );
 
     let flags = FlagOverrides {
         config_file: Some(dir.path().join("missing.toml")),
         ..Default::default()
     };
-    assert!(Settings::load_from(&flags, &env(&[])).unwrap_err().to_string().contains("missing.toml"));
+    assert!(
+        Settings::load_from(&flags, &env(&[]))
+            .unwrap_err()
+            .to_string()
+            .contains("missing.toml")
+    );
 }
 
 #[test]
 fn tokens_are_redacted_everywhere_they_could_print() {
-    let vars = env(&[("MAPILLARY_TOKEN", "MLY|123|deadbeef"), ("MLD__API__TOKEN", "bearer-secret")]);
+    let vars = env(&[
+        ("MAPILLARY_TOKEN", "MLY|123|deadbeef"),
+        ("MLD__API__TOKEN", "bearer-secret"),
+    ]);
     let token = token_from(&vars).unwrap();
     assert_eq!(token.expose(), "MLY|123|deadbeef");
     assert_eq!(format!("{token} {token:?}"), "[redacted] [redacted]");
@@ -110,7 +145,10 @@ fn every_default_key_has_a_comment() {
     for line in text.lines() {
         let trimmed = line.trim();
         if !trimmed.is_empty() && !trimmed.starts_with('#') && !trimmed.starts_with('[') {
-            assert!(previous.starts_with('#'), "key without a comment above it: {trimmed}");
+            assert!(
+                previous.starts_with('#'),
+                "key without a comment above it: {trimmed}"
+            );
         }
         previous = trimmed;
     }

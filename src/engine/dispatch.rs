@@ -81,7 +81,10 @@ pub async fn claim_batch(ctx: &EngineContext, limit: u32) -> anyhow::Result<Vec<
         .map(|(i, _)| i)
         .collect();
     for chunk in stale.chunks(REFRESH_BATCH) {
-        let ids: Vec<&str> = chunk.iter().map(|&i| claimed[i].image_id.as_str()).collect();
+        let ids: Vec<&str> = chunk
+            .iter()
+            .map(|&i| claimed[i].image_id.as_str())
+            .collect();
         match ctx.client.fetch_images(&ids).await {
             Ok(fresh) => {
                 let mut updates = Vec::with_capacity(chunk.len());
@@ -118,7 +121,13 @@ pub async fn claim_batch(ctx: &EngineContext, limit: u32) -> anyhow::Result<Vec<
                 for &i in chunk {
                     let c = &claimed[i];
                     ctx.store
-                        .release(c.row_id, &ctx.owner, c.attempt, run_at, Some(&format!("{error}")))
+                        .release(
+                            c.row_id,
+                            &ctx.owner,
+                            c.attempt,
+                            run_at,
+                            Some(&format!("{error}")),
+                        )
                         .await?;
                 }
                 // Mark them so they are dropped below.

@@ -55,15 +55,31 @@ pub async fn step(ctx: &EngineContext, job_id: i64, failures: u32) -> anyhow::Re
     let last = page.next.is_none();
     let new_images = ctx
         .store
-        .insert_page(job_id, job.quality, &page.images, page.next.as_deref(), now_ms())
+        .insert_page(
+            job_id,
+            job.quality,
+            &page.images,
+            page.next.as_deref(),
+            now_ms(),
+        )
         .await?;
     if failures > 0 {
         ctx.store.set_job_error(job_id, None, now_ms()).await?;
     }
-    debug!(job = job_id, images = page.images.len(), new_images, "stored a page");
+    debug!(
+        job = job_id,
+        images = page.images.len(),
+        new_images,
+        "stored a page"
+    );
     if last {
         ctx.store
-            .transition_job(job_id, &[JobState::Enumerating], JobState::Downloading, now_ms())
+            .transition_job(
+                job_id,
+                &[JobState::Enumerating],
+                JobState::Downloading,
+                now_ms(),
+            )
             .await?;
         Ok(PageOutcome::Finished { new_images })
     } else {
@@ -85,9 +101,15 @@ async fn classify_failure(
             error: message,
         },
         RetryDecision::Retryable | RetryDecision::RefreshUrl => {
-            ctx.store.set_job_error(job_id, Some(&message), now_ms()).await?;
+            ctx.store
+                .set_job_error(job_id, Some(&message), now_ms())
+                .await?;
             PageOutcome::RetryAfter {
-                delay: backoff_delay(failures + 1, ctx.tuning.backoff_base, ctx.tuning.backoff_cap),
+                delay: backoff_delay(
+                    failures + 1,
+                    ctx.tuning.backoff_base,
+                    ctx.tuning.backoff_cap,
+                ),
                 error: message,
             }
         }
@@ -113,13 +135,19 @@ pub(crate) async fn pause(ctx: &EngineContext, job_id: i64, reason: &str) -> any
         .store
         .transition_job(
             job_id,
-            &[JobState::Queued, JobState::Enumerating, JobState::Downloading],
+            &[
+                JobState::Queued,
+                JobState::Enumerating,
+                JobState::Downloading,
+            ],
             JobState::Paused,
             now_ms(),
         )
         .await?;
     if paused.is_some() {
-        ctx.store.set_job_error(job_id, Some(reason), now_ms()).await?;
+        ctx.store
+            .set_job_error(job_id, Some(reason), now_ms())
+            .await?;
         warn!(job = job_id, reason, "job paused");
     }
     Ok(())
@@ -148,7 +176,9 @@ pub async fn run(ctx: &EngineContext, job_id: i64, cancel: CancellationToken) {
                 ctx.wake.notify_waiters();
                 return;
             }
-            Ok(PageOutcome::Stopped | PageOutcome::Paused { .. } | PageOutcome::Failed { .. }) => return,
+            Ok(PageOutcome::Stopped | PageOutcome::Paused { .. } | PageOutcome::Failed { .. }) => {
+                return;
+            }
             Ok(PageOutcome::RetryAfter { delay, error }) => {
                 failures = failures.saturating_add(1);
                 debug!(job = job_id, ?delay, error, "page will be retried");

@@ -19,7 +19,8 @@ pub async fn finish_job(ctx: &EngineContext, job_id: i64) -> anyhow::Result<bool
     let Some(job) = ctx.store.find_job(job_id).await? else {
         return Ok(false);
     };
-    let drained = job.enumeration_complete && job.counts.pending == 0 && job.counts.in_progress == 0;
+    let drained =
+        job.enumeration_complete && job.counts.pending == 0 && job.counts.in_progress == 0;
     if !drained || !matches!(job.state, JobState::Enumerating | JobState::Downloading) {
         return Ok(false);
     }
@@ -29,7 +30,12 @@ pub async fn finish_job(ctx: &EngineContext, job_id: i64) -> anyhow::Result<bool
     tokio::task::spawn_blocking(move || archive::remove_part_files(&sweep_dir)).await??;
     let finished = ctx
         .store
-        .transition_job(job_id, &[JobState::Enumerating, JobState::Downloading], JobState::Done, now_ms())
+        .transition_job(
+            job_id,
+            &[JobState::Enumerating, JobState::Downloading],
+            JobState::Done,
+            now_ms(),
+        )
         .await?;
     if finished.is_some() {
         info!(

@@ -101,12 +101,20 @@ impl Engine {
     pub async fn start(ctx: EngineContext) -> anyhow::Result<Engine> {
         let reset = ctx.store.reset_in_flight(now_ms()).await?;
         if reset > 0 {
-            info!(images = reset, "handed back images left in flight by an earlier run");
+            info!(
+                images = reset,
+                "handed back images left in flight by an earlier run"
+            );
         }
         let archive = ctx.archive_dir.clone();
-        let swept = tokio::task::spawn_blocking(move || crate::archive::remove_part_files(&archive)).await??;
+        let swept =
+            tokio::task::spawn_blocking(move || crate::archive::remove_part_files(&archive))
+                .await??;
         if swept > 0 {
-            info!(files = swept, "removed partial files left by an earlier run");
+            info!(
+                files = swept,
+                "removed partial files left by an earlier run"
+            );
         }
         let cancel = CancellationToken::new();
         let abort = CancellationToken::new();
@@ -147,7 +155,10 @@ impl Engine {
         })
         .await;
         if drained.is_err() {
-            warn!(?grace, "in-flight images did not finish within the grace period; abandoning them");
+            warn!(
+                ?grace,
+                "in-flight images did not finish within the grace period; abandoning them"
+            );
             self.abort.cancel();
             while self.tasks.join_next().await.is_some() {}
         }
@@ -198,12 +209,18 @@ async fn supervise_once(
 ) -> anyhow::Result<()> {
     let jobs = ctx
         .store
-        .jobs_in_states(&[JobState::Queued, JobState::Enumerating, JobState::Downloading])
+        .jobs_in_states(&[
+            JobState::Queued,
+            JobState::Enumerating,
+            JobState::Downloading,
+        ])
         .await?;
     for job in jobs {
         if !job.enumeration_complete {
             let token = {
-                let mut map = running.lock().map_err(|_| anyhow::anyhow!("enumerator map poisoned"))?;
+                let mut map = running
+                    .lock()
+                    .map_err(|_| anyhow::anyhow!("enumerator map poisoned"))?;
                 if map.contains_key(&job.id) {
                     continue;
                 }

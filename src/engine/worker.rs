@@ -32,21 +32,37 @@ pub enum Outcome {
 }
 
 /// Downloads, tags and writes one image. Never touches the queue state.
-pub async fn process(ctx: &EngineContext, image: &ClaimedImage, abort: &CancellationToken) -> Outcome {
-    let collection = match archive::collection_dir(&ctx.archive_dir, &image.username, image.quality) {
+pub async fn process(
+    ctx: &EngineContext,
+    image: &ClaimedImage,
+    abort: &CancellationToken,
+) -> Outcome {
+    let collection = match archive::collection_dir(&ctx.archive_dir, &image.username, image.quality)
+    {
         Ok(dir) => dir,
-        Err(e) => return Outcome::GiveUp { error: e.to_string() },
+        Err(e) => {
+            return Outcome::GiveUp {
+                error: e.to_string(),
+            };
+        }
     };
     // The row's image id is the one the queue knows; the metadata must agree.
     let mut meta = image.meta.clone();
     meta.id.clone_from(&image.image_id);
     let path = match archive::image_path(&collection, &meta) {
         Ok(path) => path,
-        Err(e) => return Outcome::GiveUp { error: e.to_string() },
+        Err(e) => {
+            return Outcome::GiveUp {
+                error: e.to_string(),
+            };
+        }
     };
     let Some(url) = image.url.as_deref() else {
         return Outcome::Retry {
-            error: format!("the API served no {} URL for image {}", image.quality, image.image_id),
+            error: format!(
+                "the API served no {} URL for image {}",
+                image.quality, image.image_id
+            ),
         };
     };
     let body = tokio::select! {
@@ -75,7 +91,8 @@ pub async fn process(ctx: &EngineContext, image: &ClaimedImage, abort: &Cancella
     };
     let captured_at = meta.captured_at;
     let written = tokio::task::spawn_blocking(move || {
-        let tagged = crate::exif::tag_jpeg(&body, &meta).map_err(|e| format!("tagging failed: {e}"))?;
+        let tagged =
+            crate::exif::tag_jpeg(&body, &meta).map_err(|e| format!("tagging failed: {e}"))?;
         let bytes = tagged.len() as u64;
         archive::write_durably(&path, &tagged, captured_at).map_err(WriteError::Archive)?;
         Ok::<_, WriteError>((bytes, path))
@@ -84,14 +101,20 @@ pub async fn process(ctx: &EngineContext, image: &ClaimedImage, abort: &Cancella
     match written {
         Ok(Ok((bytes, path))) => Outcome::Done { bytes, path },
         Ok(Err(WriteError::Tag(error))) => Outcome::Retry { error },
-        Ok(Err(WriteError::Archive(ArchiveError::DiskFull { path, source }))) => Outcome::PauseJob {
-            reason: format!(
-                "{DISK_FULL_PREFIX}: cannot write {} ({source}); free some space, then resume the job",
-                path.display()
-            ),
+        Ok(Err(WriteError::Archive(ArchiveError::DiskFull { path, source }))) => {
+            Outcome::PauseJob {
+                reason: format!(
+                    "{DISK_FULL_PREFIX}: cannot write {} ({source}); free some space, then resume the job",
+                    path.display()
+                ),
+            }
+        }
+        Ok(Err(WriteError::Archive(e @ ArchiveError::InvalidId(_)))) => Outcome::GiveUp {
+            error: e.to_string(),
         },
-        Ok(Err(WriteError::Archive(e @ ArchiveError::InvalidId(_)))) => Outcome::GiveUp { error: e.to_string() },
-        Ok(Err(WriteError::Archive(e))) => Outcome::Retry { error: e.to_string() },
+        Ok(Err(WriteError::Archive(e))) => Outcome::Retry {
+            error: e.to_string(),
+        },
         Err(join) => Outcome::Retry {
             error: format!("writing the image panicked: {join}"),
         },
@@ -110,35 +133,59 @@ impl From<String> for WriteError {
 }
 
 /// Records an outcome in the store, fenced by this claim's owner and attempt.
-pub async fn apply(ctx: &EngineContext, image: &ClaimedImage, outcome: Outcome) -> anyhow::Result<()> {
+pub async fn apply(
+    ctx: &EngineContext,
+    image: &ClaimedImage,
+    outcome: Outcome,
+) -> anyhow::Result<()> {
     let now = now_ms();
     let (owner, attempt, row) = (ctx.owner.as_str(), image.attempt, image.row_id);
     match outcome {
         Outcome::Done { bytes, path } => {
             let path_text = path.to_string_lossy();
-            if ctx.store.complete(row, owner, attempt, bytes, &path_text, now).await? {
+            if ctx
+                .store
+                .complete(row, owner, attempt, bytes, &path_text, now)
+                .await?
+            {
                 ctx.stats.record_image(bytes);
             } else {
                 warn!(image = %image.image_id, "lost the lease before completing; the file is in place anyway");
             }
         }
         Outcome::Retry { error } => {
-            let delay = backoff_delay(attempt as u32, ctx.tuning.backoff_base, ctx.tuning.backoff_cap);
+            let delay = backoff_delay(
+                attempt as u32,
+                ctx.tuning.backoff_base,
+                ctx.tuning.backoff_cap,
+            );
             let retry_at = now + delay.as_millis() as i64;
             let outcome = ctx
                 .store
-                .fail(row, owner, attempt, &error, ctx.tuning.max_attempts, retry_at, now)
+                .fail(
+                    row,
+                    owner,
+                    attempt,
+                    &error,
+                    ctx.tuning.max_attempts,
+                    retry_at,
+                    now,
+                )
                 .await?;
             match outcome {
                 FailOutcome::FailedForGood => {
                     warn!(image = %image.image_id, attempt, error, "image failed for good")
                 }
-                _ => debug!(image = %image.image_id, attempt, error, ?delay, "image will be retried"),
+                _ => {
+                    debug!(image = %image.image_id, attempt, error, ?delay, "image will be retried")
+                }
             }
         }
         Outcome::GiveUp { error } => {
             warn!(image = %image.image_id, error, "image failed for good");
-            ctx.store.fail(row, owner, attempt, &error, 0, now, now).await?;
+            ctx.store
+                .fail(row, owner, attempt, &error, 0, now, now)
+                .await?;
         }
         Outcome::UrlExpired => {
             ctx.store.update_urls(&[(row, None)]).await?;
@@ -146,11 +193,19 @@ pub async fn apply(ctx: &EngineContext, image: &ClaimedImage, outcome: Outcome) 
         }
         Outcome::RateLimited { delay } => {
             ctx.store
-                .release(row, owner, attempt, now + delay.as_millis() as i64, Some("rate limited"))
+                .release(
+                    row,
+                    owner,
+                    attempt,
+                    now + delay.as_millis() as i64,
+                    Some("rate limited"),
+                )
                 .await?;
         }
         Outcome::PauseJob { reason } => {
-            ctx.store.release(row, owner, attempt, now, Some(&reason)).await?;
+            ctx.store
+                .release(row, owner, attempt, now, Some(&reason))
+                .await?;
             super::enumerate::pause(ctx, image.job_id, &reason).await?;
         }
         Outcome::Abandoned => {

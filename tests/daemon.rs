@@ -1,0 +1,374 @@
+//! The daemon end to end, in-process, against the fake Mapillary API: happy
+//! paths, every fault at once, bad tokens, invalid ids, re-sync, and the
+//! token never leaking.
+
+#[path = "support/daemon.rs"]
+mod daemon;
+#[path = "support/fake_mapillary.rs"]
+mod fake_mapillary;
+
+use daemon::{TestDaemon, check_collection, part_files, test_settings};
+use fake_mapillary::{DEFAULT_TOKEN, FakeConfig, FakeMapillary, Faults};
+use mapillary_downloader::model::{GeoPoint, ImageMeta, Quality};
+use reqwest::StatusCode;
+use serde_json::json;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn job_id(v: &serde_json::Value) -> i64 {
+    v["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no job id in {v}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn archives_two_users_at_once_with_and_without_bbox() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("alice", 3000, 1);
+    fake.add_user("bob", 1500, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(fake.api_url().as_str(), dir.path(), 16, &[]);
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+
+    // A bbox around the middle of bob's images.
+    let bob_all = fake.images("bob");
+    let (mut lats, mut lons): (Vec<f64>, Vec<f64>) = bob_all
+        .iter()
+        .filter_map(|m| {
+            m.computed_geometry
+                .as_ref()
+                .or(m.geometry.as_ref())?
+                .lat_lon()
+        })
+        .unzip();
+    lats.sort_by(f64::total_cmp);
+    lons.sort_by(f64::total_cmp);
+    let bbox = [
+        lons[lons.len() / 4],
+        lats[lats.len() / 4],
+        lons[lons.len() * 3 / 4],
+        lats[lats.len() * 3 / 4],
+    ];
+    let inside = |m: &ImageMeta| {
+        m.computed_geometry
+            .as_ref()
+            .or(m.geometry.as_ref())
+            .and_then(GeoPoint::lat_lon)
+            .is_some_and(|(lat, lon)| {
+                lon >= bbox[0] && lon <= bbox[2] && lat >= bbox[1] && lat <= bbox[3]
+            })
+    };
+    let bob_expected: Vec<ImageMeta> = bob_all.iter().filter(|m| inside(m)).cloned().collect();
+    assert!(bob_expected.len() > 100 && bob_expected.len() < bob_all.len());
+
+    let (status, alice) = daemon.post_job(json!({"username": "alice"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{alice}");
+    let (status, bob) = daemon
+        .post_job(json!({"username": "bob", "quality": "1024", "bbox": bbox}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{bob}");
+    let (status, again) = daemon
+        .post_job(json!({"username": "alice", "quality": "original"}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "a repeated post is the same job");
+    assert_eq!(job_id(&again), job_id(&alice));
+
+    let alice = daemon.wait_for_state(job_id(&alice), &["done"], LONG).await;
+    let bob = daemon.wait_for_state(job_id(&bob), &["done"], LONG).await;
+    assert_eq!(alice["counts"]["done"], 3000, "{alice}");
+    assert_eq!(alice["counts"]["failed"], 0);
+    assert_eq!(alice["enumeration_complete"], true);
+    assert_eq!(
+        bob["counts"]["done"].as_u64(),
+        Some(bob_expected.len() as u64),
+        "{bob}"
+    );
+
+    check_collection(
+        &daemon.archive_dir(),
+        "alice",
+        Quality::Original,
+        &fake.images("alice"),
+        |id| fake.jpeg_marker(id, Quality::Original),
+    );
+    check_collection(
+        &daemon.archive_dir(),
+        "bob",
+        Quality::Q1024,
+        &bob_expected,
+        |id| fake.jpeg_marker(id, Quality::Q1024),
+    );
+    // Every image was downloaded exactly once.
+    assert_eq!(fake.cdn_hits_total(), 3000 + bob_expected.len());
+
+    let (status, report) = daemon.request(reqwest::Method::GET, "/status", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        report["totals"]["done"].as_u64(),
+        Some(3000 + bob_expected.len() as u64)
+    );
+    daemon.stop().await;
+    assert!(!fake.saw_token_on_cdn());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn completes_correctly_with_every_fault_at_once() {
+    let fake = FakeMapillary::start(FakeConfig {
+        faults: Faults::preset("chaos").unwrap(),
+        url_ttl_secs: 2,
+        token_in_next: true,
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("carol", 1200, 3);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(
+        fake.api_url().as_str(),
+        dir.path(),
+        8,
+        &[
+            ("MLD__RETRY__MAX_ATTEMPTS", "30"),
+            ("MLD__MAPILLARY__URL_REFRESH_MARGIN_SECS", "0"),
+        ],
+    );
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let (_, job) = daemon
+        .post_job(json!({"username": "carol", "quality": "2048"}))
+        .await;
+    let job = daemon.wait_for_state(job_id(&job), &["done"], LONG).await;
+    assert_eq!(job["counts"]["done"], 1200, "{job}");
+    assert_eq!(job["counts"]["failed"], 0, "{job}");
+    check_collection(
+        &daemon.archive_dir(),
+        "carol",
+        Quality::Q2048,
+        &fake.images("carol"),
+        |id| fake.jpeg_marker(id, Quality::Q2048),
+    );
+    assert!(!fake.saw_token_on_cdn());
+    daemon.stop().await;
+}
+
+/// With `max_attempts = 1`, any attempt spent on an expired URL or a rate
+/// limit would fail an image for good. None may fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn expired_urls_and_rate_limits_cost_no_attempt() {
+    let fake = FakeMapillary::start(FakeConfig {
+        faults: Faults::preset("ratelimit").unwrap(),
+        // URLs expire one second after they are issued.
+        url_ttl_secs: 1,
+        cdn_latency: Duration::from_millis(5),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("dave", 400, 4);
+    // Besides URLs that really expire, the CDN rejects some fresh-looking ones.
+    let mut rejections = vec![fake_mapillary::Fault::Expired; 30];
+    rejections.extend(vec![fake_mapillary::Fault::Gone; 10]);
+    fake.script(fake_mapillary::Route::Cdn, rejections);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(
+        fake.api_url().as_str(),
+        dir.path(),
+        4,
+        &[
+            ("MLD__RETRY__MAX_ATTEMPTS", "1"),
+            ("MLD__MAPILLARY__URL_REFRESH_MARGIN_SECS", "0"),
+        ],
+    );
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let (_, job) = daemon.post_job(json!({"username": "dave"})).await;
+    let job = daemon.wait_for_state(job_id(&job), &["done"], LONG).await;
+    assert_eq!(job["counts"]["failed"], 0, "{job}");
+    assert_eq!(job["counts"]["done"], 400, "{job}");
+    let refreshes = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/" && r.query.contains("ids="))
+        .count();
+    assert!(
+        refreshes > 0,
+        "expired URLs were refreshed through GET /?ids="
+    );
+    let rejected = fake
+        .requests()
+        .iter()
+        .filter(|r| r.status == 403 || r.status == 410)
+        .count();
+    assert!(rejected >= 40, "the CDN really rejected URLs ({rejected})");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_token_pauses_the_job_and_the_daemon_stays_up() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("erin", 50, 5);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(fake.api_url().as_str(), dir.path(), 2, &[]);
+    let daemon = TestDaemon::start(settings, "MLY|1|not-the-right-token").await;
+    let (_, job) = daemon.post_job(json!({"username": "erin"})).await;
+    let job = daemon.wait_for_state(job_id(&job), &["paused"], LONG).await;
+    let error = job["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("MAPILLARY_TOKEN"),
+        "clear last_error: {error}"
+    );
+    assert!(!error.contains("not-the-right-token"));
+    // No crash loop: the API answers and nothing was burnt.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, _) = daemon.request(reqwest::Method::GET, "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let api_calls = fake.api_calls();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        fake.api_calls(),
+        api_calls,
+        "a paused job makes no more calls"
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_ids_fail_clearly_and_write_nothing_outside_the_archive() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("frank", 20, 6);
+    let good = fake.images("frank")[0].clone();
+    fake.add_image(
+        "frank",
+        ImageMeta {
+            id: "12/../../escape".into(),
+            ..good.clone()
+        },
+    );
+    fake.add_image(
+        "frank",
+        ImageMeta {
+            id: "999000111".into(),
+            sequence: Some("../../../etc".into()),
+            ..good
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let settings = test_settings(fake.api_url().as_str(), &data, 2, &[]);
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let (_, job) = daemon.post_job(json!({"username": "frank"})).await;
+    let job = daemon.wait_for_state(job_id(&job), &["done"], LONG).await;
+    assert_eq!(job["counts"]["done"], 20, "{job}");
+    assert_eq!(job["counts"]["failed"], 2, "{job}");
+    let entries: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(
+        entries,
+        vec![std::ffi::OsString::from("data")],
+        "nothing outside the data dir"
+    );
+    let store = mapillary_downloader::store::Store::open_read_only(&data.join("mapillary.db"))
+        .await
+        .unwrap();
+    let failed = store.failed_images(job_id(&job), 10).await.unwrap();
+    assert_eq!(failed.len(), 2);
+    assert!(
+        failed
+            .iter()
+            .all(|f| f.last_error.as_deref().unwrap_or("").contains("invalid"))
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_post_of_a_done_job_fetches_only_new_images() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("gina", 300, 7);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(fake.api_url().as_str(), dir.path(), 4, &[]);
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let (_, job) = daemon.post_job(json!({"username": "gina"})).await;
+    daemon.wait_for_state(job_id(&job), &["done"], LONG).await;
+    assert_eq!(fake.cdn_hits_total(), 300);
+
+    fake.add_user("gina", 40, 8);
+    let (status, resync) = daemon.post_job(json!({"username": "gina"})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(job_id(&resync), job_id(&job));
+    let job = daemon.wait_for_state(job_id(&job), &["done"], LONG).await;
+    assert_eq!(job["counts"]["done"], 340, "{job}");
+    assert_eq!(
+        fake.cdn_hits_total(),
+        340,
+        "old images are not downloaded again"
+    );
+    check_collection(
+        &daemon.archive_dir(),
+        "gina",
+        Quality::Original,
+        &fake.images("gina"),
+        |id| fake.jpeg_marker(id, Quality::Original),
+    );
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_never_reaches_the_database_the_api_or_the_cdn() {
+    let fake = FakeMapillary::start(FakeConfig {
+        token_in_next: true,
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("hana", 700, 9);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(
+        fake.api_url().as_str(),
+        dir.path(),
+        4,
+        &[("MLD__MAPILLARY__PAGE_SIZE", "100")],
+    );
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let (_, job) = daemon.post_job(json!({"username": "hana"})).await;
+    let id = job_id(&job);
+    // Read the API mid-enumeration too, while a cursor is stored.
+    let mut bodies = Vec::new();
+    for path in ["/jobs", "/status", "/metrics", &format!("/jobs/{id}")] {
+        bodies.push(
+            daemon
+                .request(reqwest::Method::GET, path, None)
+                .await
+                .1
+                .to_string(),
+        );
+    }
+    daemon.wait_for_state(id, &["done"], LONG).await;
+    for path in ["/jobs", "/status", "/metrics"] {
+        bodies.push(
+            daemon
+                .request(reqwest::Method::GET, path, None)
+                .await
+                .1
+                .to_string(),
+        );
+    }
+    let secret_part = DEFAULT_TOKEN.rsplit('|').next().unwrap();
+    for body in &bodies {
+        assert!(
+            !body.contains(secret_part),
+            "token in an API response: {body}"
+        );
+    }
+    daemon.stop().await;
+    for name in ["mapillary.db", "mapillary.db-wal"] {
+        if let Ok(bytes) = std::fs::read(dir.path().join(name)) {
+            assert!(
+                !bytes
+                    .windows(secret_part.len())
+                    .any(|w| w == secret_part.as_bytes()),
+                "token in {name}"
+            );
+        }
+    }
+    assert!(!fake.saw_token_on_cdn());
+    assert!(part_files(dir.path()).is_empty());
+}
