@@ -1,0 +1,246 @@
+//! The real binary under kill -9 and SIGTERM, and a full disk: nothing is
+//! lost, nothing finished is downloaded again, no `.part` survives.
+
+#[path = "support/daemon.rs"]
+mod daemon;
+#[path = "support/fake_mapillary.rs"]
+mod fake_mapillary;
+#[path = "support/process.rs"]
+mod process;
+
+use daemon::{check_collection, check_image, part_files};
+use fake_mapillary::{DEFAULT_TOKEN, FakeConfig, FakeMapillary};
+use mapillary_downloader::model::Quality;
+use mapillary_downloader::store::Store;
+use process::{DaemonProcess, test_env};
+use rand::Rng;
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+async fn get(base: &str, path: &str) -> Value {
+    reqwest::get(format!("{base}{path}")).await.unwrap().json().await.unwrap()
+}
+
+async fn post(base: &str, path: &str, body: Value) -> Value {
+    reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_for(base: &str, id: i64, states: &[&str], timeout: Duration) -> Value {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let job = get(base, &format!("/jobs/{id}")).await;
+        if states.iter().any(|s| job["state"] == *s) {
+            return job;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "job never reached {states:?}: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Image ids the database calls done, read the way the daemon would.
+async fn done_ids(db: &Path, job: i64) -> HashSet<String> {
+    let store = Store::open(db).await.unwrap();
+    let mut ids = HashSet::new();
+    let mut after = None;
+    loop {
+        let page = store.finished_images(job, after, 2000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.row_id);
+        ids.extend(page.into_iter().map(|i| i.meta.id));
+    }
+    store.close().await;
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_at_random_moments_loses_nothing_and_redoes_almost_nothing() {
+    let fake = FakeMapillary::start(FakeConfig {
+        api_latency: Duration::from_millis(40),
+        cdn_latency: Duration::from_millis(10),
+        cdn_latency_jitter: Duration::from_millis(20),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("kim", 1500, 11);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    let workers = 4;
+    let mut daemon = DaemonProcess::spawn(&data, workers, &env);
+    let job = post(&daemon.base, "/jobs", json!({"username": "kim"})).await;
+    let id = job["id"].as_i64().unwrap();
+
+    let mut rng = rand::rng();
+    let mut snapshots: Vec<(HashSet<String>, HashMap<String, usize>)> = Vec::new();
+    let mut logs = String::new();
+    // The first kill lands during enumeration (15 pages × 40 ms), the rest during downloads.
+    let delays = [250, rng.random_range(400..900), rng.random_range(400..900), rng.random_range(400..900)];
+    for delay in delays {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        logs.push_str(&daemon.log_text());
+        daemon.kill9();
+        let done = done_ids(&data.join("mapillary.db"), id).await;
+        let hits: HashMap<String, usize> = done.iter().map(|i| (i.clone(), fake.cdn_hits(i))).collect();
+        snapshots.push((done, hits));
+        daemon = DaemonProcess::spawn(&data, workers, &env);
+    }
+    assert!(
+        snapshots.first().unwrap().0.len() < 1500,
+        "the first kill should land before the archive is complete"
+    );
+    let job = wait_for(&daemon.base, id, &["done"], Duration::from_secs(120)).await;
+    assert_eq!(job["counts"]["done"], 1500, "{job}");
+    assert_eq!(job["counts"]["failed"], 0, "{job}");
+    logs.push_str(&daemon.log_text());
+    drop(daemon);
+
+    check_collection(&data.join("archive"), "kim", Quality::Original, &fake.images("kim"), |i| {
+        fake.jpeg_marker(i, Quality::Original)
+    });
+    // A done image is never downloaded again after any kill.
+    for (k, (done, hits)) in snapshots.iter().enumerate() {
+        for image in done {
+            assert_eq!(fake.cdn_hits(image), hits[image], "image {image} done before kill {k} was fetched again");
+        }
+    }
+    // Re-downloads are bounded by what was in flight at each kill.
+    let images = fake.images("kim");
+    let redownloads: usize = images.iter().map(|m| fake.cdn_hits(&m.id).saturating_sub(1)).sum();
+    assert!(
+        redownloads <= snapshots.len() * workers as usize,
+        "{redownloads} re-downloads after {} kills with {workers} workers",
+        snapshots.len()
+    );
+    let secret = DEFAULT_TOKEN.rsplit('|').next().unwrap();
+    assert!(!logs.contains(secret), "the token reached a log line");
+    assert!(logs.contains("handed back"), "restarts recovered in-flight images:\n{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_finishes_in_flight_images_and_exits_zero() {
+    let fake = FakeMapillary::start(FakeConfig {
+        cdn_latency: Duration::from_millis(60),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("lou", 400, 12);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    let mut daemon = DaemonProcess::spawn(&data, 4, &env);
+    let id = post(&daemon.base, "/jobs", json!({"username": "lou"})).await["id"].as_i64().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while get(&daemon.base, &format!("/jobs/{id}")).await["counts"]["done"].as_u64() < Some(40) {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    daemon.signal(libc::SIGTERM);
+    let status = daemon.wait_timeout(Duration::from_secs(20)).expect("exits within the grace period");
+    assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log_text());
+    assert!(daemon.log_text().contains("shutdown complete"));
+    assert!(part_files(&data).is_empty(), "no .part after a clean shutdown");
+
+    let store = Store::open(&data.join("mapillary.db")).await.unwrap();
+    let job = store.find_job(id).await.unwrap().unwrap();
+    assert_eq!(job.counts.in_progress, 0, "nothing left claimed: {job:?}");
+    assert!(job.counts.done < 400, "stopped before the end");
+    let stopped_at = job.counts.done;
+    store.close().await;
+
+    // Every image counted done is on disk and correct; nothing was fetched twice.
+    let done = done_ids(&data.join("mapillary.db"), id).await;
+    assert_eq!(done.len() as u64, stopped_at);
+    let collection = data.join("archive/mapillary-lou-original");
+    for meta in fake.images("lou").iter().filter(|m| done.contains(&m.id)) {
+        let path = mapillary_downloader::archive::image_path(&collection, meta).unwrap();
+        check_image(&path, meta, &fake.jpeg_marker(&meta.id, Quality::Original));
+    }
+    let daemon = DaemonProcess::spawn(&data, 4, &env);
+    wait_for(&daemon.base, id, &["done"], Duration::from_secs(120)).await;
+    assert_eq!(fake.cdn_hits_total(), 400, "a graceful stop leaves nothing to download twice");
+}
+
+/// Mounts a small tmpfs; `None` (and the test is skipped) when not root.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_path_buf()))
+    }
+
+    fn resize(&self, size: &str) {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_disk_pauses_without_burning_attempts_and_resumes_when_space_is_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mount) = Tmpfs::mount(&dir.path().join("small"), "6m") else {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    };
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("mo", 200, 13);
+    let data = mount.0.join("data");
+    let settings = daemon::test_settings(fake.api_url().as_str(), &data, 2, &[("MLD__RETRY__MAX_ATTEMPTS", "1")]);
+    let running = daemon::TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let (_, job) = running.post_job(json!({"username": "mo"})).await;
+    let id = job["id"].as_i64().unwrap();
+    let job = running.wait_for_state(id, &["paused"], Duration::from_secs(60)).await;
+    let error = job["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("disk full"), "last_error says so: {job}");
+    assert_eq!(job["counts"]["failed"], 0, "no attempt burnt: {job}");
+    assert!(part_files(&data).is_empty(), "the partial file was removed");
+    // Whatever is on disk is whole.
+    let collection = data.join("archive/mapillary-mo-original");
+    let mut on_disk = 0;
+    for meta in fake.images("mo") {
+        let path = mapillary_downloader::archive::image_path(&collection, &meta).unwrap();
+        if path.exists() {
+            check_image(&path, &meta, &fake.jpeg_marker(&meta.id, Quality::Original));
+            on_disk += 1;
+        }
+    }
+    assert!(on_disk > 0 && on_disk < 200, "{on_disk} images fit");
+
+    mount.resize("256m");
+    let (status, _) = running
+        .request(reqwest::Method::POST, &format!("/jobs/{id}/resume"), None)
+        .await;
+    assert!(status.is_success() || status == reqwest::StatusCode::CONFLICT, "{status}");
+    let job = running.wait_for_state(id, &["done"], Duration::from_secs(120)).await;
+    assert_eq!(job["counts"]["done"], 200, "{job}");
+    assert_eq!(job["counts"]["failed"], 0, "{job}");
+    check_collection(&data.join("archive"), "mo", Quality::Original, &fake.images("mo"), |i| {
+        fake.jpeg_marker(i, Quality::Original)
+    });
+    running.stop().await;
+}
