@@ -82,10 +82,11 @@ fn is_xmp(segment: &JpegSegment) -> bool {
 impl CheckedJpeg {
     /// The TIFF payloads of the well-formed-looking EXIF segments, in file order.
     pub(crate) fn exif_payloads(&self) -> impl Iterator<Item = &[u8]> {
-        self.jpeg.segments().iter().filter_map(|s| {
-            (s.marker() == markers::APP1 && s.contents().starts_with(EXIF_PREFIX))
-                .then(|| &s.contents()[EXIF_PREFIX.len()..])
-        })
+        self.jpeg
+            .segments()
+            .iter()
+            .filter(|s| s.marker() == markers::APP1 && s.contents().starts_with(EXIF_PREFIX))
+            .map(|s| &s.contents()[EXIF_PREFIX.len()..])
     }
 
     /// `(width, height)` from the frame header, `None` when the height is
@@ -138,7 +139,7 @@ impl CheckedJpeg {
         self.jpeg.set_exif(None);
         self.jpeg
             .segments_mut()
-            .retain(|s| !is_exif_like(s) && !(replace_xmp && is_xmp(s)));
+            .retain(|s| !(is_exif_like(s) || (replace_xmp && is_xmp(s))));
         self.jpeg.set_exif(Some(Bytes::copy_from_slice(exif_tiff)));
         let segments = self.jpeg.segments_mut();
         let exif_at = segments
