@@ -48,7 +48,11 @@ async fn time_requests(client: &reqwest::Client, url: &str) -> Vec<Duration> {
     for _ in 0..SAMPLES {
         let start = Instant::now();
         let response = client.get(url).send().await.unwrap();
-        assert!(response.status().is_success(), "{url}: {}", response.status());
+        assert!(
+            response.status().is_success(),
+            "{url}: {}",
+            response.status()
+        );
         response.bytes().await.unwrap();
         samples.push(start.elapsed());
     }
@@ -99,7 +103,14 @@ async fn main() {
             .unwrap();
         for image in &claimed {
             store
-                .complete(image.row_id, "bench", image.attempt, 100_000, "x.jpg", now_ms())
+                .complete(
+                    image.row_id,
+                    "bench",
+                    image.attempt,
+                    100_000,
+                    "x.jpg",
+                    now_ms(),
+                )
                 .await
                 .unwrap();
         }
@@ -142,14 +153,27 @@ async fn main() {
 
     let status = time_requests(&client, &format!("{base}/status")).await;
     report("GET /status", &status);
-    report("GET /jobs/5", &time_requests(&client, &format!("{base}/jobs/5")).await);
-    report("GET /metrics", &time_requests(&client, &format!("{base}/metrics")).await);
-    report("GET /healthz", &time_requests(&client, &format!("{base}/healthz")).await);
+    report(
+        "GET /jobs/5",
+        &time_requests(&client, &format!("{base}/jobs/5")).await,
+    );
+    report(
+        "GET /metrics",
+        &time_requests(&client, &format!("{base}/metrics")).await,
+    );
+    report(
+        "GET /healthz",
+        &time_requests(&client, &format!("{base}/healthz")).await,
+    );
 
     let p99 = percentile(&status, 0.99);
     println!(
         "target: /status p99 <= 5 ms at 1,000,000 rows -> {} ({:.3} ms)",
-        if p99 <= Duration::from_millis(5) { "MET" } else { "MISSED" },
+        if p99 <= Duration::from_millis(5) {
+            "MET"
+        } else {
+            "MISSED"
+        },
         p99.as_secs_f64() * 1e3
     );
     shutdown.cancel();

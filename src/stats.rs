@@ -68,7 +68,9 @@ impl Stats {
     }
 
     fn second_now(&self) -> u64 {
-        Instant::now().saturating_duration_since(self.origin).as_secs()
+        Instant::now()
+            .saturating_duration_since(self.origin)
+            .as_secs()
     }
 
     /// Counts one finished image of `bytes` bytes at the current instant.

@@ -38,9 +38,8 @@ where
                 ));
             }
         }
-        let body = Bytes::from_request(req, state)
-            .await
-            .map_err(|rejection| match rejection.status() {
+        let body = Bytes::from_request(req, state).await.map_err(|rejection| {
+            match rejection.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => ApiError::PayloadTooLarge(format!(
                     "request body is larger than {MAX_BODY_BYTES} bytes"
                 )),
@@ -48,7 +47,8 @@ where
                     "could not read the request body: {}",
                     rejection.body_text()
                 )),
-            })?;
+            }
+        })?;
         parse_json_body(&body).map(ApiJson)
     }
 }

@@ -173,7 +173,11 @@ mod tests {
             (r#"{"username":"a/b"}"#, 422, "forbidden"),
             (r#"{"username":7}"#, 422, "username must be a string"),
             (r#"{"quality":"256"}"#, 422, "missing field `username`"),
-            (r#"{"username":"a","extra":1}"#, 422, "unknown field `extra`"),
+            (
+                r#"{"username":"a","extra":1}"#,
+                422,
+                "unknown field `extra`",
+            ),
             (r#"{"username":"a","username":"b"}"#, 422, "duplicate field"),
             (r#"[]"#, 422, "invalid request"),
             (r#"{"username":"a""#, 400, "not valid JSON"),
@@ -209,7 +213,16 @@ mod tests {
     #[test]
     fn job_ids() {
         assert_eq!(parse_job_id("42").unwrap(), 42);
-        for bad in ["", "0", "-1", "+1", "1.5", "abc", "99999999999999999999", " 1"] {
+        for bad in [
+            "",
+            "0",
+            "-1",
+            "+1",
+            "1.5",
+            "abc",
+            "99999999999999999999",
+            " 1",
+        ] {
             let err = parse_job_id(bad).unwrap_err();
             assert_eq!(err.status().as_u16(), 400, "{bad}");
         }

@@ -21,6 +21,7 @@ mod images;
 mod ingest;
 mod jobs;
 mod queue;
+pub mod transitions;
 
 pub use connection::{Durability, StoreOptions};
 pub use ingest::strip_token;
