@@ -1063,6 +1063,12 @@ async fn malformed_requests_are_refused_and_write_nothing() {
             String::from_utf8_lossy(&case.body)
         );
         assert_eq!(response.status().as_u16(), case.status, "{what}");
+        if case.status == 405 {
+            assert!(
+                response.headers().contains_key("allow"),
+                "{what}: 405 names the allowed methods"
+            );
+        }
         let content_type = response.headers()["content-type"]
             .to_str()
             .unwrap()

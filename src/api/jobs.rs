@@ -5,10 +5,10 @@
 //! not apply, the job is read back to tell "no such job" (404) from "not in
 //! a state that allows this" (409).
 
+use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, JobId};
 use crate::api::validate::CreateJobRequest;
-use crate::api::{AppState, state_name};
 use crate::store::transitions::Submitted;
 use crate::store::{Job, JobState};
 use axum::Json;
@@ -116,7 +116,7 @@ pub async fn resume_job(
         .await?
     {
         Some(job) => {
-            tracing::info!(job = id, state = state_name(job.state), "job resumed");
+            tracing::info!(job = id, state = job.state.as_str(), "job resumed");
             state.wake_engine();
             Ok(Json(job))
         }
@@ -182,10 +182,10 @@ pub async fn cancel_job(
 async fn refusal(state: &AppState, id: i64, verb: &str, allowed: &[JobState]) -> ApiError {
     match state.store.find_job(id).await {
         Ok(Some(job)) => {
-            let allowed: Vec<&str> = allowed.iter().map(|s| state_name(*s)).collect();
+            let allowed: Vec<&str> = allowed.iter().map(|s| s.as_str()).collect();
             ApiError::Conflict(format!(
                 "job {id} is {} and cannot be {verb}; only a job that is {} can",
-                state_name(job.state),
+                job.state.as_str(),
                 allowed.join(" or ")
             ))
         }

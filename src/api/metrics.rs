@@ -5,9 +5,9 @@
 //! Per-job series are labelled `job`, `username` and `quality`; the username is
 //! user input, so label values are escaped as the format requires.
 
+use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::api::status::{StatusReport, Totals};
-use crate::api::{AppState, state_name};
 use crate::store::{Job, JobState};
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
@@ -16,16 +16,6 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-const JOB_STATES: [JobState; 7] = [
-    JobState::Queued,
-    JobState::Enumerating,
-    JobState::Downloading,
-    JobState::Paused,
-    JobState::Done,
-    JobState::Failed,
-    JobState::Cancelled,
-];
 
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let jobs = state.store.list_jobs().await?;
@@ -74,9 +64,9 @@ pub fn render(report: &StatusReport, uptime: Duration) -> String {
         "1 for the state a job is in, 0 for the others.",
     );
     for job in jobs {
-        for candidate in JOB_STATES {
+        for candidate in JobState::ALL {
             let value = if job.state == candidate { 1.0 } else { 0.0 };
-            out.sample_job(job, Some(state_name(candidate)), value);
+            out.sample_job(job, Some(candidate.as_str()), value);
         }
     }
     out.family(
@@ -88,9 +78,9 @@ pub fn render(report: &StatusReport, uptime: Duration) -> String {
     }
 
     out.family("mapillary_jobs", "Jobs by state.");
-    for candidate in JOB_STATES {
+    for candidate in JobState::ALL {
         let count = jobs.iter().filter(|job| job.state == candidate).count();
-        out.sample(&[("state", state_name(candidate))], count as f64);
+        out.sample(&[("state", candidate.as_str())], count as f64);
     }
     let Totals {
         discovered,

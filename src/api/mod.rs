@@ -103,17 +103,3 @@ impl HttpServer {
             .await
     }
 }
-
-/// A job state as the API spells it (the same string the JSON carries).
-pub fn state_name(state: crate::store::JobState) -> &'static str {
-    use crate::store::JobState;
-    match state {
-        JobState::Queued => "queued",
-        JobState::Enumerating => "enumerating",
-        JobState::Downloading => "downloading",
-        JobState::Paused => "paused",
-        JobState::Done => "done",
-        JobState::Failed => "failed",
-        JobState::Cancelled => "cancelled",
-    }
-}
