@@ -170,6 +170,40 @@ pub fn write_atomically(
     result
 }
 
+/// Bytes available to us on the filesystem holding `path` (statvfs).
+pub fn free_bytes(path: &Path) -> io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c_path` is a valid NUL-terminated string and `stat` points to
+    // writable memory of the right type; statvfs fills it on success.
+    let rc = unsafe { libc::statvfs(c_path.as_ptr(), stat.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it initialised the struct.
+    let stat = unsafe { stat.assume_init() };
+    Ok((stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64))
+}
+
+/// Refuses a write that would leave less than `reserve` bytes free, as if
+/// the disk were full: the database must keep room to record the pause.
+pub fn ensure_room(dir: &Path, needed: u64, reserve: u64) -> Result<(), ArchiveError> {
+    let probe = dir.ancestors().find(|p| p.exists()).unwrap_or(dir);
+    let free = free_bytes(probe).map_err(|e| ArchiveError::from_io(probe, e))?;
+    if free < needed.saturating_add(reserve) {
+        return Err(ArchiveError::DiskFull {
+            path: dir.to_path_buf(),
+            source: io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!("{free} bytes free, keeping {reserve} in reserve"),
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Deletes every `*.part` file under `root`: what a kill -9 left behind. Safe
 /// only when no worker is writing under `root` (at startup, or for a job with
 /// nothing in flight). Returns how many it removed.

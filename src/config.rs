@@ -77,6 +77,7 @@ pub struct WorkerSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct StorageSettings {
     pub data_dir: PathBuf,
+    pub min_free_mib: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -267,6 +268,12 @@ impl Settings {
             w.shutdown_grace_secs,
             0,
             3600,
+        )?;
+        check_range(
+            "storage.min_free_mib",
+            self.storage.min_free_mib,
+            0,
+            1 << 20,
         )?;
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(("storage.data_dir", "must not be empty".into()));

@@ -20,7 +20,12 @@ use std::path::Path;
 use std::time::Duration;
 
 async fn get(base: &str, path: &str) -> Value {
-    reqwest::get(format!("{base}{path}")).await.unwrap().json().await.unwrap()
+    reqwest::get(format!("{base}{path}"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 async fn post(base: &str, path: &str, body: Value) -> Value {
@@ -42,7 +47,10 @@ async fn wait_for(base: &str, id: i64, states: &[&str], timeout: Duration) -> Va
         if states.iter().any(|s| job["state"] == *s) {
             return job;
         }
-        assert!(tokio::time::Instant::now() < deadline, "job never reached {states:?}: {job}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job never reached {states:?}: {job}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -84,13 +92,19 @@ async fn kill_9_at_random_moments_loses_nothing_and_redoes_almost_nothing() {
     let mut snapshots: Vec<(HashSet<String>, HashMap<String, usize>)> = Vec::new();
     let mut logs = String::new();
     // The first kill lands during enumeration (15 pages × 40 ms), the rest during downloads.
-    let delays = [250, rng.random_range(400..900), rng.random_range(400..900), rng.random_range(400..900)];
+    let delays = [
+        250,
+        rng.random_range(400..900),
+        rng.random_range(400..900),
+        rng.random_range(400..900),
+    ];
     for delay in delays {
         tokio::time::sleep(Duration::from_millis(delay)).await;
         logs.push_str(&daemon.log_text());
         daemon.kill9();
         let done = done_ids(&data.join("mapillary.db"), id).await;
-        let hits: HashMap<String, usize> = done.iter().map(|i| (i.clone(), fake.cdn_hits(i))).collect();
+        let hits: HashMap<String, usize> =
+            done.iter().map(|i| (i.clone(), fake.cdn_hits(i))).collect();
         snapshots.push((done, hits));
         daemon = DaemonProcess::spawn(&data, workers, &env);
     }
@@ -104,18 +118,29 @@ async fn kill_9_at_random_moments_loses_nothing_and_redoes_almost_nothing() {
     logs.push_str(&daemon.log_text());
     drop(daemon);
 
-    check_collection(&data.join("archive"), "kim", Quality::Original, &fake.images("kim"), |i| {
-        fake.jpeg_marker(i, Quality::Original)
-    });
+    check_collection(
+        &data.join("archive"),
+        "kim",
+        Quality::Original,
+        &fake.images("kim"),
+        |i| fake.jpeg_marker(i, Quality::Original),
+    );
     // A done image is never downloaded again after any kill.
     for (k, (done, hits)) in snapshots.iter().enumerate() {
         for image in done {
-            assert_eq!(fake.cdn_hits(image), hits[image], "image {image} done before kill {k} was fetched again");
+            assert_eq!(
+                fake.cdn_hits(image),
+                hits[image],
+                "image {image} done before kill {k} was fetched again"
+            );
         }
     }
     // Re-downloads are bounded by what was in flight at each kill.
     let images = fake.images("kim");
-    let redownloads: usize = images.iter().map(|m| fake.cdn_hits(&m.id).saturating_sub(1)).sum();
+    let redownloads: usize = images
+        .iter()
+        .map(|m| fake.cdn_hits(&m.id).saturating_sub(1))
+        .sum();
     assert!(
         redownloads <= snapshots.len() * workers as usize,
         "{redownloads} re-downloads after {} kills with {workers} workers",
@@ -123,7 +148,10 @@ async fn kill_9_at_random_moments_loses_nothing_and_redoes_almost_nothing() {
     );
     let secret = DEFAULT_TOKEN.rsplit('|').next().unwrap();
     assert!(!logs.contains(secret), "the token reached a log line");
-    assert!(logs.contains("handed back"), "restarts recovered in-flight images:\n{logs}");
+    assert!(
+        logs.contains("handed back"),
+        "restarts recovered in-flight images:\n{logs}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -138,17 +166,24 @@ async fn sigterm_finishes_in_flight_images_and_exits_zero() {
     let data = dir.path().join("data");
     let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
     let mut daemon = DaemonProcess::spawn(&data, 4, &env);
-    let id = post(&daemon.base, "/jobs", json!({"username": "lou"})).await["id"].as_i64().unwrap();
+    let id = post(&daemon.base, "/jobs", json!({"username": "lou"})).await["id"]
+        .as_i64()
+        .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while get(&daemon.base, &format!("/jobs/{id}")).await["counts"]["done"].as_u64() < Some(40) {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     daemon.signal(libc::SIGTERM);
-    let status = daemon.wait_timeout(Duration::from_secs(20)).expect("exits within the grace period");
+    let status = daemon
+        .wait_timeout(Duration::from_secs(20))
+        .expect("exits within the grace period");
     assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log_text());
     assert!(daemon.log_text().contains("shutdown complete"));
-    assert!(part_files(&data).is_empty(), "no .part after a clean shutdown");
+    assert!(
+        part_files(&data).is_empty(),
+        "no .part after a clean shutdown"
+    );
 
     let store = Store::open(&data.join("mapillary.db")).await.unwrap();
     let job = store.find_job(id).await.unwrap().unwrap();
@@ -167,7 +202,11 @@ async fn sigterm_finishes_in_flight_images_and_exits_zero() {
     }
     let daemon = DaemonProcess::spawn(&data, 4, &env);
     wait_for(&daemon.base, id, &["done"], Duration::from_secs(120)).await;
-    assert_eq!(fake.cdn_hits_total(), 400, "a graceful stop leaves nothing to download twice");
+    assert_eq!(
+        fake.cdn_hits_total(),
+        400,
+        "a graceful stop leaves nothing to download twice"
+    );
 }
 
 /// Mounts a small tmpfs; `None` (and the test is skipped) when not root.
@@ -196,25 +235,38 @@ impl Tmpfs {
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_disk_pauses_without_burning_attempts_and_resumes_when_space_is_back() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(mount) = Tmpfs::mount(&dir.path().join("small"), "6m") else {
+    let Some(mount) = Tmpfs::mount(&dir.path().join("small"), "16m") else {
         eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
         return;
     };
     let fake = FakeMapillary::start(FakeConfig::default()).await;
     fake.add_user("mo", 200, 13);
     let data = mount.0.join("data");
-    let settings = daemon::test_settings(fake.api_url().as_str(), &data, 2, &[("MLD__RETRY__MAX_ATTEMPTS", "1")]);
+    let settings = daemon::test_settings(
+        fake.api_url().as_str(),
+        &data,
+        2,
+        &[
+            ("MLD__RETRY__MAX_ATTEMPTS", "1"),
+            ("MLD__STORAGE__MIN_FREE_MIB", "2"),
+        ],
+    );
     let running = daemon::TestDaemon::start(settings, DEFAULT_TOKEN).await;
     let (_, job) = running.post_job(json!({"username": "mo"})).await;
     let id = job["id"].as_i64().unwrap();
-    let job = running.wait_for_state(id, &["paused"], Duration::from_secs(60)).await;
+    let job = running
+        .wait_for_state(id, &["paused"], Duration::from_secs(60))
+        .await;
     let error = job["last_error"].as_str().unwrap_or_default().to_string();
     assert!(error.contains("disk full"), "last_error says so: {job}");
     assert_eq!(job["counts"]["failed"], 0, "no attempt burnt: {job}");
@@ -235,12 +287,21 @@ async fn a_full_disk_pauses_without_burning_attempts_and_resumes_when_space_is_b
     let (status, _) = running
         .request(reqwest::Method::POST, &format!("/jobs/{id}/resume"), None)
         .await;
-    assert!(status.is_success() || status == reqwest::StatusCode::CONFLICT, "{status}");
-    let job = running.wait_for_state(id, &["done"], Duration::from_secs(120)).await;
+    assert!(
+        status.is_success() || status == reqwest::StatusCode::CONFLICT,
+        "{status}"
+    );
+    let job = running
+        .wait_for_state(id, &["done"], Duration::from_secs(120))
+        .await;
     assert_eq!(job["counts"]["done"], 200, "{job}");
     assert_eq!(job["counts"]["failed"], 0, "{job}");
-    check_collection(&data.join("archive"), "mo", Quality::Original, &fake.images("mo"), |i| {
-        fake.jpeg_marker(i, Quality::Original)
-    });
+    check_collection(
+        &data.join("archive"),
+        "mo",
+        Quality::Original,
+        &fake.images("mo"),
+        |i| fake.jpeg_marker(i, Quality::Original),
+    );
     running.stop().await;
 }

@@ -54,6 +54,8 @@ pub struct Tuning {
     pub shutdown_grace: Duration,
     /// How often a job paused for a full disk is tried again.
     pub disk_full_retry: Duration,
+    /// Free bytes kept in reserve on the data dir's filesystem.
+    pub min_free_bytes: u64,
 }
 
 impl Tuning {
@@ -67,7 +69,8 @@ impl Tuning {
             poll_interval: Duration::from_millis(settings.workers.poll_interval_ms),
             url_refresh_margin: Duration::from_secs(settings.mapillary.url_refresh_margin_secs),
             shutdown_grace: Duration::from_secs(settings.workers.shutdown_grace_secs),
-            disk_full_retry: Duration::from_secs(30),
+            disk_full_retry: Duration::from_secs(10),
+            min_free_bytes: settings.storage.min_free_mib.saturating_mul(1024 * 1024),
         }
     }
 }
@@ -244,7 +247,15 @@ async fn supervise_once(
     Ok(())
 }
 
+/// Resumes jobs paused for a full disk once twice the reserve is free again.
 async fn resume_disk_full_jobs(ctx: &EngineContext) -> anyhow::Result<()> {
+    let root = ctx.archive_dir.clone();
+    let needed = ctx.tuning.min_free_bytes.saturating_mul(2);
+    let room =
+        tokio::task::spawn_blocking(move || crate::archive::ensure_room(&root, needed, 0)).await?;
+    if room.is_err() {
+        return Ok(());
+    }
     for job in ctx.store.jobs_in_states(&[JobState::Paused]).await? {
         let disk_full = job
             .last_error

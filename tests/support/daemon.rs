@@ -59,6 +59,7 @@ pub struct TestDaemon {
 
 impl TestDaemon {
     pub async fn start(settings: Settings, token: &str) -> TestDaemon {
+        mapillary_downloader::telemetry::init(&settings.log);
         let app = Application::build(&settings, Secret::new(token))
             .await
             .expect("daemon starts");

@@ -40,7 +40,14 @@ impl DaemonProcess {
     pub fn spawn(data_dir: &Path, workers: u32, env: &[(String, String)]) -> DaemonProcess {
         let mut command = Command::new(BINARY);
         command
-            .args(["serve", "--listen", "127.0.0.1:0", "--workers", &workers.to_string(), "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--workers",
+                &workers.to_string(),
+                "--data-dir",
+            ])
             .arg(data_dir)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -70,9 +77,14 @@ impl DaemonProcess {
                 log.push('\n');
             }
         });
-        let base = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| {
-            panic!("daemon did not start listening; log:\n{}", log.lock().unwrap())
-        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "daemon did not start listening; log:\n{}",
+                    log.lock().unwrap()
+                )
+            });
         DaemonProcess { child, base, log }
     }
 
