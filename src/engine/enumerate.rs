@@ -50,7 +50,7 @@ pub async fn step(ctx: &EngineContext, job_id: i64, failures: u32) -> anyhow::Re
     };
     let page = match ctx.client.fetch_page(&url).await {
         Ok(page) => page,
-        Err(error) => return Ok(classify_failure(ctx, job_id, failures, error).await?),
+        Err(error) => return classify_failure(ctx, job_id, failures, error).await,
     };
     let last = page.next.is_none();
     let new_images = ctx
