@@ -16,24 +16,26 @@ use std::time::Duration;
 /// and a single (run_at) index walks through every due row of a paused job
 /// before reaching an active one. Picking the job first keeps each arm an
 /// ordered range scan of a partial index, so a claim is O(limit + jobs).
+/// `INDEXED BY` pins those indexes: without `ANALYZE` statistics the planner
+/// otherwise picks the `(job_id, image_id)` index and sorts all of a job's rows.
 const CLAIM_SQL: &str = "\
 UPDATE images
 SET state = 'in_progress', attempts = attempts + 1, lease_owner = ?1, lease_until = ?2, updated_at = ?3
 WHERE rowid IN (
     SELECT rowid FROM (
-        SELECT rowid FROM images
+        SELECT rowid FROM images INDEXED BY images_leased
         WHERE state = 'in_progress' AND lease_until < ?3
           AND job_id IN (SELECT id FROM jobs WHERE state IN ('enumerating', 'downloading'))
         ORDER BY lease_until
         LIMIT ?4)
     UNION ALL
     SELECT rowid FROM (
-        SELECT rowid FROM images
+        SELECT rowid FROM images INDEXED BY images_due
         WHERE state = 'pending' AND run_at <= ?3
           AND job_id = (
               SELECT j.id FROM jobs j
               WHERE j.state IN ('enumerating', 'downloading')
-                AND EXISTS (SELECT 1 FROM images p
+                AND EXISTS (SELECT 1 FROM images p INDEXED BY images_due
                             WHERE p.job_id = j.id AND p.state = 'pending' AND p.run_at <= ?3)
               ORDER BY j.id
               LIMIT 1)
