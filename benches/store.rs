@@ -23,7 +23,25 @@ const PAGE: usize = 2_000;
 const WORKERS: usize = 16;
 const LEASE: Duration = Duration::from_secs(300);
 
-fn page(job_seed: u64, page_no: usize) -> Vec<ImageMeta> {
+/// How the API hands out ids across pages. It promises no order: ids that
+/// rise with the paging are the kind case, scattered ids the worst one for
+/// the (job_id, image_id) index (every page dirties pages all over it).
+#[derive(Clone, Copy, PartialEq)]
+enum IdOrder {
+    Rising,
+    Scattered,
+}
+
+fn image_id(n: u64, order: IdOrder) -> String {
+    let offset = match order {
+        IdOrder::Rising => n,
+        // A bijection on 0..2^40 (odd multiplier), so ids stay unique.
+        IdOrder::Scattered => n.wrapping_mul(0x9E37_79B9_7F4A_7C15) & ((1 << 40) - 1),
+    };
+    (1_000_000_000_000_000 + offset).to_string()
+}
+
+fn page(job_seed: u64, page_no: usize, order: IdOrder) -> Vec<ImageMeta> {
     (0..PAGE)
         .map(|i| {
             let n = job_seed * 1_000_000_000 + (page_no * PAGE + i) as u64;
@@ -31,7 +49,7 @@ fn page(job_seed: u64, page_no: usize) -> Vec<ImageMeta> {
             extra.insert("creator".into(), json!({"id": "1000", "username": "alice"}));
             extra.insert("exif_orientation".into(), json!(1));
             ImageMeta {
-                id: (1_000_000_000_000 + n).to_string(),
+                id: image_id(n, order),
                 captured_at: Some(1_500_000_000_000 + n as i64 * 1_000),
                 geometry: Some(GeoPoint {
                     kind: Some("Point".into()),
@@ -120,7 +138,13 @@ async fn drop_counter_triggers(path: &Path) {
 
 /// Inserts `pages` pages into a fresh job; returns the job id and the rate.
 /// Building the pages (the fake server's work) is excluded.
-async fn ingest(store: &Store, username: &str, seed: u64, pages: usize) -> (i64, Rate) {
+async fn ingest(
+    store: &Store,
+    username: &str,
+    seed: u64,
+    pages: usize,
+    order: IdOrder,
+) -> (i64, Rate) {
     let job = store
         .create_job(username, Quality::Original, None, 0)
         .await
@@ -133,7 +157,7 @@ async fn ingest(store: &Store, username: &str, seed: u64, pages: usize) -> (i64,
     let mut cpu = 0.0;
     let mut inserted = 0;
     for p in 0..pages {
-        let images = page(seed, p);
+        let images = page(seed, p, order);
         let cursor = format!("https://graph.example/images?after=cursor{p}");
         let next = (p + 1 < pages).then_some(cursor.as_str());
         let (start, cpu_start) = (Instant::now(), cpu_seconds());
@@ -232,7 +256,7 @@ async fn main() {
     let no_trig_path = dir.path().join("no-triggers.db");
     let no_trig = Store::open(&no_trig_path).await.expect("open");
     drop_counter_triggers(&no_trig_path).await;
-    let (_, rate_no_trig) = ingest(&no_trig, "x", 9, side_pages).await;
+    let (_, rate_no_trig) = ingest(&no_trig, "x", 9, side_pages, IdOrder::Rising).await;
     no_trig.close().await;
     let full_path = dir.path().join("full.db");
     let full_opts = StoreOptions {
@@ -240,19 +264,25 @@ async fn main() {
         ..StoreOptions::default()
     };
     let full = Store::open_with(&full_path, full_opts).await.expect("open");
-    let (_, rate_full) = ingest(&full, "y", 8, side_pages).await;
+    let (_, rate_full) = ingest(&full, "y", 8, side_pages, IdOrder::Rising).await;
     full.close().await;
+    let scattered_path = dir.path().join("scattered.db");
+    let scattered = Store::open(&scattered_path).await.expect("open");
+    let (_, rate_scattered) = ingest(&scattered, "z", 7, pages, IdOrder::Scattered).await;
+    scattered.close().await;
+    std::fs::remove_file(&scattered_path).ok();
 
     let path = dir.path().join("mapillary.db");
     let store = Arc::new(Store::open(&path).await.expect("open"));
     // A handful of small jobs so list_jobs returns several rows.
     for u in 0..9 {
-        ingest(&store, &format!("small{u}"), 100 + u, 1).await;
+        ingest(&store, &format!("small{u}"), 100 + u, 1, IdOrder::Rising).await;
     }
-    let (big, rate) = ingest(&store, "alice", 1, pages).await;
+    let (big, rate) = ingest(&store, "alice", 1, pages, IdOrder::Rising).await;
     let db_mb = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0) as f64 / 1e6;
     println!("ingest (target >= 100000 images/s)");
     println!("  counter triggers, NORMAL ({pages:>3} pages): {rate}");
+    println!("  ... scattered ids        ({pages:>3} pages): {rate_scattered}");
     println!("  no triggers,      NORMAL ({side_pages:>3} pages): {rate_no_trig}");
     println!("  counter triggers, FULL   ({side_pages:>3} pages): {rate_full}");
     println!("database file after ingest       : {db_mb:>10.0} MB");
@@ -299,7 +329,7 @@ async fn main() {
         .set_job_state(big, JobState::Paused, None, 0)
         .await
         .expect("pause");
-    let (other, _) = ingest(&store, "bob", 2, 1).await;
+    let (other, _) = ingest(&store, "bob", 2, 1, IdOrder::Rising).await;
     store
         .set_job_state(other, JobState::Downloading, None, 0)
         .await
