@@ -16,24 +16,27 @@ use std::time::Duration;
 /// and a single (run_at) index walks through every due row of a paused job
 /// before reaching an active one. Picking the job first keeps each arm an
 /// ordered range scan of a partial index, so a claim is O(limit + jobs).
+/// `INDEXED BY` pins those indexes: without `ANALYZE` statistics the planner
+/// otherwise picks the `(job_id, image_id)` index and sorts all of a job's rows.
+/// `jobs NOT INDEXED` walks the few jobs in id order instead of sorting them.
 const CLAIM_SQL: &str = "\
 UPDATE images
 SET state = 'in_progress', attempts = attempts + 1, lease_owner = ?1, lease_until = ?2, updated_at = ?3
 WHERE rowid IN (
     SELECT rowid FROM (
-        SELECT rowid FROM images
+        SELECT rowid FROM images INDEXED BY images_leased
         WHERE state = 'in_progress' AND lease_until < ?3
           AND job_id IN (SELECT id FROM jobs WHERE state IN ('enumerating', 'downloading'))
         ORDER BY lease_until
         LIMIT ?4)
     UNION ALL
     SELECT rowid FROM (
-        SELECT rowid FROM images
+        SELECT rowid FROM images INDEXED BY images_due
         WHERE state = 'pending' AND run_at <= ?3
           AND job_id = (
-              SELECT j.id FROM jobs j
+              SELECT j.id FROM jobs j NOT INDEXED
               WHERE j.state IN ('enumerating', 'downloading')
-                AND EXISTS (SELECT 1 FROM images p
+                AND EXISTS (SELECT 1 FROM images p INDEXED BY images_due
                             WHERE p.job_id = j.id AND p.state = 'pending' AND p.run_at <= ?3)
               ORDER BY j.id
               LIMIT 1)
@@ -251,5 +254,44 @@ impl Store {
         .execute(self.writer()?)
         .await?;
         Ok(result.rows_affected())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::AssertSqlSafe;
+
+    /// A claim must stay O(limit): no arm may sort (`TEMP B-TREE`) or walk
+    /// the images table, whatever the planner's statistics.
+    #[tokio::test]
+    async fn the_claim_plan_never_sorts_or_scans_images() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("plan.db")).await.unwrap();
+        let rows = sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {CLAIM_SQL}")))
+            .bind("w")
+            .bind(1_i64)
+            .bind(0_i64)
+            .bind(8_i64)
+            .fetch_all(store.writer().unwrap())
+            .await
+            .unwrap();
+        let plan: Vec<String> = rows
+            .iter()
+            .map(|row| row.get::<String, _>("detail"))
+            .collect();
+        for step in &plan {
+            let sorts = step.contains("TEMP B-TREE");
+            let scans_images = step.starts_with("SCAN images");
+            assert!(
+                !sorts && !scans_images,
+                "claim plan step {step:?} in {plan:#?}"
+            );
+        }
+        assert!(plan.iter().any(|s| s.contains("images_due")), "{plan:#?}");
+        assert!(
+            plan.iter().any(|s| s.contains("images_leased")),
+            "{plan:#?}"
+        );
     }
 }
