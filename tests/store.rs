@@ -1047,3 +1047,34 @@ async fn read_only_store_reads_beside_a_live_writer_and_never_writes() {
         Err(StoreError::Schema(_))
     ));
 }
+
+#[tokio::test]
+async fn claims_take_turns_between_active_jobs() {
+    let f = fixture().await;
+    let first = active_job(&f.store, "big").await;
+    let second = active_job(&f.store, "small").await;
+    f.store
+        .insert_page(first, Quality::Original, &metas(1..=100), None, 1_000)
+        .await
+        .unwrap();
+    f.store
+        .insert_page(second, Quality::Original, &metas(201..=210), None, 1_000)
+        .await
+        .unwrap();
+    // Passing the job served last moves on to the next one, wrapping around.
+    let mut served = Vec::new();
+    let mut last = 0;
+    for _ in 0..4 {
+        let claimed = f
+            .store
+            .claim_after_job("w", 2, LEASE, 2_000, last)
+            .await
+            .unwrap();
+        last = claimed.last().unwrap().job_id;
+        served.push(last);
+    }
+    assert_eq!(served, vec![first, second, first, second]);
+    // Plain claim keeps its old meaning: the first active job with due rows.
+    let claimed = f.store.claim("w", 1, LEASE, 2_000).await.unwrap();
+    assert_eq!(claimed[0].job_id, first);
+}

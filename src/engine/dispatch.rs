@@ -68,10 +68,15 @@ pub fn needs_refresh(url: Option<&str>, now_ms: i64, margin: Duration) -> bool {
 /// Claims up to `limit` due images, refreshes stale URLs in batches, and
 /// returns the images ready to download. Images the API no longer knows keep
 /// no URL; the worker then fails them with a clear error.
-pub async fn claim_batch(ctx: &EngineContext, limit: u32) -> anyhow::Result<Vec<ClaimedImage>> {
+/// `after_job` is the job served last, so active jobs take turns.
+pub async fn claim_batch(
+    ctx: &EngineContext,
+    limit: u32,
+    after_job: i64,
+) -> anyhow::Result<Vec<ClaimedImage>> {
     let mut claimed = ctx
         .store
-        .claim(&ctx.owner, limit, ctx.tuning.lease, now_ms())
+        .claim_after_job(&ctx.owner, limit, ctx.tuning.lease, now_ms(), after_job)
         .await?;
     let now = now_ms();
     let stale: Vec<usize> = claimed
@@ -143,6 +148,7 @@ pub async fn claim_batch(ctx: &EngineContext, limit: u32) -> anyhow::Result<Vec<
 
 /// Feeds the work queue until `cancel` fires.
 pub async fn run(ctx: EngineContext, queue: WorkQueue, cancel: CancellationToken) {
+    let mut last_job = 0;
     loop {
         // Wait for at least one free slot, then take every free one (≤ 50).
         let first = tokio::select! {
@@ -159,8 +165,11 @@ pub async fn run(ctx: EngineContext, queue: WorkQueue, cancel: CancellationToken
                 Err(_) => break,
             }
         }
-        let images = match claim_batch(&ctx, permits.len() as u32).await {
-            Ok(images) => images,
+        let images = match claim_batch(&ctx, permits.len() as u32, last_job).await {
+            Ok(images) => {
+                last_job = images.last().map_or(0, |i| i.job_id);
+                images
+            }
             Err(e) => {
                 warn!(error = %e, "claiming images failed");
                 Vec::new()

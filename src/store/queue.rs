@@ -8,8 +8,10 @@ use sqlx::Row;
 use std::time::Duration;
 
 /// One statement claims up to `?4` rows: first expired leases (crashed or
-/// stuck attempts, oldest lease first), then due pending rows of the oldest
-/// active job that has any, in (run_at, rowid) order.
+/// stuck attempts, oldest lease first), then due pending rows of one active
+/// job that has any, in (run_at, rowid) order. The job is the first one after
+/// job `?5` in id order, wrapping around, so successive claims take turns
+/// between jobs and a huge job never starves a small one.
 ///
 /// Why not one `ORDER BY run_at` over every job: an `OR` of the two row kinds
 /// makes SQLite collect and sort every due row (O(due rows), ~40 ms at 200k),
@@ -38,7 +40,7 @@ WHERE rowid IN (
               WHERE j.state IN ('enumerating', 'downloading')
                 AND EXISTS (SELECT 1 FROM images p INDEXED BY images_due
                             WHERE p.job_id = j.id AND p.state = 'pending' AND p.run_at <= ?3)
-              ORDER BY j.id
+              ORDER BY j.id <= ?5, j.id
               LIMIT 1)
         ORDER BY run_at, rowid
         LIMIT ?4)
@@ -68,6 +70,20 @@ impl Store {
         lease: Duration,
         now_ms: i64,
     ) -> StoreResult<Vec<ClaimedImage>> {
+        self.claim_after_job(owner, limit, lease, now_ms, 0).await
+    }
+
+    /// [`Store::claim`], taking pending rows from the first active job whose id
+    /// is greater than `after_job` (wrapping around). The dispatcher passes the
+    /// job it served last, so jobs take turns.
+    pub async fn claim_after_job(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+        now_ms: i64,
+        after_job: i64,
+    ) -> StoreResult<Vec<ClaimedImage>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -76,6 +92,7 @@ impl Store {
             .bind(now_ms.saturating_add(millis(lease)))
             .bind(now_ms)
             .bind(i64::from(limit))
+            .bind(after_job)
             .fetch_all(self.writer()?)
             .await?;
         let mut claimed = Vec::with_capacity(rows.len());
