@@ -285,10 +285,11 @@ pub fn estimate_line(e: &Estimate, quality: Quality) -> String {
         );
     }
     format!(
-        "{}: about to download {} images at quality {quality} (≈ {}). Estimate: mean Content-Length of {} randomly sampled images (HEAD requests) × {} images.",
+        "{}: about to download {} images at quality {quality} (≈ {}, {} bytes). Estimate: mean Content-Length of {} randomly sampled images (HEAD, or a 1-byte ranged GET where HEAD is refused) × {} images.",
         e.username,
         group_digits(e.images),
         format_bytes(e.estimated_bytes),
+        e.estimated_bytes,
         e.sampled,
         group_digits(e.images),
     )

@@ -1,0 +1,298 @@
+//! The one-shot `download` and the `status` commands, as a user runs them:
+//! the real binary against the fake API, exit codes, resume, dry run, output.
+
+#[path = "support/daemon.rs"]
+mod daemon;
+#[path = "support/fake_mapillary.rs"]
+mod fake_mapillary;
+#[path = "support/process.rs"]
+mod process;
+
+use daemon::{check_collection, part_files};
+use fake_mapillary::{DEFAULT_TOKEN, FakeConfig, FakeMapillary};
+use mapillary_downloader::model::{ImageMeta, Quality};
+use process::{BINARY, DaemonProcess, test_env};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn command(args: &[&str], data: &Path, env: &[(String, String)]) -> Command {
+    let mut cmd = Command::new(BINARY);
+    cmd.args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+/// Runs a command to completion off the async runtime (the fake keeps serving).
+async fn run(args: &[&str], data: &Path, env: &[(String, String)]) -> Output {
+    let mut cmd = command(args, data, env);
+    tokio::task::spawn_blocking(move || cmd.output().expect("run the binary"))
+        .await
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn assert_plain(output: &str) {
+    assert!(
+        output.chars().all(|c| c == '\n' || !c.is_control()),
+        "non-TTY output must be plain lines: {output:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn download_archives_a_user_then_a_second_run_downloads_nothing() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("nina", 150, 21);
+    let dir = tempfile::tempdir().unwrap();
+    let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    let out = run(&["download", "nina", "--workers", "4"], dir.path(), &env).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_plain(&stderr);
+    assert!(
+        stderr.contains("nina [original]: done: 150 of 150 images archived"),
+        "{stderr}"
+    );
+    check_collection(
+        &dir.path().join("archive"),
+        "nina",
+        Quality::Original,
+        &fake.images("nina"),
+        |i| fake.jpeg_marker(i, Quality::Original),
+    );
+    assert_eq!(fake.cdn_hits_total(), 150);
+
+    let out = run(&["download", "nina", "--workers", "4"], dir.path(), &env).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        fake.cdn_hits_total(),
+        150,
+        "a second run downloads nothing already done"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exit_codes_say_what_happened() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("olga", 30, 22);
+    let first = fake.images("olga")[0].clone();
+    fake.add_image(
+        "olga",
+        ImageMeta {
+            id: "not/a/number".into(),
+            ..first
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+
+    // Some images failed for good: 1.
+    let out = run(&["download", "olga", "--workers", "2"], dir.path(), &env).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("1 failed for good"), "{stderr}");
+
+    // An unknown user archives nothing, says so, and succeeds.
+    let out = run(&["download", "nobody-here"], dir.path(), &env).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("no images found"), "{stderr}");
+
+    // A missing token: 2, one clear line naming the variable, nothing written.
+    let fresh = tempfile::tempdir().unwrap();
+    let data = fresh.path().join("data");
+    let no_token: Vec<_> = env
+        .iter()
+        .filter(|(k, _)| k != "MAPILLARY_TOKEN")
+        .cloned()
+        .collect();
+    let out = run(&["download", "olga"], &data, &no_token).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("MAPILLARY_TOKEN"), "{stderr}");
+    assert!(!data.exists(), "nothing is written on a usage error");
+
+    // A rejected token: 2.
+    let mut bad = env.clone();
+    bad.retain(|(k, _)| k != "MAPILLARY_TOKEN");
+    bad.push(("MAPILLARY_TOKEN".into(), "MLY|1|wrong".into()));
+    let out = run(&["download", "olga"], &data, &bad).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("MAPILLARY_TOKEN") && !stderr.contains("wrong"),
+        "{stderr}"
+    );
+
+    // Usage errors: 2.
+    for args in [
+        vec!["download"],
+        vec!["download", "a", "--quality", "999"],
+        vec!["download", "a", "--bbox", "3,2,1,4"],
+        vec!["download", "a/b"],
+    ] {
+        let out = run(&args, &fresh.path().join("other"), &env).await;
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ctrl_c_exits_promptly_and_the_next_run_resumes_without_downloading_twice() {
+    let fake = FakeMapillary::start(FakeConfig {
+        cdn_latency: Duration::from_millis(50),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("pia", 300, 23);
+    let dir = tempfile::tempdir().unwrap();
+    let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    let mut child = command(&["download", "pia", "--workers", "4"], dir.path(), &env)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fake.cdn_hits_total() < 40 {
+        assert!(Instant::now() < deadline, "download never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let started = Instant::now();
+    let out = tokio::task::spawn_blocking(move || {
+        let _ = &mut child;
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "Ctrl-C is prompt"
+    );
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("run the same command again to resume"));
+    assert!(part_files(dir.path()).is_empty(), "nothing half-written");
+    assert!(fake.cdn_hits_total() < 300);
+
+    let out = run(&["download", "pia", "--workers", "4"], dir.path(), &env).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(fake.cdn_hits_total(), 300, "nothing was downloaded twice");
+    check_collection(
+        &dir.path().join("archive"),
+        "pia",
+        Quality::Original,
+        &fake.images("pia"),
+        |i| fake.jpeg_marker(i, Quality::Original),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dry_run_estimates_within_twenty_percent_and_writes_no_image() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("quinn", 1200, 24);
+    let dir = tempfile::tempdir().unwrap();
+    let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    let out = run(&["download", "quinn", "--dry-run"], dir.path(), &env).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("about to download 1,200 images"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("randomly sampled"), "says how: {stdout}");
+    let estimate: u64 = stdout
+        .split(" bytes)")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no byte count in {stdout}"));
+    let truth: u64 = fake
+        .images("quinn")
+        .iter()
+        .map(|m| fake.expected_body(&m.id, Quality::Original).len() as u64)
+        .sum();
+    let error = (estimate as f64 - truth as f64).abs() / truth as f64;
+    assert!(
+        error <= 0.20,
+        "estimate {estimate} vs true {truth}: {:.1} % off",
+        error * 100.0
+    );
+    assert_eq!(fake.cdn_hits_total(), 0, "no image was downloaded");
+    assert!(!dir.path().join("archive").exists(), "no image was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn status_works_beside_a_running_daemon() {
+    let fake = FakeMapillary::start(FakeConfig {
+        cdn_latency: Duration::from_millis(30),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("rita", 200, 25);
+    let dir = tempfile::tempdir().unwrap();
+    let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    let daemon = DaemonProcess::spawn(dir.path(), 2, &env);
+    let created: serde_json::Value = reqwest::Client::new()
+        .post(format!("{}/jobs", daemon.base))
+        .json(&serde_json::json!({"username": "rita"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created["username"], "rita");
+    while fake.cdn_hits_total() < 10 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = run(&["status"], dir.path(), &env).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_plain(&stdout);
+    let header = stdout.lines().next().unwrap_or_default();
+    for column in [
+        "USER",
+        "QUALITY",
+        "STATE",
+        "DONE/DISCOVERED",
+        "FAILED",
+        "SIZE",
+        "LAST ERROR",
+    ] {
+        assert!(header.contains(column), "{stdout}");
+    }
+    let row = stdout.lines().nth(1).unwrap_or_default();
+    assert!(row.contains("rita") && row.contains("original"), "{stdout}");
+
+    let out = run(&["status", "--json"], dir.path(), &env).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    let api: serde_json::Value = reqwest::get(format!("{}/status", daemon.base))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&report), keys(&api), "the same shape as GET /status");
+    assert_eq!(keys(&report["jobs"][0]), keys(&api["jobs"][0]));
+    assert_eq!(report["jobs"][0]["username"], "rita");
+    drop(daemon);
+}
