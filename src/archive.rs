@@ -85,43 +85,65 @@ fn part_path(final_path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-/// Writes `bytes` to `final_path` durably: `.part`, fsync, set mtime, rename,
-/// fsync the directory. On any error the `.part` file is removed, so a
-/// failure never leaves a half-written file behind.
+/// Writes `bytes` to `final_path` durably, with its mtime set to the capture
+/// time: see [`write_atomically`].
 pub fn write_durably(
     final_path: &Path,
     bytes: &[u8],
     mtime_ms: Option<i64>,
+) -> Result<(), ArchiveError> {
+    replace_file(final_path, mtime_ms, |file| {
+        let mut file = file;
+        file.write_all(bytes)
+    })
+}
+
+/// Writes a whole file atomically: `<final>.part`, fsync, rename, fsync the
+/// directory. On any error the `.part` file is removed, so a failure never
+/// leaves a half-written file behind. Used for `metadata.jsonl`, whose writer
+/// streams lines into `write`.
+pub fn write_atomically(
+    final_path: &Path,
+    write: impl FnOnce(&mut io::BufWriter<&File>) -> io::Result<()>,
+) -> Result<(), ArchiveError> {
+    replace_file(final_path, None, |file| {
+        let mut writer = io::BufWriter::new(file);
+        write(&mut writer)?;
+        writer.flush()
+    })
+}
+
+fn replace_file(
+    final_path: &Path,
+    mtime_ms: Option<i64>,
+    write: impl FnOnce(&File) -> io::Result<()>,
 ) -> Result<(), ArchiveError> {
     let dir = final_path
         .parent()
         .ok_or_else(|| ArchiveError::from_io(final_path, io::Error::other("path has no parent")))?;
     fs::create_dir_all(dir).map_err(|e| ArchiveError::from_io(dir, e))?;
     let part = part_path(final_path);
-    let result = write_part(&part, bytes, mtime_ms).and_then(|()| {
+    let result = (|| {
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&part)
+            .map_err(|e| ArchiveError::from_io(&part, e))?;
+        write(&file).map_err(|e| ArchiveError::from_io(&part, e))?;
+        if let Some(mtime) = mtime_ms.and_then(system_time_from_ms) {
+            file.set_modified(mtime)
+                .map_err(|e| ArchiveError::from_io(&part, e))?;
+        }
+        file.sync_all()
+            .map_err(|e| ArchiveError::from_io(&part, e))?;
         fs::rename(&part, final_path).map_err(|e| ArchiveError::from_io(final_path, e))?;
         sync_dir(dir)
-    });
+    })();
     if result.is_err() {
         let _ = fs::remove_file(&part);
     }
     result
-}
-
-fn write_part(part: &Path, bytes: &[u8], mtime_ms: Option<i64>) -> Result<(), ArchiveError> {
-    let mut file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(part)
-        .map_err(|e| ArchiveError::from_io(part, e))?;
-    file.write_all(bytes)
-        .map_err(|e| ArchiveError::from_io(part, e))?;
-    if let Some(mtime) = mtime_ms.and_then(system_time_from_ms) {
-        file.set_modified(mtime)
-            .map_err(|e| ArchiveError::from_io(part, e))?;
-    }
-    file.sync_all().map_err(|e| ArchiveError::from_io(part, e))
 }
 
 fn system_time_from_ms(ms: i64) -> Option<SystemTime> {
@@ -137,37 +159,6 @@ pub fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| ArchiveError::from_io(dir, e))
-}
-
-/// Writes a whole file atomically (temp file, fsync, rename, fsync dir).
-/// Used for `metadata.jsonl`, whose writer streams lines into `write`.
-pub fn write_atomically(
-    final_path: &Path,
-    write: impl FnOnce(&mut io::BufWriter<&File>) -> io::Result<()>,
-) -> Result<(), ArchiveError> {
-    let dir = final_path
-        .parent()
-        .ok_or_else(|| ArchiveError::from_io(final_path, io::Error::other("path has no parent")))?;
-    fs::create_dir_all(dir).map_err(|e| ArchiveError::from_io(dir, e))?;
-    let part = part_path(final_path);
-    let result = (|| {
-        let file = File::create(&part).map_err(|e| ArchiveError::from_io(&part, e))?;
-        {
-            let mut writer = io::BufWriter::new(&file);
-            write(&mut writer).map_err(|e| ArchiveError::from_io(&part, e))?;
-            writer
-                .flush()
-                .map_err(|e| ArchiveError::from_io(&part, e))?;
-        }
-        file.sync_all()
-            .map_err(|e| ArchiveError::from_io(&part, e))?;
-        fs::rename(&part, final_path).map_err(|e| ArchiveError::from_io(final_path, e))?;
-        sync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&part);
-    }
-    result
 }
 
 /// Bytes available to us on the filesystem holding `path` (statvfs).

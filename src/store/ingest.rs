@@ -55,40 +55,15 @@ struct PreparedRow<'a> {
 }
 
 /// Removes any `access_token` query parameter from an enumeration `next` URL
-/// (invariant 2: the token never reaches the database). Other parameters keep
-/// their exact encoding. A string that is not a URL is refused if it mentions
-/// a token at all, since it cannot be cleaned safely.
+/// (invariant 2: the token never reaches the database), with the client's own
+/// [`crate::mapillary::strip_token`]. As a second line of defence, a cursor
+/// that still mentions a token anywhere is refused rather than stored.
 pub fn strip_token(cursor: &str) -> Result<String, String> {
-    let Ok(mut url) = url::Url::parse(cursor) else {
-        if cursor.to_ascii_lowercase().contains("access_token") {
-            return Err("refusing to store a cursor that may carry the access token".into());
-        }
-        return Ok(cursor.to_owned());
-    };
-    if let Some(query) = url.query() {
-        let kept: Vec<&str> = query
-            .split('&')
-            .filter(|pair| {
-                let key = pair.split('=').next().unwrap_or_default();
-                let key = percent_decode(key);
-                !key.eq_ignore_ascii_case("access_token")
-            })
-            .collect();
-        if kept.is_empty() {
-            url.set_query(None);
-        } else {
-            let joined = kept.join("&");
-            url.set_query(Some(&joined));
-        }
+    let stripped = crate::mapillary::strip_token(cursor);
+    if stripped.to_ascii_lowercase().contains("access_token") {
+        return Err("refusing to store a cursor that may carry the access token".into());
     }
-    Ok(url.to_string())
-}
-
-fn percent_decode(text: &str) -> String {
-    url::form_urlencoded::parse(format!("{text}=").as_bytes())
-        .next()
-        .map(|(key, _)| key.into_owned())
-        .unwrap_or_default()
+    Ok(stripped)
 }
 
 impl Store {

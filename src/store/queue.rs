@@ -35,13 +35,19 @@ WHERE rowid IN (
     SELECT rowid FROM (
         SELECT rowid FROM images INDEXED BY images_due
         WHERE state = 'pending' AND run_at <= ?3
-          AND job_id = (
-              SELECT j.id FROM jobs j NOT INDEXED
-              WHERE j.state IN ('enumerating', 'downloading')
-                AND EXISTS (SELECT 1 FROM images p INDEXED BY images_due
-                            WHERE p.job_id = j.id AND p.state = 'pending' AND p.run_at <= ?3)
-              ORDER BY j.id <= ?5, j.id
-              LIMIT 1)
+          AND job_id = coalesce(
+              (SELECT j.id FROM jobs j NOT INDEXED
+               WHERE j.id > ?5 AND j.state IN ('enumerating', 'downloading')
+                 AND EXISTS (SELECT 1 FROM images p INDEXED BY images_due
+                             WHERE p.job_id = j.id AND p.state = 'pending' AND p.run_at <= ?3)
+               ORDER BY j.id
+               LIMIT 1),
+              (SELECT j.id FROM jobs j NOT INDEXED
+               WHERE j.state IN ('enumerating', 'downloading')
+                 AND EXISTS (SELECT 1 FROM images p INDEXED BY images_due
+                             WHERE p.job_id = j.id AND p.state = 'pending' AND p.run_at <= ?3)
+               ORDER BY j.id
+               LIMIT 1))
         ORDER BY run_at, rowid
         LIMIT ?4)
     LIMIT ?4)
