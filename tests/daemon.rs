@@ -372,3 +372,45 @@ async fn the_token_never_reaches_the_database_the_api_or_the_cdn() {
     assert!(!fake.saw_token_on_cdn());
     assert!(part_files(dir.path()).is_empty());
 }
+
+/// URLs that went stale while the daemon was down are refreshed 50 per
+/// `GET /?ids=` call, even though workers free their slots one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_urls_are_refreshed_fifty_at_a_time() {
+    use mapillary_downloader::store::{JobState, Store};
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("ivy", 400, 10);
+    let dir = tempfile::tempdir().unwrap();
+    let now = chrono::Utc::now().timestamp_millis();
+    let store = Store::open(&dir.path().join("mapillary.db")).await.unwrap();
+    let job = store.create_job("ivy", Quality::Original, None, now).await.unwrap();
+    let stale: Vec<ImageMeta> = fake
+        .images("ivy")
+        .into_iter()
+        .map(|mut m| {
+            m.thumb_original_url = Some(fake.thumb_url_expiring_at(&m.id, Quality::Original, now / 1000 - 60));
+            m
+        })
+        .collect();
+    store.insert_page(job.id, Quality::Original, &stale, None, now).await.unwrap();
+    store.set_job_state(job.id, JobState::Downloading, None, now).await.unwrap();
+    store.close().await;
+
+    let settings = test_settings(fake.api_url().as_str(), dir.path(), 4, &[]);
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let done = daemon.wait_for_state(job.id, &["done"], LONG).await;
+    assert_eq!(done["counts"]["done"], 400, "{done}");
+    let batches: Vec<usize> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path == "/" && r.query.contains("ids="))
+        .map(|r| {
+            let ids = r.query.split('&').find_map(|p| p.strip_prefix("ids=")).unwrap_or_default();
+            ids.split("%2C").flat_map(|part| part.split(',')).count()
+        })
+        .collect();
+    assert!(batches.iter().all(|&n| n <= 50), "{batches:?}");
+    assert!(batches.len() <= 400 / 50 + 4, "{} refresh calls for 400 stale URLs: {batches:?}", batches.len());
+    assert_eq!(fake.cdn_hits_total(), 400);
+    daemon.stop().await;
+}

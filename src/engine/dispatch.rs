@@ -9,6 +9,7 @@
 
 use super::{EngineContext, now_ms};
 use crate::mapillary::{RetryDecision, url_expires_at};
+use crate::model::Quality;
 use crate::store::ClaimedImage;
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,85 +66,116 @@ pub fn needs_refresh(url: Option<&str>, now_ms: i64, margin: Duration) -> bool {
     }
 }
 
+/// One image whose URL a refresh call will renew.
+struct RefreshTarget {
+    row_id: i64,
+    image_id: String,
+    quality: Quality,
+    /// Index into the claimed batch; `None` for a look-ahead row not claimed.
+    claimed: Option<usize>,
+}
+
 /// Claims up to `limit` due images, refreshes stale URLs in batches, and
 /// returns the images ready to download. Images the API no longer knows keep
 /// no URL; the worker then fails them with a clear error.
 /// `after_job` is the job served last, so active jobs take turns.
-pub async fn claim_batch(
-    ctx: &EngineContext,
-    limit: u32,
-    after_job: i64,
-) -> anyhow::Result<Vec<ClaimedImage>> {
+pub async fn claim_batch(ctx: &EngineContext, limit: u32, after_job: i64) -> anyhow::Result<Vec<ClaimedImage>> {
     let mut claimed = ctx
         .store
         .claim_after_job(&ctx.owner, limit, ctx.tuning.lease, now_ms(), after_job)
         .await?;
     let now = now_ms();
-    let stale: Vec<usize> = claimed
+    let margin = ctx.tuning.url_refresh_margin;
+    let mut targets: Vec<RefreshTarget> = claimed
         .iter()
         .enumerate()
-        .filter(|(_, c)| needs_refresh(c.url.as_deref(), now, ctx.tuning.url_refresh_margin))
-        .map(|(i, _)| i)
+        .filter(|(_, c)| needs_refresh(c.url.as_deref(), now, margin))
+        .map(|(i, c)| RefreshTarget {
+            row_id: c.row_id,
+            image_id: c.image_id.clone(),
+            quality: c.quality,
+            claimed: Some(i),
+        })
         .collect();
-    for chunk in stale.chunks(REFRESH_BATCH) {
-        let ids: Vec<&str> = chunk
-            .iter()
-            .map(|&i| claimed[i].image_id.as_str())
-            .collect();
+    let Some(first) = targets.first().and_then(|t| t.claimed).map(|i| &claimed[i]) else {
+        return Ok(claimed);
+    };
+    let (job_id, quality) = (first.job_id, first.quality);
+    // Fill the last call up to 50 ids with the job's next stale rows.
+    let room = (REFRESH_BATCH - targets.len() % REFRESH_BATCH) % REFRESH_BATCH;
+    if room > 0 {
+        let upcoming = ctx.store.upcoming_urls(job_id, now, (room * 4) as u32).await?;
+        targets.extend(
+            upcoming
+                .into_iter()
+                .filter(|(_, _, url)| needs_refresh(url.as_deref(), now, margin))
+                .take(room)
+                .map(|(row_id, image_id, _)| RefreshTarget {
+                    row_id,
+                    image_id,
+                    quality,
+                    claimed: None,
+                }),
+        );
+    }
+    let mut given_back = Vec::new();
+    for chunk in targets.chunks(REFRESH_BATCH) {
+        let ids: Vec<&str> = chunk.iter().map(|t| t.image_id.as_str()).collect();
         match ctx.client.fetch_images(&ids).await {
             Ok(fresh) => {
                 let mut updates = Vec::with_capacity(chunk.len());
-                for &i in chunk {
-                    let image = &mut claimed[i];
+                for target in chunk {
                     let url = fresh
-                        .get(&image.image_id)
-                        .and_then(|m| m.url_for(image.quality))
+                        .get(&target.image_id)
+                        .and_then(|m| m.url_for(target.quality))
                         .map(str::to_owned);
-                    image.url.clone_from(&url);
-                    updates.push((image.row_id, url));
+                    if let Some(i) = target.claimed {
+                        claimed[i].url.clone_from(&url);
+                    }
+                    updates.push((target.row_id, url));
                 }
                 ctx.store.update_urls(&updates).await?;
                 debug!(images = chunk.len(), "refreshed image URLs");
             }
             Err(error) => {
-                // Hand the whole chunk back at no cost; the error decides when.
-                let delay = match error.decision() {
-                    RetryDecision::RateLimited(wait) => wait.unwrap_or(Duration::from_secs(1)),
-                    _ => ctx.tuning.backoff_base,
-                };
-                if error.decision() == RetryDecision::PauseJob {
-                    let mut jobs: Vec<i64> = chunk.iter().map(|&i| claimed[i].job_id).collect();
-                    jobs.dedup();
-                    for job in jobs {
-                        let reason = format!(
-                            "refreshing image URLs failed: {error}. Set a valid MAPILLARY_TOKEN, restart, then POST /jobs/{job}/resume"
-                        );
-                        super::enumerate::pause(ctx, job, &reason).await?;
-                    }
+                let decision = error.decision();
+                if decision == RetryDecision::PauseJob {
+                    let reason = format!(
+                        "refreshing image URLs failed: {error}. Set a valid MAPILLARY_TOKEN, restart, then POST /jobs/{job_id}/resume"
+                    );
+                    super::enumerate::pause(ctx, job_id, &reason).await?;
                 }
-                warn!(%error, images = chunk.len(), "URL refresh failed; images go back to the queue");
+                // Hand the claimed images back at no cost; the error decides when.
+                let delay = match decision {
+                    RetryDecision::RateLimited(wait) => {
+                        debug!(%error, "URL refresh rate limited");
+                        wait.unwrap_or(Duration::from_secs(1))
+                    }
+                    _ => {
+                        warn!(%error, images = chunk.len(), "URL refresh failed; images go back to the queue");
+                        ctx.tuning.backoff_base
+                    }
+                };
                 let run_at = now_ms() + delay.as_millis() as i64;
-                for &i in chunk {
+                for i in chunk.iter().filter_map(|t| t.claimed) {
                     let c = &claimed[i];
                     ctx.store
-                        .release(
-                            c.row_id,
-                            &ctx.owner,
-                            c.attempt,
-                            run_at,
-                            Some(&format!("{error}")),
-                        )
+                        .release(c.row_id, &ctx.owner, c.attempt, run_at, Some(&error.to_string()))
                         .await?;
-                }
-                // Mark them so they are dropped below.
-                for &i in chunk {
-                    claimed[i].row_id = -1;
+                    given_back.push(i);
                 }
             }
         }
     }
-    claimed.retain(|c| c.row_id >= 0);
-    Ok(claimed)
+    if given_back.is_empty() {
+        return Ok(claimed);
+    }
+    Ok(claimed
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| !given_back.contains(i))
+        .map(|(_, c)| c)
+        .collect())
 }
 
 /// Feeds the work queue until `cancel` fires.

@@ -97,6 +97,29 @@ impl Store {
             .collect()
     }
 
+    /// The next `limit` due pending images of a job, in claim order, with
+    /// their stored URL: `(row_id, image_id, url)`. The dispatcher refreshes
+    /// the stale ones together with the images it claimed, so one
+    /// `GET /?ids=` serves up to 50 images even when claims come one by one.
+    pub async fn upcoming_urls(
+        &self,
+        job_id: i64,
+        now_ms: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<(i64, String, Option<String>)>> {
+        let rows = sqlx::query_as(
+            "SELECT rowid, image_id, url FROM images INDEXED BY images_due \
+             WHERE job_id = ? AND state = 'pending' AND run_at <= ? \
+             ORDER BY run_at, rowid LIMIT ?",
+        )
+        .bind(job_id)
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows)
+    }
+
     /// Everything stored about one image of a job.
     pub async fn image_by_id(
         &self,
