@@ -383,17 +383,27 @@ async fn stale_urls_are_refreshed_fifty_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     let now = chrono::Utc::now().timestamp_millis();
     let store = Store::open(&dir.path().join("mapillary.db")).await.unwrap();
-    let job = store.create_job("ivy", Quality::Original, None, now).await.unwrap();
+    let job = store
+        .create_job("ivy", Quality::Original, None, now)
+        .await
+        .unwrap();
     let stale: Vec<ImageMeta> = fake
         .images("ivy")
         .into_iter()
         .map(|mut m| {
-            m.thumb_original_url = Some(fake.thumb_url_expiring_at(&m.id, Quality::Original, now / 1000 - 60));
+            m.thumb_original_url =
+                Some(fake.thumb_url_expiring_at(&m.id, Quality::Original, now / 1000 - 60));
             m
         })
         .collect();
-    store.insert_page(job.id, Quality::Original, &stale, None, now).await.unwrap();
-    store.set_job_state(job.id, JobState::Downloading, None, now).await.unwrap();
+    store
+        .insert_page(job.id, Quality::Original, &stale, None, now)
+        .await
+        .unwrap();
+    store
+        .set_job_state(job.id, JobState::Downloading, None, now)
+        .await
+        .unwrap();
     store.close().await;
 
     let settings = test_settings(fake.api_url().as_str(), dir.path(), 4, &[]);
@@ -405,12 +415,60 @@ async fn stale_urls_are_refreshed_fifty_at_a_time() {
         .iter()
         .filter(|r| r.path == "/" && r.query.contains("ids="))
         .map(|r| {
-            let ids = r.query.split('&').find_map(|p| p.strip_prefix("ids=")).unwrap_or_default();
+            let ids = r
+                .query
+                .split('&')
+                .find_map(|p| p.strip_prefix("ids="))
+                .unwrap_or_default();
             ids.split("%2C").flat_map(|part| part.split(',')).count()
         })
         .collect();
     assert!(batches.iter().all(|&n| n <= 50), "{batches:?}");
-    assert!(batches.len() <= 400 / 50 + 4, "{} refresh calls for 400 stale URLs: {batches:?}", batches.len());
+    assert!(
+        batches.len() <= 400 / 50 + 4,
+        "{} refresh calls for 400 stale URLs: {batches:?}",
+        batches.len()
+    );
     assert_eq!(fake.cdn_hits_total(), 400);
+    daemon.stop().await;
+}
+
+/// A whole file already at the final path (a crash between rename and the
+/// done mark, or a Python-tool archive) is re-tagged, not downloaded; a file
+/// that is not a JPEG there is replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_already_in_place_are_adopted_not_downloaded() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("jo", 60, 14);
+    let dir = tempfile::tempdir().unwrap();
+    let collection = dir.path().join("archive/mapillary-jo-original");
+    let images = fake.images("jo");
+    for (i, meta) in images.iter().take(20).enumerate() {
+        let path = mapillary_downloader::archive::image_path(&collection, meta).unwrap();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let body = if i < 15 {
+            fake.expected_body(&meta.id, Quality::Original)
+        } else {
+            b"<html>not an image</html>".to_vec()
+        };
+        std::fs::write(&path, body).unwrap();
+    }
+    let settings = test_settings(fake.api_url().as_str(), dir.path(), 2, &[]);
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let (_, job) = daemon.post_job(json!({"username": "jo"})).await;
+    daemon.wait_for_state(job_id(&job), &["done"], LONG).await;
+    for meta in &images[..15] {
+        assert_eq!(fake.cdn_hits(&meta.id), 0, "{} was in place", meta.id);
+    }
+    for meta in &images[15..20] {
+        assert_eq!(fake.cdn_hits(&meta.id), 1, "{} held junk", meta.id);
+    }
+    check_collection(
+        &daemon.archive_dir(),
+        "jo",
+        Quality::Original,
+        &images,
+        |id| fake.jpeg_marker(id, Quality::Original),
+    );
     daemon.stop().await;
 }

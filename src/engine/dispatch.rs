@@ -79,7 +79,11 @@ struct RefreshTarget {
 /// returns the images ready to download. Images the API no longer knows keep
 /// no URL; the worker then fails them with a clear error.
 /// `after_job` is the job served last, so active jobs take turns.
-pub async fn claim_batch(ctx: &EngineContext, limit: u32, after_job: i64) -> anyhow::Result<Vec<ClaimedImage>> {
+pub async fn claim_batch(
+    ctx: &EngineContext,
+    limit: u32,
+    after_job: i64,
+) -> anyhow::Result<Vec<ClaimedImage>> {
     let mut claimed = ctx
         .store
         .claim_after_job(&ctx.owner, limit, ctx.tuning.lease, now_ms(), after_job)
@@ -104,7 +108,10 @@ pub async fn claim_batch(ctx: &EngineContext, limit: u32, after_job: i64) -> any
     // Fill the last call up to 50 ids with the job's next stale rows.
     let room = (REFRESH_BATCH - targets.len() % REFRESH_BATCH) % REFRESH_BATCH;
     if room > 0 {
-        let upcoming = ctx.store.upcoming_urls(job_id, now, (room * 4) as u32).await?;
+        let upcoming = ctx
+            .store
+            .upcoming_urls(job_id, now, (room * 4) as u32)
+            .await?;
         targets.extend(
             upcoming
                 .into_iter()
@@ -160,7 +167,13 @@ pub async fn claim_batch(ctx: &EngineContext, limit: u32, after_job: i64) -> any
                 for i in chunk.iter().filter_map(|t| t.claimed) {
                     let c = &claimed[i];
                     ctx.store
-                        .release(c.row_id, &ctx.owner, c.attempt, run_at, Some(&error.to_string()))
+                        .release(
+                            c.row_id,
+                            &ctx.owner,
+                            c.attempt,
+                            run_at,
+                            Some(&error.to_string()),
+                        )
                         .await?;
                     given_back.push(i);
                 }

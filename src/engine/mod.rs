@@ -242,6 +242,11 @@ async fn supervise_once(
             });
         } else if job.counts.pending == 0 && job.counts.in_progress == 0 {
             finalize::finish_job(ctx, job.id).await?;
+        } else if job.state == JobState::Enumerating {
+            // A crash between the last page and its state change.
+            ctx.store
+                .transition_job(job.id, &[JobState::Enumerating], JobState::Downloading, now_ms())
+                .await?;
         }
     }
     Ok(())

@@ -57,6 +57,13 @@ pub async fn process(
             };
         }
     };
+    // A file at the final path is whole (it got there by rename): a crash hit
+    // after the write but before the row was marked done, or another job of
+    // the same collection archived it. Re-tag it from our metadata instead of
+    // downloading it again.
+    if let Some(outcome) = adopt_existing(ctx, &path, &meta).await {
+        return outcome;
+    }
     let Some(url) = image.url.as_deref() else {
         return Outcome::Retry {
             error: format!(
@@ -119,6 +126,41 @@ pub async fn process(
             error: format!("writing the image panicked: {join}"),
         },
     }
+}
+
+/// `Some(Done)` when `path` already holds a JPEG we could tag; `None` when
+/// the image must be downloaded (no file, or one that is not a JPEG).
+async fn adopt_existing(
+    ctx: &EngineContext,
+    path: &std::path::Path,
+    meta: &crate::model::ImageMeta,
+) -> Option<Outcome> {
+    if !path.exists() {
+        return None;
+    }
+    let image_id = meta.id.clone();
+    let (path, meta) = (path.to_path_buf(), meta.clone());
+    let reserve = ctx.tuning.min_free_bytes;
+    let adopted = tokio::task::spawn_blocking(move || {
+        let existing = std::fs::read(&path).ok()?;
+        let tagged = crate::exif::tag_jpeg(&existing, &meta).ok()?;
+        if tagged != existing {
+            let dir = path.parent().unwrap_or(&path);
+            archive::ensure_room(dir, tagged.len() as u64, reserve).ok()?;
+            archive::write_durably(&path, &tagged, meta.captured_at).ok()?;
+        }
+        Some(Outcome::Done {
+            bytes: tagged.len() as u64,
+            path,
+        })
+    })
+    .await
+    .ok()
+    .flatten();
+    if adopted.is_some() {
+        debug!(image = %image_id, "adopted the file already at the final path");
+    }
+    adopted
 }
 
 enum WriteError {
