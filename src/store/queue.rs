@@ -16,12 +16,16 @@ use std::time::Duration;
 /// and a single (run_at) index walks through every due row of a paused job
 /// before reaching an active one. Picking the job first keeps each arm an
 /// ordered range scan of a partial index, so a claim is O(limit + jobs).
+///
+/// `INDEXED BY images_leased` is not decoration: left to itself the planner
+/// serves `job_id IN (..)` from the `UNIQUE (job_id, image_id)` index and
+/// visits every row of every active job (~0.5 s per claim at 1M rows).
 const CLAIM_SQL: &str = "\
 UPDATE images
 SET state = 'in_progress', attempts = attempts + 1, lease_owner = ?1, lease_until = ?2, updated_at = ?3
 WHERE rowid IN (
     SELECT rowid FROM (
-        SELECT rowid FROM images
+        SELECT rowid FROM images INDEXED BY images_leased
         WHERE state = 'in_progress' AND lease_until < ?3
           AND job_id IN (SELECT id FROM jobs WHERE state IN ('enumerating', 'downloading'))
         ORDER BY lease_until
