@@ -444,10 +444,21 @@ async fn queue_run(cfg: &BenchConfig) -> anyhow::Result<QueueResult> {
     let download_phase = phase_start.elapsed();
     let after = api.job(job).await?;
     let memory = daemon.memory()?;
-    let status = daemon.terminate(Duration::from_secs(60))?;
+    let stopping = Instant::now();
+    let status = daemon.terminate(Duration::from_secs(120))?;
     if !status.success() {
         bail!("the daemon exited with {status} after SIGTERM");
     }
+    println!(
+        "  graceful shutdown (SIGTERM to exit): {:.1} s",
+        stopping.elapsed().as_secs_f64()
+    );
+    let removing = Instant::now();
+    drop(dir);
+    println!(
+        "  (removing the data dir took {:.1} s)",
+        removing.elapsed().as_secs_f64()
+    );
     Ok(QueueResult {
         images: cfg.queue_images,
         workers: cfg.queue_workers,
@@ -468,7 +479,7 @@ async fn queue_run(cfg: &BenchConfig) -> anyhow::Result<QueueResult> {
 
 fn latency_line(what: &str, samples: &[Duration]) -> String {
     format!(
-        "{what:<34} n={:<6} p50={:>7.3} ms  p99={:>7.3} ms  max={:>7.3} ms",
+        "{what:<40} n={:<6} p50={:>7.3} ms  p99={:>7.3} ms  max={:>7.3} ms",
         samples.len(),
         percentile(samples, 0.50).as_secs_f64() * 1e3,
         percentile(samples, 0.99).as_secs_f64() * 1e3,
