@@ -21,6 +21,8 @@ use std::time::Duration;
 /// `INDEXED BY` pins those indexes: without `ANALYZE` statistics the planner
 /// otherwise picks the `(job_id, image_id)` index and sorts all of a job's rows.
 /// `jobs NOT INDEXED` walks the few jobs in id order instead of sorting them.
+/// (Measured: without `INDEXED BY images_leased` the expired-lease arm visits
+/// every row of every active job, ~0.5 s per claim at 1M rows.)
 const CLAIM_SQL: &str = "\
 UPDATE images
 SET state = 'in_progress', attempts = attempts + 1, lease_owner = ?1, lease_until = ?2, updated_at = ?3
