@@ -245,7 +245,12 @@ async fn supervise_once(
         } else if job.state == JobState::Enumerating {
             // A crash between the last page and its state change.
             ctx.store
-                .transition_job(job.id, &[JobState::Enumerating], JobState::Downloading, now_ms())
+                .transition_job(
+                    job.id,
+                    &[JobState::Enumerating],
+                    JobState::Downloading,
+                    now_ms(),
+                )
                 .await?;
         }
     }
