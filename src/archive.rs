@@ -279,4 +279,13 @@ mod tests {
         fs::write(dir.path().join("x/y/2.jpg.part"), b"junk").unwrap();
         assert_eq!(remove_part_files(dir.path()).unwrap(), 1);
     }
+
+    #[test]
+    fn the_free_space_reserve_refuses_writes_as_disk_full() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(ensure_room(dir.path(), 1, 0).is_ok());
+        let err = ensure_room(&dir.path().join("not/yet/made"), 1, u64::MAX / 2).unwrap_err();
+        assert!(matches!(err, ArchiveError::DiskFull { .. }), "{err}");
+        assert!(err.to_string().contains("disk full"), "{err}");
+    }
 }
