@@ -137,6 +137,22 @@ async fn exit_codes_say_what_happened() {
         "{stderr}"
     );
 
+    // A bad setting: 2, naming the key and where it came from.
+    let mut bad_config = env.clone();
+    bad_config.push(("MLD__MAPILLARY__PAGE_SIZE".into(), "0".into()));
+    let out = run(
+        &["download", "olga"],
+        &fresh.path().join("other"),
+        &bad_config,
+    )
+    .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("mapillary.page_size") && stderr.contains("MLD__MAPILLARY__PAGE_SIZE"),
+        "{stderr}"
+    );
+
     // Usage errors: 2.
     for args in [
         vec!["download"],
