@@ -68,6 +68,7 @@ pub async fn engine_context(settings: &Settings, token: Secret) -> anyhow::Resul
         wake: Arc::new(Notify::new()),
         archive_dir: settings.archive_dir(),
         owner: new_owner_id(),
+        url_strikes: Arc::default(),
         tuning: Tuning::from_settings(settings),
     })
 }

@@ -79,9 +79,14 @@ pub fn image_path(collection: &Path, meta: &ImageMeta) -> Result<PathBuf, Archiv
     Ok(dir.join(format!("{}.jpg", meta.id)))
 }
 
+/// `<final>.<pid>-<n>.part`: unique per write, so two writers of one image
+/// (two jobs sharing a collection folder, or a reclaimed lease) never share
+/// a temp file; the last rename wins with a whole file either way.
 fn part_path(final_path: &Path) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut name = final_path.as_os_str().to_owned();
-    name.push(PART_SUFFIX);
+    name.push(format!(".{}-{n}{PART_SUFFIX}", std::process::id()));
     PathBuf::from(name)
 }
 

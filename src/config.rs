@@ -261,7 +261,9 @@ impl Settings {
         )?;
         let w = &self.workers;
         check_range("workers.count", w.count.into(), 1, 1024)?;
-        check_range("workers.lease_secs", w.lease_secs, 5, 86_400)?;
+        // A lease that expires mid-download lets a second worker take the image.
+        let min_lease = self.mapillary.download_timeout_secs + 60;
+        check_range("workers.lease_secs", w.lease_secs, min_lease, 86_400)?;
         check_range("workers.poll_interval_ms", w.poll_interval_ms, 1, 60_000)?;
         check_range(
             "workers.shutdown_grace_secs",

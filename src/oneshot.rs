@@ -38,8 +38,8 @@ pub enum RunEnd {
 }
 
 /// Creates or picks up one job per user, exactly as `POST /jobs` would; a
-/// job paused earlier (say, for a full disk) is resumed, since the user is
-/// asking for it now.
+/// job paused earlier (say, for a full disk) is resumed and its failed images
+/// are re-queued, since the user is asking for them now.
 pub async fn prepare_jobs(store: &Store, request: &DownloadRequest) -> anyhow::Result<Vec<i64>> {
     let mut ids = Vec::new();
     for username in &request.usernames {
@@ -47,9 +47,11 @@ pub async fn prepare_jobs(store: &Store, request: &DownloadRequest) -> anyhow::R
             .submit_job(username, request.quality, request.bbox, now_ms())
             .await?;
         let job = submitted.job();
-        if job.state == JobState::Paused {
+        // Running again is how a user retries: failed images go back in the queue.
+        let requeued = store.retry_failed(job.id, now_ms()).await?;
+        if job.state == JobState::Paused || (requeued > 0 && job.state == JobState::Done) {
             store
-                .reactivate_job(job.id, &[JobState::Paused], now_ms())
+                .reactivate_job(job.id, &[JobState::Paused, JobState::Done], now_ms())
                 .await?;
         }
         ids.push(job.id);

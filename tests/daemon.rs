@@ -472,3 +472,46 @@ async fn files_already_in_place_are_adopted_not_downloaded() {
     );
     daemon.stop().await;
 }
+
+/// A CDN that refuses every fresh URL for an image (it was withdrawn) must
+/// not keep the job busy forever: after a few free refreshes, refusals cost
+/// attempts and the image ends failed with a clear error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_image_the_cdn_always_refuses_ends_failed_not_looping() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("lena", 1, 15);
+    fake.script(
+        fake_mapillary::Route::Cdn,
+        vec![fake_mapillary::Fault::Expired; 100],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(
+        fake.api_url().as_str(),
+        dir.path(),
+        1,
+        &[("MLD__RETRY__MAX_ATTEMPTS", "2")],
+    );
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let (_, job) = daemon.post_job(json!({"username": "lena"})).await;
+    let job = daemon.wait_for_state(job_id(&job), &["done"], LONG).await;
+    assert_eq!(job["counts"]["failed"], 1, "{job}");
+    let store =
+        mapillary_downloader::store::Store::open_read_only(&dir.path().join("mapillary.db"))
+            .await
+            .unwrap();
+    let failed = store.failed_images(job_id(&job), 5).await.unwrap();
+    assert!(
+        failed[0]
+            .last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("refused"),
+        "{failed:?}"
+    );
+    let refusals = fake.requests().iter().filter(|r| r.status == 403).count();
+    assert!(
+        (6..=20).contains(&refusals),
+        "{refusals} refusals before giving up"
+    );
+    daemon.stop().await;
+}

@@ -1078,3 +1078,53 @@ async fn claims_take_turns_between_active_jobs() {
     let claimed = f.store.claim("w", 1, LEASE, 2_000).await.unwrap();
     assert_eq!(claimed[0].job_id, first);
 }
+
+#[tokio::test]
+async fn a_job_is_finished_only_while_nothing_is_pending_or_in_flight() {
+    let f = fixture().await;
+    let job = active_job(&f.store, "fin").await;
+    f.store
+        .insert_page(job, Quality::Original, &metas(1..=2), None, 1_000)
+        .await
+        .unwrap();
+    assert!(
+        f.store
+            .finish_job_if_drained(job, 2_000)
+            .await
+            .unwrap()
+            .is_none(),
+        "pending rows"
+    );
+    let claimed = f.store.claim("w", 2, LEASE, 2_000).await.unwrap();
+    assert!(
+        f.store
+            .finish_job_if_drained(job, 2_000)
+            .await
+            .unwrap()
+            .is_none(),
+        "in flight"
+    );
+    for c in &claimed {
+        assert!(
+            f.store
+                .complete(c.row_id, "w", c.attempt, 10, "/x.jpg", 3_000)
+                .await
+                .unwrap()
+        );
+    }
+    let done = f
+        .store
+        .finish_job_if_drained(job, 4_000)
+        .await
+        .unwrap()
+        .expect("drained");
+    assert_eq!(done.state, JobState::Done);
+    assert!(
+        f.store
+            .finish_job_if_drained(job, 5_000)
+            .await
+            .unwrap()
+            .is_none(),
+        "only once"
+    );
+}

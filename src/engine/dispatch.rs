@@ -90,7 +90,7 @@ pub async fn claim_batch(
         .await?;
     let now = now_ms();
     let margin = ctx.tuning.url_refresh_margin;
-    let mut targets: Vec<RefreshTarget> = claimed
+    let targets: Vec<RefreshTarget> = claimed
         .iter()
         .enumerate()
         .filter(|(_, c)| needs_refresh(c.url.as_deref(), now, margin))
@@ -101,8 +101,42 @@ pub async fn claim_batch(
             claimed: Some(i),
         })
         .collect();
-    let Some(first) = targets.first().and_then(|t| t.claimed).map(|i| &claimed[i]) else {
+    if targets.is_empty() {
         return Ok(claimed);
+    }
+    match refresh_urls(ctx, &mut claimed, targets, now).await {
+        Ok(given_back) if given_back.is_empty() => Ok(claimed),
+        Ok(given_back) => Ok(claimed
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| !given_back.contains(i))
+            .map(|(_, c)| c)
+            .collect()),
+        Err(e) => {
+            // Do not strand the batch until its lease expires.
+            for c in &claimed {
+                let _ = ctx
+                    .store
+                    .release(c.row_id, &ctx.owner, c.attempt, now_ms(), None)
+                    .await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Renews the URLs of `targets` (claimed stale images first) plus look-ahead
+/// rows of the same job, ≤ 50 ids per call. Returns the indexes of claimed
+/// images it had to hand back (the refresh call failed).
+async fn refresh_urls(
+    ctx: &EngineContext,
+    claimed: &mut [ClaimedImage],
+    mut targets: Vec<RefreshTarget>,
+    now: i64,
+) -> anyhow::Result<Vec<usize>> {
+    let margin = ctx.tuning.url_refresh_margin;
+    let Some(first) = targets.first().and_then(|t| t.claimed).map(|i| &claimed[i]) else {
+        return Ok(Vec::new());
     };
     let (job_id, quality) = (first.job_id, first.quality);
     // Fill the last call up to 50 ids with the job's next stale rows.
@@ -180,15 +214,7 @@ pub async fn claim_batch(
             }
         }
     }
-    if given_back.is_empty() {
-        return Ok(claimed);
-    }
-    Ok(claimed
-        .into_iter()
-        .enumerate()
-        .filter(|(i, _)| !given_back.contains(i))
-        .map(|(_, c)| c)
-        .collect())
+    Ok(given_back)
 }
 
 /// Feeds the work queue until `cancel` fires.
@@ -210,7 +236,14 @@ pub async fn run(ctx: EngineContext, queue: WorkQueue, cancel: CancellationToken
                 Err(_) => break,
             }
         }
-        let images = match claim_batch(&ctx, permits.len() as u32, last_job).await {
+        // A refresh can wait on the shared limiter for as long as a
+        // Retry-After says; shutdown must not. Anything half-claimed is
+        // handed back by the engine's final reset.
+        let claimed = tokio::select! {
+            _ = cancel.cancelled() => break,
+            claimed = claim_batch(&ctx, permits.len() as u32, last_job) => claimed,
+        };
+        let images = match claimed {
             Ok(images) => {
                 last_job = images.last().map_or(0, |i| i.job_id);
                 images

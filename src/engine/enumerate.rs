@@ -121,9 +121,21 @@ async fn classify_failure(
             PageOutcome::Paused { reason }
         }
         RetryDecision::GiveUp => {
-            ctx.store
-                .set_job_state(job_id, JobState::Failed, Some(&message), now_ms())
+            // Only an active job fails; a pause or cancel meanwhile stands.
+            let failed = ctx
+                .store
+                .transition_job(
+                    job_id,
+                    &[JobState::Enumerating, JobState::Downloading],
+                    JobState::Failed,
+                    now_ms(),
+                )
                 .await?;
+            if failed.is_some() {
+                ctx.store
+                    .set_job_error(job_id, Some(&message), now_ms())
+                    .await?;
+            }
             PageOutcome::Failed { reason: message }
         }
     })

@@ -1,7 +1,7 @@
 //! Finishing a job: once enumeration is complete and no image is pending or
-//! in flight, write the collection's `metadata.jsonl` atomically, sweep stray
-//! `.part` files, and only then mark the job done. A crash in between simply
-//! repeats the whole step on restart.
+//! in flight, write the collection's `metadata.jsonl` atomically, and only
+//! then mark the job done, in one conditional UPDATE that re-checks the
+//! counters. A crash in between simply repeats the whole step on restart.
 
 use super::{EngineContext, now_ms};
 use crate::archive::{self, METADATA_FILE};
@@ -26,17 +26,9 @@ pub async fn finish_job(ctx: &EngineContext, job_id: i64) -> anyhow::Result<bool
     }
     let collection = archive::collection_dir(&ctx.archive_dir, &job.username, job.quality)?;
     write_metadata(ctx, &job.username, job.quality, &collection).await?;
-    let sweep_dir = collection.clone();
-    tokio::task::spawn_blocking(move || archive::remove_part_files(&sweep_dir)).await??;
-    let finished = ctx
-        .store
-        .transition_job(
-            job_id,
-            &[JobState::Enumerating, JobState::Downloading],
-            JobState::Done,
-            now_ms(),
-        )
-        .await?;
+    // `.part` files are removed by every failed write and swept at startup;
+    // sweeping here could hit another job's write in the shared folder.
+    let finished = ctx.store.finish_job_if_drained(job_id, now_ms()).await?;
     if finished.is_some() {
         info!(
             job = job_id,

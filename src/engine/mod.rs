@@ -38,6 +38,8 @@ pub struct EngineContext {
     pub archive_dir: PathBuf,
     /// This process's lease owner id.
     pub owner: String,
+    /// Free URL refreshes in a row per image row (see [`worker::apply`]).
+    pub url_strikes: Arc<Mutex<HashMap<i64, u32>>>,
     pub tuning: Tuning,
 }
 
@@ -241,7 +243,11 @@ async fn supervise_once(
                 ctx.wake.notify_waiters();
             });
         } else if job.counts.pending == 0 && job.counts.in_progress == 0 {
-            finalize::finish_job(ctx, job.id).await?;
+            // One job's trouble (say, an unwritable metadata.jsonl) must not
+            // hold up the others.
+            if let Err(e) = finalize::finish_job(ctx, job.id).await {
+                warn!(job = job.id, error = %e, "could not finish the job; will try again");
+            }
         } else if job.state == JobState::Enumerating {
             // A crash between the last page and its state change.
             ctx.store

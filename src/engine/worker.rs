@@ -209,6 +209,7 @@ pub async fn apply(
     image: &ClaimedImage,
     outcome: Outcome,
 ) -> anyhow::Result<()> {
+    let outcome = count_url_strikes(ctx, image.row_id, outcome);
     let now = now_ms();
     let (owner, attempt, row) = (ctx.owner.as_str(), image.attempt, image.row_id);
     match outcome {
@@ -284,6 +285,34 @@ pub async fn apply(
         }
     }
     Ok(())
+}
+
+/// Free URL refreshes one image may have in a row. The CDN answering 403/410
+/// to URLs we just refreshed means the image is gone (or the clock is wrong),
+/// not that its URL expired: past this, each refusal costs an attempt, so the
+/// image ends `failed` instead of cycling forever.
+const FREE_URL_REFRESHES: u32 = 5;
+
+fn count_url_strikes(ctx: &EngineContext, row_id: i64, outcome: Outcome) -> Outcome {
+    let Ok(mut strikes) = ctx.url_strikes.lock() else {
+        return outcome;
+    };
+    if !matches!(outcome, Outcome::UrlExpired) {
+        strikes.remove(&row_id);
+        return outcome;
+    }
+    let count = strikes.entry(row_id).or_insert(0);
+    *count += 1;
+    if *count <= FREE_URL_REFRESHES {
+        return outcome;
+    }
+    strikes.remove(&row_id);
+    Outcome::Retry {
+        error: format!(
+            "the CDN refused {} freshly refreshed URLs in a row (HTTP 403/410)",
+            FREE_URL_REFRESHES + 1
+        ),
+    }
 }
 
 /// Takes images from the queue until shutdown. After `cancel`, the worker

@@ -144,6 +144,25 @@ impl Store {
         }
     }
 
+    /// Marks job `id` done only if, at this instant, enumeration is complete
+    /// and nothing is pending or in flight: a retry or re-sync that re-queued
+    /// images meanwhile keeps the job open. `None` if it did not apply.
+    pub async fn finish_job_if_drained(&self, id: i64, now_ms: i64) -> StoreResult<Option<Job>> {
+        let changed: Option<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET state = 'done', updated_at = ? \
+             WHERE id = ? AND state IN ('enumerating', 'downloading') AND enumeration_complete = 1 \
+               AND n_pending = 0 AND n_in_progress = 0 RETURNING id",
+        )
+        .bind(now_ms)
+        .bind(id)
+        .fetch_optional(self.writer()?)
+        .await?;
+        match changed {
+            Some(id) => Ok(Some(self.job_after_write(id).await?)),
+            None => Ok(None),
+        }
+    }
+
     /// Puts job `id` back to work if it is in one of `from`: `enumerating`
     /// while its listing is unfinished, else `downloading`; clears
     /// `last_error` (the user has acted on it). `None` if it did not apply.
