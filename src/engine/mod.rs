@@ -144,10 +144,6 @@ impl Engine {
         })
     }
 
-    pub fn context(&self) -> &EngineContext {
-        &self.ctx
-    }
-
     /// Stops claiming, lets in-flight images finish within the grace period,
     /// then aborts the rest (their rows are handed back, their `.part` files
     /// removed), and leaves the database consistent.

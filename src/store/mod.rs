@@ -89,11 +89,6 @@ impl JobState {
             JobState::Cancelled => "cancelled",
         }
     }
-
-    /// States whose images workers may claim.
-    pub fn is_active(self) -> bool {
-        matches!(self, JobState::Enumerating | JobState::Downloading)
-    }
 }
 
 impl fmt::Display for JobState {

@@ -138,10 +138,7 @@ impl Store {
         .bind(states_json(from))
         .fetch_optional(self.writer()?)
         .await?;
-        match changed {
-            Some(id) => Ok(Some(self.job_after_write(id).await?)),
-            None => Ok(None),
-        }
+        self.job_if_changed(changed).await
     }
 
     /// Marks job `id` done only if, at this instant, enumeration is complete
@@ -157,10 +154,7 @@ impl Store {
         .bind(id)
         .fetch_optional(self.writer()?)
         .await?;
-        match changed {
-            Some(id) => Ok(Some(self.job_after_write(id).await?)),
-            None => Ok(None),
-        }
+        self.job_if_changed(changed).await
     }
 
     /// Puts job `id` back to work if it is in one of `from`: `enumerating`
@@ -182,15 +176,20 @@ impl Store {
         .bind(states_json(from))
         .fetch_optional(self.writer()?)
         .await?;
-        match changed {
-            Some(id) => Ok(Some(self.job_after_write(id).await?)),
-            None => Ok(None),
-        }
+        self.job_if_changed(changed).await
     }
 
     /// Reads a job just written. A WAL reader sees every committed write, so
     /// the row is there unless something deleted it in between.
     async fn job_after_write(&self, id: i64) -> StoreResult<Job> {
         self.find_job(id).await?.ok_or(StoreError::NoSuchJob(id))
+    }
+
+    /// The job a conditional `UPDATE … RETURNING id` changed, if it applied.
+    async fn job_if_changed(&self, changed: Option<i64>) -> StoreResult<Option<Job>> {
+        match changed {
+            Some(id) => Ok(Some(self.job_after_write(id).await?)),
+            None => Ok(None),
+        }
     }
 }
