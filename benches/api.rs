@@ -78,9 +78,11 @@ async fn main() {
     let setup = Instant::now();
     for j in 0..JOBS {
         let job = store
-            .create_job(&format!("user{j}"), Quality::Original, None, now_ms())
+            .submit_job(&format!("user{j}"), Quality::Original, None, now_ms())
             .await
-            .unwrap();
+            .unwrap()
+            .job()
+            .clone();
         let pages = IMAGES_PER_JOB / PAGE;
         for p in 0..pages {
             let next = (p + 1 < pages).then_some("https://graph.example/images?after=x");
@@ -90,7 +92,7 @@ async fn main() {
                 .unwrap();
         }
         store
-            .set_job_state(job.id, JobState::Downloading, None, now_ms())
+            .transition_job(job.id, JobState::ALL, JobState::Downloading, now_ms())
             .await
             .unwrap();
     }
@@ -98,19 +100,12 @@ async fn main() {
     let mut completed = 0u64;
     while completed < 20_000 {
         let claimed = store
-            .claim("bench", 500, Duration::from_secs(600), now_ms())
+            .claim(&"bench".into(), 500, Duration::from_secs(600), now_ms(), 0)
             .await
             .unwrap();
         for image in &claimed {
             store
-                .complete(
-                    image.row_id,
-                    "bench",
-                    image.attempt,
-                    100_000,
-                    "x.jpg",
-                    now_ms(),
-                )
+                .complete(&image.lease, 100_000, "x.jpg", now_ms())
                 .await
                 .unwrap();
         }

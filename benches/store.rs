@@ -11,7 +11,7 @@
 //! Set `STORE_BENCH_ROWS` to use fewer rows for a quick run.
 
 use mapillary_downloader::model::{GeoPoint, ImageMeta, Quality};
-use mapillary_downloader::store::{Durability, JobState, Store, StoreOptions};
+use mapillary_downloader::store::{Durability, JobState, PauseReason, Store, StoreOptions};
 use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use std::path::Path;
@@ -146,11 +146,13 @@ async fn ingest(
     order: IdOrder,
 ) -> (i64, Rate) {
     let job = store
-        .create_job(username, Quality::Original, None, 0)
+        .submit_job(username, Quality::Original, None, 0)
         .await
-        .expect("create job");
+        .expect("create job")
+        .job()
+        .clone();
     store
-        .set_job_state(job.id, JobState::Enumerating, None, 0)
+        .transition_job(job.id, &[JobState::Queued], JobState::Enumerating, 0)
         .await
         .expect("set state");
     let mut busy = Duration::ZERO;
@@ -209,15 +211,15 @@ async fn claim_complete(store: Arc<Store>, total: usize, stop: Arc<AtomicBool>) 
     for w in 0..WORKERS {
         let (store, done, stop) = (store.clone(), done.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
-            let owner = format!("bench-{w}");
+            let owner: Arc<str> = format!("bench-{w}").into();
             while done.load(Ordering::Relaxed) < total && !stop.load(Ordering::Relaxed) {
-                let claimed = store.claim(&owner, 8, LEASE, 1).await.expect("claim");
+                let claimed = store.claim(&owner, 8, LEASE, 1, 0).await.expect("claim");
                 if claimed.is_empty() {
                     break;
                 }
                 for c in claimed {
                     let ok = store
-                        .complete(c.row_id, &owner, c.attempt, 123_456, "archive/x.jpg", 2)
+                        .complete(&c.lease, 123_456, "archive/x.jpg", 2)
                         .await
                         .expect("complete");
                     assert!(ok);
@@ -300,7 +302,7 @@ async fn main() {
     );
 
     store
-        .set_job_state(big, JobState::Downloading, None, 0)
+        .transition_job(big, JobState::ALL, JobState::Downloading, 0)
         .await
         .expect("state");
     let stop = Arc::new(AtomicBool::new(false));
@@ -326,18 +328,21 @@ async fn main() {
 
     // Claim latency when the big job is paused with its due rows still queued.
     store
-        .set_job_state(big, JobState::Paused, None, 0)
+        .pause_job(big, JobState::ALL, PauseReason::User, None, 0)
         .await
         .expect("pause");
     let (other, _) = ingest(&store, "bob", 2, 1, IdOrder::Rising).await;
     store
-        .set_job_state(other, JobState::Downloading, None, 0)
+        .transition_job(other, JobState::ALL, JobState::Downloading, 0)
         .await
         .expect("state");
     let mut lat = Vec::new();
     loop {
         let start = Instant::now();
-        let claimed = store.claim("lat", 8, LEASE, 1).await.expect("claim");
+        let claimed = store
+            .claim(&"lat".into(), 8, LEASE, 1, 0)
+            .await
+            .expect("claim");
         lat.push(start.elapsed());
         if claimed.is_empty() {
             break;
@@ -360,7 +365,7 @@ async fn main() {
 
     let store = Arc::new(Store::open_with(&path, full_opts).await.expect("reopen"));
     store
-        .set_job_state(big, JobState::Downloading, None, 0)
+        .transition_job(big, JobState::ALL, JobState::Downloading, 0)
         .await
         .expect("state");
     let full_rate = claim_complete(store.clone(), 20_000, Arc::new(AtomicBool::new(false))).await;

@@ -3,11 +3,18 @@
 //! Layers, last wins: `config/default.toml` (embedded in the binary so it runs
 //! from any directory), an optional `--config FILE`, environment variables
 //! `MLD__<SECTION>__<KEY>`, `MAPILLARY_API_URL`, then command-line flags.
-//! Values are checked after merging, and an error names the key and the layer
-//! that set it, so a user knows which file or variable to fix.
+//! Every key of a file or an `MLD__` variable must be one the defaults know: a
+//! misspelt setting is an error naming it, its source and the closest known
+//! key, never a silent default. Values are checked after merging, and an
+//! error names the key and the layer that set it.
+//!
+//! Secrets may come from files (`MAPILLARY_TOKEN_FILE`, `api.token_file`), the
+//! convention of Docker and Kubernetes secrets; a variable and its file both
+//! set is an error, so nobody wonders which one won.
 
 pub use crate::secret::Secret;
 use serde::Deserialize;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +23,8 @@ use std::time::Duration;
 pub const DEFAULTS_TOML: &str = include_str!("../config/default.toml");
 /// Environment variable holding the Mapillary access token.
 pub const TOKEN_ENV: &str = "MAPILLARY_TOKEN";
+/// Environment variable naming a file that holds the Mapillary access token.
+pub const TOKEN_FILE_ENV: &str = "MAPILLARY_TOKEN_FILE";
 /// Environment variable overriding the API base URL.
 pub const API_URL_ENV: &str = "MAPILLARY_API_URL";
 const ENV_PREFIX: &str = "MLD";
@@ -31,10 +40,19 @@ pub enum ConfigError {
         layer: String,
         reason: String,
     },
+    #[error("unknown setting `{key}` in {origin}{}", suggestion.as_ref().map(|s| format!("; did you mean `{s}`?")).unwrap_or_default())]
+    UnknownKey {
+        key: String,
+        /// The file or variable that named it.
+        origin: String,
+        suggestion: Option<String>,
+    },
     #[error(
-        "{TOKEN_ENV} is not set: export your Mapillary access token (it looks like MLY|<app id>|<hex>) as {TOKEN_ENV}"
+        "{TOKEN_ENV} is not set: export your Mapillary access token (it looks like MLY|<app id>|<hex>) as {TOKEN_ENV}, or put it in a file named by {TOKEN_FILE_ENV}"
     )]
     MissingToken,
+    #[error("{0}")]
+    Secret(String),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -42,6 +60,7 @@ pub struct Settings {
     pub mapillary: MapillarySettings,
     pub retry: RetrySettings,
     pub workers: WorkerSettings,
+    pub jobs: JobSettings,
     pub storage: StorageSettings,
     pub api: ApiSettings,
     pub log: LogSettings,
@@ -55,6 +74,7 @@ pub struct MapillarySettings {
     pub connect_timeout_secs: u64,
     pub request_timeout_secs: u64,
     pub download_timeout_secs: u64,
+    pub read_idle_timeout_secs: u64,
     pub max_image_bytes: u64,
     pub url_refresh_margin_secs: u64,
 }
@@ -75,6 +95,11 @@ pub struct WorkerSettings {
 }
 
 #[derive(Debug, Clone, Deserialize)]
+pub struct JobSettings {
+    pub stall_after_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
 pub struct StorageSettings {
     pub data_dir: PathBuf,
     pub min_free_mib: u64,
@@ -84,6 +109,8 @@ pub struct StorageSettings {
 pub struct ApiSettings {
     pub listen: String,
     pub token: Secret,
+    /// A file holding the token instead (read once at load; then `token`).
+    pub token_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -101,13 +128,16 @@ pub struct FlagOverrides {
     pub workers: Option<u32>,
 }
 
+/// The `MLD__SECTION__KEY` variable of a `section.key` setting.
+fn env_name(key: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{ENV_SEPARATOR}{}",
+        key.replace('.', ENV_SEPARATOR).to_uppercase()
+    )
+}
+
 /// Where a key's final value came from, for error messages.
-fn layer_of(
-    key: &str,
-    flags: &FlagOverrides,
-    file: Option<&Path>,
-    env: &dyn Fn(&str) -> bool,
-) -> String {
+fn layer_of(key: &str, flags: &FlagOverrides, vars: &HashMap<String, String>) -> String {
     let flag = match key {
         "storage.data_dir" => flags.data_dir.is_some().then_some("--data-dir"),
         "api.listen" => flags.listen.is_some().then_some("--listen"),
@@ -117,32 +147,124 @@ fn layer_of(
     if let Some(flag) = flag {
         return format!("the {flag} flag");
     }
-    if key == "mapillary.url" && env(API_URL_ENV) {
+    if key == "mapillary.url" && vars.contains_key(API_URL_ENV) {
         return format!("the {API_URL_ENV} environment variable");
     }
-    let env_name = format!(
-        "{ENV_PREFIX}{ENV_SEPARATOR}{}",
-        key.replace('.', ENV_SEPARATOR).to_uppercase()
-    );
-    if env(&env_name) {
-        return format!("the {env_name} environment variable");
+    let env = env_name(key);
+    if vars.contains_key(&env) {
+        return format!("the {env} environment variable");
     }
-    if let Some(path) = file {
-        let defines = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
-            .build()
-            .is_ok_and(|c| c.get::<config::Value>(key).is_ok());
-        if defines {
-            return format!("the config file {}", path.display());
-        }
+    if let Some(path) = &flags.config_file
+        && file_keys(path).is_ok_and(|keys| keys.contains(key))
+    {
+        return format!("the config file {}", path.display());
     }
     "the defaults (config/default.toml)".to_string()
+}
+
+/// Every `section.key` a TOML source defines.
+fn keys_of(source: config::Config) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    let Ok(table) = source.try_deserialize::<HashMap<String, config::Value>>() else {
+        return keys;
+    };
+    for (section, value) in table {
+        match value.into_table() {
+            Ok(inner) => keys.extend(inner.into_keys().map(|key| format!("{section}.{key}"))),
+            // A top-level value: every setting lives in a section.
+            Err(_) => {
+                keys.insert(section);
+            }
+        }
+    }
+    keys
+}
+
+fn known_keys() -> BTreeSet<String> {
+    keys_of(
+        config::Config::builder()
+            .add_source(config::File::from_str(
+                DEFAULTS_TOML,
+                config::FileFormat::Toml,
+            ))
+            .build()
+            .unwrap_or_default(),
+    )
+}
+
+fn file_keys(path: &Path) -> Result<BTreeSet<String>, config::ConfigError> {
+    Ok(keys_of(
+        config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .build()?,
+    ))
+}
+
+/// Refuses any key of the config file or of an `MLD__` variable that the
+/// defaults do not define, naming the closest known key.
+fn check_known_keys(
+    flags: &FlagOverrides,
+    vars: &HashMap<String, String>,
+) -> Result<(), ConfigError> {
+    let known = known_keys();
+    let unknown = |key: String, origin: String| ConfigError::UnknownKey {
+        suggestion: closest(&key, &known),
+        key,
+        origin,
+    };
+    if let Some(path) = &flags.config_file
+        && let Some(key) = file_keys(path)?.into_iter().find(|k| !known.contains(k))
+    {
+        return Err(unknown(key, format!("the config file {}", path.display())));
+    }
+    let mut names: Vec<&String> = vars
+        .keys()
+        .filter(|name| name.starts_with(&format!("{ENV_PREFIX}{ENV_SEPARATOR}")))
+        .collect();
+    names.sort();
+    for name in names {
+        let key = name[ENV_PREFIX.len() + ENV_SEPARATOR.len()..]
+            .to_lowercase()
+            .replace(ENV_SEPARATOR, ".");
+        if !known.contains(&key) {
+            return Err(unknown(key, format!("the {name} environment variable")));
+        }
+    }
+    Ok(())
+}
+
+/// The known key nearest to `key` by edit distance, if it is near enough to
+/// be a likely typo.
+fn closest(key: &str, known: &BTreeSet<String>) -> Option<String> {
+    let (best, distance) = known
+        .iter()
+        .map(|k| (k, edit_distance(key, k)))
+        .min_by_key(|(_, d)| *d)?;
+    (distance <= (key.len() / 3).max(2)).then(|| best.clone())
+}
+
+/// Levenshtein distance over chars.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 impl Settings {
     /// Loads every layer from the real environment.
     pub fn load(flags: &FlagOverrides) -> Result<Settings, ConfigError> {
-        let vars: std::collections::HashMap<String, String> = std::env::vars().collect();
+        let vars: HashMap<String, String> = std::env::vars().collect();
         Settings::load_from(flags, &vars)
     }
 
@@ -150,151 +272,146 @@ impl Settings {
     /// the process environment.
     pub fn load_from(
         flags: &FlagOverrides,
-        vars: &std::collections::HashMap<String, String>,
+        vars: &HashMap<String, String>,
     ) -> Result<Settings, ConfigError> {
-        let mut builder = config::Config::builder().add_source(config::File::from_str(
-            DEFAULTS_TOML,
-            config::FileFormat::Toml,
-        ));
-        if let Some(path) = &flags.config_file {
-            if !path.is_file() {
-                return Err(ConfigError::Invalid {
-                    key: "--config",
-                    layer: "the --config flag".into(),
-                    reason: format!("{} is not a readable file", path.display()),
-                });
-            }
-            builder = builder
-                .add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
+        if let Some(path) = &flags.config_file
+            && !path.is_file()
+        {
+            return Err(ConfigError::Invalid {
+                key: "--config",
+                layer: "the --config flag".into(),
+                reason: format!("{} is not a readable file", path.display()),
+            });
         }
-        let env_source = config::Environment::with_prefix(ENV_PREFIX)
-            .prefix_separator(ENV_SEPARATOR)
-            .separator(ENV_SEPARATOR)
-            .source(Some(
-                vars.iter()
-                    .filter(|(k, _)| k.starts_with("MLD__"))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            ));
-        builder = builder.add_source(env_source);
-        if let Some(url) = vars.get(API_URL_ENV).filter(|v| !v.trim().is_empty()) {
-            builder = builder.set_override("mapillary.url", url.trim())?;
-        }
-        if let Some(dir) = &flags.data_dir {
-            builder =
-                builder.set_override("storage.data_dir", dir.to_string_lossy().to_string())?;
-        }
-        if let Some(listen) = &flags.listen {
-            builder = builder.set_override("api.listen", listen.as_str())?;
-        }
-        if let Some(workers) = flags.workers {
-            builder = builder.set_override("workers.count", workers)?;
-        }
-        let settings: Settings = builder.build()?.try_deserialize()?;
-        let has_env = |name: &str| vars.contains_key(name);
-        settings
-            .validate()
-            .map_err(|(key, reason)| ConfigError::Invalid {
-                key,
-                layer: layer_of(key, flags, flags.config_file.as_deref(), &has_env),
-                reason,
-            })?;
+        check_known_keys(flags, vars)?;
+        let mut settings: Settings = merged_layers(flags, vars)?.try_deserialize()?;
+        let invalid = |(key, reason): (&'static str, String)| ConfigError::Invalid {
+            key,
+            layer: layer_of(key, flags, vars),
+            reason,
+        };
+        settings.validate().map_err(invalid)?;
+        settings.api.token = settings.api_token_from_file().map_err(invalid)?;
         Ok(settings)
     }
 
     /// Range checks that serde cannot express. Returns the offending key.
     fn validate(&self) -> Result<(), (&'static str, String)> {
-        let m = &self.mapillary;
+        let (m, r, w) = (&self.mapillary, &self.retry, &self.workers);
         let url = url::Url::parse(&m.url)
             .map_err(|e| ("mapillary.url", format!("{:?} is not a URL: {e}", m.url)))?;
         if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            return Err((
-                "mapillary.url",
-                format!("{:?} must be an http(s) URL", m.url),
-            ));
+            let reason = format!("{:?} must be an http(s) URL", m.url);
+            return Err(("mapillary.url", reason));
         }
-        check_range("mapillary.page_size", m.page_size.into(), 1, 2000)?;
-        check_range(
-            "mapillary.calls_per_minute",
-            m.calls_per_minute.into(),
-            1,
-            1_000_000,
-        )?;
-        check_range(
-            "mapillary.connect_timeout_secs",
-            m.connect_timeout_secs,
-            1,
-            3600,
-        )?;
-        check_range(
-            "mapillary.request_timeout_secs",
-            m.request_timeout_secs,
-            1,
-            3600,
-        )?;
-        check_range(
-            "mapillary.download_timeout_secs",
-            m.download_timeout_secs,
-            1,
-            86_400,
-        )?;
-        check_range(
-            "mapillary.max_image_bytes",
-            m.max_image_bytes,
-            1024,
-            1 << 34,
-        )?;
-        check_range(
-            "mapillary.url_refresh_margin_secs",
-            m.url_refresh_margin_secs,
-            0,
-            86_400,
-        )?;
-        let r = &self.retry;
-        check_range("retry.max_attempts", r.max_attempts.into(), 1, 1000)?;
-        check_range("retry.backoff_base_ms", r.backoff_base_ms, 1, 86_400_000)?;
-        check_range(
-            "retry.backoff_cap_ms",
-            r.backoff_cap_ms,
-            r.backoff_base_ms,
-            86_400_000,
-        )?;
-        let w = &self.workers;
-        check_range("workers.count", w.count.into(), 1, 1024)?;
         // A lease that expires mid-download lets a second worker take the image.
-        let min_lease = self.mapillary.download_timeout_secs + 60;
-        check_range("workers.lease_secs", w.lease_secs, min_lease, 86_400)?;
-        check_range("workers.poll_interval_ms", w.poll_interval_ms, 1, 60_000)?;
-        check_range(
-            "workers.shutdown_grace_secs",
-            w.shutdown_grace_secs,
-            0,
-            3600,
-        )?;
-        check_range(
-            "storage.min_free_mib",
-            self.storage.min_free_mib,
-            0,
-            1 << 20,
-        )?;
+        let min_lease = m.download_timeout_secs + 60;
+        let ranges: [(&'static str, u64, u64, u64); 17] = [
+            ("mapillary.page_size", m.page_size.into(), 1, 2000),
+            (
+                "mapillary.calls_per_minute",
+                m.calls_per_minute.into(),
+                1,
+                1_000_000,
+            ),
+            (
+                "mapillary.connect_timeout_secs",
+                m.connect_timeout_secs,
+                1,
+                3600,
+            ),
+            (
+                "mapillary.request_timeout_secs",
+                m.request_timeout_secs,
+                1,
+                3600,
+            ),
+            (
+                "mapillary.download_timeout_secs",
+                m.download_timeout_secs,
+                1,
+                86_400,
+            ),
+            (
+                "mapillary.read_idle_timeout_secs",
+                m.read_idle_timeout_secs,
+                1,
+                3600,
+            ),
+            (
+                "mapillary.max_image_bytes",
+                m.max_image_bytes,
+                1024,
+                1 << 34,
+            ),
+            (
+                "mapillary.url_refresh_margin_secs",
+                m.url_refresh_margin_secs,
+                0,
+                86_400,
+            ),
+            ("retry.max_attempts", r.max_attempts.into(), 1, 1000),
+            ("retry.backoff_base_ms", r.backoff_base_ms, 1, 86_400_000),
+            (
+                "retry.backoff_cap_ms",
+                r.backoff_cap_ms,
+                r.backoff_base_ms,
+                86_400_000,
+            ),
+            ("workers.count", w.count.into(), 1, 1024),
+            ("workers.lease_secs", w.lease_secs, min_lease, 86_400),
+            ("workers.poll_interval_ms", w.poll_interval_ms, 1, 60_000),
+            (
+                "workers.shutdown_grace_secs",
+                w.shutdown_grace_secs,
+                0,
+                3600,
+            ),
+            (
+                "jobs.stall_after_secs",
+                self.jobs.stall_after_secs,
+                1,
+                30 * 86_400,
+            ),
+            (
+                "storage.min_free_mib",
+                self.storage.min_free_mib,
+                0,
+                1 << 20,
+            ),
+        ];
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                return Err((key, format!("{value} is out of range {min}..={max}")));
+            }
+        }
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(("storage.data_dir", "must not be empty".into()));
         }
         self.listen_addr()
             .map_err(|reason| ("api.listen", reason))?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            return Err((
-                "log.format",
-                format!("{:?} must be \"text\" or \"json\"", self.log.format),
-            ));
+            let reason = format!("{:?} must be \"text\" or \"json\"", self.log.format);
+            return Err(("log.format", reason));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
-            (
-                "log.level",
-                format!("{:?} is not a log filter: {e}", self.log.level),
-            )
+            let reason = format!("{:?} is not a log filter: {e}", self.log.level);
+            ("log.level", reason)
         })?;
         Ok(())
+    }
+
+    /// `api.token`, or the contents of `api.token_file`; both set is an error.
+    fn api_token_from_file(&self) -> Result<Secret, (&'static str, String)> {
+        let file = &self.api.token_file;
+        if file.as_os_str().is_empty() {
+            return Ok(self.api.token.clone());
+        }
+        if !self.api.token.is_empty() {
+            let reason = "both api.token and api.token_file are set; set only one".to_string();
+            return Err(("api.token_file", reason));
+        }
+        read_secret_file(file).map_err(|reason| ("api.token_file", reason))
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
@@ -324,29 +441,100 @@ impl Settings {
     }
 }
 
-fn check_range(
-    key: &'static str,
-    value: u64,
-    min: u64,
-    max: u64,
-) -> Result<(), (&'static str, String)> {
-    if (min..=max).contains(&value) {
-        Ok(())
-    } else {
-        Err((key, format!("{value} is out of range {min}..={max}")))
+/// Defaults, the config file, `MLD__` variables, `MAPILLARY_API_URL` and
+/// flags, merged in that order.
+fn merged_layers(
+    flags: &FlagOverrides,
+    vars: &HashMap<String, String>,
+) -> Result<config::Config, ConfigError> {
+    let mut builder = config::Config::builder().add_source(config::File::from_str(
+        DEFAULTS_TOML,
+        config::FileFormat::Toml,
+    ));
+    if let Some(path) = &flags.config_file {
+        builder =
+            builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
+    }
+    let prefix = format!("{ENV_PREFIX}{ENV_SEPARATOR}");
+    builder = builder.add_source(
+        config::Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator(ENV_SEPARATOR)
+            .separator(ENV_SEPARATOR)
+            .source(Some(
+                vars.iter()
+                    .filter(|(k, _)| k.starts_with(&prefix))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            )),
+    );
+    if let Some(url) = vars.get(API_URL_ENV).filter(|v| !v.trim().is_empty()) {
+        builder = builder.set_override("mapillary.url", url.trim())?;
+    }
+    if let Some(dir) = &flags.data_dir {
+        builder = builder.set_override("storage.data_dir", dir.to_string_lossy().to_string())?;
+    }
+    if let Some(listen) = &flags.listen {
+        builder = builder.set_override("api.listen", listen.as_str())?;
+    }
+    if let Some(workers) = flags.workers {
+        builder = builder.set_override("workers.count", workers)?;
+    }
+    Ok(builder.build()?)
+}
+
+/// Reads a secret from a file, trimmed. The error names the file, never the
+/// contents.
+fn read_secret_file(path: &Path) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read the secret file {}: {e}", path.display()))?;
+    let secret = Secret::new(text.trim());
+    if secret.is_empty() {
+        return Err(format!("the secret file {} is empty", path.display()));
+    }
+    Ok(secret)
+}
+
+/// The Mapillary token from `MAPILLARY_TOKEN` or the file `MAPILLARY_TOKEN_FILE`
+/// names. An empty variable (as a compose `.env` leaves it) counts as unset;
+/// both set is an error, as is neither.
+pub fn token_from(vars: &HashMap<String, String>) -> Result<Secret, ConfigError> {
+    let set = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+    match (set(TOKEN_ENV), set(TOKEN_FILE_ENV)) {
+        (Some(_), Some(_)) => Err(ConfigError::Secret(format!(
+            "both {TOKEN_ENV} and {TOKEN_FILE_ENV} are set: set only one"
+        ))),
+        (Some(token), None) => Ok(Secret::new(token)),
+        (None, Some(file)) => read_secret_file(Path::new(file))
+            .map_err(|reason| ConfigError::Secret(format!("{TOKEN_FILE_ENV}: {reason}"))),
+        (None, None) => Err(ConfigError::MissingToken),
     }
 }
 
-/// Reads `MAPILLARY_TOKEN`; a missing or blank one is the error users see first.
-pub fn token_from(vars: &std::collections::HashMap<String, String>) -> Result<Secret, ConfigError> {
-    vars.get(TOKEN_ENV)
-        .map(|t| Secret::new(t.trim()))
-        .filter(|t| !t.is_empty())
-        .ok_or(ConfigError::MissingToken)
-}
-
-/// Reads `MAPILLARY_TOKEN` from the process environment.
+/// The Mapillary token from the process environment ([`token_from`]).
 pub fn token_from_env() -> Result<Secret, ConfigError> {
     let vars = std::env::vars().collect();
     token_from(&vars)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edit_distances() {
+        assert_eq!(edit_distance("workers.conut", "workers.count"), 2);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("same", "same"), 0);
+    }
+
+    #[test]
+    fn every_known_key_is_section_dot_key() {
+        let known = known_keys();
+        assert!(known.contains("workers.count"), "{known:?}");
+        assert!(known.contains("api.token_file"), "{known:?}");
+        assert!(
+            known.iter().all(|k| k.matches('.').count() == 1),
+            "{known:?}"
+        );
+    }
 }

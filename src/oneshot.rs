@@ -9,7 +9,7 @@ use crate::mapillary::{ApiError, MapillaryClient, RetryDecision, backoff_delay};
 use crate::model::{Bbox, Quality, validate_username};
 use crate::progress::{JobProgress, RateMeter, Reporter, group_digits};
 use crate::secret::Secret;
-use crate::store::{Job, JobState, Store};
+use crate::store::{Job, JobState, PauseReason, Store};
 use crate::units::format_bytes;
 use rand::Rng;
 use std::time::Duration;
@@ -48,7 +48,8 @@ pub async fn prepare_jobs(store: &Store, request: &DownloadRequest) -> anyhow::R
             .await?;
         let job = submitted.job();
         // Running again is how a user retries: failed images go back in the queue.
-        let requeued = store.retry_failed(job.id, now_ms()).await?;
+        // Images deleted on Mapillary stay failed: asking again cannot bring them back.
+        let requeued = store.retry_failed(job.id, false, now_ms()).await?;
         if job.state == JobState::Paused || (requeued > 0 && job.state == JobState::Done) {
             store
                 .reactivate_job(job.id, &[JobState::Paused, JobState::Done], now_ms())
@@ -132,19 +133,19 @@ pub fn run_end(jobs: &[Job]) -> Option<RunEnd> {
     if !jobs.iter().all(ended) {
         return None;
     }
-    let token_rejected = jobs.iter().any(|j| {
-        j.state == JobState::Paused
-            && j.last_error
-                .as_deref()
-                .is_some_and(|e| e.contains("MAPILLARY_TOKEN"))
-    });
+    let token_rejected = jobs
+        .iter()
+        .any(|j| j.state == JobState::Paused && j.pause_reason == Some(PauseReason::TokenRejected));
+    // Deleted images are not a failure of the run: everything that still
+    // exists on Mapillary is archived.
+    let failed_for_good = |j: &Job| j.counts.failed > j.counts.deleted;
     Some(if token_rejected {
         RunEnd::TokenRejected
     } else if jobs.iter().any(|j| j.state == JobState::Paused) {
         RunEnd::Stalled
     } else if jobs
         .iter()
-        .any(|j| j.state == JobState::Failed || j.counts.failed > 0)
+        .any(|j| j.state == JobState::Failed || failed_for_good(j))
     {
         RunEnd::SomeFailed
     } else {
@@ -167,11 +168,18 @@ pub fn summary_line(job: &Job) -> String {
         group_digits(job.counts.discovered),
         format_bytes(job.bytes_done)
     );
-    if job.counts.failed > 0 {
+    let errors = job.counts.failed - job.counts.deleted.min(job.counts.failed);
+    if errors > 0 {
         line.push_str(&format!(
             "; {} failed for good (POST /jobs/{}/retry or run again to retry them)",
-            group_digits(job.counts.failed),
+            group_digits(errors),
             job.id
+        ));
+    }
+    if job.counts.deleted > 0 {
+        line.push_str(&format!(
+            "; {} deleted on Mapillary while the job ran (nothing left to archive)",
+            group_digits(job.counts.deleted)
         ));
     }
     if let Some(error) = &job.last_error {

@@ -65,7 +65,15 @@ pub fn render_table(jobs: &[Job]) -> String {
                     group_digits(j.counts.discovered),
                     if j.enumeration_complete { "" } else { "+" }
                 ),
-                group_digits(j.counts.failed),
+                if j.counts.deleted > 0 {
+                    format!(
+                        "{} ({} deleted)",
+                        group_digits(j.counts.failed),
+                        group_digits(j.counts.deleted)
+                    )
+                } else {
+                    group_digits(j.counts.failed)
+                },
                 format_bytes(j.bytes_done),
                 j.last_error
                     .clone()

@@ -384,9 +384,11 @@ async fn stale_urls_are_refreshed_fifty_at_a_time() {
     let now = chrono::Utc::now().timestamp_millis();
     let store = Store::open(&dir.path().join("mapillary.db")).await.unwrap();
     let job = store
-        .create_job("ivy", Quality::Original, None, now)
+        .submit_job("ivy", Quality::Original, None, now)
         .await
-        .unwrap();
+        .unwrap()
+        .job()
+        .clone();
     let stale: Vec<ImageMeta> = fake
         .images("ivy")
         .into_iter()
@@ -401,9 +403,10 @@ async fn stale_urls_are_refreshed_fifty_at_a_time() {
         .await
         .unwrap();
     store
-        .set_job_state(job.id, JobState::Downloading, None, now)
+        .transition_job(job.id, &[JobState::Queued], JobState::Downloading, now)
         .await
-        .unwrap();
+        .unwrap()
+        .expect("the job was queued");
     store.close().await;
 
     let settings = test_settings(fake.api_url().as_str(), dir.path(), 4, &[]);

@@ -6,7 +6,7 @@ use mapillary_downloader::api::{self, AppState};
 use mapillary_downloader::model::{ImageMeta, Quality};
 use mapillary_downloader::secret::Secret;
 use mapillary_downloader::stats::Stats;
-use mapillary_downloader::store::{JobState, Store};
+use mapillary_downloader::store::{JobState, RetryPolicy, Store, StoreError, Submitted};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -103,6 +103,41 @@ fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
 
+/// A retry policy that fails an image for good at its first failure.
+fn fail_now() -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: 1,
+        retry_at_ms: now_ms(),
+    }
+}
+
+/// Forces a job into `state` (tests drive states the engine would reach),
+/// recording `last_error`.
+trait ForceState {
+    async fn transition_job_for_test(
+        &self,
+        id: i64,
+        state: JobState,
+        last_error: Option<&str>,
+        now: i64,
+    ) -> Result<(), StoreError>;
+}
+
+impl ForceState for Store {
+    async fn transition_job_for_test(
+        &self,
+        id: i64,
+        state: JobState,
+        last_error: Option<&str>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.transition_job(id, JobState::ALL, state, now)
+            .await?
+            .ok_or(StoreError::NoSuchJob(id))?;
+        self.set_job_error(id, last_error, now).await
+    }
+}
+
 fn image(id: u64) -> ImageMeta {
     ImageMeta {
         id: id.to_string(),
@@ -149,7 +184,7 @@ async fn create_answers_201_then_200_for_the_same_key() {
     assert_eq!(created["enumeration_complete"], false);
     assert_eq!(
         created["counts"],
-        json!({"discovered":0,"pending":0,"in_progress":0,"done":0,"failed":0})
+        json!({"discovered":0,"pending":0,"in_progress":0,"done":0,"failed":0,"deleted":0})
     );
     assert_eq!(created["bytes_done"], 0);
     assert!(created["last_error"].is_null());
@@ -189,11 +224,11 @@ async fn create_answers_201_then_200_for_the_same_key() {
     let bbox = Some(mapillary_downloader::model::Bbox::new(1.0, 2.0, 3.0, 4.0).unwrap());
     let found = server
         .store
-        .find_job_by_key("alice", Quality::Original, bbox)
+        .submit_job("alice", Quality::Original, bbox, now_ms())
         .await
-        .unwrap()
         .unwrap();
-    assert_eq!(found.id, job_id(&created));
+    assert!(matches!(found, Submitted::Existing(_)), "{found:?}");
+    assert_eq!(found.job().id, job_id(&created));
     server.stop().await;
 }
 
@@ -203,9 +238,11 @@ async fn api_dedupes_jobs_the_store_created() {
     let bbox = Some(mapillary_downloader::model::Bbox::new(-0.5, 10.25, 0.125, 11.0).unwrap());
     let job = server
         .store
-        .create_job("carol", Quality::Q1024, bbox, now_ms())
+        .submit_job("carol", Quality::Q1024, bbox, now_ms())
         .await
-        .unwrap();
+        .unwrap()
+        .job()
+        .clone();
     let (status, body) = server
         .post(
             "/jobs",
@@ -251,7 +288,7 @@ async fn posting_a_done_job_starts_a_resync() {
     enumerate(&server, id, 1, 3).await;
     server
         .store
-        .set_job_state(id, JobState::Done, None, now_ms())
+        .transition_job_for_test(id, JobState::Done, None, now_ms())
         .await
         .unwrap();
     assert!(
@@ -286,7 +323,7 @@ async fn posting_a_done_job_starts_a_resync() {
     // A failed job re-syncs the same way.
     server
         .store
-        .set_job_state(id, JobState::Failed, Some("listing failed"), now_ms())
+        .transition_job_for_test(id, JobState::Failed, Some("listing failed"), now_ms())
         .await
         .unwrap();
     let (status, body) = server.post("/jobs", json!({"username": "bob"})).await;
@@ -377,7 +414,7 @@ async fn pause_and_resume() {
     // A finished job cannot be paused.
     server
         .store
-        .set_job_state(id, JobState::Done, None, now_ms())
+        .transition_job_for_test(id, JobState::Done, None, now_ms())
         .await
         .unwrap();
     let (status, body) = server.post_empty(&format!("/jobs/{id}/pause")).await;
@@ -399,44 +436,29 @@ async fn retry_requeues_failed_images_and_reopens_a_finished_job() {
     enumerate(&server, id, 1, 3).await;
     let store = &server.store;
     store
-        .set_job_state(id, JobState::Downloading, None, now_ms())
+        .transition_job_for_test(id, JobState::Downloading, None, now_ms())
         .await
         .unwrap();
     let claimed = store
-        .claim("worker-1", 3, Duration::from_secs(60), now_ms())
+        .claim(&"worker-1".into(), 3, Duration::from_secs(60), now_ms(), 0)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 3);
     let (first, rest) = claimed.split_first().unwrap();
     assert!(
         store
-            .complete(
-                first.row_id,
-                "worker-1",
-                first.attempt,
-                1234,
-                "a/b.jpg",
-                now_ms()
-            )
+            .complete(&first.lease, 1234, "a/b.jpg", now_ms())
             .await
             .unwrap()
     );
     for image in rest {
         store
-            .fail(
-                image.row_id,
-                "worker-1",
-                image.attempt,
-                "HTTP 500",
-                1,
-                now_ms(),
-                now_ms(),
-            )
+            .fail(&image.lease, "HTTP 500", fail_now(), now_ms())
             .await
             .unwrap();
     }
     store
-        .set_job_state(id, JobState::Done, None, now_ms())
+        .transition_job_for_test(id, JobState::Done, None, now_ms())
         .await
         .unwrap();
     let before = store.find_job(id).await.unwrap().unwrap();
@@ -508,7 +530,7 @@ async fn status_reports_jobs_totals_throughput_and_eta() {
     assert_eq!(empty["jobs"], json!([]));
     assert_eq!(
         empty["totals"],
-        json!({"discovered":0,"pending":0,"in_progress":0,"done":0,"failed":0,"bytes_done":0})
+        json!({"discovered":0,"pending":0,"in_progress":0,"done":0,"failed":0,"deleted":0,"bytes_done":0})
     );
     assert_eq!(empty["eta_seconds"], 0);
 
@@ -519,39 +541,24 @@ async fn status_reports_jobs_totals_throughput_and_eta() {
     enumerate(&server, b, 100, 6).await;
     let store = &server.store;
     store
-        .set_job_state(a, JobState::Downloading, None, now_ms())
+        .transition_job_for_test(a, JobState::Downloading, None, now_ms())
         .await
         .unwrap();
     store
-        .set_job_state(b, JobState::Downloading, None, now_ms())
+        .transition_job_for_test(b, JobState::Downloading, None, now_ms())
         .await
         .unwrap();
     let claimed = store
-        .claim("w", 3, Duration::from_secs(60), now_ms())
+        .claim(&"w".into(), 3, Duration::from_secs(60), now_ms(), 0)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 3);
     store
-        .complete(
-            claimed[0].row_id,
-            "w",
-            claimed[0].attempt,
-            500,
-            "x.jpg",
-            now_ms(),
-        )
+        .complete(&claimed[0].lease, 500, "x.jpg", now_ms())
         .await
         .unwrap();
     store
-        .fail(
-            claimed[1].row_id,
-            "w",
-            claimed[1].attempt,
-            "boom",
-            1,
-            now_ms(),
-            now_ms(),
-        )
+        .fail(&claimed[1].lease, "boom", fail_now(), now_ms())
         .await
         .unwrap();
 
@@ -570,7 +577,7 @@ async fn status_reports_jobs_totals_throughput_and_eta() {
     assert!(jobs.iter().all(|j| j.get("cursor").is_none()));
     assert_eq!(
         body["totals"],
-        json!({"discovered":10,"pending":7,"in_progress":1,"done":1,"failed":1,"bytes_done":500})
+        json!({"discovered":10,"pending":7,"in_progress":1,"done":1,"failed":1,"deleted":0,"bytes_done":500})
     );
     let ips = body["throughput"]["images_per_sec"].as_f64().unwrap();
     let bps = body["throughput"]["bytes_per_sec"].as_f64().unwrap();

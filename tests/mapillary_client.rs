@@ -22,6 +22,7 @@ fn settings(fake: &FakeMapillary, page_size: u32) -> ClientSettings {
         connect_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(20),
         download_timeout: Duration::from_secs(20),
+        read_idle_timeout: Duration::from_secs(10),
         max_image_bytes: 10 * 1024 * 1024,
     }
 }
@@ -324,14 +325,15 @@ async fn expired_and_unknown_urls() {
         client.download(&tampered).await,
         Err(ApiError::UrlExpired(_))
     ));
+    // An object the CDN no longer has (404): ask the API for a fresh URL;
+    // the refresh tells a deleted image from a stale URL.
     let unknown = fake.thumb_url("999999999", Quality::Q1024);
-    assert!(matches!(
-        client.download(&unknown).await,
-        Err(ApiError::NotFound(_))
-    ));
+    let err = client.download(&unknown).await.unwrap_err();
+    assert!(matches!(err, ApiError::UrlExpired(_)), "{err:?}");
+    assert_eq!(err.decision(), RetryDecision::RefreshUrl);
     assert!(matches!(
         client.probe_size(&unknown).await,
-        Err(ApiError::NotFound(_))
+        Err(ApiError::UrlExpired(_))
     ));
 }
 

@@ -2,7 +2,8 @@
 
 use mapillary_downloader::model::{Bbox, GeoPoint, ImageMeta, Quality};
 use mapillary_downloader::store::{
-    ClaimedImage, Counts, FailOutcome, ImageState, JobState, Store, StoreError,
+    ClaimedImage, Counts, FailOutcome, ImageState, Job, JobState, Lease, PauseReason, RetryPolicy,
+    Store, StoreError, StoreResult,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -74,6 +75,190 @@ async fn active_job(store: &Store, username: &str) -> i64 {
         .await
         .unwrap();
     job.id
+}
+
+/// The store operations these tests were written against, in terms of the
+/// store's API: one job per call, forced states, and leases spelt out as
+/// (row, owner, attempt). Test-side only; production code uses the store's
+/// own methods.
+trait StoreExt {
+    async fn create_job(
+        &self,
+        username: &str,
+        quality: Quality,
+        bbox: Option<Bbox>,
+        now: i64,
+    ) -> StoreResult<Job>;
+    async fn set_job_state(
+        &self,
+        id: i64,
+        state: JobState,
+        last_error: Option<&str>,
+        now: i64,
+    ) -> StoreResult<()>;
+    async fn find_job_by_key(
+        &self,
+        username: &str,
+        quality: Quality,
+        bbox: Option<Bbox>,
+    ) -> StoreResult<Option<Job>>;
+    async fn job_cursor(&self, id: i64) -> StoreResult<Option<String>>;
+    async fn restart_enumeration(&self, id: i64, now: i64) -> StoreResult<()>;
+    async fn claim_as(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+        now: i64,
+    ) -> StoreResult<Vec<ClaimedImage>>;
+    async fn complete_as(
+        &self,
+        row: i64,
+        owner: &str,
+        attempt: i64,
+        bytes: u64,
+        path: &str,
+        now: i64,
+    ) -> StoreResult<bool>;
+    #[allow(clippy::too_many_arguments)]
+    async fn fail_as(
+        &self,
+        row: i64,
+        owner: &str,
+        attempt: i64,
+        error: &str,
+        max_attempts: u32,
+        retry_at: i64,
+        now: i64,
+    ) -> StoreResult<FailOutcome>;
+    async fn release_as(
+        &self,
+        row: i64,
+        owner: &str,
+        attempt: i64,
+        run_at: i64,
+        note: Option<&str>,
+    ) -> StoreResult<bool>;
+}
+
+fn lease(row_id: i64, owner: &str, attempt: i64) -> Lease {
+    Lease {
+        row_id,
+        owner: owner.into(),
+        attempt,
+    }
+}
+
+impl StoreExt for Store {
+    async fn create_job(
+        &self,
+        username: &str,
+        quality: Quality,
+        bbox: Option<Bbox>,
+        now: i64,
+    ) -> StoreResult<Job> {
+        Ok(self
+            .submit_job(username, quality, bbox, now)
+            .await?
+            .job()
+            .clone())
+    }
+
+    async fn set_job_state(
+        &self,
+        id: i64,
+        state: JobState,
+        last_error: Option<&str>,
+        now: i64,
+    ) -> StoreResult<()> {
+        let changed = if state == JobState::Paused {
+            self.pause_job(id, JobState::ALL, PauseReason::User, last_error, now)
+                .await?
+        } else {
+            self.transition_job(id, JobState::ALL, state, now).await?
+        };
+        changed.ok_or(StoreError::NoSuchJob(id))?;
+        self.set_job_error(id, last_error, now).await
+    }
+
+    async fn find_job_by_key(
+        &self,
+        username: &str,
+        quality: Quality,
+        bbox: Option<Bbox>,
+    ) -> StoreResult<Option<Job>> {
+        Ok(self.list_jobs().await?.into_iter().rev().find(|j| {
+            j.username == username
+                && j.quality == quality
+                && j.bbox == bbox
+                && j.state != JobState::Cancelled
+        }))
+    }
+
+    async fn job_cursor(&self, id: i64) -> StoreResult<Option<String>> {
+        let job = self.find_job(id).await?.ok_or(StoreError::NoSuchJob(id))?;
+        Ok(job.cursor)
+    }
+
+    async fn restart_enumeration(&self, id: i64, now: i64) -> StoreResult<()> {
+        let job = self.find_job(id).await?.ok_or(StoreError::NoSuchJob(id))?;
+        self.submit_job(&job.username, job.quality, job.bbox, now)
+            .await?;
+        Ok(())
+    }
+
+    async fn claim_as(
+        &self,
+        owner: &str,
+        limit: u32,
+        lease: Duration,
+        now: i64,
+    ) -> StoreResult<Vec<ClaimedImage>> {
+        self.claim(&Arc::from(owner), limit, lease, now, 0).await
+    }
+
+    async fn complete_as(
+        &self,
+        row: i64,
+        owner: &str,
+        attempt: i64,
+        bytes: u64,
+        path: &str,
+        now: i64,
+    ) -> StoreResult<bool> {
+        self.complete(&lease(row, owner, attempt), bytes, path, now)
+            .await
+    }
+
+    async fn fail_as(
+        &self,
+        row: i64,
+        owner: &str,
+        attempt: i64,
+        error: &str,
+        max_attempts: u32,
+        retry_at: i64,
+        now: i64,
+    ) -> StoreResult<FailOutcome> {
+        let policy = RetryPolicy {
+            max_attempts,
+            retry_at_ms: retry_at,
+        };
+        self.fail(&lease(row, owner, attempt), error, policy, now)
+            .await
+    }
+
+    async fn release_as(
+        &self,
+        row: i64,
+        owner: &str,
+        attempt: i64,
+        run_at: i64,
+        note: Option<&str>,
+    ) -> StoreResult<bool> {
+        self.release(&lease(row, owner, attempt), run_at, note)
+            .await
+    }
 }
 
 async fn counts(store: &Store, job_id: i64) -> Counts {
@@ -366,18 +551,18 @@ async fn claim_respects_limit_order_run_at_and_job_state() {
         .await
         .unwrap();
     // A queued job's images are not handed out.
-    assert!(s.claim("w1", 10, LEASE, 1_000).await.unwrap().is_empty());
+    assert!(s.claim_as("w1", 10, LEASE, 1_000).await.unwrap().is_empty());
     s.set_job_state(job, JobState::Enumerating, None, 1_000)
         .await
         .unwrap();
 
-    let first = s.claim("w1", 2, LEASE, 1_000).await.unwrap();
+    let first = s.claim_as("w1", 2, LEASE, 1_000).await.unwrap();
     assert_eq!(ids(&first), vec!["1", "2"]);
     let c = &first[0];
     assert_eq!(c.job_id, job);
     assert_eq!(c.quality, Quality::Q256);
     assert_eq!(c.username, "alice");
-    assert_eq!(c.attempt, 1);
+    assert_eq!(c.lease.attempt, 1);
     assert_eq!(c.url.as_deref(), Some("https://cdn.example/1/256.jpg"));
     assert_eq!(c.meta, metas([1])[0].without_urls());
     let rec = s.image_by_id(job, "1").await.unwrap().unwrap();
@@ -386,19 +571,19 @@ async fn claim_respects_limit_order_run_at_and_job_state() {
     assert_eq!(rec.lease_until, Some(1_000 + LEASE_MS));
 
     // Image 3 is put back for later; it is not due before its run_at.
-    let rest = s.claim("w2", 1, LEASE, 1_000).await.unwrap();
+    let rest = s.claim_as("w2", 1, LEASE, 1_000).await.unwrap();
     assert_eq!(ids(&rest), vec!["3"]);
     assert!(
-        s.release(rest[0].row_id, "w2", 1, 9_000, None)
+        s.release_as(rest[0].row_id(), "w2", 1, 9_000, None)
             .await
             .unwrap()
     );
-    let rest = s.claim("w2", 10, LEASE, 2_000).await.unwrap();
+    let rest = s.claim_as("w2", 10, LEASE, 2_000).await.unwrap();
     assert_eq!(ids(&rest), vec!["4", "5"]);
-    assert!(s.claim("w2", 10, LEASE, 8_999).await.unwrap().is_empty());
-    let later = s.claim("w2", 10, LEASE, 9_000).await.unwrap();
+    assert!(s.claim_as("w2", 10, LEASE, 8_999).await.unwrap().is_empty());
+    let later = s.claim_as("w2", 10, LEASE, 9_000).await.unwrap();
     assert_eq!(ids(&later), vec!["3"]);
-    assert!(s.claim("w2", 0, LEASE, 9_000).await.unwrap().is_empty());
+    assert!(s.claim_as("w2", 0, LEASE, 9_000).await.unwrap().is_empty());
 
     let c = counts(s, job).await;
     assert_eq!((c.pending, c.in_progress), (0, 5));
@@ -425,15 +610,15 @@ async fn paused_and_cancelled_jobs_are_not_claimed() {
         .await
         .unwrap();
 
-    let got = s.claim("w", 10, LEASE, 0).await.unwrap();
+    let got = s.claim_as("w", 10, LEASE, 0).await.unwrap();
     assert_eq!(ids(&got), vec!["10", "11", "12"]);
     assert!(got.iter().all(|c| c.username == "bob"));
-    assert!(s.claim("w", 10, LEASE, 0).await.unwrap().is_empty());
+    assert!(s.claim_as("w", 10, LEASE, 0).await.unwrap().is_empty());
 
     // An expired lease of a paused job is not reclaimed either.
     s.set_job_state(b, JobState::Paused, None, 0).await.unwrap();
     assert!(
-        s.claim("w", 10, LEASE, LEASE_MS * 2)
+        s.claim_as("w", 10, LEASE, LEASE_MS * 2)
             .await
             .unwrap()
             .is_empty()
@@ -442,7 +627,7 @@ async fn paused_and_cancelled_jobs_are_not_claimed() {
     s.set_job_state(a, JobState::Downloading, None, 0)
         .await
         .unwrap();
-    let got = s.claim("w", 10, LEASE, 0).await.unwrap();
+    let got = s.claim_as("w", 10, LEASE, 0).await.unwrap();
     assert_eq!(ids(&got), vec!["1", "2", "3"]);
 }
 
@@ -454,30 +639,33 @@ async fn an_expired_lease_is_reclaimed_as_a_new_attempt() {
     s.insert_page(job, Quality::Original, &metas([1]), None, 0)
         .await
         .unwrap();
-    let a = s.claim("A", 1, Duration::from_secs(10), 0).await.unwrap();
-    assert_eq!(a[0].attempt, 1);
-    assert!(s.claim("B", 1, LEASE, 9_999).await.unwrap().is_empty());
-    assert!(s.claim("B", 1, LEASE, 10_000).await.unwrap().is_empty());
-    let b = s.claim("B", 1, LEASE, 10_001).await.unwrap();
+    let a = s
+        .claim_as("A", 1, Duration::from_secs(10), 0)
+        .await
+        .unwrap();
+    assert_eq!(a[0].lease.attempt, 1);
+    assert!(s.claim_as("B", 1, LEASE, 9_999).await.unwrap().is_empty());
+    assert!(s.claim_as("B", 1, LEASE, 10_000).await.unwrap().is_empty());
+    let b = s.claim_as("B", 1, LEASE, 10_001).await.unwrap();
     assert_eq!(ids(&b), vec!["1"]);
-    assert_eq!(b[0].attempt, 2);
+    assert_eq!(b[0].lease.attempt, 2);
     assert_eq!(counts(s, job).await.in_progress, 1);
 
     // The old holder has lost the row in every way it could touch it.
     assert!(
-        !s.complete(a[0].row_id, "A", 1, 10, "x.jpg", 10_002)
+        !s.complete_as(a[0].row_id(), "A", 1, 10, "x.jpg", 10_002)
             .await
             .unwrap()
     );
     assert_eq!(
-        s.fail(a[0].row_id, "A", 1, "boom", 5, 20_000, 10_002)
+        s.fail_as(a[0].row_id(), "A", 1, "boom", 5, 20_000, 10_002)
             .await
             .unwrap(),
         FailOutcome::LeaseLost
     );
-    assert!(!s.release(a[0].row_id, "A", 1, 0, None).await.unwrap());
+    assert!(!s.release_as(a[0].row_id(), "A", 1, 0, None).await.unwrap());
     assert!(
-        s.complete(b[0].row_id, "B", 2, 10, "x.jpg", 10_003)
+        s.complete_as(b[0].row_id(), "B", 2, 10, "x.jpg", 10_003)
             .await
             .unwrap()
     );
@@ -491,30 +679,37 @@ async fn complete_is_fenced_by_owner_and_attempt() {
     s.insert_page(job, Quality::Original, &metas([1]), None, 0)
         .await
         .unwrap();
-    let c = s.claim("w1", 1, LEASE, 0).await.unwrap().remove(0);
+    let c = s.claim_as("w1", 1, LEASE, 0).await.unwrap().remove(0);
     let before = s.image_by_id(job, "1").await.unwrap().unwrap();
 
     assert!(
-        !s.complete(c.row_id, "w2", c.attempt, 5, "p", 1)
+        !s.complete_as(c.row_id(), "w2", c.lease.attempt, 5, "p", 1)
             .await
             .unwrap()
     );
     assert!(
-        !s.complete(c.row_id, "w1", c.attempt - 1, 5, "p", 1)
+        !s.complete_as(c.row_id(), "w1", c.lease.attempt - 1, 5, "p", 1)
             .await
             .unwrap()
     );
     assert!(
-        !s.complete(c.row_id, "w1", c.attempt + 1, 5, "p", 1)
+        !s.complete_as(c.row_id(), "w1", c.lease.attempt + 1, 5, "p", 1)
             .await
             .unwrap()
     );
     assert_eq!(s.image_by_id(job, "1").await.unwrap().unwrap(), before);
 
     assert!(
-        s.complete(c.row_id, "w1", c.attempt, 12_345, "archive/1.jpg", 2)
-            .await
-            .unwrap()
+        s.complete_as(
+            c.row_id(),
+            "w1",
+            c.lease.attempt,
+            12_345,
+            "archive/1.jpg",
+            2
+        )
+        .await
+        .unwrap()
     );
     let done = s.image_by_id(job, "1").await.unwrap().unwrap();
     assert_eq!(done.state, ImageState::Done);
@@ -523,7 +718,7 @@ async fn complete_is_fenced_by_owner_and_attempt() {
     assert_eq!(done.lease_owner, None);
     // Completing twice is a lost lease, not a second count.
     assert!(
-        !s.complete(c.row_id, "w1", c.attempt, 1, "p", 3)
+        !s.complete_as(c.row_id(), "w1", c.lease.attempt, 1, "p", 3)
             .await
             .unwrap()
     );
@@ -542,11 +737,19 @@ async fn fail_backs_off_then_fails_for_good_and_retry_requeues() {
 
     let mut now = 0;
     for attempt in 1..=2 {
-        let c = s.claim("w", 1, LEASE, now).await.unwrap().remove(0);
-        assert_eq!(c.attempt, attempt);
+        let c = s.claim_as("w", 1, LEASE, now).await.unwrap().remove(0);
+        assert_eq!(c.lease.attempt, attempt);
         let retry_at = now + 1_000 * attempt;
         let outcome = s
-            .fail(c.row_id, "w", c.attempt, "HTTP 503", 3, retry_at, now)
+            .fail_as(
+                c.row_id(),
+                "w",
+                c.lease.attempt,
+                "HTTP 503",
+                3,
+                retry_at,
+                now,
+            )
             .await
             .unwrap();
         assert_eq!(outcome, FailOutcome::Retrying { run_at: retry_at });
@@ -554,17 +757,25 @@ async fn fail_backs_off_then_fails_for_good_and_retry_requeues() {
         assert_eq!(rec.state, ImageState::Pending);
         assert_eq!(rec.last_error.as_deref(), Some("HTTP 503"));
         assert!(
-            s.claim("w", 1, LEASE, retry_at - 1)
+            s.claim_as("w", 1, LEASE, retry_at - 1)
                 .await
                 .unwrap()
                 .is_empty()
         );
         now = retry_at;
     }
-    let c = s.claim("w", 1, LEASE, now).await.unwrap().remove(0);
-    assert_eq!(c.attempt, 3);
+    let c = s.claim_as("w", 1, LEASE, now).await.unwrap().remove(0);
+    assert_eq!(c.lease.attempt, 3);
     let outcome = s
-        .fail(c.row_id, "w", 3, "body is not a JPEG", 3, now + 10_000, now)
+        .fail_as(
+            c.row_id(),
+            "w",
+            3,
+            "body is not a JPEG",
+            3,
+            now + 10_000,
+            now,
+        )
         .await
         .unwrap();
     assert_eq!(outcome, FailOutcome::FailedForGood);
@@ -572,7 +783,7 @@ async fn fail_backs_off_then_fails_for_good_and_retry_requeues() {
     assert_eq!(rec.state, ImageState::Failed);
     assert_eq!(rec.attempts, 3);
     assert!(
-        s.claim("w", 1, LEASE, now + 1_000_000)
+        s.claim_as("w", 1, LEASE, now + 1_000_000)
             .await
             .unwrap()
             .is_empty()
@@ -584,7 +795,7 @@ async fn fail_backs_off_then_fails_for_good_and_retry_requeues() {
     assert_eq!(failed[0].last_error.as_deref(), Some("body is not a JPEG"));
     assert_eq!(counts(s, job).await.failed, 1);
 
-    assert_eq!(s.retry_failed(job, 50_000).await.unwrap(), 1);
+    assert_eq!(s.retry_failed(job, false, 50_000).await.unwrap(), 1);
     let rec = s.image_by_id(job, "1").await.unwrap().unwrap();
     assert_eq!(
         (rec.state, rec.attempts, rec.run_at),
@@ -592,9 +803,9 @@ async fn fail_backs_off_then_fails_for_good_and_retry_requeues() {
     );
     assert_eq!(rec.last_error, None);
     assert_eq!(counts(s, job).await.pending, 1);
-    assert_eq!(s.retry_failed(job, 50_000).await.unwrap(), 0);
-    let again = s.claim("w", 1, LEASE, 50_000).await.unwrap();
-    assert_eq!(again[0].attempt, 1);
+    assert_eq!(s.retry_failed(job, false, 50_000).await.unwrap(), 0);
+    let again = s.claim_as("w", 1, LEASE, 50_000).await.unwrap();
+    assert_eq!(again[0].lease.attempt, 1);
 }
 
 #[tokio::test]
@@ -606,10 +817,10 @@ async fn release_costs_no_attempt() {
         .await
         .unwrap();
     for _ in 0..5 {
-        let c = s.claim("w", 1, LEASE, 100).await.unwrap().remove(0);
-        assert_eq!(c.attempt, 1);
+        let c = s.claim_as("w", 1, LEASE, 100).await.unwrap().remove(0);
+        assert_eq!(c.lease.attempt, 1);
         assert!(
-            s.release(c.row_id, "w", c.attempt, 100, Some("rate limited"))
+            s.release_as(c.row_id(), "w", c.lease.attempt, 100, Some("rate limited"))
                 .await
                 .unwrap()
         );
@@ -619,8 +830,8 @@ async fn release_costs_no_attempt() {
     assert_eq!(rec.last_error.as_deref(), Some("rate limited"));
     assert_eq!((rec.lease_owner, rec.lease_until), (None, None));
     // Without a note the last error stays.
-    let c = s.claim("w", 1, LEASE, 100).await.unwrap().remove(0);
-    assert!(s.release(c.row_id, "w", 1, 100, None).await.unwrap());
+    let c = s.claim_as("w", 1, LEASE, 100).await.unwrap().remove(0);
+    assert!(s.release_as(c.row_id(), "w", 1, 100, None).await.unwrap());
     let rec = s.image_by_id(job, "1").await.unwrap().unwrap();
     assert_eq!(rec.last_error.as_deref(), Some("rate limited"));
 }
@@ -633,9 +844,9 @@ async fn reset_in_flight_returns_rows_and_their_attempts() {
     s.insert_page(job, Quality::Original, &metas(1..=4), None, 0)
         .await
         .unwrap();
-    let claimed = s.claim("w", 3, LEASE, 0).await.unwrap();
+    let claimed = s.claim_as("w", 3, LEASE, 0).await.unwrap();
     assert!(
-        s.complete(claimed[0].row_id, "w", 1, 9, "p", 1)
+        s.complete_as(claimed[0].row_id(), "w", 1, 9, "p", 1)
             .await
             .unwrap()
     );
@@ -657,7 +868,7 @@ async fn reset_in_flight_returns_rows_and_their_attempts() {
     assert_eq!((c.pending, c.in_progress, c.done), (3, 0, 1));
     // The reset holders' outcomes no longer land.
     assert!(
-        !s.complete(claimed[1].row_id, "w", 1, 9, "p", 600)
+        !s.complete_as(claimed[1].row_id(), "w", 1, 9, "p", 600)
             .await
             .unwrap()
     );
@@ -688,11 +899,15 @@ async fn two_jobs_with_the_same_image_are_independent() {
             .unwrap(),
         1
     );
-    let got = s.claim("w", 10, LEASE, 0).await.unwrap();
+    let got = s.claim_as("w", 10, LEASE, 0).await.unwrap();
     assert_eq!(got.len(), 1);
     let first = &got[0];
-    assert!(s.complete(first.row_id, "w", 1, 7, "p", 1).await.unwrap());
-    let got = s.claim("w", 10, LEASE, 0).await.unwrap();
+    assert!(
+        s.complete_as(first.row_id(), "w", 1, 7, "p", 1)
+            .await
+            .unwrap()
+    );
+    let got = s.claim_as("w", 10, LEASE, 0).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_ne!(got[0].job_id, first.job_id);
     assert_eq!(got[0].image_id, "42");
@@ -717,13 +932,17 @@ async fn finished_images_page_by_capture_time_with_missing_times_last() {
     s.insert_page(job, Quality::Original, &page, None, 0)
         .await
         .unwrap();
-    for c in s.claim("w", 10, LEASE, 0).await.unwrap() {
+    for c in s.claim_as("w", 10, LEASE, 0).await.unwrap() {
         if c.image_id == "7" {
             // Failed images are not archived.
-            s.fail(c.row_id, "w", 1, "x", 1, 0, 0).await.unwrap();
+            s.fail_as(c.row_id(), "w", 1, "x", 1, 0, 0).await.unwrap();
         } else {
             let path = format!("archive/{}.jpg", c.image_id);
-            assert!(s.complete(c.row_id, "w", 1, 1, &path, 0).await.unwrap());
+            assert!(
+                s.complete_as(c.row_id(), "w", 1, 1, &path, 0)
+                    .await
+                    .unwrap()
+            );
         }
     }
     let mut seen = Vec::new();
@@ -762,7 +981,7 @@ async fn update_urls_stores_refreshed_urls() {
         .await
         .unwrap();
     assert_eq!(updated, 2);
-    let claimed = s.claim("w", 2, LEASE, 0).await.unwrap();
+    let claimed = s.claim_as("w", 2, LEASE, 0).await.unwrap();
     assert_eq!(claimed[0].url.as_deref(), Some("https://cdn.example/new"));
     assert_eq!(claimed[1].url, None);
 }
@@ -826,7 +1045,7 @@ async fn counters_always_equal_a_group_by_count() {
                 let owner = format!("w{}", rng.random_range(0..4));
                 let lease = Duration::from_millis(rng.random_range(1_000..20_000));
                 for c in s
-                    .claim(&owner, rng.random_range(1..8), lease, now)
+                    .claim_as(&owner, rng.random_range(1..8), lease, now)
                     .await
                     .unwrap()
                 {
@@ -838,25 +1057,25 @@ async fn counters_always_equal_a_group_by_count() {
                 match rng.random_range(0..3) {
                     0 => {
                         let bytes = rng.random_range(1..1_000_000);
-                        s.complete(c.row_id, &owner, c.attempt, bytes, "p", now)
+                        s.complete_as(c.row_id(), &owner, c.lease.attempt, bytes, "p", now)
                             .await
                             .unwrap();
                     }
                     1 => {
                         let retry = now + rng.random_range(0..5_000);
-                        s.fail(c.row_id, &owner, c.attempt, "e", 3, retry, now)
+                        s.fail_as(c.row_id(), &owner, c.lease.attempt, "e", 3, retry, now)
                             .await
                             .unwrap();
                     }
                     _ => {
-                        s.release(c.row_id, &owner, c.attempt, now, Some("r"))
+                        s.release_as(c.row_id(), &owner, c.lease.attempt, now, Some("r"))
                             .await
                             .unwrap();
                     }
                 }
             }
             8 => {
-                s.retry_failed(jobs[rng.random_range(0..2)], now)
+                s.retry_failed(jobs[rng.random_range(0..2)], false, now)
                     .await
                     .unwrap();
             }
@@ -899,18 +1118,18 @@ async fn concurrent_claimers_never_share_a_row() {
             let owner = format!("w{worker}");
             let mut mine = Vec::new();
             loop {
-                let got = store.claim(&owner, 7, LEASE, 0).await.unwrap();
+                let got = store.claim_as(&owner, 7, LEASE, 0).await.unwrap();
                 if got.is_empty() {
                     break;
                 }
                 for c in got {
                     assert!(
                         store
-                            .complete(c.row_id, &owner, c.attempt, 1, "p", 0)
+                            .complete_as(c.row_id(), &owner, c.lease.attempt, 1, "p", 0)
                             .await
                             .unwrap()
                     );
-                    mine.push(c.row_id);
+                    mine.push(c.row_id());
                 }
             }
             mine
@@ -945,8 +1164,8 @@ async fn the_token_never_reaches_the_database_files() {
         .unwrap();
     let cursor = s.job_cursor(job).await.unwrap().unwrap();
     assert_eq!(cursor, "https://graph.mapillary.com/images?after=QVFIU2");
-    for c in s.claim("w", 20, LEASE, 0).await.unwrap() {
-        s.fail(c.row_id, "w", c.attempt, "HTTP 500", 1, 0, 0)
+    for c in s.claim_as("w", 20, LEASE, 0).await.unwrap() {
+        s.fail_as(c.row_id(), "w", c.lease.attempt, "HTTP 500", 1, 0, 0)
             .await
             .unwrap();
     }
@@ -994,14 +1213,14 @@ async fn read_only_store_reads_beside_a_live_writer_and_never_writes() {
         3
     );
     // It sees what the live writer commits next.
-    writer.claim("w", 1, LEASE, 0).await.unwrap();
+    writer.claim_as("w", 1, LEASE, 0).await.unwrap();
     assert_eq!(reader.list_jobs().await.unwrap()[0].counts.in_progress, 1);
     assert!(matches!(
         reader.create_job("bob", Quality::Original, None, 0).await,
         Err(StoreError::ReadOnly)
     ));
     assert!(matches!(
-        reader.claim("w", 1, LEASE, 0).await,
+        reader.claim_as("w", 1, LEASE, 0).await,
         Err(StoreError::ReadOnly)
     ));
     reader.close().await;
@@ -1067,7 +1286,7 @@ async fn claims_take_turns_between_active_jobs() {
     for _ in 0..4 {
         let claimed = f
             .store
-            .claim_after_job("w", 2, LEASE, 2_000, last)
+            .claim(&"w".into(), 2, LEASE, 2_000, last)
             .await
             .unwrap();
         last = claimed.last().unwrap().job_id;
@@ -1075,7 +1294,7 @@ async fn claims_take_turns_between_active_jobs() {
     }
     assert_eq!(served, vec![first, second, first, second]);
     // Plain claim keeps its old meaning: the first active job with due rows.
-    let claimed = f.store.claim("w", 1, LEASE, 2_000).await.unwrap();
+    let claimed = f.store.claim_as("w", 1, LEASE, 2_000).await.unwrap();
     assert_eq!(claimed[0].job_id, first);
 }
 
@@ -1095,7 +1314,7 @@ async fn a_job_is_finished_only_while_nothing_is_pending_or_in_flight() {
             .is_none(),
         "pending rows"
     );
-    let claimed = f.store.claim("w", 2, LEASE, 2_000).await.unwrap();
+    let claimed = f.store.claim_as("w", 2, LEASE, 2_000).await.unwrap();
     assert!(
         f.store
             .finish_job_if_drained(job, 2_000)
@@ -1107,7 +1326,7 @@ async fn a_job_is_finished_only_while_nothing_is_pending_or_in_flight() {
     for c in &claimed {
         assert!(
             f.store
-                .complete(c.row_id, "w", c.attempt, 10, "/x.jpg", 3_000)
+                .complete_as(c.row_id(), "w", c.lease.attempt, 10, "/x.jpg", 3_000)
                 .await
                 .unwrap()
         );

@@ -8,11 +8,10 @@
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, JobId};
-use crate::api::validate::CreateJobRequest;
-use crate::store::transitions::Submitted;
-use crate::store::{Job, JobState};
+use crate::api::validate::{CreateJobRequest, RetryParams};
+use crate::store::{Job, JobState, PauseReason, Submitted};
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 
 /// States a job can be paused from: the ones where work is (or will be) running.
@@ -92,7 +91,7 @@ pub async fn pause_job(
     let now = now_ms();
     match state
         .store
-        .transition_job(id, PAUSABLE, JobState::Paused, now)
+        .pause_job(id, PAUSABLE, PauseReason::User, None, now)
         .await?
     {
         Some(job) => {
@@ -124,12 +123,15 @@ pub async fn resume_job(
     }
 }
 
-/// `POST /jobs/{id}/retry`: failed images go back to the queue; a finished
-/// job goes back to work. A paused job stays paused (its images wait).
+/// `POST /jobs/{id}/retry[?include_deleted=true]`: failed images go back to
+/// the queue (images deleted on Mapillary only when asked); a finished job
+/// goes back to work. A paused job stays paused (its images wait).
 pub async fn retry_job(
     State(state): State<AppState>,
     JobId(id): JobId,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<Job>, ApiError> {
+    let params = RetryParams::parse(query.as_deref())?;
     let job = state
         .store
         .find_job(id)
@@ -141,7 +143,10 @@ pub async fn retry_job(
         )));
     }
     let now = now_ms();
-    let requeued = state.store.retry_failed(id, now).await?;
+    let requeued = state
+        .store
+        .retry_failed(id, params.include_deleted, now)
+        .await?;
     // Only a finished job changes state; the conditional update ignores the others.
     state.store.reactivate_job(id, FINISHED, now).await?;
     tracing::info!(job = id, requeued, "failed images re-queued");

@@ -46,6 +46,20 @@ pub fn render(report: &StatusReport, uptime: Duration) -> String {
         }
     }
     out.family(
+        "mapillary_job_deleted_images",
+        "Images of a job deleted on Mapillary while it ran (a subset of its failed images).",
+    );
+    for job in jobs {
+        out.sample_job(job, None, job.counts.deleted as f64);
+    }
+    out.family(
+        "mapillary_job_stalled",
+        "1 while a job has work but has made no progress for longer than jobs.stall_after_secs (its last_error says why).",
+    );
+    for job in jobs {
+        out.sample_job(job, None, f64::from(u8::from(job.stalled_since.is_some())));
+    }
+    out.family(
         "mapillary_job_discovered_images",
         "Images enumeration has found for a job so far.",
     );
@@ -64,7 +78,7 @@ pub fn render(report: &StatusReport, uptime: Duration) -> String {
         "1 for the state a job is in, 0 for the others.",
     );
     for job in jobs {
-        for candidate in JobState::ALL {
+        for &candidate in JobState::ALL {
             let value = if job.state == candidate { 1.0 } else { 0.0 };
             out.sample_job(job, Some(candidate.as_str()), value);
         }
@@ -78,7 +92,7 @@ pub fn render(report: &StatusReport, uptime: Duration) -> String {
     }
 
     out.family("mapillary_jobs", "Jobs by state.");
-    for candidate in JobState::ALL {
+    for &candidate in JobState::ALL {
         let count = jobs.iter().filter(|job| job.state == candidate).count();
         out.sample(&[("state", candidate.as_str())], count as f64);
     }
@@ -89,6 +103,7 @@ pub fn render(report: &StatusReport, uptime: Duration) -> String {
         done,
         failed,
         bytes_done,
+        ..
     } = report.totals;
     out.family("mapillary_images", "Images of all jobs by state.");
     for (name, value) in [
@@ -99,6 +114,11 @@ pub fn render(report: &StatusReport, uptime: Duration) -> String {
     ] {
         out.sample(&[("state", name)], value as f64);
     }
+    out.family(
+        "mapillary_deleted_images",
+        "Images deleted on Mapillary while their job ran, all jobs (a subset of the failed ones).",
+    );
+    out.sample(&[], report.totals.deleted as f64);
     out.family(
         "mapillary_discovered_images",
         "Images found by enumeration, all jobs.",

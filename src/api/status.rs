@@ -22,6 +22,8 @@ pub struct Totals {
     pub in_progress: u64,
     pub done: u64,
     pub failed: u64,
+    /// Deleted on Mapillary: a subset of `failed`.
+    pub deleted: u64,
     pub bytes_done: u64,
 }
 
@@ -33,6 +35,7 @@ impl Totals {
             in_progress: t.in_progress + job.counts.in_progress,
             done: t.done + job.counts.done,
             failed: t.failed + job.counts.failed,
+            deleted: t.deleted + job.counts.deleted,
             bytes_done: t.bytes_done + job.bytes_done,
         })
     }

@@ -107,6 +107,41 @@ pub fn is_json_content_type(value: &str) -> bool {
     essence.eq_ignore_ascii_case("application/json")
 }
 
+/// The query of `POST /jobs/{id}/retry`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RetryParams {
+    /// Re-queue images deleted on Mapillary too (they normally stay failed:
+    /// a retry cannot bring them back).
+    pub include_deleted: bool,
+}
+
+impl RetryParams {
+    /// Parses `include_deleted=true|false`; anything else is a 400 that says
+    /// what was wrong.
+    pub fn parse(query: Option<&str>) -> Result<RetryParams, ApiError> {
+        let mut params = RetryParams::default();
+        for (key, value) in url::form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match (key.as_ref(), value.as_ref()) {
+                ("include_deleted", "true" | "1") => params.include_deleted = true,
+                ("include_deleted", "false" | "0") => params.include_deleted = false,
+                ("include_deleted", other) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "include_deleted must be true or false, got {:?}",
+                        truncate(other, 64)
+                    )));
+                }
+                (other, _) => {
+                    return Err(ApiError::BadRequest(format!(
+                        "unknown query parameter {:?}; this endpoint takes include_deleted",
+                        truncate(other, 64)
+                    )));
+                }
+            }
+        }
+        Ok(params)
+    }
+}
+
 /// A job id as it appears in a path: a positive decimal integer.
 pub fn parse_job_id(raw: &str) -> Result<i64, ApiError> {
     match raw.parse::<i64>() {

@@ -7,18 +7,17 @@
 //! back at most that many, and only the ones a worker had started can have
 //! been downloaded already (invariant 7).
 
+use super::refresh::{Renewal, renew};
 use super::{EngineContext, now_ms};
-use crate::mapillary::{RetryDecision, url_expires_at};
+use crate::config::TOKEN_ENV;
+use crate::mapillary::{ApiError, MAX_IDS_PER_CALL, RetryDecision, backoff_delay, url_expires_at};
 use crate::model::Quality;
-use crate::store::ClaimedImage;
+use crate::store::{ClaimedImage, DeferPolicy, FailReason, PauseReason};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
-
-/// Most ids in one `GET /?ids=` call (the API's limit).
-pub const REFRESH_BATCH: usize = 50;
+use tracing::{debug, info, warn};
 
 /// A claimed image on its way to a worker. The permit frees a queue slot when
 /// the worker is done with it.
@@ -75,19 +74,32 @@ struct RefreshTarget {
     claimed: Option<usize>,
 }
 
+/// What one claim produced.
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Images ready to download, with fresh URLs.
+    pub ready: Vec<ClaimedImage>,
+    /// Claimed images handed back because their URL refresh failed.
+    pub handed_back: usize,
+}
+
 /// Claims up to `limit` due images, refreshes stale URLs in batches, and
-/// returns the images ready to download. Images the API no longer knows keep
-/// no URL; the worker then fails them with a clear error.
-/// `after_job` is the job served last, so active jobs take turns.
-pub async fn claim_batch(
-    ctx: &EngineContext,
-    limit: u32,
-    after_job: i64,
-) -> anyhow::Result<Vec<ClaimedImage>> {
-    let mut claimed = ctx
+/// returns the images ready to download. Images deleted on Mapillary are
+/// failed for good on the way; images whose refresh failed otherwise go back
+/// to the queue. `after_job` is the job served last, so active jobs take turns.
+pub async fn claim_batch(ctx: &EngineContext, limit: u32, after_job: i64) -> anyhow::Result<Batch> {
+    let claimed = ctx
         .store
-        .claim_after_job(&ctx.owner, limit, ctx.tuning.lease, now_ms(), after_job)
+        .claim(&ctx.owner, limit, ctx.tuning.lease, now_ms(), after_job)
         .await?;
+    ready_to_download(ctx, claimed).await
+}
+
+/// Refreshes the stale URLs of a claimed batch; see [`claim_batch`].
+async fn ready_to_download(
+    ctx: &EngineContext,
+    mut claimed: Vec<ClaimedImage>,
+) -> anyhow::Result<Batch> {
     let now = now_ms();
     let margin = ctx.tuning.url_refresh_margin;
     let targets: Vec<RefreshTarget> = claimed
@@ -95,52 +107,62 @@ pub async fn claim_batch(
         .enumerate()
         .filter(|(_, c)| needs_refresh(c.url.as_deref(), now, margin))
         .map(|(i, c)| RefreshTarget {
-            row_id: c.row_id,
+            row_id: c.row_id(),
             image_id: c.image_id.clone(),
             quality: c.quality,
             claimed: Some(i),
         })
         .collect();
     if targets.is_empty() {
-        return Ok(claimed);
+        return Ok(Batch {
+            ready: claimed,
+            handed_back: 0,
+        });
     }
     match refresh_urls(ctx, &mut claimed, targets, now).await {
-        Ok(given_back) if given_back.is_empty() => Ok(claimed),
-        Ok(given_back) => Ok(claimed
-            .into_iter()
-            .enumerate()
-            .filter(|(i, _)| !given_back.contains(i))
-            .map(|(_, c)| c)
-            .collect()),
+        Ok(outcome) => Ok(Batch {
+            ready: claimed
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| !outcome.settled.contains(i))
+                .map(|(_, c)| c)
+                .collect(),
+            handed_back: outcome.handed_back,
+        }),
         Err(e) => {
             // Do not strand the batch until its lease expires.
             for c in &claimed {
-                let _ = ctx
-                    .store
-                    .release(c.row_id, &ctx.owner, c.attempt, now_ms(), None)
-                    .await;
+                let _ = ctx.store.release(&c.lease, now_ms(), None).await;
             }
             Err(e)
         }
     }
 }
 
+/// Claimed images a refresh dealt with itself.
+#[derive(Debug, Default)]
+struct Settled {
+    /// Indexes into the claimed batch: deleted images (failed for good) and
+    /// images handed back because their refresh failed.
+    settled: Vec<usize>,
+    handed_back: usize,
+}
+
 /// Renews the URLs of `targets` (claimed stale images first) plus look-ahead
-/// rows of the same job, ≤ 50 ids per call. Returns the indexes of claimed
-/// images it had to hand back (the refresh call failed).
+/// rows of the same job, ≤ 50 ids per call.
 async fn refresh_urls(
     ctx: &EngineContext,
     claimed: &mut [ClaimedImage],
     mut targets: Vec<RefreshTarget>,
     now: i64,
-) -> anyhow::Result<Vec<usize>> {
+) -> anyhow::Result<Settled> {
     let margin = ctx.tuning.url_refresh_margin;
     let Some(first) = targets.first().and_then(|t| t.claimed).map(|i| &claimed[i]) else {
-        return Ok(Vec::new());
+        return Ok(Settled::default());
     };
     let (job_id, quality) = (first.job_id, first.quality);
     // Fill the last call up to 50 ids with the job's next stale rows.
-    let room = (REFRESH_BATCH - targets.len() % REFRESH_BATCH) % REFRESH_BATCH;
+    let room = (MAX_IDS_PER_CALL - targets.len() % MAX_IDS_PER_CALL) % MAX_IDS_PER_CALL;
     if room > 0 {
         let upcoming = ctx
             .store
@@ -159,67 +181,139 @@ async fn refresh_urls(
                 }),
         );
     }
-    let mut given_back = Vec::new();
-    for chunk in targets.chunks(REFRESH_BATCH) {
-        let ids: Vec<&str> = chunk.iter().map(|t| t.image_id.as_str()).collect();
-        match ctx.client.fetch_images(&ids).await {
-            Ok(fresh) => {
-                let mut updates = Vec::with_capacity(chunk.len());
-                for target in chunk {
-                    let url = fresh
-                        .get(&target.image_id)
-                        .and_then(|m| m.url_for(target.quality))
-                        .map(str::to_owned);
-                    if let Some(i) = target.claimed {
-                        claimed[i].url.clone_from(&url);
-                    }
-                    updates.push((target.row_id, url));
-                }
-                ctx.store.update_urls(&updates).await?;
-                debug!(images = chunk.len(), "refreshed image URLs");
+    let mut settled = Settled::default();
+    for chunk in targets.chunks(MAX_IDS_PER_CALL) {
+        let ids = chunk.iter().map(|t| t.image_id.clone()).collect();
+        let client = &ctx.client;
+        let renewal = renew(ids, |group| async move {
+            let refs: Vec<&str> = group.iter().map(String::as_str).collect();
+            client.fetch_images(&refs).await
+        })
+        .await;
+        apply_renewal(ctx, claimed, chunk, renewal, &mut settled).await?;
+    }
+    Ok(settled)
+}
+
+/// Records what one renewal learned: fresh URLs, deleted images (failed for
+/// good, no attempt burnt), and images left unsettled by another failure,
+/// handed back as that failure decides.
+async fn apply_renewal(
+    ctx: &EngineContext,
+    claimed: &mut [ClaimedImage],
+    chunk: &[RefreshTarget],
+    renewal: Renewal,
+    settled: &mut Settled,
+) -> anyhow::Result<()> {
+    let now = now_ms();
+    let mut updates = Vec::with_capacity(chunk.len());
+    let mut deleted_pending = Vec::new();
+    let (unsettled_ids, failure) = match renewal.unsettled {
+        Some((ids, error)) => (ids, Some(error)),
+        None => (Vec::new(), None),
+    };
+    for target in chunk {
+        if let Some(meta) = renewal.fresh.get(&target.image_id) {
+            let url = meta.url_for(target.quality).map(str::to_owned);
+            if let Some(i) = target.claimed {
+                claimed[i].url.clone_from(&url);
             }
-            Err(error) => {
-                let decision = error.decision();
-                if decision == RetryDecision::PauseJob {
-                    let reason = format!(
-                        "refreshing image URLs failed: {error}. Set a valid MAPILLARY_TOKEN, restart, then POST /jobs/{job_id}/resume"
-                    );
-                    super::enumerate::pause(ctx, job_id, &reason).await?;
-                }
-                // Hand the claimed images back at no cost; the error decides when.
-                let delay = match decision {
-                    RetryDecision::RateLimited(wait) => {
-                        debug!(%error, "URL refresh rate limited");
-                        wait.unwrap_or(Duration::from_secs(1))
-                    }
-                    _ => {
-                        warn!(%error, images = chunk.len(), "URL refresh failed; images go back to the queue");
-                        ctx.tuning.backoff_base
-                    }
-                };
-                let run_at = now_ms() + delay.as_millis() as i64;
-                for i in chunk.iter().filter_map(|t| t.claimed) {
-                    let c = &claimed[i];
+            updates.push((target.row_id, url));
+        } else if renewal.deleted.contains(&target.image_id) {
+            match target.claimed {
+                Some(i) => {
                     ctx.store
-                        .release(
-                            c.row_id,
-                            &ctx.owner,
-                            c.attempt,
-                            run_at,
-                            Some(&error.to_string()),
-                        )
+                        .fail_for_good(&claimed[i].lease, FailReason::Deleted, DELETED, now)
                         .await?;
-                    given_back.push(i);
+                    settled.settled.push(i);
                 }
+                None => deleted_pending.push(target.row_id),
             }
+        } else if let (Some(i), Some(error)) = (target.claimed, failure.as_ref())
+            && unsettled_ids.contains(&target.image_id)
+        {
+            hand_back(ctx, &claimed[i], error).await?;
+            settled.settled.push(i);
+            settled.handed_back += 1;
         }
     }
-    Ok(given_back)
+    ctx.store.update_urls(&updates).await?;
+    ctx.store
+        .mark_pending_deleted(&deleted_pending, DELETED, now)
+        .await?;
+    if !renewal.deleted.is_empty() {
+        info!(
+            images = renewal.deleted.len(),
+            calls = renewal.calls,
+            "images deleted on Mapillary failed for good"
+        );
+    }
+    if let Some(error) = &failure {
+        let job_id = chunk
+            .iter()
+            .find_map(|t| t.claimed.map(|i| claimed[i].job_id));
+        if error.decision() == RetryDecision::PauseJob
+            && let Some(job_id) = job_id
+        {
+            let message = format!(
+                "refreshing image URLs failed: {error}. Set a valid {TOKEN_ENV} and restart: the job resumes by itself"
+            );
+            super::enumerate::pause(ctx, job_id, PauseReason::TokenRejected, &message).await?;
+        }
+    }
+    debug!(
+        fresh = renewal.fresh.len(),
+        deleted = renewal.deleted.len(),
+        calls = renewal.calls,
+        "renewed image URLs"
+    );
+    Ok(())
+}
+
+/// What an image's refresh refusal says about it: `last_error` of the row.
+const DELETED: &str = "deleted on Mapillary: the API no longer knows this image";
+
+/// Hands a claimed image back after its URL refresh failed: at no attempt,
+/// after the delay the failure asks for. A transient failure defers the
+/// image with its own growing backoff, so it never comes back in a loop.
+async fn hand_back(
+    ctx: &EngineContext,
+    image: &ClaimedImage,
+    error: &ApiError,
+) -> anyhow::Result<()> {
+    let now = now_ms();
+    let note = format!("refreshing its URL failed: {error}");
+    match error.decision() {
+        RetryDecision::RateLimited(wait) => {
+            let delay = wait.unwrap_or(Duration::from_secs(1));
+            ctx.store
+                .release(&image.lease, now + delay.as_millis() as i64, Some(&note))
+                .await?;
+        }
+        RetryDecision::PauseJob => {
+            ctx.store.release(&image.lease, now, Some(&note)).await?;
+        }
+        _ => {
+            let policy = DeferPolicy {
+                base: ctx.tuning.backoff_base,
+                cap: ctx.tuning.backoff_cap,
+                jitter: rand::random_range(0.5..=1.0),
+            };
+            let due = ctx.store.defer(&image.lease, &note, policy, now).await?;
+            warn!(image = %image.image_id, %error, due_in_ms = due.map(|d| d - now), "URL refresh failed; image deferred");
+        }
+    }
+    Ok(())
 }
 
 /// Feeds the work queue until `cancel` fires.
+///
+/// Claims that yield nothing because every URL refresh failed (the API down,
+/// say) back off exponentially, so an outage costs a few calls a minute, not
+/// one per batch of the whole queue.
 pub async fn run(ctx: EngineContext, queue: WorkQueue, cancel: CancellationToken) {
     let mut last_job = 0;
+    let mut failed_rounds = 0u32;
     loop {
         // Wait for at least one free slot, then take every free one (≤ 50).
         let first = tokio::select! {
@@ -230,7 +324,7 @@ pub async fn run(ctx: EngineContext, queue: WorkQueue, cancel: CancellationToken
             },
         };
         let mut permits = vec![first];
-        while permits.len() < REFRESH_BATCH.min(queue.capacity) {
+        while permits.len() < MAX_IDS_PER_CALL.min(queue.capacity) {
             match queue.slots.clone().try_acquire_owned() {
                 Ok(p) => permits.push(p),
                 Err(_) => break,
@@ -243,16 +337,32 @@ pub async fn run(ctx: EngineContext, queue: WorkQueue, cancel: CancellationToken
             _ = cancel.cancelled() => break,
             claimed = claim_batch(&ctx, permits.len() as u32, last_job) => claimed,
         };
-        let images = match claimed {
-            Ok(images) => {
-                last_job = images.last().map_or(0, |i| i.job_id);
-                images
+        let batch = match claimed {
+            Ok(batch) => {
+                last_job = batch.ready.last().map_or(0, |i| i.job_id);
+                batch
             }
             Err(e) => {
                 warn!(error = %e, "claiming images failed");
-                Vec::new()
+                Batch::default()
             }
         };
+        if batch.ready.is_empty() && batch.handed_back > 0 {
+            drop(permits);
+            failed_rounds = failed_rounds.saturating_add(1);
+            let pause = backoff_delay(
+                failed_rounds,
+                ctx.tuning.backoff_base,
+                ctx.tuning.backoff_cap,
+            );
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            continue;
+        }
+        failed_rounds = 0;
+        let images = batch.ready;
         if images.is_empty() {
             drop(permits);
             tokio::select! {

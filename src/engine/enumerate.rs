@@ -1,10 +1,16 @@
 //! The enumerator: pages through `GET /images` for one job and writes each
 //! page's images together with the next cursor, in one transaction, so a crash
 //! between pages resumes from the last stored page and never skips one.
+//!
+//! A listing always ends: an empty page, or a `next` whose cursor this run
+//! already followed, is the last page, whatever `next` says (Graph APIs may
+//! send a `next` to an empty page whose `next` is itself).
 
 use super::{EngineContext, now_ms};
+use crate::config::TOKEN_ENV;
 use crate::mapillary::{ApiError, RetryDecision, backoff_delay};
-use crate::store::JobState;
+use crate::store::{ACTIVE, JobState, PauseReason};
+use std::collections::HashSet;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -26,9 +32,36 @@ pub enum PageOutcome {
     Failed { reason: String },
 }
 
-/// Fetches and stores one page of `job_id`. `failures` is the count of
-/// consecutive failed tries of this page, for the backoff.
-pub async fn step(ctx: &EngineContext, job_id: i64, failures: u32) -> anyhow::Result<PageOutcome> {
+/// What one enumerator run remembers between pages.
+#[derive(Debug, Default)]
+pub struct Listing {
+    /// Consecutive failed tries of the current page, for the backoff.
+    pub failures: u32,
+    /// Cursors of the pages this run fetched: a `next` back to one of them
+    /// is a loop, and ends the listing.
+    seen: HashSet<String>,
+}
+
+/// The identity of a page link: its `after` cursor when it has one, else
+/// the whole link.
+fn cursor_of(link: &str) -> String {
+    url::Url::parse(link)
+        .ok()
+        .and_then(|u| {
+            u.query_pairs()
+                .find(|(k, _)| k == "after")
+                .map(|(_, v)| v.into_owned())
+        })
+        .unwrap_or_else(|| link.to_string())
+}
+
+/// Fetches and stores one page of `job_id`.
+pub async fn step(
+    ctx: &EngineContext,
+    job_id: i64,
+    listing: &mut Listing,
+) -> anyhow::Result<PageOutcome> {
+    let failures = listing.failures;
     let Some(job) = ctx.store.find_job(job_id).await? else {
         return Ok(PageOutcome::Stopped);
     };
@@ -52,16 +85,27 @@ pub async fn step(ctx: &EngineContext, job_id: i64, failures: u32) -> anyhow::Re
         Ok(page) => page,
         Err(error) => return classify_failure(ctx, job_id, failures, error).await,
     };
-    let last = page.next.is_none();
+    listing.seen.insert(cursor_of(&url));
+    let mut next = page.next.as_deref();
+    if next.is_some() && page.images.is_empty() && page.skipped == 0 {
+        info!(
+            job = job_id,
+            "an empty page ends the listing, whatever its next link says"
+        );
+        next = None;
+    } else if let Some(link) = next
+        && listing.seen.contains(&cursor_of(link))
+    {
+        warn!(
+            job = job_id,
+            "the next link leads back to a page already read; ending the listing"
+        );
+        next = None;
+    }
+    let last = next.is_none();
     let new_images = ctx
         .store
-        .insert_page(
-            job_id,
-            job.quality,
-            &page.images,
-            page.next.as_deref(),
-            now_ms(),
-        )
+        .insert_page(job_id, job.quality, &page.images, next, now_ms())
         .await?;
     if failures > 0 {
         ctx.store.set_job_error(job_id, None, now_ms()).await?;
@@ -115,12 +159,12 @@ async fn classify_failure(
         }
         RetryDecision::PauseJob => {
             let reason = format!(
-                "{message}. Set a valid MAPILLARY_TOKEN, restart, then POST /jobs/{job_id}/resume"
+                "{message}. Set a valid {TOKEN_ENV} and restart: the job resumes by itself"
             );
-            pause(ctx, job_id, &reason).await?;
+            pause(ctx, job_id, PauseReason::TokenRejected, &reason).await?;
             PageOutcome::Paused { reason }
         }
-        RetryDecision::GiveUp => {
+        RetryDecision::GiveUp | RetryDecision::Gone => {
             // Only an active job fails; a pause or cancel meanwhile stands.
             let failed = ctx
                 .store
@@ -142,32 +186,25 @@ async fn classify_failure(
 }
 
 /// Pauses a job that is still active, recording why.
-pub(crate) async fn pause(ctx: &EngineContext, job_id: i64, reason: &str) -> anyhow::Result<()> {
+pub(crate) async fn pause(
+    ctx: &EngineContext,
+    job_id: i64,
+    reason: PauseReason,
+    message: &str,
+) -> anyhow::Result<()> {
     let paused = ctx
         .store
-        .transition_job(
-            job_id,
-            &[
-                JobState::Queued,
-                JobState::Enumerating,
-                JobState::Downloading,
-            ],
-            JobState::Paused,
-            now_ms(),
-        )
+        .pause_job(job_id, ACTIVE, reason, Some(message), now_ms())
         .await?;
     if paused.is_some() {
-        ctx.store
-            .set_job_error(job_id, Some(reason), now_ms())
-            .await?;
-        warn!(job = job_id, reason, "job paused");
+        warn!(job = job_id, %reason, message, "job paused");
     }
     Ok(())
 }
 
 /// Runs [`step`] until the job is enumerated, stopped, or `cancel` fires.
 pub async fn run(ctx: &EngineContext, job_id: i64, cancel: CancellationToken) {
-    let mut failures = 0u32;
+    let mut listing = Listing::default();
     let mut pages = 0u64;
     loop {
         if cancel.is_cancelled() {
@@ -175,11 +212,11 @@ pub async fn run(ctx: &EngineContext, job_id: i64, cancel: CancellationToken) {
         }
         let outcome = tokio::select! {
             _ = cancel.cancelled() => return,
-            outcome = step(ctx, job_id, failures) => outcome,
+            outcome = step(ctx, job_id, &mut listing) => outcome,
         };
         match outcome {
             Ok(PageOutcome::More { .. }) => {
-                failures = 0;
+                listing.failures = 0;
                 pages += 1;
                 ctx.wake.notify_waiters();
             }
@@ -192,7 +229,7 @@ pub async fn run(ctx: &EngineContext, job_id: i64, cancel: CancellationToken) {
                 return;
             }
             Ok(PageOutcome::RetryAfter { delay, error }) => {
-                failures = failures.saturating_add(1);
+                listing.failures = listing.failures.saturating_add(1);
                 debug!(job = job_id, ?delay, error, "page will be retried");
                 tokio::select! {
                     _ = cancel.cancelled() => return,
@@ -201,11 +238,16 @@ pub async fn run(ctx: &EngineContext, job_id: i64, cancel: CancellationToken) {
             }
             Err(e) => {
                 // A store error: wait and try again rather than spin.
-                failures = failures.saturating_add(1);
+                listing.failures = listing.failures.saturating_add(1);
                 warn!(job = job_id, error = %e, "enumeration step failed");
+                let delay = backoff_delay(
+                    listing.failures,
+                    ctx.tuning.backoff_base,
+                    ctx.tuning.backoff_cap,
+                );
                 tokio::select! {
                     _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(backoff_delay(failures, ctx.tuning.backoff_base, ctx.tuning.backoff_cap)) => {}
+                    _ = tokio::time::sleep(delay) => {}
                 }
             }
         }

@@ -12,12 +12,14 @@
 pub mod dispatch;
 pub mod enumerate;
 pub mod finalize;
+pub mod refresh;
+pub mod stalls;
 pub mod worker;
 
 use crate::config::Settings;
 use crate::mapillary::MapillaryClient;
 use crate::stats::Stats;
-use crate::store::{JobState, Store};
+use crate::store::{ACTIVE, JobState, PauseReason, Store};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -37,7 +39,7 @@ pub struct EngineContext {
     pub wake: Arc<Notify>,
     pub archive_dir: PathBuf,
     /// This process's lease owner id.
-    pub owner: String,
+    pub owner: Arc<str>,
     /// Free URL refreshes in a row per image row (see [`worker::apply`]).
     pub url_strikes: Arc<Mutex<HashMap<i64, u32>>>,
     pub tuning: Tuning,
@@ -56,6 +58,8 @@ pub struct Tuning {
     pub shutdown_grace: Duration,
     /// How often a job paused for a full disk is tried again.
     pub disk_full_retry: Duration,
+    /// A job with work and no progress for this long is marked stalled.
+    pub stall_after: Duration,
     /// Free bytes kept in reserve on the data dir's filesystem.
     pub min_free_bytes: u64,
 }
@@ -72,6 +76,7 @@ impl Tuning {
             url_refresh_margin: Duration::from_secs(settings.mapillary.url_refresh_margin_secs),
             shutdown_grace: Duration::from_secs(settings.workers.shutdown_grace_secs),
             disk_full_retry: Duration::from_secs(10),
+            stall_after: Duration::from_secs(settings.jobs.stall_after_secs),
             min_free_bytes: settings.storage.min_free_mib.saturating_mul(1024 * 1024),
         }
     }
@@ -84,15 +89,13 @@ pub fn now_ms() -> i64 {
 
 /// A fresh lease owner id for this process: pid plus randomness, so two
 /// processes (or two runs of one pid) never share one.
-pub fn new_owner_id() -> String {
-    format!("{}-{:08x}", std::process::id(), rand::random::<u32>())
+pub fn new_owner_id() -> Arc<str> {
+    format!("{}-{:08x}", std::process::id(), rand::random::<u32>()).into()
 }
 
-/// The message a job carries while paused because the disk is full. The
-/// supervisor recognises it to resume the job once space may be back.
-pub const DISK_FULL_PREFIX: &str = "disk full";
-
-/// A running engine. Dropping it does not stop it: call [`Engine::shutdown`].
+/// A running engine. Call [`Engine::shutdown`] to stop it gracefully;
+/// dropping it aborts every task at once (the `JoinSet` aborts on drop), which
+/// loses nothing but the in-flight downloads.
 pub struct Engine {
     ctx: EngineContext,
     cancel: CancellationToken,
@@ -121,6 +124,7 @@ impl Engine {
                 "removed partial files left by an earlier run"
             );
         }
+        resume_token_paused_jobs(&ctx).await?;
         let cancel = CancellationToken::new();
         let abort = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -178,6 +182,7 @@ async fn supervise(ctx: EngineContext, cancel: CancellationToken) {
     let running: Arc<Mutex<HashMap<i64, CancellationToken>>> = Arc::default();
     let mut enumerators = JoinSet::new();
     let mut last_disk_retry = tokio::time::Instant::now();
+    let mut last_stall_check = tokio::time::Instant::now();
     loop {
         if let Err(e) = supervise_once(&ctx, &running, &mut enumerators, &cancel).await {
             warn!(error = %e, "supervisor step failed");
@@ -186,6 +191,12 @@ async fn supervise(ctx: EngineContext, cancel: CancellationToken) {
             last_disk_retry = tokio::time::Instant::now();
             if let Err(e) = resume_disk_full_jobs(&ctx).await {
                 warn!(error = %e, "could not retry jobs paused for a full disk");
+            }
+        }
+        if last_stall_check.elapsed() >= stalls::check_interval(ctx.tuning.stall_after) {
+            last_stall_check = tokio::time::Instant::now();
+            if let Err(e) = stalls::check(&ctx).await {
+                warn!(error = %e, "could not check jobs for lack of progress");
             }
         }
         tokio::select! {
@@ -208,14 +219,7 @@ async fn supervise_once(
     enumerators: &mut JoinSet<()>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let jobs = ctx
-        .store
-        .jobs_in_states(&[
-            JobState::Queued,
-            JobState::Enumerating,
-            JobState::Downloading,
-        ])
-        .await?;
+    let jobs = ctx.store.jobs_in_states(ACTIVE).await?;
     for job in jobs {
         if !job.enumeration_complete {
             let token = {
@@ -268,17 +272,34 @@ async fn resume_disk_full_jobs(ctx: &EngineContext) -> anyhow::Result<()> {
     if room.is_err() {
         return Ok(());
     }
-    for job in ctx.store.jobs_in_states(&[JobState::Paused]).await? {
-        let disk_full = job
-            .last_error
-            .as_deref()
-            .is_some_and(|e| e.starts_with(DISK_FULL_PREFIX));
-        if disk_full {
-            info!(job = job.id, "retrying a job paused for a full disk");
-            ctx.store
-                .reactivate_job(job.id, &[JobState::Paused], now_ms())
-                .await?;
-            ctx.wake.notify_waiters();
+    for id in ctx.store.jobs_paused_for(PauseReason::DiskFull).await? {
+        info!(job = id, "retrying a job paused for a full disk");
+        ctx.store
+            .reactivate_job(id, &[JobState::Paused], now_ms())
+            .await?;
+        ctx.wake.notify_waiters();
+    }
+    Ok(())
+}
+
+/// At start: jobs paused only because Mapillary rejected the token go back
+/// to work, since the user restarting the daemon has likely fixed the token.
+/// If it is still rejected, each pauses again at its first API call.
+async fn resume_token_paused_jobs(ctx: &EngineContext) -> anyhow::Result<()> {
+    for id in ctx
+        .store
+        .jobs_paused_for(PauseReason::TokenRejected)
+        .await?
+    {
+        let resumed = ctx
+            .store
+            .reactivate_job(id, &[JobState::Paused], now_ms())
+            .await?;
+        if resumed.is_some() {
+            info!(
+                job = id,
+                "resuming a job paused for a rejected token: the token is checked again at its next API call"
+            );
         }
     }
     Ok(())

@@ -3,11 +3,11 @@
 //! [`run`]. Tests call [`process`] and [`apply`] directly.
 
 use super::dispatch::WorkQueue;
-use super::{DISK_FULL_PREFIX, EngineContext, now_ms};
+use super::{EngineContext, now_ms};
 use crate::archive::{self, ArchiveError};
 use crate::mapillary::{RetryDecision, backoff_delay};
 use crate::model::ImageMeta;
-use crate::store::{ClaimedImage, FailOutcome};
+use crate::store::{ClaimedImage, FailOutcome, FailReason, PauseReason, RetryPolicy};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -20,14 +20,19 @@ pub enum Outcome {
     Done { bytes: u64, path: PathBuf },
     /// A fault that costs an attempt; retried with backoff until `max_attempts`.
     Retry { error: String },
-    /// Will never work (an invalid id, a bad request): failed for good now.
+    /// Will never work (an invalid id): failed for good now.
     GiveUp { error: String },
+    /// Deleted on Mapillary: failed for good as deleted. No attempt.
+    Deleted { error: String },
     /// The URL expired: drop it so the dispatcher refreshes it. No attempt.
     UrlExpired,
     /// Rate limited: back in the queue after `delay`. No attempt.
     RateLimited { delay: Duration },
     /// The job cannot go on (bad token, full disk): pause it. No attempt.
-    PauseJob { reason: String },
+    PauseJob {
+        reason: PauseReason,
+        message: String,
+    },
     /// Shutdown overtook the image: hand it back untouched. No attempt.
     Abandoned,
 }
@@ -110,8 +115,15 @@ pub async fn fetch(
                 delay: wait.unwrap_or(Duration::from_secs(5)),
             },
             RetryDecision::PauseJob => Outcome::PauseJob {
-                reason: format!("download rejected: {error}"),
+                reason: PauseReason::TokenRejected,
+                message: format!("download rejected: {error}"),
             },
+            RetryDecision::Gone => Outcome::Deleted {
+                error: format!("deleted on Mapillary: {error}"),
+            },
+            // A CDN refusal outside the known classes (say, HTTP 400 for a
+            // mangled URL) may pass with the next fresh URL: it costs an
+            // attempt rather than failing the image at once.
             RetryDecision::Retryable | RetryDecision::GiveUp => Outcome::Retry {
                 error: format!("download failed: {error}"),
             },
@@ -139,8 +151,9 @@ pub async fn write(ctx: &EngineContext, body: Body) -> Outcome {
         Ok(Err(WriteError::Tag(error))) => Outcome::Retry { error },
         Ok(Err(WriteError::Archive(ArchiveError::DiskFull { path, source }))) => {
             Outcome::PauseJob {
-                reason: format!(
-                    "{DISK_FULL_PREFIX}: cannot write {} ({source}); free some space, then resume the job",
+                reason: PauseReason::DiskFull,
+                message: format!(
+                    "disk full: cannot write {} ({source}); the job resumes by itself once space is free",
                     path.display()
                 ),
             }
@@ -203,23 +216,19 @@ impl From<String> for WriteError {
     }
 }
 
-/// Records an outcome in the store, fenced by this claim's owner and attempt.
+/// Records an outcome in the store, fenced by this claim's lease.
 pub async fn apply(
     ctx: &EngineContext,
     image: &ClaimedImage,
     outcome: Outcome,
 ) -> anyhow::Result<()> {
-    let outcome = count_url_strikes(ctx, image.row_id, outcome);
+    let outcome = count_url_strikes(ctx, image.row_id(), outcome);
     let now = now_ms();
-    let (owner, attempt, row) = (ctx.owner.as_str(), image.attempt, image.row_id);
+    let lease = &image.lease;
     match outcome {
         Outcome::Done { bytes, path } => {
             let path_text = path.to_string_lossy();
-            if ctx
-                .store
-                .complete(row, owner, attempt, bytes, &path_text, now)
-                .await?
-            {
+            if ctx.store.complete(lease, bytes, &path_text, now).await? {
                 ctx.stats.record_image(bytes);
             } else {
                 warn!(image = %image.image_id, "lost the lease before completing; the file is in place anyway");
@@ -227,61 +236,51 @@ pub async fn apply(
         }
         Outcome::Retry { error } => {
             let delay = backoff_delay(
-                attempt as u32,
+                lease.attempt as u32,
                 ctx.tuning.backoff_base,
                 ctx.tuning.backoff_cap,
             );
-            let retry_at = now + delay.as_millis() as i64;
-            let outcome = ctx
-                .store
-                .fail(
-                    row,
-                    owner,
-                    attempt,
-                    &error,
-                    ctx.tuning.max_attempts,
-                    retry_at,
-                    now,
-                )
-                .await?;
-            match outcome {
+            let policy = RetryPolicy {
+                max_attempts: ctx.tuning.max_attempts,
+                retry_at_ms: now + delay.as_millis() as i64,
+            };
+            match ctx.store.fail(lease, &error, policy, now).await? {
                 FailOutcome::FailedForGood => {
-                    warn!(image = %image.image_id, attempt, error, "image failed for good")
+                    warn!(image = %image.image_id, attempt = lease.attempt, error, "image failed for good")
                 }
                 _ => {
-                    debug!(image = %image.image_id, attempt, error, ?delay, "image will be retried")
+                    debug!(image = %image.image_id, attempt = lease.attempt, error, ?delay, "image will be retried")
                 }
             }
         }
         Outcome::GiveUp { error } => {
             warn!(image = %image.image_id, error, "image failed for good");
             ctx.store
-                .fail(row, owner, attempt, &error, 0, now, now)
+                .fail_for_good(lease, FailReason::Error, &error, now)
+                .await?;
+        }
+        Outcome::Deleted { error } => {
+            info!(image = %image.image_id, "image deleted on Mapillary");
+            ctx.store
+                .fail_for_good(lease, FailReason::Deleted, &error, now)
                 .await?;
         }
         Outcome::UrlExpired => {
-            ctx.store.update_urls(&[(row, None)]).await?;
-            ctx.store.release(row, owner, attempt, now, None).await?;
+            ctx.store.update_urls(&[(lease.row_id, None)]).await?;
+            ctx.store.release(lease, now, None).await?;
         }
         Outcome::RateLimited { delay } => {
+            let run_at = now + delay.as_millis() as i64;
             ctx.store
-                .release(
-                    row,
-                    owner,
-                    attempt,
-                    now + delay.as_millis() as i64,
-                    Some("rate limited"),
-                )
+                .release(lease, run_at, Some("rate limited"))
                 .await?;
         }
-        Outcome::PauseJob { reason } => {
-            ctx.store
-                .release(row, owner, attempt, now, Some(&reason))
-                .await?;
-            super::enumerate::pause(ctx, image.job_id, &reason).await?;
+        Outcome::PauseJob { reason, message } => {
+            ctx.store.release(lease, now, Some(&message)).await?;
+            super::enumerate::pause(ctx, image.job_id, reason, &message).await?;
         }
         Outcome::Abandoned => {
-            ctx.store.release(row, owner, attempt, now, None).await?;
+            ctx.store.release(lease, now, None).await?;
         }
     }
     Ok(())

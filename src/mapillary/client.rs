@@ -38,6 +38,10 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
     pub download_timeout: Duration,
+    /// Longest wait for the next byte of a body (and, on the CDN, for the
+    /// response to start): a stalled transfer is a transient fault after
+    /// this, not after the whole download timeout.
+    pub read_idle_timeout: Duration,
     pub max_image_bytes: u64,
 }
 
@@ -53,6 +57,7 @@ impl ClientSettings {
             connect_timeout: Duration::from_secs(m.connect_timeout_secs),
             request_timeout: Duration::from_secs(m.request_timeout_secs),
             download_timeout: Duration::from_secs(m.download_timeout_secs),
+            read_idle_timeout: Duration::from_secs(m.read_idle_timeout_secs),
             max_image_bytes: m.max_image_bytes,
         })
     }
@@ -136,6 +141,7 @@ impl MapillaryClient {
             .user_agent(USER_AGENT)
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.download_timeout)
+            .read_timeout(settings.read_idle_timeout)
             .redirect(reqwest::redirect::Policy::limited(5))
             .retry(reqwest::retry::never())
             .build()
@@ -198,8 +204,9 @@ impl MapillaryClient {
         })
     }
 
-    /// Fresh metadata (and image URLs) for up to 50 ids in one call. Ids the
-    /// API does not know are absent from the map.
+    /// Fresh metadata (and image URLs) for up to 50 ids in one call. The
+    /// Graph API fails the whole call ([`ApiError::Missing`]) when any id no
+    /// longer exists; ids absent from a successful answer are unknown too.
     pub async fn fetch_images(&self, ids: &[&str]) -> Result<HashMap<String, ImageMeta>, ApiError> {
         if ids.len() > MAX_IDS_PER_CALL {
             return Err(ApiError::BadRequest {
@@ -375,10 +382,24 @@ impl MapillaryClient {
             .map_err(|e| transport_error("API call", e))?;
         let status = response.status();
         if status.is_success() {
-            return response
-                .bytes()
-                .await
-                .map_err(|e| transport_error("API response", e));
+            // A slow search may take long to start answering (bounded by
+            // `request_timeout`), but once the body flows, a stall is a fault.
+            let idle = self.inner.settings.read_idle_timeout;
+            let mut response = response;
+            let mut body = Vec::new();
+            loop {
+                match tokio::time::timeout(idle, response.chunk()).await {
+                    Err(_) => {
+                        return Err(ApiError::Transient(format!(
+                            "API response stalled: no byte for {}s",
+                            idle.as_secs_f64()
+                        )));
+                    }
+                    Ok(Err(e)) => return Err(transport_error("API response", e)),
+                    Ok(Ok(None)) => return Ok(Bytes::from(body)),
+                    Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk),
+                }
+            }
         }
         let headers = response.headers().clone();
         // A cut-short error body still classifies by status.
@@ -508,6 +529,7 @@ mod tests {
             connect_timeout_secs: 1,
             request_timeout_secs: 2,
             download_timeout_secs: 3,
+            read_idle_timeout_secs: 2,
             max_image_bytes: 4,
             url_refresh_margin_secs: 5,
         };
@@ -532,6 +554,7 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             request_timeout: Duration::from_secs(1),
             download_timeout: Duration::from_secs(1),
+            read_idle_timeout: Duration::from_secs(1),
             max_image_bytes: 1000,
         };
         assert!(matches!(

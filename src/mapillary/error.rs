@@ -17,6 +17,12 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 const RATE_LIMIT_CODES: [i64; 4] = [4, 17, 32, 613];
 /// Graph error code for an invalid or expired access token.
 const BAD_TOKEN_CODE: i64 = 190;
+/// Graph error code of `GET /?ids=` when any named id does not exist
+/// ("(#803) Some of the aliases you requested do not exist: <id>").
+const MISSING_ALIASES_CODE: i64 = 803;
+/// Graph error code 100 ("unknown object") with this subcode: the object
+/// does not exist (any more).
+const UNKNOWN_OBJECT: (i64, i64) = (100, 33);
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ApiError {
@@ -38,6 +44,11 @@ pub enum ApiError {
     BadRequest { code: Option<i64>, message: String },
     #[error("not found: {0}")]
     NotFound(String),
+    /// The API says objects we asked for do not exist: images deleted on
+    /// Mapillary. `ids` are the ones it named (possibly none, possibly only
+    /// one of several).
+    #[error("Mapillary no longer has {}: {message}", describe_ids(ids))]
+    Missing { ids: Vec<String>, message: String },
     /// Nothing a retry could fix (bad configuration, unusable URL).
     #[error("{0}")]
     Fatal(String),
@@ -56,6 +67,9 @@ pub enum RetryDecision {
     PauseJob,
     /// Retrying cannot help: fail the image (or the call) for good.
     GiveUp,
+    /// The object was deleted on Mapillary: fail it for good as deleted,
+    /// costing no attempt.
+    Gone,
 }
 
 impl ApiError {
@@ -68,8 +82,30 @@ impl ApiError {
             ApiError::BadRequest { .. } | ApiError::NotFound(_) | ApiError::Fatal(_) => {
                 RetryDecision::GiveUp
             }
+            ApiError::Missing { .. } => RetryDecision::Gone,
         }
     }
+}
+
+fn describe_ids(ids: &[String]) -> String {
+    match ids {
+        [] => "some of the requested objects".to_string(),
+        [one] => format!("image {one}"),
+        many => format!("images {}", many.join(", ")),
+    }
+}
+
+/// The ids a "does not exist" message names: every run of 1 to 32 digits
+/// (image ids are digits), in order, without repeats.
+fn ids_named_in(message: &str) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    let tail = message.split_once(':').map_or(message, |(_, rest)| rest);
+    for run in tail.split(|c: char| !c.is_ascii_digit()) {
+        if !run.is_empty() && run.len() <= 32 && !ids.iter().any(|id| id == run) {
+            ids.push(run.to_string());
+        }
+    }
+    ids
 }
 
 #[derive(Deserialize)]
@@ -84,6 +120,8 @@ pub(crate) struct GraphError {
     pub message: Option<String>,
     #[serde(default)]
     pub code: Option<i64>,
+    #[serde(default)]
+    pub error_subcode: Option<i64>,
 }
 
 /// Parses `{"error":{...}}` if the body is one; HTML and garbage give `None`.
@@ -136,6 +174,15 @@ pub(crate) fn classify_api_status(
     if status == StatusCode::UNAUTHORIZED || code == Some(BAD_TOKEN_CODE) {
         return ApiError::BadToken(detail);
     }
+    let unknown_object =
+        code == Some(UNKNOWN_OBJECT.0) && graph.error_subcode == Some(UNKNOWN_OBJECT.1);
+    if code == Some(MISSING_ALIASES_CODE) || unknown_object {
+        let message = graph.message.as_deref().map(&redact).unwrap_or_default();
+        return ApiError::Missing {
+            ids: ids_named_in(&message),
+            message: format!("API answered {detail}"),
+        };
+    }
     if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
         return ApiError::Transient(format!("API answered {detail}"));
     }
@@ -156,10 +203,12 @@ pub(crate) fn classify_api_status(
 pub(crate) fn classify_cdn_status(status: StatusCode) -> ApiError {
     let code = status.as_u16();
     match status {
-        StatusCode::FORBIDDEN | StatusCode::GONE => {
+        // A refused signature, or an object the CDN no longer has: a fresh
+        // URL from the API settles it (the refresh learns whether the image
+        // was deleted on Mapillary).
+        StatusCode::FORBIDDEN | StatusCode::GONE | StatusCode::NOT_FOUND => {
             ApiError::UrlExpired(format!("CDN answered HTTP {code}"))
         }
-        StatusCode::NOT_FOUND => ApiError::NotFound(format!("CDN answered HTTP {code}")),
         StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
             ApiError::Transient(format!("CDN answered HTTP {code}"))
         }
@@ -266,6 +315,27 @@ mod tests {
     }
 
     #[test]
+    fn missing_objects_name_their_ids() {
+        let body = r#"{"error":{"message":"(#803) Some of the aliases you requested do not exist: 9701265521175550","type":"OAuthException","code":803}}"#;
+        let err = classify(400, body, None);
+        assert_eq!(err.decision(), RetryDecision::Gone);
+        assert!(matches!(&err, ApiError::Missing { ids, .. } if ids == &["9701265521175550"]));
+        let many = r#"{"error":{"message":"(#803) Some of the aliases you requested do not exist: 12, 345,12","code":803}}"#;
+        assert!(
+            matches!(classify(400, many, None), ApiError::Missing { ids, .. } if ids == ["12", "345"])
+        );
+        let unknown = r#"{"error":{"message":"Unsupported get request. Object with ID '77' does not exist","code":100,"error_subcode":33}}"#;
+        assert!(
+            matches!(classify(400, unknown, None), ApiError::Missing { ids, .. } if ids == ["77"])
+        );
+        // Code 100 without subcode 33 is a bad parameter, not a deleted image.
+        assert!(matches!(
+            classify(400, &graph(100), None),
+            ApiError::BadRequest { .. }
+        ));
+    }
+
+    #[test]
     fn retry_after_forms() {
         let mut h = HeaderMap::new();
         h.insert(RETRY_AFTER, HeaderValue::from_static("120"));
@@ -301,7 +371,7 @@ mod tests {
         ));
         assert!(matches!(
             classify_cdn_status(StatusCode::NOT_FOUND),
-            ApiError::NotFound(_)
+            ApiError::UrlExpired(_)
         ));
         assert!(matches!(
             classify_cdn_status(StatusCode::BAD_GATEWAY),

@@ -2,7 +2,8 @@
 //! and one row for tests and debugging. All on the read pool.
 
 use super::{
-    ArchivedImage, FailedImage, ImageRecord, ImageState, Store, StoreError, StoreResult, parse_meta,
+    ArchivedImage, FailReason, FailedImage, ImageRecord, ImageState, Store, StoreError,
+    StoreResult, parse_meta,
 };
 use sqlx::Row;
 
@@ -78,7 +79,7 @@ impl Store {
     /// Up to `limit` of a job's failed images with their last error, oldest first.
     pub async fn failed_images(&self, job_id: i64, limit: u32) -> StoreResult<Vec<FailedImage>> {
         let rows = sqlx::query(
-            "SELECT rowid, image_id, attempts, last_error FROM images \
+            "SELECT rowid, image_id, attempts, last_error, fail_reason FROM images \
              WHERE job_id = ? AND state = 'failed' ORDER BY rowid LIMIT ?",
         )
         .bind(job_id)
@@ -92,6 +93,7 @@ impl Store {
                     image_id: row.try_get("image_id")?,
                     attempts: row.try_get("attempts")?,
                     last_error: row.try_get("last_error")?,
+                    fail_reason: fail_reason(row_id_of(row)?, row.try_get("fail_reason")?)?,
                 })
             })
             .collect()
@@ -128,7 +130,7 @@ impl Store {
     ) -> StoreResult<Option<ImageRecord>> {
         let row = sqlx::query(
             "SELECT rowid, job_id, image_id, meta, url, state, attempts, run_at, lease_owner, \
-             lease_until, bytes, path, last_error, captured_at \
+             lease_until, bytes, path, last_error, fail_reason, deferrals, captured_at \
              FROM images WHERE job_id = ? AND image_id = ?",
         )
         .bind(job_id)
@@ -157,7 +159,21 @@ impl Store {
             bytes: row.try_get("bytes")?,
             path: row.try_get("path")?,
             last_error: row.try_get("last_error")?,
+            fail_reason: fail_reason(row_id, row.try_get("fail_reason")?)?,
+            deferrals: row.try_get("deferrals")?,
             captured_at: row.try_get("captured_at")?,
         }))
     }
+}
+
+fn row_id_of(row: &sqlx::sqlite::SqliteRow) -> StoreResult<i64> {
+    Ok(row.try_get("rowid")?)
+}
+
+/// Parses a stored `fail_reason` column.
+fn fail_reason(row_id: i64, stored: Option<String>) -> StoreResult<Option<FailReason>> {
+    stored
+        .map(|r| r.parse::<FailReason>())
+        .transpose()
+        .map_err(|e| StoreError::Invalid(format!("image row {row_id}: {e}")))
 }

@@ -107,7 +107,8 @@ impl Store {
 
         let mut tx = self.writer()?.begin().await?;
         let updated = sqlx::query(
-            "UPDATE jobs SET cursor = ?, enumeration_complete = ?, updated_at = ? WHERE id = ?",
+            "UPDATE jobs SET cursor = ?1, enumeration_complete = ?2, updated_at = ?3, \
+             progress_at = ?3 WHERE id = ?4",
         )
         .bind(cursor.as_deref())
         .bind(cursor.is_none())

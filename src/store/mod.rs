@@ -10,10 +10,11 @@
 //!
 //! Layout: [`connection`] opens the pools and checks the schema, [`jobs`] holds
 //! the job rows, [`ingest`] writes enumeration pages, [`queue`] is the work
-//! queue (claim, complete, fail, release) and [`images`] reads image rows back.
+//! queue (claim, complete, fail, release, defer), [`images`] reads image rows
+//! back and [`stalls`] finds jobs that stopped making progress.
 //!
 //! Per-job counts are columns on the job row kept by SQLite triggers on
-//! `images` (see `migrations/0001_init.sql`), so `/status` reads O(jobs) rows
+//! `images` (see `migrations/`), so `/status` reads O(jobs) rows
 //! however many images exist, and no statement can make them drift.
 
 mod connection;
@@ -21,10 +22,13 @@ mod images;
 mod ingest;
 mod jobs;
 mod queue;
-pub mod transitions;
+mod stalls;
 
 pub use connection::{Durability, StoreOptions};
 pub use ingest::strip_token;
+pub use jobs::{ACTIVE, Submitted};
+pub use queue::{DeferPolicy, RetryPolicy};
+pub use stalls::StallCandidate;
 
 use crate::model::{Bbox, ImageMeta, Quality};
 use serde::Serialize;
@@ -32,7 +36,7 @@ use sqlx::SqlitePool;
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Errors at the store boundary. Every one is fatal for the operation; the
 /// caller decides whether the process goes on.
@@ -54,100 +58,90 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-/// A job's lifecycle state, stored as the SPEC's lowercase string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobState {
-    Queued,
-    Enumerating,
-    Downloading,
-    Paused,
-    Done,
-    Failed,
-    Cancelled,
-}
-
-impl JobState {
-    pub const ALL: [JobState; 7] = [
-        JobState::Queued,
-        JobState::Enumerating,
-        JobState::Downloading,
-        JobState::Paused,
-        JobState::Done,
-        JobState::Failed,
-        JobState::Cancelled,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobState::Queued => "queued",
-            JobState::Enumerating => "enumerating",
-            JobState::Downloading => "downloading",
-            JobState::Paused => "paused",
-            JobState::Done => "done",
-            JobState::Failed => "failed",
-            JobState::Cancelled => "cancelled",
+/// Declares a string-backed enum stored in a TEXT column: `as_str`,
+/// `Display`, `FromStr` and snake_case serde, from one list of variants.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+        pub enum $name {
+            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
         }
-    }
-}
 
-impl fmt::Display for JobState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
 
-impl FromStr for JobState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        JobState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| format!("unknown job state {s:?}"))
-    }
-}
-
-/// An image row's state, stored as a lowercase string.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ImageState {
-    Pending,
-    InProgress,
-    Done,
-    Failed,
-}
-
-impl ImageState {
-    pub const ALL: [ImageState; 4] = [
-        ImageState::Pending,
-        ImageState::InProgress,
-        ImageState::Done,
-        ImageState::Failed,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ImageState::Pending => "pending",
-            ImageState::InProgress => "in_progress",
-            ImageState::Done => "done",
-            ImageState::Failed => "failed",
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
         }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $name::ALL
+                    .iter()
+                    .copied()
+                    .find(|v| v.as_str() == s)
+                    .ok_or_else(|| format!(concat!("unknown ", stringify!($name), " {:?}"), s))
+            }
+        }
+    };
+}
+
+text_enum! {
+    /// A job's lifecycle state.
+    JobState {
+        Queued => "queued",
+        Enumerating => "enumerating",
+        Downloading => "downloading",
+        Paused => "paused",
+        Done => "done",
+        Failed => "failed",
+        Cancelled => "cancelled",
     }
 }
 
-impl fmt::Display for ImageState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+text_enum! {
+    /// An image row's state.
+    ImageState {
+        Pending => "pending",
+        InProgress => "in_progress",
+        Done => "done",
+        Failed => "failed",
     }
 }
 
-impl FromStr for ImageState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ImageState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| format!("unknown image state {s:?}"))
+text_enum! {
+    /// Why a job is paused. The engine acts on it (a full disk resumes by
+    /// itself once space is back; a rejected token resumes at the next start),
+    /// so it is data, never read out of a message.
+    PauseReason {
+        /// `POST /jobs/{id}/pause`.
+        User => "user",
+        /// A write hit ENOSPC or the free-space reserve.
+        DiskFull => "disk_full",
+        /// Mapillary rejected the access token (code 190, HTTP 401).
+        TokenRejected => "token_rejected",
+    }
+}
+
+text_enum! {
+    /// Why an image is failed for good.
+    FailReason {
+        /// Mapillary no longer has the image: nothing to archive, and a retry
+        /// would not change that.
+        Deleted => "deleted",
+        /// Attempts used up, or a fault no retry can fix.
+        Error => "error",
     }
 }
 
@@ -159,6 +153,8 @@ pub struct Counts {
     pub in_progress: u64,
     pub done: u64,
     pub failed: u64,
+    /// Failed because Mapillary deleted them: a subset of `failed`.
+    pub deleted: u64,
 }
 
 /// A job row as the API shows it (never holds a secret: the cursor is token-free).
@@ -176,16 +172,35 @@ pub struct Job {
     pub created_at: String,
     pub updated_at: String,
     pub last_error: Option<String>,
+    /// Set while `state` is `paused`.
+    pub pause_reason: Option<PauseReason>,
+    /// RFC 3339 UTC: when the job last moved forward (an image finished, a
+    /// page was stored, or it was started or resumed).
+    pub progress_at: Option<String>,
+    /// RFC 3339 UTC: set while the job has work but has made no progress for
+    /// longer than `jobs.stall_after_secs`; `last_error` then says why.
+    pub stalled_since: Option<String>,
     /// Token-free `next` URL of the enumeration, `None` before the first page
     /// and after the last.
     #[serde(skip)]
     pub cursor: Option<String>,
 }
 
+/// The right to change one in-flight image row: who claimed it, on which
+/// attempt. Every outcome is fenced by all three, so a worker whose lease
+/// expired and was taken over cannot overwrite the new holder's outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub row_id: i64,
+    pub owner: Arc<str>,
+    /// The attempt number this claim holds (1-based).
+    pub attempt: i64,
+}
+
 /// What a worker gets from a claim.
 #[derive(Debug, Clone)]
 pub struct ClaimedImage {
-    pub row_id: i64,
+    pub lease: Lease,
     pub job_id: i64,
     pub image_id: String,
     pub quality: Quality,
@@ -193,8 +208,12 @@ pub struct ClaimedImage {
     pub meta: ImageMeta,
     /// Last known CDN URL for the job's quality, if any.
     pub url: Option<String>,
-    /// The attempt number this claim holds (1-based); fences completion.
-    pub attempt: i64,
+}
+
+impl ClaimedImage {
+    pub fn row_id(&self) -> i64 {
+        self.lease.row_id
+    }
 }
 
 /// What [`Store::fail`] did with the image.
@@ -226,6 +245,7 @@ pub struct FailedImage {
     pub image_id: String,
     pub attempts: i64,
     pub last_error: Option<String>,
+    pub fail_reason: Option<FailReason>,
 }
 
 /// Everything stored about one image row; for tests and debugging.
@@ -244,6 +264,8 @@ pub struct ImageRecord {
     pub bytes: Option<i64>,
     pub path: Option<String>,
     pub last_error: Option<String>,
+    pub fail_reason: Option<FailReason>,
+    pub deferrals: i64,
     pub captured_at: Option<i64>,
 }
 

@@ -2,9 +2,12 @@
 //! fenced by (lease owner, attempt) so a worker whose lease was taken over
 //! cannot overwrite the new holder's outcome.
 
-use super::{ClaimedImage, FailOutcome, Store, StoreError, StoreResult, parse_meta};
+use super::{
+    ClaimedImage, FailOutcome, FailReason, Lease, Store, StoreError, StoreResult, parse_meta,
+};
 use crate::model::Quality;
 use sqlx::Row;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One statement claims up to `?4` rows: first expired leases (crashed or
@@ -56,37 +59,57 @@ WHERE rowid IN (
 RETURNING rowid, job_id, image_id, meta, url, attempts, run_at";
 
 /// The fence every outcome carries: only the current lease holder, on the
-/// attempt it claimed, may change an in-flight row.
+/// attempt it claimed, may change an in-flight row. Binds `rowid`, owner and
+/// attempt, in that order, after the statement's other parameters.
 macro_rules! fence {
     () => {
         " WHERE rowid = ? AND state = 'in_progress' AND lease_owner = ? AND attempts = ?"
     };
 }
 
+/// Binds a [`Lease`] to the three `?` of [`fence!`].
+fn bind_lease<'q>(
+    query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    lease: &'q Lease,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+    query
+        .bind(lease.row_id)
+        .bind(&*lease.owner)
+        .bind(lease.attempt)
+}
+
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// When a failed attempt's image is due again, if attempts remain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Attempts after which the image is failed for good.
+    pub max_attempts: u32,
+    /// Unix ms at which a retry is due.
+    pub retry_at_ms: i64,
+}
+
+/// How a deferred image's delay grows: `base × 2^deferrals`, capped, times
+/// `jitter` (0.5..=1.0 keeps retries of one batch from moving in lockstep).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeferPolicy {
+    pub base: Duration,
+    pub cap: Duration,
+    pub jitter: f64,
+}
+
 impl Store {
     /// Claims up to `limit` due images for `owner`, leased until
-    /// `now_ms + lease`. A reclaimed expired lease counts as a new attempt.
-    /// Only images of `enumerating` or `downloading` jobs are claimed.
+    /// `now_ms + lease`, taking pending rows from the first active job whose
+    /// id is greater than `after_job` (wrapping around): the dispatcher passes
+    /// the job it served last, so jobs take turns. A reclaimed expired lease
+    /// counts as a new attempt. Only images of `enumerating` or `downloading`
+    /// jobs are claimed.
     pub async fn claim(
         &self,
-        owner: &str,
-        limit: u32,
-        lease: Duration,
-        now_ms: i64,
-    ) -> StoreResult<Vec<ClaimedImage>> {
-        self.claim_after_job(owner, limit, lease, now_ms, 0).await
-    }
-
-    /// [`Store::claim`], taking pending rows from the first active job whose id
-    /// is greater than `after_job` (wrapping around). The dispatcher passes the
-    /// job it served last, so jobs take turns.
-    pub async fn claim_after_job(
-        &self,
-        owner: &str,
+        owner: &Arc<str>,
         limit: u32,
         lease: Duration,
         now_ms: i64,
@@ -96,7 +119,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let rows = sqlx::query(CLAIM_SQL)
-            .bind(owner)
+            .bind(&**owner)
             .bind(now_ms.saturating_add(millis(lease)))
             .bind(now_ms)
             .bind(i64::from(limit))
@@ -112,19 +135,22 @@ impl Store {
             claimed.push((
                 row.try_get::<i64, _>("run_at")?,
                 ClaimedImage {
-                    row_id,
+                    lease: Lease {
+                        row_id,
+                        owner: owner.clone(),
+                        attempt: row.try_get("attempts")?,
+                    },
                     job_id,
                     image_id: row.try_get("image_id")?,
                     quality,
                     username,
                     meta: parse_meta(row_id, &meta)?,
                     url: row.try_get("url")?,
-                    attempt: row.try_get("attempts")?,
                 },
             ));
         }
         // RETURNING yields rows in no promised order; hand them out in queue order.
-        claimed.sort_by_key(|(run_at, image)| (*run_at, image.row_id));
+        claimed.sort_by_key(|(run_at, image)| (*run_at, image.lease.row_id));
         Ok(claimed.into_iter().map(|(_, image)| image).collect())
     }
 
@@ -160,59 +186,51 @@ impl Store {
     /// lease was lost (another holder or a reset); nothing changed.
     pub async fn complete(
         &self,
-        row_id: i64,
-        owner: &str,
-        attempt: i64,
+        lease: &Lease,
         bytes: u64,
         path: &str,
         now_ms: i64,
     ) -> StoreResult<bool> {
-        let result = sqlx::query(concat!(
+        let query = sqlx::query(concat!(
             "UPDATE images SET state = 'done', bytes = ?, path = ?, lease_owner = NULL, \
-             lease_until = NULL, last_error = NULL, updated_at = ?",
+             lease_until = NULL, last_error = NULL, fail_reason = NULL, deferrals = 0, updated_at = ?",
             fence!()
         ))
         .bind(i64::try_from(bytes).unwrap_or(i64::MAX))
         .bind(path)
-        .bind(now_ms)
-        .bind(row_id)
-        .bind(owner)
-        .bind(attempt)
-        .execute(self.writer()?)
-        .await?;
+        .bind(now_ms);
+        let result = bind_lease(query, lease).execute(self.writer()?).await?;
         Ok(result.rows_affected() == 1)
     }
 
-    /// Records a failed attempt: back to pending at `retry_at_ms`, or failed
-    /// for good once `max_attempts` attempts are burnt.
-    #[allow(clippy::too_many_arguments)]
+    /// Records a failed attempt: back to pending at `policy.retry_at_ms`, or
+    /// failed for good (reason `error`) once `policy.max_attempts` attempts
+    /// are burnt.
     pub async fn fail(
         &self,
-        row_id: i64,
-        owner: &str,
-        attempt: i64,
+        lease: &Lease,
         error: &str,
-        max_attempts: u32,
-        retry_at_ms: i64,
+        policy: RetryPolicy,
         now_ms: i64,
     ) -> StoreResult<FailOutcome> {
-        let row = sqlx::query(
+        let query = sqlx::query(concat!(
             "UPDATE images SET \
-             state = CASE WHEN attempts >= ?1 THEN 'failed' ELSE 'pending' END, \
-             run_at = CASE WHEN attempts >= ?1 THEN run_at ELSE ?2 END, \
-             last_error = ?3, lease_owner = NULL, lease_until = NULL, updated_at = ?4 \
-             WHERE rowid = ?5 AND state = 'in_progress' AND lease_owner = ?6 AND attempts = ?7 \
-             RETURNING state, run_at",
-        )
-        .bind(i64::from(max_attempts))
-        .bind(retry_at_ms)
+             state = CASE WHEN attempts >= ? THEN 'failed' ELSE 'pending' END, \
+             fail_reason = CASE WHEN attempts >= ? THEN 'error' ELSE NULL END, \
+             run_at = CASE WHEN attempts >= ? THEN run_at ELSE ? END, \
+             last_error = ?, lease_owner = NULL, lease_until = NULL, updated_at = ?",
+            fence!(),
+            " RETURNING state, run_at"
+        ))
+        .bind(i64::from(policy.max_attempts))
+        .bind(i64::from(policy.max_attempts))
+        .bind(i64::from(policy.max_attempts))
+        .bind(policy.retry_at_ms)
         .bind(error)
-        .bind(now_ms)
-        .bind(row_id)
-        .bind(owner)
-        .bind(attempt)
-        .fetch_optional(self.writer()?)
-        .await?;
+        .bind(now_ms);
+        let row = bind_lease(query, lease)
+            .fetch_optional(self.writer()?)
+            .await?;
         let Some(row) = row else {
             return Ok(FailOutcome::LeaseLost);
         };
@@ -226,41 +244,122 @@ impl Store {
         })
     }
 
+    /// Fails a claimed image for good now, whatever attempts remain. A
+    /// deleted image gets its claim's attempt back: nothing was tried that
+    /// could have worked. `false` means the lease was lost.
+    pub async fn fail_for_good(
+        &self,
+        lease: &Lease,
+        reason: FailReason,
+        error: &str,
+        now_ms: i64,
+    ) -> StoreResult<bool> {
+        let query = sqlx::query(concat!(
+            "UPDATE images SET state = 'failed', fail_reason = ?, last_error = ?, \
+             attempts = CASE WHEN ? = 'deleted' THEN max(attempts - 1, 0) ELSE attempts END, \
+             lease_owner = NULL, lease_until = NULL, updated_at = ?",
+            fence!()
+        ))
+        .bind(reason.as_str())
+        .bind(error)
+        .bind(reason.as_str())
+        .bind(now_ms);
+        let result = bind_lease(query, lease).execute(self.writer()?).await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Marks pending (unclaimed) images deleted on Mapillary: failed for
+    /// good with reason `deleted`. Rows no longer pending are left alone.
+    /// Returns how many changed.
+    pub async fn mark_pending_deleted(
+        &self,
+        row_ids: &[i64],
+        error: &str,
+        now_ms: i64,
+    ) -> StoreResult<u64> {
+        if row_ids.is_empty() {
+            return Ok(0);
+        }
+        let ids = serde_json::Value::from(row_ids.to_vec()).to_string();
+        let result = sqlx::query(
+            "UPDATE images SET state = 'failed', fail_reason = 'deleted', last_error = ?, \
+             updated_at = ? WHERE state = 'pending' AND rowid IN (SELECT value FROM json_each(?))",
+        )
+        .bind(error)
+        .bind(now_ms)
+        .bind(ids)
+        .execute(self.writer()?)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
     /// Gives a claimed image back without burning its attempt: for rate
     /// limits, expired URLs, paused jobs, a full disk and shutdown. `note`,
     /// when given, replaces `last_error`. `false` means the lease was lost.
     pub async fn release(
         &self,
-        row_id: i64,
-        owner: &str,
-        attempt: i64,
+        lease: &Lease,
         run_at_ms: i64,
         note: Option<&str>,
     ) -> StoreResult<bool> {
-        let result = sqlx::query(concat!(
+        let query = sqlx::query(concat!(
             "UPDATE images SET state = 'pending', attempts = max(attempts - 1, 0), run_at = ?, \
              lease_owner = NULL, lease_until = NULL, last_error = ifnull(?, last_error)",
             fence!()
         ))
         .bind(run_at_ms)
-        .bind(note)
-        .bind(row_id)
-        .bind(owner)
-        .bind(attempt)
-        .execute(self.writer()?)
-        .await?;
+        .bind(note);
+        let result = bind_lease(query, lease).execute(self.writer()?).await?;
         Ok(result.rows_affected() == 1)
     }
 
-    /// Re-queues a job's failed images with fresh attempts, due now.
-    pub async fn retry_failed(&self, job_id: i64, now_ms: i64) -> StoreResult<u64> {
+    /// [`Store::release`] for a fault that is not the image's but keeps
+    /// recurring (the API refusing its URL refresh): no attempt is burnt, but
+    /// each deferral doubles the image's next delay, so the same image never
+    /// comes back in a tight loop. Returns when it is due again (Unix ms), or
+    /// `None` if the lease was lost.
+    pub async fn defer(
+        &self,
+        lease: &Lease,
+        note: &str,
+        policy: DeferPolicy,
+        now_ms: i64,
+    ) -> StoreResult<Option<i64>> {
+        let query = sqlx::query(concat!(
+            "UPDATE images SET state = 'pending', attempts = max(attempts - 1, 0), \
+             run_at = ? + CAST(min(?, ? * (1 << min(deferrals, 30))) * ? AS INTEGER), \
+             deferrals = deferrals + 1, lease_owner = NULL, lease_until = NULL, last_error = ?",
+            fence!(),
+            " RETURNING run_at"
+        ))
+        .bind(now_ms)
+        .bind(millis(policy.cap))
+        .bind(millis(policy.base))
+        .bind(policy.jitter.clamp(0.0, 1.0))
+        .bind(note);
+        Ok(bind_lease(query, lease)
+            .fetch_optional(self.writer()?)
+            .await?
+            .map(|row| row.try_get("run_at"))
+            .transpose()?)
+    }
+
+    /// Re-queues a job's failed images with fresh attempts, due now. Images
+    /// deleted on Mapillary stay failed unless `include_deleted`.
+    pub async fn retry_failed(
+        &self,
+        job_id: i64,
+        include_deleted: bool,
+        now_ms: i64,
+    ) -> StoreResult<u64> {
         let result = sqlx::query(
-            "UPDATE images SET state = 'pending', attempts = 0, run_at = ?, last_error = NULL, \
-             updated_at = ? WHERE job_id = ? AND state = 'failed'",
+            "UPDATE images SET state = 'pending', attempts = 0, deferrals = 0, run_at = ?1, \
+             last_error = NULL, fail_reason = NULL, updated_at = ?1 \
+             WHERE job_id = ?2 AND state = 'failed' AND (?3 OR fail_reason IS NOT 'deleted')",
         )
         .bind(now_ms)
-        .bind(now_ms)
         .bind(job_id)
+        .bind(include_deleted)
         .execute(self.writer()?)
         .await?;
         Ok(result.rows_affected())
