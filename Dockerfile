@@ -16,10 +16,13 @@ ENV CARGO_TERM_COLOR=never CARGO_INCREMENTAL=0
 # brings file:line back.
 ARG CARGO_PROFILE_RELEASE_DEBUG=0
 # Dependencies first, in their own layer, so a code edit does not rebuild them. Cargo needs every
-# target the manifest names explicitly ([[bench]]) to exist, so each gets a stub.
+# target the manifest names explicitly ([[bench]]) to exist, so each gets a stub. The workspace's
+# other member, the test kit (testkit/: dev-only, never built here), needs its manifest and a stub
+# library for cargo to resolve the workspace; the stub stays for the second build.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches \
-    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
+COPY testkit/Cargo.toml testkit/
+RUN mkdir -p src benches testkit/src \
+    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs testkit/src/lib.rs \
     && for bench in $(sed -n '/^\[\[bench\]\]/,/^name/s/^name *= *"\(.*\)"/\1/p' Cargo.toml); do \
            echo 'fn main() {}' > "benches/$bench.rs"; \
        done \

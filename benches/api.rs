@@ -9,9 +9,10 @@ use mapillary_downloader::api::{self, AppState};
 use mapillary_downloader::model::{ImageMeta, Quality};
 use mapillary_downloader::stats::Stats;
 use mapillary_downloader::store::{JobState, Store};
+use mld_testkit::latency::percentile;
+use mld_testkit::server::ServerTask;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 const JOBS: u64 = 10;
 const IMAGES_PER_JOB: u64 = 100_000;
@@ -33,11 +34,6 @@ fn page(first: u64) -> Vec<ImageMeta> {
             ..Default::default()
         })
         .collect()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index]
 }
 
 async fn time_requests(client: &reqwest::Client, url: &str) -> Vec<Duration> {
@@ -133,9 +129,8 @@ async fn main() {
     let server = api::bind("127.0.0.1:0".parse().unwrap(), state)
         .await
         .unwrap();
-    let base = format!("http://{}", server.local_addr);
-    let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(server.serve(shutdown.clone()));
+    let task = ServerTask::spawn(server.local_addr, |stop| server.serve(stop));
+    let base = task.base_url();
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(
         reqwest::header::AUTHORIZATION,
@@ -171,7 +166,6 @@ async fn main() {
         },
         p99.as_secs_f64() * 1e3
     );
-    shutdown.cancel();
-    handle.await.unwrap().unwrap();
+    task.stop().await.unwrap();
     store.close().await;
 }

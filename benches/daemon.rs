@@ -21,24 +21,22 @@
 //! image sit on each worker's path, so the disk under `BENCH_DATA_DIR` shows
 //! in the throughput figure: point it at a tmpfs to see the engine alone.
 
-#[path = "daemon_support/api.rs"]
-mod api;
-#[path = "daemon_support/child.rs"]
-mod child;
-#[path = "../tests/support/fake_mapillary.rs"]
-mod fake_mapillary;
-
 use anyhow::{Context, bail};
-use api::{DaemonApi, JobView, percentile, sample_status};
-use child::{Daemon, MachineCpu, load_average, own_cpu_time};
-use fake_mapillary::{FakeConfig, FakeMapillary};
-use mapillary_downloader::model::Quality;
-use std::path::{Path, PathBuf};
+use mld_testkit::api_client::ApiClient;
+use mld_testkit::env;
+use mld_testkit::fake::{self as fake_mapillary, FakeConfig, FakeMapillary, Quality};
+use mld_testkit::latency::{percentile, sample_get};
+use mld_testkit::process::{DaemonProcess, KeepLog, MachineCpu, load_average, own_cpu_time};
+use reqwest::Method;
+use serde_json::Value;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_mapillary-downloader");
+/// Daemon log lines kept for the error message when something goes wrong.
+const LOG_TAIL_LINES: usize = 200;
 /// SPEC targets.
 const THROUGHPUT_TARGET: f64 = 0.90;
 const CPU_MS_PER_100KB_TARGET: f64 = 1.0;
@@ -156,13 +154,106 @@ impl BenchConfig {
 /// The daemon's environment: the fake's URL and token, otherwise defaults
 /// (plus `BENCH_DAEMON_ENV`).
 fn daemon_env(cfg: &BenchConfig, fake: &FakeMapillary) -> Vec<(String, String)> {
-    let mut env = vec![
-        ("MAPILLARY_TOKEN".to_string(), fake.token()),
-        ("MAPILLARY_API_URL".to_string(), fake.api_url().to_string()),
-        ("RUST_LOG".to_string(), "info".to_string()),
-    ];
-    env.extend(cfg.daemon_env.iter().cloned());
-    env
+    let mut daemon_env = env::daemon_env(fake.api_url().as_str(), &fake.token());
+    for (key, value) in &cfg.daemon_env {
+        env::set(&mut daemon_env, key, value);
+    }
+    daemon_env
+}
+
+/// The real binary, `serve` at default settings but the worker count.
+fn spawn_daemon(
+    cfg: &BenchConfig,
+    fake: &FakeMapillary,
+    data_dir: &std::path::Path,
+    workers: u32,
+) -> anyhow::Result<DaemonProcess> {
+    let daemon = DaemonProcess::spawn_keeping(
+        BINARY,
+        data_dir,
+        workers,
+        &daemon_env(cfg, fake),
+        KeepLog::Tail(LOG_TAIL_LINES),
+    )?;
+    println!(
+        "  daemon pid {} listening on {}",
+        daemon.pid(),
+        daemon.base()
+    );
+    Ok(daemon)
+}
+
+/// The fields of a job the bench reads.
+#[derive(Debug, Clone, Copy, Default)]
+struct JobView {
+    enumeration_complete: bool,
+    discovered: u64,
+    pending: u64,
+    in_progress: u64,
+    done: u64,
+    failed: u64,
+    bytes_done: u64,
+}
+
+impl JobView {
+    fn from_json(job: &Value) -> anyhow::Result<JobView> {
+        let count = |name: &str| -> anyhow::Result<u64> {
+            job["counts"][name]
+                .as_u64()
+                .with_context(|| format!("job has no counts.{name}: {job}"))
+        };
+        Ok(JobView {
+            enumeration_complete: job["enumeration_complete"]
+                .as_bool()
+                .with_context(|| format!("job has no enumeration_complete: {job}"))?,
+            discovered: count("discovered")?,
+            pending: count("pending")?,
+            in_progress: count("in_progress")?,
+            done: count("done")?,
+            failed: count("failed")?,
+            bytes_done: job["bytes_done"]
+                .as_u64()
+                .with_context(|| format!("job has no bytes_done: {job}"))?,
+        })
+    }
+}
+
+/// `POST /jobs {"username": ..}`; returns the new job's id.
+async fn post_job(api: &ApiClient, username: &str) -> anyhow::Result<i64> {
+    let body = serde_json::json!({ "username": username });
+    let (status, body) = api
+        .try_request_json(Method::POST, "/jobs", Some(body))
+        .await?;
+    if !status.is_success() {
+        bail!("POST /jobs answered {status}: {body}");
+    }
+    body["id"]
+        .as_i64()
+        .with_context(|| format!("POST /jobs returned no id: {body}"))
+}
+
+async fn job_view(api: &ApiClient, id: i64) -> anyhow::Result<JobView> {
+    let path = format!("/jobs/{id}");
+    let (status, body) = api.try_request_json(Method::GET, &path, None).await?;
+    if !status.is_success() {
+        bail!("GET {path} answered {status}: {body}");
+    }
+    JobView::from_json(&body)
+}
+
+/// Times `GET /status` from a thread of its own (see [`sample_get`]).
+fn sample_status(
+    daemon: &DaemonProcess,
+    interval: Duration,
+    max_samples: usize,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<anyhow::Result<Vec<Duration>>> {
+    sample_get(
+        format!("{}/status", daemon.base()),
+        interval,
+        max_samples,
+        stop,
+    )
 }
 
 /// One reading of everything a window is computed from.
@@ -174,8 +265,8 @@ struct Snapshot {
     machine: MachineCpu,
 }
 
-async fn snapshot(daemon: &Daemon, api: &DaemonApi, job: i64) -> anyhow::Result<Snapshot> {
-    let job = api.job(job).await?;
+async fn snapshot(daemon: &DaemonProcess, api: &ApiClient, job: i64) -> anyhow::Result<Snapshot> {
+    let job = job_view(api, job).await?;
     Ok(Snapshot {
         at: Instant::now(),
         job,
@@ -186,15 +277,15 @@ async fn snapshot(daemon: &Daemon, api: &DaemonApi, job: i64) -> anyhow::Result<
 }
 
 async fn wait_for_enumeration(
-    api: &DaemonApi,
-    daemon: &Daemon,
+    api: &ApiClient,
+    daemon: &DaemonProcess,
     job: i64,
     timeout: Duration,
     mut on_poll: impl FnMut(&JobView) -> anyhow::Result<()>,
 ) -> anyhow::Result<JobView> {
     let deadline = Instant::now() + timeout;
     loop {
-        let view = api.job(job).await?;
+        let view = job_view(api, job).await?;
         on_poll(&view)?;
         if view.enumeration_complete {
             return Ok(view);
@@ -203,7 +294,7 @@ async fn wait_for_enumeration(
             bail!(
                 "enumeration did not finish within {timeout:?} ({} discovered); daemon log:\n{}",
                 view.discovered,
-                daemon.log_tail()
+                daemon.log_tail(LOG_TAIL_LINES)
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -274,15 +365,9 @@ async fn throughput_run(cfg: &BenchConfig, workers: u32) -> anyhow::Result<Throu
     let username = format!("bench-w{workers}");
     fake.add_user(&username, count, 7);
     let dir = temp_data_dir(cfg, &username)?;
-    let daemon = Daemon::spawn(
-        Path::new(BINARY),
-        dir.path(),
-        workers,
-        &daemon_env(cfg, &fake),
-    )?;
-    println!("  daemon pid {} listening on {}", daemon.pid(), daemon.base);
-    let api = DaemonApi::new(&daemon.base);
-    let job = api.post_job(&username).await?;
+    let mut daemon = spawn_daemon(cfg, &fake, dir.path(), workers)?;
+    let api = daemon.api();
+    let job = post_job(&api, &username).await?;
     wait_for_enumeration(&api, &daemon, job, Duration::from_secs(120), |_| Ok(())).await?;
     tokio::time::sleep(cfg.warmup).await;
     let start = snapshot(&daemon, &api, job).await?;
@@ -296,7 +381,7 @@ async fn throughput_run(cfg: &BenchConfig, workers: u32) -> anyhow::Result<Throu
         bail!(
             "{} images failed; daemon log:\n{}",
             end.job.failed,
-            daemon.log_tail()
+            daemon.log_tail(LOG_TAIL_LINES)
         );
     }
     let status = daemon.terminate(Duration::from_secs(60))?;
@@ -378,26 +463,15 @@ async fn queue_run(cfg: &BenchConfig) -> anyhow::Result<QueueResult> {
     let username = "bench-queue";
     fake.add_user(username, cfg.queue_images, 11);
     let dir = temp_data_dir(cfg, username)?;
-    let daemon = Daemon::spawn(
-        Path::new(BINARY),
-        dir.path(),
-        cfg.queue_workers,
-        &daemon_env(cfg, &fake),
-    )?;
-    println!("  daemon pid {} listening on {}", daemon.pid(), daemon.base);
-    let api = DaemonApi::new(&daemon.base);
+    let mut daemon = spawn_daemon(cfg, &fake, dir.path(), cfg.queue_workers)?;
+    let api = daemon.api();
     let cpu_before = daemon.cpu_time()?;
     let started = Instant::now();
-    let job = api.post_job(username).await?;
+    let job = post_job(&api, username).await?;
 
     // While the queue grows: a light /status poller, for information.
     let stop = Arc::new(AtomicBool::new(false));
-    let early = sample_status(
-        &daemon.base,
-        Duration::from_millis(20),
-        usize::MAX,
-        stop.clone(),
-    );
+    let early = sample_status(&daemon, Duration::from_millis(20), usize::MAX, stop.clone());
     let mut last_report = Instant::now();
     let enumerated = wait_for_enumeration(&api, &daemon, job, Duration::from_secs(600), |view| {
         if last_report.elapsed() >= Duration::from_secs(5) {
@@ -432,7 +506,7 @@ async fn queue_run(cfg: &BenchConfig) -> anyhow::Result<QueueResult> {
     // At full size, while the workers download.
     let phase_start = Instant::now();
     let full = sample_status(
-        &daemon.base,
+        &daemon,
         cfg.status_interval,
         cfg.status_samples,
         Arc::new(AtomicBool::new(false)),
@@ -444,7 +518,7 @@ async fn queue_run(cfg: &BenchConfig) -> anyhow::Result<QueueResult> {
         .join()
         .map_err(|_| anyhow::anyhow!("status sampler panicked"))??;
     let download_phase = phase_start.elapsed();
-    let after = api.job(job).await?;
+    let after = job_view(&api, job).await?;
     let memory = daemon.memory()?;
     let stopping = Instant::now();
     let status = daemon.terminate(Duration::from_secs(120))?;

@@ -5,12 +5,9 @@
 //! 100 KB and 2 MB, each carrying a served-file-like EXIF block (merged on
 //! every call) and, in the pano rows, an XMP block that gets replaced.
 
-#[path = "../tests/support/jpeg_fixtures.rs"]
-mod jpeg_fixtures;
-
-use jpeg_fixtures as fx;
 use mapillary_downloader::exif::tag_jpeg;
 use mapillary_downloader::model::{GeoPoint, ImageMeta};
+use mld_testkit::jpeg as fx;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 

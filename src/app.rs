@@ -2,7 +2,9 @@
 //! [`Settings`], and runs them until a shutdown signal.
 //!
 //! [`Application::build`] binds the listener itself and reports the real
-//! address, so tests run the whole daemon on `127.0.0.1:0`.
+//! address, so tests run the whole daemon on `127.0.0.1:0`;
+//! [`Application::spawn`] runs it on a task of its own, for a program (or a
+//! test) that embeds the daemon.
 
 use crate::api::{self, AppState, HttpServer};
 use crate::config::Settings;
@@ -17,6 +19,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::Notify;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -125,6 +128,47 @@ impl Application {
             .context("HTTP server")?;
         info!("shutdown complete");
         Ok(())
+    }
+
+    /// Runs the daemon on a task of its own (see [`Application::run_until`])
+    /// until [`RunningApplication::stop`]. Must be called within a Tokio runtime.
+    pub fn spawn(self) -> RunningApplication {
+        let local_addr = self.local_addr();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(self.run_until(shutdown.clone().cancelled_owned()));
+        RunningApplication {
+            local_addr,
+            shutdown,
+            task,
+        }
+    }
+}
+
+/// A daemon running on its own task. Dropping it aborts the task: no graceful
+/// shutdown, like a crash (the database makes that safe); `stop` is graceful.
+pub struct RunningApplication {
+    local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningApplication {
+    /// The address the API really listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Stops gracefully, as SIGTERM does: no new claims, in-flight images
+    /// finish, the HTTP server closes. Returns how the daemon ended.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        (&mut self.task).await.context("the application task")?
+    }
+}
+
+impl Drop for RunningApplication {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

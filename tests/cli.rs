@@ -1,34 +1,23 @@
 //! The one-shot `download` and the `status` commands, as a user runs them:
 //! the real binary against the fake API, exit codes, resume, dry run, output.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/fake_mapillary.rs"]
-mod fake_mapillary;
-#[path = "support/process.rs"]
-mod process;
-
-use daemon::{check_collection, part_files};
-use fake_mapillary::{DEFAULT_TOKEN, FakeConfig, FakeMapillary};
-use mapillary_downloader::model::{ImageMeta, Quality};
-use process::{BINARY, DaemonProcess, test_env};
+use mld_testkit::archive_check::{check_collection, part_files};
+use mld_testkit::env::{self, test_env};
+use mld_testkit::fake::{DEFAULT_TOKEN, FakeConfig, FakeImage, FakeMapillary, Quality};
+use mld_testkit::process::{self, DaemonProcess};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+const BINARY: &str = env!("CARGO_BIN_EXE_mapillary-downloader");
+
 fn command(args: &[&str], data: &Path, env: &[(String, String)]) -> Command {
-    let mut cmd = Command::new(BINARY);
+    let mut cmd = process::command(BINARY, env);
     cmd.args(args)
         .arg("--data-dir")
         .arg(data)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
     cmd
 }
 
@@ -90,7 +79,7 @@ async fn exit_codes_say_what_happened() {
     let first = fake.images("olga")[0].clone();
     fake.add_image(
         "olga",
-        ImageMeta {
+        FakeImage {
             id: "not/a/number".into(),
             ..first
         },
@@ -113,11 +102,7 @@ async fn exit_codes_say_what_happened() {
     // A missing token: 2, one clear line naming the variable, nothing written.
     let fresh = tempfile::tempdir().unwrap();
     let data = fresh.path().join("data");
-    let no_token: Vec<_> = env
-        .iter()
-        .filter(|(k, _)| k != "MAPILLARY_TOKEN")
-        .cloned()
-        .collect();
+    let no_token = env::without(&env, "MAPILLARY_TOKEN");
     let out = run(&["download", "olga"], &data, &no_token).await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -127,8 +112,7 @@ async fn exit_codes_say_what_happened() {
 
     // A rejected token: 2.
     let mut bad = env.clone();
-    bad.retain(|(k, _)| k != "MAPILLARY_TOKEN");
-    bad.push(("MAPILLARY_TOKEN".into(), "MLY|1|wrong".into()));
+    env::set(&mut bad, "MAPILLARY_TOKEN", "MLY|1|wrong");
     let out = run(&["download", "olga"], &data, &bad).await;
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
@@ -139,7 +123,7 @@ async fn exit_codes_say_what_happened() {
 
     // A bad setting: 2, naming the key and where it came from.
     let mut bad_config = env.clone();
-    bad_config.push(("MLD__MAPILLARY__PAGE_SIZE".into(), "0".into()));
+    env::set(&mut bad_config, "MLD__MAPILLARY__PAGE_SIZE", "0");
     let out = run(
         &["download", "olga"],
         &fresh.path().join("other"),
@@ -188,8 +172,7 @@ async fn ctrl_c_exits_promptly_and_the_next_run_resumes_without_downloading_twic
         assert!(Instant::now() < deadline, "download never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // SAFETY: kill(2) on our own child.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    process::signal(child.id(), libc::SIGINT).unwrap();
     let started = Instant::now();
     let out = tokio::task::spawn_blocking(move || {
         let _ = &mut child;
@@ -263,16 +246,11 @@ async fn status_works_beside_a_running_daemon() {
     fake.add_user("rita", 200, 25);
     let dir = tempfile::tempdir().unwrap();
     let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
-    let daemon = DaemonProcess::spawn(dir.path(), 2, &env);
-    let created: serde_json::Value = reqwest::Client::new()
-        .post(format!("{}/jobs", daemon.base))
-        .json(&serde_json::json!({"username": "rita"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let daemon = DaemonProcess::spawn(BINARY, dir.path(), 2, &env).expect("the daemon starts");
+    let client = daemon.api();
+    let (_, created) = client
+        .post_job(serde_json::json!({"username": "rita"}))
+        .await;
     assert_eq!(created["username"], "rita");
     while fake.cdn_hits_total() < 10 {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -300,12 +278,9 @@ async fn status_works_beside_a_running_daemon() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let report: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("status --json is JSON");
-    let api: serde_json::Value = reqwest::get(format!("{}/status", daemon.base))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, api) = client
+        .request_json(reqwest::Method::GET, "/status", None)
+        .await;
     let keys = |v: &serde_json::Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
     assert_eq!(keys(&report), keys(&api), "the same shape as GET /status");
     assert_eq!(keys(&report["jobs"][0]), keys(&api["jobs"][0]));

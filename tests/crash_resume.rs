@@ -1,58 +1,27 @@
 //! The real binary under kill -9 and SIGTERM, and a full disk: nothing is
 //! lost, nothing finished is downloaded again, no `.part` survives.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/fake_mapillary.rs"]
-mod fake_mapillary;
-#[path = "support/process.rs"]
-mod process;
+mod common;
 
-use daemon::{check_collection, check_image, part_files};
-use fake_mapillary::{DEFAULT_TOKEN, FakeConfig, FakeMapillary};
-use mapillary_downloader::model::Quality;
+use common::{TestDaemon, test_settings};
 use mapillary_downloader::store::Store;
-use process::{DaemonProcess, test_env};
+use mld_testkit::archive_check::{
+    check_collection, check_image, collection_dir, image_path, part_files,
+};
+use mld_testkit::env::test_env;
+use mld_testkit::fake::{DEFAULT_TOKEN, FakeConfig, FakeMapillary, Quality};
+use mld_testkit::process::DaemonProcess;
 use rand::Rng;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-async fn get(base: &str, path: &str) -> Value {
-    reqwest::get(format!("{base}{path}"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
+const BINARY: &str = env!("CARGO_BIN_EXE_mapillary-downloader");
 
-async fn post(base: &str, path: &str, body: Value) -> Value {
-    reqwest::Client::new()
-        .post(format!("{base}{path}"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn wait_for(base: &str, id: i64, states: &[&str], timeout: Duration) -> Value {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let job = get(base, &format!("/jobs/{id}")).await;
-        if states.iter().any(|s| job["state"] == *s) {
-            return job;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "job never reached {states:?}: {job}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// `serve` as a child process over `data`, until it listens.
+fn spawn(data: &Path, workers: u32, env: &[(String, String)]) -> DaemonProcess {
+    DaemonProcess::spawn(BINARY, data, workers, env).expect("the daemon starts")
 }
 
 /// Image ids the database calls done, read the way the daemon would.
@@ -84,8 +53,8 @@ async fn kill_9_at_random_moments_loses_nothing_and_redoes_almost_nothing() {
     let data = dir.path().join("data");
     let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
     let workers = 4;
-    let mut daemon = DaemonProcess::spawn(&data, workers, &env);
-    let job = post(&daemon.base, "/jobs", json!({"username": "kim"})).await;
+    let mut daemon = spawn(&data, workers, &env);
+    let (_, job) = daemon.api().post_job(json!({"username": "kim"})).await;
     let id = job["id"].as_i64().unwrap();
 
     let mut rng = rand::rng();
@@ -106,13 +75,16 @@ async fn kill_9_at_random_moments_loses_nothing_and_redoes_almost_nothing() {
         let hits: HashMap<String, usize> =
             done.iter().map(|i| (i.clone(), fake.cdn_hits(i))).collect();
         snapshots.push((done, hits));
-        daemon = DaemonProcess::spawn(&data, workers, &env);
+        daemon = spawn(&data, workers, &env);
     }
     assert!(
         snapshots.first().unwrap().0.len() < 1500,
         "the first kill should land before the archive is complete"
     );
-    let job = wait_for(&daemon.base, id, &["done"], Duration::from_secs(120)).await;
+    let job = daemon
+        .api()
+        .wait_for_state(id, &["done"], Duration::from_secs(120))
+        .await;
     assert_eq!(job["counts"]["done"], 1500, "{job}");
     assert_eq!(job["counts"]["failed"], 0, "{job}");
     logs.push_str(&daemon.log_text());
@@ -165,18 +137,20 @@ async fn sigterm_finishes_in_flight_images_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
-    let mut daemon = DaemonProcess::spawn(&data, 4, &env);
-    let id = post(&daemon.base, "/jobs", json!({"username": "lou"})).await["id"]
+    let mut daemon = spawn(&data, 4, &env);
+    let api = daemon.api();
+    let id = api.post_job(json!({"username": "lou"})).await.1["id"]
         .as_i64()
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while get(&daemon.base, &format!("/jobs/{id}")).await["counts"]["done"].as_u64() < Some(40) {
+    while api.job(id).await["counts"]["done"].as_u64() < Some(40) {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    daemon.signal(libc::SIGTERM);
+    daemon.signal(libc::SIGTERM).unwrap();
     let status = daemon
         .wait_timeout(Duration::from_secs(20))
+        .unwrap()
         .expect("exits within the grace period");
     assert_eq!(status.code(), Some(0), "log:\n{}", daemon.log_text());
     assert!(daemon.log_text().contains("shutdown complete"));
@@ -195,13 +169,16 @@ async fn sigterm_finishes_in_flight_images_and_exits_zero() {
     // Every image counted done is on disk and correct; nothing was fetched twice.
     let done = done_ids(&data.join("mapillary.db"), id).await;
     assert_eq!(done.len() as u64, stopped_at);
-    let collection = data.join("archive/mapillary-lou-original");
+    let collection = collection_dir(&data.join("archive"), "lou", Quality::Original);
     for meta in fake.images("lou").iter().filter(|m| done.contains(&m.id)) {
-        let path = mapillary_downloader::archive::image_path(&collection, meta).unwrap();
+        let path = image_path(&collection, meta);
         check_image(&path, meta, &fake.jpeg_marker(&meta.id, Quality::Original));
     }
-    let daemon = DaemonProcess::spawn(&data, 4, &env);
-    wait_for(&daemon.base, id, &["done"], Duration::from_secs(120)).await;
+    let daemon = spawn(&data, 4, &env);
+    daemon
+        .api()
+        .wait_for_state(id, &["done"], Duration::from_secs(120))
+        .await;
     assert_eq!(
         fake.cdn_hits_total(),
         400,
@@ -252,7 +229,7 @@ async fn a_full_disk_pauses_without_burning_attempts_and_resumes_when_space_is_b
     let fake = FakeMapillary::start(FakeConfig::default()).await;
     fake.add_user("mo", 200, 13);
     let data = mount.0.join("data");
-    let settings = daemon::test_settings(
+    let settings = test_settings(
         fake.api_url().as_str(),
         &data,
         2,
@@ -261,7 +238,7 @@ async fn a_full_disk_pauses_without_burning_attempts_and_resumes_when_space_is_b
             ("MLD__STORAGE__MIN_FREE_MIB", "2"),
         ],
     );
-    let running = daemon::TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let running = TestDaemon::start(settings, DEFAULT_TOKEN).await;
     let (_, job) = running.post_job(json!({"username": "mo"})).await;
     let id = job["id"].as_i64().unwrap();
     let job = running
@@ -272,10 +249,10 @@ async fn a_full_disk_pauses_without_burning_attempts_and_resumes_when_space_is_b
     assert_eq!(job["counts"]["failed"], 0, "no attempt burnt: {job}");
     assert!(part_files(&data).is_empty(), "the partial file was removed");
     // Whatever is on disk is whole.
-    let collection = data.join("archive/mapillary-mo-original");
+    let collection = collection_dir(running.archive_dir(), "mo", Quality::Original);
     let mut on_disk = 0;
     for meta in fake.images("mo") {
-        let path = mapillary_downloader::archive::image_path(&collection, &meta).unwrap();
+        let path = image_path(&collection, &meta);
         if path.exists() {
             check_image(&path, &meta, &fake.jpeg_marker(&meta.id, Quality::Original));
             on_disk += 1;
@@ -297,7 +274,7 @@ async fn a_full_disk_pauses_without_burning_attempts_and_resumes_when_space_is_b
     assert_eq!(job["counts"]["done"], 200, "{job}");
     assert_eq!(job["counts"]["failed"], 0, "{job}");
     check_collection(
-        &data.join("archive"),
+        running.archive_dir(),
         "mo",
         Quality::Original,
         &fake.images("mo"),

@@ -2,14 +2,14 @@
 //! paths, every fault at once, bad tokens, invalid ids, re-sync, and the
 //! token never leaking.
 
-#[path = "support/daemon.rs"]
-mod daemon;
-#[path = "support/fake_mapillary.rs"]
-mod fake_mapillary;
+mod common;
 
-use daemon::{TestDaemon, check_collection, part_files, test_settings};
-use fake_mapillary::{DEFAULT_TOKEN, FakeConfig, FakeMapillary, Faults};
-use mapillary_downloader::model::{GeoPoint, ImageMeta, Quality};
+use common::{TestDaemon, test_settings};
+use mapillary_downloader::model::{self, ImageMeta};
+use mld_testkit::archive_check::{check_collection, image_path, part_files};
+use mld_testkit::fake::{
+    DEFAULT_TOKEN, FakeConfig, FakeImage, FakeMapillary, Fault, Faults, Quality, Route,
+};
 use reqwest::StatusCode;
 use serde_json::json;
 use std::time::Duration;
@@ -33,15 +33,8 @@ async fn archives_two_users_at_once_with_and_without_bbox() {
 
     // A bbox around the middle of bob's images.
     let bob_all = fake.images("bob");
-    let (mut lats, mut lons): (Vec<f64>, Vec<f64>) = bob_all
-        .iter()
-        .filter_map(|m| {
-            m.computed_geometry
-                .as_ref()
-                .or(m.geometry.as_ref())?
-                .lat_lon()
-        })
-        .unzip();
+    let (mut lats, mut lons): (Vec<f64>, Vec<f64>) =
+        bob_all.iter().filter_map(FakeImage::position).unzip();
     lats.sort_by(f64::total_cmp);
     lons.sort_by(f64::total_cmp);
     let bbox = [
@@ -50,16 +43,12 @@ async fn archives_two_users_at_once_with_and_without_bbox() {
         lons[lons.len() * 3 / 4],
         lats[lats.len() * 3 / 4],
     ];
-    let inside = |m: &ImageMeta| {
-        m.computed_geometry
-            .as_ref()
-            .or(m.geometry.as_ref())
-            .and_then(GeoPoint::lat_lon)
-            .is_some_and(|(lat, lon)| {
-                lon >= bbox[0] && lon <= bbox[2] && lat >= bbox[1] && lat <= bbox[3]
-            })
+    let inside = |m: &FakeImage| {
+        m.position().is_some_and(|(lat, lon)| {
+            lon >= bbox[0] && lon <= bbox[2] && lat >= bbox[1] && lat <= bbox[3]
+        })
     };
-    let bob_expected: Vec<ImageMeta> = bob_all.iter().filter(|m| inside(m)).cloned().collect();
+    let bob_expected: Vec<FakeImage> = bob_all.iter().filter(|m| inside(m)).cloned().collect();
     assert!(bob_expected.len() > 100 && bob_expected.len() < bob_all.len());
 
     let (status, alice) = daemon.post_job(json!({"username": "alice"})).await;
@@ -86,14 +75,14 @@ async fn archives_two_users_at_once_with_and_without_bbox() {
     );
 
     check_collection(
-        &daemon.archive_dir(),
+        daemon.archive_dir(),
         "alice",
         Quality::Original,
         &fake.images("alice"),
         |id| fake.jpeg_marker(id, Quality::Original),
     );
     check_collection(
-        &daemon.archive_dir(),
+        daemon.archive_dir(),
         "bob",
         Quality::Q1024,
         &bob_expected,
@@ -140,7 +129,7 @@ async fn completes_correctly_with_every_fault_at_once() {
     assert_eq!(job["counts"]["done"], 1200, "{job}");
     assert_eq!(job["counts"]["failed"], 0, "{job}");
     check_collection(
-        &daemon.archive_dir(),
+        daemon.archive_dir(),
         "carol",
         Quality::Q2048,
         &fake.images("carol"),
@@ -164,9 +153,9 @@ async fn expired_urls_and_rate_limits_cost_no_attempt() {
     .await;
     fake.add_user("dave", 400, 4);
     // Besides URLs that really expire, the CDN rejects some fresh-looking ones.
-    let mut rejections = vec![fake_mapillary::Fault::Expired; 30];
-    rejections.extend(vec![fake_mapillary::Fault::Gone; 10]);
-    fake.script(fake_mapillary::Route::Cdn, rejections);
+    let mut rejections = vec![Fault::Expired; 30];
+    rejections.extend(vec![Fault::Gone; 10]);
+    fake.script(Route::Cdn, rejections);
     let dir = tempfile::tempdir().unwrap();
     let settings = test_settings(
         fake.api_url().as_str(),
@@ -236,14 +225,14 @@ async fn invalid_ids_fail_clearly_and_write_nothing_outside_the_archive() {
     let good = fake.images("frank")[0].clone();
     fake.add_image(
         "frank",
-        ImageMeta {
+        FakeImage {
             id: "12/../../escape".into(),
             ..good.clone()
         },
     );
     fake.add_image(
         "frank",
-        ImageMeta {
+        FakeImage {
             id: "999000111".into(),
             sequence: Some("../../../etc".into()),
             ..good
@@ -303,7 +292,7 @@ async fn a_repeated_post_of_a_done_job_fetches_only_new_images() {
         "old images are not downloaded again"
     );
     check_collection(
-        &daemon.archive_dir(),
+        daemon.archive_dir(),
         "gina",
         Quality::Original,
         &fake.images("gina"),
@@ -384,7 +373,7 @@ async fn stale_urls_are_refreshed_fifty_at_a_time() {
     let now = chrono::Utc::now().timestamp_millis();
     let store = Store::open(&dir.path().join("mapillary.db")).await.unwrap();
     let job = store
-        .submit_job("ivy", Quality::Original, None, now)
+        .submit_job("ivy", model::Quality::Original, None, now)
         .await
         .unwrap()
         .job()
@@ -395,11 +384,11 @@ async fn stale_urls_are_refreshed_fifty_at_a_time() {
         .map(|mut m| {
             m.thumb_original_url =
                 Some(fake.thumb_url_expiring_at(&m.id, Quality::Original, now / 1000 - 60));
-            m
+            m.to()
         })
         .collect();
     store
-        .insert_page(job.id, Quality::Original, &stale, None, now)
+        .insert_page(job.id, model::Quality::Original, &stale, None, now)
         .await
         .unwrap();
     store
@@ -447,7 +436,7 @@ async fn files_already_in_place_are_adopted_not_downloaded() {
     let collection = dir.path().join("archive/mapillary-jo-original");
     let images = fake.images("jo");
     for (i, meta) in images.iter().take(20).enumerate() {
-        let path = mapillary_downloader::archive::image_path(&collection, meta).unwrap();
+        let path = image_path(&collection, meta);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let body = if i < 15 {
             fake.expected_body(&meta.id, Quality::Original)
@@ -467,7 +456,7 @@ async fn files_already_in_place_are_adopted_not_downloaded() {
         assert_eq!(fake.cdn_hits(&meta.id), 1, "{} held junk", meta.id);
     }
     check_collection(
-        &daemon.archive_dir(),
+        daemon.archive_dir(),
         "jo",
         Quality::Original,
         &images,
@@ -483,10 +472,7 @@ async fn files_already_in_place_are_adopted_not_downloaded() {
 async fn an_image_the_cdn_always_refuses_ends_failed_not_looping() {
     let fake = FakeMapillary::start(FakeConfig::default()).await;
     fake.add_user("lena", 1, 15);
-    fake.script(
-        fake_mapillary::Route::Cdn,
-        vec![fake_mapillary::Fault::Expired; 100],
-    );
+    fake.script(Route::Cdn, vec![Fault::Expired; 100]);
     let dir = tempfile::tempdir().unwrap();
     let settings = test_settings(
         fake.api_url().as_str(),

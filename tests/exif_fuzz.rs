@@ -3,15 +3,12 @@
 //! error or a JPEG with exactly one readable EXIF block whose pixels are those
 //! of the input.
 
-#[path = "support/jpeg_fixtures.rs"]
-mod jpeg_fixtures;
-
 use exif::Tag;
 use img_parts::Bytes;
 use img_parts::jpeg::{Jpeg, markers};
-use jpeg_fixtures as fx;
 use mapillary_downloader::exif::tag_jpeg;
 use mapillary_downloader::model::{GeoPoint, ImageMeta};
+use mld_testkit::jpeg as fx;
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use std::io::Cursor;

@@ -2,13 +2,10 @@
 //! reference reader GIS tools and photo managers agree with) and by
 //! kamadak-exif, on the odd inputs served files really have.
 
-#[path = "support/jpeg_fixtures.rs"]
-mod jpeg_fixtures;
-
 use exif::{In, Reader, Tag, Value};
-use jpeg_fixtures as fx;
 use mapillary_downloader::exif::{ExifError, tag_jpeg};
 use mapillary_downloader::model::{GeoPoint, ImageMeta};
+use mld_testkit::jpeg as fx;
 use serde_json::{Map, Value as Json};
 use std::io::Cursor;
 use std::process::Command;

@@ -7,25 +7,23 @@ use mapillary_downloader::model::{ImageMeta, Quality};
 use mapillary_downloader::secret::Secret;
 use mapillary_downloader::stats::Stats;
 use mapillary_downloader::store::{JobState, RetryPolicy, Store, StoreError, Submitted};
+use mld_testkit::api_client::ApiClient;
+use mld_testkit::server::ServerTask;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tempfile::TempDir;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "s3cr3t-api-token-Zq9";
 
 struct Server {
-    base: String,
+    api: ApiClient,
     store: Arc<Store>,
     stats: Arc<Stats>,
     wake: Arc<Notify>,
-    client: reqwest::Client,
-    shutdown: CancellationToken,
-    handle: JoinHandle<std::io::Result<()>>,
+    task: ServerTask,
     _dir: TempDir,
 }
 
@@ -44,37 +42,29 @@ async fn start(token: Option<&str>) -> Server {
     let server = api::bind("127.0.0.1:0".parse().unwrap(), state)
         .await
         .unwrap();
-    let base = format!("http://{}", server.local_addr);
-    let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(server.serve(shutdown.clone()));
+    let task = ServerTask::spawn(server.local_addr, |stop| server.serve(stop));
     Server {
-        base,
+        api: ApiClient::new(task.base_url()),
         store,
         stats,
         wake,
-        client: reqwest::Client::new(),
-        shutdown,
-        handle,
+        task,
         _dir: dir,
     }
 }
 
 impl Server {
     fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
+        self.api.url(path)
     }
 
+    fn client(&self) -> &reqwest::Client {
+        self.api.http()
+    }
+
+    /// Every answer must be JSON.
     async fn send(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut request = self.client.request(method, self.url(path));
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        let value = serde_json::from_str(&text)
-            .unwrap_or_else(|e| panic!("{path}: body is not JSON ({e}): {text:?}"));
-        (status, value)
+        self.api.request_json(method, path, body).await
     }
 
     async fn get(&self, path: &str) -> (StatusCode, Value) {
@@ -90,11 +80,9 @@ impl Server {
     }
 
     async fn stop(self) {
-        self.shutdown.cancel();
-        let result = tokio::time::timeout(Duration::from_secs(5), self.handle)
+        let result = tokio::time::timeout(Duration::from_secs(5), self.task.stop())
             .await
-            .expect("server stops promptly after cancel")
-            .unwrap();
+            .expect("server stops promptly after cancel");
         result.unwrap();
     }
 }
@@ -603,7 +591,7 @@ async fn status_reports_jobs_totals_throughput_and_eta() {
 async fn healthz_answers_while_the_database_does() {
     let server = start(Some(TOKEN)).await;
     let response = server
-        .client
+        .client()
         .get(server.url("/healthz"))
         .send()
         .await
@@ -613,7 +601,7 @@ async fn healthz_answers_while_the_database_does() {
     assert_eq!(body, json!({"status": "ok"}));
     server.store.close().await;
     let response = server
-        .client
+        .client()
         .get(server.url("/healthz"))
         .send()
         .await
@@ -704,7 +692,7 @@ async fn metrics_are_valid_prometheus_text() {
     server.stats.record_image(100);
 
     let response = server
-        .client
+        .client()
         .get(server.url("/metrics"))
         .send()
         .await
@@ -769,7 +757,7 @@ async fn metrics_are_valid_prometheus_text() {
 #[tokio::test]
 async fn bearer_token_guards_everything_but_healthz() {
     let server = start(Some(TOKEN)).await;
-    let client = &server.client;
+    let client = server.client();
     let mut bodies = Vec::new();
     for (method, path) in [
         (Method::GET, "/jobs"),
@@ -1056,7 +1044,7 @@ async fn malformed_requests_are_refused_and_write_nothing() {
     assert!(cases.len() >= 25);
     for case in cases {
         let mut request = server
-            .client
+            .client()
             .request(case.method.clone(), server.url(case.path))
             .body(case.body.clone());
         if let Some(content_type) = case.content_type {
@@ -1103,7 +1091,7 @@ async fn bodies_over_64_kib_are_refused_with_413() {
     let padding = " ".repeat(64 * 1024);
     let body = format!(r#"{{"username":"big"{padding}}}"#);
     let response = server
-        .client
+        .client()
         .post(server.url("/jobs"))
         .header("content-type", "application/json")
         .body(body)
@@ -1118,7 +1106,7 @@ async fn bodies_over_64_kib_are_refused_with_413() {
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
         (0..80).map(|_| Ok(vec![b' '; 1024])).collect();
     let response = server
-        .client
+        .client()
         .post(server.url("/jobs"))
         .header("content-type", "application/json")
         .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
@@ -1132,7 +1120,7 @@ async fn bodies_over_64_kib_are_refused_with_413() {
     // Just under the limit is fine.
     let padding = " ".repeat(60 * 1024);
     let response = server
-        .client
+        .client()
         .post(server.url("/jobs"))
         .header("content-type", "application/json")
         .body(format!(r#"{{"username":"big"{padding}}}"#))
@@ -1149,7 +1137,7 @@ async fn shutdown_is_graceful_and_prompt() {
     let server = start(None).await;
     let (status, _) = server.get("/healthz").await;
     assert_eq!(status, StatusCode::OK);
-    let base = server.base.clone();
+    let base = server.api.base().to_string();
     server.stop().await;
     assert!(reqwest::get(format!("{base}/healthz")).await.is_err());
 }

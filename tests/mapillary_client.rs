@@ -1,15 +1,14 @@
 //! The Mapillary client against the fake API + CDN: paging, token hygiene,
 //! batches, downloads, and the classification of every scripted fault.
 
-#[path = "support/fake_mapillary.rs"]
-mod fake_mapillary;
-
-use fake_mapillary::{FakeConfig, FakeMapillary, Fault, Faults, Route};
 use mapillary_downloader::mapillary::{
     ApiError, ClientSettings, Limiter, MapillaryClient, RetryDecision, strip_token, url_expires_at,
 };
-use mapillary_downloader::model::{Bbox, ImageMeta, Quality};
+use mapillary_downloader::model::{self, Bbox, ImageMeta};
 use mapillary_downloader::secret::Secret;
+use mld_testkit::fake::{
+    self as fake_mapillary, FakeConfig, FakeImage, FakeMapillary, Fault, Faults, Quality, Route,
+};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -83,7 +82,7 @@ async fn pages_through_a_large_user_and_collects_every_image_once() {
     assert!(links.len() >= 7, "only {} pages", links.len() + 1);
     assert_eq!(served.len(), 5000 + 3 * links.len());
     let unique = dedupe(served);
-    let truth = fake.images("alice");
+    let truth: Vec<ImageMeta> = fake.images("alice").iter().map(FakeImage::to).collect();
     assert_eq!(ids(&unique), ids(&truth));
     // The metadata round-trips exactly (URLs aside), including oddities.
     for (got, want) in unique.iter().zip(&truth) {
@@ -139,8 +138,9 @@ async fn bbox_filters_the_listing() {
     let (served, _) = page_all(&client, client.first_page_url("carol", Some(bbox))).await;
     let expected: Vec<ImageMeta> = fake
         .images("carol")
-        .into_iter()
-        .filter(|m| {
+        .iter()
+        .map(FakeImage::to)
+        .filter(|m: &ImageMeta| {
             let p = m
                 .computed_geometry
                 .as_ref()
@@ -214,7 +214,7 @@ async fn ids_batches_refresh_urls_and_refuse_more_than_fifty() {
     let fake = start(FakeConfig::default()).await;
     fake.add_user("fay", 80, 6);
     let client = client_for(&fake, 100);
-    let truth = fake.images("fay");
+    let truth: Vec<ImageMeta> = fake.images("fay").iter().map(FakeImage::to).collect();
     let mut wanted: Vec<&str> = truth.iter().take(49).map(|m| m.id.as_str()).collect();
     wanted.push("999999999999");
     let got = client.fetch_images(&wanted).await.unwrap();
@@ -223,7 +223,7 @@ async fn ids_batches_refresh_urls_and_refuse_more_than_fifty() {
     for m in truth.iter().take(49) {
         let fresh = &got[&m.id];
         assert_eq!(&fresh.without_urls(), m);
-        let url = fresh.url_for(Quality::Q2048).unwrap();
+        let url = fresh.url_for(model::Quality::Q2048).unwrap();
         assert!(url_expires_at(url).unwrap() > fake_mapillary::now_secs());
     }
     let calls = fake.api_calls();
@@ -252,7 +252,7 @@ async fn downloads_the_exact_body_without_any_token() {
     for (i, meta) in page.images.iter().enumerate() {
         let quality = Quality::ALL[i % 4];
         let bytes = client
-            .download(meta.url_for(quality).unwrap())
+            .download(meta.url_for(quality.to()).unwrap())
             .await
             .unwrap();
         assert_eq!(
@@ -629,10 +629,10 @@ async fn hand_made_images_with_bad_ids_are_listed_verbatim() {
     let fake = start(FakeConfig::default()).await;
     fake.add_image(
         "odd",
-        ImageMeta {
+        FakeImage {
             id: "12/../x".into(),
             sequence: Some("../../etc".into()),
-            ..ImageMeta::default()
+            ..FakeImage::default()
         },
     );
     fake.add_user("odd", 2, 15);
@@ -646,7 +646,10 @@ async fn hand_made_images_with_bad_ids_are_listed_verbatim() {
     assert_eq!(got.len(), 3);
     assert_eq!(got["12/../x"].sequence.as_deref(), Some("../../etc"));
     // The fake still serves it, with the id percent-encoded in the CDN path.
-    let url = got["12/../x"].url_for(Quality::Q256).unwrap().to_string();
+    let url = got["12/../x"]
+        .url_for(model::Quality::Q256)
+        .unwrap()
+        .to_string();
     assert!(url.contains("12%2F..%2Fx"), "{url}");
     let bytes = client.download(&url).await.unwrap();
     assert_eq!(

@@ -2,8 +2,8 @@
 //! so a user of a million images costs a few bytes, and JPEG bodies built from
 //! one small encoded base per quality plus per-image segments.
 
+use super::{FakeImage, GeoPoint, Quality};
 use image::{ImageEncoder, RgbImage, codecs::jpeg::JpegEncoder};
-use mapillary_downloader::model::{GeoPoint, ImageMeta, Quality};
 use serde_json::json;
 
 /// 2023-06-01T23:30:00Z: images start half an hour before a UTC midnight.
@@ -68,11 +68,11 @@ pub fn sequence_id(seed: u64, group: u64) -> String {
 /// Image `i` of a block, without URLs. Realistic oddities on purpose: wrapped
 /// altitudes, 0.0 and >= 360 headings, missing computed_geometry, non-ASCII
 /// and empty makes, images without a sequence or a capture time, panoramas.
-pub fn generate(block: &Block, i: u64, username: &str, user_id: &str) -> ImageMeta {
+pub fn generate(block: &Block, i: u64, username: &str, user_id: &str) -> FakeImage {
     let s = block.seed;
-    let mut m = ImageMeta {
+    let mut m = FakeImage {
         id: (block.id_base + i).to_string(),
-        ..ImageMeta::default()
+        ..FakeImage::default()
     };
     let day = (i / 60) as i64;
     if h(s, i, 9) % 499 != 7 {

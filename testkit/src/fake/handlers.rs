@@ -58,7 +58,7 @@ pub(super) fn parse_bbox(raw: &str) -> Option<[f64; 4]> {
     }
 }
 
-pub(super) fn in_bbox(meta: &ImageMeta, b: &[f64; 4]) -> bool {
+pub(super) fn in_bbox(meta: &FakeImage, b: &[f64; 4]) -> bool {
     let point = meta.computed_geometry.as_ref().or(meta.geometry.as_ref());
     match point.and_then(|p| p.lat_lon()) {
         Some((lat, lon)) => lon >= b[0] && lon <= b[2] && lat >= b[1] && lat <= b[3],
@@ -105,7 +105,7 @@ pub(super) async fn api_images(
     let Some(user) = user else {
         return Json(json!({"data": []})).into_response();
     };
-    let matches = |m: &ImageMeta| bbox.is_none_or(|b| in_bbox(m, &b));
+    let matches = |m: &FakeImage| bbox.is_none_or(|b| in_bbox(m, &b));
     let overlap = req.extensions().get::<Overlap>().is_some();
     if overlap && start > 0 {
         let mut back = 0;

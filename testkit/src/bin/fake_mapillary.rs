@@ -1,15 +1,12 @@
 //! The test suite's fake Mapillary API + CDN as a standalone server, for
 //! end-to-end runs (e.g. the daemon in Docker pointed at it).
 //!
-//! cargo run --example fake_mapillary -- --port 8900 --users alice:5000,bob:120 \
+//! cargo run --bin fake_mapillary -- --port 8900 --users alice:5000,bob:120 \
 //!     --token 'MLY|1|x' --url-ttl-secs 3600 --latency-ms 50 --faults flaky
 //!
 //! Prints the API base URL on stdout (the CDN URL on stderr) and serves until killed.
 
-#[path = "../tests/support/fake_mapillary.rs"]
-mod fake_mapillary;
-
-use fake_mapillary::{FakeConfig, FakeMapillary, Faults};
+use mld_testkit::fake::{FakeConfig, FakeMapillary, Faults};
 use std::time::Duration;
 
 const USAGE: &str = "usage: fake_mapillary [--port N] [--cdn-port N] [--users name:count,...] [--token T] \

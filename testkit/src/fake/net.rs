@@ -6,7 +6,6 @@
 use axum::extract::connect_info::Connected;
 use axum::serve::{IncomingStream, Listener};
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +20,6 @@ pub struct KillableListener {
 
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
-    pub remote: SocketAddr,
     kill: Arc<AtomicBool>,
 }
 
@@ -62,14 +60,14 @@ impl Listener for KillableListener {
     async fn accept(&mut self) -> (KillableIo, ConnInfo) {
         loop {
             match self.inner.accept().await {
-                Ok((stream, remote)) => {
+                Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
                     let kill = Arc::new(AtomicBool::new(false));
                     let io = KillableIo {
                         inner: stream,
                         kill: kill.clone(),
                     };
-                    return (io, ConnInfo { remote, kill });
+                    return (io, ConnInfo { kill });
                 }
                 // Out of file descriptors and the like: back off, keep serving.
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
@@ -78,8 +76,8 @@ impl Listener for KillableListener {
     }
 
     fn local_addr(&self) -> io::Result<ConnInfo> {
+        self.inner.local_addr()?;
         Ok(ConnInfo {
-            remote: self.inner.local_addr()?,
             kill: Arc::new(AtomicBool::new(false)),
         })
     }

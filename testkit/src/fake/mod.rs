@@ -4,20 +4,21 @@
 //! scriptable faults. It records every request so tests can assert exact logs
 //! (e.g. "the CDN never saw an Authorization header").
 //!
-//! Include it with `#[path = "support/fake_mapillary.rs"] mod fake_mapillary;`.
 //! The API and the CDN listen on two ports of 127.0.0.1: two origins.
-#![allow(dead_code, unused_imports)]
+//! `src/bin/fake_mapillary.rs` runs it standalone.
+//!
+//! Images are [`FakeImage`]s and qualities the fake's own [`Quality`]: the kit
+//! does not depend on the daemon; `FakeImage::to()` and `Quality::to()` give
+//! the daemon's types.
 
-#[path = "fake_mapillary/data.rs"]
 mod data;
-#[path = "fake_mapillary/gate.rs"]
 mod gate;
-#[path = "fake_mapillary/handlers.rs"]
 mod handlers;
-#[path = "fake_mapillary/net.rs"]
 mod net;
+mod types;
 
 pub use data::{FIRST_ID, REGION, SERVED_DESCRIPTION, WRAPPED_ALTITUDE};
+pub use types::{FakeImage, GeoPoint, Quality};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Query, Request, State};
@@ -29,7 +30,6 @@ use axum::{Json, Router};
 use data::{Block, JpegBases};
 use gate::{api_gate, cdn_gate};
 use handlers::{api_ids, api_image_ids, api_images, api_one, api_unknown_path, cdn_image};
-use mapillary_downloader::model::{ImageMeta, Quality};
 use net::{ConnInfo, KillableListener};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -230,7 +230,7 @@ pub struct RequestRecord {
 #[derive(Debug, Clone)]
 enum Entry {
     Block(Block),
-    Single(Box<ImageMeta>),
+    Single(Box<FakeImage>),
 }
 
 #[derive(Debug, Clone)]
@@ -242,7 +242,7 @@ struct User {
 }
 
 impl User {
-    fn get(&self, mut pos: usize) -> Option<ImageMeta> {
+    fn get(&self, mut pos: usize) -> Option<FakeImage> {
         for entry in &self.entries {
             match entry {
                 Entry::Block(b) => {
@@ -274,7 +274,7 @@ struct State_ {
     users: Vec<User>,
     by_name: HashMap<String, usize>,
     /// Hand-made images by id (generated ones are found by id range).
-    singles: HashMap<String, ImageMeta>,
+    singles: HashMap<String, FakeImage>,
     next_id: u64,
     faults: Faults,
     rng: StdRng,
@@ -300,7 +300,7 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn find(&self, id: &str) -> Option<ImageMeta> {
+    fn find(&self, id: &str) -> Option<FakeImage> {
         let s = self.lock();
         if let Some(m) = s.singles.get(id) {
             return Some(m.clone());
@@ -348,7 +348,7 @@ impl Shared {
     }
 
     /// The object the API serves for `meta`, restricted to `fields` (`id` always).
-    fn render(&self, meta: &ImageMeta, fields: &[String]) -> Value {
+    fn render(&self, meta: &FakeImage, fields: &[String]) -> Value {
         let ttl = self.lock().url_ttl_secs;
         let oe = now_secs() + ttl;
         let mut full = match serde_json::to_value(meta.without_urls()) {
@@ -526,7 +526,7 @@ impl FakeMapillary {
     }
 
     /// Adds a hand-made image (URL fields are ignored: the fake issues its own).
-    pub fn add_image(&self, username: &str, meta: ImageMeta) {
+    pub fn add_image(&self, username: &str, meta: FakeImage) {
         let mut s = self.shared.lock();
         let meta = meta.without_urls();
         s.singles.insert(meta.id.clone(), meta.clone());
@@ -536,7 +536,7 @@ impl FakeMapillary {
     }
 
     /// The truth for assertions: every image of the user, in listing order, without URLs.
-    pub fn images(&self, username: &str) -> Vec<ImageMeta> {
+    pub fn images(&self, username: &str) -> Vec<FakeImage> {
         let s = self.shared.lock();
         let Some(&index) = s.by_name.get(username) else {
             return Vec::new();
@@ -546,7 +546,7 @@ impl FakeMapillary {
         (0..user.len).filter_map(|p| user.get(p)).collect()
     }
 
-    pub fn image(&self, id: &str) -> Option<ImageMeta> {
+    pub fn image(&self, id: &str) -> Option<FakeImage> {
         self.shared.find(id)
     }
 

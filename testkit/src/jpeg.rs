@@ -1,7 +1,6 @@
 //! JPEG inputs for the EXIF tests and benchmark, built in code: the image
 //! crate's encoder for baseline files, a tiny hand-written encoder for a
 //! progressive one, and segment surgery for the odd cases served files have.
-#![allow(dead_code)]
 
 use exif::experimental::Writer;
 use exif::{Field, In, Rational, Tag, Value};

@@ -1,0 +1,86 @@
+//! The one piece of test setup that needs the daemon's own types, so it
+//! cannot live in `mld-testkit` (which must not depend on this crate): the
+//! daemon running in the test's process, on `127.0.0.1:0`, with a real
+//! SQLite file, configured from the kit's test environment.
+//!
+//! Used as `mod common;` by the tests that run the daemon in-process
+//! (`daemon.rs`, `crash_resume.rs`); everything else comes from the kit.
+
+use mapillary_downloader::app::{Application, RunningApplication};
+use mapillary_downloader::config::{API_URL_ENV, FlagOverrides, Settings};
+use mapillary_downloader::secret::Secret;
+use mld_testkit::api_client::ApiClient;
+use mld_testkit::env;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Settings for an in-process daemon: the kit's [`env::FAST_SETTINGS`], the
+/// fake's URL, then `extra`. Two differences from a child's environment
+/// ([`env::test_env`]): 250-image pages (these tests archive thousands of
+/// images) and warn-level logs (they print straight into the test's output).
+/// The token is no setting: [`TestDaemon::start`] takes it.
+pub fn test_settings(
+    api_url: &str,
+    data_dir: &Path,
+    workers: u32,
+    extra: &[(&str, &str)],
+) -> Settings {
+    let mut vars: HashMap<String, String> = env::FAST_SETTINGS
+        .iter()
+        .copied()
+        .chain([
+            (API_URL_ENV, api_url),
+            ("MLD__MAPILLARY__PAGE_SIZE", "250"),
+            ("MLD__LOG__LEVEL", "warn"),
+        ])
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let flags = FlagOverrides {
+        config_file: None,
+        data_dir: Some(data_dir.to_path_buf()),
+        listen: Some("127.0.0.1:0".into()),
+        workers: Some(workers),
+    };
+    Settings::load_from(&flags, &vars).expect("test settings")
+}
+
+/// The daemon in this process; its API client is reachable through `Deref`
+/// (`daemon.post_job(..)`). Dropping it aborts the daemon; `stop` is graceful.
+pub struct TestDaemon {
+    api: ApiClient,
+    archive_dir: PathBuf,
+    app: RunningApplication,
+}
+
+impl TestDaemon {
+    pub async fn start(settings: Settings, token: &str) -> TestDaemon {
+        mapillary_downloader::telemetry::init(&settings.log);
+        let app = Application::build(&settings, Secret::new(token))
+            .await
+            .expect("daemon starts")
+            .spawn();
+        TestDaemon {
+            api: ApiClient::new(format!("http://{}", app.local_addr())),
+            archive_dir: settings.archive_dir(),
+            app,
+        }
+    }
+
+    /// Graceful shutdown, as SIGTERM would do.
+    pub async fn stop(self) {
+        self.app.stop().await.expect("daemon shut down cleanly");
+    }
+
+    pub fn archive_dir(&self) -> &Path {
+        &self.archive_dir
+    }
+}
+
+impl std::ops::Deref for TestDaemon {
+    type Target = ApiClient;
+
+    fn deref(&self) -> &ApiClient {
+        &self.api
+    }
+}
