@@ -153,3 +153,103 @@ fn every_default_key_has_a_comment() {
         previous = trimmed;
     }
 }
+
+#[test]
+fn unknown_keys_name_the_key_the_source_and_the_nearest_known_key() {
+    let err = Settings::load_from(
+        &FlagOverrides::default(),
+        &env(&[("MLD__WORKERS__CONUT", "32")]),
+    )
+    .unwrap_err();
+    assert!(matches!(err, ConfigError::UnknownKey { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("`workers.conut`")
+            && text.contains("MLD__WORKERS__CONUT")
+            && text.contains("did you mean `workers.count`"),
+        "{text}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("typo.toml");
+    std::fs::write(&file, "[mapillary]\npage_sise = 10\n[workers]\ncount = 2\n").unwrap();
+    let flags = FlagOverrides {
+        config_file: Some(file.clone()),
+        ..Default::default()
+    };
+    let text = Settings::load_from(&flags, &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        text.contains("`mapillary.page_sise`")
+            && text.contains(&file.display().to_string())
+            && text.contains("mapillary.page_size"),
+        "{text}"
+    );
+    // A section with no keys, and every known key, are fine.
+    std::fs::write(&file, "[jobs]\n[workers]\ncount = 2\n").unwrap();
+    assert_eq!(
+        Settings::load_from(&flags, &env(&[]))
+            .unwrap()
+            .workers
+            .count,
+        2
+    );
+    // A setting outside any section is unknown too.
+    std::fs::write(&file, "count = 2\n").unwrap();
+    assert!(
+        Settings::load_from(&flags, &env(&[]))
+            .unwrap_err()
+            .to_string()
+            .contains("`count`")
+    );
+}
+
+#[test]
+fn tokens_come_from_a_variable_or_a_file_never_both() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "MLY|9|fromfile\n").unwrap();
+    let path = file.to_str().unwrap();
+    let token = token_from(&env(&[("MAPILLARY_TOKEN_FILE", path)])).unwrap();
+    assert_eq!(token.expose(), "MLY|9|fromfile", "read and trimmed");
+    // An empty variable beside the file counts as unset.
+    let token = token_from(&env(&[
+        ("MAPILLARY_TOKEN", ""),
+        ("MAPILLARY_TOKEN_FILE", path),
+    ]))
+    .unwrap();
+    assert_eq!(token.expose(), "MLY|9|fromfile");
+    let err = token_from(&env(&[
+        ("MAPILLARY_TOKEN", "MLY|1|x"),
+        ("MAPILLARY_TOKEN_FILE", path),
+    ]))
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("both"), "{err}");
+    assert!(
+        !err.contains("fromfile") && !err.contains("MLY|1|x"),
+        "{err}"
+    );
+
+    let api_file = dir.path().join("api");
+    std::fs::write(&api_file, " bearer-from-file \n").unwrap();
+    let api_path = api_file.to_str().unwrap();
+    let s = Settings::load_from(
+        &FlagOverrides::default(),
+        &env(&[("MLD__API__TOKEN_FILE", api_path), ("MLD__API__TOKEN", "")]),
+    )
+    .unwrap();
+    assert_eq!(s.api_token().map(|t| t.expose()), Some("bearer-from-file"));
+    assert!(!format!("{s:?}").contains("bearer-from-file"));
+    let err = Settings::load_from(
+        &FlagOverrides::default(),
+        &env(&[("MLD__API__TOKEN_FILE", api_path), ("MLD__API__TOKEN", "b")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("api.token_file") && err.contains("api.token"),
+        "{err}"
+    );
+}

@@ -126,6 +126,63 @@ async fn kill_9_at_random_moments_loses_nothing_and_redoes_almost_nothing() {
     );
 }
 
+/// 2,000 images, URLs expiring every few seconds, 3 % deleted on Mapillary
+/// once listed, and kill -9 twice mid-run: the job still ends with every
+/// live image archived and exact, every deleted one failed as deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_twice_while_images_are_deleted_and_urls_expire() {
+    let fake = FakeMapillary::start(FakeConfig {
+        url_ttl_secs: 4,
+        cdn_latency: Duration::from_millis(10),
+        cdn_latency_jitter: Duration::from_millis(20),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("lena", 2000, 13);
+    let all = fake.images("lena");
+    let doomed: HashSet<String> = all.iter().step_by(33).map(|m| m.id.clone()).collect();
+    fake.delete_when_listed(doomed.iter().cloned());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    mld_testkit::env::set(&mut env, "MLD__MAPILLARY__URL_REFRESH_MARGIN_SECS", "1");
+    let workers = 8;
+    let mut daemon = spawn(&data, workers, &env);
+    let (_, job) = daemon.api().post_job(json!({"username": "lena"})).await;
+    let id = job["id"].as_i64().unwrap();
+    for delay in [700, 1500] {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        daemon.kill9();
+        daemon = spawn(&data, workers, &env);
+    }
+    let job = daemon
+        .api()
+        .wait_for_state(id, &["done"], Duration::from_secs(120))
+        .await;
+    drop(daemon);
+    let archived = done_ids(&data.join("mapillary.db"), id).await;
+    assert_eq!(
+        job["counts"]["deleted"].as_u64(),
+        Some(doomed.len() as u64),
+        "{job}"
+    );
+    assert_eq!(job["counts"]["failed"], job["counts"]["deleted"], "{job}");
+    assert_eq!(archived.len(), all.len() - doomed.len(), "{job}");
+    assert!(archived.is_disjoint(&doomed));
+    let live: Vec<_> = all
+        .iter()
+        .filter(|m| !doomed.contains(&m.id))
+        .cloned()
+        .collect();
+    check_collection(
+        &data.join("archive"),
+        "lena",
+        Quality::Original,
+        &live,
+        |i| fake.jpeg_marker(i, Quality::Original),
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_finishes_in_flight_images_and_exits_zero() {
     let fake = FakeMapillary::start(FakeConfig {

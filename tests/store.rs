@@ -2,8 +2,8 @@
 
 use mapillary_downloader::model::{Bbox, GeoPoint, ImageMeta, Quality};
 use mapillary_downloader::store::{
-    ClaimedImage, Counts, FailOutcome, ImageState, Job, JobState, Lease, PauseReason, RetryPolicy,
-    Store, StoreError, StoreResult,
+    ClaimedImage, Counts, DeferPolicy, FailOutcome, FailReason, ImageState, Job, JobState, Lease,
+    PauseReason, RetryPolicy, Store, StoreError, StoreResult,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -988,8 +988,8 @@ async fn update_urls_stores_refreshed_urls() {
 
 async fn group_by_counts(pool: &SqlitePool, job_id: i64) -> (Counts, u64) {
     let rows = sqlx::query(
-        "SELECT state, count(*) AS n, sum(CASE WHEN state = 'done' THEN bytes ELSE 0 END) AS b \
-         FROM images WHERE job_id = ? GROUP BY state",
+        "SELECT state, count(*) AS n, sum(CASE WHEN state = 'done' THEN bytes ELSE 0 END) AS b, \
+         sum(fail_reason IS 'deleted') AS d FROM images WHERE job_id = ? GROUP BY state",
     )
     .bind(job_id)
     .fetch_all(pool)
@@ -1006,7 +1006,10 @@ async fn group_by_counts(pool: &SqlitePool, job_id: i64) -> (Counts, u64) {
                 c.done = n;
                 bytes = row.get::<i64, _>("b") as u64;
             }
-            "failed" => c.failed = n,
+            "failed" => {
+                c.failed = n;
+                c.deleted = row.get::<i64, _>("d") as u64;
+            }
             other => panic!("unexpected state {other}"),
         }
     }
@@ -1054,7 +1057,7 @@ async fn counters_always_equal_a_group_by_count() {
             }
             4..=7 if !held.is_empty() => {
                 let (c, owner) = held.swap_remove(rng.random_range(0..held.len()));
-                match rng.random_range(0..3) {
+                match rng.random_range(0..5) {
                     0 => {
                         let bytes = rng.random_range(1..1_000_000);
                         s.complete_as(c.row_id(), &owner, c.lease.attempt, bytes, "p", now)
@@ -1067,6 +1070,33 @@ async fn counters_always_equal_a_group_by_count() {
                             .await
                             .unwrap();
                     }
+                    2 => {
+                        let reason =
+                            [FailReason::Deleted, FailReason::Error][rng.random_range(0..2)];
+                        s.fail_for_good(
+                            &lease(c.row_id(), &owner, c.lease.attempt),
+                            reason,
+                            "g",
+                            now,
+                        )
+                        .await
+                        .unwrap();
+                    }
+                    3 => {
+                        let policy = DeferPolicy {
+                            base: Duration::from_millis(100),
+                            cap: Duration::from_secs(5),
+                            jitter: 0.75,
+                        };
+                        s.defer(
+                            &lease(c.row_id(), &owner, c.lease.attempt),
+                            "d",
+                            policy,
+                            now,
+                        )
+                        .await
+                        .unwrap();
+                    }
                     _ => {
                         s.release_as(c.row_id(), &owner, c.lease.attempt, now, Some("r"))
                             .await
@@ -1075,9 +1105,21 @@ async fn counters_always_equal_a_group_by_count() {
                 }
             }
             8 => {
-                s.retry_failed(jobs[rng.random_range(0..2)], false, now)
+                let job = jobs[rng.random_range(0..2)];
+                if rng.random_range(0..2) == 0 {
+                    s.retry_failed(job, rng.random_range(0..2) == 0, now)
+                        .await
+                        .unwrap();
+                } else {
+                    let pending: Vec<i64> = sqlx::query_scalar(
+                        "SELECT rowid FROM images WHERE job_id = ? AND state = 'pending' LIMIT 3",
+                    )
+                    .bind(job)
+                    .fetch_all(&pool)
                     .await
                     .unwrap();
+                    s.mark_pending_deleted(&pending, "gone", now).await.unwrap();
+                }
             }
             9 if rng.random_range(0..5) == 0 => {
                 s.reset_in_flight(now).await.unwrap();
@@ -1346,4 +1388,332 @@ async fn a_job_is_finished_only_while_nothing_is_pending_or_in_flight() {
             .is_none(),
         "only once"
     );
+}
+
+#[tokio::test]
+async fn deleted_images_fail_at_no_attempt_and_retry_leaves_them_unless_asked() {
+    let f = fixture().await;
+    let s = &f.store;
+    let job = active_job(s, "alice").await;
+    s.insert_page(job, Quality::Original, &metas(1..=4), None, 1_000)
+        .await
+        .unwrap();
+    let claimed = s.claim_as("w", 2, LEASE, 2_000).await.unwrap();
+    let (a, b) = (&claimed[0], &claimed[1]);
+    assert!(
+        s.fail_for_good(&a.lease, FailReason::Deleted, "deleted on Mapillary", 3_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.fail_for_good(&b.lease, FailReason::Error, "invalid id", 3_000)
+            .await
+            .unwrap()
+    );
+    // A lease that is not held changes nothing.
+    assert!(
+        !s.fail_for_good(&a.lease, FailReason::Error, "again", 3_001)
+            .await
+            .unwrap()
+    );
+    let pending: Vec<i64> = {
+        let pool = raw(&f.path).await;
+        sqlx::query_scalar("SELECT rowid FROM images WHERE job_id = ? AND state = 'pending'")
+            .bind(job)
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(pending.len(), 2);
+    // Only pending rows are marked; a done or claimed row is left alone.
+    let with_done = [pending[0], a.row_id()];
+    assert_eq!(
+        s.mark_pending_deleted(&with_done, "gone", 4_000)
+            .await
+            .unwrap(),
+        1
+    );
+    let c = counts(s, job).await;
+    assert_eq!((c.failed, c.deleted, c.pending), (3, 2, 1), "{c:?}");
+    let gone = s.image_by_id(job, &a.image_id).await.unwrap().unwrap();
+    assert_eq!(gone.fail_reason, Some(FailReason::Deleted));
+    assert_eq!(gone.attempts, 0, "the claim's attempt was given back");
+    let bad = s.image_by_id(job, &b.image_id).await.unwrap().unwrap();
+    assert_eq!(bad.fail_reason, Some(FailReason::Error));
+    assert_eq!(bad.attempts, 1);
+    // The job moved forward: each fate is progress.
+    let stored = s.find_job(job).await.unwrap().unwrap();
+    assert_eq!(
+        stored.progress_at.as_deref(),
+        Some("1970-01-01T00:00:04.000Z")
+    );
+
+    assert_eq!(s.retry_failed(job, false, 5_000).await.unwrap(), 1);
+    let c = counts(s, job).await;
+    assert_eq!((c.failed, c.deleted), (2, 2), "{c:?}");
+    assert_eq!(s.retry_failed(job, true, 6_000).await.unwrap(), 2);
+    let c = counts(s, job).await;
+    assert_eq!((c.failed, c.deleted, c.pending), (0, 0, 4), "{c:?}");
+    let back = s.image_by_id(job, &a.image_id).await.unwrap().unwrap();
+    assert_eq!((back.fail_reason, back.last_error), (None, None));
+}
+
+#[tokio::test]
+async fn deferrals_double_each_delay_up_to_the_cap_and_reset_on_completion() {
+    let f = fixture().await;
+    let s = &f.store;
+    let job = active_job(s, "alice").await;
+    s.insert_page(job, Quality::Original, &metas([1]), None, 0)
+        .await
+        .unwrap();
+    let policy = DeferPolicy {
+        base: Duration::from_millis(1_000),
+        cap: Duration::from_millis(5_000),
+        jitter: 1.0,
+    };
+    let mut now = 10_000;
+    let mut delays = Vec::new();
+    for _ in 0..5 {
+        let c = s.claim_as("w", 1, LEASE, now).await.unwrap().remove(0);
+        let due = s
+            .defer(&c.lease, "refresh failed: 503", policy, now)
+            .await
+            .unwrap()
+            .expect("lease held");
+        delays.push(due - now);
+        assert!(s.claim_as("w", 1, LEASE, due - 1).await.unwrap().is_empty());
+        now = due;
+    }
+    assert_eq!(delays, vec![1_000, 2_000, 4_000, 5_000, 5_000]);
+    let rec = s.image_by_id(job, "1").await.unwrap().unwrap();
+    assert_eq!(
+        (rec.attempts, rec.deferrals),
+        (0, 5),
+        "deferrals cost no attempt"
+    );
+    assert_eq!(rec.last_error.as_deref(), Some("refresh failed: 503"));
+    let c = s.claim_as("w", 1, LEASE, now).await.unwrap().remove(0);
+    // Jitter shortens a delay, never lengthens it.
+    let half = DeferPolicy {
+        jitter: 0.5,
+        ..policy
+    };
+    let due = s.defer(&c.lease, "x", half, now).await.unwrap().unwrap();
+    assert_eq!(due - now, 2_500);
+    let c = s.claim_as("w", 1, LEASE, due).await.unwrap().remove(0);
+    assert!(s.complete(&c.lease, 5, "p", due).await.unwrap());
+    let rec = s.image_by_id(job, "1").await.unwrap().unwrap();
+    assert_eq!(rec.deferrals, 0);
+    // A lost lease defers nothing.
+    assert_eq!(s.defer(&c.lease, "x", policy, due).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn pause_reasons_are_stored_and_cleared_by_a_resume() {
+    let f = fixture().await;
+    let s = &f.store;
+    let job = active_job(s, "alice").await;
+    let paused = s
+        .pause_job(
+            job,
+            &[JobState::Downloading],
+            PauseReason::DiskFull,
+            Some("disk full: no space"),
+            2_000,
+        )
+        .await
+        .unwrap()
+        .expect("was downloading");
+    assert_eq!(paused.pause_reason, Some(PauseReason::DiskFull));
+    assert_eq!(paused.last_error.as_deref(), Some("disk full: no space"));
+    assert_eq!(
+        s.jobs_paused_for(PauseReason::DiskFull).await.unwrap(),
+        vec![job]
+    );
+    assert!(
+        s.jobs_paused_for(PauseReason::TokenRejected)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Not from a state outside `from`.
+    assert!(
+        s.pause_job(
+            job,
+            &[JobState::Downloading],
+            PauseReason::User,
+            None,
+            3_000
+        )
+        .await
+        .unwrap()
+        .is_none()
+    );
+    let resumed = s
+        .reactivate_job(job, &[JobState::Paused], 4_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resumed.pause_reason, None);
+    assert_eq!(resumed.last_error, None);
+    assert_eq!(
+        resumed.progress_at.as_deref(),
+        Some("1970-01-01T00:00:04.000Z"),
+        "a resume restarts the no-progress clock"
+    );
+}
+
+/// Jobs paused by an older version carry their reason only in a message;
+/// the migration turns it into `pause_reason`, the last time anything reads
+/// a message.
+#[tokio::test]
+async fn the_migration_recovers_pause_reasons_from_old_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    {
+        // The schema as it was before 0003: only 0001 and 0002 applied.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(&path)
+                    .create_if_missing(true),
+            )
+            .await
+            .unwrap();
+        let migrator = sqlx::migrate!();
+        for migration in migrator.iter().filter(|m| m.version < 3) {
+            sqlx::raw_sql(migration.sql.clone())
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        let insert = "INSERT INTO jobs (username, quality, bbox_key, state, last_error, \
+                      created_at, updated_at) VALUES (?, 'original', '', ?, ?, 1, 1)";
+        for (user, state, error) in [
+            (
+                "disk",
+                "paused",
+                Some("disk full: cannot write /a/b.jpg (No space left on device)"),
+            ),
+            (
+                "token",
+                "paused",
+                Some(
+                    "listing images failed: the Mapillary token was rejected. Set a valid MAPILLARY_TOKEN, restart, then POST /jobs/1/resume",
+                ),
+            ),
+            ("user", "paused", None),
+            (
+                "busy",
+                "downloading",
+                Some("disk full: old message on an active job"),
+            ),
+        ] {
+            sqlx::query(insert)
+                .bind(user)
+                .bind(state)
+                .bind(error)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        // Record 0001 and 0002 as applied, as the old binary would have.
+        sqlx::query(
+            "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
+             installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, success BOOLEAN NOT NULL, \
+             checksum BLOB NOT NULL, execution_time BIGINT NOT NULL)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        for migration in migrator.iter().filter(|m| m.version < 3) {
+            sqlx::query(
+                "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+                 VALUES (?, ?, 1, ?, 0)",
+            )
+            .bind(migration.version)
+            .bind(migration.description.to_string())
+            .bind(migration.checksum.to_vec())
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+    }
+    let store = Store::open(&path).await.unwrap();
+    let reasons: Vec<(String, Option<PauseReason>)> = store
+        .list_jobs()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| (j.username, j.pause_reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            ("disk".to_string(), Some(PauseReason::DiskFull)),
+            ("token".to_string(), Some(PauseReason::TokenRejected)),
+            ("user".to_string(), Some(PauseReason::User)),
+            ("busy".to_string(), None),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn jobs_without_progress_are_marked_stalled_and_unmarked_by_progress() {
+    let f = fixture().await;
+    let s = &f.store;
+    let job = active_job(s, "alice").await;
+    s.insert_page(job, Quality::Original, &metas(1..=3), None, 10_000)
+        .await
+        .unwrap();
+    // Progress at 10 s (the page); nothing since.
+    assert!(s.stall_candidates(10_000).await.unwrap().is_empty());
+    let candidates = s.stall_candidates(10_001).await.unwrap();
+    assert_eq!(candidates.len(), 1);
+    assert_eq!((candidates[0].job_id, candidates[0].waiting), (job, 3));
+    let c = s.claim_as("w", 1, LEASE, 11_000).await.unwrap().remove(0);
+    s.release_as(
+        c.row_id(),
+        "w",
+        c.lease.attempt,
+        11_000,
+        Some("refreshing its URL failed: 503"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        s.latest_image_error(job).await.unwrap().as_deref(),
+        Some("refreshing its URL failed: 503")
+    );
+    assert!(
+        s.mark_stalled(job, 10_001, "no progress: 503", 20_000)
+            .await
+            .unwrap()
+    );
+    // Marked once only.
+    assert!(!s.mark_stalled(job, 10_001, "again", 20_001).await.unwrap());
+    assert!(s.stall_candidates(30_000).await.unwrap().is_empty());
+    let stalled = s.find_job(job).await.unwrap().unwrap();
+    assert_eq!(
+        stalled.stalled_since.as_deref(),
+        Some("1970-01-01T00:00:20.000Z")
+    );
+    assert_eq!(stalled.last_error.as_deref(), Some("no progress: 503"));
+    assert!(s.clear_recovered_stalls(21_000).await.unwrap().is_empty());
+    // An image finishing is progress: the mark and its message go.
+    let c = s.claim_as("w", 1, LEASE, 22_000).await.unwrap().remove(0);
+    assert!(s.complete(&c.lease, 9, "p", 22_000).await.unwrap());
+    assert_eq!(s.clear_recovered_stalls(23_000).await.unwrap(), vec![job]);
+    let recovered = s.find_job(job).await.unwrap().unwrap();
+    assert_eq!(
+        (recovered.stalled_since, recovered.last_error),
+        (None, None)
+    );
+    // A paused job is not a candidate, however old its progress.
+    s.set_job_state(job, JobState::Paused, None, 24_000)
+        .await
+        .unwrap();
+    assert!(s.stall_candidates(i64::MAX).await.unwrap().is_empty());
 }

@@ -245,7 +245,7 @@ async fn apply_renewal(
         info!(
             images = renewal.deleted.len(),
             calls = renewal.calls,
-            "images deleted on Mapillary failed for good"
+            "found images deleted on Mapillary; they are counted apart and not retried"
         );
     }
     if let Some(error) = &failure {

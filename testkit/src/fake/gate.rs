@@ -33,6 +33,7 @@ pub(super) fn pick_fault(s: &mut State_, route: Route) -> Option<Fault> {
             (f.cdn_5xx, Fault::Status503Html),
             (f.cdn_truncated, Fault::Truncated),
             (f.cdn_html_200, Fault::Html200),
+            (f.cdn_stall, Fault::Stall),
         ],
     };
     table
@@ -108,7 +109,7 @@ pub(super) fn fault_response(route: Route, fault: &Fault) -> Response {
             graph_error(StatusCode::NOT_FOUND, 803, "Not found")
         }
         Fault::NotFound => text(StatusCode::NOT_FOUND, "Not Found"),
-        Fault::Pass | Fault::Truncated | Fault::Reset | Fault::OverlapPage => text(
+        Fault::Pass | Fault::Truncated | Fault::Reset | Fault::OverlapPage | Fault::Stall => text(
             StatusCode::INTERNAL_SERVER_ERROR,
             "fake: unreachable fault response",
         ),
@@ -135,6 +136,26 @@ pub(super) async fn truncate(response: Response) -> Response {
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(full));
     Response::from_parts(parts, Body::from_stream(futures_util::stream::iter(chunks)))
+}
+
+/// Re-sends `response` with its full Content-Length, its first half, and
+/// then nothing, keeping the connection open: a stalled transfer.
+pub(super) async fn stall(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let full = bytes.len().max(2);
+    let half = bytes.slice(..bytes.len() / 2);
+    let first = futures_util::stream::iter([Ok::<_, std::io::Error>(half)]);
+    let silence = futures_util::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(full));
+    Response::from_parts(
+        parts,
+        Body::from_stream(futures_util::StreamExt::chain(first, silence)),
+    )
 }
 
 /// The image a CDN response carried in full, for `cdn_hits`.
@@ -216,6 +237,11 @@ pub(super) async fn gate(
         }
         Some(Fault::Truncated) => {
             let r = truncate(next.run(req).await).await;
+            let st = r.status().as_u16();
+            (r, st)
+        }
+        Some(Fault::Stall) => {
+            let r = stall(next.run(req).await).await;
             let st = r.status().as_u16();
             (r, st)
         }

@@ -35,6 +35,9 @@ pub(super) fn fields_of(query: &HashMap<String, String>) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// How far past a listing's end the looping `next` points.
+const LOOP_GAP: usize = 7;
+
 pub(super) fn encode_cursor(pos: usize) -> String {
     format!("QVFI{:X}", pos as u64 ^ 0x5A5A_5A5A)
 }
@@ -105,7 +108,11 @@ pub(super) async fn api_images(
     let Some(user) = user else {
         return Json(json!({"data": []})).into_response();
     };
-    let matches = |m: &FakeImage| bbox.is_none_or(|b| in_bbox(m, &b));
+    let (deleted, looping) = {
+        let s = shared.lock();
+        (s.deleted.clone(), s.looping_next)
+    };
+    let matches = |m: &FakeImage| !deleted.contains(&m.id) && bbox.is_none_or(|b| in_bbox(m, &b));
     let overlap = req.extensions().get::<Overlap>().is_some();
     if overlap && start > 0 {
         let mut back = 0;
@@ -126,10 +133,35 @@ pub(super) async fn api_images(
         }
         pos += 1;
     }
+    {
+        let mut s = shared.lock();
+        if !s.delete_when_listed.is_empty() {
+            for item in &data {
+                if let Some(id) = item.get("id").and_then(Value::as_str)
+                    && s.delete_when_listed.remove(id)
+                {
+                    s.deleted.insert(id.to_string());
+                }
+            }
+        }
+    }
     let mut body = Map::new();
     body.insert("data".into(), Value::Array(data));
     let cursors = json!({"before": encode_cursor(start), "after": encode_cursor(pos)});
-    if pos < user.len {
+    // A looping listing: past the last page, one empty page that links to itself.
+    let after_end = looping.then(|| {
+        if start > user.len {
+            start
+        } else {
+            user.len + LOOP_GAP
+        }
+    });
+    if pos < user.len || after_end.is_some() {
+        let after = if pos < user.len {
+            pos
+        } else {
+            after_end.unwrap_or(pos)
+        };
         let mut next = shared.api_url.join("images").expect("images URL");
         {
             let mut q = next.query_pairs_mut();
@@ -139,7 +171,7 @@ pub(super) async fn api_images(
                 }
             }
             q.append_pair("limit", &limit.to_string());
-            q.append_pair("after", &encode_cursor(pos));
+            q.append_pair("after", &encode_cursor(after));
             if query.contains_key("access_token") || shared.lock().token_in_next {
                 q.append_pair("access_token", &token);
             }
@@ -185,8 +217,18 @@ pub(super) async fn api_ids(
     let fields = fields_of(&query);
     let mut out = Map::new();
     for id in ids {
-        if let Some(m) = shared.find(id) {
-            out.insert(id.to_string(), shared.render(&m, &fields));
+        match shared.find(id) {
+            Some(m) => {
+                out.insert(id.to_string(), shared.render(&m, &fields));
+            }
+            // Like the Graph API: one unknown id fails the whole call.
+            None => {
+                return graph_error(
+                    StatusCode::BAD_REQUEST,
+                    803,
+                    &format!("(#803) Some of the aliases you requested do not exist: {id}"),
+                );
+            }
         }
     }
     Json(Value::Object(out)).into_response()
@@ -203,11 +245,13 @@ pub(super) async fn api_one(
     }
     match shared.find(&id) {
         Some(m) => Json(shared.render(&m, &fields_of(&query))).into_response(),
-        None => graph_error(
-            StatusCode::BAD_REQUEST,
-            100,
-            "Unsupported get request. Object does not exist, cannot be loaded due to missing permissions, or does not support this operation",
-        ),
+        None => {
+            let body = json!({"error": {
+                "message": format!("Unsupported get request. Object with ID '{id}' does not exist, cannot be loaded due to missing permissions, or does not support this operation"),
+                "type": "GraphMethodException", "code": 100, "error_subcode": 33,
+                "fbtrace_id": "AfakeTRACEid0123"}});
+            (StatusCode::BAD_REQUEST, Json(body)).into_response()
+        }
     }
 }
 

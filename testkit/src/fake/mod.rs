@@ -106,6 +106,8 @@ pub struct Faults {
     pub cdn_truncated: f64,
     pub cdn_reset: f64,
     pub cdn_html_200: f64,
+    /// CDN bodies that stop half-way with the connection left open.
+    pub cdn_stall: f64,
     pub overlapping_pages: f64,
 }
 
@@ -124,6 +126,7 @@ impl Faults {
             cdn_truncated: cdn,
             cdn_reset: cdn,
             cdn_html_200: cdn,
+            cdn_stall: 0.0,
             overlapping_pages: overlap,
         };
         match name {
@@ -179,6 +182,9 @@ pub enum Fault {
     NotFound,
     /// The page repeats the last few ids of the previous page.
     OverlapPage,
+    /// The real answer's headers and first half of its body, then nothing:
+    /// the connection stays open and silent (a stalled transfer).
+    Stall,
 }
 
 impl Fault {
@@ -202,6 +208,7 @@ impl Fault {
             Fault::Gone => "410-gone",
             Fault::NotFound => "404",
             Fault::OverlapPage => "overlap",
+            Fault::Stall => "stall",
         }
     }
 }
@@ -286,6 +293,14 @@ struct State_ {
     cdn_total: usize,
     cdn_full: HashMap<String, usize>,
     token_on_cdn: bool,
+    /// Images deleted on Mapillary: gone from listings, `?ids=` answers #803
+    /// for any call naming one, `GET /{id}` code 100/33, the CDN 404.
+    deleted: std::collections::HashSet<String>,
+    /// The last page carries a `next` to an empty page whose `next` is itself.
+    looping_next: bool,
+    /// Images deleted the moment a listing page has shown them: they are
+    /// discovered, then gone when their download or URL refresh comes.
+    delete_when_listed: std::collections::HashSet<String>,
 }
 
 struct Shared {
@@ -300,8 +315,12 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// An image that exists (and is not deleted).
     fn find(&self, id: &str) -> Option<FakeImage> {
         let s = self.lock();
+        if s.deleted.contains(id) {
+            return None;
+        }
         if let Some(m) = s.singles.get(id) {
             return Some(m.clone());
         }
@@ -428,6 +447,9 @@ impl FakeMapillary {
                 cdn_total: 0,
                 cdn_full: HashMap::new(),
                 token_on_cdn: false,
+                deleted: Default::default(),
+                looping_next: false,
+                delete_when_listed: Default::default(),
             }),
             bases: JpegBases::new(),
             api_url,
@@ -499,6 +521,32 @@ impl FakeMapillary {
 
     pub fn set_api_latency(&self, latency: Duration) {
         self.shared.lock().api_latency = latency;
+    }
+
+    /// Deletes images "on Mapillary", as their contributor would mid-run:
+    /// listings stop showing them, any `?ids=` call naming one fails whole
+    /// with #803, `GET /{id}` answers code 100 (subcode 33) and the CDN 404.
+    pub fn delete_images<I: IntoIterator<Item = S>, S: Into<String>>(&self, ids: I) {
+        let mut s = self.shared.lock();
+        s.deleted.extend(ids.into_iter().map(Into::into));
+    }
+
+    /// Deletes these images as soon as a listing page has shown them, so a
+    /// job discovers them and then finds them gone.
+    pub fn delete_when_listed<I: IntoIterator<Item = S>, S: Into<String>>(&self, ids: I) {
+        let mut s = self.shared.lock();
+        s.delete_when_listed.extend(ids.into_iter().map(Into::into));
+    }
+
+    /// Ids deleted with [`FakeMapillary::delete_images`] (or once listed).
+    pub fn deleted_ids(&self) -> std::collections::HashSet<String> {
+        self.shared.lock().deleted.clone()
+    }
+
+    /// Makes every user's last page carry a `next` to an empty page whose
+    /// own `next` points back at itself (a Graph API habit).
+    pub fn set_looping_next(&self, on: bool) {
+        self.shared.lock().looping_next = on;
     }
 
     /// Queues answers for the next requests of `route`, in order.

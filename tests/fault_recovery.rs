@@ -1,0 +1,511 @@
+//! What the real service does that no document lists, and how the daemon
+//! comes through it: images deleted mid-run, a batch of mostly deleted ids,
+//! an API that refuses every refresh, a `next` that loops through empty
+//! pages, CDN bodies that stall half-way, and a token fixed by a restart.
+
+mod common;
+
+use common::{TestDaemon, test_settings};
+use mapillary_downloader::store::{FailReason, ImageState, JobState, Store};
+use mld_testkit::archive_check::check_collection;
+use mld_testkit::fake::{DEFAULT_TOKEN, FakeConfig, FakeImage, FakeMapillary, Faults, Quality};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const LONG: Duration = Duration::from_secs(120);
+
+fn job_id(v: &Value) -> i64 {
+    v["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no job id in {v}"))
+}
+
+/// `GET /` calls with `ids=`: URL refreshes.
+fn refresh_calls(fake: &FakeMapillary) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| r.path == "/" && r.query.contains("ids="))
+        .count()
+}
+
+fn listing_calls(fake: &FakeMapillary) -> usize {
+    fake.requests()
+        .iter()
+        .filter(|r| r.path == "/images")
+        .count()
+}
+
+/// Writes a finished listing of `images` with URLs that expired a minute
+/// ago straight into a new database, so the daemon's first move for every
+/// image is a `GET /?ids=` refresh. Returns the job id.
+async fn job_with_stale_urls(
+    fake: &FakeMapillary,
+    data_dir: &Path,
+    username: &str,
+    images: &[FakeImage],
+) -> i64 {
+    use mapillary_downloader::model::{self, ImageMeta};
+    let now = chrono::Utc::now().timestamp_millis();
+    let store = Store::open(&data_dir.join("mapillary.db")).await.unwrap();
+    let job = store
+        .submit_job(username, model::Quality::Original, None, now)
+        .await
+        .unwrap()
+        .job()
+        .clone();
+    let stale: Vec<ImageMeta> = images
+        .iter()
+        .map(|image| {
+            let mut meta: ImageMeta = image.to();
+            meta.thumb_original_url =
+                Some(fake.thumb_url_expiring_at(&image.id, Quality::Original, now / 1000 - 60));
+            meta
+        })
+        .collect();
+    store
+        .insert_page(job.id, model::Quality::Original, &stale, None, now)
+        .await
+        .unwrap();
+    store
+        .transition_job(job.id, &[JobState::Queued], JobState::Downloading, now)
+        .await
+        .unwrap()
+        .expect("the job was queued");
+    store.close().await;
+    job.id
+}
+
+/// The fate of every image of a job, read beside the daemon.
+async fn image_states(
+    data_dir: &Path,
+    job: i64,
+    ids: impl Iterator<Item = String>,
+) -> Vec<(String, ImageState, Option<FailReason>)> {
+    let store = Store::open_read_only(&data_dir.join("mapillary.db"))
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for id in ids {
+        let record = store
+            .image_by_id(job, &id)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("image {id} was never discovered"));
+        out.push((id, record.state, record.fail_reason));
+    }
+    store.close().await;
+    out
+}
+
+/// 2,000 images whose URLs expire every few seconds; 3 % of them are
+/// deleted on Mapillary a few seconds into the run. The job ends, every
+/// surviving image is archived and exact, every deleted one not archived
+/// before its deletion is failed with reason `deleted`, and the API calls
+/// stay within a bound: the listing's pages, plus one refresh per 50 images
+/// per URL lifetime of the run, plus one isolating call per deleted image.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn images_deleted_mid_run_fail_as_deleted_and_the_rest_is_archived() {
+    let ttl_secs = 4;
+    let fake = FakeMapillary::start(FakeConfig {
+        url_ttl_secs: ttl_secs,
+        cdn_latency: Duration::from_millis(20),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("dora", 2000, 61);
+    let all = fake.images("dora");
+    let doomed: Vec<String> = all.iter().step_by(33).map(|m| m.id.clone()).collect();
+    assert_eq!(doomed.len(), 61);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(
+        fake.api_url().as_str(),
+        dir.path(),
+        16,
+        &[("MLD__MAPILLARY__URL_REFRESH_MARGIN_SECS", "1")],
+    );
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let started = Instant::now();
+    let (_, job) = daemon.post_job(json!({"username": "dora"})).await;
+    let id = job_id(&job);
+    // A few seconds in: some images archived, most still to come.
+    loop {
+        let job = daemon.job(id).await;
+        if job["counts"]["done"].as_u64().unwrap_or(0) >= 150 {
+            break;
+        }
+        assert!(started.elapsed() < LONG, "no progress: {job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fake.delete_images(doomed.iter().cloned());
+    let done = daemon.wait_for_state(id, &["done"], LONG).await;
+    let elapsed = started.elapsed();
+
+    let states = image_states(dir.path(), id, all.iter().map(|m| m.id.clone())).await;
+    let doomed_set: HashSet<&String> = doomed.iter().collect();
+    let mut deleted = 0;
+    for (image, state, reason) in &states {
+        if doomed_set.contains(image) {
+            // Archived before it was deleted, or failed as deleted: never an error.
+            match state {
+                ImageState::Done => {}
+                ImageState::Failed => {
+                    assert_eq!(*reason, Some(FailReason::Deleted), "{image}");
+                    deleted += 1;
+                }
+                other => panic!("{image} ended {other:?}"),
+            }
+        } else {
+            assert_eq!(
+                *state,
+                ImageState::Done,
+                "{image} lives and must be archived"
+            );
+        }
+    }
+    assert!(deleted > 0, "the deletion came after every image was done");
+    assert_eq!(done["counts"]["deleted"].as_u64(), Some(deleted), "{done}");
+    assert_eq!(done["counts"]["failed"].as_u64(), Some(deleted), "{done}");
+    assert_eq!(
+        done["counts"]["done"].as_u64(),
+        Some(2000 - deleted),
+        "{done}"
+    );
+    let archived: Vec<FakeImage> = all
+        .iter()
+        .filter(|m| {
+            states
+                .iter()
+                .any(|(id, state, _)| *id == m.id && *state == ImageState::Done)
+        })
+        .cloned()
+        .collect();
+    check_collection(
+        daemon.archive_dir(),
+        "dora",
+        Quality::Original,
+        &archived,
+        |id| fake.jpeg_marker(id, Quality::Original),
+    );
+
+    let pages = 2000usize.div_ceil(250);
+    let lifetimes = (elapsed.as_secs() as usize / (ttl_secs as usize - 1)) + 1;
+    let bound = pages + 1 + 2000usize.div_ceil(50) * lifetimes + doomed.len() + 10;
+    let calls = fake.api_calls();
+    assert!(
+        calls <= bound,
+        "{calls} API calls in {elapsed:?}; bound {bound} ({pages} pages, {lifetimes} URL lifetimes, {} deleted)",
+        doomed.len()
+    );
+    eprintln!(
+        "deleted mid-run: {deleted} failed as deleted, {} archived, {calls} API calls ({} refreshes) in {elapsed:?}; bound {bound}",
+        2000 - deleted,
+        refresh_calls(&fake)
+    );
+    daemon.stop().await;
+}
+
+/// One `GET /?ids=` batch of 50 where 49 ids were deleted: the one that
+/// lives is archived, the 49 fail as deleted at no attempt, within 51 calls.
+/// A retry leaves deleted images alone unless asked to include them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_fifty_with_forty_nine_deleted_still_archives_the_live_one() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("eve", 50, 62);
+    let all = fake.images("eve");
+    let live = all[20].clone();
+    let dir = tempfile::tempdir().unwrap();
+    let job = job_with_stale_urls(&fake, dir.path(), "eve", &all).await;
+    fake.delete_images(all.iter().filter(|m| m.id != live.id).map(|m| m.id.clone()));
+
+    let settings = test_settings(fake.api_url().as_str(), dir.path(), 4, &[]);
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let done = daemon.wait_for_state(job, &["done"], LONG).await;
+    assert_eq!(done["counts"]["done"], 1, "{done}");
+    assert_eq!(done["counts"]["failed"], 49, "{done}");
+    assert_eq!(done["counts"]["deleted"], 49, "{done}");
+    assert!(done["last_error"].is_null(), "{done}");
+    assert_eq!(fake.cdn_hits(&live.id), 1);
+    assert_eq!(fake.cdn_hits_total(), 1);
+    let refreshes = refresh_calls(&fake);
+    assert!(refreshes <= 51, "{refreshes} refresh calls for one batch");
+    check_collection(
+        daemon.archive_dir(),
+        "eve",
+        Quality::Original,
+        std::slice::from_ref(&live),
+        |id| fake.jpeg_marker(id, Quality::Original),
+    );
+    {
+        let store = Store::open_read_only(&dir.path().join("mapillary.db"))
+            .await
+            .unwrap();
+        let failed = store.failed_images(job, 100).await.unwrap();
+        assert_eq!(failed.len(), 49);
+        for image in &failed {
+            assert_eq!(image.fail_reason, Some(FailReason::Deleted), "{image:?}");
+            assert_eq!(image.attempts, 0, "no attempt burnt on a deleted image");
+            let error = image.last_error.as_deref().unwrap_or_default();
+            assert!(error.contains("deleted on Mapillary"), "{error}");
+        }
+        store.close().await;
+    }
+
+    // /metrics counts them.
+    let (status, text) = daemon
+        .try_request(Method::GET, "/metrics", None)
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("mapillary_deleted_images ") && l.ends_with(" 49")),
+        "{text}"
+    );
+
+    // A plain retry re-queues nothing: deleted images cannot come back.
+    let (status, retried) = daemon
+        .request(Method::POST, &format!("/jobs/{job}/retry"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{retried}");
+    let after = daemon.wait_for_state(job, &["done"], LONG).await;
+    assert_eq!(after["counts"]["deleted"], 49, "{after}");
+    let before_calls = fake.api_calls();
+    // Asked explicitly, they are tried again and found deleted again.
+    let (status, retried) = daemon
+        .request(
+            Method::POST,
+            &format!("/jobs/{job}/retry?include_deleted=true"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{retried}");
+    let after = daemon.wait_for_state(job, &["done"], LONG).await;
+    assert_eq!(after["counts"]["deleted"], 49, "{after}");
+    assert!(
+        fake.api_calls() > before_calls,
+        "the retry asked the API again"
+    );
+    let (status, bad) = daemon
+        .request(
+            Method::POST,
+            &format!("/jobs/{job}/retry?include_deleted=maybe"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    daemon.stop().await;
+}
+
+/// An API that refuses every URL refresh: the job cannot progress, and
+/// within the configured time its `last_error`, `/status` and `/metrics`
+/// say so and why. Once the API answers again, the job finishes and the
+/// stall clears. Refusals back off per image: no tight loop of calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_cannot_progress_says_why_then_recovers() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("finn", 120, 63);
+    let all = fake.images("finn");
+    let dir = tempfile::tempdir().unwrap();
+    let job = job_with_stale_urls(&fake, dir.path(), "finn", &all).await;
+    fake.set_faults(Faults {
+        api_5xx_html: 1.0,
+        ..Faults::default()
+    });
+    let settings = test_settings(
+        fake.api_url().as_str(),
+        dir.path(),
+        4,
+        &[
+            ("MLD__JOBS__STALL_AFTER_SECS", "2"),
+            ("MLD__RETRY__BACKOFF_BASE_MS", "100"),
+            ("MLD__RETRY__BACKOFF_CAP_MS", "2000"),
+        ],
+    );
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let started = Instant::now();
+    let stalled = loop {
+        let job = daemon.job(job).await;
+        if !job["stalled_since"].is_null() {
+            break job;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "never marked stalled: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let error = stalled["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains("no progress for"), "{stalled}");
+    assert!(error.contains("120 images waiting"), "{stalled}");
+    assert!(
+        error.contains("503"),
+        "the reason names the refusal: {stalled}"
+    );
+    assert_eq!(stalled["state"], "downloading");
+    let (_, report) = daemon.request(Method::GET, "/status", None).await;
+    assert_eq!(report["jobs"][0]["last_error"], stalled["last_error"]);
+    let (_, metrics) = daemon
+        .try_request(Method::GET, "/metrics", None)
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("mapillary_job_stalled{") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    // Per-image backoff: 120 images in 3 batches, each refusal doubling the
+    // images' delay from 100 ms: a handful of calls a second, not a spin.
+    let seconds = started.elapsed().as_secs_f64();
+    let calls = fake.api_calls();
+    assert!(
+        (calls as f64) < 20.0 * seconds.max(1.0),
+        "{calls} refused calls in {seconds:.1} s"
+    );
+
+    fake.set_faults(Faults::default());
+    let done = daemon.wait_for_state(job, &["done"], LONG).await;
+    assert_eq!(done["counts"]["done"], 120, "{done}");
+    assert!(done["stalled_since"].is_null(), "{done}");
+    assert!(done["last_error"].is_null(), "{done}");
+    daemon.stop().await;
+}
+
+/// The last page's `next` leads to an empty page whose `next` is itself:
+/// the listing ends after that empty page, at most pages + 2 calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_next_looping_through_empty_pages_ends_the_listing() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("gus", 1000, 64);
+    fake.set_looping_next(true);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(fake.api_url().as_str(), dir.path(), 8, &[]);
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let (_, job) = daemon.post_job(json!({"username": "gus"})).await;
+    let done = daemon.wait_for_state(job_id(&job), &["done"], LONG).await;
+    assert_eq!(done["counts"]["done"], 1000, "{done}");
+    let pages = 1000 / 250;
+    let calls = listing_calls(&fake);
+    assert!(
+        calls <= pages + 2,
+        "{calls} listing calls for {pages} pages of data"
+    );
+    daemon.stop().await;
+}
+
+/// Archives 1,500 images at 30 ms CDN latency and returns the time taken.
+async fn archive_with_cdn_faults(faults: Faults) -> Duration {
+    let fake = FakeMapillary::start(FakeConfig {
+        cdn_latency: Duration::from_millis(30),
+        faults,
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("hal", 1500, 65);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(
+        fake.api_url().as_str(),
+        dir.path(),
+        16,
+        &[
+            ("MLD__MAPILLARY__READ_IDLE_TIMEOUT_SECS", "1"),
+            ("MLD__MAPILLARY__DOWNLOAD_TIMEOUT_SECS", "300"),
+            ("MLD__RETRY__MAX_ATTEMPTS", "10"),
+        ],
+    );
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let started = Instant::now();
+    let (_, job) = daemon.post_job(json!({"username": "hal"})).await;
+    let done = daemon.wait_for_state(job_id(&job), &["done"], LONG).await;
+    let elapsed = started.elapsed();
+    assert_eq!(done["counts"]["done"], 1500, "{done}");
+    check_collection(
+        daemon.archive_dir(),
+        "hal",
+        Quality::Original,
+        &fake.images("hal"),
+        |id| fake.jpeg_marker(id, Quality::Original),
+    );
+    let stalls = fake
+        .requests()
+        .iter()
+        .filter(|r| r.fault == Some("stall"))
+        .count();
+    eprintln!("1,500 images, {stalls} stalled bodies: {elapsed:?}");
+    daemon.stop().await;
+    elapsed
+}
+
+/// CDN bodies that stop half-way with the connection left open cost the
+/// idle timeout (1 s here), not the 300 s download timeout: 1,500 images
+/// with 1 % stalls end within a few idle timeouts of the no-stall time,
+/// every file exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stalled_bodies_cost_an_idle_timeout_not_the_download_timeout() {
+    let clean = archive_with_cdn_faults(Faults::default()).await;
+    let stalling = archive_with_cdn_faults(Faults {
+        cdn_stall: 0.01,
+        ..Faults::default()
+    })
+    .await;
+    assert!(
+        stalling < clean + Duration::from_secs(10),
+        "with stalls {stalling:?}, without {clean:?}"
+    );
+}
+
+/// A job paused because Mapillary rejected the token resumes by itself when
+/// the daemon restarts with a good token; with a still-bad token it pauses
+/// again at its first call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_paused_jobs_resume_after_a_restart_with_a_valid_token() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("ida", 80, 66);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = || test_settings(fake.api_url().as_str(), dir.path(), 4, &[]);
+
+    let daemon = TestDaemon::start(settings(), "MLY|1|wrong").await;
+    let (_, job) = daemon.post_job(json!({"username": "ida"})).await;
+    let id = job_id(&job);
+    let paused = daemon.wait_for_state(id, &["paused"], LONG).await;
+    assert_eq!(paused["pause_reason"], "token_rejected", "{paused}");
+    daemon.stop().await;
+
+    // Still the wrong token: it tries once more and pauses again.
+    let daemon = TestDaemon::start(settings(), "MLY|1|still-wrong").await;
+    let calls = fake.api_calls();
+    let again = daemon.wait_for_state(id, &["paused"], LONG).await;
+    assert_eq!(again["pause_reason"], "token_rejected", "{again}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let job = daemon.job(id).await;
+    assert_eq!(job["state"], "paused", "{job}");
+    assert!(fake.api_calls() - calls <= 2, "no crash loop of API calls");
+    daemon.stop().await;
+
+    // A user pause is not undone by a restart.
+    let daemon = TestDaemon::start(settings(), DEFAULT_TOKEN).await;
+    let done = daemon.wait_for_state(id, &["done"], LONG).await;
+    assert_eq!(done["counts"]["done"], 80, "{done}");
+    assert!(done["pause_reason"].is_null(), "{done}");
+    // Slow listing, so the new job is still at work when the user pauses it.
+    fake.set_api_latency(Duration::from_secs(1));
+    let (_, other) = daemon
+        .post_job(json!({"username": "ida", "quality": "256"}))
+        .await;
+    let other = job_id(&other);
+    let (status, _) = daemon
+        .request(Method::POST, &format!("/jobs/{other}/pause"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    daemon.stop().await;
+    fake.set_api_latency(Duration::ZERO);
+    let daemon = TestDaemon::start(settings(), DEFAULT_TOKEN).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let job = daemon.job(other).await;
+    assert_eq!(job["state"], "paused", "{job}");
+    assert_eq!(job["pause_reason"], "user", "{job}");
+    daemon.stop().await;
+}
