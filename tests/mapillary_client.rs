@@ -216,10 +216,17 @@ async fn ids_batches_refresh_urls_and_refuse_more_than_fifty() {
     let client = client_for(&fake, 100);
     let truth: Vec<ImageMeta> = fake.images("fay").iter().map(FakeImage::to).collect();
     let mut wanted: Vec<&str> = truth.iter().take(49).map(|m| m.id.as_str()).collect();
+    // Like the Graph API, one unknown id fails the whole call (#803), naming it.
     wanted.push("999999999999");
+    let err = client.fetch_images(&wanted).await.unwrap_err();
+    assert!(
+        matches!(&err, ApiError::Missing { ids, .. } if ids == &["999999999999"]),
+        "{err:?}"
+    );
+    assert_eq!(err.decision(), RetryDecision::Gone);
+    wanted.pop();
     let got = client.fetch_images(&wanted).await.unwrap();
     assert_eq!(got.len(), 49);
-    assert!(!got.contains_key("999999999999"));
     for m in truth.iter().take(49) {
         let fresh = &got[&m.id];
         assert_eq!(&fresh.without_urls(), m);
@@ -532,7 +539,9 @@ async fn a_rate_limit_holds_all_api_calls_of_the_client() {
     // Clones share the limiter: a concurrent caller waits out the pause too.
     let other = client.clone();
     let started = std::time::Instant::now();
-    let (a, b) = tokio::join!(client.fetch_page(&first), other.fetch_images(&["1"]));
+    let known = fake.images("max")[0].id.clone();
+    let ids = [known.as_str()];
+    let (a, b) = tokio::join!(client.fetch_page(&first), other.fetch_images(&ids));
     assert!(a.is_ok() && b.is_ok());
     assert!(started.elapsed() >= Duration::from_millis(800));
     assert_eq!(fake.api_calls(), 3);
