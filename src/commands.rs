@@ -1,12 +1,13 @@
 //! Glue for each subcommand: load settings, check the token, run the library
-//! piece, and map the result to SPEC's exit codes (0 success, 1 runtime
+//! piece, and map the result to the documented exit codes (0 success, 1 runtime
 //! failure or images failed for good, 2 usage, config or token error,
 //! 130 interrupted).
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, DownloadArgs, ServeArgs, StatusArgs};
 use crate::config::{self, FlagOverrides, Settings};
 use crate::oneshot::{self, DownloadRequest, RunEnd};
 use crate::{app, status, telemetry};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// A usage/config/token problem (exit 2), as opposed to a runtime failure (exit 1).
@@ -17,121 +18,124 @@ fn usage_error(error: impl std::fmt::Display) -> ExitCode {
 
 /// Runs the parsed command line to completion.
 pub async fn run(cli: Cli) -> ExitCode {
-    match cli.command {
-        Command::Serve(args) => {
-            let flags = FlagOverrides {
-                config_file: cli.config,
-                data_dir: args.data_dir,
-                listen: args.listen,
-                workers: args.workers,
-            };
-            let settings = match Settings::load(&flags) {
-                Ok(s) => s,
-                Err(e) => return usage_error(e),
-            };
-            let token = match config::token_from_env() {
-                Ok(t) => t,
-                Err(e) => return usage_error(e),
-            };
-            telemetry::init(&settings.log);
-            let application = match app::Application::build(&settings, token).await {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    return ExitCode::from(1);
-                }
-            };
-            tracing::info!(address = %application.local_addr(), "listening on http://{}", application.local_addr());
-            match application.run_until(app::shutdown_signal()).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!("{e:#}");
-                    ExitCode::from(1)
-                }
-            }
-        }
-        Command::Download(args) => {
-            let flags = FlagOverrides {
-                config_file: cli.config,
-                data_dir: args.data_dir,
-                listen: None,
-                workers: args.workers,
-            };
-            let mut settings = match Settings::load(&flags) {
-                Ok(s) => s,
-                Err(e) => return usage_error(e),
-            };
-            let request = DownloadRequest {
-                usernames: args.usernames,
-                quality: args.quality,
-                bbox: args.bbox,
-            };
-            if let Err(e) = oneshot::validate_request(&request) {
-                return usage_error(e);
-            }
-            let token = match config::token_from_env() {
-                Ok(t) => t,
-                Err(e) => return usage_error(e),
-            };
-            // Bars and info logs fight over a terminal; keep logs to warnings there.
-            if std::io::IsTerminal::is_terminal(&std::io::stderr())
-                && std::env::var_os("RUST_LOG").is_none()
-            {
-                settings.log.level = "warn".into();
-            }
-            telemetry::init(&settings.log);
-            if args.dry_run {
-                return dry_run(&settings, token, &request).await;
-            }
-            match oneshot::download(&settings, token, &request, app::shutdown_signal()).await {
-                Ok(RunEnd::Archived) => ExitCode::SUCCESS,
-                Ok(RunEnd::SomeFailed | RunEnd::Stalled) => ExitCode::from(1),
-                Ok(RunEnd::TokenRejected) => {
-                    eprintln!(
-                        "error: Mapillary rejected the access token: set a valid {}",
-                        config::TOKEN_ENV
-                    );
-                    ExitCode::from(2)
-                }
-                Ok(RunEnd::Interrupted) => {
-                    eprintln!("interrupted: run the same command again to resume");
-                    ExitCode::from(130)
-                }
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+    let outcome = match cli.command {
+        Command::Serve(args) => serve(cli.config, args).await,
+        Command::Download(args) => download(cli.config, args).await,
         Command::Healthcheck(args) => {
-            let settings = match Settings::load(&FlagOverrides {
-                config_file: cli.config,
-                ..FlagOverrides::default()
-            }) {
-                Ok(s) => s,
-                Err(e) => return usage_error(e),
-            };
-            healthcheck(&settings, args.url).await
-        }
-        Command::Status(args) => {
             let flags = FlagOverrides {
                 config_file: cli.config,
-                data_dir: args.data_dir,
                 ..FlagOverrides::default()
             };
-            let settings = match Settings::load(&flags) {
-                Ok(s) => s,
-                Err(e) => return usage_error(e),
-            };
-            match status::print_status(&settings.database_path(), args.json).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(1)
-                }
+            match load(&flags) {
+                Ok(settings) => Ok(healthcheck(&settings, args.url).await),
+                Err(code) => Err(code),
             }
         }
+        Command::Status(args) => status(cli.config, args).await,
+    };
+    outcome.unwrap_or_else(|code| code)
+}
+
+/// The settings, or exit 2 naming what is wrong. Every subcommand starts here.
+fn load(flags: &FlagOverrides) -> Result<Settings, ExitCode> {
+    Settings::load(flags).map_err(usage_error)
+}
+
+/// The Mapillary token, or exit 2 naming the variable.
+fn token() -> Result<config::Secret, ExitCode> {
+    config::token_from_env().map_err(usage_error)
+}
+
+/// `serve`: the daemon until SIGTERM/SIGINT.
+async fn serve(config_file: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode, ExitCode> {
+    let settings = load(&FlagOverrides {
+        config_file,
+        data_dir: args.data_dir,
+        listen: args.listen,
+        workers: args.workers,
+    })?;
+    let token = token()?;
+    telemetry::init(&settings.log);
+    let application = app::Application::build(&settings, token)
+        .await
+        .map_err(runtime_error)?;
+    let address = application.local_addr();
+    tracing::info!(%address, "listening on http://{address}");
+    application
+        .run_until(app::shutdown_signal())
+        .await
+        .map_err(runtime_error)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `download`: the engine in-process until the named users are archived.
+async fn download(config_file: Option<PathBuf>, args: DownloadArgs) -> Result<ExitCode, ExitCode> {
+    let mut settings = load(&FlagOverrides {
+        config_file,
+        data_dir: args.data_dir,
+        listen: None,
+        workers: args.workers,
+    })?;
+    let request = DownloadRequest {
+        usernames: args.usernames,
+        quality: args.quality,
+        bbox: args.bbox,
+    };
+    oneshot::validate_request(&request).map_err(usage_error)?;
+    let token = token()?;
+    // Bars and info logs fight over a terminal; keep logs to warnings there.
+    if std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("RUST_LOG").is_none()
+    {
+        settings.log.level = "warn".into();
     }
+    telemetry::init(&settings.log);
+    if args.dry_run {
+        return Ok(dry_run(&settings, token, &request).await);
+    }
+    let end = oneshot::download(&settings, token, &request, app::shutdown_signal())
+        .await
+        .map_err(|e| {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        })?;
+    Ok(match end {
+        RunEnd::Archived => ExitCode::SUCCESS,
+        RunEnd::SomeFailed | RunEnd::Stalled => ExitCode::from(1),
+        RunEnd::TokenRejected => {
+            eprintln!(
+                "error: Mapillary rejected the access token: set a valid {}",
+                config::TOKEN_ENV
+            );
+            ExitCode::from(2)
+        }
+        RunEnd::Interrupted => {
+            eprintln!("interrupted: run the same command again to resume");
+            ExitCode::from(130)
+        }
+    })
+}
+
+/// `status`: the jobs table (or `GET /status`'s JSON) from the database.
+async fn status(config_file: Option<PathBuf>, args: StatusArgs) -> Result<ExitCode, ExitCode> {
+    let settings = load(&FlagOverrides {
+        config_file,
+        data_dir: args.data_dir,
+        ..FlagOverrides::default()
+    })?;
+    status::print_status(&settings.database_path(), args.json)
+        .await
+        .map_err(|e| {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A failure while running (exit 1), logged in full.
+fn runtime_error(error: anyhow::Error) -> ExitCode {
+    tracing::error!("{error:#}");
+    ExitCode::from(1)
 }
 
 /// `healthcheck`: GET /healthz on the local daemon, exit 0 on 200.

@@ -9,7 +9,7 @@
 //! - [`api`]: the axum HTTP API: job commands, `/status`, `/healthz`, `/metrics`, bearer auth.
 //! - [`stats`]: throughput over the last minute and the ETA derived from it.
 //! - [`secret`]: a string type whose Debug and Display print `[redacted]`.
-//! - [`units`]: human-readable sizes, rates and durations.
+//! - [`units`]: human-readable sizes, counts, rates and durations. [`clock`]: Unix-ms wall time.
 //! - [`archive`]: the on-disk layout and durable writes (`.part`, fsync, rename, fsync dir).
 //! - [`engine`]: enumerators, the dispatcher, workers and the supervisor; crash recovery and shutdown.
 //! - [`app`]: wiring for `serve`: store + client + engine + HTTP server, and signal handling.
@@ -22,6 +22,7 @@ pub mod api;
 pub mod app;
 pub mod archive;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod engine;

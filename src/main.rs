@@ -22,7 +22,7 @@ fn main() -> ExitCode {
 /// core), and the blocking pool's write threads leave freed ~100 KB image
 /// buffers stranded in each: ~25 MB of RSS holding no live data. Two arenas,
 /// and a fixed 64 KiB mmap threshold so image-sized buffers go back to the OS
-/// when freed, keep a 32-worker daemon within SPEC's 64 MB
+/// when freed, keep a 32-worker daemon within the 64 MB memory target
 /// (`cargo bench --bench daemon`). Runs before any other thread exists.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_allocator() {

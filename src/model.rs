@@ -62,6 +62,10 @@ impl GeoPoint {
 /// Every field is optional because the API omits fields freely; `0.0` is a
 /// value, and only an absent field is `None`. Fields we do not model are kept
 /// in `extra`, so `metadata.jsonl` loses nothing the API said.
+///
+/// Serialising never writes a URL (`thumb_*_url`, or any `*_url` key of
+/// `extra`): URLs expire, so the JSON the store keeps and `metadata.jsonl`
+/// holds is the metadata alone, with no copy of the image made to drop them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageMeta {
     pub id: String,
@@ -93,16 +97,24 @@ pub struct ImageMeta {
     pub width: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub height: Option<u32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing)]
     pub thumb_256_url: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing)]
     pub thumb_1024_url: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing)]
     pub thumb_2048_url: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing)]
     pub thumb_original_url: Option<String>,
-    #[serde(flatten)]
+    #[serde(flatten, serialize_with = "serialize_without_urls")]
     pub extra: Map<String, Value>,
+}
+
+/// Writes `extra` without its `*_url` keys: see [`ImageMeta`].
+fn serialize_without_urls<S: serde::Serializer>(
+    extra: &Map<String, Value>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(extra.iter().filter(|(key, _)| !key.ends_with("_url")))
 }
 
 impl ImageMeta {
@@ -115,21 +127,62 @@ impl ImageMeta {
             Quality::Q256 => self.thumb_256_url.as_deref(),
         }
     }
+}
 
-    /// A copy without any `*_url` field: what we persist and what
-    /// `metadata.jsonl` holds. URLs expire, so storing them is useless.
-    pub fn without_urls(&self) -> ImageMeta {
-        let mut copy = self.clone();
-        copy.thumb_256_url = None;
-        copy.thumb_1024_url = None;
-        copy.thumb_2048_url = None;
-        copy.thumb_original_url = None;
-        copy.extra.retain(|key, _| !key.ends_with("_url"));
-        copy
+/// An image of a listing page together with the JSON the store keeps of it.
+/// The JSON is made where the page is decoded, off the async workers, so
+/// storing a page is SQL only.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListedImage {
+    pub meta: ImageMeta,
+    /// `meta` as stored: no URLs.
+    pub stored: String,
+}
+
+impl ListedImage {
+    pub fn new(meta: ImageMeta) -> Result<ListedImage, serde_json::Error> {
+        let stored = serde_json::to_string(&meta)?;
+        Ok(ListedImage { meta, stored })
     }
 }
 
-/// The image size a job downloads. Serialised as SPEC's strings.
+impl std::ops::Deref for ListedImage {
+    type Target = ImageMeta;
+
+    fn deref(&self) -> &ImageMeta {
+        &self.meta
+    }
+}
+
+/// What the store needs of an image it inserts: the metadata, and the JSON
+/// it keeps of it (made ahead of time by a [`ListedImage`], on the spot by a
+/// bare [`ImageMeta`]).
+pub trait Storable: Sync {
+    fn meta(&self) -> &ImageMeta;
+    fn stored_json(&self) -> Result<std::borrow::Cow<'_, str>, serde_json::Error>;
+}
+
+impl Storable for ListedImage {
+    fn meta(&self) -> &ImageMeta {
+        &self.meta
+    }
+
+    fn stored_json(&self) -> Result<std::borrow::Cow<'_, str>, serde_json::Error> {
+        Ok(std::borrow::Cow::Borrowed(&self.stored))
+    }
+}
+
+impl Storable for ImageMeta {
+    fn meta(&self) -> &ImageMeta {
+        self
+    }
+
+    fn stored_json(&self) -> Result<std::borrow::Cow<'_, str>, serde_json::Error> {
+        serde_json::to_string(self).map(std::borrow::Cow::Owned)
+    }
+}
+
+/// The image size a job downloads. Serialised as the API's strings: `original`, `2048`, `1024`, `256`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Quality {
     #[serde(rename = "original")]
@@ -205,7 +258,7 @@ impl From<Bbox> for [f64; 4] {
 }
 
 impl Bbox {
-    /// Checks SPEC's rule: four finite numbers, w<e, s<n, inside ±180/±90.
+    /// The rule for a bbox: four finite numbers, w<e, s<n, inside ±180/±90.
     pub fn new(west: f64, south: f64, east: f64, north: f64) -> Result<Bbox, String> {
         let all = [west, south, east, north];
         if all.iter().any(|v| !v.is_finite()) {
@@ -333,12 +386,13 @@ mod tests {
     }
 
     #[test]
-    fn without_urls_drops_every_url_and_keeps_unknown_fields() {
+    fn serialising_drops_every_url_and_keeps_unknown_fields() {
         let m: ImageMeta = serde_json::from_str(
             r#"{"id":"1","thumb_256_url":"http://x","quality_score":0.5,"thumb_5120_url":"y"}"#,
         )
         .unwrap();
-        let v = serde_json::to_value(m.without_urls()).unwrap();
+        assert_eq!(m.url_for(Quality::Q256), Some("http://x"), "parsed");
+        let v = serde_json::to_value(&m).unwrap();
         assert_eq!(v, serde_json::json!({"id":"1","quality_score":0.5}));
     }
 

@@ -3,14 +3,15 @@
 //! database and archive with `serve`, so each resumes the other's work.
 
 use crate::app::{engine_context, lock_data_dir};
+use crate::clock::now_ms;
 use crate::config::Settings;
-use crate::engine::{Engine, EngineContext, now_ms};
-use crate::mapillary::{ApiError, MapillaryClient, RetryDecision, backoff_delay};
+use crate::engine::{Engine, EngineContext};
+use crate::mapillary::{MapillaryClient, MapillaryError, RetryDecision, backoff_delay};
 use crate::model::{Bbox, Quality, validate_username};
-use crate::progress::{JobProgress, RateMeter, Reporter, group_digits};
+use crate::progress::{JobProgress, RateMeter, Reporter};
 use crate::secret::Secret;
 use crate::store::{Job, JobState, PauseReason, Store};
-use crate::units::format_bytes;
+use crate::units::{format_bytes, group_digits};
 use rand::Rng;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ pub struct DownloadRequest {
     pub bbox: Option<Bbox>,
 }
 
-/// How a run ended; `main` maps it to SPEC's exit codes.
+/// How a run ended; `commands` maps it to the exit codes README documents.
 #[derive(Debug, PartialEq, Eq)]
 pub enum RunEnd {
     /// Everything archived (exit 0).
@@ -209,7 +210,7 @@ pub async fn estimate(
     username: &str,
     quality: Quality,
     bbox: Option<Bbox>,
-) -> Result<Estimate, ApiError> {
+) -> Result<Estimate, MapillaryError> {
     let mut rng = rand::rng();
     let mut sample: Vec<String> = Vec::with_capacity(SAMPLE_SIZE);
     // Overlapping pages repeat ids of the page before; remembering one page
@@ -259,10 +260,10 @@ pub async fn estimate(
 }
 
 /// Retries transient faults and rate limits with backoff, up to `max_attempts`.
-async fn with_retries<T, F, Fut>(settings: &Settings, mut call: F) -> Result<T, ApiError>
+async fn with_retries<T, F, Fut>(settings: &Settings, mut call: F) -> Result<T, MapillaryError>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, ApiError>>,
+    Fut: std::future::Future<Output = Result<T, MapillaryError>>,
 {
     let base = Duration::from_millis(settings.retry.backoff_base_ms);
     let cap = Duration::from_millis(settings.retry.backoff_cap_ms);

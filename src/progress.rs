@@ -3,7 +3,7 @@
 //! Rendering is pure string work, so tests check it without a terminal.
 
 use crate::store::{Job, JobState};
-use crate::units::{format_bytes, format_duration, format_rate};
+use crate::units::{format_bytes, format_duration, format_rate, group_digits};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -83,19 +83,6 @@ impl JobProgress {
             self.images_per_sec,
         )
     }
-}
-
-/// `1234567` -> `1,234,567`.
-pub fn group_digits(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// Measures per-job rates from successive snapshots (a moving window).

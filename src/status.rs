@@ -1,36 +1,103 @@
-//! The `status` command: the jobs table, or with `--json` the very report
-//! `GET /status` serves. It opens the database read-only, so it works beside
-//! a running daemon, and reads only counters, so it stays cheap at millions
-//! of images. Throughput comes from the images finished in the last minute.
+//! The status report, assembled once here for `GET /status`, `/metrics` and
+//! the `status` command; and that command itself: the jobs table, or with
+//! `--json` the very report `GET /status` serves. The command opens the
+//! database read-only, so it works beside a running daemon, and reads only
+//! counters, so it stays cheap at millions of images. Its throughput comes
+//! from the images finished in the last minute.
 
-use crate::api::status::{StatusReport, Throughput, Totals, remaining_images};
-use crate::progress::group_digits;
 use crate::stats::Rate;
-use crate::store::{Job, Store};
-use crate::units::format_bytes;
+use crate::store::{Job, JobState, Store};
+use crate::units::{format_bytes, group_digits};
+use serde::Serialize;
 use std::path::Path;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Totals {
+    pub discovered: u64,
+    pub pending: u64,
+    pub in_progress: u64,
+    pub done: u64,
+    pub failed: u64,
+    /// Deleted on Mapillary: a subset of `failed`.
+    pub deleted: u64,
+    pub bytes_done: u64,
+}
+
+impl Totals {
+    pub fn of(jobs: &[Job]) -> Totals {
+        jobs.iter().fold(Totals::default(), |t, job| Totals {
+            discovered: t.discovered + job.counts.discovered,
+            pending: t.pending + job.counts.pending,
+            in_progress: t.in_progress + job.counts.in_progress,
+            done: t.done + job.counts.done,
+            failed: t.failed + job.counts.failed,
+            deleted: t.deleted + job.counts.deleted,
+            bytes_done: t.bytes_done + job.bytes_done,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Throughput {
+    pub images_per_sec: f64,
+    pub bytes_per_sec: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatusReport {
+    pub jobs: Vec<Job>,
+    pub totals: Totals,
+    pub throughput: Throughput,
+    /// Seconds until the images known so far are downloaded; `null` while
+    /// nothing has completed in the last minute.
+    pub eta_seconds: Option<u64>,
+}
+
+/// Images still to download in jobs the engine is working on. Paused and
+/// cancelled jobs are not counted: they will not progress by waiting.
+pub fn remaining_images(jobs: &[Job]) -> u64 {
+    jobs.iter()
+        .filter(|job| {
+            matches!(
+                job.state,
+                JobState::Queued | JobState::Enumerating | JobState::Downloading
+            )
+        })
+        .map(|job| job.counts.pending + job.counts.in_progress)
+        .sum()
+}
+
+impl StatusReport {
+    /// The report for `jobs` at throughput `rate`: the daemon's own rate for
+    /// `GET /status`, one read from the database for the `status` command.
+    pub fn new(jobs: Vec<Job>, rate: Rate) -> StatusReport {
+        // One reading for both, so the ETA matches the throughput shown.
+        let eta_seconds = rate
+            .eta(remaining_images(&jobs))
+            .map(|eta| eta.as_secs_f64().ceil() as u64);
+        StatusReport {
+            totals: Totals::of(&jobs),
+            throughput: Throughput {
+                images_per_sec: rate.images_per_sec,
+                bytes_per_sec: rate.bytes_per_sec,
+            },
+            eta_seconds,
+            jobs,
+        }
+    }
+}
 
 /// The `status` command: reads the database read-only, beside a live daemon.
 pub async fn print_status(db: &Path, json: bool) -> anyhow::Result<()> {
     let store = Store::open_read_only(db).await?;
     let jobs = store.list_jobs().await?;
-    let since = crate::engine::now_ms() - 60_000;
+    let since = crate::clock::now_ms() - 60_000;
     let (images, bytes) = store.finished_since(since).await?;
     let rate = Rate {
         images_per_sec: images as f64 / 60.0,
         bytes_per_sec: bytes as f64 / 60.0,
     };
-    let report = StatusReport {
-        totals: Totals::of(&jobs),
-        throughput: Throughput {
-            images_per_sec: rate.images_per_sec,
-            bytes_per_sec: rate.bytes_per_sec,
-        },
-        eta_seconds: rate
-            .eta(remaining_images(&jobs))
-            .map(|eta| eta.as_secs_f64().ceil() as u64),
-        jobs,
-    };
+    let report = StatusReport::new(jobs, rate);
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -11,6 +11,19 @@ use std::time::Duration;
 
 const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
 
+/// `1234567` -> `1,234,567`.
+pub fn group_digits(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// `0 B`, `999 B`, `1.0 KiB`, `1.5 MiB`, `2.00 GiB`.
 ///
 /// Bytes are exact; KiB and MiB get one decimal; GiB and above get two,

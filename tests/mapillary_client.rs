@@ -2,7 +2,8 @@
 //! batches, downloads, and the classification of every scripted fault.
 
 use mapillary_downloader::mapillary::{
-    ApiError, ClientSettings, Limiter, MapillaryClient, RetryDecision, strip_token, url_expires_at,
+    ClientSettings, Limiter, MapillaryClient, MapillaryError, RetryDecision, strip_token,
+    url_expires_at,
 };
 use mapillary_downloader::model::{self, Bbox, ImageMeta};
 use mapillary_downloader::secret::Secret;
@@ -12,6 +13,11 @@ use mld_testkit::fake::{
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// What the store would keep of an image: its metadata without URLs.
+fn stored(meta: &ImageMeta) -> serde_json::Value {
+    serde_json::to_value(meta).unwrap()
+}
 
 fn settings(fake: &FakeMapillary, page_size: u32) -> ClientSettings {
     ClientSettings {
@@ -42,7 +48,7 @@ async fn page_all(client: &MapillaryClient, first: String) -> (Vec<ImageMeta>, V
     while let Some(u) = url {
         let page = client.fetch_page(&u).await.unwrap();
         assert_eq!(page.skipped, 0);
-        images.extend(page.images);
+        images.extend(page.images.into_iter().map(|i| i.meta));
         if let Some(n) = &page.next {
             links.push(n.clone());
         }
@@ -86,7 +92,7 @@ async fn pages_through_a_large_user_and_collects_every_image_once() {
     assert_eq!(ids(&unique), ids(&truth));
     // The metadata round-trips exactly (URLs aside), including oddities.
     for (got, want) in unique.iter().zip(&truth) {
-        assert_eq!(&got.without_urls(), want);
+        assert_eq!(stored(got), stored(want));
         assert!(got.thumb_original_url.is_some() && got.thumb_256_url.is_some());
     }
     assert!(
@@ -220,7 +226,7 @@ async fn ids_batches_refresh_urls_and_refuse_more_than_fifty() {
     wanted.push("999999999999");
     let err = client.fetch_images(&wanted).await.unwrap_err();
     assert!(
-        matches!(&err, ApiError::Missing { ids, .. } if ids == &["999999999999"]),
+        matches!(&err, MapillaryError::Missing { ids, .. } if ids == &["999999999999"]),
         "{err:?}"
     );
     assert_eq!(err.decision(), RetryDecision::Gone);
@@ -229,7 +235,7 @@ async fn ids_batches_refresh_urls_and_refuse_more_than_fifty() {
     assert_eq!(got.len(), 49);
     for m in truth.iter().take(49) {
         let fresh = &got[&m.id];
-        assert_eq!(&fresh.without_urls(), m);
+        assert_eq!(stored(fresh), stored(m));
         let url = fresh.url_for(model::Quality::Q2048).unwrap();
         assert!(url_expires_at(url).unwrap() > fake_mapillary::now_secs());
     }
@@ -237,7 +243,7 @@ async fn ids_batches_refresh_urls_and_refuse_more_than_fifty() {
     let too_many: Vec<&str> = truth.iter().take(51).map(|m| m.id.as_str()).collect();
     assert!(matches!(
         client.fetch_images(&too_many).await,
-        Err(ApiError::BadRequest { .. })
+        Err(MapillaryError::BadRequest { .. })
     ));
     assert!(client.fetch_images(&[]).await.unwrap().is_empty());
     assert_eq!(
@@ -320,27 +326,27 @@ async fn expired_and_unknown_urls() {
     let url = fake.thumb_url(&id, Quality::Q1024);
     assert!(matches!(
         client.download(&url).await,
-        Err(ApiError::UrlExpired(_))
+        Err(MapillaryError::UrlExpired(_))
     ));
     assert!(matches!(
         client.download(&url).await,
-        Err(ApiError::UrlExpired(_))
+        Err(MapillaryError::UrlExpired(_))
     ));
     // A tampered signature is refused like an expired URL.
     let tampered = url.replace("_nc_sig=", "_nc_sig=0");
     assert!(matches!(
         client.download(&tampered).await,
-        Err(ApiError::UrlExpired(_))
+        Err(MapillaryError::UrlExpired(_))
     ));
     // An object the CDN no longer has (404): ask the API for a fresh URL;
     // the refresh tells a deleted image from a stale URL.
     let unknown = fake.thumb_url("999999999", Quality::Q1024);
     let err = client.download(&unknown).await.unwrap_err();
-    assert!(matches!(err, ApiError::UrlExpired(_)), "{err:?}");
+    assert!(matches!(err, MapillaryError::UrlExpired(_)), "{err:?}");
     assert_eq!(err.decision(), RetryDecision::RefreshUrl);
     assert!(matches!(
         client.probe_size(&unknown).await,
-        Err(ApiError::UrlExpired(_))
+        Err(MapillaryError::UrlExpired(_))
     ));
 }
 
@@ -356,11 +362,11 @@ async fn oversized_images_are_refused() {
         .download(&fake.thumb_url(&id, Quality::Original))
         .await
         .unwrap_err();
-    assert!(matches!(err, ApiError::Transient(_)), "{err:?}");
+    assert!(matches!(err, MapillaryError::Transient(_)), "{err:?}");
 }
 
 /// One API call against a fresh client (rate limits hold a client's limiter).
-async fn api_call_with(fake: &FakeMapillary, fault: Fault) -> ApiError {
+async fn api_call_with(fake: &FakeMapillary, fault: Fault) -> MapillaryError {
     fake.script(Route::Api, vec![fault]);
     let client = client_for(fake, 10);
     client
@@ -369,7 +375,7 @@ async fn api_call_with(fake: &FakeMapillary, fault: Fault) -> ApiError {
         .unwrap_err()
 }
 
-async fn download_with(fake: &FakeMapillary, fault: Fault) -> ApiError {
+async fn download_with(fake: &FakeMapillary, fault: Fault) -> MapillaryError {
     let id = fake.images("kim")[1].id.clone();
     fake.script(Route::Cdn, vec![fault]);
     client_for(fake, 10)
@@ -386,7 +392,7 @@ async fn every_fault_is_classified_and_no_error_shows_the_token() {
     let mut errors = Vec::new();
 
     let e = api_call_with(&fake, Fault::Status503Html).await;
-    assert!(matches!(e, ApiError::Transient(_)), "{e:?}");
+    assert!(matches!(e, MapillaryError::Transient(_)), "{e:?}");
     errors.push(e);
     let e = api_call_with(&fake, Fault::Status500Html).await;
     assert_eq!(e.decision(), RetryDecision::Retryable);
@@ -400,32 +406,32 @@ async fn every_fault_is_classified_and_no_error_shows_the_token() {
     .await;
     assert_eq!(
         e,
-        ApiError::RateLimited {
+        MapillaryError::RateLimited {
             retry_after: Some(Duration::from_secs(1))
         }
     );
     errors.push(e);
     let e = api_call_with(&fake, Fault::RateLimit { retry_after: None }).await;
-    assert_eq!(e, ApiError::RateLimited { retry_after: None });
+    assert_eq!(e, MapillaryError::RateLimited { retry_after: None });
     assert_eq!(e.decision(), RetryDecision::RateLimited(None));
     errors.push(e);
     let e = api_call_with(&fake, Fault::RateLimitCode4).await;
-    assert!(matches!(e, ApiError::RateLimited { .. }), "{e:?}");
+    assert!(matches!(e, MapillaryError::RateLimited { .. }), "{e:?}");
     errors.push(e);
     let e = api_call_with(&fake, Fault::InvalidJson).await;
-    assert!(matches!(e, ApiError::Transient(_)), "{e:?}");
+    assert!(matches!(e, MapillaryError::Transient(_)), "{e:?}");
     errors.push(e);
     let e = api_call_with(&fake, Fault::Truncated).await;
-    assert!(matches!(e, ApiError::Transient(_)), "{e:?}");
+    assert!(matches!(e, MapillaryError::Transient(_)), "{e:?}");
     errors.push(e);
     let e = api_call_with(&fake, Fault::Reset).await;
-    assert!(matches!(e, ApiError::Transient(_)), "{e:?}");
+    assert!(matches!(e, MapillaryError::Transient(_)), "{e:?}");
     errors.push(e);
     let e = api_call_with(&fake, Fault::BadParam).await;
     assert!(
         matches!(
             e,
-            ApiError::BadRequest {
+            MapillaryError::BadRequest {
                 code: Some(100),
                 ..
             }
@@ -435,7 +441,7 @@ async fn every_fault_is_classified_and_no_error_shows_the_token() {
     assert_eq!(e.decision(), RetryDecision::GiveUp);
     errors.push(e);
     let e = api_call_with(&fake, Fault::BadToken).await;
-    assert!(matches!(e, ApiError::BadToken(_)), "{e:?}");
+    assert!(matches!(e, MapillaryError::BadToken(_)), "{e:?}");
     errors.push(e);
 
     // A revoked token: every API call answers 401 / code 190.
@@ -445,26 +451,26 @@ async fn every_fault_is_classified_and_no_error_shows_the_token() {
         .fetch_page(&client.first_page_url("kim", None))
         .await
         .unwrap_err();
-    assert!(matches!(e, ApiError::BadToken(_)), "{e:?}");
+    assert!(matches!(e, MapillaryError::BadToken(_)), "{e:?}");
     assert_eq!(e.decision(), RetryDecision::PauseJob);
     errors.push(e);
     let e = client.fetch_images(&["1"]).await.unwrap_err();
-    assert!(matches!(e, ApiError::BadToken(_)), "{e:?}");
+    assert!(matches!(e, MapillaryError::BadToken(_)), "{e:?}");
     errors.push(e);
     fake.set_token(&token);
 
     let e = download_with(&fake, Fault::Status503Html).await;
-    assert!(matches!(e, ApiError::Transient(_)), "{e:?}");
+    assert!(matches!(e, MapillaryError::Transient(_)), "{e:?}");
     errors.push(e);
     let e = download_with(&fake, Fault::Truncated).await;
-    assert!(matches!(e, ApiError::Transient(_)), "{e:?}");
+    assert!(matches!(e, MapillaryError::Transient(_)), "{e:?}");
     errors.push(e);
     let e = download_with(&fake, Fault::Reset).await;
-    assert!(matches!(e, ApiError::Transient(_)), "{e:?}");
+    assert!(matches!(e, MapillaryError::Transient(_)), "{e:?}");
     errors.push(e);
     let e = download_with(&fake, Fault::Html200).await;
     assert!(
-        matches!(&e, ApiError::Transient(m) if m.contains("not a JPEG")),
+        matches!(&e, MapillaryError::Transient(m) if m.contains("not a JPEG")),
         "{e:?}"
     );
     errors.push(e);
@@ -650,8 +656,11 @@ async fn hand_made_images_with_bad_ids_are_listed_verbatim() {
         .fetch_page(&client.first_page_url("odd", None))
         .await
         .unwrap();
-    let got: HashMap<String, ImageMeta> =
-        page.images.into_iter().map(|m| (m.id.clone(), m)).collect();
+    let got: HashMap<String, ImageMeta> = page
+        .images
+        .into_iter()
+        .map(|m| (m.id.clone(), m.meta))
+        .collect();
     assert_eq!(got.len(), 3);
     assert_eq!(got["12/../x"].sequence.as_deref(), Some("../../etc"));
     // The fake still serves it, with the id percent-encoded in the CDN path.

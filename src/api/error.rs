@@ -1,6 +1,6 @@
 //! The one error type every handler returns, and its JSON shape.
 //!
-//! SPEC promises `{"error": "<message>"}` with a 4xx/5xx status for every
+//! The API promises `{"error": "<message>"}` with a 4xx/5xx status for every
 //! failure, so everything (extractor rejections, fallbacks, auth, store
 //! failures) funnels through [`ApiError`]. Store errors are logged in full
 //! and answered with a generic message: SQL details are for the operator's

@@ -9,6 +9,7 @@ use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, JobId};
 use crate::api::validate::{CreateJobRequest, RetryParams};
+use crate::clock::now_ms;
 use crate::store::{Job, JobState, PauseReason, Submitted};
 use axum::Json;
 use axum::extract::{RawQuery, State};
@@ -33,10 +34,6 @@ const CANCELLABLE: &[JobState] = &[
 
 /// Finished states that a retry brings back to work.
 const FINISHED: &[JobState] = &[JobState::Done, JobState::Failed];
-
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
-}
 
 /// `POST /jobs`: 201 for a new job; 200 with the existing job when the same
 /// (username, quality, bbox) is already queued or running; 200 and a re-sync

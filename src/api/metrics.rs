@@ -7,7 +7,7 @@
 
 use crate::api::AppState;
 use crate::api::error::ApiError;
-use crate::api::status::{StatusReport, Totals};
+use crate::status::{StatusReport, Totals};
 use crate::store::{Job, JobState};
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
@@ -19,7 +19,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let jobs = state.store.list_jobs().await?;
-    let report = StatusReport::build(jobs, &state.stats);
+    let report = StatusReport::new(jobs, state.stats.rate());
     let body = render(&report, state.started.elapsed());
     let mut response = body.into_response();
     response
@@ -31,8 +31,13 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
 /// Renders every metric family; pure, so tests can check the text directly.
 pub fn render(report: &StatusReport, uptime: Duration) -> String {
     let mut out = Exposition::default();
-    let jobs = &report.jobs;
+    per_job(&mut out, &report.jobs);
+    all_jobs(&mut out, report, uptime);
+    out.text
+}
 
+/// Gauges labelled by job.
+fn per_job(out: &mut Exposition, jobs: &[Job]) {
     out.family("mapillary_job_images", "Images of a job by state.");
     for job in jobs {
         let c = &job.counts;
@@ -90,7 +95,11 @@ pub fn render(report: &StatusReport, uptime: Duration) -> String {
     for job in jobs {
         out.sample_job(job, None, f64::from(u8::from(job.enumeration_complete)));
     }
+}
 
+/// Gauges over every job, and the process's own.
+fn all_jobs(out: &mut Exposition, report: &StatusReport, uptime: Duration) {
+    let jobs = &report.jobs;
     out.family("mapillary_jobs", "Jobs by state.");
     for &candidate in JobState::ALL {
         let count = jobs.iter().filter(|job| job.state == candidate).count();
@@ -144,7 +153,6 @@ pub fn render(report: &StatusReport, uptime: Duration) -> String {
         "Seconds since the process started.",
     );
     out.sample(&[], uptime.as_secs_f64());
-    out.text
 }
 
 #[derive(Default)]

@@ -12,7 +12,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-/// Largest request body the API reads (SPEC: bodies over 64 KiB are refused).
+/// Largest request body the API reads: bodies over 64 KiB are refused with 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The body of `POST /jobs`, fully validated once deserialised.

@@ -7,10 +7,13 @@
 //! back at most that many, and only the ones a worker had started can have
 //! been downloaded already (invariant 7).
 
+use super::EngineContext;
 use super::refresh::{Renewal, renew};
-use super::{EngineContext, now_ms};
+use crate::clock::now_ms;
 use crate::config::TOKEN_ENV;
-use crate::mapillary::{ApiError, MAX_IDS_PER_CALL, RetryDecision, backoff_delay, url_expires_at};
+use crate::mapillary::{
+    MAX_IDS_PER_CALL, MapillaryError, RetryDecision, backoff_delay, url_expires_at,
+};
 use crate::model::Quality;
 use crate::store::{ClaimedImage, DeferPolicy, FailReason, PauseReason};
 use std::sync::Arc;
@@ -279,7 +282,7 @@ const DELETED: &str = "deleted on Mapillary: the API no longer knows this image"
 async fn hand_back(
     ctx: &EngineContext,
     image: &ClaimedImage,
-    error: &ApiError,
+    error: &MapillaryError,
 ) -> anyhow::Result<()> {
     let now = now_ms();
     let note = format!("refreshing its URL failed: {error}");

@@ -6,9 +6,10 @@
 //! already followed, is the last page, whatever `next` says (Graph APIs may
 //! send a `next` to an empty page whose `next` is itself).
 
-use super::{EngineContext, now_ms};
+use super::EngineContext;
+use crate::clock::now_ms;
 use crate::config::TOKEN_ENV;
-use crate::mapillary::{ApiError, RetryDecision, backoff_delay};
+use crate::mapillary::{MapillaryError, RetryDecision, backoff_delay};
 use crate::store::{ACTIVE, JobState, PauseReason};
 use std::collections::HashSet;
 use std::time::Duration;
@@ -135,7 +136,7 @@ async fn classify_failure(
     ctx: &EngineContext,
     job_id: i64,
     failures: u32,
-    error: ApiError,
+    error: MapillaryError,
 ) -> anyhow::Result<PageOutcome> {
     let message = format!("listing images failed: {error}");
     Ok(match error.decision() {

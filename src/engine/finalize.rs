@@ -3,8 +3,9 @@
 //! then mark the job done, in one conditional UPDATE that re-checks the
 //! counters. A crash in between simply repeats the whole step on restart.
 
-use super::{EngineContext, now_ms};
+use super::EngineContext;
 use crate::archive::{self, METADATA_FILE};
+use crate::clock::now_ms;
 use crate::store::{ArchivedImage, JobState, Store, StoreError};
 use std::collections::{HashSet, VecDeque};
 use std::io::Write;

@@ -16,6 +16,7 @@ pub mod refresh;
 pub mod stalls;
 pub mod worker;
 
+use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::mapillary::MapillaryClient;
 use crate::stats::Stats;
@@ -80,11 +81,6 @@ impl Tuning {
             min_free_bytes: settings.storage.min_free_mib.saturating_mul(1024 * 1024),
         }
     }
-}
-
-/// Wall-clock milliseconds since the epoch: what the store records.
-pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
 }
 
 /// A fresh lease owner id for this process: pid plus randomness, so two

@@ -7,7 +7,7 @@
 //! asks again (k + 1 calls for k deleted ids), and bisects when an error names
 //! none it asked for (at most 2n − 1 calls for n ids).
 
-use crate::mapillary::ApiError;
+use crate::mapillary::MapillaryError;
 use crate::model::ImageMeta;
 use std::collections::HashMap;
 use std::future::Future;
@@ -20,7 +20,7 @@ pub struct Renewal {
     /// Ids the API says do not exist: deleted on Mapillary.
     pub deleted: Vec<String>,
     /// Ids left unsettled because a call failed for another reason, and why.
-    pub unsettled: Option<(Vec<String>, ApiError)>,
+    pub unsettled: Option<(Vec<String>, MapillaryError)>,
     /// API calls made.
     pub calls: usize,
 }
@@ -32,7 +32,7 @@ pub struct Renewal {
 pub async fn renew<F, Fut>(ids: Vec<String>, mut fetch: F) -> Renewal
 where
     F: FnMut(Vec<String>) -> Fut,
-    Fut: Future<Output = Result<HashMap<String, ImageMeta>, ApiError>>,
+    Fut: Future<Output = Result<HashMap<String, ImageMeta>, MapillaryError>>,
 {
     let mut renewal = Renewal::default();
     let mut groups = vec![ids];
@@ -52,7 +52,7 @@ where
                     }
                 }
             }
-            Err(ApiError::Missing { ids: named, .. }) => {
+            Err(MapillaryError::Missing { ids: named, .. }) => {
                 if group.len() == 1 {
                     renewal.deleted.extend(group);
                     continue;
@@ -96,9 +96,9 @@ mod tests {
         asked: Vec<String>,
         missing: &HashSet<String>,
         name_ids: bool,
-    ) -> Result<HashMap<String, ImageMeta>, ApiError> {
+    ) -> Result<HashMap<String, ImageMeta>, MapillaryError> {
         if let Some(gone) = asked.iter().find(|id| missing.contains(*id)) {
-            return Err(ApiError::Missing {
+            return Err(MapillaryError::Missing {
                 ids: if name_ids { vec![gone.clone()] } else { vec![] },
                 message: "(#803) Some of the aliases you requested do not exist".into(),
             });
@@ -162,13 +162,13 @@ mod tests {
             let first = calls == 1;
             async move {
                 if first {
-                    Err(ApiError::Missing {
+                    Err(MapillaryError::Missing {
                         ids: vec!["4".into()],
                         message: "803".into(),
                     })
                 } else {
                     let _ = asked;
-                    Err(ApiError::Transient("503".into()))
+                    Err(MapillaryError::Transient("503".into()))
                 }
             }
         })
@@ -176,7 +176,7 @@ mod tests {
         assert_eq!(r.deleted, vec!["4".to_string()]);
         let (left, error) = r.unsettled.expect("unsettled");
         assert_eq!(left.len(), 9);
-        assert!(matches!(error, ApiError::Transient(_)));
+        assert!(matches!(error, MapillaryError::Transient(_)));
     }
 
     #[tokio::test]

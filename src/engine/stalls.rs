@@ -7,7 +7,8 @@
 //! at the job's next progress. Progress times live in the database, so the
 //! answer does not depend on which process asks.
 
-use super::{EngineContext, now_ms};
+use super::EngineContext;
+use crate::clock::now_ms;
 use crate::store::StallCandidate;
 use crate::units::format_duration;
 use std::time::Duration;

@@ -2,9 +2,10 @@
 //! then applied to the store by [`apply`]; the loop that repeats both is
 //! [`run`]. Tests call [`process`] and [`apply`] directly.
 
+use super::EngineContext;
 use super::dispatch::WorkQueue;
-use super::{EngineContext, now_ms};
 use crate::archive::{self, ArchiveError};
+use crate::clock::now_ms;
 use crate::mapillary::{RetryDecision, backoff_delay};
 use crate::model::ImageMeta;
 use crate::store::{ClaimedImage, FailOutcome, FailReason, PauseReason, RetryPolicy};

@@ -86,24 +86,11 @@ fn encode(
     keep_thumbnail: bool,
     little_endian: bool,
 ) -> Result<Vec<u8>, ExifError> {
-    let written: HashSet<(Tag, In)> = ours.iter().map(|f| (f.tag, f.ifd_num)).collect();
     let thumbnail = old
         .filter(|_| keep_thumbnail)
         .and_then(|exif| jpeg_thumbnail(exif));
-    let mut seen = HashSet::new();
-    let kept: Vec<&Field> = old
-        .map(|exif| {
-            exif.fields()
-                .filter(|f| {
-                    f.ifd_num == In::PRIMARY || (f.ifd_num == In::THUMBNAIL && thumbnail.is_some())
-                })
-                .filter(|f| !matches!(f.value, Value::Unknown(..)))
-                .filter(|f| !NEVER_KEPT.contains(&f.tag))
-                .filter(|f| !written.contains(&(f.tag, f.ifd_num)))
-                // A duplicated entry would make the writer emit it twice.
-                .filter(|f| seen.insert((f.tag, f.ifd_num)))
-                .collect()
-        })
+    let kept = old
+        .map(|exif| kept_fields(ours, exif, thumbnail.is_some()))
         .unwrap_or_default();
 
     let has_gps = ours
@@ -161,6 +148,22 @@ fn encode(
         .write(&mut buf, little_endian)
         .map_err(|e| ExifError::Write(format!("kamadak-exif cannot encode the block: {e}")))?;
     Ok(buf.into_inner())
+}
+
+/// The served file's own fields that survive into our block: IFD0 (and
+/// IFD1 when its thumbnail is kept), minus what we write ourselves, what must
+/// never be written (e.g. `Orientation`), unreadable values and repeats.
+fn kept_fields<'a>(ours: &[Field], old: &'a Exif, thumbnail_kept: bool) -> Vec<&'a Field> {
+    let written: HashSet<(Tag, In)> = ours.iter().map(|f| (f.tag, f.ifd_num)).collect();
+    let mut seen = HashSet::new();
+    old.fields()
+        .filter(|f| f.ifd_num == In::PRIMARY || (f.ifd_num == In::THUMBNAIL && thumbnail_kept))
+        .filter(|f| !matches!(f.value, Value::Unknown(..)))
+        .filter(|f| !NEVER_KEPT.contains(&f.tag))
+        .filter(|f| !written.contains(&(f.tag, f.ifd_num)))
+        // A duplicated entry would make the writer emit it twice.
+        .filter(|f| seen.insert((f.tag, f.ifd_num)))
+        .collect()
 }
 
 /// The old JPEG thumbnail, when IFD1 points at one that is in bounds and

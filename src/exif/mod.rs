@@ -5,7 +5,7 @@
 //! at the right instant. [`tag_jpeg`] is pure (no I/O, no clock, no time
 //! zone) so the daemon can call it on any thread and tests can pin it down.
 //!
-//! Decisions worth knowing, beyond SPEC's rules:
+//! Decisions worth knowing, beyond the EXIF rules in README and ARCHITECTURE.md:
 //! - **No `captured_at`**: none of the date-time tags are written, and the
 //!   served file's own `DateTime*`/`OffsetTime*`/`SubSecTime*` stay as they
 //!   were. They are the camera's statement, possibly in local time, but

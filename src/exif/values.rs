@@ -9,7 +9,7 @@ use crate::model::ImageMeta;
 use ::exif::Rational;
 
 /// Seconds of arc are stored in 1/10000 s: 2.8e-8 degree, far below the
-/// 1e-5 degree SPEC asks for, and 60 s * 10000 still fits a `u32` easily.
+/// 1e-5 degree precision promised for positions, and 60 s * 10000 still fits a `u32` easily.
 const SECONDS_DENOM: u64 = 10_000;
 /// Altitudes are stored in millimetres.
 const ALTITUDE_DENOM: u32 = 1_000;

@@ -4,13 +4,13 @@
 //! Two `reqwest::Client`s keep the two hosts apart: only the API client ever
 //! sees the `Authorization` header, and it follows no redirects, so the token
 //! cannot be carried off the API origin. Each method makes exactly ONE
-//! attempt; the daemon owns retries, using [`ApiError::decision`].
+//! attempt; the daemon owns retries, using [`MapillaryError::decision`].
 
-use super::error::{ApiError, classify_api_status, classify_cdn_status, transport_error};
+use super::error::{MapillaryError, classify_api_status, classify_cdn_status, transport_error};
 use super::limiter::Limiter;
 use super::urls::{endpoint, first_page_url, onto_api_origin, strip_token, url_expires_at};
 use crate::config::MapillarySettings;
-use crate::model::{Bbox, IMAGE_FIELDS, ImageMeta};
+use crate::model::{Bbox, IMAGE_FIELDS, ImageMeta, ListedImage};
 use crate::secret::Secret;
 use bytes::Bytes;
 use reqwest::StatusCode;
@@ -47,9 +47,10 @@ pub struct ClientSettings {
 
 impl ClientSettings {
     /// From the `[mapillary]` config section (already range-checked there).
-    pub fn from_config(m: &MapillarySettings) -> Result<ClientSettings, ApiError> {
-        let api_url = Url::parse(&m.url)
-            .map_err(|e| ApiError::Fatal(format!("mapillary.url {:?} is not a URL: {e}", m.url)))?;
+    pub fn from_config(m: &MapillarySettings) -> Result<ClientSettings, MapillaryError> {
+        let api_url = Url::parse(&m.url).map_err(|e| {
+            MapillaryError::Fatal(format!("mapillary.url {:?} is not a URL: {e}", m.url))
+        })?;
         Ok(ClientSettings {
             api_url,
             page_size: m.page_size,
@@ -66,7 +67,8 @@ impl ClientSettings {
 /// One page of `GET /images`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImagePage {
-    pub images: Vec<ImageMeta>,
+    /// Each with the JSON the store keeps, made while decoding.
+    pub images: Vec<ListedImage>,
     /// Token-free link to the next page; `None` on the last page.
     pub next: Option<String>,
     /// Items of `data` that were not image objects (logged, then dropped).
@@ -112,19 +114,19 @@ struct Paging {
 }
 
 impl MapillaryClient {
-    pub fn new(settings: ClientSettings, token: Secret) -> Result<Self, ApiError> {
+    pub fn new(settings: ClientSettings, token: Secret) -> Result<Self, MapillaryError> {
         if token.is_empty() {
-            return Err(ApiError::BadToken("the access token is empty".into()));
+            return Err(MapillaryError::BadToken("the access token is empty".into()));
         }
         if !matches!(settings.api_url.scheme(), "http" | "https") {
-            return Err(ApiError::Fatal(format!(
+            return Err(MapillaryError::Fatal(format!(
                 "API URL must be http or https, got {:?}",
                 settings.api_url.scheme()
             )));
         }
         let mut auth =
             HeaderValue::from_str(&format!("OAuth {}", token.expose().trim())).map_err(|_| {
-                ApiError::BadToken(
+                MapillaryError::BadToken(
                     "the access token contains characters not allowed in an HTTP header".into(),
                 )
             })?;
@@ -136,7 +138,7 @@ impl MapillaryClient {
             .redirect(reqwest::redirect::Policy::none())
             .retry(reqwest::retry::never())
             .build()
-            .map_err(|e| ApiError::Fatal(format!("cannot build the API HTTP client: {e}")))?;
+            .map_err(|e| MapillaryError::Fatal(format!("cannot build the API HTTP client: {e}")))?;
         let cdn = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .connect_timeout(settings.connect_timeout)
@@ -145,7 +147,7 @@ impl MapillaryClient {
             .redirect(reqwest::redirect::Policy::limited(5))
             .retry(reqwest::retry::never())
             .build()
-            .map_err(|e| ApiError::Fatal(format!("cannot build the CDN HTTP client: {e}")))?;
+            .map_err(|e| MapillaryError::Fatal(format!("cannot build the CDN HTTP client: {e}")))?;
         let limiter = Limiter::new(
             settings.calls_per_minute,
             Limiter::default_burst(settings.calls_per_minute),
@@ -179,15 +181,17 @@ impl MapillaryClient {
 
     /// One page. `url` is a first-page URL or a stored `next`; it is always
     /// fetched from the configured API origin, and `next` comes back token-free.
-    pub async fn fetch_page(&self, url: &str) -> Result<ImagePage, ApiError> {
+    pub async fn fetch_page(&self, url: &str) -> Result<ImagePage, MapillaryError> {
         let target = onto_api_origin(&self.inner.settings.api_url, url)
-            .map_err(|e| ApiError::Fatal(self.redact(&e)))?;
+            .map_err(|e| MapillaryError::Fatal(self.redact(&e)))?;
         let body = self.api_get(target, "images page").await?;
         // Decoding a 2000-image page takes milliseconds of CPU: do it off the
         // async workers so downloads and `/status` never stall behind it.
         let (page, images, rejected) = tokio::task::spawn_blocking(move || decode_page(&body))
             .await
-            .map_err(|e| ApiError::Fatal(format!("decoding an images page panicked: {e}")))??;
+            .map_err(|e| {
+                MapillaryError::Fatal(format!("decoding an images page panicked: {e}"))
+            })??;
         for reason in &rejected {
             tracing::warn!(reason = %self.redact(reason), "skipping an item of an images page");
         }
@@ -205,11 +209,14 @@ impl MapillaryClient {
     }
 
     /// Fresh metadata (and image URLs) for up to 50 ids in one call. The
-    /// Graph API fails the whole call ([`ApiError::Missing`]) when any id no
+    /// Graph API fails the whole call ([`MapillaryError::Missing`]) when any id no
     /// longer exists; ids absent from a successful answer are unknown too.
-    pub async fn fetch_images(&self, ids: &[&str]) -> Result<HashMap<String, ImageMeta>, ApiError> {
+    pub async fn fetch_images(
+        &self,
+        ids: &[&str],
+    ) -> Result<HashMap<String, ImageMeta>, MapillaryError> {
         if ids.len() > MAX_IDS_PER_CALL {
-            return Err(ApiError::BadRequest {
+            return Err(MapillaryError::BadRequest {
                 code: None,
                 message: format!("at most {MAX_IDS_PER_CALL} ids per call, got {}", ids.len()),
             });
@@ -224,7 +231,7 @@ impl MapillaryClient {
             .append_pair("fields", &IMAGE_FIELDS.join(","));
         let body = self.api_get(target, "ids batch").await?;
         let objects: HashMap<String, Value> = serde_json::from_slice(&body)
-            .map_err(|e| ApiError::Transient(format!("invalid JSON in ids batch: {e}")))?;
+            .map_err(|e| MapillaryError::Transient(format!("invalid JSON in ids batch: {e}")))?;
         let mut out = HashMap::with_capacity(objects.len());
         for (key, value) in objects {
             match parse_image(value) {
@@ -240,7 +247,7 @@ impl MapillaryClient {
     }
 
     /// Downloads one CDN object into memory. No `Authorization` header, ever.
-    pub async fn download(&self, url: &str) -> Result<Bytes, ApiError> {
+    pub async fn download(&self, url: &str) -> Result<Bytes, MapillaryError> {
         let target = cdn_target(url)?;
         let started = Instant::now();
         let mut response = self
@@ -258,7 +265,7 @@ impl MapillaryClient {
         let max = self.inner.settings.max_image_bytes;
         let declared = header_u64(response.headers(), CONTENT_LENGTH);
         if let Some(n) = declared.filter(|n| *n > max) {
-            return Err(ApiError::Transient(format!(
+            return Err(MapillaryError::Transient(format!(
                 "image is {n} bytes, over the {max}-byte limit"
             )));
         }
@@ -282,7 +289,7 @@ impl MapillaryClient {
                 .map_err(|e| transport_error("image download", e))?;
             let Some(chunk) = chunk else { break };
             if (buf.len() + chunk.len()) as u64 > max {
-                return Err(ApiError::Transient(format!(
+                return Err(MapillaryError::Transient(format!(
                     "image body exceeds the {max}-byte limit"
                 )));
             }
@@ -291,13 +298,13 @@ impl MapillaryClient {
         if let Some(n) = declared
             && buf.len() as u64 != n
         {
-            return Err(ApiError::Transient(format!(
+            return Err(MapillaryError::Transient(format!(
                 "short image body: {} of {n} bytes",
                 buf.len()
             )));
         }
         if !buf.starts_with(&[0xFF, 0xD8, 0xFF]) {
-            return Err(ApiError::Transient(format!(
+            return Err(MapillaryError::Transient(format!(
                 "not a JPEG: {} bytes of content-type {content_type}",
                 buf.len()
             )));
@@ -312,7 +319,7 @@ impl MapillaryClient {
 
     /// Size of a CDN object without downloading it: HEAD, then a one-byte
     /// ranged GET. `None` when the CDN does not say.
-    pub async fn probe_size(&self, url: &str) -> Result<Option<u64>, ApiError> {
+    pub async fn probe_size(&self, url: &str) -> Result<Option<u64>, MapillaryError> {
         let target = cdn_target(url)?;
         let head = self
             .inner
@@ -352,7 +359,7 @@ impl MapillaryClient {
     }
 
     /// One API GET through the limiter; feeds rate limits back into it.
-    async fn api_get(&self, url: Url, what: &str) -> Result<Bytes, ApiError> {
+    async fn api_get(&self, url: Url, what: &str) -> Result<Bytes, MapillaryError> {
         self.inner.limiter.acquire().await;
         let started = Instant::now();
         let result = self.api_get_once(url.clone()).await;
@@ -362,7 +369,7 @@ impl MapillaryClient {
                 self.inner.limiter.record_success();
                 tracing::debug!(url = %url, bytes = body.len(), elapsed_ms, "{what}");
             }
-            Err(ApiError::RateLimited { retry_after }) => {
+            Err(MapillaryError::RateLimited { retry_after }) => {
                 let pause = self.inner.limiter.hold(*retry_after);
                 tracing::debug!(url = %url, pause_ms = pause.as_millis() as u64, "{what}: rate limited; holding all API calls");
             }
@@ -371,7 +378,7 @@ impl MapillaryClient {
         result
     }
 
-    async fn api_get_once(&self, url: Url) -> Result<Bytes, ApiError> {
+    async fn api_get_once(&self, url: Url) -> Result<Bytes, MapillaryError> {
         let response = self
             .inner
             .api
@@ -390,7 +397,7 @@ impl MapillaryClient {
             loop {
                 match tokio::time::timeout(idle, response.chunk()).await {
                     Err(_) => {
-                        return Err(ApiError::Transient(format!(
+                        return Err(MapillaryError::Transient(format!(
                             "API response stalled: no byte for {}s",
                             idle.as_secs_f64()
                         )));
@@ -421,11 +428,11 @@ impl MapillaryClient {
 }
 
 /// An image URL we may request: absolute http(s), not yet past its `oe=` expiry.
-fn cdn_target(url: &str) -> Result<Url, ApiError> {
+fn cdn_target(url: &str) -> Result<Url, MapillaryError> {
     let parsed = Url::parse(url.trim())
-        .map_err(|e| ApiError::UrlExpired(format!("unusable image URL: {e}")))?;
+        .map_err(|e| MapillaryError::UrlExpired(format!("unusable image URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(ApiError::UrlExpired(format!(
+        return Err(MapillaryError::UrlExpired(format!(
             "unusable image URL scheme {:?}",
             parsed.scheme()
         )));
@@ -433,7 +440,7 @@ fn cdn_target(url: &str) -> Result<Url, ApiError> {
     if let Some(expiry) = url_expires_at(url) {
         let now = chrono::Utc::now().timestamp();
         if expiry <= now {
-            return Err(ApiError::UrlExpired(format!(
+            return Err(MapillaryError::UrlExpired(format!(
                 "image URL expired {}s ago",
                 now - expiry
             )));
@@ -471,16 +478,20 @@ fn parse_image(mut value: Value) -> Result<ImageMeta, String> {
     serde_json::from_value(value).map_err(|e| format!("image {id_hint:?}: {e}"))
 }
 
-/// Parses an images page: the page envelope, the images that parse, and the
-/// reasons for the items that do not (one odd item must not stall a job).
-fn decode_page(body: &[u8]) -> Result<(PageBody, Vec<ImageMeta>, Vec<String>), ApiError> {
+/// Parses an images page: the page envelope, the images that parse (each
+/// with the JSON the store will keep), and the reasons for the items that do
+/// not (one odd item must not stall a job).
+fn decode_page(body: &[u8]) -> Result<(PageBody, Vec<ListedImage>, Vec<String>), MapillaryError> {
     let mut page: PageBody = serde_json::from_slice(body)
-        .map_err(|e| ApiError::Transient(format!("invalid JSON in images page: {e}")))?;
+        .map_err(|e| MapillaryError::Transient(format!("invalid JSON in images page: {e}")))?;
     let mut images = Vec::with_capacity(page.data.len());
     let mut rejected = Vec::new();
     for item in std::mem::take(&mut page.data) {
-        match parse_image(item) {
-            Ok(meta) => images.push(meta),
+        match parse_image(item).and_then(|meta| {
+            let id = meta.id.clone();
+            ListedImage::new(meta).map_err(|e| format!("image {id:?}: {e}"))
+        }) {
+            Ok(image) => images.push(image),
             Err(reason) => rejected.push(reason),
         }
     }
@@ -510,13 +521,16 @@ mod tests {
     fn expired_and_unusable_urls_never_hit_the_network() {
         assert!(matches!(
             cdn_target("http://cdn.local/img/1/original.jpg?oe=10"),
-            Err(ApiError::UrlExpired(_))
+            Err(MapillaryError::UrlExpired(_))
         ));
         assert!(matches!(
             cdn_target("ftp://cdn.local/x.jpg"),
-            Err(ApiError::UrlExpired(_))
+            Err(MapillaryError::UrlExpired(_))
         ));
-        assert!(matches!(cdn_target("nope"), Err(ApiError::UrlExpired(_))));
+        assert!(matches!(
+            cdn_target("nope"),
+            Err(MapillaryError::UrlExpired(_))
+        ));
         assert!(cdn_target("http://cdn.local/img/1/original.jpg?oe=7fffffff").is_ok());
     }
 
@@ -541,7 +555,7 @@ mod tests {
         };
         assert!(matches!(
             ClientSettings::from_config(&bad),
-            Err(ApiError::Fatal(_))
+            Err(MapillaryError::Fatal(_))
         ));
     }
 
@@ -559,7 +573,7 @@ mod tests {
         };
         assert!(matches!(
             MapillaryClient::new(settings.clone(), Secret::new(" ")),
-            Err(ApiError::BadToken(_))
+            Err(MapillaryError::BadToken(_))
         ));
         let err = MapillaryClient::new(settings.clone(), Secret::new("MLY|1|a\nb")).unwrap_err();
         assert!(!err.to_string().contains("MLY|1|a"));

@@ -1,8 +1,9 @@
 //! Every failure of an API call or a CDN download, classified once, here.
 //!
 //! The daemon must never guess from a message whether to retry: each variant
-//! carries its decision ([`ApiError::decision`]), so the retry policy of
-//! SPEC invariants 3-6 lives in one match.
+//! carries its decision ([`MapillaryError::decision`]), so the retry policy of
+//! ARCHITECTURE.md invariants 3-6 (refresh, retry, rate limit, pause) lives in
+//! one match.
 
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
@@ -25,7 +26,7 @@ const MISSING_ALIASES_CODE: i64 = 803;
 const UNKNOWN_OBJECT: (i64, i64) = (100, 33);
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ApiError {
+pub enum MapillaryError {
     /// Worth another attempt after a backoff: 5xx, resets, timeouts, short or
     /// invalid bodies, a non-JPEG image.
     #[error("transient failure: {0}")]
@@ -54,7 +55,7 @@ pub enum ApiError {
     Fatal(String),
 }
 
-/// What the caller should do after an [`ApiError`].
+/// What the caller should do after an [`MapillaryError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RetryDecision {
     /// Back off and try again; costs an attempt.
@@ -72,17 +73,17 @@ pub enum RetryDecision {
     Gone,
 }
 
-impl ApiError {
+impl MapillaryError {
     pub fn decision(&self) -> RetryDecision {
         match self {
-            ApiError::Transient(_) => RetryDecision::Retryable,
-            ApiError::RateLimited { retry_after } => RetryDecision::RateLimited(*retry_after),
-            ApiError::UrlExpired(_) => RetryDecision::RefreshUrl,
-            ApiError::BadToken(_) => RetryDecision::PauseJob,
-            ApiError::BadRequest { .. } | ApiError::NotFound(_) | ApiError::Fatal(_) => {
-                RetryDecision::GiveUp
-            }
-            ApiError::Missing { .. } => RetryDecision::Gone,
+            MapillaryError::Transient(_) => RetryDecision::Retryable,
+            MapillaryError::RateLimited { retry_after } => RetryDecision::RateLimited(*retry_after),
+            MapillaryError::UrlExpired(_) => RetryDecision::RefreshUrl,
+            MapillaryError::BadToken(_) => RetryDecision::PauseJob,
+            MapillaryError::BadRequest { .. }
+            | MapillaryError::NotFound(_)
+            | MapillaryError::Fatal(_) => RetryDecision::GiveUp,
+            MapillaryError::Missing { .. } => RetryDecision::Gone,
         }
     }
 }
@@ -157,7 +158,7 @@ pub(crate) fn classify_api_status(
     headers: &HeaderMap,
     body: &[u8],
     redact: impl Fn(&str) -> String,
-) -> ApiError {
+) -> MapillaryError {
     let graph = parse_graph_error(body).unwrap_or_default();
     let detail = match &graph.message {
         Some(m) => format!("HTTP {}: {}", status.as_u16(), redact(m)),
@@ -167,63 +168,63 @@ pub(crate) fn classify_api_status(
     if status == StatusCode::TOO_MANY_REQUESTS
         || code.is_some_and(|c| RATE_LIMIT_CODES.contains(&c))
     {
-        return ApiError::RateLimited {
+        return MapillaryError::RateLimited {
             retry_after: parse_retry_after(headers),
         };
     }
     if status == StatusCode::UNAUTHORIZED || code == Some(BAD_TOKEN_CODE) {
-        return ApiError::BadToken(detail);
+        return MapillaryError::BadToken(detail);
     }
     let unknown_object =
         code == Some(UNKNOWN_OBJECT.0) && graph.error_subcode == Some(UNKNOWN_OBJECT.1);
     if code == Some(MISSING_ALIASES_CODE) || unknown_object {
         let message = graph.message.as_deref().map(&redact).unwrap_or_default();
-        return ApiError::Missing {
+        return MapillaryError::Missing {
             ids: ids_named_in(&message),
             message: format!("API answered {detail}"),
         };
     }
     if status.is_server_error() || status == StatusCode::REQUEST_TIMEOUT {
-        return ApiError::Transient(format!("API answered {detail}"));
+        return MapillaryError::Transient(format!("API answered {detail}"));
     }
     if status == StatusCode::NOT_FOUND {
-        return ApiError::NotFound(format!("API answered {detail}"));
+        return MapillaryError::NotFound(format!("API answered {detail}"));
     }
     if status.is_client_error() {
-        return ApiError::BadRequest {
+        return MapillaryError::BadRequest {
             code,
             message: format!("API answered {detail}"),
         };
     }
     // 1xx/3xx: redirects are never followed (the token must stay on the API host).
-    ApiError::Fatal(format!("API answered unexpected {detail}"))
+    MapillaryError::Fatal(format!("API answered unexpected {detail}"))
 }
 
 /// Classifies a non-2xx answer of the CDN.
-pub(crate) fn classify_cdn_status(status: StatusCode) -> ApiError {
+pub(crate) fn classify_cdn_status(status: StatusCode) -> MapillaryError {
     let code = status.as_u16();
     match status {
         // A refused signature, or an object the CDN no longer has: a fresh
         // URL from the API settles it (the refresh learns whether the image
         // was deleted on Mapillary).
         StatusCode::FORBIDDEN | StatusCode::GONE | StatusCode::NOT_FOUND => {
-            ApiError::UrlExpired(format!("CDN answered HTTP {code}"))
+            MapillaryError::UrlExpired(format!("CDN answered HTTP {code}"))
         }
         StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
-            ApiError::Transient(format!("CDN answered HTTP {code}"))
+            MapillaryError::Transient(format!("CDN answered HTTP {code}"))
         }
-        s if s.is_server_error() => ApiError::Transient(format!("CDN answered HTTP {code}")),
-        s if s.is_client_error() => ApiError::BadRequest {
+        s if s.is_server_error() => MapillaryError::Transient(format!("CDN answered HTTP {code}")),
+        s if s.is_client_error() => MapillaryError::BadRequest {
             code: None,
             message: format!("CDN answered HTTP {code}"),
         },
-        _ => ApiError::Fatal(format!("CDN answered unexpected HTTP {code}")),
+        _ => MapillaryError::Fatal(format!("CDN answered unexpected HTTP {code}")),
     }
 }
 
 /// A transport failure (connect, reset, timeout, body cut short). Always
 /// transient; the message drops the URL, which may be signed.
-pub(crate) fn transport_error(what: &str, err: reqwest::Error) -> ApiError {
+pub(crate) fn transport_error(what: &str, err: reqwest::Error) -> MapillaryError {
     let kind = if err.is_timeout() {
         "timed out"
     } else if err.is_connect() {
@@ -240,9 +241,9 @@ pub(crate) fn transport_error(what: &str, err: reqwest::Error) -> ApiError {
         cause = c.source();
     }
     if source.is_empty() {
-        ApiError::Transient(format!("{what} {kind}"))
+        MapillaryError::Transient(format!("{what} {kind}"))
     } else {
-        ApiError::Transient(format!("{what} {kind}: {source}"))
+        MapillaryError::Transient(format!("{what} {kind}: {source}"))
     }
 }
 
@@ -251,7 +252,7 @@ mod tests {
     use super::*;
     use reqwest::header::HeaderValue;
 
-    fn classify(status: u16, body: &str, retry_after: Option<&str>) -> ApiError {
+    fn classify(status: u16, body: &str, retry_after: Option<&str>) -> MapillaryError {
         let mut headers = HeaderMap::new();
         if let Some(v) = retry_after {
             headers.insert(RETRY_AFTER, HeaderValue::from_str(v).unwrap());
@@ -272,46 +273,52 @@ mod tests {
     fn rate_limits_by_status_and_by_code() {
         assert_eq!(
             classify(429, "", Some("7")),
-            ApiError::RateLimited {
+            MapillaryError::RateLimited {
                 retry_after: Some(Duration::from_secs(7))
             }
         );
         assert_eq!(
             classify(429, "", None),
-            ApiError::RateLimited { retry_after: None }
+            MapillaryError::RateLimited { retry_after: None }
         );
         for code in [4, 17, 32, 613] {
             assert!(matches!(
                 classify(400, &graph(code), None),
-                ApiError::RateLimited { .. }
+                MapillaryError::RateLimited { .. }
             ));
             assert!(matches!(
                 classify(403, &graph(code), None),
-                ApiError::RateLimited { .. }
+                MapillaryError::RateLimited { .. }
             ));
         }
     }
 
     #[test]
     fn token_bad_request_server_errors() {
-        assert!(matches!(classify(401, "", None), ApiError::BadToken(_)));
+        assert!(matches!(
+            classify(401, "", None),
+            MapillaryError::BadToken(_)
+        ));
         assert!(matches!(
             classify(400, &graph(190), None),
-            ApiError::BadToken(_)
+            MapillaryError::BadToken(_)
         ));
         assert!(matches!(
             classify(400, &graph(100), None),
-            ApiError::BadRequest {
+            MapillaryError::BadRequest {
                 code: Some(100),
                 ..
             }
         ));
         assert!(matches!(
             classify(503, "<html>down</html>", None),
-            ApiError::Transient(_)
+            MapillaryError::Transient(_)
         ));
-        assert!(matches!(classify(404, "", None), ApiError::NotFound(_)));
-        assert!(matches!(classify(302, "", None), ApiError::Fatal(_)));
+        assert!(matches!(
+            classify(404, "", None),
+            MapillaryError::NotFound(_)
+        ));
+        assert!(matches!(classify(302, "", None), MapillaryError::Fatal(_)));
     }
 
     #[test]
@@ -319,19 +326,21 @@ mod tests {
         let body = r#"{"error":{"message":"(#803) Some of the aliases you requested do not exist: 9701265521175550","type":"OAuthException","code":803}}"#;
         let err = classify(400, body, None);
         assert_eq!(err.decision(), RetryDecision::Gone);
-        assert!(matches!(&err, ApiError::Missing { ids, .. } if ids == &["9701265521175550"]));
+        assert!(
+            matches!(&err, MapillaryError::Missing { ids, .. } if ids == &["9701265521175550"])
+        );
         let many = r#"{"error":{"message":"(#803) Some of the aliases you requested do not exist: 12, 345,12","code":803}}"#;
         assert!(
-            matches!(classify(400, many, None), ApiError::Missing { ids, .. } if ids == ["12", "345"])
+            matches!(classify(400, many, None), MapillaryError::Missing { ids, .. } if ids == ["12", "345"])
         );
         let unknown = r#"{"error":{"message":"Unsupported get request. Object with ID '77' does not exist","code":100,"error_subcode":33}}"#;
         assert!(
-            matches!(classify(400, unknown, None), ApiError::Missing { ids, .. } if ids == ["77"])
+            matches!(classify(400, unknown, None), MapillaryError::Missing { ids, .. } if ids == ["77"])
         );
         // Code 100 without subcode 33 is a bad parameter, not a deleted image.
         assert!(matches!(
             classify(400, &graph(100), None),
-            ApiError::BadRequest { .. }
+            MapillaryError::BadRequest { .. }
         ));
     }
 
@@ -363,42 +372,42 @@ mod tests {
     fn cdn_statuses() {
         assert!(matches!(
             classify_cdn_status(StatusCode::FORBIDDEN),
-            ApiError::UrlExpired(_)
+            MapillaryError::UrlExpired(_)
         ));
         assert!(matches!(
             classify_cdn_status(StatusCode::GONE),
-            ApiError::UrlExpired(_)
+            MapillaryError::UrlExpired(_)
         ));
         assert!(matches!(
             classify_cdn_status(StatusCode::NOT_FOUND),
-            ApiError::UrlExpired(_)
+            MapillaryError::UrlExpired(_)
         ));
         assert!(matches!(
             classify_cdn_status(StatusCode::BAD_GATEWAY),
-            ApiError::Transient(_)
+            MapillaryError::Transient(_)
         ));
     }
 
     #[test]
     fn decisions() {
         assert_eq!(
-            ApiError::Transient("x".into()).decision(),
+            MapillaryError::Transient("x".into()).decision(),
             RetryDecision::Retryable
         );
         assert_eq!(
-            ApiError::RateLimited { retry_after: None }.decision(),
+            MapillaryError::RateLimited { retry_after: None }.decision(),
             RetryDecision::RateLimited(None)
         );
         assert_eq!(
-            ApiError::UrlExpired("x".into()).decision(),
+            MapillaryError::UrlExpired("x".into()).decision(),
             RetryDecision::RefreshUrl
         );
         assert_eq!(
-            ApiError::BadToken("x".into()).decision(),
+            MapillaryError::BadToken("x".into()).decision(),
             RetryDecision::PauseJob
         );
         assert_eq!(
-            ApiError::NotFound("x".into()).decision(),
+            MapillaryError::NotFound("x".into()).decision(),
             RetryDecision::GiveUp
         );
     }

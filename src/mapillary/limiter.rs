@@ -1,4 +1,5 @@
-//! The one limiter every API call passes (SPEC invariant 5).
+//! The one limiter every API call passes (ARCHITECTURE.md invariant 5: a
+//! rate limit slows all API calls and costs no attempt).
 //!
 //! It spaces calls evenly at `calls_per_minute` with a small burst (a GCRA,
 //! i.e. a token bucket expressed as a "theoretical arrival time"), and it can

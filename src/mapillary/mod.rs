@@ -1,7 +1,7 @@
 //! Mapillary Graph API + CDN client.
 //!
 //! - [`client`]: [`MapillaryClient`], one attempt per call, token only on the API origin.
-//! - [`error`]: [`ApiError`] and the [`RetryDecision`] each failure carries.
+//! - [`error`]: [`MapillaryError`] and the [`RetryDecision`] each failure carries.
 //! - [`limiter`]: the one shared limiter that keeps API calls under `calls_per_minute`.
 //! - [`backoff`]: exponential retry delays with jitter, for the daemon's retries.
 //! - [`urls`]: token stripping, `oe=` expiry, keeping page links on the API origin.
@@ -14,6 +14,6 @@ pub mod urls;
 
 pub use backoff::{backoff_delay, backoff_delay_with};
 pub use client::{ClientSettings, ImagePage, MAX_IDS_PER_CALL, MapillaryClient};
-pub use error::{ApiError, MAX_RETRY_AFTER, RetryDecision, parse_retry_after};
+pub use error::{MAX_RETRY_AFTER, MapillaryError, RetryDecision, parse_retry_after};
 pub use limiter::Limiter;
 pub use urls::{strip_token, url_expires_at};

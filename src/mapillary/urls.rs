@@ -1,5 +1,6 @@
 //! URL surgery: token stripping, signed-URL expiry, and keeping API calls on
-//! the API origin (SPEC invariant 2).
+//! the API origin (ARCHITECTURE.md invariant 2: the token goes only to the
+//! API host and never into storage or logs).
 //!
 //! Query strings are edited as raw text, pair by pair, so every parameter we
 //! keep is byte-for-byte what the server sent: a stored `next` cursor must

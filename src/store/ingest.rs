@@ -7,7 +7,7 @@
 //! insert well below 100k rows/s.
 
 use super::{Store, StoreError, StoreResult};
-use crate::model::{ImageMeta, Quality};
+use crate::model::{Quality, Storable};
 use sqlx::{AssertSqlSafe, SqlSafeStr};
 use std::borrow::Cow;
 use std::sync::OnceLock;
@@ -49,7 +49,7 @@ fn chunk_sql(rows: usize) -> impl SqlSafeStr {
 /// only for SQL.
 struct PreparedRow<'a> {
     image_id: &'a str,
-    meta: String,
+    meta: Cow<'a, str>,
     url: Option<&'a str>,
     captured_at: Option<i64>,
 }
@@ -77,7 +77,7 @@ impl Store {
         &self,
         job_id: i64,
         quality: Quality,
-        images: &[ImageMeta],
+        images: &[impl Storable],
         next_cursor: Option<&str>,
         now_ms: i64,
     ) -> StoreResult<u64> {
@@ -87,10 +87,12 @@ impl Store {
             .map_err(StoreError::Invalid)?;
         let mut rows = images
             .iter()
-            .map(|meta| {
+            .map(|image| {
+                let meta = image.meta();
                 Ok(PreparedRow {
                     image_id: meta.id.as_str(),
-                    meta: serde_json::to_string(&meta.without_urls())
+                    meta: image
+                        .stored_json()
                         .map_err(|e| StoreError::Invalid(format!("image {:?}: {e}", meta.id)))?,
                     url: meta.url_for(quality),
                     captured_at: meta.captured_at,
@@ -133,7 +135,7 @@ impl Store {
                 query = query
                     .bind(job_id)
                     .bind(row.image_id)
-                    .bind(row.meta.as_str())
+                    .bind(row.meta.as_ref())
                     .bind(row.url)
                     .bind(row.captured_at)
                     .bind(now_ms)

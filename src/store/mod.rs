@@ -286,7 +286,7 @@ impl Store {
     }
 }
 
-/// Renders stored Unix milliseconds as SPEC's RFC 3339 UTC string.
+/// Renders stored Unix milliseconds as the API's RFC 3339 UTC string.
 fn rfc3339_from_ms(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .unwrap_or_default()
