@@ -418,6 +418,25 @@ async fn every_fault_is_classified_and_no_error_shows_the_token() {
     let e = api_call_with(&fake, Fault::RateLimitCode4).await;
     assert!(matches!(e, MapillaryError::RateLimited { .. }), "{e:?}");
     errors.push(e);
+    // Rate limits without a 429: 403 with code 4, and codes 17, 32, 613.
+    for (status, code) in [(403, 4), (400, 17), (400, 32), (400, 613), (403, 613)] {
+        let fault = Fault::Graph {
+            status,
+            code,
+            retry_after: None,
+        };
+        let e = api_call_with(&fake, fault).await;
+        assert_eq!(
+            e.decision(),
+            RetryDecision::RateLimited(None),
+            "{status}/{code}: {e:?}"
+        );
+        errors.push(e);
+    }
+    // A JSON 5xx body (which even claims `is_transient`) is transient by status.
+    let e = api_call_with(&fake, Fault::Status500Json).await;
+    assert!(matches!(e, MapillaryError::Transient(_)), "{e:?}");
+    errors.push(e);
     let e = api_call_with(&fake, Fault::InvalidJson).await;
     assert!(matches!(e, MapillaryError::Transient(_)), "{e:?}");
     errors.push(e);
@@ -477,6 +496,40 @@ async fn every_fault_is_classified_and_no_error_shows_the_token() {
     let e = download_with(&fake, Fault::Expired).await;
     assert_eq!(e.decision(), RetryDecision::RefreshUrl);
     errors.push(e);
+    // A CDN 429 is a rate limit with its Retry-After, not a fault of the image.
+    let e = download_with(
+        &fake,
+        Fault::RateLimit {
+            retry_after: Some(3),
+        },
+    )
+    .await;
+    assert_eq!(
+        e.decision(),
+        RetryDecision::RateLimited(Some(Duration::from_secs(3)))
+    );
+    errors.push(e);
+    // A redirect is followed (to the CDN, never with a token) and a chunked
+    // body without Content-Length arrives whole.
+    let client = client_for(&fake, 10);
+    let image = fake.images("kim")[3].id.clone();
+    for fault in [Fault::Redirect, Fault::Chunked] {
+        fake.script_image(&image, vec![fault.clone()]);
+        let body = client
+            .download(&fake.thumb_url(&image, Quality::Original))
+            .await
+            .unwrap_or_else(|e| panic!("{fault:?}: {e:?}"));
+        assert_eq!(
+            body.as_ref(),
+            fake.expected_body(&image, Quality::Original).as_slice()
+        );
+    }
+    assert!(
+        fake.requests()
+            .iter()
+            .any(|r| r.query.contains("fake_redirected=1")),
+        "the redirect was followed"
+    );
 
     for e in &errors {
         let shown = format!("{e} {e:?}");
@@ -516,7 +569,14 @@ async fn random_faults_never_pass_as_success() {
                 );
                 ok += 1;
             }
-            Err(e) => assert_eq!(e.decision(), RetryDecision::Retryable, "{e:?}"),
+            // A CDN 429 is a rate limit; every other random fault is transient.
+            Err(e) => assert!(
+                matches!(
+                    e.decision(),
+                    RetryDecision::Retryable | RetryDecision::RateLimited(_)
+                ),
+                "{e:?}"
+            ),
         }
     }
     assert_eq!(ok, fake.cdn_hits_total());

@@ -8,7 +8,7 @@ use crate::archive::{self, ArchiveError};
 use crate::clock::now_ms;
 use crate::mapillary::{RetryDecision, backoff_delay};
 use crate::model::ImageMeta;
-use crate::store::{ClaimedImage, FailOutcome, FailReason, PauseReason, RetryPolicy};
+use crate::store::{ClaimedImage, DeferPolicy, FailOutcome, FailReason, PauseReason, RetryPolicy};
 use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +27,8 @@ pub enum Outcome {
     Deleted { error: String },
     /// The URL expired: drop it so the dispatcher refreshes it. No attempt.
     UrlExpired,
-    /// Rate limited: back in the queue after `delay`. No attempt.
+    /// The CDN rate-limited the download: back in the queue after at least
+    /// `delay`, doubling if it keeps happening. No attempt.
     RateLimited { delay: Duration },
     /// The job cannot go on (bad token, full disk): pause it. No attempt.
     PauseJob {
@@ -271,9 +272,16 @@ pub async fn apply(
             ctx.store.release(lease, now, None).await?;
         }
         Outcome::RateLimited { delay } => {
-            let run_at = now + delay.as_millis() as i64;
+            // Deferred, not released: a CDN that keeps refusing pushes this
+            // image further back each time instead of cycling it.
+            // No jitter below the delay: it honours the CDN's Retry-After.
+            let policy = DeferPolicy {
+                base: delay.max(ctx.tuning.backoff_base),
+                cap: ctx.tuning.backoff_cap.max(delay),
+                jitter: 1.0,
+            };
             ctx.store
-                .release(lease, run_at, Some("rate limited"))
+                .defer(lease, "rate limited by the CDN", policy, now)
                 .await?;
         }
         Outcome::PauseJob { reason, message } => {

@@ -260,7 +260,7 @@ impl MapillaryClient {
         let status = response.status();
         if !status.is_success() {
             tracing::debug!(status = status.as_u16(), "CDN refused an image");
-            return Err(classify_cdn_status(status));
+            return Err(classify_cdn_status(status, response.headers()));
         }
         let max = self.inner.settings.max_image_bytes;
         let declared = header_u64(response.headers(), CONTENT_LENGTH);
@@ -337,7 +337,7 @@ impl MapillaryClient {
             status,
             StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED | StatusCode::BAD_REQUEST
         ) {
-            return Err(classify_cdn_status(status));
+            return Err(classify_cdn_status(status, head.headers()));
         }
         let ranged = self
             .inner
@@ -354,7 +354,7 @@ impl MapillaryClient {
                 .and_then(|v| v.to_str().ok())
                 .and_then(total_from_content_range)),
             s if s.is_success() => Ok(header_u64(ranged.headers(), CONTENT_LENGTH)),
-            s => Err(classify_cdn_status(s)),
+            s => Err(classify_cdn_status(s, ranged.headers())),
         }
     }
 

@@ -200,17 +200,21 @@ pub(crate) fn classify_api_status(
     MapillaryError::Fatal(format!("API answered unexpected {detail}"))
 }
 
-/// Classifies a non-2xx answer of the CDN.
-pub(crate) fn classify_cdn_status(status: StatusCode) -> MapillaryError {
+/// Classifies a non-2xx answer of the CDN. A 429 is a rate limit (no
+/// attempt, `Retry-After` honoured), not a fault of the image.
+pub(crate) fn classify_cdn_status(status: StatusCode, headers: &HeaderMap) -> MapillaryError {
     let code = status.as_u16();
     match status {
+        StatusCode::TOO_MANY_REQUESTS => MapillaryError::RateLimited {
+            retry_after: parse_retry_after(headers),
+        },
         // A refused signature, or an object the CDN no longer has: a fresh
         // URL from the API settles it (the refresh learns whether the image
         // was deleted on Mapillary).
         StatusCode::FORBIDDEN | StatusCode::GONE | StatusCode::NOT_FOUND => {
             MapillaryError::UrlExpired(format!("CDN answered HTTP {code}"))
         }
-        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
+        StatusCode::REQUEST_TIMEOUT => {
             MapillaryError::Transient(format!("CDN answered HTTP {code}"))
         }
         s if s.is_server_error() => MapillaryError::Transient(format!("CDN answered HTTP {code}")),
@@ -371,19 +375,19 @@ mod tests {
     #[test]
     fn cdn_statuses() {
         assert!(matches!(
-            classify_cdn_status(StatusCode::FORBIDDEN),
+            classify_cdn_status(StatusCode::FORBIDDEN, &HeaderMap::new()),
             MapillaryError::UrlExpired(_)
         ));
         assert!(matches!(
-            classify_cdn_status(StatusCode::GONE),
+            classify_cdn_status(StatusCode::GONE, &HeaderMap::new()),
             MapillaryError::UrlExpired(_)
         ));
         assert!(matches!(
-            classify_cdn_status(StatusCode::NOT_FOUND),
+            classify_cdn_status(StatusCode::NOT_FOUND, &HeaderMap::new()),
             MapillaryError::UrlExpired(_)
         ));
         assert!(matches!(
-            classify_cdn_status(StatusCode::BAD_GATEWAY),
+            classify_cdn_status(StatusCode::BAD_GATEWAY, &HeaderMap::new()),
             MapillaryError::Transient(_)
         ));
     }

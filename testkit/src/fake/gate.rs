@@ -3,7 +3,12 @@
 
 use super::*;
 
-pub(super) fn pick_fault(s: &mut State_, route: Route) -> Option<Fault> {
+pub(super) fn pick_fault(s: &mut State_, route: Route, image: Option<&str>) -> Option<Fault> {
+    if let Some(aimed) = image.and_then(|id| s.image_faults.get_mut(id)) {
+        if let Some(f) = aimed.script.pop_front().or_else(|| aimed.always.clone()) {
+            return (f != Fault::Pass).then_some(f);
+        }
+    }
     let scripted = match route {
         Route::Api => s.api_script.pop_front(),
         Route::Cdn => s.cdn_script.pop_front(),
@@ -26,6 +31,16 @@ pub(super) fn pick_fault(s: &mut State_, route: Route) -> Option<Fault> {
             (f.api_code4_400, Fault::RateLimitCode4),
             (f.api_invalid_json, Fault::InvalidJson),
             (f.api_truncated, Fault::Truncated),
+            (
+                f.api_403_code4,
+                Fault::Graph {
+                    status: 403,
+                    code: 4,
+                    retry_after: None,
+                },
+            ),
+            (f.api_rate_codes, rate_code(&mut s.rng)),
+            (f.api_5xx_json, Fault::Status500Json),
             (f.overlapping_pages, Fault::OverlapPage),
         ],
         Route::Cdn => vec![
@@ -34,12 +49,30 @@ pub(super) fn pick_fault(s: &mut State_, route: Route) -> Option<Fault> {
             (f.cdn_truncated, Fault::Truncated),
             (f.cdn_html_200, Fault::Html200),
             (f.cdn_stall, Fault::Stall),
+            (
+                f.cdn_429,
+                Fault::RateLimit {
+                    retry_after: Some(1),
+                },
+            ),
+            (f.cdn_redirect, Fault::Redirect),
+            (f.cdn_chunked, Fault::Chunked),
         ],
     };
     table
         .into_iter()
         .find(|(p, _)| *p > 0.0 && s.rng.random_bool(p.clamp(0.0, 1.0)))
         .map(|(_, fault)| fault)
+}
+
+/// One of the rate-limit codes that come without a 429: 17, 32 or 613.
+fn rate_code(rng: &mut StdRng) -> Fault {
+    let code = [17, 32, 613][rng.random_range(0..3)];
+    Fault::Graph {
+        status: 400,
+        code,
+        retry_after: None,
+    }
 }
 
 pub(super) fn graph_error(status: StatusCode, code: i64, message: &str) -> Response {
@@ -103,13 +136,37 @@ pub(super) fn fault_response(route: Route, fault: &Fault) -> Response {
         )
             .into_response(),
         Fault::Html200 => html(StatusCode::OK, HTML_200),
+        Fault::Graph {
+            status,
+            code,
+            retry_after,
+        } => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST);
+            let mut r = graph_error(status, *code, &format!("(#{code}) fake error"));
+            if let Some(secs) = retry_after {
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+            }
+            r
+        }
+        Fault::Status500Json => {
+            let body = json!({"error": {"message": "An unknown error occurred", "type": "OAuthException",
+                "code": 1, "error_subcode": 99, "is_transient": true, "fbtrace_id": "AfakeTRACEid0123"}});
+            (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
+        }
         Fault::Expired => text(StatusCode::FORBIDDEN, "URL signature expired"),
         Fault::Gone => text(StatusCode::GONE, "Gone"),
         Fault::NotFound if route == Route::Api => {
             graph_error(StatusCode::NOT_FOUND, 803, "Not found")
         }
         Fault::NotFound => text(StatusCode::NOT_FOUND, "Not Found"),
-        Fault::Pass | Fault::Truncated | Fault::Reset | Fault::OverlapPage | Fault::Stall => text(
+        Fault::Pass
+        | Fault::Truncated
+        | Fault::Reset
+        | Fault::OverlapPage
+        | Fault::Stall
+        | Fault::Redirect
+        | Fault::Chunked => text(
             StatusCode::INTERNAL_SERVER_ERROR,
             "fake: unreachable fault response",
         ),
@@ -158,6 +215,20 @@ pub(super) async fn stall(response: Response) -> Response {
     )
 }
 
+/// Re-sends `response` as a stream of small chunks with no Content-Length.
+pub(super) async fn chunked(response: Response) -> Response {
+    let (mut parts, body) = response.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let chunks: Vec<Result<bytes::Bytes, std::io::Error>> = bytes
+        .chunks(4096)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from_stream(futures_util::stream::iter(chunks)))
+}
+
 /// The image a CDN response carried in full, for `cdn_hits`.
 #[derive(Clone)]
 pub(super) struct ServedImage(pub(super) String);
@@ -203,9 +274,24 @@ pub(super) async fn gate(
         .extensions()
         .get::<ConnectInfo<ConnInfo>>()
         .map(|c| c.0.clone());
+    let image_id = match route {
+        Route::Cdn => cdn_path_id(&path),
+        Route::Api => None,
+    };
+    let started = Instant::now();
     let (fault, delay) = {
         let mut s = shared.lock();
-        let fault = pick_fault(&mut s, route);
+        if s.started.len() >= s.log_capacity.max(1) {
+            s.started.pop_front();
+        }
+        s.started.push_back(StartRecord {
+            route,
+            method: method.clone(),
+            path: path.clone(),
+            image_id: image_id.clone(),
+            at: started,
+        });
+        let fault = pick_fault(&mut s, route, image_id.as_deref());
         let delay = match route {
             Route::Api => s.api_latency,
             Route::Cdn => {
@@ -245,6 +331,22 @@ pub(super) async fn gate(
             let st = r.status().as_u16();
             (r, st)
         }
+        Some(Fault::Chunked) => {
+            let r = chunked(next.run(req).await).await;
+            let st = r.status().as_u16();
+            (r, st)
+        }
+        Some(Fault::Redirect) => {
+            let separator = if query.is_empty() { "" } else { "&" };
+            let location = format!("{path}?{query}{separator}fake_redirected=1");
+            let r = (
+                StatusCode::FOUND,
+                [(header::LOCATION, location)],
+                "redirected",
+            )
+                .into_response();
+            (r, 302)
+        }
         Some(Fault::Reset) => {
             if let Some(c) = &conn {
                 c.kill();
@@ -261,10 +363,6 @@ pub(super) async fn gate(
         .extensions()
         .get::<ServedImage>()
         .map(|s| s.0.clone());
-    let image_id = match route {
-        Route::Cdn => cdn_path_id(&path),
-        Route::Api => None,
-    };
     let mut s = shared.lock();
     let now = Instant::now();
     match route {
@@ -278,7 +376,8 @@ pub(super) async fn gate(
             {
                 s.token_on_cdn = true;
             }
-            if fault.is_none()
+            // A chunked body is the whole image too.
+            if matches!(fault, None | Some(Fault::Chunked))
                 && let Some(id) = served
             {
                 *s.cdn_full.entry(id).or_insert(0) += 1;
@@ -298,6 +397,7 @@ pub(super) async fn gate(
         status,
         image_id,
         fault: fault.as_ref().map(Fault::name),
+        started,
         at: now,
     });
     response

@@ -108,6 +108,18 @@ pub struct Faults {
     pub cdn_html_200: f64,
     /// CDN bodies that stop half-way with the connection left open.
     pub cdn_stall: f64,
+    /// HTTP 403 with Graph code 4: a rate limit that is not a 429.
+    pub api_403_code4: f64,
+    /// HTTP 400 with Graph code 17, 32 or 613 (other rate-limit codes).
+    pub api_rate_codes: f64,
+    /// HTTP 500 with a JSON Graph error body (`is_transient: true`).
+    pub api_5xx_json: f64,
+    /// HTTP 429 from the CDN (with `Retry-After: 1`).
+    pub cdn_429: f64,
+    /// A 302 to the same image at another URL of the CDN.
+    pub cdn_redirect: f64,
+    /// The real body, chunked, without a Content-Length.
+    pub cdn_chunked: f64,
     pub overlapping_pages: f64,
 }
 
@@ -127,6 +139,12 @@ impl Faults {
             cdn_reset: cdn,
             cdn_html_200: cdn,
             cdn_stall: 0.0,
+            api_403_code4: api,
+            api_rate_codes: api,
+            api_5xx_json: api,
+            cdn_429: cdn,
+            cdn_redirect: cdn,
+            cdn_chunked: cdn,
             overlapping_pages: overlap,
         };
         match name {
@@ -185,6 +203,19 @@ pub enum Fault {
     /// The real answer's headers and first half of its body, then nothing:
     /// the connection stays open and silent (a stalled transfer).
     Stall,
+    /// Any Graph error: HTTP `status` with error `code`, optionally with
+    /// `Retry-After: <secs>` (e.g. 403 code 4, 400 code 613).
+    Graph {
+        status: u16,
+        code: i64,
+        retry_after: Option<u64>,
+    },
+    /// HTTP 500 with a JSON Graph error body that says it is transient.
+    Status500Json,
+    /// A 302 to the same resource with an extra query parameter.
+    Redirect,
+    /// The real answer streamed in chunks, without a Content-Length.
+    Chunked,
 }
 
 impl Fault {
@@ -209,6 +240,10 @@ impl Fault {
             Fault::NotFound => "404",
             Fault::OverlapPage => "overlap",
             Fault::Stall => "stall",
+            Fault::Graph { .. } => "graph-error",
+            Fault::Status500Json => "500-json",
+            Fault::Redirect => "302",
+            Fault::Chunked => "chunked",
         }
     }
 }
@@ -229,7 +264,29 @@ pub struct RequestRecord {
     pub image_id: Option<String>,
     /// The injected fault, if any.
     pub fault: Option<&'static str>,
+    /// When the request arrived, before any latency or fault.
+    pub started: Instant,
+    /// When the answer was ready (headers; a body may still stream).
     pub at: Instant,
+}
+
+/// A request as it arrived, recorded before the fake does anything with it.
+#[derive(Debug, Clone)]
+pub struct StartRecord {
+    pub route: Route,
+    pub method: String,
+    pub path: String,
+    /// The image a CDN request asks for.
+    pub image_id: Option<String>,
+    pub at: Instant,
+}
+
+/// Faults aimed at one image's CDN requests: a script consumed in order,
+/// then `always` for every later request (if set).
+#[derive(Debug, Clone, Default)]
+struct ImageFaults {
+    script: VecDeque<Fault>,
+    always: Option<Fault>,
 }
 
 /// The user-visible list of a user's images: generated blocks and hand-made
@@ -301,6 +358,10 @@ struct State_ {
     /// Images deleted the moment a listing page has shown them: they are
     /// discovered, then gone when their download or URL refresh comes.
     delete_when_listed: std::collections::HashSet<String>,
+    /// Faults aimed at single images' CDN requests.
+    image_faults: HashMap<String, ImageFaults>,
+    /// Every request as it arrived (bounded like `log`).
+    started: VecDeque<StartRecord>,
 }
 
 struct Shared {
@@ -450,6 +511,8 @@ impl FakeMapillary {
                 deleted: Default::default(),
                 looping_next: false,
                 delete_when_listed: Default::default(),
+                image_faults: HashMap::new(),
+                started: VecDeque::new(),
             }),
             bases: JpegBases::new(),
             api_url,
@@ -462,6 +525,8 @@ impl FakeMapillary {
             .route("/{id}", get(api_one))
             .fallback(api_unknown_path)
             .layer(middleware::from_fn_with_state(shared.clone(), api_gate))
+            // After the gate's layer: never faulted, never logged or counted.
+            .route("/__fake/stats", get(fake_stats))
             .with_state(shared.clone());
         let cdn = Router::new()
             .route("/img/{id}/{file}", get(cdn_image))
@@ -549,6 +614,34 @@ impl FakeMapillary {
         self.shared.lock().looping_next = on;
     }
 
+    /// Queues answers for the next CDN requests of one image, in order.
+    /// Requests of other images are not affected, whatever the concurrency.
+    pub fn script_image(&self, id: &str, faults: Vec<Fault>) {
+        let mut s = self.shared.lock();
+        s.image_faults
+            .entry(id.to_string())
+            .or_default()
+            .script
+            .extend(faults);
+    }
+
+    /// Answers every CDN request of one image with `fault` (after any
+    /// scripted ones); `None` lifts it.
+    pub fn fail_image_always(&self, id: &str, fault: Option<Fault>) {
+        let mut s = self.shared.lock();
+        s.image_faults.entry(id.to_string()).or_default().always = fault;
+    }
+
+    /// Every request as it arrived, before latency or faults (oldest first).
+    pub fn started_requests(&self) -> Vec<StartRecord> {
+        self.shared.lock().started.iter().cloned().collect()
+    }
+
+    /// Complete, successful downloads of every image, by id.
+    pub fn cdn_hits_by_image(&self) -> HashMap<String, usize> {
+        self.shared.lock().cdn_full.clone()
+    }
+
     /// Queues answers for the next requests of `route`, in order.
     pub fn script(&self, route: Route, faults: Vec<Fault>) {
         let mut s = self.shared.lock();
@@ -627,6 +720,7 @@ impl FakeMapillary {
     pub fn clear_log(&self) {
         let mut s = self.shared.lock();
         s.log.clear();
+        s.started.clear();
         s.api_times.clear();
         s.cdn_total = 0;
         s.cdn_full.clear();
@@ -670,6 +764,18 @@ impl FakeMapillary {
         }
         best
     }
+}
+
+/// `GET /__fake/stats` (the fake's own, for scripts driving the standalone
+/// binary): API calls so far and complete downloads per image.
+async fn fake_stats(State(shared): State<Arc<Shared>>) -> Response {
+    let s = shared.lock();
+    Json(json!({
+        "api_calls": s.api_times.len(),
+        "cdn_requests": s.cdn_total,
+        "cdn_hits": s.cdn_full,
+    }))
+    .into_response()
 }
 
 fn user_mut<'a>(s: &'a mut State_, username: &str) -> &'a mut User {
