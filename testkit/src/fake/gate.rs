@@ -4,10 +4,10 @@
 use super::*;
 
 pub(super) fn pick_fault(s: &mut State_, route: Route, image: Option<&str>) -> Option<Fault> {
-    if let Some(aimed) = image.and_then(|id| s.image_faults.get_mut(id)) {
-        if let Some(f) = aimed.script.pop_front().or_else(|| aimed.always.clone()) {
-            return (f != Fault::Pass).then_some(f);
-        }
+    if let Some(aimed) = image.and_then(|id| s.image_faults.get_mut(id))
+        && let Some(f) = aimed.script.pop_front().or_else(|| aimed.always.clone())
+    {
+        return (f != Fault::Pass).then_some(f);
     }
     let scripted = match route {
         Route::Api => s.api_script.pop_front(),
