@@ -187,7 +187,12 @@ pub fn free_bytes(path: &Path) -> io::Result<u64> {
 
 /// Refuses a write that would leave less than `reserve` bytes free, as if
 /// the disk were full: the database must keep room to record the pause.
+/// A `reserve` of 0 checks nothing: a full disk is then found by the write
+/// itself (ENOSPC), which takes the same path.
 pub fn ensure_room(dir: &Path, needed: u64, reserve: u64) -> Result<(), ArchiveError> {
+    if reserve == 0 {
+        return Ok(());
+    }
     let probe = dir.ancestors().find(|p| p.exists()).unwrap_or(dir);
     let free = free_bytes(probe).map_err(|e| ArchiveError::from_io(probe, e))?;
     if free < needed.saturating_add(reserve) {
@@ -286,9 +291,32 @@ mod tests {
     }
 
     #[test]
+    fn a_failing_writer_leaves_no_part_file_and_no_final_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("a/b/metadata.jsonl");
+        let err = write_atomically(&target, |out| {
+            out.write_all(&[b'x'; 100_000])?;
+            Err(io::Error::other("the source failed half-way"))
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("half-way"), "{err}");
+        assert!(!target.exists());
+        let left: Vec<_> = fs::read_dir(target.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        // An ENOSPC from the writer is classed as disk full.
+        let err = write_atomically(&target, |_| Err(io::Error::from_raw_os_error(28))).unwrap_err();
+        assert!(matches!(err, ArchiveError::DiskFull { .. }), "{err:?}");
+        assert_eq!(fs::read_dir(target.parent().unwrap()).unwrap().count(), 0);
+    }
+
+    #[test]
     fn the_free_space_reserve_refuses_writes_as_disk_full() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(ensure_room(dir.path(), 1, 0).is_ok());
+        assert!(ensure_room(dir.path(), 1, 1).is_ok());
+        assert!(ensure_room(dir.path(), u64::MAX, 0).is_ok(), "0 checks nothing");
         let err = ensure_room(&dir.path().join("not/yet/made"), 1, u64::MAX / 2).unwrap_err();
         assert!(matches!(err, ArchiveError::DiskFull { .. }), "{err}");
         assert!(err.to_string().contains("disk full"), "{err}");

@@ -29,6 +29,25 @@ async fn run(args: &[&str], data: &Path, env: &[(String, String)]) -> Output {
         .unwrap()
 }
 
+/// Ids of every image the database calls done, in any job.
+async fn done_ids(db: &Path) -> std::collections::HashSet<String> {
+    let store = mapillary_downloader::store::Store::open_read_only(db)
+        .await
+        .unwrap();
+    let mut ids = std::collections::HashSet::new();
+    for job in store.list_jobs().await.unwrap() {
+        let mut after = None;
+        loop {
+            let page = store.finished_images(job.id, after, 2000).await.unwrap();
+            let Some(last) = page.last() else { break };
+            after = Some(last.row_id);
+            ids.extend(page.into_iter().map(|i| i.meta.id));
+        }
+    }
+    store.close().await;
+    ids
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -172,8 +191,9 @@ async fn ctrl_c_exits_promptly_and_the_next_run_resumes_without_downloading_twic
         assert!(Instant::now() < deadline, "download never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    process::signal(child.id(), libc::SIGINT).unwrap();
     let started = Instant::now();
+    process::signal(child.id(), libc::SIGINT).unwrap();
+    let in_flight = fake.cdn_images_started_before(started);
     let out = tokio::task::spawn_blocking(move || {
         let _ = &mut child;
         child.wait_with_output().unwrap()
@@ -188,6 +208,10 @@ async fn ctrl_c_exits_promptly_and_the_next_run_resumes_without_downloading_twic
     assert!(text(&out.stderr).contains("run the same command again to resume"));
     assert!(part_files(dir.path()).is_empty(), "nothing half-written");
     assert!(fake.cdn_hits_total() < 300);
+    // Every download the CDN had started before Ctrl-C finished and counts.
+    let done = done_ids(&dir.path().join("mapillary.db")).await;
+    let abandoned: Vec<&String> = in_flight.difference(&done).collect();
+    assert!(abandoned.is_empty(), "abandoned at Ctrl-C: {abandoned:?}");
 
     let out = run(&["download", "pia", "--workers", "4"], dir.path(), &env).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));

@@ -204,7 +204,9 @@ async fn sigterm_finishes_in_flight_images_and_exits_zero() {
         assert!(tokio::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let signalled = std::time::Instant::now();
     daemon.signal(libc::SIGTERM).unwrap();
+    let in_flight = fake.cdn_images_started_before(signalled);
     let status = daemon
         .wait_timeout(Duration::from_secs(20))
         .unwrap()
@@ -226,6 +228,18 @@ async fn sigterm_finishes_in_flight_images_and_exits_zero() {
     // Every image counted done is on disk and correct; nothing was fetched twice.
     let done = done_ids(&data.join("mapillary.db"), id).await;
     assert_eq!(done.len() as u64, stopped_at);
+    // Every download the CDN had started before the signal was finished,
+    // not abandoned: the fake records a request when it arrives, so one cut
+    // off mid-latency or mid-body would be missing here.
+    let unfinished: Vec<&String> = in_flight.difference(&done).collect();
+    assert!(
+        unfinished.is_empty(),
+        "downloads in flight at SIGTERM were abandoned: {unfinished:?}"
+    );
+    assert!(
+        in_flight.len() as u64 > stopped_at.saturating_sub(8),
+        "the signal landed while downloads were in flight"
+    );
     let collection = collection_dir(&data.join("archive"), "lou", Quality::Original);
     for meta in fake.images("lou").iter().filter(|m| done.contains(&m.id)) {
         let path = image_path(&collection, meta);
@@ -247,14 +261,21 @@ async fn sigterm_finishes_in_flight_images_and_exits_zero() {
 struct Tmpfs(std::path::PathBuf);
 
 impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
-        std::fs::create_dir_all(at).ok()?;
-        let ok = std::process::Command::new("mount")
+    /// Mounts a tmpfs of `size` at `at`. Needs root, as CI runs: a test that
+    /// cannot mount fails and says so, it never passes untested.
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let status = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(at)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then(|| Tmpfs(at.to_path_buf()))
+            .status();
+        assert!(
+            status.as_ref().is_ok_and(|s| s.success()),
+            "mounting a {size} tmpfs at {} failed ({status:?}): this test needs root \
+             (CI and `bash .ci/run` run as root) and the `mount` command",
+            at.display()
+        );
+        Tmpfs(at.to_path_buf())
     }
 
     fn resize(&self, size: &str) {
@@ -279,10 +300,7 @@ impl Drop for Tmpfs {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_full_disk_pauses_without_burning_attempts_and_resumes_when_space_is_back() {
     let dir = tempfile::tempdir().unwrap();
-    let Some(mount) = Tmpfs::mount(&dir.path().join("small"), "16m") else {
-        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
-        return;
-    };
+    let mount = Tmpfs::mount(&dir.path().join("small"), "16m");
     let fake = FakeMapillary::start(FakeConfig::default()).await;
     fake.add_user("mo", 200, 13);
     let data = mount.0.join("data");
@@ -338,4 +356,75 @@ async fn a_full_disk_pauses_without_burning_attempts_and_resumes_when_space_is_b
         |i| fake.jpeg_marker(i, Quality::Original),
     );
     running.stop().await;
+}
+
+/// The reserve at 0, so the pre-check never refuses: a real ENOSPC hits in
+/// the middle of an image's write. The archive sits on a small tmpfs of its
+/// own (the database on the ordinary disk still has room to record the
+/// pause). The job pauses saying the disk is full, no partial file remains,
+/// no attempt is burnt, and it finishes once space is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_real_enospc_mid_write_leaves_no_partial_file_and_burns_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mount = Tmpfs::mount(&data.join("archive"), "3m");
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("nell", 120, 14);
+    let settings = test_settings(
+        fake.api_url().as_str(),
+        &data,
+        2,
+        &[
+            ("MLD__RETRY__MAX_ATTEMPTS", "1"),
+            ("MLD__STORAGE__MIN_FREE_MIB", "0"),
+        ],
+    );
+    let running = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let (_, job) = running.post_job(json!({"username": "nell"})).await;
+    let id = job["id"].as_i64().unwrap();
+    let job = running
+        .wait_for_state(id, &["paused"], Duration::from_secs(60))
+        .await;
+    let error = job["last_error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        error.contains("disk full") && error.contains("No space left on device"),
+        "a real ENOSPC, not the reserve: {job}"
+    );
+    assert_eq!(job["pause_reason"], "disk_full", "{job}");
+    assert_eq!(job["counts"]["failed"], 0, "no attempt burnt: {job}");
+    assert!(
+        part_files(&data).is_empty(),
+        "the partial file of the write that hit ENOSPC was removed"
+    );
+    // The tmpfs really was filled: a write got cut off, not refused up front.
+    let free = fs_free_bytes(&mount.0);
+    assert!(free < 200 * 1024, "{free} bytes free on the archive tmpfs");
+
+    mount.resize("256m");
+    let job = running
+        .wait_for_state(id, &["done"], Duration::from_secs(120))
+        .await;
+    assert_eq!(job["counts"]["done"], 120, "resumed by itself: {job}");
+    check_collection(
+        running.archive_dir(),
+        "nell",
+        Quality::Original,
+        &fake.images("nell"),
+        |i| fake.jpeg_marker(i, Quality::Original),
+    );
+    running.stop().await;
+}
+
+/// Free bytes on the filesystem holding `path`, as `df` shows them.
+fn fs_free_bytes(path: &Path) -> u64 {
+    let out = std::process::Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(u64::MAX)
 }

@@ -264,7 +264,7 @@ async fn resume_disk_full_jobs(ctx: &EngineContext) -> anyhow::Result<()> {
     let root = ctx.archive_dir.clone();
     let needed = ctx.tuning.min_free_bytes.saturating_mul(2);
     let room =
-        tokio::task::spawn_blocking(move || crate::archive::ensure_room(&root, needed, 0)).await?;
+        tokio::task::spawn_blocking(move || crate::archive::ensure_room(&root, 0, needed)).await?;
     if room.is_err() {
         return Ok(());
     }

@@ -637,6 +637,18 @@ impl FakeMapillary {
         self.shared.lock().started.iter().cloned().collect()
     }
 
+    /// Images whose CDN request arrived before `instant`, whatever became of
+    /// it: the downloads a graceful stop at `instant` must let finish.
+    pub fn cdn_images_started_before(&self, instant: Instant) -> std::collections::HashSet<String> {
+        self.shared
+            .lock()
+            .started
+            .iter()
+            .filter(|r| r.route == Route::Cdn && r.at < instant)
+            .filter_map(|r| r.image_id.clone())
+            .collect()
+    }
+
     /// Complete, successful downloads of every image, by id.
     pub fn cdn_hits_by_image(&self) -> HashMap<String, usize> {
         self.shared.lock().cdn_full.clone()
