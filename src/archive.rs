@@ -316,7 +316,10 @@ mod tests {
     fn the_free_space_reserve_refuses_writes_as_disk_full() {
         let dir = tempfile::tempdir().unwrap();
         assert!(ensure_room(dir.path(), 1, 1).is_ok());
-        assert!(ensure_room(dir.path(), u64::MAX, 0).is_ok(), "0 checks nothing");
+        assert!(
+            ensure_room(dir.path(), u64::MAX, 0).is_ok(),
+            "0 checks nothing"
+        );
         let err = ensure_room(&dir.path().join("not/yet/made"), 1, u64::MAX / 2).unwrap_err();
         assert!(matches!(err, ArchiveError::DiskFull { .. }), "{err}");
         assert!(err.to_string().contains("disk full"), "{err}");
