@@ -168,4 +168,8 @@ async fn main() {
     );
     task.stop().await.unwrap();
     store.close().await;
+    if p99 > Duration::from_millis(5) {
+        eprintln!("target missed: /status p99");
+        std::process::exit(1);
+    }
 }

@@ -602,10 +602,6 @@ fn print_queue(r: &QueueResult) {
     );
 }
 
-fn verdict(met: bool) -> &'static str {
-    if met { "MET" } else { "MISSED" }
-}
-
 async fn run(cfg: BenchConfig) -> anyhow::Result<()> {
     let binary_age = std::fs::metadata(BINARY)
         .and_then(|m| m.modified())
@@ -650,13 +646,23 @@ async fn run(cfg: BenchConfig) -> anyhow::Result<()> {
     }
 
     println!("\nsummary (SPEC targets)");
+    let mut missed = Vec::new();
+    let mut verdict = |met: bool, what: String| {
+        if !met {
+            missed.push(what);
+        }
+        if met { "MET" } else { "MISSED" }
+    };
     for r in &throughput {
         println!(
             "  throughput, {:>2} workers, L = {} ms: {:>5.1} % of N/L (>= 90 %)        {}",
             r.workers,
             cfg.latency.as_millis(),
             r.fraction() * 100.0,
-            verdict(r.fraction() >= THROUGHPUT_TARGET)
+            verdict(
+                r.fraction() >= THROUGHPUT_TARGET,
+                format!("throughput, {} workers", r.workers)
+            )
         );
     }
     for r in &throughput {
@@ -664,7 +670,10 @@ async fn run(cfg: BenchConfig) -> anyhow::Result<()> {
             "  CPU, {:>2} workers: {:.3} ms per 100 KB image, all daemon work (<= 1 ms)  {}",
             r.workers,
             r.cpu_ms_per_100kb(),
-            verdict(r.cpu_ms_per_100kb() <= CPU_MS_PER_100KB_TARGET)
+            verdict(
+                r.cpu_ms_per_100kb() <= CPU_MS_PER_100KB_TARGET,
+                format!("CPU per image, {} workers", r.workers)
+            )
         );
     }
     if let Some(r) = &queue {
@@ -675,18 +684,22 @@ async fn run(cfg: BenchConfig) -> anyhow::Result<()> {
             r.workers,
             hwm,
             RSS_TARGET_MIB,
-            verdict(hwm <= RSS_TARGET_MIB)
+            verdict(hwm <= RSS_TARGET_MIB, "peak RSS".to_string())
         );
         let p99 = percentile(&r.status_full, 0.99);
         println!(
             "  /status p99 at {} rows: {:.3} ms (<= 5 ms)                   {}",
             r.images,
             p99.as_secs_f64() * 1e3,
-            verdict(p99 <= STATUS_P99_TARGET)
+            verdict(p99 <= STATUS_P99_TARGET, "/status p99".to_string())
         );
     }
     println!("load average at end: {}", load_average());
-    Ok(())
+    if missed.is_empty() {
+        Ok(())
+    } else {
+        bail!("targets missed: {}", missed.join(", "))
+    }
 }
 
 fn main() -> anyhow::Result<()> {

@@ -1349,6 +1349,20 @@ async fn claims_take_turns_between_active_jobs() {
 async fn a_job_is_finished_only_while_nothing_is_pending_or_in_flight() {
     let f = fixture().await;
     let job = active_job(&f.store, "fin").await;
+    // Nothing pending and nothing in flight, but the listing is not over: not done.
+    f.store
+        .insert_page(job, Quality::Original, &metas([]), Some("https://h/?after=a"), 500)
+        .await
+        .unwrap();
+    assert_eq!(counts(&f.store, job).await.discovered, 0);
+    assert!(
+        f.store
+            .finish_job_if_drained(job, 600)
+            .await
+            .unwrap()
+            .is_none(),
+        "enumeration incomplete"
+    );
     f.store
         .insert_page(job, Quality::Original, &metas(1..=2), None, 1_000)
         .await
