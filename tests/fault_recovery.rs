@@ -509,3 +509,160 @@ async fn token_paused_jobs_resume_after_a_restart_with_a_valid_token() {
     assert_eq!(job["pause_reason"], "user", "{job}");
     daemon.stop().await;
 }
+
+/// Invariant 4 in the engine, not only in the store: one image whose every
+/// download answers 503 is retried with the configured exponential backoff
+/// (each delay the engine scheduled, read from the row as `run_at` minus
+/// the failure time, lies within equal jitter of `base × 2^(attempt-1)`),
+/// and fails for good at exactly `max_attempts` downloads, while the rest
+/// of the job completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_503_backs_off_exponentially_and_fails_at_max_attempts() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("jude", 30, 67);
+    let victim = fake.images("jude")[7].id.clone();
+    fake.fail_image_always(&victim, Some(mld_testkit::fake::Fault::Status503Html));
+    let dir = tempfile::tempdir().unwrap();
+    let (base_ms, cap_ms, max_attempts) = (300i64, 1_500i64, 5i64);
+    let settings = test_settings(
+        fake.api_url().as_str(),
+        dir.path(),
+        4,
+        &[
+            ("MLD__RETRY__BACKOFF_BASE_MS", &base_ms.to_string()),
+            ("MLD__RETRY__BACKOFF_CAP_MS", &cap_ms.to_string()),
+            ("MLD__RETRY__MAX_ATTEMPTS", &max_attempts.to_string()),
+        ],
+    );
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let (_, job) = daemon.post_job(json!({"username": "jude"})).await;
+    let id = job_id(&job);
+    // Watch the victim's row: after each failure it is pending with the
+    // retry the engine scheduled.
+    let store = loop {
+        if let Ok(store) = Store::open_read_only(&dir.path().join("mapillary.db")).await {
+            break store;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut scheduled: Vec<(i64, i64)> = Vec::new();
+    let deadline = Instant::now() + LONG;
+    let last = loop {
+        assert!(Instant::now() < deadline, "the image never failed for good");
+        if let Some(row) = store.image_by_id(id, &victim).await.unwrap() {
+            if row.state == ImageState::Pending
+                && row.attempts > 0
+                && scheduled.last().is_none_or(|(a, _)| *a != row.attempts)
+            {
+                scheduled.push((row.attempts, row.run_at - row.updated_at));
+            }
+            if row.state == ImageState::Failed {
+                break row;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    store.close().await;
+    assert_eq!(last.attempts, max_attempts, "{last:?}");
+    assert_eq!(last.fail_reason, Some(FailReason::Error));
+    assert!(
+        last.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("503"),
+        "{last:?}"
+    );
+    let attempts: Vec<i64> = scheduled.iter().map(|(a, _)| *a).collect();
+    assert_eq!(
+        attempts,
+        (1..max_attempts).collect::<Vec<_>>(),
+        "{scheduled:?}"
+    );
+    for (attempt, delay) in &scheduled {
+        let ceiling = (base_ms << (attempt - 1)).min(cap_ms);
+        assert!(
+            (ceiling / 2..=ceiling).contains(delay),
+            "attempt {attempt}: scheduled {delay} ms, outside [{}, {ceiling}]",
+            ceiling / 2
+        );
+    }
+    let downloads = fake
+        .started_requests()
+        .iter()
+        .filter(|r| r.image_id.as_deref() == Some(victim.as_str()))
+        .count();
+    assert_eq!(downloads as i64, max_attempts, "one download per attempt");
+    let done = daemon.wait_for_state(id, &["done"], LONG).await;
+    assert_eq!(done["counts"]["done"], 29, "{done}");
+    assert_eq!(done["counts"]["failed"], 1, "{done}");
+    daemon.stop().await;
+}
+
+/// Invariant 6 mid-run: the token is revoked while images download (their
+/// URLs expire every few seconds, so refreshes need the API). The job
+/// pauses for the rejected token, no image loses an attempt, and no API
+/// call is made on behalf of the paused job afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_mid_download_pauses_the_job_without_burning_attempts() {
+    let fake = FakeMapillary::start(FakeConfig {
+        url_ttl_secs: 3,
+        cdn_latency: Duration::from_millis(20),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("kai", 1500, 68);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(
+        fake.api_url().as_str(),
+        dir.path(),
+        4,
+        &[("MLD__MAPILLARY__URL_REFRESH_MARGIN_SECS", "1")],
+    );
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let (_, job) = daemon.post_job(json!({"username": "kai"})).await;
+    let id = job_id(&job);
+    let started = Instant::now();
+    loop {
+        let job = daemon.job(id).await;
+        if job["counts"]["done"].as_u64().unwrap_or(0) >= 100 {
+            break;
+        }
+        assert!(started.elapsed() < LONG, "{job}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fake.set_token("MLY|1|revoked-and-replaced");
+    let paused = daemon.wait_for_state(id, &["paused"], LONG).await;
+    assert_eq!(paused["pause_reason"], "token_rejected", "{paused}");
+    assert!(
+        paused["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("MAPILLARY_TOKEN"),
+        "{paused}"
+    );
+    // Let in-flight downloads settle, then the API must stay quiet.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let calls = fake.api_calls();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(fake.api_calls(), calls, "API calls made for a paused job");
+    let job = daemon.job(id).await;
+    assert_eq!(job["state"], "paused", "{job}");
+    assert_eq!(job["counts"]["failed"], 0, "{job}");
+    assert_eq!(job["counts"]["in_progress"], 0, "{job}");
+    let store = Store::open_read_only(&dir.path().join("mapillary.db"))
+        .await
+        .unwrap();
+    let mut burnt = 0;
+    for image in fake.images("kai") {
+        let row = store.image_by_id(id, &image.id).await.unwrap().unwrap();
+        if row.state != ImageState::Done {
+            burnt += row.attempts;
+        }
+    }
+    store.close().await;
+    assert_eq!(
+        burnt, 0,
+        "attempts burnt on images of a job paused for its token"
+    );
+    daemon.stop().await;
+}

@@ -1351,7 +1351,13 @@ async fn a_job_is_finished_only_while_nothing_is_pending_or_in_flight() {
     let job = active_job(&f.store, "fin").await;
     // Nothing pending and nothing in flight, but the listing is not over: not done.
     f.store
-        .insert_page(job, Quality::Original, &metas([]), Some("https://h/?after=a"), 500)
+        .insert_page(
+            job,
+            Quality::Original,
+            &metas([]),
+            Some("https://h/?after=a"),
+            500,
+        )
         .await
         .unwrap();
     assert_eq!(counts(&f.store, job).await.discovered, 0);

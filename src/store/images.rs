@@ -130,7 +130,7 @@ impl Store {
     ) -> StoreResult<Option<ImageRecord>> {
         let row = sqlx::query(
             "SELECT rowid, job_id, image_id, meta, url, state, attempts, run_at, lease_owner, \
-             lease_until, bytes, path, last_error, fail_reason, deferrals, captured_at \
+             lease_until, bytes, path, last_error, fail_reason, deferrals, captured_at, updated_at \
              FROM images WHERE job_id = ? AND image_id = ?",
         )
         .bind(job_id)
@@ -162,6 +162,7 @@ impl Store {
             fail_reason: fail_reason(row_id, row.try_get("fail_reason")?)?,
             deferrals: row.try_get("deferrals")?,
             captured_at: row.try_get("captured_at")?,
+            updated_at: row.try_get("updated_at")?,
         }))
     }
 }

@@ -267,6 +267,8 @@ pub struct ImageRecord {
     pub fail_reason: Option<FailReason>,
     pub deferrals: i64,
     pub captured_at: Option<i64>,
+    /// Unix ms of the last claim, completion or failure.
+    pub updated_at: i64,
 }
 
 /// The job store. Cheap to share behind an `Arc`; every method takes `&self`.
