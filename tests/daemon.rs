@@ -220,53 +220,85 @@ async fn a_bad_token_pauses_the_job_and_the_daemon_stays_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_ids_fail_clearly_and_write_nothing_outside_the_archive() {
+    // Deep enough that every chain below climbs out of the temp root.
+    let root = tempfile::tempdir().unwrap();
+    let marker = format!("mld-escape-{}", std::process::id());
+    let climb = "../".repeat(16);
     let fake = FakeMapillary::start(FakeConfig::default()).await;
     fake.add_user("frank", 20, 6);
     let good = fake.images("frank")[0].clone();
-    fake.add_image(
-        "frank",
-        FakeImage {
-            id: "12/../../escape".into(),
-            ..good.clone()
-        },
-    );
+    let hostile_ids = [
+        format!("12/{climb}{marker}-a"),
+        format!("{climb}{marker}-b"),
+        format!("/tmp/{marker}-c"),
+        format!("..\\..\\{marker}-d"),
+    ];
+    for id in &hostile_ids {
+        fake.add_image(
+            "frank",
+            FakeImage {
+                id: id.clone(),
+                ..good.clone()
+            },
+        );
+    }
     fake.add_image(
         "frank",
         FakeImage {
             id: "999000111".into(),
-            sequence: Some("../../../etc".into()),
+            sequence: Some(format!("{climb}tmp/{marker}-e")),
             ..good
         },
     );
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
+    let data = root.path().join("a/b/data");
     let settings = test_settings(fake.api_url().as_str(), &data, 2, &[]);
     let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
     let (_, job) = daemon.post_job(json!({"username": "frank"})).await;
     let job = daemon.wait_for_state(job_id(&job), &["done"], LONG).await;
+    daemon.stop().await;
+
+    // Nothing anywhere under the root but the data dir, and nothing named
+    // after the marker anywhere the chains could have reached.
+    let mut stack = vec![root.path().to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let path = entry.path();
+            assert!(
+                path.starts_with(&data) || data.starts_with(&path),
+                "stray {}",
+                path.display()
+            );
+            assert!(
+                !entry.file_name().to_string_lossy().contains(&marker),
+                "an escaped file: {}",
+                path.display()
+            );
+            if path.is_dir() {
+                stack.push(path);
+            }
+        }
+    }
+    for suffix in ["a", "b", "c", "d", "e"] {
+        for base in [std::path::Path::new("/"), std::path::Path::new("/tmp")] {
+            let name = format!("{marker}-{suffix}");
+            for candidate in [base.join(&name), base.join(format!("{name}.jpg"))] {
+                assert!(!candidate.exists(), "escaped to {}", candidate.display());
+            }
+        }
+    }
     assert_eq!(job["counts"]["done"], 20, "{job}");
-    assert_eq!(job["counts"]["failed"], 2, "{job}");
-    let entries: Vec<_> = std::fs::read_dir(dir.path())
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name())
-        .collect();
-    assert_eq!(
-        entries,
-        vec![std::ffi::OsString::from("data")],
-        "nothing outside the data dir"
-    );
+    assert_eq!(job["counts"]["failed"], 5, "{job}");
     let store = mapillary_downloader::store::Store::open_read_only(&data.join("mapillary.db"))
         .await
         .unwrap();
     let failed = store.failed_images(job_id(&job), 10).await.unwrap();
-    assert_eq!(failed.len(), 2);
+    assert_eq!(failed.len(), 5);
     assert!(
         failed
             .iter()
-            .all(|f| f.last_error.as_deref().unwrap_or("").contains("invalid"))
+            .all(|f| f.last_error.as_deref().unwrap_or("").contains("invalid")),
+        "{failed:?}"
     );
-    daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
