@@ -8,7 +8,9 @@
 
 use super::error::{MapillaryError, classify_api_status, classify_cdn_status, transport_error};
 use super::limiter::Limiter;
-use super::urls::{endpoint, first_page_url, onto_api_origin, strip_token, url_expires_at};
+use super::urls::{
+    endpoint, first_page_url, mentions_secret, onto_api_origin, strip_secret, url_expires_at,
+};
 use crate::config::MapillarySettings;
 use crate::model::{Bbox, IMAGE_FIELDS, ImageMeta, ListedImage};
 use crate::secret::Secret;
@@ -196,11 +198,17 @@ impl MapillaryClient {
             tracing::warn!(reason = %self.redact(reason), "skipping an item of an images page");
         }
         let skipped = rejected.len();
+        let secret = self.inner.token.expose();
         let next = page
             .paging
             .and_then(|p| p.next)
-            .map(|n| strip_token(n.trim()))
+            .map(|n| strip_secret(n.trim(), secret))
             .filter(|n| !n.is_empty());
+        if next.as_deref().is_some_and(|n| mentions_secret(n, secret)) {
+            return Err(MapillaryError::Fatal(
+                "the API's next link carries the access token outside a query parameter; refusing to follow or store it".into(),
+            ));
+        }
         Ok(ImagePage {
             images,
             next,

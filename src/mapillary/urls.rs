@@ -39,6 +39,50 @@ pub fn strip_token(url: &str) -> String {
     out
 }
 
+/// [`strip_token`], and also every query parameter whose name or value,
+/// decoded, contains `secret`: a server that echoes the token under another
+/// name (or encoded) must not get it into a stored cursor either.
+pub fn strip_secret(url: &str, secret: &str) -> String {
+    let stripped = strip_token(url);
+    let secret = secret.trim();
+    if secret.is_empty() {
+        return stripped;
+    }
+    let Some((base, rest)) = stripped.split_once('?') else {
+        return stripped;
+    };
+    let (query, fragment) = match rest.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (rest, None),
+    };
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            !url::form_urlencoded::parse(pair.as_bytes())
+                .any(|(k, v)| k.contains(secret) || v.contains(secret))
+        })
+        .collect();
+    let mut out = base.to_string();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    if let Some(fragment) = fragment {
+        out.push('#');
+        out.push_str(fragment);
+    }
+    out
+}
+
+/// Whether `text`, raw or percent-decoded, contains `secret`.
+pub fn mentions_secret(text: &str, secret: &str) -> bool {
+    let secret = secret.trim();
+    !secret.is_empty()
+        && (text.contains(secret)
+            || url::form_urlencoded::parse(text.replace('&', "%26").as_bytes())
+                .any(|(k, v)| k.contains(secret) || v.contains(secret)))
+}
+
 fn is_token_pair(pair: &str) -> bool {
     let key = pair.split_once('=').map_or(pair, |(k, _)| k);
     url::form_urlencoded::parse(key.as_bytes())
@@ -117,6 +161,19 @@ pub(crate) fn onto_api_origin(base: &Url, link: &str) -> Result<Url, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strips_the_secret_under_any_name_and_encoding() {
+        let secret = "MLY|1|abc";
+        let next =
+            "https://h/images?after=Q&echo=oauth%3AMLY%7C1%7Cabc&limit=5&Access_Token=MLY|1|abc#f";
+        let clean = strip_secret(next, secret);
+        assert_eq!(clean, "https://h/images?after=Q&limit=5#f");
+        assert!(!mentions_secret(&clean, secret));
+        assert!(mentions_secret("https://h/x?a=MLY%7C1%7Cabc", secret));
+        assert!(mentions_secret("https://h/MLY|1|abc/x", secret));
+        assert_eq!(strip_secret("https://h/x?a=1", ""), "https://h/x?a=1");
+    }
 
     #[test]
     fn strips_token_in_any_case_and_position() {

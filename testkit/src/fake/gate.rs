@@ -263,6 +263,12 @@ pub(super) async fn gate(
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    // Every header, for the token check: it may not hide in any of them.
+    let all_headers: String = req
+        .headers()
+        .iter()
+        .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+        .collect();
     let range = req
         .headers()
         .get(header::RANGE)
@@ -372,7 +378,9 @@ pub(super) async fn gate(
             let token = s.token.clone();
             if authorization.is_some()
                 || query.to_ascii_lowercase().contains("access_token")
-                || (!token.is_empty() && (path.contains(&token) || query.contains(&token)))
+                || [&path, &query, &all_headers]
+                    .iter()
+                    .any(|text| mentions_token(text, &token))
             {
                 s.token_on_cdn = true;
             }
@@ -401,6 +409,19 @@ pub(super) async fn gate(
         at: now,
     });
     response
+}
+
+/// Whether `text` carries `token`: whole or its secret part (after the last
+/// `|`), raw or percent-encoded.
+pub fn mentions_token(text: &str, token: &str) -> bool {
+    let secret = token.rsplit('|').next().unwrap_or(token);
+    if secret.is_empty() {
+        return false;
+    }
+    let decoded: String = url::form_urlencoded::parse(text.replace('&', "%26").as_bytes())
+        .map(|(k, v)| format!("{k}{v}"))
+        .collect();
+    text.contains(secret) || decoded.contains(secret)
 }
 
 pub(super) fn cdn_path_id(path: &str) -> Option<String> {

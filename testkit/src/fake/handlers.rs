@@ -174,6 +174,9 @@ pub(super) async fn api_images(
             q.append_pair("after", &encode_cursor(after));
             if query.contains_key("access_token") || shared.lock().token_in_next {
                 q.append_pair("access_token", &token);
+                // Echoed under another name too (percent-encoded by the
+                // serializer): a client must not rely on the name alone.
+                q.append_pair("session_echo", &format!("oauth:{token}"));
             }
         }
         body.insert(

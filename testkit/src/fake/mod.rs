@@ -18,6 +18,7 @@ mod net;
 mod types;
 
 pub use data::{FIRST_ID, REGION, SERVED_DESCRIPTION, WRAPPED_ALTITUDE};
+pub use gate::mentions_token;
 pub use types::{FakeImage, GeoPoint, Quality};
 
 use axum::body::Body;
