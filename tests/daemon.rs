@@ -6,7 +6,7 @@ mod common;
 
 use common::{TestDaemon, test_settings};
 use mapillary_downloader::model::{self, ImageMeta};
-use mld_testkit::archive_check::{check_collection, image_path, part_files};
+use mld_testkit::archive_check::{check_collection, image_path};
 use mld_testkit::fake::{
     DEFAULT_TOKEN, FakeConfig, FakeImage, FakeMapillary, Fault, Faults, Quality, Route,
 };
