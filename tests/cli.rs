@@ -276,7 +276,9 @@ async fn status_works_beside_a_running_daemon() {
         .post_job(serde_json::json!({"username": "rita"}))
         .await;
     assert_eq!(created["username"], "rita");
+    let deadline = Instant::now() + Duration::from_secs(60);
     while fake.cdn_hits_total() < 10 {
+        assert!(Instant::now() < deadline, "downloads never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let out = run(&["status"], dir.path(), &env).await;

@@ -539,14 +539,15 @@ async fn a_persistent_503_backs_off_exponentially_and_fails_at_max_attempts() {
     let id = job_id(&job);
     // Watch the victim's row: after each failure it is pending with the
     // retry the engine scheduled.
+    let deadline = Instant::now() + LONG;
     let store = loop {
         if let Ok(store) = Store::open_read_only(&dir.path().join("mapillary.db")).await {
             break store;
         }
+        assert!(Instant::now() < deadline, "the database never appeared");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let mut scheduled: Vec<(i64, i64)> = Vec::new();
-    let deadline = Instant::now() + LONG;
     let last = loop {
         assert!(Instant::now() < deadline, "the image never failed for good");
         if let Some(row) = store.image_by_id(id, &victim).await.unwrap() {

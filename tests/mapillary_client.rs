@@ -621,6 +621,7 @@ async fn api_calls_stay_under_the_configured_rate() {
     s.calls_per_minute = 1200; // 20 a second, burst 2
     let client = MapillaryClient::new(s, Secret::new(fake.token())).unwrap();
     let first = client.first_page_url("ned", None);
+    let started = std::time::Instant::now();
     let tasks: Vec<_> = (0..30)
         .map(|_| {
             let c = client.clone();
@@ -632,8 +633,15 @@ async fn api_calls_stay_under_the_configured_rate() {
         t.await.unwrap().unwrap();
     }
     assert_eq!(fake.api_calls(), 30);
-    let peak = fake.max_api_calls_per_window(Duration::from_secs(1));
-    assert!(peak <= 23, "{peak} calls within one second at 20/s");
+    // 30 calls at 20 a second with a burst of 2 cannot take less than 28
+    // intervals of 50 ms. A loaded machine only makes it slower, so this
+    // bound never flakes; the exact spacing is checked in virtual time
+    // (`limiter_takes_the_expected_virtual_time` and the limiter's tests).
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(28 * 50),
+        "30 calls in {elapsed:?} at 20/s"
+    );
 }
 
 #[tokio::test(start_paused = true)]
