@@ -161,11 +161,13 @@ async fn kill_9_twice_while_images_are_deleted_and_urls_expire() {
         .await;
     drop(daemon);
     let archived = done_ids(&data.join("mapillary.db"), id).await;
-    assert_eq!(
-        job["counts"]["deleted"].as_u64(),
-        Some(doomed.len() as u64),
-        "{job}"
-    );
+    // A kill between a page's listing and its storing lets the re-read page
+    // skip what was deleted meanwhile: never discovered, so not counted.
+    let deleted = job["counts"]["deleted"].as_u64().unwrap();
+    let discovered = job["counts"]["discovered"].as_u64().unwrap();
+    let undiscovered = all.len() as u64 - discovered;
+    assert_eq!(deleted + undiscovered, doomed.len() as u64, "{job}");
+    assert!(deleted > 0, "{job}");
     assert_eq!(job["counts"]["failed"], job["counts"]["deleted"], "{job}");
     assert_eq!(archived.len(), all.len() - doomed.len(), "{job}");
     assert!(archived.is_disjoint(&doomed));
