@@ -7,6 +7,7 @@
 
 use mapillary_downloader::api::{self, AppState};
 use mapillary_downloader::model::{ImageMeta, Quality};
+use mapillary_downloader::selection::JobSpec;
 use mapillary_downloader::stats::Stats;
 use mapillary_downloader::store::{JobState, Store};
 use mld_testkit::latency::percentile;
@@ -74,7 +75,10 @@ async fn main() {
     let setup = Instant::now();
     for j in 0..JOBS {
         let job = store
-            .submit_job(&format!("user{j}"), Quality::Original, None, now_ms())
+            .submit_job(
+                &JobSpec::user(&format!("user{j}"), Quality::Original),
+                now_ms(),
+            )
             .await
             .unwrap()
             .job()
@@ -83,7 +87,7 @@ async fn main() {
         for p in 0..pages {
             let next = (p + 1 < pages).then_some("https://graph.example/images?after=x");
             store
-                .insert_page(job.id, Quality::Original, &page(p * PAGE), next, now_ms())
+                .insert_page(job.id, &page(p * PAGE), next, now_ms())
                 .await
                 .unwrap();
         }
@@ -125,6 +129,7 @@ async fn main() {
         stats,
         api_token: Some(mapillary_downloader::secret::Secret::new("bench-token")),
         started: Instant::now(),
+        default_resync: None,
     };
     let server = api::bind("127.0.0.1:0".parse().unwrap(), state)
         .await

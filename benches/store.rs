@@ -11,6 +11,7 @@
 //! Set `STORE_BENCH_ROWS` to use fewer rows for a quick run.
 
 use mapillary_downloader::model::{GeoPoint, ImageMeta, ListedImage, Quality};
+use mapillary_downloader::selection::JobSpec;
 use mapillary_downloader::store::{Durability, JobState, PauseReason, Store, StoreOptions};
 use serde_json::json;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
@@ -146,7 +147,7 @@ async fn ingest(
     order: IdOrder,
 ) -> (i64, Rate) {
     let job = store
-        .submit_job(username, Quality::Original, None, 0)
+        .submit_job(&JobSpec::user(username, Quality::Original), 0)
         .await
         .expect("create job")
         .job()
@@ -169,7 +170,7 @@ async fn ingest(
         let next = (p + 1 < pages).then_some(cursor.as_str());
         let (start, cpu_start) = (Instant::now(), cpu_seconds());
         inserted += store
-            .insert_page(job.id, Quality::Original, &images, next, 0)
+            .insert_page(job.id, &images, next, 0)
             .await
             .expect("insert page");
         busy += start.elapsed();

@@ -94,6 +94,7 @@ impl Application {
             stats: ctx.stats.clone(),
             api_token: settings.api_token().cloned(),
             started: std::time::Instant::now(),
+            default_resync: settings.default_resync().map_err(anyhow::Error::msg)?,
         };
         let server = api::bind(addr, state)
             .await

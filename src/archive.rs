@@ -5,9 +5,7 @@
 //! Invariant 1 lives here: a file is written to `<final>.part`, fsynced,
 //! renamed, and its directory fsynced, before anyone may call it done.
 
-use crate::model::{
-    ImageMeta, Quality, validate_image_id, validate_sequence_id, validate_username,
-};
+use crate::model::{ImageMeta, validate_image_id, validate_sequence_id, validate_username};
 use chrono::{DateTime, Utc};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -50,14 +48,18 @@ impl ArchiveError {
     }
 }
 
-/// The folder holding one job's images: `mapillary-<username>-<quality>`.
-pub fn collection_dir(
-    archive: &Path,
-    username: &str,
-    quality: Quality,
-) -> Result<PathBuf, ArchiveError> {
-    validate_username(username).map_err(ArchiveError::InvalidId)?;
-    Ok(archive.join(format!("mapillary-{username}-{quality}")))
+/// The folder of one collection (`mapillary-<user>-<quality>[-webp]`, as
+/// [`crate::model::collection_name`] makes it). The name is checked again
+/// before it becomes a path: one plain component, nothing else.
+pub fn collection_path(archive: &Path, collection: &str) -> Result<PathBuf, ArchiveError> {
+    validate_username(collection)
+        .map_err(|e| ArchiveError::InvalidId(format!("collection {collection:?}: {e}")))?;
+    if !collection.starts_with("mapillary-") {
+        return Err(ArchiveError::InvalidId(format!(
+            "collection {collection:?} is not a mapillary-<user>-<quality> folder"
+        )));
+    }
+    Ok(archive.join(collection))
 }
 
 /// The UTC date folder of a capture time, or `unknown-date`.
@@ -236,6 +238,7 @@ pub fn remove_part_files(root: &Path) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Quality;
 
     fn meta(id: &str, captured_at: Option<i64>, sequence: Option<&str>) -> ImageMeta {
         ImageMeta {
@@ -248,7 +251,8 @@ mod tests {
 
     #[test]
     fn layout_matches_the_python_tool() {
-        let c = collection_dir(Path::new("/a"), "bob", Quality::Q2048).unwrap();
+        let name = crate::model::collection_name(Some("bob"), Quality::Q2048, Default::default());
+        let c = collection_path(Path::new("/a"), &name).unwrap();
         assert_eq!(c, Path::new("/a/mapillary-bob-2048"));
         // 2021-03-04T23:59:59.999Z, UTC date, not local.
         let p = image_path(&c, &meta("123", Some(1_614_902_399_999), Some("seqA"))).unwrap();
@@ -271,7 +275,14 @@ mod tests {
             image_path(c, &meta("1", None, Some("../../etc"))),
             Err(ArchiveError::InvalidId(_))
         ));
-        assert!(collection_dir(c, "../x", Quality::Original).is_err());
+        assert!(collection_path(c, "../x").is_err());
+        assert!(collection_path(c, "mapillary-a/b").is_err());
+        assert!(collection_path(c, "elsewhere").is_err());
+        assert_eq!(
+            crate::model::collection_name(Some("../x"), Quality::Original, Default::default()),
+            "mapillary-unknown-original",
+            "an unsafe creator name gives the unknown collection"
+        );
     }
 
     #[test]

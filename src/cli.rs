@@ -1,6 +1,7 @@
 //! The command line: what each subcommand takes. Parsing only; no behaviour.
 
 use crate::model::{Bbox, Quality};
+use crate::selection::{Pano, parse_date};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -43,15 +44,34 @@ pub struct HealthcheckArgs {
 
 #[derive(Debug, Args)]
 pub struct DownloadArgs {
-    /// Mapillary usernames to archive.
-    #[arg(required = true, value_name = "USERNAME")]
+    /// Mapillary usernames to archive (each its own job). Optional when
+    /// --organization, --sequence or --image is given.
+    #[arg(value_name = "USERNAME")]
     pub usernames: Vec<String>,
+    /// An organization to archive (digits; repeatable, each its own job).
+    #[arg(long = "organization", value_name = "ID")]
+    pub organizations: Vec<String>,
+    /// A sequence to archive (repeatable; all of them make one job).
+    #[arg(long = "sequence", value_name = "ID")]
+    pub sequences: Vec<String>,
+    /// An image to archive (repeatable; all of them make one job).
+    #[arg(long = "image", value_name = "ID")]
+    pub images: Vec<String>,
     /// Image size: original, 2048, 1024 or 256.
     #[arg(long, default_value = "original", value_parser = parse_quality)]
     pub quality: Quality,
     /// Only images inside this box: west,south,east,north in degrees.
     #[arg(long, value_name = "W,S,E,N", value_parser = parse_bbox, allow_hyphen_values = true)]
     pub bbox: Option<Bbox>,
+    /// Only images captured at or after this date (YYYY-MM-DD, midnight UTC, or RFC 3339).
+    #[arg(long, value_name = "DATE", value_parser = parse_date_arg)]
+    pub since: Option<i64>,
+    /// Only images captured before this date (YYYY-MM-DD, midnight UTC, or RFC 3339).
+    #[arg(long, value_name = "DATE", value_parser = parse_date_arg)]
+    pub until: Option<i64>,
+    /// Only panoramas (`only`) or no panoramas (`exclude`).
+    #[arg(long, value_name = "only|exclude", value_parser = parse_pano)]
+    pub pano: Option<Pano>,
     /// Where the database and archive live.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
@@ -93,5 +113,15 @@ pub fn parse_quality(s: &str) -> Result<Quality, String> {
 
 /// Parses `--bbox W,S,E,N` for clap.
 pub fn parse_bbox(s: &str) -> Result<Bbox, String> {
+    s.parse()
+}
+
+/// Parses `--since` / `--until` for clap (Unix ms).
+pub fn parse_date_arg(s: &str) -> Result<i64, String> {
+    parse_date(s)
+}
+
+/// Parses `--pano` for clap.
+pub fn parse_pano(s: &str) -> Result<Pano, String> {
     s.parse()
 }

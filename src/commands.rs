@@ -6,7 +6,8 @@
 use crate::cli::{Cli, Command, DownloadArgs, ServeArgs, StatusArgs};
 use crate::config::{self, FlagOverrides, Settings};
 use crate::oneshot::{self, DownloadRequest, RunEnd};
-use crate::{app, status, telemetry};
+use crate::selection::{Filters, JobSpec};
+use crate::{app, estimate, status, telemetry};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -78,10 +79,19 @@ async fn download(config_file: Option<PathBuf>, args: DownloadArgs) -> Result<Ex
     })?;
     let request = DownloadRequest {
         usernames: args.usernames,
+        organizations: args.organizations,
+        sequences: args.sequences,
+        images: args.images,
         quality: args.quality,
-        bbox: args.bbox,
+        filters: Filters {
+            bbox: args.bbox,
+            start_captured_at: args.since,
+            end_captured_at: args.until,
+            pano: args.pano.unwrap_or_default(),
+        },
+        ..DownloadRequest::default()
     };
-    oneshot::validate_request(&request).map_err(usage_error)?;
+    let specs = request.specs().map_err(usage_error)?;
     let token = token()?;
     // Bars and info logs fight over a terminal; keep logs to warnings there.
     if std::io::IsTerminal::is_terminal(&std::io::stderr())
@@ -91,9 +101,9 @@ async fn download(config_file: Option<PathBuf>, args: DownloadArgs) -> Result<Ex
     }
     telemetry::init(&settings.log);
     if args.dry_run {
-        return Ok(dry_run(&settings, token, &request).await);
+        return Ok(dry_run(&settings, token, &specs).await);
     }
-    let end = oneshot::download(&settings, token, &request, app::shutdown_signal())
+    let end = oneshot::download(&settings, token, &specs, app::shutdown_signal())
         .await
         .map_err(|e| {
             eprintln!("error: {e:#}");
@@ -175,20 +185,16 @@ async fn healthcheck(settings: &Settings, url: Option<String>) -> ExitCode {
 }
 
 /// `download --dry-run`: count and size estimate, nothing written.
-async fn dry_run(
-    settings: &Settings,
-    token: config::Secret,
-    request: &DownloadRequest,
-) -> ExitCode {
+async fn dry_run(settings: &Settings, token: config::Secret, specs: &[JobSpec]) -> ExitCode {
     let client = match app::client_settings(settings)
         .and_then(|cs| Ok(crate::mapillary::MapillaryClient::new(cs, token)?))
     {
         Ok(c) => c,
         Err(e) => return usage_error(e),
     };
-    for username in &request.usernames {
-        match oneshot::estimate(&client, settings, username, request.quality, request.bbox).await {
-            Ok(estimate) => println!("{}", oneshot::estimate_line(&estimate, request.quality)),
+    for spec in specs {
+        match estimate::estimate(&client, settings, spec).await {
+            Ok(found) => println!("{}", estimate::estimate_line(&found, spec.quality)),
             Err(e) if e.decision() == crate::mapillary::RetryDecision::PauseJob => {
                 return usage_error(format!(
                     "Mapillary rejected the access token ({e}): set a valid {}",
@@ -196,7 +202,7 @@ async fn dry_run(
                 ));
             }
             Err(e) => {
-                eprintln!("error: listing {username}'s images failed: {e}");
+                eprintln!("error: enumerating {} failed: {e}", spec.selection);
                 return ExitCode::from(1);
             }
         }

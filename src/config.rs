@@ -97,6 +97,8 @@ pub struct WorkerSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct JobSettings {
     pub stall_after_secs: u64,
+    /// Default re-sync interval of new jobs ("" = none).
+    pub resync_every: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -385,6 +387,8 @@ impl Settings {
                 return Err((key, format!("{value} is out of range {min}..={max}")));
             }
         }
+        self.default_resync()
+            .map_err(|reason| ("jobs.resync_every", reason))?;
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(("storage.data_dir", "must not be empty".into()));
         }
@@ -412,6 +416,16 @@ impl Settings {
             return Err(("api.token_file", reason));
         }
         read_secret_file(file).map_err(|reason| ("api.token_file", reason))
+    }
+
+    /// `jobs.resync_every`: the re-sync interval a new job gets when its
+    /// post does not say (`None`: never).
+    pub fn default_resync(&self) -> Result<Option<Duration>, String> {
+        let text = self.jobs.resync_every.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        crate::selection::parse_interval(text).map(Some)
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {

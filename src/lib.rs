@@ -1,7 +1,8 @@
 //! mapillary-downloader: a resumable, crash-safe archiver for Mapillary imagery.
 //!
 //! Module map:
-//! - [`model`]: image metadata, quality, bbox and the id rules that guard paths.
+//! - [`model`]: image metadata, quality, bbox, output format and the id rules that guard paths.
+//! - [`selection`]: what a job archives: one source and its filters, normalised.
 //! - [`config`]: layered, typed settings (defaults file, config file, env, flags); secrets redacted.
 //! - [`store`]: the SQLite job store; every SQL statement lives here.
 //! - [`mapillary`]: the Graph API and CDN client, its error classification and the shared rate limiter.
@@ -13,7 +14,7 @@
 //! - [`archive`]: the on-disk layout and durable writes (`.part`, fsync, rename, fsync dir).
 //! - [`engine`]: enumerators, the dispatcher, workers and the supervisor; crash recovery and shutdown.
 //! - [`app`]: wiring for `serve`: store + client + engine + HTTP server, and signal handling.
-//! - [`oneshot`]: the `download` command (engine in-process until done) and the `--dry-run` size estimate.
+//! - [`oneshot`]: the `download` command (engine in-process until done). [`estimate`]: its `--dry-run`.
 //! - [`progress`]: progress bars on a terminal, plain lines elsewhere; pure rendering helpers.
 //! - [`status`]: the status report shared by `GET /status` and the `status` command.
 //! - [`commands`]: per-subcommand glue and exit codes. [`cli`]: the clap command line. [`telemetry`]: tracing setup.
@@ -26,12 +27,14 @@ pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod engine;
+pub mod estimate;
 pub mod exif;
 pub mod mapillary;
 pub mod model;
 pub mod oneshot;
 pub mod progress;
 pub mod secret;
+pub mod selection;
 pub mod stats;
 pub mod status;
 pub mod store;

@@ -183,9 +183,10 @@ impl Storable for ImageMeta {
 }
 
 /// The image size a job downloads. Serialised as the API's strings: `original`, `2048`, `1024`, `256`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Quality {
     #[serde(rename = "original")]
+    #[default]
     Original,
     #[serde(rename = "2048")]
     Q2048,
@@ -238,6 +239,94 @@ impl FromStr for Quality {
             .ok_or_else(|| {
                 format!("unknown quality {s:?}: expected one of original, 2048, 1024, 256")
             })
+    }
+}
+
+/// The file format a job archives in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputFormat {
+    /// The CDN's JPEG, tagged: `<id>.jpg`.
+    #[default]
+    Jpeg,
+    /// Re-encoded lossy WebP with the same tags: `<id>.webp`, in a
+    /// `-webp` collection.
+    Webp,
+}
+
+impl OutputFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputFormat::Jpeg => "jpeg",
+            OutputFormat::Webp => "webp",
+        }
+    }
+
+    /// The collection folder's suffix: the Python tool's `-webp`.
+    pub fn collection_suffix(self) -> &'static str {
+        match self {
+            OutputFormat::Jpeg => "",
+            OutputFormat::Webp => "-webp",
+        }
+    }
+}
+
+impl FromStr for OutputFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "jpeg" => Ok(OutputFormat::Jpeg),
+            "webp" => Ok(OutputFormat::Webp),
+            other => Err(format!("unknown format {other:?}: expected jpeg or webp")),
+        }
+    }
+}
+
+/// How a job's collections are packaged when it finishes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Packaging {
+    /// Loose files in date folders.
+    #[default]
+    None,
+    /// One tar per capture date, plus the Internet Archive's item files.
+    Tar,
+}
+
+impl Packaging {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Packaging::None => "none",
+            Packaging::Tar => "tar",
+        }
+    }
+}
+
+impl FromStr for Packaging {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Packaging::None),
+            "tar" => Ok(Packaging::Tar),
+            other => Err(format!("unknown package {other:?}: expected none or tar")),
+        }
+    }
+}
+
+/// The collection folder of a contributor's images:
+/// `mapillary-<username>-<quality>[-webp]`. A username that is not a safe
+/// path component (or none at all) gives the `unknown` collection.
+pub fn collection_name(username: Option<&str>, quality: Quality, format: OutputFormat) -> String {
+    let user = username
+        .filter(|u| validate_username(u).is_ok())
+        .unwrap_or("unknown");
+    format!("mapillary-{user}-{quality}{}", format.collection_suffix())
+}
+
+impl ImageMeta {
+    /// `creator.username`, as the API serves it (not validated).
+    pub fn creator_username(&self) -> Option<&str> {
+        self.extra.get("creator")?.get("username")?.as_str()
     }
 }
 

@@ -11,7 +11,8 @@ use std::time::Duration;
 /// A job's progress at one instant, with rates measured by the caller.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobProgress {
-    pub username: String,
+    /// What the job archives, in a few words.
+    pub selection: String,
     pub quality: String,
     pub done: u64,
     pub failed: u64,
@@ -27,7 +28,7 @@ pub struct JobProgress {
 impl JobProgress {
     pub fn from_job(job: &Job, images_per_sec: f64, bytes_per_sec: f64) -> JobProgress {
         JobProgress {
-            username: job.username.clone(),
+            selection: job.selection.summary(),
             quality: job.quality.to_string(),
             done: job.counts.done,
             failed: job.counts.failed,
@@ -74,7 +75,7 @@ impl JobProgress {
         };
         format!(
             "{} [{}] {}: {} images{failed}, {}, {}, {:.1} images/s, ETA {eta}",
-            self.username,
+            self.selection,
             self.quality,
             self.state.as_str(),
             self.count_text(),
@@ -166,7 +167,7 @@ impl Reporter {
                                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                                 .progress_chars("=> "),
                         );
-                        bar.set_prefix(format!("{} [{}]", p.username, p.quality));
+                        bar.set_prefix(format!("{} [{}]", p.selection, p.quality));
                         bar
                     });
                     bar.set_length(p.discovered.max(1));
@@ -224,7 +225,7 @@ mod tests {
 
     fn progress() -> JobProgress {
         JobProgress {
-            username: "alice".into(),
+            selection: "user alice".into(),
             quality: "original".into(),
             done: 1500,
             failed: 0,
@@ -258,7 +259,7 @@ mod tests {
     fn plain_line_is_plain() {
         let line = progress().plain_line();
         assert!(
-            line.starts_with("alice [original] downloading: 1,500/4,500 images"),
+            line.starts_with("user alice [original] downloading: 1,500/4,500 images"),
             "{line}"
         );
         assert!(line.contains("ETA 5m"), "{line}");

@@ -110,7 +110,7 @@ pub async fn print_status(db: &Path, json: bool) -> anyhow::Result<()> {
 pub fn render_table(jobs: &[Job]) -> String {
     let header = [
         "ID",
-        "USER",
+        "SELECTION",
         "QUALITY",
         "STATE",
         "DONE/DISCOVERED",
@@ -123,8 +123,8 @@ pub fn render_table(jobs: &[Job]) -> String {
         .map(|j| {
             [
                 j.id.to_string(),
-                j.username.clone(),
-                j.quality.to_string(),
+                j.selection.to_string(),
+                format!("{}{}", j.quality, j.format.collection_suffix()),
                 j.state.as_str().to_string(),
                 format!(
                     "{}/{}{}",

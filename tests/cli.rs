@@ -287,7 +287,7 @@ async fn status_works_beside_a_running_daemon() {
     assert_plain(&stdout);
     let header = stdout.lines().next().unwrap_or_default();
     for column in [
-        "USER",
+        "SELECTION",
         "QUALITY",
         "STATE",
         "DONE/DISCOVERED",

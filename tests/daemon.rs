@@ -6,6 +6,7 @@ mod common;
 
 use common::{TestDaemon, test_settings};
 use mapillary_downloader::model::{self, ImageMeta};
+use mapillary_downloader::selection::JobSpec;
 use mld_testkit::archive_check::{check_collection, image_path};
 use mld_testkit::fake::{
     DEFAULT_TOKEN, FakeConfig, FakeImage, FakeMapillary, Fault, Faults, Quality, Route,
@@ -344,7 +345,7 @@ async fn stale_urls_are_refreshed_fifty_at_a_time() {
     let now = chrono::Utc::now().timestamp_millis();
     let store = Store::open(&dir.path().join("mapillary.db")).await.unwrap();
     let job = store
-        .submit_job("ivy", model::Quality::Original, None, now)
+        .submit_job(&JobSpec::user("ivy", model::Quality::Original), now)
         .await
         .unwrap()
         .job()
@@ -358,10 +359,7 @@ async fn stale_urls_are_refreshed_fifty_at_a_time() {
             m.to()
         })
         .collect();
-    store
-        .insert_page(job.id, model::Quality::Original, &stale, None, now)
-        .await
-        .unwrap();
+    store.insert_page(job.id, &stale, None, now).await.unwrap();
     store
         .transition_job(job.id, &[JobState::Queued], JobState::Downloading, now)
         .await

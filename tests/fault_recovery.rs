@@ -6,6 +6,7 @@
 mod common;
 
 use common::{TestDaemon, test_settings};
+use mapillary_downloader::selection::JobSpec;
 use mapillary_downloader::store::{FailReason, ImageState, JobState, Store};
 use mld_testkit::archive_check::check_collection;
 use mld_testkit::fake::{DEFAULT_TOKEN, FakeConfig, FakeImage, FakeMapillary, Faults, Quality};
@@ -51,7 +52,7 @@ async fn job_with_stale_urls(
     let now = chrono::Utc::now().timestamp_millis();
     let store = Store::open(&data_dir.join("mapillary.db")).await.unwrap();
     let job = store
-        .submit_job(username, model::Quality::Original, None, now)
+        .submit_job(&JobSpec::user(username, model::Quality::Original), now)
         .await
         .unwrap()
         .job()
@@ -65,10 +66,7 @@ async fn job_with_stale_urls(
             meta
         })
         .collect();
-    store
-        .insert_page(job.id, model::Quality::Original, &stale, None, now)
-        .await
-        .unwrap();
+    store.insert_page(job.id, &stale, None, now).await.unwrap();
     store
         .transition_job(job.id, &[JobState::Queued], JobState::Downloading, now)
         .await
@@ -130,10 +128,12 @@ async fn images_deleted_mid_run_fail_as_deleted_and_the_rest_is_archived() {
     let started = Instant::now();
     let (_, job) = daemon.post_job(json!({"username": "dora"})).await;
     let id = job_id(&job);
-    // A few seconds in: some images archived, most still to come.
+    // A few seconds in: every image discovered, some archived, most still
+    // to come. (An image deleted before it is listed is never discovered.)
     loop {
         let job = daemon.job(id).await;
-        if job["counts"]["done"].as_u64().unwrap_or(0) >= 150 {
+        if job["counts"]["done"].as_u64().unwrap_or(0) >= 150 && job["enumeration_complete"] == true
+        {
             break;
         }
         assert!(started.elapsed() < LONG, "no progress: {job}");

@@ -5,6 +5,7 @@
 use mapillary_downloader::api::{self, AppState};
 use mapillary_downloader::model::{ImageMeta, Quality};
 use mapillary_downloader::secret::Secret;
+use mapillary_downloader::selection::JobSpec;
 use mapillary_downloader::stats::Stats;
 use mapillary_downloader::store::{JobState, RetryPolicy, Store, StoreError, Submitted};
 use mld_testkit::api_client::ApiClient;
@@ -38,6 +39,7 @@ async fn start(token: Option<&str>) -> Server {
         stats: stats.clone(),
         api_token: token.map(Secret::new),
         started: Instant::now(),
+        default_resync: None,
     };
     let server = api::bind("127.0.0.1:0".parse().unwrap(), state)
         .await
@@ -153,7 +155,7 @@ async fn enumerate(server: &Server, id: i64, first: u64, n: u64) {
     let images: Vec<ImageMeta> = (first..first + n).map(image).collect();
     server
         .store
-        .insert_page(id, Quality::Original, &images, None, now_ms())
+        .insert_page(id, &images, None, now_ms())
         .await
         .unwrap();
 }
@@ -212,7 +214,10 @@ async fn create_answers_201_then_200_for_the_same_key() {
     let bbox = Some(mapillary_downloader::model::Bbox::new(1.0, 2.0, 3.0, 4.0).unwrap());
     let found = server
         .store
-        .submit_job("alice", Quality::Original, bbox, now_ms())
+        .submit_job(
+            &JobSpec::user("alice", Quality::Original).with_bbox(bbox),
+            now_ms(),
+        )
         .await
         .unwrap();
     assert!(matches!(found, Submitted::Existing(_)), "{found:?}");
@@ -226,7 +231,10 @@ async fn api_dedupes_jobs_the_store_created() {
     let bbox = Some(mapillary_downloader::model::Bbox::new(-0.5, 10.25, 0.125, 11.0).unwrap());
     let job = server
         .store
-        .submit_job("carol", Quality::Q1024, bbox, now_ms())
+        .submit_job(
+            &JobSpec::user("carol", Quality::Q1024).with_bbox(bbox),
+            now_ms(),
+        )
         .await
         .unwrap()
         .job()
@@ -302,7 +310,13 @@ async fn posting_a_done_job_starts_a_resync() {
     let stored = server.store.find_job(id).await.unwrap().unwrap();
     assert!(!stored.enumeration_complete);
     assert_eq!(stored.state, JobState::Enumerating);
-    assert_eq!(stored.cursor, None);
+    let part = server
+        .store
+        .current_part(id)
+        .await
+        .unwrap()
+        .expect("a fresh first part");
+    assert_eq!(part.cursor, None, "the re-sync lists from the first page");
     tokio::time::timeout(Duration::from_secs(2), woken)
         .await
         .expect("the engine is woken after a re-sync")
@@ -731,7 +745,8 @@ async fn metrics_are_valid_prometheus_text() {
             .map(|(_, v)| *v)
             .unwrap_or_else(|| panic!("no sample {prefix}\n{text}"))
     };
-    let labels = format!(r#"job="{id}",username="zoë\"x",quality="original""#);
+    let labels =
+        format!(r#"job_id="{id}",source_kind="username",summary="user zoë\"x",quality="original""#);
     assert_eq!(
         find(&format!(
             r#"mapillary_job_images{{{labels},state="pending"}}"#
@@ -874,6 +889,12 @@ fn bad_post(body: &str, status: u16, says: &'static str) -> BadRequest {
 }
 
 fn malformed_requests() -> Vec<BadRequest> {
+    let ids = |n: usize| -> String {
+        let list: Vec<String> = (1..=n).map(|i| format!("\"{i}\"")).collect();
+        list.join(",")
+    };
+    let too_many_sequences = format!(r#"{{"sequence_ids":[{}]}}"#, ids(1001));
+    let too_many_images = format!(r#"{{"image_ids":[{}]}}"#, ids(10_001));
     let long_name = format!(r#"{{"username":"{}"}}"#, "x".repeat(101));
     let long_name: &'static str = Box::leak(long_name.into_boxed_str());
     vec![
@@ -901,7 +922,84 @@ fn malformed_requests() -> Vec<BadRequest> {
         bad_post("[]", 422, "invalid request"),
         bad_post(r#""alice""#, 422, "invalid request"),
         bad_post("null", 422, "invalid request"),
-        bad_post("{}", 422, "missing field `username`"),
+        bad_post("{}", 422, "exactly one source"),
+        // Sources: exactly one, each checked.
+        bad_post(
+            r#"{"username":"a","image_ids":["1"]}"#,
+            422,
+            "got username and image_ids",
+        ),
+        bad_post(
+            r#"{"organization_id":"1","sequence_ids":["s"]}"#,
+            422,
+            "got organization_id and sequence_ids",
+        ),
+        bad_post(r#"{"organization_id":""}"#, 422, "organization_id: "),
+        bad_post(r#"{"organization_id":"12-3"}"#, 422, "1-32 digits"),
+        bad_post(r#"{"organization_id":123}"#, 422, "string of digits"),
+        bad_post(r#"{"sequence_ids":[]}"#, 422, "at least one id"),
+        bad_post(r#"{"sequence_ids":"s"}"#, 422, "must be an array"),
+        bad_post(r#"{"sequence_ids":[1]}"#, 422, "must hold strings"),
+        bad_post(r#"{"sequence_ids":["../x"]}"#, 422, "invalid sequence id"),
+        bad_post(&too_many_sequences, 422, "at most 1000"),
+        bad_post(r#"{"image_ids":[]}"#, 422, "at least one id"),
+        bad_post(r#"{"image_ids":[123]}"#, 422, "must hold strings"),
+        bad_post(r#"{"image_ids":["12a"]}"#, 422, "invalid image id"),
+        bad_post(r#"{"image_ids":[""]}"#, 422, "invalid image id"),
+        bad_post(&too_many_images, 422, "at most 10000"),
+        // Filters.
+        bad_post(
+            r#"{"username":"a","start_captured_at":"2024-02-30"}"#,
+            422,
+            "start_captured_at",
+        ),
+        bad_post(
+            r#"{"username":"a","end_captured_at":"tomorrow"}"#,
+            422,
+            "end_captured_at",
+        ),
+        bad_post(
+            r#"{"username":"a","start_captured_at":1704067200000}"#,
+            422,
+            "must be a date string",
+        ),
+        bad_post(
+            r#"{"username":"a","start_captured_at":"2024-01-01","end_captured_at":"2024-01-01T00:00:00Z"}"#,
+            422,
+            "not before end_captured_at",
+        ),
+        bad_post(
+            r#"{"username":"a","pano":"yes"}"#,
+            422,
+            "unknown pano value",
+        ),
+        bad_post(r#"{"username":"a","pano":1}"#, 422, "pano must be one of"),
+        bad_post(r#"{"username":"a","format":"gif"}"#, 422, "unknown format"),
+        bad_post(
+            r#"{"username":"a","package":"zip"}"#,
+            422,
+            "unknown package",
+        ),
+        bad_post(
+            r#"{"username":"a","resync_every":"1m"}"#,
+            422,
+            "10-minute minimum",
+        ),
+        bad_post(
+            r#"{"username":"a","resync_every":"soon"}"#,
+            422,
+            "not a duration",
+        ),
+        bad_post(
+            r#"{"username":"a","resync_every":"400d"}"#,
+            422,
+            "longer than a year",
+        ),
+        bad_post(
+            r#"{"username":"a","resync_every":3600}"#,
+            422,
+            "resync_every must be null",
+        ),
         bad_post(r#"{"username":""}"#, 422, "must not be empty"),
         bad_post(long_name, 422, "longer than 100 bytes"),
         bad_post(r#"{"username":"a/b"}"#, 422, "forbidden character"),
@@ -1086,9 +1184,9 @@ async fn malformed_requests_are_refused_and_write_nothing() {
 }
 
 #[tokio::test]
-async fn bodies_over_64_kib_are_refused_with_413() {
+async fn bodies_over_256_kib_are_refused_with_413() {
     let server = start(None).await;
-    let padding = " ".repeat(64 * 1024);
+    let padding = " ".repeat(256 * 1024);
     let body = format!(r#"{{"username":"big"{padding}}}"#);
     let response = server
         .client()
@@ -1100,11 +1198,11 @@ async fn bodies_over_64_kib_are_refused_with_413() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
     let body: Value = response.json().await.unwrap();
-    assert!(error_message(&body).contains("65536"), "{body}");
+    assert!(error_message(&body).contains("262144"), "{body}");
 
     // Streamed without Content-Length: still refused.
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..80).map(|_| Ok(vec![b' '; 1024])).collect();
+        (0..300).map(|_| Ok(vec![b' '; 1024])).collect();
     let response = server
         .client()
         .post(server.url("/jobs"))
@@ -1118,7 +1216,7 @@ async fn bodies_over_64_kib_are_refused_with_413() {
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
 
     // Just under the limit is fine.
-    let padding = " ".repeat(60 * 1024);
+    let padding = " ".repeat(250 * 1024);
     let response = server
         .client()
         .post(server.url("/jobs"))

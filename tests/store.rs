@@ -1,6 +1,7 @@
 //! The job store against a real SQLite file per test.
 
 use mapillary_downloader::model::{Bbox, GeoPoint, ImageMeta, Quality};
+use mapillary_downloader::selection::JobSpec;
 use mapillary_downloader::store::{
     ClaimedImage, Counts, DeferPolicy, FailOutcome, FailReason, ImageState, Job, JobState, Lease,
     PauseReason, RetryPolicy, Store, StoreError, StoreResult,
@@ -163,7 +164,7 @@ impl StoreExt for Store {
         now: i64,
     ) -> StoreResult<Job> {
         Ok(self
-            .submit_job(username, quality, bbox, now)
+            .submit_job(&JobSpec::user(username, quality).with_bbox(bbox), now)
             .await?
             .job()
             .clone())
@@ -193,22 +194,28 @@ impl StoreExt for Store {
         bbox: Option<Bbox>,
     ) -> StoreResult<Option<Job>> {
         Ok(self.list_jobs().await?.into_iter().rev().find(|j| {
-            j.username == username
+            j.username() == Some(username)
                 && j.quality == quality
-                && j.bbox == bbox
+                && j.selection.filters.bbox == bbox
                 && j.state != JobState::Cancelled
         }))
     }
 
     async fn job_cursor(&self, id: i64) -> StoreResult<Option<String>> {
-        let job = self.find_job(id).await?.ok_or(StoreError::NoSuchJob(id))?;
-        Ok(job.cursor)
+        self.find_job(id).await?.ok_or(StoreError::NoSuchJob(id))?;
+        Ok(self.current_part(id).await?.and_then(|part| part.cursor))
     }
 
     async fn restart_enumeration(&self, id: i64, now: i64) -> StoreResult<()> {
         let job = self.find_job(id).await?.ok_or(StoreError::NoSuchJob(id))?;
-        self.submit_job(&job.username, job.quality, job.bbox, now)
-            .await?;
+        let spec = JobSpec {
+            selection: job.selection.clone(),
+            quality: job.quality,
+            format: job.format,
+            package: job.package,
+            resync: mapillary_downloader::selection::Resync::Keep,
+        };
+        self.submit_job(&spec, now).await?;
         Ok(())
     }
 
@@ -305,7 +312,7 @@ async fn jobs_are_created_found_by_key_and_listed() {
         .await
         .unwrap();
     assert_eq!(a.state, JobState::Queued);
-    assert_eq!(a.bbox, Some(bbox));
+    assert_eq!(a.selection.filters.bbox, Some(bbox));
     assert_eq!(a.created_at, "1970-01-01T00:00:01.000Z");
     assert_eq!(a.counts, Counts::default());
     assert!(!a.enumeration_complete);
@@ -392,13 +399,7 @@ async fn page_insert_is_idempotent_and_stores_the_cursor() {
     let job = active_job(s, "alice").await;
 
     let new = s
-        .insert_page(
-            job,
-            Quality::Original,
-            &metas(1..=3),
-            Some("https://h/images?after=c1"),
-            10,
-        )
+        .insert_page(job, &metas(1..=3), Some("https://h/images?after=c1"), 10)
         .await
         .unwrap();
     assert_eq!(new, 3);
@@ -409,25 +410,13 @@ async fn page_insert_is_idempotent_and_stores_the_cursor() {
 
     // Overlapping page: only the unseen image is new.
     let new = s
-        .insert_page(
-            job,
-            Quality::Original,
-            &metas(2..=4),
-            Some("https://h/images?after=c2"),
-            20,
-        )
+        .insert_page(job, &metas(2..=4), Some("https://h/images?after=c2"), 20)
         .await
         .unwrap();
     assert_eq!(new, 1);
     // The same id twice inside one page counts once.
     let new = s
-        .insert_page(
-            job,
-            Quality::Original,
-            &metas([5, 5]),
-            Some("https://h/images?after=c3"),
-            30,
-        )
+        .insert_page(job, &metas([5, 5]), Some("https://h/images?after=c3"), 30)
         .await
         .unwrap();
     assert_eq!(new, 1);
@@ -437,14 +426,11 @@ async fn page_insert_is_idempotent_and_stores_the_cursor() {
     assert!(!j.enumeration_complete);
 
     // The last page completes enumeration and clears the cursor.
-    let new = s
-        .insert_page(job, Quality::Original, &metas(5..=6), None, 40)
-        .await
-        .unwrap();
+    let new = s.insert_page(job, &metas(5..=6), None, 40).await.unwrap();
     assert_eq!(new, 1);
     let j = s.find_job(job).await.unwrap().unwrap();
     assert!(j.enumeration_complete);
-    assert_eq!(j.cursor, None);
+    assert_eq!(s.current_part(job).await.unwrap(), None, "every part done");
     assert_eq!(j.counts.discovered, 6);
 
     // Stored metadata has no URL; the url column has the job quality's URL.
@@ -468,22 +454,21 @@ async fn page_insert_is_idempotent_and_stores_the_cursor() {
     assert_eq!(j.state, JobState::Enumerating);
     assert!(!j.enumeration_complete);
     let new = s
-        .insert_page(job, Quality::Original, &metas(1..=8), None, 70)
+        .insert_page(job, &metas(1..=8), Some("https://h/images?after=R"), 70)
         .await
         .unwrap();
     assert_eq!(new, 2);
 
     // A large page crosses every chunk size and still counts right.
     let big = s
-        .insert_page(job, Quality::Original, &metas(1..=2_345), None, 80)
+        .insert_page(job, &metas(1..=2_345), None, 80)
         .await
         .unwrap();
     assert_eq!(big, 2_345 - 8);
     assert_eq!(counts(s, job).await.discovered, 2_345);
 
     assert!(matches!(
-        s.insert_page(777, Quality::Original, &metas([1]), None, 1)
-            .await,
+        s.insert_page(777, &metas([1]), None, 1).await,
         Err(StoreError::NoSuchJob(777))
     ));
 }
@@ -493,15 +478,9 @@ async fn a_failing_page_insert_leaves_rows_and_cursor_unchanged() {
     let f = fixture().await;
     let s = &f.store;
     let job = active_job(s, "alice").await;
-    s.insert_page(
-        job,
-        Quality::Original,
-        &metas(1..=2),
-        Some("https://h/?after=c1"),
-        10,
-    )
-    .await
-    .unwrap();
+    s.insert_page(job, &metas(1..=2), Some("https://h/?after=c1"), 10)
+        .await
+        .unwrap();
 
     let pool = raw(&f.path).await;
     sqlx::query(
@@ -517,13 +496,7 @@ async fn a_failing_page_insert_leaves_rows_and_cursor_unchanged() {
     let mut page = metas(3..=400);
     page.push(meta("boom", None));
     let err = s
-        .insert_page(
-            job,
-            Quality::Original,
-            &page,
-            Some("https://h/?after=c2"),
-            20,
-        )
+        .insert_page(job, &page, Some("https://h/?after=c2"), 20)
         .await
         .unwrap_err();
     assert!(err.to_string().contains("injected failure"), "{err}");
@@ -536,9 +509,7 @@ async fn a_failing_page_insert_leaves_rows_and_cursor_unchanged() {
     assert!(s.image_by_id(job, "3").await.unwrap().is_none());
     // The writer is usable after the rollback.
     assert_eq!(
-        s.insert_page(job, Quality::Original, &metas(3..=4), None, 30)
-            .await
-            .unwrap(),
+        s.insert_page(job, &metas(3..=4), None, 30).await.unwrap(),
         2
     );
 }
@@ -552,7 +523,7 @@ async fn claim_respects_limit_order_run_at_and_job_state() {
         .await
         .unwrap()
         .id;
-    s.insert_page(job, Quality::Q256, &metas(1..=5), None, 1_000)
+    s.insert_page(job, &metas(1..=5), None, 1_000)
         .await
         .unwrap();
     // A queued job's images are not handed out.
@@ -566,7 +537,7 @@ async fn claim_respects_limit_order_run_at_and_job_state() {
     let c = &first[0];
     assert_eq!(c.job_id, job);
     assert_eq!(c.quality, Quality::Q256);
-    assert_eq!(c.username, "alice");
+    assert_eq!(c.collection, "mapillary-alice-256");
     assert_eq!(c.lease.attempt, 1);
     assert_eq!(c.url.as_deref(), Some("https://cdn.example/1/256.jpg"));
     assert_eq!(stored(&c.meta), stored(&metas([1])[0]));
@@ -601,15 +572,9 @@ async fn paused_and_cancelled_jobs_are_not_claimed() {
     let a = active_job(s, "alice").await;
     let b = active_job(s, "bob").await;
     let c = active_job(s, "carol").await;
-    s.insert_page(a, Quality::Original, &metas(1..=3), None, 0)
-        .await
-        .unwrap();
-    s.insert_page(b, Quality::Original, &metas(10..=12), None, 0)
-        .await
-        .unwrap();
-    s.insert_page(c, Quality::Original, &metas(20..=22), None, 0)
-        .await
-        .unwrap();
+    s.insert_page(a, &metas(1..=3), None, 0).await.unwrap();
+    s.insert_page(b, &metas(10..=12), None, 0).await.unwrap();
+    s.insert_page(c, &metas(20..=22), None, 0).await.unwrap();
     s.set_job_state(a, JobState::Paused, None, 0).await.unwrap();
     s.set_job_state(c, JobState::Cancelled, None, 0)
         .await
@@ -617,7 +582,7 @@ async fn paused_and_cancelled_jobs_are_not_claimed() {
 
     let got = s.claim_as("w", 10, LEASE, 0).await.unwrap();
     assert_eq!(ids(&got), vec!["10", "11", "12"]);
-    assert!(got.iter().all(|c| c.username == "bob"));
+    assert!(got.iter().all(|c| c.collection == "mapillary-bob-original"));
     assert!(s.claim_as("w", 10, LEASE, 0).await.unwrap().is_empty());
 
     // An expired lease of a paused job is not reclaimed either.
@@ -641,9 +606,7 @@ async fn an_expired_lease_is_reclaimed_as_a_new_attempt() {
     let f = fixture().await;
     let s = &f.store;
     let job = active_job(s, "alice").await;
-    s.insert_page(job, Quality::Original, &metas([1]), None, 0)
-        .await
-        .unwrap();
+    s.insert_page(job, &metas([1]), None, 0).await.unwrap();
     let a = s
         .claim_as("A", 1, Duration::from_secs(10), 0)
         .await
@@ -681,9 +644,7 @@ async fn complete_is_fenced_by_owner_and_attempt() {
     let f = fixture().await;
     let s = &f.store;
     let job = active_job(s, "alice").await;
-    s.insert_page(job, Quality::Original, &metas([1]), None, 0)
-        .await
-        .unwrap();
+    s.insert_page(job, &metas([1]), None, 0).await.unwrap();
     let c = s.claim_as("w1", 1, LEASE, 0).await.unwrap().remove(0);
     let before = s.image_by_id(job, "1").await.unwrap().unwrap();
 
@@ -736,9 +697,7 @@ async fn fail_backs_off_then_fails_for_good_and_retry_requeues() {
     let f = fixture().await;
     let s = &f.store;
     let job = active_job(s, "alice").await;
-    s.insert_page(job, Quality::Original, &metas([1]), None, 0)
-        .await
-        .unwrap();
+    s.insert_page(job, &metas([1]), None, 0).await.unwrap();
 
     let mut now = 0;
     for attempt in 1..=2 {
@@ -818,9 +777,7 @@ async fn release_costs_no_attempt() {
     let f = fixture().await;
     let s = &f.store;
     let job = active_job(s, "alice").await;
-    s.insert_page(job, Quality::Original, &metas([1]), None, 0)
-        .await
-        .unwrap();
+    s.insert_page(job, &metas([1]), None, 0).await.unwrap();
     for _ in 0..5 {
         let c = s.claim_as("w", 1, LEASE, 100).await.unwrap().remove(0);
         assert_eq!(c.lease.attempt, 1);
@@ -846,9 +803,7 @@ async fn reset_in_flight_returns_rows_and_their_attempts() {
     let f = fixture().await;
     let s = &f.store;
     let job = active_job(s, "alice").await;
-    s.insert_page(job, Quality::Original, &metas(1..=4), None, 0)
-        .await
-        .unwrap();
+    s.insert_page(job, &metas(1..=4), None, 0).await.unwrap();
     let claimed = s.claim_as("w", 3, LEASE, 0).await.unwrap();
     assert!(
         s.complete_as(claimed[0].row_id(), "w", 1, 9, "p", 1)
@@ -892,18 +847,8 @@ async fn two_jobs_with_the_same_image_are_independent() {
     s.set_job_state(b, JobState::Downloading, None, 0)
         .await
         .unwrap();
-    assert_eq!(
-        s.insert_page(a, Quality::Original, &metas([42]), None, 0)
-            .await
-            .unwrap(),
-        1
-    );
-    assert_eq!(
-        s.insert_page(b, Quality::Q1024, &metas([42]), None, 0)
-            .await
-            .unwrap(),
-        1
-    );
+    assert_eq!(s.insert_page(a, &metas([42]), None, 0).await.unwrap(), 1);
+    assert_eq!(s.insert_page(b, &metas([42]), None, 0).await.unwrap(), 1);
     let got = s.claim_as("w", 10, LEASE, 0).await.unwrap();
     assert_eq!(got.len(), 1);
     let first = &got[0];
@@ -934,9 +879,7 @@ async fn finished_images_page_by_capture_time_with_missing_times_last() {
         meta("6", None),
         meta("7", Some(50)),
     ];
-    s.insert_page(job, Quality::Original, &page, None, 0)
-        .await
-        .unwrap();
+    s.insert_page(job, &page, None, 0).await.unwrap();
     for c in s.claim_as("w", 10, LEASE, 0).await.unwrap() {
         if c.image_id == "7" {
             // Failed images are not archived.
@@ -972,9 +915,7 @@ async fn update_urls_stores_refreshed_urls() {
     let f = fixture().await;
     let s = &f.store;
     let job = active_job(s, "alice").await;
-    s.insert_page(job, Quality::Original, &metas(1..=2), None, 0)
-        .await
-        .unwrap();
+    s.insert_page(job, &metas(1..=2), None, 0).await.unwrap();
     let one = s.image_by_id(job, "1").await.unwrap().unwrap();
     let two = s.image_by_id(job, "2").await.unwrap().unwrap();
     let updated = s
@@ -1039,15 +980,9 @@ async fn counters_always_equal_a_group_by_count() {
                 let job = jobs[rng.random_range(0..2)];
                 let start = rng.random_range(0..300u64);
                 let page = metas(start..start + rng.random_range(0..60));
-                s.insert_page(
-                    job,
-                    Quality::Original,
-                    &page,
-                    Some("https://h/?after=x"),
-                    now,
-                )
-                .await
-                .unwrap();
+                s.insert_page(job, &page, Some("https://h/?after=x"), now)
+                    .await
+                    .unwrap();
             }
             2 | 3 => {
                 let owner = format!("w{}", rng.random_range(0..4));
@@ -1155,7 +1090,7 @@ async fn concurrent_claimers_never_share_a_row() {
     let store = Arc::new(f.store);
     let job = active_job(&store, "alice").await;
     store
-        .insert_page(job, Quality::Original, &metas(1..=500), None, 0)
+        .insert_page(job, &metas(1..=500), None, 0)
         .await
         .unwrap();
     let mut tasks = Vec::new();
@@ -1202,11 +1137,11 @@ async fn the_token_never_reaches_the_database_files() {
     let next = format!(
         "https://graph.mapillary.com/images?creator_username=alice&fields=id&limit=2000&access_token={encoded}&after=QVFIUz"
     );
-    s.insert_page(job, Quality::Original, &metas(1..=50), Some(&next), 0)
+    s.insert_page(job, &metas(1..=50), Some(&next), 0)
         .await
         .unwrap();
     let raw_next = format!("https://graph.mapillary.com/images?access_token={TOKEN}&after=QVFIU2");
-    s.insert_page(job, Quality::Original, &metas(51..=60), Some(&raw_next), 0)
+    s.insert_page(job, &metas(51..=60), Some(&raw_next), 0)
         .await
         .unwrap();
     let cursor = s.job_cursor(job).await.unwrap().unwrap();
@@ -1249,7 +1184,7 @@ async fn read_only_store_reads_beside_a_live_writer_and_never_writes() {
     let writer = Store::open(&path).await.unwrap();
     let job = active_job(&writer, "alice").await;
     writer
-        .insert_page(job, Quality::Original, &metas(1..=3), None, 0)
+        .insert_page(job, &metas(1..=3), None, 0)
         .await
         .unwrap();
 
@@ -1320,11 +1255,11 @@ async fn claims_take_turns_between_active_jobs() {
     let first = active_job(&f.store, "big").await;
     let second = active_job(&f.store, "small").await;
     f.store
-        .insert_page(first, Quality::Original, &metas(1..=100), None, 1_000)
+        .insert_page(first, &metas(1..=100), None, 1_000)
         .await
         .unwrap();
     f.store
-        .insert_page(second, Quality::Original, &metas(201..=210), None, 1_000)
+        .insert_page(second, &metas(201..=210), None, 1_000)
         .await
         .unwrap();
     // Passing the job served last moves on to the next one, wrapping around.
@@ -1351,13 +1286,7 @@ async fn a_job_is_finished_only_while_nothing_is_pending_or_in_flight() {
     let job = active_job(&f.store, "fin").await;
     // Nothing pending and nothing in flight, but the listing is not over: not done.
     f.store
-        .insert_page(
-            job,
-            Quality::Original,
-            &metas([]),
-            Some("https://h/?after=a"),
-            500,
-        )
+        .insert_page(job, &metas([]), Some("https://h/?after=a"), 500)
         .await
         .unwrap();
     assert_eq!(counts(&f.store, job).await.discovered, 0);
@@ -1370,7 +1299,7 @@ async fn a_job_is_finished_only_while_nothing_is_pending_or_in_flight() {
         "enumeration incomplete"
     );
     f.store
-        .insert_page(job, Quality::Original, &metas(1..=2), None, 1_000)
+        .insert_page(job, &metas(1..=2), None, 1_000)
         .await
         .unwrap();
     assert!(
@@ -1420,7 +1349,7 @@ async fn deleted_images_fail_at_no_attempt_and_retry_leaves_them_unless_asked() 
     let f = fixture().await;
     let s = &f.store;
     let job = active_job(s, "alice").await;
-    s.insert_page(job, Quality::Original, &metas(1..=4), None, 1_000)
+    s.insert_page(job, &metas(1..=4), None, 1_000)
         .await
         .unwrap();
     let claimed = s.claim_as("w", 2, LEASE, 2_000).await.unwrap();
@@ -1488,9 +1417,7 @@ async fn deferrals_double_each_delay_up_to_the_cap_and_reset_on_completion() {
     let f = fixture().await;
     let s = &f.store;
     let job = active_job(s, "alice").await;
-    s.insert_page(job, Quality::Original, &metas([1]), None, 0)
-        .await
-        .unwrap();
+    s.insert_page(job, &metas([1]), None, 0).await.unwrap();
     let policy = DeferPolicy {
         base: Duration::from_millis(1_000),
         cap: Duration::from_millis(5_000),
@@ -1672,7 +1599,7 @@ async fn the_migration_recovers_pause_reasons_from_old_messages() {
         .await
         .unwrap()
         .into_iter()
-        .map(|j| (j.username, j.pause_reason))
+        .map(|j| (j.username().unwrap_or_default().to_string(), j.pause_reason))
         .collect();
     assert_eq!(
         reasons,
@@ -1690,7 +1617,7 @@ async fn jobs_without_progress_are_marked_stalled_and_unmarked_by_progress() {
     let f = fixture().await;
     let s = &f.store;
     let job = active_job(s, "alice").await;
-    s.insert_page(job, Quality::Original, &metas(1..=3), None, 10_000)
+    s.insert_page(job, &metas(1..=3), None, 10_000)
         .await
         .unwrap();
     // Progress at 10 s (the page); nothing since.

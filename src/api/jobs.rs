@@ -35,27 +35,26 @@ const CANCELLABLE: &[JobState] = &[
 /// Finished states that a retry brings back to work.
 const FINISHED: &[JobState] = &[JobState::Done, JobState::Failed];
 
-/// `POST /jobs`: 201 for a new job; 200 with the existing job when the same
-/// (username, quality, bbox) is already queued or running; 200 and a re-sync
+/// `POST /jobs`: 201 for a new job; 200 with the existing job when one with
+/// the same selection, quality, format and package is queued, running or
+/// paused (a different `resync_every` is applied to it); 200 and a re-sync
 /// when that job had finished. A cancelled job does not count.
 pub async fn create_job(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CreateJobRequest>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
-    let submitted = state
-        .store
-        .submit_job(&request.username, request.quality, request.bbox, now_ms())
-        .await?;
+    let spec = request.into_spec(state.default_resync)?;
+    let submitted = state.store.submit_job(&spec, now_ms()).await?;
     let (status, job) = match submitted {
         Submitted::Created(job) => {
-            tracing::info!(job = job.id, username = %job.username, quality = %job.quality, "job created");
+            tracing::info!(job = job.id, selection = %job.selection, quality = %job.quality, "job created");
             (StatusCode::CREATED, job)
         }
         Submitted::Resynced(job) => {
-            tracing::info!(job = job.id, username = %job.username, "finished job re-synced");
+            tracing::info!(job = job.id, selection = %job.selection, "finished job re-synced");
             (StatusCode::OK, job)
         }
-        Submitted::Existing(job) => return Ok((StatusCode::OK, Json(job))),
+        Submitted::Existing(job) => (StatusCode::OK, job),
     };
     state.wake_engine();
     Ok((status, Json(job)))

@@ -2,8 +2,9 @@
 //!
 //! Written by hand: the format is a few lines of text, and a metrics crate
 //! would add a global registry for numbers the store already keeps.
-//! Per-job series are labelled `job`, `username` and `quality`; the username is
-//! user input, so label values are escaped as the format requires.
+//! Per-job series are labelled `job_id`, `source_kind`, `summary` (at most 64
+//! characters) and `quality`; the summary holds user input, so label values
+//! are escaped as the format requires.
 
 use crate::api::AppState;
 use crate::api::error::ApiError;
@@ -169,11 +170,16 @@ impl Exposition {
         let _ = writeln!(self.text, "# TYPE {name} gauge");
     }
 
+    /// A job's labels: its id, the kind of source, a summary of the
+    /// selection (at most 64 characters: never a 10,000-id list) and the
+    /// quality.
     fn sample_job(&mut self, job: &Job, state: Option<&str>, value: f64) {
         let id = job.id.to_string();
+        let summary = job.selection.summary();
         let mut labels = vec![
-            ("job", id.as_str()),
-            ("username", job.username.as_str()),
+            ("job_id", id.as_str()),
+            ("source_kind", job.selection.source.kind()),
+            ("summary", summary.as_str()),
             ("quality", job.quality.as_str()),
         ];
         if let Some(state) = state {

@@ -36,6 +36,9 @@ pub struct AppState {
     pub api_token: Option<Secret>,
     /// Process start, for the uptime metric.
     pub started: Instant,
+    /// `jobs.resync_every`: a new job's re-sync interval when its post does
+    /// not say.
+    pub default_resync: Option<std::time::Duration>,
 }
 
 impl AppState {

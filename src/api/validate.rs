@@ -7,40 +7,246 @@
 //! Everything is checked before any handler runs, so bad input writes nothing.
 
 use crate::api::error::ApiError;
-use crate::model::{Bbox, Quality, validate_username};
+use crate::model::{Bbox, OutputFormat, Packaging, Quality, validate_username};
+use crate::selection::{
+    Filters, JobSpec, Pano, Resync, Selection, SelectionError, Source, parse_date, parse_interval,
+};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
+use std::time::Duration;
 
-/// Largest request body the API reads: bodies over 64 KiB are refused with 413.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest request body the API reads: 256 KiB (10,000 image ids fit);
+/// larger bodies are refused with 413.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
-/// The body of `POST /jobs`, fully validated once deserialised.
+/// The body of `POST /jobs`, each field checked as it is read. Exactly one
+/// source (`username`, `organization_id`, `sequence_ids`, `image_ids`) is
+/// checked by [`CreateJobRequest::into_spec`].
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJobRequest {
-    #[serde(deserialize_with = "username_field")]
-    pub username: String,
+    #[serde(default, deserialize_with = "username_field")]
+    pub username: Option<String>,
+    #[serde(default, deserialize_with = "organization_field")]
+    pub organization_id: Option<String>,
+    #[serde(default, deserialize_with = "sequence_ids_field")]
+    pub sequence_ids: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "image_ids_field")]
+    pub image_ids: Option<Vec<String>>,
     /// `original` when absent or null.
     #[serde(default = "default_quality", deserialize_with = "quality_field")]
     pub quality: Quality,
     /// No area filter when absent or null.
     #[serde(default, deserialize_with = "bbox_field")]
     pub bbox: Option<Bbox>,
+    #[serde(default, deserialize_with = "start_field")]
+    pub start_captured_at: Option<i64>,
+    #[serde(default, deserialize_with = "end_field")]
+    pub end_captured_at: Option<i64>,
+    #[serde(default, deserialize_with = "pano_field")]
+    pub pano: Pano,
+    #[serde(default, deserialize_with = "format_field")]
+    pub format: OutputFormat,
+    #[serde(default, deserialize_with = "package_field")]
+    pub package: Packaging,
+    #[serde(default, deserialize_with = "resync_field")]
+    pub resync_every: ResyncField,
+}
+
+/// `resync_every` as posted: absent (the configured default applies),
+/// `null` (never), or an interval.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ResyncField {
+    #[default]
+    Omitted,
+    Never,
+    Every(Duration),
+}
+
+impl CreateJobRequest {
+    /// The job it asks for: exactly one source, filters checked together,
+    /// lists normalised; `default_resync` (`jobs.resync_every`) when the
+    /// post has no `resync_every`.
+    pub fn into_spec(self, default_resync: Option<Duration>) -> Result<JobSpec, ApiError> {
+        let mut sources = Vec::new();
+        if let Some(name) = self.username {
+            sources.push(("username", Source::Username(name)));
+        }
+        if let Some(id) = self.organization_id {
+            sources.push(("organization_id", Source::Organization(id)));
+        }
+        if let Some(ids) = self.sequence_ids {
+            sources.push(("sequence_ids", Source::Sequences(ids)));
+        }
+        if let Some(ids) = self.image_ids {
+            sources.push(("image_ids", Source::Images(ids)));
+        }
+        let source = match sources.len() {
+            1 => sources.remove(0).1,
+            0 => {
+                return Err(ApiError::Unprocessable(
+                    "a job needs exactly one source: username, organization_id, sequence_ids or image_ids"
+                        .into(),
+                ));
+            }
+            _ => {
+                let names: Vec<&str> = sources.iter().map(|(name, _)| *name).collect();
+                return Err(ApiError::Unprocessable(format!(
+                    "a job takes exactly one source, got {}",
+                    names.join(" and ")
+                )));
+            }
+        };
+        let unprocessable = |e: SelectionError| ApiError::Unprocessable(e.to_string());
+        let filters = Filters {
+            bbox: self.bbox,
+            start_captured_at: self.start_captured_at,
+            end_captured_at: self.end_captured_at,
+            pano: self.pano,
+        }
+        .checked()
+        .map_err(unprocessable)?;
+        let selection = Selection {
+            source: source.normalized().map_err(unprocessable)?,
+            filters,
+        };
+        Ok(JobSpec {
+            selection,
+            quality: self.quality,
+            format: self.format,
+            package: self.package,
+            resync: Resync::Set(match self.resync_every {
+                ResyncField::Omitted => default_resync,
+                ResyncField::Never => None,
+                ResyncField::Every(interval) => Some(interval),
+            }),
+        })
+    }
 }
 
 fn default_quality() -> Quality {
     Quality::Original
 }
 
-fn username_field<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+fn username_field<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     match Value::deserialize(d)? {
+        Value::Null => Ok(None),
         Value::String(name) => {
             validate_username(&name).map_err(|e| D::Error::custom(format!("username: {e}")))?;
-            Ok(name)
+            Ok(Some(name))
         }
         other => Err(D::Error::custom(format!(
             "username must be a string, got {}",
+            kind(&other)
+        ))),
+    }
+}
+
+fn organization_field<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::String(id) => Ok(Some(id)),
+        other => Err(D::Error::custom(format!(
+            "organization_id must be a string of digits, got {}",
+            kind(&other)
+        ))),
+    }
+}
+
+/// A list of id strings; checked further (count, each id) by the source.
+fn id_list<'de, D: Deserializer<'de>>(
+    d: D,
+    field: &str,
+    what: &str,
+) -> Result<Option<Vec<String>>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::String(id) => Ok(id),
+                other => Err(D::Error::custom(format!(
+                    "{field} must hold strings ({what}), got {}",
+                    kind(&other)
+                ))),
+            })
+            .collect::<Result<Vec<String>, D::Error>>()
+            .map(Some),
+        other => Err(D::Error::custom(format!(
+            "{field} must be an array of {what}, got {}",
+            kind(&other)
+        ))),
+    }
+}
+
+fn sequence_ids_field<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    id_list(d, "sequence_ids", "sequence ids")
+}
+
+fn image_ids_field<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    id_list(d, "image_ids", "image ids of digits")
+}
+
+fn date_field<'de, D: Deserializer<'de>>(d: D, field: &str) -> Result<Option<i64>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::String(text) => parse_date(&text)
+            .map(Some)
+            .map_err(|e| D::Error::custom(format!("{field}: {e}"))),
+        other => Err(D::Error::custom(format!(
+            "{field} must be a date string (RFC 3339 or YYYY-MM-DD), got {}",
+            kind(&other)
+        ))),
+    }
+}
+
+fn start_field<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    date_field(d, "start_captured_at")
+}
+
+fn end_field<'de, D: Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    date_field(d, "end_captured_at")
+}
+
+/// A string naming one of a set of values (`null` gives the default).
+fn choice<'de, D: Deserializer<'de>, T: std::str::FromStr<Err = String> + Default>(
+    d: D,
+    field: &str,
+    choices: &str,
+) -> Result<T, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(T::default()),
+        Value::String(s) => s
+            .parse::<T>()
+            .map_err(|e| D::Error::custom(format!("{field}: {e}"))),
+        other => Err(D::Error::custom(format!(
+            "{field} must be one of the strings {choices}, got {}",
+            kind(&other)
+        ))),
+    }
+}
+
+fn pano_field<'de, D: Deserializer<'de>>(d: D) -> Result<Pano, D::Error> {
+    choice(d, "pano", "\"any\", \"only\", \"exclude\"")
+}
+
+fn format_field<'de, D: Deserializer<'de>>(d: D) -> Result<OutputFormat, D::Error> {
+    choice(d, "format", "\"jpeg\", \"webp\"")
+}
+
+fn package_field<'de, D: Deserializer<'de>>(d: D) -> Result<Packaging, D::Error> {
+    choice(d, "package", "\"none\", \"tar\"")
+}
+
+fn resync_field<'de, D: Deserializer<'de>>(d: D) -> Result<ResyncField, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(ResyncField::Never),
+        Value::String(text) => parse_interval(&text)
+            .map(ResyncField::Every)
+            .map_err(|e| D::Error::custom(format!("resync_every: {e}"))),
+        other => Err(D::Error::custom(format!(
+            "resync_every must be null or a duration string like \"6h\", got {}",
             kind(&other)
         ))),
     }
@@ -93,12 +299,21 @@ fn kind(value: &Value) -> &'static str {
 /// (wrong type, unknown field, bad value) is 422.
 pub fn parse_json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     use serde_json::error::Category;
-    serde_json::from_slice(body).map_err(|e| match e.classify() {
+    let classify = |e: serde_json::Error| match e.classify() {
         Category::Data => ApiError::Unprocessable(format!("invalid request: {e}")),
         Category::Syntax | Category::Eof | Category::Io => {
             ApiError::BadRequest(format!("request body is not valid JSON: {e}"))
         }
-    })
+    };
+    // Serde would read a struct from an array too; a request is an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        let value: Value = serde_json::from_slice(body).map_err(classify)?;
+        return Err(ApiError::Unprocessable(format!(
+            "invalid request: the body must be a JSON object, got {}",
+            kind(&value)
+        )));
+    }
+    serde_json::from_slice(body).map_err(classify)
 }
 
 /// Accepts `application/json`, with or without parameters such as a charset.
@@ -175,12 +390,50 @@ mod tests {
     #[test]
     fn minimal_request_defaults_quality_and_bbox() {
         let req = parse(r#"{"username":"alice"}"#).unwrap();
-        assert_eq!(req.username, "alice");
+        assert_eq!(req.username.as_deref(), Some("alice"));
         assert_eq!(req.quality, Quality::Original);
         assert_eq!(req.bbox, None);
         let req = parse(r#"{"username":"alice","quality":null,"bbox":null}"#).unwrap();
         assert_eq!(req.quality, Quality::Original);
         assert_eq!(req.bbox, None);
+    }
+
+    #[test]
+    fn selections_normalise_to_one_identity() {
+        let a = spec(
+            r#"{"image_ids":["30","4","30"],"start_captured_at":"2024-01-01","pano":"exclude"}"#,
+        )
+        .unwrap();
+        let b = spec(
+            r#"{"image_ids":["4","30"],"start_captured_at":"2024-01-01T00:00:00Z","pano":"exclude","quality":"original","format":"jpeg","package":"none"}"#,
+        )
+        .unwrap();
+        assert_eq!(a.key(), b.key());
+        assert_eq!(
+            a.selection.source,
+            Source::Images(vec!["4".into(), "30".into()])
+        );
+        let other = spec(r#"{"image_ids":["4","30"],"start_captured_at":"2024-01-02"}"#).unwrap();
+        assert_ne!(a.key(), other.key());
+        assert_eq!(a.resync, Resync::Set(None));
+        let every = parse(r#"{"username":"a","resync_every":"6h"}"#)
+            .unwrap()
+            .into_spec(Some(Duration::from_secs(60 * 60 * 24)))
+            .unwrap();
+        assert_eq!(
+            every.resync,
+            Resync::Set(Some(Duration::from_secs(6 * 3600)))
+        );
+        let default = parse(r#"{"username":"a"}"#)
+            .unwrap()
+            .into_spec(Some(Duration::from_secs(3600)))
+            .unwrap();
+        assert_eq!(default.resync, Resync::Set(Some(Duration::from_secs(3600))));
+        let never = parse(r#"{"username":"a","resync_every":null}"#)
+            .unwrap()
+            .into_spec(Some(Duration::from_secs(3600)))
+            .unwrap();
+        assert_eq!(never.resync, Resync::Set(None));
     }
 
     #[test]
@@ -190,7 +443,12 @@ mod tests {
         assert_eq!(req.bbox, Some(Bbox::new(1.0, 2.5, 3.0, 4.0).unwrap()));
     }
 
-    fn message(result: Result<CreateJobRequest, ApiError>) -> (u16, String) {
+    /// Parses and checks a body as `POST /jobs` does.
+    fn spec(body: &str) -> Result<JobSpec, ApiError> {
+        parse(body)?.into_spec(None)
+    }
+
+    fn message<T: std::fmt::Debug>(result: Result<T, ApiError>) -> (u16, String) {
         let err = result.unwrap_err();
         (err.status().as_u16(), err.to_string())
     }
@@ -207,7 +465,81 @@ mod tests {
             (r#"{"username":""}"#, 422, "empty"),
             (r#"{"username":"a/b"}"#, 422, "forbidden"),
             (r#"{"username":7}"#, 422, "username must be a string"),
-            (r#"{"quality":"256"}"#, 422, "missing field `username`"),
+            (r#"{"quality":"256"}"#, 422, "exactly one source"),
+            (
+                r#"{"username":"a","organization_id":"1"}"#,
+                422,
+                "exactly one source, got username and organization_id",
+            ),
+            (
+                r#"{"organization_id":12}"#,
+                422,
+                "organization_id must be a string",
+            ),
+            (r#"{"organization_id":"12a"}"#, 422, "organization_id: "),
+            (
+                r#"{"sequence_ids":[]}"#,
+                422,
+                "sequence_ids: must name at least one",
+            ),
+            (
+                r#"{"sequence_ids":"abc"}"#,
+                422,
+                "sequence_ids must be an array",
+            ),
+            (r#"{"sequence_ids":["a/b"]}"#, 422, "invalid sequence id"),
+            (r#"{"image_ids":[1]}"#, 422, "image_ids must hold strings"),
+            (r#"{"image_ids":["12x"]}"#, 422, "invalid image id"),
+            (
+                r#"{"username":"a","start_captured_at":"yesterday"}"#,
+                422,
+                "start_captured_at",
+            ),
+            (
+                r#"{"username":"a","end_captured_at":5}"#,
+                422,
+                "end_captured_at must be a date",
+            ),
+            (
+                r#"{"username":"a","start_captured_at":"2024-02-01","end_captured_at":"2024-01-01"}"#,
+                422,
+                "not before end_captured_at",
+            ),
+            (
+                r#"{"username":"a","pano":"sometimes"}"#,
+                422,
+                "pano: unknown pano value",
+            ),
+            (
+                r#"{"username":"a","pano":true}"#,
+                422,
+                "pano must be one of",
+            ),
+            (
+                r#"{"username":"a","format":"png"}"#,
+                422,
+                "format: unknown format",
+            ),
+            (
+                r#"{"username":"a","package":"zip"}"#,
+                422,
+                "package: unknown package",
+            ),
+            (
+                r#"{"username":"a","resync_every":"5m"}"#,
+                422,
+                "10-minute minimum",
+            ),
+            (
+                r#"{"username":"a","resync_every":"often"}"#,
+                422,
+                "resync_every",
+            ),
+            (
+                r#"{"username":"a","resync_every":6}"#,
+                422,
+                "resync_every must be null",
+            ),
             (
                 r#"{"username":"a","extra":1}"#,
                 422,
@@ -220,7 +552,7 @@ mod tests {
             (r#"{"username":"a"} x"#, 400, "not valid JSON"),
         ];
         for (body, status, needle) in cases {
-            let (got_status, got) = message(parse(body));
+            let (got_status, got) = message(spec(body));
             assert_eq!(got_status, status, "{body}: {got}");
             assert!(got.contains(needle), "{body}: {got:?} lacks {needle:?}");
         }
@@ -229,7 +561,7 @@ mod tests {
     #[test]
     fn oversized_username_is_refused() {
         let body = format!(r#"{{"username":"{}"}}"#, "x".repeat(101));
-        let (status, msg) = message(parse(&body));
+        let (status, msg) = message(spec(&body));
         assert_eq!(status, 422);
         assert!(msg.contains("longer than 100"), "{msg}");
         let body = format!(r#"{{"username":"{}"}}"#, "x".repeat(100));

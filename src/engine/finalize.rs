@@ -1,18 +1,18 @@
 //! Finishing a job: once enumeration is complete and no image is pending or
-//! in flight, write the collection's `metadata.jsonl` atomically, and only
-//! then mark the job done, in one conditional UPDATE that re-checks the
-//! counters. A crash in between simply repeats the whole step on restart.
+//! in flight, write the `metadata.jsonl` of every collection the job wrote to
+//! (atomically), and only then mark the job done, in one conditional UPDATE
+//! that re-checks the counters. A crash in between simply repeats the whole
+//! step on restart.
 
 use super::EngineContext;
 use crate::archive::{self, METADATA_FILE};
 use crate::clock::now_ms;
-use crate::store::{ArchivedImage, JobState, Store, StoreError};
-use std::collections::{HashSet, VecDeque};
+use crate::store::{JobState, Store};
 use std::io::Write;
 use tracing::info;
 
 /// Rows read per query while writing `metadata.jsonl`: memory stays flat
-/// whatever the account's size (invariant 11).
+/// whatever the collection's size (invariant 11).
 const METADATA_PAGE: u32 = 2000;
 
 /// Marks `job_id` done if its queue has drained. Returns whether it did.
@@ -25,14 +25,16 @@ pub async fn finish_job(ctx: &EngineContext, job_id: i64) -> anyhow::Result<bool
     if !drained || !matches!(job.state, JobState::Enumerating | JobState::Downloading) {
         return Ok(false);
     }
-    let collection = archive::collection_dir(&ctx.archive_dir, &job.username, job.quality)?;
-    write_metadata(ctx, &job.username, job.quality, &collection).await?;
+    for collection in ctx.store.job_collections(job_id).await? {
+        write_metadata(ctx, &collection).await?;
+    }
     // `.part` files are removed by every failed write and swept at startup;
     // sweeping here could hit another job's write in the shared folder.
     let finished = ctx.store.finish_job_if_drained(job_id, now_ms()).await?;
     if finished.is_some() {
         info!(
             job = job_id,
+            selection = %job.selection,
             done = job.counts.done,
             failed = job.counts.failed,
             bytes = job.bytes_done,
@@ -42,101 +44,52 @@ pub async fn finish_job(ctx: &EngineContext, job_id: i64) -> anyhow::Result<bool
     Ok(finished.is_some())
 }
 
-/// Writes every archived image of the collection, sorted by `captured_at`.
-/// Jobs that share a username and quality (different bboxes) share one
-/// folder, so their pages are merged, each image once.
-async fn write_metadata(
-    ctx: &EngineContext,
-    username: &str,
-    quality: crate::model::Quality,
-    collection: &std::path::Path,
-) -> anyhow::Result<()> {
-    let job_ids: Vec<i64> = ctx
-        .store
-        .list_jobs()
-        .await?
-        .into_iter()
-        .filter(|j| j.username == username && j.quality == quality)
-        .map(|j| j.id)
-        .collect();
-    let target = collection.join(METADATA_FILE);
+/// Writes every archived image of `collection`, sorted by `captured_at`,
+/// whichever jobs archived it, each image once. A collection with nothing
+/// archived yet gets no file.
+async fn write_metadata(ctx: &EngineContext, collection: &str) -> anyhow::Result<()> {
+    let folder = archive::collection_path(&ctx.archive_dir, collection)?;
+    let first = ctx.store.collection_images(collection, None, 1).await?;
+    if first.is_empty() {
+        return Ok(());
+    }
+    let target = folder.join(METADATA_FILE);
     let store = ctx.store.clone();
+    let collection = collection.to_string();
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         archive::write_atomically(&target, |out| {
-            let mut merge = MergedPages::new(&job_ids);
-            let mut current_key = None;
-            let mut written_at_key = HashSet::new();
-            while let Some(image) = handle
-                .block_on(merge.next(&store))
-                .map_err(std::io::Error::other)?
-            {
-                let key = capture_order(&image);
-                if current_key != Some(key) {
-                    current_key = Some(key);
-                    written_at_key.clear();
-                }
-                // The same image in two jobs of one collection is one line.
-                if written_at_key.insert(image.meta.id.clone()) {
-                    serde_json::to_writer(&mut *out, &image.meta)?;
-                    out.write_all(b"\n")?;
-                }
-            }
-            Ok(())
+            write_lines(&store, &collection, &handle, out).map_err(std::io::Error::other)
         })
     })
     .await??;
     Ok(())
 }
 
-fn capture_order(image: &ArchivedImage) -> i64 {
-    image.meta.captured_at.unwrap_or(i64::MAX)
-}
-
-/// A k-way merge of several jobs' archived images, each job read in pages
-/// in capture order, so memory holds one page per job.
-struct MergedPages {
-    cursors: Vec<JobCursor>,
-}
-
-struct JobCursor {
-    job_id: i64,
-    buffer: VecDeque<ArchivedImage>,
-    after: Option<i64>,
-    exhausted: bool,
-}
-
-impl MergedPages {
-    fn new(job_ids: &[i64]) -> MergedPages {
-        MergedPages {
-            cursors: job_ids
-                .iter()
-                .map(|&job_id| JobCursor {
-                    job_id,
-                    buffer: VecDeque::new(),
-                    after: None,
-                    exhausted: false,
-                })
-                .collect(),
-        }
-    }
-
-    async fn next(&mut self, store: &Store) -> Result<Option<ArchivedImage>, StoreError> {
-        for cursor in &mut self.cursors {
-            if cursor.buffer.is_empty() && !cursor.exhausted {
-                let page = store
-                    .finished_images(cursor.job_id, cursor.after, METADATA_PAGE)
-                    .await?;
-                cursor.exhausted = page.len() < METADATA_PAGE as usize;
-                cursor.after = page.last().map(|i| i.row_id).or(cursor.after);
-                cursor.buffer.extend(page);
+/// The lines of a collection's `metadata.jsonl`, page by page.
+fn write_lines(
+    store: &Store,
+    collection: &str,
+    handle: &tokio::runtime::Handle,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let mut after = None;
+    let mut previous_id: Option<String> = None;
+    loop {
+        let page =
+            handle.block_on(store.collection_images(collection, after.as_ref(), METADATA_PAGE))?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        after = Some(last.position.clone());
+        for image in page {
+            // The same image archived by two jobs comes twice, side by side.
+            if previous_id.as_deref() == Some(image.meta.id.as_str()) {
+                continue;
             }
+            serde_json::to_writer(&mut *out, &image.meta)?;
+            out.write_all(b"\n")?;
+            previous_id = Some(image.meta.id);
         }
-        let best = self
-            .cursors
-            .iter_mut()
-            .filter(|c| !c.buffer.is_empty())
-            .min_by_key(|c| c.buffer.front().map(capture_order));
-        Ok(best.and_then(|c| c.buffer.pop_front()))
     }
 }

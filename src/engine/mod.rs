@@ -215,6 +215,12 @@ async fn supervise_once(
     enumerators: &mut JoinSet<()>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
+    for job in ctx.store.start_due_resyncs(now_ms()).await? {
+        info!(
+            job,
+            "scheduled re-sync: listing the job's source again for new images"
+        );
+    }
     let jobs = ctx.store.jobs_in_states(ACTIVE).await?;
     for job in jobs {
         if !job.enumeration_complete {

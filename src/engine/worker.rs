@@ -78,8 +78,7 @@ pub async fn fetch(
             error: e.to_string(),
         })
     };
-    let collection = match archive::collection_dir(&ctx.archive_dir, &image.username, image.quality)
-    {
+    let collection = match archive::collection_path(&ctx.archive_dir, &image.collection) {
         Ok(dir) => dir,
         Err(e) => return give_up(e),
     };

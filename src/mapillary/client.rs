@@ -9,11 +9,12 @@
 use super::error::{MapillaryError, classify_api_status, classify_cdn_status, transport_error};
 use super::limiter::Limiter;
 use super::urls::{
-    endpoint, first_page_url, mentions_secret, onto_api_origin, strip_secret, url_expires_at,
+    endpoint, listing_url, mentions_secret, onto_api_origin, strip_secret, url_expires_at,
 };
 use crate::config::MapillarySettings;
 use crate::model::{Bbox, IMAGE_FIELDS, ImageMeta, ListedImage};
 use crate::secret::Secret;
+use crate::selection::{Filters, Source};
 use bytes::Bytes;
 use reqwest::StatusCode;
 use reqwest::header::{
@@ -175,10 +176,70 @@ impl MapillaryClient {
         &self.inner.limiter
     }
 
-    /// Token-free URL of the first `GET /images` page.
+    /// Token-free URL of a user's first `GET /images` page.
     pub fn first_page_url(&self, username: &str, bbox: Option<Bbox>) -> String {
-        let s = &self.inner.settings;
-        first_page_url(&s.api_url, username, s.page_size, bbox)
+        let filters = Filters {
+            bbox,
+            ..Filters::default()
+        };
+        let source = Source::Username(username.to_string());
+        self.listing_url(&source, &filters, bbox, self.inner.settings.page_size)
+    }
+
+    /// Token-free URL of the first `GET /images` page of a user's or an
+    /// organization's images in `tile`, with the selection's filters.
+    pub fn listing_url(
+        &self,
+        source: &Source,
+        filters: &Filters,
+        tile: Option<Bbox>,
+        page_size: u32,
+    ) -> String {
+        listing_url(
+            &self.inner.settings.api_url,
+            source,
+            filters,
+            tile,
+            page_size,
+        )
+    }
+
+    /// The configured `limit` of a listing page.
+    pub fn page_size(&self) -> u32 {
+        self.inner.settings.page_size
+    }
+
+    /// The ids of a sequence's images, in capture order
+    /// (`GET /image_ids?sequence_id=`). An unknown sequence has none.
+    pub async fn fetch_sequence_ids(
+        &self,
+        sequence_id: &str,
+    ) -> Result<Vec<String>, MapillaryError> {
+        let mut target = endpoint(&self.inner.settings.api_url, "image_ids");
+        target
+            .query_pairs_mut()
+            .append_pair("sequence_id", sequence_id);
+        let body = self.api_get(target, "sequence image ids").await?;
+        #[derive(Deserialize)]
+        struct Ids {
+            data: Vec<IdOnly>,
+        }
+        #[derive(Deserialize)]
+        struct IdOnly {
+            id: Value,
+        }
+        let ids: Ids = serde_json::from_slice(&body).map_err(|e| {
+            MapillaryError::Transient(format!("invalid JSON in a sequence's image ids: {e}"))
+        })?;
+        Ok(ids
+            .data
+            .into_iter()
+            .filter_map(|item| match item.id {
+                Value::String(s) => Some(s),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .collect())
     }
 
     /// One page. `url` is a first-page URL or a stored `next`; it is always

@@ -24,6 +24,9 @@ const MISSING_ALIASES_CODE: i64 = 803;
 /// Graph error code 100 ("unknown object") with this subcode: the object
 /// does not exist (any more).
 const UNKNOWN_OBJECT: (i64, i64) = (100, 33);
+/// Graph error code -2 with this subcode: "Query Timeout" (`is_transient`
+/// false, yet a retry with a smaller `limit` succeeds).
+const QUERY_TIMEOUT: (i64, i64) = (-2, 3_404_014);
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MapillaryError {
@@ -50,6 +53,10 @@ pub enum MapillaryError {
     /// one of several).
     #[error("Mapillary no longer has {}: {message}", describe_ids(ids))]
     Missing { ids: Vec<String>, message: String },
+    /// Graph code -2 / subcode 3404014: a search took too long. It says it
+    /// is not transient; a retry with a smaller `limit` succeeds.
+    #[error("the API timed out on a search ({0}); retrying with smaller pages")]
+    QueryTimeout(String),
     /// Nothing a retry could fix (bad configuration, unusable URL).
     #[error("{0}")]
     Fatal(String),
@@ -76,7 +83,9 @@ pub enum RetryDecision {
 impl MapillaryError {
     pub fn decision(&self) -> RetryDecision {
         match self {
-            MapillaryError::Transient(_) => RetryDecision::Retryable,
+            MapillaryError::Transient(_) | MapillaryError::QueryTimeout(_) => {
+                RetryDecision::Retryable
+            }
             MapillaryError::RateLimited { retry_after } => RetryDecision::RateLimited(*retry_after),
             MapillaryError::UrlExpired(_) => RetryDecision::RefreshUrl,
             MapillaryError::BadToken(_) => RetryDecision::PauseJob,
@@ -174,6 +183,9 @@ pub(crate) fn classify_api_status(
     }
     if status == StatusCode::UNAUTHORIZED || code == Some(BAD_TOKEN_CODE) {
         return MapillaryError::BadToken(detail);
+    }
+    if code == Some(QUERY_TIMEOUT.0) && graph.error_subcode == Some(QUERY_TIMEOUT.1) {
+        return MapillaryError::QueryTimeout(detail);
     }
     let unknown_object =
         code == Some(UNKNOWN_OBJECT.0) && graph.error_subcode == Some(UNKNOWN_OBJECT.1);
@@ -323,6 +335,19 @@ mod tests {
             MapillaryError::NotFound(_)
         ));
         assert!(matches!(classify(302, "", None), MapillaryError::Fatal(_)));
+    }
+
+    #[test]
+    fn query_timeouts_are_retried_whatever_is_transient_says() {
+        let body = r#"{"error":{"message":"Query Timeout","type":"OAuthException","code":-2,"error_subcode":3404014,"is_transient":false}}"#;
+        for status in [400, 500, 504] {
+            let err = classify(status, body, None);
+            assert!(
+                matches!(err, MapillaryError::QueryTimeout(_)),
+                "{status}: {err:?}"
+            );
+            assert_eq!(err.decision(), RetryDecision::Retryable);
+        }
     }
 
     #[test]

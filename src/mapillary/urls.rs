@@ -7,6 +7,7 @@
 //! round-trip exactly.
 
 use crate::model::{Bbox, IMAGE_FIELDS};
+use crate::selection::{Filters, Pano, Source, rfc3339};
 use url::Url;
 
 const TOKEN_PARAM: &str = "access_token";
@@ -103,24 +104,74 @@ pub fn url_expires_at(url: &str) -> Option<i64> {
     })
 }
 
-/// The first `GET /images` page for a user, token-free.
-pub(crate) fn first_page_url(
+/// The first `GET /images` page of a user or an organization, token-free,
+/// with every filter the API takes: the `bbox` of this `tile` (the job's own
+/// bbox, or a quarter of it), the capture dates and the panorama flag.
+pub(crate) fn listing_url(
     base: &Url,
-    username: &str,
+    source: &Source,
+    filters: &Filters,
+    tile: Option<Bbox>,
     page_size: u32,
-    bbox: Option<Bbox>,
 ) -> String {
     let mut url = endpoint(base, "images");
     {
         let mut q = url.query_pairs_mut();
-        q.append_pair("creator_username", username);
+        match source {
+            Source::Username(name) => {
+                q.append_pair("creator_username", name);
+            }
+            Source::Organization(id) => {
+                q.append_pair("organization_id", id);
+            }
+            // Sequences and image ids are not listed with `/images`.
+            Source::Sequences(_) | Source::Images(_) => {}
+        }
         q.append_pair("fields", &IMAGE_FIELDS.join(","));
         q.append_pair("limit", &page_size.to_string());
-        if let Some(b) = bbox {
+        if let Some(b) = tile {
             q.append_pair("bbox", &b.to_query());
+        }
+        if let Some(start) = filters.start_captured_at {
+            q.append_pair("start_captured_at", &rfc3339(start));
+        }
+        if let Some(end) = filters.end_captured_at {
+            q.append_pair("end_captured_at", &rfc3339(end));
+        }
+        match filters.pano {
+            Pano::Any => {}
+            Pano::Only => {
+                q.append_pair("is_pano", "true");
+            }
+            Pano::Exclude => {
+                q.append_pair("is_pano", "false");
+            }
         }
     }
     url.into()
+}
+
+/// `link` with its `limit` parameter set to `limit` (added when missing),
+/// every other pair kept byte for byte: a stored cursor asks for smaller
+/// pages after a query timeout.
+pub fn with_limit(link: &str, limit: u32) -> String {
+    let (head, fragment) = match link.split_once('#') {
+        Some((h, f)) => (h, Some(f)),
+        None => (link, None),
+    };
+    let (base, query) = head.split_once('?').unwrap_or((head, ""));
+    let mut pairs: Vec<String> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && p.split('=').next() != Some("limit"))
+        .map(str::to_string)
+        .collect();
+    pairs.push(format!("limit={limit}"));
+    let mut out = format!("{base}?{}", pairs.join("&"));
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(f);
+    }
+    out
 }
 
 /// `<base>/<name>` keeping any path prefix of the base (e.g. a proxy's `/v4`).
@@ -229,14 +280,45 @@ mod tests {
     fn first_page_has_every_parameter() {
         let base = Url::parse("https://graph.mapillary.com").unwrap();
         let bbox = Bbox::new(2.25, 48.8, 2.45, 48.9).unwrap();
-        let url = Url::parse(&first_page_url(&base, "alice", 500, Some(bbox))).unwrap();
+        let tile = Bbox::new(2.25, 48.8, 2.35, 48.85).unwrap();
+        let filters = Filters {
+            bbox: Some(bbox),
+            start_captured_at: Some(1_704_067_200_000),
+            end_captured_at: Some(1_706_745_600_000),
+            pano: Pano::Exclude,
+        };
+        let source = Source::Username("alice".into());
+        let url = Url::parse(&listing_url(&base, &source, &filters, Some(tile), 500)).unwrap();
         assert_eq!(url.path(), "/images");
         let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
         assert_eq!(q["creator_username"], "alice");
         assert_eq!(q["fields"], IMAGE_FIELDS.join(","));
         assert_eq!(q["limit"], "500");
-        assert_eq!(q["bbox"], "2.25,48.8,2.45,48.9");
+        assert_eq!(
+            q["bbox"], "2.25,48.8,2.35,48.85",
+            "the tile, not the whole box"
+        );
+        assert_eq!(q["start_captured_at"], "2024-01-01T00:00:00.000Z");
+        assert_eq!(q["end_captured_at"], "2024-02-01T00:00:00.000Z");
+        assert_eq!(q["is_pano"], "false");
         assert!(!q.contains_key("access_token"));
+        let org = Source::Organization("42".into());
+        let url = Url::parse(&listing_url(&base, &org, &Filters::default(), None, 9)).unwrap();
+        let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+        assert_eq!(q["organization_id"], "42");
+        assert!(!q.contains_key("creator_username") && !q.contains_key("bbox"));
+    }
+
+    #[test]
+    fn the_limit_of_a_stored_link_is_rewritten() {
+        assert_eq!(
+            with_limit("https://h/images?fields=a%2Cb&limit=2000&after=QV", 1000),
+            "https://h/images?fields=a%2Cb&after=QV&limit=1000"
+        );
+        assert_eq!(
+            with_limit("https://h/images", 100),
+            "https://h/images?limit=100"
+        );
     }
 
     #[test]

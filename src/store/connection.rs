@@ -84,7 +84,9 @@ impl Store {
             .await?;
         MIGRATOR.run(&writer).await?;
         let reader = connect_readers(path, options).await?;
-        Ok(Store::from_pools(Some(writer), reader))
+        let store = Store::from_pools(Some(writer), reader);
+        store.backfill_selections().await?;
+        Ok(store)
     }
 
     /// Opens an existing database for reading only, beside a live daemon:

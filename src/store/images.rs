@@ -2,8 +2,8 @@
 //! and one row for tests and debugging. All on the read pool.
 
 use super::{
-    ArchivedImage, FailReason, FailedImage, ImageRecord, ImageState, Store, StoreError,
-    StoreResult, parse_meta,
+    ArchivedImage, CollectionPosition, FailReason, FailedImage, ImageRecord, ImageState, Store,
+    StoreError, StoreResult, parse_meta,
 };
 use sqlx::Row;
 
@@ -23,7 +23,7 @@ impl Store {
         let rows = match after_row_id {
             None => {
                 sqlx::query(
-                    "SELECT rowid, meta, path FROM images \
+                    "SELECT rowid, meta, path, capture_order, image_id FROM images \
                      WHERE job_id = ? AND state = 'done' \
                      ORDER BY capture_order, rowid LIMIT ?",
                 )
@@ -34,7 +34,7 @@ impl Store {
             }
             Some(after) => {
                 sqlx::query(
-                    "SELECT rowid, meta, path FROM images \
+                    "SELECT rowid, meta, path, capture_order, image_id FROM images \
                      WHERE job_id = ?1 AND state = 'done' \
                        AND (capture_order, rowid) > \
                            (SELECT capture_order, rowid FROM images WHERE rowid = ?2) \
@@ -47,20 +47,59 @@ impl Store {
                 .await?
             }
         };
-        rows.iter()
-            .map(|row| {
-                let row_id: i64 = row.try_get("rowid")?;
-                let meta: String = row.try_get("meta")?;
-                let path: Option<String> = row.try_get("path")?;
-                Ok(ArchivedImage {
-                    row_id,
-                    meta: parse_meta(row_id, &meta)?,
-                    path: path.ok_or_else(|| {
-                        StoreError::Invalid(format!("image row {row_id} is done without a path"))
-                    })?,
-                })
-            })
-            .collect()
+        rows.iter().map(archived_from_row).collect()
+    }
+
+    /// One page of a collection's archived images in `metadata.jsonl` order
+    /// (capture time, images without one last, then image id), whichever
+    /// jobs archived them. Keyset paging: pass `None` first, then the last
+    /// returned image's [`ArchivedImage::position`]. An image archived by two
+    /// jobs comes twice, next to each other.
+    pub async fn collection_images(
+        &self,
+        collection: &str,
+        after: Option<&CollectionPosition>,
+        limit: u32,
+    ) -> StoreResult<Vec<ArchivedImage>> {
+        let rows = match after {
+            None => {
+                sqlx::query(
+                    "SELECT rowid, meta, path, capture_order, image_id FROM images \
+                     INDEXED BY images_in_collection WHERE collection = ? AND state = 'done' \
+                     ORDER BY capture_order, image_id, rowid LIMIT ?",
+                )
+                .bind(collection)
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?
+            }
+            Some(after) => {
+                sqlx::query(
+                    "SELECT rowid, meta, path, capture_order, image_id FROM images \
+                     INDEXED BY images_in_collection WHERE collection = ? AND state = 'done' \
+                       AND (capture_order, image_id, rowid) > (?, ?, ?) \
+                     ORDER BY capture_order, image_id, rowid LIMIT ?",
+                )
+                .bind(collection)
+                .bind(after.capture_order)
+                .bind(&after.image_id)
+                .bind(after.row_id)
+                .bind(i64::from(limit))
+                .fetch_all(&self.reader)
+                .await?
+            }
+        };
+        rows.iter().map(archived_from_row).collect()
+    }
+
+    /// The collections a job has written to.
+    pub async fn job_collections(&self, job_id: i64) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT collection FROM job_collections WHERE job_id = ? ORDER BY collection",
+        )
+        .bind(job_id)
+        .fetch_all(&self.reader)
+        .await?)
     }
 
     /// Images finished (done) since `since_ms`, and their bytes, across all
@@ -165,6 +204,24 @@ impl Store {
             updated_at: row.try_get("updated_at")?,
         }))
     }
+}
+
+fn archived_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<ArchivedImage> {
+    let row_id: i64 = row.try_get("rowid")?;
+    let meta: String = row.try_get("meta")?;
+    let path: Option<String> = row.try_get("path")?;
+    Ok(ArchivedImage {
+        row_id,
+        meta: parse_meta(row_id, &meta)?,
+        path: path.ok_or_else(|| {
+            StoreError::Invalid(format!("image row {row_id} is done without a path"))
+        })?,
+        position: CollectionPosition {
+            capture_order: row.try_get("capture_order")?,
+            image_id: row.try_get("image_id")?,
+            row_id,
+        },
+    })
 }
 
 fn row_id_of(row: &sqlx::sqlite::SqliteRow) -> StoreResult<i64> {

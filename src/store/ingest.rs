@@ -1,4 +1,5 @@
-//! Writing enumeration pages: image rows plus the cursor, in one transaction.
+//! Writing enumeration pages: image rows plus where the job's current part
+//! stands, in one transaction.
 //!
 //! Rows go in as multi-row `INSERT ... VALUES (..),(..)` statements of a few
 //! fixed sizes. Fixed sizes keep the statements in sqlx's prepared-statement
@@ -6,29 +7,33 @@
 //! the connection's worker thread, which is what limits a one-row-at-a-time
 //! insert well below 100k rows/s.
 
-use super::{Store, StoreError, StoreResult};
-use crate::model::{Quality, Storable};
+use super::parts::insert_parts;
+use super::{FailReason, Store, StoreError, StoreResult};
+use crate::model::{ImageMeta, OutputFormat, Quality, Storable, collection_name};
+use crate::selection::PartSpec;
 use sqlx::{AssertSqlSafe, SqlSafeStr};
 use std::borrow::Cow;
 use std::sync::OnceLock;
 
 /// Rows per INSERT statement, largest first; a page is cut greedily into
-/// these. 128 rows bind 7 * 128 = 896 parameters, far below SQLite's limit.
+/// these. 128 rows bind 8 * 128 = 1024 parameters, far below SQLite's limit.
 const CHUNK_SIZES: [usize; 4] = [128, 32, 8, 1];
 
-/// Seven anonymous parameters per row: job id, image id, metadata JSON, url,
-/// captured_at, run_at, updated_at. Anonymous `?` rather than reused `?1`:
-/// sqlx looks up every parameter's name, and for numbered parameters SQLite
-/// answers with a linear scan, which made binding quadratic in the row count.
+/// Eight anonymous parameters per row: job id, image id, metadata JSON, url,
+/// captured_at, run_at, updated_at, collection. Anonymous `?` rather than
+/// reused `?1`: sqlx looks up every parameter's name, and for numbered
+/// parameters SQLite answers with a linear scan, which made binding
+/// quadratic in the row count.
 fn insert_sql(rows: usize) -> String {
     let mut sql = String::from(
-        "INSERT INTO images (job_id, image_id, meta, url, captured_at, run_at, updated_at) VALUES ",
+        "INSERT INTO images (job_id, image_id, meta, url, captured_at, run_at, updated_at, \
+         collection) VALUES ",
     );
     for row in 0..rows {
         if row > 0 {
             sql.push(',');
         }
-        sql.push_str("(?, ?, ?, ?, ?, ?, ?)");
+        sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?)");
     }
     sql.push_str(" ON CONFLICT (job_id, image_id) DO NOTHING");
     sql
@@ -52,6 +57,43 @@ struct PreparedRow<'a> {
     meta: Cow<'a, str>,
     url: Option<&'a str>,
     captured_at: Option<i64>,
+    collection: Cow<'a, str>,
+}
+
+/// What becomes of the job's current part once a page of it is stored.
+#[derive(Debug, Clone, Copy)]
+pub enum PartStep<'a> {
+    /// More pages follow from this `next` link (stored token-free).
+    Next(&'a str),
+    /// The part is finished.
+    Done,
+    /// The part is finished and these take its place at the end of the
+    /// list: a sequence's image batches, or a capped tile's quarters.
+    Replace(&'a [PartSpec]),
+}
+
+/// An image the API says does not exist, recorded failed for good so the
+/// job shows it: an image-id job naming an unknown id, say.
+#[derive(Debug, Clone, Copy)]
+pub struct MissingImage<'a> {
+    pub image_id: &'a str,
+    pub reason: FailReason,
+    pub message: &'a str,
+}
+
+/// How a job places its images: one collection for a username job, the
+/// creator's for the rest.
+struct Placement {
+    username: Option<String>,
+    quality: Quality,
+    format: OutputFormat,
+}
+
+impl Placement {
+    fn collection<'a>(&'a self, meta: &'a ImageMeta) -> String {
+        let user = self.username.as_deref().or_else(|| meta.creator_username());
+        collection_name(user, self.quality, self.format)
+    }
 }
 
 /// Removes any `access_token` query parameter from an enumeration `next` URL
@@ -67,24 +109,25 @@ pub fn strip_token(cursor: &str) -> Result<String, String> {
 }
 
 impl Store {
-    /// Stores one enumeration page and the cursor after it, atomically: after
-    /// a crash either both are there or neither is, so a resume re-reads the
-    /// page and the conflict clause drops the repeats.
-    ///
-    /// `next_cursor = None` marks enumeration complete and clears the cursor.
+    /// Stores one page of the job's current part (its first part not done)
+    /// and what becomes of that part, atomically: after a crash either both
+    /// are there or neither is, so a resume re-reads the page and the
+    /// conflict clause drops the repeats. `missing` images are recorded
+    /// failed for good. When no part is left open, enumeration is complete.
     /// Returns how many images were new (repeated ids are ignored).
-    pub async fn insert_page(
+    pub async fn store_page(
         &self,
         job_id: i64,
-        quality: Quality,
         images: &[impl Storable],
-        next_cursor: Option<&str>,
+        missing: &[MissingImage<'_>],
+        step: PartStep<'_>,
         now_ms: i64,
     ) -> StoreResult<u64> {
-        let cursor = next_cursor
-            .map(strip_token)
-            .transpose()
-            .map_err(StoreError::Invalid)?;
+        let cursor = match step {
+            PartStep::Next(next) => Some(strip_token(next).map_err(StoreError::Invalid)?),
+            PartStep::Done | PartStep::Replace(_) => None,
+        };
+        let placement = self.placement(job_id).await?;
         let mut rows = images
             .iter()
             .map(|image| {
@@ -94,8 +137,9 @@ impl Store {
                     meta: image
                         .stored_json()
                         .map_err(|e| StoreError::Invalid(format!("image {:?}: {e}", meta.id)))?,
-                    url: meta.url_for(quality),
+                    url: meta.url_for(placement.quality),
                     captured_at: meta.captured_at,
+                    collection: Cow::Owned(placement.collection(meta)),
                 })
             })
             .collect::<StoreResult<Vec<_>>>()?;
@@ -108,44 +152,87 @@ impl Store {
         });
 
         let mut tx = self.writer()?.begin().await?;
-        let updated = sqlx::query(
-            "UPDATE jobs SET cursor = ?1, enumeration_complete = ?2, updated_at = ?3, \
-             progress_at = ?3 WHERE id = ?4",
+        let part: Option<i64> = sqlx::query_scalar(
+            "SELECT seq FROM job_parts INDEXED BY job_parts_open \
+             WHERE job_id = ? AND done = 0 ORDER BY seq LIMIT 1",
         )
-        .bind(cursor.as_deref())
-        .bind(cursor.is_none())
-        .bind(now_ms)
         .bind(job_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(part) = part else {
+            return Err(StoreError::Invalid(format!(
+                "job {job_id} has no part left to store a page into"
+            )));
+        };
+        let mut inserted = insert_rows(&mut tx, job_id, &rows, now_ms).await?;
+        let mut collections: Vec<&str> = rows.iter().map(|r| r.collection.as_ref()).collect();
+        collections.sort_unstable();
+        collections.dedup();
+        for collection in collections {
+            sqlx::query(
+                "INSERT INTO job_collections (job_id, collection) VALUES (?, ?) \
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(job_id)
+            .bind(collection)
+            .execute(&mut *tx)
+            .await?;
+        }
+        inserted += insert_missing(&mut tx, job_id, missing, now_ms).await?;
+        sqlx::query("UPDATE job_parts SET cursor = ?, done = ? WHERE job_id = ? AND seq = ?")
+            .bind(cursor.as_deref())
+            .bind(!matches!(step, PartStep::Next(_)))
+            .bind(job_id)
+            .bind(part)
+            .execute(&mut *tx)
+            .await?;
+        if let PartStep::Replace(children) = step {
+            let last: i64 = sqlx::query_scalar("SELECT max(seq) FROM job_parts WHERE job_id = ?")
+                .bind(job_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            insert_parts(&mut tx, job_id, last + 1, children).await?;
+        }
+        sqlx::query(
+            "UPDATE jobs SET enumeration_complete = NOT EXISTS \
+             (SELECT 1 FROM job_parts WHERE job_id = ?1 AND done = 0), \
+             updated_at = ?2, progress_at = ?2 WHERE id = ?1",
+        )
+        .bind(job_id)
+        .bind(now_ms)
         .execute(&mut *tx)
         .await?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NoSuchJob(job_id));
-        }
-
-        let mut inserted = 0;
-        let mut rest = rows.as_slice();
-        while !rest.is_empty() {
-            let size = CHUNK_SIZES
-                .into_iter()
-                .find(|&n| n <= rest.len())
-                .unwrap_or(1);
-            let (chunk, tail) = rest.split_at(size);
-            let mut query = sqlx::query(chunk_sql(size));
-            for row in chunk {
-                query = query
-                    .bind(job_id)
-                    .bind(row.image_id)
-                    .bind(row.meta.as_ref())
-                    .bind(row.url)
-                    .bind(row.captured_at)
-                    .bind(now_ms)
-                    .bind(now_ms);
-            }
-            inserted += query.execute(&mut *tx).await?.rows_affected();
-            rest = tail;
-        }
         tx.commit().await?;
         Ok(inserted)
+    }
+
+    /// [`Store::store_page`] for a plain listing page: `next_cursor` is the
+    /// part's next page, `None` finishes it.
+    pub async fn insert_page(
+        &self,
+        job_id: i64,
+        images: &[impl Storable],
+        next_cursor: Option<&str>,
+        now_ms: i64,
+    ) -> StoreResult<u64> {
+        let step = next_cursor.map_or(PartStep::Done, PartStep::Next);
+        self.store_page(job_id, images, &[], step, now_ms).await
+    }
+
+    /// Where a job's images go. Fixed at creation, so read once per page.
+    async fn placement(&self, job_id: i64) -> StoreResult<Placement> {
+        let row: Option<(String, String, String, String)> =
+            sqlx::query_as("SELECT source_kind, username, quality, format FROM jobs WHERE id = ?")
+                .bind(job_id)
+                .fetch_optional(&self.reader)
+                .await?;
+        let (kind, username, quality, format) = row.ok_or(StoreError::NoSuchJob(job_id))?;
+        let corrupt = |e: String| StoreError::Invalid(format!("job {job_id}: {e}"));
+        Ok(Placement {
+            username: (kind == "username").then_some(username),
+            quality: quality.parse().map_err(corrupt)?,
+            format: format.parse().map_err(corrupt)?,
+        })
     }
 
     /// Stores refreshed CDN URLs (`None` clears one) in one transaction.
@@ -164,6 +251,67 @@ impl Store {
         tx.commit().await?;
         Ok(updated)
     }
+}
+
+/// Inserts prepared rows in fixed-size multi-row statements.
+async fn insert_rows(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    job_id: i64,
+    rows: &[PreparedRow<'_>],
+    now_ms: i64,
+) -> StoreResult<u64> {
+    let mut inserted = 0;
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let size = CHUNK_SIZES
+            .into_iter()
+            .find(|&n| n <= rest.len())
+            .unwrap_or(1);
+        let (chunk, tail) = rest.split_at(size);
+        let mut query = sqlx::query(chunk_sql(size));
+        for row in chunk {
+            query = query
+                .bind(job_id)
+                .bind(row.image_id)
+                .bind(row.meta.as_ref())
+                .bind(row.url)
+                .bind(row.captured_at)
+                .bind(now_ms)
+                .bind(now_ms)
+                .bind(row.collection.as_ref());
+        }
+        inserted += query.execute(&mut **tx).await?.rows_affected();
+        rest = tail;
+    }
+    Ok(inserted)
+}
+
+/// Records images the API says do not exist as failed for good.
+async fn insert_missing(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    job_id: i64,
+    missing: &[MissingImage<'_>],
+    now_ms: i64,
+) -> StoreResult<u64> {
+    let mut inserted = 0;
+    for image in missing {
+        let meta = serde_json::json!({ "id": image.image_id }).to_string();
+        inserted += sqlx::query(
+            "INSERT INTO images (job_id, image_id, meta, state, fail_reason, last_error, \
+             run_at, updated_at) VALUES (?1, ?2, ?3, 'failed', ?4, ?5, ?6, ?6) \
+             ON CONFLICT (job_id, image_id) DO NOTHING",
+        )
+        .bind(job_id)
+        .bind(image.image_id)
+        .bind(meta)
+        .bind(image.reason.as_str())
+        .bind(image.message)
+        .bind(now_ms)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    }
+    Ok(inserted)
 }
 
 #[cfg(test)]
@@ -191,10 +339,10 @@ mod tests {
     }
 
     #[test]
-    fn chunk_statements_bind_seven_parameters_per_row() {
+    fn chunk_statements_bind_eight_parameters_per_row() {
         let sql = insert_sql(2);
         assert!(sql.ends_with(
-            "(?, ?, ?, ?, ?, ?, ?),(?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, image_id) DO NOTHING"
+            "(?, ?, ?, ?, ?, ?, ?, ?),(?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (job_id, image_id) DO NOTHING"
         ));
     }
 }

@@ -5,19 +5,23 @@
 //! or a request racing the engine, cannot both win: the loser sees `None` and
 //! the API answers 409 instead of silently overwriting a state.
 
+use super::parts::insert_parts;
 use super::{
     Counts, Job, JobState, PauseReason, Store, StoreError, StoreResult, rfc3339_from_ms, to_u64,
 };
-use crate::model::{Bbox, Quality};
+use crate::model::{OutputFormat, Packaging, Quality};
+use crate::selection::{JobSpec, Resync, Selection, Source};
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
+use std::time::Duration;
 
 /// The columns [`job_from_row`] reads, in one place for every job query.
 macro_rules! job_columns {
     () => {
-        "id, username, quality, bbox_west, bbox_south, bbox_east, bbox_north, state, \
-         enumeration_complete, cursor, last_error, pause_reason, created_at, updated_at, \
-         progress_at, stalled_at, n_pending, n_in_progress, n_done, n_failed, n_deleted, bytes_done"
+        "id, username, selection, quality, format, package, resync_every_ms, next_sync_at, \
+         state, enumeration_complete, last_error, pause_reason, note, page_size, created_at, \
+         updated_at, progress_at, stalled_at, n_pending, n_in_progress, n_done, n_failed, \
+         n_deleted, bytes_done"
     };
 }
 
@@ -28,15 +32,16 @@ pub const ACTIVE: &[JobState] = &[
     JobState::Downloading,
 ];
 
-/// What `POST /jobs` did with a (username, quality, bbox).
+/// What `POST /jobs` did with a job's identity.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Submitted {
-    /// No job with that key existed (or only cancelled ones): a new one.
+    /// No job with that identity existed (or only cancelled ones): a new one.
     Created(Job),
-    /// A queued, running or paused job already has that key: left alone.
+    /// A queued, running or paused job already has it: left alone, but for
+    /// a new re-sync interval.
     Existing(Job),
-    /// The job with that key had finished (done or failed): its enumeration
-    /// starts again from the first page and only new images get added.
+    /// The job with that identity had finished (done or failed): its
+    /// enumeration starts again and only new images get added.
     Resynced(Job),
 }
 
@@ -48,15 +53,6 @@ impl Submitted {
     }
 }
 
-/// The dedupe key of a bbox: exact shortest round-trip decimals, so two posts
-/// of the same numbers match and any other numbers do not.
-fn bbox_key(bbox: Option<Bbox>) -> String {
-    match bbox {
-        None => String::new(),
-        Some(b) => format!("{},{},{},{}", b.west, b.south, b.east, b.north),
-    }
-}
-
 /// States as the JSON array `json_each` reads, so one prepared statement
 /// serves every set of states.
 fn states_json(states: &[JobState]) -> String {
@@ -64,28 +60,30 @@ fn states_json(states: &[JobState]) -> String {
     serde_json::Value::from(names).to_string()
 }
 
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
 fn job_from_row(row: &SqliteRow) -> StoreResult<Job> {
     let id: i64 = row.try_get("id")?;
     let corrupt = |what: String| StoreError::Invalid(format!("job {id}: {what}"));
-    let quality: String = row.try_get("quality")?;
-    let quality = quality.parse::<Quality>().map_err(corrupt)?;
-    let state: String = row.try_get("state")?;
-    let state = state.parse::<JobState>().map_err(corrupt)?;
+    let parse = |column: &str| -> StoreResult<String> { Ok(row.try_get::<String, _>(column)?) };
+    let quality = parse("quality")?.parse::<Quality>().map_err(corrupt)?;
+    let format = parse("format")?.parse::<OutputFormat>().map_err(corrupt)?;
+    let package = parse("package")?.parse::<Packaging>().map_err(corrupt)?;
+    let state = parse("state")?.parse::<JobState>().map_err(corrupt)?;
     let pause_reason: Option<String> = row.try_get("pause_reason")?;
     let pause_reason = pause_reason
         .map(|r| r.parse::<PauseReason>())
         .transpose()
         .map_err(corrupt)?;
-    let corners: [Option<f64>; 4] = [
-        row.try_get("bbox_west")?,
-        row.try_get("bbox_south")?,
-        row.try_get("bbox_east")?,
-        row.try_get("bbox_north")?,
-    ];
-    let bbox = match corners {
-        [Some(w), Some(s), Some(e), Some(n)] => Some(Bbox::new(w, s, e, n).map_err(corrupt)?),
-        [None, None, None, None] => None,
-        _ => return Err(corrupt("bbox is partly missing".into())),
+    let selection = match row.try_get::<Option<String>, _>("selection")? {
+        Some(text) => {
+            let value = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+            Selection::from_canonical(&value).map_err(corrupt)?
+        }
+        // Written by an older binary and not yet backfilled: a username job.
+        None => Selection::user(&parse("username")?),
     };
     let pending = to_u64(row.try_get("n_pending")?);
     let in_progress = to_u64(row.try_get("n_in_progress")?);
@@ -94,11 +92,16 @@ fn job_from_row(row: &SqliteRow) -> StoreResult<Job> {
     let optional_time = |column: &str| -> StoreResult<Option<String>> {
         Ok(row.try_get::<Option<i64>, _>(column)?.map(rfc3339_from_ms))
     };
+    let resync_every: Option<i64> = row.try_get("resync_every_ms")?;
+    let page_size: Option<i64> = row.try_get("page_size")?;
     Ok(Job {
         id,
-        username: row.try_get("username")?,
+        selection,
         quality,
-        bbox,
+        format,
+        package,
+        resync_every: resync_every.map(|ms| Duration::from_millis(to_u64(ms))),
+        next_sync_at: optional_time("next_sync_at")?,
         state,
         enumeration_complete: row.try_get("enumeration_complete")?,
         counts: Counts {
@@ -116,77 +119,116 @@ fn job_from_row(row: &SqliteRow) -> StoreResult<Job> {
         pause_reason,
         progress_at: optional_time("progress_at")?,
         stalled_since: optional_time("stalled_at")?,
-        cursor: row.try_get("cursor")?,
+        note: row.try_get("note")?,
+        page_size: page_size.and_then(|n| u32::try_from(n).ok()),
     })
 }
 
 impl Store {
-    /// Creates a job, or returns or re-syncs the newest non-cancelled job with
-    /// the same (username, quality, bbox), in one IMMEDIATE transaction on the
-    /// writer so concurrent submissions of one key never make two jobs.
-    /// A cancelled job does not count: it may be posted again.
-    pub async fn submit_job(
-        &self,
-        username: &str,
-        quality: Quality,
-        bbox: Option<Bbox>,
-        now_ms: i64,
-    ) -> StoreResult<Submitted> {
-        let key = bbox_key(bbox);
+    /// Creates a job, or returns or re-syncs the newest non-cancelled job
+    /// with the same identity ([`JobSpec::key`]), in one IMMEDIATE
+    /// transaction on the writer so concurrent submissions of one selection
+    /// never make two jobs. A cancelled job does not count: it may be posted
+    /// again. A new re-sync interval is applied to an existing job.
+    pub async fn submit_job(&self, spec: &JobSpec, now_ms: i64) -> StoreResult<Submitted> {
+        let key = spec.key();
         let mut tx = self.writer()?.begin_with("BEGIN IMMEDIATE").await?;
         let existing: Option<(i64, String)> = sqlx::query_as(
-            "SELECT id, state FROM jobs WHERE username = ? AND quality = ? \
-             AND bbox_key = ? AND state <> 'cancelled' ORDER BY id DESC LIMIT 1",
+            "SELECT id, state FROM jobs WHERE job_key = ? AND state <> 'cancelled' \
+             ORDER BY id DESC LIMIT 1",
         )
-        .bind(username)
-        .bind(quality.as_str())
         .bind(&key)
         .fetch_optional(&mut *tx)
         .await?;
-
+        let resync_ms = match spec.resync {
+            Resync::Keep => None,
+            Resync::Set(interval) => Some(interval.map(millis)),
+        };
         let outcome = match existing {
             Some((id, state)) => {
                 let state = state.parse::<JobState>().map_err(StoreError::Invalid)?;
+                if let Some(interval) = resync_ms {
+                    sqlx::query("UPDATE jobs SET resync_every_ms = ? WHERE id = ?")
+                        .bind(interval)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 if matches!(state, JobState::Done | JobState::Failed) {
-                    // Enumeration runs again from the first page; the insert's
-                    // `ON CONFLICT DO NOTHING` keeps only images new since.
-                    sqlx::query(
-                        "UPDATE jobs SET enumeration_complete = 0, cursor = NULL, \
-                         state = 'enumerating', last_error = NULL, stalled_at = NULL, \
-                         progress_at = ?1, updated_at = ?1 WHERE id = ?2",
-                    )
-                    .bind(now_ms)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+                    restart_enumeration(&mut tx, id, spec, now_ms).await?;
                     tx.commit().await?;
                     Submitted::Resynced(self.job_after_write(id).await?)
                 } else {
-                    tx.rollback().await?;
+                    tx.commit().await?;
                     Submitted::Existing(self.job_after_write(id).await?)
                 }
             }
             None => {
+                let selection = spec.selection.canonical().to_string();
                 let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO jobs (username, quality, bbox_west, bbox_south, bbox_east, \
-                     bbox_north, bbox_key, state, created_at, updated_at, progress_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8, ?8, ?8) RETURNING id",
+                    "INSERT INTO jobs (username, quality, bbox_key, source_kind, selection, job_key, \
+                     format, package, resync_every_ms, state, created_at, updated_at, progress_at) \
+                     VALUES (?1, ?2, '', ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?9, ?9) RETURNING id",
                 )
-                .bind(username)
-                .bind(quality.as_str())
-                .bind(bbox.map(|b| b.west))
-                .bind(bbox.map(|b| b.south))
-                .bind(bbox.map(|b| b.east))
-                .bind(bbox.map(|b| b.north))
+                .bind(match &spec.selection.source {
+                    Source::Username(name) => name.as_str(),
+                    _ => "",
+                })
+                .bind(spec.quality.as_str())
+                .bind(spec.selection.source.kind())
+                .bind(&selection)
                 .bind(&key)
+                .bind(spec.format.as_str())
+                .bind(spec.package.as_str())
+                .bind(resync_ms.flatten())
                 .bind(now_ms)
                 .fetch_one(&mut *tx)
                 .await?;
+                insert_parts(&mut tx, id, 0, &spec.initial_parts()).await?;
                 tx.commit().await?;
                 Submitted::Created(self.job_after_write(id).await?)
             }
         };
         Ok(outcome)
+    }
+
+    /// Re-syncs every done job whose `next_sync_at` has come: its enumeration
+    /// starts again from its first parts; only new images get added.
+    /// Returns the ids.
+    pub async fn start_due_resyncs(&self, now_ms: i64) -> StoreResult<Vec<i64>> {
+        let due: Vec<(i64, String, String, String, String)> = sqlx::query_as(
+            "SELECT id, selection, quality, format, package FROM jobs \
+             WHERE state = 'done' AND next_sync_at <= ? ORDER BY id",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut started = Vec::new();
+        for (id, selection, quality, format, package) in due {
+            let corrupt = |e: String| StoreError::Invalid(format!("job {id}: {e}"));
+            let value = serde_json::from_str(&selection).map_err(|e| corrupt(e.to_string()))?;
+            let spec = JobSpec {
+                selection: Selection::from_canonical(&value).map_err(corrupt)?,
+                quality: quality.parse().map_err(corrupt)?,
+                format: format.parse().map_err(corrupt)?,
+                package: package.parse().map_err(corrupt)?,
+                resync: Resync::Keep,
+            };
+            let mut tx = self.writer()?.begin_with("BEGIN IMMEDIATE").await?;
+            let still_due: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM jobs WHERE id = ? AND state = 'done' AND next_sync_at <= ?",
+            )
+            .bind(id)
+            .bind(now_ms)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if still_due.is_some() {
+                restart_enumeration(&mut tx, id, &spec, now_ms).await?;
+                tx.commit().await?;
+                started.push(id);
+            }
+        }
+        Ok(started)
     }
 
     pub async fn find_job(&self, id: i64) -> StoreResult<Option<Job>> {
@@ -235,6 +277,27 @@ impl Store {
         if result.rows_affected() == 0 {
             return Err(StoreError::NoSuchJob(id));
         }
+        Ok(())
+    }
+
+    /// Sets or clears the job's note (something to know that is not an error).
+    pub async fn set_job_note(&self, id: i64, note: Option<&str>, now_ms: i64) -> StoreResult<()> {
+        sqlx::query("UPDATE jobs SET note = ?, updated_at = ? WHERE id = ?")
+            .bind(note)
+            .bind(now_ms)
+            .bind(id)
+            .execute(self.writer()?)
+            .await?;
+        Ok(())
+    }
+
+    /// Lowers the job's listing page size for the rest of the job.
+    pub async fn set_page_size(&self, id: i64, page_size: u32) -> StoreResult<()> {
+        sqlx::query("UPDATE jobs SET page_size = ? WHERE id = ?")
+            .bind(i64::from(page_size))
+            .bind(id)
+            .execute(self.writer()?)
+            .await?;
         Ok(())
     }
 
@@ -289,11 +352,13 @@ impl Store {
 
     /// Marks job `id` done only if, at this instant, enumeration is complete
     /// and nothing is pending or in flight: a retry or re-sync that re-queued
-    /// images meanwhile keeps the job open. `None` if it did not apply.
+    /// images meanwhile keeps the job open. A job with a re-sync interval
+    /// gets its next due time. `None` if it did not apply.
     pub async fn finish_job_if_drained(&self, id: i64, now_ms: i64) -> StoreResult<Option<Job>> {
         let changed: Option<i64> = sqlx::query_scalar(
-            "UPDATE jobs SET state = 'done', stalled_at = NULL, updated_at = ? \
-             WHERE id = ? AND state IN ('enumerating', 'downloading') AND enumeration_complete = 1 \
+            "UPDATE jobs SET state = 'done', stalled_at = NULL, updated_at = ?1, \
+             next_sync_at = CASE WHEN resync_every_ms IS NULL THEN NULL ELSE ?1 + resync_every_ms END \
+             WHERE id = ?2 AND state IN ('enumerating', 'downloading') AND enumeration_complete = 1 \
                AND n_pending = 0 AND n_in_progress = 0 RETURNING id",
         )
         .bind(now_ms)
@@ -337,6 +402,43 @@ impl Store {
         .await?)
     }
 
+    /// Gives jobs written by an older binary their canonical selection and
+    /// identity (a username job, its bbox as a filter). Runs at open.
+    pub(super) async fn backfill_selections(&self) -> StoreResult<()> {
+        type LegacyJob = (
+            i64,
+            String,
+            String,
+            Option<f64>,
+            Option<f64>,
+            Option<f64>,
+            Option<f64>,
+        );
+        let legacy: Vec<LegacyJob> = sqlx::query_as(
+            "SELECT id, username, quality, bbox_west, bbox_south, bbox_east, bbox_north \
+             FROM jobs WHERE selection IS NULL OR job_key IS NULL",
+        )
+        .fetch_all(self.writer()?)
+        .await?;
+        for (id, username, quality, w, s, e, n) in legacy {
+            let corrupt = |e: String| StoreError::Invalid(format!("job {id}: {e}"));
+            let bbox = match (w, s, e, n) {
+                (Some(w), Some(s), Some(e), Some(n)) => {
+                    Some(crate::model::Bbox::new(w, s, e, n).map_err(corrupt)?)
+                }
+                _ => None,
+            };
+            let spec = JobSpec::user(&username, quality.parse().map_err(corrupt)?).with_bbox(bbox);
+            sqlx::query("UPDATE jobs SET selection = ?, job_key = ? WHERE id = ?")
+                .bind(spec.selection.canonical().to_string())
+                .bind(spec.key())
+                .bind(id)
+                .execute(self.writer()?)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Reads a job just written. A WAL reader sees every committed write, so
     /// the row is there unless something deleted it in between.
     async fn job_after_write(&self, id: i64) -> StoreResult<Job> {
@@ -350,4 +452,29 @@ impl Store {
             None => Ok(None),
         }
     }
+}
+
+/// Starts a job's enumeration again from its first parts, inside `tx`: a
+/// re-sync. Images already known stay; only new ones get added.
+async fn restart_enumeration(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    id: i64,
+    spec: &JobSpec,
+    now_ms: i64,
+) -> StoreResult<()> {
+    sqlx::query("DELETE FROM job_parts WHERE job_id = ?")
+        .bind(id)
+        .execute(&mut **tx)
+        .await?;
+    insert_parts(tx, id, 0, &spec.initial_parts()).await?;
+    sqlx::query(
+        "UPDATE jobs SET enumeration_complete = 0, cursor = NULL, state = 'enumerating', \
+         last_error = NULL, stalled_at = NULL, next_sync_at = NULL, note = NULL, \
+         progress_at = ?1, updated_at = ?1 WHERE id = ?2",
+    )
+    .bind(now_ms)
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

@@ -21,22 +21,26 @@ mod connection;
 mod images;
 mod ingest;
 mod jobs;
+mod parts;
 mod queue;
 mod stalls;
 
 pub use connection::{Durability, StoreOptions};
-pub use ingest::strip_token;
+pub use ingest::{MissingImage, PartStep, strip_token};
 pub use jobs::{ACTIVE, Submitted};
+pub use parts::Part;
 pub use queue::{DeferPolicy, RetryPolicy};
 pub use stalls::StallCandidate;
 
-use crate::model::{Bbox, ImageMeta, Quality};
+use crate::model::{Bbox, ImageMeta, OutputFormat, Packaging, Quality};
+use crate::selection::{self, Selection, Source};
 use serde::Serialize;
 use sqlx::SqlitePool;
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Errors at the store boundary. Every one is fatal for the operation; the
 /// caller decides whether the process goes on.
@@ -157,13 +161,20 @@ pub struct Counts {
     pub deleted: u64,
 }
 
-/// A job row as the API shows it (never holds a secret: the cursor is token-free).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A job row as the API shows it (never holds a secret: cursors are
+/// token-free and never shown).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Job {
     pub id: i64,
-    pub username: String,
+    /// What it archives: one source and its filters, normalised.
+    pub selection: Selection,
     pub quality: Quality,
-    pub bbox: Option<Bbox>,
+    pub format: OutputFormat,
+    pub package: Packaging,
+    /// Re-sync by itself this long after finishing; `None`: never.
+    pub resync_every: Option<Duration>,
+    /// RFC 3339 UTC: when the next re-sync is due (while done).
+    pub next_sync_at: Option<String>,
     pub state: JobState,
     pub enumeration_complete: bool,
     pub counts: Counts,
@@ -180,10 +191,98 @@ pub struct Job {
     /// RFC 3339 UTC: set while the job has work but has made no progress for
     /// longer than `jobs.stall_after_secs`; `last_error` then says why.
     pub stalled_since: Option<String>,
-    /// Token-free `next` URL of the enumeration, `None` before the first page
-    /// and after the last.
-    #[serde(skip)]
-    pub cursor: Option<String>,
+    /// Something to know that is not an error (say, a bbox tile still full
+    /// at the smallest size).
+    pub note: Option<String>,
+    /// The `limit` of its listing pages, when a query timeout lowered it.
+    pub page_size: Option<u32>,
+}
+
+impl Job {
+    /// The posted username, for a username job.
+    pub fn username(&self) -> Option<&str> {
+        match &self.selection.source {
+            Source::Username(name) => Some(name),
+            _ => None,
+        }
+    }
+}
+
+/// The job's JSON: its whole selection spelt out field by field (every key
+/// present, `null` when unused), so clients see one stable shape.
+#[derive(Serialize)]
+struct JobView<'a> {
+    id: i64,
+    source_kind: &'static str,
+    username: Option<&'a str>,
+    organization_id: Option<&'a str>,
+    sequence_ids: Option<&'a [String]>,
+    image_ids: Option<&'a [String]>,
+    bbox: Option<Bbox>,
+    start_captured_at: Option<String>,
+    end_captured_at: Option<String>,
+    pano: &'static str,
+    quality: Quality,
+    format: OutputFormat,
+    package: Packaging,
+    resync_every: Option<String>,
+    next_sync_at: Option<&'a str>,
+    state: JobState,
+    enumeration_complete: bool,
+    counts: Counts,
+    bytes_done: u64,
+    created_at: &'a str,
+    updated_at: &'a str,
+    last_error: Option<&'a str>,
+    pause_reason: Option<PauseReason>,
+    note: Option<&'a str>,
+    progress_at: Option<&'a str>,
+    stalled_since: Option<&'a str>,
+}
+
+impl Serialize for Job {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let source = &self.selection.source;
+        let filters = &self.selection.filters;
+        JobView {
+            id: self.id,
+            source_kind: source.kind(),
+            username: self.username(),
+            organization_id: match source {
+                Source::Organization(id) => Some(id),
+                _ => None,
+            },
+            sequence_ids: match source {
+                Source::Sequences(ids) => Some(ids),
+                _ => None,
+            },
+            image_ids: match source {
+                Source::Images(ids) => Some(ids),
+                _ => None,
+            },
+            bbox: filters.bbox,
+            start_captured_at: filters.start_captured_at.map(selection::rfc3339),
+            end_captured_at: filters.end_captured_at.map(selection::rfc3339),
+            pano: filters.pano.as_str(),
+            quality: self.quality,
+            format: self.format,
+            package: self.package,
+            resync_every: self.resync_every.map(selection::format_interval),
+            next_sync_at: self.next_sync_at.as_deref(),
+            state: self.state,
+            enumeration_complete: self.enumeration_complete,
+            counts: self.counts,
+            bytes_done: self.bytes_done,
+            created_at: &self.created_at,
+            updated_at: &self.updated_at,
+            last_error: self.last_error.as_deref(),
+            pause_reason: self.pause_reason,
+            note: self.note.as_deref(),
+            progress_at: self.progress_at.as_deref(),
+            stalled_since: self.stalled_since.as_deref(),
+        }
+        .serialize(serializer)
+    }
 }
 
 /// The right to change one in-flight image row: who claimed it, on which
@@ -204,7 +303,9 @@ pub struct ClaimedImage {
     pub job_id: i64,
     pub image_id: String,
     pub quality: Quality,
-    pub username: String,
+    pub format: OutputFormat,
+    /// The collection folder it goes to (`mapillary-<user>-<quality>`).
+    pub collection: String,
     pub meta: ImageMeta,
     /// Last known CDN URL for the job's quality, if any.
     pub url: Option<String>,
@@ -231,11 +332,23 @@ pub enum FailOutcome {
 /// One archived image, for writing `metadata.jsonl` page by page.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArchivedImage {
-    /// Pass the last one's `row_id` as `after` to fetch the next page.
+    /// Pass the last one's `row_id` as `after` to fetch a job's next page.
     pub row_id: i64,
     /// The stored metadata (no URLs).
     pub meta: ImageMeta,
     pub path: String,
+    /// Where it stands in its collection's order: pass the last one's to
+    /// fetch a collection's next page.
+    pub position: CollectionPosition,
+}
+
+/// A place in a collection's `metadata.jsonl` order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectionPosition {
+    /// `captured_at`, or `i64::MAX` without one (those go last).
+    pub capture_order: i64,
+    pub image_id: String,
+    pub row_id: i64,
 }
 
 /// A failed image and why it failed.
@@ -277,9 +390,9 @@ pub struct Store {
     writer: Option<SqlitePool>,
     /// Read-only connections for queries that never write.
     reader: SqlitePool,
-    /// `(quality, username)` per job id. Both are fixed at creation, so the
+    /// `(quality, format)` per job id. Both are fixed at creation, so the
     /// claim path can skip a join on every call.
-    job_identity: Mutex<HashMap<i64, (Quality, String)>>,
+    job_identity: Mutex<HashMap<i64, (Quality, OutputFormat)>>,
 }
 
 impl Store {

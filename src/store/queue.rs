@@ -5,7 +5,7 @@
 use super::{
     ClaimedImage, FailOutcome, FailReason, Lease, Store, StoreError, StoreResult, parse_meta,
 };
-use crate::model::Quality;
+use crate::model::{OutputFormat, Quality};
 use sqlx::Row;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +56,7 @@ WHERE rowid IN (
         ORDER BY run_at, rowid
         LIMIT ?4)
     LIMIT ?4)
-RETURNING rowid, job_id, image_id, meta, url, attempts, run_at";
+RETURNING rowid, job_id, image_id, meta, url, attempts, run_at, collection";
 
 /// The fence every outcome carries: only the current lease holder, on the
 /// attempt it claimed, may change an in-flight row. Binds `rowid`, owner and
@@ -131,7 +131,7 @@ impl Store {
             let row_id: i64 = row.try_get("rowid")?;
             let job_id: i64 = row.try_get("job_id")?;
             let meta: String = row.try_get("meta")?;
-            let (quality, username) = self.job_identity(job_id).await?;
+            let (quality, format) = self.job_identity(job_id).await?;
             claimed.push((
                 row.try_get::<i64, _>("run_at")?,
                 ClaimedImage {
@@ -143,7 +143,10 @@ impl Store {
                     job_id,
                     image_id: row.try_get("image_id")?,
                     quality,
-                    username,
+                    format,
+                    collection: row.try_get::<Option<String>, _>("collection")?.ok_or_else(
+                        || StoreError::Invalid(format!("image row {row_id} has no collection")),
+                    )?,
                     meta: parse_meta(row_id, &meta)?,
                     url: row.try_get("url")?,
                 },
@@ -154,28 +157,30 @@ impl Store {
         Ok(claimed.into_iter().map(|(_, image)| image).collect())
     }
 
-    /// A job's quality and username, cached: neither ever changes.
-    async fn job_identity(&self, job_id: i64) -> StoreResult<(Quality, String)> {
+    /// A job's quality and format, cached: neither ever changes.
+    async fn job_identity(&self, job_id: i64) -> StoreResult<(Quality, OutputFormat)> {
         if let Some(found) = self.lock_identity().get(&job_id) {
-            return Ok(found.clone());
+            return Ok(*found);
         }
-        let row = sqlx::query("SELECT quality, username FROM jobs WHERE id = ?")
+        let row = sqlx::query("SELECT quality, format FROM jobs WHERE id = ?")
             .bind(job_id)
             .fetch_optional(&self.reader)
             .await?
             .ok_or(StoreError::NoSuchJob(job_id))?;
+        let corrupt = |e: String| StoreError::Invalid(format!("job {job_id}: {e}"));
         let quality: String = row.try_get("quality")?;
-        let quality = quality
-            .parse::<Quality>()
-            .map_err(|e| StoreError::Invalid(format!("job {job_id}: {e}")))?;
-        let identity = (quality, row.try_get::<String, _>("username")?);
-        self.lock_identity().insert(job_id, identity.clone());
+        let format: String = row.try_get("format")?;
+        let identity = (
+            quality.parse::<Quality>().map_err(corrupt)?,
+            format.parse::<OutputFormat>().map_err(corrupt)?,
+        );
+        self.lock_identity().insert(job_id, identity);
         Ok(identity)
     }
 
     fn lock_identity(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, (Quality, String)>> {
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, (Quality, OutputFormat)>> {
         // The map only caches immutable facts; a panic elsewhere cannot leave it wrong.
         self.job_identity
             .lock()

@@ -52,6 +52,9 @@ pub struct Block {
     pub id_base: u64,
     pub count: u64,
     pub seed: u64,
+    /// Every image of the block in this sequence (`add_sequence`), instead
+    /// of the generator's own pick.
+    pub sequence: Option<String>,
 }
 
 /// A ~22-character `[A-Za-z0-9]` sequence id.
@@ -86,6 +89,9 @@ pub fn generate(block: &Block, i: u64, username: &str, user_id: &str) -> FakeIma
     }
     if !h(s, i, 1).is_multiple_of(17) {
         m.sequence = Some(sequence_id(s, i / 25));
+    }
+    if let Some(forced) = &block.sequence {
+        m.sequence = Some(forced.clone());
     }
     let lon = REGION[0] + unit(h(s, i, 2)) * (REGION[2] - REGION[0]);
     let lat = REGION[1] + unit(h(s, i, 3)) * (REGION[3] - REGION[1]);

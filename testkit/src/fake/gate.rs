@@ -3,13 +3,23 @@
 
 use super::*;
 
-pub(super) fn pick_fault(s: &mut State_, route: Route, image: Option<&str>) -> Option<Fault> {
+/// The fault for one request: aimed at its image, else scripted for its
+/// route, else drawn at random. `listing` says whether it is a `/images` or
+/// `/image_ids` request, the only ones a query timeout can hit.
+pub(super) fn pick_fault(
+    s: &mut State_,
+    route: Route,
+    image: Option<&str>,
+    listing: bool,
+) -> Option<Fault> {
     if let Some(aimed) = image.and_then(|id| s.image_faults.get_mut(id))
         && let Some(f) = aimed.script.pop_front().or_else(|| aimed.always.clone())
     {
         return (f != Fault::Pass).then_some(f);
     }
     let scripted = match route {
+        // A scripted query timeout waits for a listing request.
+        Route::Api if !listing && s.api_script.front() == Some(&Fault::QueryTimeout) => None,
         Route::Api => s.api_script.pop_front(),
         Route::Cdn => s.cdn_script.pop_front(),
     };
@@ -41,6 +51,10 @@ pub(super) fn pick_fault(s: &mut State_, route: Route, image: Option<&str>) -> O
             ),
             (f.api_rate_codes, rate_code(&mut s.rng)),
             (f.api_5xx_json, Fault::Status500Json),
+            (
+                if listing { f.api_query_timeout } else { 0.0 },
+                Fault::QueryTimeout,
+            ),
             (f.overlapping_pages, Fault::OverlapPage),
         ],
         Route::Cdn => vec![
@@ -79,6 +93,13 @@ pub(super) fn graph_error(status: StatusCode, code: i64, message: &str) -> Respo
     let body = json!({"error": {"message": message, "type": "OAuthException", "code": code,
         "fbtrace_id": "AfakeTRACEid0123"}});
     (status, Json(body)).into_response()
+}
+
+/// HTTP 500 with the Graph error a slow search answers.
+pub(super) fn query_timeout() -> Response {
+    let body = json!({"error": {"message": "Query Timeout", "type": "OAuthException", "code": -2,
+        "error_subcode": 3_404_014, "is_transient": false, "fbtrace_id": "AfakeTRACEid0123"}});
+    (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
 }
 
 pub(super) fn bad_token() -> Response {
@@ -154,6 +175,7 @@ pub(super) fn fault_response(route: Route, fault: &Fault) -> Response {
                 "code": 1, "error_subcode": 99, "is_transient": true, "fbtrace_id": "AfakeTRACEid0123"}});
             (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
         }
+        Fault::QueryTimeout => query_timeout(),
         Fault::Expired => text(StatusCode::FORBIDDEN, "URL signature expired"),
         Fault::Gone => text(StatusCode::GONE, "Gone"),
         Fault::NotFound if route == Route::Api => {
@@ -285,8 +307,21 @@ pub(super) async fn gate(
         Route::Api => None,
     };
     let started = Instant::now();
+    let listing = route == Route::Api && (path == "/images" || path == "/image_ids");
     let (fault, delay) = {
         let mut s = shared.lock();
+        if route == Route::Api {
+            *s.api_paths.entry(path.clone()).or_insert(0) += 1;
+            if path == "/images" {
+                let limit = url::form_urlencoded::parse(query.as_bytes())
+                    .find(|(k, _)| k == "limit")
+                    .map(|(_, v)| v.parse::<usize>().ok());
+                // No `limit` asks for the default; an unparseable one is left out.
+                if let Some(limit) = limit.unwrap_or(Some(MAX_LIMIT)) {
+                    s.images_limits.push(limit);
+                }
+            }
+        }
         if s.started.len() >= s.log_capacity.max(1) {
             s.started.pop_front();
         }
@@ -297,7 +332,7 @@ pub(super) async fn gate(
             image_id: image_id.clone(),
             at: started,
         });
-        let fault = pick_fault(&mut s, route, image_id.as_deref());
+        let fault = pick_fault(&mut s, route, image_id.as_deref(), listing);
         let delay = match route {
             Route::Api => s.api_latency,
             Route::Cdn => {

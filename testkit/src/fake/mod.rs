@@ -1,8 +1,17 @@
 //! A fake Mapillary Graph API and CDN for tests, following
-//! `shared/mapillary-api.md`: paging with cursors and `next`, `fields`, bbox,
-//! `?ids=` batches, expiring signed image URLs, Graph error bodies, and
-//! scriptable faults. It records every request so tests can assert exact logs
-//! (e.g. "the CDN never saw an Authorization header").
+//! `shared/mapillary-api.md`: paging with cursors and `next`, `fields`, the
+//! documented filters (bbox, capture dates, `is_pano`, `sequence_ids`),
+//! organizations, sequences, `?ids=` batches, expiring signed image URLs,
+//! Graph error bodies, and scriptable faults (with the search's "Query
+//! Timeout" and the one-page cap of bbox searches). It records every request
+//! so tests can assert exact logs (e.g. "the CDN never saw an Authorization
+//! header").
+//!
+//! Modules: `data` generates images, `faults` names the faults, `gate` is
+//! the layer of faults, latency and the log, `listing` serves `GET /images`
+//! and `GET /image_ids` (sources, filters, paging), `handlers` the other API
+//! routes and the CDN, `selection` sets up organizations, sequences and how
+//! filters are treated.
 //!
 //! The API and the CDN listen on two ports of 127.0.0.1: two origins.
 //! `src/bin/fake_mapillary.rs` runs it standalone.
@@ -12,13 +21,20 @@
 //! the daemon's types.
 
 mod data;
+mod faults;
 mod gate;
 mod handlers;
+mod listing;
 mod net;
+mod selection;
+#[cfg(test)]
+mod tests;
 mod types;
 
 pub use data::{FIRST_ID, REGION, SERVED_DESCRIPTION, WRAPPED_ALTITUDE};
+pub use faults::{Fault, Faults};
 pub use gate::mentions_token;
+pub use selection::FilterMode;
 pub use types::{FakeImage, GeoPoint, Quality};
 
 use axum::body::Body;
@@ -30,7 +46,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use data::{Block, JpegBases};
 use gate::{api_gate, cdn_gate};
-use handlers::{api_ids, api_image_ids, api_images, api_one, api_unknown_path, cdn_image};
+use handlers::{api_ids, api_one, api_unknown_path, cdn_image};
+use listing::{api_image_ids, api_images};
 use net::{ConnInfo, KillableListener};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -72,6 +89,11 @@ pub struct FakeConfig {
     /// 0 = any free port.
     pub api_port: u16,
     pub cdn_port: u16,
+    /// Whether `/images` applies its filters (bbox, dates, `is_pano`,
+    /// `sequence_ids`) or silently ignores them.
+    pub filters: FilterMode,
+    /// A `/images` request with a `bbox` gets its first page and no `next`.
+    pub cap_bbox_searches: bool,
 }
 
 impl Default for FakeConfig {
@@ -89,76 +111,8 @@ impl Default for FakeConfig {
             log_capacity: 100_000,
             api_port: 0,
             cdn_port: 0,
-        }
-    }
-}
-
-/// Per-request fault probabilities (0.0..=1.0), drawn from a seeded RNG.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Faults {
-    pub api_5xx_html: f64,
-    pub api_429_retry_after: f64,
-    pub api_429_plain: f64,
-    pub api_code4_400: f64,
-    pub api_invalid_json: f64,
-    pub api_truncated: f64,
-    pub api_reset: f64,
-    pub cdn_5xx: f64,
-    pub cdn_truncated: f64,
-    pub cdn_reset: f64,
-    pub cdn_html_200: f64,
-    /// CDN bodies that stop half-way with the connection left open.
-    pub cdn_stall: f64,
-    /// HTTP 403 with Graph code 4: a rate limit that is not a 429.
-    pub api_403_code4: f64,
-    /// HTTP 400 with Graph code 17, 32 or 613 (other rate-limit codes).
-    pub api_rate_codes: f64,
-    /// HTTP 500 with a JSON Graph error body (`is_transient: true`).
-    pub api_5xx_json: f64,
-    /// HTTP 429 from the CDN (with `Retry-After: 1`).
-    pub cdn_429: f64,
-    /// A 302 to the same image at another URL of the CDN.
-    pub cdn_redirect: f64,
-    /// The real body, chunked, without a Content-Length.
-    pub cdn_chunked: f64,
-    pub overlapping_pages: f64,
-}
-
-impl Faults {
-    /// Named mixes for the standalone server: `none`, `flaky`, `chaos`, `ratelimit`.
-    pub fn preset(name: &str) -> Option<Faults> {
-        let all = |api: f64, cdn: f64, overlap: f64| Faults {
-            api_5xx_html: api,
-            api_429_retry_after: api,
-            api_429_plain: api,
-            api_code4_400: api,
-            api_invalid_json: api,
-            api_truncated: api,
-            api_reset: api,
-            cdn_5xx: cdn,
-            cdn_truncated: cdn,
-            cdn_reset: cdn,
-            cdn_html_200: cdn,
-            cdn_stall: 0.0,
-            api_403_code4: api,
-            api_rate_codes: api,
-            api_5xx_json: api,
-            cdn_429: cdn,
-            cdn_redirect: cdn,
-            cdn_chunked: cdn,
-            overlapping_pages: overlap,
-        };
-        match name {
-            "none" => Some(Faults::default()),
-            "flaky" => Some(all(0.01, 0.02, 0.2)),
-            "chaos" => Some(all(0.04, 0.06, 0.5)),
-            "ratelimit" => Some(Faults {
-                api_429_retry_after: 0.1,
-                api_429_plain: 0.05,
-                api_code4_400: 0.05,
-                ..Faults::default()
-            }),
-            _ => None,
+            filters: FilterMode::Honour,
+            cap_bbox_searches: false,
         }
     }
 }
@@ -167,86 +121,6 @@ impl Faults {
 pub enum Route {
     Api,
     Cdn,
-}
-
-/// One scripted answer, consumed in order by the next requests of a route.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Fault {
-    /// Serve normally (lets a script skip a request).
-    Pass,
-    Status500Html,
-    Status503Html,
-    /// HTTP 429 with a Graph code-4 body, with or without `Retry-After: <secs>`.
-    RateLimit {
-        retry_after: Option<u64>,
-    },
-    /// HTTP 400 with Graph code 4 (rate limited without a 429).
-    RateLimitCode4,
-    /// HTTP 401 with Graph code 190.
-    BadToken,
-    /// HTTP 400 with Graph code 100.
-    BadParam,
-    /// HTTP 200 with a body that is not JSON.
-    InvalidJson,
-    /// The real answer, with a Content-Length larger than the bytes sent, then a close.
-    Truncated,
-    /// The connection is reset instead of answered.
-    Reset,
-    /// HTTP 200 with an HTML body (for the CDN: not a JPEG).
-    Html200,
-    /// HTTP 403 "URL signature expired" with a short text body.
-    Expired,
-    /// HTTP 410.
-    Gone,
-    NotFound,
-    /// The page repeats the last few ids of the previous page.
-    OverlapPage,
-    /// The real answer's headers and first half of its body, then nothing:
-    /// the connection stays open and silent (a stalled transfer).
-    Stall,
-    /// Any Graph error: HTTP `status` with error `code`, optionally with
-    /// `Retry-After: <secs>` (e.g. 403 code 4, 400 code 613).
-    Graph {
-        status: u16,
-        code: i64,
-        retry_after: Option<u64>,
-    },
-    /// HTTP 500 with a JSON Graph error body that says it is transient.
-    Status500Json,
-    /// A 302 to the same resource with an extra query parameter.
-    Redirect,
-    /// The real answer streamed in chunks, without a Content-Length.
-    Chunked,
-}
-
-impl Fault {
-    fn name(&self) -> &'static str {
-        match self {
-            Fault::Pass => "pass",
-            Fault::Status500Html => "500-html",
-            Fault::Status503Html => "503-html",
-            Fault::RateLimit {
-                retry_after: Some(_),
-            } => "429-retry-after",
-            Fault::RateLimit { retry_after: None } => "429-plain",
-            Fault::RateLimitCode4 => "400-code4",
-            Fault::BadToken => "401-code190",
-            Fault::BadParam => "400-code100",
-            Fault::InvalidJson => "invalid-json",
-            Fault::Truncated => "truncated",
-            Fault::Reset => "reset",
-            Fault::Html200 => "html-200",
-            Fault::Expired => "403-expired",
-            Fault::Gone => "410-gone",
-            Fault::NotFound => "404",
-            Fault::OverlapPage => "overlap",
-            Fault::Stall => "stall",
-            Fault::Graph { .. } => "graph-error",
-            Fault::Status500Json => "500-json",
-            Fault::Redirect => "302",
-            Fault::Chunked => "chunked",
-        }
-    }
 }
 
 /// One served request.
@@ -363,6 +237,14 @@ struct State_ {
     image_faults: HashMap<String, ImageFaults>,
     /// Every request as it arrived (bounded like `log`).
     started: VecDeque<StartRecord>,
+    filters: FilterMode,
+    cap_bbox: bool,
+    /// Organization id -> member usernames, in the order they joined.
+    orgs: HashMap<String, Vec<String>>,
+    /// API requests by path, whatever their outcome.
+    api_paths: HashMap<String, usize>,
+    /// The `limit` of every `/images` request, in arrival order.
+    images_limits: Vec<usize>,
 }
 
 struct Shared {
@@ -514,6 +396,11 @@ impl FakeMapillary {
                 delete_when_listed: Default::default(),
                 image_faults: HashMap::new(),
                 started: VecDeque::new(),
+                filters: cfg.filters,
+                cap_bbox: cfg.cap_bbox_searches,
+                orgs: HashMap::new(),
+                api_paths: HashMap::new(),
+                images_limits: Vec::new(),
             }),
             bases: JpegBases::new(),
             api_url,
@@ -675,18 +562,31 @@ impl FakeMapillary {
             id_base,
             count,
             seed,
+            sequence: None,
         }));
         user.len += count as usize;
     }
 
     /// Adds a hand-made image (URL fields are ignored: the fake issues its own).
+    /// Without a `creator` it gets `{username, id}` of `username`; an explicit
+    /// `"creator": null` in `extra` leaves it without one (served absent).
     pub fn add_image(&self, username: &str, meta: FakeImage) {
         let mut s = self.shared.lock();
-        let meta = meta.without_urls();
-        s.singles.insert(meta.id.clone(), meta.clone());
+        let mut meta = meta.without_urls();
         let user = user_mut(&mut s, username);
-        user.entries.push(Entry::Single(Box::new(meta)));
+        match meta.extra.get("creator") {
+            None => {
+                let creator = json!({"username": user.name, "id": user.user_id});
+                meta.extra.insert("creator".into(), creator);
+            }
+            Some(Value::Null) => {
+                meta.extra.remove("creator");
+            }
+            Some(_) => {}
+        }
+        user.entries.push(Entry::Single(Box::new(meta.clone())));
         user.len += 1;
+        s.singles.insert(meta.id.clone(), meta);
     }
 
     /// The truth for assertions: every image of the user, in listing order, without URLs.
@@ -738,6 +638,8 @@ impl FakeMapillary {
         s.cdn_total = 0;
         s.cdn_full.clear();
         s.token_on_cdn = false;
+        s.api_paths.clear();
+        s.images_limits.clear();
     }
 
     /// Every API request received, whatever its outcome.

@@ -1,27 +1,31 @@
-//! The enumerator: pages through `GET /images` for one job and writes each
-//! page's images together with the next cursor, in one transaction, so a crash
-//! between pages resumes from the last stored page and never skips one.
-//!
-//! A listing always ends: an empty page, or a `next` whose cursor this run
-//! already followed, is the last page, whatever `next` says (Graph APIs may
-//! send a `next` to an empty page whose `next` is itself).
+//! The enumerator: works through one job's parts ([`crate::store::Part`])
+//! in order, and stores each page together with where its part stands, in
+//! one transaction, so a crash between pages resumes from the last stored
+//! page and never skips one. A part is a listing ([`listing`]: the job's
+//! `GET /images` query, or a tile of its bbox), a sequence or a batch of
+//! image ids ([`by_id`]). Every image is checked against the job's filters
+//! before it is stored.
+
+mod by_id;
+mod listing;
 
 use super::EngineContext;
 use crate::clock::now_ms;
 use crate::config::TOKEN_ENV;
 use crate::mapillary::{MapillaryError, RetryDecision, backoff_delay};
+use crate::selection::PartSpec;
 use crate::store::{ACTIVE, JobState, PauseReason};
 use std::collections::HashSet;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-/// What one page step did.
+/// What one step did.
 #[derive(Debug)]
 pub enum PageOutcome {
-    /// A page was stored; more pages follow.
+    /// A page (or a part) was stored; more follow.
     More { new_images: u64 },
-    /// The last page was stored; enumeration is complete.
+    /// The last part was stored; enumeration is complete.
     Finished { new_images: u64 },
     /// The job is no longer one we enumerate (paused, cancelled, gone).
     Stopped,
@@ -39,36 +43,19 @@ pub struct Listing {
     /// Consecutive failed tries of the current page, for the backoff.
     pub failures: u32,
     /// Cursors of the pages this run fetched: a `next` back to one of them
-    /// is a loop, and ends the listing.
+    /// is a loop, and ends the part.
     seen: HashSet<String>,
 }
 
-/// The identity of a page link: its `after` cursor when it has one, else
-/// the whole link.
-fn cursor_of(link: &str) -> String {
-    url::Url::parse(link)
-        .ok()
-        .and_then(|u| {
-            u.query_pairs()
-                .find(|(k, _)| k == "after")
-                .map(|(_, v)| v.into_owned())
-        })
-        .unwrap_or_else(|| link.to_string())
-}
-
-/// Fetches and stores one page of `job_id`.
+/// Fetches and stores one page (or one part) of `job_id`.
 pub async fn step(
     ctx: &EngineContext,
     job_id: i64,
     listing: &mut Listing,
 ) -> anyhow::Result<PageOutcome> {
-    let failures = listing.failures;
     let Some(job) = ctx.store.find_job(job_id).await? else {
         return Ok(PageOutcome::Stopped);
     };
-    if job.enumeration_complete {
-        return Ok(PageOutcome::Finished { new_images: 0 });
-    }
     match job.state {
         JobState::Queued => {
             ctx.store
@@ -78,58 +65,51 @@ pub async fn step(
         JobState::Enumerating | JobState::Downloading => {}
         _ => return Ok(PageOutcome::Stopped),
     }
-    let url = match job.cursor {
-        Some(cursor) => cursor,
-        None => ctx.client.first_page_url(&job.username, job.bbox),
+    let Some(part) = ctx.store.current_part(job_id).await? else {
+        return finished(ctx, job_id, 0).await;
     };
-    let page = match ctx.client.fetch_page(&url).await {
-        Ok(page) => page,
-        Err(error) => return classify_failure(ctx, job_id, failures, error).await,
+    let stored = match &part.spec {
+        PartSpec::Listing { bbox } => listing::step(ctx, &job, &part, *bbox, listing).await?,
+        PartSpec::Sequence(sequence) => by_id::sequence_step(ctx, &job, sequence).await?,
+        PartSpec::Images(ids) => by_id::images_step(ctx, &job, ids).await?,
     };
-    listing.seen.insert(cursor_of(&url));
-    let mut next = page.next.as_deref();
-    if next.is_some() && page.images.is_empty() && page.skipped == 0 {
-        info!(
-            job = job_id,
-            "an empty page ends the listing, whatever its next link says"
-        );
-        next = None;
-    } else if let Some(link) = next
-        && listing.seen.contains(&cursor_of(link))
-    {
-        warn!(
-            job = job_id,
-            "the next link leads back to a page already read; ending the listing"
-        );
-        next = None;
-    }
-    let last = next.is_none();
-    let new_images = ctx
-        .store
-        .insert_page(job_id, job.quality, &page.images, next, now_ms())
-        .await?;
-    if failures > 0 {
+    let new_images = match stored {
+        Stored::Images(n) => n,
+        Stored::Failure(error) => {
+            return classify_failure(ctx, job_id, listing.failures, error).await;
+        }
+    };
+    if listing.failures > 0 {
         ctx.store.set_job_error(job_id, None, now_ms()).await?;
     }
-    debug!(
-        job = job_id,
-        images = page.images.len(),
-        new_images,
-        "stored a page"
-    );
-    if last {
-        ctx.store
-            .transition_job(
-                job_id,
-                &[JobState::Enumerating],
-                JobState::Downloading,
-                now_ms(),
-            )
-            .await?;
-        Ok(PageOutcome::Finished { new_images })
-    } else {
-        Ok(PageOutcome::More { new_images })
+    match ctx.store.current_part(job_id).await? {
+        Some(_) => Ok(PageOutcome::More { new_images }),
+        None => finished(ctx, job_id, new_images).await,
     }
+}
+
+/// What a part step did: stored its page (counting the new images), or met
+/// an API failure that [`classify_failure`] decides on.
+pub(super) enum Stored {
+    Images(u64),
+    Failure(MapillaryError),
+}
+
+/// Enumeration is complete: the job moves on to downloading.
+async fn finished(
+    ctx: &EngineContext,
+    job_id: i64,
+    new_images: u64,
+) -> anyhow::Result<PageOutcome> {
+    ctx.store
+        .transition_job(
+            job_id,
+            &[JobState::Enumerating],
+            JobState::Downloading,
+            now_ms(),
+        )
+        .await?;
+    Ok(PageOutcome::Finished { new_images })
 }
 
 async fn classify_failure(

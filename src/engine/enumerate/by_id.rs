@@ -1,0 +1,101 @@
+//! Parts named by id: a sequence (its image ids, from `GET /image_ids`,
+//! become batches) and a batch of up to 50 image ids (metadata and URLs from
+//! one `GET /?ids=`, deleted ids isolated as for URL refreshes).
+
+use super::Stored;
+use crate::clock::now_ms;
+use crate::engine::EngineContext;
+use crate::engine::refresh::renew;
+use crate::model::ListedImage;
+use crate::selection::{PartSpec, Source};
+use crate::store::{FailReason, Job, MissingImage, PartStep};
+use tracing::debug;
+
+/// Lists a sequence's image ids and replaces the part with their batches.
+pub(super) async fn sequence_step(
+    ctx: &EngineContext,
+    job: &Job,
+    sequence: &str,
+) -> anyhow::Result<Stored> {
+    let ids = match ctx.client.fetch_sequence_ids(sequence).await {
+        Ok(ids) => ids,
+        Err(error) => return Ok(Stored::Failure(error)),
+    };
+    debug!(
+        job = job.id,
+        sequence,
+        images = ids.len(),
+        "listed a sequence"
+    );
+    let batches = PartSpec::image_batches(&ids);
+    let step = if batches.is_empty() {
+        PartStep::Done
+    } else {
+        PartStep::Replace(&batches)
+    };
+    let none: &[ListedImage] = &[];
+    ctx.store
+        .store_page(job.id, none, &[], step, now_ms())
+        .await?;
+    Ok(Stored::Images(0))
+}
+
+/// Fetches a batch of images by id and stores those the filters keep. Ids
+/// the API no longer knows are recorded failed: deleted, for images of a
+/// sequence; unknown (deleted, or never there), for ids the user named.
+pub(super) async fn images_step(
+    ctx: &EngineContext,
+    job: &Job,
+    ids: &[String],
+) -> anyhow::Result<Stored> {
+    let client = &ctx.client;
+    let renewal = renew(ids.to_vec(), |group| async move {
+        let refs: Vec<&str> = group.iter().map(String::as_str).collect();
+        client.fetch_images(&refs).await
+    })
+    .await;
+    if let Some((_, error)) = renewal.unsettled {
+        return Ok(Stored::Failure(error));
+    }
+    let mut images = Vec::with_capacity(renewal.fresh.len());
+    // In the batch's order, so claims follow the sequence or the user's list.
+    for id in ids {
+        if let Some(meta) = renewal.fresh.get(id)
+            && job.selection.matches(meta)
+        {
+            images.push(ListedImage::new(meta.clone())?);
+        }
+    }
+    let (reason, message) = match job.selection.source {
+        Source::Images(_) => (
+            FailReason::Error,
+            "Mapillary has no image with this id (deleted, or never there)",
+        ),
+        _ => (
+            FailReason::Deleted,
+            "deleted on Mapillary: the API no longer knows this image",
+        ),
+    };
+    let missing: Vec<MissingImage> = renewal
+        .deleted
+        .iter()
+        .map(|id| MissingImage {
+            image_id: id,
+            reason,
+            message,
+        })
+        .collect();
+    let new_images = ctx
+        .store
+        .store_page(job.id, &images, &missing, PartStep::Done, now_ms())
+        .await?;
+    debug!(
+        job = job.id,
+        asked = ids.len(),
+        kept = images.len(),
+        missing = missing.len(),
+        calls = renewal.calls,
+        "stored a batch of images"
+    );
+    Ok(Stored::Images(new_images))
+}

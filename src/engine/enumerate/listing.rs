@@ -1,0 +1,202 @@
+//! Listing parts: pages of `GET /images` for a user or an organization, in
+//! the job's bbox or one tile of it.
+//!
+//! A listing always ends: an empty page, or a `next` whose cursor this run
+//! already followed, is the part's last page, whatever `next` says (Graph
+//! APIs may send a `next` to an empty page whose `next` is itself).
+//!
+//! A bbox search can be capped to one page: a full page with no `next` in a
+//! tile may hide more images, so the tile is split into quarters, each listed
+//! as a part of its own, down to about 1e-4° a side; a tile still full there
+//! is reported in the job's note.
+//!
+//! A "Query Timeout" halves the job's page size (to 100 at least) for the
+//! rest of the job, stored cursors included.
+
+use super::{Listing, Stored};
+use crate::clock::now_ms;
+use crate::engine::EngineContext;
+use crate::mapillary::{MapillaryError, with_limit};
+use crate::model::{Bbox, ListedImage};
+use crate::selection::PartSpec;
+use crate::store::{Job, Part, PartStep};
+use tracing::{debug, info, warn};
+
+/// Smallest page size a query timeout may bring a job down to.
+pub const MIN_PAGE_SIZE: u32 = 100;
+/// Tiles are not split below about this many degrees a side.
+pub const TILE_FLOOR_DEGREES: f64 = 1e-4;
+
+/// The identity of a page link: its `after` cursor when it has one, else
+/// the whole link.
+fn cursor_of(link: &str) -> String {
+    url::Url::parse(link)
+        .ok()
+        .and_then(|u| {
+            u.query_pairs()
+                .find(|(k, _)| k == "after")
+                .map(|(_, v)| v.into_owned())
+        })
+        .unwrap_or_else(|| link.to_string())
+}
+
+/// Fetches and stores the next page of a listing part.
+pub(super) async fn step(
+    ctx: &EngineContext,
+    job: &Job,
+    part: &Part,
+    tile: Option<Bbox>,
+    listing: &mut Listing,
+) -> anyhow::Result<Stored> {
+    let page_size = job.page_size.unwrap_or_else(|| ctx.client.page_size());
+    let url = match &part.cursor {
+        Some(cursor) => with_limit(cursor, page_size),
+        None => ctx.client.listing_url(
+            &job.selection.source,
+            &job.selection.filters,
+            tile,
+            page_size,
+        ),
+    };
+    let page = match ctx.client.fetch_page(&url).await {
+        Ok(page) => page,
+        Err(MapillaryError::QueryTimeout(detail)) if page_size > MIN_PAGE_SIZE => {
+            let smaller = (page_size / 2).max(MIN_PAGE_SIZE);
+            ctx.store.set_page_size(job.id, smaller).await?;
+            info!(
+                job = job.id,
+                page_size = smaller,
+                "query timeout; asking for smaller pages"
+            );
+            return Ok(Stored::Failure(MapillaryError::QueryTimeout(detail)));
+        }
+        Err(error) => return Ok(Stored::Failure(error)),
+    };
+    listing.seen.insert(cursor_of(&url));
+    let served = page.images.len();
+    let mut next = page.next.as_deref();
+    if next.is_some() && served == 0 && page.skipped == 0 {
+        info!(
+            job = job.id,
+            "an empty page ends the listing, whatever its next link says"
+        );
+        next = None;
+    } else if let Some(link) = next
+        && listing.seen.contains(&cursor_of(link))
+    {
+        warn!(
+            job = job.id,
+            "the next link leads back to a page already read; ending the listing"
+        );
+        next = None;
+    }
+    let kept: Vec<ListedImage> = page
+        .images
+        .into_iter()
+        .filter(|image| job.selection.matches(image))
+        .collect();
+    let capped = next.is_none() && served as u64 >= u64::from(page_size);
+    let quarters = match tile {
+        Some(tile) if capped => split(tile),
+        _ => Vec::new(),
+    };
+    let step = match next {
+        Some(link) => PartStep::Next(link),
+        None if !quarters.is_empty() => PartStep::Replace(&quarters),
+        None => PartStep::Done,
+    };
+    if capped && let Some(tile) = tile {
+        if quarters.is_empty() {
+            let note = format!(
+                "the bbox tile {} still returns a full page at the smallest tile size; some images in it may be missing",
+                tile.to_query()
+            );
+            warn!(job = job.id, %note);
+            ctx.store
+                .set_job_note(job.id, Some(&note), now_ms())
+                .await?;
+        } else {
+            debug!(job = job.id, tile = %tile.to_query(), "a full page without next: splitting the tile");
+        }
+    }
+    let new_images = ctx
+        .store
+        .store_page(job.id, &kept, &[], step, now_ms())
+        .await?;
+    debug!(
+        job = job.id,
+        served,
+        kept = kept.len(),
+        new_images,
+        "stored a page"
+    );
+    Ok(Stored::Images(new_images))
+}
+
+/// The parts a capped tile is listed again as: its quarters (halves when one
+/// side is already at the floor); none once both sides are.
+fn split(tile: Bbox) -> Vec<PartSpec> {
+    let width = tile.east - tile.west;
+    let height = tile.north - tile.south;
+    let xs: Vec<(f64, f64)> = if width >= 2.0 * TILE_FLOOR_DEGREES {
+        let mid = tile.west + width / 2.0;
+        vec![(tile.west, mid), (mid, tile.east)]
+    } else {
+        vec![(tile.west, tile.east)]
+    };
+    let ys: Vec<(f64, f64)> = if height >= 2.0 * TILE_FLOOR_DEGREES {
+        let mid = tile.south + height / 2.0;
+        vec![(tile.south, mid), (mid, tile.north)]
+    } else {
+        vec![(tile.south, tile.north)]
+    };
+    if xs.len() == 1 && ys.len() == 1 {
+        return Vec::new();
+    }
+    let mut parts = Vec::new();
+    for &(south, north) in &ys {
+        for &(west, east) in &xs {
+            if let Ok(bbox) = Bbox::new(west, south, east, north) {
+                parts.push(PartSpec::Listing { bbox: Some(bbox) });
+            }
+        }
+    }
+    parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_split_into_quarters_down_to_the_floor() {
+        let tile = Bbox::new(0.0, 0.0, 1.0, 1.0).unwrap();
+        let parts = split(tile);
+        assert_eq!(parts.len(), 4);
+        let boxes: Vec<Bbox> = parts
+            .iter()
+            .map(|p| match p {
+                PartSpec::Listing { bbox: Some(b) } => *b,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let area: f64 = boxes
+            .iter()
+            .map(|b| (b.east - b.west) * (b.north - b.south))
+            .sum();
+        assert!((area - 1.0).abs() < 1e-12, "the quarters cover the tile");
+        let thin = Bbox::new(0.0, 0.0, 1.0, 1.5e-4).unwrap();
+        assert_eq!(split(thin).len(), 2, "only the wide side is halved");
+        let tiny = Bbox::new(0.0, 0.0, 1.5e-4, 1.5e-4).unwrap();
+        assert!(split(tiny).is_empty(), "at the floor");
+    }
+
+    #[test]
+    fn cursors_are_the_after_parameter() {
+        assert_eq!(cursor_of("https://h/images?limit=5&after=QV&x=1"), "QV");
+        assert_eq!(
+            cursor_of("https://h/images?limit=5"),
+            "https://h/images?limit=5"
+        );
+    }
+}
