@@ -313,3 +313,129 @@ async fn status_works_beside_a_running_daemon() {
     assert_eq!(report["jobs"][0]["username"], "rita");
     drop(daemon);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn download_takes_every_source_and_filter_and_dry_runs_each() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("uma", 60, 41);
+    fake.add_user_to_org("uma", "55");
+    fake.add_sequence("SEQcli000000000000000a", &[("vic", 12)]);
+    fake.add_user("wes", 5, 42);
+    let wes: Vec<String> = fake.images("wes").iter().map(|m| m.id.clone()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    let data = dir.path().join("data");
+
+    let out = run(
+        &[
+            "download",
+            "--organization",
+            "55",
+            "--sequence",
+            "SEQcli000000000000000a",
+            "--image",
+            &wes[0],
+            "--image",
+            &wes[1],
+            "--dry-run",
+        ],
+        &data,
+        &env,
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    for line in [
+        "organization 55: about to download 60 images",
+        "sequence SEQcli000000000000000a: about to download 12 images",
+        "2 images: ",
+    ] {
+        assert!(stdout.contains(line), "{line:?} in {stdout}");
+    }
+    assert!(
+        !data.join("archive").exists(),
+        "a dry run downloads nothing"
+    );
+
+    // Filters: only panoramas-excluded images of uma captured since a date.
+    let uma = fake.images("uma");
+    let mut times: Vec<i64> = uma.iter().filter_map(|m| m.captured_at).collect();
+    times.sort_unstable();
+    let since = mapillary_downloader::selection::rfc3339(times[20]);
+    let out = run(
+        &[
+            "download",
+            "uma",
+            "--since",
+            &since,
+            "--pano",
+            "exclude",
+            "--workers",
+            "4",
+        ],
+        &data,
+        &env,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let expected: Vec<FakeImage> = uma
+        .iter()
+        .filter(|m| m.captured_at.is_some_and(|t| t >= times[20]) && m.is_pano != Some(true))
+        .cloned()
+        .collect();
+    check_collection(
+        &data.join("archive"),
+        "uma",
+        Quality::Original,
+        &expected,
+        |i| fake.jpeg_marker(i, Quality::Original),
+    );
+    let out = run(
+        &[
+            "download",
+            "--sequence",
+            "SEQcli000000000000000a",
+            "--image",
+            &wes[0],
+        ],
+        &data,
+        &env,
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    check_collection(
+        &data.join("archive"),
+        "vic",
+        Quality::Original,
+        &fake.images("vic"),
+        |i| fake.jpeg_marker(i, Quality::Original),
+    );
+
+    // Bad input: exit 2, nothing written.
+    let fresh = dir.path().join("fresh");
+    for args in [
+        vec!["download"],
+        vec!["download", "--organization", "12x"],
+        vec!["download", "--sequence", "a/b"],
+        vec!["download", "--image", "nope"],
+        vec!["download", "uma", "--since", "yesterday"],
+        vec!["download", "uma", "--pano", "maybe"],
+        vec![
+            "download",
+            "uma",
+            "--since",
+            "2024-02-01",
+            "--until",
+            "2024-01-01",
+        ],
+    ] {
+        let out = run(&args, &fresh, &env).await;
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert!(!fresh.exists(), "nothing is written on a usage error");
+}

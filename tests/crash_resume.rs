@@ -185,6 +185,91 @@ async fn kill_9_twice_while_images_are_deleted_and_urls_expire() {
     );
 }
 
+/// kill -9 while each kind of source is being enumerated (an organization's
+/// pages, a sequence's id lists and batches, an image-id list's batches):
+/// every job resumes from its stored parts and ends with exactly its set,
+/// nothing downloaded twice beyond what was in flight at each kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_during_enumeration_of_every_source_kind_resumes_exactly() {
+    let fake = FakeMapillary::start(FakeConfig {
+        api_latency: Duration::from_millis(40),
+        cdn_latency: Duration::from_millis(5),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("ola", 500, 31);
+    fake.add_user("per", 300, 32);
+    fake.add_user_to_org("ola", "4242");
+    fake.add_user_to_org("per", "4242");
+    let sequences: Vec<String> = (0..12).map(|i| format!("SEQkill{i:015}")).collect();
+    for (i, seq) in sequences.iter().enumerate() {
+        fake.add_sequence(seq, &[("quin", 20 + i as u64)]);
+    }
+    fake.add_user("rae", 400, 33);
+    let rae: Vec<String> = fake.images("rae").iter().map(|m| m.id.clone()).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    let workers = 4;
+    let mut daemon = spawn(&data, workers, &env);
+    let api = daemon.api();
+    let mut jobs = Vec::new();
+    for body in [
+        json!({"organization_id": "4242", "quality": "256"}),
+        json!({"sequence_ids": sequences, "quality": "256"}),
+        json!({"image_ids": rae, "quality": "1024"}),
+    ] {
+        let (_, job) = api.post_job(body).await;
+        jobs.push(job["id"].as_i64().unwrap());
+    }
+    let mut kills = 0;
+    for delay in [300, 450] {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        let enumerating = {
+            let mut any = false;
+            for &id in &jobs {
+                any |= daemon.api().job(id).await["enumeration_complete"] == false;
+            }
+            any
+        };
+        assert!(enumerating, "kill {kills} should land during enumeration");
+        daemon.kill9();
+        kills += 1;
+        daemon = spawn(&data, workers, &env);
+    }
+    for &id in &jobs {
+        let job = daemon
+            .api()
+            .wait_for_state(id, &["done"], Duration::from_secs(120))
+            .await;
+        assert_eq!(job["counts"]["failed"], 0, "{job}");
+    }
+    drop(daemon);
+    let archive = data.join("archive");
+    let fake = &fake;
+    for (user, quality) in [
+        ("ola", Quality::Q256),
+        ("per", Quality::Q256),
+        ("quin", Quality::Q256),
+        ("rae", Quality::Q1024),
+    ] {
+        check_collection(&archive, user, quality, &fake.images(user), |i| {
+            fake.jpeg_marker(i, quality)
+        });
+    }
+    let ola_per: Vec<_> = fake
+        .images("ola")
+        .into_iter()
+        .chain(fake.images("per"))
+        .collect();
+    let total = ola_per.len() + fake.images("quin").len() + fake.images("rae").len();
+    let downloads = fake.cdn_hits_total();
+    assert!(
+        downloads <= total + kills * workers as usize,
+        "{downloads} downloads for {total} images after {kills} kills with {workers} workers"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_finishes_in_flight_images_and_exits_zero() {
     let fake = FakeMapillary::start(FakeConfig {
