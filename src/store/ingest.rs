@@ -109,15 +109,18 @@ pub fn strip_token(cursor: &str) -> Result<String, String> {
 }
 
 impl Store {
-    /// Stores one page of the job's current part (its first part not done)
-    /// and what becomes of that part, atomically: after a crash either both
-    /// are there or neither is, so a resume re-reads the page and the
-    /// conflict clause drops the repeats. `missing` images are recorded
-    /// failed for good. When no part is left open, enumeration is complete.
-    /// Returns how many images were new (repeated ids are ignored).
+    /// Stores one page of the job's part `part` (its `seq`) and what becomes
+    /// of that part, atomically: after a crash either both are there or
+    /// neither is, so a resume re-reads the page and the conflict clause
+    /// drops the repeats. `missing` images are recorded failed for good. A
+    /// page for a part already done (or gone, after a re-sync reset the
+    /// parts) is refused and changes nothing. When no part is left open,
+    /// enumeration is complete. Returns how many images were new (repeated
+    /// ids are ignored).
     pub async fn store_page(
         &self,
         job_id: i64,
+        part: i64,
         images: &[impl Storable],
         missing: &[MissingImage<'_>],
         step: PartStep<'_>,
@@ -152,18 +155,18 @@ impl Store {
         });
 
         let mut tx = self.writer()?.begin().await?;
-        let part: Option<i64> = sqlx::query_scalar(
-            "SELECT seq FROM job_parts INDEXED BY job_parts_open \
-             WHERE job_id = ? AND done = 0 ORDER BY seq LIMIT 1",
+        let open: Option<i64> = sqlx::query_scalar(
+            "SELECT seq FROM job_parts WHERE job_id = ? AND seq = ? AND done = 0",
         )
         .bind(job_id)
+        .bind(part)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some(part) = part else {
+        if open.is_none() {
             return Err(StoreError::Invalid(format!(
-                "job {job_id} has no part left to store a page into"
+                "job {job_id} has no open part {part} to store a page into"
             )));
-        };
+        }
         let mut inserted = insert_rows(&mut tx, job_id, &rows, now_ms).await?;
         let mut collections: Vec<&str> = rows.iter().map(|r| r.collection.as_ref()).collect();
         collections.sort_unstable();
@@ -206,8 +209,9 @@ impl Store {
         Ok(inserted)
     }
 
-    /// [`Store::store_page`] for a plain listing page: `next_cursor` is the
-    /// part's next page, `None` finishes it.
+    /// [`Store::store_page`] for a plain listing page of the job's current
+    /// part (its first part not done): `next_cursor` is the part's next page,
+    /// `None` finishes it.
     pub async fn insert_page(
         &self,
         job_id: i64,
@@ -215,8 +219,17 @@ impl Store {
         next_cursor: Option<&str>,
         now_ms: i64,
     ) -> StoreResult<u64> {
+        let Some(part) = self.current_part(job_id).await? else {
+            self.find_job(job_id)
+                .await?
+                .ok_or(StoreError::NoSuchJob(job_id))?;
+            return Err(StoreError::Invalid(format!(
+                "job {job_id} has no part left to store a page into"
+            )));
+        };
         let step = next_cursor.map_or(PartStep::Done, PartStep::Next);
-        self.store_page(job_id, images, &[], step, now_ms).await
+        self.store_page(job_id, part.seq, images, &[], step, now_ms)
+            .await
     }
 
     /// Where a job's images go. Fixed at creation, so read once per page.

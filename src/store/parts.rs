@@ -92,14 +92,20 @@ impl Store {
     /// The job's first part not done: where its enumeration stands. `None`
     /// once every part is done.
     pub async fn current_part(&self, job_id: i64) -> StoreResult<Option<Part>> {
-        let row = sqlx::query(
+        Ok(self.open_parts(job_id, 1).await?.pop())
+    }
+
+    /// The job's first `limit` parts not done, in order.
+    pub async fn open_parts(&self, job_id: i64, limit: u32) -> StoreResult<Vec<Part>> {
+        let rows = sqlx::query(
             "SELECT job_id, seq, kind, west, south, east, north, item, cursor FROM job_parts \
-             INDEXED BY job_parts_open WHERE job_id = ? AND done = 0 ORDER BY seq LIMIT 1",
+             INDEXED BY job_parts_open WHERE job_id = ? AND done = 0 ORDER BY seq LIMIT ?",
         )
         .bind(job_id)
-        .fetch_optional(&self.reader)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
         .await?;
-        row.as_ref().map(part_from_row).transpose()
+        rows.iter().map(part_from_row).collect()
     }
 
     /// How many parts the job has, and how many are done.

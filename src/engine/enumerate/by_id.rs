@@ -15,6 +15,7 @@ use tracing::debug;
 pub(super) async fn sequence_step(
     ctx: &EngineContext,
     job: &Job,
+    part: i64,
     sequence: &str,
 ) -> anyhow::Result<Stored> {
     let ids = match ctx.client.fetch_sequence_ids(sequence).await {
@@ -35,7 +36,7 @@ pub(super) async fn sequence_step(
     };
     let none: &[ListedImage] = &[];
     ctx.store
-        .store_page(job.id, none, &[], step, now_ms())
+        .store_page(job.id, part, none, &[], step, now_ms())
         .await?;
     Ok(Stored::Images(0))
 }
@@ -46,6 +47,7 @@ pub(super) async fn sequence_step(
 pub(super) async fn images_step(
     ctx: &EngineContext,
     job: &Job,
+    part: i64,
     ids: &[String],
 ) -> anyhow::Result<Stored> {
     let client = &ctx.client;
@@ -87,7 +89,7 @@ pub(super) async fn images_step(
         .collect();
     let new_images = ctx
         .store
-        .store_page(job.id, &images, &missing, PartStep::Done, now_ms())
+        .store_page(job.id, part, &images, &missing, PartStep::Done, now_ms())
         .await?;
     debug!(
         job = job.id,

@@ -121,7 +121,7 @@ pub(super) async fn step(
     }
     let new_images = ctx
         .store
-        .store_page(job.id, &kept, &[], step, now_ms())
+        .store_page(job.id, part.seq, &kept, &[], step, now_ms())
         .await?;
     debug!(
         job = job.id,

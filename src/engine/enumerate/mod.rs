@@ -65,26 +65,59 @@ pub async fn step(
         JobState::Enumerating | JobState::Downloading => {}
         _ => return Ok(PageOutcome::Stopped),
     }
-    let Some(part) = ctx.store.current_part(job_id).await? else {
+    let parts = ctx.store.open_parts(job_id, PARTS_AT_ONCE).await?;
+    let Some(first) = parts.first() else {
         return finished(ctx, job_id, 0).await;
     };
-    let stored = match &part.spec {
-        PartSpec::Listing { bbox } => listing::step(ctx, &job, &part, *bbox, listing).await?,
-        PartSpec::Sequence(sequence) => by_id::sequence_step(ctx, &job, sequence).await?,
-        PartSpec::Images(ids) => by_id::images_step(ctx, &job, ids).await?,
-    };
-    let new_images = match stored {
-        Stored::Images(n) => n,
-        Stored::Failure(error) => {
-            return classify_failure(ctx, job_id, listing.failures, error).await;
+    let outcomes = match &first.spec {
+        // A listing is a chain of cursors: one page at a time.
+        PartSpec::Listing { bbox } => vec![listing::step(ctx, &job, first, *bbox, listing).await?],
+        // Parts named by id stand alone: the leading run of them goes at once.
+        _ => {
+            let steps = parts
+                .iter()
+                .take_while(|p| !matches!(p.spec, PartSpec::Listing { .. }))
+                .map(|part| by_id_step(ctx, &job, part));
+            futures_util::future::join_all(steps)
+                .await
+                .into_iter()
+                .collect::<anyhow::Result<Vec<Stored>>>()?
         }
     };
+    let mut new_images = 0;
+    for outcome in outcomes {
+        match outcome {
+            Stored::Images(n) => new_images += n,
+            Stored::Failure(error) => {
+                return classify_failure(ctx, job_id, listing.failures, error).await;
+            }
+        }
+    }
     if listing.failures > 0 {
         ctx.store.set_job_error(job_id, None, now_ms()).await?;
     }
     match ctx.store.current_part(job_id).await? {
         Some(_) => Ok(PageOutcome::More { new_images }),
         None => finished(ctx, job_id, new_images).await,
+    }
+}
+
+/// Parts named by id (sequences, image batches) worked on at once: their
+/// calls overlap the API's latency; the shared limiter still caps the rate.
+const PARTS_AT_ONCE: u32 = 8;
+
+/// One sequence or image-batch part.
+async fn by_id_step(
+    ctx: &EngineContext,
+    job: &crate::store::Job,
+    part: &crate::store::Part,
+) -> anyhow::Result<Stored> {
+    match &part.spec {
+        PartSpec::Sequence(sequence) => by_id::sequence_step(ctx, job, part.seq, sequence).await,
+        PartSpec::Images(ids) => by_id::images_step(ctx, job, part.seq, ids).await,
+        PartSpec::Listing { .. } => {
+            anyhow::bail!("part {} is a listing: those go one page at a time", part.seq)
+        }
     }
 }
 
