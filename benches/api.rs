@@ -105,7 +105,11 @@ async fn main() {
             .unwrap();
         for image in &claimed {
             store
-                .complete(&image.lease, 100_000, "x.jpg", now_ms())
+                .complete(
+                    &image.lease,
+                    &mapillary_downloader::archive::ArchivedFile::loose("x.jpg", 100_000, None),
+                    now_ms(),
+                )
                 .await
                 .unwrap();
         }

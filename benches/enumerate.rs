@@ -32,7 +32,11 @@ fn env_u64(name: &str, default: u64) -> anyhow::Result<u64> {
 async fn time_enumeration(fake: &FakeMapillary, body: Value) -> anyhow::Result<(Duration, u64)> {
     let dir = tempfile::tempdir()?;
     let mut daemon_env = env::daemon_env(fake.api_url().as_str(), &fake.token());
-    env::set(&mut daemon_env, "MLD__LOG__LEVEL", "warn,mapillary_downloader=info");
+    env::set(
+        &mut daemon_env,
+        "MLD__LOG__LEVEL",
+        "warn,mapillary_downloader=info",
+    );
     let daemon = DaemonProcess::spawn_keeping(
         BINARY,
         &dir.path().join("data"),

@@ -240,7 +240,15 @@ async fn claim_complete(store: Arc<Store>, total: usize, stop: Arc<AtomicBool>) 
                 }
                 for c in claimed {
                     let ok = store
-                        .complete(&c.lease, 123_456, "archive/x.jpg", 2)
+                        .complete(
+                            &c.lease,
+                            &mapillary_downloader::archive::ArchivedFile::loose(
+                                "archive/x.jpg",
+                                123_456,
+                                None,
+                            ),
+                            2,
+                        )
                         .await
                         .expect("complete");
                     assert!(ok);

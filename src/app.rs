@@ -8,17 +8,15 @@
 
 use crate::api::{self, AppState, HttpServer};
 use crate::config::Settings;
-use crate::engine::{Engine, EngineContext, Tuning, new_owner_id};
+use crate::engine::{Engine, EngineContext, Tuning};
 use crate::mapillary::{ClientSettings, MapillaryClient};
 use crate::secret::Secret;
-use crate::stats::Stats;
 use crate::store::Store;
 use anyhow::Context;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -64,16 +62,12 @@ pub async fn engine_context(settings: &Settings, token: Secret) -> anyhow::Resul
             )
         })?;
     let client = MapillaryClient::new(client_settings(settings)?, token)?;
-    Ok(EngineContext {
-        store: Arc::new(store),
+    Ok(EngineContext::new(
+        Arc::new(store),
         client,
-        stats: Arc::new(Stats::new()),
-        wake: Arc::new(Notify::new()),
-        archive_dir: settings.archive_dir(),
-        owner: new_owner_id(),
-        url_strikes: Arc::default(),
-        tuning: Tuning::from_settings(settings),
-    })
+        settings.archive_dir(),
+        Tuning::from_settings(settings),
+    ))
 }
 
 /// The daemon: HTTP API + engine.

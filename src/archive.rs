@@ -1,7 +1,8 @@
 //! The archive on disk: where each image goes, and how it gets there durably.
 //!
 //! Layout (shared with the Python tool, so archives are interchangeable):
-//! `<archive>/mapillary-<username>-<quality>/<YYYY-MM-DD>/<sequence_id>/<image_id>.jpg`.
+//! `<archive>/mapillary-<username>-<quality>[-webp]/<YYYY-MM-DD>/<sequence_id>/<image_id>.<jpg|webp>`,
+//! until packing turns a date folder into `<YYYY-MM-DD>.tar` (see [`crate::package`]).
 //! Invariant 1 lives here: a file is written to `<final>.part`, fsynced,
 //! renamed, and its directory fsynced, before anyone may call it done.
 
@@ -14,8 +15,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Suffix of a file still being written. Never left behind by a finished job.
 pub const PART_SUFFIX: &str = ".part";
-/// Name of the per-collection metadata file.
-pub const METADATA_FILE: &str = "metadata.jsonl";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
@@ -70,15 +69,83 @@ pub fn date_folder(captured_at_ms: Option<i64>) -> String {
         .unwrap_or_else(|| "unknown-date".to_string())
 }
 
+/// What an archived image file is: the extension it gets and the decoder
+/// `verify` checks it with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    Jpeg,
+    Webp,
+}
+
+impl FileKind {
+    pub fn extension(self) -> &'static str {
+        match self {
+            FileKind::Jpeg => "jpg",
+            FileKind::Webp => "webp",
+        }
+    }
+
+    /// The kind a stored path or tar member names, by its extension.
+    pub fn of(path: &str) -> Option<FileKind> {
+        match Path::new(path).extension()?.to_str()? {
+            "jpg" => Some(FileKind::Jpeg),
+            "webp" => Some(FileKind::Webp),
+            _ => None,
+        }
+    }
+}
+
+/// An image file as archived: where, how big, its SHA-256, and whether it
+/// is the JPEG a WebP job had to keep. `packing_id` is set when the image
+/// was adopted from a copy already packed in a tar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedFile {
+    pub path: PathBuf,
+    pub bytes: u64,
+    /// `None` only for a copy archived before checksums existed.
+    pub sha256: Option<String>,
+    pub kept_jpeg: bool,
+    pub packing_id: Option<i64>,
+}
+
+impl ArchivedFile {
+    /// A freshly written loose file.
+    pub fn loose(path: impl Into<PathBuf>, bytes: u64, sha256: Option<String>) -> ArchivedFile {
+        ArchivedFile {
+            path: path.into(),
+            bytes,
+            sha256,
+            kept_jpeg: false,
+            packing_id: None,
+        }
+    }
+}
+
 /// Where an image's file goes. Validates every id before it touches a path.
-pub fn image_path(collection: &Path, meta: &ImageMeta) -> Result<PathBuf, ArchiveError> {
+pub fn image_path(
+    collection: &Path,
+    meta: &ImageMeta,
+    kind: FileKind,
+) -> Result<PathBuf, ArchiveError> {
     validate_image_id(&meta.id).map_err(ArchiveError::InvalidId)?;
     let mut dir = collection.join(date_folder(meta.captured_at));
     if let Some(sequence) = meta.sequence.as_deref().filter(|s| !s.is_empty()) {
         validate_sequence_id(sequence).map_err(ArchiveError::InvalidId)?;
         dir.push(sequence);
     }
-    Ok(dir.join(format!("{}.jpg", meta.id)))
+    Ok(dir.join(format!("{}.{}", meta.id, kind.extension())))
+}
+
+/// `file`'s path inside its collection folder, `/`-separated: its tar
+/// member name (`<date>/<sequence>/<id>.<ext>`). `None` if it lies outside.
+pub fn member_name(collection: &Path, file: &Path) -> Option<String> {
+    let relative = file.strip_prefix(collection).ok()?;
+    let parts: Option<Vec<&str>> = relative
+        .components()
+        .map(|c| c.as_os_str().to_str())
+        .collect();
+    let parts = parts?;
+    (!parts.is_empty()).then(|| parts.join("/"))
 }
 
 /// `<final>.<pid>-<n>.part`: unique per write, so two writers of one image
@@ -255,24 +322,35 @@ mod tests {
         let c = collection_path(Path::new("/a"), &name).unwrap();
         assert_eq!(c, Path::new("/a/mapillary-bob-2048"));
         // 2021-03-04T23:59:59.999Z, UTC date, not local.
-        let p = image_path(&c, &meta("123", Some(1_614_902_399_999), Some("seqA"))).unwrap();
+        let p = image_path(
+            &c,
+            &meta("123", Some(1_614_902_399_999), Some("seqA")),
+            FileKind::Jpeg,
+        )
+        .unwrap();
         assert_eq!(
             p,
             Path::new("/a/mapillary-bob-2048/2021-03-04/seqA/123.jpg")
         );
-        let p = image_path(&c, &meta("124", None, None)).unwrap();
-        assert_eq!(p, Path::new("/a/mapillary-bob-2048/unknown-date/124.jpg"));
+        assert_eq!(
+            member_name(&c, &p).as_deref(),
+            Some("2021-03-04/seqA/123.jpg")
+        );
+        let p = image_path(&c, &meta("124", None, None), FileKind::Webp).unwrap();
+        assert_eq!(p, Path::new("/a/mapillary-bob-2048/unknown-date/124.webp"));
+        assert_eq!(FileKind::of(&p.to_string_lossy()), Some(FileKind::Webp));
+        assert_eq!(member_name(Path::new("/b"), &p), None);
     }
 
     #[test]
     fn hostile_ids_never_become_paths() {
         let c = Path::new("/a/c");
         assert!(matches!(
-            image_path(c, &meta("../1", None, None)),
+            image_path(c, &meta("../1", None, None), FileKind::Jpeg),
             Err(ArchiveError::InvalidId(_))
         ));
         assert!(matches!(
-            image_path(c, &meta("1", None, Some("../../etc"))),
+            image_path(c, &meta("1", None, Some("../../etc")), FileKind::Jpeg),
             Err(ArchiveError::InvalidId(_))
         ));
         assert!(collection_path(c, "../x").is_err());

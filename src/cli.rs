@@ -1,6 +1,6 @@
 //! The command line: what each subcommand takes. Parsing only; no behaviour.
 
-use crate::model::{Bbox, Quality};
+use crate::model::{Bbox, OutputFormat, Quality};
 use crate::selection::{Pano, parse_date};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -31,6 +31,9 @@ pub enum Command {
     Download(DownloadArgs),
     /// Print the jobs and their progress from the database (works beside a running daemon).
     Status(StatusArgs),
+    /// Check every archived image (loose or in a tar): there, right size and SHA-256, decodable.
+    /// Exit 0 when all are ok, 1 when a problem is found, 2 for a usage or config error.
+    Verify(VerifyArgs),
     /// Exit 0 when the daemon's /healthz answers 200 (for Docker's HEALTHCHECK; needs no curl).
     Healthcheck(HealthcheckArgs),
 }
@@ -81,6 +84,31 @@ pub struct DownloadArgs {
     /// Enumerate only: print the image count and an estimated total size, download nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// File format: jpeg (the CDN's JPEG, tagged) or webp (re-encoded at output.webp_quality,
+    /// same tags, in a mapillary-<user>-<quality>-webp collection).
+    #[arg(long, default_value = "jpeg", value_parser = parse_format)]
+    pub format: OutputFormat,
+    /// Package for the Internet Archive when done: one tar per capture date,
+    /// metadata.jsonl.gz, __ia_thumb__.jpg and .meta/ item tags.
+    #[arg(long)]
+    pub tar: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Where the database and archive live.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Only this job's images.
+    #[arg(long, value_name = "ID")]
+    pub job: Option<i64>,
+    /// Queue missing and corrupt images again (reopening their jobs) so the daemon
+    /// or the next `download` fetches them. Works while a daemon runs.
+    #[arg(long)]
+    pub repair: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +147,11 @@ pub fn parse_bbox(s: &str) -> Result<Bbox, String> {
 /// Parses `--since` / `--until` for clap (Unix ms).
 pub fn parse_date_arg(s: &str) -> Result<i64, String> {
     parse_date(s)
+}
+
+/// Parses `--format` for clap.
+pub fn parse_format(s: &str) -> Result<OutputFormat, String> {
+    s.parse()
 }
 
 /// Parses `--pano` for clap.

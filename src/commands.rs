@@ -3,11 +3,14 @@
 //! failure or images failed for good, 2 usage, config or token error,
 //! 130 interrupted).
 
-use crate::cli::{Cli, Command, DownloadArgs, ServeArgs, StatusArgs};
+use crate::cli::{Cli, Command, DownloadArgs, ServeArgs, StatusArgs, VerifyArgs};
 use crate::config::{self, FlagOverrides, Settings};
+use crate::model::Packaging;
 use crate::oneshot::{self, DownloadRequest, RunEnd};
 use crate::selection::{Filters, JobSpec};
-use crate::{app, estimate, status, telemetry};
+use crate::store::{Store, StoreError};
+use crate::verify::{self, VerifyOptions};
+use crate::{app, estimate, progress, status, telemetry};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -33,6 +36,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Status(args) => status(cli.config, args).await,
+        Command::Verify(args) => verify(cli.config, args).await,
     };
     outcome.unwrap_or_else(|code| code)
 }
@@ -83,13 +87,18 @@ async fn download(config_file: Option<PathBuf>, args: DownloadArgs) -> Result<Ex
         sequences: args.sequences,
         images: args.images,
         quality: args.quality,
+        format: args.format,
+        package: if args.tar {
+            Packaging::Tar
+        } else {
+            Packaging::None
+        },
         filters: Filters {
             bbox: args.bbox,
             start_captured_at: args.since,
             end_captured_at: args.until,
             pano: args.pano.unwrap_or_default(),
         },
-        ..DownloadRequest::default()
     };
     let specs = request.specs().map_err(usage_error)?;
     let token = token()?;
@@ -140,6 +149,60 @@ async fn status(config_file: Option<PathBuf>, args: StatusArgs) -> Result<ExitCo
             ExitCode::from(1)
         })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `verify`: re-reads every archived image; exit 0 clean, 1 problems.
+async fn verify(config_file: Option<PathBuf>, args: VerifyArgs) -> Result<ExitCode, ExitCode> {
+    let settings = load(&FlagOverrides {
+        config_file,
+        data_dir: args.data_dir,
+        ..FlagOverrides::default()
+    })?;
+    let database = settings.database_path();
+    if !database.exists() {
+        return Err(usage_error(format!(
+            "no database at {}: is --data-dir right?",
+            database.display()
+        )));
+    }
+    let store = Store::open(&database)
+        .await
+        .map(std::sync::Arc::new)
+        .map_err(|e| usage_error(format!("cannot open {}: {e}", database.display())))?;
+    let total = match store.done_rows(args.job).await {
+        Ok(total) => total,
+        Err(e @ StoreError::NoSuchJob(_)) => return Err(usage_error(e)),
+        Err(e) => return Err(runtime_error(e.into())),
+    };
+    let bar = progress::count_bar(total, "verifying", args.json);
+    let options = VerifyOptions {
+        job: args.job,
+        repair: args.repair,
+        threads: 0,
+    };
+    let report = verify::verify(&store, &settings.archive_dir(), &options, &|n| {
+        bar.set_position(n)
+    })
+    .await
+    .map_err(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(1)
+    })?;
+    bar.finish_and_clear();
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+    } else {
+        print!("{}", verify::render(&report, args.repair));
+    }
+    store.close().await;
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 /// A failure while running (exit 1), logged in full.

@@ -62,8 +62,33 @@ pub struct Settings {
     pub workers: WorkerSettings,
     pub jobs: JobSettings,
     pub storage: StorageSettings,
+    pub output: OutputSettings,
+    pub archive: ArchiveSettings,
     pub api: ApiSettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutputSettings {
+    pub webp_quality: u32,
+    /// 0: one per core.
+    pub encode_threads: u32,
+}
+
+impl OutputSettings {
+    /// How many images may be re-encoded at once.
+    pub fn encode_threads(&self) -> usize {
+        match self.encode_threads {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n as usize,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ArchiveSettings {
+    pub skip_if_on_ia: bool,
+    pub ia_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -308,7 +333,19 @@ impl Settings {
         }
         // A lease that expires mid-download lets a second worker take the image.
         let min_lease = m.download_timeout_secs + 60;
-        let ranges: [(&'static str, u64, u64, u64); 17] = [
+        let ranges: [(&'static str, u64, u64, u64); 19] = [
+            (
+                "output.webp_quality",
+                self.output.webp_quality.into(),
+                0,
+                100,
+            ),
+            (
+                "output.encode_threads",
+                self.output.encode_threads.into(),
+                0,
+                256,
+            ),
             ("mapillary.page_size", m.page_size.into(), 1, 2000),
             (
                 "mapillary.calls_per_minute",
@@ -389,6 +426,14 @@ impl Settings {
         }
         self.default_resync()
             .map_err(|reason| ("jobs.resync_every", reason))?;
+        let ia = url::Url::parse(&self.archive.ia_url).map_err(|e| {
+            let reason = format!("{:?} is not a URL: {e}", self.archive.ia_url);
+            ("archive.ia_url", reason)
+        })?;
+        if !matches!(ia.scheme(), "http" | "https") || ia.host().is_none() {
+            let reason = format!("{:?} must be an http(s) URL", self.archive.ia_url);
+            return Err(("archive.ia_url", reason));
+        }
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(("storage.data_dir", "must not be empty".into()));
         }

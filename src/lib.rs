@@ -12,6 +12,10 @@
 //! - [`secret`]: a string type whose Debug and Display print `[redacted]`.
 //! - [`units`]: human-readable sizes, counts, rates and durations. [`clock`]: Unix-ms wall time.
 //! - [`archive`]: the on-disk layout and durable writes (`.part`, fsync, rename, fsync dir).
+//!   [`checksum`]: SHA-256 while writing. [`webp`]: JPEG -> tagged WebP.
+//! - [`package`]: tars per capture date (planned -> written -> cleaned), `metadata.jsonl.gz`, item files.
+//!   [`archive_org`]: is a collection already an Internet Archive item?
+//! - [`verify`]: re-reads every archived file (loose or in a tar) against its size and SHA-256; repairs.
 //! - [`engine`]: enumerators, the dispatcher, workers and the supervisor; crash recovery and shutdown.
 //! - [`app`]: wiring for `serve`: store + client + engine + HTTP server, and signal handling.
 //! - [`oneshot`]: the `download` command (engine in-process until done). [`estimate`]: its `--dry-run`.
@@ -22,6 +26,8 @@
 pub mod api;
 pub mod app;
 pub mod archive;
+pub mod archive_org;
+pub mod checksum;
 pub mod cli;
 pub mod clock;
 pub mod commands;
@@ -32,6 +38,7 @@ pub mod exif;
 pub mod mapillary;
 pub mod model;
 pub mod oneshot;
+pub mod package;
 pub mod progress;
 pub mod secret;
 pub mod selection;
@@ -40,3 +47,5 @@ pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod units;
+pub mod verify;
+pub mod webp;

@@ -124,6 +124,23 @@ impl RateMeter {
     }
 }
 
+/// A bar counting to `total` on a terminal's stderr; hidden elsewhere (a
+/// pipe, a log) or when `hidden`.
+pub fn count_bar(total: u64, label: &str, hidden: bool) -> ProgressBar {
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if hidden || !terminal {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg} [{bar:40}] {human_pos}/{human_len} ({per_sec}, ETA {eta})",
+    ) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(label.to_string());
+    bar
+}
+
 /// Where progress goes.
 pub enum Reporter {
     /// Live bars on a terminal.

@@ -439,3 +439,60 @@ async fn download_takes_every_source_and_filter_and_dry_runs_each() {
     }
     assert!(!fresh.exists(), "nothing is written on a usage error");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn download_webp_tar_packs_for_the_internet_archive_then_verify_passes() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("oona", 90, 28);
+    let dir = tempfile::tempdir().unwrap();
+    let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    let args = [
+        "download",
+        "oona",
+        "--quality",
+        "256",
+        "--format",
+        "webp",
+        "--tar",
+    ];
+    let out = run(&args, dir.path(), &env).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let collection = dir.path().join("archive/mapillary-oona-256-webp");
+    let files = mld_testkit::tar_check::files_under(&collection);
+    assert!(files.iter().any(|f| f.ends_with(".tar")), "{files:?}");
+    assert!(files.contains("metadata.jsonl.gz") && files.contains("__ia_thumb__.jpg"));
+    assert!(files.contains(".meta/title/0"), "{files:?}");
+    assert!(
+        !files
+            .iter()
+            .any(|f| f.ends_with(".webp") || f.ends_with(".part")),
+        "nothing loose: {files:?}"
+    );
+    let members: usize = files
+        .iter()
+        .filter(|f| f.ends_with(".tar"))
+        .map(|f| mld_testkit::tar_check::list(&collection.join(f)).len())
+        .sum();
+    assert_eq!(members, 90);
+    // A second run finds everything archived and packed: nothing to do.
+    let before = fake.cdn_hits_total();
+    let out = run(&args, dir.path(), &env).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(fake.cdn_hits_total(), before);
+    let out = run(&["verify"], dir.path(), &env).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("verified 90 images: 90 ok, 0 missing, 0 corrupt"),
+        "{stdout}"
+    );
+    // Bad input: a clear error, exit 2, nothing written.
+    let out = run(&["download", "oona", "--format", "png"], dir.path(), &env).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("unknown format"),
+        "{}",
+        text(&out.stderr)
+    );
+}

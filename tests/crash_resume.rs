@@ -11,6 +11,7 @@ use mld_testkit::archive_check::{
 use mld_testkit::env::test_env;
 use mld_testkit::fake::{DEFAULT_TOKEN, FakeConfig, FakeMapillary, Quality};
 use mld_testkit::process::DaemonProcess;
+use mld_testkit::tmpfs::{Tmpfs, fs_free_bytes};
 use rand::Rng;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
@@ -192,7 +193,7 @@ async fn kill_9_twice_while_images_are_deleted_and_urls_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_during_enumeration_of_every_source_kind_resumes_exactly() {
     let fake = FakeMapillary::start(FakeConfig {
-        api_latency: Duration::from_millis(40),
+        api_latency: Duration::from_millis(150),
         cdn_latency: Duration::from_millis(5),
         ..FakeConfig::default()
     })
@@ -222,17 +223,25 @@ async fn kill_9_during_enumeration_of_every_source_kind_resumes_exactly() {
         let (_, job) = api.post_job(body).await;
         jobs.push(job["id"].as_i64().unwrap());
     }
+    // Each kill lands once pages are stored and some listing is unfinished
+    // (parts run 8 at a time, so fixed delays would race the listing).
     let mut kills = 0;
-    for delay in [300, 450] {
-        tokio::time::sleep(Duration::from_millis(delay)).await;
-        let enumerating = {
-            let mut any = false;
+    for _ in 0..2 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (mut discovered, mut enumerating) = (0, false);
             for &id in &jobs {
-                any |= daemon.api().job(id).await["enumeration_complete"] == false;
+                let job = daemon.api().job(id).await;
+                discovered += job["counts"]["discovered"].as_u64().unwrap_or(0);
+                enumerating |= job["enumeration_complete"] == false;
             }
-            any
-        };
-        assert!(enumerating, "kill {kills} should land during enumeration");
+            assert!(enumerating, "kill {kills} should land during enumeration");
+            if discovered > 0 || std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
         daemon.kill9();
         kills += 1;
         daemon = spawn(&data, workers, &env);
@@ -342,46 +351,6 @@ async fn sigterm_finishes_in_flight_images_and_exits_zero() {
         400,
         "a graceful stop leaves nothing to download twice"
     );
-}
-
-/// Mounts a small tmpfs; `None` (and the test is skipped) when not root.
-struct Tmpfs(std::path::PathBuf);
-
-impl Tmpfs {
-    /// Mounts a tmpfs of `size` at `at`. Needs root, as CI runs: a test that
-    /// cannot mount fails and says so, it never passes untested.
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        std::fs::create_dir_all(at).unwrap();
-        let status = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .status();
-        assert!(
-            status.as_ref().is_ok_and(|s| s.success()),
-            "mounting a {size} tmpfs at {} failed ({status:?}): this test needs root \
-             (CI and `bash .ci/run` run as root) and the `mount` command",
-            at.display()
-        );
-        Tmpfs(at.to_path_buf())
-    }
-
-    fn resize(&self, size: &str) {
-        let status = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.0)
-            .status();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -502,16 +471,129 @@ async fn a_real_enospc_mid_write_leaves_no_partial_file_and_burns_nothing() {
     running.stop().await;
 }
 
-/// Free bytes on the filesystem holding `path`, as `df` shows them.
-fn fs_free_bytes(path: &Path) -> u64 {
-    let out = std::process::Command::new("df")
-        .args(["--output=avail", "-B1"])
-        .arg(path)
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .nth(1)
-        .and_then(|l| l.trim().parse().ok())
-        .unwrap_or(u64::MAX)
+/// The packings not yet `cleaned`, read from the database beside the daemon.
+async fn unfinished_packings(db: &Path) -> Vec<String> {
+    let url = format!("sqlite://{}?mode=ro", db.display());
+    let Ok(pool) = sqlx::SqlitePool::connect(&url).await else {
+        return Vec::new();
+    };
+    let states: Vec<String> =
+        sqlx::query_scalar("SELECT state FROM packings WHERE state <> 'cleaned'")
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+    pool.close().await;
+    states
+}
+
+/// kill -9 while tars are being written and while their loose files are
+/// being removed: no half tar ever sits under a final name, no image is
+/// lost (each is loose or in a whole tar), nothing is downloaded again, and
+/// the next start finishes the packing into exactly the tars an
+/// uninterrupted run writes, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_while_packing_loses_nothing_and_ends_with_the_same_tars() {
+    use mld_testkit::tar_check::{self, tars_in};
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("tara", 600, 31);
+    let images = fake.images("tara");
+    let dir = tempfile::tempdir().unwrap();
+    let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    let spec = json!({"username": "tara", "package": "tar"});
+    let collection_of =
+        |data: &Path| collection_dir(&data.join("archive"), "tara", Quality::Original);
+
+    // The reference: one uninterrupted run.
+    let reference = dir.path().join("reference");
+    let daemon = spawn(&reference, 8, &env);
+    let (_, job) = daemon.api().post_job(spec.clone()).await;
+    let id = job["id"].as_i64().unwrap();
+    daemon
+        .api()
+        .wait_for_state(id, &["done"], Duration::from_secs(120))
+        .await;
+    drop(daemon);
+    let want = tars_in(&collection_of(&reference));
+    let dates: HashSet<String> = images
+        .iter()
+        .map(|m| {
+            let path = mld_testkit::archive_check::member_name(m, "jpg");
+            path.split('/').next().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(want.len(), dates.len(), "one tar per capture date");
+    let hits_before: usize = images.iter().map(|m| fake.cdn_hits(&m.id)).sum();
+
+    let data = dir.path().join("data");
+    let db = data.join("mapillary.db");
+    let mut daemon = spawn(&data, 8, &env);
+    let (_, job) = daemon.api().post_job(spec).await;
+    let id = job["id"].as_i64().unwrap();
+    let mut kills_mid_packing = Vec::new();
+    for _ in 0..4 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut seen = Vec::new();
+        while seen.is_empty() && std::time::Instant::now() < deadline {
+            if daemon.api().job(id).await["state"] == "done" {
+                break;
+            }
+            seen = unfinished_packings(&db).await;
+            if seen.is_empty() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        if seen.is_empty() {
+            break;
+        }
+        daemon.kill9();
+        kills_mid_packing.push(seen);
+        // After the kill: every tar under a final name is whole and is the
+        // reference's, and every image is loose or in one of them.
+        let collection = collection_of(&data);
+        let mut packed = HashSet::new();
+        for (name, bytes) in tars_in(&collection) {
+            assert_eq!(
+                Some(&bytes),
+                want.get(&name),
+                "{name} after a kill is not the finished tar"
+            );
+            for entry in tar_check::list(&collection.join(&name)) {
+                packed.insert(entry.name);
+            }
+        }
+        for image in &images {
+            let member = mld_testkit::archive_check::member_name(image, "jpg");
+            assert!(
+                packed.contains(&member) || collection.join(&member).exists(),
+                "{} is neither loose nor in a tar after a kill",
+                image.id
+            );
+        }
+        daemon = spawn(&data, 8, &env);
+    }
+    assert!(
+        kills_mid_packing.len() >= 2,
+        "at least two kills should land mid-packing: {kills_mid_packing:?}"
+    );
+    eprintln!("kills landed with unfinished packings in states {kills_mid_packing:?}");
+    let job = daemon
+        .api()
+        .wait_for_state(id, &["done"], Duration::from_secs(120))
+        .await;
+    assert_eq!(job["counts"]["done"], 600, "{job}");
+    drop(daemon);
+    let collection = collection_of(&data);
+    assert_eq!(tars_in(&collection), want, "the same tars, byte for byte");
+    assert!(part_files(&data).is_empty());
+    let loose: Vec<String> = tar_check::files_under(&collection)
+        .into_iter()
+        .filter(|f| f.ends_with(".jpg") && f != "__ia_thumb__.jpg")
+        .collect();
+    assert!(loose.is_empty(), "loose files left: {loose:?}");
+    let hits_after: usize = images.iter().map(|m| fake.cdn_hits(&m.id)).sum();
+    assert_eq!(hits_after - hits_before, 600, "nothing downloaded twice");
+    assert_eq!(
+        std::fs::read(collection.join("metadata.jsonl.gz")).unwrap(),
+        std::fs::read(collection_of(&reference).join("metadata.jsonl.gz")).unwrap()
+    );
 }

@@ -3,6 +3,7 @@
 //! the store; no engine runs.
 
 use mapillary_downloader::api::{self, AppState};
+use mapillary_downloader::archive::ArchivedFile;
 use mapillary_downloader::model::{ImageMeta, Quality};
 use mapillary_downloader::secret::Secret;
 use mapillary_downloader::selection::JobSpec;
@@ -174,7 +175,7 @@ async fn create_answers_201_then_200_for_the_same_key() {
     assert_eq!(created["enumeration_complete"], false);
     assert_eq!(
         created["counts"],
-        json!({"discovered":0,"pending":0,"in_progress":0,"done":0,"failed":0,"deleted":0})
+        json!({"discovered":0,"pending":0,"in_progress":0,"done":0,"failed":0,"deleted":0,"kept_jpeg":0})
     );
     assert_eq!(created["bytes_done"], 0);
     assert!(created["last_error"].is_null());
@@ -449,7 +450,11 @@ async fn retry_requeues_failed_images_and_reopens_a_finished_job() {
     let (first, rest) = claimed.split_first().unwrap();
     assert!(
         store
-            .complete(&first.lease, 1234, "a/b.jpg", now_ms())
+            .complete(
+                &first.lease,
+                &ArchivedFile::loose("a/b.jpg", 1234, None),
+                now_ms()
+            )
             .await
             .unwrap()
     );
@@ -556,7 +561,11 @@ async fn status_reports_jobs_totals_throughput_and_eta() {
         .unwrap();
     assert_eq!(claimed.len(), 3);
     store
-        .complete(&claimed[0].lease, 500, "x.jpg", now_ms())
+        .complete(
+            &claimed[0].lease,
+            &ArchivedFile::loose("x.jpg", 500, None),
+            now_ms(),
+        )
         .await
         .unwrap();
     store

@@ -1,5 +1,6 @@
 //! The job store against a real SQLite file per test.
 
+use mapillary_downloader::archive::ArchivedFile;
 use mapillary_downloader::model::{Bbox, GeoPoint, ImageMeta, Quality};
 use mapillary_downloader::selection::JobSpec;
 use mapillary_downloader::store::{
@@ -238,8 +239,12 @@ impl StoreExt for Store {
         path: &str,
         now: i64,
     ) -> StoreResult<bool> {
-        self.complete(&lease(row, owner, attempt), bytes, path, now)
-            .await
+        self.complete(
+            &lease(row, owner, attempt),
+            &ArchivedFile::loose(path, bytes, None),
+            now,
+        )
+        .await
     }
 
     async fn fail_as(
@@ -1453,7 +1458,11 @@ async fn deferrals_double_each_delay_up_to_the_cap_and_reset_on_completion() {
     let due = s.defer(&c.lease, "x", half, now).await.unwrap().unwrap();
     assert_eq!(due - now, 2_500);
     let c = s.claim_as("w", 1, LEASE, due).await.unwrap().remove(0);
-    assert!(s.complete(&c.lease, 5, "p", due).await.unwrap());
+    assert!(
+        s.complete(&c.lease, &ArchivedFile::loose("p", 5, None), due)
+            .await
+            .unwrap()
+    );
     let rec = s.image_by_id(job, "1").await.unwrap().unwrap();
     assert_eq!(rec.deferrals, 0);
     // A lost lease defers nothing.
@@ -1656,7 +1665,11 @@ async fn jobs_without_progress_are_marked_stalled_and_unmarked_by_progress() {
     assert!(s.clear_recovered_stalls(21_000).await.unwrap().is_empty());
     // An image finishing is progress: the mark and its message go.
     let c = s.claim_as("w", 1, LEASE, 22_000).await.unwrap().remove(0);
-    assert!(s.complete(&c.lease, 9, "p", 22_000).await.unwrap());
+    assert!(
+        s.complete(&c.lease, &ArchivedFile::loose("p", 9, None), 22_000)
+            .await
+            .unwrap()
+    );
     assert_eq!(s.clear_recovered_stalls(23_000).await.unwrap(), vec![job]);
     let recovered = s.find_job(job).await.unwrap().unwrap();
     assert_eq!(

@@ -1,19 +1,21 @@
 //! Finishing a job: once enumeration is complete and no image is pending or
-//! in flight, write the `metadata.jsonl` of every collection the job wrote to
-//! (atomically), and only then mark the job done, in one conditional UPDATE
-//! that re-checks the counters. A crash in between simply repeats the whole
-//! step on restart.
+//! in flight, package every collection the job wrote to, and only then mark
+//! the job done, in one conditional UPDATE that re-checks the counters. A
+//! crash in between simply repeats the whole step on restart (packing
+//! resumes where it stopped, see [`crate::package`]).
+//!
+//! Per collection: a `tar` job writes the thumbnail, packs the date folders,
+//! then writes `metadata.jsonl.gz` and `.meta/`; a collection packed before
+//! keeps those item files whatever job finishes on it; any other collection
+//! gets `metadata.jsonl`. Every file is written atomically.
 
 use super::EngineContext;
-use crate::archive::{self, METADATA_FILE};
+use crate::archive;
 use crate::clock::now_ms;
-use crate::store::{JobState, Store};
-use std::io::Write;
-use tracing::info;
-
-/// Rows read per query while writing `metadata.jsonl`: memory stays flat
-/// whatever the collection's size (invariant 11).
-const METADATA_PAGE: u32 = 2000;
+use crate::model::Packaging;
+use crate::package::{self, PackError, item, metadata};
+use crate::store::{Job, JobState, PauseReason};
+use tracing::{info, warn};
 
 /// Marks `job_id` done if its queue has drained. Returns whether it did.
 pub async fn finish_job(ctx: &EngineContext, job_id: i64) -> anyhow::Result<bool> {
@@ -26,12 +28,21 @@ pub async fn finish_job(ctx: &EngineContext, job_id: i64) -> anyhow::Result<bool
         return Ok(false);
     }
     for collection in ctx.store.job_collections(job_id).await? {
-        write_metadata(ctx, &collection).await?;
+        if !package_collection(ctx, &job, &collection).await? {
+            return Ok(false);
+        }
     }
     // `.part` files are removed by every failed write and swept at startup;
     // sweeping here could hit another job's write in the shared folder.
     let finished = ctx.store.finish_job_if_drained(job_id, now_ms()).await?;
     if finished.is_some() {
+        if job
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(super::FINISH_ERROR_PREFIX))
+        {
+            ctx.store.set_job_error(job_id, None, now_ms()).await?;
+        }
         info!(
             job = job_id,
             selection = %job.selection,
@@ -44,52 +55,53 @@ pub async fn finish_job(ctx: &EngineContext, job_id: i64) -> anyhow::Result<bool
     Ok(finished.is_some())
 }
 
-/// Writes every archived image of `collection`, sorted by `captured_at`,
-/// whichever jobs archived it, each image once. A collection with nothing
-/// archived yet gets no file.
-async fn write_metadata(ctx: &EngineContext, collection: &str) -> anyhow::Result<()> {
-    let folder = archive::collection_path(&ctx.archive_dir, collection)?;
-    let first = ctx.store.collection_images(collection, None, 1).await?;
-    if first.is_empty() {
-        return Ok(());
-    }
-    let target = folder.join(METADATA_FILE);
-    let store = ctx.store.clone();
-    let collection = collection.to_string();
-    let handle = tokio::runtime::Handle::current();
-    tokio::task::spawn_blocking(move || {
-        archive::write_atomically(&target, |out| {
-            write_lines(&store, &collection, &handle, out).map_err(std::io::Error::other)
-        })
-    })
-    .await??;
-    Ok(())
-}
-
-/// The lines of a collection's `metadata.jsonl`, page by page.
-fn write_lines(
-    store: &Store,
+/// Writes one collection's files. `false` when the job cannot finish now:
+/// packing paused it (full disk) or sent images back to the queue.
+async fn package_collection(
+    ctx: &EngineContext,
+    job: &Job,
     collection: &str,
-    handle: &tokio::runtime::Handle,
-    out: &mut impl Write,
-) -> anyhow::Result<()> {
-    let mut after = None;
-    let mut previous_id: Option<String> = None;
-    loop {
-        let page =
-            handle.block_on(store.collection_images(collection, after.as_ref(), METADATA_PAGE))?;
-        let Some(last) = page.last() else {
-            return Ok(());
-        };
-        after = Some(last.position.clone());
-        for image in page {
-            // The same image archived by two jobs comes twice, side by side.
-            if previous_id.as_deref() == Some(image.meta.id.as_str()) {
-                continue;
+) -> anyhow::Result<bool> {
+    let folder = archive::collection_path(&ctx.archive_dir, collection)?;
+    let store = &ctx.store;
+    if job.package == Packaging::Tar {
+        let _one_packer = ctx.packer.lock().await;
+        // From loose files, before they go into tars (as the Python tool
+        // does). Cosmetic: a thumbnail that cannot be made never holds a job.
+        if let Err(e) = item::write_thumbnail(store, &folder, collection).await {
+            warn!(job = job.id, collection, error = %e, "could not make the item thumbnail");
+        }
+        match package::pack_collection(
+            store,
+            &ctx.archive_dir,
+            collection,
+            ctx.tuning.min_free_bytes,
+        )
+        .await
+        {
+            Ok(report) => {
+                if !report.tars.is_empty() {
+                    info!(job = job.id, collection, tars = ?report.tars, members = report.members, bytes = report.bytes, "collection packed");
+                }
+                if report.requeued > 0 {
+                    return Ok(false);
+                }
             }
-            serde_json::to_writer(&mut *out, &image.meta)?;
-            out.write_all(b"\n")?;
-            previous_id = Some(image.meta.id);
+            Err(PackError::DiskFull { path, source }) => {
+                let message = format!(
+                    "disk full: cannot pack {} ({source}); packing resumes by itself once space is free",
+                    path.display()
+                );
+                super::enumerate::pause(ctx, job.id, PauseReason::DiskFull, &message).await?;
+                return Ok(false);
+            }
+            Err(e) => return Err(e.into()),
         }
     }
+    let packed = job.package == Packaging::Tar || store.is_packed_collection(collection).await?;
+    metadata::write(store, &folder, collection, packed).await?;
+    if packed {
+        item::write_meta_tags(store, &folder, collection, true).await?;
+    }
+    Ok(true)
 }

@@ -1,6 +1,6 @@
 //! The engine: enumerators fill the queue, a dispatcher claims due images in
 //! batches and refreshes their URLs, workers download, tag and write them, and
-//! a supervisor loop starts enumerators and finishes jobs.
+//! a supervisor loop starts enumerators and finishes (packs) jobs.
 //!
 //! Each piece exposes a *step* that returns an outcome enum
 //! ([`enumerate::PageOutcome`], [`worker::Outcome`]); the loops that repeat the
@@ -43,7 +43,36 @@ pub struct EngineContext {
     pub owner: Arc<str>,
     /// Free URL refreshes in a row per image row (see [`worker::apply`]).
     pub url_strikes: Arc<Mutex<HashMap<i64, u32>>>,
+    /// Permits to re-encode an image (WebP): `output.encode_threads` at once,
+    /// so CPU and decoded-image memory stay bounded whatever `workers` is.
+    pub encoder: Arc<tokio::sync::Semaphore>,
+    /// Held while packing a collection: one packer at a time, so two jobs
+    /// finishing on one collection never plan the same date twice.
+    pub packer: Arc<tokio::sync::Mutex<()>>,
     pub tuning: Tuning,
+}
+
+impl EngineContext {
+    /// A context over `store` and `client` with fresh shared state.
+    pub fn new(
+        store: Arc<Store>,
+        client: MapillaryClient,
+        archive_dir: PathBuf,
+        tuning: Tuning,
+    ) -> EngineContext {
+        EngineContext {
+            store,
+            client,
+            stats: Arc::new(Stats::new()),
+            wake: Arc::new(Notify::new()),
+            archive_dir,
+            owner: new_owner_id(),
+            url_strikes: Arc::default(),
+            encoder: Arc::new(tokio::sync::Semaphore::new(tuning.encode_threads.max(1))),
+            packer: Arc::default(),
+            tuning,
+        }
+    }
 }
 
 /// The numbers the engine runs by, taken from [`Settings`].
@@ -63,6 +92,13 @@ pub struct Tuning {
     pub stall_after: Duration,
     /// Free bytes kept in reserve on the data dir's filesystem.
     pub min_free_bytes: u64,
+    /// `output.webp_quality`, 0-100.
+    pub webp_quality: f32,
+    /// Images re-encoded at once.
+    pub encode_threads: usize,
+    /// `archive.skip_if_on_ia` and `archive.ia_url`.
+    pub skip_if_on_ia: bool,
+    pub ia_url: String,
 }
 
 impl Tuning {
@@ -79,6 +115,10 @@ impl Tuning {
             disk_full_retry: Duration::from_secs(10),
             stall_after: Duration::from_secs(settings.jobs.stall_after_secs),
             min_free_bytes: settings.storage.min_free_mib.saturating_mul(1024 * 1024),
+            webp_quality: settings.output.webp_quality as f32,
+            encode_threads: settings.output.encode_threads(),
+            skip_if_on_ia: settings.archive.skip_if_on_ia,
+            ia_url: settings.archive.ia_url.clone(),
         }
     }
 }
@@ -172,15 +212,15 @@ impl Engine {
     }
 }
 
-/// Starts enumerators for jobs that need one, finishes jobs whose queue has
-/// drained, and retries jobs paused for a full disk.
+/// Starts enumerators for jobs that need one, finishes (and packs) jobs whose
+/// queue has drained, and retries jobs paused for a full disk.
 async fn supervise(ctx: EngineContext, cancel: CancellationToken) {
     let running: Arc<Mutex<HashMap<i64, CancellationToken>>> = Arc::default();
-    let mut enumerators = JoinSet::new();
+    let mut tasks = JoinSet::new();
     let mut last_disk_retry = tokio::time::Instant::now();
     let mut last_stall_check = tokio::time::Instant::now();
     loop {
-        if let Err(e) = supervise_once(&ctx, &running, &mut enumerators, &cancel).await {
+        if let Err(e) = supervise_once(&ctx, &running, &mut tasks, &cancel).await {
             warn!(error = %e, "supervisor step failed");
         }
         if last_disk_retry.elapsed() >= ctx.tuning.disk_full_retry {
@@ -199,20 +239,20 @@ async fn supervise(ctx: EngineContext, cancel: CancellationToken) {
             _ = cancel.cancelled() => break,
             _ = ctx.wake.notified() => {}
             _ = tokio::time::sleep(ctx.tuning.poll_interval) => {}
-            Some(_) = enumerators.join_next(), if !enumerators.is_empty() => {}
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
         }
     }
     // Enumerators stop at the next page boundary; a page is one transaction.
     if let Ok(map) = running.lock() {
         map.values().for_each(CancellationToken::cancel);
     }
-    while enumerators.join_next().await.is_some() {}
+    while tasks.join_next().await.is_some() {}
 }
 
 async fn supervise_once(
     ctx: &EngineContext,
     running: &Arc<Mutex<HashMap<i64, CancellationToken>>>,
-    enumerators: &mut JoinSet<()>,
+    tasks: &mut JoinSet<()>,
     cancel: &CancellationToken,
 ) -> anyhow::Result<()> {
     for job in ctx.store.start_due_resyncs(now_ms()).await? {
@@ -223,11 +263,14 @@ async fn supervise_once(
     }
     let jobs = ctx.store.jobs_in_states(ACTIVE).await?;
     for job in jobs {
-        if !job.enumeration_complete {
+        let drained = job.counts.pending == 0 && job.counts.in_progress == 0;
+        if !job.enumeration_complete || drained {
+            // One task per job at a time: its enumerator, or its finishing
+            // (which packs, and may take minutes on a big collection).
             let token = {
                 let mut map = running
                     .lock()
-                    .map_err(|_| anyhow::anyhow!("enumerator map poisoned"))?;
+                    .map_err(|_| anyhow::anyhow!("job task map poisoned"))?;
                 if map.contains_key(&job.id) {
                     continue;
                 }
@@ -237,19 +280,18 @@ async fn supervise_once(
             };
             let ctx = ctx.clone();
             let running = running.clone();
-            enumerators.spawn(async move {
-                enumerate::run(&ctx, job.id, token).await;
+            let enumerate = !job.enumeration_complete;
+            tasks.spawn(async move {
+                if enumerate {
+                    enumerate::run(&ctx, job.id, token).await;
+                } else {
+                    finish(&ctx, job.id, &token).await;
+                }
                 if let Ok(mut map) = running.lock() {
                     map.remove(&job.id);
                 }
                 ctx.wake.notify_waiters();
             });
-        } else if job.counts.pending == 0 && job.counts.in_progress == 0 {
-            // One job's trouble (say, an unwritable metadata.jsonl) must not
-            // hold up the others.
-            if let Err(e) = finalize::finish_job(ctx, job.id).await {
-                warn!(job = job.id, error = %e, "could not finish the job; will try again");
-            }
         } else if job.state == JobState::Enumerating {
             // A crash between the last page and its state change.
             ctx.store
@@ -263,6 +305,37 @@ async fn supervise_once(
         }
     }
     Ok(())
+}
+
+/// How a finishing failure's `last_error` starts; cleared once the job finishes.
+pub(crate) const FINISH_ERROR_PREFIX: &str = "could not finish the job";
+
+/// How long a job whose finishing failed waits before it is tried again.
+const FINISH_RETRY: Duration = Duration::from_secs(30);
+
+/// Finishes a drained job. A failure (say, an unwritable collection folder)
+/// goes to the job's `last_error` and is retried after [`FINISH_RETRY`]; it
+/// never holds up the other jobs.
+async fn finish(ctx: &EngineContext, job_id: i64, cancel: &CancellationToken) {
+    let Err(e) = finalize::finish_job(ctx, job_id).await else {
+        return;
+    };
+    let message = format!(
+        "{FINISH_ERROR_PREFIX} (retried every {}s): {e:#}",
+        FINISH_RETRY.as_secs()
+    );
+    warn!(job = job_id, error = %message, "finishing failed");
+    if let Err(e) = ctx
+        .store
+        .set_job_error(job_id, Some(&message), now_ms())
+        .await
+    {
+        warn!(job = job_id, error = %e, "could not record the error");
+    }
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = tokio::time::sleep(FINISH_RETRY) => {}
+    }
 }
 
 /// Resumes jobs paused for a full disk once twice the reserve is free again.

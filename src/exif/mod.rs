@@ -61,11 +61,38 @@ pub enum ExifError {
 /// block. The image data is copied byte for byte, so the pixels are unchanged.
 pub fn tag_jpeg(jpeg: &[u8], meta: &ImageMeta) -> Result<Vec<u8>, ExifError> {
     let parsed = segments::parse(jpeg)?;
+    let tags = tags_of(&parsed, meta)?;
+    parsed.into_tagged_bytes(&tags.exif_tiff, tags.gpano_xmp.as_deref())
+}
+
+/// The metadata blocks [`tag_jpeg`] would write, for a container other than
+/// JPEG (a WebP's `EXIF` and `XMP ` chunks).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tags {
+    /// The EXIF block as TIFF (no `Exif\0\0` prefix): built from `meta`,
+    /// merged with the served file's own tags.
+    pub exif_tiff: Vec<u8>,
+    /// The GPano XMP packet, for panoramas.
+    pub gpano_xmp: Option<Vec<u8>>,
+    /// The pixel size the JPEG's frame header gives.
+    pub dimensions: Option<(u32, u32)>,
+}
+
+/// [`Tags`] for a served JPEG and its metadata.
+pub fn tags_for(jpeg: &[u8], meta: &ImageMeta) -> Result<Tags, ExifError> {
+    tags_of(&segments::parse(jpeg)?, meta)
+}
+
+fn tags_of(parsed: &segments::CheckedJpeg, meta: &ImageMeta) -> Result<Tags, ExifError> {
     let dimensions = parsed.dimensions();
-    let tiff = fields::build_exif_tiff(meta, parsed.exif_payloads(), dimensions)?;
-    let xmp_packet = (meta.is_pano == Some(true)).then(|| {
+    let exif_tiff = fields::build_exif_tiff(meta, parsed.exif_payloads(), dimensions)?;
+    let gpano_xmp = (meta.is_pano == Some(true)).then(|| {
         let heading = values::pick_heading(meta).map(values::rounded_heading);
         xmp::gpano_packet(dimensions, heading)
     });
-    parsed.into_tagged_bytes(&tiff, xmp_packet.as_deref())
+    Ok(Tags {
+        exif_tiff,
+        gpano_xmp,
+        dimensions,
+    })
 }

@@ -130,11 +130,15 @@ impl Store {
 }
 
 async fn connect_readers(path: &Path, options: StoreOptions) -> StoreResult<SqlitePool> {
+    // Readers serve index lookups (status, a worker's search for an
+    // archived copy, metadata pages): a small page cache each keeps memory
+    // flat with every worker reading; the OS page cache does the rest.
     let reader_options = SqliteConnectOptions::new()
         .filename(path)
         .read_only(true)
         .busy_timeout(options.busy_timeout)
-        .foreign_keys(true);
+        .foreign_keys(true)
+        .pragma("cache_size", "-512");
     Ok(SqlitePoolOptions::new()
         .max_connections(options.readers.max(1))
         .min_connections(0)

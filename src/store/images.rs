@@ -20,21 +20,19 @@ impl Store {
         after_row_id: Option<i64>,
         limit: u32,
     ) -> StoreResult<Vec<ArchivedImage>> {
-        let rows = match after_row_id {
-            None => {
-                sqlx::query(
-                    "SELECT rowid, meta, path, capture_order, image_id FROM images \
+        let rows =
+            match after_row_id {
+                None => sqlx::query(
+                    "SELECT rowid, meta, path, bytes, sha256, capture_order, image_id FROM images \
                      WHERE job_id = ? AND state = 'done' \
                      ORDER BY capture_order, rowid LIMIT ?",
                 )
                 .bind(job_id)
                 .bind(i64::from(limit))
                 .fetch_all(&self.reader)
-                .await?
-            }
-            Some(after) => {
-                sqlx::query(
-                    "SELECT rowid, meta, path, capture_order, image_id FROM images \
+                .await?,
+                Some(after) => sqlx::query(
+                    "SELECT rowid, meta, path, bytes, sha256, capture_order, image_id FROM images \
                      WHERE job_id = ?1 AND state = 'done' \
                        AND (capture_order, rowid) > \
                            (SELECT capture_order, rowid FROM images WHERE rowid = ?2) \
@@ -44,9 +42,8 @@ impl Store {
                 .bind(after)
                 .bind(i64::from(limit))
                 .fetch_all(&self.reader)
-                .await?
-            }
-        };
+                .await?,
+            };
         rows.iter().map(archived_from_row).collect()
     }
 
@@ -61,21 +58,19 @@ impl Store {
         after: Option<&CollectionPosition>,
         limit: u32,
     ) -> StoreResult<Vec<ArchivedImage>> {
-        let rows = match after {
-            None => {
-                sqlx::query(
-                    "SELECT rowid, meta, path, capture_order, image_id FROM images \
+        let rows =
+            match after {
+                None => sqlx::query(
+                    "SELECT rowid, meta, path, bytes, sha256, capture_order, image_id FROM images \
                      INDEXED BY images_in_collection WHERE collection = ? AND state = 'done' \
                      ORDER BY capture_order, image_id, rowid LIMIT ?",
                 )
                 .bind(collection)
                 .bind(i64::from(limit))
                 .fetch_all(&self.reader)
-                .await?
-            }
-            Some(after) => {
-                sqlx::query(
-                    "SELECT rowid, meta, path, capture_order, image_id FROM images \
+                .await?,
+                Some(after) => sqlx::query(
+                    "SELECT rowid, meta, path, bytes, sha256, capture_order, image_id FROM images \
                      INDEXED BY images_in_collection WHERE collection = ? AND state = 'done' \
                        AND (capture_order, image_id, rowid) > (?, ?, ?) \
                      ORDER BY capture_order, image_id, rowid LIMIT ?",
@@ -86,9 +81,8 @@ impl Store {
                 .bind(after.row_id)
                 .bind(i64::from(limit))
                 .fetch_all(&self.reader)
-                .await?
-            }
-        };
+                .await?,
+            };
         rows.iter().map(archived_from_row).collect()
     }
 
@@ -169,8 +163,8 @@ impl Store {
     ) -> StoreResult<Option<ImageRecord>> {
         let row = sqlx::query(
             "SELECT rowid, job_id, image_id, meta, url, state, attempts, run_at, lease_owner, \
-             lease_until, bytes, path, last_error, fail_reason, deferrals, captured_at, updated_at \
-             FROM images WHERE job_id = ? AND image_id = ?",
+             lease_until, bytes, path, last_error, fail_reason, deferrals, captured_at, updated_at, \
+             sha256, kept_jpeg, packing_id FROM images WHERE job_id = ? AND image_id = ?",
         )
         .bind(job_id)
         .bind(image_id)
@@ -202,6 +196,9 @@ impl Store {
             deferrals: row.try_get("deferrals")?,
             captured_at: row.try_get("captured_at")?,
             updated_at: row.try_get("updated_at")?,
+            sha256: row.try_get("sha256")?,
+            kept_jpeg: row.try_get("kept_jpeg")?,
+            packing_id: row.try_get("packing_id")?,
         }))
     }
 }
@@ -216,6 +213,8 @@ fn archived_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<ArchivedImage
         path: path.ok_or_else(|| {
             StoreError::Invalid(format!("image row {row_id} is done without a path"))
         })?,
+        bytes: row.try_get::<Option<i64>, _>("bytes")?.map(super::to_u64),
+        sha256: row.try_get("sha256")?,
         position: CollectionPosition {
             capture_order: row.try_get("capture_order")?,
             image_id: row.try_get("image_id")?,

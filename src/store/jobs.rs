@@ -21,7 +21,7 @@ macro_rules! job_columns {
         "id, username, selection, quality, format, package, resync_every_ms, next_sync_at, \
          state, enumeration_complete, last_error, pause_reason, note, page_size, created_at, \
          updated_at, progress_at, stalled_at, n_pending, n_in_progress, n_done, n_failed, \
-         n_deleted, bytes_done"
+         n_deleted, n_kept_jpeg, bytes_done"
     };
 }
 
@@ -111,6 +111,7 @@ fn job_from_row(row: &SqliteRow) -> StoreResult<Job> {
             done,
             failed,
             deleted: to_u64(row.try_get("n_deleted")?),
+            kept_jpeg: to_u64(row.try_get("n_kept_jpeg")?),
         },
         bytes_done: to_u64(row.try_get("bytes_done")?),
         created_at: rfc3339_from_ms(row.try_get("created_at")?),
@@ -289,6 +290,36 @@ impl Store {
             .execute(self.writer()?)
             .await?;
         Ok(())
+    }
+
+    /// Ends a job that has not started (`queued`) as done without listing
+    /// anything, with `note` saying why (its collection is already on the
+    /// Internet Archive). `None` if it was no longer queued.
+    pub async fn skip_queued_job(
+        &self,
+        id: i64,
+        note: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<Job>> {
+        let mut tx = self.writer()?.begin().await?;
+        let changed: Option<i64> = sqlx::query_scalar(
+            "UPDATE jobs SET state = 'done', enumeration_complete = 1, note = ?1, \
+             next_sync_at = NULL, progress_at = ?2, updated_at = ?2 \
+             WHERE id = ?3 AND state = 'queued' RETURNING id",
+        )
+        .bind(note)
+        .bind(now_ms)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if changed.is_some() {
+            sqlx::query("UPDATE job_parts SET done = 1 WHERE job_id = ?")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.job_if_changed(changed).await
     }
 
     /// Lowers the job's listing page size for the rest of the job.

@@ -11,7 +11,8 @@
 //! Layout: [`connection`] opens the pools and checks the schema, [`jobs`] holds
 //! the job rows, [`ingest`] writes enumeration pages, [`queue`] is the work
 //! queue (claim, complete, fail, release, defer), [`images`] reads image rows
-//! back and [`stalls`] finds jobs that stopped making progress.
+//! back, [`archives`] tracks tar packings, adoptable copies and `verify`'s
+//! rows, and [`stalls`] finds jobs that stopped making progress.
 //!
 //! Per-job counts are columns on the job row kept by SQLite triggers on
 //! `images` (see `migrations/`), so `/status` reads O(jobs) rows
@@ -37,8 +38,6 @@ use crate::selection::{self, Selection, Source};
 use serde::Serialize;
 use sqlx::SqlitePool;
 use std::collections::HashMap;
-use std::fmt;
-use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,7 +66,7 @@ pub type StoreResult<T> = Result<T, StoreError>;
 macro_rules! text_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ::serde::Serialize)]
         pub enum $name {
             $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
         }
@@ -82,13 +81,13 @@ macro_rules! text_enum {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
 
-        impl FromStr for $name {
+        impl ::std::str::FromStr for $name {
             type Err = String;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 $name::ALL
@@ -149,6 +148,9 @@ text_enum! {
     }
 }
 
+mod archives;
+pub use archives::{PackedFile, Packing, PackingState, StoredCopy, TarWritten};
+
 /// Per-job image counts, kept as counters so `/status` is O(jobs), not O(images).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
@@ -159,6 +161,8 @@ pub struct Counts {
     pub failed: u64,
     /// Failed because Mapillary deleted them: a subset of `failed`.
     pub deleted: u64,
+    /// WebP jobs: images kept as JPEG (a side over 16,383 px); a subset of `done`.
+    pub kept_jpeg: u64,
 }
 
 /// A job row as the API shows it (never holds a secret: cursors are
@@ -309,6 +313,9 @@ pub struct ClaimedImage {
     pub meta: ImageMeta,
     /// Last known CDN URL for the job's quality, if any.
     pub url: Option<String>,
+    /// A copy of this image another job already packed into a tar of the
+    /// same collection: adopted as is instead of downloaded.
+    pub packed_copy: Option<crate::archive::ArchivedFile>,
 }
 
 impl ClaimedImage {
@@ -337,6 +344,9 @@ pub struct ArchivedImage {
     /// The stored metadata (no URLs).
     pub meta: ImageMeta,
     pub path: String,
+    /// The archived file's size and SHA-256 (`None` before checksums existed).
+    pub bytes: Option<u64>,
+    pub sha256: Option<String>,
     /// Where it stands in its collection's order: pass the last one's to
     /// fetch a collection's next page.
     pub position: CollectionPosition,
@@ -382,6 +392,10 @@ pub struct ImageRecord {
     pub captured_at: Option<i64>,
     /// Unix ms of the last claim, completion or failure.
     pub updated_at: i64,
+    pub sha256: Option<String>,
+    pub kept_jpeg: bool,
+    /// The packing whose tar holds (or will hold) its file.
+    pub packing_id: Option<i64>,
 }
 
 /// The job store. Cheap to share behind an `Arc`; every method takes `&self`.

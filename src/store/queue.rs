@@ -5,6 +5,7 @@
 use super::{
     ClaimedImage, FailOutcome, FailReason, Lease, Store, StoreError, StoreResult, parse_meta,
 };
+use crate::archive::ArchivedFile;
 use crate::model::{OutputFormat, Quality};
 use sqlx::Row;
 use std::sync::Arc;
@@ -149,12 +150,15 @@ impl Store {
                     )?,
                     meta: parse_meta(row_id, &meta)?,
                     url: row.try_get("url")?,
+                    packed_copy: None,
                 },
             ));
         }
         // RETURNING yields rows in no promised order; hand them out in queue order.
         claimed.sort_by_key(|(run_at, image)| (*run_at, image.lease.row_id));
-        Ok(claimed.into_iter().map(|(_, image)| image).collect())
+        let mut claimed: Vec<ClaimedImage> = claimed.into_iter().map(|(_, image)| image).collect();
+        self.attach_packed_copies(&mut claimed).await?;
+        Ok(claimed)
     }
 
     /// A job's quality and format, cached: neither ever changes.
@@ -189,20 +193,33 @@ impl Store {
 
     /// Marks a claimed image done once its file is durable. `false` means the
     /// lease was lost (another holder or a reset); nothing changed.
+    ///
+    /// A file at a path that a finished packing of the same collection already
+    /// holds (another job archived the image, and its date was packed while
+    /// this worker adopted the loose file) joins that packing, so the row
+    /// never points at a loose file packing has removed.
     pub async fn complete(
         &self,
         lease: &Lease,
-        bytes: u64,
-        path: &str,
+        file: &ArchivedFile,
         now_ms: i64,
     ) -> StoreResult<bool> {
+        let path = file.path.to_string_lossy();
         let query = sqlx::query(concat!(
-            "UPDATE images SET state = 'done', bytes = ?, path = ?, lease_owner = NULL, \
-             lease_until = NULL, last_error = NULL, fail_reason = NULL, deferrals = 0, updated_at = ?",
-            fence!()
+            "UPDATE images SET state = 'done', bytes = ?1, path = ?2, sha256 = ?3, kept_jpeg = ?4, \
+             packing_id = coalesce(?5, (SELECT c.packing_id FROM images c INDEXED BY images_copies \
+                 JOIN packings p ON p.id = c.packing_id \
+                 WHERE c.collection = images.collection AND c.image_id = images.image_id \
+                   AND c.state = 'done' AND c.path = ?2 AND p.state <> 'planned' LIMIT 1)), \
+             lease_owner = NULL, lease_until = NULL, last_error = NULL, fail_reason = NULL, \
+             deferrals = 0, updated_at = ?6",
+            " WHERE rowid = ?7 AND state = 'in_progress' AND lease_owner = ?8 AND attempts = ?9"
         ))
-        .bind(i64::try_from(bytes).unwrap_or(i64::MAX))
-        .bind(path)
+        .bind(i64::try_from(file.bytes).unwrap_or(i64::MAX))
+        .bind(path.as_ref())
+        .bind(file.sha256.as_deref())
+        .bind(file.kept_jpeg)
+        .bind(file.packing_id)
         .bind(now_ms);
         let result = bind_lease(query, lease).execute(self.writer()?).await?;
         Ok(result.rows_affected() == 1)

@@ -45,6 +45,13 @@ pub fn image_path(collection: &Path, image: &FakeImage) -> PathBuf {
     dir.join(format!("{}.jpg", image.id))
 }
 
+/// An image's path inside its collection with extension `ext`,
+/// `/`-separated: its tar member name once its date is packed.
+pub fn member_name(image: &FakeImage, ext: &str) -> String {
+    let path = image_path(Path::new(""), image).with_extension(ext);
+    path.to_string_lossy().into_owned()
+}
+
 /// Every `*.part` file under `root`.
 pub fn part_files(root: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();

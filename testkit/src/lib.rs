@@ -9,7 +9,9 @@
 //! - [`api_client`]: the daemon's HTTP API as tests drive it;
 //! - [`server`]: an HTTP server on a task of its own, stopped gracefully;
 //! - [`archive_check`]: an archive on disk against the fake's truth;
-//! - [`latency`]: request-latency sampling for the benches.
+//! - [`latency`]: request-latency sampling for the benches;
+//! - [`tar_check`]: tars read with GNU tar (an independent reader) and gzip;
+//! - [`tmpfs`]: a small filesystem of its own for full-disk tests.
 //!
 //! The kit does not depend on `mapillary-downloader`, whose dev-dependency it
 //! is: a dependency back would give the daemon's tests a second copy of its
@@ -26,3 +28,5 @@ pub mod jpeg;
 pub mod latency;
 pub mod process;
 pub mod server;
+pub mod tar_check;
+pub mod tmpfs;

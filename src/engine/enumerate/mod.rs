@@ -58,6 +58,9 @@ pub async fn step(
     };
     match job.state {
         JobState::Queued => {
+            if skip_if_on_internet_archive(ctx, &job).await? {
+                return Ok(PageOutcome::Stopped);
+            }
             ctx.store
                 .transition_job(job_id, &[JobState::Queued], JobState::Enumerating, now_ms())
                 .await?;
@@ -102,6 +105,48 @@ pub async fn step(
     }
 }
 
+/// `archive.skip_if_on_ia`: a new username job whose collection is already
+/// an Internet Archive item ends at once, done, with a note. Returns whether
+/// it did. Not knowing (archive.org unreachable) means going ahead.
+async fn skip_if_on_internet_archive(
+    ctx: &EngineContext,
+    job: &crate::store::Job,
+) -> anyhow::Result<bool> {
+    let Some(username) = job.username().filter(|_| ctx.tuning.skip_if_on_ia) else {
+        return Ok(false);
+    };
+    let collection = crate::model::collection_name(Some(username), job.quality, job.format);
+    match crate::archive_org::item_exists(&ctx.tuning.ia_url, &collection).await {
+        Ok(true) => {
+            let note = format!(
+                "{collection} is already on the Internet Archive ({}); nothing was downloaded \
+                 (archive.skip_if_on_ia is on)",
+                crate::archive_org::item_url(&ctx.tuning.ia_url, &collection)
+            );
+            if ctx
+                .store
+                .skip_queued_job(job.id, &note, now_ms())
+                .await?
+                .is_some()
+            {
+                info!(
+                    job = job.id,
+                    collection, "already on the Internet Archive: job done without downloading"
+                );
+            }
+            Ok(true)
+        }
+        Ok(false) => Ok(false),
+        Err(reason) => {
+            warn!(
+                job = job.id,
+                collection, reason, "could not ask the Internet Archive; downloading anyway"
+            );
+            Ok(false)
+        }
+    }
+}
+
 /// Parts named by id (sequences, image batches) worked on at once: their
 /// calls overlap the API's latency; the shared limiter still caps the rate.
 const PARTS_AT_ONCE: u32 = 8;
@@ -116,7 +161,10 @@ async fn by_id_step(
         PartSpec::Sequence(sequence) => by_id::sequence_step(ctx, job, part.seq, sequence).await,
         PartSpec::Images(ids) => by_id::images_step(ctx, job, part.seq, ids).await,
         PartSpec::Listing { .. } => {
-            anyhow::bail!("part {} is a listing: those go one page at a time", part.seq)
+            anyhow::bail!(
+                "part {} is a listing: those go one page at a time",
+                part.seq
+            )
         }
     }
 }

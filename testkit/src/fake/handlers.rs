@@ -136,7 +136,7 @@ pub(super) async fn cdn_image(
     if shared.find(&id).is_none() {
         return text(StatusCode::NOT_FOUND, "Not Found");
     }
-    let body = shared.bases.body(&id, quality);
+    let body = shared.body(&id, quality);
     let total = body.len();
     if method == Method::HEAD {
         if !shared.lock().head_allowed {

@@ -214,6 +214,8 @@ struct State_ {
     by_name: HashMap<String, usize>,
     /// Hand-made images by id (generated ones are found by id range).
     singles: HashMap<String, FakeImage>,
+    /// Bodies served instead of the generated ones, by image id (any quality).
+    bodies: HashMap<String, Vec<u8>>,
     next_id: u64,
     faults: Faults,
     rng: StdRng,
@@ -257,6 +259,14 @@ struct Shared {
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State_> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The CDN body of an image: a set one, else the generated one.
+    fn body(&self, id: &str, quality: Quality) -> Vec<u8> {
+        if let Some(body) = self.lock().bodies.get(id) {
+            return body.clone();
+        }
+        self.bases.body(id, quality)
     }
 
     /// An image that exists (and is not deleted).
@@ -380,6 +390,7 @@ impl FakeMapillary {
                 users: Vec::new(),
                 by_name: HashMap::new(),
                 singles: HashMap::new(),
+                bodies: HashMap::new(),
                 next_id: FIRST_ID,
                 faults: cfg.faults,
                 rng: StdRng::seed_from_u64(cfg.seed),
@@ -617,7 +628,13 @@ impl FakeMapillary {
 
     /// The exact bytes the CDN serves for an image.
     pub fn expected_body(&self, id: &str, quality: Quality) -> Vec<u8> {
-        self.shared.bases.body(id, quality)
+        self.shared.body(id, quality)
+    }
+
+    /// Serves `body` for image `id` at every quality instead of the
+    /// generated JPEG (say, one wider than WebP allows).
+    pub fn set_body(&self, id: &str, body: Vec<u8>) {
+        self.shared.lock().bodies.insert(id.to_string(), body);
     }
 
     /// The COM payload that marks a served body: `mly-fake:<id>:<quality>`.

@@ -1,15 +1,20 @@
 //! A worker step: one claimed image in, one [`Outcome`] out. The outcome is
 //! then applied to the store by [`apply`]; the loop that repeats both is
 //! [`run`]. Tests call [`process`] and [`apply`] directly.
+//!
+//! [`fetch`] is the network half (adopt a copy already archived, or
+//! download); [`disk`] is the rest (tag, re-encode, hash, write durably).
+
+mod disk;
+
+pub use disk::Body;
 
 use super::EngineContext;
 use super::dispatch::WorkQueue;
-use crate::archive::{self, ArchiveError};
+use crate::archive::{self, ArchiveError, ArchivedFile, FileKind};
 use crate::clock::now_ms;
 use crate::mapillary::{RetryDecision, backoff_delay};
-use crate::model::ImageMeta;
 use crate::store::{ClaimedImage, DeferPolicy, FailOutcome, FailReason, PauseReason, RetryPolicy};
-use std::path::PathBuf;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -17,8 +22,8 @@ use tracing::{debug, info, warn};
 /// What became of one image.
 #[derive(Debug)]
 pub enum Outcome {
-    /// Written durably at `path`.
-    Done { bytes: u64, path: PathBuf },
+    /// Written durably (or adopted): where, how big, its SHA-256.
+    Done { file: ArchivedFile },
     /// A fault that costs an attempt; retried with backoff until `max_attempts`.
     Retry { error: String },
     /// Will never work (an invalid id): failed for good now.
@@ -46,16 +51,9 @@ pub async fn process(
     abort: &CancellationToken,
 ) -> Outcome {
     match fetch(ctx, image, abort).await {
-        Fetched::Body(body) => write(ctx, *body).await,
+        Fetched::Body(body) => disk::write(ctx, *body).await,
         Fetched::Finished(outcome) => outcome,
     }
-}
-
-/// A downloaded image on its way to disk.
-pub struct Body {
-    bytes: bytes::Bytes,
-    meta: ImageMeta,
-    path: PathBuf,
 }
 
 /// What the network half of [`process`] produced.
@@ -85,16 +83,25 @@ pub async fn fetch(
     // The row's image id is the one the queue knows; the metadata must agree.
     let mut meta = image.meta.clone();
     meta.id.clone_from(&image.image_id);
-    let path = match archive::image_path(&collection, &meta) {
-        Ok(path) => path,
-        Err(e) => return give_up(e),
+    if let Err(e) = archive::image_path(&collection, &meta, FileKind::Jpeg) {
+        return give_up(e);
+    }
+    // Another job packed this image into a tar of the same collection (the
+    // claim found it): take that copy, as is.
+    if let Some(copy) = image.packed_copy.clone() {
+        debug!(image = %image.image_id, "adopted a copy already packed in a tar");
+        return Fetched::Finished(Outcome::Done { file: copy });
+    }
+    let target = disk::Target {
+        collection,
+        format: image.format,
     };
     // A file at the final path is whole (it got there by rename): a crash hit
     // after the write but before the row was marked done, or another job of
     // the same collection archived it. Re-tag it from our metadata instead of
     // downloading it again.
-    if let Some(outcome) = adopt_existing(ctx, &path, &meta).await {
-        return Fetched::Finished(outcome);
+    if let Some(file) = disk::adopt_loose(ctx, &target, &meta).await {
+        return Fetched::Finished(Outcome::Done { file });
     }
     let Some(url) = image.url.as_deref() else {
         return Fetched::Finished(Outcome::Retry {
@@ -109,7 +116,11 @@ pub async fn fetch(
         body = ctx.client.download(url) => body,
     };
     match body {
-        Ok(bytes) => Fetched::Body(Box::new(Body { bytes, meta, path })),
+        Ok(bytes) => Fetched::Body(Box::new(Body {
+            bytes,
+            meta,
+            target,
+        })),
         Err(error) => Fetched::Finished(match error.decision() {
             RetryDecision::RefreshUrl => Outcome::UrlExpired,
             RetryDecision::RateLimited(wait) => Outcome::RateLimited {
@@ -132,91 +143,6 @@ pub async fn fetch(
     }
 }
 
-/// The disk half: tag, keep the free-space reserve, write durably.
-pub async fn write(ctx: &EngineContext, body: Body) -> Outcome {
-    let reserve = ctx.tuning.min_free_bytes;
-    let written = tokio::task::spawn_blocking(move || {
-        let Body { bytes, meta, path } = body;
-        let tagged =
-            crate::exif::tag_jpeg(&bytes, &meta).map_err(|e| format!("tagging failed: {e}"))?;
-        drop(bytes);
-        let size = tagged.len() as u64;
-        let dir = path.parent().unwrap_or(&path);
-        archive::ensure_room(dir, size, reserve).map_err(WriteError::Archive)?;
-        archive::write_durably(&path, &tagged, meta.captured_at).map_err(WriteError::Archive)?;
-        Ok::<_, WriteError>((size, path))
-    })
-    .await;
-    match written {
-        Ok(Ok((bytes, path))) => Outcome::Done { bytes, path },
-        Ok(Err(WriteError::Tag(error))) => Outcome::Retry { error },
-        Ok(Err(WriteError::Archive(ArchiveError::DiskFull { path, source }))) => {
-            Outcome::PauseJob {
-                reason: PauseReason::DiskFull,
-                message: format!(
-                    "disk full: cannot write {} ({source}); the job resumes by itself once space is free",
-                    path.display()
-                ),
-            }
-        }
-        Ok(Err(WriteError::Archive(e @ ArchiveError::InvalidId(_)))) => Outcome::GiveUp {
-            error: e.to_string(),
-        },
-        Ok(Err(WriteError::Archive(e))) => Outcome::Retry {
-            error: e.to_string(),
-        },
-        Err(join) => Outcome::Retry {
-            error: format!("writing the image panicked: {join}"),
-        },
-    }
-}
-
-/// `Some(Done)` when `path` already holds a JPEG we could tag; `None` when
-/// the image must be downloaded (no file, or one that is not a JPEG).
-async fn adopt_existing(
-    ctx: &EngineContext,
-    path: &std::path::Path,
-    meta: &crate::model::ImageMeta,
-) -> Option<Outcome> {
-    if !path.exists() {
-        return None;
-    }
-    let image_id = meta.id.clone();
-    let (path, meta) = (path.to_path_buf(), meta.clone());
-    let reserve = ctx.tuning.min_free_bytes;
-    let adopted = tokio::task::spawn_blocking(move || {
-        let existing = std::fs::read(&path).ok()?;
-        let tagged = crate::exif::tag_jpeg(&existing, &meta).ok()?;
-        if tagged != existing {
-            let dir = path.parent().unwrap_or(&path);
-            archive::ensure_room(dir, tagged.len() as u64, reserve).ok()?;
-            archive::write_durably(&path, &tagged, meta.captured_at).ok()?;
-        }
-        Some(Outcome::Done {
-            bytes: tagged.len() as u64,
-            path,
-        })
-    })
-    .await
-    .ok()
-    .flatten();
-    if adopted.is_some() {
-        debug!(image = %image_id, "adopted the file already at the final path");
-    }
-    adopted
-}
-
-enum WriteError {
-    Tag(String),
-    Archive(ArchiveError),
-}
-
-impl From<String> for WriteError {
-    fn from(error: String) -> Self {
-        WriteError::Tag(error)
-    }
-}
-
 /// Records an outcome in the store, fenced by this claim's lease.
 pub async fn apply(
     ctx: &EngineContext,
@@ -227,10 +153,9 @@ pub async fn apply(
     let now = now_ms();
     let lease = &image.lease;
     match outcome {
-        Outcome::Done { bytes, path } => {
-            let path_text = path.to_string_lossy();
-            if ctx.store.complete(lease, bytes, &path_text, now).await? {
-                ctx.stats.record_image(bytes);
+        Outcome::Done { file } => {
+            if ctx.store.complete(lease, &file, now).await? {
+                ctx.stats.record_image(file.bytes);
             } else {
                 warn!(image = %image.image_id, "lost the lease before completing; the file is in place anyway");
             }

@@ -1,0 +1,377 @@
+//! Packaging a collection for the Internet Archive: each capture-date folder
+//! of loose files becomes `<YYYY-MM-DD>.tar` (later additions
+//! `<date>.1.tar`, `<date>.2.tar`, …; `unknown-date.tar`), then the item
+//! files ([`metadata`], [`item`]) are written.
+//!
+//! A packing is a row that moves `planned` → `written` → `cleaned`, each
+//! step durable before the next begins:
+//! 1. *plan*: in one transaction, a packings row and every done, unpacked
+//!    image under the date folder joined to it;
+//! 2. *write*: the tar goes to a `.part` file, member by member in path order
+//!    from the loose files (each checked against its SHA-256), is fsynced,
+//!    renamed and its folder fsynced; then the row becomes `written`;
+//! 3. *clean*: the loose files and emptied folders go, then `cleaned`.
+//!
+//! Until step 2 commits, the loose files are the images; after it, the tar
+//! is. A crash anywhere is finished by the next [`pack_collection`]: a
+//! `planned` packing is written again (same input, same bytes), a `written`
+//! one cleaned again. No half tar is ever left under its final name.
+
+pub mod item;
+pub mod metadata;
+pub mod tarball;
+
+use crate::archive::{self, ArchiveError, member_name};
+use crate::checksum::{HashingWriter, sha256_hex};
+use crate::clock::now_ms;
+use crate::store::{Packing, PackingState, Store, StoreError, TarWritten};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tracing::{info, warn};
+
+/// Files read per query while writing or cleaning a packing.
+const PAGE: u32 = 500;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    /// ENOSPC or the free-space reserve: the job pauses until there is room.
+    #[error("disk full while packing {path}: {source}")]
+    DiskFull { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Archive(ArchiveError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Layout(String),
+    #[error("packing stopped: {0}")]
+    Task(String),
+}
+
+impl From<ArchiveError> for PackError {
+    fn from(error: ArchiveError) -> Self {
+        match error {
+            ArchiveError::DiskFull { path, source } => PackError::DiskFull { path, source },
+            other => PackError::Archive(other),
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for PackError {
+    fn from(error: tokio::task::JoinError) -> Self {
+        PackError::Task(error.to_string())
+    }
+}
+
+/// What one [`pack_collection`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PackReport {
+    /// Tars written, by name.
+    pub tars: Vec<String>,
+    pub members: u64,
+    pub bytes: u64,
+    /// Images left out of a tar (their loose file missing or not matching
+    /// its checksum) and sent back to the queue.
+    pub requeued: u64,
+}
+
+/// What one [`step`] did: moved one packing one state on, or found
+/// nothing to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PackStep {
+    /// A date's images were chosen for a new tar.
+    Planned(Packing),
+    /// The tar is durable.
+    Written(Packing, TarWritten),
+    /// The loose files it replaced are gone.
+    Cleaned(Packing),
+    /// Every done image of the collection is in a finished tar.
+    Idle,
+}
+
+/// Packs every date folder of `collection` that holds done images no tar
+/// holds yet, after finishing any packing a crash interrupted: [`step`]
+/// until it is idle. `reserve` is the free space to keep (as for image
+/// writes).
+pub async fn pack_collection(
+    store: &Arc<Store>,
+    archive_dir: &Path,
+    collection: &str,
+    reserve: u64,
+) -> Result<PackReport, PackError> {
+    let mut report = PackReport::default();
+    loop {
+        match step(store, archive_dir, collection, reserve).await? {
+            PackStep::Idle => return Ok(report),
+            PackStep::Planned(_) | PackStep::Cleaned(_) => {}
+            PackStep::Written(packing, written) => {
+                report.tars.push(packing.tar_name);
+                report.members += written.members;
+                report.bytes += written.bytes;
+                report.requeued += written
+                    .dropped
+                    .iter()
+                    .map(|(rows, _)| rows.len() as u64)
+                    .sum::<u64>();
+            }
+        }
+    }
+}
+
+/// Moves `collection`'s packing work one state on: the oldest unfinished
+/// packing first (what a crash interrupted), else plans the next date.
+pub async fn step(
+    store: &Arc<Store>,
+    archive_dir: &Path,
+    collection: &str,
+    reserve: u64,
+) -> Result<PackStep, PackError> {
+    let folder = archive::collection_path(archive_dir, collection)?;
+    if let Some(packing) = store
+        .unfinished_packings(collection)
+        .await?
+        .into_iter()
+        .next()
+    {
+        return match packing.state {
+            PackingState::Planned => write(store, &folder, packing, reserve).await,
+            _ => clean(store, &folder, packing).await,
+        };
+    }
+    let prefix = format!("{}/", folder.to_string_lossy());
+    let Some(path) = store.first_unpacked_path(collection).await? else {
+        return Ok(PackStep::Idle);
+    };
+    let date = date_of(&prefix, &path)?;
+    let tar_name = next_tar_name(store, collection, &date, &folder).await?;
+    let date_folder = format!("{prefix}{date}");
+    match store
+        .plan_packing(collection, &date, &date_folder, &tar_name, now_ms())
+        .await?
+    {
+        Some(packing) => Ok(PackStep::Planned(packing)),
+        None => Err(PackError::Layout(format!(
+            "planning {tar_name} found no image under {date_folder}"
+        ))),
+    }
+}
+
+/// The date folder an image's loose path lies in.
+fn date_of(prefix: &str, path: &str) -> Result<String, PackError> {
+    let date = path
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(date, _)| date)
+        .ok_or_else(|| {
+            PackError::Layout(format!(
+                "{path} is not inside the collection folder {prefix} (was the data dir moved?)"
+            ))
+        })?;
+    let is_date = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").is_ok() && date.len() == 10;
+    if !is_date && date != "unknown-date" {
+        return Err(PackError::Layout(format!("{path} is not in a date folder")));
+    }
+    Ok(date.to_string())
+}
+
+/// `<date>.tar`, or the first `<date>.<n>.tar` that neither a packing nor a
+/// file in the folder already uses.
+async fn next_tar_name(
+    store: &Store,
+    collection: &str,
+    date: &str,
+    folder: &Path,
+) -> Result<String, PackError> {
+    let used = store.tar_names(collection).await?;
+    let free = |name: &String| !used.contains(name) && !folder.join(name).exists();
+    let first = format!("{date}.tar");
+    if free(&first) {
+        return Ok(first);
+    }
+    (1..)
+        .map(|n| format!("{date}.{n}.tar"))
+        .find(free)
+        .ok_or_else(|| PackError::Layout(format!("no free tar name for {date}")))
+}
+
+/// Step 2 for a `planned` packing: its tar, then `written`.
+async fn write(
+    store: &Arc<Store>,
+    folder: &Path,
+    mut packing: Packing,
+    reserve: u64,
+) -> Result<PackStep, PackError> {
+    let needed = store.packing_size(packing.id).await? + (packing.members + 20) * 1024;
+    let room_in = folder.to_path_buf();
+    tokio::task::spawn_blocking(move || archive::ensure_room(&room_in, needed, reserve)).await??;
+    let (store_in, folder_in, packing_in) = (store.clone(), folder.to_path_buf(), packing.clone());
+    let handle = tokio::runtime::Handle::current();
+    let written =
+        tokio::task::spawn_blocking(move || write_tar(&store_in, &handle, &folder_in, &packing_in))
+            .await??;
+    store
+        .mark_packing_written(&packing, &written, now_ms())
+        .await?;
+    let dropped: usize = written.dropped.iter().map(|(rows, _)| rows.len()).sum();
+    if dropped > 0 {
+        warn!(tar = %packing.tar_name, images = dropped, "left images out of the tar and queued them again");
+    }
+    info!(
+        collection = %packing.collection,
+        tar = %packing.tar_name,
+        members = written.members,
+        bytes = written.bytes,
+        "tar written"
+    );
+    packing.state = PackingState::Written;
+    Ok(PackStep::Written(packing, written))
+}
+
+/// Step 3 for a `written` packing: its loose files go, then `cleaned`.
+async fn clean(
+    store: &Arc<Store>,
+    folder: &Path,
+    mut packing: Packing,
+) -> Result<PackStep, PackError> {
+    let (store_in, folder_in, packing_in) = (store.clone(), folder.to_path_buf(), packing.clone());
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        remove_loose_files(&store_in, &handle, &folder_in, &packing_in)
+    })
+    .await??;
+    store.mark_packing_cleaned(&packing).await?;
+    packing.state = PackingState::Cleaned;
+    Ok(PackStep::Cleaned(packing))
+}
+
+/// Step 2: the tar of `packing`, written atomically from its loose files.
+fn write_tar(
+    store: &Store,
+    handle: &tokio::runtime::Handle,
+    folder: &Path,
+    packing: &Packing,
+) -> Result<TarWritten, PackError> {
+    let target = folder.join(&packing.tar_name);
+    let mut written = TarWritten::default();
+    archive::write_atomically(&target, |out| {
+        let mut builder = tar::Builder::new(HashingWriter::new(out));
+        let mut after: Option<String> = None;
+        loop {
+            let page = handle
+                .block_on(store.packed_files(packing.id, after.as_deref(), PAGE))
+                .map_err(io::Error::other)?;
+            if page.is_empty() {
+                break;
+            }
+            for file in page {
+                after = Some(file.path.clone());
+                let name = member_name(folder, Path::new(&file.path)).ok_or_else(|| {
+                    io::Error::other(format!("{} is outside {}", file.path, folder.display()))
+                })?;
+                let data = match std::fs::read(&file.path) {
+                    Ok(data) => data,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        let why = "its file was gone when its date was packed";
+                        written.dropped.push((file.row_ids, why.into()));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                let sha256 = sha256_hex(&data);
+                match &file.sha256 {
+                    Some(expected) if *expected != sha256 => {
+                        // A corrupt loose file must not be adopted by the
+                        // download that replaces it.
+                        std::fs::remove_file(&file.path)?;
+                        let why = "its file did not match its SHA-256 when its date was packed";
+                        written.dropped.push((file.row_ids, why.into()));
+                        continue;
+                    }
+                    Some(_) => {}
+                    None => written.hashed.push((file.row_ids, sha256)),
+                }
+                tarball::append(
+                    &mut builder,
+                    &name,
+                    tarball::member_mtime(file.captured_at),
+                    &data,
+                )?;
+                written.members += 1;
+            }
+        }
+        let (_, bytes, sha256) = builder.into_inner()?.finish();
+        written.bytes = bytes;
+        written.sha256 = sha256;
+        Ok(())
+    })?;
+    Ok(written)
+}
+
+/// Step 3: the loose files a durable tar replaced, then every folder of
+/// the date left empty. Files already gone are fine (a crash mid-way).
+fn remove_loose_files(
+    store: &Store,
+    handle: &tokio::runtime::Handle,
+    folder: &Path,
+    packing: &Packing,
+) -> Result<(), PackError> {
+    let mut after: Option<String> = None;
+    loop {
+        let page = handle.block_on(store.packed_files(packing.id, after.as_deref(), PAGE))?;
+        if page.is_empty() {
+            break;
+        }
+        for file in page {
+            match std::fs::remove_file(&file.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(ArchiveError::Io {
+                        path: PathBuf::from(&file.path),
+                        source: e,
+                    }
+                    .into());
+                }
+            }
+            after = Some(file.path);
+        }
+    }
+    remove_empty_dirs(&folder.join(&packing.date));
+    archive::sync_dir(folder)?;
+    Ok(())
+}
+
+/// Removes `dir` and its subfolders, deepest first, where empty. A folder
+/// still holding files (images archived after the plan) stays.
+fn remove_empty_dirs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_empty_dirs(&entry.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_come_from_the_folder_under_the_collection() {
+        let prefix = "/a/mapillary-x-2048/";
+        assert_eq!(
+            date_of(prefix, "/a/mapillary-x-2048/2024-01-02/s/1.jpg").unwrap(),
+            "2024-01-02"
+        );
+        assert_eq!(
+            date_of(prefix, "/a/mapillary-x-2048/unknown-date/1.jpg").unwrap(),
+            "unknown-date"
+        );
+        assert!(date_of(prefix, "/b/mapillary-x-2048/2024-01-02/1.jpg").is_err());
+        assert!(date_of(prefix, "/a/mapillary-x-2048/2024-13-02/1.jpg").is_err());
+        assert!(date_of(prefix, "/a/mapillary-x-2048/1.jpg").is_err());
+    }
+}

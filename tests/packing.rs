@@ -1,0 +1,278 @@
+//! Packing driven one step at a time over a real SQLite file and real
+//! files, with a "crash" (the store dropped and reopened, nothing else kept)
+//! between every two steps: after planning, after the tar is durable, and
+//! half-way through removing the loose files. The result is byte for byte
+//! what an uninterrupted packing of the same input writes. Also: loose
+//! files missing or not matching their checksum are left out and queued
+//! again, and a copy completed by another job after packing joins the tar.
+
+use mapillary_downloader::archive::{ArchivedFile, FileKind, collection_path, image_path};
+use mapillary_downloader::checksum::sha256_hex;
+use mapillary_downloader::model::{ImageMeta, Packaging, Quality};
+use mapillary_downloader::package::{self, PackStep};
+use mapillary_downloader::selection::JobSpec;
+use mapillary_downloader::store::{ImageState, JobState, PackingState, Store};
+use mld_testkit::tar_check::{self, tars_in};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+const COLLECTION: &str = "mapillary-pia-1024";
+/// 2024-01-02T00:00:00Z.
+const DAY: i64 = 1_704_153_600_000;
+
+fn meta(i: u64) -> ImageMeta {
+    ImageMeta {
+        id: (1000 + i).to_string(),
+        // Two dates, 20 images each; three sequences.
+        captured_at: Some(DAY + (i / 20) as i64 * 86_400_000 + i as i64 * 1000 + 7),
+        sequence: Some(format!("seq{}", i % 3)),
+        thumb_1024_url: Some(format!("https://cdn.example/{i}.jpg")),
+        ..Default::default()
+    }
+}
+
+async fn open(data: &Path) -> Arc<Store> {
+    Arc::new(Store::open(&data.join("mapillary.db")).await.unwrap())
+}
+
+/// A tar job for `pia` whose 40 images are done, each a loose file of its
+/// own bytes. Returns the job id.
+async fn archived_job(store: &Store, archive: &Path) -> i64 {
+    let mut spec = JobSpec::user("pia", Quality::Q1024);
+    spec.package = Packaging::Tar;
+    let id = store.submit_job(&spec, 1).await.unwrap().job().id;
+    let images: Vec<ImageMeta> = (0..40).map(meta).collect();
+    store.insert_page(id, &images, None, 2).await.unwrap();
+    downloading(store, id).await;
+    complete_all(store, archive, 3).await;
+    id
+}
+
+/// The job as the engine has it once its listing is stored.
+async fn downloading(store: &Store, id: i64) {
+    store
+        .transition_job(id, &[JobState::Queued], JobState::Downloading, 2)
+        .await
+        .unwrap();
+}
+
+/// Claims and completes every pending image, writing its file first.
+async fn complete_all(store: &Store, archive: &Path, now: i64) {
+    let owner: Arc<str> = "test".into();
+    let folder = collection_path(archive, COLLECTION).unwrap();
+    loop {
+        let claimed = store
+            .claim(&owner, 100, Duration::from_secs(60), now, 0)
+            .await
+            .unwrap();
+        if claimed.is_empty() {
+            return;
+        }
+        for image in claimed {
+            let path = image_path(&folder, &image.meta, FileKind::Jpeg).unwrap();
+            let bytes = format!("image {} bytes", image.image_id)
+                .repeat(50)
+                .into_bytes();
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &bytes).unwrap();
+            let file = ArchivedFile::loose(&path, bytes.len() as u64, Some(sha256_hex(&bytes)));
+            assert!(store.complete(&image.lease, &file, now).await.unwrap());
+        }
+    }
+}
+
+fn loose_files(collection: &Path) -> Vec<String> {
+    tar_check::files_under(collection)
+        .into_iter()
+        .filter(|f| f.ends_with(".jpg"))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_crash_between_any_two_steps_ends_with_the_same_tars() {
+    // The reference: packed in one go.
+    let reference = tempfile::tempdir().unwrap();
+    let archive = reference.path().join("archive");
+    let store = open(reference.path()).await;
+    archived_job(&store, &archive).await;
+    let report = package::pack_collection(&store, &archive, COLLECTION, 0)
+        .await
+        .unwrap();
+    assert_eq!(report.tars, ["2024-01-02.tar", "2024-01-03.tar"]);
+    assert_eq!((report.members, report.requeued), (40, 0));
+    let want = tars_in(&archive.join(COLLECTION));
+    store.close().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let collection = archive.join(COLLECTION);
+    let store = open(dir.path()).await;
+    archived_job(&store, &archive).await;
+    let planned = match package::step(&store, &archive, COLLECTION, 0)
+        .await
+        .unwrap()
+    {
+        PackStep::Planned(p) => p,
+        other => panic!("expected a plan, got {other:?}"),
+    };
+    assert_eq!(
+        (planned.tar_name.as_str(), planned.members),
+        ("2024-01-02.tar", 20)
+    );
+    // Crash after the plan, with a half-written temp tar left behind.
+    store.close().await;
+    std::fs::write(collection.join("2024-01-02.tar.999-0.part"), b"half a tar").unwrap();
+    let store = open(dir.path()).await;
+    assert_eq!(loose_files(&collection).len(), 40, "planning moves nothing");
+    match package::step(&store, &archive, COLLECTION, 0)
+        .await
+        .unwrap()
+    {
+        PackStep::Written(p, written) => {
+            assert_eq!((p.id, written.members), (planned.id, 20));
+        }
+        other => panic!("expected the tar, got {other:?}"),
+    }
+    assert_eq!(
+        loose_files(&collection).len(),
+        40,
+        "nothing removed before `written` commits"
+    );
+    // Crash after the tar, and again half-way through the cleaning.
+    store.close().await;
+    for file in loose_files(&collection).iter().take(7) {
+        std::fs::remove_file(collection.join(file)).unwrap();
+    }
+    let store = open(dir.path()).await;
+    match package::step(&store, &archive, COLLECTION, 0)
+        .await
+        .unwrap()
+    {
+        PackStep::Cleaned(p) => assert_eq!(p.state, PackingState::Cleaned),
+        other => panic!("expected the cleaning, got {other:?}"),
+    }
+    assert_eq!(
+        loose_files(&collection).len(),
+        20,
+        "the first date's files are gone"
+    );
+    assert!(!collection.join("2024-01-02").exists(), "and its folder");
+    let report = package::pack_collection(&store, &archive, COLLECTION, 0)
+        .await
+        .unwrap();
+    assert_eq!(report.tars, ["2024-01-03.tar"]);
+    assert!(matches!(
+        package::step(&store, &archive, COLLECTION, 0)
+            .await
+            .unwrap(),
+        PackStep::Idle
+    ));
+    assert!(loose_files(&collection).is_empty());
+    // The startup sweep takes the stale temp file; the tars are the reference's.
+    mapillary_downloader::archive::remove_part_files(&archive).unwrap();
+    assert_eq!(tars_in(&collection), want, "byte for byte");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn missing_or_mismatched_loose_files_stay_out_of_the_tar_and_are_queued_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let collection = archive.join(COLLECTION);
+    let store = open(dir.path()).await;
+    let job = archived_job(&store, &archive).await;
+    let folder = collection_path(&archive, COLLECTION).unwrap();
+    let gone = image_path(&folder, &meta(3), FileKind::Jpeg).unwrap();
+    let damaged = image_path(&folder, &meta(4), FileKind::Jpeg).unwrap();
+    std::fs::remove_file(&gone).unwrap();
+    std::fs::write(&damaged, b"not what was archived").unwrap();
+
+    let report = package::pack_collection(&store, &archive, COLLECTION, 0)
+        .await
+        .unwrap();
+    assert_eq!((report.members, report.requeued), (38, 2));
+    assert!(
+        !damaged.exists(),
+        "a corrupt loose file is removed so nothing adopts it"
+    );
+    let members: Vec<String> = tar_check::list(&collection.join("2024-01-02.tar"))
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(members.len(), 18);
+    for (i, why) in [(3, "was gone"), (4, "did not match its SHA-256")] {
+        let row = store.image_by_id(job, &meta(i).id).await.unwrap().unwrap();
+        assert_eq!(row.state, ImageState::Pending, "image {i}");
+        assert!(row.packing_id.is_none() && row.path.is_none());
+        assert!(
+            row.last_error.as_deref().unwrap_or_default().contains(why),
+            "{row:?}"
+        );
+    }
+    let job_row = store.find_job(job).await.unwrap().unwrap();
+    assert_eq!((job_row.counts.done, job_row.counts.pending), (38, 2));
+
+    // Fetched again, they go into the next tar of their date.
+    complete_all(&store, &archive, mapillary_downloader::clock::now_ms() + 1).await;
+    let report = package::pack_collection(&store, &archive, COLLECTION, 0)
+        .await
+        .unwrap();
+    assert_eq!(report.tars, ["2024-01-02.1.tar"]);
+    assert_eq!(report.members, 2);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_copy_completed_after_its_date_was_packed_joins_the_tar() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let store = open(dir.path()).await;
+    archived_job(&store, &archive).await;
+    // A second job over the same collection (a date window of the same user).
+    let mut spec = JobSpec::user("pia", Quality::Q1024);
+    spec.selection.filters.start_captured_at = Some(DAY);
+    let second = store.submit_job(&spec, 20).await.unwrap().job().id;
+    store
+        .insert_page(second, &[meta(5)], None, 21)
+        .await
+        .unwrap();
+    downloading(&store, second).await;
+    let owner: Arc<str> = "other".into();
+    let claimed = store
+        .claim(&owner, 1, Duration::from_secs(60), 22, 0)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    // Its worker adopted the loose file, then packing ran before it completed.
+    let folder = collection_path(&archive, COLLECTION).unwrap();
+    let path = image_path(&folder, &meta(5), FileKind::Jpeg).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    package::pack_collection(&store, &archive, COLLECTION, 0)
+        .await
+        .unwrap();
+    assert!(!path.exists());
+    let file = ArchivedFile::loose(&path, bytes.len() as u64, Some(sha256_hex(&bytes)));
+    assert!(store.complete(&claimed[0].lease, &file, 23).await.unwrap());
+    let row = store
+        .image_by_id(second, &meta(5).id)
+        .await
+        .unwrap()
+        .unwrap();
+    let copy = store
+        .archived_copy(COLLECTION, &meta(5).id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        row.packing_id.is_some(),
+        "it points at the tar, not the removed file"
+    );
+    assert_eq!(row.packing_id, copy.packing_id);
+    // Nothing is left to pack.
+    let report = package::pack_collection(&store, &archive, COLLECTION, 0)
+        .await
+        .unwrap();
+    assert!(report.tars.is_empty(), "{report:?}");
+    store.close().await;
+}
