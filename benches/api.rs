@@ -135,9 +135,13 @@ async fn main() {
         started: Instant::now(),
         default_resync: None,
     };
-    let server = api::bind("127.0.0.1:0".parse().unwrap(), state)
-        .await
-        .unwrap();
+    let server = api::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        api::router(state),
+        api::Limits::default(),
+    )
+    .await
+    .unwrap();
     let task = ServerTask::spawn(server.local_addr, |stop| server.serve(stop));
     let base = task.base_url();
     let mut headers = reqwest::header::HeaderMap::new();

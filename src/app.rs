@@ -90,7 +90,7 @@ impl Application {
             started: std::time::Instant::now(),
             default_resync: settings.default_resync().map_err(anyhow::Error::msg)?,
         };
-        let server = api::bind(addr, state)
+        let server = api::bind(addr, api::router(state), settings.api_limits())
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
         let engine = Engine::start(ctx).await?;

@@ -135,6 +135,9 @@ pub struct StorageSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ApiSettings {
     pub listen: String,
+    pub header_read_timeout_secs: u64,
+    pub request_timeout_secs: u64,
+    pub max_connections: u64,
     pub token: Secret,
     /// A file holding the token instead (read once at load; then `token`).
     pub token_file: PathBuf,
@@ -333,7 +336,25 @@ impl Settings {
         }
         // A lease that expires mid-download lets a second worker take the image.
         let min_lease = m.download_timeout_secs + 60;
-        let ranges: [(&'static str, u64, u64, u64); 19] = [
+        let ranges: [(&'static str, u64, u64, u64); 22] = [
+            (
+                "api.header_read_timeout_secs",
+                self.api.header_read_timeout_secs,
+                1,
+                3600,
+            ),
+            (
+                "api.request_timeout_secs",
+                self.api.request_timeout_secs,
+                1,
+                3600,
+            ),
+            (
+                "api.max_connections",
+                self.api.max_connections,
+                2048,
+                1_000_000,
+            ),
             (
                 "output.webp_quality",
                 self.output.webp_quality.into(),
@@ -471,6 +492,15 @@ impl Settings {
             return Ok(None);
         }
         crate::selection::parse_interval(text).map(Some)
+    }
+
+    /// The HTTP server's limits from `[api]`.
+    pub fn api_limits(&self) -> crate::api::Limits {
+        crate::api::Limits {
+            header_read_timeout: std::time::Duration::from_secs(self.api.header_read_timeout_secs),
+            request_timeout: std::time::Duration::from_secs(self.api.request_timeout_secs),
+            max_connections: usize::try_from(self.api.max_connections).unwrap_or(usize::MAX),
+        }
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     tune_allocator();
+    raise_open_files_limit();
     let cli = Cli::parse();
     match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime.block_on(mapillary_downloader::commands::run(cli)),
@@ -36,3 +37,22 @@ fn tune_allocator() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
+
+/// The API serves up to `api.max_connections` (4,096) connections, and
+/// workers, SQLite and the CDN need descriptors too: the usual soft limit of
+/// 1,024 would make a connection flood fail accepts (and writes). Raise the
+/// soft limit to the hard one, as far as the kernel allows.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read or write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max.min(1 << 20);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

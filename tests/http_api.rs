@@ -42,9 +42,13 @@ async fn start(token: Option<&str>) -> Server {
         started: Instant::now(),
         default_resync: None,
     };
-    let server = api::bind("127.0.0.1:0".parse().unwrap(), state)
-        .await
-        .unwrap();
+    let server = api::bind(
+        "127.0.0.1:0".parse().unwrap(),
+        api::router(state),
+        api::Limits::default(),
+    )
+    .await
+    .unwrap();
     let task = ServerTask::spawn(server.local_addr, |stop| server.serve(stop));
     Server {
         api: ApiClient::new(task.base_url()),

@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod jobs;
 pub mod metrics;
+pub mod server;
 pub mod status;
 pub mod validate;
 
@@ -19,11 +20,10 @@ use crate::store::Store;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+
+pub use server::{HttpServer, Limits, bind};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -68,41 +68,32 @@ pub fn router(state: AppState) -> Router {
             auth::require_bearer,
         ))
         .layer(DefaultBodyLimit::max(validate::MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
 }
 
-/// A bound but not yet serving HTTP server; `local_addr` is the real port,
-/// which matters when binding port 0.
-pub struct HttpServer {
-    pub local_addr: SocketAddr,
-    listener: TcpListener,
-    app: Router,
-}
-
-pub async fn bind(addr: SocketAddr, state: AppState) -> std::io::Result<HttpServer> {
-    let listener = TcpListener::bind(addr).await?;
-    let local_addr = listener.local_addr()?;
-    Ok(HttpServer {
-        local_addr,
-        listener,
-        app: router(state),
-    })
-}
-
-impl HttpServer {
-    /// Serves until `shutdown` is cancelled, then stops accepting and lets
-    /// requests in flight finish.
-    pub async fn serve(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        use axum::serve::ListenerExt;
-        // Small JSON answers: do not let Nagle hold them back.
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(err) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %err, "could not set TCP_NODELAY");
-            }
-        });
-        tracing::info!(addr = %self.local_addr, "HTTP API listening");
-        axum::serve(listener, self.app)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
+/// Headers every answer carries unless its handler set its own (the page
+/// sets a Content-Security-Policy that lets it load its assets).
+async fn security_headers(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::http::{HeaderValue, header};
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+        (header::CACHE_CONTROL, "no-store"),
+    ] {
+        if !headers.contains_key(&name) {
+            headers.insert(name, HeaderValue::from_static(value));
+        }
     }
+    response
 }
