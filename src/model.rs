@@ -183,7 +183,9 @@ impl Storable for ImageMeta {
 }
 
 /// The image size a job downloads. Serialised as the API's strings: `original`, `2048`, `1024`, `256`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 pub enum Quality {
     #[serde(rename = "original")]
     #[default]
@@ -243,7 +245,9 @@ impl FromStr for Quality {
 }
 
 /// The file format a job archives in.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum OutputFormat {
     /// The CDN's JPEG, tagged: `<id>.jpg`.
@@ -283,7 +287,9 @@ impl FromStr for OutputFormat {
 }
 
 /// How a job's collections are packaged when it finishes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Packaging {
     /// Loose files in date folders.

@@ -11,7 +11,7 @@ use crate::units::{format_bytes, group_digits};
 use serde::Serialize;
 use std::path::Path;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Totals {
     pub discovered: u64,
     pub pending: u64,
@@ -37,13 +37,13 @@ impl Totals {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Throughput {
     pub images_per_sec: f64,
     pub bytes_per_sec: f64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StatusReport {
     pub jobs: Vec<Job>,
     pub totals: Totals,

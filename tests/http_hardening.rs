@@ -215,7 +215,10 @@ async fn ten_thousand_malformed_requests_leave_the_server_up_and_the_database_un
         .unwrap();
     assert_eq!(created.status(), StatusCode::CREATED);
     let before = server.store.list_jobs().await.unwrap();
-    let long_path = format!("GET /{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", "a".repeat(20_000));
+    let long_path = format!(
+        "GET /{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "a".repeat(20_000)
+    );
     let huge_header = format!(
         "GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX: {}\r\n\r\n",
         "b".repeat(100_000)

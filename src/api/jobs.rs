@@ -8,6 +8,7 @@
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, JobId};
+use crate::api::openapi::ErrorBody;
 use crate::api::validate::{CreateJobRequest, RetryParams};
 use crate::clock::now_ms;
 use crate::store::{Job, JobState, PauseReason, Submitted};
@@ -39,6 +40,22 @@ const FINISHED: &[JobState] = &[JobState::Done, JobState::Failed];
 /// the same selection, quality, format and package is queued, running or
 /// paused (a different `resync_every` is applied to it); 200 and a re-sync
 /// when that job had finished. A cancelled job does not count.
+#[utoipa::path(
+    post,
+    path = "/jobs",
+    tag = "jobs",
+    summary = "Submit a job",
+    request_body(content = CreateJobRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "A new job", body = Job),
+        (status = 200, description = "The same selection, quality, format and package is already a job: that job (re-synced if it had finished)", body = Job),
+        (status = 400, description = "The body is not JSON, or not an object", body = ErrorBody),
+        (status = 401, description = "A token is configured and the request has none or another", body = ErrorBody),
+        (status = 413, description = "The body is larger than 256 KiB", body = ErrorBody),
+        (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
+        (status = 422, description = "A field breaks a rule; the message names it", body = ErrorBody)
+    )
+)]
 pub async fn create_job(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<CreateJobRequest>,
@@ -61,11 +78,26 @@ pub async fn create_job(
 }
 
 /// `GET /jobs`.
+#[utoipa::path(
+    get,
+    path = "/jobs",
+    tag = "jobs",
+    summary = "Every job, oldest first",
+    responses((status = 200, description = "The jobs", body = Vec<Job>), (status = 401, description = "A token is configured and the request has none or another", body = ErrorBody))
+)]
 pub async fn list_jobs(State(state): State<AppState>) -> Result<Json<Vec<Job>>, ApiError> {
     Ok(Json(state.store.list_jobs().await?))
 }
 
 /// `GET /jobs/{id}`.
+#[utoipa::path(
+    get,
+    path = "/jobs/{id}",
+    tag = "jobs",
+    summary = "One job",
+    params(("id" = i64, Path, description = "Job id (a positive integer)", minimum = 1)),
+    responses((status = 200, description = "The job", body = Job), (status = 400, description = "The id is not a positive integer", body = ErrorBody), (status = 401, description = "A token is configured and the request has none or another", body = ErrorBody), (status = 404, description = "No such job", body = ErrorBody))
+)]
 pub async fn get_job(
     State(state): State<AppState>,
     JobId(id): JobId,
@@ -80,6 +112,14 @@ pub async fn get_job(
 
 /// `POST /jobs/{id}/pause`: queued, enumerating or downloading -> paused.
 /// Images in flight finish; nothing new is claimed for the job.
+#[utoipa::path(
+    post,
+    path = "/jobs/{id}/pause",
+    tag = "jobs",
+    summary = "Pause a queued or running job",
+    params(("id" = i64, Path, description = "Job id (a positive integer)", minimum = 1)),
+    responses((status = 200, description = "The paused job", body = Job), (status = 400, description = "The id is not a positive integer", body = ErrorBody), (status = 401, description = "A token is configured and the request has none or another", body = ErrorBody), (status = 404, description = "No such job", body = ErrorBody), (status = 409, description = "The job's state does not allow it", body = ErrorBody))
+)]
 pub async fn pause_job(
     State(state): State<AppState>,
     JobId(id): JobId,
@@ -101,6 +141,14 @@ pub async fn pause_job(
 
 /// `POST /jobs/{id}/resume`: paused -> enumerating (listing unfinished) or
 /// downloading, with `last_error` cleared.
+#[utoipa::path(
+    post,
+    path = "/jobs/{id}/resume",
+    tag = "jobs",
+    summary = "Resume a paused job",
+    params(("id" = i64, Path, description = "Job id (a positive integer)", minimum = 1)),
+    responses((status = 200, description = "The resumed job", body = Job), (status = 400, description = "The id is not a positive integer", body = ErrorBody), (status = 401, description = "A token is configured and the request has none or another", body = ErrorBody), (status = 404, description = "No such job", body = ErrorBody), (status = 409, description = "The job's state does not allow it", body = ErrorBody))
+)]
 pub async fn resume_job(
     State(state): State<AppState>,
     JobId(id): JobId,
@@ -122,6 +170,22 @@ pub async fn resume_job(
 /// `POST /jobs/{id}/retry[?include_deleted=true]`: failed images go back to
 /// the queue (images deleted on Mapillary only when asked); a finished job
 /// goes back to work. A paused job stays paused (its images wait).
+#[utoipa::path(
+    post,
+    path = "/jobs/{id}/retry",
+    tag = "jobs",
+    summary = "Queue a job's failed images again",
+    params(
+        ("id" = i64, Path, description = "Job id (a positive integer)", minimum = 1),
+        ("include_deleted" = Option<bool>, Query, description = "Also images deleted on Mapillary (default false)")
+    ),
+    responses(
+        (status = 200, description = "The job, back at work if it had finished", body = Job),
+        (status = 400, description = "The id is not a positive integer, or the query is not `include_deleted=true|false`", body = ErrorBody),
+        (status = 401, description = "A token is configured and the request has none or another", body = ErrorBody), (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "The job is cancelled", body = ErrorBody)
+    )
+)]
 pub async fn retry_job(
     State(state): State<AppState>,
     JobId(id): JobId,
@@ -157,6 +221,14 @@ pub async fn retry_job(
 
 /// `DELETE /jobs/{id}`: cancels the job and keeps its files. Cancelling a
 /// cancelled job answers it again, so the call is idempotent.
+#[utoipa::path(
+    delete,
+    path = "/jobs/{id}",
+    tag = "jobs",
+    summary = "Cancel a job (its files stay)",
+    params(("id" = i64, Path, description = "Job id (a positive integer)", minimum = 1)),
+    responses((status = 200, description = "The cancelled job", body = Job), (status = 400, description = "The id is not a positive integer", body = ErrorBody), (status = 401, description = "A token is configured and the request has none or another", body = ErrorBody), (status = 404, description = "No such job", body = ErrorBody))
+)]
 pub async fn cancel_job(
     State(state): State<AppState>,
     JobId(id): JobId,

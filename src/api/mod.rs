@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod jobs;
 pub mod metrics;
+pub mod openapi;
 pub mod server;
 pub mod status;
 pub mod validate;
@@ -19,7 +20,6 @@ use crate::stats::Stats;
 use crate::store::Store;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -51,15 +51,21 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(status::healthz))
-        .route("/status", get(status::status))
-        .route("/metrics", get(metrics::metrics))
-        .route("/jobs", get(jobs::list_jobs).post(jobs::create_job))
-        .route("/jobs/{id}", get(jobs::get_job).delete(jobs::cancel_job))
-        .route("/jobs/{id}/pause", post(jobs::pause_job))
-        .route("/jobs/{id}/resume", post(jobs::resume_job))
-        .route("/jobs/{id}/retry", post(jobs::retry_job))
+    let (documented, description) = utoipa_axum::router::OpenApiRouter::with_openapi(
+        <openapi::ApiDoc as utoipa::OpenApi>::openapi(),
+    )
+    .routes(utoipa_axum::routes!(status::healthz))
+    .routes(utoipa_axum::routes!(status::status))
+    .routes(utoipa_axum::routes!(metrics::metrics))
+    .routes(utoipa_axum::routes!(openapi::openapi_json))
+    .routes(utoipa_axum::routes!(jobs::list_jobs, jobs::create_job))
+    .routes(utoipa_axum::routes!(jobs::get_job, jobs::cancel_job))
+    .routes(utoipa_axum::routes!(jobs::pause_job))
+    .routes(utoipa_axum::routes!(jobs::resume_job))
+    .routes(utoipa_axum::routes!(jobs::retry_job))
+    .split_for_parts();
+    openapi::publish(&description);
+    documented
         // Must follow the routes: it is installed on each one.
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)

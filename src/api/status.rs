@@ -5,6 +5,7 @@
 
 use crate::api::AppState;
 use crate::api::error::ApiError;
+use crate::api::openapi::{ErrorBody, Health};
 use crate::status::StatusReport;
 use axum::Json;
 use axum::extract::State;
@@ -13,11 +14,31 @@ use std::time::Duration;
 /// How long `/healthz` waits for the database before calling it down.
 const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// `GET /status`.
+#[utoipa::path(
+    get,
+    path = "/status",
+    tag = "status",
+    summary = "Every job with totals, throughput and ETA",
+    responses((status = 200, description = "The report", body = StatusReport), (status = 401, description = "A token is configured and the request has none or another", body = ErrorBody))
+)]
 pub async fn status(State(state): State<AppState>) -> Result<Json<StatusReport>, ApiError> {
     let jobs = state.store.list_jobs().await?;
     Ok(Json(StatusReport::new(jobs, state.stats.rate())))
 }
 
+/// `GET /healthz` (never needs a token).
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "status",
+    summary = "Liveness: 200 while the database answers",
+    security(()),
+    responses(
+        (status = 200, description = "Healthy", body = Health),
+        (status = 503, description = "The database is not answering", body = ErrorBody)
+    )
+)]
 pub async fn healthz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     match tokio::time::timeout(PING_TIMEOUT, state.store.ping()).await {
         Ok(Ok(())) => Ok(Json(serde_json::json!({ "status": "ok" }))),

@@ -23,34 +23,57 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 /// The body of `POST /jobs`, each field checked as it is read. Exactly one
 /// source (`username`, `organization_id`, `sequence_ids`, `image_ids`) is
 /// checked by [`CreateJobRequest::into_spec`].
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJobRequest {
+    /// Source: a contributor's images (1-100 characters: letters, digits, `_`, `-`, `.`).
     #[serde(default, deserialize_with = "username_field")]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 100)]
     pub username: Option<String>,
+    /// Source: an organization's images (digits).
     #[serde(default, deserialize_with = "organization_field")]
+    #[schema(value_type = Option<String>)]
     pub organization_id: Option<String>,
+    /// Source: every image of these sequences (1-1,000 ids).
     #[serde(default, deserialize_with = "sequence_ids_field")]
+    #[schema(value_type = Option<Vec<String>>)]
     pub sequence_ids: Option<Vec<String>>,
+    /// Source: these images (1-10,000 ids of 1-32 digits).
     #[serde(default, deserialize_with = "image_ids_field")]
+    #[schema(value_type = Option<Vec<String>>)]
     pub image_ids: Option<Vec<String>>,
     /// `original` when absent or null.
     #[serde(default = "default_quality", deserialize_with = "quality_field")]
+    #[schema(value_type = Option<Quality>)]
     pub quality: Quality,
-    /// No area filter when absent or null.
+    /// Filter: `[west, south, east, north]` in degrees; no area filter when absent or null.
     #[serde(default, deserialize_with = "bbox_field")]
+    #[schema(value_type = Option<Vec<f64>>, min_items = 4, max_items = 4)]
     pub bbox: Option<Bbox>,
+    /// Filter: captured at or after (RFC 3339, or `YYYY-MM-DD` for midnight UTC).
     #[serde(default, deserialize_with = "start_field")]
+    #[schema(value_type = Option<String>)]
     pub start_captured_at: Option<i64>,
+    /// Filter: captured before (RFC 3339, or `YYYY-MM-DD` for midnight UTC).
     #[serde(default, deserialize_with = "end_field")]
+    #[schema(value_type = Option<String>)]
     pub end_captured_at: Option<i64>,
+    /// Filter: panoramas only, none, or any (default).
     #[serde(default, deserialize_with = "pano_field")]
+    #[schema(value_type = Option<Pano>)]
     pub pano: Pano,
+    /// `jpeg` (default) or `webp`.
     #[serde(default, deserialize_with = "format_field")]
+    #[schema(value_type = Option<OutputFormat>)]
     pub format: OutputFormat,
+    /// `none` (default) or `tar`.
     #[serde(default, deserialize_with = "package_field")]
+    #[schema(value_type = Option<Packaging>)]
     pub package: Packaging,
+    /// Re-sync by itself this long after finishing (`90m`, `6h`, `7d`; at least 10 minutes);
+    /// `null`: never; absent: `jobs.resync_every`.
     #[serde(default, deserialize_with = "resync_field")]
+    #[schema(value_type = Option<String>)]
     pub resync_every: ResyncField,
 }
 

@@ -87,6 +87,23 @@ macro_rules! text_enum {
             }
         }
 
+        // By hand: the derive cannot read a `rename` that arrives as a
+        // macro fragment, and would describe the variants' Rust names.
+        impl ::utoipa::PartialSchema for $name {
+            fn schema() -> ::utoipa::openapi::RefOr<::utoipa::openapi::schema::Schema> {
+                ::utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(::utoipa::openapi::schema::Type::String)
+                    .enum_values(Some([$($text),+]))
+                    .into()
+            }
+        }
+
+        impl ::utoipa::ToSchema for $name {
+            fn name() -> ::std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+        }
+
         impl ::std::str::FromStr for $name {
             type Err = String;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -152,7 +169,7 @@ mod archives;
 pub use archives::{PackedFile, Packing, PackingState, StoredCopy, TarWritten};
 
 /// Per-job image counts, kept as counters so `/status` is O(jobs), not O(images).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Counts {
     pub discovered: u64,
     pub pending: u64,
@@ -213,35 +230,77 @@ impl Job {
 }
 
 /// The job's JSON: its whole selection spelt out field by field (every key
-/// present, `null` when unused), so clients see one stable shape.
-#[derive(Serialize)]
+/// present, `null` when unused), so clients see one stable shape. Its
+/// schema is the API description's `Job`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Job)]
 struct JobView<'a> {
     id: i64,
+    /// `username`, `organization`, `sequences` or `images`.
+    #[schema(value_type = String)]
     source_kind: &'static str,
+    #[schema(value_type = Option<String>)]
     username: Option<&'a str>,
+    #[schema(value_type = Option<String>)]
     organization_id: Option<&'a str>,
+    #[schema(value_type = Option<Vec<String>>)]
     sequence_ids: Option<&'a [String]>,
+    #[schema(value_type = Option<Vec<String>>)]
     image_ids: Option<&'a [String]>,
+    /// `[west, south, east, north]` in degrees.
+    #[schema(value_type = Option<Vec<f64>>)]
     bbox: Option<Bbox>,
+    /// RFC 3339 UTC.
     start_captured_at: Option<String>,
     end_captured_at: Option<String>,
+    #[schema(value_type = crate::selection::Pano)]
     pano: &'static str,
     quality: Quality,
     format: OutputFormat,
     package: Packaging,
+    /// `90m`, `6h`, `7d`...
     resync_every: Option<String>,
+    #[schema(value_type = Option<String>)]
     next_sync_at: Option<&'a str>,
     state: JobState,
     enumeration_complete: bool,
     counts: Counts,
     bytes_done: u64,
+    #[schema(value_type = String)]
     created_at: &'a str,
+    #[schema(value_type = String)]
     updated_at: &'a str,
+    #[schema(value_type = Option<String>)]
     last_error: Option<&'a str>,
     pause_reason: Option<PauseReason>,
+    #[schema(value_type = Option<String>)]
     note: Option<&'a str>,
+    #[schema(value_type = Option<String>)]
     progress_at: Option<&'a str>,
+    #[schema(value_type = Option<String>)]
     stalled_since: Option<&'a str>,
+}
+
+impl utoipa::PartialSchema for Job {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        <JobView<'static> as utoipa::PartialSchema>::schema()
+    }
+}
+
+/// A job's schema is its view's: [`Job`] serialises through [`JobView`].
+impl utoipa::ToSchema for Job {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Job".into()
+    }
+
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <JobView<'static> as utoipa::ToSchema>::schemas(schemas);
+    }
 }
 
 impl Serialize for Job {

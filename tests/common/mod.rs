@@ -6,6 +6,9 @@
 //! Used as `mod common;` by the tests that run the daemon in-process
 //! (`daemon.rs`, `crash_resume.rs`); everything else comes from the kit.
 
+// Each test binary compiles this module and uses part of it.
+#![allow(dead_code)]
+
 use mapillary_downloader::app::{Application, RunningApplication};
 use mapillary_downloader::config::{API_URL_ENV, FlagOverrides, Settings};
 use mapillary_downloader::secret::Secret;
