@@ -131,6 +131,7 @@ async fn main() {
         store: store.clone(),
         wake: Arc::new(tokio::sync::Notify::new()),
         stats,
+        metrics: Arc::default(),
         api_token: Some(mapillary_downloader::secret::Secret::new("bench-token")),
         started: Instant::now(),
         default_resync: None,

@@ -86,6 +86,7 @@ impl Application {
             store: ctx.store.clone(),
             wake: ctx.wake.clone(),
             stats: ctx.stats.clone(),
+            metrics: ctx.client.metrics().clone(),
             api_token: settings.api_token().cloned(),
             started: std::time::Instant::now(),
             default_resync: settings.default_resync().map_err(anyhow::Error::msg)?,

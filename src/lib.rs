@@ -9,6 +9,7 @@
 //! - [`exif`]: JPEG bytes + metadata -> tagged JPEG bytes (EXIF, GPS, XMP GPano).
 //! - [`api`]: the axum HTTP API: job commands, `/status`, `/healthz`, `/metrics`, bearer auth.
 //! - [`stats`]: throughput over the last minute and the ETA derived from it.
+//!   [`metrics`]: counters and histograms (calls by outcome, download times) for `/metrics`.
 //! - [`secret`]: a string type whose Debug and Display print `[redacted]`.
 //! - [`units`]: human-readable sizes, counts, rates and durations. [`clock`]: Unix-ms wall time.
 //! - [`archive`]: the on-disk layout and durable writes (`.part`, fsync, rename, fsync dir).
@@ -36,6 +37,7 @@ pub mod engine;
 pub mod estimate;
 pub mod exif;
 pub mod mapillary;
+pub mod metrics;
 pub mod model;
 pub mod oneshot;
 pub mod package;

@@ -38,6 +38,7 @@ async fn start(token: Option<&str>) -> Server {
         store: store.clone(),
         wake: wake.clone(),
         stats: stats.clone(),
+        metrics: Arc::default(),
         api_token: token.map(Secret::new),
         started: Instant::now(),
         default_resync: None,

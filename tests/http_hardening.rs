@@ -36,6 +36,7 @@ async fn start() -> Server {
         store: store.clone(),
         wake: Arc::default(),
         stats: Arc::new(Stats::new()),
+        metrics: Arc::default(),
         api_token: None,
         started: Instant::now(),
         default_resync: None,

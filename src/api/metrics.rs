@@ -8,6 +8,7 @@
 
 use crate::api::AppState;
 use crate::api::error::ApiError;
+use crate::metrics::{self, Metrics, OutcomeClass};
 use crate::status::{StatusReport, Totals};
 use crate::store::{Job, JobState};
 use axum::extract::State;
@@ -32,7 +33,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let jobs = state.store.list_jobs().await?;
     let report = StatusReport::new(jobs, state.stats.rate());
-    let body = render(&report, state.started.elapsed());
+    let body = render(&report, state.started.elapsed(), &state.metrics);
     let mut response = body.into_response();
     response
         .headers_mut()
@@ -41,11 +42,94 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
 }
 
 /// Renders every metric family; pure, so tests can check the text directly.
-pub fn render(report: &StatusReport, uptime: Duration) -> String {
+pub fn render(report: &StatusReport, uptime: Duration, counters: &Metrics) -> String {
     let mut out = Exposition::default();
     per_job(&mut out, &report.jobs);
     all_jobs(&mut out, report, uptime);
+    since_start(&mut out, counters);
     out.text
+}
+
+/// Counters and histograms since the process started.
+fn since_start(out: &mut Exposition, m: &Metrics) {
+    for (name, help, value) in [
+        (
+            "mapillary_images_completed_total",
+            "Images archived (written or adopted).",
+            &m.images_completed,
+        ),
+        (
+            "mapillary_images_failed_total",
+            "Images failed for good (deleted ones included).",
+            &m.images_failed,
+        ),
+        (
+            "mapillary_images_deleted_total",
+            "Images found deleted on Mapillary.",
+            &m.images_deleted,
+        ),
+        (
+            "mapillary_written_bytes_total",
+            "Bytes of image files written to the archive.",
+            &m.bytes_written,
+        ),
+        (
+            "mapillary_retries_total",
+            "Image attempts that failed and will be tried again.",
+            &m.retries,
+        ),
+        (
+            "mapillary_url_refreshes_total",
+            "Image URLs renewed through GET /?ids=.",
+            &m.url_refreshes,
+        ),
+        (
+            "mapillary_rate_limit_holds_total",
+            "Times the API rate-limited us and every API call was held back.",
+            &m.rate_limit_holds,
+        ),
+    ] {
+        out.typed_family(name, help, "counter");
+        out.sample(&[], metrics::get(value) as f64);
+    }
+    for (name, help, by_outcome) in [
+        (
+            "mapillary_api_calls_total",
+            "Graph API calls by outcome.",
+            &m.api_calls,
+        ),
+        (
+            "mapillary_cdn_fetches_total",
+            "Image downloads from the CDN by outcome.",
+            &m.cdn_fetches,
+        ),
+    ] {
+        out.typed_family(name, help, "counter");
+        for class in OutcomeClass::ALL {
+            out.sample(&[("outcome", class.as_str())], by_outcome.get(class) as f64);
+        }
+    }
+    for (name, help, histogram) in [
+        (
+            "mapillary_image_download_seconds",
+            "Time to download one image from the CDN (successful downloads).",
+            &m.image_download_seconds,
+        ),
+        (
+            "mapillary_api_call_seconds",
+            "Time of one Graph API call, any outcome.",
+            &m.api_call_seconds,
+        ),
+    ] {
+        out.typed_family(name, help, "histogram");
+        let (buckets, sum, count) = histogram.snapshot();
+        for (bound, cumulative) in buckets {
+            let le = bound.map_or_else(|| "+Inf".to_string(), |b| format_value(b));
+            out.sample_named("_bucket", &[("le", le.as_str())], cumulative as f64);
+        }
+        out.sample_named("_sum", &[], sum);
+        out.sample_named("_count", &[], count as f64);
+    }
 }
 
 /// Gauges labelled by job.
@@ -175,10 +259,14 @@ struct Exposition {
 
 impl Exposition {
     fn family(&mut self, name: &'static str, help: &str) {
+        self.typed_family(name, help, "gauge");
+    }
+
+    fn typed_family(&mut self, name: &'static str, help: &str, kind: &str) {
         self.family = name;
         // `write!` into a String cannot fail.
         let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
-        let _ = writeln!(self.text, "# TYPE {name} gauge");
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
     }
 
     /// A job's labels: its id, the kind of source, a summary of the
@@ -200,7 +288,14 @@ impl Exposition {
     }
 
     fn sample(&mut self, labels: &[(&str, &str)], value: f64) {
+        self.sample_named("", labels, value);
+    }
+
+    /// A sample of the current family's metric name plus `suffix`
+    /// (`_bucket`, `_sum`, `_count` of a histogram).
+    fn sample_named(&mut self, suffix: &str, labels: &[(&str, &str)], value: f64) {
         self.text.push_str(self.family);
+        self.text.push_str(suffix);
         if !labels.is_empty() {
             self.text.push('{');
             for (i, (name, value)) in labels.iter().enumerate() {

@@ -32,6 +32,8 @@ pub struct AppState {
     /// Poked after every change, so idle workers and enumerators look again.
     pub wake: Arc<tokio::sync::Notify>,
     pub stats: Arc<Stats>,
+    /// Counters and histograms since the start, shared with the engine.
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// When set, every request but `GET /healthz` needs `Authorization: Bearer <token>`.
     pub api_token: Option<Secret>,
     /// Process start, for the uptime metric.

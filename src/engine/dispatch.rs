@@ -240,6 +240,11 @@ async fn apply_renewal(
             settled.handed_back += 1;
         }
     }
+    let counters = ctx.client.metrics();
+    crate::metrics::add(&counters.url_refreshes, updates.len() as u64);
+    let deleted = renewal.deleted.len() as u64;
+    crate::metrics::add(&counters.images_deleted, deleted);
+    crate::metrics::add(&counters.images_failed, deleted);
     ctx.store.update_urls(&updates).await?;
     ctx.store
         .mark_pending_deleted(&deleted_pending, DELETED, now)

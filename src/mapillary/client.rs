@@ -12,6 +12,7 @@ use super::urls::{
     endpoint, listing_url, mentions_secret, onto_api_origin, strip_secret, url_expires_at,
 };
 use crate::config::MapillarySettings;
+use crate::metrics::{Metrics, OutcomeClass};
 use crate::model::{Bbox, IMAGE_FIELDS, ImageMeta, ListedImage};
 use crate::secret::Secret;
 use crate::selection::{Filters, Source};
@@ -92,6 +93,7 @@ struct Inner {
     api: reqwest::Client,
     cdn: reqwest::Client,
     limiter: Limiter,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for MapillaryClient {
@@ -163,8 +165,14 @@ impl MapillaryClient {
                 api,
                 cdn,
                 limiter,
+                metrics: Arc::default(),
             }),
         })
+    }
+
+    /// The counters this client (and the engine using it) feeds.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.inner.metrics
     }
 
     pub fn settings(&self) -> &ClientSettings {
@@ -317,6 +325,17 @@ impl MapillaryClient {
 
     /// Downloads one CDN object into memory. No `Authorization` header, ever.
     pub async fn download(&self, url: &str) -> Result<Bytes, MapillaryError> {
+        let started = Instant::now();
+        let result = self.download_once(url).await;
+        let metrics = &self.inner.metrics;
+        metrics.cdn_fetches.add(OutcomeClass::of(&result));
+        if result.is_ok() {
+            metrics.image_download_seconds.observe(started.elapsed());
+        }
+        result
+    }
+
+    async fn download_once(&self, url: &str) -> Result<Bytes, MapillaryError> {
         let target = cdn_target(url)?;
         let started = Instant::now();
         let mut response = self
@@ -432,6 +451,9 @@ impl MapillaryClient {
         self.inner.limiter.acquire().await;
         let started = Instant::now();
         let result = self.api_get_once(url.clone()).await;
+        let metrics = &self.inner.metrics;
+        metrics.api_calls.add(OutcomeClass::of(&result));
+        metrics.api_call_seconds.observe(started.elapsed());
         let elapsed_ms = started.elapsed().as_millis() as u64;
         match &result {
             Ok(body) => {
@@ -439,6 +461,7 @@ impl MapillaryClient {
                 tracing::debug!(url = %url, bytes = body.len(), elapsed_ms, "{what}");
             }
             Err(MapillaryError::RateLimited { retry_after }) => {
+                crate::metrics::add(&metrics.rate_limit_holds, 1);
                 let pause = self.inner.limiter.hold(*retry_after);
                 tracing::debug!(url = %url, pause_ms = pause.as_millis() as u64, "{what}: rate limited; holding all API calls");
             }

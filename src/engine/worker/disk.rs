@@ -55,7 +55,10 @@ pub async fn write(ctx: &EngineContext, body: Body) -> Outcome {
         OutputFormat::Webp => write_webp(ctx, body, reserve).await,
     };
     match written {
-        Ok(Ok(file)) => Outcome::Done { file },
+        Ok(Ok(file)) => {
+            crate::metrics::add(&ctx.client.metrics().bytes_written, file.bytes);
+            Outcome::Done { file }
+        }
         Ok(Err(WriteError::Convert(error))) => Outcome::Retry { error },
         Ok(Err(WriteError::Archive(ArchiveError::DiskFull { path, source }))) => {
             Outcome::PauseJob {

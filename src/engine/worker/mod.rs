@@ -14,6 +14,7 @@ use super::dispatch::WorkQueue;
 use crate::archive::{self, ArchiveError, ArchivedFile, FileKind};
 use crate::clock::now_ms;
 use crate::mapillary::{RetryDecision, backoff_delay};
+use crate::metrics;
 use crate::store::{ClaimedImage, DeferPolicy, FailOutcome, FailReason, PauseReason, RetryPolicy};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -156,6 +157,7 @@ pub async fn apply(
         Outcome::Done { file } => {
             if ctx.store.complete(lease, &file, now).await? {
                 ctx.stats.record_image(file.bytes);
+                metrics::add(&ctx.client.metrics().images_completed, 1);
             } else {
                 warn!(image = %image.image_id, "lost the lease before completing; the file is in place anyway");
             }
@@ -172,21 +174,27 @@ pub async fn apply(
             };
             match ctx.store.fail(lease, &error, policy, now).await? {
                 FailOutcome::FailedForGood => {
+                    metrics::add(&ctx.client.metrics().images_failed, 1);
                     warn!(image = %image.image_id, attempt = lease.attempt, error, "image failed for good")
                 }
                 _ => {
+                    metrics::add(&ctx.client.metrics().retries, 1);
                     debug!(image = %image.image_id, attempt = lease.attempt, error, ?delay, "image will be retried")
                 }
             }
         }
         Outcome::GiveUp { error } => {
             warn!(image = %image.image_id, error, "image failed for good");
+            metrics::add(&ctx.client.metrics().images_failed, 1);
             ctx.store
                 .fail_for_good(lease, FailReason::Error, &error, now)
                 .await?;
         }
         Outcome::Deleted { error } => {
             info!(image = %image.image_id, "image deleted on Mapillary");
+            let counters = ctx.client.metrics();
+            metrics::add(&counters.images_deleted, 1);
+            metrics::add(&counters.images_failed, 1);
             ctx.store
                 .fail_for_good(lease, FailReason::Deleted, &error, now)
                 .await?;
