@@ -124,7 +124,7 @@ fn since_start(out: &mut Exposition, m: &Metrics) {
         out.typed_family(name, help, "histogram");
         let (buckets, sum, count) = histogram.snapshot();
         for (bound, cumulative) in buckets {
-            let le = bound.map_or_else(|| "+Inf".to_string(), |b| format_value(b));
+            let le = bound.map_or_else(|| "+Inf".to_string(), format_value);
             out.sample_named("_bucket", &[("le", le.as_str())], cumulative as f64);
         }
         out.sample_named("_sum", &[], sum);
