@@ -170,7 +170,44 @@ async fn main() {
         &time_requests(&client, &format!("{base}/healthz")).await,
     );
 
-    let p99 = percentile(&status, 0.99);
+    // The same with the operator page open (its poll every 2 s), 1,000 idle
+    // connections and a slowloris client trickling a header byte every 100 ms.
+    let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let idle: Vec<std::net::TcpStream> = (0..1000)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let slowloris = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+                let _ = tcp.write_all(b"GET /status HTTP/1.1\r\n");
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) && tcp.write_all(b"X").is_ok() {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        })
+    };
+    let page = {
+        let (client, base, stop) = (client.clone(), base.clone(), stop.clone());
+        tokio::spawn(async move {
+            let _ = client.get(format!("{base}/")).send().await;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = client.get(format!("{base}/status")).send().await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        })
+    };
+    let loaded = time_requests(&client, &format!("{base}/status")).await;
+    report("GET /status, page + abuse", &loaded);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = page.await;
+    let _ = slowloris.join();
+    drop(idle);
+
+    let p99 = percentile(&status, 0.99).max(percentile(&loaded, 0.99));
     println!(
         "target: /status p99 <= 5 ms at 1,000,000 rows -> {} ({:.3} ms)",
         if p99 <= Duration::from_millis(5) {
