@@ -743,13 +743,24 @@ async fn metrics_are_valid_prometheus_text() {
             let name = parts.next().expect("comment names a metric");
             assert!(kind == "HELP" || kind == "TYPE", "{line}");
             if kind == "TYPE" {
-                assert_eq!(parts.next(), Some("gauge"));
+                let kind = parts.next();
+                assert!(
+                    matches!(kind, Some("gauge" | "counter" | "histogram")),
+                    "{line}"
+                );
+                if kind == Some("counter") {
+                    assert!(name.ends_with("_total"), "a counter's name ends in _total: {line}");
+                }
                 typed.insert(name.to_string());
             }
             continue;
         }
         let (name, value) = check_sample_line(line).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert!(typed.contains(&name), "{name} has no TYPE line before it");
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix).filter(|base| typed.contains(*base)))
+            .unwrap_or(&name);
+        assert!(typed.contains(family), "{name} has no TYPE line before it");
         samples.push((line.to_string(), value));
     }
     let find = |prefix: &str| {
