@@ -10,6 +10,7 @@ pub mod error;
 pub mod extract;
 pub mod jobs;
 pub mod metrics;
+pub mod page;
 pub mod status;
 pub mod validate;
 
@@ -32,7 +33,8 @@ pub struct AppState {
     /// Poked after every change, so idle workers and enumerators look again.
     pub wake: Arc<tokio::sync::Notify>,
     pub stats: Arc<Stats>,
-    /// When set, every request but `GET /healthz` needs `Authorization: Bearer <token>`.
+    /// When set, every request but `GET /healthz` and the page (`page::PATHS`)
+    /// needs `Authorization: Bearer <token>`.
     pub api_token: Option<Secret>,
     /// Process start, for the uptime metric.
     pub started: Instant,
@@ -60,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/pause", post(jobs::pause_job))
         .route("/jobs/{id}/resume", post(jobs::resume_job))
         .route("/jobs/{id}/retry", post(jobs::retry_job))
+        .merge(page::routes())
         // Must follow the routes: it is installed on each one.
         .method_not_allowed_fallback(error::method_not_allowed)
         .fallback(error::not_found)
