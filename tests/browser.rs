@@ -617,13 +617,13 @@ async fn retry_failed_through_the_button_requeues_the_failed_image_and_the_job_c
             })
             .await;
             assert_eq!(job["counts"]["failed"], 0, "{job}");
-            let r = eventually("the page follows", async || {
+            let r = eventually("the page follows to done", async || {
                 row(driver, id)
                     .await
-                    .filter(|r| r["done"] == 12 && r["retry"] == false)
+                    .filter(|r| r["state"] == "done" && r["done"] == 12)
             })
             .await;
-            assert_eq!(r["state"], "done", "{r}");
+            assert_eq!(r["retry"], false, "nothing left to retry: {r}");
         })
         .await;
     d.daemon.stop().await;
