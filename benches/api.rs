@@ -184,7 +184,9 @@ async fn main() {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let mut tcp = std::net::TcpStream::connect(addr).unwrap();
                 let _ = tcp.write_all(b"GET /status HTTP/1.1\r\n");
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) && tcp.write_all(b"X").is_ok() {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                    && tcp.write_all(b"X").is_ok()
+                {
                     std::thread::sleep(Duration::from_millis(100));
                 }
             }

@@ -1,19 +1,30 @@
-//! Throughput over the last minute, for `/status`, `/metrics` and the ETA.
+//! Throughput over the last minute, for `/status`, `/metrics` and the ETA;
+//! and over the last hour, minute by minute, for the operator page's chart.
 //!
 //! Workers report every finished image; readers ask for a rate. A ring of 60
 //! one-second buckets keeps memory constant however long the daemon runs, and
 //! a bucket is recycled lazily when its second comes round again, so nobody
 //! has to tick a clock. The mutex guards a few integer additions only, which
 //! is cheaper than any lock-free scheme that has to recycle buckets safely.
+//! A second ring of 60 one-minute buckets, recycled the same way under the
+//! same lock, keeps the hour's history: O(1) per image, 60 reads per report.
 //!
-//! Time is `tokio::time::Instant`, so tests drive it with `tokio::time::pause()`.
+//! The rate's time is `tokio::time::Instant`, so tests drive it with
+//! `tokio::time::pause()`. The history is keyed by wall-clock minutes (the
+//! chart labels them), so its functions also come in `_at(now_ms)` forms.
 
+use crate::clock::now_ms;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
 /// Width of the averaging window, in one-second buckets.
 const WINDOW_SECS: u64 = 60;
+
+/// Length of the throughput history, in one-minute buckets: the last hour.
+pub const HISTORY_MINUTES: usize = 60;
+
+const MINUTE_MS: i64 = 60_000;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Bucket {
@@ -23,11 +34,61 @@ struct Bucket {
     bytes: u64,
 }
 
-/// Images and bytes completed per second, averaged over the last minute.
+/// One wall-clock minute of the history ring.
+#[derive(Debug, Clone, Copy)]
+struct MinuteBucket {
+    /// Which minute since the Unix epoch this bucket currently counts
+    /// (`i64::MIN`: never used).
+    minute: i64,
+    images: u64,
+    bytes: u64,
+}
+
+impl Default for MinuteBucket {
+    fn default() -> Self {
+        MinuteBucket {
+            minute: i64::MIN,
+            images: 0,
+            bytes: 0,
+        }
+    }
+}
+
+/// Both rings, behind one lock so an image is counted in both or neither.
+#[derive(Debug)]
+struct Rings {
+    seconds: [Bucket; WINDOW_SECS as usize],
+    minutes: [MinuteBucket; HISTORY_MINUTES],
+}
+
+/// Images and bytes completed per second, averaged over the last minute;
+/// and per minute over the last hour.
 #[derive(Debug)]
 pub struct Stats {
     origin: Instant,
-    buckets: Mutex<[Bucket; WINDOW_SECS as usize]>,
+    rings: Mutex<Rings>,
+}
+
+/// What one wall-clock minute completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinuteThroughput {
+    /// Unix milliseconds at the start of the minute.
+    pub start_ms: i64,
+    pub images: u64,
+    pub bytes: u64,
+}
+
+/// The last [`HISTORY_MINUTES`] minutes up to the one holding `now_ms`,
+/// oldest first, all zero: the shape of a history with nothing recorded.
+pub fn empty_history(now_ms: i64) -> Vec<MinuteThroughput> {
+    let current = now_ms.div_euclid(MINUTE_MS);
+    (current - HISTORY_MINUTES as i64 + 1..=current)
+        .map(|minute| MinuteThroughput {
+            start_ms: minute * MINUTE_MS,
+            images: 0,
+            bytes: 0,
+        })
+        .collect()
 }
 
 /// A throughput reading.
@@ -63,8 +124,17 @@ impl Stats {
     pub fn new() -> Stats {
         Stats {
             origin: Instant::now(),
-            buckets: Mutex::new([Bucket::default(); WINDOW_SECS as usize]),
+            rings: Mutex::new(Rings {
+                seconds: [Bucket::default(); WINDOW_SECS as usize],
+                minutes: [MinuteBucket::default(); HISTORY_MINUTES],
+            }),
         }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Rings> {
+        // A poisoned lock only means another thread panicked mid-addition;
+        // the counters are still plain integers, so keep counting.
+        self.rings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn second_now(&self) -> u64 {
@@ -75,11 +145,26 @@ impl Stats {
 
     /// Counts one finished image of `bytes` bytes at the current instant.
     pub fn record_image(&self, bytes: u64) {
+        self.record_image_at(bytes, now_ms());
+    }
+
+    /// [`Stats::record_image`] with the wall clock at `now_ms` (the history's
+    /// minute); the rate's second still comes from the monotonic clock.
+    pub fn record_image_at(&self, bytes: u64, now_ms: i64) {
         let second = self.second_now();
-        // A poisoned lock only means another thread panicked mid-addition;
-        // the counters are still plain integers, so keep counting.
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let bucket = &mut buckets[(second % WINDOW_SECS) as usize];
+        let minute = now_ms.div_euclid(MINUTE_MS);
+        let mut rings = self.lock();
+        let slot = &mut rings.minutes[minute.rem_euclid(HISTORY_MINUTES as i64) as usize];
+        if slot.minute != minute {
+            *slot = MinuteBucket {
+                minute,
+                images: 0,
+                bytes: 0,
+            };
+        }
+        slot.images += 1;
+        slot.bytes = slot.bytes.saturating_add(bytes);
+        let bucket = &mut rings.seconds[(second % WINDOW_SECS) as usize];
         if bucket.second != second {
             *bucket = Bucket {
                 second,
@@ -100,8 +185,9 @@ impl Stats {
         let second = elapsed.as_secs();
         let oldest = second.saturating_sub(WINDOW_SECS - 1);
         let (images, bytes) = {
-            let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-            buckets
+            let rings = self.lock();
+            rings
+                .seconds
                 .iter()
                 .filter(|b| b.second >= oldest && b.second <= second)
                 .fold((0u64, 0u64), |(i, by), b| {
@@ -119,6 +205,29 @@ impl Stats {
     /// while nothing has completed in the last minute (no honest estimate).
     pub fn eta(&self, remaining_images: u64) -> Option<Duration> {
         self.rate().eta(remaining_images)
+    }
+
+    /// The last hour, minute by minute, oldest first; the last entry is the
+    /// current (partial) minute. Minutes nothing finished in are zero.
+    pub fn history(&self) -> Vec<MinuteThroughput> {
+        self.history_at(now_ms())
+    }
+
+    /// [`Stats::history`] as of the wall-clock instant `now_ms`. A bucket
+    /// from the future (the clock was set back) is not shown until its
+    /// minute comes round.
+    pub fn history_at(&self, now_ms: i64) -> Vec<MinuteThroughput> {
+        let mut history = empty_history(now_ms);
+        let rings = self.lock();
+        for entry in &mut history {
+            let minute = entry.start_ms / MINUTE_MS;
+            let slot = &rings.minutes[minute.rem_euclid(HISTORY_MINUTES as i64) as usize];
+            if slot.minute == minute {
+                entry.images = slot.images;
+                entry.bytes = slot.bytes;
+            }
+        }
+        history
     }
 }
 
@@ -202,6 +311,66 @@ mod tests {
         let rate = stats.rate();
         assert!(approx(rate.images_per_sec, 1.0 / 60.0), "{rate:?}");
         assert!(approx(rate.bytes_per_sec, 3.0 / 60.0), "{rate:?}");
+    }
+
+    /// 2024-05-01T12:00:00Z, a minute boundary.
+    const NOON_MS: i64 = 1_714_564_800_000;
+
+    #[tokio::test(start_paused = true)]
+    async fn history_is_an_hour_of_minutes_oldest_first_zero_filled() {
+        let stats = Stats::new();
+        let now = NOON_MS + 30_000;
+        let history = stats.history_at(now);
+        assert_eq!(history.len(), HISTORY_MINUTES);
+        assert_eq!(history.last().unwrap().start_ms, NOON_MS);
+        assert_eq!(history[0].start_ms, NOON_MS - 59 * MINUTE_MS);
+        assert!(
+            history
+                .windows(2)
+                .all(|w| w[1].start_ms - w[0].start_ms == MINUTE_MS)
+        );
+        assert!(history.iter().all(|m| m.images == 0 && m.bytes == 0));
+        assert_eq!(history, empty_history(now));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn history_counts_each_image_in_its_minute() {
+        let stats = Stats::new();
+        stats.record_image_at(100, NOON_MS);
+        stats.record_image_at(200, NOON_MS + 59_999);
+        stats.record_image_at(50, NOON_MS - 1);
+        stats.record_image_at(7, NOON_MS - 10 * MINUTE_MS);
+        let history = stats.history_at(NOON_MS + 5_000);
+        let last = history[HISTORY_MINUTES - 1];
+        assert_eq!((last.start_ms, last.images, last.bytes), (NOON_MS, 2, 300));
+        assert_eq!((history[58].images, history[58].bytes), (1, 50));
+        assert_eq!((history[49].images, history[49].bytes), (1, 7));
+        let total: u64 = history.iter().map(|m| m.images).sum();
+        assert_eq!(total, 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn history_forgets_minutes_older_than_an_hour() {
+        let stats = Stats::new();
+        stats.record_image_at(10, NOON_MS);
+        // 59 minutes later it is the oldest bucket; 60 minutes later it is gone.
+        let later = stats.history_at(NOON_MS + 59 * MINUTE_MS);
+        assert_eq!((later[0].start_ms, later[0].images), (NOON_MS, 1));
+        let gone = stats.history_at(NOON_MS + 60 * MINUTE_MS);
+        assert!(gone.iter().all(|m| m.images == 0));
+        // Exactly one lap later the same slot is recycled, not added to.
+        stats.record_image_at(3, NOON_MS + 60 * MINUTE_MS);
+        let lap = stats.history_at(NOON_MS + 60 * MINUTE_MS);
+        assert_eq!((lap[59].images, lap[59].bytes), (1, 3));
+        assert_eq!(lap.iter().map(|m| m.images).sum::<u64>(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_clock_set_back_hides_future_minutes() {
+        let stats = Stats::new();
+        stats.record_image_at(10, NOON_MS + 5 * MINUTE_MS);
+        let history = stats.history_at(NOON_MS);
+        assert!(history.iter().all(|m| m.images == 0));
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,7 +5,7 @@
 //! counters, so it stays cheap at millions of images. Its throughput comes
 //! from the images finished in the last minute.
 
-use crate::stats::Rate;
+use crate::stats::{MinuteThroughput, Rate, empty_history};
 use crate::store::{Job, JobState, Store};
 use crate::units::{format_bytes, group_digits};
 use serde::Serialize;
@@ -43,6 +43,30 @@ pub struct Throughput {
     pub bytes_per_sec: f64,
 }
 
+/// One minute of the throughput history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct MinuteBucket {
+    /// RFC 3339 UTC: the start of the minute.
+    pub minute: String,
+    /// Images completed in that minute.
+    pub images: u64,
+    /// Bytes of those images.
+    pub bytes: u64,
+}
+
+impl From<&MinuteThroughput> for MinuteBucket {
+    fn from(m: &MinuteThroughput) -> Self {
+        let start = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(m.start_ms)
+            .unwrap_or_default()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        MinuteBucket {
+            minute: start,
+            images: m.images,
+            bytes: m.bytes,
+        }
+    }
+}
+
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StatusReport {
     pub jobs: Vec<Job>,
@@ -51,6 +75,10 @@ pub struct StatusReport {
     /// Seconds until the images known so far are downloaded; `null` while
     /// nothing has completed in the last minute.
     pub eta_seconds: Option<u64>,
+    /// The last hour in 60 one-minute buckets, oldest first; the last is the
+    /// current minute. The daemon keeps it in memory (it starts empty at each
+    /// start); the `status` command has no daemon's memory and shows zeros.
+    pub throughput_history: Vec<MinuteBucket>,
 }
 
 /// Images still to download in jobs the engine is working on. Paused and
@@ -70,7 +98,14 @@ pub fn remaining_images(jobs: &[Job]) -> u64 {
 impl StatusReport {
     /// The report for `jobs` at throughput `rate`: the daemon's own rate for
     /// `GET /status`, one read from the database for the `status` command.
+    /// Its history is all zeros; [`StatusReport::with_history`] gives one.
     pub fn new(jobs: Vec<Job>, rate: Rate) -> StatusReport {
+        Self::with_history(jobs, rate, &empty_history(crate::clock::now_ms()))
+    }
+
+    /// [`StatusReport::new`] with the daemon's minute-by-minute history
+    /// (`Stats::history`).
+    pub fn with_history(jobs: Vec<Job>, rate: Rate, history: &[MinuteThroughput]) -> StatusReport {
         // One reading for both, so the ETA matches the throughput shown.
         let eta_seconds = rate
             .eta(remaining_images(&jobs))
@@ -83,6 +118,7 @@ impl StatusReport {
             },
             eta_seconds,
             jobs,
+            throughput_history: history.iter().map(MinuteBucket::from).collect(),
         }
     }
 }

@@ -749,7 +749,10 @@ async fn metrics_are_valid_prometheus_text() {
                     "{line}"
                 );
                 if kind == Some("counter") {
-                    assert!(name.ends_with("_total"), "a counter's name ends in _total: {line}");
+                    assert!(
+                        name.ends_with("_total"),
+                        "a counter's name ends in _total: {line}"
+                    );
                 }
                 typed.insert(name.to_string());
             }
@@ -758,7 +761,10 @@ async fn metrics_are_valid_prometheus_text() {
         let (name, value) = check_sample_line(line).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let family = ["_bucket", "_sum", "_count"]
             .iter()
-            .find_map(|suffix| name.strip_suffix(suffix).filter(|base| typed.contains(*base)))
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|base| typed.contains(*base))
+            })
             .unwrap_or(&name);
         assert!(typed.contains(family), "{name} has no TYPE line before it");
         samples.push((line.to_string(), value));

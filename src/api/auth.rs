@@ -1,8 +1,12 @@
-//! Bearer-token guard for every endpoint except `GET /healthz`.
+//! Bearer-token guard for every endpoint except `GET /healthz` and the
+//! operator's page.
 //!
 //! Health probes (Docker, Kubernetes) carry no credentials, so the liveness
-//! check stays open; it reveals nothing but "the database answers". The token
-//! is compared in constant time and never appears in a response or a log.
+//! check stays open; it reveals nothing but "the database answers". The page
+//! and its assets are fixed, embedded files that hold no data (the page asks
+//! for the token, then reads the API with it), so a browser can load them
+//! first. The token is compared in constant time and never appears in a
+//! response or a log.
 
 use crate::api::AppState;
 use crate::api::error::ApiError;
@@ -22,7 +26,8 @@ pub async fn require_bearer(
     let Some(expected) = state.api_token.as_ref() else {
         return Ok(next.run(request).await);
     };
-    let is_open = request.uri().path() == OPEN_PATH
+    let path = request.uri().path();
+    let is_open = (path == OPEN_PATH || crate::api::page::PATHS.contains(&path))
         && (request.method() == Method::GET || request.method() == Method::HEAD);
     if is_open {
         return Ok(next.run(request).await);

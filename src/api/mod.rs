@@ -11,6 +11,7 @@ pub mod extract;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
+pub mod page;
 pub mod server;
 pub mod status;
 pub mod validate;
@@ -34,7 +35,8 @@ pub struct AppState {
     pub stats: Arc<Stats>,
     /// Counters and histograms since the start, shared with the engine.
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// When set, every request but `GET /healthz` needs `Authorization: Bearer <token>`.
+    /// When set, every request but `GET /healthz` and the page (`page::PATHS`)
+    /// needs `Authorization: Bearer <token>`.
     pub api_token: Option<Secret>,
     /// Process start, for the uptime metric.
     pub started: Instant,
@@ -65,6 +67,9 @@ pub fn router(state: AppState) -> Router {
     .routes(utoipa_axum::routes!(jobs::pause_job))
     .routes(utoipa_axum::routes!(jobs::resume_job))
     .routes(utoipa_axum::routes!(jobs::retry_job))
+    .routes(utoipa_axum::routes!(page::index))
+    .routes(utoipa_axum::routes!(page::script))
+    .routes(utoipa_axum::routes!(page::style))
     .split_for_parts();
     openapi::publish(&description);
     documented

@@ -37,7 +37,8 @@ pub struct Health {
     security((), ("bearer" = [])),
     tags(
         (name = "jobs", description = "Submit and steer jobs"),
-        (name = "status", description = "Progress, health and metrics")
+        (name = "status", description = "Progress, health and metrics"),
+        (name = "page", description = "The operator's page and its assets")
     ),
     components(schemas(ErrorBody))
 )]

@@ -24,7 +24,12 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 )]
 pub async fn status(State(state): State<AppState>) -> Result<Json<StatusReport>, ApiError> {
     let jobs = state.store.list_jobs().await?;
-    Ok(Json(StatusReport::new(jobs, state.stats.rate())))
+    let stats = &state.stats;
+    Ok(Json(StatusReport::with_history(
+        jobs,
+        stats.rate(),
+        &stats.history(),
+    )))
 }
 
 /// `GET /healthz` (never needs a token).

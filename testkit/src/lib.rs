@@ -11,7 +11,8 @@
 //! - [`archive_check`]: an archive on disk against the fake's truth;
 //! - [`latency`]: request-latency sampling for the benches;
 //! - [`tar_check`]: tars read with GNU tar (an independent reader) and gzip;
-//! - [`tmpfs`]: a small filesystem of its own for full-disk tests.
+//! - [`tmpfs`]: a small filesystem of its own for full-disk tests;
+//! - [`browser`]: chromedriver and headless Chromium for the operator page.
 //!
 //! The kit does not depend on `mapillary-downloader`, whose dev-dependency it
 //! is: a dependency back would give the daemon's tests a second copy of its
@@ -22,6 +23,7 @@
 
 pub mod api_client;
 pub mod archive_check;
+pub mod browser;
 pub mod env;
 pub mod fake;
 pub mod jpeg;
