@@ -336,21 +336,31 @@ pub(super) async fn api_image_ids(
     let Some(seq) = query.get("sequence_id").cloned() else {
         return bad_param("(#100) Missing parameter: sequence_id");
     };
-    let (users, deleted) = {
-        let s = shared.lock();
-        (s.users.clone(), s.deleted.clone())
-    };
-    let mut found: Vec<(i64, String)> = Vec::new();
-    for user in &users {
-        for p in 0..user.len {
-            if let Some(m) = user.get(p)
-                && m.sequence.as_deref() == Some(seq.as_str())
-                && !deleted.contains(&m.id)
-            {
-                found.push((m.captured_at.unwrap_or(i64::MAX), m.id));
+    let mut found: Vec<(i64, String)> = {
+        let mut s = shared.lock();
+        if s.sequence_index.is_none() {
+            let mut index: HashMap<String, Vec<(i64, String)>> = HashMap::new();
+            for user in &s.users {
+                for p in 0..user.len {
+                    if let Some(m) = user.get(p)
+                        && let Some(sequence) = m.sequence.clone()
+                    {
+                        index
+                            .entry(sequence)
+                            .or_default()
+                            .push((m.captured_at.unwrap_or(i64::MAX), m.id));
+                    }
+                }
             }
+            s.sequence_index = Some(index);
         }
-    }
+        let index = s.sequence_index.as_ref().expect("just built");
+        let images = index.get(&seq).cloned().unwrap_or_default();
+        images
+            .into_iter()
+            .filter(|(_, id)| !s.deleted.contains(id))
+            .collect()
+    };
     found.sort();
     let data: Vec<Value> = found.into_iter().map(|(_, id)| json!({"id": id})).collect();
     Json(json!({"data": data})).into_response()

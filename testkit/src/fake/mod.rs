@@ -214,6 +214,11 @@ struct State_ {
     by_name: HashMap<String, usize>,
     /// Hand-made images by id (generated ones are found by id range).
     singles: HashMap<String, FakeImage>,
+    /// Sequence id -> (capture order, image id) of every image in it, built
+    /// on the first `/image_ids` after a change (every change of users goes
+    /// through `user_mut`, which drops it): one pass over all images, not
+    /// one per call.
+    sequence_index: Option<HashMap<String, Vec<(i64, String)>>>,
     /// Bodies served instead of the generated ones, by image id (any quality).
     bodies: HashMap<String, Vec<u8>>,
     next_id: u64,
@@ -390,6 +395,7 @@ impl FakeMapillary {
                 users: Vec::new(),
                 by_name: HashMap::new(),
                 singles: HashMap::new(),
+                sequence_index: None,
                 bodies: HashMap::new(),
                 next_id: FIRST_ID,
                 faults: cfg.faults,
@@ -711,6 +717,7 @@ async fn fake_stats(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 fn user_mut<'a>(s: &'a mut State_, username: &str) -> &'a mut User {
+    s.sequence_index = None;
     let index = match s.by_name.get(username) {
         Some(&i) => i,
         None => {
