@@ -473,3 +473,51 @@ async fn an_image_the_cdn_always_refuses_ends_failed_not_looping() {
     );
     daemon.stop().await;
 }
+
+/// A job whose finishing fails (its `metadata.jsonl` cannot be written: a
+/// folder is in the way) stays open with `last_error` saying why, is tried
+/// again, and once the obstacle is gone ends done with the error cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_cannot_finish_says_why_and_finishes_once_it_can() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("fern", 30, 41);
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start(
+        test_settings(fake.api_url().as_str(), dir.path(), 2, &[]),
+        DEFAULT_TOKEN,
+    )
+    .await;
+    let blocker = daemon
+        .archive_dir()
+        .join("mapillary-fern-256/metadata.jsonl");
+    std::fs::create_dir_all(blocker.join("in-the-way")).unwrap();
+    let (_, job) = daemon
+        .post_job(json!({"username": "fern", "quality": "256"}))
+        .await;
+    let id = job_id(&job);
+    let deadline = std::time::Instant::now() + LONG;
+    let stuck = loop {
+        let job = daemon.job(id).await;
+        if job["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("could not finish the job"))
+        {
+            break job;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no finishing error: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(stuck["counts"]["done"], 30, "{stuck}");
+    assert_ne!(stuck["state"], "done", "{stuck}");
+    std::fs::remove_dir_all(&blocker).unwrap();
+    let done = daemon.wait_for_state(id, &["done"], LONG).await;
+    assert!(
+        done["last_error"].is_null(),
+        "cleared once finished: {done}"
+    );
+    assert!(blocker.is_file(), "metadata.jsonl written");
+    daemon.stop().await;
+}

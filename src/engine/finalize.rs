@@ -36,13 +36,6 @@ pub async fn finish_job(ctx: &EngineContext, job_id: i64) -> anyhow::Result<bool
     // sweeping here could hit another job's write in the shared folder.
     let finished = ctx.store.finish_job_if_drained(job_id, now_ms()).await?;
     if finished.is_some() {
-        if job
-            .last_error
-            .as_deref()
-            .is_some_and(|e| e.starts_with(super::FINISH_ERROR_PREFIX))
-        {
-            ctx.store.set_job_error(job_id, None, now_ms()).await?;
-        }
         info!(
             job = job_id,
             selection = %job.selection,

@@ -49,6 +49,9 @@ pub struct EngineContext {
     /// Held while packing a collection: one packer at a time, so two jobs
     /// finishing on one collection never plan the same date twice.
     pub packer: Arc<tokio::sync::Mutex<()>>,
+    /// Jobs whose last finishing attempt failed (its error is their
+    /// `last_error`), so a later success knows to clear it.
+    pub finish_failures: Arc<Mutex<std::collections::HashSet<i64>>>,
     pub tuning: Tuning,
 }
 
@@ -70,6 +73,7 @@ impl EngineContext {
             url_strikes: Arc::default(),
             encoder: Arc::new(tokio::sync::Semaphore::new(tuning.encode_threads.max(1))),
             packer: Arc::default(),
+            finish_failures: Arc::default(),
             tuning,
         }
     }
@@ -307,22 +311,36 @@ async fn supervise_once(
     Ok(())
 }
 
-/// How a finishing failure's `last_error` starts; cleared once the job finishes.
-pub(crate) const FINISH_ERROR_PREFIX: &str = "could not finish the job";
-
-/// How long a job whose finishing failed waits before it is tried again.
+/// How long a job whose finishing failed waits before it is tried again, at
+/// most: `retry.backoff_cap_ms` when that is shorter.
 const FINISH_RETRY: Duration = Duration::from_secs(30);
 
 /// Finishes a drained job. A failure (say, an unwritable collection folder)
-/// goes to the job's `last_error` and is retried after [`FINISH_RETRY`]; it
-/// never holds up the other jobs.
+/// goes to the job's `last_error` and is retried after [`FINISH_RETRY`] (or
+/// the backoff cap); it never holds up the other jobs.
 async fn finish(ctx: &EngineContext, job_id: i64, cancel: &CancellationToken) {
-    let Err(e) = finalize::finish_job(ctx, job_id).await else {
-        return;
+    let e = match finalize::finish_job(ctx, job_id).await {
+        Ok(finished) => {
+            // The error a failed finishing recorded is over once it finishes.
+            let failed_before = finished
+                && ctx
+                    .finish_failures
+                    .lock()
+                    .is_ok_and(|mut set| set.remove(&job_id));
+            if failed_before && let Err(e) = ctx.store.set_job_error(job_id, None, now_ms()).await {
+                warn!(job = job_id, error = %e, "could not clear the finishing error");
+            }
+            return;
+        }
+        Err(e) => e,
     };
+    if let Ok(mut set) = ctx.finish_failures.lock() {
+        set.insert(job_id);
+    }
+    let retry = FINISH_RETRY.min(ctx.tuning.backoff_cap);
     let message = format!(
-        "{FINISH_ERROR_PREFIX} (retried every {}s): {e:#}",
-        FINISH_RETRY.as_secs()
+        "could not finish the job (tried again every {} s): {e:#}",
+        retry.as_secs().max(1)
     );
     warn!(job = job_id, error = %message, "finishing failed");
     if let Err(e) = ctx
@@ -334,7 +352,7 @@ async fn finish(ctx: &EngineContext, job_id: i64, cancel: &CancellationToken) {
     }
     tokio::select! {
         _ = cancel.cancelled() => {}
-        _ = tokio::time::sleep(FINISH_RETRY) => {}
+        _ = tokio::time::sleep(retry) => {}
     }
 }
 
