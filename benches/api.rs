@@ -128,13 +128,9 @@ async fn main() {
         stats.record_image(100_000);
     }
     let state = AppState {
-        store: store.clone(),
-        wake: Arc::new(tokio::sync::Notify::new()),
         stats,
-        metrics: Arc::default(),
         api_token: Some(mapillary_downloader::secret::Secret::new("bench-token")),
-        started: Instant::now(),
-        default_resync: None,
+        ..AppState::standalone(store.clone())
     };
     let server = api::bind(
         "127.0.0.1:0".parse().unwrap(),

@@ -130,6 +130,15 @@ async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>) ->
 }
 
 /// Runs `script` in the page and returns its JSON result.
+/// Opens the page and waits for its first answer from the daemon.
+async fn load(driver: &WebDriver, url: &str) {
+    driver.goto(url).await.unwrap();
+    eventually("the page's first answer", async || {
+        shown(driver, "app").await.then_some(())
+    })
+    .await;
+}
+
 async fn js(driver: &WebDriver, script: &str) -> Value {
     driver
         .execute(script, Vec::new())
@@ -407,11 +416,7 @@ async fn a_job_added_through_the_form_appears_and_advances() {
     Browser::open(1200, 1160)
         .await
         .run(async |driver| {
-            driver.goto(&url).await.unwrap();
-            eventually("the page's first answer", async || {
-                shown(driver, "app").await.then_some(())
-            })
-            .await;
+            load(driver, &url).await;
             click(driver, "#add > summary").await;
             type_into(driver, "f-value", "alice").await;
             type_into(driver, "f-resync", "6h").await;
@@ -649,11 +654,7 @@ async fn a_bad_bbox_in_the_form_shows_the_apis_own_message() {
     Browser::open(1200, 900)
         .await
         .run(async |driver| {
-            driver.goto(&url).await.unwrap();
-            eventually("the page's first answer", async || {
-                shown(driver, "app").await.then_some(())
-            })
-            .await;
+            load(driver, &url).await;
             click(driver, "#add > summary").await;
             type_into(driver, "f-value", "erin").await;
             type_into(driver, "f-bbox", "13.5, 52.6, 13.3, 52.4").await;
@@ -841,11 +842,7 @@ async fn the_page_says_when_the_daemon_stops_answering_and_when_it_is_back() {
     Browser::open(1200, 900)
         .await
         .run(async |driver| {
-            driver.goto(&url).await.unwrap();
-            eventually("the page's first answer", async || {
-                shown(driver, "app").await.then_some(())
-            })
-            .await;
+            load(driver, &url).await;
             assert!(!shown(driver, "offline").await);
             daemon.take().unwrap().stop().await;
             let banner = eventually("the banner", async || {

@@ -14,7 +14,7 @@ use mld_testkit::server::ServerTask;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tempfile::TempDir;
 use tokio::sync::Notify;
 
@@ -35,13 +35,10 @@ async fn start(token: Option<&str>) -> Server {
     let stats = Arc::new(Stats::new());
     let wake = Arc::new(Notify::new());
     let state = AppState {
-        store: store.clone(),
         wake: wake.clone(),
         stats: stats.clone(),
-        metrics: Arc::default(),
         api_token: token.map(Secret::new),
-        started: Instant::now(),
-        default_resync: None,
+        ..AppState::standalone(store.clone())
     };
     let server = api::bind(
         "127.0.0.1:0".parse().unwrap(),

@@ -8,7 +8,6 @@
 //! under this load is a benchmark figure: `cargo bench --bench api`.)
 
 use mapillary_downloader::api::{self, AppState, Limits};
-use mapillary_downloader::stats::Stats;
 use mapillary_downloader::store::Store;
 use mld_testkit::server::ServerTask;
 use reqwest::StatusCode;
@@ -32,15 +31,7 @@ async fn start() -> Server {
     raise_open_files_limit();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Store::open(&dir.path().join("mapillary.db")).await.unwrap());
-    let state = AppState {
-        store: store.clone(),
-        wake: Arc::default(),
-        stats: Arc::new(Stats::new()),
-        metrics: Arc::default(),
-        api_token: None,
-        started: Instant::now(),
-        default_resync: None,
-    };
+    let state = AppState::standalone(store.clone());
     let limits = Limits {
         header_read_timeout: HEADER_READ,
         request_timeout: REQUEST,

@@ -11,27 +11,9 @@ use mld_testkit::fake::{DEFAULT_TOKEN, FakeConfig, FakeMapillary, Faults, Route,
 use mld_testkit::process::DaemonProcess;
 use reqwest::Method;
 use serde_json::json;
-use std::path::Path;
 use std::time::Duration;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_mapillary-downloader");
-
-/// Every file under `root`, recursively.
-fn files_under(root: &Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else {
-                files.push(path);
-            }
-        }
-    }
-    files
-}
 
 /// Whether `bytes` hold the token's secret part, raw or percent-encoded.
 fn holds_token(bytes: &[u8]) -> bool {
@@ -87,11 +69,11 @@ async fn the_token_goes_only_to_the_api_in_its_header_even_when_echoed_back() {
     }
     assert!(log.contains("DEBUG"), "the log was captured at debug level");
     assert!(!holds_token(log.as_bytes()), "token in the log");
-    let files = files_under(&data);
+    let files = mld_testkit::tar_check::files_under(&data);
     assert!(files.len() > 700, "{} files", files.len());
     for file in &files {
-        let bytes = std::fs::read(file).unwrap();
-        assert!(!holds_token(&bytes), "token in {}", file.display());
+        let bytes = std::fs::read(data.join(file)).unwrap();
+        assert!(!holds_token(&bytes), "token in {file}");
     }
     let api_requests: Vec<_> = fake
         .requests()

@@ -46,6 +46,21 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The API over `store` alone, as tests and benches serve it: fresh
+    /// stats and counters, no token, no default re-sync, no engine to wake.
+    /// Override fields with struct update syntax.
+    pub fn standalone(store: Arc<Store>) -> AppState {
+        AppState {
+            store,
+            wake: Arc::default(),
+            stats: Arc::new(Stats::new()),
+            metrics: Arc::default(),
+            api_token: None,
+            started: Instant::now(),
+            default_resync: None,
+        }
+    }
+
     /// Wakes both the engine tasks already waiting and the next one to wait,
     /// so a change made between two waits is not missed.
     pub(crate) fn wake_engine(&self) {
