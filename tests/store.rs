@@ -1285,6 +1285,55 @@ async fn claims_take_turns_between_active_jobs() {
     assert_eq!(claimed[0].job_id, first);
 }
 
+/// A stalled job can drain and finish before the next no-progress pass sees
+/// its progress (a race CI once hit): finishing takes the stall message along
+/// with the mark, and leaves any other error alone.
+#[tokio::test]
+async fn finishing_a_stalled_job_clears_its_stall_message() {
+    let f = fixture().await;
+    let s = &f.store;
+    let job = active_job(s, "stuck").await;
+    s.insert_page(job, &metas(1..=1), None, 10_000)
+        .await
+        .unwrap();
+    assert!(
+        s.mark_stalled(job, 10_001, "no progress: 503", 20_000)
+            .await
+            .unwrap()
+    );
+    let c = s.claim_as("w", 1, LEASE, 21_000).await.unwrap().remove(0);
+    assert!(
+        s.complete(&c.lease, &ArchivedFile::loose("p", 9, None), 21_000)
+            .await
+            .unwrap()
+    );
+    let done = s.finish_job_if_drained(job, 21_001).await.unwrap().unwrap();
+    assert_eq!(done.state, JobState::Done);
+    assert_eq!((done.stalled_since, done.last_error), (None, None));
+    assert!(s.clear_recovered_stalls(22_000).await.unwrap().is_empty());
+
+    // An error that is not a stall message stays.
+    let other = active_job(s, "listing").await;
+    s.insert_page(other, &metas(2..=2), None, 30_000)
+        .await
+        .unwrap();
+    s.set_job_error(other, Some("listing: HTTP 500 once"), 30_001)
+        .await
+        .unwrap();
+    let c = s.claim_as("w", 1, LEASE, 31_000).await.unwrap().remove(0);
+    assert!(
+        s.complete(&c.lease, &ArchivedFile::loose("q", 9, None), 31_000)
+            .await
+            .unwrap()
+    );
+    let done = s
+        .finish_job_if_drained(other, 31_001)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.last_error.as_deref(), Some("listing: HTTP 500 once"));
+}
+
 #[tokio::test]
 async fn a_job_is_finished_only_while_nothing_is_pending_or_in_flight() {
     let f = fixture().await;

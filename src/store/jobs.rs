@@ -368,7 +368,8 @@ impl Store {
     ) -> StoreResult<Option<Job>> {
         let changed: Option<i64> = sqlx::query_scalar(
             "UPDATE jobs SET state = 'paused', pause_reason = ?, \
-             last_error = ifnull(?, last_error), stalled_at = NULL, updated_at = ? \
+             last_error = ifnull(?, CASE WHEN stalled_at IS NULL THEN last_error END), \
+             stalled_at = NULL, updated_at = ? \
              WHERE id = ? AND state IN (SELECT value FROM json_each(?)) RETURNING id",
         )
         .bind(reason.as_str())
@@ -384,10 +385,13 @@ impl Store {
     /// Marks job `id` done only if, at this instant, enumeration is complete
     /// and nothing is pending or in flight: a retry or re-sync that re-queued
     /// images meanwhile keeps the job open. A job with a re-sync interval
-    /// gets its next due time. `None` if it did not apply.
+    /// gets its next due time. A stall message goes with the stall mark: the
+    /// job can drain before the no-progress pass sees its progress. `None` if
+    /// it did not apply.
     pub async fn finish_job_if_drained(&self, id: i64, now_ms: i64) -> StoreResult<Option<Job>> {
         let changed: Option<i64> = sqlx::query_scalar(
             "UPDATE jobs SET state = 'done', stalled_at = NULL, updated_at = ?1, \
+             last_error = CASE WHEN stalled_at IS NULL THEN last_error END, \
              next_sync_at = CASE WHEN resync_every_ms IS NULL THEN NULL ELSE ?1 + resync_every_ms END \
              WHERE id = ?2 AND state IN ('enumerating', 'downloading') AND enumeration_complete = 1 \
                AND n_pending = 0 AND n_in_progress = 0 RETURNING id",
