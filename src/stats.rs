@@ -91,6 +91,27 @@ pub fn empty_history(now_ms: i64) -> Vec<MinuteThroughput> {
         .collect()
 }
 
+/// Unix ms at the start of the oldest minute of the history as of `now_ms`.
+pub fn history_start_ms(now_ms: i64) -> i64 {
+    (now_ms.div_euclid(MINUTE_MS) - HISTORY_MINUTES as i64 + 1) * MINUTE_MS
+}
+
+/// [`empty_history`] as of `now_ms` with the figures of `minutes` (any
+/// order; minutes outside the hour are left out): the history the `status`
+/// command reads from the database.
+pub fn history_of(now_ms: i64, minutes: &[MinuteThroughput]) -> Vec<MinuteThroughput> {
+    let mut history = empty_history(now_ms);
+    let first = history[0].start_ms;
+    for m in minutes {
+        let index = (m.start_ms - first).div_euclid(MINUTE_MS);
+        if let Some(entry) = usize::try_from(index).ok().and_then(|i| history.get_mut(i)) {
+            entry.images = m.images;
+            entry.bytes = m.bytes;
+        }
+    }
+    history
+}
+
 /// A throughput reading.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Rate {
@@ -205,6 +226,29 @@ impl Stats {
     /// while nothing has completed in the last minute (no honest estimate).
     pub fn eta(&self, remaining_images: u64) -> Option<Duration> {
         self.rate().eta(remaining_images)
+    }
+
+    /// Fills the history with minutes the database remembers (images that
+    /// finished before this process started), so a restarted daemon's chart
+    /// goes on where the last one's stopped. A minute this process has
+    /// already counted keeps the larger figure: the database's minute holds
+    /// every image of that minute, ours only those finished since the start.
+    pub fn seed_history(&self, minutes: &[MinuteThroughput]) {
+        let mut rings = self.lock();
+        for m in minutes {
+            let minute = m.start_ms.div_euclid(MINUTE_MS);
+            let slot = &mut rings.minutes[minute.rem_euclid(HISTORY_MINUTES as i64) as usize];
+            if slot.minute < minute {
+                *slot = MinuteBucket {
+                    minute,
+                    images: m.images,
+                    bytes: m.bytes,
+                };
+            } else if slot.minute == minute && slot.images < m.images {
+                slot.images = m.images;
+                slot.bytes = m.bytes;
+            }
+        }
     }
 
     /// The last hour, minute by minute, oldest first; the last entry is the
@@ -331,6 +375,65 @@ mod tests {
         );
         assert!(history.iter().all(|m| m.images == 0 && m.bytes == 0));
         assert_eq!(history, empty_history(now));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_seeded_history_shows_the_database_minutes_and_keeps_counting() {
+        let stats = Stats::new();
+        let now = NOON_MS + 30_000;
+        stats.record_image_at(5, NOON_MS);
+        stats.seed_history(&[
+            // Before the hour: out of sight.
+            MinuteThroughput {
+                start_ms: NOON_MS - 60 * MINUTE_MS,
+                images: 9,
+                bytes: 9,
+            },
+            MinuteThroughput {
+                start_ms: NOON_MS - 2 * MINUTE_MS,
+                images: 3,
+                bytes: 300,
+            },
+            // The current minute: the database saw more than this process.
+            MinuteThroughput {
+                start_ms: NOON_MS,
+                images: 4,
+                bytes: 400,
+            },
+        ]);
+        stats.record_image_at(50, NOON_MS + 1_000);
+        let history = stats.history_at(now);
+        assert_eq!(history.len(), HISTORY_MINUTES);
+        assert_eq!((history[57].images, history[57].bytes), (3, 300));
+        assert_eq!((history[59].images, history[59].bytes), (5, 450));
+        assert_eq!(history.iter().map(|m| m.images).sum::<u64>(), 8);
+        assert_eq!(
+            history_of(
+                now,
+                &[MinuteThroughput {
+                    start_ms: NOON_MS - 2 * MINUTE_MS,
+                    images: 3,
+                    bytes: 300
+                }]
+            ),
+            {
+                let mut expected = empty_history(now);
+                expected[57].images = 3;
+                expected[57].bytes = 300;
+                expected
+            }
+        );
+        assert_eq!(
+            history_of(
+                now,
+                &[MinuteThroughput {
+                    start_ms: NOON_MS + MINUTE_MS,
+                    images: 1,
+                    bytes: 1
+                }]
+            ),
+            empty_history(now)
+        );
     }
 
     #[tokio::test(start_paused = true)]

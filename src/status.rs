@@ -3,9 +3,10 @@
 //! `--json` the very report `GET /status` serves. The command opens the
 //! database read-only, so it works beside a running daemon, and reads only
 //! counters, so it stays cheap at millions of images. Its throughput comes
-//! from the images finished in the last minute.
+//! from the images finished in the last minute, its history from those of the
+//! last hour.
 
-use crate::stats::{MinuteThroughput, Rate, empty_history};
+use crate::stats::{MinuteThroughput, Rate, empty_history, history_of, history_start_ms};
 use crate::store::{Job, JobState, Store};
 use crate::units::{format_bytes, group_digits};
 use serde::Serialize;
@@ -76,8 +77,8 @@ pub struct StatusReport {
     /// nothing has completed in the last minute.
     pub eta_seconds: Option<u64>,
     /// The last hour in 60 one-minute buckets, oldest first; the last is the
-    /// current minute. The daemon keeps it in memory (it starts empty at each
-    /// start); the `status` command has no daemon's memory and shows zeros.
+    /// current minute. Read from the database by the `status` command and at
+    /// each daemon start; the daemon then counts in memory.
     pub throughput_history: Vec<MinuteBucket>,
 }
 
@@ -133,7 +134,9 @@ pub async fn print_status(db: &Path, json: bool) -> anyhow::Result<()> {
         images_per_sec: images as f64 / 60.0,
         bytes_per_sec: bytes as f64 / 60.0,
     };
-    let report = StatusReport::new(jobs, rate);
+    let now = crate::clock::now_ms();
+    let minutes = store.finished_by_minute(history_start_ms(now)).await?;
+    let report = StatusReport::with_history(jobs, rate, &history_of(now, &minutes));
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -311,6 +311,29 @@ async fn status_works_beside_a_running_daemon() {
     assert_eq!(keys(&report), keys(&api), "the same shape as GET /status");
     assert_eq!(keys(&report["jobs"][0]), keys(&api["jobs"][0]));
     assert_eq!(report["jobs"][0]["username"], "rita");
+    // The history comes from the database: every image done so far finished
+    // within the hour, so the minutes add up to at least the done count read
+    // just before them.
+    let finished = |report: &serde_json::Value| -> u64 {
+        let history = report["throughput_history"].as_array().expect("a history");
+        assert_eq!(history.len(), 60, "{report}");
+        history.iter().map(|m| m["images"].as_u64().unwrap()).sum()
+    };
+    let done = report["totals"]["done"].as_u64().unwrap();
+    assert!(finished(&report) >= done.max(1), "{report}");
+
+    // A restarted daemon's chart goes on where the last one's stopped.
+    let (_, before) = client
+        .request_json(reqwest::Method::GET, "/status", None)
+        .await;
+    let done_before = before["totals"]["done"].as_u64().unwrap();
+    drop(daemon);
+    let daemon = DaemonProcess::spawn(BINARY, dir.path(), 2, &env).expect("the daemon restarts");
+    let (_, after) = daemon
+        .api()
+        .request_json(reqwest::Method::GET, "/status", None)
+        .await;
+    assert!(finished(&after) >= done_before.max(1), "{after}");
     drop(daemon);
 }
 

@@ -165,6 +165,9 @@ impl Engine {
             );
         }
         resume_token_paused_jobs(&ctx).await?;
+        let hour = crate::stats::history_start_ms(now_ms());
+        ctx.stats
+            .seed_history(&ctx.store.finished_by_minute(hour).await?);
         let cancel = CancellationToken::new();
         let abort = CancellationToken::new();
         let mut tasks = JoinSet::new();

@@ -3,8 +3,9 @@
 
 use super::{
     ArchivedImage, CollectionPosition, FailReason, FailedImage, ImageRecord, ImageState, Store,
-    StoreError, StoreResult, parse_meta,
+    StoreError, StoreResult, parse_meta, to_u64,
 };
+use crate::stats::MinuteThroughput;
 use sqlx::Row;
 
 impl Store {
@@ -94,6 +95,29 @@ impl Store {
         .bind(job_id)
         .fetch_all(&self.reader)
         .await?)
+    }
+
+    /// Images finished (done) at or after `since_ms`, counted per wall-clock
+    /// minute, across all jobs, oldest first: the throughput history as the
+    /// database knows it, so a `status` command or a restarted daemon shows
+    /// the hour that passed. One range scan of the `images_finished` index.
+    pub async fn finished_by_minute(&self, since_ms: i64) -> StoreResult<Vec<MinuteThroughput>> {
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT updated_at / 60000 AS minute, count(*), ifnull(sum(bytes), 0) \
+             FROM images INDEXED BY images_finished \
+             WHERE state = 'done' AND updated_at >= ? GROUP BY minute ORDER BY minute",
+        )
+        .bind(since_ms.max(0))
+        .fetch_all(&self.reader)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(minute, images, bytes)| MinuteThroughput {
+                start_ms: minute * 60_000,
+                images: to_u64(images),
+                bytes: to_u64(bytes),
+            })
+            .collect())
     }
 
     /// Images finished (done) since `since_ms`, and their bytes, across all
