@@ -161,7 +161,8 @@ async fn rows(driver: &WebDriver) -> Vec<Value> {
               value: bar.hasAttribute('value') ? bar.value : null, max: bar.max,
               text: li.innerText,
               pause: visible('.act-pause'), resume: visible('.act-resume'),
-              retry: visible('.act-retry'), cancel: visible('.act-cancel'),
+              retry: visible('.act-retry'), retry_deleted: visible('.act-retry-deleted'),
+              cancel: visible('.act-cancel'),
               confirm: visible('.act-confirm'),
             };
           });"#,
@@ -629,6 +630,58 @@ async fn retry_failed_through_the_button_requeues_the_failed_image_and_the_job_c
             })
             .await;
             assert_eq!(r["retry"], false, "nothing left to retry: {r}");
+        })
+        .await;
+    d.daemon.stop().await;
+}
+
+/// Deleted images stay out of a plain retry; their own button asks for them
+/// (`include_deleted=true`), for images Mapillary only hid for a while.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deleted_images_have_their_own_retry_button() {
+    let _turn = SERIAL.lock().await;
+    let d = daemon(FakeConfig::default(), 2, &[]).await;
+    d.fake.add_user("hana", 10, 8);
+    let hidden: Vec<String> = d.fake.images("hana")[2..4]
+        .iter()
+        .map(|m| m.id.clone())
+        .collect();
+    d.fake.delete_when_listed(hidden.clone());
+    let id = post(&d.daemon, json!({"username": "hana"})).await;
+    let job = d.daemon.wait_for_state(id, &["done"], WAIT).await;
+    assert_eq!(job["counts"]["deleted"], 2, "{job}");
+    d.fake.restore_images(hidden);
+    let url = d.daemon.url("/");
+    let api = &d.daemon;
+    Browser::open(1200, 900)
+        .await
+        .run(async |driver| {
+            driver.goto(&url).await.unwrap();
+            let r = eventually("hana's row with a retry-deleted button", async || {
+                row(driver, id).await.filter(|r| r["retry_deleted"] == true)
+            })
+            .await;
+            assert_eq!(r["retry"], false, "no failure but deleted ones: {r}");
+            let text = r["text"].as_str().unwrap();
+            assert!(text.contains("Retry 2 deleted"), "{text}");
+            click(
+                driver,
+                &format!("li.job[data-id=\"{id}\"] .act-retry-deleted"),
+            )
+            .await;
+            let job = eventually("the restored images archived", async || {
+                let job = api.job(id).await;
+                (job["state"] == "done" && job["counts"]["done"] == 10).then_some(job)
+            })
+            .await;
+            assert_eq!(job["counts"]["deleted"], 0, "{job}");
+            let r = eventually("the page follows to done", async || {
+                row(driver, id)
+                    .await
+                    .filter(|r| r["state"] == "done" && r["done"] == 10)
+            })
+            .await;
+            assert_eq!(r["retry_deleted"], false, "nothing left to retry: {r}");
         })
         .await;
     d.daemon.stop().await;

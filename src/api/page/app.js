@@ -327,6 +327,9 @@
     v.pause = button('Pause', 'act-pause', () => act(v, 'POST', '/pause'));
     v.resume = button('Resume', 'act-resume', () => act(v, 'POST', '/resume'));
     v.retry = button('Retry failed', 'act-retry', () => act(v, 'POST', '/retry'));
+    // Deleted images are left out of a plain retry (they would fail again);
+    // this one asks for them too, for images that were only hidden a while.
+    v.retryDeleted = button('Retry deleted', 'act-retry-deleted', () => act(v, 'POST', '/retry?include_deleted=true'));
     v.cancel = button('Cancel…', 'act-cancel danger', () => { v.confirming = true; update(v, v.job); v.keep.focus(); });
     v.ask = actions.appendChild(el('span', 'confirm-text', 'Cancel job #' + id + '? Its files stay.'));
     v.confirm = button('Yes, cancel it', 'act-confirm danger', () => { v.confirming = false; act(v, 'DELETE', ''); });
@@ -382,6 +385,7 @@
       pause: ACTIVE.includes(state),
       resume: state === 'paused',
       retry: state !== 'cancelled' && (failedLeft > 0 || state === 'failed'),
+      retryDeleted: state !== 'cancelled' && (c.deleted || 0) > 0,
       // A done job has nothing to stop unless a re-sync is scheduled.
       cancel: state !== 'cancelled' && (state !== 'done' || !!job.resync_every),
     };
@@ -390,10 +394,12 @@
     show(v.resume, can.resume && !v.confirming);
     show(v.retry, can.retry && !v.confirming);
     v.retry.textContent = failedLeft > 0 ? 'Retry ' + int(failedLeft) + ' failed' : 'Retry failed';
+    show(v.retryDeleted, can.retryDeleted && !v.confirming);
+    v.retryDeleted.textContent = 'Retry ' + int(c.deleted || 0) + ' deleted';
     show(v.cancel, can.cancel && !v.confirming);
     for (const b of [v.ask, v.confirm, v.keep]) show(b, v.confirming);
-    show(v.actions, v.confirming || can.pause || can.resume || can.retry || can.cancel);
-    for (const b of [v.pause, v.resume, v.retry, v.cancel, v.confirm, v.keep]) b.disabled = v.busy;
+    show(v.actions, v.confirming || can.pause || can.resume || can.retry || can.retryDeleted || can.cancel);
+    for (const b of [v.pause, v.resume, v.retry, v.retryDeleted, v.cancel, v.confirm, v.keep]) b.disabled = v.busy;
   }
 
   // Images and bytes per second over the counts seen in the last half

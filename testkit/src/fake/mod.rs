@@ -508,6 +508,17 @@ impl FakeMapillary {
         s.delete_when_listed.extend(ids.into_iter().map(Into::into));
     }
 
+    /// Brings deleted images back (Mapillary hides an image while it is
+    /// reviewed, say, then shows it again): they answer as before.
+    pub fn restore_images<I: IntoIterator<Item = S>, S: Into<String>>(&self, ids: I) {
+        let mut s = self.shared.lock();
+        for id in ids {
+            let id = id.into();
+            s.deleted.remove(&id);
+            s.delete_when_listed.remove(&id);
+        }
+    }
+
     /// Ids deleted with [`FakeMapillary::delete_images`] (or once listed).
     pub fn deleted_ids(&self) -> std::collections::HashSet<String> {
         self.shared.lock().deleted.clone()
