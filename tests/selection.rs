@@ -412,6 +412,11 @@ async fn a_scheduled_resync_fires_by_itself_and_fetches_only_new_images() {
     assert_eq!(status, StatusCode::OK, "{same}");
     assert_eq!(job_id(&same), id);
     assert_eq!(same["resync_every"], "6h");
+    // Posting a done job's selection again also re-syncs it now: let that
+    // run end first, or its finish would overwrite the due time set below.
+    assert_ne!(same["state"], "done", "{same}");
+    let done = daemon.wait_for_state(id, &["done"], LONG).await;
+    assert_eq!(done["counts"]["done"], 120, "{done}");
 
     // New images appear; the clock is moved to the due time (the scheduler
     // itself is not touched: it notices on its own).
