@@ -299,6 +299,60 @@ async fn a_batch_of_fifty_with_forty_nine_deleted_still_archives_the_live_one() 
     daemon.stop().await;
 }
 
+/// A URL refresh the API refuses with a 4xx that is neither a rate limit nor
+/// a missing id (400 code 100, "Invalid parameter"): retrying cannot help, so
+/// each refusal costs an attempt and the images end failed with the reason,
+/// not deferred for ever. A retry once the API accepts the call archives them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_refused_for_good_fails_the_images_instead_of_waiting_forever() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("gus", 60, 64);
+    let all = fake.images("gus");
+    let dir = tempfile::tempdir().unwrap();
+    let job = job_with_stale_urls(&fake, dir.path(), "gus", &all).await;
+    fake.set_refuse_ids_calls(true);
+    let settings = test_settings(
+        fake.api_url().as_str(),
+        dir.path(),
+        4,
+        &[
+            ("MLD__RETRY__MAX_ATTEMPTS", "3"),
+            ("MLD__RETRY__BACKOFF_BASE_MS", "50"),
+            ("MLD__RETRY__BACKOFF_CAP_MS", "200"),
+        ],
+    );
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let ended = daemon.wait_for_state(job, &["done", "failed"], LONG).await;
+    assert_eq!(ended["counts"]["failed"], 60, "{ended}");
+    assert_eq!(ended["counts"]["deleted"], 0, "{ended}");
+    assert_eq!(fake.cdn_hits_total(), 0, "no stale URL was used");
+    // Three attempts per image, many images per call: fewer calls than
+    // images, where a loop would have gone on until the deadline.
+    let calls = fake.api_calls();
+    assert!(calls <= 60, "{calls} refused calls");
+    let store = Store::open_read_only(&dir.path().join("mapillary.db"))
+        .await
+        .unwrap();
+    let failed = store.failed_images(job, 100).await.unwrap();
+    assert_eq!(failed.len(), 60);
+    for image in &failed {
+        assert_eq!(image.attempts, 3, "{image:?}");
+        let error = image.last_error.as_deref().unwrap_or_default();
+        assert!(error.contains("Invalid parameter"), "{image:?}");
+    }
+    store.close().await;
+
+    fake.set_refuse_ids_calls(false);
+    let (status, _) = daemon
+        .request(Method::POST, &format!("/jobs/{job}/retry"), None)
+        .await;
+    assert!(status.is_success(), "{status}");
+    let done = daemon.wait_for_state(job, &["done"], LONG).await;
+    assert_eq!(done["counts"]["done"], 60, "{done}");
+    assert_eq!(done["counts"]["failed"], 0, "{done}");
+    daemon.stop().await;
+}
+
 /// An API that refuses every URL refresh: the job cannot progress, and
 /// within the configured time its `last_error`, `/status` and `/metrics`
 /// say so and why. Once the API answers again, the job finishes and the

@@ -15,7 +15,7 @@ use crate::mapillary::{
     MAX_IDS_PER_CALL, MapillaryError, RetryDecision, backoff_delay, url_expires_at,
 };
 use crate::model::Quality;
-use crate::store::{ClaimedImage, DeferPolicy, FailReason, PauseReason};
+use crate::store::{ClaimedImage, DeferPolicy, FailOutcome, FailReason, PauseReason, RetryPolicy};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -283,7 +283,8 @@ const DELETED: &str = "deleted on Mapillary: the API no longer knows this image"
 
 /// Hands a claimed image back after its URL refresh failed: at no attempt,
 /// after the delay the failure asks for. A transient failure defers the
-/// image with its own growing backoff, so it never comes back in a loop.
+/// image with its own growing backoff, so it never comes back in a loop; a
+/// refusal no retry can fix costs an attempt, so it ends.
 async fn hand_back(
     ctx: &EngineContext,
     image: &ClaimedImage,
@@ -300,6 +301,25 @@ async fn hand_back(
         }
         RetryDecision::PauseJob => {
             ctx.store.release(&image.lease, now, Some(&note)).await?;
+        }
+        RetryDecision::GiveUp => {
+            // A refusal retrying cannot fix (a 4xx that is neither a rate
+            // limit nor a missing id): it costs the claim's attempt, so the
+            // image ends failed with the reason instead of waiting forever.
+            let delay = backoff_delay(
+                image.lease.attempt as u32,
+                ctx.tuning.backoff_base,
+                ctx.tuning.backoff_cap,
+            );
+            let policy = RetryPolicy {
+                max_attempts: ctx.tuning.max_attempts,
+                retry_at_ms: now + delay.as_millis() as i64,
+            };
+            if ctx.store.fail(&image.lease, &note, policy, now).await? == FailOutcome::FailedForGood
+            {
+                crate::metrics::add(&ctx.client.metrics().images_failed, 1);
+                warn!(image = %image.image_id, %error, "URL refresh refused; image failed for good");
+            }
         }
         _ => {
             let policy = DeferPolicy {

@@ -90,20 +90,19 @@ impl Limiter {
         }
     }
 
-    /// Holds every API call: until `now + retry_after` when the server said,
-    /// else for an exponential pause (1 s doubling to 60 s). Returns the pause.
+    /// Holds every API call for an exponential pause (1 s doubling to 60 s
+    /// over refusals in a row), or until `now + retry_after` when the server
+    /// asked for longer. A `Retry-After: 0` (or an HTTP-date already past,
+    /// from a server whose clock is behind) never shortens the pause: repeated
+    /// refusals must slow us down whatever the header says. Returns the pause.
     pub fn hold(&self, retry_after: Option<Duration>) -> Duration {
         let mut s = self.lock();
-        let pause = match retry_after {
-            Some(d) => d,
-            None => {
-                let doublings = s.pauses_in_a_row.min(16);
-                s.pauses_in_a_row = s.pauses_in_a_row.saturating_add(1);
-                FIRST_PAUSE
-                    .checked_mul(1u32 << doublings)
-                    .map_or(MAX_PAUSE, |d| d.min(MAX_PAUSE))
-            }
-        };
+        let doublings = s.pauses_in_a_row.min(16);
+        s.pauses_in_a_row = s.pauses_in_a_row.saturating_add(1);
+        let escalating = FIRST_PAUSE
+            .checked_mul(1u32 << doublings)
+            .map_or(MAX_PAUSE, |d| d.min(MAX_PAUSE));
+        let pause = retry_after.map_or(escalating, |d| d.max(escalating));
         let until = Instant::now() + pause;
         let until = s.held_until.map_or(until, |h| h.max(until));
         s.held_until = Some(until);
@@ -227,6 +226,22 @@ mod tests {
             done - start >= Duration::from_millis(10_500),
             "{:?}",
             done - start
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_retry_after_still_pauses_and_escalates() {
+        let limiter = Limiter::new(60_000, 1);
+        let pauses: Vec<u64> = (0..4)
+            .map(|_| limiter.hold(Some(Duration::ZERO)).as_secs())
+            .collect();
+        assert_eq!(pauses, vec![1, 2, 4, 8]);
+        assert!(limiter.held_until().is_some());
+        // A longer Retry-After is honoured as given.
+        limiter.record_success();
+        assert_eq!(
+            limiter.hold(Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
         );
     }
 

@@ -27,17 +27,30 @@ pub const MIN_PAGE_SIZE: u32 = 100;
 /// Tiles are not split below about this many degrees a side.
 pub const TILE_FLOOR_DEGREES: f64 = 1e-4;
 
-/// The identity of a page link: its `after` cursor when it has one, else
-/// the whole link.
+/// The identity of a page link: its `after` cursor when it has one, else the
+/// link without its `limit` and `access_token` and with its query pairs in
+/// order, so a `next` that repeats the page just read is recognised however
+/// the server (or [`with_limit`]) arranged its query.
 fn cursor_of(link: &str) -> String {
-    url::Url::parse(link)
-        .ok()
-        .and_then(|u| {
-            u.query_pairs()
-                .find(|(k, _)| k == "after")
-                .map(|(_, v)| v.into_owned())
-        })
-        .unwrap_or_else(|| link.to_string())
+    let Ok(url) = url::Url::parse(link) else {
+        return link.to_string();
+    };
+    if let Some((_, after)) = url.query_pairs().find(|(k, _)| k == "after") {
+        return after.into_owned();
+    }
+    let mut pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != "limit" && k != "access_token")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    pairs.sort();
+    let mut identity = url.clone();
+    identity.set_fragment(None);
+    identity.set_query(None);
+    if !pairs.is_empty() {
+        identity.query_pairs_mut().extend_pairs(pairs);
+    }
+    identity.into()
 }
 
 /// Fetches and stores the next page of a listing part.
@@ -194,9 +207,24 @@ mod tests {
     #[test]
     fn cursors_are_the_after_parameter() {
         assert_eq!(cursor_of("https://h/images?limit=5&after=QV&x=1"), "QV");
+        assert_eq!(cursor_of("https://h/images?limit=5"), "https://h/images");
+    }
+
+    /// A `next` without `after` that is the page just read: the stored link
+    /// had its `limit` moved to the end by `with_limit`, the server's did not.
+    #[test]
+    fn a_link_without_after_is_known_whatever_its_limit_and_order() {
+        let served = "https://h/images?limit=50&creator_username=a&fields=id";
+        let asked = with_limit(served, 50);
+        assert_ne!(asked, served);
+        assert_eq!(cursor_of(&asked), cursor_of(served));
         assert_eq!(
-            cursor_of("https://h/images?limit=5"),
-            "https://h/images?limit=5"
+            cursor_of("https://h/images?fields=id&creator_username=a&access_token=T"),
+            cursor_of(served)
+        );
+        assert_ne!(
+            cursor_of("https://h/images?creator_username=b&fields=id"),
+            cursor_of(served)
         );
     }
 }

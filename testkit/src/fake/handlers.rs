@@ -47,6 +47,9 @@ pub(super) async fn api_ids(
     let Some(raw) = query.get("ids") else {
         return bad_param("(#100) Missing parameter: ids");
     };
+    if shared.lock().refuse_ids_calls {
+        return bad_param("(#100) Invalid parameter");
+    }
     let ids: Vec<&str> = raw
         .split(',')
         .map(str::trim)

@@ -237,6 +237,9 @@ struct State_ {
     deleted: std::collections::HashSet<String>,
     /// The last page carries a `next` to an empty page whose `next` is itself.
     looping_next: bool,
+    /// Every `GET /?ids=` answers 400 code 100 (no subcode): a refusal that
+    /// is neither a rate limit nor a missing id, so retrying cannot help.
+    refuse_ids_calls: bool,
     /// Images deleted the moment a listing page has shown them: they are
     /// discovered, then gone when their download or URL refresh comes.
     delete_when_listed: std::collections::HashSet<String>,
@@ -410,6 +413,7 @@ impl FakeMapillary {
                 token_on_cdn: false,
                 deleted: Default::default(),
                 looping_next: false,
+                refuse_ids_calls: false,
                 delete_when_listed: Default::default(),
                 image_faults: HashMap::new(),
                 started: VecDeque::new(),
@@ -522,6 +526,12 @@ impl FakeMapillary {
     /// Ids deleted with [`FakeMapillary::delete_images`] (or once listed).
     pub fn deleted_ids(&self) -> std::collections::HashSet<String> {
         self.shared.lock().deleted.clone()
+    }
+
+    /// Makes every `GET /?ids=` call answer 400 code 100 "Invalid parameter"
+    /// (the whole batch, as the Graph API fails a call it cannot parse).
+    pub fn set_refuse_ids_calls(&self, on: bool) {
+        self.shared.lock().refuse_ids_calls = on;
     }
 
     /// Makes every user's last page carry a `next` to an empty page whose
