@@ -475,7 +475,9 @@ impl Settings {
     fn api_token_from_file(&self) -> Result<Secret, (&'static str, String)> {
         let file = &self.api.token_file;
         if file.as_os_str().is_empty() {
-            return Ok(self.api.token.clone());
+            // Trimmed like every other secret: a stray space from a shell or
+            // a compose file must not make every request a 401.
+            return Ok(Secret::new(self.api.token.expose().trim()));
         }
         if !self.api.token.is_empty() {
             let reason = "both api.token and api.token_file are set; set only one".to_string();

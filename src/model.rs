@@ -371,6 +371,8 @@ impl Bbox {
         if south >= north {
             return Err("bbox south must be less than north".into());
         }
+        // -0.0 + 0.0 is 0.0: a `-0` must not make a second identity.
+        let (west, south, east, north) = (west + 0.0, south + 0.0, east + 0.0, north + 0.0);
         Ok(Bbox {
             west,
             south,

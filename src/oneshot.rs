@@ -56,7 +56,7 @@ impl DownloadRequest {
                     quality: self.quality,
                     format: self.format,
                     package: self.package,
-                    resync: Resync::Keep,
+                    resync: Resync::KeepOr(None),
                 })
             })
             .collect()

@@ -6,7 +6,7 @@
 //! selection is archived even when the API ignores a parameter.
 
 use crate::model::{Bbox, ImageMeta, validate_image_id, validate_sequence_id, validate_username};
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -313,9 +313,10 @@ impl PartSpec {
 /// How a submission sets a job's re-sync interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resync {
-    /// Leave an existing job's interval as it is (a new job gets none): what
-    /// the one-shot `download` asks for.
-    Keep,
+    /// Leave an existing job's interval as it is; a new job gets this one.
+    /// What a post without `resync_every` asks for (with `jobs.resync_every`),
+    /// and the one-shot `download` (with none).
+    KeepOr(Option<Duration>),
     /// Set it (`None`: never re-sync by itself).
     Set(Option<Duration>),
 }
@@ -338,7 +339,7 @@ impl JobSpec {
             quality,
             format: Default::default(),
             package: Default::default(),
-            resync: Resync::Keep,
+            resync: Resync::KeepOr(None),
         }
     }
 
@@ -403,21 +404,36 @@ pub fn rfc3339(ms: i64) -> String {
 
 /// A capture-date bound: RFC 3339 (any offset; becomes UTC), or
 /// `YYYY-MM-DD` meaning midnight UTC. Returns Unix ms.
+///
+/// Only dates whose UTC form has a four-digit year are taken: the bound is
+/// stored and echoed as RFC 3339, which cannot write `+10000` or `-0001`
+/// readably, and a stored bound that cannot be read back would break every
+/// listing of the jobs.
 pub fn parse_date(text: &str) -> Result<i64, String> {
     let text = text.trim();
-    if let Ok(at) = DateTime::parse_from_rfc3339(text) {
-        return Ok(at.timestamp_millis());
+    let ms = if let Ok(at) = DateTime::parse_from_rfc3339(text) {
+        at.timestamp_millis()
+    } else if let Some(ms) = NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|day| day.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc().timestamp_millis())
+    {
+        ms
+    } else {
+        return Err(format!(
+            "{:?} is not a date: use RFC 3339 (2024-05-01T12:00:00Z) or YYYY-MM-DD",
+            truncate(text, 40)
+        ));
+    };
+    let readable = DateTime::<Utc>::from_timestamp_millis(ms)
+        .is_some_and(|at| (0..=9999).contains(&at.year()));
+    if !readable {
+        return Err(format!(
+            "{:?} is out of range: the year (in UTC) must be 0000 to 9999",
+            truncate(text, 40)
+        ));
     }
-    if let Ok(day) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        return Ok(day
-            .and_hms_opt(0, 0, 0)
-            .map(|t| t.and_utc().timestamp_millis())
-            .unwrap_or_default());
-    }
-    Err(format!(
-        "{:?} is not a date: use RFC 3339 (2024-05-01T12:00:00Z) or YYYY-MM-DD",
-        truncate(text, 40)
-    ))
+    Ok(ms)
 }
 
 /// A re-sync interval: one or more `<number><unit>` with units `s`, `m`,
@@ -543,6 +559,25 @@ mod tests {
         assert_eq!(rfc3339(a), "2024-01-01T00:00:00.000Z");
         assert!(parse_date("2024-13-01").is_err());
         assert!(parse_date("yesterday").is_err());
+    }
+
+    /// A bound RFC 3339 cannot write with four digits is refused, so every
+    /// stored bound reads back (one did not, and broke every job listing).
+    #[test]
+    fn dates_outside_four_digit_years_are_refused() {
+        for bad in [
+            "+10000-01-01",
+            "-0001-01-01",
+            "0000-01-01T00:00:00+01:00",
+            "9999-12-31T23:00:00-02:00",
+        ] {
+            let error = parse_date(bad).unwrap_err();
+            assert!(error.contains("out of range"), "{bad}: {error}");
+        }
+        for good in ["0000-01-01", "9999-12-31T23:59:59.999Z", "1900-01-01"] {
+            let ms = parse_date(good).unwrap();
+            assert_eq!(parse_date(&rfc3339(ms)), Ok(ms), "{good}");
+        }
     }
 
     #[test]

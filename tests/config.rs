@@ -242,6 +242,19 @@ fn tokens_come_from_a_variable_or_a_file_never_both() {
     .unwrap();
     assert_eq!(s.api_token().map(|t| t.expose()), Some("bearer-from-file"));
     assert!(!format!("{s:?}").contains("bearer-from-file"));
+    // The variable is trimmed too; one of spaces only is no token.
+    let s = Settings::load_from(
+        &FlagOverrides::default(),
+        &env(&[("MLD__API__TOKEN", " bearer-from-env ")]),
+    )
+    .unwrap();
+    assert_eq!(s.api_token().map(|t| t.expose()), Some("bearer-from-env"));
+    let s = Settings::load_from(
+        &FlagOverrides::default(),
+        &env(&[("MLD__API__TOKEN", "  ")]),
+    )
+    .unwrap();
+    assert!(s.api_token().is_none());
     let err = Settings::load_from(
         &FlagOverrides::default(),
         &env(&[("MLD__API__TOKEN_FILE", api_path), ("MLD__API__TOKEN", "b")]),

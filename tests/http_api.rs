@@ -225,6 +225,39 @@ async fn create_answers_201_then_200_for_the_same_key() {
         .unwrap();
     assert!(matches!(found, Submitted::Existing(_)), "{found:?}");
     assert_eq!(found.job().id, job_id(&created));
+
+    // A -0 is 0: the same bbox, the same job.
+    let (status, zero) = server
+        .post("/jobs", json!({"username": "bob", "bbox": [0, 0, 1, 1]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{zero}");
+    let (status, minus_zero) = server
+        .post("/jobs", json!({"username": "bob", "bbox": [-0.0, 0, 1, 1]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{minus_zero}");
+    assert_eq!(job_id(&minus_zero), job_id(&zero));
+
+    // The re-sync interval is not part of the identity: a post without it
+    // keeps the job's interval, one with it (or null) sets it.
+    let (_, every) = server
+        .post(
+            "/jobs",
+            json!({"username": "bob", "bbox": [0, 0, 1, 1], "resync_every": "6h"}),
+        )
+        .await;
+    assert_eq!(every["resync_every"], "6h", "{every}");
+    let (status, kept) = server
+        .post("/jobs", json!({"username": "bob", "bbox": [0, 0, 1, 1]}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{kept}");
+    assert_eq!(kept["resync_every"], "6h", "{kept}");
+    let (_, never) = server
+        .post(
+            "/jobs",
+            json!({"username": "bob", "bbox": [0, 0, 1, 1], "resync_every": null}),
+        )
+        .await;
+    assert!(never["resync_every"].is_null(), "{never}");
     server.stop().await;
 }
 
@@ -980,6 +1013,11 @@ fn malformed_requests() -> Vec<BadRequest> {
             r#"{"username":"a","start_captured_at":"2024-02-30"}"#,
             422,
             "start_captured_at",
+        ),
+        bad_post(
+            r#"{"username":"a","start_captured_at":"+10000-01-01"}"#,
+            422,
+            "out of range",
         ),
         bad_post(
             r#"{"username":"a","end_captured_at":"tomorrow"}"#,

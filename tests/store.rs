@@ -214,7 +214,7 @@ impl StoreExt for Store {
             quality: job.quality,
             format: job.format,
             package: job.package,
-            resync: mapillary_downloader::selection::Resync::Keep,
+            resync: mapillary_downloader::selection::Resync::KeepOr(None),
         };
         self.submit_job(&spec, now).await?;
         Ok(())

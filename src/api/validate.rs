@@ -139,11 +139,13 @@ impl CreateJobRequest {
             quality: self.quality,
             format: self.format,
             package: self.package,
-            resync: Resync::Set(match self.resync_every {
-                ResyncField::Omitted => default_resync,
-                ResyncField::Never => None,
-                ResyncField::Every(interval) => Some(interval),
-            }),
+            // Not part of the identity: posting a job again without it
+            // keeps the interval the job has.
+            resync: match self.resync_every {
+                ResyncField::Omitted => Resync::KeepOr(default_resync),
+                ResyncField::Never => Resync::Set(None),
+                ResyncField::Every(interval) => Resync::Set(Some(interval)),
+            },
         })
     }
 }
@@ -438,7 +440,7 @@ mod tests {
         );
         let other = spec(r#"{"image_ids":["4","30"],"start_captured_at":"2024-01-02"}"#).unwrap();
         assert_ne!(a.key(), other.key());
-        assert_eq!(a.resync, Resync::Set(None));
+        assert_eq!(a.resync, Resync::KeepOr(None));
         let every = parse(r#"{"username":"a","resync_every":"6h"}"#)
             .unwrap()
             .into_spec(Some(Duration::from_secs(60 * 60 * 24)))
@@ -451,7 +453,10 @@ mod tests {
             .unwrap()
             .into_spec(Some(Duration::from_secs(3600)))
             .unwrap();
-        assert_eq!(default.resync, Resync::Set(Some(Duration::from_secs(3600))));
+        assert_eq!(
+            default.resync,
+            Resync::KeepOr(Some(Duration::from_secs(3600)))
+        );
         let never = parse(r#"{"username":"a","resync_every":null}"#)
             .unwrap()
             .into_spec(Some(Duration::from_secs(3600)))

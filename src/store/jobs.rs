@@ -141,9 +141,11 @@ impl Store {
         .bind(&key)
         .fetch_optional(&mut *tx)
         .await?;
-        let resync_ms = match spec.resync {
-            Resync::Keep => None,
-            Resync::Set(interval) => Some(interval.map(millis)),
+        // `Some` when the submission sets an existing job's interval; and
+        // the interval a new job starts with.
+        let (resync_ms, new_job_resync_ms) = match spec.resync {
+            Resync::KeepOr(interval) => (None, interval.map(millis)),
+            Resync::Set(interval) => (Some(interval.map(millis)), interval.map(millis)),
         };
         let outcome = match existing {
             Some((id, state)) => {
@@ -181,7 +183,7 @@ impl Store {
                 .bind(&key)
                 .bind(spec.format.as_str())
                 .bind(spec.package.as_str())
-                .bind(resync_ms.flatten())
+                .bind(new_job_resync_ms)
                 .bind(now_ms)
                 .fetch_one(&mut *tx)
                 .await?;
@@ -213,7 +215,7 @@ impl Store {
                 quality: quality.parse().map_err(corrupt)?,
                 format: format.parse().map_err(corrupt)?,
                 package: package.parse().map_err(corrupt)?,
-                resync: Resync::Keep,
+                resync: Resync::KeepOr(None),
             };
             let mut tx = self.writer()?.begin_with("BEGIN IMMEDIATE").await?;
             let still_due: Option<i64> = sqlx::query_scalar(
