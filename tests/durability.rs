@@ -4,6 +4,9 @@
 //! marks it done. A kill -9 cannot see any of this (the page cache survives
 //! it), so the order of system calls, traced with strace, is the evidence.
 //!
+//! The same holds for tar packing: the commit that marks a tar `written` is
+//! fsynced (the WAL) before the first loose file it replaced is unlinked.
+//!
 //! Needs `strace` (Debian package `strace`; `.ci/run` installs it). Without it
 //! the test fails and says so.
 
@@ -213,4 +216,93 @@ async fn every_image_is_fsynced_renamed_and_its_directory_fsynced_before_it_is_m
         let marker = format!("{}.jpg", image.id);
         check_order(&calls, &final_path.display().to_string(), &marker, &wal_fds);
     }
+}
+
+/// Packing deletes loose files on the strength of the `written` commit, so
+/// that commit must be durable against a power loss, not only a crash: the
+/// last WAL write before the first unlink of a loose image is followed by an
+/// fsync of the WAL, and that fsync returns before the unlink starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tar_is_marked_written_durably_before_its_loose_files_are_removed() {
+    let strace = std::process::Command::new("strace").arg("-V").output();
+    assert!(
+        strace.is_ok_and(|o| o.status.success()),
+        "this test needs strace: apt-get install -y strace (.ci/run installs it)"
+    );
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("pia", 6, 82);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let trace = dir.path().join("trace.txt");
+    let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    let mut cmd = process::command("strace", &env);
+    cmd.args([
+        "-f",
+        "-qq",
+        "-e",
+        "trace=openat,pwrite64,fsync,fdatasync,unlink,unlinkat",
+        "-o",
+    ])
+    .arg(&trace)
+    .arg(BINARY)
+    .args(["download", "pia", "--tar", "--workers", "1", "--data-dir"])
+    .arg(&data)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calls = parse_trace(&std::fs::read_to_string(&trace).unwrap());
+    let wal_fds: Vec<String> = calls
+        .iter()
+        .filter(|c| c.name == "openat" && c.args.contains("mapillary.db-wal\""))
+        .map(|c| c.result.clone())
+        .collect();
+    assert!(!wal_fds.is_empty(), "the database's WAL was never opened");
+    let on_wal = |c: &Call| fd_of(c).is_some_and(|fd| wal_fds.iter().any(|w| w == fd));
+    let unlink = calls
+        .iter()
+        .position(|c| c.name.starts_with("unlink") && c.args.contains(".jpg\""))
+        .expect("no loose image was removed after packing");
+    let last_write = calls[..unlink]
+        .iter()
+        .rposition(|c| c.name.starts_with("pwrite") && on_wal(c))
+        .expect("no WAL write before the first unlink");
+    let sync = calls[last_write + 1..unlink]
+        .iter()
+        .position(|c| matches!(c.name.as_str(), "fsync" | "fdatasync") && on_wal(c))
+        .map(|i| last_write + 1 + i)
+        .unwrap_or_else(|| {
+            panic!(
+                "the commit before the first unlink (line {}) was never fsynced before it (line {})",
+                calls[last_write].started, calls[unlink].started
+            )
+        });
+    assert!(
+        calls[unlink].started > calls[sync].returned,
+        "unlinked (line {}) before the WAL fsync returned (line {})",
+        calls[unlink].started,
+        calls[sync].returned
+    );
+    let tars: Vec<_> = walk_tars(&data.join("archive"));
+    assert!(!tars.is_empty(), "no tar was written");
+}
+
+fn walk_tars(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk_tars(&path));
+        } else if path.extension().is_some_and(|e| e == "tar") {
+            out.push(path);
+        }
+    }
+    out
 }

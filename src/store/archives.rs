@@ -358,7 +358,43 @@ impl Store {
         written: &TarWritten,
         now_ms: i64,
     ) -> StoreResult<()> {
-        let mut tx = self.writer()?.begin().await?;
+        // The next step deletes the loose files, so this commit must survive
+        // a power loss, not only a process crash: under the default
+        // `synchronous=NORMAL` it could roll back, the packing would be
+        // `planned` again with its files gone, and the rewrite would replace
+        // the full tar with an empty one. FULL fsyncs the WAL at this commit
+        // (and with it every earlier one); then the setting goes back.
+        let mut conn = self.writer()?.acquire().await?;
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await?;
+        sqlx::query("PRAGMA synchronous = FULL")
+            .execute(&mut *conn)
+            .await?;
+        let committed = self
+            .commit_packing_written(&mut conn, packing, written, now_ms)
+            .await;
+        let restore = match synchronous {
+            0 => "PRAGMA synchronous = OFF",
+            2 => "PRAGMA synchronous = FULL",
+            3 => "PRAGMA synchronous = EXTRA",
+            _ => "PRAGMA synchronous = NORMAL",
+        };
+        let restored = sqlx::query(restore).execute(&mut *conn).await;
+        committed?;
+        restored?;
+        Ok(())
+    }
+
+    async fn commit_packing_written(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        packing: &Packing,
+        written: &TarWritten,
+        now_ms: i64,
+    ) -> StoreResult<()> {
+        use sqlx::Connection;
+        let mut tx = conn.begin().await?;
         for (row_ids, sha256) in &written.hashed {
             sqlx::query(
                 "UPDATE images SET sha256 = ? WHERE rowid IN (SELECT value FROM json_each(?)) \

@@ -19,7 +19,9 @@ static MIGRATOR: Migrator = sqlx::migrate!();
 /// here: a lost `done` mark means one image is downloaded again (its file was
 /// already fsynced), never that a row claims a file that is not there.
 /// `Full` fsyncs the WAL on every commit and closes that window at the cost of
-/// one fsync per write (see `cargo bench --bench store`).
+/// one fsync per write (see `cargo bench --bench store`). The one commit the
+/// safe direction does not cover, a tar marked `written` (its loose files are
+/// deleted next), is made with `synchronous=FULL` whatever this says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     #[default]
