@@ -5,13 +5,24 @@
 use clap::Parser;
 use mapillary_downloader::cli::Cli;
 use std::process::ExitCode;
+use std::time::Duration;
+
+/// How long the exit waits for blocking work still running (see `main`).
+const BLOCKING_GRACE: Duration = Duration::from_secs(5);
 
 fn main() -> ExitCode {
     tune_allocator();
     raise_open_files_limit();
     let cli = Cli::parse();
     match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime.block_on(mapillary_downloader::commands::run(cli)),
+        Ok(runtime) => {
+            let code = runtime.block_on(mapillary_downloader::commands::run(cli));
+            // A blocking write abandoned at shutdown (a tar on a stuck disk)
+            // must not keep the process alive: everything it does is
+            // crash-safe, so give it a moment, then leave.
+            runtime.shutdown_timeout(BLOCKING_GRACE);
+            code
+        }
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             ExitCode::from(1)

@@ -521,3 +521,109 @@ async fn a_job_that_cannot_finish_says_why_and_finishes_once_it_can() {
     assert!(blocker.is_file(), "metadata.jsonl written");
     daemon.stop().await;
 }
+
+/// Shutdown does not wait for a job's finishing: packing can take minutes,
+/// or hang on a stuck disk. Here one loose file is a FIFO nobody writes, so
+/// the tar write blocks reading it; the daemon still stops within its grace,
+/// and the next start (the file back in place) finishes the job with every
+/// image in the tar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_does_not_wait_for_a_packing_stuck_on_a_file() {
+    use mapillary_downloader::archive::{ArchivedFile, FileKind, collection_path};
+    use mapillary_downloader::checksum::sha256_hex;
+    use mapillary_downloader::model::Packaging;
+    use mapillary_downloader::store::{JobState, Store};
+    use std::sync::Arc;
+
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(
+        fake.api_url().as_str(),
+        dir.path(),
+        2,
+        &[("MLD__WORKERS__SHUTDOWN_GRACE_SECS", "2")],
+    );
+    let archive = settings.archive_dir();
+    let folder = collection_path(&archive, "mapillary-quinn-1024").unwrap();
+    let store = Store::open(&settings.database_path()).await.unwrap();
+    let mut spec = JobSpec::user("quinn", model::Quality::Q1024);
+    spec.package = Packaging::Tar;
+    let job = store.submit_job(&spec, 1).await.unwrap().job().id;
+    let images: Vec<ImageMeta> = (0..5)
+        .map(|i| ImageMeta {
+            id: (5000 + i).to_string(),
+            captured_at: Some(1_704_153_600_000 + i as i64 * 1000),
+            thumb_1024_url: Some(format!("https://cdn.example/{i}.jpg")),
+            ..Default::default()
+        })
+        .collect();
+    store.insert_page(job, &images, None, 2).await.unwrap();
+    store
+        .transition_job(job, &[JobState::Queued], JobState::Downloading, 2)
+        .await
+        .unwrap();
+    let owner: Arc<str> = "setup".into();
+    let mut stuck = None;
+    for image in store
+        .claim(&owner, 10, Duration::from_secs(60), 3, 0)
+        .await
+        .unwrap()
+    {
+        let path = mapillary_downloader::archive::image_path(&folder, &image.meta, FileKind::Jpeg)
+            .unwrap();
+        let bytes = format!("image {}", image.image_id).repeat(40).into_bytes();
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        // The last image by capture time: the thumbnail (the first) reads fine.
+        if image.image_id == "5004" {
+            let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+            // SAFETY: mkfifo reads a valid NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+            stuck = Some((path.clone(), bytes.clone()));
+        } else {
+            std::fs::write(&path, &bytes).unwrap();
+        }
+        let file = ArchivedFile::loose(&path, bytes.len() as u64, Some(sha256_hex(&bytes)));
+        assert!(store.complete(&image.lease, &file, 3).await.unwrap());
+    }
+    store.close().await;
+    let (fifo, bytes) = stuck.unwrap();
+
+    let daemon = TestDaemon::start(settings.clone(), DEFAULT_TOKEN).await;
+    // The tar's .part file appears: the packer is reading, and blocks on the FIFO.
+    let deadline = std::time::Instant::now() + LONG;
+    while !std::fs::read_dir(&folder)
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().ends_with(".part"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "packing never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(8), daemon.stop()).await;
+    // Free the blocked reader (it sees an empty file) whatever happened.
+    let unblock = fifo.clone();
+    tokio::task::spawn_blocking(move || {
+        drop(std::fs::OpenOptions::new().write(true).open(unblock));
+    })
+    .await
+    .unwrap();
+    assert!(stopped.is_ok(), "shutdown waited for the stuck packing");
+
+    // The file comes back; the next start finishes the job.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = std::fs::remove_file(&fifo);
+    std::fs::write(&fifo, &bytes).unwrap();
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let done = daemon.wait_for_state(job, &["done"], LONG).await;
+    assert_eq!(done["counts"]["done"], 5, "{done}");
+    let members: usize = mld_testkit::tar_check::tars_in(&folder)
+        .keys()
+        .map(|tar| mld_testkit::tar_check::list(&folder.join(tar)).len())
+        .sum();
+    assert_eq!(members, 5, "every image in the tar");
+    daemon.stop().await;
+}

@@ -321,8 +321,19 @@ const FINISH_RETRY: Duration = Duration::from_secs(30);
 /// Finishes a drained job. A failure (say, an unwritable collection folder)
 /// goes to the job's `last_error` and is retried after [`FINISH_RETRY`] (or
 /// the backoff cap); it never holds up the other jobs.
+///
+/// Shutdown does not wait for it: packing a big collection can take minutes
+/// (or hang on a stuck disk), and every packing step is crash-safe, so the
+/// step is dropped where it stands and the next start finishes it.
 async fn finish(ctx: &EngineContext, job_id: i64, cancel: &CancellationToken) {
-    let e = match finalize::finish_job(ctx, job_id).await {
+    let finished = tokio::select! {
+        _ = cancel.cancelled() => {
+            info!(job = job_id, "shutting down mid-finishing; the next start finishes the job");
+            return;
+        }
+        finished = finalize::finish_job(ctx, job_id) => finished,
+    };
+    let e = match finished {
         Ok(finished) => {
             // The error a failed finishing recorded is over once it finishes.
             let failed_before = finished

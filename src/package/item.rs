@@ -31,7 +31,7 @@ pub async fn write_thumbnail(
     collection: &str,
 ) -> anyhow::Result<()> {
     let target = folder.join(THUMB_FILE);
-    if target.exists() {
+    if tokio::fs::try_exists(&target).await? {
         return Ok(());
     }
     let Some(first) = store.collection_images(collection, None, 1).await?.pop() else {
@@ -77,7 +77,9 @@ pub async fn read_archived(
     image_id: &str,
     path: &str,
 ) -> anyhow::Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
+    // On the blocking pool: a read of a stuck disk must not hold a runtime
+    // thread, and a shutdown can drop this future mid-read.
+    match tokio::fs::read(path).await {
         Ok(bytes) => return Ok(Some(bytes)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e.into()),
