@@ -228,6 +228,15 @@ fn system_time_from_ms(ms: i64) -> Option<SystemTime> {
     }
 }
 
+/// Removes `path` if it is there (gone already is fine), durably.
+pub fn remove_if_present(path: &Path) -> Result<(), ArchiveError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => sync_dir(path.parent().unwrap_or(path)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ArchiveError::from_io(path, e)),
+    }
+}
+
 /// fsync a directory so a rename in it survives power loss.
 pub fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
     File::open(dir)

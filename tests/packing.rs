@@ -11,7 +11,7 @@ use mapillary_downloader::checksum::sha256_hex;
 use mapillary_downloader::model::{ImageMeta, Packaging, Quality};
 use mapillary_downloader::package::{self, PackStep};
 use mapillary_downloader::selection::JobSpec;
-use mapillary_downloader::store::{ImageState, JobState, PackingState, Store};
+use mapillary_downloader::store::{Completion, ImageState, JobState, PackingState, Store};
 use mld_testkit::tar_check::{self, tars_in};
 use std::path::Path;
 use std::sync::Arc;
@@ -252,13 +252,28 @@ async fn a_copy_completed_after_its_date_was_packed_joins_the_tar() {
         .await
         .unwrap();
     assert!(!path.exists());
-    let file = ArchivedFile::loose(&path, bytes.len() as u64, Some(sha256_hex(&bytes)));
-    assert!(store.complete(&claimed[0].lease, &file, 23).await.unwrap());
+    // Or it found no file and downloaded the image again, bytes that differ
+    // from the member's (the CDN re-encoded it, say): the row still joins
+    // the tar, with the member's checksum and size, and the caller is told
+    // to remove the loose file (nothing else ever would).
+    let fresh = b"a fresh download of the same image".repeat(9);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, &fresh).unwrap();
+    let file = ArchivedFile::loose(&path, fresh.len() as u64, Some(sha256_hex(&fresh)));
+    assert_eq!(
+        store
+            .complete_image(&claimed[0].lease, &file, 23)
+            .await
+            .unwrap(),
+        Completion::JoinedTar
+    );
     let row = store
         .image_by_id(second, &meta(5).id)
         .await
         .unwrap()
         .unwrap();
+    assert_eq!(row.sha256.as_deref(), Some(sha256_hex(&bytes).as_str()));
+    assert_eq!(row.bytes, Some(bytes.len() as i64));
     let copy = store
         .archived_copy(COLLECTION, &meta(5).id)
         .await

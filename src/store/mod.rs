@@ -383,6 +383,18 @@ impl ClaimedImage {
     }
 }
 
+/// What [`Store::complete_image`] did with the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// Done, at its file.
+    Done,
+    /// Done, as a member of a tar already written for its path: its loose
+    /// file is not needed (and nothing else would remove it).
+    JoinedTar,
+    /// The caller no longer holds the lease: nothing changed.
+    LeaseLost,
+}
+
 /// What [`Store::fail`] did with the image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailOutcome {

@@ -3,7 +3,8 @@
 //! cannot overwrite the new holder's outcome.
 
 use super::{
-    ClaimedImage, FailOutcome, FailReason, Lease, Store, StoreError, StoreResult, parse_meta,
+    ClaimedImage, Completion, FailOutcome, FailReason, Lease, Store, StoreError, StoreResult,
+    parse_meta,
 };
 use crate::archive::ArchivedFile;
 use crate::model::{OutputFormat, Quality};
@@ -204,7 +205,22 @@ impl Store {
         file: &ArchivedFile,
         now_ms: i64,
     ) -> StoreResult<bool> {
+        Ok(self.complete_image(lease, file, now_ms).await? != Completion::LeaseLost)
+    }
+
+    /// [`Store::complete`], saying whether the row joined a tar. A row that
+    /// joins a written or cleaned packing takes the member's checksum and
+    /// size (the tar is what it now points at), and its loose file is the
+    /// caller's to remove: packing may have cleaned that path already, and
+    /// nothing else would ever remove a file written after it.
+    pub async fn complete_image(
+        &self,
+        lease: &Lease,
+        file: &ArchivedFile,
+        now_ms: i64,
+    ) -> StoreResult<Completion> {
         let path = file.path.to_string_lossy();
+        let mut tx = self.writer()?.begin().await?;
         let query = sqlx::query(concat!(
             "UPDATE images SET state = 'done', bytes = ?1, path = ?2, sha256 = ?3, kept_jpeg = ?4, \
              packing_id = coalesce(?5, (SELECT c.packing_id FROM images c INDEXED BY images_copies \
@@ -213,7 +229,8 @@ impl Store {
                    AND c.state = 'done' AND c.path = ?2 AND p.state <> 'planned' LIMIT 1)), \
              lease_owner = NULL, lease_until = NULL, last_error = NULL, fail_reason = NULL, \
              deferrals = 0, updated_at = ?6",
-            " WHERE rowid = ?7 AND state = 'in_progress' AND lease_owner = ?8 AND attempts = ?9"
+            " WHERE rowid = ?7 AND state = 'in_progress' AND lease_owner = ?8 AND attempts = ?9 \
+             RETURNING packing_id"
         ))
         .bind(i64::try_from(file.bytes).unwrap_or(i64::MAX))
         .bind(path.as_ref())
@@ -221,8 +238,34 @@ impl Store {
         .bind(file.kept_jpeg)
         .bind(file.packing_id)
         .bind(now_ms);
-        let result = bind_lease(query, lease).execute(self.writer()?).await?;
-        Ok(result.rows_affected() == 1)
+        let joined: Option<Option<i64>> = bind_lease(query, lease)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| row.try_get("packing_id"))
+            .transpose()?;
+        let completion = match joined {
+            None => Completion::LeaseLost,
+            Some(Some(packing)) if file.packing_id.is_none() => {
+                sqlx::query(
+                    "UPDATE images SET (sha256, bytes) = (SELECT c.sha256, c.bytes FROM images c \
+                         INDEXED BY images_in_packing \
+                         WHERE c.packing_id = ?1 AND c.path = ?2 AND c.rowid <> ?3 \
+                           AND c.sha256 IS NOT NULL LIMIT 1) \
+                     WHERE rowid = ?3 AND EXISTS (SELECT 1 FROM images c INDEXED BY images_in_packing \
+                         WHERE c.packing_id = ?1 AND c.path = ?2 AND c.rowid <> ?3 \
+                           AND c.sha256 IS NOT NULL)",
+                )
+                .bind(packing)
+                .bind(path.as_ref())
+                .bind(lease.row_id)
+                .execute(&mut *tx)
+                .await?;
+                Completion::JoinedTar
+            }
+            Some(_) => Completion::Done,
+        };
+        tx.commit().await?;
+        Ok(completion)
     }
 
     /// Records a failed attempt: back to pending at `policy.retry_at_ms`, or

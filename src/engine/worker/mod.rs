@@ -15,7 +15,9 @@ use crate::archive::{self, ArchiveError, ArchivedFile, FileKind};
 use crate::clock::now_ms;
 use crate::mapillary::{RetryDecision, backoff_delay};
 use crate::metrics;
-use crate::store::{ClaimedImage, DeferPolicy, FailOutcome, FailReason, PauseReason, RetryPolicy};
+use crate::store::{
+    ClaimedImage, Completion, DeferPolicy, FailOutcome, FailReason, PauseReason, RetryPolicy,
+};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -154,14 +156,24 @@ pub async fn apply(
     let now = now_ms();
     let lease = &image.lease;
     match outcome {
-        Outcome::Done { file } => {
-            if ctx.store.complete(lease, &file, now).await? {
-                ctx.stats.record_image(file.bytes);
-                metrics::add(&ctx.client.metrics().images_completed, 1);
-            } else {
+        Outcome::Done { file } => match ctx.store.complete_image(lease, &file, now).await? {
+            Completion::LeaseLost => {
                 warn!(image = %image.image_id, "lost the lease before completing; the file is in place anyway");
             }
-        }
+            completion => {
+                ctx.stats.record_image(file.bytes);
+                metrics::add(&ctx.client.metrics().images_completed, 1);
+                if completion == Completion::JoinedTar {
+                    // Its date was packed meanwhile (by another job of the
+                    // collection): the tar holds the image, the loose file
+                    // would stay behind untracked.
+                    debug!(image = %image.image_id, path = %file.path.display(), "joined a tar; removing the loose file");
+                    let path = file.path.clone();
+                    tokio::task::spawn_blocking(move || archive::remove_if_present(&path))
+                        .await??;
+                }
+            }
+        },
         Outcome::Retry { error } => {
             let delay = backoff_delay(
                 lease.attempt as u32,
