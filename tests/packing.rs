@@ -291,3 +291,49 @@ async fn a_copy_completed_after_its_date_was_packed_joins_the_tar() {
     assert!(report.tars.is_empty(), "{report:?}");
     store.close().await;
 }
+
+/// What `verify` asks before calling a loose file missing: is the row still
+/// loose? Yes while its packing is only planned, no once the tar is written
+/// (beside a running daemon the file goes then, and the tar is checked).
+#[tokio::test]
+async fn a_row_is_loose_until_its_tar_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let store = open(dir.path()).await;
+    let job = archived_job(&store, &archive).await;
+    let listed = store.loose_copies(Some(job), 0, 1).await.unwrap().remove(0);
+    assert!(
+        store
+            .is_still_loose(listed.row_id, &listed.path)
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        package::step(&store, &archive, COLLECTION, 0)
+            .await
+            .unwrap(),
+        PackStep::Planned(_)
+    ));
+    assert!(
+        store
+            .is_still_loose(listed.row_id, &listed.path)
+            .await
+            .unwrap()
+    );
+    package::pack_collection(&store, &archive, COLLECTION, 0)
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .is_still_loose(listed.row_id, &listed.path)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .is_still_loose(listed.row_id, "/elsewhere.jpg")
+            .await
+            .unwrap()
+    );
+    store.close().await;
+}

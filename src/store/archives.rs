@@ -487,6 +487,20 @@ impl Store {
         rows.iter().map(copy_from_row).collect()
     }
 
+    /// Whether row `row_id` is still done at the loose file `path` (not yet
+    /// in a written tar): what [`Store::loose_copies`] said a moment ago.
+    pub async fn is_still_loose(&self, row_id: i64, path: &str) -> StoreResult<bool> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM images WHERE rowid = ?1 AND state = 'done' AND path = ?2 \
+               AND (packing_id IS NULL OR packing_id IN (SELECT id FROM packings WHERE state = 'planned'))",
+        )
+        .bind(row_id)
+        .bind(path)
+        .fetch_optional(&self.reader)
+        .await?;
+        Ok(found.is_some())
+    }
+
     /// Packings whose tar holds images (of one job, or of any).
     pub async fn written_packings(&self, job_id: Option<i64>) -> StoreResult<Vec<Packing>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
