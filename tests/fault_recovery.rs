@@ -353,6 +353,46 @@ async fn a_refresh_refused_for_good_fails_the_images_instead_of_waiting_forever(
     daemon.stop().await;
 }
 
+/// A refresh answer that has the image but in a shape we cannot read (a
+/// field's type changed, say) is no proof of deletion: that image fails as
+/// an error with the reason after its attempts, never as deleted; the rest
+/// of its batch is archived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_refresh_answer_is_an_error_not_a_deletion() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("hal", 30, 65);
+    let all = fake.images("hal");
+    let odd = all[7].id.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let job = job_with_stale_urls(&fake, dir.path(), "hal", &all).await;
+    fake.set_unreadable_in_ids([odd.clone()]);
+    let settings = test_settings(
+        fake.api_url().as_str(),
+        dir.path(),
+        4,
+        &[
+            ("MLD__RETRY__MAX_ATTEMPTS", "2"),
+            ("MLD__RETRY__BACKOFF_BASE_MS", "50"),
+            ("MLD__RETRY__BACKOFF_CAP_MS", "200"),
+        ],
+    );
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let ended = daemon.wait_for_state(job, &["done", "failed"], LONG).await;
+    assert_eq!(ended["counts"]["done"], 29, "{ended}");
+    assert_eq!(ended["counts"]["failed"], 1, "{ended}");
+    assert_eq!(ended["counts"]["deleted"], 0, "{ended}");
+    let store = Store::open_read_only(&dir.path().join("mapillary.db"))
+        .await
+        .unwrap();
+    let failed = store.failed_images(job, 10).await.unwrap();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].image_id, odd);
+    let error = failed[0].last_error.as_deref().unwrap_or_default();
+    assert!(error.contains("could not be read"), "{error}");
+    store.close().await;
+    daemon.stop().await;
+}
+
 /// An API that refuses every URL refresh: the job cannot progress, and
 /// within the configured time its `last_error`, `/status` and `/metrics`
 /// say so and why. Once the API answers again, the job finishes and the

@@ -231,7 +231,7 @@ async fn ids_batches_refresh_urls_and_refuse_more_than_fifty() {
     );
     assert_eq!(err.decision(), RetryDecision::Gone);
     wanted.pop();
-    let got = client.fetch_images(&wanted).await.unwrap();
+    let got = client.fetch_images(&wanted).await.unwrap().found;
     assert_eq!(got.len(), 49);
     for m in truth.iter().take(49) {
         let fresh = &got[&m.id];
@@ -245,7 +245,7 @@ async fn ids_batches_refresh_urls_and_refuse_more_than_fifty() {
         client.fetch_images(&too_many).await,
         Err(MapillaryError::BadRequest { .. })
     ));
-    assert!(client.fetch_images(&[]).await.unwrap().is_empty());
+    assert!(client.fetch_images(&[]).await.unwrap().found.is_empty());
     assert_eq!(
         fake.api_calls(),
         calls,

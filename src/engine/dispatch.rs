@@ -232,6 +232,32 @@ async fn apply_renewal(
                 }
                 None => deleted_pending.push(target.row_id),
             }
+        } else if let Some((_, reason)) = renewal
+            .unreadable
+            .iter()
+            .find(|(id, _)| *id == target.image_id)
+        {
+            // The API answered for it, we could not read the answer: an
+            // error of the image (an attempt), never a deletion.
+            if let Some(i) = target.claimed {
+                let image = &claimed[i];
+                let delay = backoff_delay(
+                    image.lease.attempt as u32,
+                    ctx.tuning.backoff_base,
+                    ctx.tuning.backoff_cap,
+                );
+                let policy = RetryPolicy {
+                    max_attempts: ctx.tuning.max_attempts,
+                    retry_at_ms: now + delay.as_millis() as i64,
+                };
+                let note = format!("the API's answer for it could not be read: {reason}");
+                if ctx.store.fail(&image.lease, &note, policy, now).await?
+                    == FailOutcome::FailedForGood
+                {
+                    crate::metrics::add(&ctx.client.metrics().images_failed, 1);
+                }
+                settled.settled.push(i);
+            }
         } else if let (Some(i), Some(error)) = (target.claimed, failure.as_ref())
             && unsettled_ids.contains(&target.image_id)
         {

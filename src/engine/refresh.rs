@@ -7,7 +7,7 @@
 //! asks again (k + 1 calls for k deleted ids), and bisects when an error names
 //! none it asked for (at most 2n − 1 calls for n ids).
 
-use crate::mapillary::MapillaryError;
+use crate::mapillary::{ImagesAnswer, MapillaryError};
 use crate::model::ImageMeta;
 use std::collections::HashMap;
 use std::future::Future;
@@ -19,6 +19,9 @@ pub struct Renewal {
     pub fresh: HashMap<String, ImageMeta>,
     /// Ids the API says do not exist: deleted on Mapillary.
     pub deleted: Vec<String>,
+    /// Ids whose object the answer had but we could not read, with why:
+    /// no proof of deletion, an error of the image.
+    pub unreadable: Vec<(String, String)>,
     /// Ids left unsettled because a call failed for another reason, and why.
     pub unsettled: Option<(Vec<String>, MapillaryError)>,
     /// API calls made.
@@ -32,7 +35,7 @@ pub struct Renewal {
 pub async fn renew<F, Fut>(ids: Vec<String>, mut fetch: F) -> Renewal
 where
     F: FnMut(Vec<String>) -> Fut,
-    Fut: Future<Output = Result<HashMap<String, ImageMeta>, MapillaryError>>,
+    Fut: Future<Output = Result<ImagesAnswer, MapillaryError>>,
 {
     let mut renewal = Renewal::default();
     let mut groups = vec![ids];
@@ -42,13 +45,14 @@ where
         }
         renewal.calls += 1;
         match fetch(group.clone()).await {
-            Ok(mut found) => {
+            Ok(mut answer) => {
                 for id in group {
-                    match found.remove(&id) {
-                        Some(meta) => {
-                            renewal.fresh.insert(id, meta);
-                        }
-                        None => renewal.deleted.push(id),
+                    if let Some(meta) = answer.found.remove(&id) {
+                        renewal.fresh.insert(id, meta);
+                    } else if let Some(reason) = answer.unreadable.remove(&id) {
+                        renewal.unreadable.push((id, reason));
+                    } else {
+                        renewal.deleted.push(id);
                     }
                 }
             }
@@ -96,23 +100,46 @@ mod tests {
         asked: Vec<String>,
         missing: &HashSet<String>,
         name_ids: bool,
-    ) -> Result<HashMap<String, ImageMeta>, MapillaryError> {
+    ) -> Result<ImagesAnswer, MapillaryError> {
         if let Some(gone) = asked.iter().find(|id| missing.contains(*id)) {
             return Err(MapillaryError::Missing {
                 ids: if name_ids { vec![gone.clone()] } else { vec![] },
                 message: "(#803) Some of the aliases you requested do not exist".into(),
             });
         }
-        Ok(asked
-            .into_iter()
-            .map(|id| {
-                let meta = ImageMeta {
-                    id: id.clone(),
-                    ..Default::default()
-                };
-                (id, meta)
-            })
-            .collect())
+        Ok(ImagesAnswer {
+            found: asked
+                .into_iter()
+                .map(|id| {
+                    let meta = ImageMeta {
+                        id: id.clone(),
+                        ..Default::default()
+                    };
+                    (id, meta)
+                })
+                .collect(),
+            unreadable: HashMap::new(),
+        })
+    }
+
+    /// An object the answer has but we cannot read is not a deleted image.
+    #[tokio::test]
+    async fn an_unreadable_object_is_not_counted_deleted() {
+        let r = renew(ids(0..3), |asked| async move {
+            let mut answer = answer(asked, &HashSet::new(), true).await?;
+            answer.found.remove("1");
+            answer
+                .unreadable
+                .insert("1".into(), "captured_at: invalid type".into());
+            Ok(answer)
+        })
+        .await;
+        assert!(r.deleted.is_empty(), "{:?}", r.deleted);
+        assert_eq!(
+            r.unreadable,
+            vec![("1".to_string(), "captured_at: invalid type".to_string())]
+        );
+        assert_eq!(r.fresh.len(), 2);
     }
 
     async fn run(n: u64, missing: &[u64], name_ids: bool) -> Renewal {
@@ -182,17 +209,9 @@ mod tests {
     #[tokio::test]
     async fn ids_absent_from_a_success_are_deleted() {
         let r = renew(ids(0..3), |asked| async move {
-            Ok(asked
-                .into_iter()
-                .filter(|id| id != "1")
-                .map(|id| {
-                    let meta = ImageMeta {
-                        id: id.clone(),
-                        ..Default::default()
-                    };
-                    (id, meta)
-                })
-                .collect())
+            let mut answer = answer(asked, &HashSet::new(), true).await?;
+            answer.found.remove("1");
+            Ok(answer)
         })
         .await;
         assert_eq!(r.deleted, vec!["1".to_string()]);

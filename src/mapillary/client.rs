@@ -79,6 +79,14 @@ pub struct ImagePage {
     pub skipped: usize,
 }
 
+/// What one `GET /?ids=` call answered: the images it has, by id, and the
+/// objects it sent that could not be read (by id, with the reason).
+#[derive(Debug, Default)]
+pub struct ImagesAnswer {
+    pub found: HashMap<String, ImageMeta>,
+    pub unreadable: HashMap<String, String>,
+}
+
 /// Cheap to clone: every clone shares the connection pools and the limiter.
 #[derive(Clone)]
 pub struct MapillaryClient {
@@ -288,10 +296,9 @@ impl MapillaryClient {
     /// Fresh metadata (and image URLs) for up to 50 ids in one call. The
     /// Graph API fails the whole call ([`MapillaryError::Missing`]) when any id no
     /// longer exists; ids absent from a successful answer are unknown too.
-    pub async fn fetch_images(
-        &self,
-        ids: &[&str],
-    ) -> Result<HashMap<String, ImageMeta>, MapillaryError> {
+    /// An object the answer has but we cannot read is no proof of deletion:
+    /// it comes back in `unreadable` with the reason.
+    pub async fn fetch_images(&self, ids: &[&str]) -> Result<ImagesAnswer, MapillaryError> {
         if ids.len() > MAX_IDS_PER_CALL {
             return Err(MapillaryError::BadRequest {
                 code: None,
@@ -299,7 +306,7 @@ impl MapillaryClient {
             });
         }
         if ids.is_empty() {
-            return Ok(HashMap::new());
+            return Ok(ImagesAnswer::default());
         }
         let mut target = endpoint(&self.inner.settings.api_url, "");
         target
@@ -309,14 +316,19 @@ impl MapillaryClient {
         let body = self.api_get(target, "ids batch").await?;
         let objects: HashMap<String, Value> = serde_json::from_slice(&body)
             .map_err(|e| MapillaryError::Transient(format!("invalid JSON in ids batch: {e}")))?;
-        let mut out = HashMap::with_capacity(objects.len());
+        let mut out = ImagesAnswer {
+            found: HashMap::with_capacity(objects.len()),
+            unreadable: HashMap::new(),
+        };
         for (key, value) in objects {
             match parse_image(value) {
                 Ok(meta) => {
-                    out.insert(key, meta);
+                    out.found.insert(key, meta);
                 }
                 Err(reason) => {
-                    tracing::warn!(reason = %self.redact(&reason), "skipping an object of an ids batch");
+                    let reason = self.redact(&reason);
+                    tracing::warn!(%reason, "an object of an ids batch could not be read");
+                    out.unreadable.insert(key, reason);
                 }
             }
         }

@@ -78,6 +78,14 @@ pub(super) async fn images_step(
             "deleted on Mapillary: the API no longer knows this image",
         ),
     };
+    let unreadable: Vec<(&str, String)> = renewal
+        .unreadable
+        .iter()
+        .map(|(id, why)| {
+            let message = format!("the API's answer for this image could not be read: {why}");
+            (id.as_str(), message)
+        })
+        .collect();
     let missing: Vec<MissingImage> = renewal
         .deleted
         .iter()
@@ -86,6 +94,11 @@ pub(super) async fn images_step(
             reason,
             message,
         })
+        .chain(unreadable.iter().map(|(id, message)| MissingImage {
+            image_id: id,
+            reason: FailReason::Error,
+            message,
+        }))
         .collect();
     let new_images = ctx
         .store

@@ -63,7 +63,11 @@ pub(super) async fn api_ids(
     for id in ids {
         match shared.find(id) {
             Some(m) => {
-                out.insert(id.to_string(), shared.render(&m, &fields));
+                let mut object = shared.render(&m, &fields);
+                if shared.lock().unreadable_in_ids.contains(id) {
+                    object["captured_at"] = serde_json::json!({"unexpected": "shape"});
+                }
+                out.insert(id.to_string(), object);
             }
             // Like the Graph API: one unknown id fails the whole call.
             None => {

@@ -240,6 +240,9 @@ struct State_ {
     /// Every `GET /?ids=` answers 400 code 100 (no subcode): a refusal that
     /// is neither a rate limit nor a missing id, so retrying cannot help.
     refuse_ids_calls: bool,
+    /// Ids whose object in a `?ids=` answer carries a `captured_at` of the
+    /// wrong type: an answer that has the image but cannot be read.
+    unreadable_in_ids: std::collections::HashSet<String>,
     /// Images deleted the moment a listing page has shown them: they are
     /// discovered, then gone when their download or URL refresh comes.
     delete_when_listed: std::collections::HashSet<String>,
@@ -414,6 +417,7 @@ impl FakeMapillary {
                 deleted: Default::default(),
                 looping_next: false,
                 refuse_ids_calls: false,
+                unreadable_in_ids: Default::default(),
                 delete_when_listed: Default::default(),
                 image_faults: HashMap::new(),
                 started: VecDeque::new(),
@@ -532,6 +536,12 @@ impl FakeMapillary {
     /// (the whole batch, as the Graph API fails a call it cannot parse).
     pub fn set_refuse_ids_calls(&self, on: bool) {
         self.shared.lock().refuse_ids_calls = on;
+    }
+
+    /// Makes the `?ids=` answer's object for each of `ids` unreadable (its
+    /// `captured_at` an object), or readable again with an empty list.
+    pub fn set_unreadable_in_ids<I: IntoIterator<Item = S>, S: Into<String>>(&self, ids: I) {
+        self.shared.lock().unreadable_in_ids = ids.into_iter().map(Into::into).collect();
     }
 
     /// Makes every user's last page carry a `next` to an empty page whose
