@@ -156,35 +156,31 @@ fn check_order(calls: &[Call], final_path: &str, marker: &str, wal_fds: &[String
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_image_is_fsynced_renamed_and_its_directory_fsynced_before_it_is_marked_done() {
+/// Runs `download <args> --workers 1 --data-dir <dir>/data` under `strace -f`
+/// tracing `trace`; returns the calls and the descriptors of the WAL.
+async fn traced_download(
+    fake: &FakeMapillary,
+    dir: &Path,
+    trace: &str,
+    args: &[&str],
+) -> (Vec<Call>, Vec<String>) {
     let strace = std::process::Command::new("strace").arg("-V").output();
     assert!(
         strace.is_ok_and(|o| o.status.success()),
         "this test needs strace: apt-get install -y strace (.ci/run installs it)"
     );
-    let fake = FakeMapillary::start(FakeConfig::default()).await;
-    fake.add_user("olive", 4, 81);
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let trace = dir.path().join("trace.txt");
+    let out_file = dir.join("trace.txt");
     let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
     let mut cmd = process::command("strace", &env);
-    cmd.args([
-        "-f",
-        "-qq",
-        "-s",
-        "65536",
-        "-e",
-        "trace=openat,write,pwrite64,fsync,fdatasync,rename,renameat,renameat2",
-        "-o",
-    ])
-    .arg(&trace)
-    .arg(BINARY)
-    .args(["download", "olive", "--workers", "1", "--data-dir"])
-    .arg(&data)
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    cmd.args(["-f", "-qq", "-s", "65536", "-e", trace, "-o"])
+        .arg(&out_file)
+        .arg(BINARY)
+        .arg("download")
+        .args(args)
+        .args(["--workers", "1", "--data-dir"])
+        .arg(dir.join("data"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
         .await
         .unwrap();
@@ -194,14 +190,29 @@ async fn every_image_is_fsynced_renamed_and_its_directory_fsynced_before_it_is_m
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = std::fs::read_to_string(&trace).unwrap();
-    let calls = parse_trace(&text);
+    let calls = parse_trace(&std::fs::read_to_string(&out_file).unwrap());
     let wal_fds: Vec<String> = calls
         .iter()
         .filter(|c| c.name == "openat" && c.args.contains("mapillary.db-wal\""))
         .map(|c| c.result.clone())
         .collect();
     assert!(!wal_fds.is_empty(), "the database's WAL was never opened");
+    (calls, wal_fds)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_image_is_fsynced_renamed_and_its_directory_fsynced_before_it_is_marked_done() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("olive", 4, 81);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (calls, wal_fds) = traced_download(
+        &fake,
+        dir.path(),
+        "trace=openat,write,pwrite64,fsync,fdatasync,rename,renameat,renameat2",
+        &["olive"],
+    )
+    .await;
     let archive = data.join("archive");
     for image in fake.images("olive") {
         let final_path = mld_testkit::archive_check::image_path(
@@ -224,47 +235,17 @@ async fn every_image_is_fsynced_renamed_and_its_directory_fsynced_before_it_is_m
 /// fsync of the WAL, and that fsync returns before the unlink starts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tar_is_marked_written_durably_before_its_loose_files_are_removed() {
-    let strace = std::process::Command::new("strace").arg("-V").output();
-    assert!(
-        strace.is_ok_and(|o| o.status.success()),
-        "this test needs strace: apt-get install -y strace (.ci/run installs it)"
-    );
     let fake = FakeMapillary::start(FakeConfig::default()).await;
     fake.add_user("pia", 6, 82);
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let trace = dir.path().join("trace.txt");
-    let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
-    let mut cmd = process::command("strace", &env);
-    cmd.args([
-        "-f",
-        "-qq",
-        "-e",
+    let (calls, wal_fds) = traced_download(
+        &fake,
+        dir.path(),
         "trace=openat,pwrite64,fsync,fdatasync,unlink,unlinkat",
-        "-o",
-    ])
-    .arg(&trace)
-    .arg(BINARY)
-    .args(["download", "pia", "--tar", "--workers", "1", "--data-dir"])
-    .arg(&data)
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let calls = parse_trace(&std::fs::read_to_string(&trace).unwrap());
-    let wal_fds: Vec<String> = calls
-        .iter()
-        .filter(|c| c.name == "openat" && c.args.contains("mapillary.db-wal\""))
-        .map(|c| c.result.clone())
-        .collect();
-    assert!(!wal_fds.is_empty(), "the database's WAL was never opened");
+        &["pia", "--tar"],
+    )
+    .await;
     let on_wal = |c: &Call| fd_of(c).is_some_and(|fd| wal_fds.iter().any(|w| w == fd));
     let unlink = calls
         .iter()

@@ -240,22 +240,8 @@ async fn apply_renewal(
             // The API answered for it, we could not read the answer: an
             // error of the image (an attempt), never a deletion.
             if let Some(i) = target.claimed {
-                let image = &claimed[i];
-                let delay = backoff_delay(
-                    image.lease.attempt as u32,
-                    ctx.tuning.backoff_base,
-                    ctx.tuning.backoff_cap,
-                );
-                let policy = RetryPolicy {
-                    max_attempts: ctx.tuning.max_attempts,
-                    retry_at_ms: now + delay.as_millis() as i64,
-                };
                 let note = format!("the API's answer for it could not be read: {reason}");
-                if ctx.store.fail(&image.lease, &note, policy, now).await?
-                    == FailOutcome::FailedForGood
-                {
-                    crate::metrics::add(&ctx.client.metrics().images_failed, 1);
-                }
+                fail_attempt(ctx, &claimed[i], &note, now).await?;
                 settled.settled.push(i);
             }
         } else if let (Some(i), Some(error)) = (target.claimed, failure.as_ref())
@@ -332,20 +318,7 @@ async fn hand_back(
             // A refusal retrying cannot fix (a 4xx that is neither a rate
             // limit nor a missing id): it costs the claim's attempt, so the
             // image ends failed with the reason instead of waiting forever.
-            let delay = backoff_delay(
-                image.lease.attempt as u32,
-                ctx.tuning.backoff_base,
-                ctx.tuning.backoff_cap,
-            );
-            let policy = RetryPolicy {
-                max_attempts: ctx.tuning.max_attempts,
-                retry_at_ms: now + delay.as_millis() as i64,
-            };
-            if ctx.store.fail(&image.lease, &note, policy, now).await? == FailOutcome::FailedForGood
-            {
-                crate::metrics::add(&ctx.client.metrics().images_failed, 1);
-                warn!(image = %image.image_id, %error, "URL refresh refused; image failed for good");
-            }
+            fail_attempt(ctx, image, &note, now).await?;
         }
         _ => {
             let policy = DeferPolicy {
@@ -356,6 +329,30 @@ async fn hand_back(
             let due = ctx.store.defer(&image.lease, &note, policy, now).await?;
             warn!(image = %image.image_id, %error, due_in_ms = due.map(|d| d - now), "URL refresh failed; image deferred");
         }
+    }
+    Ok(())
+}
+
+/// Records a failed attempt of a claimed image whose refresh waiting cannot
+/// fix: back after the backoff, failed for good once its attempts are spent.
+async fn fail_attempt(
+    ctx: &EngineContext,
+    image: &ClaimedImage,
+    note: &str,
+    now: i64,
+) -> anyhow::Result<()> {
+    let delay = backoff_delay(
+        image.lease.attempt as u32,
+        ctx.tuning.backoff_base,
+        ctx.tuning.backoff_cap,
+    );
+    let policy = RetryPolicy {
+        max_attempts: ctx.tuning.max_attempts,
+        retry_at_ms: now + delay.as_millis() as i64,
+    };
+    if ctx.store.fail(&image.lease, note, policy, now).await? == FailOutcome::FailedForGood {
+        crate::metrics::add(&ctx.client.metrics().images_failed, 1);
+        warn!(image = %image.image_id, note, "image failed for good");
     }
     Ok(())
 }
