@@ -852,3 +852,43 @@ async fn the_fake_serves_realistic_bodies_and_endpoints() {
     let err: serde_json::Value = refused.json().await.unwrap();
     assert_eq!(err["error"]["code"], 100);
 }
+
+/// When the CDN refuses most downloads (429), every download of the client
+/// and its clones waits out a hold, not only the refused images; sporadic
+/// 429s (the chaos tests' mix) hold nothing.
+#[tokio::test]
+async fn a_cdn_refusing_most_downloads_holds_every_download() {
+    use mapillary_downloader::mapillary::cdn_gate::REFUSALS_TO_HOLD;
+    let fake = start(FakeConfig::default()).await;
+    fake.add_user("lou", 12, 12);
+    let ids: Vec<String> = fake.images("lou").iter().map(|m| m.id.clone()).collect();
+    let client = client_for(&fake, 10);
+    let other = client.clone();
+    fake.set_faults(Faults {
+        cdn_429: 1.0,
+        ..Faults::default()
+    });
+    for (n, id) in ids.iter().take(REFUSALS_TO_HOLD).enumerate() {
+        assert!(client.cdn_gate().held_until().is_none(), "held after {n}");
+        let refused = client
+            .download(&fake.thumb_url(id, Quality::Q2048))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused.decision(), RetryDecision::RateLimited(_)),
+            "{refused:?}"
+        );
+    }
+    assert!(client.cdn_gate().held_until().is_some());
+    fake.set_faults(Faults::default());
+    let started = std::time::Instant::now();
+    other
+        .download(&fake.thumb_url(&ids[11], Quality::Q2048))
+        .await
+        .expect("the download goes through after the hold");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "fetched during the hold: {:?}",
+        started.elapsed()
+    );
+}

@@ -85,7 +85,7 @@ fn since_start(out: &mut Exposition, m: &Metrics) {
         ),
         (
             "mapillary_rate_limit_holds_total",
-            "Times the API rate-limited us and every API call was held back.",
+            "Times the API rate-limited us and every API call was held back, or the CDN refused most downloads and every download was.",
             &m.rate_limit_holds,
         ),
     ] {

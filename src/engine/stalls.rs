@@ -56,6 +56,13 @@ async fn why(ctx: &EngineContext, job: &StallCandidate) -> anyhow::Result<String
             format_duration(left)
         ));
     }
+    if let Some(until) = ctx.client.cdn_gate().held_until() {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        return Ok(format!(
+            "the CDN refuses most downloads (HTTP 429); every download is held for another {}",
+            format_duration(left)
+        ));
+    }
     if let Some(error) = &job.last_error {
         return Ok(error.clone());
     }

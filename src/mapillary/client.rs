@@ -6,6 +6,7 @@
 //! cannot be carried off the API origin. Each method makes exactly ONE
 //! attempt; the daemon owns retries, using [`MapillaryError::decision`].
 
+use super::cdn_gate::CdnGate;
 use super::error::{MapillaryError, classify_api_status, classify_cdn_status, transport_error};
 use super::limiter::Limiter;
 use super::urls::{
@@ -101,6 +102,8 @@ struct Inner {
     api: reqwest::Client,
     cdn: reqwest::Client,
     limiter: Limiter,
+    /// Holds every download while the CDN refuses most of them.
+    cdn_gate: CdnGate,
     metrics: Arc<Metrics>,
 }
 
@@ -173,6 +176,7 @@ impl MapillaryClient {
                 api,
                 cdn,
                 limiter,
+                cdn_gate: CdnGate::default(),
                 metrics: Arc::default(),
             }),
         })
@@ -190,6 +194,11 @@ impl MapillaryClient {
     /// The limiter every API call of every clone passes.
     pub fn limiter(&self) -> &Limiter {
         &self.inner.limiter
+    }
+
+    /// The gate every download of every clone passes.
+    pub fn cdn_gate(&self) -> &CdnGate {
+        &self.inner.cdn_gate
     }
 
     /// Token-free URL of a user's first `GET /images` page.
@@ -337,8 +346,23 @@ impl MapillaryClient {
 
     /// Downloads one CDN object into memory. No `Authorization` header, ever.
     pub async fn download(&self, url: &str) -> Result<Bytes, MapillaryError> {
+        self.inner.cdn_gate.pass().await;
         let started = Instant::now();
         let result = self.download_once(url).await;
+        let refusal = match &result {
+            Ok(_) => Some(None),
+            Err(MapillaryError::RateLimited { retry_after }) => Some(Some(*retry_after)),
+            Err(_) => None,
+        };
+        if let Some(refusal) = refusal
+            && let Some(pause) = self.inner.cdn_gate.record(refusal)
+        {
+            crate::metrics::add(&self.inner.metrics.rate_limit_holds, 1);
+            tracing::warn!(
+                pause_ms = pause.as_millis() as u64,
+                "the CDN refuses most downloads (HTTP 429); holding every download"
+            );
+        }
         let metrics = &self.inner.metrics;
         metrics.cdn_fetches.add(OutcomeClass::of(&result));
         if result.is_ok() {

@@ -3,10 +3,12 @@
 //! - [`client`]: [`MapillaryClient`], one attempt per call, token only on the API origin.
 //! - [`error`]: [`MapillaryError`] and the [`RetryDecision`] each failure carries.
 //! - [`limiter`]: the one shared limiter that keeps API calls under `calls_per_minute`.
+//! - [`cdn_gate`]: holds every download while the CDN refuses most of them (HTTP 429).
 //! - [`backoff`]: exponential retry delays with jitter, for the daemon's retries.
 //! - [`urls`]: token stripping, `oe=` expiry, keeping page links on the API origin.
 
 pub mod backoff;
+pub mod cdn_gate;
 pub mod client;
 pub mod error;
 pub mod limiter;
