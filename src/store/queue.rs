@@ -69,6 +69,16 @@ macro_rules! fence {
     };
 }
 
+/// The tail of a subquery for the done copy of this row's image at path
+/// `?2` that a written (or cleaned) tar holds: `SELECT c.<column>` + this.
+macro_rules! packed_copy {
+    () => {
+        " FROM images c INDEXED BY images_copies JOIN packings p ON p.id = c.packing_id \
+         WHERE c.collection = images.collection AND c.image_id = images.image_id \
+           AND c.state = 'done' AND c.path = ?2 AND p.state <> 'planned' LIMIT 1"
+    };
+}
+
 /// Binds a [`Lease`] to the three `?` of [`fence!`].
 fn bind_lease<'q>(
     query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
@@ -220,13 +230,20 @@ impl Store {
         now_ms: i64,
     ) -> StoreResult<Completion> {
         let path = file.path.to_string_lossy();
-        let mut tx = self.writer()?.begin().await?;
+        // One statement (no transaction round trips on the hot path): the
+        // packed copy at this path, if any, gives the packing, the checksum
+        // and the size; each subquery is one seek of `images_copies`.
         let query = sqlx::query(concat!(
-            "UPDATE images SET state = 'done', bytes = ?1, path = ?2, sha256 = ?3, kept_jpeg = ?4, \
-             packing_id = coalesce(?5, (SELECT c.packing_id FROM images c INDEXED BY images_copies \
-                 JOIN packings p ON p.id = c.packing_id \
-                 WHERE c.collection = images.collection AND c.image_id = images.image_id \
-                   AND c.state = 'done' AND c.path = ?2 AND p.state <> 'planned' LIMIT 1)), \
+            "UPDATE images SET state = 'done', path = ?2, kept_jpeg = ?4, \
+             packing_id = coalesce(?5, (SELECT c.packing_id",
+            packed_copy!(),
+            ")), \
+             sha256 = CASE WHEN ?5 IS NULL THEN coalesce((SELECT c.sha256",
+            packed_copy!(),
+            "), ?3) ELSE ?3 END, \
+             bytes = CASE WHEN ?5 IS NULL THEN coalesce((SELECT c.bytes",
+            packed_copy!(),
+            "), ?1) ELSE ?1 END, \
              lease_owner = NULL, lease_until = NULL, last_error = NULL, fail_reason = NULL, \
              deferrals = 0, updated_at = ?6",
             " WHERE rowid = ?7 AND state = 'in_progress' AND lease_owner = ?8 AND attempts = ?9 \
@@ -238,34 +255,16 @@ impl Store {
         .bind(file.kept_jpeg)
         .bind(file.packing_id)
         .bind(now_ms);
-        let joined: Option<Option<i64>> = bind_lease(query, lease)
-            .fetch_optional(&mut *tx)
+        let packing: Option<Option<i64>> = bind_lease(query, lease)
+            .fetch_optional(self.writer()?)
             .await?
             .map(|row| row.try_get("packing_id"))
             .transpose()?;
-        let completion = match joined {
+        Ok(match packing {
             None => Completion::LeaseLost,
-            Some(Some(packing)) if file.packing_id.is_none() => {
-                sqlx::query(
-                    "UPDATE images SET (sha256, bytes) = (SELECT c.sha256, c.bytes FROM images c \
-                         INDEXED BY images_in_packing \
-                         WHERE c.packing_id = ?1 AND c.path = ?2 AND c.rowid <> ?3 \
-                           AND c.sha256 IS NOT NULL LIMIT 1) \
-                     WHERE rowid = ?3 AND EXISTS (SELECT 1 FROM images c INDEXED BY images_in_packing \
-                         WHERE c.packing_id = ?1 AND c.path = ?2 AND c.rowid <> ?3 \
-                           AND c.sha256 IS NOT NULL)",
-                )
-                .bind(packing)
-                .bind(path.as_ref())
-                .bind(lease.row_id)
-                .execute(&mut *tx)
-                .await?;
-                Completion::JoinedTar
-            }
+            Some(Some(_)) if file.packing_id.is_none() => Completion::JoinedTar,
             Some(_) => Completion::Done,
-        };
-        tx.commit().await?;
-        Ok(completion)
+        })
     }
 
     /// Records a failed attempt: back to pending at `policy.retry_at_ms`, or
