@@ -15,7 +15,7 @@ use crate::mapillary::{
     MAX_IDS_PER_CALL, MapillaryError, RetryDecision, backoff_delay, url_expires_at,
 };
 use crate::model::Quality;
-use crate::store::{ClaimedImage, DeferPolicy, FailOutcome, FailReason, PauseReason, RetryPolicy};
+use crate::store::{ClaimedImage, DeferPolicy, FailReason, PauseReason};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
@@ -241,7 +241,7 @@ async fn apply_renewal(
             // error of the image (an attempt), never a deletion.
             if let Some(i) = target.claimed {
                 let note = format!("the API's answer for it could not be read: {reason}");
-                fail_attempt(ctx, &claimed[i], &note, now).await?;
+                super::worker::fail_attempt(ctx, &claimed[i], &note, now).await?;
                 settled.settled.push(i);
             }
         } else if let (Some(i), Some(error)) = (target.claimed, failure.as_ref())
@@ -318,7 +318,7 @@ async fn hand_back(
             // A refusal retrying cannot fix (a 4xx that is neither a rate
             // limit nor a missing id): it costs the claim's attempt, so the
             // image ends failed with the reason instead of waiting forever.
-            fail_attempt(ctx, image, &note, now).await?;
+            super::worker::fail_attempt(ctx, image, &note, now).await?;
         }
         _ => {
             let policy = DeferPolicy {
@@ -329,30 +329,6 @@ async fn hand_back(
             let due = ctx.store.defer(&image.lease, &note, policy, now).await?;
             warn!(image = %image.image_id, %error, due_in_ms = due.map(|d| d - now), "URL refresh failed; image deferred");
         }
-    }
-    Ok(())
-}
-
-/// Records a failed attempt of a claimed image whose refresh waiting cannot
-/// fix: back after the backoff, failed for good once its attempts are spent.
-async fn fail_attempt(
-    ctx: &EngineContext,
-    image: &ClaimedImage,
-    note: &str,
-    now: i64,
-) -> anyhow::Result<()> {
-    let delay = backoff_delay(
-        image.lease.attempt as u32,
-        ctx.tuning.backoff_base,
-        ctx.tuning.backoff_cap,
-    );
-    let policy = RetryPolicy {
-        max_attempts: ctx.tuning.max_attempts,
-        retry_at_ms: now + delay.as_millis() as i64,
-    };
-    if ctx.store.fail(&image.lease, note, policy, now).await? == FailOutcome::FailedForGood {
-        crate::metrics::add(&ctx.client.metrics().images_failed, 1);
-        warn!(image = %image.image_id, note, "image failed for good");
     }
     Ok(())
 }

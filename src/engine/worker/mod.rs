@@ -146,6 +146,38 @@ pub async fn fetch(
     }
 }
 
+/// Records a failed attempt (a download's, or a URL refresh's that waiting
+/// cannot fix): back after the backoff, failed for good once the image's
+/// attempts are spent.
+pub(super) async fn fail_attempt(
+    ctx: &EngineContext,
+    image: &ClaimedImage,
+    error: &str,
+    now: i64,
+) -> anyhow::Result<()> {
+    let lease = &image.lease;
+    let delay = backoff_delay(
+        lease.attempt as u32,
+        ctx.tuning.backoff_base,
+        ctx.tuning.backoff_cap,
+    );
+    let policy = RetryPolicy {
+        max_attempts: ctx.tuning.max_attempts,
+        retry_at_ms: now + delay.as_millis() as i64,
+    };
+    match ctx.store.fail(lease, error, policy, now).await? {
+        FailOutcome::FailedForGood => {
+            metrics::add(&ctx.client.metrics().images_failed, 1);
+            warn!(image = %image.image_id, attempt = lease.attempt, error, "image failed for good")
+        }
+        _ => {
+            metrics::add(&ctx.client.metrics().retries, 1);
+            debug!(image = %image.image_id, attempt = lease.attempt, error, ?delay, "image will be retried")
+        }
+    }
+    Ok(())
+}
+
 /// Records an outcome in the store, fenced by this claim's lease.
 pub async fn apply(
     ctx: &EngineContext,
@@ -174,27 +206,7 @@ pub async fn apply(
                 }
             }
         },
-        Outcome::Retry { error } => {
-            let delay = backoff_delay(
-                lease.attempt as u32,
-                ctx.tuning.backoff_base,
-                ctx.tuning.backoff_cap,
-            );
-            let policy = RetryPolicy {
-                max_attempts: ctx.tuning.max_attempts,
-                retry_at_ms: now + delay.as_millis() as i64,
-            };
-            match ctx.store.fail(lease, &error, policy, now).await? {
-                FailOutcome::FailedForGood => {
-                    metrics::add(&ctx.client.metrics().images_failed, 1);
-                    warn!(image = %image.image_id, attempt = lease.attempt, error, "image failed for good")
-                }
-                _ => {
-                    metrics::add(&ctx.client.metrics().retries, 1);
-                    debug!(image = %image.image_id, attempt = lease.attempt, error, ?delay, "image will be retried")
-                }
-            }
-        }
+        Outcome::Retry { error } => fail_attempt(ctx, image, &error, now).await?,
         Outcome::GiveUp { error } => {
             warn!(image = %image.image_id, error, "image failed for good");
             metrics::add(&ctx.client.metrics().images_failed, 1);
