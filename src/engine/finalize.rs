@@ -34,7 +34,14 @@ pub async fn finish_job(ctx: &EngineContext, job_id: i64) -> anyhow::Result<bool
     }
     // `.part` files are removed by every failed write and swept at startup;
     // sweeping here could hit another job's write in the shared folder.
-    let finished = ctx.store.finish_job_if_drained(job_id, now_ms()).await?;
+    let failed_before = ctx
+        .finish_failures
+        .lock()
+        .is_ok_and(|set| set.contains(&job_id));
+    let finished = ctx
+        .store
+        .finish_job_clearing(job_id, now_ms(), failed_before)
+        .await?;
     if finished.is_some() {
         info!(
             job = job_id,

@@ -391,15 +391,28 @@ impl Store {
     /// job can drain before the no-progress pass sees its progress. `None` if
     /// it did not apply.
     pub async fn finish_job_if_drained(&self, id: i64, now_ms: i64) -> StoreResult<Option<Job>> {
+        self.finish_job_clearing(id, now_ms, false).await
+    }
+
+    /// [`Store::finish_job_if_drained`]; with `clear_error`, the job's
+    /// `last_error` (a finishing failure that is now over) goes in the same
+    /// write, so no reader sees the job done with a stale error.
+    pub async fn finish_job_clearing(
+        &self,
+        id: i64,
+        now_ms: i64,
+        clear_error: bool,
+    ) -> StoreResult<Option<Job>> {
         let changed: Option<i64> = sqlx::query_scalar(
             "UPDATE jobs SET state = 'done', stalled_at = NULL, updated_at = ?1, \
-             last_error = CASE WHEN stalled_at IS NULL THEN last_error END, \
+             last_error = CASE WHEN ?3 OR stalled_at IS NOT NULL THEN NULL ELSE last_error END, \
              next_sync_at = CASE WHEN resync_every_ms IS NULL THEN NULL ELSE ?1 + resync_every_ms END \
              WHERE id = ?2 AND state IN ('enumerating', 'downloading') AND enumeration_complete = 1 \
                AND n_pending = 0 AND n_in_progress = 0 RETURNING id",
         )
         .bind(now_ms)
         .bind(id)
+        .bind(clear_error)
         .fetch_optional(self.writer()?)
         .await?;
         self.job_if_changed(changed).await
