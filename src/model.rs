@@ -68,6 +68,7 @@ impl GeoPoint {
 /// holds is the metadata alone, with no copy of the image made to drop them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageMeta {
+    #[serde(deserialize_with = "id_text_or_number")]
     pub id: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub captured_at: Option<i64>,
@@ -107,6 +108,36 @@ pub struct ImageMeta {
     pub thumb_original_url: Option<String>,
     #[serde(flatten, serialize_with = "serialize_without_urls")]
     pub extra: Map<String, Value>,
+}
+
+/// An image id as text; a numeric id (not what the API documents, but cheap
+/// to accept) becomes its decimal text.
+fn id_text_or_number<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<String, D::Error> {
+    struct IdVisitor;
+    impl serde::de::Visitor<'_> for IdVisitor {
+        type Value = String;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an image id (a string or a number)")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_string<E: serde::de::Error>(self, v: String) -> Result<String, E> {
+            Ok(v)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+    }
+    deserializer.deserialize_any(IdVisitor)
 }
 
 /// Writes `extra` without its `*_url` keys: see [`ImageMeta`].

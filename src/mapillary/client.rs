@@ -24,6 +24,7 @@ use reqwest::header::{
 };
 use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,9 @@ use url::Url;
 pub const MAX_IDS_PER_CALL: usize = 50;
 
 const USER_AGENT: &str = concat!("mapillary-downloader/", env!("CARGO_PKG_VERSION"));
+/// The most an API answer's Content-Length may reserve up front (a 2,000-image
+/// page of the fake is 2.1 MB).
+const MAX_PRESIZED_BODY: u64 = 32 << 20;
 
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
@@ -116,9 +120,14 @@ impl std::fmt::Debug for MapillaryClient {
     }
 }
 
+/// An images page, its items left as borrowed raw JSON: each parses straight
+/// into an [`ImageMeta`], so a 2,000-image page never exists as a
+/// `serde_json::Value` tree (~5 KB an image: 10 MB of peak heap a page, where
+/// the body itself is 2.1 MB).
 #[derive(Deserialize)]
-struct PageBody {
-    data: Vec<Value>,
+struct PageBody<'a> {
+    #[serde(borrow)]
+    data: Vec<&'a RawValue>,
     #[serde(default)]
     paging: Option<Paging>,
 }
@@ -275,7 +284,11 @@ impl MapillaryClient {
         let body = self.api_get(target, "images page").await?;
         // Decoding a 2000-image page takes milliseconds of CPU: do it off the
         // async workers so downloads and `/status` never stall behind it.
-        let (page, images, rejected) = tokio::task::spawn_blocking(move || decode_page(&body))
+        let DecodedPage {
+            next,
+            images,
+            rejected,
+        } = tokio::task::spawn_blocking(move || decode_page(&body))
             .await
             .map_err(|e| {
                 MapillaryError::Fatal(format!("decoding an images page panicked: {e}"))
@@ -285,9 +298,7 @@ impl MapillaryClient {
         }
         let skipped = rejected.len();
         let secret = self.inner.token.expose();
-        let next = page
-            .paging
-            .and_then(|p| p.next)
+        let next = next
             .map(|n| strip_secret(n.trim(), secret))
             .filter(|n| !n.is_empty());
         if next.as_deref().is_some_and(|n| mentions_secret(n, secret)) {
@@ -323,7 +334,7 @@ impl MapillaryClient {
             .append_pair("ids", &ids.join(","))
             .append_pair("fields", &IMAGE_FIELDS.join(","));
         let body = self.api_get(target, "ids batch").await?;
-        let objects: HashMap<String, Value> = serde_json::from_slice(&body)
+        let objects: HashMap<String, &RawValue> = serde_json::from_slice(&body)
             .map_err(|e| MapillaryError::Transient(format!("invalid JSON in ids batch: {e}")))?;
         let mut out = ImagesAnswer {
             found: HashMap::with_capacity(objects.len()),
@@ -521,7 +532,13 @@ impl MapillaryClient {
             // `request_timeout`), but once the body flows, a stall is a fault.
             let idle = self.inner.settings.read_idle_timeout;
             let mut response = response;
-            let mut body = Vec::new();
+            // Sized once from Content-Length (bounded: it is the server's
+            // word), not doubled as a multi-megabyte page arrives.
+            let expected = response
+                .content_length()
+                .unwrap_or(0)
+                .min(MAX_PRESIZED_BODY);
+            let mut body = Vec::with_capacity(expected as usize);
             loop {
                 match tokio::time::timeout(idle, response.chunk()).await {
                     Err(_) => {
@@ -589,32 +606,32 @@ fn total_from_content_range(value: &str) -> Option<u64> {
     value.rsplit_once('/')?.1.trim().parse().ok()
 }
 
-/// An image object; a numeric `id` (not what the API documents, but cheap to
-/// accept) becomes the string the rest of the program expects.
-fn parse_image(mut value: Value) -> Result<ImageMeta, String> {
-    if let Some(obj) = value.as_object_mut()
-        && let Some(Value::Number(n)) = obj.get("id")
-    {
-        let id = n.to_string();
-        obj.insert("id".into(), Value::String(id));
-    }
-    let id_hint = value
-        .get("id")
-        .and_then(Value::as_str)
-        .map(|s| s.chars().take(40).collect::<String>())
-        .unwrap_or_default();
-    serde_json::from_value(value).map_err(|e| format!("image {id_hint:?}: {e}"))
+/// An image object. A numeric `id` (not what the API documents, but cheap to
+/// accept) becomes the string the rest of the program expects (see
+/// [`ImageMeta`]); a failure names the id when there is one.
+fn parse_image(raw: &RawValue) -> Result<ImageMeta, String> {
+    serde_json::from_str::<ImageMeta>(raw.get()).map_err(|e| {
+        let id_hint = serde_json::from_str::<Value>(raw.get())
+            .ok()
+            .and_then(|value| match value.get("id")? {
+                Value::String(s) => Some(s.chars().take(40).collect::<String>()),
+                Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        format!("image {id_hint:?}: {e}")
+    })
 }
 
-/// Parses an images page: the page envelope, the images that parse (each
-/// with the JSON the store will keep), and the reasons for the items that do
-/// not (one odd item must not stall a job).
-fn decode_page(body: &[u8]) -> Result<(PageBody, Vec<ListedImage>, Vec<String>), MapillaryError> {
-    let mut page: PageBody = serde_json::from_slice(body)
+/// Parses an images page: its paging, the images that parse (each with the
+/// JSON the store will keep), and the reasons for the items that do not (one
+/// odd item must not stall a job).
+fn decode_page(body: &[u8]) -> Result<DecodedPage, MapillaryError> {
+    let page: PageBody<'_> = serde_json::from_slice(body)
         .map_err(|e| MapillaryError::Transient(format!("invalid JSON in images page: {e}")))?;
     let mut images = Vec::with_capacity(page.data.len());
     let mut rejected = Vec::new();
-    for item in std::mem::take(&mut page.data) {
+    for item in page.data {
         match parse_image(item).and_then(|meta| {
             let id = meta.id.clone();
             ListedImage::new(meta).map_err(|e| format!("image {id:?}: {e}"))
@@ -623,7 +640,19 @@ fn decode_page(body: &[u8]) -> Result<(PageBody, Vec<ListedImage>, Vec<String>),
             Err(reason) => rejected.push(reason),
         }
     }
-    Ok((page, images, rejected))
+    Ok(DecodedPage {
+        next: page.paging.and_then(|p| p.next),
+        images,
+        rejected,
+    })
+}
+
+/// What [`decode_page`] makes of a page's body.
+struct DecodedPage {
+    /// `paging.next` as served (not yet checked for the token).
+    next: Option<String>,
+    images: Vec<ListedImage>,
+    rejected: Vec<String>,
 }
 
 #[cfg(test)]
@@ -639,10 +668,13 @@ mod tests {
 
     #[test]
     fn numeric_ids_become_strings() {
-        let meta = parse_image(serde_json::json!({"id": 123, "captured_at": 5})).unwrap();
+        let raw = |text: &str| RawValue::from_string(text.to_string()).unwrap();
+        let meta = parse_image(&raw(r#"{"id": 123, "captured_at": 5}"#)).unwrap();
         assert_eq!(meta.id, "123");
-        assert!(parse_image(serde_json::json!({"captured_at": 5})).is_err());
-        assert!(parse_image(serde_json::json!("nope")).is_err());
+        assert!(parse_image(&raw(r#"{"captured_at": 5}"#)).is_err());
+        assert!(parse_image(&raw(r#""nope""#)).is_err());
+        let reason = parse_image(&raw(r#"{"id": 77, "captured_at": "x"}"#)).unwrap_err();
+        assert!(reason.starts_with("image \"77\""), "{reason}");
     }
 
     #[test]
