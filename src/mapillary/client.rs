@@ -678,6 +678,36 @@ mod tests {
     }
 
     #[test]
+    fn a_page_keeps_escaped_text_and_skips_only_its_odd_items() {
+        let body = br#"{"data": [
+            {"id": "1", "make": "Ca\"non \u00e9", "creator": {"username": "a\/b"}, "thumb_1024_url": "http://x/1"},
+            {"id": "2", "captured_at": "not a time"},
+            42,
+            {"id": 3, "is_pano": true}
+        ], "paging": {"next": "http://api/next?after=Q"}}"#;
+        let page = decode_page(body).unwrap();
+        let ids: Vec<&str> = page.images.iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(ids, ["1", "3"]);
+        assert_eq!(page.images[0].make.as_deref(), Some("Ca\"non \u{e9}"));
+        assert_eq!(page.images[0].extra["creator"]["username"], "a/b");
+        assert!(
+            !page.images[0].stored.contains("http://x/1"),
+            "URLs are not stored"
+        );
+        assert_eq!(page.rejected.len(), 2, "{:?}", page.rejected);
+        assert!(
+            page.rejected[0].starts_with("image \"2\""),
+            "{:?}",
+            page.rejected
+        );
+        assert_eq!(page.next.as_deref(), Some("http://api/next?after=Q"));
+        assert!(matches!(
+            decode_page(b"{\"data\": [").map(|_| ()),
+            Err(MapillaryError::Transient(_))
+        ));
+    }
+
+    #[test]
     fn expired_and_unusable_urls_never_hit_the_network() {
         assert!(matches!(
             cdn_target("http://cdn.local/img/1/original.jpg?oe=10"),
