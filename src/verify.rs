@@ -77,7 +77,10 @@ impl VerifyReport {
 enum Check {
     Ok,
     /// Fine, and this is its first checksum.
-    Hashed(String),
+    Hashed {
+        sha256: String,
+        bytes: u64,
+    },
     Missing(String),
     Corrupt(String),
 }
@@ -158,10 +161,9 @@ impl Run<'_> {
                 self.report.ok += 1;
                 return Ok(());
             }
-            Check::Hashed(sha256) => {
+            Check::Hashed { sha256, bytes } => {
                 self.report.ok += 1;
                 self.report.hashed += 1;
-                let bytes = row.bytes.unwrap_or(0);
                 self.store
                     .record_checksum(row.row_id, &sha256, bytes)
                     .await?;
@@ -255,13 +257,36 @@ fn check_bytes(data: &[u8], name: &str, row: &StoredCopy) -> Check {
         Some(FileKind::Webp) => image::ImageFormat::WebP,
         None => return Check::Corrupt("neither a .jpg nor a .webp".into()),
     };
-    if let Err(e) = image::load_from_memory_with_format(data, format) {
+    if let Err(e) = decode_check(data, format) {
         return Check::Corrupt(format!("does not decode as {format:?}: {e}"));
     }
     match &row.sha256 {
         Some(_) => Check::Ok,
-        None => Check::Hashed(sha256),
+        None => Check::Hashed {
+            sha256,
+            bytes: data.len() as u64,
+        },
     }
+}
+
+/// Pixels a full decode may allocate (RGBA bytes); above it only the header
+/// is decoded.
+const FULL_DECODE_MAX_BYTES: u64 = 512 << 20;
+
+/// Decodes `data` in full, or only its header when the pixels would need
+/// more than [`FULL_DECODE_MAX_BYTES`]: the image crate's default allocation
+/// limit would otherwise call a large panorama (over ~18,900×9,450) corrupt,
+/// and `--repair` would delete a good file. Its size and SHA-256 still stand
+/// for its bytes.
+fn decode_check(data: &[u8], format: image::ImageFormat) -> image::ImageResult<()> {
+    let header = image::ImageReader::with_format(std::io::Cursor::new(data), format);
+    let (width, height) = header.into_dimensions()?;
+    if u64::from(width) * u64::from(height) * 4 > FULL_DECODE_MAX_BYTES {
+        return Ok(());
+    }
+    let mut reader = image::ImageReader::with_format(std::io::Cursor::new(data), format);
+    reader.no_limits();
+    reader.decode().map(drop)
 }
 
 /// Members read before checking them together: bounds memory (a batch is
@@ -392,4 +417,35 @@ pub fn render(report: &VerifyReport, repair: bool) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 16×16 JPEG whose SOF0 header is made to claim `width`×`height`.
+    fn jpeg_claiming(width: u16, height: u16) -> Vec<u8> {
+        let mut out = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80)
+            .encode(&[128u8; 16 * 16], 16, 16, image::ExtendedColorType::L8)
+            .unwrap();
+        let sof = out.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+        out[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+        out[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+        out
+    }
+
+    #[test]
+    fn a_panorama_too_large_to_decode_in_memory_is_not_called_corrupt() {
+        let jpeg = image::ImageFormat::Jpeg;
+        assert!(decode_check(&jpeg_claiming(16, 16), jpeg).is_ok());
+        // 30,000 × 20,000 gray needs 600 MB of pixels: the image crate's default
+        // limit (512 MiB) refuses it, which verify once reported as damage.
+        let huge = jpeg_claiming(30_000, 20_000);
+        assert!(image::load_from_memory_with_format(&huge, jpeg).is_err());
+        assert!(decode_check(&huge, jpeg).is_ok());
+        // A header that does not parse is still damage.
+        assert!(decode_check(&huge[..huge.len().min(20)], jpeg).is_err());
+        assert!(decode_check(b"not an image", jpeg).is_err());
+    }
 }
