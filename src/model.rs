@@ -149,6 +149,16 @@ fn serialize_without_urls<S: serde::Serializer>(
 }
 
 impl ImageMeta {
+    /// `(lat, lon)` from `computed_geometry`, falling back to `geometry`
+    /// when that is absent or unusable: the position EXIF gets, and the one
+    /// a bbox filter tests, so the two can never disagree.
+    pub fn position(&self) -> Option<(f64, f64)> {
+        self.computed_geometry
+            .as_ref()
+            .and_then(GeoPoint::lat_lon)
+            .or_else(|| self.geometry.as_ref().and_then(GeoPoint::lat_lon))
+    }
+
     /// The CDN URL for `quality`, if the API served one.
     pub fn url_for(&self, quality: Quality) -> Option<&str> {
         match quality {

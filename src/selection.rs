@@ -176,11 +176,7 @@ impl Filters {
     /// panorama flag, `only` (and passes `exclude`).
     pub fn matches(&self, image: &ImageMeta) -> bool {
         if let Some(bbox) = self.bbox {
-            let point = image
-                .computed_geometry
-                .as_ref()
-                .or(image.geometry.as_ref())
-                .and_then(|p| p.lat_lon());
+            let point = image.position();
             if !point.is_some_and(|(lat, lon)| bbox.contains(lat, lon)) {
                 return false;
             }
@@ -660,6 +656,20 @@ mod tests {
         };
         assert!(only.matches(&image(0.0, None, Some(true))));
         assert!(!only.matches(&image(0.0, None, None)));
+        // An unusable computed position falls back to `geometry`, as EXIF
+        // does: the filter tests the position the file is tagged with.
+        let mut odd = image(51.0, Some(1500), Some(false));
+        odd.computed_geometry = Some(GeoPoint {
+            kind: None,
+            coordinates: vec![200.0, 51.0],
+        });
+        assert_eq!(odd.position(), Some((51.0, 13.0)));
+        assert!(f.matches(&odd));
+        odd.computed_geometry = Some(GeoPoint {
+            kind: None,
+            coordinates: vec![13.5, 53.0],
+        });
+        assert!(!f.matches(&odd), "a usable computed position wins");
     }
 
     #[test]

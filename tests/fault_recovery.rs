@@ -490,6 +490,43 @@ async fn a_next_looping_through_empty_pages_ends_the_listing() {
     daemon.stop().await;
 }
 
+/// A listing that opens with empty pages (an API filtering after paging):
+/// each has a `next`, and the data after them is all archived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_pages_with_a_next_do_not_end_the_listing() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("ivy", 600, 66);
+    fake.set_empty_pages_first(3);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(fake.api_url().as_str(), dir.path(), 8, &[]);
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let (_, job) = daemon.post_job(json!({"username": "ivy"})).await;
+    let done = daemon.wait_for_state(job_id(&job), &["done"], LONG).await;
+    assert_eq!(done["counts"]["done"], 600, "{done}");
+    assert!(done["note"].is_null(), "{done}");
+    assert_eq!(listing_calls(&fake), 3 + 600 / 250 + 1);
+    daemon.stop().await;
+}
+
+/// A chain of empty pages whose fresh `next` links never end: the listing
+/// stops after its bound and the job says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_chain_of_empty_pages_ends_with_a_note() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("jay", 50, 67);
+    fake.set_empty_pages_first(u32::MAX);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(fake.api_url().as_str(), dir.path(), 2, &[]);
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let (_, job) = daemon.post_job(json!({"username": "jay"})).await;
+    let done = daemon.wait_for_state(job_id(&job), &["done"], LONG).await;
+    assert_eq!(done["counts"]["discovered"], 0, "{done}");
+    let note = done["note"].as_str().unwrap_or_default();
+    assert!(note.contains("1000 empty pages in a row"), "{done}");
+    assert_eq!(listing_calls(&fake), 1000);
+    daemon.stop().await;
+}
+
 /// Archives 1,500 images at 30 ms CDN latency and returns the time taken.
 async fn archive_with_cdn_faults(faults: Faults) -> Duration {
     let fake = FakeMapillary::start(FakeConfig {

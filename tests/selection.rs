@@ -344,6 +344,55 @@ async fn a_capped_bbox_search_is_split_until_every_one_of_9000_images_is_found()
     daemon.stop().await;
 }
 
+/// A capped bbox page is full even when one of its items does not parse:
+/// the tile is split, and only that one item is missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capped_page_with_an_unreadable_item_still_splits_the_tile() {
+    let fake = FakeMapillary::start(FakeConfig {
+        cap_bbox_searches: true,
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("gil", 400, 108);
+    let inside = Expect {
+        bbox: Some(REGION),
+        since: None,
+        until: None,
+        pano: None,
+    };
+    let expected: Vec<FakeImage> = fake
+        .images("gil")
+        .into_iter()
+        .filter(|m| inside.keeps(m))
+        .collect();
+    assert!(expected.len() > 300, "{}", expected.len());
+    let unreadable = expected[0].id.clone();
+    fake.set_unreadable_in_listings([unreadable.clone()]);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(
+        fake.api_url().as_str(),
+        dir.path(),
+        8,
+        &[("MLD__MAPILLARY__PAGE_SIZE", "100")],
+    );
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let (_, job) = daemon
+        .post_job(json!({"username": "gil", "quality": "256", "bbox": REGION}))
+        .await;
+    let done = daemon.wait_for_state(job_id(&job), &["done"], LONG).await;
+    let expected: Vec<FakeImage> = expected
+        .into_iter()
+        .filter(|m| m.id != unreadable)
+        .collect();
+    assert_eq!(
+        done["counts"]["discovered"].as_u64(),
+        Some(expected.len() as u64),
+        "{done}"
+    );
+    check(&daemon, &fake, "gil", Quality::Q256, &expected);
+    daemon.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn query_timeouts_on_a_third_of_pages_shrink_the_pages_and_end_complete() {
     let fake = FakeMapillary::start(FakeConfig {

@@ -5,7 +5,7 @@ use super::ExifError;
 use super::datetime::{UTC_OFFSET, timestamp_to_exif_datetime};
 use super::segments::MAX_EXIF_TIFF;
 use super::values::{
-    altitude_rational, decimal_to_dms, heading_rational, pick_altitude, pick_heading, pick_position,
+    altitude_rational, decimal_to_dms, heading_rational, pick_altitude, pick_heading,
 };
 use crate::model::ImageMeta;
 use ::exif::experimental::Writer;
@@ -226,7 +226,7 @@ fn fields_from_meta(meta: &ImageMeta, dimensions: Option<(u32, u32)>) -> Vec<Fie
         push(Tag::PixelYDimension, Value::Long(vec![height]));
     }
 
-    if let Some((lat, lon)) = pick_position(meta) {
+    if let Some((lat, lon)) = meta.position() {
         push(
             Tag::GPSLatitudeRef,
             ascii(if lat < 0.0 { "S" } else { "N" }),

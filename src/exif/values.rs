@@ -89,14 +89,6 @@ pub fn normalize_heading(raw: f64) -> Option<f64> {
     Some(if wrapped >= 360.0 { 0.0 } else { wrapped })
 }
 
-/// `(lat, lon)` from `computed_geometry`, falling back to `geometry`.
-pub(crate) fn pick_position(meta: &ImageMeta) -> Option<(f64, f64)> {
-    meta.computed_geometry
-        .as_ref()
-        .and_then(|g| g.lat_lon())
-        .or_else(|| meta.geometry.as_ref().and_then(|g| g.lat_lon()))
-}
-
 /// Metres from `altitude`, falling back to `computed_altitude`.
 ///
 /// An `altitude` that [`normalize_altitude`] rejects counts as missing, so the
@@ -274,13 +266,13 @@ mod tests {
             computed_geometry: Some(point(4.0, 3.0)),
             ..ImageMeta::default()
         };
-        assert_eq!(pick_position(&meta), Some((3.0, 4.0)));
+        assert_eq!(meta.position(), Some((3.0, 4.0)));
         meta.computed_geometry = Some(point(f64::NAN, 3.0));
-        assert_eq!(pick_position(&meta), Some((1.0, 2.0)));
+        assert_eq!(meta.position(), Some((1.0, 2.0)));
         meta.computed_geometry = Some(point(0.0, 0.0));
-        assert_eq!(pick_position(&meta), Some((0.0, 0.0)));
+        assert_eq!(meta.position(), Some((0.0, 0.0)));
         meta.computed_geometry = None;
         meta.geometry = None;
-        assert_eq!(pick_position(&meta), None);
+        assert_eq!(meta.position(), None);
     }
 }

@@ -24,6 +24,14 @@ use tracing::{debug, info, warn};
 
 /// Smallest page size a query timeout may bring a job down to.
 pub const MIN_PAGE_SIZE: u32 = 100;
+
+/// Empty pages in a row, each with a fresh `next`, after which a listing
+/// ends (with a job note). The API says to stop only when `next` is absent,
+/// and one that filters after paging serves runs of empty pages (a `pano`
+/// filter on a big account): the bound is only for a chain of fresh cursors
+/// that never ends. A `next` back to a page already read ends it at once.
+pub const MAX_EMPTY_PAGES_IN_A_ROW: u32 = 1_000;
+
 /// Tiles are not split below about this many degrees a side.
 pub const TILE_FLOOR_DEGREES: f64 = 1e-4;
 
@@ -88,11 +96,22 @@ pub(super) async fn step(
     listing.seen.insert(cursor_of(&url));
     let served = page.images.len();
     let mut next = page.next.as_deref();
-    if next.is_some() && served == 0 && page.skipped == 0 {
-        info!(
-            job = job.id,
-            "an empty page ends the listing, whatever its next link says"
+    // Counts a part's own run: a page with items, or a part's end, resets it.
+    let empty_with_next = served == 0 && page.skipped == 0 && next.is_some();
+    listing.empty_pages = if empty_with_next {
+        listing.empty_pages + 1
+    } else {
+        0
+    };
+    if empty_with_next && listing.empty_pages >= MAX_EMPTY_PAGES_IN_A_ROW {
+        listing.empty_pages = 0;
+        let note = format!(
+            "{MAX_EMPTY_PAGES_IN_A_ROW} empty pages in a row, each with a next link: the listing ends here"
         );
+        warn!(job = job.id, %note);
+        ctx.store
+            .set_job_note(job.id, Some(&note), now_ms())
+            .await?;
         next = None;
     } else if let Some(link) = next
         && listing.seen.contains(&cursor_of(link))
@@ -108,7 +127,8 @@ pub(super) async fn step(
         .into_iter()
         .filter(|image| job.selection.matches(image))
         .collect();
-    let capped = next.is_none() && served as u64 >= u64::from(page_size);
+    // Items that did not parse still filled the page.
+    let capped = next.is_none() && (served + page.skipped) as u64 >= u64::from(page_size);
     let quarters = match tile {
         Some(tile) if capped => split(tile),
         _ => Vec::new(),

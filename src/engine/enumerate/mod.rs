@@ -45,6 +45,8 @@ pub struct Listing {
     /// Cursors of the pages this run fetched: a `next` back to one of them
     /// is a loop, and ends the part.
     seen: HashSet<String>,
+    /// Empty pages in a row that still had a `next`.
+    empty_pages: u32,
 }
 
 /// Fetches and stores one page (or one part) of `job_id`.

@@ -220,7 +220,7 @@ pub(super) async fn api_images(
         },
     };
     let fields = fields_of(&query);
-    let (users, mode, cap, deleted, looping, token_in_next) = {
+    let (users, mode, cap, deleted, looping, token_in_next, empty_first, unreadable) = {
         let s = shared.lock();
         (
             source(&s, &query, &filters),
@@ -229,8 +229,25 @@ pub(super) async fn api_images(
             s.deleted.clone(),
             s.looping_next,
             s.token_in_next,
+            s.empty_pages_first,
+            s.unreadable_in_listings.clone(),
         )
     };
+    // Empty pages before the data: `empty=k` counts them, each `next` distinct.
+    let empty_served = query.get("empty").and_then(|k| k.parse::<u32>().ok());
+    if !query.contains_key("after") && empty_served.unwrap_or(0) < empty_first {
+        let mut next = shared.api_url.join("images").expect("images URL");
+        {
+            let mut q = next.query_pairs_mut();
+            for (key, value) in &query {
+                if key != "empty" && key != "access_token" {
+                    q.append_pair(key, value);
+                }
+            }
+            q.append_pair("empty", &(empty_served.unwrap_or(0) + 1).to_string());
+        }
+        return Json(json!({"data": [], "paging": {"next": next.as_str()}})).into_response();
+    }
     let Some(users) = users else {
         return Json(json!({"data": []})).into_response();
     };
@@ -259,7 +276,11 @@ pub(super) async fn api_images(
         if let Some(m) = listing.get(pos)
             && matches(&m)
         {
-            data.push(shared.render(&m, &fields));
+            let mut item = shared.render(&m, &fields);
+            if unreadable.contains(&m.id) {
+                item["captured_at"] = json!({"unexpected": "object"});
+            }
+            data.push(item);
         }
         pos += 1;
     }

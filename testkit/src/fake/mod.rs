@@ -237,12 +237,18 @@ struct State_ {
     deleted: std::collections::HashSet<String>,
     /// The last page carries a `next` to an empty page whose `next` is itself.
     looping_next: bool,
+    /// A listing opens with this many empty pages, each with a `next` to
+    /// the following one (an API that filters after paging does this).
+    empty_pages_first: u32,
     /// Every `GET /?ids=` answers 400 code 100 (no subcode): a refusal that
     /// is neither a rate limit nor a missing id, so retrying cannot help.
     refuse_ids_calls: bool,
     /// Ids whose object in a `?ids=` answer carries a `captured_at` of the
     /// wrong type: an answer that has the image but cannot be read.
     unreadable_in_ids: std::collections::HashSet<String>,
+    /// Ids whose item in `/images` pages carries a `captured_at` of the
+    /// wrong type: a listing item the client must skip.
+    unreadable_in_listings: std::collections::HashSet<String>,
     /// Images deleted the moment a listing page has shown them: they are
     /// discovered, then gone when their download or URL refresh comes.
     delete_when_listed: std::collections::HashSet<String>,
@@ -416,8 +422,10 @@ impl FakeMapillary {
                 token_on_cdn: false,
                 deleted: Default::default(),
                 looping_next: false,
+                empty_pages_first: 0,
                 refuse_ids_calls: false,
                 unreadable_in_ids: Default::default(),
+                unreadable_in_listings: Default::default(),
                 delete_when_listed: Default::default(),
                 image_faults: HashMap::new(),
                 started: VecDeque::new(),
@@ -544,10 +552,22 @@ impl FakeMapillary {
         self.shared.lock().unreadable_in_ids = ids.into_iter().map(Into::into).collect();
     }
 
+    /// Makes the `/images` item of each of `ids` unreadable (its
+    /// `captured_at` an object), or readable again with an empty list.
+    pub fn set_unreadable_in_listings<I: IntoIterator<Item = S>, S: Into<String>>(&self, ids: I) {
+        self.shared.lock().unreadable_in_listings = ids.into_iter().map(Into::into).collect();
+    }
+
     /// Makes every user's last page carry a `next` to an empty page whose
     /// own `next` points back at itself (a Graph API habit).
     pub fn set_looping_next(&self, on: bool) {
         self.shared.lock().looping_next = on;
+    }
+
+    /// Makes every listing open with `pages` empty pages, each with a
+    /// distinct `next` to the following one; `u32::MAX` never gets to the data.
+    pub fn set_empty_pages_first(&self, pages: u32) {
+        self.shared.lock().empty_pages_first = pages;
     }
 
     /// Queues answers for the next CDN requests of one image, in order.
