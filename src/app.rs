@@ -61,6 +61,10 @@ pub async fn engine_context(settings: &Settings, token: Secret) -> anyhow::Resul
                 settings.database_path().display()
             )
         })?;
+    store
+        .rebase_archive(&settings.archive_dir())
+        .await
+        .context("rebasing stored image paths onto the archive directory")?;
     let client = MapillaryClient::new(client_settings(settings)?, token)?;
     Ok(EngineContext::new(
         Arc::new(store),

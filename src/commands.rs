@@ -169,6 +169,10 @@ async fn verify(config_file: Option<PathBuf>, args: VerifyArgs) -> Result<ExitCo
         .await
         .map(std::sync::Arc::new)
         .map_err(|e| usage_error(format!("cannot open {}: {e}", database.display())))?;
+    store
+        .rebase_archive(&settings.archive_dir())
+        .await
+        .map_err(|e| runtime_error(e.into()))?;
     let total = match store.done_rows(args.job).await {
         Ok(total) => total,
         Err(e @ StoreError::NoSuchJob(_)) => return Err(usage_error(e)),

@@ -321,6 +321,12 @@ impl Settings {
             reason,
         };
         settings.validate().map_err(invalid)?;
+        // Every image row stores its full path: one spelling per directory
+        // (`./d`, `d/`, `/home/u/d` and a symlink to it alike) keeps those
+        // paths comparable; see `Store::rebase_archive`.
+        let absolute = std::path::absolute(&settings.storage.data_dir)
+            .map_err(|e| invalid(("storage.data_dir", format!("cannot make it absolute: {e}"))))?;
+        settings.storage.data_dir = std::fs::canonicalize(&absolute).unwrap_or(absolute);
         settings.api.token = settings.api_token_from_file().map_err(invalid)?;
         Ok(settings)
     }

@@ -489,6 +489,56 @@ fn verify_json(data: &Path, args: &[&str]) -> (i32, Value) {
     (code, report)
 }
 
+/// A data dir moved elsewhere (or opened under another spelling) keeps its
+/// archive: stored paths are rebased at open, so `verify` passes where it
+/// once called every file missing, and a tar job packs the loose files an
+/// earlier job left in the collection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_moved_data_dir_verifies_clean_and_packs_what_it_holds() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("moe", 50, 25);
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first");
+    let settings = test_settings(fake.api_url().as_str(), &first, 4, &[]);
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let (_, loose) = daemon
+        .post_job(json!({"username": "moe", "quality": "256"}))
+        .await;
+    daemon.wait_for_state(job_id(&loose), &["done"], LONG).await;
+    daemon.stop().await;
+
+    let moved = dir.path().join("moved");
+    std::fs::rename(&first, &moved).unwrap();
+    let (code, report) = verify_json(&moved, &[]);
+    assert_eq!(
+        (code, report["checked"].as_u64(), report["ok"].as_u64()),
+        (0, Some(50), Some(50)),
+        "{report:#}"
+    );
+
+    let settings = test_settings(fake.api_url().as_str(), &moved, 4, &[]);
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let (_, packed) = daemon
+        .post_job(json!({"username": "moe", "quality": "256", "package": "tar"}))
+        .await;
+    let done = daemon
+        .wait_for_state(job_id(&packed), &["done"], LONG)
+        .await;
+    assert_eq!(done["counts"]["done"], 50, "{done}");
+    assert!(done["last_error"].is_null(), "{done}");
+    daemon.stop().await;
+    let moes = collection_dir(&moved.join("archive"), "moe", Quality::Q256);
+    let files = files_under(&moes);
+    assert!(files.iter().any(|f| f.ends_with(".tar")), "{files:?}");
+    let loose: Vec<_> = files
+        .iter()
+        .filter(|f| f.contains('/') && f.ends_with(".jpg"))
+        .collect();
+    assert!(loose.is_empty(), "loose files left: {loose:?}");
+    let (code, report) = verify_json(&moved, &[]);
+    assert_eq!((code, report["ok"].as_u64()), (0, Some(100)), "{report:#}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn verify_finds_deleted_flipped_truncated_and_replaced_files_and_repair_heals_them() {
     let fake = FakeMapillary::start(FakeConfig::default()).await;

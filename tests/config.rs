@@ -17,7 +17,11 @@ fn defaults_load_without_any_file_on_disk() {
     let s = Settings::load_from(&FlagOverrides::default(), &env(&[])).unwrap();
     assert_eq!(s.mapillary.url, "https://graph.mapillary.com");
     assert_eq!(s.mapillary.page_size, 2000);
-    assert_eq!(s.storage.data_dir, PathBuf::from("./mapillary-data"));
+    // `./mapillary-data`, made absolute: stored image paths need one spelling.
+    assert_eq!(
+        s.storage.data_dir,
+        std::env::current_dir().unwrap().join("mapillary-data")
+    );
     assert_eq!(s.api.listen, "127.0.0.1:8080");
     assert!(s.api_token().is_none());
 }

@@ -12,7 +12,8 @@
 //! the job rows, [`ingest`] writes enumeration pages, [`queue`] is the work
 //! queue (claim, complete, fail, release, defer), [`images`] reads image rows
 //! back, [`archives`] tracks tar packings, adoptable copies and `verify`'s
-//! rows, and [`stalls`] finds jobs that stopped making progress.
+//! rows, [`rebase`] keeps stored paths on the archive directory as opened,
+//! and [`stalls`] finds jobs that stopped making progress.
 //!
 //! Per-job counts are columns on the job row kept by SQLite triggers on
 //! `images` (see `migrations/`), so `/status` reads O(jobs) rows
@@ -24,6 +25,7 @@ mod ingest;
 mod jobs;
 mod parts;
 mod queue;
+mod rebase;
 mod stalls;
 
 pub use connection::{Durability, StoreOptions};

@@ -1,0 +1,108 @@
+//! Image rows store full paths. The database lives in the data dir, so the
+//! archive it describes is always `<data dir>/archive` as opened now: when
+//! that differs from the root the rows begin with (the data dir was given
+//! under another spelling, was relative before, or was moved), the paths are
+//! rebased once, in one transaction, before anything reads them.
+
+use super::{Store, StoreError, StoreResult};
+use sqlx::Row;
+use std::path::Path;
+
+/// Distinct old roots one open rebases at most (a database written under
+/// more spellings than this keeps the rest, which `verify` then reports).
+const MAX_OLD_ROOTS: usize = 16;
+
+impl Store {
+    /// Makes every image path begin with `archive_dir`. Returns how many
+    /// rows were rewritten. A no-op (one read) once the root is recorded.
+    pub async fn rebase_archive(&self, archive_dir: &Path) -> StoreResult<u64> {
+        let root = archive_dir
+            .to_str()
+            .ok_or_else(|| {
+                StoreError::Invalid(format!(
+                    "the archive directory {} is not UTF-8",
+                    archive_dir.display()
+                ))
+            })?
+            .trim_end_matches('/')
+            .to_string();
+        let mut tx = self.writer()?.begin().await?;
+        let recorded: Option<String> =
+            sqlx::query_scalar("SELECT value FROM store_facts WHERE key = 'archive_root'")
+                .fetch_optional(&mut *tx)
+                .await?;
+        if recorded.as_deref() == Some(root.as_str()) {
+            return Ok(0);
+        }
+        let mut rewritten = 0;
+        for _ in 0..MAX_OLD_ROOTS {
+            // A full scan, run only when the root changed.
+            let stray = sqlx::query(
+                "SELECT path FROM images WHERE path IS NOT NULL \
+                   AND substr(path, 1, length(?1) + 1) <> ?1 || '/' LIMIT 1",
+            )
+            .bind(&root)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(stray) = stray else { break };
+            let path: String = stray.try_get("path")?;
+            let Some(old) = old_root_of(&path) else {
+                tracing::warn!(%path, "an image path outside any archive layout; left as it is");
+                break;
+            };
+            let result = sqlx::query(
+                "UPDATE images SET path = ?2 || substr(path, length(?1) + 1) \
+                 WHERE substr(path, 1, length(?1) + 1) = ?1 || '/'",
+            )
+            .bind(old)
+            .bind(&root)
+            .execute(&mut *tx)
+            .await?;
+            tracing::info!(from = old, to = %root, rows = result.rows_affected(), "image paths rebased onto the archive directory");
+            rewritten += result.rows_affected();
+        }
+        sqlx::query(
+            "INSERT INTO store_facts (key, value) VALUES ('archive_root', ?1) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        )
+        .bind(&root)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rewritten)
+    }
+}
+
+/// The archive directory a stored path was written under: everything before
+/// its last `archive/mapillary-…` (the collection folders' parent).
+fn old_root_of(path: &str) -> Option<&str> {
+    const MARK: &str = "archive/mapillary-";
+    let at = path.rfind(MARK)?;
+    if at > 0 && !path[..at].ends_with('/') {
+        return None;
+    }
+    Some(&path[..at + "archive".len()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::old_root_of;
+
+    #[test]
+    fn old_roots_are_the_collections_parent() {
+        assert_eq!(
+            old_root_of("./mapillary-data/archive/mapillary-alice-2048/2024-01-02/1.jpg"),
+            Some("./mapillary-data/archive")
+        );
+        assert_eq!(
+            old_root_of("archive/mapillary-a-256/unknown-date/1.jpg"),
+            Some("archive")
+        );
+        assert_eq!(
+            old_root_of("/data/archive/mapillary-old/archive/mapillary-b-1024/2024-01-02/1.jpg"),
+            Some("/data/archive/mapillary-old/archive")
+        );
+        assert_eq!(old_root_of("/srv/myarchive/mapillary-b-1024/x.jpg"), None);
+        assert_eq!(old_root_of("/srv/other/x.jpg"), None);
+    }
+}
