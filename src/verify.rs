@@ -101,6 +101,7 @@ pub async fn verify(
         store,
         options,
         report: VerifyReport::default(),
+        requeued_rows: Default::default(),
     };
     let mut after = 0;
     loop {
@@ -145,6 +146,8 @@ struct Run<'a> {
     store: &'a Store,
     options: &'a VerifyOptions,
     report: VerifyReport,
+    /// Rows re-queued with a damaged copy they shared with another row.
+    requeued_rows: std::collections::HashSet<i64>,
 }
 
 impl Run<'_> {
@@ -156,6 +159,10 @@ impl Run<'_> {
         loose: bool,
     ) -> anyhow::Result<()> {
         self.report.checked += 1;
+        if self.requeued_rows.contains(&row.row_id) {
+            // Its copy was found damaged under another row, and repaired.
+            return Ok(());
+        }
         let (kind, detail) = match check {
             Check::Ok => {
                 self.report.ok += 1;
@@ -176,7 +183,27 @@ impl Run<'_> {
             ProblemKind::Missing => self.report.missing += 1,
             ProblemKind::Corrupt => self.report.corrupt += 1,
         }
-        if self.options.repair {
+        let mut detail = detail;
+        let sharers = if self.options.repair {
+            self.store.copy_sharers(row.row_id).await?
+        } else {
+            Vec::new()
+        };
+        let requeue: Vec<i64> = sharers
+            .iter()
+            .filter(|(_, cancelled)| !cancelled)
+            .map(|(row_id, _)| *row_id)
+            .collect();
+        if self.options.repair && sharers.is_empty() {
+            detail.push_str("; no longer done: left as it is");
+        } else if self.options.repair && requeue.is_empty() {
+            // Re-queued, it would wait forever behind its cancelled job, and
+            // the next verify (done rows only) would pass without it.
+            detail.push_str(&format!(
+                "; not repaired: job {} is cancelled (its files are kept as they are)",
+                row.job_id
+            ));
+        } else if self.options.repair {
             if loose && kind == ProblemKind::Corrupt {
                 match std::fs::remove_file(&row.path) {
                     Ok(()) => {}
@@ -193,8 +220,9 @@ impl Run<'_> {
             );
             self.report.requeued += self
                 .store
-                .requeue_images(&[row.row_id], &reason, now_ms())
+                .requeue_images(&requeue, &reason, now_ms())
                 .await?;
+            self.requeued_rows.extend(requeue);
         }
         if self.report.problems.len() < LISTED_PROBLEMS {
             self.report.problems.push(Problem {

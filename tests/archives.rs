@@ -12,7 +12,7 @@ use mld_testkit::archive_check::{check_collection, collection_dir, image_path, m
 use mld_testkit::fake::{DEFAULT_TOKEN, FakeConfig, FakeImage, FakeMapillary, Quality};
 use mld_testkit::tar_check::{self, TarEntry, files_under};
 use mld_testkit::tmpfs::{Tmpfs, df};
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{Map, Value, json};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -680,6 +680,114 @@ async fn verify_finds_deleted_flipped_truncated_and_replaced_files_and_repair_he
     assert!(err.contains("no database"), "{err}");
     pool.close().await;
     daemon.stop().await;
+}
+
+/// Flips a byte in the middle of the first `.jpg` member's data of `tar`.
+fn damage_first_member(tar: &Path) {
+    let mut bytes = std::fs::read(tar).unwrap();
+    let mut at = 0;
+    while at + 512 <= bytes.len() {
+        let header = &bytes[at..at + 512];
+        let name = String::from_utf8_lossy(&header[..100])
+            .trim_end_matches('\0')
+            .to_string();
+        let size_text = String::from_utf8_lossy(&header[124..136]);
+        let size = u64::from_str_radix(size_text.trim_matches(|c: char| c == '\0' || c == ' '), 8)
+            .unwrap_or(0) as usize;
+        if name.ends_with(".jpg") {
+            bytes[at + 512 + size / 2] ^= 0x40;
+            std::fs::write(tar, bytes).unwrap();
+            return;
+        }
+        at += 512 + size.div_ceil(512) * 512;
+    }
+    panic!("no .jpg member in {}", tar.display());
+}
+
+/// Two jobs whose rows share one tar member: `verify --repair` sends both
+/// back (one left done would hand the damaged member to the other as its
+/// copy, for ever), and the run that follows makes verify pass. A cancelled
+/// job's damaged file is reported, neither deleted nor re-queued (it would
+/// wait behind its cancelled job for ever, and the next verify pass).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repair_heals_a_member_two_jobs_share_and_leaves_a_cancelled_jobs_file_alone() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("sal", 30, 26);
+    fake.add_user("cyd", 10, 27);
+    let q = Quality::Q256;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_path_buf();
+    let daemon = TestDaemon::start(
+        test_settings(fake.api_url().as_str(), &data, 4, &[]),
+        DEFAULT_TOKEN,
+    )
+    .await;
+    let (_, a) = daemon
+        .post_job(json!({"username": "sal", "quality": "256", "package": "tar"}))
+        .await;
+    daemon.wait_for_state(job_id(&a), &["done"], LONG).await;
+    let (_, b) = daemon
+        .post_job(
+            json!({"username": "sal", "quality": "256", "package": "tar",
+                          "end_captured_at": "2100-01-01"}),
+        )
+        .await;
+    let (_, c) = daemon
+        .post_job(json!({"username": "cyd", "quality": "256"}))
+        .await;
+    daemon.wait_for_state(job_id(&b), &["done"], LONG).await;
+    daemon.wait_for_state(job_id(&c), &["done"], LONG).await;
+    let (status, _) = daemon
+        .request(Method::DELETE, &format!("/jobs/{}", job_id(&c)), None)
+        .await;
+    assert!(status.is_success(), "{status}");
+    daemon.stop().await;
+
+    let sals = collection_dir(&data.join("archive"), "sal", q);
+    let tars: Vec<String> = files_under(&sals)
+        .into_iter()
+        .filter(|f| f.ends_with(".tar"))
+        .collect();
+    damage_first_member(&sals.join(&tars[0]));
+    let cyd = fake.images("cyd");
+    let cyd_file = image_path(&collection_dir(&data.join("archive"), "cyd", q), &cyd[0]);
+    let mut bytes = std::fs::read(&cyd_file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(&cyd_file, &bytes).unwrap();
+
+    let (code, report) = verify_json(&data, &["--repair"]);
+    assert_eq!(code, 1, "{report:#}");
+    assert_eq!(report["corrupt"], 2, "one per damaged copy: {report:#}");
+    assert_eq!(report["requeued"], 2, "both rows of the member: {report:#}");
+    assert_eq!(std::fs::read(&cyd_file).unwrap(), bytes, "kept as it is");
+    let cancelled = format!("not repaired: job {} is cancelled", job_id(&c));
+    assert!(
+        report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&cancelled)),
+        "{report:#}"
+    );
+
+    let daemon = TestDaemon::start(
+        test_settings(fake.api_url().as_str(), &data, 4, &[]),
+        DEFAULT_TOKEN,
+    )
+    .await;
+    for job in [&a, &b] {
+        let done = daemon.wait_for_state(job_id(job), &["done"], LONG).await;
+        assert_eq!(done["counts"]["done"], 30, "{done}");
+    }
+    daemon.stop().await;
+    for job in [&a, &b] {
+        let (code, report) = verify_json(&data, &["--job", &job_id(job).to_string()]);
+        assert_eq!((code, report["ok"].as_u64()), (0, Some(30)), "{report:#}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

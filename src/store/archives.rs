@@ -434,10 +434,32 @@ impl Store {
         Ok(())
     }
 
-    /// Sends done images back to the queue to be archived again (their file
+    /// Done rows that share row `row_id`'s copy (same collection, image,
+    /// path and packing: one loose file or one tar member), with whether
+    /// each one's job was cancelled.
+    pub async fn copy_sharers(&self, row_id: i64) -> StoreResult<Vec<(i64, bool)>> {
+        let rows = sqlx::query(
+            "SELECT s.rowid AS row_id, j.state = 'cancelled' AS cancelled \
+             FROM images r \
+             JOIN images s INDEXED BY images_copies \
+               ON s.collection = r.collection AND s.image_id = r.image_id AND s.state = 'done' \
+             JOIN jobs j ON j.id = s.job_id \
+             WHERE r.rowid = ?1 AND s.path = r.path AND s.packing_id IS r.packing_id",
+        )
+        .bind(row_id)
+        .fetch_all(self.writer()?)
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("row_id")?, row.try_get("cancelled")?)))
+            .collect()
+    }
+
+    /// Sends done images back to the queue to be archived again (their copy
     /// is missing or corrupt), and reopens their finished jobs so a daemon,
-    /// or the next `download`, fetches them. `reason` becomes their
-    /// `last_error`. Returns how many rows changed.
+    /// or the next `download`, fetches them. Every row sharing the copy must
+    /// go together: one left `done` would hand the damaged copy back to the
+    /// others as theirs. `reason` becomes their `last_error`. Returns how
+    /// many rows changed.
     pub async fn requeue_images(
         &self,
         row_ids: &[i64],
