@@ -870,6 +870,98 @@ async fn two_jobs_with_the_same_image_are_independent() {
     assert_eq!(counts(s, got[0].job_id).await.in_progress, 1);
 }
 
+/// Two jobs of one collection completing the same image at the same loose
+/// path: the file is the last writer's, so every done row at that path
+/// takes its checksum and size (and the job counters follow).
+#[tokio::test]
+async fn rows_sharing_a_loose_file_take_the_last_writers_checksum() {
+    let f = fixture().await;
+    let s = &f.store;
+    let a = active_job(s, "alice").await;
+    let b = s
+        .create_job(
+            "alice",
+            Quality::Original,
+            Bbox::new(-1.0, -1.0, 1.0, 1.0).ok(),
+            0,
+        )
+        .await
+        .unwrap()
+        .id;
+    s.set_job_state(b, JobState::Downloading, None, 0)
+        .await
+        .unwrap();
+    s.insert_page(a, &metas([42, 43]), None, 0).await.unwrap();
+    s.insert_page(b, &metas([42]), None, 0).await.unwrap();
+    let pool = raw(&f.path).await;
+    let row_of = |job: i64, image: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT rowid FROM images WHERE job_id = ? AND image_id = ?",
+            )
+            .bind(job)
+            .bind(image)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let claimed = s.claim_as("w", 10, LEASE, 0).await.unwrap();
+    let claimed_b = s.claim_as("w", 10, LEASE, 0).await.unwrap();
+    let all: Vec<&ClaimedImage> = claimed.iter().chain(claimed_b.iter()).collect();
+    assert_eq!(all.len(), 3);
+    let (a42, a43, b42) = (
+        row_of(a, "42").await,
+        row_of(a, "43").await,
+        row_of(b, "42").await,
+    );
+    let file = |bytes: u64, sha: &str| ArchivedFile {
+        sha256: Some(sha.into()),
+        ..ArchivedFile::loose("/x/mapillary-alice-original/d/42.jpg", bytes, None)
+    };
+    assert!(
+        s.complete(&lease(a42, "w", 1), &file(100, "aaa"), 1)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.complete(
+            &lease(a43, "w", 1),
+            &ArchivedFile::loose(
+                "/x/mapillary-alice-original/d/43.jpg",
+                7,
+                Some("ccc".into())
+            ),
+            1
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        s.complete(&lease(b42, "w", 1), &file(120, "bbb"), 2)
+            .await
+            .unwrap()
+    );
+    let rows: Vec<(i64, String, i64)> =
+        sqlx::query_as("SELECT job_id, sha256, bytes FROM images ORDER BY job_id, image_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        rows,
+        [
+            (a, "bbb".to_string(), 120),
+            (a, "ccc".to_string(), 7),
+            (b, "bbb".to_string(), 120)
+        ]
+    );
+    let (counted, bytes) = group_by_counts(&pool, a).await;
+    let job = s.find_job(a).await.unwrap().unwrap();
+    assert_eq!((job.counts, job.bytes_done), (counted, bytes));
+    assert_eq!(bytes, 127);
+}
+
 #[tokio::test]
 async fn finished_images_page_by_capture_time_with_missing_times_last() {
     let f = fixture().await;

@@ -17,7 +17,9 @@
 //!
 //! Per-job counts are columns on the job row kept by SQLite triggers on
 //! `images` (see `migrations/`), so `/status` reads O(jobs) rows
-//! however many images exist, and no statement can make them drift.
+//! however many images exist, and no statement can make them drift. One more
+//! trigger (`images_share_loose_copy`) gives a completed loose file's
+//! checksum to the other done rows at its path: one file, one checksum.
 
 mod connection;
 mod images;
