@@ -192,6 +192,50 @@ fn too_wide_jpeg() -> Vec<u8> {
     out.into_inner()
 }
 
+/// A whole 16×16 JPEG whose frame header claims 30,000×20,000 pixels: too
+/// large for the image crate's default decode limit (512 MiB).
+fn jpeg_claiming_30000_by_20000() -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80)
+        .encode(&[128u8; 16 * 16], 16, 16, image::ExtendedColorType::L8)
+        .unwrap();
+    let sof = out.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
+    out[sof + 5..sof + 7].copy_from_slice(&20_000u16.to_be_bytes());
+    out[sof + 7..sof + 9].copy_from_slice(&30_000u16.to_be_bytes());
+    out
+}
+
+/// The item thumbnail comes from the first image that can serve: a first
+/// image too large to decode in memory gives way to the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_first_image_too_large_to_decode_gives_the_thumbnail_to_the_next() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("tia", 6, 28);
+    let first = fake
+        .images("tia")
+        .into_iter()
+        .filter(|m| m.captured_at.is_some())
+        .min_by_key(|m| m.captured_at)
+        .unwrap();
+    fake.set_body(&first.id, jpeg_claiming_30000_by_20000());
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = TestDaemon::start(
+        test_settings(fake.api_url().as_str(), dir.path(), 2, &[]),
+        DEFAULT_TOKEN,
+    )
+    .await;
+    let (_, job) = daemon
+        .post_job(json!({"username": "tia", "quality": "256", "package": "tar"}))
+        .await;
+    let done = daemon.wait_for_state(job_id(&job), &["done"], LONG).await;
+    assert_eq!(done["counts"]["done"], 6, "{done}");
+    let tias = collection_dir(daemon.archive_dir(), "tia", Quality::Q256);
+    let thumb =
+        image::load_from_memory(&std::fs::read(tias.join("__ia_thumb__.jpg")).unwrap()).unwrap();
+    assert!(thumb.width() <= 256 && thumb.height() <= 256);
+    daemon.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn webp_and_jpeg_jobs_side_by_side_then_packed_for_the_internet_archive() {
     let fake = FakeMapillary::start(FakeConfig::default()).await;

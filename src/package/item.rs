@@ -1,6 +1,6 @@
 //! The Internet Archive item files of a packed collection, as the Python
 //! tool writes them so its upload tools work on our output:
-//! `__ia_thumb__.jpg` (the collection's first image, at most 256×256) and
+//! `__ia_thumb__.jpg` (the collection's first image that decodes, at most 256×256) and
 //! `.meta/<tag>/<n>` (one value per file, no trailing newline).
 //!
 //! Where we differ on purpose: dates are UTC (the date folders are too, the
@@ -23,8 +23,13 @@ pub const META_DIR: &str = ".meta";
 /// The thumbnail's bound, each side.
 const THUMB_SIDE: u32 = 256;
 
+/// Images tried, in capture order, for the thumbnail.
+const THUMB_CANDIDATES: u32 = 16;
+
 /// Writes `__ia_thumb__.jpg` from the collection's first image (by capture
-/// time), unless it exists: a re-sync keeps the item's face.
+/// time), unless it exists: a re-sync keeps the item's face. An image that
+/// cannot serve (its file unreadable, or too large to decode in memory)
+/// gives way to the next one.
 pub async fn write_thumbnail(
     store: &Arc<Store>,
     folder: &Path,
@@ -34,28 +39,41 @@ pub async fn write_thumbnail(
     if tokio::fs::try_exists(&target).await? {
         return Ok(());
     }
-    let Some(first) = store.collection_images(collection, None, 1).await?.pop() else {
+    let candidates = store
+        .collection_images(collection, None, THUMB_CANDIDATES)
+        .await?;
+    let mut reasons = Vec::new();
+    for image in candidates {
+        let id = image.meta.id.clone();
+        let Some(bytes) = read_archived(store, folder, collection, &id, &image.path).await? else {
+            reasons.push(format!(
+                "image {id}: its file is neither loose nor in a tar"
+            ));
+            continue;
+        };
+        let target = target.clone();
+        let made = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let thumb = thumbnail(&bytes)?;
+            archive::write_atomically(&target, |out| out.write_all(&thumb))?;
+            Ok(())
+        })
+        .await?;
+        match made {
+            Ok(()) => return Ok(()),
+            Err(e) => reasons.push(format!("image {id}: {e:#}")),
+        }
+    }
+    if reasons.is_empty() {
         return Ok(());
-    };
-    let Some(bytes) = read_archived(store, folder, collection, &first.meta.id, &first.path).await?
-    else {
-        anyhow::bail!(
-            "cannot make {THUMB_FILE}: the file of image {} is neither loose nor in a tar",
-            first.meta.id
-        );
-    };
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let thumb = thumbnail(&bytes)?;
-        archive::write_atomically(&target, |out| out.write_all(&thumb))?;
-        Ok(())
-    })
-    .await??;
-    Ok(())
+    }
+    anyhow::bail!("cannot make {THUMB_FILE}: {}", reasons.join("; "))
 }
 
 /// A JPEG of `image` (JPEG or WebP) fitting in 256×256, aspect kept, never
 /// enlarged; quality 75, like Pillow's default.
 pub fn thumbnail(image: &[u8]) -> anyhow::Result<Vec<u8>> {
+    // The image crate's default limit (512 MiB of pixels) refuses a very
+    // large panorama: the caller then takes the next image.
     let decoded = image::load_from_memory(image)?;
     let small = if decoded.width() > THUMB_SIDE || decoded.height() > THUMB_SIDE {
         decoded.thumbnail(THUMB_SIDE, THUMB_SIDE)
