@@ -223,6 +223,38 @@ async fn missing_or_mismatched_loose_files_stay_out_of_the_tar_and_are_queued_ag
     store.close().await;
 }
 
+/// A date whose loose files are all gone gets no tar (not an empty one):
+/// its images are queued again, and once fetched they take the date's
+/// first tar name.
+#[tokio::test]
+async fn a_date_whose_files_all_vanished_gets_no_empty_tar() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let collection = archive.join(COLLECTION);
+    let store = open(dir.path()).await;
+    let job = archived_job(&store, &archive).await;
+    std::fs::remove_dir_all(collection.join("2024-01-03")).unwrap();
+
+    let report = package::pack_collection(&store, &archive, COLLECTION, 0)
+        .await
+        .unwrap();
+    assert_eq!(report.tars, ["2024-01-02.tar"]);
+    assert_eq!((report.members, report.requeued), (20, 20));
+    assert!(!collection.join("2024-01-03.tar").exists());
+    let job_row = store.find_job(job).await.unwrap().unwrap();
+    assert_eq!((job_row.counts.done, job_row.counts.pending), (20, 20));
+    assert_eq!(store.tar_names(COLLECTION).await.unwrap().len(), 1);
+
+    complete_all(&store, &archive, mapillary_downloader::clock::now_ms() + 1).await;
+    let report = package::pack_collection(&store, &archive, COLLECTION, 0)
+        .await
+        .unwrap();
+    assert_eq!(report.tars, ["2024-01-03.tar"]);
+    assert_eq!(report.members, 20);
+    assert!(loose_files(&collection).is_empty());
+    store.close().await;
+}
+
 #[tokio::test]
 async fn a_copy_completed_after_its_date_was_packed_joins_the_tar() {
     let dir = tempfile::tempdir().unwrap();

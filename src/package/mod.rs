@@ -85,6 +85,9 @@ pub enum PackStep {
     Written(Packing, TarWritten),
     /// The loose files it replaced are gone.
     Cleaned(Packing),
+    /// None of its images' loose files could go in: no tar, the packing is
+    /// dropped and the images are queued again.
+    Emptied(Packing, TarWritten),
     /// Every done image of the collection is in a finished tar.
     Idle,
 }
@@ -108,14 +111,20 @@ pub async fn pack_collection(
                 report.tars.push(packing.tar_name);
                 report.members += written.members;
                 report.bytes += written.bytes;
-                report.requeued += written
-                    .dropped
-                    .iter()
-                    .map(|(rows, _)| rows.len() as u64)
-                    .sum::<u64>();
+                report.requeued += dropped_rows(&written);
             }
+            PackStep::Emptied(_, written) => report.requeued += dropped_rows(&written),
         }
     }
+}
+
+/// Rows a tar left out and sent back to the queue.
+fn dropped_rows(written: &TarWritten) -> u64 {
+    written
+        .dropped
+        .iter()
+        .map(|(rows, _)| rows.len() as u64)
+        .sum()
 }
 
 /// Moves `collection`'s packing work one state on: the oldest unfinished
@@ -209,10 +218,20 @@ async fn write(
     let written =
         tokio::task::spawn_blocking(move || write_tar(&store_in, &handle, &folder_in, &packing_in))
             .await??;
+    if written.members == 0 {
+        // Every file it planned was gone or damaged: no empty tar in the item.
+        let tar = folder.join(&packing.tar_name);
+        tokio::task::spawn_blocking(move || archive::remove_if_present(&tar)).await??;
+        store
+            .abandon_empty_packing(&packing, &written, now_ms())
+            .await?;
+        warn!(tar = %packing.tar_name, "every image planned for the tar had lost its loose file; queued them again, no tar");
+        return Ok(PackStep::Emptied(packing, written));
+    }
     store
         .mark_packing_written(&packing, &written, now_ms())
         .await?;
-    let dropped: usize = written.dropped.iter().map(|(rows, _)| rows.len()).sum();
+    let dropped = dropped_rows(&written);
     if dropped > 0 {
         warn!(tar = %packing.tar_name, images = dropped, "left images out of the tar and queued them again");
     }

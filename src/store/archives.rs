@@ -386,6 +386,31 @@ impl Store {
         Ok(())
     }
 
+    /// Drops a `planned` packing whose tar came out empty (every loose file
+    /// it planned was gone or damaged): its rows go back to the queue with
+    /// their reasons, and the packing row goes, so the date's next tar takes
+    /// the name this one would have had.
+    pub async fn abandon_empty_packing(
+        &self,
+        packing: &Packing,
+        written: &TarWritten,
+        now_ms: i64,
+    ) -> StoreResult<()> {
+        let mut tx = self.writer()?.begin().await?;
+        for (row_ids, reason) in &written.dropped {
+            requeue_in(&mut tx, row_ids, reason, now_ms).await?;
+        }
+        sqlx::query(
+            "DELETE FROM packings WHERE id = ?1 AND state = 'planned' \
+               AND NOT EXISTS (SELECT 1 FROM images INDEXED BY images_in_packing WHERE packing_id = ?1)",
+        )
+        .bind(packing.id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn commit_packing_written(
         &self,
         conn: &mut sqlx::SqliteConnection,
