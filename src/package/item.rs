@@ -1,6 +1,6 @@
 //! The Internet Archive item files of a packed collection, as the Python
 //! tool writes them so its upload tools work on our output:
-//! `__ia_thumb__.jpg` (the collection's first image that decodes, at most 256×256) and
+//! `__ia_thumb__.jpg` (the collection's first image small enough to decode, at most 256×256) and
 //! `.meta/<tag>/<n>` (one value per file, no trailing newline).
 //!
 //! Where we differ on purpose: dates are UTC (the date folders are too, the
@@ -27,9 +27,10 @@ const THUMB_SIDE: u32 = 256;
 const THUMB_CANDIDATES: u32 = 16;
 
 /// Writes `__ia_thumb__.jpg` from the collection's first image (by capture
-/// time), unless it exists: a re-sync keeps the item's face. An image that
-/// cannot serve (its file unreadable, or too large to decode in memory)
-/// gives way to the next one.
+/// time), unless it exists: a re-sync keeps the item's face. An image too
+/// large to decode in memory (the image crate's limit) gives way to the
+/// next; any other failure ends the attempt (finishing reports it), so a
+/// damaged collection is not read file by file here before packing.
 pub async fn write_thumbnail(
     store: &Arc<Store>,
     folder: &Path,
@@ -42,14 +43,13 @@ pub async fn write_thumbnail(
     let candidates = store
         .collection_images(collection, None, THUMB_CANDIDATES)
         .await?;
-    let mut reasons = Vec::new();
+    let mut too_large = Vec::new();
     for image in candidates {
         let id = image.meta.id.clone();
         let Some(bytes) = read_archived(store, folder, collection, &id, &image.path).await? else {
-            reasons.push(format!(
-                "image {id}: its file is neither loose nor in a tar"
-            ));
-            continue;
+            anyhow::bail!(
+                "cannot make {THUMB_FILE}: the file of image {id} is neither loose nor in a tar"
+            );
         };
         let target = target.clone();
         let made = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
@@ -60,13 +60,24 @@ pub async fn write_thumbnail(
         .await?;
         match made {
             Ok(()) => return Ok(()),
-            Err(e) => reasons.push(format!("image {id}: {e:#}")),
+            Err(e) if is_too_large(&e) => too_large.push(id),
+            Err(e) => return Err(e.context(format!("cannot make {THUMB_FILE} from image {id}"))),
         }
     }
-    if reasons.is_empty() {
+    if too_large.is_empty() {
         return Ok(());
     }
-    anyhow::bail!("cannot make {THUMB_FILE}: {}", reasons.join("; "))
+    anyhow::bail!(
+        "cannot make {THUMB_FILE}: images {} are too large to decode",
+        too_large.join(", ")
+    )
+}
+
+fn is_too_large(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<image::ImageError>(),
+        Some(image::ImageError::Limits(_))
+    )
 }
 
 /// A JPEG of `image` (JPEG or WebP) fitting in 256×256, aspect kept, never
