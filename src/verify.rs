@@ -163,7 +163,7 @@ impl Run<'_> {
             // Its copy was found damaged under another row, and repaired.
             return Ok(());
         }
-        let (kind, detail) = match check {
+        let (kind, mut detail) = match check {
             Check::Ok => {
                 self.report.ok += 1;
                 return Ok(());
@@ -183,46 +183,8 @@ impl Run<'_> {
             ProblemKind::Missing => self.report.missing += 1,
             ProblemKind::Corrupt => self.report.corrupt += 1,
         }
-        let mut detail = detail;
-        let sharers = if self.options.repair {
-            self.store.copy_sharers(row.row_id).await?
-        } else {
-            Vec::new()
-        };
-        let requeue: Vec<i64> = sharers
-            .iter()
-            .filter(|(_, cancelled)| !cancelled)
-            .map(|(row_id, _)| *row_id)
-            .collect();
-        if self.options.repair && sharers.is_empty() {
-            detail.push_str("; no longer done: left as it is");
-        } else if self.options.repair && requeue.is_empty() {
-            // Re-queued, it would wait forever behind its cancelled job, and
-            // the next verify (done rows only) would pass without it.
-            detail.push_str(&format!(
-                "; not repaired: job {} is cancelled (its files are kept as they are)",
-                row.job_id
-            ));
-        } else if self.options.repair {
-            if loose && kind == ProblemKind::Corrupt {
-                match std::fs::remove_file(&row.path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => anyhow::bail!("cannot remove the corrupt file {}: {e}", row.path),
-                }
-            }
-            let reason = format!(
-                "verify found it {}: {detail}",
-                match kind {
-                    ProblemKind::Missing => "missing",
-                    ProblemKind::Corrupt => "corrupt",
-                }
-            );
-            self.report.requeued += self
-                .store
-                .requeue_images(&requeue, &reason, now_ms())
-                .await?;
-            self.requeued_rows.extend(requeue);
+        if self.options.repair {
+            self.repair(&row, kind, &mut detail, loose).await?;
         }
         if self.report.problems.len() < LISTED_PROBLEMS {
             self.report.problems.push(Problem {
@@ -233,6 +195,58 @@ impl Run<'_> {
                 detail,
             });
         }
+        Ok(())
+    }
+
+    /// Sends `row` and every done row sharing its damaged copy back to the
+    /// queue (a corrupt loose file goes first, so nothing adopts it), unless
+    /// that would strand them behind a cancelled job; says why in `detail`
+    /// when it does nothing.
+    async fn repair(
+        &mut self,
+        row: &StoredCopy,
+        kind: ProblemKind,
+        detail: &mut String,
+        loose: bool,
+    ) -> anyhow::Result<()> {
+        let sharers = self.store.copy_sharers(row.row_id).await?;
+        if sharers.is_empty() {
+            detail.push_str("; no longer done: left as it is");
+            return Ok(());
+        }
+        let requeue: Vec<i64> = sharers
+            .iter()
+            .filter(|(_, cancelled)| !cancelled)
+            .map(|(row_id, _)| *row_id)
+            .collect();
+        if requeue.is_empty() {
+            // Re-queued, it would wait forever behind its cancelled job, and
+            // the next verify (done rows only) would pass without it.
+            detail.push_str(&format!(
+                "; not repaired: job {} is cancelled (its files are kept as they are)",
+                row.job_id
+            ));
+            return Ok(());
+        }
+        if loose && kind == ProblemKind::Corrupt {
+            match std::fs::remove_file(&row.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => anyhow::bail!("cannot remove the corrupt file {}: {e}", row.path),
+            }
+        }
+        let reason = format!(
+            "verify found it {}: {detail}",
+            match kind {
+                ProblemKind::Missing => "missing",
+                ProblemKind::Corrupt => "corrupt",
+            }
+        );
+        self.report.requeued += self
+            .store
+            .requeue_images(&requeue, &reason, now_ms())
+            .await?;
+        self.requeued_rows.extend(requeue);
         Ok(())
     }
 }
@@ -450,18 +464,7 @@ pub fn render(report: &VerifyReport, repair: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A 16×16 JPEG whose SOF0 header is made to claim `width`×`height`.
-    fn jpeg_claiming(width: u16, height: u16) -> Vec<u8> {
-        let mut out = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80)
-            .encode(&[128u8; 16 * 16], 16, 16, image::ExtendedColorType::L8)
-            .unwrap();
-        let sof = out.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
-        out[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
-        out[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
-        out
-    }
+    use mld_testkit::jpeg::claiming as jpeg_claiming;
 
     #[test]
     fn a_panorama_too_large_to_decode_in_memory_is_not_called_corrupt() {

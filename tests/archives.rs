@@ -192,19 +192,6 @@ fn too_wide_jpeg() -> Vec<u8> {
     out.into_inner()
 }
 
-/// A whole 16×16 JPEG whose frame header claims 30,000×20,000 pixels: too
-/// large for the image crate's default decode limit (512 MiB).
-fn jpeg_claiming_30000_by_20000() -> Vec<u8> {
-    let mut out = Vec::new();
-    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80)
-        .encode(&[128u8; 16 * 16], 16, 16, image::ExtendedColorType::L8)
-        .unwrap();
-    let sof = out.windows(2).position(|w| w == [0xFF, 0xC0]).unwrap();
-    out[sof + 5..sof + 7].copy_from_slice(&20_000u16.to_be_bytes());
-    out[sof + 7..sof + 9].copy_from_slice(&30_000u16.to_be_bytes());
-    out
-}
-
 /// The item thumbnail comes from the first image that can serve: a first
 /// image too large to decode in memory gives way to the next one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -217,7 +204,8 @@ async fn a_first_image_too_large_to_decode_gives_the_thumbnail_to_the_next() {
         .filter(|m| m.captured_at.is_some())
         .min_by_key(|m| m.captured_at)
         .unwrap();
-    fake.set_body(&first.id, jpeg_claiming_30000_by_20000());
+    // Too large for the image crate's default decode limit (512 MiB).
+    fake.set_body(&first.id, mld_testkit::jpeg::claiming(30_000, 20_000));
     let dir = tempfile::tempdir().unwrap();
     let daemon = TestDaemon::start(
         test_settings(fake.api_url().as_str(), dir.path(), 2, &[]),

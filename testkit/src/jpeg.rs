@@ -325,3 +325,20 @@ impl BitWriter {
         self.bytes
     }
 }
+
+/// A whole 16×16 gray JPEG whose frame header (SOF0) claims
+/// `width`×`height`: a header that parses, for an image too large to decode
+/// in memory, without making one.
+pub fn claiming(width: u16, height: u16) -> Vec<u8> {
+    let mut out = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 80)
+        .encode(&[128u8; 16 * 16], 16, 16, image::ExtendedColorType::L8)
+        .expect("encoding a 16×16 JPEG");
+    let sof = out
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .expect("a baseline JPEG has an SOF0");
+    out[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+    out[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+    out
+}
