@@ -14,10 +14,12 @@ Prints one line per check; exits 1 on the first failure.
 """
 
 import datetime
+import http.client
 import json
 import os
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 
@@ -39,13 +41,28 @@ def api_images(api_url, username, token):
     )
     images = {}
     while url:
-        request = urllib.request.Request(url, headers={"Authorization": f"OAuth {token}"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            page = json.load(response)
+        page = fetch_page(url, token)
         for image in page.get("data", []):
             images[image["id"]] = image
         url = (page.get("paging") or {}).get("next")
     return images
+
+
+def fetch_page(url, token, attempts=40):
+    """One page, retried like a client would: the fake runs with `--faults flaky`, so about one call
+    in ten answers 5xx, 429, a Graph error, invalid or truncated JSON, or a reset connection."""
+    for attempt in range(1, attempts + 1):
+        request = urllib.request.Request(url, headers={"Authorization": f"OAuth {token}"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.load(response)
+        except (OSError, ValueError, http.client.HTTPException) as error:
+            # urllib's HTTPError and URLError are OSErrors; a cut body is an HTTPException or a
+            # ValueError from the JSON decoder.
+            if attempt == attempts:
+                fail(f"the fake API did not answer {url} after {attempts} tries: {error!r}")
+            time.sleep(min(2.0, 0.1 * attempt))
+    raise AssertionError("unreachable")
 
 
 def utc(ms):
