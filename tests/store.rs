@@ -122,7 +122,7 @@ trait StoreExt {
         &self,
         row: i64,
         owner: &str,
-        attempt: i64,
+        epoch: i64,
         bytes: u64,
         path: &str,
         now: i64,
@@ -132,7 +132,7 @@ trait StoreExt {
         &self,
         row: i64,
         owner: &str,
-        attempt: i64,
+        epoch: i64,
         error: &str,
         max_attempts: u32,
         retry_at: i64,
@@ -142,17 +142,19 @@ trait StoreExt {
         &self,
         row: i64,
         owner: &str,
-        attempt: i64,
+        epoch: i64,
         run_at: i64,
         note: Option<&str>,
     ) -> StoreResult<bool>;
 }
 
-fn lease(row_id: i64, owner: &str, attempt: i64) -> Lease {
+/// A lease as a worker holds it; the fence reads only row, owner and epoch.
+fn lease(row_id: i64, owner: &str, epoch: i64) -> Lease {
     Lease {
         row_id,
         owner: owner.into(),
-        attempt,
+        attempt: 0,
+        epoch,
     }
 }
 
@@ -234,13 +236,13 @@ impl StoreExt for Store {
         &self,
         row: i64,
         owner: &str,
-        attempt: i64,
+        epoch: i64,
         bytes: u64,
         path: &str,
         now: i64,
     ) -> StoreResult<bool> {
         self.complete(
-            &lease(row, owner, attempt),
+            &lease(row, owner, epoch),
             &ArchivedFile::loose(path, bytes, None),
             now,
         )
@@ -251,7 +253,7 @@ impl StoreExt for Store {
         &self,
         row: i64,
         owner: &str,
-        attempt: i64,
+        epoch: i64,
         error: &str,
         max_attempts: u32,
         retry_at: i64,
@@ -261,7 +263,7 @@ impl StoreExt for Store {
             max_attempts,
             retry_at_ms: retry_at,
         };
-        self.fail(&lease(row, owner, attempt), error, policy, now)
+        self.fail(&lease(row, owner, epoch), error, policy, now)
             .await
     }
 
@@ -269,12 +271,11 @@ impl StoreExt for Store {
         &self,
         row: i64,
         owner: &str,
-        attempt: i64,
+        epoch: i64,
         run_at: i64,
         note: Option<&str>,
     ) -> StoreResult<bool> {
-        self.release(&lease(row, owner, attempt), run_at, note)
-            .await
+        self.release(&lease(row, owner, epoch), run_at, note).await
     }
 }
 
@@ -645,7 +646,7 @@ async fn an_expired_lease_is_reclaimed_as_a_new_attempt() {
 }
 
 #[tokio::test]
-async fn complete_is_fenced_by_owner_and_attempt() {
+async fn complete_is_fenced_by_owner_and_epoch() {
     let f = fixture().await;
     let s = &f.store;
     let job = active_job(s, "alice").await;
@@ -654,33 +655,26 @@ async fn complete_is_fenced_by_owner_and_attempt() {
     let before = s.image_by_id(job, "1").await.unwrap().unwrap();
 
     assert!(
-        !s.complete_as(c.row_id(), "w2", c.lease.attempt, 5, "p", 1)
+        !s.complete_as(c.row_id(), "w2", c.lease.epoch, 5, "p", 1)
             .await
             .unwrap()
     );
     assert!(
-        !s.complete_as(c.row_id(), "w1", c.lease.attempt - 1, 5, "p", 1)
+        !s.complete_as(c.row_id(), "w1", c.lease.epoch - 1, 5, "p", 1)
             .await
             .unwrap()
     );
     assert!(
-        !s.complete_as(c.row_id(), "w1", c.lease.attempt + 1, 5, "p", 1)
+        !s.complete_as(c.row_id(), "w1", c.lease.epoch + 1, 5, "p", 1)
             .await
             .unwrap()
     );
     assert_eq!(s.image_by_id(job, "1").await.unwrap().unwrap(), before);
 
     assert!(
-        s.complete_as(
-            c.row_id(),
-            "w1",
-            c.lease.attempt,
-            12_345,
-            "archive/1.jpg",
-            2
-        )
-        .await
-        .unwrap()
+        s.complete_as(c.row_id(), "w1", c.lease.epoch, 12_345, "archive/1.jpg", 2)
+            .await
+            .unwrap()
     );
     let done = s.image_by_id(job, "1").await.unwrap().unwrap();
     assert_eq!(done.state, ImageState::Done);
@@ -689,12 +683,83 @@ async fn complete_is_fenced_by_owner_and_attempt() {
     assert_eq!(done.lease_owner, None);
     // Completing twice is a lost lease, not a second count.
     assert!(
-        !s.complete_as(c.row_id(), "w1", c.lease.attempt, 1, "p", 3)
+        !s.complete_as(c.row_id(), "w1", c.lease.epoch, 1, "p", 3)
             .await
             .unwrap()
     );
     let j = s.find_job(job).await.unwrap().unwrap();
     assert_eq!((j.counts.done, j.bytes_done), (1, 12_345));
+}
+
+/// The attempt number cannot fence: a retry of failed images resets it, so
+/// a worker whose lease expired long ago would find the row claimed again by
+/// the same daemon on the same attempt number. The epoch only grows.
+#[tokio::test]
+async fn a_stale_holder_cannot_complete_a_row_retried_and_claimed_again_on_its_attempt_number() {
+    let f = fixture().await;
+    let s = &f.store;
+    let job = active_job(s, "alice").await;
+    s.insert_page(job, &metas([1]), None, 0).await.unwrap();
+    let stale = s.claim_as("w", 1, LEASE, 0).await.unwrap().remove(0);
+    assert_eq!((stale.lease.attempt, stale.lease.epoch), (1, 1));
+    // Its lease expires; the same daemon takes the row over and it fails for good.
+    let expired = LEASE_MS + 1;
+    let second = s.claim_as("w", 1, LEASE, expired).await.unwrap().remove(0);
+    assert_eq!((second.lease.attempt, second.lease.epoch), (2, 2));
+    let give_up = RetryPolicy {
+        max_attempts: 2,
+        retry_at_ms: expired,
+    };
+    let outcome = s
+        .fail(&second.lease, "HTTP 500", give_up, expired)
+        .await
+        .unwrap();
+    assert_eq!(outcome, FailOutcome::FailedForGood);
+    // The user retries: attempts start again, and the next claim is attempt 1 again.
+    assert_eq!(s.retry_failed(job, false, expired).await.unwrap(), 1);
+    let third = s.claim_as("w", 1, LEASE, expired).await.unwrap().remove(0);
+    assert_eq!((third.lease.attempt, third.lease.epoch), (1, 3));
+    assert_eq!(third.lease.attempt, stale.lease.attempt);
+
+    // The first holder wakes up: none of its outcomes may land.
+    let before = s.image_by_id(job, "1").await.unwrap().unwrap();
+    assert!(
+        !s.complete(
+            &stale.lease,
+            &ArchivedFile::loose("stale.jpg", 1, None),
+            expired
+        )
+        .await
+        .unwrap()
+    );
+    assert!(
+        !s.release(&stale.lease, expired, Some("stale"))
+            .await
+            .unwrap()
+    );
+    let policy = RetryPolicy {
+        max_attempts: 1,
+        retry_at_ms: expired,
+    };
+    assert_eq!(
+        s.fail(&stale.lease, "stale", policy, expired)
+            .await
+            .unwrap(),
+        FailOutcome::LeaseLost
+    );
+    assert_eq!(s.image_by_id(job, "1").await.unwrap().unwrap(), before);
+    // The current holder's completion is the one that counts.
+    assert!(
+        s.complete(
+            &third.lease,
+            &ArchivedFile::loose("1.jpg", 7, None),
+            expired
+        )
+        .await
+        .unwrap()
+    );
+    let j = s.find_job(job).await.unwrap().unwrap();
+    assert_eq!((j.counts.done, j.bytes_done), (1, 7));
 }
 
 #[tokio::test]
@@ -710,15 +775,7 @@ async fn fail_backs_off_then_fails_for_good_and_retry_requeues() {
         assert_eq!(c.lease.attempt, attempt);
         let retry_at = now + 1_000 * attempt;
         let outcome = s
-            .fail_as(
-                c.row_id(),
-                "w",
-                c.lease.attempt,
-                "HTTP 503",
-                3,
-                retry_at,
-                now,
-            )
+            .fail_as(c.row_id(), "w", c.lease.epoch, "HTTP 503", 3, retry_at, now)
             .await
             .unwrap();
         assert_eq!(outcome, FailOutcome::Retrying { run_at: retry_at });
@@ -787,7 +844,7 @@ async fn release_costs_no_attempt() {
         let c = s.claim_as("w", 1, LEASE, 100).await.unwrap().remove(0);
         assert_eq!(c.lease.attempt, 1);
         assert!(
-            s.release_as(c.row_id(), "w", c.lease.attempt, 100, Some("rate limited"))
+            s.release_as(c.row_id(), "w", c.lease.epoch, 100, Some("rate limited"))
                 .await
                 .unwrap()
         );
@@ -798,7 +855,11 @@ async fn release_costs_no_attempt() {
     assert_eq!((rec.lease_owner, rec.lease_until), (None, None));
     // Without a note the last error stays.
     let c = s.claim_as("w", 1, LEASE, 100).await.unwrap().remove(0);
-    assert!(s.release_as(c.row_id(), "w", 1, 100, None).await.unwrap());
+    assert!(
+        s.release_as(c.row_id(), "w", c.lease.epoch, 100, None)
+            .await
+            .unwrap()
+    );
     let rec = s.image_by_id(job, "1").await.unwrap().unwrap();
     assert_eq!(rec.last_error.as_deref(), Some("rate limited"));
 }
@@ -1097,13 +1158,13 @@ async fn counters_always_equal_a_group_by_count() {
                 match rng.random_range(0..5) {
                     0 => {
                         let bytes = rng.random_range(1..1_000_000);
-                        s.complete_as(c.row_id(), &owner, c.lease.attempt, bytes, "p", now)
+                        s.complete_as(c.row_id(), &owner, c.lease.epoch, bytes, "p", now)
                             .await
                             .unwrap();
                     }
                     1 => {
                         let retry = now + rng.random_range(0..5_000);
-                        s.fail_as(c.row_id(), &owner, c.lease.attempt, "e", 3, retry, now)
+                        s.fail_as(c.row_id(), &owner, c.lease.epoch, "e", 3, retry, now)
                             .await
                             .unwrap();
                     }
@@ -1111,7 +1172,7 @@ async fn counters_always_equal_a_group_by_count() {
                         let reason =
                             [FailReason::Deleted, FailReason::Error][rng.random_range(0..2)];
                         s.fail_for_good(
-                            &lease(c.row_id(), &owner, c.lease.attempt),
+                            &lease(c.row_id(), &owner, c.lease.epoch),
                             reason,
                             "g",
                             now,
@@ -1125,17 +1186,12 @@ async fn counters_always_equal_a_group_by_count() {
                             cap: Duration::from_secs(5),
                             jitter: 0.75,
                         };
-                        s.defer(
-                            &lease(c.row_id(), &owner, c.lease.attempt),
-                            "d",
-                            policy,
-                            now,
-                        )
-                        .await
-                        .unwrap();
+                        s.defer(&lease(c.row_id(), &owner, c.lease.epoch), "d", policy, now)
+                            .await
+                            .unwrap();
                     }
                     _ => {
-                        s.release_as(c.row_id(), &owner, c.lease.attempt, now, Some("r"))
+                        s.release_as(c.row_id(), &owner, c.lease.epoch, now, Some("r"))
                             .await
                             .unwrap();
                     }
@@ -1204,7 +1260,7 @@ async fn concurrent_claimers_never_share_a_row() {
                 for c in got {
                     assert!(
                         store
-                            .complete_as(c.row_id(), &owner, c.lease.attempt, 1, "p", 0)
+                            .complete_as(c.row_id(), &owner, c.lease.epoch, 1, "p", 0)
                             .await
                             .unwrap()
                     );
@@ -1244,7 +1300,7 @@ async fn the_token_never_reaches_the_database_files() {
     let cursor = s.job_cursor(job).await.unwrap().unwrap();
     assert_eq!(cursor, "https://graph.mapillary.com/images?after=QVFIU2");
     for c in s.claim_as("w", 20, LEASE, 0).await.unwrap() {
-        s.fail_as(c.row_id(), "w", c.lease.attempt, "HTTP 500", 1, 0, 0)
+        s.fail_as(c.row_id(), "w", c.lease.epoch, "HTTP 500", 1, 0, 0)
             .await
             .unwrap();
     }
@@ -1468,7 +1524,7 @@ async fn a_job_is_finished_only_while_nothing_is_pending_or_in_flight() {
     for c in &claimed {
         assert!(
             f.store
-                .complete_as(c.row_id(), "w", c.lease.attempt, 10, "/x.jpg", 3_000)
+                .complete_as(c.row_id(), "w", c.lease.epoch, 10, "/x.jpg", 3_000)
                 .await
                 .unwrap()
         );
@@ -1779,7 +1835,7 @@ async fn jobs_without_progress_are_marked_stalled_and_unmarked_by_progress() {
     s.release_as(
         c.row_id(),
         "w",
-        c.lease.attempt,
+        c.lease.epoch,
         11_000,
         Some("refreshing its URL failed: 503"),
     )

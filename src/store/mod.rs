@@ -352,15 +352,20 @@ impl Serialize for Job {
     }
 }
 
-/// The right to change one in-flight image row: who claimed it, on which
-/// attempt. Every outcome is fenced by all three, so a worker whose lease
-/// expired and was taken over cannot overwrite the new holder's outcome.
+/// The right to change one in-flight image row: who claimed it, and which
+/// claim of the row this is. Every outcome is fenced by row, owner and epoch,
+/// so a worker whose lease expired and was taken over cannot overwrite the
+/// new holder's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub row_id: i64,
     pub owner: Arc<str>,
-    /// The attempt number this claim holds (1-based).
+    /// The attempt number this claim holds (1-based): drives backoff and
+    /// the give-up decision, but a retry resets it, so it cannot fence.
     pub attempt: i64,
+    /// The row's claim count at this claim. It only grows (a retry, a
+    /// release or a restart never lowers it), so no later claim shares it.
+    pub epoch: i64,
 }
 
 /// What a worker gets from a claim.

@@ -1,5 +1,5 @@
 //! The work queue: claim with a lease, then complete, fail or release, each
-//! fenced by (lease owner, attempt) so a worker whose lease was taken over
+//! fenced by (lease owner, lease epoch) so a worker whose lease was taken over
 //! cannot overwrite the new holder's outcome.
 
 use super::{
@@ -30,7 +30,8 @@ use std::time::Duration;
 /// every row of every active job, ~0.5 s per claim at 1M rows.)
 const CLAIM_SQL: &str = "\
 UPDATE images
-SET state = 'in_progress', attempts = attempts + 1, lease_owner = ?1, lease_until = ?2, updated_at = ?3
+SET state = 'in_progress', attempts = attempts + 1, lease_epoch = lease_epoch + 1,
+    lease_owner = ?1, lease_until = ?2, updated_at = ?3
 WHERE rowid IN (
     SELECT rowid FROM (
         SELECT rowid FROM images INDEXED BY images_leased
@@ -58,14 +59,15 @@ WHERE rowid IN (
         ORDER BY run_at, rowid
         LIMIT ?4)
     LIMIT ?4)
-RETURNING rowid, job_id, image_id, meta, url, attempts, run_at, collection";
+RETURNING rowid, job_id, image_id, meta, url, attempts, lease_epoch, run_at, collection";
 
 /// The fence every outcome carries: only the current lease holder, on the
-/// attempt it claimed, may change an in-flight row. Binds `rowid`, owner and
-/// attempt, in that order, after the statement's other parameters.
+/// claim it made (the row's epoch, which every claim bumps and nothing
+/// resets), may change an in-flight row. Binds `rowid`, owner and epoch, in
+/// that order, after the statement's other parameters.
 macro_rules! fence {
     () => {
-        " WHERE rowid = ? AND state = 'in_progress' AND lease_owner = ? AND attempts = ?"
+        " WHERE rowid = ? AND state = 'in_progress' AND lease_owner = ? AND lease_epoch = ?"
     };
 }
 
@@ -87,7 +89,7 @@ fn bind_lease<'q>(
     query
         .bind(lease.row_id)
         .bind(&*lease.owner)
-        .bind(lease.attempt)
+        .bind(lease.epoch)
 }
 
 fn millis(duration: Duration) -> i64 {
@@ -151,6 +153,7 @@ impl Store {
                         row_id,
                         owner: owner.clone(),
                         attempt: row.try_get("attempts")?,
+                        epoch: row.try_get("lease_epoch")?,
                     },
                     job_id,
                     image_id: row.try_get("image_id")?,
@@ -246,7 +249,7 @@ impl Store {
             "), ?1) ELSE ?1 END, \
              lease_owner = NULL, lease_until = NULL, last_error = NULL, fail_reason = NULL, \
              deferrals = 0, updated_at = ?6",
-            " WHERE rowid = ?7 AND state = 'in_progress' AND lease_owner = ?8 AND attempts = ?9 \
+            " WHERE rowid = ?7 AND state = 'in_progress' AND lease_owner = ?8 AND lease_epoch = ?9 \
              RETURNING packing_id"
         ))
         .bind(i64::try_from(file.bytes).unwrap_or(i64::MAX))
