@@ -7,11 +7,13 @@
 //! test) that embeds the daemon.
 
 use crate::api::{self, AppState, HttpServer};
+use crate::bucket::{Bucket, TAR_NEEDS_A_DISK};
 use crate::config::Settings;
 use crate::engine::{Engine, EngineContext, Tuning};
 use crate::mapillary::{ClientSettings, MapillaryClient};
+use crate::model::Packaging;
 use crate::secret::Secret;
-use crate::store::Store;
+use crate::store::{JobState, Store};
 use anyhow::Context;
 use std::fs::File;
 use std::net::SocketAddr;
@@ -53,6 +55,7 @@ pub fn client_settings(settings: &Settings) -> anyhow::Result<ClientSettings> {
 
 /// The engine's shared context, ready to start.
 pub async fn engine_context(settings: &Settings, token: Secret) -> anyhow::Result<EngineContext> {
+    let bucket = open_bucket(settings).await?;
     let store = Store::open(&settings.database_path())
         .await
         .with_context(|| {
@@ -65,13 +68,53 @@ pub async fn engine_context(settings: &Settings, token: Secret) -> anyhow::Resul
         .rebase_archive(&settings.archive_dir())
         .await
         .context("rebasing stored image paths onto the archive directory")?;
+    if bucket.is_some() {
+        refuse_tar_jobs(&store).await?;
+    }
     let client = MapillaryClient::new(client_settings(settings)?, token)?;
-    Ok(EngineContext::new(
+    let ctx = EngineContext::new(
         Arc::new(store),
         client,
         settings.archive_dir(),
         Tuning::from_settings(settings),
-    ))
+    );
+    Ok(match bucket {
+        Some(bucket) => ctx.with_bucket(bucket),
+        None => ctx,
+    })
+}
+
+/// The bucket `storage.archive_url` names, checked to answer with the
+/// configured credentials; `None` for the local disk.
+pub async fn open_bucket(settings: &Settings) -> anyhow::Result<Option<Arc<Bucket>>> {
+    let Some(url) = settings.archive_url().map_err(anyhow::Error::msg)? else {
+        return Ok(None);
+    };
+    let spool = settings.storage.data_dir.join("spool");
+    let bucket = Bucket::open(&url, &settings.storage.aws, spool)?;
+    bucket.check_reachable().await.with_context(|| {
+        format!(
+            "the archive bucket {url} does not answer: check AWS_ENDPOINT_URL, AWS_REGION and the credentials"
+        )
+    })?;
+    info!(archive = %url, "archiving into an S3-compatible bucket");
+    Ok(Some(Arc::new(bucket)))
+}
+
+/// Tar packaging needs the archive on a local disk (it is not built for
+/// buckets yet): a store holding a tar job cannot run against a bucket.
+async fn refuse_tar_jobs(store: &Store) -> anyhow::Result<()> {
+    let jobs = store.list_jobs().await?;
+    if let Some(job) = jobs
+        .iter()
+        .find(|j| j.package == Packaging::Tar && j.state != JobState::Cancelled)
+    {
+        anyhow::bail!(
+            "job {} cannot run here: {TAR_NEEDS_A_DISK} (cancel the job, or run without storage.archive_url)",
+            job.id
+        );
+    }
+    Ok(())
 }
 
 /// The daemon: HTTP API + engine.
@@ -94,6 +137,7 @@ impl Application {
             api_token: settings.api_token().cloned(),
             started: std::time::Instant::now(),
             default_resync: settings.default_resync().map_err(anyhow::Error::msg)?,
+            archive_in_bucket: ctx.bucket.is_some(),
         };
         let server = api::bind(addr, api::router(state), settings.api_limits())
             .await

@@ -78,6 +78,10 @@ pub struct DownloadArgs {
     /// Where the database and archive live.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Archive into an S3-compatible bucket instead of <data-dir>/archive: s3://bucket/prefix
+    /// (endpoint and credentials from the AWS_* variables). Sets storage.archive_url.
+    #[arg(long, value_name = "URL")]
+    pub archive_url: Option<String>,
     /// Concurrent downloads.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: Option<u32>,
@@ -99,6 +103,10 @@ pub struct VerifyArgs {
     /// Where the database and archive live.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Archive into an S3-compatible bucket instead of <data-dir>/archive: s3://bucket/prefix
+    /// (endpoint and credentials from the AWS_* variables). Sets storage.archive_url.
+    #[arg(long, value_name = "URL")]
+    pub archive_url: Option<String>,
     /// Only this job's images.
     #[arg(long, value_name = "ID")]
     pub job: Option<i64>,
@@ -116,6 +124,10 @@ pub struct StatusArgs {
     /// Where the database lives.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// The archive's bucket, as serve and download were given it (checked, not needed): s3://bucket/prefix
+    /// (endpoint and credentials from the AWS_* variables). Sets storage.archive_url.
+    #[arg(long, value_name = "URL")]
+    pub archive_url: Option<String>,
     /// Print the same JSON as `GET /status`.
     #[arg(long)]
     pub json: bool,
@@ -126,6 +138,10 @@ pub struct ServeArgs {
     /// Where the database and archive live.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// Archive into an S3-compatible bucket instead of <data-dir>/archive: s3://bucket/prefix
+    /// (endpoint and credentials from the AWS_* variables). Sets storage.archive_url.
+    #[arg(long, value_name = "URL")]
+    pub archive_url: Option<String>,
     /// Address for the HTTP API, e.g. 127.0.0.1:8080.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,

@@ -56,6 +56,7 @@ async fn serve(config_file: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode
     let settings = load(&FlagOverrides {
         config_file,
         data_dir: args.data_dir,
+        archive_url: args.archive_url,
         listen: args.listen,
         workers: args.workers,
     })?;
@@ -78,6 +79,7 @@ async fn download(config_file: Option<PathBuf>, args: DownloadArgs) -> Result<Ex
     let mut settings = load(&FlagOverrides {
         config_file,
         data_dir: args.data_dir,
+        archive_url: args.archive_url,
         listen: None,
         workers: args.workers,
     })?;
@@ -101,6 +103,9 @@ async fn download(config_file: Option<PathBuf>, args: DownloadArgs) -> Result<Ex
         },
     };
     let specs = request.specs().map_err(usage_error)?;
+    if args.tar && !settings.storage.archive_url.trim().is_empty() {
+        return Err(usage_error(crate::bucket::TAR_NEEDS_A_DISK));
+    }
     let token = token()?;
     // Bars and info logs fight over a terminal; keep logs to warnings there.
     if std::io::IsTerminal::is_terminal(&std::io::stderr())
@@ -140,6 +145,7 @@ async fn status(config_file: Option<PathBuf>, args: StatusArgs) -> Result<ExitCo
     let settings = load(&FlagOverrides {
         config_file,
         data_dir: args.data_dir,
+        archive_url: args.archive_url,
         ..FlagOverrides::default()
     })?;
     status::print_status(&settings.database_path(), args.json)
@@ -156,6 +162,7 @@ async fn verify(config_file: Option<PathBuf>, args: VerifyArgs) -> Result<ExitCo
     let settings = load(&FlagOverrides {
         config_file,
         data_dir: args.data_dir,
+        archive_url: args.archive_url,
         ..FlagOverrides::default()
     })?;
     let database = settings.database_path();
@@ -165,6 +172,9 @@ async fn verify(config_file: Option<PathBuf>, args: VerifyArgs) -> Result<ExitCo
             database.display()
         )));
     }
+    let bucket = app::open_bucket(&settings)
+        .await
+        .map_err(|e| usage_error(format!("{e:#}")))?;
     let store = Store::open(&database)
         .await
         .map(std::sync::Arc::new)
@@ -184,9 +194,13 @@ async fn verify(config_file: Option<PathBuf>, args: VerifyArgs) -> Result<ExitCo
         repair: args.repair,
         threads: 0,
     };
-    let report = verify::verify(&store, &settings.archive_dir(), &options, &|n| {
-        bar.set_position(n)
-    })
+    let report = verify::verify(
+        &store,
+        bucket.as_ref(),
+        &settings.archive_dir(),
+        &options,
+        &|n| bar.set_position(n),
+    )
     .await
     .map_err(|e| {
         eprintln!("error: {e:#}");

@@ -130,6 +130,13 @@ pub struct JobSettings {
 pub struct StorageSettings {
     pub data_dir: PathBuf,
     pub min_free_mib: u64,
+    /// Where the archive goes: empty = `<data_dir>/archive`; `s3://bucket/prefix`
+    /// = an S3-compatible bucket configured by the `AWS_*` variables.
+    pub archive_url: String,
+    /// The `AWS_*` variables seen at load (for an `s3://` archive). Never
+    /// printed: Debug shows the names only.
+    #[serde(skip)]
+    pub aws: crate::bucket::AwsEnvironment,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,6 +161,7 @@ pub struct LogSettings {
 pub struct FlagOverrides {
     pub config_file: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
+    pub archive_url: Option<String>,
     pub listen: Option<String>,
     pub workers: Option<u32>,
 }
@@ -170,6 +178,7 @@ fn env_name(key: &str) -> String {
 fn layer_of(key: &str, flags: &FlagOverrides, vars: &HashMap<String, String>) -> String {
     let flag = match key {
         "storage.data_dir" => flags.data_dir.is_some().then_some("--data-dir"),
+        "storage.archive_url" => flags.archive_url.is_some().then_some("--archive-url"),
         "api.listen" => flags.listen.is_some().then_some("--listen"),
         "workers.count" => flags.workers.is_some().then_some("--workers"),
         _ => None,
@@ -328,6 +337,7 @@ impl Settings {
             .map_err(|e| invalid(("storage.data_dir", format!("cannot make it absolute: {e}"))))?;
         settings.storage.data_dir = std::fs::canonicalize(&absolute).unwrap_or(absolute);
         settings.api.token = settings.api_token_from_file().map_err(invalid)?;
+        settings.storage.aws = crate::bucket::AwsEnvironment::from_vars(vars);
         Ok(settings)
     }
 
@@ -464,6 +474,8 @@ impl Settings {
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(("storage.data_dir", "must not be empty".into()));
         }
+        self.archive_url()
+            .map_err(|reason| ("storage.archive_url", reason))?;
         self.listen_addr()
             .map_err(|reason| ("api.listen", reason))?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
@@ -529,8 +541,22 @@ impl Settings {
         self.storage.data_dir.join("mapillary.db")
     }
 
+    /// The archive's root as a path: `<data_dir>/archive`, or the bucket
+    /// URL (`s3://bucket/prefix`) whose keys mirror that layout.
     pub fn archive_dir(&self) -> PathBuf {
-        self.storage.data_dir.join("archive")
+        match self.archive_url() {
+            Ok(Some(url)) => url.root(),
+            _ => self.storage.data_dir.join("archive"),
+        }
+    }
+
+    /// The bucket `storage.archive_url` names; `None` for the local disk.
+    pub fn archive_url(&self) -> Result<Option<crate::bucket::ArchiveUrl>, String> {
+        let url = self.storage.archive_url.trim();
+        if url.is_empty() {
+            return Ok(None);
+        }
+        crate::bucket::ArchiveUrl::parse(url).map(Some)
     }
 
     pub fn lease(&self) -> Duration {
@@ -569,6 +595,9 @@ fn merged_layers(
     }
     if let Some(dir) = &flags.data_dir {
         builder = builder.set_override("storage.data_dir", dir.to_string_lossy().to_string())?;
+    }
+    if let Some(url) = &flags.archive_url {
+        builder = builder.set_override("storage.archive_url", url.as_str())?;
     }
     if let Some(listen) = &flags.listen {
         builder = builder.set_override("api.listen", listen.as_str())?;

@@ -12,6 +12,7 @@
 //! Decoding is the costly part: files are checked on one thread per core.
 
 use crate::archive::{self, FileKind, member_name};
+use crate::bucket::Bucket;
 use crate::checksum::sha256_hex;
 use crate::clock::now_ms;
 use crate::package::tarball;
@@ -89,6 +90,7 @@ enum Check {
 /// with the number checked so far.
 pub async fn verify(
     store: &Arc<Store>,
+    bucket: Option<&Arc<Bucket>>,
     archive_dir: &Path,
     options: &VerifyOptions,
     progress: &(dyn Fn(u64) + Sync),
@@ -99,6 +101,7 @@ pub async fn verify(
     };
     let mut run = Run {
         store,
+        bucket,
         options,
         report: VerifyReport::default(),
         requeued_rows: Default::default(),
@@ -108,11 +111,16 @@ pub async fn verify(
         let rows = store.loose_copies(options.job, after, PAGE).await?;
         let Some(last) = rows.last() else { break };
         after = last.row_id;
-        let checked = tokio::task::spawn_blocking(move || {
-            let checks = in_parallel(&rows, threads, check_loose);
-            rows.into_iter().zip(checks).collect::<Vec<_>>()
-        })
-        .await?;
+        let checked = match bucket {
+            Some(bucket) => check_in_bucket(bucket, rows, threads).await?,
+            None => {
+                tokio::task::spawn_blocking(move || {
+                    let checks = in_parallel(&rows, threads, check_loose);
+                    rows.into_iter().zip(checks).collect::<Vec<_>>()
+                })
+                .await?
+            }
+        };
         for (row, check) in checked {
             // Beside a running daemon a loose file goes when its date is
             // packed: a row that is no longer loose is checked in its tar
@@ -144,6 +152,7 @@ pub async fn verify(
 
 struct Run<'a> {
     store: &'a Store,
+    bucket: Option<&'a Arc<Bucket>>,
     options: &'a VerifyOptions,
     report: VerifyReport,
     /// Rows re-queued with a damaged copy they shared with another row.
@@ -229,10 +238,13 @@ impl Run<'_> {
             return Ok(());
         }
         if loose && kind == ProblemKind::Corrupt {
-            match std::fs::remove_file(&row.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => anyhow::bail!("cannot remove the corrupt file {}: {e}", row.path),
+            match self.bucket {
+                Some(bucket) => bucket.delete(Path::new(&row.path)).await?,
+                None => match std::fs::remove_file(&row.path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => anyhow::bail!("cannot remove the corrupt file {}: {e}", row.path),
+                },
             }
         }
         let reason = format!(
@@ -271,6 +283,44 @@ fn in_parallel<T: Sync, R: Send>(
             })
             .collect()
     })
+}
+
+/// Objects fetched at once from a bucket: bounds memory (a batch is at
+/// most this many images) while requests overlap and every core decodes.
+const BUCKET_BATCH: usize = 16;
+
+/// [`check_loose`] for rows whose files are objects in `bucket`.
+async fn check_in_bucket(
+    bucket: &Bucket,
+    rows: Vec<StoredCopy>,
+    threads: usize,
+) -> anyhow::Result<Vec<(StoredCopy, Check)>> {
+    let mut checked = Vec::with_capacity(rows.len());
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let batch: Vec<StoredCopy> = rows.by_ref().take(BUCKET_BATCH).collect();
+        // A bucket that does not answer (after the client's retries) proves
+        // nothing either way: verify stops with the error, repairs nothing.
+        let fetched = futures_util::future::try_join_all(
+            batch.iter().map(|row| bucket.get(Path::new(&row.path))),
+        )
+        .await?;
+        let checks = tokio::task::spawn_blocking(move || {
+            let pairs: Vec<_> = batch.into_iter().zip(fetched).collect();
+            let checks = in_parallel(&pairs, threads, |(row, fetched)| match fetched {
+                Some(data) => check_bytes(data, &row.path, row),
+                None => Check::Missing("no such object".into()),
+            });
+            pairs
+                .into_iter()
+                .map(|(row, _)| row)
+                .zip(checks)
+                .collect::<Vec<_>>()
+        })
+        .await?;
+        checked.extend(checks);
+    }
+    Ok(checked)
 }
 
 fn check_loose(row: &StoredCopy) -> Check {

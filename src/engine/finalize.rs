@@ -65,6 +65,11 @@ async fn package_collection(
     let folder = archive::collection_path(&ctx.archive_dir, collection)?;
     let store = &ctx.store;
     if job.package == Packaging::Tar {
+        if ctx.bucket.is_some() {
+            // Refused at submission and at start; a job can only get here
+            // through a database edited by hand.
+            anyhow::bail!(crate::bucket::TAR_NEEDS_A_DISK);
+        }
         let _one_packer = ctx.packer.lock().await;
         // From loose files, before they go into tars (as the Python tool
         // does). Cosmetic: a thumbnail that cannot be made never holds a job.
@@ -99,7 +104,7 @@ async fn package_collection(
         }
     }
     let packed = job.package == Packaging::Tar || store.is_packed_collection(collection).await?;
-    metadata::write(store, &folder, collection, packed).await?;
+    metadata::write(store, ctx.bucket.as_deref(), &folder, collection, packed).await?;
     if packed {
         item::write_meta_tags(store, &folder, collection, true).await?;
     }

@@ -39,6 +39,9 @@ pub struct EngineContext {
     /// Woken whenever work may have appeared (a new job, a resume, a retry).
     pub wake: Arc<Notify>,
     pub archive_dir: PathBuf,
+    /// The bucket the archive lives in (`archive_dir` is then its
+    /// `s3://bucket/prefix` root); `None` for the local disk.
+    pub bucket: Option<Arc<crate::bucket::Bucket>>,
     /// This process's lease owner id.
     pub owner: Arc<str>,
     /// Free URL refreshes in a row per image row (see [`worker::apply`]).
@@ -69,6 +72,7 @@ impl EngineContext {
             stats: Arc::new(Stats::new()),
             wake: Arc::new(Notify::new()),
             archive_dir,
+            bucket: None,
             owner: new_owner_id(),
             url_strikes: Arc::default(),
             encoder: Arc::new(tokio::sync::Semaphore::new(tuning.encode_threads.max(1))),
@@ -76,6 +80,14 @@ impl EngineContext {
             finish_failures: Arc::default(),
             tuning,
         }
+    }
+
+    /// The same context archiving into `bucket`, whose root becomes
+    /// `archive_dir`.
+    pub fn with_bucket(mut self, bucket: Arc<crate::bucket::Bucket>) -> Self {
+        self.archive_dir = bucket.root().to_path_buf();
+        self.bucket = Some(bucket);
+        self
     }
 }
 
@@ -155,9 +167,16 @@ impl Engine {
             );
         }
         let archive = ctx.archive_dir.clone();
-        let swept =
-            tokio::task::spawn_blocking(move || crate::archive::remove_part_files(&archive))
-                .await??;
+        // A bucket has no partial objects: an upload is whole or absent.
+        let local = ctx.bucket.is_none();
+        let swept = tokio::task::spawn_blocking(move || {
+            if local {
+                crate::archive::remove_part_files(&archive)
+            } else {
+                Ok(0)
+            }
+        })
+        .await??;
         if swept > 0 {
             info!(
                 files = swept,
@@ -372,6 +391,10 @@ async fn finish(ctx: &EngineContext, job_id: i64, cancel: &CancellationToken) {
 
 /// Resumes jobs paused for a full disk once twice the reserve is free again.
 async fn resume_disk_full_jobs(ctx: &EngineContext) -> anyhow::Result<()> {
+    if ctx.bucket.is_some() {
+        // Nothing is written to the local disk but the database.
+        return Ok(());
+    }
     let root = ctx.archive_dir.clone();
     let needed = ctx.tuning.min_free_bytes.saturating_mul(2);
     let room =

@@ -4,6 +4,7 @@
 //! Written atomically, page by page, so memory stays flat (invariant 11).
 
 use crate::archive::{self, ArchiveError};
+use crate::bucket::Bucket;
 use crate::model::ImageMeta;
 use crate::store::Store;
 use flate2::{Compression, GzBuilder};
@@ -34,9 +35,11 @@ struct Line<'a> {
 
 /// Writes `collection`'s metadata file in `folder`: gzipped when `packed`
 /// (and the plain one removed), plain otherwise. A collection with nothing
-/// archived gets no file.
+/// archived gets no file. In a bucket the file is built whole in the spool
+/// folder, then uploaded (an object appears whole or not at all).
 pub async fn write(
     store: &Arc<Store>,
+    bucket: Option<&Bucket>,
     folder: &Path,
     collection: &str,
     packed: bool,
@@ -55,6 +58,36 @@ pub async fn write(
     };
     let target = folder.join(name);
     let stale = folder.join(stale);
+    if let Some(bucket) = bucket {
+        let spooled = bucket.spool_path(&target)?;
+        build(store, &spooled, collection, packed).await?;
+        let uploaded = bucket.upload_file(&spooled, &target).await;
+        let _ = std::fs::remove_file(&spooled);
+        uploaded?;
+        bucket.delete(&stale).await?;
+        return Ok(());
+    }
+    build(store, &target, collection, packed).await?;
+    tokio::task::spawn_blocking(move || match std::fs::remove_file(&stale) {
+        Ok(()) => archive::sync_dir(stale.parent().unwrap_or(&stale)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(ArchiveError::Io {
+            path: stale,
+            source: e,
+        }),
+    })
+    .await??;
+    Ok(())
+}
+
+/// Writes the metadata file at the local path `target`, atomically.
+async fn build(
+    store: &Arc<Store>,
+    target: &Path,
+    collection: &str,
+    packed: bool,
+) -> anyhow::Result<()> {
+    let target = target.to_path_buf();
     let store = Arc::clone(store);
     let collection = collection.to_string();
     let handle = tokio::runtime::Handle::current();
@@ -75,15 +108,7 @@ pub async fn write(
             } else {
                 lines(out)
             }
-        })?;
-        match std::fs::remove_file(&stale) {
-            Ok(()) => archive::sync_dir(stale.parent().unwrap_or(&stale)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ArchiveError::Io {
-                path: stale,
-                source: e,
-            }),
-        }
+        })
     })
     .await??;
     Ok(())

@@ -12,6 +12,9 @@ use std::path::Path;
 /// more spellings than this keeps the rest, which `verify` then reports).
 const MAX_OLD_ROOTS: usize = 16;
 
+/// How a bucket archive's root begins (see [`crate::bucket`]).
+const BUCKET_SCHEME: &str = "s3://";
+
 impl Store {
     /// Makes every image path begin with `archive_dir`. Returns how many
     /// rows were rewritten. A no-op (one read) once the root is recorded.
@@ -33,6 +36,24 @@ impl Store {
                 .await?;
         if recorded.as_deref() == Some(root.as_str()) {
             return Ok(0);
+        }
+        // A bucket does not move with the data dir: paths never rebase onto
+        // or off one. A database with archived files stays with its archive.
+        let in_bucket = |r: &str| r.starts_with(BUCKET_SCHEME);
+        if in_bucket(&root) || recorded.as_deref().is_some_and(in_bucket) {
+            let archived: Option<String> =
+                sqlx::query_scalar("SELECT path FROM images WHERE path IS NOT NULL LIMIT 1")
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(path) = archived {
+                let was = recorded.unwrap_or_else(|| {
+                    old_root_of(&path).map_or_else(|| path.clone(), str::to_string)
+                });
+                return Err(StoreError::Invalid(format!(
+                    "this database's archive is {was}, not {root}: an archive cannot switch between \
+                     a local disk and a bucket, or between buckets (copy it and use a new data dir)"
+                )));
+            }
         }
         let mut rewritten = 0;
         for _ in 0..MAX_OLD_ROOTS {

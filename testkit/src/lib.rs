@@ -12,7 +12,8 @@
 //! - [`latency`]: request-latency sampling for the benches;
 //! - [`tar_check`]: tars read with GNU tar (an independent reader) and gzip;
 //! - [`tmpfs`]: a small filesystem of its own for full-disk tests;
-//! - [`browser`]: chromedriver and headless Chromium for the operator page.
+//! - [`browser`]: chromedriver and headless Chromium for the operator page;
+//! - [`s3`]: moto's S3 server with one bucket, and an independent reader of it.
 //!
 //! The kit does not depend on `mapillary-downloader`, whose dev-dependency it
 //! is: a dependency back would give the daemon's tests a second copy of its
@@ -29,6 +30,7 @@ pub mod fake;
 pub mod jpeg;
 pub mod latency;
 pub mod process;
+pub mod s3;
 pub mod server;
 pub mod tar_check;
 pub mod tmpfs;

@@ -42,6 +42,7 @@ pub fn test_settings(
     let flags = FlagOverrides {
         config_file: None,
         data_dir: Some(data_dir.to_path_buf()),
+        archive_url: None,
         listen: Some("127.0.0.1:0".into()),
         workers: Some(workers),
     };

@@ -5,6 +5,7 @@
 
 use super::Outcome;
 use crate::archive::{self, ArchiveError, ArchivedFile, FileKind};
+use crate::bucket::{Bucket, BucketError};
 use crate::checksum::sha256_hex;
 use crate::engine::EngineContext;
 use crate::model::{ImageMeta, OutputFormat};
@@ -30,6 +31,14 @@ enum WriteError {
     /// The body cannot become our file (broken JPEG, encoder failure).
     Convert(String),
     Archive(ArchiveError),
+    /// The bucket refused or did not answer (after the client's own retries).
+    Bucket(BucketError),
+}
+
+impl From<BucketError> for WriteError {
+    fn from(error: BucketError) -> Self {
+        WriteError::Bucket(error)
+    }
 }
 
 impl From<ArchiveError> for WriteError {
@@ -38,21 +47,21 @@ impl From<ArchiveError> for WriteError {
     }
 }
 
-/// Tags (and for WebP jobs re-encodes) `body`, keeps the free-space
-/// reserve, and writes it durably.
+/// Tags (and for WebP jobs re-encodes) `body`, and stores it: durably on
+/// the local disk (keeping the free-space reserve), or in the bucket.
 pub async fn write(ctx: &EngineContext, body: Body) -> Outcome {
-    let reserve = ctx.tuning.min_free_bytes;
-    let written = match body.target.format {
-        OutputFormat::Jpeg => {
-            tokio::task::spawn_blocking(move || {
-                let path =
-                    archive::image_path(&body.target.collection, &body.meta, FileKind::Jpeg)?;
-                let tagged = tag(&body.bytes, &body.meta)?;
-                store_file(path, tagged, body.meta.captured_at, reserve, false)
-            })
-            .await
-        }
-        OutputFormat::Webp => write_webp(ctx, body, reserve).await,
+    let captured_at = body.meta.captured_at;
+    let tagged_from = bucket_fingerprint(&body.meta);
+    let written = match convert(ctx, body).await {
+        Ok(Ok(file)) => match &ctx.bucket {
+            Some(bucket) => Ok(put_in_bucket(bucket, file, captured_at, &tagged_from).await),
+            None => {
+                let reserve = ctx.tuning.min_free_bytes;
+                tokio::task::spawn_blocking(move || store_file(file, captured_at, reserve)).await
+            }
+        },
+        Ok(Err(e)) => Ok(Err(e)),
+        Err(join) => Err(join),
     };
     match written {
         Ok(Ok(file)) => {
@@ -75,39 +84,67 @@ pub async fn write(ctx: &EngineContext, body: Body) -> Outcome {
         Ok(Err(WriteError::Archive(e))) => Outcome::Retry {
             error: e.to_string(),
         },
+        Ok(Err(WriteError::Bucket(e))) => Outcome::StorageUnavailable {
+            error: e.to_string(),
+        },
         Err(join) => Outcome::Retry {
             error: format!("writing the image panicked: {join}"),
         },
     }
 }
 
-/// The WebP path: the encode holds an encoder permit (CPU and decoded-image
-/// memory stay bounded); the write does not, so fsyncs never keep a core idle.
-async fn write_webp(
+/// A file's final bytes and where they go, before they are stored.
+struct Converted {
+    path: PathBuf,
+    bytes: Vec<u8>,
+    kept_jpeg: bool,
+}
+
+/// The body as the file to archive: the tagged JPEG, or the WebP (a JPEG
+/// kept when the image is too large for WebP).
+async fn convert(
     ctx: &EngineContext,
     body: Body,
-    reserve: u64,
-) -> Result<Result<ArchivedFile, WriteError>, tokio::task::JoinError> {
+) -> Result<Result<Converted, WriteError>, tokio::task::JoinError> {
+    match body.target.format {
+        OutputFormat::Jpeg => {
+            tokio::task::spawn_blocking(move || {
+                let path =
+                    archive::image_path(&body.target.collection, &body.meta, FileKind::Jpeg)?;
+                let bytes = tag(&body.bytes, &body.meta)?;
+                Ok(Converted {
+                    path,
+                    bytes,
+                    kept_jpeg: false,
+                })
+            })
+            .await
+        }
+        OutputFormat::Webp => convert_webp(ctx, body).await,
+    }
+}
+
+/// The WebP path: the encode holds an encoder permit (CPU and decoded-image
+/// memory stay bounded); the write does not, so fsyncs never keep a core idle.
+async fn convert_webp(
+    ctx: &EngineContext,
+    body: Body,
+) -> Result<Result<Converted, WriteError>, tokio::task::JoinError> {
     let Ok(permit) = ctx.encoder.clone().acquire_owned().await else {
         return Ok(Err(WriteError::Convert(
             "the encoder pool is closed".into(),
         )));
     };
     let quality = ctx.tuning.webp_quality;
-    let encoded = tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let encoded = webp::jpeg_to_webp(&body.bytes, &body.meta, quality);
-        (body, encoded)
-    })
-    .await?;
     tokio::task::spawn_blocking(move || {
-        let (body, encoded) = encoded;
+        let encoded = webp::jpeg_to_webp(&body.bytes, &body.meta, quality);
+        drop(permit);
         match encoded {
-            Ok(webp) => {
-                let path =
-                    archive::image_path(&body.target.collection, &body.meta, FileKind::Webp)?;
-                store_file(path, webp, body.meta.captured_at, reserve, false)
-            }
+            Ok(webp) => Ok(Converted {
+                path: archive::image_path(&body.target.collection, &body.meta, FileKind::Webp)?,
+                bytes: webp,
+                kept_jpeg: false,
+            }),
             Err(WebpError::TooLarge { width, height }) => {
                 info!(
                     image = %body.meta.id,
@@ -115,10 +152,11 @@ async fn write_webp(
                     height,
                     "larger than WebP allows: keeping the JPEG"
                 );
-                let path =
-                    archive::image_path(&body.target.collection, &body.meta, FileKind::Jpeg)?;
-                let tagged = tag(&body.bytes, &body.meta)?;
-                store_file(path, tagged, body.meta.captured_at, reserve, true)
+                Ok(Converted {
+                    path: archive::image_path(&body.target.collection, &body.meta, FileKind::Jpeg)?,
+                    bytes: tag(&body.bytes, &body.meta)?,
+                    kept_jpeg: true,
+                })
             }
             Err(e) => Err(WriteError::Convert(format!(
                 "re-encoding to WebP failed: {e}"
@@ -133,15 +171,18 @@ fn tag(jpeg: &[u8], meta: &ImageMeta) -> Result<Vec<u8>, WriteError> {
         .map_err(|e| WriteError::Convert(format!("tagging failed: {e}")))
 }
 
-/// Hashes `bytes` (the buffer about to be written: no second read) and
-/// writes them durably at `path`.
+/// Hashes the bytes (the buffer about to be written: no second read) and
+/// writes them durably at their path.
 fn store_file(
-    path: PathBuf,
-    bytes: Vec<u8>,
+    file: Converted,
     mtime_ms: Option<i64>,
     reserve: u64,
-    kept_jpeg: bool,
 ) -> Result<ArchivedFile, WriteError> {
+    let Converted {
+        path,
+        bytes,
+        kept_jpeg,
+    } = file;
     let sha256 = sha256_hex(&bytes);
     let dir = path.parent().unwrap_or(&path);
     archive::ensure_room(dir, bytes.len() as u64, reserve)?;
@@ -155,25 +196,68 @@ fn store_file(
     })
 }
 
+/// [`store_file`] for a bucket: one PUT, carrying what a later run needs
+/// to adopt the object with a HEAD.
+async fn put_in_bucket(
+    bucket: &Bucket,
+    file: Converted,
+    captured_at: Option<i64>,
+    tagged_from: &str,
+) -> Result<ArchivedFile, WriteError> {
+    let Converted {
+        path,
+        bytes,
+        kept_jpeg,
+    } = file;
+    let sha256 = sha256_hex(&bytes);
+    let size = bytes.len() as u64;
+    bucket
+        .put_image(&path, bytes.into(), &sha256, captured_at, tagged_from)
+        .await?;
+    Ok(ArchivedFile {
+        path,
+        bytes: size,
+        sha256: Some(sha256),
+        kept_jpeg,
+        packing_id: None,
+    })
+}
+
+/// What an object's tags were made from: the image's stored metadata. An
+/// object with the same fingerprint carries the tags we would write now.
+fn bucket_fingerprint(meta: &ImageMeta) -> String {
+    sha256_hex(&serde_json::to_vec(meta).unwrap_or_default())
+}
+
 /// The file already at the image's final path, adopted instead of a
 /// download: a JPEG is re-tagged from our metadata (rewritten only if that
 /// changes it); a WebP is taken as is if its container is whole. In a WebP
 /// collection a `.jpg` is a JPEG kept for its size. `None` when the image
-/// must be downloaded.
+/// must be downloaded; an error when the bucket does not answer (downloading
+/// would be wasted: the write could not land either).
 pub async fn adopt_loose(
     ctx: &EngineContext,
     target: &Target,
     meta: &ImageMeta,
-) -> Option<ArchivedFile> {
-    let webp_path = archive::image_path(&target.collection, meta, FileKind::Webp).ok()?;
-    let jpeg_path = archive::image_path(&target.collection, meta, FileKind::Jpeg).ok()?;
+) -> Result<Option<ArchivedFile>, BucketError> {
+    let (Ok(webp_path), Ok(jpeg_path)) = (
+        archive::image_path(&target.collection, meta, FileKind::Webp),
+        archive::image_path(&target.collection, meta, FileKind::Jpeg),
+    ) else {
+        return Ok(None);
+    };
     let candidates = match target.format {
         OutputFormat::Jpeg => vec![(jpeg_path, FileKind::Jpeg)],
         OutputFormat::Webp => vec![(webp_path, FileKind::Webp), (jpeg_path, FileKind::Jpeg)],
     };
     let keeps_jpeg = target.format == OutputFormat::Webp;
+    if let Some(bucket) = &ctx.bucket {
+        return adopt_from_bucket(bucket, candidates, meta, keeps_jpeg).await;
+    }
     // Stat here: a blocking task only when there is a file to read.
-    let (path, kind) = candidates.into_iter().find(|(path, _)| path.exists())?;
+    let Some((path, kind)) = candidates.into_iter().find(|(path, _)| path.exists()) else {
+        return Ok(None);
+    };
     let meta = meta.clone();
     let reserve = ctx.tuning.min_free_bytes;
     let adopted = tokio::task::spawn_blocking(move || match kind {
@@ -186,7 +270,73 @@ pub async fn adopt_loose(
     if let Some(file) = &adopted {
         debug!(path = %file.path.display(), "adopted the file already at the final path");
     }
-    adopted
+    Ok(adopted)
+}
+
+/// [`adopt_loose`] in a bucket: an object we wrote (its checksum in its
+/// metadata) is adopted with one HEAD, a JPEG only if it was tagged from the
+/// same metadata; anything else is read, checked (and a JPEG re-tagged and
+/// put back if that changes it) like a local file.
+async fn adopt_from_bucket(
+    bucket: &Bucket,
+    candidates: Vec<(PathBuf, FileKind)>,
+    meta: &ImageMeta,
+    keeps_jpeg: bool,
+) -> Result<Option<ArchivedFile>, BucketError> {
+    let fingerprint = bucket_fingerprint(meta);
+    for (path, kind) in candidates {
+        let Some(head) = bucket.head(&path).await? else {
+            continue;
+        };
+        let current = kind == FileKind::Webp || head.tagged_from.as_deref() == Some(&*fingerprint);
+        if let (true, Some(sha256)) = (current, head.sha256) {
+            debug!(path = %path.display(), "adopted the object already in the bucket");
+            return Ok(Some(ArchivedFile {
+                path,
+                bytes: head.bytes,
+                sha256: Some(sha256),
+                kept_jpeg: keeps_jpeg && kind == FileKind::Jpeg,
+                packing_id: None,
+            }));
+        }
+        let Some(existing) = bucket.get(&path).await? else {
+            continue;
+        };
+        let checked_meta = meta.clone();
+        let checked = tokio::task::spawn_blocking(move || match kind {
+            FileKind::Webp => webp::chunks(&existing).map(|_| (existing.to_vec(), false)),
+            FileKind::Jpeg => {
+                let tagged = crate::exif::tag_jpeg(&existing, &checked_meta).ok()?;
+                let changed = tagged != existing;
+                Some((tagged, changed))
+            }
+        })
+        .await
+        .ok()
+        .flatten();
+        // Not ours, and not a file we can take: replaced by a download.
+        let Some((bytes, changed)) = checked else {
+            return Ok(None);
+        };
+        let sha256 = sha256_hex(&bytes);
+        let size = bytes.len() as u64;
+        if changed || kind == FileKind::Jpeg {
+            // Put back re-tagged, or only to record its checksum and
+            // fingerprint, so the next run adopts it with a HEAD.
+            bucket
+                .put_image(&path, bytes.into(), &sha256, meta.captured_at, &fingerprint)
+                .await?;
+        }
+        debug!(path = %path.display(), "adopted the object already in the bucket, re-read");
+        return Ok(Some(ArchivedFile {
+            path,
+            bytes: size,
+            sha256: Some(sha256),
+            kept_jpeg: keeps_jpeg && kind == FileKind::Jpeg,
+            packing_id: None,
+        }));
+    }
+    Ok(None)
 }
 
 fn adopt_webp(path: PathBuf) -> Option<ArchivedFile> {

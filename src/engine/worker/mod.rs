@@ -45,6 +45,10 @@ pub enum Outcome {
     },
     /// Shutdown overtook the image: hand it back untouched. No attempt.
     Abandoned,
+    /// The archive's bucket did not answer (after the client's own
+    /// retries): not the image's fault, so no attempt; back after a delay
+    /// that doubles while it lasts, with the error as the image's note.
+    StorageUnavailable { error: String },
 }
 
 /// Downloads, tags and writes one image. Never touches the queue state.
@@ -103,8 +107,14 @@ pub async fn fetch(
     // after the write but before the row was marked done, or another job of
     // the same collection archived it. Re-tag it from our metadata instead of
     // downloading it again.
-    if let Some(file) = disk::adopt_loose(ctx, &target, &meta).await {
-        return Fetched::Finished(Outcome::Done { file });
+    match disk::adopt_loose(ctx, &target, &meta).await {
+        Ok(Some(file)) => return Fetched::Finished(Outcome::Done { file }),
+        Ok(None) => {}
+        Err(e) => {
+            return Fetched::Finished(Outcome::StorageUnavailable {
+                error: e.to_string(),
+            });
+        }
     }
     let Some(url) = image.url.as_deref() else {
         return Fetched::Finished(Outcome::Retry {
@@ -246,6 +256,15 @@ pub async fn apply(
         }
         Outcome::Abandoned => {
             ctx.store.release(lease, now, None).await?;
+        }
+        Outcome::StorageUnavailable { error } => {
+            let policy = DeferPolicy {
+                base: ctx.tuning.backoff_base,
+                cap: ctx.tuning.backoff_cap,
+                jitter: rand::random_range(0.5..=1.0),
+            };
+            let due = ctx.store.defer(lease, &error, policy, now).await?;
+            debug!(image = %image.image_id, error, ?due, "the bucket did not answer; the image waits");
         }
     }
     Ok(())

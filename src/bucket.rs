@@ -1,0 +1,504 @@
+//! The archive in an S3-compatible bucket (`storage.archive_url = "s3://bucket/prefix"`).
+//!
+//! Object keys mirror the local layout under the prefix, so a bucket and a
+//! local archive are interchangeable file for file. Paths keep their
+//! [`std::path::Path`] form throughout the engine, rooted at the URL
+//! (`s3://bucket/prefix/mapillary-…/2024-05-01/<seq>/<id>.jpg`): layout code
+//! is shared, and every stored path, log line and `last_error` names the
+//! object unambiguously. This module turns such a path into a key.
+//!
+//! "Durable at its final path" is a successful PUT: S3 has no partial
+//! objects, so there is no `.part` and nothing to sweep after a crash. Each
+//! image carries its SHA-256, its size and a fingerprint of the metadata it
+//! was tagged from as user metadata, so a later run adopts it with one HEAD
+//! instead of downloading it again. Objects have no mtime: the capture time
+//! goes in `x-amz-meta-captured-at` (Unix ms).
+//!
+//! Endpoint and credentials come from the standard `AWS_*` variables
+//! (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! `AWS_REGION`, `AWS_ALLOW_HTTP`, …), read once; they are handed to the
+//! client and never stored, logged or shown.
+
+use crate::secret::Secret;
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::path::Path as Key;
+use object_store::{
+    Attribute, Attributes, GetOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload,
+    WriteMultipart,
+};
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a tar job cannot run against a bucket (the API's 422, `download`'s
+/// usage error): packing reads and rewrites loose files in place, which is
+/// built for a local disk only so far.
+pub const TAR_NEEDS_A_DISK: &str = "package \"tar\" needs the archive on a local disk: storage.archive_url is an s3:// bucket, which cannot hold tars yet";
+
+/// User metadata names (sent as `x-amz-meta-<name>`).
+const META_SHA256: &str = "sha256";
+const META_CAPTURED_AT: &str = "captured-at";
+const META_TAGGED_FROM: &str = "tagged-from";
+
+/// Part size of multipart uploads (S3 wants ≥ 5 MiB but the last).
+const PART_BYTES: usize = 8 << 20;
+
+/// A parsed `s3://bucket[/prefix]` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveUrl {
+    pub bucket: String,
+    /// Without leading or trailing `/`; empty for the bucket's root.
+    pub prefix: String,
+}
+
+impl ArchiveUrl {
+    /// Parses `s3://bucket[/prefix]`. The bucket follows S3's naming rules
+    /// (3–63 of `a-z 0-9 . -`, starting and ending with a letter or digit);
+    /// the prefix is plain `/`-separated names, none empty, `.` or `..`.
+    pub fn parse(text: &str) -> Result<ArchiveUrl, String> {
+        let rest = text.strip_prefix("s3://").ok_or_else(|| {
+            format!("{text:?} is not an s3://bucket/prefix URL (only s3:// is supported)")
+        })?;
+        let rest = rest.trim_end_matches('/');
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let bucket_ok = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+            && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !bucket_ok {
+            return Err(format!(
+                "{text:?}: {bucket:?} is not a bucket name (3 to 63 of a-z, 0-9, '.', '-')"
+            ));
+        }
+        for segment in prefix.split('/').filter(|_| !prefix.is_empty()) {
+            let plain = !segment.is_empty()
+                && segment != "."
+                && segment != ".."
+                && !segment.chars().any(|c| c.is_control() || c == '\\');
+            if !plain {
+                return Err(format!(
+                    "{text:?}: the prefix must be plain names separated by '/' (found {segment:?})"
+                ));
+            }
+        }
+        Ok(ArchiveUrl {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+        })
+    }
+
+    /// The archive root as a path: `s3://bucket[/prefix]`.
+    pub fn root(&self) -> PathBuf {
+        let mut root = format!("s3://{}", self.bucket);
+        if !self.prefix.is_empty() {
+            root.push('/');
+            root.push_str(&self.prefix);
+        }
+        PathBuf::from(root)
+    }
+}
+
+impl fmt::Display for ArchiveUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.root().display())
+    }
+}
+
+/// The `AWS_*` variables, as read at load. Debug shows names only.
+#[derive(Clone, Default)]
+pub struct AwsEnvironment(Vec<(String, Secret)>);
+
+impl AwsEnvironment {
+    pub fn from_vars(vars: &HashMap<String, String>) -> AwsEnvironment {
+        let mut found: Vec<(String, Secret)> = vars
+            .iter()
+            .filter(|(k, v)| k.starts_with("AWS_") && !v.trim().is_empty())
+            .map(|(k, v)| (k.clone(), Secret::new(v.clone())))
+            .collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        AwsEnvironment(found)
+    }
+}
+
+impl fmt::Debug for AwsEnvironment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| name))
+            .finish()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BucketError {
+    /// The client could not be configured (a bad `AWS_*` value).
+    #[error("cannot use {url}: {reason}")]
+    Config { url: String, reason: String },
+    /// A path that is not under the archive root (a bug, or a row written
+    /// under another archive).
+    #[error("{0} is not inside the archive bucket")]
+    OutsideRoot(PathBuf),
+    #[error("{op} {path}: {}", describe(error))]
+    Request {
+        op: &'static str,
+        path: PathBuf,
+        error: object_store::Error,
+    },
+    #[error("cannot read {path} to upload it: {error}")]
+    Local {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+/// What a HEAD of an archived image tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub bytes: u64,
+    pub sha256: Option<String>,
+    pub tagged_from: Option<String>,
+}
+
+/// An S3-compatible bucket holding the archive.
+pub struct Bucket {
+    url: ArchiveUrl,
+    root: PathBuf,
+    store: AmazonS3,
+    /// A local folder where files too large to hold in memory
+    /// (`metadata.jsonl`) are built whole before their upload.
+    spool: PathBuf,
+}
+
+impl fmt::Debug for Bucket {
+    // The client holds credentials: show where, never how.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bucket").field("url", &self.url).finish()
+    }
+}
+
+impl Bucket {
+    /// A client for `url`, configured from `env` (endpoint, region,
+    /// credentials), spooling in `spool`. Makes no request.
+    pub fn open(
+        url: &ArchiveUrl,
+        env: &AwsEnvironment,
+        spool: PathBuf,
+    ) -> Result<Bucket, BucketError> {
+        // Client options first: `with_client_options` replaces them all, and
+        // the variables (AWS_ALLOW_HTTP, …) must land on top.
+        let options = object_store::ClientOptions::new()
+            .with_connect_timeout(Duration::from_secs(10))
+            .with_timeout(Duration::from_secs(300));
+        let retry = object_store::RetryConfig {
+            max_retries: 4,
+            retry_timeout: Duration::from_secs(60),
+            ..Default::default()
+        };
+        let mut builder = AmazonS3Builder::new()
+            .with_client_options(options)
+            .with_retry(retry);
+        for (name, value) in &env.0 {
+            if let Ok(key) = name.to_ascii_lowercase().parse::<AmazonS3ConfigKey>() {
+                builder = builder.with_config(key, value.expose());
+            }
+        }
+        let store =
+            builder
+                .with_bucket_name(&url.bucket)
+                .build()
+                .map_err(|e| BucketError::Config {
+                    url: url.to_string(),
+                    // object_store's config errors name the key, not its value.
+                    reason: e.to_string(),
+                })?;
+        Ok(Bucket {
+            root: url.root(),
+            url: url.clone(),
+            store,
+            spool,
+        })
+    }
+
+    pub fn url(&self) -> &ArchiveUrl {
+        &self.url
+    }
+
+    /// Where to build the file that will become the object at `path`
+    /// (same layout under the spool folder).
+    pub fn spool_path(&self, path: &Path) -> Result<PathBuf, BucketError> {
+        Ok(self.spool.join(self.key(path)?.as_ref()))
+    }
+
+    /// The archive root as a path (`s3://bucket/prefix`).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The object key of an archive path.
+    pub fn key(&self, path: &Path) -> Result<Key, BucketError> {
+        let outside = || BucketError::OutsideRoot(path.to_path_buf());
+        let relative = path.strip_prefix(&self.root).map_err(|_| outside())?;
+        let mut parts: Vec<&str> = Vec::new();
+        if !self.url.prefix.is_empty() {
+            parts.extend(self.url.prefix.split('/'));
+        }
+        for component in relative.components() {
+            match component {
+                std::path::Component::Normal(name) => {
+                    parts.push(name.to_str().ok_or_else(outside)?)
+                }
+                _ => return Err(outside()),
+            }
+        }
+        if relative.as_os_str().is_empty() {
+            // The root itself is no object.
+            return Err(outside());
+        }
+        Key::parse(parts.join("/")).map_err(|_| outside())
+    }
+
+    fn request_error(
+        op: &'static str,
+        path: &Path,
+    ) -> impl FnOnce(object_store::Error) -> BucketError {
+        let path = path.to_path_buf();
+        move |error| BucketError::Request { op, path, error }
+    }
+
+    /// Checks that the bucket answers, with the configured credentials:
+    /// one LIST of at most a page under the prefix.
+    pub async fn check_reachable(&self) -> Result<(), BucketError> {
+        let prefix = (!self.url.prefix.is_empty()).then(|| Key::from(self.url.prefix.as_str()));
+        let mut listing = self.store.list(prefix.as_ref());
+        listing
+            .try_next()
+            .await
+            .map_err(Self::request_error("LIST", &self.root))?;
+        Ok(())
+    }
+
+    /// Stores an archived image: one PUT, with its checksum, capture time
+    /// and metadata fingerprint as user metadata. Overwrites: the same
+    /// image always gets the same bytes from the same metadata.
+    pub async fn put_image(
+        &self,
+        path: &Path,
+        bytes: Bytes,
+        sha256: &str,
+        captured_at_ms: Option<i64>,
+        tagged_from: &str,
+    ) -> Result<(), BucketError> {
+        let key = self.key(path)?;
+        let mut attributes = Attributes::new();
+        attributes.insert(
+            Attribute::Metadata(META_SHA256.into()),
+            sha256.to_string().into(),
+        );
+        attributes.insert(
+            Attribute::Metadata(META_TAGGED_FROM.into()),
+            tagged_from.to_string().into(),
+        );
+        if let Some(ms) = captured_at_ms {
+            attributes.insert(
+                Attribute::Metadata(META_CAPTURED_AT.into()),
+                ms.to_string().into(),
+            );
+        }
+        attributes.insert(Attribute::ContentType, content_type(path).into());
+        let options = PutOptions {
+            attributes,
+            ..Default::default()
+        };
+        self.store
+            .put_opts(&key, PutPayload::from(bytes), options)
+            .await
+            .map_err(Self::request_error("PUT", path))?;
+        Ok(())
+    }
+
+    /// The object at `path`, if any: size and our user metadata.
+    pub async fn head(&self, path: &Path) -> Result<Option<Head>, BucketError> {
+        let key = self.key(path)?;
+        let options = GetOptions {
+            head: true,
+            ..Default::default()
+        };
+        match self.store.get_opts(&key, options).await {
+            Ok(result) => {
+                let meta = |name: &'static str| {
+                    result
+                        .attributes
+                        .get(&Attribute::Metadata(name.into()))
+                        .map(|v| v.to_string())
+                };
+                Ok(Some(Head {
+                    bytes: result.meta.size,
+                    sha256: meta(META_SHA256),
+                    tagged_from: meta(META_TAGGED_FROM),
+                }))
+            }
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Self::request_error("HEAD", path)(e)),
+        }
+    }
+
+    /// The whole object at `path`, or `None` if there is none.
+    pub async fn get(&self, path: &Path) -> Result<Option<Bytes>, BucketError> {
+        let key = self.key(path)?;
+        let read = async { self.store.get(&key).await?.bytes().await };
+        match read.await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Self::request_error("GET", path)(e)),
+        }
+    }
+
+    /// Removes the object at `path`; gone already is fine.
+    pub async fn delete(&self, path: &Path) -> Result<(), BucketError> {
+        let key = self.key(path)?;
+        match self.store.delete(&key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Self::request_error("DELETE", path)(e)),
+        }
+    }
+
+    /// Uploads the local file `local` to `path`, in parts, so a file of any
+    /// size costs [`PART_BYTES`] of memory at a time. The object appears
+    /// whole at completion or not at all (an upload cut short is aborted).
+    pub async fn upload_file(&self, local: &Path, path: &Path) -> Result<(), BucketError> {
+        use tokio::io::AsyncReadExt;
+        let key = self.key(path)?;
+        let local_error = |error| BucketError::Local {
+            path: local.to_path_buf(),
+            error,
+        };
+        let mut file = tokio::fs::File::open(local).await.map_err(local_error)?;
+        let upload = self
+            .store
+            .put_multipart(&key)
+            .await
+            .map_err(Self::request_error("PUT (multipart)", path))?;
+        let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+        let mut buffer = vec![0_u8; 1 << 20];
+        let copied: Result<(), BucketError> = async {
+            loop {
+                let n = file.read(&mut buffer).await.map_err(local_error)?;
+                if n == 0 {
+                    return Ok(());
+                }
+                writer
+                    .wait_for_capacity(2)
+                    .await
+                    .map_err(Self::request_error("PUT (part)", path))?;
+                writer.write(&buffer[..n]);
+            }
+        }
+        .await;
+        match copied {
+            Ok(()) => {
+                writer
+                    .finish()
+                    .await
+                    .map_err(Self::request_error("PUT (complete)", path))?;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = writer.abort().await;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// An object_store error with its causes, each said once (its messages
+/// repeat their sources' text, and the deepest says what really failed).
+fn describe(error: &object_store::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(inner) = cause {
+        let message = inner.to_string();
+        if !text.contains(&message) {
+            text.push_str(": ");
+            text.push_str(&message);
+        }
+        cause = inner.source();
+    }
+    text
+}
+
+fn content_type(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some("jpg") => "image/jpeg",
+        Some("webp") => "image/webp",
+        Some("gz") => "application/gzip",
+        Some("jsonl") => "application/jsonl",
+        _ => "application/octet-stream",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn archive_urls_parse_or_say_what_is_wrong() {
+        let url = ArchiveUrl::parse("s3://my-archive/mapillary/2024/").unwrap();
+        assert_eq!(url.bucket, "my-archive");
+        assert_eq!(url.prefix, "mapillary/2024");
+        assert_eq!(url.root(), PathBuf::from("s3://my-archive/mapillary/2024"));
+        let bare = ArchiveUrl::parse("s3://archive").unwrap();
+        assert_eq!(
+            (bare.bucket.as_str(), bare.prefix.as_str()),
+            ("archive", "")
+        );
+        for bad in [
+            "archive",
+            "https://s3.amazonaws.com/archive",
+            "s3://",
+            "s3://ab",
+            "s3://Upper",
+            "s3://-dash",
+            "s3://a_b_c",
+            "s3://bucket//double",
+            "s3://bucket/../up",
+            "s3://bucket/./here",
+        ] {
+            assert!(ArchiveUrl::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn keys_mirror_the_layout_under_the_prefix_and_nothing_escapes() {
+        let env = AwsEnvironment::from_vars(&HashMap::from([
+            ("AWS_ACCESS_KEY_ID".to_string(), "k".to_string()),
+            ("AWS_SECRET_ACCESS_KEY".to_string(), "s".to_string()),
+            ("AWS_REGION".to_string(), "us-east-1".to_string()),
+        ]));
+        let url = ArchiveUrl::parse("s3://b-1/p/q").unwrap();
+        let bucket = Bucket::open(&url, &env, PathBuf::from("/spool")).unwrap();
+        let path = bucket
+            .root()
+            .join("mapillary-alice-original/2024-05-01/s/1.jpg");
+        assert_eq!(
+            bucket.key(&path).unwrap().as_ref(),
+            "p/q/mapillary-alice-original/2024-05-01/s/1.jpg"
+        );
+        for outside in [
+            "/tmp/x.jpg",
+            "s3://b-1/other/x.jpg",
+            "s3://b-1/p/q/../x.jpg",
+        ] {
+            assert!(bucket.key(Path::new(outside)).is_err(), "{outside}");
+        }
+        assert!(bucket.key(bucket.root()).is_err());
+        let shown = format!("{bucket:?} {env:?}");
+        assert!(
+            !shown.contains("\"s\"") && !shown.contains("\"k\""),
+            "{shown}"
+        );
+    }
+}

@@ -1,0 +1,497 @@
+//! The archive in an S3-compatible bucket (`storage.archive_url = s3://…`),
+//! against moto's S3 server (a separate process speaking the S3 protocol;
+//! see `mld_testkit::s3`): the same layout, EXIF and metadata as on disk,
+//! adoption with a HEAD, `verify` and `--repair` on objects, an outage that
+//! costs no image, clear refusals, and credentials that never leak.
+//!
+//! Objects are read back with plain HTTP by the kit and mirrored to a
+//! temporary folder, where the same on-disk checks as every other test
+//! apply (each file's mtime set from its `captured-at` metadata).
+
+mod common;
+
+use common::{TestDaemon, test_settings};
+use mld_testkit::archive_check::check_collection;
+use mld_testkit::fake::{DEFAULT_TOKEN, FakeConfig, FakeMapillary, Quality};
+use mld_testkit::process::{self, DaemonProcess};
+use mld_testkit::s3::{FlakyProxy, S3Server, SECRET_KEY};
+use reqwest::StatusCode;
+use serde_json::json;
+use std::path::Path;
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_mapillary-downloader");
+const LONG: Duration = Duration::from_secs(120);
+const PREFIX: &str = "mirror/mapillary";
+
+fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+fn job_id(v: &serde_json::Value) -> i64 {
+    v["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no job id in {v}"))
+}
+
+/// Runs the binary to completion off the async runtime.
+async fn run(args: &[&str], data: &Path, env: &[(String, String)]) -> Output {
+    let mut cmd = process::command(BINARY, env);
+    cmd.args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    tokio::task::spawn_blocking(move || cmd.output().expect("run the binary"))
+        .await
+        .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if entry.path().is_dir() {
+                stack.push(entry.path());
+            } else {
+                found.push(entry.path());
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_lands_in_the_bucket_as_it_would_on_disk_and_a_new_database_adopts_it_by_head() {
+    let s3 = S3Server::start("archive").await;
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("alice", 300, 41);
+    fake.add_user("bea", 30, 42);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s3_env = s3.daemon_env(PREFIX);
+    let settings = test_settings(fake.api_url().as_str(), &data, 8, &pairs(&s3_env));
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    assert_eq!(
+        daemon.archive_dir(),
+        Path::new("s3://archive/mirror/mapillary")
+    );
+
+    let (status, alice) = daemon.post_job(json!({"username": "alice"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{alice}");
+    let (status, bea) = daemon
+        .post_job(json!({"username": "bea", "quality": "256", "format": "webp"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{bea}");
+    let alice = daemon.wait_for_state(job_id(&alice), &["done"], LONG).await;
+    let bea = daemon.wait_for_state(job_id(&bea), &["done"], LONG).await;
+    assert_eq!(
+        (
+            alice["counts"]["done"].as_u64(),
+            alice["counts"]["failed"].as_u64()
+        ),
+        (Some(300), Some(0)),
+        "{alice}"
+    );
+    assert_eq!(bea["counts"]["done"].as_u64(), Some(30), "{bea}");
+    daemon.stop().await;
+
+    // The bucket holds the layout a local archive has, object for object.
+    let mirror = dir.path().join("mirror");
+    let objects = s3.mirror(PREFIX, &mirror).await;
+    assert_eq!(
+        objects,
+        300 + 1 + 30 + 1,
+        "images and one metadata.jsonl per collection"
+    );
+    check_collection(
+        &mirror,
+        "alice",
+        Quality::Original,
+        &fake.images("alice"),
+        |id| fake.jpeg_marker(id, Quality::Original),
+    );
+    let webp_keys: Vec<String> = s3
+        .keys(&format!("{PREFIX}/mapillary-bea-256-webp/"))
+        .await
+        .into_iter()
+        .filter(|k| k.ends_with(".webp"))
+        .collect();
+    assert_eq!(webp_keys.len(), 30);
+    let one = mirror.join(webp_keys[0].strip_prefix(&format!("{PREFIX}/")).unwrap());
+    let exiftool = std::process::Command::new("exiftool")
+        .args([
+            "-s3",
+            "-n",
+            "-GPSLatitude",
+            "-DateTimeOriginal",
+            "-FileType",
+        ])
+        .arg(&one)
+        .output()
+        .expect("exiftool (Debian: libimage-exiftool-perl; bash scripts/test installs it)");
+    let read = text(&exiftool.stdout);
+    assert!(read.contains("WEBP") && read.lines().count() == 3, "{read}");
+    let metadata = s3
+        .get(&format!("{PREFIX}/mapillary-bea-256-webp/metadata.jsonl"))
+        .await
+        .expect("metadata.jsonl in the bucket");
+    assert_eq!(text(&metadata).lines().count(), 30);
+    // Nothing of the archive touched the local disk, and the spool is empty.
+    assert!(!data.join("archive").exists());
+    assert!(files_under(&data.join("spool")).is_empty());
+    assert_eq!(fake.cdn_hits_total(), 330);
+
+    // A new database over the same bucket adopts every object with a HEAD:
+    // nothing is downloaded again.
+    let fresh = dir.path().join("fresh");
+    let settings = test_settings(fake.api_url().as_str(), &fresh, 8, &pairs(&s3_env));
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let (_, again) = daemon.post_job(json!({"username": "alice"})).await;
+    let again = daemon.wait_for_state(job_id(&again), &["done"], LONG).await;
+    assert_eq!(again["counts"]["done"].as_u64(), Some(300), "{again}");
+    assert_eq!(fake.cdn_hits_total(), 330, "adopted, not downloaded again");
+    daemon.stop().await;
+
+    // `verify` reads the objects back: all there, all whole.
+    let out = run(&["verify"], &data, &s3_env).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stdout).contains("verified 330 images: 330 ok, 0 missing, 0 corrupt"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_finds_deleted_and_damaged_objects_and_repair_heals_them() {
+    let s3 = S3Server::start("archive").await;
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("cleo", 40, 43);
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = mld_testkit::env::test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    env.extend(s3.daemon_env(PREFIX));
+    let out = run(&["download", "cleo", "--workers", "4"], dir.path(), &env).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(fake.cdn_hits_total(), 40);
+
+    let images = fake.images("cleo");
+    let key = |i: usize| {
+        let path = mld_testkit::archive_check::image_path(
+            Path::new("mapillary-cleo-original"),
+            &images[i],
+        );
+        format!("{PREFIX}/{}", path.display())
+    };
+    s3.delete(&key(0)).await;
+    let mut flipped = s3.get(&key(1)).await.unwrap();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0xFF;
+    s3.put(&key(1), flipped).await;
+
+    let out = run(&["verify", "--json"], dir.path(), &env).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            report["missing"].as_u64(),
+            report["corrupt"].as_u64(),
+            report["ok"].as_u64()
+        ),
+        (Some(1), Some(1), Some(38)),
+        "{report}"
+    );
+    let locations: Vec<&str> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["location"].as_str().unwrap())
+        .collect();
+    assert!(
+        locations
+            .iter()
+            .all(|l| l.starts_with("s3://archive/mirror/mapillary/")),
+        "{locations:?}"
+    );
+
+    let out = run(&["verify", "--repair"], dir.path(), &env).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        s3.get(&key(1)).await.is_none(),
+        "the corrupt object is removed, so nothing adopts it"
+    );
+    let out = run(&["download", "cleo", "--workers", "4"], dir.path(), &env).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        fake.cdn_hits_total(),
+        42,
+        "only the two damaged images are fetched again"
+    );
+    let out = run(&["verify"], dir.path(), &env).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+
+    // The credentials reached the S3 client only: not the logs, the
+    // database or the spool.
+    for file in files_under(dir.path()) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !text(&bytes).contains(SECRET_KEY),
+            "{} holds the secret key",
+            file.display()
+        );
+    }
+    assert!(!text(&out.stdout).contains(SECRET_KEY) && !text(&out.stderr).contains(SECRET_KEY));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_s3_outage_mid_run_costs_no_image_and_no_attempt() {
+    let s3 = S3Server::start("archive").await;
+    let proxy = FlakyProxy::start(&s3.endpoint).await;
+    let fake = FakeMapillary::start(FakeConfig {
+        cdn_latency: Duration::from_millis(20),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("dora", 300, 44);
+    let dir = tempfile::tempdir().unwrap();
+    let mut s3_env = s3.daemon_env(PREFIX);
+    mld_testkit::env::set(&mut s3_env, "AWS_ENDPOINT_URL", &proxy.endpoint);
+    let mut extra = pairs(&s3_env);
+    // One attempt only: an outage that cost attempts would fail images.
+    extra.push(("MLD__RETRY__MAX_ATTEMPTS", "1"));
+    let settings = test_settings(fake.api_url().as_str(), dir.path(), 8, &extra);
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let (_, job) = daemon.post_job(json!({"username": "dora"})).await;
+    let id = job_id(&job);
+    loop {
+        let job = daemon.job(id).await;
+        if job["counts"]["done"].as_u64().unwrap_or(0) >= 60 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.set_outage(true);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = daemon.job(id).await;
+    proxy.set_outage(false);
+    assert!(proxy.refused() > 0, "the outage was felt");
+    assert_ne!(during["state"], "done", "{during}");
+    let done = daemon.wait_for_state(id, &["done"], LONG).await;
+    assert_eq!(
+        (
+            done["counts"]["done"].as_u64(),
+            done["counts"]["failed"].as_u64()
+        ),
+        (Some(300), Some(0)),
+        "{done}"
+    );
+    daemon.stop().await;
+    let mirror = dir.path().join("mirror");
+    s3.mirror(PREFIX, &mirror).await;
+    check_collection(
+        &mirror,
+        "dora",
+        Quality::Original,
+        &fake.images("dora"),
+        |id| fake.jpeg_marker(id, Quality::Original),
+    );
+}
+
+/// Image ids the database calls done.
+async fn done_ids(db: &Path, job: i64) -> std::collections::HashSet<String> {
+    let store = mapillary_downloader::store::Store::open(db).await.unwrap();
+    let mut ids = std::collections::HashSet::new();
+    let mut after = None;
+    loop {
+        let page = store.finished_images(job, after, 2000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.row_id);
+        ids.extend(page.into_iter().map(|i| i.meta.id));
+    }
+    store.close().await;
+    ids
+}
+
+/// kill -9 while images are being put: the bucket ends exact, nothing done
+/// is fetched again, and an object put just before a kill (its row not yet
+/// done) is adopted with a HEAD rather than downloaded again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_while_putting_loses_nothing_and_redoes_almost_nothing() {
+    let s3 = S3Server::start("archive").await;
+    let fake = FakeMapillary::start(FakeConfig {
+        cdn_latency: Duration::from_millis(10),
+        cdn_latency_jitter: Duration::from_millis(20),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("kai", 600, 46);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut env = mld_testkit::env::test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    env.extend(s3.daemon_env(PREFIX));
+    let workers = 4;
+    let spawn = |env: &[(String, String)]| {
+        DaemonProcess::spawn(BINARY, &data, workers, env).expect("the daemon starts")
+    };
+    let mut daemon = spawn(&env);
+    let (_, job) = daemon.api().post_job(json!({"username": "kai"})).await;
+    let id = job_id(&job);
+    let mut snapshots = Vec::new();
+    let mut logs = String::new();
+    for delay in [700, 900, 1100] {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+        logs.push_str(&daemon.log_text());
+        daemon.kill9();
+        let done = done_ids(&data.join("mapillary.db"), id).await;
+        let hits: std::collections::HashMap<String, usize> =
+            done.iter().map(|i| (i.clone(), fake.cdn_hits(i))).collect();
+        snapshots.push((done, hits));
+        daemon = spawn(&env);
+    }
+    assert!(
+        snapshots[0].0.len() < 600,
+        "the first kill should land mid-run"
+    );
+    let job = daemon.api().wait_for_state(id, &["done"], LONG).await;
+    assert_eq!(
+        (
+            job["counts"]["done"].as_u64(),
+            job["counts"]["failed"].as_u64()
+        ),
+        (Some(600), Some(0)),
+        "{job}"
+    );
+    logs.push_str(&daemon.log_text());
+    drop(daemon);
+
+    let mirror = dir.path().join("mirror");
+    s3.mirror(PREFIX, &mirror).await;
+    check_collection(
+        &mirror,
+        "kai",
+        Quality::Original,
+        &fake.images("kai"),
+        |i| fake.jpeg_marker(i, Quality::Original),
+    );
+    for (k, (done, hits)) in snapshots.iter().enumerate() {
+        for image in done {
+            assert_eq!(
+                fake.cdn_hits(image),
+                hits[image],
+                "image {image} done before kill {k} was fetched again"
+            );
+        }
+    }
+    let redownloads: usize = fake
+        .images("kai")
+        .iter()
+        .map(|m| fake.cdn_hits(&m.id).saturating_sub(1))
+        .sum();
+    assert!(
+        redownloads <= snapshots.len() * workers as usize,
+        "{redownloads} re-downloads after {} kills",
+        snapshots.len()
+    );
+    assert!(
+        !logs.contains(SECRET_KEY),
+        "the S3 secret reached a log line"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bucket_settings_and_tar_jobs_are_refused_clearly_and_change_nothing() {
+    let s3 = S3Server::start("archive").await;
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("eve", 5, 45);
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = mld_testkit::env::test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    env.extend(s3.daemon_env(PREFIX));
+
+    // A URL that is not a bucket: a usage error naming the setting.
+    for (url, says) in [
+        ("s3://", "not a bucket name"),
+        ("gs://bucket/x", "only s3://"),
+        ("s3://bucket/../x", "plain names"),
+    ] {
+        let out = run(&["download", "eve", "--archive-url", url], dir.path(), &env).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{url}: {stderr}");
+        assert!(
+            stderr.contains("storage.archive_url") && stderr.contains(says),
+            "{url}: {stderr}"
+        );
+    }
+    // Tars need a local disk, for now.
+    let out = run(&["download", "eve", "--tar"], dir.path(), &env).await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("package \"tar\" needs the archive on a local disk"));
+    // A bucket that does not answer: the run stops at once, naming the
+    // bucket and what to check, never the secret.
+    let mut unreachable = env.clone();
+    mld_testkit::env::set(&mut unreachable, "AWS_ENDPOINT_URL", "http://127.0.0.1:9");
+    let out = run(&["download", "eve"], dir.path(), &unreachable).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("s3://archive/mirror/mapillary") && stderr.contains("AWS_ENDPOINT_URL"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(SECRET_KEY), "{stderr}");
+    assert!(s3.keys("").await.is_empty(), "nothing was written");
+
+    // The daemon answers a tar job with 422 and the same reason.
+    let settings = test_settings(
+        fake.api_url().as_str(),
+        &dir.path().join("d"),
+        2,
+        &pairs(&s3.daemon_env(PREFIX)),
+    );
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let (status, body) = daemon
+        .post_job(json!({"username": "eve", "package": "tar"}))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body.to_string()
+            .contains("needs the archive on a local disk"),
+        "{body}"
+    );
+    let (status, jobs) = daemon.request(reqwest::Method::GET, "/jobs", None).await;
+    assert_eq!((status, jobs), (StatusCode::OK, json!([])));
+    daemon.stop().await;
+
+    // A data dir whose images are on the local disk cannot switch to a
+    // bucket (its rows would point at objects that do not exist).
+    let local = dir.path().join("local");
+    let out = run(
+        &["download", "eve", "--workers", "2"],
+        &local,
+        &mld_testkit::env::test_env(fake.api_url().as_str(), DEFAULT_TOKEN),
+    )
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = run(&["download", "eve"], &local, &env).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cannot switch between a local disk and a bucket"),
+        "{stderr}"
+    );
+    assert!(s3.keys("").await.is_empty(), "nothing was written");
+}
