@@ -251,9 +251,14 @@ async fn packing_figures() -> anyhow::Result<()> {
     // Loose files fresh in the page cache would flatter the read side.
     let _ = std::process::Command::new("sync").status();
     let start = Instant::now();
-    let report =
-        mapillary_downloader::package::pack_collection(&store, &archive, "mapillary-bench-1024", 0)
-            .await?;
+    let report = mapillary_downloader::package::pack_collection(
+        &store,
+        &mapillary_downloader::archive_files::ArchiveFiles::Disk,
+        &archive,
+        "mapillary-bench-1024",
+        0,
+    )
+    .await?;
     let secs = start.elapsed().as_secs_f64();
     println!(
         "   {} tar(s), {} members, {:.0} MB in {secs:.2} s: {:.0} MB/s (read, hash, write, fsync, remove loose files)",

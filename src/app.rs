@@ -7,13 +7,12 @@
 //! test) that embeds the daemon.
 
 use crate::api::{self, AppState, HttpServer};
-use crate::bucket::{Bucket, TAR_NEEDS_A_DISK};
+use crate::bucket::Bucket;
 use crate::config::Settings;
 use crate::engine::{Engine, EngineContext, Tuning};
 use crate::mapillary::{ClientSettings, MapillaryClient};
-use crate::model::Packaging;
 use crate::secret::Secret;
-use crate::store::{JobState, Store};
+use crate::store::Store;
 use anyhow::Context;
 use std::fs::File;
 use std::net::SocketAddr;
@@ -68,9 +67,6 @@ pub async fn engine_context(settings: &Settings, token: Secret) -> anyhow::Resul
         .rebase_archive(&settings.archive_dir())
         .await
         .context("rebasing stored image paths onto the archive directory")?;
-    if bucket.is_some() {
-        refuse_tar_jobs(&store).await?;
-    }
     let client = MapillaryClient::new(client_settings(settings)?, token)?;
     let ctx = EngineContext::new(
         Arc::new(store),
@@ -101,22 +97,6 @@ pub async fn open_bucket(settings: &Settings) -> anyhow::Result<Option<Arc<Bucke
     Ok(Some(Arc::new(bucket)))
 }
 
-/// Tar packaging needs the archive on a local disk (it is not built for
-/// buckets yet): a store holding a tar job cannot run against a bucket.
-async fn refuse_tar_jobs(store: &Store) -> anyhow::Result<()> {
-    let jobs = store.list_jobs().await?;
-    if let Some(job) = jobs
-        .iter()
-        .find(|j| j.package == Packaging::Tar && j.state != JobState::Cancelled)
-    {
-        anyhow::bail!(
-            "job {} cannot run here: {TAR_NEEDS_A_DISK} (cancel the job, or run without storage.archive_url)",
-            job.id
-        );
-    }
-    Ok(())
-}
-
 /// The daemon: HTTP API + engine.
 pub struct Application {
     server: HttpServer,
@@ -137,7 +117,6 @@ impl Application {
             api_token: settings.api_token().cloned(),
             started: std::time::Instant::now(),
             default_resync: settings.default_resync().map_err(anyhow::Error::msg)?,
-            archive_in_bucket: ctx.bucket.is_some(),
         };
         let server = api::bind(addr, api::router(state), settings.api_limits())
             .await

@@ -33,11 +33,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Why a tar job cannot run against a bucket (the API's 422, `download`'s
-/// usage error): packing reads and rewrites loose files in place, which is
-/// built for a local disk only so far.
-pub const TAR_NEEDS_A_DISK: &str = "package \"tar\" needs the archive on a local disk: storage.archive_url is an s3:// bucket, which cannot hold tars yet";
-
 /// User metadata names (sent as `x-amz-meta-<name>`).
 const META_SHA256: &str = "sha256";
 const META_CAPTURED_AT: &str = "captured-at";
@@ -148,7 +143,7 @@ pub enum BucketError {
         path: PathBuf,
         error: object_store::Error,
     },
-    #[error("cannot read {path} to upload it: {error}")]
+    #[error("local file {path}: {error}")]
     Local {
         path: PathBuf,
         error: std::io::Error,
@@ -225,6 +220,11 @@ impl Bucket {
 
     pub fn url(&self) -> &ArchiveUrl {
         &self.url
+    }
+
+    /// The local folder uploads are built in.
+    pub fn spool_dir(&self) -> &Path {
+        &self.spool
     }
 
     /// Where to build the file that will become the object at `path`
@@ -355,6 +355,42 @@ impl Bucket {
             Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(Self::request_error("GET", path)(e)),
         }
+    }
+
+    /// Streams the object at `path` into the local file `local` (made
+    /// anew). `false` if there is no object.
+    pub async fn download(&self, path: &Path, local: &Path) -> Result<bool, BucketError> {
+        use tokio::io::AsyncWriteExt;
+        let key = self.key(path)?;
+        let result = match self.store.get(&key).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => return Ok(false),
+            Err(e) => return Err(Self::request_error("GET", path)(e)),
+        };
+        let local_error = |error| BucketError::Local {
+            path: local.to_path_buf(),
+            error,
+        };
+        if let Some(dir) = local.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(local_error)?;
+        }
+        let mut file = tokio::fs::File::create(local).await.map_err(local_error)?;
+        let mut stream = result.into_stream();
+        let copied: Result<(), BucketError> = async {
+            while let Some(chunk) = stream
+                .try_next()
+                .await
+                .map_err(Self::request_error("GET", path))?
+            {
+                file.write_all(&chunk).await.map_err(local_error)?;
+            }
+            file.flush().await.map_err(local_error)
+        }
+        .await;
+        if copied.is_err() {
+            let _ = tokio::fs::remove_file(local).await;
+        }
+        copied.map(|()| true)
     }
 
     /// Removes the object at `path`; gone already is fine.

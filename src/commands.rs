@@ -103,9 +103,6 @@ async fn download(config_file: Option<PathBuf>, args: DownloadArgs) -> Result<Ex
         },
     };
     let specs = request.specs().map_err(usage_error)?;
-    if args.tar && !settings.storage.archive_url.trim().is_empty() {
-        return Err(usage_error(crate::bucket::TAR_NEEDS_A_DISK));
-    }
     let token = token()?;
     // Bars and info logs fight over a terminal; keep logs to warnings there.
     if std::io::IsTerminal::is_terminal(&std::io::stderr())

@@ -14,7 +14,8 @@
 //! - [`units`]: human-readable sizes, counts, rates and durations. [`clock`]: Unix-ms wall time.
 //! - [`archive`]: the on-disk layout and durable writes (`.part`, fsync, rename, fsync dir).
 //!   [`checksum`]: SHA-256 while writing. [`webp`]: JPEG -> tagged WebP.
-//!   [`bucket`]: the archive in an S3-compatible bucket instead (`storage.archive_url = s3://…`).
+//!   [`bucket`]: the archive in an S3-compatible bucket instead (`storage.archive_url = s3://…`);
+//!   [`archive_files`]: reading, writing and removing archive files on either, for packaging and `verify`.
 //! - [`package`]: tars per capture date (planned -> written -> cleaned), `metadata.jsonl.gz`, item files.
 //!   [`archive_org`]: is a collection already an Internet Archive item?
 //! - [`verify`]: re-reads every archived file (loose or in a tar) against its size and SHA-256; repairs.
@@ -28,6 +29,7 @@
 pub mod api;
 pub mod app;
 pub mod archive;
+pub mod archive_files;
 pub mod archive_org;
 pub mod bucket;
 pub mod checksum;

@@ -12,6 +12,7 @@
 //! Decoding is the costly part: files are checked on one thread per core.
 
 use crate::archive::{self, FileKind, member_name};
+use crate::archive_files::ArchiveFiles;
 use crate::bucket::Bucket;
 use crate::checksum::sha256_hex;
 use crate::clock::now_ms;
@@ -106,6 +107,7 @@ pub async fn verify(
         report: VerifyReport::default(),
         requeued_rows: Default::default(),
     };
+    let files = ArchiveFiles::new(bucket);
     let mut after = 0;
     loop {
         let rows = store.loose_copies(options.job, after, PAGE).await?;
@@ -139,9 +141,17 @@ pub async fn verify(
         let rows = store.packing_rows(packing.id, options.job).await?;
         let folder = archive::collection_path(archive_dir, &packing.collection)?;
         let tar_path = folder.join(&packing.tar_name);
-        let checked =
-            tokio::task::spawn_blocking(move || check_tar(&tar_path, &folder, rows, threads))
-                .await?;
+        // A tar in a bucket is read from a copy in the spool, one at a time.
+        let local = files.local_copy(&tar_path).await?;
+        let checked = tokio::task::spawn_blocking(move || {
+            let (local_tar, temporary) = local.unwrap_or_else(|| (tar_path.clone(), false));
+            let checked = check_tar(&local_tar, &tar_path, &folder, rows, threads);
+            if temporary {
+                let _ = std::fs::remove_file(&local_tar);
+            }
+            checked
+        })
+        .await?;
         for (row, check, location) in checked {
             run.record(row, check, location, false).await?;
         }
@@ -389,11 +399,12 @@ const TAR_BATCH: usize = 32;
 /// whose member never came (a truncated or missing tar) are missing.
 fn check_tar(
     tar_path: &Path,
+    shown_as: &Path,
     folder: &Path,
     rows: Vec<StoredCopy>,
     threads: usize,
 ) -> Vec<(StoredCopy, Check, String)> {
-    let tar_text = tar_path.display().to_string();
+    let tar_text = shown_as.display().to_string();
     let mut expected: HashMap<String, Vec<StoredCopy>> = HashMap::new();
     let mut results = Vec::with_capacity(rows.len());
     for row in rows {

@@ -958,3 +958,93 @@ async fn a_username_job_already_on_the_internet_archive_ends_at_once() {
     assert!(ann["note"].is_null(), "{ann}");
     daemon.stop().await;
 }
+
+/// The same item in a bucket (`storage.archive_url = s3://…`, moto's S3
+/// server): tars per date built in the spool and uploaded, the loose objects
+/// removed once each tar is durable, `metadata.jsonl.gz`, the thumbnail and
+/// `.meta/` as objects; `verify` reads the tars back from the bucket and
+/// finds a damaged one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tar_job_into_a_bucket_packs_the_same_item_and_verify_reads_its_tars() {
+    let s3 = mld_testkit::s3::S3Server::start("archive").await;
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("tess", 60, 29);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s3_env = s3.daemon_env("ia");
+    let extra: Vec<(&str, &str)> = s3_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let settings = test_settings(fake.api_url().as_str(), &data, 4, &extra);
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let (status, job) = daemon
+        .post_job(json!({"username": "tess", "quality": "256", "format": "webp", "package": "tar"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let job = daemon
+        .wait_for_state(job["id"].as_i64().unwrap(), &["done"], LONG)
+        .await;
+    assert_eq!(job["counts"]["done"], 60, "{job}");
+    daemon.stop().await;
+
+    let mirror = dir.path().join("mirror");
+    s3.mirror("ia", &mirror).await;
+    let collection = mirror.join("mapillary-tess-256-webp");
+    check_packed(&collection, &fake.images("tess"), |_| "webp");
+    assert_only_item_files(&collection);
+    assert!(collection.join("__ia_thumb__.jpg").is_file());
+    assert_eq!(read_tag(&collection, "mediatype", 0), "data");
+    assert!(
+        !data.join("archive").exists(),
+        "nothing of the archive on disk"
+    );
+    assert!(
+        files_under(&data.join("spool")).is_empty(),
+        "the spool is emptied"
+    );
+
+    let verify = |args: &[&str]| {
+        let out = Command::new(BINARY)
+            .arg("verify")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .envs(s3_env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = verify(&["--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["ok"], 60, "{report}");
+
+    // Damage one tar in the bucket: its members no longer match.
+    let tar_key = s3
+        .keys("ia/mapillary-tess-256-webp/")
+        .await
+        .into_iter()
+        .find(|k| k.ends_with(".tar"))
+        .unwrap();
+    let mut tar = s3.get(&tar_key).await.unwrap();
+    let middle = tar.len() / 2;
+    tar[middle] ^= 0xFF;
+    s3.put(&tar_key, tar).await;
+    let (code, out) = verify(&["--json"]);
+    assert_eq!(code, Some(1), "{out}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let damaged = report["corrupt"].as_u64().unwrap_or(0) + report["missing"].as_u64().unwrap_or(0);
+    assert!(damaged >= 1 && report["ok"].as_u64() < Some(60), "{report}");
+    let location = report["problems"][0]["location"].as_str().unwrap();
+    assert!(
+        location.starts_with(&format!("s3://archive/{tar_key}:")),
+        "{location}"
+    );
+    assert!(files_under(&data.join("spool")).is_empty());
+}

@@ -2,7 +2,8 @@
 //! against moto's S3 server (a separate process speaking the S3 protocol;
 //! see `mld_testkit::s3`): the same layout, EXIF and metadata as on disk,
 //! adoption with a HEAD, `verify` and `--repair` on objects, an outage that
-//! costs no image, clear refusals, and credentials that never leak.
+//! costs no image, kill -9, clear refusals, and credentials that never leak.
+//! (Tar jobs into a bucket: `archives::a_tar_job_into_a_bucket_…`.)
 //!
 //! Objects are read back with plain HTTP by the kit and mirrored to a
 //! temporary folder, where the same on-disk checks as every other test
@@ -415,7 +416,7 @@ async fn kill_9_while_putting_loses_nothing_and_redoes_almost_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_bucket_settings_and_tar_jobs_are_refused_clearly_and_change_nothing() {
+async fn bad_bucket_settings_are_refused_clearly_and_change_nothing() {
     let s3 = S3Server::start("archive").await;
     let fake = FakeMapillary::start(FakeConfig::default()).await;
     fake.add_user("eve", 5, 45);
@@ -437,10 +438,6 @@ async fn bad_bucket_settings_and_tar_jobs_are_refused_clearly_and_change_nothing
             "{url}: {stderr}"
         );
     }
-    // Tars need a local disk, for now.
-    let out = run(&["download", "eve", "--tar"], dir.path(), &env).await;
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("package \"tar\" needs the archive on a local disk"));
     // A bucket that does not answer: the run stops at once, naming the
     // bucket and what to check, never the secret.
     let mut unreachable = env.clone();
@@ -454,27 +451,6 @@ async fn bad_bucket_settings_and_tar_jobs_are_refused_clearly_and_change_nothing
     );
     assert!(!stderr.contains(SECRET_KEY), "{stderr}");
     assert!(s3.keys("").await.is_empty(), "nothing was written");
-
-    // The daemon answers a tar job with 422 and the same reason.
-    let settings = test_settings(
-        fake.api_url().as_str(),
-        &dir.path().join("d"),
-        2,
-        &pairs(&s3.daemon_env(PREFIX)),
-    );
-    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
-    let (status, body) = daemon
-        .post_job(json!({"username": "eve", "package": "tar"}))
-        .await;
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-    assert!(
-        body.to_string()
-            .contains("needs the archive on a local disk"),
-        "{body}"
-    );
-    let (status, jobs) = daemon.request(reqwest::Method::GET, "/jobs", None).await;
-    assert_eq!((status, jobs), (StatusCode::OK, json!([])));
-    daemon.stop().await;
 
     // A data dir whose images are on the local disk cannot switch to a
     // bucket (its rows would point at objects that do not exist).
@@ -494,4 +470,129 @@ async fn bad_bucket_settings_and_tar_jobs_are_refused_clearly_and_change_nothing
         "{stderr}"
     );
     assert!(s3.keys("").await.is_empty(), "nothing was written");
+}
+
+/// States of the packings not yet cleaned, read beside the daemon.
+async fn unfinished_packings(db: &Path) -> Vec<String> {
+    let url = format!("sqlite://{}?mode=ro", db.display());
+    let Ok(pool) = sqlx::SqlitePool::connect(&url).await else {
+        return Vec::new();
+    };
+    let states: Vec<String> =
+        sqlx::query_scalar("SELECT state FROM packings WHERE state <> 'cleaned'")
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+    pool.close().await;
+    states
+}
+
+/// kill -9 while tars are built in the spool, uploaded, and their loose
+/// objects deleted: after every kill each tar in the bucket is whole and
+/// byte for byte the one an uninterrupted run on disk writes, every image
+/// is a loose object or in such a tar, and the next start finishes with
+/// exactly those tars, nothing downloaded twice and no spool left over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_while_packing_into_the_bucket_ends_with_the_tars_a_disk_run_writes() {
+    use mld_testkit::archive_check::member_name;
+    use mld_testkit::tar_check::tars_in;
+    let s3 = S3Server::start("archive").await;
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("tara", 600, 31);
+    let images = fake.images("tara");
+    let dir = tempfile::tempdir().unwrap();
+    let disk_env = mld_testkit::env::test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    let mut env = disk_env.clone();
+    env.extend(s3.daemon_env(PREFIX));
+    let spec = json!({"username": "tara", "package": "tar"});
+
+    // The reference: one uninterrupted run on the local disk.
+    let reference = dir.path().join("reference");
+    let daemon = DaemonProcess::spawn(BINARY, &reference, 8, &disk_env).unwrap();
+    let (_, job) = daemon.api().post_job(spec.clone()).await;
+    daemon
+        .api()
+        .wait_for_state(job_id(&job), &["done"], LONG)
+        .await;
+    drop(daemon);
+    let reference = reference.join("archive/mapillary-tara-original");
+    let want = tars_in(&reference);
+    let hits_before: usize = images.iter().map(|m| fake.cdn_hits(&m.id)).sum();
+
+    let data = dir.path().join("data");
+    let db = data.join("mapillary.db");
+    let mut daemon = DaemonProcess::spawn(BINARY, &data, 8, &env).unwrap();
+    let (_, job) = daemon.api().post_job(spec).await;
+    let id = job_id(&job);
+    let mut kills_mid_packing = Vec::new();
+    for k in 0..4 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let mut seen = Vec::new();
+        while seen.is_empty() && std::time::Instant::now() < deadline {
+            if daemon.api().job(id).await["state"] == "done" {
+                break;
+            }
+            seen = unfinished_packings(&db).await;
+            if seen.is_empty() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        if seen.is_empty() {
+            break;
+        }
+        daemon.kill9();
+        kills_mid_packing.push(seen);
+        let mirror = dir.path().join(format!("after-kill-{k}"));
+        s3.mirror(PREFIX, &mirror).await;
+        let collection = mirror.join("mapillary-tara-original");
+        let mut packed = std::collections::HashSet::new();
+        for (name, bytes) in tars_in(&collection) {
+            assert_eq!(
+                Some(&bytes),
+                want.get(&name),
+                "{name} after a kill is not the finished tar"
+            );
+            for entry in mld_testkit::tar_check::list(&collection.join(&name)) {
+                packed.insert(entry.name);
+            }
+        }
+        for image in &images {
+            let member = member_name(image, "jpg");
+            assert!(
+                packed.contains(&member) || collection.join(&member).exists(),
+                "{} is neither a loose object nor in a tar after a kill",
+                image.id
+            );
+        }
+        daemon = DaemonProcess::spawn(BINARY, &data, 8, &env).unwrap();
+    }
+    assert!(
+        kills_mid_packing.len() >= 2,
+        "at least two kills should land mid-packing: {kills_mid_packing:?}"
+    );
+    eprintln!("kills landed with unfinished packings in states {kills_mid_packing:?}");
+    let job = daemon.api().wait_for_state(id, &["done"], LONG).await;
+    assert_eq!(job["counts"]["done"], 600, "{job}");
+    drop(daemon);
+
+    let mirror = dir.path().join("final");
+    s3.mirror(PREFIX, &mirror).await;
+    let collection = mirror.join("mapillary-tara-original");
+    assert_eq!(tars_in(&collection), want, "the same tars, byte for byte");
+    let loose: Vec<String> = mld_testkit::tar_check::files_under(&collection)
+        .into_iter()
+        .filter(|f| f.ends_with(".jpg") && f != "__ia_thumb__.jpg")
+        .collect();
+    assert!(loose.is_empty(), "loose objects left: {loose:?}");
+    assert_eq!(
+        std::fs::read(collection.join("metadata.jsonl.gz")).unwrap(),
+        std::fs::read(reference.join("metadata.jsonl.gz")).unwrap()
+    );
+    let hits_after: usize = images.iter().map(|m| fake.cdn_hits(&m.id)).sum();
+    assert_eq!(hits_after - hits_before, 600, "nothing downloaded twice");
+    assert!(
+        files_under(&data.join("spool")).is_empty(),
+        "spool left: {:?}",
+        files_under(&data.join("spool"))
+    );
 }

@@ -7,6 +7,7 @@
 //! again, and a copy completed by another job after packing joins the tar.
 
 use mapillary_downloader::archive::{ArchivedFile, FileKind, collection_path, image_path};
+use mapillary_downloader::archive_files::ArchiveFiles;
 use mapillary_downloader::checksum::sha256_hex;
 use mapillary_downloader::model::{ImageMeta, Packaging, Quality};
 use mapillary_downloader::package::{self, PackStep};
@@ -96,7 +97,7 @@ async fn a_crash_between_any_two_steps_ends_with_the_same_tars() {
     let archive = reference.path().join("archive");
     let store = open(reference.path()).await;
     archived_job(&store, &archive).await;
-    let report = package::pack_collection(&store, &archive, COLLECTION, 0)
+    let report = package::pack_collection(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
         .await
         .unwrap();
     assert_eq!(report.tars, ["2024-01-02.tar", "2024-01-03.tar"]);
@@ -109,7 +110,7 @@ async fn a_crash_between_any_two_steps_ends_with_the_same_tars() {
     let collection = archive.join(COLLECTION);
     let store = open(dir.path()).await;
     archived_job(&store, &archive).await;
-    let planned = match package::step(&store, &archive, COLLECTION, 0)
+    let planned = match package::step(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
         .await
         .unwrap()
     {
@@ -125,7 +126,7 @@ async fn a_crash_between_any_two_steps_ends_with_the_same_tars() {
     std::fs::write(collection.join("2024-01-02.tar.999-0.part"), b"half a tar").unwrap();
     let store = open(dir.path()).await;
     assert_eq!(loose_files(&collection).len(), 40, "planning moves nothing");
-    match package::step(&store, &archive, COLLECTION, 0)
+    match package::step(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
         .await
         .unwrap()
     {
@@ -145,7 +146,7 @@ async fn a_crash_between_any_two_steps_ends_with_the_same_tars() {
         std::fs::remove_file(collection.join(file)).unwrap();
     }
     let store = open(dir.path()).await;
-    match package::step(&store, &archive, COLLECTION, 0)
+    match package::step(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
         .await
         .unwrap()
     {
@@ -158,12 +159,12 @@ async fn a_crash_between_any_two_steps_ends_with_the_same_tars() {
         "the first date's files are gone"
     );
     assert!(!collection.join("2024-01-02").exists(), "and its folder");
-    let report = package::pack_collection(&store, &archive, COLLECTION, 0)
+    let report = package::pack_collection(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
         .await
         .unwrap();
     assert_eq!(report.tars, ["2024-01-03.tar"]);
     assert!(matches!(
-        package::step(&store, &archive, COLLECTION, 0)
+        package::step(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
             .await
             .unwrap(),
         PackStep::Idle
@@ -188,7 +189,7 @@ async fn missing_or_mismatched_loose_files_stay_out_of_the_tar_and_are_queued_ag
     std::fs::remove_file(&gone).unwrap();
     std::fs::write(&damaged, b"not what was archived").unwrap();
 
-    let report = package::pack_collection(&store, &archive, COLLECTION, 0)
+    let report = package::pack_collection(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
         .await
         .unwrap();
     assert_eq!((report.members, report.requeued), (38, 2));
@@ -215,7 +216,7 @@ async fn missing_or_mismatched_loose_files_stay_out_of_the_tar_and_are_queued_ag
 
     // Fetched again, they go into the next tar of their date.
     complete_all(&store, &archive, mapillary_downloader::clock::now_ms() + 1).await;
-    let report = package::pack_collection(&store, &archive, COLLECTION, 0)
+    let report = package::pack_collection(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
         .await
         .unwrap();
     assert_eq!(report.tars, ["2024-01-02.1.tar"]);
@@ -235,7 +236,7 @@ async fn a_date_whose_files_all_vanished_gets_no_empty_tar() {
     let job = archived_job(&store, &archive).await;
     std::fs::remove_dir_all(collection.join("2024-01-03")).unwrap();
 
-    let report = package::pack_collection(&store, &archive, COLLECTION, 0)
+    let report = package::pack_collection(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
         .await
         .unwrap();
     assert_eq!(report.tars, ["2024-01-02.tar"]);
@@ -246,7 +247,7 @@ async fn a_date_whose_files_all_vanished_gets_no_empty_tar() {
     assert_eq!(store.tar_names(COLLECTION).await.unwrap().len(), 1);
 
     complete_all(&store, &archive, mapillary_downloader::clock::now_ms() + 1).await;
-    let report = package::pack_collection(&store, &archive, COLLECTION, 0)
+    let report = package::pack_collection(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
         .await
         .unwrap();
     assert_eq!(report.tars, ["2024-01-03.tar"]);
@@ -280,7 +281,7 @@ async fn a_copy_completed_after_its_date_was_packed_joins_the_tar() {
     let folder = collection_path(&archive, COLLECTION).unwrap();
     let path = image_path(&folder, &meta(5), FileKind::Jpeg).unwrap();
     let bytes = std::fs::read(&path).unwrap();
-    package::pack_collection(&store, &archive, COLLECTION, 0)
+    package::pack_collection(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
         .await
         .unwrap();
     assert!(!path.exists());
@@ -317,7 +318,7 @@ async fn a_copy_completed_after_its_date_was_packed_joins_the_tar() {
     );
     assert_eq!(row.packing_id, copy.packing_id);
     // Nothing is left to pack.
-    let report = package::pack_collection(&store, &archive, COLLECTION, 0)
+    let report = package::pack_collection(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
         .await
         .unwrap();
     assert!(report.tars.is_empty(), "{report:?}");
@@ -341,7 +342,7 @@ async fn a_row_is_loose_until_its_tar_is_written() {
             .unwrap()
     );
     assert!(matches!(
-        package::step(&store, &archive, COLLECTION, 0)
+        package::step(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
             .await
             .unwrap(),
         PackStep::Planned(_)
@@ -352,7 +353,7 @@ async fn a_row_is_loose_until_its_tar_is_written() {
             .await
             .unwrap()
     );
-    package::pack_collection(&store, &archive, COLLECTION, 0)
+    package::pack_collection(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
         .await
         .unwrap();
     assert!(

@@ -10,9 +10,7 @@ use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, JobId};
 use crate::api::openapi::ErrorBody;
 use crate::api::validate::{CreateJobRequest, RetryParams};
-use crate::bucket::TAR_NEEDS_A_DISK;
 use crate::clock::now_ms;
-use crate::model::Packaging;
 use crate::store::{Job, JobState, PauseReason, Submitted};
 use axum::Json;
 use axum::extract::{RawQuery, State};
@@ -63,9 +61,6 @@ pub async fn create_job(
     ApiJson(request): ApiJson<CreateJobRequest>,
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     let spec = request.into_spec(state.default_resync)?;
-    if state.archive_in_bucket && spec.package == Packaging::Tar {
-        return Err(ApiError::Unprocessable(TAR_NEEDS_A_DISK.into()));
-    }
     let submitted = state.store.submit_job(&spec, now_ms()).await?;
     let (status, job) = match submitted {
         Submitted::Created(job) => {

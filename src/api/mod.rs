@@ -43,8 +43,6 @@ pub struct AppState {
     /// `jobs.resync_every`: a new job's re-sync interval when its post does
     /// not say.
     pub default_resync: Option<std::time::Duration>,
-    /// The archive is a bucket (`s3://…`), which cannot hold tars yet.
-    pub archive_in_bucket: bool,
 }
 
 impl AppState {
@@ -60,7 +58,6 @@ impl AppState {
             api_token: None,
             started: Instant::now(),
             default_resync: None,
-            archive_in_bucket: false,
         }
     }
 

@@ -11,6 +11,7 @@
 
 use super::EngineContext;
 use crate::archive;
+use crate::archive_files::ArchiveFiles;
 use crate::clock::now_ms;
 use crate::model::Packaging;
 use crate::package::{self, PackError, item, metadata};
@@ -64,20 +65,17 @@ async fn package_collection(
 ) -> anyhow::Result<bool> {
     let folder = archive::collection_path(&ctx.archive_dir, collection)?;
     let store = &ctx.store;
+    let files = ArchiveFiles::new(ctx.bucket.as_ref());
     if job.package == Packaging::Tar {
-        if ctx.bucket.is_some() {
-            // Refused at submission and at start; a job can only get here
-            // through a database edited by hand.
-            anyhow::bail!(crate::bucket::TAR_NEEDS_A_DISK);
-        }
         let _one_packer = ctx.packer.lock().await;
         // From loose files, before they go into tars (as the Python tool
         // does). Cosmetic: a thumbnail that cannot be made never holds a job.
-        if let Err(e) = item::write_thumbnail(store, &folder, collection).await {
+        if let Err(e) = item::write_thumbnail(store, &files, &folder, collection).await {
             warn!(job = job.id, collection, error = %e, "could not make the item thumbnail");
         }
         match package::pack_collection(
             store,
+            &files,
             &ctx.archive_dir,
             collection,
             ctx.tuning.min_free_bytes,
@@ -104,9 +102,9 @@ async fn package_collection(
         }
     }
     let packed = job.package == Packaging::Tar || store.is_packed_collection(collection).await?;
-    metadata::write(store, ctx.bucket.as_deref(), &folder, collection, packed).await?;
+    metadata::write(store, &files, &folder, collection, packed).await?;
     if packed {
-        item::write_meta_tags(store, &folder, collection, true).await?;
+        item::write_meta_tags(store, &files, &folder, collection, true).await?;
     }
     Ok(true)
 }

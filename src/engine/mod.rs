@@ -166,17 +166,15 @@ impl Engine {
                 "handed back images left in flight by an earlier run"
             );
         }
-        let archive = ctx.archive_dir.clone();
-        // A bucket has no partial objects: an upload is whole or absent.
-        let local = ctx.bucket.is_none();
-        let swept = tokio::task::spawn_blocking(move || {
-            if local {
-                crate::archive::remove_part_files(&archive)
-            } else {
-                Ok(0)
-            }
-        })
-        .await??;
+        // A bucket has no partial objects (an upload is whole or absent),
+        // but its spool may hold a half-built tar.
+        let local_root = match &ctx.bucket {
+            Some(bucket) => bucket.spool_dir().to_path_buf(),
+            None => ctx.archive_dir.clone(),
+        };
+        let swept =
+            tokio::task::spawn_blocking(move || crate::archive::remove_part_files(&local_root))
+                .await??;
         if swept > 0 {
             info!(
                 files = swept,
@@ -391,11 +389,11 @@ async fn finish(ctx: &EngineContext, job_id: i64, cancel: &CancellationToken) {
 
 /// Resumes jobs paused for a full disk once twice the reserve is free again.
 async fn resume_disk_full_jobs(ctx: &EngineContext) -> anyhow::Result<()> {
-    if ctx.bucket.is_some() {
-        // Nothing is written to the local disk but the database.
-        return Ok(());
-    }
-    let root = ctx.archive_dir.clone();
+    // With a bucket, what fills is the spool (tars are built there).
+    let root = match &ctx.bucket {
+        Some(bucket) => bucket.spool_dir().to_path_buf(),
+        None => ctx.archive_dir.clone(),
+    };
     let needed = ctx.tuning.min_free_bytes.saturating_mul(2);
     let room =
         tokio::task::spawn_blocking(move || crate::archive::ensure_room(&root, 0, needed)).await?;

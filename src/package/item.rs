@@ -10,7 +10,8 @@
 //! (one capture date each, not one sequence).
 
 use super::tarball;
-use crate::archive::{self, member_name};
+use crate::archive::member_name;
+use crate::archive_files::ArchiveFiles;
 use crate::store::Store;
 use crate::units::group_digits;
 use chrono::{DateTime, Utc};
@@ -33,11 +34,12 @@ const THUMB_CANDIDATES: u32 = 16;
 /// damaged collection is not read file by file here before packing.
 pub async fn write_thumbnail(
     store: &Arc<Store>,
+    files: &ArchiveFiles,
     folder: &Path,
     collection: &str,
 ) -> anyhow::Result<()> {
     let target = folder.join(THUMB_FILE);
-    if tokio::fs::try_exists(&target).await? {
+    if files.exists(&target).await? {
         return Ok(());
     }
     let candidates = store
@@ -46,15 +48,16 @@ pub async fn write_thumbnail(
     let mut too_large = Vec::new();
     for image in candidates {
         let id = image.meta.id.clone();
-        let Some(bytes) = read_archived(store, folder, collection, &id, &image.path).await? else {
+        let Some(bytes) = read_archived(store, files, folder, collection, &id, &image.path).await?
+        else {
             anyhow::bail!(
                 "cannot make {THUMB_FILE}: the file of image {id} is neither loose nor in a tar"
             );
         };
-        let target = target.clone();
+        let (target, files) = (target.clone(), files.clone());
         let made = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
             let thumb = thumbnail(&bytes)?;
-            archive::write_atomically(&target, |out| out.write_all(&thumb))?;
+            files.write_atomically(&target, |out| out.write_all(&thumb))?;
             Ok(())
         })
         .await?;
@@ -98,20 +101,18 @@ pub fn thumbnail(image: &[u8]) -> anyhow::Result<Vec<u8>> {
 }
 
 /// An archived image's bytes: its loose file, or its member in the tar of
-/// the packing that holds it.
+/// the packing that holds it (a tar in a bucket is downloaded to the spool
+/// for this, then removed).
 pub async fn read_archived(
     store: &Store,
+    files: &ArchiveFiles,
     folder: &Path,
     collection: &str,
     image_id: &str,
     path: &str,
 ) -> anyhow::Result<Option<Vec<u8>>> {
-    // On the blocking pool: a read of a stuck disk must not hold a runtime
-    // thread, and a shutdown can drop this future mid-read.
-    match tokio::fs::read(path).await {
-        Ok(bytes) => return Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e.into()),
+    if let Some(bytes) = files.read_async(Path::new(path)).await? {
+        return Ok(Some(bytes));
     }
     let Some(copy) = store.archived_copy(collection, image_id).await? else {
         return Ok(None);
@@ -125,8 +126,18 @@ pub async fn read_archived(
     let Some(member) = member_name(folder, &copy.path) else {
         return Ok(None);
     };
-    let tar = folder.join(&packing.tar_name);
-    Ok(tokio::task::spawn_blocking(move || tarball::read_member(&tar, &member)).await??)
+    let Some((tar, temporary)) = files.local_copy(&folder.join(&packing.tar_name)).await? else {
+        return Ok(None);
+    };
+    let read = tokio::task::spawn_blocking(move || {
+        let read = tarball::read_member(&tar, &member);
+        if temporary {
+            let _ = std::fs::remove_file(&tar);
+        }
+        read
+    })
+    .await??;
+    Ok(read)
 }
 
 /// What `.meta/` says about a collection.
@@ -254,6 +265,7 @@ fn scanner() -> String {
 /// only when its text changed.
 pub async fn write_meta_tags(
     store: &Store,
+    files: &ArchiveFiles,
     folder: &Path,
     collection: &str,
     packed: bool,
@@ -263,14 +275,18 @@ pub async fn write_meta_tags(
         anyhow::bail!("{collection:?} is not a mapillary-<user>-<quality> collection name");
     };
     let meta = folder.join(META_DIR);
+    let files = files.clone();
     tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         for (tag, values) in facts.tags() {
             for (index, value) in values.iter().enumerate() {
                 let path = meta.join(tag).join(index.to_string());
-                if std::fs::read(&path).is_ok_and(|old| old == value.as_bytes()) {
+                if files
+                    .read(&path)
+                    .is_ok_and(|old| old.as_deref() == Some(value.as_bytes()))
+                {
                     continue;
                 }
-                archive::write_atomically(&path, |out| out.write_all(value.as_bytes()))?;
+                files.write_atomically(&path, |out| out.write_all(value.as_bytes()))?;
             }
         }
         Ok(())

@@ -3,8 +3,8 @@
 //! archived it, each image once, with the `sha256` and `bytes` of its file.
 //! Written atomically, page by page, so memory stays flat (invariant 11).
 
-use crate::archive::{self, ArchiveError};
-use crate::bucket::Bucket;
+use crate::archive::ArchiveError;
+use crate::archive_files::ArchiveFiles;
 use crate::model::ImageMeta;
 use crate::store::Store;
 use flate2::{Compression, GzBuilder};
@@ -35,11 +35,10 @@ struct Line<'a> {
 
 /// Writes `collection`'s metadata file in `folder`: gzipped when `packed`
 /// (and the plain one removed), plain otherwise. A collection with nothing
-/// archived gets no file. In a bucket the file is built whole in the spool
-/// folder, then uploaded (an object appears whole or not at all).
+/// archived gets no file.
 pub async fn write(
     store: &Arc<Store>,
-    bucket: Option<&Bucket>,
+    files: &ArchiveFiles,
     folder: &Path,
     collection: &str,
     packed: bool,
@@ -56,43 +55,26 @@ pub async fn write(
     } else {
         (METADATA_FILE, METADATA_GZ_FILE)
     };
-    let target = folder.join(name);
-    let stale = folder.join(stale);
-    if let Some(bucket) = bucket {
-        let spooled = bucket.spool_path(&target)?;
-        build(store, &spooled, collection, packed).await?;
-        let uploaded = bucket.upload_file(&spooled, &target).await;
-        let _ = std::fs::remove_file(&spooled);
-        uploaded?;
-        bucket.delete(&stale).await?;
-        return Ok(());
-    }
-    build(store, &target, collection, packed).await?;
-    tokio::task::spawn_blocking(move || match std::fs::remove_file(&stale) {
-        Ok(()) => archive::sync_dir(stale.parent().unwrap_or(&stale)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(ArchiveError::Io {
-            path: stale,
-            source: e,
-        }),
-    })
-    .await??;
+    build(store, files, &folder.join(name), collection, packed).await?;
+    files.remove_async(&folder.join(stale)).await?;
     Ok(())
 }
 
 /// Writes the metadata file at the local path `target`, atomically.
 async fn build(
     store: &Arc<Store>,
+    files: &ArchiveFiles,
     target: &Path,
     collection: &str,
     packed: bool,
 ) -> anyhow::Result<()> {
     let target = target.to_path_buf();
+    let files = files.clone();
     let store = Arc::clone(store);
     let collection = collection.to_string();
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
-        archive::write_atomically(&target, |out| {
+        files.write_atomically(&target, |out| {
             let lines = |out: &mut dyn Write| {
                 write_lines(&store, &collection, &handle, out).map_err(std::io::Error::other)
             };

@@ -22,6 +22,7 @@ pub mod metadata;
 pub mod tarball;
 
 use crate::archive::{self, ArchiveError, member_name};
+use crate::archive_files::ArchiveFiles;
 use crate::checksum::{HashingWriter, sha256_hex};
 use crate::clock::now_ms;
 use crate::store::{Packing, PackingState, Store, StoreError, TarWritten};
@@ -32,6 +33,9 @@ use tracing::{info, warn};
 
 /// Files read per query while writing or cleaning a packing.
 const PAGE: u32 = 500;
+
+/// `<date>.tar` then `<date>.1.tar` … : names tried before giving up.
+const MAX_TARS_PER_DATE: u32 = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
@@ -98,13 +102,14 @@ pub enum PackStep {
 /// writes).
 pub async fn pack_collection(
     store: &Arc<Store>,
+    files: &ArchiveFiles,
     archive_dir: &Path,
     collection: &str,
     reserve: u64,
 ) -> Result<PackReport, PackError> {
     let mut report = PackReport::default();
     loop {
-        match step(store, archive_dir, collection, reserve).await? {
+        match step(store, files, archive_dir, collection, reserve).await? {
             PackStep::Idle => return Ok(report),
             PackStep::Planned(_) | PackStep::Cleaned(_) => {}
             PackStep::Written(packing, written) => {
@@ -131,6 +136,7 @@ fn dropped_rows(written: &TarWritten) -> u64 {
 /// packing first (what a crash interrupted), else plans the next date.
 pub async fn step(
     store: &Arc<Store>,
+    files: &ArchiveFiles,
     archive_dir: &Path,
     collection: &str,
     reserve: u64,
@@ -143,8 +149,8 @@ pub async fn step(
         .next()
     {
         return match packing.state {
-            PackingState::Planned => write(store, &folder, packing, reserve).await,
-            _ => clean(store, &folder, packing).await,
+            PackingState::Planned => write(store, files, &folder, packing, reserve).await,
+            _ => clean(store, files, &folder, packing).await,
         };
     }
     let prefix = format!("{}/", folder.to_string_lossy());
@@ -152,7 +158,7 @@ pub async fn step(
         return Ok(PackStep::Idle);
     };
     let date = date_of(&prefix, &path)?;
-    let tar_name = next_tar_name(store, collection, &date, &folder).await?;
+    let tar_name = next_tar_name(store, files, collection, &date, &folder).await?;
     let date_folder = format!("{prefix}{date}");
     match store
         .plan_packing(collection, &date, &date_folder, &tar_name, now_ms())
@@ -187,41 +193,59 @@ fn date_of(prefix: &str, path: &str) -> Result<String, PackError> {
 /// file in the folder already uses.
 async fn next_tar_name(
     store: &Store,
+    files: &ArchiveFiles,
     collection: &str,
     date: &str,
     folder: &Path,
 ) -> Result<String, PackError> {
     let used = store.tar_names(collection).await?;
-    let free = |name: &String| !used.contains(name) && !folder.join(name).exists();
-    let first = format!("{date}.tar");
-    if free(&first) {
-        return Ok(first);
+    for n in 0..MAX_TARS_PER_DATE {
+        let name = match n {
+            0 => format!("{date}.tar"),
+            n => format!("{date}.{n}.tar"),
+        };
+        let taken = used.contains(&name)
+            || files
+                .exists(&folder.join(&name))
+                .await
+                .map_err(|e| ArchiveError::Io {
+                    path: folder.join(&name),
+                    source: e,
+                })?;
+        if !taken {
+            return Ok(name);
+        }
     }
-    (1..)
-        .map(|n| format!("{date}.{n}.tar"))
-        .find(free)
-        .ok_or_else(|| PackError::Layout(format!("no free tar name for {date}")))
+    Err(PackError::Layout(format!("no free tar name for {date}")))
 }
 
 /// Step 2 for a `planned` packing: its tar, then `written`.
 async fn write(
     store: &Arc<Store>,
+    files: &ArchiveFiles,
     folder: &Path,
     mut packing: Packing,
     reserve: u64,
 ) -> Result<PackStep, PackError> {
     let needed = store.packing_size(packing.id).await? + (packing.members + 20) * 1024;
-    let room_in = folder.to_path_buf();
+    let tar = folder.join(&packing.tar_name);
+    // Where the tar is built: beside its loose files, or in the spool.
+    let room_in = files.building_dir(&tar)?;
     tokio::task::spawn_blocking(move || archive::ensure_room(&room_in, needed, reserve)).await??;
-    let (store_in, folder_in, packing_in) = (store.clone(), folder.to_path_buf(), packing.clone());
+    let (store_in, files_in, folder_in, packing_in) = (
+        store.clone(),
+        files.clone(),
+        folder.to_path_buf(),
+        packing.clone(),
+    );
     let handle = tokio::runtime::Handle::current();
-    let written =
-        tokio::task::spawn_blocking(move || write_tar(&store_in, &handle, &folder_in, &packing_in))
-            .await??;
+    let written = tokio::task::spawn_blocking(move || {
+        write_tar(&store_in, &files_in, &handle, &folder_in, &packing_in)
+    })
+    .await??;
     if written.members == 0 {
         // Every file it planned was gone or damaged: no empty tar in the item.
-        let tar = folder.join(&packing.tar_name);
-        tokio::task::spawn_blocking(move || archive::remove_if_present(&tar)).await??;
+        files.remove_async(&tar).await?;
         store
             .abandon_empty_packing(&packing, &written, now_ms())
             .await?;
@@ -249,13 +273,19 @@ async fn write(
 /// Step 3 for a `written` packing: its loose files go, then `cleaned`.
 async fn clean(
     store: &Arc<Store>,
+    files: &ArchiveFiles,
     folder: &Path,
     mut packing: Packing,
 ) -> Result<PackStep, PackError> {
-    let (store_in, folder_in, packing_in) = (store.clone(), folder.to_path_buf(), packing.clone());
+    let (store_in, files_in, folder_in, packing_in) = (
+        store.clone(),
+        files.clone(),
+        folder.to_path_buf(),
+        packing.clone(),
+    );
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
-        remove_loose_files(&store_in, &handle, &folder_in, &packing_in)
+        remove_loose_files(&store_in, &files_in, &handle, &folder_in, &packing_in)
     })
     .await??;
     store.mark_packing_cleaned(&packing).await?;
@@ -266,13 +296,14 @@ async fn clean(
 /// Step 2: the tar of `packing`, written atomically from its loose files.
 fn write_tar(
     store: &Store,
+    files: &ArchiveFiles,
     handle: &tokio::runtime::Handle,
     folder: &Path,
     packing: &Packing,
 ) -> Result<TarWritten, PackError> {
     let target = folder.join(&packing.tar_name);
     let mut written = TarWritten::default();
-    archive::write_atomically(&target, |out| {
+    files.write_atomically(&target, |out| {
         let mut builder = tar::Builder::new(HashingWriter::new(out));
         let mut after: Option<String> = None;
         loop {
@@ -287,21 +318,17 @@ fn write_tar(
                 let name = member_name(folder, Path::new(&file.path)).ok_or_else(|| {
                     io::Error::other(format!("{} is outside {}", file.path, folder.display()))
                 })?;
-                let data = match std::fs::read(&file.path) {
-                    Ok(data) => data,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        let why = "its file was gone when its date was packed";
-                        written.dropped.push((file.row_ids, why.into()));
-                        continue;
-                    }
-                    Err(e) => return Err(e),
+                let Some(data) = files.read(Path::new(&file.path))? else {
+                    let why = "its file was gone when its date was packed";
+                    written.dropped.push((file.row_ids, why.into()));
+                    continue;
                 };
                 let sha256 = sha256_hex(&data);
                 match &file.sha256 {
                     Some(expected) if *expected != sha256 => {
                         // A corrupt loose file must not be adopted by the
                         // download that replaces it.
-                        std::fs::remove_file(&file.path)?;
+                        files.remove(Path::new(&file.path))?;
                         let why = "its file did not match its SHA-256 when its date was packed";
                         written.dropped.push((file.row_ids, why.into()));
                         continue;
@@ -330,6 +357,7 @@ fn write_tar(
 /// the date left empty. Files already gone are fine (a crash mid-way).
 fn remove_loose_files(
     store: &Store,
+    files: &ArchiveFiles,
     handle: &tokio::runtime::Handle,
     folder: &Path,
     packing: &Packing,
@@ -341,22 +369,20 @@ fn remove_loose_files(
             break;
         }
         for file in page {
-            match std::fs::remove_file(&file.path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(ArchiveError::Io {
-                        path: PathBuf::from(&file.path),
-                        source: e,
-                    }
-                    .into());
-                }
-            }
+            files
+                .remove(Path::new(&file.path))
+                .map_err(|e| ArchiveError::Io {
+                    path: PathBuf::from(&file.path),
+                    source: e,
+                })?;
             after = Some(file.path);
         }
     }
-    remove_empty_dirs(&folder.join(&packing.date));
-    archive::sync_dir(folder)?;
+    if !files.is_bucket() {
+        // A bucket has no folders to leave behind.
+        remove_empty_dirs(&folder.join(&packing.date));
+        archive::sync_dir(folder)?;
+    }
     Ok(())
 }
 
