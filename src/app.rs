@@ -90,7 +90,8 @@ pub async fn open_bucket(settings: &Settings) -> anyhow::Result<Option<Arc<Bucke
     let bucket = Bucket::open(&url, &settings.storage.aws, spool)?;
     bucket.check_reachable().await.with_context(|| {
         format!(
-            "the archive bucket {url} does not answer: check AWS_ENDPOINT_URL, AWS_REGION and the credentials"
+            "the archive bucket {url} refused us or did not answer: check AWS_ENDPOINT_URL, AWS_REGION and \
+             that the credentials may list, write and delete under the prefix"
         )
     })?;
     info!(archive = %url, "archiving into an S3-compatible bucket");

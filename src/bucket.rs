@@ -33,6 +33,16 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The object [`Bucket::check_reachable`] writes and removes at start.
+const WRITE_PROBE: &str = ".mapillary-downloader-write-check";
+
+/// The `AWS_*` variables whose values are credentials.
+const SECRET_VARIABLES: &[&str] = &[
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+];
+
 /// User metadata names (sent as `x-amz-meta-<name>`).
 const META_SHA256: &str = "sha256";
 const META_CAPTURED_AT: &str = "captured-at";
@@ -137,11 +147,13 @@ pub enum BucketError {
     /// under another archive).
     #[error("{0} is not inside the archive bucket")]
     OutsideRoot(PathBuf),
-    #[error("{op} {path}: {}", describe(error))]
+    /// A request failed; `message` is object_store's, made safe to show
+    /// (see [`Bucket::failed`]).
+    #[error("{op} {path}: {message}")]
     Request {
         op: &'static str,
         path: PathBuf,
-        error: object_store::Error,
+        message: String,
     },
     #[error("local file {path}: {error}")]
     Local {
@@ -161,6 +173,8 @@ pub struct Head {
 /// An S3-compatible bucket holding the archive.
 pub struct Bucket {
     url: ArchiveUrl,
+    /// Credential values never to show, should an error carry one.
+    redactions: Vec<Secret>,
     root: PathBuf,
     store: AmazonS3,
     /// A local folder where files too large to hold in memory
@@ -187,7 +201,7 @@ impl Bucket {
         // the variables (AWS_ALLOW_HTTP, …) must land on top.
         let options = object_store::ClientOptions::new()
             .with_connect_timeout(Duration::from_secs(10))
-            .with_timeout(Duration::from_secs(300));
+            .with_timeout(Duration::from_secs(120));
         let retry = object_store::RetryConfig {
             max_retries: 4,
             retry_timeout: Duration::from_secs(60),
@@ -210,7 +224,16 @@ impl Bucket {
                     // object_store's config errors name the key, not its value.
                     reason: e.to_string(),
                 })?;
+        let redactions = env
+            .0
+            .iter()
+            .filter(|(name, value)| {
+                SECRET_VARIABLES.contains(&name.as_str()) && value.expose().len() >= 4
+            })
+            .map(|(_, value)| value.clone())
+            .collect();
         Ok(Bucket {
+            redactions,
             root: url.root(),
             url: url.clone(),
             store,
@@ -261,24 +284,47 @@ impl Bucket {
         Key::parse(parts.join("/")).map_err(|_| outside())
     }
 
-    fn request_error(
+    /// Maps an object_store error to ours, with a message safe to store and
+    /// show: an S3 error body (which, for a signature error, echoes the
+    /// access key, the string to sign and the canonical request with any
+    /// session token) is cut down to its `Code` and `Message`, and any
+    /// credential value left is redacted.
+    fn failed(
+        &self,
         op: &'static str,
         path: &Path,
     ) -> impl FnOnce(object_store::Error) -> BucketError {
         let path = path.to_path_buf();
-        move |error| BucketError::Request { op, path, error }
+        let redactions = self.redactions.clone();
+        move |error| {
+            let mut message = without_error_body(&describe(&error));
+            for secret in &redactions {
+                message = message.replace(secret.expose(), "[redacted]");
+            }
+            BucketError::Request { op, path, message }
+        }
     }
 
-    /// Checks that the bucket answers, with the configured credentials:
-    /// one LIST of at most a page under the prefix.
+    /// Checks that the bucket answers with the configured credentials and
+    /// lets us write: one LIST under the prefix, then a PUT and a DELETE of
+    /// a probe object beside the collections.
     pub async fn check_reachable(&self) -> Result<(), BucketError> {
         let prefix = (!self.url.prefix.is_empty()).then(|| Key::from(self.url.prefix.as_str()));
         let mut listing = self.store.list(prefix.as_ref());
         listing
             .try_next()
             .await
-            .map_err(Self::request_error("LIST", &self.root))?;
-        Ok(())
+            .map_err(self.failed("LIST", &self.root))?;
+        let probe = self.root.join(WRITE_PROBE);
+        let key = self.key(&probe)?;
+        self.store
+            .put(
+                &key,
+                PutPayload::from_static(b"mapillary-downloader can write here\n"),
+            )
+            .await
+            .map_err(self.failed("PUT", &probe))?;
+        self.delete(&probe).await
     }
 
     /// Stores an archived image: one PUT, with its checksum, capture time
@@ -316,7 +362,7 @@ impl Bucket {
         self.store
             .put_opts(&key, PutPayload::from(bytes), options)
             .await
-            .map_err(Self::request_error("PUT", path))?;
+            .map_err(self.failed("PUT", path))?;
         Ok(())
     }
 
@@ -342,7 +388,7 @@ impl Bucket {
                 }))
             }
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(Self::request_error("HEAD", path)(e)),
+            Err(e) => Err(self.failed("HEAD", path)(e)),
         }
     }
 
@@ -353,7 +399,7 @@ impl Bucket {
         match read.await {
             Ok(bytes) => Ok(Some(bytes)),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(e) => Err(Self::request_error("GET", path)(e)),
+            Err(e) => Err(self.failed("GET", path)(e)),
         }
     }
 
@@ -365,7 +411,7 @@ impl Bucket {
         let result = match self.store.get(&key).await {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => return Ok(false),
-            Err(e) => return Err(Self::request_error("GET", path)(e)),
+            Err(e) => return Err(self.failed("GET", path)(e)),
         };
         let local_error = |error| BucketError::Local {
             path: local.to_path_buf(),
@@ -377,11 +423,7 @@ impl Bucket {
         let mut file = tokio::fs::File::create(local).await.map_err(local_error)?;
         let mut stream = result.into_stream();
         let copied: Result<(), BucketError> = async {
-            while let Some(chunk) = stream
-                .try_next()
-                .await
-                .map_err(Self::request_error("GET", path))?
-            {
+            while let Some(chunk) = stream.try_next().await.map_err(self.failed("GET", path))? {
                 file.write_all(&chunk).await.map_err(local_error)?;
             }
             file.flush().await.map_err(local_error)
@@ -398,7 +440,7 @@ impl Bucket {
         let key = self.key(path)?;
         match self.store.delete(&key).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(Self::request_error("DELETE", path)(e)),
+            Err(e) => Err(self.failed("DELETE", path)(e)),
         }
     }
 
@@ -417,7 +459,7 @@ impl Bucket {
             .store
             .put_multipart(&key)
             .await
-            .map_err(Self::request_error("PUT (multipart)", path))?;
+            .map_err(self.failed("PUT (multipart)", path))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
         let mut buffer = vec![0_u8; 1 << 20];
         let copied: Result<(), BucketError> = async {
@@ -429,7 +471,7 @@ impl Bucket {
                 writer
                     .wait_for_capacity(2)
                     .await
-                    .map_err(Self::request_error("PUT (part)", path))?;
+                    .map_err(self.failed("PUT (part)", path))?;
                 writer.write(&buffer[..n]);
             }
         }
@@ -439,7 +481,7 @@ impl Bucket {
                 writer
                     .finish()
                     .await
-                    .map_err(Self::request_error("PUT (complete)", path))?;
+                    .map_err(self.failed("PUT (complete)", path))?;
                 Ok(())
             }
             Err(e) => {
@@ -464,6 +506,26 @@ fn describe(error: &object_store::Error) -> String {
         cause = inner.source();
     }
     text
+}
+
+/// `text` without the S3 error document it may end with: only the error's
+/// `Code` and `Message` are kept.
+fn without_error_body(text: &str) -> String {
+    let Some(start) = text.find("<?xml").or_else(|| text.find("<Error>")) else {
+        return text.to_string();
+    };
+    let element = |name: &str| {
+        let open = format!("<{name}>");
+        let from = text[start..].find(&open)? + start + open.len();
+        let to = text[from..].find(&format!("</{name}>"))? + from;
+        Some(text[from..to].to_string())
+    };
+    let summary = match (element("Code"), element("Message")) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code,
+        _ => "(the error body is not shown)".to_string(),
+    };
+    format!("{}{summary}", &text[..start])
 }
 
 fn content_type(path: &Path) -> &'static str {
@@ -505,6 +567,21 @@ mod tests {
         ] {
             assert!(ArchiveUrl::parse(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn an_s3_error_body_is_cut_to_its_code_and_message() {
+        let text = "Client error with status 403 Forbidden: <?xml version=\"1.0\"?><Error><Code>SignatureDoesNotMatch</Code><Message>The request signature we calculated does not match</Message><AWSAccessKeyId>AKIAEXAMPLE</AWSAccessKeyId><StringToSign>AWS4-HMAC-SHA256 x-amz-security-token:SESSION</StringToSign></Error>";
+        let shown = without_error_body(text);
+        assert_eq!(
+            shown,
+            "Client error with status 403 Forbidden: SignatureDoesNotMatch: The request signature we calculated does not match"
+        );
+        assert_eq!(without_error_body("connection reset"), "connection reset");
+        assert_eq!(
+            without_error_body("status 400: <Error><Foo/></Error>"),
+            "status 400: (the error body is not shown)"
+        );
     }
 
     #[test]

@@ -154,7 +154,11 @@ async fn a_job_lands_in_the_bucket_as_it_would_on_disk_and_a_new_database_adopts
     assert_eq!(fake.cdn_hits_total(), 330);
 
     // A new database over the same bucket adopts every object with a HEAD:
-    // nothing is downloaded again.
+    // nothing is downloaded again, and nothing is put again (a re-put would
+    // show a later LastModified, a second on at least).
+    let alice_prefix = format!("{PREFIX}/mapillary-alice-original/");
+    let before = s3.listing(&alice_prefix).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let fresh = dir.path().join("fresh");
     let settings = test_settings(fake.api_url().as_str(), &fresh, 8, &pairs(&s3_env));
     let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
@@ -163,6 +167,20 @@ async fn a_job_lands_in_the_bucket_as_it_would_on_disk_and_a_new_database_adopts
     assert_eq!(again["counts"]["done"].as_u64(), Some(300), "{again}");
     assert_eq!(fake.cdn_hits_total(), 330, "adopted, not downloaded again");
     daemon.stop().await;
+    let after = s3.listing(&alice_prefix).await;
+    let images_before: Vec<_> = before.iter().filter(|(k, _)| k.ends_with(".jpg")).collect();
+    let images_after: Vec<_> = after.iter().filter(|(k, _)| k.ends_with(".jpg")).collect();
+    assert_eq!(images_before.len(), 300);
+    let put_again = images_before
+        .iter()
+        .zip(&images_after)
+        .filter(|(a, b)| a != b)
+        .count();
+    assert_eq!(images_after.len(), 300);
+    assert_eq!(
+        put_again, 0,
+        "adopted with a HEAD: no object may be put again"
+    );
 
     // `verify` reads the objects back: all there, all whole.
     let out = run(&["verify"], &data, &s3_env).await;
@@ -594,5 +612,132 @@ async fn kill_9_while_packing_into_the_bucket_ends_with_the_tars_a_disk_run_writ
         files_under(&data.join("spool")).is_empty(),
         "spool left: {:?}",
         files_under(&data.join("spool"))
+    );
+}
+
+/// S3 answers a bad signature with a 403 whose body echoes the access key,
+/// the string to sign and the canonical request (with any session token).
+/// That text must reach no log line, no file of the data dir and no API
+/// answer: at start (the run stops, naming the error code) and mid-run
+/// (the images wait, then finish once the bucket accepts again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_s3_error_that_echoes_the_credentials_never_shows_them() {
+    use mld_testkit::s3::ACCESS_KEY;
+    let s3 = S3Server::start("archive").await;
+    let proxy = FlakyProxy::start(&s3.endpoint).await;
+    let fake = FakeMapillary::start(FakeConfig {
+        cdn_latency: Duration::from_millis(20),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("ines", 200, 47);
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = mld_testkit::env::test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    env.extend(s3.daemon_env(PREFIX));
+    mld_testkit::env::set(&mut env, "AWS_ENDPOINT_URL", &proxy.endpoint);
+    let leaks = |text: &str| text.contains(ACCESS_KEY) || text.contains(SECRET_KEY);
+
+    proxy.set_forbidden(true);
+    let out = run(&["download", "ines"], dir.path(), &env).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("SignatureDoesNotMatch"), "{stderr}");
+    assert!(!leaks(&stderr), "{stderr}");
+    proxy.set_forbidden(false);
+
+    let data = dir.path().join("daemon");
+    let daemon = DaemonProcess::spawn(BINARY, &data, 4, &env).expect("the daemon starts");
+    let (_, job) = daemon.api().post_job(json!({"username": "ines"})).await;
+    let id = job_id(&job);
+    while daemon.api().job(id).await["counts"]["done"]
+        .as_u64()
+        .unwrap_or(0)
+        < 40
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.set_forbidden(true);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    proxy.set_forbidden(false);
+    let done = daemon.api().wait_for_state(id, &["done"], LONG).await;
+    assert_eq!(
+        (
+            done["counts"]["done"].as_u64(),
+            done["counts"]["failed"].as_u64()
+        ),
+        (Some(200), Some(0)),
+        "{done}"
+    );
+    let (_, jobs) = daemon
+        .api()
+        .request(reqwest::Method::GET, "/jobs", None)
+        .await;
+    let (_, status) = daemon
+        .api()
+        .request(reqwest::Method::GET, "/status", None)
+        .await;
+    let log = daemon.log_text();
+    drop(daemon);
+    assert!(
+        log.contains("SignatureDoesNotMatch"),
+        "the refusal was met and logged"
+    );
+    assert!(!leaks(&log), "a credential reached the log");
+    assert!(!leaks(&jobs.to_string()) && !leaks(&status.to_string()));
+    for file in files_under(dir.path()) {
+        let bytes = std::fs::read(&file).unwrap();
+        assert!(
+            !leaks(&text(&bytes)),
+            "{} holds a credential",
+            file.display()
+        );
+    }
+}
+
+/// A file larger than one part (8 MiB) goes up in parts and comes back
+/// whole; a download streams it back to disk byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_of_several_parts_uploads_whole_and_downloads_back() {
+    use mapillary_downloader::bucket::{ArchiveUrl, AwsEnvironment, Bucket};
+    let s3 = S3Server::start("archive").await;
+    let dir = tempfile::tempdir().unwrap();
+    let vars: std::collections::HashMap<String, String> =
+        s3.daemon_env(PREFIX).into_iter().collect();
+    let url = ArchiveUrl::parse(&vars["MLD__STORAGE__ARCHIVE_URL"]).unwrap();
+    let bucket = Bucket::open(
+        &url,
+        &AwsEnvironment::from_vars(&vars),
+        dir.path().join("spool"),
+    )
+    .unwrap();
+    bucket.check_reachable().await.unwrap();
+    assert!(s3.keys("").await.is_empty(), "the write probe is removed");
+
+    let local = dir.path().join("big.tar");
+    let bytes: Vec<u8> = (0..(20 << 20) + 12_345_u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&local, &bytes).unwrap();
+    let path = bucket.root().join("mapillary-x-original/2024-01-02.tar");
+    bucket.upload_file(&local, &path).await.unwrap();
+    let stored = s3
+        .get(&format!("{PREFIX}/mapillary-x-original/2024-01-02.tar"))
+        .await
+        .unwrap();
+    assert!(
+        stored == bytes,
+        "the object is the file ({} vs {} bytes)",
+        stored.len(),
+        bytes.len()
+    );
+
+    let back = dir.path().join("back.tar");
+    assert!(bucket.download(&path, &back).await.unwrap());
+    assert!(std::fs::read(&back).unwrap() == bytes);
+    assert!(
+        !bucket
+            .download(&bucket.root().join("mapillary-x-original/none.tar"), &back)
+            .await
+            .unwrap()
     );
 }

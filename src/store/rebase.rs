@@ -41,13 +41,16 @@ impl Store {
         // or off one. A database with archived files stays with its archive.
         let in_bucket = |r: &str| r.starts_with(BUCKET_SCHEME);
         if in_bucket(&root) || recorded.as_deref().is_some_and(in_bucket) {
-            let archived: Option<String> =
-                sqlx::query_scalar("SELECT path FROM images WHERE path IS NOT NULL LIMIT 1")
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            // A file's row, or a tar's (whose rows a repair may have reset).
+            let archived: Option<String> = sqlx::query_scalar(
+                "SELECT path FROM images WHERE path IS NOT NULL \
+                 UNION ALL SELECT collection || '/' || tar_name FROM packings LIMIT 1",
+            )
+            .fetch_optional(&mut *tx)
+            .await?;
             if let Some(path) = archived {
                 let was = recorded.unwrap_or_else(|| {
-                    old_root_of(&path).map_or_else(|| path.clone(), str::to_string)
+                    old_root_of(&path).map_or_else(|| "on the local disk".into(), str::to_string)
                 });
                 return Err(StoreError::Invalid(format!(
                     "this database's archive is {was}, not {root}: an archive cannot switch between \

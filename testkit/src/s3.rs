@@ -116,6 +116,16 @@ impl S3Server {
 
     /// Every key under `prefix`, sorted (ListObjectsV2, all pages).
     pub async fn keys(&self, prefix: &str) -> Vec<String> {
+        self.listing(prefix)
+            .await
+            .into_iter()
+            .map(|(key, _)| key)
+            .collect()
+    }
+
+    /// Every key under `prefix` with its `LastModified` (second resolution
+    /// on moto), sorted by key: an object put again shows a later time.
+    pub async fn listing(&self, prefix: &str) -> Vec<(String, String)> {
         let mut keys = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -139,7 +149,17 @@ impl S3Server {
                 .text()
                 .await
                 .expect("list body");
-            keys.extend(elements(&body, "Key"));
+            for contents in elements(&body, "Contents") {
+                let key = elements(&contents, "Key")
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default();
+                let modified = elements(&contents, "LastModified")
+                    .into_iter()
+                    .next()
+                    .unwrap_or_default();
+                keys.push((key, modified));
+            }
             token = elements(&body, "NextContinuationToken").into_iter().next();
             if token.is_none() {
                 keys.sort();
@@ -304,6 +324,10 @@ fn elements(xml: &str, name: &str) -> Vec<String> {
 pub struct FlakyProxy {
     pub endpoint: String,
     outage: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// While on, every connection gets the 403 `SignatureDoesNotMatch`
+    /// error S3 sends for a bad signature, which echoes the access key
+    /// and the string that was signed.
+    forbid: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Cancelled (and replaced) when an outage starts: cuts open pipes.
     cut: std::sync::Arc<std::sync::Mutex<tokio_util::sync::CancellationToken>>,
     /// Connections refused during outages.
@@ -326,9 +350,34 @@ impl FlakyProxy {
         let cut = std::sync::Arc::new(std::sync::Mutex::new(
             tokio_util::sync::CancellationToken::new(),
         ));
-        let (on, count, cuts) = (outage.clone(), refused.clone(), cut.clone());
+        let forbid = std::sync::Arc::new(AtomicBool::new(false));
+        let (on, count, cuts, forbidden) =
+            (outage.clone(), refused.clone(), cut.clone(), forbid.clone());
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
+                if forbidden.load(Ordering::SeqCst) {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        use tokio::io::AsyncReadExt;
+                        // Take the request head first, as a server would.
+                        let mut head = vec![0_u8; 16 << 10];
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(2), client.read(&mut head))
+                                .await;
+                        let body = format!(
+                            "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>SignatureDoesNotMatch</Code>\
+                             <Message>The request signature we calculated does not match the signature you provided.</Message>\
+                             <AWSAccessKeyId>{ACCESS_KEY}</AWSAccessKeyId><StringToSign>AWS4-HMAC-SHA256 {SECRET_KEY}</StringToSign>\
+                             <CanonicalRequest>GET / x-amz-security-token:{SECRET_KEY}</CanonicalRequest></Error>"
+                        );
+                        let answer = format!(
+                            "HTTP/1.1 403 Forbidden\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = client.write_all(answer.as_bytes()).await;
+                    });
+                    continue;
+                }
                 if on.load(Ordering::SeqCst) {
                     let n = count.fetch_add(1, Ordering::SeqCst);
                     tokio::spawn(async move {
@@ -359,6 +408,7 @@ impl FlakyProxy {
         FlakyProxy {
             endpoint,
             outage,
+            forbid,
             cut,
             refused,
             task,
@@ -368,6 +418,17 @@ impl FlakyProxy {
     /// Starts (cutting every open connection) or ends an outage.
     pub fn set_outage(&self, on: bool) {
         self.outage.store(on, std::sync::atomic::Ordering::SeqCst);
+        if on {
+            let mut cut = self.cut.lock().unwrap();
+            cut.cancel();
+            *cut = tokio_util::sync::CancellationToken::new();
+        }
+    }
+
+    /// Starts (cutting every open connection) or ends answering every
+    /// request with a signature error that echoes the credentials.
+    pub fn set_forbidden(&self, on: bool) {
+        self.forbid.store(on, std::sync::atomic::Ordering::SeqCst);
         if on {
             let mut cut = self.cut.lock().unwrap();
             cut.cancel();

@@ -223,6 +223,10 @@ async fn put_in_bucket(
     })
 }
 
+/// The largest object adoption reads into memory to check it (our largest
+/// images are panoramas of tens of MB).
+const MAX_ADOPTED_BYTES: u64 = 256 << 20;
+
 /// What an object's tags were made from: the image's stored metadata. An
 /// object with the same fingerprint carries the tags we would write now.
 fn bucket_fingerprint(meta: &ImageMeta) -> String {
@@ -298,6 +302,10 @@ async fn adopt_from_bucket(
                 kept_jpeg: keeps_jpeg && kind == FileKind::Jpeg,
                 packing_id: None,
             }));
+        }
+        if head.bytes > MAX_ADOPTED_BYTES {
+            // Not an image of ours: the download replaces it.
+            return Ok(None);
         }
         let Some(existing) = bucket.get(&path).await? else {
             continue;

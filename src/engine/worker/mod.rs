@@ -58,7 +58,12 @@ pub async fn process(
     abort: &CancellationToken,
 ) -> Outcome {
     match fetch(ctx, image, abort).await {
-        Fetched::Body(body) => disk::write(ctx, *body).await,
+        // After the shutdown grace a stuck write (a bucket that accepts and
+        // never answers) is dropped like a stuck download.
+        Fetched::Body(body) => tokio::select! {
+            outcome = disk::write(ctx, *body) => outcome,
+            _ = abort.cancelled() => Outcome::Abandoned,
+        },
         Fetched::Finished(outcome) => outcome,
     }
 }
@@ -107,7 +112,11 @@ pub async fn fetch(
     // after the write but before the row was marked done, or another job of
     // the same collection archived it. Re-tag it from our metadata instead of
     // downloading it again.
-    match disk::adopt_loose(ctx, &target, &meta).await {
+    let adopted = tokio::select! {
+        adopted = disk::adopt_loose(ctx, &target, &meta) => adopted,
+        _ = abort.cancelled() => return Fetched::Finished(Outcome::Abandoned),
+    };
+    match adopted {
         Ok(Some(file)) => return Fetched::Finished(Outcome::Done { file }),
         Ok(None) => {}
         Err(e) => {
@@ -210,9 +219,9 @@ pub async fn apply(
                     // collection): the tar holds the image, the loose file
                     // would stay behind untracked.
                     debug!(image = %image.image_id, path = %file.path.display(), "joined a tar; removing the loose file");
-                    let path = file.path.clone();
-                    tokio::task::spawn_blocking(move || archive::remove_if_present(&path))
-                        .await??;
+                    crate::archive_files::ArchiveFiles::new(ctx.bucket.as_ref())
+                        .remove_async(&file.path)
+                        .await?;
                 }
             }
         },
@@ -264,7 +273,8 @@ pub async fn apply(
                 jitter: rand::random_range(0.5..=1.0),
             };
             let due = ctx.store.defer(lease, &error, policy, now).await?;
-            debug!(image = %image.image_id, error, ?due, "the bucket did not answer; the image waits");
+            // Each image's delay doubles while it lasts, so this stays rare.
+            warn!(image = %image.image_id, error, ?due, "the archive bucket refused or did not answer; the image waits");
         }
     }
     Ok(())
