@@ -104,6 +104,10 @@ impl S3Server {
             ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
             ("AWS_REGION", "us-east-1".into()),
             ("AWS_ALLOW_HTTP", "true".into()),
+            // object_store's per-request timeout (the daemon's default is
+            // 120 s): a request moto or the test proxy leaves unanswered
+            // under load is retried within a test's patience.
+            ("AWS_TIMEOUT", "20s".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
