@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{TestDaemon, test_settings};
+use common::{TestDaemon, done_ids, test_settings, unfinished_packings};
 use mld_testkit::archive_check::check_collection;
 use mld_testkit::fake::{DEFAULT_TOKEN, FakeConfig, FakeMapillary, Quality};
 use mld_testkit::process::{self, DaemonProcess};
@@ -332,21 +332,6 @@ async fn an_s3_outage_mid_run_costs_no_image_and_no_attempt() {
     );
 }
 
-/// Image ids the database calls done.
-async fn done_ids(db: &Path, job: i64) -> std::collections::HashSet<String> {
-    let store = mapillary_downloader::store::Store::open(db).await.unwrap();
-    let mut ids = std::collections::HashSet::new();
-    let mut after = None;
-    loop {
-        let page = store.finished_images(job, after, 2000).await.unwrap();
-        let Some(last) = page.last() else { break };
-        after = Some(last.row_id);
-        ids.extend(page.into_iter().map(|i| i.meta.id));
-    }
-    store.close().await;
-    ids
-}
-
 /// kill -9 while images are being put: the bucket ends exact, nothing done
 /// is fetched again, and an object put just before a kill (its row not yet
 /// done) is adopted with a HEAD rather than downloaded again.
@@ -488,21 +473,6 @@ async fn bad_bucket_settings_are_refused_clearly_and_change_nothing() {
         "{stderr}"
     );
     assert!(s3.keys("").await.is_empty(), "nothing was written");
-}
-
-/// States of the packings not yet cleaned, read beside the daemon.
-async fn unfinished_packings(db: &Path) -> Vec<String> {
-    let url = format!("sqlite://{}?mode=ro", db.display());
-    let Ok(pool) = sqlx::SqlitePool::connect(&url).await else {
-        return Vec::new();
-    };
-    let states: Vec<String> =
-        sqlx::query_scalar("SELECT state FROM packings WHERE state <> 'cleaned'")
-            .fetch_all(&pool)
-            .await
-            .unwrap_or_default();
-    pool.close().await;
-    states
 }
 
 /// kill -9 while tars are built in the spool, uploaded, and their loose

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestDaemon, test_settings};
+use common::{TestDaemon, done_ids, test_settings, unfinished_packings};
 use mapillary_downloader::store::Store;
 use mld_testkit::archive_check::{
     check_collection, check_image, collection_dir, image_path, part_files,
@@ -23,21 +23,6 @@ const BINARY: &str = env!("CARGO_BIN_EXE_mapillary-downloader");
 /// `serve` as a child process over `data`, until it listens.
 fn spawn(data: &Path, workers: u32, env: &[(String, String)]) -> DaemonProcess {
     DaemonProcess::spawn(BINARY, data, workers, env).expect("the daemon starts")
-}
-
-/// Image ids the database calls done, read the way the daemon would.
-async fn done_ids(db: &Path, job: i64) -> HashSet<String> {
-    let store = Store::open(db).await.unwrap();
-    let mut ids = HashSet::new();
-    let mut after = None;
-    loop {
-        let page = store.finished_images(job, after, 2000).await.unwrap();
-        let Some(last) = page.last() else { break };
-        after = Some(last.row_id);
-        ids.extend(page.into_iter().map(|i| i.meta.id));
-    }
-    store.close().await;
-    ids
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -472,20 +457,6 @@ async fn a_real_enospc_mid_write_leaves_no_partial_file_and_burns_nothing() {
 }
 
 /// The packings not yet `cleaned`, read from the database beside the daemon.
-async fn unfinished_packings(db: &Path) -> Vec<String> {
-    let url = format!("sqlite://{}?mode=ro", db.display());
-    let Ok(pool) = sqlx::SqlitePool::connect(&url).await else {
-        return Vec::new();
-    };
-    let states: Vec<String> =
-        sqlx::query_scalar("SELECT state FROM packings WHERE state <> 'cleaned'")
-            .fetch_all(&pool)
-            .await
-            .unwrap_or_default();
-    pool.close().await;
-    states
-}
-
 /// kill -9 while tars are being written and while their loose files are
 /// being removed: no half tar ever sits under a final name, no image is
 /// lost (each is loose or in a whole tar), nothing is downloaded again, and

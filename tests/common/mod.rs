@@ -88,3 +88,34 @@ impl std::ops::Deref for TestDaemon {
         &self.api
     }
 }
+
+/// Image ids the database calls done in job `job`, read the way the daemon
+/// would.
+pub async fn done_ids(db: &Path, job: i64) -> std::collections::HashSet<String> {
+    let store = mapillary_downloader::store::Store::open(db).await.unwrap();
+    let mut ids = std::collections::HashSet::new();
+    let mut after = None;
+    loop {
+        let page = store.finished_images(job, after, 2000).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.row_id);
+        ids.extend(page.into_iter().map(|i| i.meta.id));
+    }
+    store.close().await;
+    ids
+}
+
+/// States of the packings not yet cleaned, read beside a running daemon.
+pub async fn unfinished_packings(db: &Path) -> Vec<String> {
+    let url = format!("sqlite://{}?mode=ro", db.display());
+    let Ok(pool) = sqlx::SqlitePool::connect(&url).await else {
+        return Vec::new();
+    };
+    let states: Vec<String> =
+        sqlx::query_scalar("SELECT state FROM packings WHERE state <> 'cleaned'")
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+    pool.close().await;
+    states
+}

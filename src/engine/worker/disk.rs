@@ -171,29 +171,31 @@ fn tag(jpeg: &[u8], meta: &ImageMeta) -> Result<Vec<u8>, WriteError> {
         .map_err(|e| WriteError::Convert(format!("tagging failed: {e}")))
 }
 
-/// Hashes the bytes (the buffer about to be written: no second read) and
-/// writes them durably at their path.
+impl Converted {
+    /// The row's record of this file once it is stored: hashed from the
+    /// buffer about to be written (no second read).
+    fn archived(&self) -> ArchivedFile {
+        ArchivedFile {
+            path: self.path.clone(),
+            bytes: self.bytes.len() as u64,
+            sha256: Some(sha256_hex(&self.bytes)),
+            kept_jpeg: self.kept_jpeg,
+            packing_id: None,
+        }
+    }
+}
+
+/// Writes the file durably at its path, keeping the free-space reserve.
 fn store_file(
     file: Converted,
     mtime_ms: Option<i64>,
     reserve: u64,
 ) -> Result<ArchivedFile, WriteError> {
-    let Converted {
-        path,
-        bytes,
-        kept_jpeg,
-    } = file;
-    let sha256 = sha256_hex(&bytes);
-    let dir = path.parent().unwrap_or(&path);
-    archive::ensure_room(dir, bytes.len() as u64, reserve)?;
-    archive::write_durably(&path, &bytes, mtime_ms)?;
-    Ok(ArchivedFile {
-        path,
-        bytes: bytes.len() as u64,
-        sha256: Some(sha256),
-        kept_jpeg,
-        packing_id: None,
-    })
+    let archived = file.archived();
+    let dir = file.path.parent().unwrap_or(&file.path);
+    archive::ensure_room(dir, archived.bytes, reserve)?;
+    archive::write_durably(&file.path, &file.bytes, mtime_ms)?;
+    Ok(archived)
 }
 
 /// [`store_file`] for a bucket: one PUT, carrying what a later run needs
@@ -204,23 +206,18 @@ async fn put_in_bucket(
     captured_at: Option<i64>,
     tagged_from: &str,
 ) -> Result<ArchivedFile, WriteError> {
-    let Converted {
-        path,
-        bytes,
-        kept_jpeg,
-    } = file;
-    let sha256 = sha256_hex(&bytes);
-    let size = bytes.len() as u64;
+    let archived = file.archived();
+    let sha256 = archived.sha256.as_deref().unwrap_or_default();
     bucket
-        .put_image(&path, bytes.into(), &sha256, captured_at, tagged_from)
+        .put_image(
+            &file.path,
+            file.bytes.into(),
+            sha256,
+            captured_at,
+            tagged_from,
+        )
         .await?;
-    Ok(ArchivedFile {
-        path,
-        bytes: size,
-        sha256: Some(sha256),
-        kept_jpeg,
-        packing_id: None,
-    })
+    Ok(archived)
 }
 
 /// The largest object adoption reads into memory to check it (our largest
