@@ -116,11 +116,11 @@ impl ArchiveFiles {
     pub async fn remove_async(&self, path: &Path) -> Result<(), ArchiveError> {
         match self {
             ArchiveFiles::Disk => {
-                let path = path.to_path_buf();
-                tokio::task::spawn_blocking(move || archive::remove_if_present(&path))
+                let owned = path.to_path_buf();
+                tokio::task::spawn_blocking(move || archive::remove_if_present(&owned))
                     .await
                     .map_err(|e| ArchiveError::Io {
-                        path: PathBuf::new(),
+                        path: path.to_path_buf(),
                         source: io::Error::other(e),
                     })?
             }

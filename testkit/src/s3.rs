@@ -118,6 +118,38 @@ impl S3Server {
         format!("{}/{}/{key}", self.endpoint, self.bucket)
     }
 
+    /// One signed-looking request for `key`; a 404 is `None`, any other
+    /// failure panics naming the request.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        key: &str,
+        body: Option<Vec<u8>>,
+    ) -> Option<reqwest::Response> {
+        let mut request = self
+            .http
+            .request(method.clone(), self.url(key))
+            .header("Authorization", AUTHORIZATION);
+        if let Some(body) = body {
+            request = request
+                .header("Content-Type", "application/octet-stream")
+                .body(body);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {key}: {e}"));
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return None;
+        }
+        assert!(
+            response.status().is_success(),
+            "{method} {key}: {}",
+            response.status()
+        );
+        Some(response)
+    }
+
     /// Every key under `prefix`, sorted (ListObjectsV2, all pages).
     pub async fn keys(&self, prefix: &str) -> Vec<String> {
         self.listing(prefix)
@@ -174,38 +206,16 @@ impl S3Server {
 
     /// The object's bytes, or `None` if there is none.
     pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
-        let response = self
-            .http
-            .get(self.url(key))
-            .header("Authorization", AUTHORIZATION)
-            .send()
-            .await
-            .expect("GET");
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return None;
-        }
-        assert!(
-            response.status().is_success(),
-            "GET {key}: {}",
-            response.status()
-        );
+        let response = self.send(reqwest::Method::GET, key, None).await?;
         Some(response.bytes().await.expect("body").to_vec())
     }
 
     /// The object's user metadata (`x-amz-meta-<name>` → `<name>`).
     pub async fn metadata(&self, key: &str) -> HashMap<String, String> {
         let response = self
-            .http
-            .head(self.url(key))
-            .header("Authorization", AUTHORIZATION)
-            .send()
+            .send(reqwest::Method::HEAD, key, None)
             .await
-            .expect("HEAD");
-        assert!(
-            response.status().is_success(),
-            "HEAD {key}: {}",
-            response.status()
-        );
+            .unwrap_or_else(|| panic!("HEAD {key}: no such object"));
         response
             .headers()
             .iter()
@@ -218,35 +228,12 @@ impl S3Server {
 
     /// Replaces the object's bytes (keeping no metadata), as damage would.
     pub async fn put(&self, key: &str, bytes: Vec<u8>) {
-        let response = self
-            .http
-            .put(self.url(key))
-            .header("Authorization", AUTHORIZATION)
-            .header("Content-Type", "application/octet-stream")
-            .body(bytes)
-            .send()
-            .await
-            .expect("PUT");
-        assert!(
-            response.status().is_success(),
-            "PUT {key}: {}",
-            response.status()
-        );
+        self.send(reqwest::Method::PUT, key, Some(bytes)).await;
     }
 
+    /// Removes the object (moto answers 204 whether or not it was there).
     pub async fn delete(&self, key: &str) {
-        let response = self
-            .http
-            .delete(self.url(key))
-            .header("Authorization", AUTHORIZATION)
-            .send()
-            .await
-            .expect("DELETE");
-        assert!(
-            response.status().is_success(),
-            "DELETE {key}: {}",
-            response.status()
-        );
+        self.send(reqwest::Method::DELETE, key, None).await;
     }
 
     /// Copies every object under `prefix` to `dir` (keys become paths below
