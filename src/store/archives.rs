@@ -121,7 +121,7 @@ impl Store {
         )
         .bind(collection)
         .bind(image_id)
-        .fetch_optional(&self.reader)
+        .fetch_optional(self.reader()?)
         .await?;
         let Some(row) = row else {
             return Ok(None);
@@ -147,7 +147,7 @@ impl Store {
         }
         let any_tar: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM packings WHERE state <> 'planned')")
-                .fetch_one(&self.reader)
+                .fetch_one(self.reader()?)
                 .await?;
         if !any_tar {
             return Ok(());
@@ -164,7 +164,7 @@ impl Store {
              JOIN packings p ON p.id = c.packing_id AND p.state IN ('written', 'cleaned')",
         )
         .bind(serde_json::Value::from(wanted).to_string())
-        .fetch_all(&self.reader)
+        .fetch_all(self.reader()?)
         .await?;
         for row in rows {
             let collection: String = row.try_get("collection")?;
@@ -197,7 +197,7 @@ impl Store {
              WHERE collection = ? AND state <> 'cleaned' ORDER BY id"
         )))
         .bind(collection)
-        .fetch_all(&self.reader)
+        .fetch_all(self.reader()?)
         .await?;
         rows.iter().map(packing_from_row).collect()
     }
@@ -208,7 +208,7 @@ impl Store {
             "SELECT {PACKING_COLUMNS} FROM packings WHERE id = ?"
         )))
         .bind(id)
-        .fetch_optional(&self.reader)
+        .fetch_optional(self.reader()?)
         .await?;
         row.as_ref().map(packing_from_row).transpose()
     }
@@ -219,7 +219,7 @@ impl Store {
             "SELECT {PACKING_COLUMNS} FROM packings WHERE collection = ? ORDER BY id"
         )))
         .bind(collection)
-        .fetch_all(&self.reader)
+        .fetch_all(self.reader()?)
         .await?;
         rows.iter().map(packing_from_row).collect()
     }
@@ -233,7 +233,7 @@ impl Store {
              ORDER BY path LIMIT 1",
         )
         .bind(collection)
-        .fetch_optional(&self.reader)
+        .fetch_optional(self.reader()?)
         .await?)
     }
 
@@ -242,7 +242,7 @@ impl Store {
         Ok(
             sqlx::query_scalar("SELECT tar_name FROM packings WHERE collection = ? ORDER BY id")
                 .bind(collection)
-                .fetch_all(&self.reader)
+                .fetch_all(self.reader()?)
                 .await?,
         )
     }
@@ -316,7 +316,7 @@ impl Store {
         .bind(packing_id)
         .bind(after.unwrap_or(""))
         .bind(i64::from(limit))
-        .fetch_all(&self.reader)
+        .fetch_all(self.reader()?)
         .await?;
         rows.iter()
             .map(|row| {
@@ -343,7 +343,7 @@ impl Store {
              INDEXED BY images_in_packing WHERE packing_id = ? AND state = 'done' GROUP BY path)",
         )
         .bind(packing_id)
-        .fetch_one(&self.reader)
+        .fetch_one(self.reader()?)
         .await?;
         Ok(super::to_u64(bytes))
     }
@@ -529,7 +529,7 @@ impl Store {
         .bind(after)
         .bind(job_id)
         .bind(i64::from(limit))
-        .fetch_all(&self.reader)
+        .fetch_all(self.reader()?)
         .await?;
         rows.iter().map(copy_from_row).collect()
     }
@@ -543,7 +543,7 @@ impl Store {
         )
         .bind(row_id)
         .bind(path)
-        .fetch_optional(&self.reader)
+        .fetch_optional(self.reader()?)
         .await?;
         Ok(found.is_some())
     }
@@ -557,7 +557,7 @@ impl Store {
              ORDER BY collection, id"
         )))
         .bind(job_id)
-        .fetch_all(&self.reader)
+        .fetch_all(self.reader()?)
         .await?;
         rows.iter().map(packing_from_row).collect()
     }
@@ -576,7 +576,7 @@ impl Store {
         )
         .bind(packing_id)
         .bind(job_id)
-        .fetch_all(&self.reader)
+        .fetch_all(self.reader()?)
         .await?;
         rows.iter().map(copy_from_row).collect()
     }
@@ -586,12 +586,12 @@ impl Store {
         let count: i64 = match job_id {
             Some(id) => sqlx::query_scalar("SELECT n_done FROM jobs WHERE id = ?")
                 .bind(id)
-                .fetch_optional(&self.reader)
+                .fetch_optional(self.reader()?)
                 .await?
                 .ok_or(StoreError::NoSuchJob(id))?,
             None => {
                 sqlx::query_scalar("SELECT ifnull(sum(n_done), 0) FROM jobs")
-                    .fetch_one(&self.reader)
+                    .fetch_one(self.reader()?)
                     .await?
             }
         };
@@ -604,7 +604,7 @@ impl Store {
         Ok(
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM packings WHERE collection = ?)")
                 .bind(collection)
-                .fetch_one(&self.reader)
+                .fetch_one(self.reader()?)
                 .await?,
         )
     }
@@ -620,7 +620,7 @@ impl Store {
              FROM images INDEXED BY images_in_collection WHERE collection = ? AND state = 'done'",
         )
         .bind(collection)
-        .fetch_one(&self.reader)
+        .fetch_one(self.reader()?)
         .await?;
         Ok((super::to_u64(count), first, last))
     }

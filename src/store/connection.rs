@@ -1,6 +1,7 @@
 //! Opening the database: one writer, a read pool, migrations and the schema check.
 
-use super::{Store, StoreError, StoreResult};
+use super::postgres::{PgClock, PgStore};
+use super::{Backend, Store, StoreError, StoreResult, on_postgres};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -9,7 +10,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-static MIGRATOR: Migrator = sqlx::migrate!();
+static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 
 /// How hard a commit pushes to stable storage.
 ///
@@ -106,17 +107,34 @@ impl Store {
     }
 
     fn from_pools(writer: Option<SqlitePool>, reader: SqlitePool) -> Store {
+        Store::from_backend(Backend::Sqlite { writer, reader })
+    }
+
+    pub(super) fn from_backend(backend: Backend) -> Store {
         Store {
-            writer,
-            reader,
+            backend,
             job_identity: Mutex::new(HashMap::new()),
         }
     }
 
+    /// Opens (creating its schema if needed) the shared PostgreSQL store at
+    /// `url` (`postgres://…`). The daemon always uses the database's clock.
+    pub async fn open_postgres(url: &str, clock: PgClock) -> StoreResult<Store> {
+        let pg = PgStore::open(url, clock).await?;
+        let store = Store::from_backend(Backend::Postgres(pg));
+        store.backfill_selections().await?;
+        Ok(store)
+    }
+
     /// Whether the database answers; for `/healthz`.
     pub async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
-        if let Some(writer) = &self.writer {
+        on_postgres!(self.ping());
+        sqlx::query("SELECT 1").execute(self.reader()?).await?;
+        if let Backend::Sqlite {
+            writer: Some(writer),
+            ..
+        } = &self.backend
+        {
             sqlx::query("SELECT 1").execute(writer).await?;
         }
         Ok(())
@@ -124,9 +142,14 @@ impl Store {
 
     /// Closes every connection, letting the last one checkpoint the WAL.
     pub async fn close(&self) {
-        self.reader.close().await;
-        if let Some(writer) = &self.writer {
-            writer.close().await;
+        match &self.backend {
+            Backend::Sqlite { writer, reader } => {
+                reader.close().await;
+                if let Some(writer) = writer {
+                    writer.close().await;
+                }
+            }
+            Backend::Postgres(pg) => pg.close().await,
         }
     }
 }

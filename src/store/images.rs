@@ -30,7 +30,7 @@ impl Store {
                 )
                 .bind(job_id)
                 .bind(i64::from(limit))
-                .fetch_all(&self.reader)
+                .fetch_all(self.reader()?)
                 .await?,
                 Some(after) => sqlx::query(
                     "SELECT rowid, meta, path, bytes, sha256, capture_order, image_id FROM images \
@@ -42,7 +42,7 @@ impl Store {
                 .bind(job_id)
                 .bind(after)
                 .bind(i64::from(limit))
-                .fetch_all(&self.reader)
+                .fetch_all(self.reader()?)
                 .await?,
             };
         rows.iter().map(archived_from_row).collect()
@@ -68,7 +68,7 @@ impl Store {
                 )
                 .bind(collection)
                 .bind(i64::from(limit))
-                .fetch_all(&self.reader)
+                .fetch_all(self.reader()?)
                 .await?,
                 Some(after) => sqlx::query(
                     "SELECT rowid, meta, path, bytes, sha256, capture_order, image_id FROM images \
@@ -81,7 +81,7 @@ impl Store {
                 .bind(&after.image_id)
                 .bind(after.row_id)
                 .bind(i64::from(limit))
-                .fetch_all(&self.reader)
+                .fetch_all(self.reader()?)
                 .await?,
             };
         rows.iter().map(archived_from_row).collect()
@@ -93,7 +93,7 @@ impl Store {
             "SELECT collection FROM job_collections WHERE job_id = ? ORDER BY collection",
         )
         .bind(job_id)
-        .fetch_all(&self.reader)
+        .fetch_all(self.reader()?)
         .await?)
     }
 
@@ -108,7 +108,7 @@ impl Store {
              WHERE state = 'done' AND updated_at >= ? GROUP BY minute ORDER BY minute",
         )
         .bind(since_ms.max(0))
-        .fetch_all(&self.reader)
+        .fetch_all(self.reader()?)
         .await?;
         Ok(rows
             .into_iter()
@@ -128,7 +128,7 @@ impl Store {
              WHERE state = 'done' AND updated_at > ?",
         )
         .bind(since_ms)
-        .fetch_one(&self.reader)
+        .fetch_one(self.reader()?)
         .await?;
         Ok((count.max(0) as u64, bytes.max(0) as u64))
     }
@@ -141,7 +141,7 @@ impl Store {
         )
         .bind(job_id)
         .bind(i64::from(limit))
-        .fetch_all(&self.reader)
+        .fetch_all(self.reader()?)
         .await?;
         rows.iter()
             .map(|row| {
@@ -174,7 +174,7 @@ impl Store {
         .bind(job_id)
         .bind(now_ms)
         .bind(i64::from(limit))
-        .fetch_all(&self.reader)
+        .fetch_all(self.reader()?)
         .await?;
         Ok(rows)
     }
@@ -192,7 +192,7 @@ impl Store {
         )
         .bind(job_id)
         .bind(image_id)
-        .fetch_optional(&self.reader)
+        .fetch_optional(self.reader()?)
         .await?;
         let Some(row) = row else {
             return Ok(None);

@@ -237,7 +237,7 @@ impl Store {
         let row: Option<(String, String, String, String)> =
             sqlx::query_as("SELECT source_kind, username, quality, format FROM jobs WHERE id = ?")
                 .bind(job_id)
-                .fetch_optional(&self.reader)
+                .fetch_optional(self.reader()?)
                 .await?;
         let (kind, username, quality, format) = row.ok_or(StoreError::NoSuchJob(job_id))?;
         let corrupt = |e: String| StoreError::Invalid(format!("job {job_id}: {e}"));

@@ -204,7 +204,7 @@ impl Store {
              WHERE state = 'done' AND next_sync_at <= ? ORDER BY id",
         )
         .bind(now_ms)
-        .fetch_all(&self.reader)
+        .fetch_all(self.reader()?)
         .await?;
         let mut started = Vec::new();
         for (id, selection, quality, format, package) in due {
@@ -241,7 +241,7 @@ impl Store {
             " FROM jobs WHERE id = ?"
         ))
         .bind(id)
-        .fetch_optional(&self.reader)
+        .fetch_optional(self.reader()?)
         .await?;
         row.as_ref().map(job_from_row).transpose()
     }
@@ -259,7 +259,7 @@ impl Store {
             " FROM jobs WHERE state IN (SELECT value FROM json_each(?)) ORDER BY id"
         ))
         .bind(states_json(states))
-        .fetch_all(&self.reader)
+        .fetch_all(self.reader()?)
         .await?;
         rows.iter().map(job_from_row).collect()
     }
@@ -448,7 +448,7 @@ impl Store {
             "SELECT id FROM jobs WHERE state = 'paused' AND pause_reason = ? ORDER BY id",
         )
         .bind(reason.as_str())
-        .fetch_all(&self.reader)
+        .fetch_all(self.reader()?)
         .await?)
     }
 

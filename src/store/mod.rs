@@ -26,6 +26,7 @@ mod images;
 mod ingest;
 mod jobs;
 mod parts;
+mod postgres;
 mod queue;
 mod rebase;
 mod stalls;
@@ -34,6 +35,7 @@ pub use connection::{Durability, StoreOptions};
 pub use ingest::{MissingImage, PartStep, strip_token};
 pub use jobs::{ACTIVE, Submitted};
 pub use parts::Part;
+pub use postgres::PgClock;
 pub use queue::{DeferPolicy, RetryPolicy};
 pub use stalls::StallCandidate;
 
@@ -479,20 +481,74 @@ pub struct ImageRecord {
 }
 
 /// The job store. Cheap to share behind an `Arc`; every method takes `&self`.
+///
+/// One interface, two implementations: every public method is the same
+/// call on SQLite (its body here, in this module's files) or PostgreSQL
+/// ([`postgres::PgStore`], whose files mirror these). Callers never know
+/// which; `tests/store.rs` runs one suite against both.
 pub struct Store {
-    /// The single writer connection; `None` for a read-only store.
-    writer: Option<SqlitePool>,
-    /// Read-only connections for queries that never write.
-    reader: SqlitePool,
+    backend: Backend,
     /// `(quality, format)` per job id. Both are fixed at creation, so the
     /// claim path can skip a join on every call.
     job_identity: Mutex<HashMap<i64, (Quality, OutputFormat)>>,
 }
 
+enum Backend {
+    Sqlite {
+        /// The single writer connection; `None` for a read-only store.
+        writer: Option<SqlitePool>,
+        /// Read-only connections for queries that never write.
+        reader: SqlitePool,
+    },
+    Postgres(postgres::PgStore),
+}
+
+/// Runs the PostgreSQL implementation of the method this opens, when the
+/// store is on PostgreSQL; the SQLite body follows it.
+macro_rules! on_postgres {
+    ($self:ident . $method:ident ( $($arg:expr),* $(,)? )) => {
+        if let $crate::store::Backend::Postgres(pg) = &$self.backend {
+            return pg.$method($($arg),*).await;
+        }
+    };
+}
+use on_postgres;
+
 impl Store {
     fn writer(&self) -> StoreResult<&SqlitePool> {
-        self.writer.as_ref().ok_or(StoreError::ReadOnly)
+        match &self.backend {
+            Backend::Sqlite { writer, .. } => writer.as_ref().ok_or(StoreError::ReadOnly),
+            Backend::Postgres(_) => Err(StoreError::Invalid(
+                "internal error: a SQLite statement was sent to a PostgreSQL store".into(),
+            )),
+        }
     }
+
+    fn reader(&self) -> StoreResult<&SqlitePool> {
+        match &self.backend {
+            Backend::Sqlite { reader, .. } => Ok(reader),
+            Backend::Postgres(_) => Err(StoreError::Invalid(
+                "internal error: a SQLite statement was sent to a PostgreSQL store".into(),
+            )),
+        }
+    }
+
+    /// Which kind of database this store is on.
+    pub fn kind(&self) -> StoreKind {
+        match &self.backend {
+            Backend::Sqlite { .. } => StoreKind::Sqlite,
+            Backend::Postgres(_) => StoreKind::Postgres,
+        }
+    }
+}
+
+/// The two queue backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// One file under the data dir: one daemon at a time (the lock file).
+    Sqlite,
+    /// A shared database: any number of daemons, on any machines.
+    Postgres,
 }
 
 /// Renders stored Unix milliseconds as the API's RFC 3339 UTC string.

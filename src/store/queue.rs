@@ -182,7 +182,7 @@ impl Store {
         }
         let row = sqlx::query("SELECT quality, format FROM jobs WHERE id = ?")
             .bind(job_id)
-            .fetch_optional(&self.reader)
+            .fetch_optional(self.reader()?)
             .await?
             .ok_or(StoreError::NoSuchJob(job_id))?;
         let corrupt = |e: String| StoreError::Invalid(format!("job {job_id}: {e}"));

@@ -29,7 +29,7 @@ impl Store {
                AND (n_pending + n_in_progress > 0 OR enumeration_complete = 0) ORDER BY id",
         )
         .bind(before_ms)
-        .fetch_all(&self.reader)
+        .fetch_all(self.reader()?)
         .await?;
         Ok(rows
             .into_iter()
@@ -55,7 +55,7 @@ impl Store {
              WHERE last_error IS NOT NULL LIMIT 1",
         )
         .bind(job_id)
-        .fetch_optional(&self.reader)
+        .fetch_optional(self.reader()?)
         .await?)
     }
 

@@ -1,0 +1,4 @@
+//! PostgreSQL twin of `store::images`.
+
+#[allow(unused_imports)]
+use super::PgStore;

@@ -1,0 +1,4 @@
+//! PostgreSQL twin of `store::ingest`.
+
+#[allow(unused_imports)]
+use super::PgStore;

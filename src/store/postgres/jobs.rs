@@ -1,0 +1,4 @@
+//! PostgreSQL twin of `store::jobs`.
+
+#[allow(unused_imports)]
+use super::PgStore;

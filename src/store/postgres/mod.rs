@@ -1,0 +1,111 @@
+//! The job store on PostgreSQL: the same methods as the SQLite store, for
+//! several daemons sharing one queue.
+//!
+//! The files mirror the SQLite ones ([`jobs`], [`ingest`], [`queue`],
+//! [`images`], [`archives`], [`parts`], [`rebase`], [`stalls`]); each method
+//! keeps its SQLite twin's meaning, and `tests/store.rs` runs on both.
+//!
+//! What differs, and why:
+//! - **The clock is the database's.** A method's `now_ms` is bound as
+//!   `coalesce($n::BIGINT, mld_now_ms())` and [`PgStore::at`] binds `NULL` on
+//!   [`PgClock::Database`] (every daemon), so leases, `run_at` and
+//!   `updated_at` never depend on a daemon's clock. Tests that step time by
+//!   hand open the store on [`PgClock::Caller`].
+//! - **Claims skip locked rows** (`FOR UPDATE SKIP LOCKED`): daemons claiming
+//!   at once take different rows instead of queueing behind each other.
+//! - **Counters are deltas** (see `migrations/postgres/0001_init.sql`): no
+//!   statement on `images` locks the job row; readers read `job_rows`, and
+//!   [`PgStore::fold_counts`] moves deltas onto the job rows.
+//! - **Transactions are short and never span a network call**, as on SQLite;
+//!   the pool re-connects by itself after the server restarts.
+
+mod archives;
+mod images;
+mod ingest;
+mod jobs;
+mod parts;
+mod queue;
+mod rebase;
+mod stalls;
+
+use super::{StoreError, StoreResult};
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use std::str::FromStr;
+use std::time::Duration;
+
+static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Whose clock stamps leases and times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PgClock {
+    /// The database server's (`mld_now_ms()`): what a daemon always uses.
+    #[default]
+    Database,
+    /// The `now_ms` each call passes: for tests that move time by hand.
+    Caller,
+}
+
+/// The PostgreSQL half of [`super::Store`].
+pub struct PgStore {
+    pool: PgPool,
+    clock: PgClock,
+}
+
+impl PgStore {
+    pub async fn open(url: &str, clock: PgClock) -> StoreResult<PgStore> {
+        let options = PgConnectOptions::from_str(url).map_err(|e| {
+            StoreError::Invalid(format!("storage.database_url is not a PostgreSQL URL: {e}"))
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .min_connections(1)
+            // A server restarting: callers wait this long, then get an error
+            // they retry, rather than waiting without a bound.
+            .acquire_timeout(Duration::from_secs(15))
+            .connect_with(options)
+            .await?;
+        // sqlx holds an advisory lock while migrating: daemons starting
+        // together migrate once.
+        MIGRATOR.run(&pool).await?;
+        Ok(PgStore { pool, clock })
+    }
+
+    /// The value to bind for a caller's `now_ms`: `None` on the database's
+    /// clock, where the SQL's `coalesce($n::BIGINT, mld_now_ms())` takes over.
+    fn at(&self, now_ms: i64) -> Option<i64> {
+        match self.clock {
+            PgClock::Database => None,
+            PgClock::Caller => Some(now_ms),
+        }
+    }
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Folds the counter deltas onto the job rows; returns how many it
+    /// folded. Readers see the same counts before and after.
+    pub async fn fold_counts(&self) -> StoreResult<u64> {
+        let folded: i64 = sqlx::query_scalar("SELECT mld_fold_counts()")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(super::to_u64(folded))
+    }
+
+    /// The database's clock, Unix ms.
+    pub async fn now_ms(&self) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("SELECT mld_now_ms()")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+}

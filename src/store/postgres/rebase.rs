@@ -1,0 +1,4 @@
+//! PostgreSQL twin of `store::rebase`.
+
+#[allow(unused_imports)]
+use super::PgStore;

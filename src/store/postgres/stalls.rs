@@ -1,0 +1,4 @@
+//! PostgreSQL twin of `store::stalls`.
+
+#[allow(unused_imports)]
+use super::PgStore;
