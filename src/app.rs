@@ -12,11 +12,10 @@ use crate::config::Settings;
 use crate::engine::{Engine, EngineContext, Tuning};
 use crate::mapillary::{ClientSettings, MapillaryClient};
 use crate::secret::Secret;
-use crate::store::Store;
+use crate::store::{PgClock, Store};
 use anyhow::Context;
 use std::fs::File;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -25,12 +24,25 @@ use tracing::info;
 /// Name of the lock file that keeps two engines off one data dir.
 const LOCK_FILE: &str = "mapillary.lock";
 
-/// Takes the data dir's exclusive lock. Two engines on one database would
-/// hand back each other's in-flight images at startup; `status` needs no lock.
-pub fn lock_data_dir(data_dir: &Path) -> anyhow::Result<File> {
+/// Takes the data dir's exclusive lock. On SQLite two engines on one
+/// database would hand back each other's in-flight images at startup; on
+/// PostgreSQL many daemons share the queue, but one data dir (its spool,
+/// its `.part` files) still belongs to one daemon per host, so the lock is
+/// per host there (a shared filesystem holds one per machine).
+/// `status` needs no lock.
+pub fn lock_data_dir(settings: &Settings) -> anyhow::Result<File> {
+    let data_dir = &settings.storage.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create the data dir {}", data_dir.display()))?;
-    let path = data_dir.join(LOCK_FILE);
+    let shared_queue = settings
+        .database_url()
+        .map_err(anyhow::Error::msg)?
+        .is_some();
+    let path = if shared_queue {
+        data_dir.join(format!("mapillary.{}.lock", crate::engine::host_name()))
+    } else {
+        data_dir.join(LOCK_FILE)
+    };
     let file = File::options()
         .create(true)
         .truncate(false)
@@ -55,14 +67,7 @@ pub fn client_settings(settings: &Settings) -> anyhow::Result<ClientSettings> {
 /// The engine's shared context, ready to start.
 pub async fn engine_context(settings: &Settings, token: Secret) -> anyhow::Result<EngineContext> {
     let bucket = open_bucket(settings).await?;
-    let store = Store::open(&settings.database_path())
-        .await
-        .with_context(|| {
-            format!(
-                "cannot open the database {}",
-                settings.database_path().display()
-            )
-        })?;
+    let store = open_store(settings).await?;
     store
         .rebase_archive(&settings.archive_dir())
         .await
@@ -78,6 +83,29 @@ pub async fn engine_context(settings: &Settings, token: Secret) -> anyhow::Resul
         Some(bucket) => ctx.with_bucket(bucket),
         None => ctx,
     })
+}
+
+/// The job store `storage.database_url` names: PostgreSQL (on the database's
+/// clock), or SQLite under the data dir. Never names the URL in an error: it
+/// may hold a password.
+pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
+    match settings.database_url().map_err(anyhow::Error::msg)? {
+        Some(url) => {
+            let store = Store::open_postgres(url.expose().trim(), PgClock::Database)
+                .await
+                .context("cannot open the PostgreSQL queue (storage.database_url)")?;
+            info!("job queue on PostgreSQL, shared with any other daemon on it");
+            Ok(store)
+        }
+        None => Store::open(&settings.database_path())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot open the database {}",
+                    settings.database_path().display()
+                )
+            }),
+    }
 }
 
 /// The bucket `storage.archive_url` names, checked to answer with the
@@ -107,7 +135,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: &Settings, token: Secret) -> anyhow::Result<Application> {
-        let lock = lock_data_dir(&settings.storage.data_dir)?;
+        let lock = lock_data_dir(settings)?;
         let ctx = engine_context(settings, token).await?;
         let addr = settings.listen_addr().map_err(anyhow::Error::msg)?;
         let state = AppState {

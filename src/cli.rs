@@ -82,6 +82,10 @@ pub struct DownloadArgs {
     /// (endpoint and credentials from the AWS_* variables). Sets storage.archive_url.
     #[arg(long, value_name = "URL")]
     pub archive_url: Option<String>,
+    /// Share a PostgreSQL job queue instead of <data-dir>/mapillary.db: postgres://user:pass@host/db.
+    /// Sets storage.database_url.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
     /// Concurrent downloads.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: Option<u32>,
@@ -107,6 +111,10 @@ pub struct VerifyArgs {
     /// (endpoint and credentials from the AWS_* variables). Sets storage.archive_url.
     #[arg(long, value_name = "URL")]
     pub archive_url: Option<String>,
+    /// Share a PostgreSQL job queue instead of <data-dir>/mapillary.db: postgres://user:pass@host/db.
+    /// Sets storage.database_url.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
     /// Only this job's images.
     #[arg(long, value_name = "ID")]
     pub job: Option<i64>,
@@ -128,6 +136,10 @@ pub struct StatusArgs {
     /// (endpoint and credentials from the AWS_* variables). Sets storage.archive_url.
     #[arg(long, value_name = "URL")]
     pub archive_url: Option<String>,
+    /// Share a PostgreSQL job queue instead of <data-dir>/mapillary.db: postgres://user:pass@host/db.
+    /// Sets storage.database_url.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
     /// Print the same JSON as `GET /status`.
     #[arg(long)]
     pub json: bool,
@@ -142,6 +154,10 @@ pub struct ServeArgs {
     /// (endpoint and credentials from the AWS_* variables). Sets storage.archive_url.
     #[arg(long, value_name = "URL")]
     pub archive_url: Option<String>,
+    /// Share a PostgreSQL job queue instead of <data-dir>/mapillary.db: postgres://user:pass@host/db.
+    /// Sets storage.database_url.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
     /// Address for the HTTP API, e.g. 127.0.0.1:8080.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,

@@ -8,7 +8,7 @@ use crate::config::{self, FlagOverrides, Settings};
 use crate::model::Packaging;
 use crate::oneshot::{self, DownloadRequest, RunEnd};
 use crate::selection::{Filters, JobSpec};
-use crate::store::{Store, StoreError};
+use crate::store::StoreError;
 use crate::verify::{self, VerifyOptions};
 use crate::{app, estimate, progress, status, telemetry};
 use std::path::PathBuf;
@@ -57,6 +57,7 @@ async fn serve(config_file: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode
         config_file,
         data_dir: args.data_dir,
         archive_url: args.archive_url,
+        database_url: args.database_url,
         listen: args.listen,
         workers: args.workers,
     })?;
@@ -80,6 +81,7 @@ async fn download(config_file: Option<PathBuf>, args: DownloadArgs) -> Result<Ex
         config_file,
         data_dir: args.data_dir,
         archive_url: args.archive_url,
+        database_url: args.database_url,
         listen: None,
         workers: args.workers,
     })?;
@@ -143,9 +145,10 @@ async fn status(config_file: Option<PathBuf>, args: StatusArgs) -> Result<ExitCo
         config_file,
         data_dir: args.data_dir,
         archive_url: args.archive_url,
+        database_url: args.database_url,
         ..FlagOverrides::default()
     })?;
-    status::print_status(&settings.database_path(), args.json)
+    status::print_status(&settings, args.json)
         .await
         .map_err(|e| {
             eprintln!("error: {e:#}");
@@ -160,10 +163,12 @@ async fn verify(config_file: Option<PathBuf>, args: VerifyArgs) -> Result<ExitCo
         config_file,
         data_dir: args.data_dir,
         archive_url: args.archive_url,
+        database_url: args.database_url,
         ..FlagOverrides::default()
     })?;
     let database = settings.database_path();
-    if !database.exists() {
+    let on_postgres = settings.database_url().map_err(usage_error)?.is_some();
+    if !on_postgres && !database.exists() {
         return Err(usage_error(format!(
             "no database at {}: is --data-dir right?",
             database.display()
@@ -172,10 +177,10 @@ async fn verify(config_file: Option<PathBuf>, args: VerifyArgs) -> Result<ExitCo
     let bucket = app::open_bucket(&settings)
         .await
         .map_err(|e| usage_error(format!("{e:#}")))?;
-    let store = Store::open(&database)
+    let store = app::open_store(&settings)
         .await
         .map(std::sync::Arc::new)
-        .map_err(|e| usage_error(format!("cannot open {}: {e}", database.display())))?;
+        .map_err(|e| usage_error(format!("{e:#}")))?;
     store
         .rebase_archive(&settings.archive_dir())
         .await

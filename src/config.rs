@@ -133,6 +133,14 @@ pub struct StorageSettings {
     /// Where the archive goes: empty = `<data_dir>/archive`; `s3://bucket/prefix`
     /// = an S3-compatible bucket configured by the `AWS_*` variables.
     pub archive_url: String,
+    /// Where the job queue lives: empty = SQLite at `<data_dir>/mapillary.db`;
+    /// `postgres://…` = a PostgreSQL database several daemons share. A
+    /// secret: it may hold a password.
+    pub database_url: Secret,
+    /// With PostgreSQL and a local-disk archive: `true` says `data_dir` is
+    /// one filesystem every daemon shares (NFS, CephFS...). Without it such a
+    /// setup would split one archive across machines, so it is refused.
+    pub shared_filesystem: bool,
     /// The `AWS_*` variables seen at load (for an `s3://` archive). Never
     /// printed: Debug shows the names only.
     #[serde(skip)]
@@ -162,6 +170,7 @@ pub struct FlagOverrides {
     pub config_file: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
     pub archive_url: Option<String>,
+    pub database_url: Option<String>,
     pub listen: Option<String>,
     pub workers: Option<u32>,
 }
@@ -179,6 +188,7 @@ fn layer_of(key: &str, flags: &FlagOverrides, vars: &HashMap<String, String>) ->
     let flag = match key {
         "storage.data_dir" => flags.data_dir.is_some().then_some("--data-dir"),
         "storage.archive_url" => flags.archive_url.is_some().then_some("--archive-url"),
+        "storage.database_url" => flags.database_url.is_some().then_some("--database-url"),
         "api.listen" => flags.listen.is_some().then_some("--listen"),
         "workers.count" => flags.workers.is_some().then_some("--workers"),
         _ => None,
@@ -476,6 +486,19 @@ impl Settings {
         }
         self.archive_url()
             .map_err(|reason| ("storage.archive_url", reason))?;
+        let shared_queue = self
+            .database_url()
+            .map_err(|reason| ("storage.database_url", reason))?
+            .is_some();
+        if shared_queue && self.storage.archive_url.trim().is_empty() && !self.storage.shared_filesystem
+        {
+            let reason = "storage.database_url is a shared PostgreSQL queue but the archive is on this \
+                          machine's disk: every daemon would keep part of one archive. Set \
+                          storage.archive_url to an s3:// bucket, or set shared_filesystem = true if \
+                          storage.data_dir is one filesystem all daemons share"
+                .to_string();
+            return Err(("storage.shared_filesystem", reason));
+        }
         self.listen_addr()
             .map_err(|reason| ("api.listen", reason))?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
@@ -535,6 +558,23 @@ impl Settings {
     /// The bearer token the HTTP API demands, if one is configured.
     pub fn api_token(&self) -> Option<&Secret> {
         (!self.api.token.is_empty()).then_some(&self.api.token)
+    }
+
+    /// The PostgreSQL URL `storage.database_url` gives; `None` for SQLite.
+    /// Never shown in an error: it may hold a password.
+    pub fn database_url(&self) -> Result<Option<&Secret>, String> {
+        let url = self.storage.database_url.expose().trim();
+        if url.is_empty() {
+            return Ok(None);
+        }
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            let scheme = url.split_once("://").map_or("", |(scheme, _)| scheme);
+            return Err(format!(
+                "must be empty (SQLite under storage.data_dir) or a postgres:// URL, not a {:?} URL",
+                scheme.chars().take(20).collect::<String>()
+            ));
+        }
+        Ok(Some(&self.storage.database_url))
     }
 
     pub fn database_path(&self) -> PathBuf {
@@ -598,6 +638,9 @@ fn merged_layers(
     }
     if let Some(url) = &flags.archive_url {
         builder = builder.set_override("storage.archive_url", url.as_str())?;
+    }
+    if let Some(url) = &flags.database_url {
+        builder = builder.set_override("storage.database_url", url.as_str())?;
     }
     if let Some(listen) = &flags.listen {
         builder = builder.set_override("api.listen", listen.as_str())?;

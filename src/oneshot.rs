@@ -106,7 +106,7 @@ pub async fn download(
     specs: &[JobSpec],
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<RunEnd> {
-    let _lock = lock_data_dir(&settings.storage.data_dir)?;
+    let _lock = lock_data_dir(settings)?;
     let ctx = engine_context(settings, token).await?;
     let job_ids = prepare_jobs(&ctx.store, specs).await?;
     let engine = Engine::start(ctx.clone()).await?;

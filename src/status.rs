@@ -10,7 +10,6 @@ use crate::stats::{MinuteThroughput, Rate, empty_history, history_of, history_st
 use crate::store::{Job, JobState, Store};
 use crate::units::{format_bytes, group_digits};
 use serde::Serialize;
-use std::path::Path;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Totals {
@@ -124,9 +123,13 @@ impl StatusReport {
     }
 }
 
-/// The `status` command: reads the database read-only, beside a live daemon.
-pub async fn print_status(db: &Path, json: bool) -> anyhow::Result<()> {
-    let store = Store::open_read_only(db).await?;
+/// The `status` command: reads the database beside live daemons (SQLite
+/// read-only; PostgreSQL, shared by them all, as one more client).
+pub async fn print_status(settings: &crate::config::Settings, json: bool) -> anyhow::Result<()> {
+    let store = match settings.database_url().map_err(anyhow::Error::msg)? {
+        Some(_) => crate::app::open_store(settings).await?,
+        None => Store::open_read_only(&settings.database_path()).await?,
+    };
     let jobs = store.list_jobs().await?;
     let since = crate::clock::now_ms() - 60_000;
     let (images, bytes) = store.finished_since(since).await?;

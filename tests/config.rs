@@ -54,6 +54,7 @@ fn layers_apply_in_order_file_env_flags() {
         workers: Some(9),
         data_dir: Some("/tmp/x".into()),
         archive_url: None,
+        database_url: None,
         listen: Some("127.0.0.1:0".into()),
     };
     let s = Settings::load_from(&flags, &env(&[("MLD__WORKERS__COUNT", "5")])).unwrap();

@@ -1,16 +1,19 @@
-//! The job store against a real SQLite file per test.
+//! The job store, one suite on both backends: a real SQLite file per test
+//! and a fresh database per test on a throwaway PostgreSQL cluster.
 
 use mapillary_downloader::archive::ArchivedFile;
 use mapillary_downloader::model::{Bbox, GeoPoint, ImageMeta, Quality};
 use mapillary_downloader::selection::JobSpec;
 use mapillary_downloader::store::{
     ClaimedImage, Counts, DeferPolicy, FailOutcome, FailReason, ImageState, Job, JobState, Lease,
-    PauseReason, RetryPolicy, Store, StoreError, StoreResult,
+    PauseReason, PgClock, RetryPolicy, Store, StoreError, StoreResult,
 };
+use mld_testkit::postgres::PgCluster;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
-use sqlx::{Row, SqlitePool};
+use sqlx::{PgPool, SqlitePool};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,10 +24,14 @@ const LEASE_MS: i64 = 60_000;
 
 struct Fixture {
     _dir: tempfile::TempDir,
+    /// The SQLite file (SQLite fixtures only).
     path: PathBuf,
+    /// The PostgreSQL database (PostgreSQL fixtures only).
+    url: Option<String>,
     store: Store,
 }
 
+/// A SQLite store in a fresh file.
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested").join("mapillary.db");
@@ -32,11 +39,172 @@ async fn fixture() -> Fixture {
     Fixture {
         _dir: dir,
         path,
+        url: None,
         store,
     }
 }
 
-/// A second, independent connection for checks and fault injection.
+/// A PostgreSQL store in a fresh database of the test binary's cluster, on
+/// the caller's clock so tests step time by hand like on SQLite.
+async fn pg_fixture() -> Fixture {
+    let url = PgCluster::shared().fresh_database();
+    let store = Store::open_postgres(&url, PgClock::Caller).await.unwrap();
+    Fixture {
+        _dir: tempfile::tempdir().unwrap(),
+        path: PathBuf::new(),
+        url: Some(url),
+        store,
+    }
+}
+
+impl Fixture {
+    /// A second, independent connection for checks and fault injection.
+    async fn raw(&self) -> Raw {
+        match &self.url {
+            Some(url) => Raw::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(1)
+                    .connect(url)
+                    .await
+                    .unwrap(),
+            ),
+            None => Raw::Sqlite(raw(&self.path).await),
+        }
+    }
+}
+
+/// A raw connection to either backend, with the few checks tests make
+/// behind the store's back, each spelt in both dialects.
+#[derive(Clone)]
+enum Raw {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Raw {
+    async fn row_ids(&self, job: i64, state: &str, limit: i64) -> Vec<i64> {
+        match self {
+            Raw::Sqlite(pool) => sqlx::query_scalar(
+                "SELECT rowid FROM images WHERE job_id = ? AND state = ? ORDER BY rowid LIMIT ?",
+            )
+            .bind(job)
+            .bind(state)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+            Raw::Postgres(pool) => sqlx::query_scalar(
+                "SELECT rowid FROM images WHERE job_id = $1 AND state = $2 ORDER BY rowid LIMIT $3",
+            )
+            .bind(job)
+            .bind(state)
+            .bind(limit)
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+        }
+    }
+
+    async fn row_of(&self, job: i64, image: &str) -> i64 {
+        match self {
+            Raw::Sqlite(pool) => {
+                sqlx::query_scalar("SELECT rowid FROM images WHERE job_id = ? AND image_id = ?")
+                    .bind(job)
+                    .bind(image)
+                    .fetch_one(pool)
+                    .await
+                    .unwrap()
+            }
+            Raw::Postgres(pool) => {
+                sqlx::query_scalar("SELECT rowid FROM images WHERE job_id = $1 AND image_id = $2")
+                    .bind(job)
+                    .bind(image)
+                    .fetch_one(pool)
+                    .await
+                    .unwrap()
+            }
+        }
+    }
+
+    /// `(job_id, sha256, bytes)` of every image, by job and image id.
+    async fn checksums(&self) -> Vec<(i64, String, i64)> {
+        let sql = "SELECT job_id, sha256, bytes FROM images ORDER BY job_id, image_id";
+        match self {
+            Raw::Sqlite(pool) => sqlx::query_as(sql).fetch_all(pool).await.unwrap(),
+            Raw::Postgres(pool) => sqlx::query_as(sql).fetch_all(pool).await.unwrap(),
+        }
+    }
+
+    /// Makes every insert of an image with this id fail.
+    async fn fail_inserts_of(&self, image_id: &str) {
+        match self {
+            Raw::Sqlite(pool) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "CREATE TRIGGER test_boom BEFORE INSERT ON images WHEN NEW.image_id = '{image_id}' \
+                     BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+                )))
+                .execute(pool)
+                .await
+                .unwrap();
+            }
+            Raw::Postgres(pool) => {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                    "CREATE FUNCTION test_boom() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                     BEGIN RAISE EXCEPTION 'injected failure'; END $$; \
+                     CREATE TRIGGER test_boom BEFORE INSERT ON images FOR EACH ROW \
+                     WHEN (NEW.image_id = '{image_id}') EXECUTE FUNCTION test_boom();"
+                )))
+                .execute(pool)
+                .await
+                .unwrap();
+            }
+        }
+    }
+
+    /// Per-state counts of a job's rows, and its done bytes, by GROUP BY.
+    async fn group_by_counts(&self, job_id: i64) -> (Counts, u64) {
+        let rows: Vec<(String, i64, i64, i64)> = match self {
+            Raw::Sqlite(pool) => sqlx::query_as(
+                "SELECT state, count(*), ifnull(sum(CASE WHEN state = 'done' THEN bytes ELSE 0 END), 0), \
+                 sum(fail_reason IS 'deleted') FROM images WHERE job_id = ? GROUP BY state",
+            )
+            .bind(job_id)
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+            Raw::Postgres(pool) => sqlx::query_as(
+                "SELECT state, count(*), coalesce(sum(CASE WHEN state = 'done' THEN bytes ELSE 0 END), 0)::BIGINT, \
+                 count(*) FILTER (WHERE fail_reason = 'deleted') FROM images WHERE job_id = $1 GROUP BY state",
+            )
+            .bind(job_id)
+            .fetch_all(pool)
+            .await
+            .unwrap(),
+        };
+        let mut c = Counts::default();
+        let mut bytes = 0;
+        for (state, n, b, d) in rows {
+            let n = n as u64;
+            match state.as_str() {
+                "pending" => c.pending = n,
+                "in_progress" => c.in_progress = n,
+                "done" => {
+                    c.done = n;
+                    bytes = b as u64;
+                }
+                "failed" => {
+                    c.failed = n;
+                    c.deleted = d as u64;
+                }
+                other => panic!("unexpected state {other}"),
+            }
+        }
+        c.discovered = c.pending + c.in_progress + c.done + c.failed;
+        (c, bytes)
+    }
+}
+
+/// A SQLite connection of its own to the file.
 async fn raw(path: &Path) -> SqlitePool {
     SqlitePoolOptions::new()
         .max_connections(1)
@@ -308,9 +476,7 @@ async fn open_creates_the_directory_uses_wal_and_reopens() {
     assert_eq!(again.find_job(job.id).await.unwrap().unwrap(), job);
 }
 
-#[tokio::test]
-async fn jobs_are_created_found_by_key_and_listed() {
-    let f = fixture().await;
+async fn jobs_are_created_found_by_key_and_listed(f: Fixture) {
     let s = &f.store;
     let bbox = Bbox::new(13.0, 52.0, 14.0, 53.0).unwrap();
     let a = s
@@ -398,9 +564,7 @@ async fn jobs_are_created_found_by_key_and_listed() {
     assert!(s.find_job(999).await.unwrap().is_none());
 }
 
-#[tokio::test]
-async fn page_insert_is_idempotent_and_stores_the_cursor() {
-    let f = fixture().await;
+async fn page_insert_is_idempotent_and_stores_the_cursor(f: Fixture) {
     let s = &f.store;
     let job = active_job(s, "alice").await;
 
@@ -479,24 +643,14 @@ async fn page_insert_is_idempotent_and_stores_the_cursor() {
     ));
 }
 
-#[tokio::test]
-async fn a_failing_page_insert_leaves_rows_and_cursor_unchanged() {
-    let f = fixture().await;
+async fn a_failing_page_insert_leaves_rows_and_cursor_unchanged(f: Fixture) {
     let s = &f.store;
     let job = active_job(s, "alice").await;
     s.insert_page(job, &metas(1..=2), Some("https://h/?after=c1"), 10)
         .await
         .unwrap();
 
-    let pool = raw(&f.path).await;
-    sqlx::query(
-        "CREATE TRIGGER test_boom BEFORE INSERT ON images WHEN NEW.image_id = 'boom' \
-         BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    pool.close().await;
+    f.raw().await.fail_inserts_of("boom").await;
 
     // Enough rows before the failing one that several chunks already ran.
     let mut page = metas(3..=400);
@@ -520,9 +674,7 @@ async fn a_failing_page_insert_leaves_rows_and_cursor_unchanged() {
     );
 }
 
-#[tokio::test]
-async fn claim_respects_limit_order_run_at_and_job_state() {
-    let f = fixture().await;
+async fn claim_respects_limit_order_run_at_and_job_state(f: Fixture) {
     let s = &f.store;
     let job = s
         .create_job("alice", Quality::Q256, None, 0)
@@ -571,9 +723,7 @@ async fn claim_respects_limit_order_run_at_and_job_state() {
     assert_eq!((c.pending, c.in_progress), (0, 5));
 }
 
-#[tokio::test]
-async fn paused_and_cancelled_jobs_are_not_claimed() {
-    let f = fixture().await;
+async fn paused_and_cancelled_jobs_are_not_claimed(f: Fixture) {
     let s = &f.store;
     let a = active_job(s, "alice").await;
     let b = active_job(s, "bob").await;
@@ -607,9 +757,7 @@ async fn paused_and_cancelled_jobs_are_not_claimed() {
     assert_eq!(ids(&got), vec!["1", "2", "3"]);
 }
 
-#[tokio::test]
-async fn an_expired_lease_is_reclaimed_as_a_new_attempt() {
-    let f = fixture().await;
+async fn an_expired_lease_is_reclaimed_as_a_new_attempt(f: Fixture) {
     let s = &f.store;
     let job = active_job(s, "alice").await;
     s.insert_page(job, &metas([1]), None, 0).await.unwrap();
@@ -645,9 +793,7 @@ async fn an_expired_lease_is_reclaimed_as_a_new_attempt() {
     );
 }
 
-#[tokio::test]
-async fn complete_is_fenced_by_owner_and_epoch() {
-    let f = fixture().await;
+async fn complete_is_fenced_by_owner_and_epoch(f: Fixture) {
     let s = &f.store;
     let job = active_job(s, "alice").await;
     s.insert_page(job, &metas([1]), None, 0).await.unwrap();
@@ -694,9 +840,9 @@ async fn complete_is_fenced_by_owner_and_epoch() {
 /// The attempt number cannot fence: a retry of failed images resets it, so
 /// a worker whose lease expired long ago would find the row claimed again by
 /// the same daemon on the same attempt number. The epoch only grows.
-#[tokio::test]
-async fn a_stale_holder_cannot_complete_a_row_retried_and_claimed_again_on_its_attempt_number() {
-    let f = fixture().await;
+async fn a_stale_holder_cannot_complete_a_row_retried_and_claimed_again_on_its_attempt_number(
+    f: Fixture,
+) {
     let s = &f.store;
     let job = active_job(s, "alice").await;
     s.insert_page(job, &metas([1]), None, 0).await.unwrap();
@@ -762,9 +908,7 @@ async fn a_stale_holder_cannot_complete_a_row_retried_and_claimed_again_on_its_a
     assert_eq!((j.counts.done, j.bytes_done), (1, 7));
 }
 
-#[tokio::test]
-async fn fail_backs_off_then_fails_for_good_and_retry_requeues() {
-    let f = fixture().await;
+async fn fail_backs_off_then_fails_for_good_and_retry_requeues(f: Fixture) {
     let s = &f.store;
     let job = active_job(s, "alice").await;
     s.insert_page(job, &metas([1]), None, 0).await.unwrap();
@@ -834,9 +978,7 @@ async fn fail_backs_off_then_fails_for_good_and_retry_requeues() {
     assert_eq!(again[0].lease.attempt, 1);
 }
 
-#[tokio::test]
-async fn release_costs_no_attempt() {
-    let f = fixture().await;
+async fn release_costs_no_attempt(f: Fixture) {
     let s = &f.store;
     let job = active_job(s, "alice").await;
     s.insert_page(job, &metas([1]), None, 0).await.unwrap();
@@ -864,9 +1006,7 @@ async fn release_costs_no_attempt() {
     assert_eq!(rec.last_error.as_deref(), Some("rate limited"));
 }
 
-#[tokio::test]
-async fn reset_in_flight_returns_rows_and_their_attempts() {
-    let f = fixture().await;
+async fn reset_in_flight_returns_rows_and_their_attempts(f: Fixture) {
     let s = &f.store;
     let job = active_job(s, "alice").await;
     s.insert_page(job, &metas(1..=4), None, 0).await.unwrap();
@@ -900,9 +1040,7 @@ async fn reset_in_flight_returns_rows_and_their_attempts() {
     );
 }
 
-#[tokio::test]
-async fn two_jobs_with_the_same_image_are_independent() {
-    let f = fixture().await;
+async fn two_jobs_with_the_same_image_are_independent(f: Fixture) {
     let s = &f.store;
     let a = active_job(s, "alice").await;
     let b = s
@@ -934,9 +1072,7 @@ async fn two_jobs_with_the_same_image_are_independent() {
 /// Two jobs of one collection completing the same image at the same loose
 /// path: the file is the last writer's, so every done row at that path
 /// takes its checksum and size (and the job counters follow).
-#[tokio::test]
-async fn rows_sharing_a_loose_file_take_the_last_writers_checksum() {
-    let f = fixture().await;
+async fn rows_sharing_a_loose_file_take_the_last_writers_checksum(f: Fixture) {
     let s = &f.store;
     let a = active_job(s, "alice").await;
     let b = s
@@ -954,19 +1090,10 @@ async fn rows_sharing_a_loose_file_take_the_last_writers_checksum() {
         .unwrap();
     s.insert_page(a, &metas([42, 43]), None, 0).await.unwrap();
     s.insert_page(b, &metas([42]), None, 0).await.unwrap();
-    let pool = raw(&f.path).await;
+    let pool = f.raw().await;
     let row_of = |job: i64, image: &'static str| {
         let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>(
-                "SELECT rowid FROM images WHERE job_id = ? AND image_id = ?",
-            )
-            .bind(job)
-            .bind(image)
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-        }
+        async move { pool.row_of(job, image).await }
     };
     let claimed = s.claim_as("w", 10, LEASE, 0).await.unwrap();
     let claimed_b = s.claim_as("w", 10, LEASE, 0).await.unwrap();
@@ -1004,11 +1131,7 @@ async fn rows_sharing_a_loose_file_take_the_last_writers_checksum() {
             .await
             .unwrap()
     );
-    let rows: Vec<(i64, String, i64)> =
-        sqlx::query_as("SELECT job_id, sha256, bytes FROM images ORDER BY job_id, image_id")
-            .fetch_all(&pool)
-            .await
-            .unwrap();
+    let rows = pool.checksums().await;
     assert_eq!(
         rows,
         [
@@ -1017,15 +1140,13 @@ async fn rows_sharing_a_loose_file_take_the_last_writers_checksum() {
             (b, "bbb".to_string(), 120)
         ]
     );
-    let (counted, bytes) = group_by_counts(&pool, a).await;
+    let (counted, bytes) = pool.group_by_counts(a).await;
     let job = s.find_job(a).await.unwrap().unwrap();
     assert_eq!((job.counts, job.bytes_done), (counted, bytes));
     assert_eq!(bytes, 127);
 }
 
-#[tokio::test]
-async fn finished_images_page_by_capture_time_with_missing_times_last() {
-    let f = fixture().await;
+async fn finished_images_page_by_capture_time_with_missing_times_last(f: Fixture) {
     let s = &f.store;
     let job = active_job(s, "alice").await;
     let page = vec![
@@ -1068,9 +1189,7 @@ async fn finished_images_page_by_capture_time_with_missing_times_last() {
     assert_eq!(seen, vec!["3", "5", "4", "1", "2", "6"]);
 }
 
-#[tokio::test]
-async fn update_urls_stores_refreshed_urls() {
-    let f = fixture().await;
+async fn update_urls_stores_refreshed_urls(f: Fixture) {
     let s = &f.store;
     let job = active_job(s, "alice").await;
     s.insert_page(job, &metas(1..=2), None, 0).await.unwrap();
@@ -1090,42 +1209,9 @@ async fn update_urls_stores_refreshed_urls() {
     assert_eq!(claimed[1].url, None);
 }
 
-async fn group_by_counts(pool: &SqlitePool, job_id: i64) -> (Counts, u64) {
-    let rows = sqlx::query(
-        "SELECT state, count(*) AS n, sum(CASE WHEN state = 'done' THEN bytes ELSE 0 END) AS b, \
-         sum(fail_reason IS 'deleted') AS d FROM images WHERE job_id = ? GROUP BY state",
-    )
-    .bind(job_id)
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    let mut c = Counts::default();
-    let mut bytes = 0;
-    for row in rows {
-        let n = row.get::<i64, _>("n") as u64;
-        match row.get::<String, _>("state").as_str() {
-            "pending" => c.pending = n,
-            "in_progress" => c.in_progress = n,
-            "done" => {
-                c.done = n;
-                bytes = row.get::<i64, _>("b") as u64;
-            }
-            "failed" => {
-                c.failed = n;
-                c.deleted = row.get::<i64, _>("d") as u64;
-            }
-            other => panic!("unexpected state {other}"),
-        }
-    }
-    c.discovered = c.pending + c.in_progress + c.done + c.failed;
-    (c, bytes)
-}
-
-#[tokio::test]
-async fn counters_always_equal_a_group_by_count() {
-    let f = fixture().await;
+async fn counters_always_equal_a_group_by_count(f: Fixture) {
     let s = &f.store;
-    let pool = raw(&f.path).await;
+    let pool = f.raw().await;
     let jobs = [active_job(s, "alice").await, active_job(s, "bob").await];
     let mut rng = StdRng::seed_from_u64(7);
     let mut held: Vec<(ClaimedImage, String)> = Vec::new();
@@ -1204,13 +1290,7 @@ async fn counters_always_equal_a_group_by_count() {
                         .await
                         .unwrap();
                 } else {
-                    let pending: Vec<i64> = sqlx::query_scalar(
-                        "SELECT rowid FROM images WHERE job_id = ? AND state = 'pending' LIMIT 3",
-                    )
-                    .bind(job)
-                    .fetch_all(&pool)
-                    .await
-                    .unwrap();
+                    let pending = pool.row_ids(job, "pending", 3).await;
                     s.mark_pending_deleted(&pending, "gone", now).await.unwrap();
                 }
             }
@@ -1224,10 +1304,15 @@ async fn counters_always_equal_a_group_by_count() {
                 s.set_job_state(job, state, None, now).await.unwrap();
             }
         }
+        if step % 40 == 0 {
+            // PostgreSQL folds its counter deltas now and then; reads must
+            // not change across a fold.
+            s.fold_counts().await.unwrap();
+        }
         if step % 25 == 0 || step == 599 {
             for &job in &jobs {
                 let stored = s.find_job(job).await.unwrap().unwrap();
-                let (expected, bytes) = group_by_counts(&pool, job).await;
+                let (expected, bytes) = pool.group_by_counts(job).await;
                 assert_eq!(stored.counts, expected, "step {step}, job {job}");
                 assert_eq!(stored.bytes_done, bytes, "step {step}, job {job}");
             }
@@ -1237,9 +1322,7 @@ async fn counters_always_equal_a_group_by_count() {
     assert!(total > 0, "the random mix should complete some images");
 }
 
-#[tokio::test]
-async fn concurrent_claimers_never_share_a_row() {
-    let f = fixture().await;
+async fn concurrent_claimers_never_share_a_row(f: Fixture) {
     let store = Arc::new(f.store);
     let job = active_job(&store, "alice").await;
     store
@@ -1402,9 +1485,7 @@ async fn read_only_store_reads_beside_a_live_writer_and_never_writes() {
     ));
 }
 
-#[tokio::test]
-async fn claims_take_turns_between_active_jobs() {
-    let f = fixture().await;
+async fn claims_take_turns_between_active_jobs(f: Fixture) {
     let first = active_job(&f.store, "big").await;
     let second = active_job(&f.store, "small").await;
     f.store
@@ -1436,9 +1517,7 @@ async fn claims_take_turns_between_active_jobs() {
 /// A stalled job can drain and finish before the next no-progress pass sees
 /// its progress (a race CI once hit): finishing takes the stall message along
 /// with the mark, and leaves any other error alone.
-#[tokio::test]
-async fn finishing_a_stalled_job_clears_its_stall_message() {
-    let f = fixture().await;
+async fn finishing_a_stalled_job_clears_its_stall_message(f: Fixture) {
     let s = &f.store;
     let job = active_job(s, "stuck").await;
     s.insert_page(job, &metas(1..=1), None, 10_000)
@@ -1482,9 +1561,7 @@ async fn finishing_a_stalled_job_clears_its_stall_message() {
     assert_eq!(done.last_error.as_deref(), Some("listing: HTTP 500 once"));
 }
 
-#[tokio::test]
-async fn a_job_is_finished_only_while_nothing_is_pending_or_in_flight() {
-    let f = fixture().await;
+async fn a_job_is_finished_only_while_nothing_is_pending_or_in_flight(f: Fixture) {
     let job = active_job(&f.store, "fin").await;
     // Nothing pending and nothing in flight, but the listing is not over: not done.
     f.store
@@ -1546,9 +1623,7 @@ async fn a_job_is_finished_only_while_nothing_is_pending_or_in_flight() {
     );
 }
 
-#[tokio::test]
-async fn deleted_images_fail_at_no_attempt_and_retry_leaves_them_unless_asked() {
-    let f = fixture().await;
+async fn deleted_images_fail_at_no_attempt_and_retry_leaves_them_unless_asked(f: Fixture) {
     let s = &f.store;
     let job = active_job(s, "alice").await;
     s.insert_page(job, &metas(1..=4), None, 1_000)
@@ -1572,14 +1647,7 @@ async fn deleted_images_fail_at_no_attempt_and_retry_leaves_them_unless_asked() 
             .await
             .unwrap()
     );
-    let pending: Vec<i64> = {
-        let pool = raw(&f.path).await;
-        sqlx::query_scalar("SELECT rowid FROM images WHERE job_id = ? AND state = 'pending'")
-            .bind(job)
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-    };
+    let pending = f.raw().await.row_ids(job, "pending", 100).await;
     assert_eq!(pending.len(), 2);
     // Only pending rows are marked; a done or claimed row is left alone.
     let with_done = [pending[0], a.row_id()];
@@ -1614,9 +1682,7 @@ async fn deleted_images_fail_at_no_attempt_and_retry_leaves_them_unless_asked() 
     assert_eq!((back.fail_reason, back.last_error), (None, None));
 }
 
-#[tokio::test]
-async fn deferrals_double_each_delay_up_to_the_cap_and_reset_on_completion() {
-    let f = fixture().await;
+async fn deferrals_double_each_delay_up_to_the_cap_and_reset_on_completion(f: Fixture) {
     let s = &f.store;
     let job = active_job(s, "alice").await;
     s.insert_page(job, &metas([1]), None, 0).await.unwrap();
@@ -1666,9 +1732,7 @@ async fn deferrals_double_each_delay_up_to_the_cap_and_reset_on_completion() {
     assert_eq!(s.defer(&c.lease, "x", policy, due).await.unwrap(), None);
 }
 
-#[tokio::test]
-async fn pause_reasons_are_stored_and_cleared_by_a_resume() {
-    let f = fixture().await;
+async fn pause_reasons_are_stored_and_cleared_by_a_resume(f: Fixture) {
     let s = &f.store;
     let job = active_job(s, "alice").await;
     let paused = s
@@ -1739,7 +1803,7 @@ async fn the_migration_recovers_pause_reasons_from_old_messages() {
             )
             .await
             .unwrap();
-        let migrator = sqlx::migrate!();
+        let migrator = sqlx::migrate!("migrations/sqlite");
         for migration in migrator.iter().filter(|m| m.version < 3) {
             sqlx::raw_sql(migration.sql.clone())
                 .execute(&pool)
@@ -1818,9 +1882,7 @@ async fn the_migration_recovers_pause_reasons_from_old_messages() {
     );
 }
 
-#[tokio::test]
-async fn jobs_without_progress_are_marked_stalled_and_unmarked_by_progress() {
-    let f = fixture().await;
+async fn jobs_without_progress_are_marked_stalled_and_unmarked_by_progress(f: Fixture) {
     let s = &f.store;
     let job = active_job(s, "alice").await;
     s.insert_page(job, &metas(1..=3), None, 10_000)
@@ -1878,4 +1940,150 @@ async fn jobs_without_progress_are_marked_stalled_and_unmarked_by_progress() {
         .await
         .unwrap();
     assert!(s.stall_candidates(i64::MAX).await.unwrap().is_empty());
+}
+
+/// Runs each listed test on a SQLite file and on a PostgreSQL database: one
+/// suite, so the two implementations of the store cannot drift apart.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::fixture().await).await
+            })*
+        }
+        mod postgres {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::pg_fixture().await).await
+            })*
+        }
+    };
+}
+
+on_both_backends!(
+    jobs_are_created_found_by_key_and_listed,
+    page_insert_is_idempotent_and_stores_the_cursor,
+    a_failing_page_insert_leaves_rows_and_cursor_unchanged,
+    claim_respects_limit_order_run_at_and_job_state,
+    paused_and_cancelled_jobs_are_not_claimed,
+    an_expired_lease_is_reclaimed_as_a_new_attempt,
+    complete_is_fenced_by_owner_and_epoch,
+    a_stale_holder_cannot_complete_a_row_retried_and_claimed_again_on_its_attempt_number,
+    fail_backs_off_then_fails_for_good_and_retry_requeues,
+    release_costs_no_attempt,
+    reset_in_flight_returns_rows_and_their_attempts,
+    two_jobs_with_the_same_image_are_independent,
+    rows_sharing_a_loose_file_take_the_last_writers_checksum,
+    finished_images_page_by_capture_time_with_missing_times_last,
+    update_urls_stores_refreshed_urls,
+    counters_always_equal_a_group_by_count,
+    concurrent_claimers_never_share_a_row,
+    claims_take_turns_between_active_jobs,
+    finishing_a_stalled_job_clears_its_stall_message,
+    a_job_is_finished_only_while_nothing_is_pending_or_in_flight,
+    deleted_images_fail_at_no_attempt_and_retry_leaves_them_unless_asked,
+    deferrals_double_each_delay_up_to_the_cap_and_reset_on_completion,
+    pause_reasons_are_stored_and_cleared_by_a_resume,
+    jobs_without_progress_are_marked_stalled_and_unmarked_by_progress,
+);
+
+#[tokio::test]
+async fn postgres_leases_and_times_come_from_the_database_clock() {
+    let url = PgCluster::shared().fresh_database();
+    let store = Store::open_postgres(&url, PgClock::Database).await.unwrap();
+    let job = active_job(&store, "alice").await;
+    store
+        .insert_page(job, &metas(1..=3), None, 0)
+        .await
+        .unwrap();
+    // A daemon whose clock says 1970 (or any skew): the lease still runs
+    // from the database's now.
+    let claimed = store.claim_as("w", 1, LEASE, 0).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let db_now: i64 = {
+        let pool = PgPoolOptions::new().connect(&url).await.unwrap();
+        sqlx::query_scalar("SELECT mld_now_ms()")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let row = store
+        .image_by_id(job, &claimed[0].image_id)
+        .await
+        .unwrap()
+        .unwrap();
+    let until = row.lease_until.unwrap();
+    assert!(
+        (until - (db_now + LEASE_MS)).abs() < 10_000,
+        "lease until {until}, database now {db_now}"
+    );
+    assert!(
+        (row.updated_at - db_now).abs() < 10_000,
+        "{}",
+        row.updated_at
+    );
+    // Another daemon, its clock far ahead, cannot take the row over early.
+    let other = store.claim_as("w2", 10, LEASE, i64::MAX / 4).await.unwrap();
+    assert!(
+        other.iter().all(|c| c.image_id != claimed[0].image_id),
+        "a skewed clock took over a live lease"
+    );
+}
+
+#[tokio::test]
+async fn postgres_daemons_sharing_one_database_never_share_a_row() {
+    let url = PgCluster::shared().fresh_database();
+    let first = Arc::new(Store::open_postgres(&url, PgClock::Database).await.unwrap());
+    let job = active_job(&first, "alice").await;
+    first
+        .insert_page(job, &metas(1..=600), None, 0)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for daemon in 0..3 {
+        // Each "daemon" has a store (a pool) of its own.
+        let store = Arc::new(Store::open_postgres(&url, PgClock::Database).await.unwrap());
+        for worker in 0..4 {
+            let store = Arc::clone(&store);
+            tasks.push(tokio::spawn(async move {
+                let owner = format!("d{daemon}-w{worker}");
+                let mut mine = Vec::new();
+                loop {
+                    let got = store.claim_as(&owner, 5, LEASE, 0).await.unwrap();
+                    if got.is_empty() {
+                        break;
+                    }
+                    for c in got {
+                        assert!(
+                            store
+                                .complete_as(c.row_id(), &owner, c.lease.epoch, 1, "p", 0)
+                                .await
+                                .unwrap()
+                        );
+                        mine.push(c.row_id());
+                    }
+                }
+                mine
+            }));
+        }
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let unique: HashSet<i64> = all.iter().copied().collect();
+    assert_eq!(all.len(), 600);
+    assert_eq!(unique.len(), 600);
+    let counts = counts(&first, job).await;
+    assert_eq!(
+        (counts.done, counts.pending, counts.in_progress),
+        (600, 0, 0)
+    );
+    first.fold_counts().await.unwrap();
+    assert_eq!(
+        first.find_job(job).await.unwrap().unwrap().counts,
+        counts,
+        "a fold changes no count"
+    );
 }

@@ -139,6 +139,17 @@ impl Tuning {
     }
 }
 
+/// This machine's name (for lock files and the daemons table), or
+/// `unknown-host`.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".into())
+}
+
 /// A fresh lease owner id for this process: pid plus randomness, so two
 /// processes (or two runs of one pid) never share one.
 pub fn new_owner_id() -> Arc<str> {

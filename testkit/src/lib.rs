@@ -14,6 +14,7 @@
 //! - [`tmpfs`]: a small filesystem of its own for full-disk tests;
 //! - [`browser`]: chromedriver and headless Chromium for the operator page;
 //! - [`s3`]: moto's S3 server with one bucket, and an independent reader of it.
+//! - [`postgres`]: a throwaway PostgreSQL cluster, a fresh database per test.
 //!
 //! The kit does not depend on `mapillary-downloader`, whose dev-dependency it
 //! is: a dependency back would give the daemon's tests a second copy of its
@@ -29,6 +30,7 @@ pub mod env;
 pub mod fake;
 pub mod jpeg;
 pub mod latency;
+pub mod postgres;
 pub mod process;
 pub mod s3;
 pub mod server;

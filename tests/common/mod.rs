@@ -43,6 +43,7 @@ pub fn test_settings(
         config_file: None,
         data_dir: Some(data_dir.to_path_buf()),
         archive_url: None,
+        database_url: None,
         listen: Some("127.0.0.1:0".into()),
         workers: Some(workers),
     };
