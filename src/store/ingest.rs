@@ -8,7 +8,7 @@
 //! insert well below 100k rows/s.
 
 use super::parts::insert_parts;
-use super::{FailReason, Store, StoreError, StoreResult};
+use super::{FailReason, Store, StoreError, StoreResult, on_postgres};
 use crate::model::{ImageMeta, OutputFormat, Quality, Storable, collection_name};
 use crate::selection::PartSpec;
 use sqlx::{AssertSqlSafe, SqlSafeStr};
@@ -52,12 +52,12 @@ fn chunk_sql(rows: usize) -> impl SqlSafeStr {
 
 /// One image, serialised before the transaction starts so the writer is held
 /// only for SQL.
-struct PreparedRow<'a> {
-    image_id: &'a str,
-    meta: Cow<'a, str>,
-    url: Option<&'a str>,
-    captured_at: Option<i64>,
-    collection: Cow<'a, str>,
+pub(super) struct PreparedRow<'a> {
+    pub(super) image_id: &'a str,
+    pub(super) meta: Cow<'a, str>,
+    pub(super) url: Option<&'a str>,
+    pub(super) captured_at: Option<i64>,
+    pub(super) collection: Cow<'a, str>,
 }
 
 /// What becomes of the job's current part once a page of it is stored.
@@ -83,13 +83,26 @@ pub struct MissingImage<'a> {
 
 /// How a job places its images: one collection for a username job, the
 /// creator's for the rest.
-struct Placement {
+pub(super) struct Placement {
     username: Option<String>,
     quality: Quality,
     format: OutputFormat,
 }
 
 impl Placement {
+    /// From the job's stored `source_kind`, `username`, `quality` and `format`.
+    pub(super) fn from_fields(
+        job_id: i64,
+        (kind, username, quality, format): (String, String, String, String),
+    ) -> StoreResult<Placement> {
+        let corrupt = |e: String| StoreError::Invalid(format!("job {job_id}: {e}"));
+        Ok(Placement {
+            username: (kind == "username").then_some(username),
+            quality: quality.parse().map_err(corrupt)?,
+            format: format.parse().map_err(corrupt)?,
+        })
+    }
+
     fn collection<'a>(&'a self, meta: &'a ImageMeta) -> String {
         let user = self.username.as_deref().or_else(|| meta.creator_username());
         collection_name(user, self.quality, self.format)
@@ -126,33 +139,10 @@ impl Store {
         step: PartStep<'_>,
         now_ms: i64,
     ) -> StoreResult<u64> {
-        let cursor = match step {
-            PartStep::Next(next) => Some(strip_token(next).map_err(StoreError::Invalid)?),
-            PartStep::Done | PartStep::Replace(_) => None,
-        };
+        on_postgres!(self.store_page(job_id, part, images, missing, step, now_ms));
+        let cursor = step_cursor(step)?;
         let placement = self.placement(job_id).await?;
-        let mut rows = images
-            .iter()
-            .map(|image| {
-                let meta = image.meta();
-                Ok(PreparedRow {
-                    image_id: meta.id.as_str(),
-                    meta: image
-                        .stored_json()
-                        .map_err(|e| StoreError::Invalid(format!("image {:?}: {e}", meta.id)))?,
-                    url: meta.url_for(placement.quality),
-                    captured_at: meta.captured_at,
-                    collection: Cow::Owned(placement.collection(meta)),
-                })
-            })
-            .collect::<StoreResult<Vec<_>>>()?;
-        // Numeric order (digit ids of one length sort as numbers): inserting
-        // into the (job_id, image_id) index in key order keeps each B-tree
-        // descent near the previous one, ~15% less CPU when a page's ids are
-        // scattered. Claim order within a page follows; the API promises none.
-        rows.sort_unstable_by(|a, b| {
-            (a.image_id.len(), a.image_id).cmp(&(b.image_id.len(), b.image_id))
-        });
+        let rows = prepare_rows(images, &placement)?;
 
         let mut tx = self.writer()?.begin().await?;
         let open: Option<i64> = sqlx::query_scalar(
@@ -168,10 +158,7 @@ impl Store {
             )));
         }
         let mut inserted = insert_rows(&mut tx, job_id, &rows, now_ms).await?;
-        let mut collections: Vec<&str> = rows.iter().map(|r| r.collection.as_ref()).collect();
-        collections.sort_unstable();
-        collections.dedup();
-        for collection in collections {
+        for collection in page_collections(&rows) {
             sqlx::query(
                 "INSERT INTO job_collections (job_id, collection) VALUES (?, ?) \
                  ON CONFLICT DO NOTHING",
@@ -219,6 +206,7 @@ impl Store {
         next_cursor: Option<&str>,
         now_ms: i64,
     ) -> StoreResult<u64> {
+        on_postgres!(self.insert_page(job_id, images, next_cursor, now_ms));
         let Some(part) = self.current_part(job_id).await? else {
             self.find_job(job_id)
                 .await?
@@ -239,18 +227,13 @@ impl Store {
                 .bind(job_id)
                 .fetch_optional(self.reader()?)
                 .await?;
-        let (kind, username, quality, format) = row.ok_or(StoreError::NoSuchJob(job_id))?;
-        let corrupt = |e: String| StoreError::Invalid(format!("job {job_id}: {e}"));
-        Ok(Placement {
-            username: (kind == "username").then_some(username),
-            quality: quality.parse().map_err(corrupt)?,
-            format: format.parse().map_err(corrupt)?,
-        })
+        Placement::from_fields(job_id, row.ok_or(StoreError::NoSuchJob(job_id))?)
     }
 
     /// Stores refreshed CDN URLs (`None` clears one) in one transaction.
     /// Returns how many rows exist and were updated.
     pub async fn update_urls(&self, urls: &[(i64, Option<String>)]) -> StoreResult<u64> {
+        on_postgres!(self.update_urls(urls));
         let mut tx = self.writer()?.begin().await?;
         let mut updated = 0;
         for (row_id, url) in urls {
@@ -264,6 +247,57 @@ impl Store {
         tx.commit().await?;
         Ok(updated)
     }
+}
+
+/// The cursor a page's step stores on its part: token-free.
+pub(super) fn step_cursor(step: PartStep<'_>) -> StoreResult<Option<String>> {
+    Ok(match step {
+        PartStep::Next(next) => Some(strip_token(next).map_err(StoreError::Invalid)?),
+        PartStep::Done | PartStep::Replace(_) => None,
+    })
+}
+
+/// A page's rows, serialised and placed, in insertion order.
+pub(super) fn prepare_rows<'a>(
+    images: &'a [impl Storable],
+    placement: &Placement,
+) -> StoreResult<Vec<PreparedRow<'a>>> {
+    let mut rows = images
+        .iter()
+        .map(|image| {
+            let meta = image.meta();
+            Ok(PreparedRow {
+                image_id: meta.id.as_str(),
+                meta: image
+                    .stored_json()
+                    .map_err(|e| StoreError::Invalid(format!("image {:?}: {e}", meta.id)))?,
+                url: meta.url_for(placement.quality),
+                captured_at: meta.captured_at,
+                collection: Cow::Owned(placement.collection(meta)),
+            })
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    // Numeric order (digit ids of one length sort as numbers): inserting
+    // into the (job_id, image_id) index in key order keeps each B-tree
+    // descent near the previous one, ~15% less CPU when a page's ids are
+    // scattered. Claim order within a page follows; the API promises none.
+    rows.sort_unstable_by(|a, b| {
+        (a.image_id.len(), a.image_id).cmp(&(b.image_id.len(), b.image_id))
+    });
+    Ok(rows)
+}
+
+/// The collections a page's rows go to, sorted, once each.
+pub(super) fn page_collections<'a>(rows: &'a [PreparedRow<'_>]) -> Vec<&'a str> {
+    let mut collections: Vec<&str> = rows.iter().map(|r| r.collection.as_ref()).collect();
+    collections.sort_unstable();
+    collections.dedup();
+    collections
+}
+
+/// The stored metadata of an image the API says does not exist.
+pub(super) fn missing_meta(image: &MissingImage<'_>) -> String {
+    serde_json::json!({ "id": image.image_id }).to_string()
 }
 
 /// Inserts prepared rows in fixed-size multi-row statements.
@@ -308,7 +342,7 @@ async fn insert_missing(
 ) -> StoreResult<u64> {
     let mut inserted = 0;
     for image in missing {
-        let meta = serde_json::json!({ "id": image.image_id }).to_string();
+        let meta = missing_meta(image);
         inserted += sqlx::query(
             "INSERT INTO images (job_id, image_id, meta, state, fail_reason, last_error, \
              run_at, updated_at) VALUES (?1, ?2, ?3, 'failed', ?4, ?5, ?6, ?6) \

@@ -4,11 +4,11 @@
 
 use super::{
     ClaimedImage, Completion, FailOutcome, FailReason, Lease, Store, StoreError, StoreResult,
-    parse_meta,
+    on_postgres, parse_meta,
 };
 use crate::archive::ArchivedFile;
 use crate::model::{OutputFormat, Quality};
-use sqlx::Row;
+use sqlx::{FromRow, Row};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,7 +92,7 @@ fn bind_lease<'q>(
         .bind(lease.epoch)
 }
 
-fn millis(duration: Duration) -> i64 {
+pub(super) fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
@@ -114,6 +114,71 @@ pub struct DeferPolicy {
     pub jitter: f64,
 }
 
+/// The columns a claim returns, on either database.
+#[derive(sqlx::FromRow)]
+pub(super) struct ClaimedRow {
+    rowid: i64,
+    pub(super) job_id: i64,
+    image_id: String,
+    meta: String,
+    url: Option<String>,
+    attempts: i64,
+    lease_epoch: i64,
+    run_at: i64,
+    collection: Option<String>,
+}
+
+impl ClaimedRow {
+    /// The claimed image, with its `run_at` to sort by.
+    pub(super) fn into_claimed(
+        self,
+        owner: &Arc<str>,
+        (quality, format): (Quality, OutputFormat),
+    ) -> StoreResult<(i64, ClaimedImage)> {
+        let row_id = self.rowid;
+        Ok((
+            self.run_at,
+            ClaimedImage {
+                lease: Lease {
+                    row_id,
+                    owner: owner.clone(),
+                    attempt: self.attempts,
+                    epoch: self.lease_epoch,
+                },
+                job_id: self.job_id,
+                image_id: self.image_id,
+                quality,
+                format,
+                collection: self.collection.ok_or_else(|| {
+                    StoreError::Invalid(format!("image row {row_id} has no collection"))
+                })?,
+                meta: parse_meta(row_id, &self.meta)?,
+                url: self.url,
+                packed_copy: None,
+            },
+        ))
+    }
+}
+
+/// RETURNING yields rows in no promised order; hand them out in queue order.
+pub(super) fn in_queue_order(mut claimed: Vec<(i64, ClaimedImage)>) -> Vec<ClaimedImage> {
+    claimed.sort_by_key(|(run_at, image)| (*run_at, image.lease.row_id));
+    claimed.into_iter().map(|(_, image)| image).collect()
+}
+
+/// A job's stored quality and format.
+pub(super) fn identity_from_fields(
+    job_id: i64,
+    quality: String,
+    format: String,
+) -> StoreResult<(Quality, OutputFormat)> {
+    let corrupt = |e: String| StoreError::Invalid(format!("job {job_id}: {e}"));
+    Ok((
+        quality.parse::<Quality>().map_err(corrupt)?,
+        format.parse::<OutputFormat>().map_err(corrupt)?,
+    ))
+}
+
 impl Store {
     /// Claims up to `limit` due images for `owner`, leased until
     /// `now_ms + lease`, taking pending rows from the first active job whose
@@ -129,6 +194,7 @@ impl Store {
         now_ms: i64,
         after_job: i64,
     ) -> StoreResult<Vec<ClaimedImage>> {
+        on_postgres!(self.claim(owner, limit, lease, now_ms, after_job));
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -141,36 +207,12 @@ impl Store {
             .fetch_all(self.writer()?)
             .await?;
         let mut claimed = Vec::with_capacity(rows.len());
-        for row in rows {
-            let row_id: i64 = row.try_get("rowid")?;
-            let job_id: i64 = row.try_get("job_id")?;
-            let meta: String = row.try_get("meta")?;
-            let (quality, format) = self.job_identity(job_id).await?;
-            claimed.push((
-                row.try_get::<i64, _>("run_at")?,
-                ClaimedImage {
-                    lease: Lease {
-                        row_id,
-                        owner: owner.clone(),
-                        attempt: row.try_get("attempts")?,
-                        epoch: row.try_get("lease_epoch")?,
-                    },
-                    job_id,
-                    image_id: row.try_get("image_id")?,
-                    quality,
-                    format,
-                    collection: row.try_get::<Option<String>, _>("collection")?.ok_or_else(
-                        || StoreError::Invalid(format!("image row {row_id} has no collection")),
-                    )?,
-                    meta: parse_meta(row_id, &meta)?,
-                    url: row.try_get("url")?,
-                    packed_copy: None,
-                },
-            ));
+        for row in &rows {
+            let row = ClaimedRow::from_row(row)?;
+            let identity = self.job_identity(row.job_id).await?;
+            claimed.push(row.into_claimed(owner, identity)?);
         }
-        // RETURNING yields rows in no promised order; hand them out in queue order.
-        claimed.sort_by_key(|(run_at, image)| (*run_at, image.lease.row_id));
-        let mut claimed: Vec<ClaimedImage> = claimed.into_iter().map(|(_, image)| image).collect();
+        let mut claimed = in_queue_order(claimed);
         self.attach_packed_copies(&mut claimed).await?;
         Ok(claimed)
     }
@@ -185,13 +227,8 @@ impl Store {
             .fetch_optional(self.reader()?)
             .await?
             .ok_or(StoreError::NoSuchJob(job_id))?;
-        let corrupt = |e: String| StoreError::Invalid(format!("job {job_id}: {e}"));
-        let quality: String = row.try_get("quality")?;
-        let format: String = row.try_get("format")?;
-        let identity = (
-            quality.parse::<Quality>().map_err(corrupt)?,
-            format.parse::<OutputFormat>().map_err(corrupt)?,
-        );
+        let identity =
+            identity_from_fields(job_id, row.try_get("quality")?, row.try_get("format")?)?;
         self.lock_identity().insert(job_id, identity);
         Ok(identity)
     }
@@ -218,6 +255,7 @@ impl Store {
         file: &ArchivedFile,
         now_ms: i64,
     ) -> StoreResult<bool> {
+        on_postgres!(self.complete(lease, file, now_ms));
         Ok(self.complete_image(lease, file, now_ms).await? != Completion::LeaseLost)
     }
 
@@ -232,6 +270,7 @@ impl Store {
         file: &ArchivedFile,
         now_ms: i64,
     ) -> StoreResult<Completion> {
+        on_postgres!(self.complete_image(lease, file, now_ms));
         let path = file.path.to_string_lossy();
         // One statement (no transaction round trips on the hot path): the
         // packed copy at this path, if any, gives the packing, the checksum
@@ -280,6 +319,7 @@ impl Store {
         policy: RetryPolicy,
         now_ms: i64,
     ) -> StoreResult<FailOutcome> {
+        on_postgres!(self.fail(lease, error, policy, now_ms));
         let query = sqlx::query(concat!(
             "UPDATE images SET \
              state = CASE WHEN attempts >= ? THEN 'failed' ELSE 'pending' END, \
@@ -321,6 +361,7 @@ impl Store {
         error: &str,
         now_ms: i64,
     ) -> StoreResult<bool> {
+        on_postgres!(self.fail_for_good(lease, reason, error, now_ms));
         let query = sqlx::query(concat!(
             "UPDATE images SET state = 'failed', fail_reason = ?, last_error = ?, \
              attempts = CASE WHEN ? = 'deleted' THEN max(attempts - 1, 0) ELSE attempts END, \
@@ -344,6 +385,7 @@ impl Store {
         error: &str,
         now_ms: i64,
     ) -> StoreResult<u64> {
+        on_postgres!(self.mark_pending_deleted(row_ids, error, now_ms));
         if row_ids.is_empty() {
             return Ok(0);
         }
@@ -369,6 +411,7 @@ impl Store {
         run_at_ms: i64,
         note: Option<&str>,
     ) -> StoreResult<bool> {
+        on_postgres!(self.release(lease, run_at_ms, note));
         let query = sqlx::query(concat!(
             "UPDATE images SET state = 'pending', attempts = max(attempts - 1, 0), run_at = ?, \
              lease_owner = NULL, lease_until = NULL, last_error = ifnull(?, last_error)",
@@ -392,6 +435,7 @@ impl Store {
         policy: DeferPolicy,
         now_ms: i64,
     ) -> StoreResult<Option<i64>> {
+        on_postgres!(self.defer(lease, note, policy, now_ms));
         let query = sqlx::query(concat!(
             "UPDATE images SET state = 'pending', attempts = max(attempts - 1, 0), \
              run_at = ? + CAST(min(?, ? * (1 << min(deferrals, 30))) * ? AS INTEGER), \
@@ -419,6 +463,7 @@ impl Store {
         include_deleted: bool,
         now_ms: i64,
     ) -> StoreResult<u64> {
+        on_postgres!(self.retry_failed(job_id, include_deleted, now_ms));
         let result = sqlx::query(
             "UPDATE images SET state = 'pending', attempts = 0, deferrals = 0, run_at = ?1, \
              last_error = NULL, fail_reason = NULL, updated_at = ?1 \
@@ -436,6 +481,7 @@ impl Store {
     /// pending, due now, with its attempt returned (a crash is not the
     /// image's fault).
     pub async fn reset_in_flight(&self, now_ms: i64) -> StoreResult<u64> {
+        on_postgres!(self.reset_in_flight(now_ms));
         let result = sqlx::query(
             "UPDATE images SET state = 'pending', attempts = max(attempts - 1, 0), run_at = ?, \
              lease_owner = NULL, lease_until = NULL, updated_at = ? WHERE state = 'in_progress'",

@@ -1,4 +1,176 @@
 //! PostgreSQL twin of `store::images`.
 
-#[allow(unused_imports)]
 use super::PgStore;
+use crate::stats::MinuteThroughput;
+use crate::store::images::{ArchivedRow, FailedRow, ImageRow, minute_throughput};
+use crate::store::{ArchivedImage, CollectionPosition, FailedImage, ImageRecord, StoreResult};
+use sqlx::FromRow;
+use sqlx::postgres::PgRow;
+
+fn archived(rows: Vec<PgRow>) -> StoreResult<Vec<ArchivedImage>> {
+    rows.iter()
+        .map(|row| ArchivedRow::from_row(row)?.into_archived())
+        .collect()
+}
+
+impl PgStore {
+    /// See the SQLite twin.
+    pub async fn finished_images(
+        &self,
+        job_id: i64,
+        after_row_id: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<ArchivedImage>> {
+        let rows =
+            match after_row_id {
+                None => sqlx::query(
+                    "SELECT rowid, meta, path, bytes, sha256, capture_order, image_id FROM images \
+                     WHERE job_id = $1 AND state = 'done' \
+                     ORDER BY capture_order, rowid LIMIT $2",
+                )
+                .bind(job_id)
+                .bind(i64::from(limit))
+                .fetch_all(self.pool())
+                .await?,
+                Some(after) => sqlx::query(
+                    "SELECT rowid, meta, path, bytes, sha256, capture_order, image_id FROM images \
+                     WHERE job_id = $1 AND state = 'done' \
+                       AND (capture_order, rowid) > \
+                           (SELECT capture_order, rowid FROM images WHERE rowid = $2) \
+                     ORDER BY capture_order, rowid LIMIT $3",
+                )
+                .bind(job_id)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(self.pool())
+                .await?,
+            };
+        archived(rows)
+    }
+
+    /// See the SQLite twin. `image_id` sorts by the database's collation,
+    /// which orders Mapillary's digit-only ids as SQLite does.
+    pub async fn collection_images(
+        &self,
+        collection: &str,
+        after: Option<&CollectionPosition>,
+        limit: u32,
+    ) -> StoreResult<Vec<ArchivedImage>> {
+        let rows =
+            match after {
+                None => sqlx::query(
+                    "SELECT rowid, meta, path, bytes, sha256, capture_order, image_id FROM images \
+                     WHERE collection = $1 AND state = 'done' \
+                     ORDER BY capture_order, image_id, rowid LIMIT $2",
+                )
+                .bind(collection)
+                .bind(i64::from(limit))
+                .fetch_all(self.pool())
+                .await?,
+                Some(after) => sqlx::query(
+                    "SELECT rowid, meta, path, bytes, sha256, capture_order, image_id FROM images \
+                     WHERE collection = $1 AND state = 'done' \
+                       AND (capture_order, image_id, rowid) > ($2, $3, $4) \
+                     ORDER BY capture_order, image_id, rowid LIMIT $5",
+                )
+                .bind(collection)
+                .bind(after.capture_order)
+                .bind(&after.image_id)
+                .bind(after.row_id)
+                .bind(i64::from(limit))
+                .fetch_all(self.pool())
+                .await?,
+            };
+        archived(rows)
+    }
+
+    /// See the SQLite twin.
+    pub async fn job_collections(&self, job_id: i64) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT collection FROM job_collections WHERE job_id = $1 ORDER BY collection",
+        )
+        .bind(job_id)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// See the SQLite twin.
+    pub async fn finished_by_minute(&self, since_ms: i64) -> StoreResult<Vec<MinuteThroughput>> {
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT updated_at / 60000 AS minute, count(*), coalesce(sum(bytes), 0)::BIGINT \
+             FROM images WHERE state = 'done' AND updated_at >= $1 \
+             GROUP BY minute ORDER BY minute",
+        )
+        .bind(since_ms.max(0))
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(minute_throughput).collect())
+    }
+
+    /// See the SQLite twin.
+    pub async fn finished_since(&self, since_ms: i64) -> StoreResult<(u64, u64)> {
+        let (count, bytes): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), coalesce(sum(bytes), 0)::BIGINT FROM images \
+             WHERE state = 'done' AND updated_at > $1",
+        )
+        .bind(since_ms)
+        .fetch_one(self.pool())
+        .await?;
+        Ok((count.max(0) as u64, bytes.max(0) as u64))
+    }
+
+    /// See the SQLite twin.
+    pub async fn failed_images(&self, job_id: i64, limit: u32) -> StoreResult<Vec<FailedImage>> {
+        let rows = sqlx::query(
+            "SELECT rowid, image_id, attempts, last_error, fail_reason FROM images \
+             WHERE job_id = $1 AND state = 'failed' ORDER BY rowid LIMIT $2",
+        )
+        .bind(job_id)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| FailedRow::from_row(row)?.into_failed())
+            .collect()
+    }
+
+    /// See the SQLite twin. Due by the database's clock, read once (an init
+    /// plan, so it bounds the index scan).
+    pub async fn upcoming_urls(
+        &self,
+        job_id: i64,
+        now_ms: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<(i64, String, Option<String>)>> {
+        Ok(sqlx::query_as(
+            "SELECT rowid, image_id, url FROM images \
+             WHERE job_id = $1 AND state = 'pending' \
+               AND run_at <= (SELECT coalesce($2::BIGINT, mld_now_ms())) \
+             ORDER BY run_at, rowid LIMIT $3",
+        )
+        .bind(job_id)
+        .bind(self.at(now_ms))
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    /// See the SQLite twin.
+    pub async fn image_by_id(
+        &self,
+        job_id: i64,
+        image_id: &str,
+    ) -> StoreResult<Option<ImageRecord>> {
+        let row = sqlx::query(
+            "SELECT rowid, job_id, image_id, meta, url, state, attempts, run_at, lease_owner, \
+             lease_until, bytes, path, last_error, fail_reason, deferrals, captured_at, updated_at, \
+             sha256, kept_jpeg, packing_id FROM images WHERE job_id = $1 AND image_id = $2",
+        )
+        .bind(job_id)
+        .bind(image_id)
+        .fetch_optional(self.pool())
+        .await?;
+        row.map(|row| ImageRow::from_row(&row)?.into_record())
+            .transpose()
+    }
+}
