@@ -490,7 +490,9 @@ impl Settings {
             .database_url()
             .map_err(|reason| ("storage.database_url", reason))?
             .is_some();
-        if shared_queue && self.storage.archive_url.trim().is_empty() && !self.storage.shared_filesystem
+        if shared_queue
+            && self.storage.archive_url.trim().is_empty()
+            && !self.storage.shared_filesystem
         {
             let reason = "storage.database_url is a shared PostgreSQL queue but the archive is on this \
                           machine's disk: every daemon would keep part of one archive. Set \

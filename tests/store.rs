@@ -6,7 +6,7 @@ use mapillary_downloader::model::{Bbox, GeoPoint, ImageMeta, Quality};
 use mapillary_downloader::selection::JobSpec;
 use mapillary_downloader::store::{
     ClaimedImage, Counts, DeferPolicy, FailOutcome, FailReason, ImageState, Job, JobState, Lease,
-    PauseReason, PgClock, RetryPolicy, Store, StoreError, StoreResult,
+    PartStep, PauseReason, PgClock, RetryPolicy, Store, StoreError, StoreResult,
 };
 use mld_testkit::postgres::PgCluster;
 use rand::rngs::StdRng;
@@ -1942,6 +1942,76 @@ async fn jobs_without_progress_are_marked_stalled_and_unmarked_by_progress(f: Fi
     assert!(s.stall_candidates(i64::MAX).await.unwrap().is_empty());
 }
 
+async fn a_job_task_has_one_holder_until_it_expires_and_fences_page_writes(f: Fixture) {
+    let s = &f.store;
+    let job = active_job(s, "alice").await;
+    let (a, b): (Arc<str>, Arc<str>) = ("daemon-a".into(), "daemon-b".into());
+    let held = s
+        .take_job_task(job, &a, LEASE, 1_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        s.take_job_task(job, &b, LEASE, 1_000 + LEASE_MS - 1)
+            .await
+            .unwrap()
+            .is_none(),
+        "a live lease has one holder"
+    );
+    assert!(s.renew_job_task(&held, LEASE, 30_000).await.unwrap());
+    // a stalls past its renewed lease: b takes the job over.
+    let taken = s
+        .take_job_task(job, &b, LEASE, 30_000 + LEASE_MS + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(taken.epoch > held.epoch);
+    assert!(!s.renew_job_task(&held, LEASE, 100_000).await.unwrap());
+    // a wakes up and writes a page: refused, nothing changes.
+    let part = s.current_part(job).await.unwrap().unwrap();
+    let err = s
+        .store_page(
+            job,
+            part.seq,
+            &metas(1..=3),
+            &[],
+            PartStep::Next("https://h/?after=stale"),
+            Some(&held),
+            100_000,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::LostJobTask(id) if id == job),
+        "{err}"
+    );
+    assert_eq!(counts(s, job).await.discovered, 0);
+    assert_eq!(s.job_cursor(job).await.unwrap(), None);
+    // The holder's page goes in.
+    let stored = s
+        .store_page(
+            job,
+            part.seq,
+            &metas(1..=3),
+            &[],
+            PartStep::Next("https://h/?after=c1"),
+            Some(&taken),
+            100_001,
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored, 3);
+    // Released: the next taker need not wait for the expiry.
+    s.release_job_task(&taken).await.unwrap();
+    s.release_job_task(&held).await.unwrap();
+    assert!(
+        s.take_job_task(job, &a, LEASE, 100_002)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
 /// Runs each listed test on a SQLite file and on a PostgreSQL database: one
 /// suite, so the two implementations of the store cannot drift apart.
 macro_rules! on_both_backends {
@@ -1962,6 +2032,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    a_job_task_has_one_holder_until_it_expires_and_fences_page_writes,
     jobs_are_created_found_by_key_and_listed,
     page_insert_is_idempotent_and_stores_the_cursor,
     a_failing_page_insert_leaves_rows_and_cursor_unchanged,

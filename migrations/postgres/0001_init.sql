@@ -55,7 +55,12 @@ CREATE TABLE jobs (
     next_sync_at         BIGINT,
     page_size            BIGINT,
     note                 TEXT,
-    n_kept_jpeg          BIGINT  NOT NULL DEFAULT 0
+    n_kept_jpeg          BIGINT  NOT NULL DEFAULT 0,
+    -- The lease on the job's task (enumeration, or finishing and packing):
+    -- one daemon at a time; page writes are fenced by the epoch.
+    task_owner           TEXT,
+    task_until           BIGINT,
+    task_epoch           BIGINT  NOT NULL DEFAULT 0
 );
 
 CREATE INDEX jobs_by_key ON jobs (username, quality, bbox_key);
@@ -80,7 +85,7 @@ CREATE INDEX job_parts_open ON job_parts (job_id, seq) WHERE NOT done;
 
 CREATE TABLE job_collections (
     job_id     BIGINT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-    collection TEXT   NOT NULL,
+    collection TEXT   COLLATE "C" NOT NULL,
     PRIMARY KEY (job_id, collection)
 );
 

@@ -20,7 +20,7 @@ use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::mapillary::MapillaryClient;
 use crate::stats::Stats;
-use crate::store::{ACTIVE, JobState, PauseReason, Store};
+use crate::store::{ACTIVE, JobState, PauseReason, Store, StoreKind};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -28,7 +28,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Everything a step needs. Cheap to clone (all shared).
 #[derive(Clone)]
@@ -170,22 +170,35 @@ impl Engine {
     /// Recovers from any earlier crash, then starts the supervisor, the
     /// dispatcher and the workers.
     pub async fn start(ctx: EngineContext) -> anyhow::Result<Engine> {
-        let reset = ctx.store.reset_in_flight(now_ms()).await?;
-        if reset > 0 {
-            info!(
-                images = reset,
-                "handed back images left in flight by an earlier run"
-            );
+        // On SQLite this process is the only one: whatever is in flight was
+        // left by a crash. On a shared PostgreSQL queue in-flight rows are
+        // other daemons' live work; a dead daemon's leases expire instead.
+        let sole_engine = ctx.store.kind() == StoreKind::Sqlite;
+        if sole_engine {
+            let reset = ctx.store.reset_in_flight(now_ms()).await?;
+            if reset > 0 {
+                info!(
+                    images = reset,
+                    "handed back images left in flight by an earlier run"
+                );
+            }
         }
         // A bucket has no partial objects (an upload is whole or absent),
-        // but its spool may hold a half-built tar.
+        // but its spool (this data dir's own) may hold a half-built tar. A
+        // local archive shared by several daemons may hold their `.part`
+        // files: left alone (a crashed one's is replaced when its image is
+        // written again).
         let local_root = match &ctx.bucket {
-            Some(bucket) => bucket.spool_dir().to_path_buf(),
-            None => ctx.archive_dir.clone(),
+            Some(bucket) => Some(bucket.spool_dir().to_path_buf()),
+            None => sole_engine.then(|| ctx.archive_dir.clone()),
         };
-        let swept =
-            tokio::task::spawn_blocking(move || crate::archive::remove_part_files(&local_root))
-                .await??;
+        let swept = match local_root {
+            Some(root) => {
+                tokio::task::spawn_blocking(move || crate::archive::remove_part_files(&root))
+                    .await??
+            }
+            None => 0,
+        };
         if swept > 0 {
             info!(
                 files = swept,
@@ -239,7 +252,12 @@ impl Engine {
             while self.tasks.join_next().await.is_some() {}
         }
         // Anything still marked ours (a queued claim nobody started) goes back.
-        match self.ctx.store.reset_in_flight(now_ms()).await {
+        match self
+            .ctx
+            .store
+            .hand_back_leases_of(&self.ctx.owner, now_ms())
+            .await
+        {
             Ok(0) => {}
             Ok(n) => info!(images = n, "handed back claimed images at shutdown"),
             Err(e) => warn!(error = %e, "could not hand back claimed images"),
@@ -302,25 +320,47 @@ async fn supervise_once(
         if !job.enumeration_complete || drained {
             // One task per job at a time: its enumerator, or its finishing
             // (which packs, and may take minutes on a big collection).
-            let token = {
-                let mut map = running
-                    .lock()
-                    .map_err(|_| anyhow::anyhow!("job task map poisoned"))?;
-                if map.contains_key(&job.id) {
-                    continue;
-                }
-                let token = cancel.child_token();
-                map.insert(job.id, token.clone());
-                token
+            if running
+                .lock()
+                .map_err(|_| anyhow::anyhow!("job task map poisoned"))?
+                .contains_key(&job.id)
+            {
+                continue;
+            }
+            // One process at a time in the whole cluster: on a shared queue
+            // another daemon may hold the job's task.
+            let Some(task) = ctx
+                .store
+                .take_job_task(job.id, &ctx.owner, job_task_ttl(ctx), now_ms())
+                .await?
+            else {
+                continue;
             };
+            let token = cancel.child_token();
+            running
+                .lock()
+                .map_err(|_| anyhow::anyhow!("job task map poisoned"))?
+                .insert(job.id, token.clone());
             let ctx = ctx.clone();
             let running = running.clone();
             let enumerate = !job.enumeration_complete;
             tasks.spawn(async move {
-                if enumerate {
-                    enumerate::run(&ctx, job.id, token).await;
-                } else {
-                    finish(&ctx, job.id, &token).await;
+                let work = async {
+                    if enumerate {
+                        enumerate::run(&ctx, task.clone(), token.clone()).await;
+                    } else {
+                        finish(&ctx, job.id, &token).await;
+                    }
+                };
+                tokio::select! {
+                    () = work => {}
+                    () = hold_job_task(&ctx, &task) => {
+                        warn!(job = job.id, "lost the lease on the job's task (another daemon took it over): stopping here");
+                        token.cancel();
+                    }
+                }
+                if let Err(e) = ctx.store.release_job_task(&task).await {
+                    debug!(job = job.id, error = %e, "could not release the job's task lease; it expires");
                 }
                 if let Ok(mut map) = running.lock() {
                     map.remove(&job.id);
@@ -340,6 +380,33 @@ async fn supervise_once(
         }
     }
     Ok(())
+}
+
+/// How long a job's task lease lasts unless renewed: how soon the cluster
+/// takes over a dead daemon's enumeration or finishing.
+fn job_task_ttl(ctx: &EngineContext) -> Duration {
+    ctx.tuning.lease.min(Duration::from_secs(60))
+}
+
+/// Renews the job's task lease every third of its life; returns when it is
+/// lost (taken over), or could not be renewed for a whole lease (the
+/// database unreachable: another daemon may take it over from then on).
+async fn hold_job_task(ctx: &EngineContext, task: &crate::store::JobTask) {
+    let ttl = job_task_ttl(ctx);
+    let mut last_renewed = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(ttl / 3).await;
+        match ctx.store.renew_job_task(task, ttl, now_ms()).await {
+            Ok(true) => last_renewed = tokio::time::Instant::now(),
+            Ok(false) => return,
+            Err(e) => {
+                warn!(job = task.job_id, error = %e, "could not renew the job's task lease");
+                if last_renewed.elapsed() >= ttl {
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// How long a job whose finishing failed waits before it is tried again, at

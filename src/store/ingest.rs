@@ -8,7 +8,7 @@
 //! insert well below 100k rows/s.
 
 use super::parts::insert_parts;
-use super::{FailReason, Store, StoreError, StoreResult, on_postgres};
+use super::{FailReason, JobTask, Store, StoreError, StoreResult, on_postgres};
 use crate::model::{ImageMeta, OutputFormat, Quality, Storable, collection_name};
 use crate::selection::PartSpec;
 use sqlx::{AssertSqlSafe, SqlSafeStr};
@@ -137,14 +137,18 @@ impl Store {
         images: &[impl Storable],
         missing: &[MissingImage<'_>],
         step: PartStep<'_>,
+        task: Option<&JobTask>,
         now_ms: i64,
     ) -> StoreResult<u64> {
-        on_postgres!(self.store_page(job_id, part, images, missing, step, now_ms));
+        on_postgres!(self.store_page(job_id, part, images, missing, step, task, now_ms));
         let cursor = step_cursor(step)?;
         let placement = self.placement(job_id).await?;
         let rows = prepare_rows(images, &placement)?;
 
         let mut tx = self.writer()?.begin().await?;
+        if let Some(task) = task {
+            super::job_tasks::check_sqlite(&mut tx, task).await?;
+        }
         let open: Option<i64> = sqlx::query_scalar(
             "SELECT seq FROM job_parts WHERE job_id = ? AND seq = ? AND done = 0",
         )
@@ -216,7 +220,7 @@ impl Store {
             )));
         };
         let step = next_cursor.map_or(PartStep::Done, PartStep::Next);
-        self.store_page(job_id, part.seq, images, &[], step, now_ms)
+        self.store_page(job_id, part.seq, images, &[], step, None, now_ms)
             .await
     }
 

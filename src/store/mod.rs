@@ -24,6 +24,7 @@
 mod connection;
 mod images;
 mod ingest;
+mod job_tasks;
 mod jobs;
 mod parts;
 mod postgres;
@@ -33,6 +34,7 @@ mod stalls;
 
 pub use connection::{Durability, StoreOptions};
 pub use ingest::{MissingImage, PartStep, strip_token};
+pub use job_tasks::JobTask;
 pub use jobs::{ACTIVE, Submitted};
 pub use parts::Part;
 pub use postgres::PgClock;
@@ -63,6 +65,10 @@ pub enum StoreError {
     Schema(String),
     #[error("{0}")]
     Invalid(String),
+    /// The job's task lease was taken over (it expired while this process
+    /// stalled): its write was refused, and the task must stop.
+    #[error("lost the lease on job {0}'s task to another process; stopping it")]
+    LostJobTask(i64),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -479,7 +479,8 @@ impl Store {
 
     /// At startup, before any worker runs: every in-flight row goes back to
     /// pending, due now, with its attempt returned (a crash is not the
-    /// image's fault).
+    /// image's fault), and every job's task lease is dropped. Only for a
+    /// queue this process has alone (SQLite).
     pub async fn reset_in_flight(&self, now_ms: i64) -> StoreResult<u64> {
         on_postgres!(self.reset_in_flight(now_ms));
         let result = sqlx::query(
@@ -488,6 +489,30 @@ impl Store {
         )
         .bind(now_ms)
         .bind(now_ms)
+        .execute(self.writer()?)
+        .await?;
+        // Jobs' task leases too: their holder is gone with the crash.
+        sqlx::query(
+            "UPDATE jobs SET task_owner = NULL, task_until = NULL WHERE task_owner IS NOT NULL",
+        )
+        .execute(self.writer()?)
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    /// At shutdown: the rows `owner` (this process) still holds go back to
+    /// pending, due now, with their attempt returned. Unlike
+    /// [`Store::reset_in_flight`] it leaves other owners' leases alone: on a
+    /// shared queue those are other daemons' live work.
+    pub async fn hand_back_leases_of(&self, owner: &str, now_ms: i64) -> StoreResult<u64> {
+        on_postgres!(self.hand_back_leases_of(owner, now_ms));
+        let result = sqlx::query(
+            "UPDATE images SET state = 'pending', attempts = max(attempts - 1, 0), run_at = ?1, \
+             lease_owner = NULL, lease_until = NULL, updated_at = ?1 \
+             WHERE state = 'in_progress' AND lease_owner = ?2",
+        )
+        .bind(now_ms)
+        .bind(owner)
         .execute(self.writer()?)
         .await?;
         Ok(result.rows_affected())

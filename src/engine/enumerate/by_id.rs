@@ -8,7 +8,7 @@ use crate::engine::EngineContext;
 use crate::engine::refresh::renew;
 use crate::model::ListedImage;
 use crate::selection::{PartSpec, Source};
-use crate::store::{FailReason, Job, MissingImage, PartStep};
+use crate::store::{FailReason, Job, JobTask, MissingImage, PartStep};
 use tracing::debug;
 
 /// Lists a sequence's image ids and replaces the part with their batches.
@@ -17,6 +17,7 @@ pub(super) async fn sequence_step(
     job: &Job,
     part: i64,
     sequence: &str,
+    task: Option<&JobTask>,
 ) -> anyhow::Result<Stored> {
     let ids = match ctx.client.fetch_sequence_ids(sequence).await {
         Ok(ids) => ids,
@@ -36,7 +37,7 @@ pub(super) async fn sequence_step(
     };
     let none: &[ListedImage] = &[];
     ctx.store
-        .store_page(job.id, part, none, &[], step, now_ms())
+        .store_page(job.id, part, none, &[], step, task, now_ms())
         .await?;
     Ok(Stored::Images(0))
 }
@@ -49,6 +50,7 @@ pub(super) async fn images_step(
     job: &Job,
     part: i64,
     ids: &[String],
+    task: Option<&JobTask>,
 ) -> anyhow::Result<Stored> {
     let client = &ctx.client;
     let renewal = renew(ids.to_vec(), |group| async move {
@@ -102,7 +104,15 @@ pub(super) async fn images_step(
         .collect();
     let new_images = ctx
         .store
-        .store_page(job.id, part, &images, &missing, PartStep::Done, now_ms())
+        .store_page(
+            job.id,
+            part,
+            &images,
+            &missing,
+            PartStep::Done,
+            task,
+            now_ms(),
+        )
         .await?;
     debug!(
         job = job.id,

@@ -154,7 +154,15 @@ pub(super) async fn step(
     }
     let new_images = ctx
         .store
-        .store_page(job.id, part.seq, &kept, &[], step, now_ms())
+        .store_page(
+            job.id,
+            part.seq,
+            &kept,
+            &[],
+            step,
+            listing.task.as_ref(),
+            now_ms(),
+        )
         .await?;
     debug!(
         job = job.id,

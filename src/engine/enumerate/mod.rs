@@ -14,7 +14,7 @@ use crate::clock::now_ms;
 use crate::config::TOKEN_ENV;
 use crate::mapillary::{MapillaryError, RetryDecision, backoff_delay};
 use crate::selection::PartSpec;
-use crate::store::{ACTIVE, JobState, PauseReason};
+use crate::store::{ACTIVE, JobState, JobTask, PauseReason, StoreError};
 use std::collections::HashSet;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +47,9 @@ pub struct Listing {
     seen: HashSet<String>,
     /// Empty pages in a row that still had a `next`.
     empty_pages: u32,
+    /// The lease this run holds on the job's task: every page write checks
+    /// it (`None` in tests that drive steps by hand).
+    pub task: Option<JobTask>,
 }
 
 /// Fetches and stores one page (or one part) of `job_id`.
@@ -79,10 +82,11 @@ pub async fn step(
         PartSpec::Listing { bbox } => vec![listing::step(ctx, &job, first, *bbox, listing).await?],
         // Parts named by id stand alone: the leading run of them goes at once.
         _ => {
+            let task = listing.task.as_ref();
             let steps = parts
                 .iter()
                 .take_while(|p| !matches!(p.spec, PartSpec::Listing { .. }))
-                .map(|part| by_id_step(ctx, &job, part));
+                .map(|part| by_id_step(ctx, &job, part, task));
             futures_util::future::join_all(steps)
                 .await
                 .into_iter()
@@ -158,10 +162,13 @@ async fn by_id_step(
     ctx: &EngineContext,
     job: &crate::store::Job,
     part: &crate::store::Part,
+    task: Option<&JobTask>,
 ) -> anyhow::Result<Stored> {
     match &part.spec {
-        PartSpec::Sequence(sequence) => by_id::sequence_step(ctx, job, part.seq, sequence).await,
-        PartSpec::Images(ids) => by_id::images_step(ctx, job, part.seq, ids).await,
+        PartSpec::Sequence(sequence) => {
+            by_id::sequence_step(ctx, job, part.seq, sequence, task).await
+        }
+        PartSpec::Images(ids) => by_id::images_step(ctx, job, part.seq, ids, task).await,
         PartSpec::Listing { .. } => {
             anyhow::bail!(
                 "part {} is a listing: those go one page at a time",
@@ -267,8 +274,12 @@ pub(crate) async fn pause(
 }
 
 /// Runs [`step`] until the job is enumerated, stopped, or `cancel` fires.
-pub async fn run(ctx: &EngineContext, job_id: i64, cancel: CancellationToken) {
-    let mut listing = Listing::default();
+pub async fn run(ctx: &EngineContext, task: JobTask, cancel: CancellationToken) {
+    let job_id = task.job_id;
+    let mut listing = Listing {
+        task: Some(task),
+        ..Listing::default()
+    };
     let mut pages = 0u64;
     loop {
         if cancel.is_cancelled() {
@@ -299,6 +310,15 @@ pub async fn run(ctx: &EngineContext, job_id: i64, cancel: CancellationToken) {
                     _ = cancel.cancelled() => return,
                     _ = tokio::time::sleep(delay) => {}
                 }
+            }
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<StoreError>(),
+                    Some(StoreError::LostJobTask(_))
+                ) =>
+            {
+                warn!(job = job_id, error = %e, "enumeration stopped");
+                return;
             }
             Err(e) => {
                 // A store error: wait and try again rather than spin.

@@ -7,6 +7,7 @@
 use super::PgStore;
 use super::parts::insert_parts;
 use crate::model::Storable;
+use crate::store::JobTask;
 use crate::store::ingest::{
     MissingImage, PartStep, Placement, missing_meta, page_collections, prepare_rows, step_cursor,
 };
@@ -25,6 +26,7 @@ impl PgStore {
         images: &[impl Storable],
         missing: &[MissingImage<'_>],
         step: PartStep<'_>,
+        task: Option<&JobTask>,
         now_ms: i64,
     ) -> StoreResult<u64> {
         let cursor = step_cursor(step)?;
@@ -46,6 +48,9 @@ impl PgStore {
         .bind(part)
         .fetch_optional(&mut *tx)
         .await?;
+        if let Some(task) = task {
+            super::job_tasks::check(&mut tx, task).await?;
+        }
         let (Some(now), Some(_)) = (now, open) else {
             return Err(StoreError::Invalid(format!(
                 "job {job_id} has no open part {part} to store a page into"
@@ -159,7 +164,7 @@ impl PgStore {
             )));
         };
         let step = next_cursor.map_or(PartStep::Done, PartStep::Next);
-        self.store_page(job_id, part.seq, images, &[], step, now_ms)
+        self.store_page(job_id, part.seq, images, &[], step, None, now_ms)
             .await
     }
 

@@ -22,6 +22,7 @@
 mod archives;
 mod images;
 mod ingest;
+mod job_tasks;
 mod jobs;
 mod parts;
 mod queue;
@@ -100,12 +101,5 @@ impl PgStore {
             .fetch_one(&self.pool)
             .await?;
         Ok(super::to_u64(folded))
-    }
-
-    /// The database's clock, Unix ms.
-    pub async fn now_ms(&self) -> StoreResult<i64> {
-        Ok(sqlx::query_scalar("SELECT mld_now_ms()")
-            .fetch_one(&self.pool)
-            .await?)
     }
 }

@@ -356,6 +356,27 @@ impl PgStore {
         .bind(self.at(now_ms))
         .execute(self.pool())
         .await?;
+        sqlx::query(
+            "UPDATE jobs SET task_owner = NULL, task_until = NULL WHERE task_owner IS NOT NULL",
+        )
+        .execute(self.pool())
+        .await?;
+        Ok(result.rows_affected())
+    }
+
+    /// See the SQLite twin.
+    pub async fn hand_back_leases_of(&self, owner: &str, now_ms: i64) -> StoreResult<u64> {
+        let result = sqlx::query(
+            "UPDATE images SET state = 'pending', attempts = greatest(attempts - 1, 0), \
+             run_at = clock.now_ms, lease_owner = NULL, lease_until = NULL, \
+             updated_at = clock.now_ms \
+             FROM (SELECT coalesce($1::BIGINT, mld_now_ms()) AS now_ms) clock \
+             WHERE state = 'in_progress' AND lease_owner = $2",
+        )
+        .bind(self.at(now_ms))
+        .bind(owner)
+        .execute(self.pool())
+        .await?;
         Ok(result.rows_affected())
     }
 }
