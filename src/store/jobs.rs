@@ -7,15 +7,15 @@
 
 use super::parts::insert_parts;
 use super::{
-    Counts, Job, JobState, PauseReason, Store, StoreError, StoreResult, rfc3339_from_ms, to_u64,
+    Counts, Job, JobState, PauseReason, Store, StoreError, StoreResult, on_postgres,
+    rfc3339_from_ms, to_u64,
 };
 use crate::model::{OutputFormat, Packaging, Quality};
 use crate::selection::{JobSpec, Resync, Selection, Source};
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 use std::time::Duration;
 
-/// The columns [`job_from_row`] reads, in one place for every job query.
+/// The columns [`JobRow`] reads, in one place for every job query (on
+/// both databases).
 macro_rules! job_columns {
     () => {
         "id, username, selection, quality, format, package, resync_every_ms, next_sync_at, \
@@ -24,6 +24,7 @@ macro_rules! job_columns {
          n_deleted, n_kept_jpeg, bytes_done"
     };
 }
+pub(super) use job_columns;
 
 /// The states in which the engine works on a job.
 pub const ACTIVE: &[JobState] = &[
@@ -60,69 +61,160 @@ fn states_json(states: &[JobState]) -> String {
     serde_json::Value::from(names).to_string()
 }
 
-fn millis(duration: Duration) -> i64 {
+pub(super) fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn job_from_row(row: &SqliteRow) -> StoreResult<Job> {
-    let id: i64 = row.try_get("id")?;
-    let corrupt = |what: String| StoreError::Invalid(format!("job {id}: {what}"));
-    let parse = |column: &str| -> StoreResult<String> { Ok(row.try_get::<String, _>(column)?) };
-    let quality = parse("quality")?.parse::<Quality>().map_err(corrupt)?;
-    let format = parse("format")?.parse::<OutputFormat>().map_err(corrupt)?;
-    let package = parse("package")?.parse::<Packaging>().map_err(corrupt)?;
-    let state = parse("state")?.parse::<JobState>().map_err(corrupt)?;
-    let pause_reason: Option<String> = row.try_get("pause_reason")?;
-    let pause_reason = pause_reason
-        .map(|r| r.parse::<PauseReason>())
-        .transpose()
-        .map_err(corrupt)?;
-    let selection = match row.try_get::<Option<String>, _>("selection")? {
-        Some(text) => {
-            let value = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
-            Selection::from_canonical(&value).map_err(corrupt)?
-        }
-        // Written by an older binary and not yet backfilled: a username job.
-        None => Selection::user(&parse("username")?),
-    };
-    let pending = to_u64(row.try_get("n_pending")?);
-    let in_progress = to_u64(row.try_get("n_in_progress")?);
-    let done = to_u64(row.try_get("n_done")?);
-    let failed = to_u64(row.try_get("n_failed")?);
-    let optional_time = |column: &str| -> StoreResult<Option<String>> {
-        Ok(row.try_get::<Option<i64>, _>(column)?.map(rfc3339_from_ms))
-    };
-    let resync_every: Option<i64> = row.try_get("resync_every_ms")?;
-    let page_size: Option<i64> = row.try_get("page_size")?;
-    Ok(Job {
-        id,
-        selection,
-        quality,
-        format,
-        package,
-        resync_every: resync_every.map(|ms| Duration::from_millis(to_u64(ms))),
-        next_sync_at: optional_time("next_sync_at")?,
-        state,
-        enumeration_complete: row.try_get("enumeration_complete")?,
-        counts: Counts {
-            discovered: pending + in_progress + done + failed,
-            pending,
-            in_progress,
-            done,
-            failed,
-            deleted: to_u64(row.try_get("n_deleted")?),
-            kept_jpeg: to_u64(row.try_get("n_kept_jpeg")?),
-        },
-        bytes_done: to_u64(row.try_get("bytes_done")?),
-        created_at: rfc3339_from_ms(row.try_get("created_at")?),
-        updated_at: rfc3339_from_ms(row.try_get("updated_at")?),
-        last_error: row.try_get("last_error")?,
-        pause_reason,
-        progress_at: optional_time("progress_at")?,
-        stalled_since: optional_time("stalled_at")?,
-        note: row.try_get("note")?,
-        page_size: page_size.and_then(|n| u32::try_from(n).ok()),
+/// A job's stored columns ([`job_columns!`]) as plain values, read the same
+/// way from either database.
+#[derive(sqlx::FromRow)]
+pub(super) struct JobRow {
+    id: i64,
+    username: String,
+    selection: Option<String>,
+    quality: String,
+    format: String,
+    package: String,
+    resync_every_ms: Option<i64>,
+    next_sync_at: Option<i64>,
+    state: String,
+    enumeration_complete: bool,
+    last_error: Option<String>,
+    pause_reason: Option<String>,
+    note: Option<String>,
+    page_size: Option<i64>,
+    created_at: i64,
+    updated_at: i64,
+    progress_at: Option<i64>,
+    stalled_at: Option<i64>,
+    n_pending: i64,
+    n_in_progress: i64,
+    n_done: i64,
+    n_failed: i64,
+    n_deleted: i64,
+    n_kept_jpeg: i64,
+    bytes_done: i64,
+}
+
+impl JobRow {
+    /// The job these columns describe.
+    pub(super) fn into_job(self) -> StoreResult<Job> {
+        let id = self.id;
+        let corrupt = |what: String| StoreError::Invalid(format!("job {id}: {what}"));
+        let quality = self.quality.parse::<Quality>().map_err(corrupt)?;
+        let format = self.format.parse::<OutputFormat>().map_err(corrupt)?;
+        let package = self.package.parse::<Packaging>().map_err(corrupt)?;
+        let state = self.state.parse::<JobState>().map_err(corrupt)?;
+        let pause_reason = self
+            .pause_reason
+            .map(|r| r.parse::<PauseReason>())
+            .transpose()
+            .map_err(corrupt)?;
+        let selection = match self.selection {
+            Some(text) => {
+                let value = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
+                Selection::from_canonical(&value).map_err(corrupt)?
+            }
+            // Written by an older binary and not yet backfilled: a username job.
+            None => Selection::user(&self.username),
+        };
+        let pending = to_u64(self.n_pending);
+        let in_progress = to_u64(self.n_in_progress);
+        let done = to_u64(self.n_done);
+        let failed = to_u64(self.n_failed);
+        Ok(Job {
+            id,
+            selection,
+            quality,
+            format,
+            package,
+            resync_every: self
+                .resync_every_ms
+                .map(|ms| Duration::from_millis(to_u64(ms))),
+            next_sync_at: self.next_sync_at.map(rfc3339_from_ms),
+            state,
+            enumeration_complete: self.enumeration_complete,
+            counts: Counts {
+                discovered: pending + in_progress + done + failed,
+                pending,
+                in_progress,
+                done,
+                failed,
+                deleted: to_u64(self.n_deleted),
+                kept_jpeg: to_u64(self.n_kept_jpeg),
+            },
+            bytes_done: to_u64(self.bytes_done),
+            created_at: rfc3339_from_ms(self.created_at),
+            updated_at: rfc3339_from_ms(self.updated_at),
+            last_error: self.last_error,
+            pause_reason,
+            progress_at: self.progress_at.map(rfc3339_from_ms),
+            stalled_since: self.stalled_at.map(rfc3339_from_ms),
+            note: self.note,
+            page_size: self.page_size.and_then(|n| u32::try_from(n).ok()),
+        })
+    }
+}
+
+/// How a submission treats re-sync intervals: `Some` when it sets an
+/// existing job's interval; and the interval a new job starts with.
+pub(super) fn resync_millis(spec: &JobSpec) -> (Option<Option<i64>>, Option<i64>) {
+    match spec.resync {
+        Resync::KeepOr(interval) => (None, interval.map(millis)),
+        Resync::Set(interval) => (Some(interval.map(millis)), interval.map(millis)),
+    }
+}
+
+/// A new job's `username` column: the posted name, or empty.
+pub(super) fn username_column(spec: &JobSpec) -> &str {
+    match &spec.selection.source {
+        Source::Username(name) => name.as_str(),
+        _ => "",
+    }
+}
+
+/// The spec a due re-sync restarts a job with, from its stored columns.
+pub(super) fn resync_spec(
+    id: i64,
+    selection: &str,
+    quality: &str,
+    format: &str,
+    package: &str,
+) -> StoreResult<JobSpec> {
+    let corrupt = |e: String| StoreError::Invalid(format!("job {id}: {e}"));
+    let value = serde_json::from_str(selection).map_err(|e| corrupt(e.to_string()))?;
+    Ok(JobSpec {
+        selection: Selection::from_canonical(&value).map_err(corrupt)?,
+        quality: quality.parse().map_err(corrupt)?,
+        format: format.parse().map_err(corrupt)?,
+        package: package.parse().map_err(corrupt)?,
+        resync: Resync::KeepOr(None),
     })
+}
+
+/// A job written by an older binary, as [`Store::backfill_selections`] reads it.
+pub(super) type LegacyJob = (
+    i64,
+    String,
+    String,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+    Option<f64>,
+);
+
+/// The spec of a job written by an older binary: a username job, its bbox
+/// as a filter.
+pub(super) fn legacy_spec(job: &LegacyJob) -> StoreResult<JobSpec> {
+    let (id, username, quality, w, s, e, n) = job;
+    let corrupt = |e: String| StoreError::Invalid(format!("job {id}: {e}"));
+    let bbox = match (w, s, e, n) {
+        (Some(w), Some(s), Some(e), Some(n)) => {
+            Some(crate::model::Bbox::new(*w, *s, *e, *n).map_err(corrupt)?)
+        }
+        _ => None,
+    };
+    Ok(JobSpec::user(username, quality.parse().map_err(corrupt)?).with_bbox(bbox))
 }
 
 impl Store {
@@ -132,6 +224,7 @@ impl Store {
     /// never make two jobs. A cancelled job does not count: it may be posted
     /// again. A new re-sync interval is applied to an existing job.
     pub async fn submit_job(&self, spec: &JobSpec, now_ms: i64) -> StoreResult<Submitted> {
+        on_postgres!(self.submit_job(spec, now_ms));
         let key = spec.key();
         let mut tx = self.writer()?.begin_with("BEGIN IMMEDIATE").await?;
         let existing: Option<(i64, String)> = sqlx::query_as(
@@ -143,10 +236,7 @@ impl Store {
         .await?;
         // `Some` when the submission sets an existing job's interval; and
         // the interval a new job starts with.
-        let (resync_ms, new_job_resync_ms) = match spec.resync {
-            Resync::KeepOr(interval) => (None, interval.map(millis)),
-            Resync::Set(interval) => (Some(interval.map(millis)), interval.map(millis)),
-        };
+        let (resync_ms, new_job_resync_ms) = resync_millis(spec);
         let outcome = match existing {
             Some((id, state)) => {
                 let state = state.parse::<JobState>().map_err(StoreError::Invalid)?;
@@ -173,10 +263,7 @@ impl Store {
                      format, package, resync_every_ms, state, created_at, updated_at, progress_at) \
                      VALUES (?1, ?2, '', ?3, ?4, ?5, ?6, ?7, ?8, 'queued', ?9, ?9, ?9) RETURNING id",
                 )
-                .bind(match &spec.selection.source {
-                    Source::Username(name) => name.as_str(),
-                    _ => "",
-                })
+                .bind(username_column(spec))
                 .bind(spec.quality.as_str())
                 .bind(spec.selection.source.kind())
                 .bind(&selection)
@@ -199,6 +286,7 @@ impl Store {
     /// starts again from its first parts; only new images get added.
     /// Returns the ids.
     pub async fn start_due_resyncs(&self, now_ms: i64) -> StoreResult<Vec<i64>> {
+        on_postgres!(self.start_due_resyncs(now_ms));
         let due: Vec<(i64, String, String, String, String)> = sqlx::query_as(
             "SELECT id, selection, quality, format, package FROM jobs \
              WHERE state = 'done' AND next_sync_at <= ? ORDER BY id",
@@ -208,15 +296,7 @@ impl Store {
         .await?;
         let mut started = Vec::new();
         for (id, selection, quality, format, package) in due {
-            let corrupt = |e: String| StoreError::Invalid(format!("job {id}: {e}"));
-            let value = serde_json::from_str(&selection).map_err(|e| corrupt(e.to_string()))?;
-            let spec = JobSpec {
-                selection: Selection::from_canonical(&value).map_err(corrupt)?,
-                quality: quality.parse().map_err(corrupt)?,
-                format: format.parse().map_err(corrupt)?,
-                package: package.parse().map_err(corrupt)?,
-                resync: Resync::KeepOr(None),
-            };
+            let spec = resync_spec(id, &selection, &quality, &format, &package)?;
             let mut tx = self.writer()?.begin_with("BEGIN IMMEDIATE").await?;
             let still_due: Option<i64> = sqlx::query_scalar(
                 "SELECT id FROM jobs WHERE id = ? AND state = 'done' AND next_sync_at <= ?",
@@ -235,7 +315,8 @@ impl Store {
     }
 
     pub async fn find_job(&self, id: i64) -> StoreResult<Option<Job>> {
-        let row = sqlx::query(concat!(
+        on_postgres!(self.find_job(id));
+        let row: Option<JobRow> = sqlx::query_as(concat!(
             "SELECT ",
             job_columns!(),
             " FROM jobs WHERE id = ?"
@@ -243,17 +324,19 @@ impl Store {
         .bind(id)
         .fetch_optional(self.reader()?)
         .await?;
-        row.as_ref().map(job_from_row).transpose()
+        row.map(JobRow::into_job).transpose()
     }
 
     /// Every job, oldest first. O(jobs): counts are stored on the job row.
     pub async fn list_jobs(&self) -> StoreResult<Vec<Job>> {
+        on_postgres!(self.list_jobs());
         self.jobs_in_states(JobState::ALL).await
     }
 
     /// Jobs in any of `states`, oldest first.
     pub async fn jobs_in_states(&self, states: &[JobState]) -> StoreResult<Vec<Job>> {
-        let rows = sqlx::query(concat!(
+        on_postgres!(self.jobs_in_states(states));
+        let rows: Vec<JobRow> = sqlx::query_as(concat!(
             "SELECT ",
             job_columns!(),
             " FROM jobs WHERE state IN (SELECT value FROM json_each(?)) ORDER BY id"
@@ -261,7 +344,7 @@ impl Store {
         .bind(states_json(states))
         .fetch_all(self.reader()?)
         .await?;
-        rows.iter().map(job_from_row).collect()
+        rows.into_iter().map(JobRow::into_job).collect()
     }
 
     /// Sets or clears `last_error` without touching the state.
@@ -271,6 +354,7 @@ impl Store {
         last_error: Option<&str>,
         now_ms: i64,
     ) -> StoreResult<()> {
+        on_postgres!(self.set_job_error(id, last_error, now_ms));
         let result = sqlx::query("UPDATE jobs SET last_error = ?, updated_at = ? WHERE id = ?")
             .bind(last_error)
             .bind(now_ms)
@@ -285,6 +369,7 @@ impl Store {
 
     /// Sets or clears the job's note (something to know that is not an error).
     pub async fn set_job_note(&self, id: i64, note: Option<&str>, now_ms: i64) -> StoreResult<()> {
+        on_postgres!(self.set_job_note(id, note, now_ms));
         sqlx::query("UPDATE jobs SET note = ?, updated_at = ? WHERE id = ?")
             .bind(note)
             .bind(now_ms)
@@ -303,6 +388,7 @@ impl Store {
         note: &str,
         now_ms: i64,
     ) -> StoreResult<Option<Job>> {
+        on_postgres!(self.skip_queued_job(id, note, now_ms));
         let mut tx = self.writer()?.begin().await?;
         let changed: Option<i64> = sqlx::query_scalar(
             "UPDATE jobs SET state = 'done', enumeration_complete = 1, note = ?1, \
@@ -326,6 +412,7 @@ impl Store {
 
     /// Lowers the job's listing page size for the rest of the job.
     pub async fn set_page_size(&self, id: i64, page_size: u32) -> StoreResult<()> {
+        on_postgres!(self.set_page_size(id, page_size));
         sqlx::query("UPDATE jobs SET page_size = ? WHERE id = ?")
             .bind(i64::from(page_size))
             .bind(id)
@@ -344,6 +431,7 @@ impl Store {
         to: JobState,
         now_ms: i64,
     ) -> StoreResult<Option<Job>> {
+        on_postgres!(self.transition_job(id, from, to, now_ms));
         let changed: Option<i64> = sqlx::query_scalar(
             "UPDATE jobs SET state = ?, updated_at = ? \
              WHERE id = ? AND state IN (SELECT value FROM json_each(?)) RETURNING id",
@@ -368,6 +456,7 @@ impl Store {
         message: Option<&str>,
         now_ms: i64,
     ) -> StoreResult<Option<Job>> {
+        on_postgres!(self.pause_job(id, from, reason, message, now_ms));
         let changed: Option<i64> = sqlx::query_scalar(
             "UPDATE jobs SET state = 'paused', pause_reason = ?, \
              last_error = ifnull(?, CASE WHEN stalled_at IS NULL THEN last_error END), \
@@ -391,6 +480,7 @@ impl Store {
     /// job can drain before the no-progress pass sees its progress. `None` if
     /// it did not apply.
     pub async fn finish_job_if_drained(&self, id: i64, now_ms: i64) -> StoreResult<Option<Job>> {
+        on_postgres!(self.finish_job_if_drained(id, now_ms));
         self.finish_job_clearing(id, now_ms, false).await
     }
 
@@ -403,6 +493,7 @@ impl Store {
         now_ms: i64,
         clear_error: bool,
     ) -> StoreResult<Option<Job>> {
+        on_postgres!(self.finish_job_clearing(id, now_ms, clear_error));
         let changed: Option<i64> = sqlx::query_scalar(
             "UPDATE jobs SET state = 'done', stalled_at = NULL, updated_at = ?1, \
              last_error = CASE WHEN ?3 OR stalled_at IS NOT NULL THEN NULL ELSE last_error END, \
@@ -428,6 +519,7 @@ impl Store {
         from: &[JobState],
         now_ms: i64,
     ) -> StoreResult<Option<Job>> {
+        on_postgres!(self.reactivate_job(id, from, now_ms));
         let changed: Option<i64> = sqlx::query_scalar(
             "UPDATE jobs SET state = CASE WHEN enumeration_complete = 1 \
              THEN 'downloading' ELSE 'enumerating' END, last_error = NULL, pause_reason = NULL, \
@@ -444,6 +536,7 @@ impl Store {
 
     /// Ids of the jobs paused for `reason`, oldest first.
     pub async fn jobs_paused_for(&self, reason: PauseReason) -> StoreResult<Vec<i64>> {
+        on_postgres!(self.jobs_paused_for(reason));
         Ok(sqlx::query_scalar(
             "SELECT id FROM jobs WHERE state = 'paused' AND pause_reason = ? ORDER BY id",
         )
@@ -455,34 +548,19 @@ impl Store {
     /// Gives jobs written by an older binary their canonical selection and
     /// identity (a username job, its bbox as a filter). Runs at open.
     pub(super) async fn backfill_selections(&self) -> StoreResult<()> {
-        type LegacyJob = (
-            i64,
-            String,
-            String,
-            Option<f64>,
-            Option<f64>,
-            Option<f64>,
-            Option<f64>,
-        );
+        on_postgres!(self.backfill_selections());
         let legacy: Vec<LegacyJob> = sqlx::query_as(
             "SELECT id, username, quality, bbox_west, bbox_south, bbox_east, bbox_north \
              FROM jobs WHERE selection IS NULL OR job_key IS NULL",
         )
         .fetch_all(self.writer()?)
         .await?;
-        for (id, username, quality, w, s, e, n) in legacy {
-            let corrupt = |e: String| StoreError::Invalid(format!("job {id}: {e}"));
-            let bbox = match (w, s, e, n) {
-                (Some(w), Some(s), Some(e), Some(n)) => {
-                    Some(crate::model::Bbox::new(w, s, e, n).map_err(corrupt)?)
-                }
-                _ => None,
-            };
-            let spec = JobSpec::user(&username, quality.parse().map_err(corrupt)?).with_bbox(bbox);
+        for job in legacy {
+            let spec = legacy_spec(&job)?;
             sqlx::query("UPDATE jobs SET selection = ?, job_key = ? WHERE id = ?")
                 .bind(spec.selection.canonical().to_string())
                 .bind(spec.key())
-                .bind(id)
+                .bind(job.0)
                 .execute(self.writer()?)
                 .await?;
         }

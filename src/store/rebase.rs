@@ -4,13 +4,13 @@
 //! under another spelling, was relative before, or was moved), the paths are
 //! rebased once, in one transaction, before anything reads them.
 
-use super::{Store, StoreError, StoreResult};
+use super::{Store, StoreError, StoreResult, on_postgres};
 use sqlx::Row;
 use std::path::Path;
 
 /// Distinct old roots one open rebases at most (a database written under
 /// more spellings than this keeps the rest, which `verify` then reports).
-const MAX_OLD_ROOTS: usize = 16;
+pub(super) const MAX_OLD_ROOTS: usize = 16;
 
 /// How a bucket archive's root begins (see [`crate::bucket`]).
 const BUCKET_SCHEME: &str = "s3://";
@@ -19,16 +19,8 @@ impl Store {
     /// Makes every image path begin with `archive_dir`. Returns how many
     /// rows were rewritten. A no-op (one read) once the root is recorded.
     pub async fn rebase_archive(&self, archive_dir: &Path) -> StoreResult<u64> {
-        let root = archive_dir
-            .to_str()
-            .ok_or_else(|| {
-                StoreError::Invalid(format!(
-                    "the archive directory {} is not UTF-8",
-                    archive_dir.display()
-                ))
-            })?
-            .trim_end_matches('/')
-            .to_string();
+        on_postgres!(self.rebase_archive(archive_dir));
+        let root = archive_root(archive_dir)?;
         let mut tx = self.writer()?.begin().await?;
         let recorded: Option<String> =
             sqlx::query_scalar("SELECT value FROM store_facts WHERE key = 'archive_root'")
@@ -39,7 +31,6 @@ impl Store {
         }
         // A bucket does not move with the data dir: paths never rebase onto
         // or off one. A database with archived files stays with its archive.
-        let in_bucket = |r: &str| r.starts_with(BUCKET_SCHEME);
         if in_bucket(&root) || recorded.as_deref().is_some_and(in_bucket) {
             // A file's row, or a tar's (whose rows a repair may have reset).
             let archived: Option<String> = sqlx::query_scalar(
@@ -49,13 +40,7 @@ impl Store {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(path) = archived {
-                let was = recorded.unwrap_or_else(|| {
-                    old_root_of(&path).map_or_else(|| "on the local disk".into(), str::to_string)
-                });
-                return Err(StoreError::Invalid(format!(
-                    "this database's archive is {was}, not {root}: an archive cannot switch between \
-                     a local disk and a bucket, or between buckets (copy it and use a new data dir)"
-                )));
+                return Err(switch_refused(recorded, &path, &root));
             }
         }
         let mut rewritten = 0;
@@ -97,9 +82,41 @@ impl Store {
     }
 }
 
+/// The root every stored path should begin with: `archive_dir` as UTF-8,
+/// without a trailing `/`.
+pub(super) fn archive_root(archive_dir: &Path) -> StoreResult<String> {
+    Ok(archive_dir
+        .to_str()
+        .ok_or_else(|| {
+            StoreError::Invalid(format!(
+                "the archive directory {} is not UTF-8",
+                archive_dir.display()
+            ))
+        })?
+        .trim_end_matches('/')
+        .to_string())
+}
+
+/// Whether an archive root is a bucket's.
+pub(super) fn in_bucket(root: &str) -> bool {
+    root.starts_with(BUCKET_SCHEME)
+}
+
+/// The error for a database with archived files (`path`, one of them)
+/// opened on an archive across the disk/bucket line from its own.
+pub(super) fn switch_refused(recorded: Option<String>, path: &str, root: &str) -> StoreError {
+    let was = recorded.unwrap_or_else(|| {
+        old_root_of(path).map_or_else(|| "on the local disk".into(), str::to_string)
+    });
+    StoreError::Invalid(format!(
+        "this database's archive is {was}, not {root}: an archive cannot switch between \
+         a local disk and a bucket, or between buckets (copy it and use a new data dir)"
+    ))
+}
+
 /// The archive directory a stored path was written under: everything before
 /// its last `archive/mapillary-…` (the collection folders' parent).
-fn old_root_of(path: &str) -> Option<&str> {
+pub(super) fn old_root_of(path: &str) -> Option<&str> {
     const MARK: &str = "archive/mapillary-";
     let at = path.rfind(MARK)?;
     if at > 0 && !path[..at].ends_with('/') {

@@ -1,4 +1,78 @@
-//! PostgreSQL twin of `store::stalls`.
+//! PostgreSQL twin of `store::stalls`. `progress_at` and the counts are
+//! read from `job_rows` (the job row's are not current).
 
-#[allow(unused_imports)]
 use super::PgStore;
+use crate::store::StoreResult;
+use crate::store::stalls::{CandidateRow, StallCandidate, candidate_from_row};
+
+impl PgStore {
+    /// See the SQLite twin; read from `job_rows`.
+    pub async fn stall_candidates(&self, before_ms: i64) -> StoreResult<Vec<StallCandidate>> {
+        let rows: Vec<CandidateRow> = sqlx::query_as(
+            "SELECT id, n_pending + n_in_progress, enumeration_complete, progress_at, last_error \
+             FROM job_rows WHERE state IN ('queued', 'enumerating', 'downloading') \
+               AND stalled_at IS NULL AND progress_at < $1 \
+               AND (n_pending + n_in_progress > 0 OR NOT enumeration_complete) ORDER BY id",
+        )
+        .bind(before_ms)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows.into_iter().map(candidate_from_row).collect())
+    }
+
+    /// See the SQLite twin. The order (newest `run_at`, then newest row) is
+    /// spelt out: SQLite got it from walking `images_due` backwards.
+    pub async fn latest_image_error(&self, job_id: i64) -> StoreResult<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT last_error FROM (SELECT last_error, run_at, rowid FROM images \
+             WHERE job_id = $1 AND state = 'pending' ORDER BY run_at DESC, rowid DESC LIMIT 1000) w \
+             WHERE last_error IS NOT NULL ORDER BY run_at DESC, rowid DESC LIMIT 1",
+        )
+        .bind(job_id)
+        .fetch_optional(self.pool())
+        .await?)
+    }
+
+    /// See the SQLite twin. The caller's `before_ms` becomes an age
+    /// (`now_ms - before_ms`) before the database's now, as `stalled_at` is
+    /// the database's now. A completion committing while this runs is not
+    /// seen: the job may be marked just after progressing, and is unmarked
+    /// by its next progress, as a job marked an instant earlier would be.
+    pub async fn mark_stalled(
+        &self,
+        job_id: i64,
+        before_ms: i64,
+        message: &str,
+        now_ms: i64,
+    ) -> StoreResult<bool> {
+        let result = sqlx::query(
+            "UPDATE jobs j SET stalled_at = t.now_ms, last_error = $2, updated_at = t.now_ms \
+             FROM (SELECT coalesce($1::BIGINT, mld_now_ms()) AS now_ms) t, job_rows r \
+             WHERE j.id = $3 AND r.id = j.id AND j.stalled_at IS NULL \
+               AND r.progress_at < t.now_ms - $4 \
+               AND j.state IN ('queued', 'enumerating', 'downloading')",
+        )
+        .bind(self.at(now_ms))
+        .bind(message)
+        .bind(job_id)
+        .bind(now_ms.saturating_sub(before_ms))
+        .execute(self.pool())
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// See the SQLite twin; `progress_at` from `job_rows`, ids in order.
+    pub async fn clear_recovered_stalls(&self, now_ms: i64) -> StoreResult<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "WITH cleared AS ( \
+               UPDATE jobs j SET stalled_at = NULL, last_error = NULL, updated_at = t.now_ms \
+               FROM (SELECT coalesce($1::BIGINT, mld_now_ms()) AS now_ms) t, job_rows r \
+               WHERE r.id = j.id AND j.stalled_at IS NOT NULL AND r.progress_at > j.stalled_at \
+               RETURNING j.id) \
+             SELECT id FROM cleared ORDER BY id",
+        )
+        .bind(self.at(now_ms))
+        .fetch_all(self.pool())
+        .await?)
+    }
+}
