@@ -6,7 +6,7 @@
 //! `packing_id` names a `written` or `cleaned` packing, the file is that
 //! packing's tar member `path` relative to the collection folder instead.
 
-use super::{ClaimedImage, Store, StoreError, StoreResult};
+use super::{ClaimedImage, Store, StoreError, StoreResult, on_postgres};
 use crate::archive::ArchivedFile;
 use sqlx::Row;
 use std::path::PathBuf;
@@ -62,40 +62,120 @@ pub struct StoredCopy {
     pub sha256: Option<String>,
 }
 
-const PACKING_COLUMNS: &str = "id, collection, date, tar_name, state, members, bytes, sha256";
+pub(super) const PACKING_COLUMNS: &str =
+    "id, collection, date, tar_name, state, members, bytes, sha256";
 
 fn packing_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<Packing> {
-    let id: i64 = row.try_get("id")?;
-    let state: String = row.try_get("state")?;
+    packing_from_fields(
+        row.try_get("id")?,
+        row.try_get("collection")?,
+        row.try_get("date")?,
+        row.try_get("tar_name")?,
+        row.try_get("state")?,
+        row.try_get("members")?,
+        row.try_get("bytes")?,
+        row.try_get("sha256")?,
+    )
+}
+
+/// A packing from its stored columns ([`PACKING_COLUMNS`], in order),
+/// whichever database they came from.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn packing_from_fields(
+    id: i64,
+    collection: String,
+    date: String,
+    tar_name: String,
+    state: String,
+    members: i64,
+    bytes: Option<i64>,
+    sha256: Option<String>,
+) -> StoreResult<Packing> {
     Ok(Packing {
         id,
-        collection: row.try_get("collection")?,
-        date: row.try_get("date")?,
-        tar_name: row.try_get("tar_name")?,
+        collection,
+        date,
+        tar_name,
         state: state
             .parse()
             .map_err(|e| StoreError::Invalid(format!("packing {id}: {e}")))?,
-        members: super::to_u64(row.try_get("members")?),
-        bytes: row.try_get::<Option<i64>, _>("bytes")?.map(super::to_u64),
-        sha256: row.try_get("sha256")?,
+        members: super::to_u64(members),
+        bytes: bytes.map(super::to_u64),
+        sha256,
     })
 }
 
 fn copy_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<StoredCopy> {
-    let row_id: i64 = row.try_get("rowid")?;
+    copy_from_fields(
+        row.try_get("rowid")?,
+        row.try_get("job_id")?,
+        row.try_get("image_id")?,
+        row.try_get("collection")?,
+        row.try_get("path")?,
+        row.try_get("bytes")?,
+        row.try_get("sha256")?,
+    )
+}
+
+/// A done row from its stored columns (`rowid, job_id, image_id,
+/// collection, path, bytes, sha256`), whichever database they came from.
+pub(super) fn copy_from_fields(
+    row_id: i64,
+    job_id: i64,
+    image_id: String,
+    collection: Option<String>,
+    path: Option<String>,
+    bytes: Option<i64>,
+    sha256: Option<String>,
+) -> StoreResult<StoredCopy> {
     Ok(StoredCopy {
         row_id,
-        job_id: row.try_get("job_id")?,
-        image_id: row.try_get("image_id")?,
-        collection: row
-            .try_get::<Option<String>, _>("collection")?
+        job_id,
+        image_id,
+        collection: collection
             .ok_or_else(|| StoreError::Invalid(format!("image row {row_id} has no collection")))?,
-        path: row.try_get::<Option<String>, _>("path")?.ok_or_else(|| {
+        path: path.ok_or_else(|| {
             StoreError::Invalid(format!("image row {row_id} is done without a path"))
         })?,
-        bytes: row.try_get::<Option<i64>, _>("bytes")?.map(super::to_u64),
-        sha256: row.try_get("sha256")?,
+        bytes: bytes.map(super::to_u64),
+        sha256,
     })
+}
+
+/// An archived copy from its stored columns, whichever database they came
+/// from: a missing size reads as 0, `packing_id` only for a written tar.
+pub(super) fn archived_from_fields(
+    path: String,
+    bytes: Option<i64>,
+    sha256: Option<String>,
+    kept_jpeg: bool,
+    packing_id: Option<i64>,
+) -> ArchivedFile {
+    ArchivedFile {
+        path: PathBuf::from(path),
+        bytes: super::to_u64(bytes.unwrap_or(0)),
+        sha256,
+        kept_jpeg,
+        packing_id,
+    }
+}
+
+/// One packed file from its grouped columns, whichever database they came
+/// from.
+pub(super) fn packed_file_from_fields(
+    path: String,
+    bytes: Option<i64>,
+    sha256: Option<String>,
+    captured_at: Option<i64>,
+    row_ids: Vec<i64>,
+) -> PackedFile {
+    PackedFile {
+        path,
+        bytes: bytes.map(super::to_u64),
+        sha256,
+        captured_at,
+        row_ids,
+    }
 }
 
 /// `[1,2,3]` for `json_each`.
@@ -112,6 +192,7 @@ impl Store {
         collection: &str,
         image_id: &str,
     ) -> StoreResult<Option<ArchivedFile>> {
+        on_postgres!(self.archived_copy(collection, image_id));
         let row = sqlx::query(
             "SELECT c.path, c.bytes, c.sha256, c.kept_jpeg, \
                     CASE WHEN p.state IN ('written', 'cleaned') THEN p.id END AS packed \
@@ -126,13 +207,13 @@ impl Store {
         let Some(row) = row else {
             return Ok(None);
         };
-        Ok(Some(ArchivedFile {
-            path: PathBuf::from(row.try_get::<String, _>("path")?),
-            bytes: super::to_u64(row.try_get::<Option<i64>, _>("bytes")?.unwrap_or(0)),
-            sha256: row.try_get("sha256")?,
-            kept_jpeg: row.try_get("kept_jpeg")?,
-            packing_id: row.try_get("packed")?,
-        }))
+        Ok(Some(archived_from_fields(
+            row.try_get("path")?,
+            row.try_get("bytes")?,
+            row.try_get("sha256")?,
+            row.try_get("kept_jpeg")?,
+            row.try_get("packed")?,
+        )))
     }
 
     /// Gives each claimed image the copy another job packed into a tar of
@@ -142,6 +223,7 @@ impl Store {
         &self,
         claimed: &mut [ClaimedImage],
     ) -> StoreResult<()> {
+        on_postgres!(self.attach_packed_copies(claimed));
         if claimed.is_empty() {
             return Ok(());
         }
@@ -172,13 +254,13 @@ impl Store {
             let Some(path) = row.try_get::<Option<String>, _>("path")? else {
                 continue;
             };
-            let copy = ArchivedFile {
-                path: PathBuf::from(path),
-                bytes: super::to_u64(row.try_get::<Option<i64>, _>("bytes")?.unwrap_or(0)),
-                sha256: row.try_get("sha256")?,
-                kept_jpeg: row.try_get("kept_jpeg")?,
-                packing_id: row.try_get("packed")?,
-            };
+            let copy = archived_from_fields(
+                path,
+                row.try_get("bytes")?,
+                row.try_get("sha256")?,
+                row.try_get("kept_jpeg")?,
+                row.try_get("packed")?,
+            );
             for image in claimed
                 .iter_mut()
                 .filter(|c| c.collection == collection && c.image_id == image_id)
@@ -192,6 +274,7 @@ impl Store {
     /// A collection's packings not yet `cleaned`, oldest first: what a crash
     /// interrupted.
     pub async fn unfinished_packings(&self, collection: &str) -> StoreResult<Vec<Packing>> {
+        on_postgres!(self.unfinished_packings(collection));
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {PACKING_COLUMNS} FROM packings \
              WHERE collection = ? AND state <> 'cleaned' ORDER BY id"
@@ -204,6 +287,7 @@ impl Store {
 
     /// One packing by id.
     pub async fn packing(&self, id: i64) -> StoreResult<Option<Packing>> {
+        on_postgres!(self.packing(id));
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {PACKING_COLUMNS} FROM packings WHERE id = ?"
         )))
@@ -215,6 +299,7 @@ impl Store {
 
     /// Every packing of a collection, in order of creation.
     pub async fn packings(&self, collection: &str) -> StoreResult<Vec<Packing>> {
+        on_postgres!(self.packings(collection));
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {PACKING_COLUMNS} FROM packings WHERE collection = ? ORDER BY id"
         )))
@@ -227,6 +312,7 @@ impl Store {
     /// The first loose path (in path order) of a collection's done images
     /// that no packing holds yet: its date folder is the next to pack.
     pub async fn first_unpacked_path(&self, collection: &str) -> StoreResult<Option<String>> {
+        on_postgres!(self.first_unpacked_path(collection));
         Ok(sqlx::query_scalar(
             "SELECT path FROM images INDEXED BY images_to_pack \
              WHERE collection = ? AND state = 'done' AND packing_id IS NULL AND path IS NOT NULL \
@@ -239,6 +325,7 @@ impl Store {
 
     /// Tar names a collection's packings already use.
     pub async fn tar_names(&self, collection: &str) -> StoreResult<Vec<String>> {
+        on_postgres!(self.tar_names(collection));
         Ok(
             sqlx::query_scalar("SELECT tar_name FROM packings WHERE collection = ? ORDER BY id")
                 .bind(collection)
@@ -259,6 +346,7 @@ impl Store {
         tar_name: &str,
         now_ms: i64,
     ) -> StoreResult<Option<Packing>> {
+        on_postgres!(self.plan_packing(collection, date, folder, tar_name, now_ms));
         let mut tx = self.writer()?.begin().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO packings (collection, date, tar_name, state, created_at) \
@@ -306,6 +394,7 @@ impl Store {
         after: Option<&str>,
         limit: u32,
     ) -> StoreResult<Vec<PackedFile>> {
+        on_postgres!(self.packed_files(packing_id, after, limit));
         let rows = sqlx::query(
             "SELECT path, max(bytes) AS bytes, max(sha256) AS sha256, max(captured_at) AS captured_at, \
                     group_concat(rowid) AS row_ids \
@@ -321,23 +410,23 @@ impl Store {
         rows.iter()
             .map(|row| {
                 let ids: String = row.try_get("row_ids")?;
-                Ok(PackedFile {
-                    path: row.try_get("path")?,
-                    bytes: row.try_get::<Option<i64>, _>("bytes")?.map(super::to_u64),
-                    sha256: row.try_get("sha256")?,
-                    captured_at: row.try_get("captured_at")?,
-                    row_ids: ids
-                        .split(',')
+                Ok(packed_file_from_fields(
+                    row.try_get("path")?,
+                    row.try_get("bytes")?,
+                    row.try_get("sha256")?,
+                    row.try_get("captured_at")?,
+                    ids.split(',')
                         .map(|id| id.parse::<i64>())
                         .collect::<Result<_, _>>()
                         .map_err(|e| StoreError::Invalid(format!("packing {packing_id}: {e}")))?,
-                })
+                ))
             })
             .collect()
     }
 
     /// Sum of a packing's file sizes: the room its tar needs.
     pub async fn packing_size(&self, packing_id: i64) -> StoreResult<u64> {
+        on_postgres!(self.packing_size(packing_id));
         let bytes: i64 = sqlx::query_scalar(
             "SELECT ifnull(sum(bytes), 0) FROM (SELECT max(bytes) AS bytes FROM images \
              INDEXED BY images_in_packing WHERE packing_id = ? AND state = 'done' GROUP BY path)",
@@ -358,6 +447,7 @@ impl Store {
         written: &TarWritten,
         now_ms: i64,
     ) -> StoreResult<()> {
+        on_postgres!(self.mark_packing_written(packing, written, now_ms));
         // The next step deletes the loose files, so this commit must survive
         // a power loss, not only a process crash: under the default
         // `synchronous=NORMAL` it could roll back, the packing would be
@@ -396,6 +486,7 @@ impl Store {
         written: &TarWritten,
         now_ms: i64,
     ) -> StoreResult<()> {
+        on_postgres!(self.abandon_empty_packing(packing, written, now_ms));
         let mut tx = self.writer()?.begin().await?;
         for (row_ids, reason) in &written.dropped {
             requeue_in(&mut tx, row_ids, reason, now_ms).await?;
@@ -449,6 +540,7 @@ impl Store {
 
     /// The loose files are gone: the packing is finished.
     pub async fn mark_packing_cleaned(&self, packing: &Packing) -> StoreResult<()> {
+        on_postgres!(self.mark_packing_cleaned(packing));
         let mut tx = self.writer()?.begin().await?;
         attach_copies(&mut tx, packing).await?;
         sqlx::query("UPDATE packings SET state = 'cleaned' WHERE id = ?")
@@ -463,6 +555,7 @@ impl Store {
     /// path and packing: one loose file or one tar member), with whether
     /// each one's job was cancelled.
     pub async fn copy_sharers(&self, row_id: i64) -> StoreResult<Vec<(i64, bool)>> {
+        on_postgres!(self.copy_sharers(row_id));
         let rows = sqlx::query(
             "SELECT s.rowid AS row_id, j.state = 'cancelled' AS cancelled \
              FROM images r \
@@ -491,6 +584,7 @@ impl Store {
         reason: &str,
         now_ms: i64,
     ) -> StoreResult<u64> {
+        on_postgres!(self.requeue_images(row_ids, reason, now_ms));
         let mut tx = self.writer()?.begin().await?;
         let changed = requeue_in(&mut tx, row_ids, reason, now_ms).await?;
         tx.commit().await?;
@@ -500,6 +594,7 @@ impl Store {
     /// Stores the checksum `verify` computed for a file archived before
     /// checksums existed. Never overwrites one.
     pub async fn record_checksum(&self, row_id: i64, sha256: &str, bytes: u64) -> StoreResult<()> {
+        on_postgres!(self.record_checksum(row_id, sha256, bytes));
         sqlx::query(
             "UPDATE images SET sha256 = ?, bytes = ifnull(bytes, ?) \
              WHERE rowid = ? AND state = 'done' AND sha256 IS NULL",
@@ -520,6 +615,7 @@ impl Store {
         after: i64,
         limit: u32,
     ) -> StoreResult<Vec<StoredCopy>> {
+        on_postgres!(self.loose_copies(job_id, after, limit));
         let rows = sqlx::query(
             "SELECT rowid, job_id, image_id, collection, path, bytes, sha256 FROM images \
              WHERE rowid > ?1 AND state = 'done' AND (?2 IS NULL OR job_id = ?2) \
@@ -537,6 +633,7 @@ impl Store {
     /// Whether row `row_id` is still done at the loose file `path` (not yet
     /// in a written tar): what [`Store::loose_copies`] said a moment ago.
     pub async fn is_still_loose(&self, row_id: i64, path: &str) -> StoreResult<bool> {
+        on_postgres!(self.is_still_loose(row_id, path));
         let found: Option<i64> = sqlx::query_scalar(
             "SELECT 1 FROM images WHERE rowid = ?1 AND state = 'done' AND path = ?2 \
                AND (packing_id IS NULL OR packing_id IN (SELECT id FROM packings WHERE state = 'planned'))",
@@ -550,6 +647,7 @@ impl Store {
 
     /// Packings whose tar holds images (of one job, or of any).
     pub async fn written_packings(&self, job_id: Option<i64>) -> StoreResult<Vec<Packing>> {
+        on_postgres!(self.written_packings(job_id));
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {PACKING_COLUMNS} FROM packings p WHERE state IN ('written', 'cleaned') \
                AND (?1 IS NULL OR EXISTS (SELECT 1 FROM images i INDEXED BY images_in_packing \
@@ -568,6 +666,7 @@ impl Store {
         packing_id: i64,
         job_id: Option<i64>,
     ) -> StoreResult<Vec<StoredCopy>> {
+        on_postgres!(self.packing_rows(packing_id, job_id));
         let rows = sqlx::query(
             "SELECT rowid, job_id, image_id, collection, path, bytes, sha256 \
              FROM images INDEXED BY images_in_packing \
@@ -583,6 +682,7 @@ impl Store {
 
     /// How many done rows there are (of one job, or of all): `verify`'s total.
     pub async fn done_rows(&self, job_id: Option<i64>) -> StoreResult<u64> {
+        on_postgres!(self.done_rows(job_id));
         let count: i64 = match job_id {
             Some(id) => sqlx::query_scalar("SELECT n_done FROM jobs WHERE id = ?")
                 .bind(id)
@@ -601,6 +701,7 @@ impl Store {
     /// Whether any tar was ever planned for `collection`: its item files are
     /// then the packed kind (`metadata.jsonl.gz`, thumbnail, `.meta/`).
     pub async fn is_packed_collection(&self, collection: &str) -> StoreResult<bool> {
+        on_postgres!(self.is_packed_collection(collection));
         Ok(
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM packings WHERE collection = ?)")
                 .bind(collection)
@@ -615,6 +716,7 @@ impl Store {
         &self,
         collection: &str,
     ) -> StoreResult<(u64, Option<i64>, Option<i64>)> {
+        on_postgres!(self.collection_summary(collection));
         let (count, first, last): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
             "SELECT count(DISTINCT image_id), min(captured_at), max(captured_at) \
              FROM images INDEXED BY images_in_collection WHERE collection = ? AND state = 'done'",
