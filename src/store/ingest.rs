@@ -130,6 +130,8 @@ impl Store {
     /// parts) is refused and changes nothing. When no part is left open,
     /// enumeration is complete. Returns how many images were new (repeated
     /// ids are ignored).
+    // One page is one transaction: each argument is one of its inputs.
+    #[allow(clippy::too_many_arguments)]
     pub async fn store_page(
         &self,
         job_id: i64,

@@ -34,7 +34,7 @@ mod stalls;
 
 pub use connection::{Durability, StoreOptions};
 pub use ingest::{MissingImage, PartStep, strip_token};
-pub use job_tasks::JobTask;
+pub use job_tasks::{JobTask, PackerLock};
 pub use jobs::{ACTIVE, Submitted};
 pub use parts::Part;
 pub use postgres::PgClock;

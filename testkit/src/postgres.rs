@@ -63,10 +63,10 @@ fn as_server_user(command: &mut Command, death_signal: bool) {
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         command.pre_exec(move || {
-            if let Some((uid, gid)) = user {
-                if libc::setgid(gid) != 0 || libc::setuid(uid) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            if let Some((uid, gid)) = user
+                && (libc::setgid(gid) != 0 || libc::setuid(uid) != 0)
+            {
+                return Err(std::io::Error::last_os_error());
             }
             // After the uid change, which would clear it.
             if death_signal && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGQUIT) != 0 {

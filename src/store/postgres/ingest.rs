@@ -19,6 +19,8 @@ impl PgStore {
     /// of one job (from several daemons) then go one at a time, so the next
     /// part's `seq` and `enumeration_complete` see every other page's parts.
     /// The database's clock is read once, there, for the whole page.
+    // One page is one transaction: each argument is one of its inputs.
+    #[allow(clippy::too_many_arguments)]
     pub async fn store_page(
         &self,
         job_id: i64,

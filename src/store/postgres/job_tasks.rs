@@ -6,6 +6,9 @@ use crate::store::{StoreError, StoreResult};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The advisory lock key of the cluster's packer ("mld" + 3).
+const PACKER_LOCK: i64 = 0x6d6c_6403;
+
 impl PgStore {
     pub async fn take_job_task(
         &self,
@@ -53,6 +56,18 @@ impl PgStore {
         .await?
         .rows_affected();
         Ok(changed == 1)
+    }
+
+    /// A connection of its own holding the packer's session lock, or `None`
+    /// while another session holds it. Dropping the connection closes the
+    /// session, which releases the lock.
+    pub async fn try_packer_session(&self) -> StoreResult<Option<sqlx::PgConnection>> {
+        let mut conn = self.pool().acquire().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(PACKER_LOCK)
+            .fetch_one(&mut *conn)
+            .await?;
+        Ok(locked.then(|| conn.detach()))
     }
 
     pub async fn release_job_task(&self, task: &JobTask) -> StoreResult<()> {

@@ -1,0 +1,119 @@
+//! Several daemons on one PostgreSQL queue and one S3-compatible bucket
+//! (`storage.database_url` + `storage.archive_url`), in this process: a
+//! throwaway PostgreSQL cluster (`mld_testkit::postgres`) and moto's S3
+//! server (`mld_testkit::s3`), both real servers.
+//!
+//! What a cluster must keep: one job worked on by one daemon at a time, no
+//! image claimed by two, a dead daemon's work taken over by the others once
+//! its leases expire, and one complete, exact archive at the end.
+
+mod common;
+
+use common::{TestDaemon, test_settings};
+use mld_testkit::archive_check::check_collection;
+use mld_testkit::fake::{DEFAULT_TOKEN, FakeConfig, FakeMapillary, Quality};
+use mld_testkit::postgres::PgCluster;
+use mld_testkit::s3::S3Server;
+use reqwest::StatusCode;
+use serde_json::json;
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(180);
+const PREFIX: &str = "cluster";
+
+fn job_id(v: &serde_json::Value) -> i64 {
+    v["id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no job id in {v}"))
+}
+
+/// Settings of one daemon of the cluster: its own data dir (spool, lock),
+/// the shared queue and bucket, the shortest leases allowed (70 s), so a crash is taken over soon.
+fn cluster_settings(
+    fake: &FakeMapillary,
+    data: &std::path::Path,
+    database_url: &str,
+    s3_env: &[(String, String)],
+) -> mapillary_downloader::config::Settings {
+    let mut env: Vec<(&str, &str)> = s3_env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    env.push(("MLD__STORAGE__DATABASE_URL", database_url));
+    env.push(("MLD__WORKERS__LEASE_SECS", "70"));
+    test_settings(fake.api_url().as_str(), data, 8, &env)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_daemons_share_one_queue_and_a_crashed_ones_work_is_taken_over() {
+    let s3 = S3Server::start("archive").await;
+    let fake = FakeMapillary::start(FakeConfig {
+        cdn_latency: Duration::from_millis(30),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("alice", 600, 41);
+    fake.add_user("bea", 150, 42);
+    let database_url = PgCluster::shared().fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let s3_env = s3.daemon_env(PREFIX);
+    let first = TestDaemon::start(
+        cluster_settings(&fake, &dir.path().join("a"), &database_url, &s3_env),
+        DEFAULT_TOKEN,
+    )
+    .await;
+    let second = TestDaemon::start(
+        cluster_settings(&fake, &dir.path().join("b"), &database_url, &s3_env),
+        DEFAULT_TOKEN,
+    )
+    .await;
+
+    let (status, alice) = first.post_job(json!({"username": "alice"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{alice}");
+    // The same job posted to the other daemon is the same row.
+    let (status, again) = second.post_job(json!({"username": "alice"})).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(job_id(&again), job_id(&alice));
+    let (status, bea) = second.post_job(json!({"username": "bea"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{bea}");
+
+    // Both daemons download alice's images; then the first dies (no
+    // graceful stop: its leases stay behind, as after kill -9).
+    let deadline = tokio::time::Instant::now() + LONG;
+    loop {
+        let job = second.job(job_id(&alice)).await;
+        if job["counts"]["done"].as_u64().unwrap_or(0) >= 150 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no progress: {job}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(first);
+
+    let alice = second.wait_for_state(job_id(&alice), &["done"], LONG).await;
+    let bea = second.wait_for_state(job_id(&bea), &["done"], LONG).await;
+    assert_eq!(alice["counts"]["done"].as_u64(), Some(600), "{alice}");
+    assert_eq!(alice["counts"]["failed"].as_u64(), Some(0), "{alice}");
+    assert_eq!(bea["counts"]["done"].as_u64(), Some(150), "{bea}");
+    second.stop().await;
+
+    // One archive, complete and exact, whichever daemon wrote each file.
+    let mirror = dir.path().join("mirror");
+    let objects = s3.mirror(PREFIX, &mirror).await;
+    assert_eq!(
+        objects,
+        600 + 1 + 150 + 1,
+        "images and one metadata.jsonl each"
+    );
+    for user in ["alice", "bea"] {
+        check_collection(&mirror, user, Quality::Original, &fake.images(user), |id| {
+            fake.jpeg_marker(id, Quality::Original)
+        });
+    }
+    // No image was downloaded twice, but for what the dead daemon had in
+    // flight (8 workers, plus its claimed queue of up to 8).
+    let hits = fake.cdn_hits_by_image();
+    let twice: usize = hits.values().map(|n| n.saturating_sub(1)).sum();
+    assert!(twice <= 16, "{twice} images downloaded twice");
+    assert_eq!(hits.len(), 750);
+}
