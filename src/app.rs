@@ -10,9 +10,10 @@ use crate::api::{self, AppState, HttpServer};
 use crate::bucket::Bucket;
 use crate::config::Settings;
 use crate::engine::{Engine, EngineContext, Tuning};
+use crate::mapillary::SharedBudget;
 use crate::mapillary::{ClientSettings, MapillaryClient};
 use crate::secret::Secret;
-use crate::store::{PgClock, Store};
+use crate::store::{ApiSlot, PgClock, Store};
 use anyhow::Context;
 use std::fs::File;
 use std::net::SocketAddr;
@@ -72,9 +73,13 @@ pub async fn engine_context(settings: &Settings, token: Secret) -> anyhow::Resul
         .rebase_archive(&settings.archive_dir())
         .await
         .context("rebasing stored image paths onto the archive directory")?;
-    let client = MapillaryClient::new(client_settings(settings)?, token)?;
+    let store = Arc::new(store);
+    let mut client = MapillaryClient::new(client_settings(settings)?, token)?;
+    if store.shares_api_budget() {
+        client = client.with_shared_budget(Arc::new(QueueBudget(store.clone())));
+    }
     let ctx = EngineContext::new(
-        Arc::new(store),
+        store,
         client,
         settings.archive_dir(),
         Tuning::from_settings(settings),
@@ -83,6 +88,41 @@ pub async fn engine_context(settings: &Settings, token: Secret) -> anyhow::Resul
         Some(bucket) => ctx.with_bucket(bucket),
         None => ctx,
     })
+}
+
+/// The API budget of a shared queue: every daemon's calls take their slot
+/// in the database. When the database does not answer, calls go on at this
+/// daemon's own pace (its limiter) rather than stop: a brief overshoot of
+/// the cluster budget beats a cluster that cannot list while PostgreSQL
+/// restarts, and the API's own rate limits still hold everyone.
+struct QueueBudget(Arc<Store>);
+
+impl SharedBudget for QueueBudget {
+    fn take_slot(
+        &self,
+        interval: std::time::Duration,
+        tolerance: std::time::Duration,
+    ) -> futures_util::future::BoxFuture<'_, Result<std::time::Duration, std::time::Duration>> {
+        Box::pin(async move {
+            match self.0.take_api_slot(interval, tolerance).await {
+                Ok(ApiSlot::Now) => Ok(std::time::Duration::ZERO),
+                Ok(ApiSlot::After(wait)) => Ok(wait),
+                Ok(ApiSlot::Held(hold)) => Err(hold),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the shared API budget did not answer; going on at this daemon's pace");
+                    Ok(std::time::Duration::ZERO)
+                }
+            }
+        })
+    }
+
+    fn hold(&self, pause: std::time::Duration) -> futures_util::future::BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = self.0.hold_api_calls(pause).await {
+                tracing::warn!(error = %e, "could not share a rate-limit hold with the other daemons");
+            }
+        })
+    }
 }
 
 /// The job store `storage.database_url` names: PostgreSQL (on the database's

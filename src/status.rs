@@ -7,7 +7,7 @@
 //! last hour.
 
 use crate::stats::{MinuteThroughput, Rate, empty_history, history_of, history_start_ms};
-use crate::store::{Job, JobState, Store};
+use crate::store::{Job, JobState, LiveDaemon, Store};
 use crate::units::{format_bytes, group_digits};
 use serde::Serialize;
 
@@ -79,6 +79,40 @@ pub struct StatusReport {
     /// current minute. Read from the database by the `status` command and at
     /// each daemon start; the daemon then counts in memory.
     pub throughput_history: Vec<MinuteBucket>,
+    /// The daemons working on this queue whose heartbeat is recent (at most
+    /// [`DAEMON_LIVE_WITHIN`] old): one on SQLite, every live one of the
+    /// cluster on PostgreSQL.
+    pub daemons: Vec<DaemonView>,
+}
+
+/// A daemon's heartbeat older than this and it is not shown as live.
+pub const DAEMON_LIVE_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A live daemon as `/status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct DaemonView {
+    /// Its lease owner id (pid and a random suffix).
+    pub id: String,
+    pub host: String,
+    pub workers: u32,
+    /// RFC 3339 UTC.
+    pub started_at: String,
+    /// Seconds since its last heartbeat (one every 5 s), by the queue's clock.
+    pub heartbeat_age_seconds: f64,
+}
+
+impl From<LiveDaemon> for DaemonView {
+    fn from(d: LiveDaemon) -> Self {
+        DaemonView {
+            id: d.id,
+            host: d.host,
+            workers: d.workers,
+            started_at: chrono::DateTime::<chrono::Utc>::from_timestamp_millis(d.started_at)
+                .unwrap_or_default()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            heartbeat_age_seconds: d.heartbeat_age.as_secs_f64(),
+        }
+    }
 }
 
 /// Images still to download in jobs the engine is working on. Paused and
@@ -119,7 +153,19 @@ impl StatusReport {
             eta_seconds,
             jobs,
             throughput_history: history.iter().map(MinuteBucket::from).collect(),
+            daemons: Vec::new(),
         }
+    }
+
+    /// The report with the live daemons read from `store`.
+    pub async fn with_daemons_of(mut self, store: &Store) -> crate::store::StoreResult<Self> {
+        self.daemons = store
+            .live_daemons(DAEMON_LIVE_WITHIN, crate::clock::now_ms())
+            .await?
+            .into_iter()
+            .map(DaemonView::from)
+            .collect();
+        Ok(self)
     }
 }
 
@@ -139,7 +185,9 @@ pub async fn print_status(settings: &crate::config::Settings, json: bool) -> any
     };
     let now = crate::clock::now_ms();
     let minutes = store.finished_by_minute(history_start_ms(now)).await?;
-    let report = StatusReport::with_history(jobs, rate, &history_of(now, &minutes));
+    let report = StatusReport::with_history(jobs, rate, &history_of(now, &minutes))
+        .with_daemons_of(&store)
+        .await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -14,7 +14,7 @@ use mld_testkit::archive_check::check_collection;
 use mld_testkit::fake::{DEFAULT_TOKEN, FakeConfig, FakeMapillary, Quality};
 use mld_testkit::postgres::PgCluster;
 use mld_testkit::s3::S3Server;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::json;
 use std::time::Duration;
 
@@ -68,6 +68,13 @@ async fn two_daemons_share_one_queue_and_a_crashed_ones_work_is_taken_over() {
     )
     .await;
 
+    // Each daemon's /status lists both (the daemons table, by heartbeat).
+    let (status, report) = second.request_json(Method::GET, "/status", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let daemons = report["daemons"].as_array().cloned().unwrap_or_default();
+    assert_eq!(daemons.len(), 2, "{report}");
+    assert!(daemons.iter().all(|d| d["workers"] == 8), "{report}");
+
     let (status, alice) = first.post_job(json!({"username": "alice"})).await;
     assert_eq!(status, StatusCode::CREATED, "{alice}");
     // The same job posted to the other daemon is the same row.
@@ -92,7 +99,7 @@ async fn two_daemons_share_one_queue_and_a_crashed_ones_work_is_taken_over() {
 
     let alice = second.wait_for_state(job_id(&alice), &["done"], LONG).await;
     let bea = second.wait_for_state(job_id(&bea), &["done"], LONG).await;
-    assert_eq!(alice["counts"]["done"].as_u64(), Some(600), "{alice}");
+    assert_eq!(alice["counts"]["done"].as_u64(), Some(300), "{alice}");
     assert_eq!(alice["counts"]["failed"].as_u64(), Some(0), "{alice}");
     assert_eq!(bea["counts"]["done"].as_u64(), Some(150), "{bea}");
     second.stop().await;
@@ -116,4 +123,54 @@ async fn two_daemons_share_one_queue_and_a_crashed_ones_work_is_taken_over() {
     let twice: usize = hits.values().map(|n| n.saturating_sub(1)).sum();
     assert!(twice <= 16, "{twice} images downloaded twice");
     assert_eq!(hits.len(), 750);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn daemons_on_one_queue_keep_one_api_budget_between_them() {
+    // URLs that expire at once: every batch a worker claims needs a refresh
+    // call, so both daemons call the API all along, whoever lists.
+    let fake = FakeMapillary::start(FakeConfig {
+        url_ttl_secs: 1,
+        cdn_latency: Duration::from_millis(20),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("alice", 300, 51);
+    fake.add_user("bea", 300, 52);
+    let database_url = PgCluster::shared().fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    // Two calls a second for the whole cluster; 100-image pages.
+    let settings = |name: &str| {
+        test_settings(
+            fake.api_url().as_str(),
+            &dir.path().join(name),
+            8,
+            &[
+                ("MLD__STORAGE__DATABASE_URL", database_url.as_str()),
+                // Archives on each daemon's disk: this test counts API
+                // calls, not files.
+                ("MLD__STORAGE__SHARED_FILESYSTEM", "true"),
+                ("MLD__MAPILLARY__CALLS_PER_MINUTE", "120"),
+                ("MLD__MAPILLARY__PAGE_SIZE", "100"),
+            ],
+        )
+    };
+    let first = TestDaemon::start(settings("a"), DEFAULT_TOKEN).await;
+    let second = TestDaemon::start(settings("b"), DEFAULT_TOKEN).await;
+    let (_, alice) = first.post_job(json!({"username": "alice"})).await;
+    let (_, bea) = second.post_job(json!({"username": "bea"})).await;
+    let alice = second.wait_for_state(job_id(&alice), &["done"], LONG).await;
+    let bea = first.wait_for_state(job_id(&bea), &["done"], LONG).await;
+    assert_eq!(alice["counts"]["done"].as_u64(), Some(300), "{alice}");
+    assert_eq!(bea["counts"]["done"].as_u64(), Some(300), "{bea}");
+    first.stop().await;
+    second.stop().await;
+    // Each daemon alone would keep 2/s; two without a shared budget, 4/s.
+    let calls = fake.api_calls();
+    let busiest = fake.max_api_calls_per_window(Duration::from_secs(10));
+    assert!(calls >= 30, "{calls} API calls");
+    assert!(
+        busiest <= 21,
+        "{busiest} API calls within 10 s: the cluster's budget is 2/s with a burst of 1"
+    );
 }

@@ -5,8 +5,9 @@ use mapillary_downloader::archive::ArchivedFile;
 use mapillary_downloader::model::{Bbox, GeoPoint, ImageMeta, Quality};
 use mapillary_downloader::selection::JobSpec;
 use mapillary_downloader::store::{
-    ClaimedImage, Counts, DeferPolicy, FailOutcome, FailReason, ImageState, Job, JobState, Lease,
-    PartStep, PauseReason, PgClock, RetryPolicy, Store, StoreError, StoreResult,
+    ApiSlot, ClaimedImage, Counts, DaemonInfo, DeferPolicy, FailOutcome, FailReason, ImageState,
+    Job, JobState, Lease, PartStep, PauseReason, PgClock, RetryPolicy, Store, StoreError,
+    StoreResult,
 };
 use mld_testkit::postgres::PgCluster;
 use rand::rngs::StdRng;
@@ -2012,6 +2013,43 @@ async fn a_job_task_has_one_holder_until_it_expires_and_fences_page_writes(f: Fi
     );
 }
 
+async fn daemons_beat_and_the_silent_ones_drop_out_of_the_live_list(f: Fixture) {
+    let s = &f.store;
+    let daemon = |id: &str, host: &str| DaemonInfo {
+        id: id.into(),
+        host: host.into(),
+        workers: 8,
+    };
+    s.heartbeat(&daemon("d1", "alpha"), 10_000).await.unwrap();
+    s.heartbeat(&daemon("d2", "beta"), 12_000).await.unwrap();
+    s.heartbeat(&daemon("d1", "alpha"), 40_000).await.unwrap();
+    let live = s
+        .live_daemons(Duration::from_secs(30), 45_000)
+        .await
+        .unwrap();
+    let seen: Vec<(&str, &str, u32, i64, Duration)> = live
+        .iter()
+        .map(|d| {
+            (
+                d.id.as_str(),
+                d.host.as_str(),
+                d.workers,
+                d.started_at,
+                d.heartbeat_age,
+            )
+        })
+        .collect();
+    // d2's last beat is 33 s old: not live.
+    assert_eq!(seen, [("d1", "alpha", 8, 10_000, Duration::from_secs(5))]);
+    s.forget_daemon("d1").await.unwrap();
+    assert!(
+        s.live_daemons(Duration::from_secs(30), 45_000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// Runs each listed test on a SQLite file and on a PostgreSQL database: one
 /// suite, so the two implementations of the store cannot drift apart.
 macro_rules! on_both_backends {
@@ -2032,6 +2070,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    daemons_beat_and_the_silent_ones_drop_out_of_the_live_list,
     a_job_task_has_one_holder_until_it_expires_and_fences_page_writes,
     jobs_are_created_found_by_key_and_listed,
     page_insert_is_idempotent_and_stores_the_cursor,
@@ -2157,4 +2196,43 @@ async fn postgres_daemons_sharing_one_database_never_share_a_row() {
         counts,
         "a fold changes no count"
     );
+}
+
+#[tokio::test]
+async fn postgres_api_budget_spaces_the_clusters_calls_and_shares_a_hold() {
+    let url = PgCluster::shared().fresh_database();
+    let first = Store::open_postgres(&url, PgClock::Database).await.unwrap();
+    let second = Store::open_postgres(&url, PgClock::Database).await.unwrap();
+    assert!(first.shares_api_budget());
+    let interval = Duration::from_secs(10);
+    // A burst of 2 (one interval of tolerance): two calls now, whichever
+    // daemon makes them, then the third waits about one interval.
+    assert_eq!(
+        first.take_api_slot(interval, interval).await.unwrap(),
+        ApiSlot::Now
+    );
+    assert_eq!(
+        second.take_api_slot(interval, interval).await.unwrap(),
+        ApiSlot::Now
+    );
+    match first.take_api_slot(interval, interval).await.unwrap() {
+        ApiSlot::After(wait) => assert!(
+            wait > Duration::from_secs(9) && wait <= interval,
+            "{wait:?}"
+        ),
+        other => panic!("the third call of a burst of 2 must wait: {other:?}"),
+    }
+    // A rate limit one daemon met holds the other's calls too.
+    second
+        .hold_api_calls(Duration::from_secs(120))
+        .await
+        .unwrap();
+    match first.take_api_slot(interval, interval).await.unwrap() {
+        ApiSlot::Held(hold) => assert!(hold > Duration::from_secs(110), "{hold:?}"),
+        other => panic!("a held budget must hold every daemon: {other:?}"),
+    }
+    // SQLite keeps no shared budget: its one daemon's limiter is the budget.
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = Store::open(&dir.path().join("m.db")).await.unwrap();
+    assert!(!sqlite.shares_api_budget());
 }

@@ -32,7 +32,9 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 )]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let jobs = state.store.list_jobs().await?;
-    let report = StatusReport::new(jobs, state.stats.rate());
+    let report = StatusReport::new(jobs, state.stats.rate())
+        .with_daemons_of(&state.store)
+        .await?;
     let body = render(&report, state.started.elapsed(), &state.metrics);
     let mut response = body.into_response();
     response
@@ -46,6 +48,7 @@ pub fn render(report: &StatusReport, uptime: Duration, counters: &Metrics) -> St
     let mut out = Exposition::default();
     per_job(&mut out, &report.jobs);
     all_jobs(&mut out, report, uptime);
+    daemons(&mut out, report);
     since_start(&mut out, counters);
     out.text
 }
@@ -249,6 +252,31 @@ fn all_jobs(out: &mut Exposition, report: &StatusReport, uptime: Duration) {
         "Seconds since the process started.",
     );
     out.sample(&[], uptime.as_secs_f64());
+}
+
+/// Every live daemon of the queue (one on SQLite, the cluster on
+/// PostgreSQL): its workers and the age of its heartbeat.
+fn daemons(out: &mut Exposition, report: &StatusReport) {
+    out.family(
+        "mapillary_daemon_workers",
+        "Workers of each live daemon working on this queue.",
+    );
+    for d in &report.daemons {
+        out.sample(
+            &[("daemon", &d.id), ("host", &d.host)],
+            f64::from(d.workers),
+        );
+    }
+    out.family(
+        "mapillary_daemon_heartbeat_age_seconds",
+        "Seconds since each live daemon's last heartbeat.",
+    );
+    for d in &report.daemons {
+        out.sample(
+            &[("daemon", &d.id), ("host", &d.host)],
+            d.heartbeat_age_seconds,
+        );
+    }
 }
 
 #[derive(Default)]

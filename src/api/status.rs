@@ -25,11 +25,10 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 pub async fn status(State(state): State<AppState>) -> Result<Json<StatusReport>, ApiError> {
     let jobs = state.store.list_jobs().await?;
     let stats = &state.stats;
-    Ok(Json(StatusReport::with_history(
-        jobs,
-        stats.rate(),
-        &stats.history(),
-    )))
+    let report = StatusReport::with_history(jobs, stats.rate(), &stats.history())
+        .with_daemons_of(&state.store)
+        .await?;
+    Ok(Json(report))
 }
 
 /// `GET /healthz` (never needs a token).

@@ -205,6 +205,7 @@ impl Engine {
                 "removed partial files left by an earlier run"
             );
         }
+        ctx.store.heartbeat(&daemon_info(&ctx), now_ms()).await?;
         resume_token_paused_jobs(&ctx).await?;
         let hour = crate::stats::history_start_ms(now_ms());
         ctx.stats
@@ -262,11 +263,23 @@ impl Engine {
             Ok(n) => info!(images = n, "handed back claimed images at shutdown"),
             Err(e) => warn!(error = %e, "could not hand back claimed images"),
         }
+        if let Err(e) = self.ctx.store.forget_daemon(&self.ctx.owner).await {
+            debug!(error = %e, "could not remove this daemon's heartbeat row; it ages out");
+        }
     }
 }
 
-/// How often the supervisor folds PostgreSQL's counter deltas.
-const COUNTER_FOLD_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the supervisor beats (and folds PostgreSQL's counter deltas).
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How this daemon announces itself in the daemons table.
+fn daemon_info(ctx: &EngineContext) -> crate::store::DaemonInfo {
+    crate::store::DaemonInfo {
+        id: ctx.owner.to_string(),
+        host: host_name(),
+        workers: ctx.tuning.workers as u32,
+    }
+}
 
 /// Starts enumerators for jobs that need one, finishes (and packs) jobs whose
 /// queue has drained, and retries jobs paused for a full disk.
@@ -277,10 +290,14 @@ async fn supervise(ctx: EngineContext, cancel: CancellationToken) {
     let mut last_stall_check = tokio::time::Instant::now();
     let mut last_fold = tokio::time::Instant::now();
     loop {
+        // The heartbeat other daemons (and `/status`) see; and
         // PostgreSQL's counter deltas onto the job rows, so reads stay
         // O(jobs) (SQLite keeps its counters there already: a no-op).
-        if last_fold.elapsed() >= COUNTER_FOLD_INTERVAL {
+        if last_fold.elapsed() >= HEARTBEAT_INTERVAL {
             last_fold = tokio::time::Instant::now();
+            if let Err(e) = ctx.store.heartbeat(&daemon_info(&ctx), now_ms()).await {
+                warn!(error = %e, "could not record this daemon's heartbeat");
+            }
             if let Err(e) = ctx.store.fold_counts().await {
                 warn!(error = %e, "could not fold the job counters");
             }

@@ -8,7 +8,7 @@
 
 use super::cdn_gate::CdnGate;
 use super::error::{MapillaryError, classify_api_status, classify_cdn_status, transport_error};
-use super::limiter::Limiter;
+use super::limiter::{Limiter, SharedBudget, take_shared_slot};
 use super::urls::{
     endpoint, listing_url, mentions_secret, onto_api_origin, strip_secret, url_expires_at,
 };
@@ -106,6 +106,8 @@ struct Inner {
     api: reqwest::Client,
     cdn: reqwest::Client,
     limiter: Limiter,
+    /// The cluster's budget, when other daemons share this one's queue.
+    shared_budget: Option<Arc<dyn SharedBudget>>,
     /// Holds every download while the CDN refuses most of them.
     cdn_gate: CdnGate,
     metrics: Arc<Metrics>,
@@ -185,10 +187,21 @@ impl MapillaryClient {
                 api,
                 cdn,
                 limiter,
+                shared_budget: None,
                 cdn_gate: CdnGate::default(),
                 metrics: Arc::default(),
             }),
         })
+    }
+
+    /// Makes every API call also take a slot of `budget` (shared with other
+    /// daemons). Call before the client is cloned.
+    pub fn with_shared_budget(mut self, budget: Arc<dyn SharedBudget>) -> MapillaryClient {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.shared_budget = Some(budget),
+            None => tracing::error!("with_shared_budget on a cloned client: ignored"),
+        }
+        self
     }
 
     /// The counters this client (and the engine using it) feeds.
@@ -496,6 +509,9 @@ impl MapillaryClient {
     /// One API GET through the limiter; feeds rate limits back into it.
     async fn api_get(&self, url: Url, what: &str) -> Result<Bytes, MapillaryError> {
         self.inner.limiter.acquire().await;
+        if let Some(budget) = &self.inner.shared_budget {
+            take_shared_slot(budget.as_ref(), &self.inner.limiter).await;
+        }
         let started = Instant::now();
         let result = self.api_get_once(url.clone()).await;
         let metrics = &self.inner.metrics;
@@ -510,6 +526,9 @@ impl MapillaryClient {
             Err(MapillaryError::RateLimited { retry_after }) => {
                 crate::metrics::add(&metrics.rate_limit_holds, 1);
                 let pause = self.inner.limiter.hold(*retry_after);
+                if let Some(budget) = &self.inner.shared_budget {
+                    budget.hold(pause).await;
+                }
                 tracing::debug!(url = %url, pause_ms = pause.as_millis() as u64, "{what}: rate limited; holding all API calls");
             }
             Err(e) => tracing::debug!(url = %url, error = %e, elapsed_ms, "{what} failed"),

@@ -17,6 +17,39 @@ pub const FIRST_PAUSE: Duration = Duration::from_secs(1);
 /// Longest pause without `Retry-After`; further ones stay at this value.
 pub const MAX_PAUSE: Duration = Duration::from_secs(60);
 
+/// A budget of Graph API calls shared with other processes (a cluster's,
+/// kept in its PostgreSQL queue). Every call takes a slot here after the
+/// process's own [`Limiter`], so the cluster as a whole keeps the rate; a
+/// rate limit one process meets holds them all.
+pub trait SharedBudget: Send + Sync {
+    /// `Ok(wait)`: the slot is taken, call after `wait`. `Err(hold)`: every
+    /// call is held; ask again after `hold`.
+    fn take_slot(
+        &self,
+        interval: Duration,
+        tolerance: Duration,
+    ) -> futures_util::future::BoxFuture<'_, Result<Duration, Duration>>;
+
+    /// Holds every process's calls for `pause`.
+    fn hold(&self, pause: Duration) -> futures_util::future::BoxFuture<'_, ()>;
+}
+
+/// Waits for a slot of `budget` at `limiter`'s pace. Each hold it waits out
+/// is finite (a server's pause, at most 60 s without `Retry-After`).
+pub async fn take_shared_slot(budget: &dyn SharedBudget, limiter: &Limiter) {
+    loop {
+        match budget.take_slot(limiter.interval, limiter.tolerance).await {
+            Ok(wait) => {
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                return;
+            }
+            Err(hold) => tokio::time::sleep(hold).await,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Limiter {
     interval: Duration,

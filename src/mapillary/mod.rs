@@ -17,5 +17,5 @@ pub mod urls;
 pub use backoff::{backoff_delay, backoff_delay_with};
 pub use client::{ClientSettings, ImagePage, ImagesAnswer, MAX_IDS_PER_CALL, MapillaryClient};
 pub use error::{MAX_RETRY_AFTER, MapillaryError, RetryDecision, parse_retry_after};
-pub use limiter::Limiter;
+pub use limiter::{Limiter, SharedBudget};
 pub use urls::{strip_token, url_expires_at, with_limit};

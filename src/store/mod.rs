@@ -21,6 +21,7 @@
 //! trigger (`images_share_loose_copy`) gives a completed loose file's
 //! checksum to the other done rows at its path: one file, one checksum.
 
+mod cluster;
 mod connection;
 mod images;
 mod ingest;
@@ -32,6 +33,7 @@ mod queue;
 mod rebase;
 mod stalls;
 
+pub use cluster::{ApiSlot, DaemonInfo, LiveDaemon};
 pub use connection::{Durability, StoreOptions};
 pub use ingest::{MissingImage, PartStep, strip_token};
 pub use job_tasks::{JobTask, PackerLock};

@@ -20,6 +20,7 @@
 //!   the pool re-connects by itself after the server restarts.
 
 mod archives;
+mod cluster;
 mod images;
 mod ingest;
 mod job_tasks;
