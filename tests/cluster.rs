@@ -174,3 +174,102 @@ async fn daemons_on_one_queue_keep_one_api_budget_between_them() {
         "{busiest} API calls within 10 s: the cluster's budget is 2/s with a burst of 1"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_daemons_killed_at_random_and_restarted_end_with_one_exact_archive() {
+    use mld_testkit::fake::Faults;
+    use mld_testkit::process::DaemonProcess;
+    use rand::{Rng, SeedableRng};
+    const BINARY: &str = env!("CARGO_BIN_EXE_mapillary-downloader");
+    const IMAGES: u64 = 5_000;
+
+    let s3 = S3Server::start("archive").await;
+    let fake = FakeMapillary::start(FakeConfig {
+        faults: Faults::preset("flaky").unwrap(),
+        cdn_latency: Duration::from_millis(20),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("kim", IMAGES, 61);
+    let database_url = PgCluster::shared().fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = mld_testkit::env::test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    env.extend(s3.daemon_env(PREFIX));
+    for (key, value) in [
+        ("MLD__STORAGE__DATABASE_URL", database_url.as_str()),
+        ("MLD__WORKERS__LEASE_SECS", "70"),
+        // The cluster's budget: 4 calls a second, whoever calls.
+        ("MLD__MAPILLARY__CALLS_PER_MINUTE", "240"),
+    ] {
+        mld_testkit::env::set(&mut env, key, value);
+    }
+    let spawn = |i: usize| {
+        DaemonProcess::spawn(BINARY, &dir.path().join(format!("d{i}")), 8, &env)
+            .expect("a daemon starts")
+    };
+    let mut daemons: Vec<Option<DaemonProcess>> = (0..3).map(|i| Some(spawn(i))).collect();
+    let api = |daemons: &[Option<DaemonProcess>]| daemons[0].as_ref().expect("daemon 0 runs").api();
+    let (status, job) = api(&daemons).post_job(json!({"username": "kim"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let id = job_id(&job);
+
+    // Kill -9 a random daemon every 1.5 s while the job runs, and start it
+    // again at once on its data dir: enumeration and downloads are cut
+    // wherever they stand.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(15);
+    let mut kills = 0;
+    while kills < 6 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        if api(&daemons).job(id).await["state"] == "done" {
+            break;
+        }
+        let victim = rng.random_range(0..daemons.len());
+        // Killed first: its data dir's lock goes with it.
+        if let Some(killed) = daemons[victim].take() {
+            killed.kill9();
+        }
+        daemons[victim] = Some(spawn(victim));
+        kills += 1;
+    }
+    let job = api(&daemons)
+        .wait_for_state(id, &["done", "failed"], Duration::from_secs(400))
+        .await;
+    assert_eq!(job["counts"]["done"].as_u64(), Some(IMAGES), "{job}");
+    assert_eq!(job["counts"]["failed"].as_u64(), Some(0), "{job}");
+    for daemon in daemons.iter_mut().flatten() {
+        daemon.terminate(Duration::from_secs(30)).unwrap();
+    }
+
+    let mirror = dir.path().join("mirror");
+    let objects = s3.mirror(PREFIX, &mirror).await;
+    assert_eq!(
+        objects,
+        IMAGES as usize + 1,
+        "the images and metadata.jsonl"
+    );
+    check_collection(
+        &mirror,
+        "kim",
+        Quality::Original,
+        &fake.images("kim"),
+        |id| fake.jpeg_marker(id, Quality::Original),
+    );
+    let twice: usize = fake
+        .cdn_hits_by_image()
+        .values()
+        .map(|n| n.saturating_sub(1))
+        .sum();
+    let budget = fake.max_api_calls_per_window(Duration::from_secs(60));
+    eprintln!(
+        "{kills} kills: {twice} images downloaded twice, {} API calls, at most {budget} in 60 s",
+        fake.api_calls()
+    );
+    assert!(
+        twice <= kills * 16,
+        "{twice} images downloaded twice after {kills} kills (8 workers + 8 queued each)"
+    );
+    assert!(
+        budget <= 240 + 1,
+        "{budget} API calls in 60 s: over the budget"
+    );
+}
