@@ -13,7 +13,7 @@ use common::{TestDaemon, test_settings};
 use mld_testkit::archive_check::check_collection;
 use mld_testkit::fake::{DEFAULT_TOKEN, FakeConfig, FakeMapillary, Quality};
 use mld_testkit::postgres::PgCluster;
-use mld_testkit::s3::S3Server;
+use mld_testkit::s3::{FlakyProxy, S3Server};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 use std::time::Duration;
@@ -272,4 +272,198 @@ async fn three_daemons_killed_at_random_and_restarted_end_with_one_exact_archive
         budget <= 240 + 1,
         "{budget} API calls in 60 s: over the budget"
     );
+}
+
+/// `mapillary_images_completed_total` of one daemon (images it archived
+/// since it started), from `/metrics`.
+async fn completed_by(daemon: &TestDaemon) -> u64 {
+    let (status, text) = daemon
+        .try_request(reqwest::Method::GET, "/metrics", None)
+        .await
+        .expect("the daemon answers /metrics");
+    assert_eq!(status, StatusCode::OK, "{text}");
+    text.lines()
+        .find_map(|line| line.strip_prefix("mapillary_images_completed_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no completed counter in /metrics:\n{text}"))
+}
+
+/// Whether `/healthz` answers 200 (it pings the database).
+async fn healthy(daemon: &TestDaemon) -> bool {
+    daemon
+        .try_request(reqwest::Method::GET, "/healthz", None)
+        .await
+        .is_ok_and(|(status, _)| status == StatusCode::OK)
+}
+
+/// Polls `daemon`'s view of job `id` until `until` holds; panics naming
+/// `what` at `deadline`. Errors while the database is away (5xx answers)
+/// are waited out like any other answer.
+async fn wait_for_job(
+    daemon: &TestDaemon,
+    id: i64,
+    deadline: tokio::time::Instant,
+    what: &str,
+    until: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    loop {
+        let job = daemon.job(id).await;
+        if until(&job) {
+            return job;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not reached in time: {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn done_count(job: &serde_json::Value) -> u64 {
+    job["counts"]["done"].as_u64().unwrap_or(0)
+}
+
+/// The shared database goes away for several seconds (its server stopped,
+/// every connection cut, then started again on the same port), and later
+/// the bucket refuses and cuts connections for a while: both daemons wait,
+/// carry on, and the job ends done with an exact archive, nothing failed,
+/// both daemons still up and both archiving after the restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_postgres_restart_and_an_s3_outage_mid_run_lose_nothing() {
+    const IMAGES: u64 = 600;
+    let started = tokio::time::Instant::now();
+    // A server of its own: stopping the shared one would break the other tests.
+    let pg = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
+    let database_url = pg.fresh_database();
+    let s3 = S3Server::start("archive").await;
+    let proxy = FlakyProxy::start(&s3.endpoint).await;
+    let fake = FakeMapillary::start(FakeConfig {
+        cdn_latency: Duration::from_millis(40),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("carl", IMAGES, 47);
+    let dir = tempfile::tempdir().unwrap();
+    let mut s3_env = s3.daemon_env(PREFIX);
+    mld_testkit::env::set(&mut s3_env, "AWS_ENDPOINT_URL", &proxy.endpoint);
+    let first = TestDaemon::start(
+        cluster_settings(&fake, &dir.path().join("a"), &database_url, &s3_env),
+        DEFAULT_TOKEN,
+    )
+    .await;
+    let second = TestDaemon::start(
+        cluster_settings(&fake, &dir.path().join("b"), &database_url, &s3_env),
+        DEFAULT_TOKEN,
+    )
+    .await;
+    let (status, job) = first.post_job(json!({"username": "carl"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let id = job_id(&job);
+    let deadline = tokio::time::Instant::now() + LONG;
+
+    // Some images done: the database goes away mid-run.
+    let before = wait_for_job(&second, id, deadline, "first images", |j| {
+        done_count(j) >= 60
+    })
+    .await;
+    tokio::task::block_in_place(|| pg.stop_server());
+    let stopped = tokio::time::Instant::now();
+    // Both daemons notice: their health check fails while it is away.
+    for daemon in [&first, &second] {
+        assert!(!healthy(daemon).await, "healthy without a database");
+    }
+    // Away for ~6 s in all (an action's length, not an assertion).
+    tokio::time::sleep(Duration::from_secs(6).saturating_sub(stopped.elapsed())).await;
+    tokio::task::block_in_place(|| pg.start_server());
+    eprintln!(
+        "database away {:?}, {} images done before",
+        stopped.elapsed(),
+        done_count(&before)
+    );
+
+    // Both come back to health and carry on.
+    loop {
+        if healthy(&first).await && healthy(&second).await {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the daemons did not become healthy again after the database restart"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let completed_after_restart = [completed_by(&first).await, completed_by(&second).await];
+    let after_restart = wait_for_job(&first, id, deadline, "progress after the restart", |j| {
+        done_count(j) >= done_count(&before) + 100
+    })
+    .await;
+    assert_ne!(after_restart["state"], "done", "{after_restart}");
+
+    // Later, the bucket goes away for a while.
+    proxy.set_outage(true);
+    let outage = tokio::time::Instant::now();
+    let during = second.job(id).await;
+    wait_for_job(&second, id, deadline, "the outage felt", |_| {
+        proxy.refused() > 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(4).saturating_sub(outage.elapsed())).await;
+    proxy.set_outage(false);
+    assert_ne!(during["state"], "done", "{during}");
+    eprintln!(
+        "bucket away {:?} ({} connections refused), {} images done before",
+        outage.elapsed(),
+        proxy.refused(),
+        done_count(&during)
+    );
+
+    let done = wait_for_job(&first, id, deadline, "the job done", |j| {
+        j["state"] == "done"
+    })
+    .await;
+    assert_eq!(
+        (
+            done["counts"]["done"].as_u64(),
+            done["counts"]["failed"].as_u64()
+        ),
+        (Some(IMAGES), Some(0)),
+        "{done}"
+    );
+    // Neither daemon died: both answer, both archived images after the restart.
+    for (daemon, before) in [&first, &second].into_iter().zip(completed_after_restart) {
+        assert!(healthy(daemon).await, "a daemon is not healthy at the end");
+        let (status, report) = daemon
+            .request_json(reqwest::Method::GET, "/status", None)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{report}");
+        let now = completed_by(daemon).await;
+        assert!(
+            now > before,
+            "a daemon archived nothing after the restart ({before} → {now})"
+        );
+    }
+    first.stop().await;
+    second.stop().await;
+    // Neither outage cost an attempt: an outcome the database could not
+    // take was recorded once it was back, not left to wait out its lease
+    // (and be claimed again as a new attempt).
+    let database = database_url.rsplit('/').next().unwrap();
+    let retried = pg
+        .psql(database, "SELECT count(*) FROM images WHERE attempts <> 1")
+        .unwrap();
+    assert_eq!(retried, "0", "images claimed more than once");
+
+    let mirror = dir.path().join("mirror");
+    let objects = s3.mirror(PREFIX, &mirror).await;
+    assert_eq!(objects as u64, IMAGES + 1, "images and one metadata.jsonl");
+    check_collection(
+        &mirror,
+        "carl",
+        Quality::Original,
+        &fake.images("carl"),
+        |id| fake.jpeg_marker(id, Quality::Original),
+    );
+    assert_eq!(fake.cdn_hits_by_image().len() as u64, IMAGES);
+    eprintln!("run took {:?}", started.elapsed());
 }

@@ -75,6 +75,27 @@ pub enum StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+impl StoreError {
+    /// Whether the database itself was away rather than the call wrong: a
+    /// connection refused, cut or not had in time, or a PostgreSQL server
+    /// shutting down or starting up. The same call may well succeed later.
+    pub fn is_unavailable(&self) -> bool {
+        let StoreError::Sqlx(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                // Class 08: connection exception; 57P01-57P03: admin or
+                // crash shutdown, cannot connect now; 53300: too many
+                // connections (a restarted server filling up again).
+                code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03" | "53300")
+            }),
+            _ => false,
+        }
+    }
+}
+
 /// Declares a string-backed enum stored in a TEXT column: `as_str`,
 /// `Display`, `FromStr` and snake_case serde, from one list of variants.
 macro_rules! text_enum {

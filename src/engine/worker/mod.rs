@@ -17,13 +17,14 @@ use crate::mapillary::{RetryDecision, backoff_delay};
 use crate::metrics;
 use crate::store::{
     ClaimedImage, Completion, DeferPolicy, FailOutcome, FailReason, PauseReason, RetryPolicy,
+    StoreError,
 };
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 /// What became of one image.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Outcome {
     /// Written durably (or adopted): where, how big, its SHA-256.
     Done { file: ArchivedFile },
@@ -204,6 +205,12 @@ pub async fn apply(
     outcome: Outcome,
 ) -> anyhow::Result<()> {
     let outcome = count_url_strikes(ctx, image.row_id(), outcome);
+    record(ctx, image, outcome).await
+}
+
+/// [`apply`] after the URL strikes are counted: what [`run`] repeats while
+/// the database is away.
+async fn record(ctx: &EngineContext, image: &ClaimedImage, outcome: Outcome) -> anyhow::Result<()> {
     let now = now_ms();
     let lease = &image.lease;
     match outcome {
@@ -333,9 +340,55 @@ pub async fn run(
             },
         };
         let outcome = process(&ctx, &work.image, &abort).await;
-        if let Err(e) = apply(&ctx, &work.image, outcome).await {
-            warn!(worker = index, image = %work.image.image_id, error = %e, "could not record an outcome");
-        }
+        apply_waiting_out_the_database(&ctx, index, &work.image, outcome, &abort).await;
     }
     info!(worker = index, "worker stopped");
+}
+
+/// The longest pause between two tries at recording an outcome while the
+/// database is away (each try may itself wait for a connection).
+const RECORD_RETRY_CAP: Duration = Duration::from_secs(2);
+
+/// [`apply`], tried again while the database is away (a PostgreSQL server
+/// restarting cuts every connection): an outcome not recorded would leave
+/// the row ours and `in_progress` until its lease ran out, minutes of a
+/// job held up and an attempt burnt for an image already archived. Gives
+/// up once the lease must have ended (a write then is fenced off anyway),
+/// on abort, or on any other error.
+async fn apply_waiting_out_the_database(
+    ctx: &EngineContext,
+    index: usize,
+    image: &ClaimedImage,
+    outcome: Outcome,
+    abort: &CancellationToken,
+) {
+    let outcome = count_url_strikes(ctx, image.row_id(), outcome);
+    let started = tokio::time::Instant::now();
+    let mut tries = 0u32;
+    loop {
+        let Err(e) = record(ctx, image, outcome.clone()).await else {
+            if tries > 0 {
+                info!(worker = index, image = %image.image_id, tries = tries + 1, "recorded an outcome once the database was back");
+            }
+            return;
+        };
+        let unavailable = e.chain().any(|c| {
+            c.downcast_ref::<StoreError>()
+                .is_some_and(StoreError::is_unavailable)
+        });
+        if !unavailable || started.elapsed() >= ctx.tuning.lease || abort.is_cancelled() {
+            warn!(worker = index, image = %image.image_id, error = %e, "could not record an outcome");
+            return;
+        }
+        tries += 1;
+        let pause = backoff_delay(tries, ctx.tuning.backoff_base, RECORD_RETRY_CAP);
+        debug!(worker = index, image = %image.image_id, error = %e, ?pause, "the database is away; recording the outcome again");
+        tokio::select! {
+            _ = abort.cancelled() => {
+                warn!(worker = index, image = %image.image_id, error = %e, "could not record an outcome before the shutdown");
+                return;
+            }
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
 }

@@ -90,12 +90,21 @@ impl PgStore {
         &self,
         claimed: &mut [ClaimedImage],
     ) -> StoreResult<()> {
+        let mut conn = self.pool().acquire().await?;
+        PgStore::attach_packed_copies_on(&mut conn, claimed).await
+    }
+
+    /// [`PgStore::attach_packed_copies`] on `conn` (the claim's transaction).
+    pub(in crate::store) async fn attach_packed_copies_on(
+        conn: &mut sqlx::PgConnection,
+        claimed: &mut [ClaimedImage],
+    ) -> StoreResult<()> {
         if claimed.is_empty() {
             return Ok(());
         }
         let any_tar: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM packings WHERE state <> 'planned')")
-                .fetch_one(self.pool())
+                .fetch_one(&mut *conn)
                 .await?;
         if !any_tar {
             return Ok(());
@@ -111,7 +120,7 @@ impl PgStore {
         )
         .bind(&collections)
         .bind(&image_ids)
-        .fetch_all(self.pool())
+        .fetch_all(&mut *conn)
         .await?;
         for row in rows {
             let collection: String = row.try_get("collection")?;

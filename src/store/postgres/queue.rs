@@ -112,13 +112,17 @@ impl PgStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
+        // One transaction with the packed-copy lookup: a server going away
+        // between the two must not leave rows claimed by a caller who got an
+        // error (they would wait out their whole lease).
+        let mut tx = self.pool().begin().await?;
         let rows = sqlx::query(CLAIM_SQL)
             .bind(&**owner)
             .bind(self.at(now_ms))
             .bind(millis(lease))
             .bind(i64::from(limit))
             .bind(after_job)
-            .fetch_all(self.pool())
+            .fetch_all(&mut *tx)
             .await?;
         let mut claimed = Vec::with_capacity(rows.len());
         for row in &rows {
@@ -131,7 +135,8 @@ impl PgStore {
             claimed.push(claim.into_claimed(owner, identity)?);
         }
         let mut claimed = in_queue_order(claimed);
-        self.attach_packed_copies(&mut claimed).await?;
+        PgStore::attach_packed_copies_on(&mut tx, &mut claimed).await?;
+        tx.commit().await?;
         Ok(claimed)
     }
 
