@@ -157,6 +157,24 @@ impl StatusReport {
         }
     }
 
+    /// The report with throughput, ETA and history read from the database:
+    /// the whole cluster's on a shared queue (what `/status` shows there),
+    /// and the `status` command's on SQLite.
+    pub async fn from_database(store: &Store, jobs: Vec<Job>) -> crate::store::StoreResult<Self> {
+        let now = crate::clock::now_ms();
+        let (images, bytes) = store.finished_since(now - 60_000).await?;
+        let rate = Rate {
+            images_per_sec: images as f64 / 60.0,
+            bytes_per_sec: bytes as f64 / 60.0,
+        };
+        let minutes = store.finished_by_minute(history_start_ms(now)).await?;
+        Ok(StatusReport::with_history(
+            jobs,
+            rate,
+            &history_of(now, &minutes),
+        ))
+    }
+
     /// The report with the live daemons read from `store`.
     pub async fn with_daemons_of(mut self, store: &Store) -> crate::store::StoreResult<Self> {
         self.daemons = store
@@ -177,15 +195,8 @@ pub async fn print_status(settings: &crate::config::Settings, json: bool) -> any
         None => Store::open_read_only(&settings.database_path()).await?,
     };
     let jobs = store.list_jobs().await?;
-    let since = crate::clock::now_ms() - 60_000;
-    let (images, bytes) = store.finished_since(since).await?;
-    let rate = Rate {
-        images_per_sec: images as f64 / 60.0,
-        bytes_per_sec: bytes as f64 / 60.0,
-    };
-    let now = crate::clock::now_ms();
-    let minutes = store.finished_by_minute(history_start_ms(now)).await?;
-    let report = StatusReport::with_history(jobs, rate, &history_of(now, &minutes))
+    let report = StatusReport::from_database(&store, jobs)
+        .await?
         .with_daemons_of(&store)
         .await?;
     if json {

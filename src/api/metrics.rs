@@ -10,6 +10,7 @@ use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::metrics::{self, Metrics, OutcomeClass};
 use crate::status::{StatusReport, Totals};
+use crate::store::StoreKind;
 use crate::store::{Job, JobState};
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
@@ -32,9 +33,12 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 )]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let jobs = state.store.list_jobs().await?;
-    let report = StatusReport::new(jobs, state.stats.rate())
-        .with_daemons_of(&state.store)
-        .await?;
+    let report = match state.store.kind() {
+        StoreKind::Postgres => StatusReport::from_database(&state.store, jobs).await?,
+        StoreKind::Sqlite => StatusReport::new(jobs, state.stats.rate()),
+    }
+    .with_daemons_of(&state.store)
+    .await?;
     let body = render(&report, state.started.elapsed(), &state.metrics);
     let mut response = body.into_response();
     response

@@ -7,6 +7,7 @@ use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::api::openapi::{ErrorBody, Health};
 use crate::status::StatusReport;
+use crate::store::StoreKind;
 use axum::Json;
 use axum::extract::State;
 use std::time::Duration;
@@ -25,9 +26,14 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 pub async fn status(State(state): State<AppState>) -> Result<Json<StatusReport>, ApiError> {
     let jobs = state.store.list_jobs().await?;
     let stats = &state.stats;
-    let report = StatusReport::with_history(jobs, stats.rate(), &stats.history())
-        .with_daemons_of(&state.store)
-        .await?;
+    // On a shared queue this daemon's memory knows only its own share: the
+    // cluster's figures come from the database.
+    let report = match state.store.kind() {
+        StoreKind::Postgres => StatusReport::from_database(&state.store, jobs).await?,
+        StoreKind::Sqlite => StatusReport::with_history(jobs, stats.rate(), &stats.history()),
+    }
+    .with_daemons_of(&state.store)
+    .await?;
     Ok(Json(report))
 }
 

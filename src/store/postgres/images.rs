@@ -96,10 +96,15 @@ impl PgStore {
 
     /// See the SQLite twin.
     pub async fn finished_by_minute(&self, since_ms: i64) -> StoreResult<Vec<MinuteThroughput>> {
+        // From the per-minute table the update trigger feeds (folded and
+        // not yet folded), never the images table: every daemon's `/status`
+        // reads this, at any throughput. (An image done then re-queued stays
+        // counted in its minute: it was archived then.)
         let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
-            "SELECT updated_at / 60000 AS minute, count(*), coalesce(sum(bytes), 0)::BIGINT \
-             FROM images WHERE state = 'done' AND updated_at >= $1 \
-             GROUP BY minute ORDER BY minute",
+            "SELECT minute, sum(images)::BIGINT, sum(bytes)::BIGINT FROM ( \
+                 SELECT minute, images, bytes FROM done_minutes \
+                 UNION ALL SELECT minute, images, bytes FROM done_minute_deltas) m \
+             WHERE minute >= $1 / 60000 GROUP BY minute ORDER BY minute",
         )
         .bind(since_ms.max(0))
         .fetch_all(self.pool())
