@@ -2270,3 +2270,49 @@ async fn postgres_api_budget_spaces_the_clusters_calls_and_shares_a_hold() {
     let sqlite = Store::open(&dir.path().join("m.db")).await.unwrap();
     assert!(!sqlite.shares_api_budget());
 }
+
+#[tokio::test]
+async fn postgres_one_packer_per_collection_and_a_dead_sessions_lock_goes_with_it() {
+    let url = PgCluster::shared().fresh_database();
+    let first = Store::open_postgres(&url, PgClock::Database).await.unwrap();
+    let second = Store::open_postgres(&url, PgClock::Database).await.unwrap();
+    let held = first
+        .try_packer_lock("mapillary-alice-original")
+        .await
+        .unwrap();
+    assert!(held.is_some());
+    assert!(
+        second
+            .try_packer_lock("mapillary-alice-original")
+            .await
+            .unwrap()
+            .is_none(),
+        "one packer per collection"
+    );
+    assert!(
+        second
+            .try_packer_lock("mapillary-bob-original")
+            .await
+            .unwrap()
+            .is_some(),
+        "another collection packs meanwhile"
+    );
+    // Its session ends (a daemon dead, or done): the lock goes with it.
+    drop(held);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if second
+            .try_packer_lock("mapillary-alice-original")
+            .await
+            .unwrap()
+            .is_some()
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lock outlived its session"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

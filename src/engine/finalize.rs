@@ -68,9 +68,9 @@ async fn package_collection(
     let files = ArchiveFiles::new(ctx.bucket.as_ref());
     if job.package == Packaging::Tar {
         let _one_packer = ctx.packer.lock().await;
-        // And one in the cluster: another daemon packing means this job
-        // finishes at a later round.
-        let Some(_cluster_packer) = store.try_packer_lock().await? else {
+        // And one per collection in the cluster: another daemon packing it
+        // means this job finishes at a later round.
+        let Some(_cluster_packer) = store.try_packer_lock(collection).await? else {
             return Ok(false);
         };
         // From loose files, before they go into tars (as the Python tool
