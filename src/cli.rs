@@ -82,7 +82,8 @@ pub struct DownloadArgs {
     /// (endpoint and credentials from the AWS_* variables). Sets storage.archive_url.
     #[arg(long, value_name = "URL")]
     pub archive_url: Option<String>,
-    /// Share a PostgreSQL job queue instead of <data-dir>/mapillary.db: postgres://user:pass@host/db.
+    /// Share a PostgreSQL job queue instead of <data-dir>/mapillary.db: postgres://user:pass@host/db
+    /// (prefer MLD__STORAGE__DATABASE_URL: a command line is visible to every user of the machine).
     /// Sets storage.database_url.
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
@@ -111,7 +112,8 @@ pub struct VerifyArgs {
     /// (endpoint and credentials from the AWS_* variables). Sets storage.archive_url.
     #[arg(long, value_name = "URL")]
     pub archive_url: Option<String>,
-    /// Share a PostgreSQL job queue instead of <data-dir>/mapillary.db: postgres://user:pass@host/db.
+    /// Share a PostgreSQL job queue instead of <data-dir>/mapillary.db: postgres://user:pass@host/db
+    /// (prefer MLD__STORAGE__DATABASE_URL: a command line is visible to every user of the machine).
     /// Sets storage.database_url.
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
@@ -136,7 +138,8 @@ pub struct StatusArgs {
     /// (endpoint and credentials from the AWS_* variables). Sets storage.archive_url.
     #[arg(long, value_name = "URL")]
     pub archive_url: Option<String>,
-    /// Share a PostgreSQL job queue instead of <data-dir>/mapillary.db: postgres://user:pass@host/db.
+    /// Share a PostgreSQL job queue instead of <data-dir>/mapillary.db: postgres://user:pass@host/db
+    /// (prefer MLD__STORAGE__DATABASE_URL: a command line is visible to every user of the machine).
     /// Sets storage.database_url.
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
@@ -154,7 +157,8 @@ pub struct ServeArgs {
     /// (endpoint and credentials from the AWS_* variables). Sets storage.archive_url.
     #[arg(long, value_name = "URL")]
     pub archive_url: Option<String>,
-    /// Share a PostgreSQL job queue instead of <data-dir>/mapillary.db: postgres://user:pass@host/db.
+    /// Share a PostgreSQL job queue instead of <data-dir>/mapillary.db: postgres://user:pass@host/db
+    /// (prefer MLD__STORAGE__DATABASE_URL: a command line is visible to every user of the machine).
     /// Sets storage.database_url.
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,

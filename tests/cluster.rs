@@ -99,7 +99,7 @@ async fn two_daemons_share_one_queue_and_a_crashed_ones_work_is_taken_over() {
 
     let alice = second.wait_for_state(job_id(&alice), &["done"], LONG).await;
     let bea = second.wait_for_state(job_id(&bea), &["done"], LONG).await;
-    assert_eq!(alice["counts"]["done"].as_u64(), Some(300), "{alice}");
+    assert_eq!(alice["counts"]["done"].as_u64(), Some(600), "{alice}");
     assert_eq!(alice["counts"]["failed"].as_u64(), Some(0), "{alice}");
     assert_eq!(bea["counts"]["done"].as_u64(), Some(150), "{bea}");
     second.stop().await;
@@ -466,4 +466,68 @@ async fn a_postgres_restart_and_an_s3_outage_mid_run_lose_nothing() {
     );
     assert_eq!(fake.cdn_hits_by_image().len() as u64, IMAGES);
     eprintln!("run took {:?}", started.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_daemons_pack_a_tar_job_into_the_bucket_once() {
+    let s3 = S3Server::start("archive").await;
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("tara", 300, 71);
+    let database_url = PgCluster::shared().fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let s3_env = s3.daemon_env(PREFIX);
+    let first = TestDaemon::start(
+        cluster_settings(&fake, &dir.path().join("a"), &database_url, &s3_env),
+        DEFAULT_TOKEN,
+    )
+    .await;
+    let second = TestDaemon::start(
+        cluster_settings(&fake, &dir.path().join("b"), &database_url, &s3_env),
+        DEFAULT_TOKEN,
+    )
+    .await;
+    let (status, job) = first
+        .post_job(json!({"username": "tara", "package": "tar"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let job = second.wait_for_state(job_id(&job), &["done"], LONG).await;
+    assert_eq!(job["counts"]["done"].as_u64(), Some(300), "{job}");
+    first.stop().await;
+    second.stop().await;
+
+    // Every image in exactly one tar member, no loose image left, whichever
+    // daemon downloaded it and whichever packed its date.
+    let mirror = dir.path().join("mirror");
+    s3.mirror(PREFIX, &mirror).await;
+    let collection = mirror.join("mapillary-tara-original");
+    let tars = mld_testkit::tar_check::tars_in(&collection);
+    assert!(!tars.is_empty(), "no tar in the bucket");
+    let mut members = std::collections::BTreeSet::new();
+    for name in tars.keys() {
+        for entry in mld_testkit::tar_check::list(&collection.join(name)) {
+            assert!(
+                members.insert(entry.name.clone()),
+                "{} in two tars",
+                entry.name
+            );
+        }
+    }
+    let ids: std::collections::BTreeSet<String> = members
+        .iter()
+        .filter_map(|m| {
+            m.rsplit('/')
+                .next()?
+                .strip_suffix(".jpg")
+                .map(str::to_string)
+        })
+        .collect();
+    let want: std::collections::BTreeSet<String> =
+        fake.images("tara").into_iter().map(|i| i.id).collect();
+    assert_eq!(ids, want, "the tars hold every image once");
+    let loose: Vec<String> = mld_testkit::tar_check::files_under(&collection)
+        .into_iter()
+        .filter(|f| f.ends_with(".jpg") && f != "__ia_thumb__.jpg")
+        .collect();
+    assert!(loose.is_empty(), "loose objects left: {loose:?}");
+    assert!(collection.join("metadata.jsonl.gz").exists());
 }

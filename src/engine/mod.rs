@@ -422,18 +422,25 @@ fn job_task_ttl(ctx: &EngineContext) -> Duration {
 /// database unreachable: another daemon may take it over from then on).
 async fn hold_job_task(ctx: &EngineContext, task: &crate::store::JobTask) {
     let ttl = job_task_ttl(ctx);
+    // When the last renewal that took was sent: the lease runs from then
+    // by the database's clock, so that is what the margin counts from.
     let mut last_renewed = tokio::time::Instant::now();
     loop {
         tokio::time::sleep(ttl / 3).await;
-        match ctx.store.renew_job_task(task, ttl, now_ms()).await {
-            Ok(true) => last_renewed = tokio::time::Instant::now(),
-            Ok(false) => return,
-            Err(e) => {
+        let sent = tokio::time::Instant::now();
+        // Bounded: a half-open connection must not hold this loop (and the
+        // task it guards) past the lease.
+        match tokio::time::timeout(ttl / 3, ctx.store.renew_job_task(task, ttl, now_ms())).await {
+            Ok(Ok(true)) => last_renewed = sent,
+            Ok(Ok(false)) => return,
+            Ok(Err(e)) => {
                 warn!(job = task.job_id, error = %e, "could not renew the job's task lease");
-                if last_renewed.elapsed() >= ttl {
-                    return;
-                }
             }
+            Err(_) => warn!(job = task.job_id, "renewing the job's task lease timed out"),
+        }
+        // Stop with half the lease to spare rather than work on past it.
+        if last_renewed.elapsed() >= ttl / 2 {
+            return;
         }
     }
 }

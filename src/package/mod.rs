@@ -348,6 +348,20 @@ fn write_tar(
         let (_, bytes, sha256) = builder.into_inner()?.finish();
         written.bytes = bytes;
         written.sha256 = sha256;
+        // Last thing before the tar takes its name: another packer (this
+        // one lost its lock while building, on a shared queue) may have
+        // written this tar and removed its loose files meanwhile. Never put
+        // a shorter tar over its tar.
+        let still_planned = handle
+            .block_on(store.packing(packing.id))
+            .map_err(io::Error::other)?
+            .is_some_and(|p| p.state == PackingState::Planned);
+        if !still_planned {
+            return Err(io::Error::other(format!(
+                "{} was written by another packer meanwhile: leaving its tar alone",
+                packing.tar_name
+            )));
+        }
         Ok(())
     })?;
     Ok(written)

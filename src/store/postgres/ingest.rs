@@ -43,6 +43,11 @@ impl PgStore {
         .bind(self.at(now_ms))
         .fetch_optional(&mut *tx)
         .await?;
+        // The lease first, as on SQLite: a stale holder hears it lost the
+        // job, not that the part it was on is gone.
+        if let Some(task) = task {
+            super::job_tasks::check(&mut tx, task).await?;
+        }
         let open: Option<i64> = sqlx::query_scalar(
             "SELECT seq FROM job_parts WHERE job_id = $1 AND seq = $2 AND NOT done FOR UPDATE",
         )
@@ -50,9 +55,6 @@ impl PgStore {
         .bind(part)
         .fetch_optional(&mut *tx)
         .await?;
-        if let Some(task) = task {
-            super::job_tasks::check(&mut tx, task).await?;
-        }
         let (Some(now), Some(_)) = (now, open) else {
             return Err(StoreError::Invalid(format!(
                 "job {job_id} has no open part {part} to store a page into"
