@@ -272,3 +272,49 @@ fn tokens_come_from_a_variable_or_a_file_never_both() {
         "{err}"
     );
 }
+
+#[test]
+fn a_shared_queue_with_a_local_archive_needs_a_shared_filesystem_and_urls_stay_secret() {
+    let queue = "postgres://mld:hunter2-secret@db.example:5432/mapillary";
+    let err = Settings::load_from(
+        &FlagOverrides::default(),
+        &env(&[("MLD__STORAGE__DATABASE_URL", queue)]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("storage.shared_filesystem"), "{err}");
+    assert!(
+        !err.contains("hunter2"),
+        "the password reached an error: {err}"
+    );
+    let ok = Settings::load_from(
+        &FlagOverrides::default(),
+        &env(&[
+            ("MLD__STORAGE__DATABASE_URL", queue),
+            ("MLD__STORAGE__SHARED_FILESYSTEM", "true"),
+        ]),
+    )
+    .unwrap();
+    assert!(ok.database_url().unwrap().is_some());
+    assert!(
+        !format!("{ok:?}").contains("hunter2"),
+        "Debug shows the password"
+    );
+    let err = Settings::load_from(
+        &FlagOverrides {
+            database_url: Some("mysql://root:hunter2-secret@db/x".into()),
+            ..Default::default()
+        },
+        &env(&[]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("storage.database_url") && err.contains("--database-url"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("hunter2"),
+        "the password reached an error: {err}"
+    );
+}

@@ -452,6 +452,27 @@ async fn counts(store: &Store, job_id: i64) -> Counts {
     store.find_job(job_id).await.unwrap().unwrap().counts
 }
 
+/// A worker as `owner`: claims `batch` at a time and completes each until
+/// the queue is empty; the row ids it completed.
+async fn drain_as(store: Arc<Store>, owner: String, batch: u32) -> Vec<i64> {
+    let mut mine = Vec::new();
+    loop {
+        let got = store.claim_as(&owner, batch, LEASE, 0).await.unwrap();
+        if got.is_empty() {
+            return mine;
+        }
+        for c in got {
+            assert!(
+                store
+                    .complete_as(c.row_id(), &owner, c.lease.epoch, 1, "p", 0)
+                    .await
+                    .unwrap()
+            );
+            mine.push(c.row_id());
+        }
+    }
+}
+
 fn ids(claimed: &[ClaimedImage]) -> Vec<&str> {
     claimed.iter().map(|c| c.image_id.as_str()).collect()
 }
@@ -1333,26 +1354,7 @@ async fn concurrent_claimers_never_share_a_row(f: Fixture) {
     let mut tasks = Vec::new();
     for worker in 0..8 {
         let store = Arc::clone(&store);
-        tasks.push(tokio::spawn(async move {
-            let owner = format!("w{worker}");
-            let mut mine = Vec::new();
-            loop {
-                let got = store.claim_as(&owner, 7, LEASE, 0).await.unwrap();
-                if got.is_empty() {
-                    break;
-                }
-                for c in got {
-                    assert!(
-                        store
-                            .complete_as(c.row_id(), &owner, c.lease.epoch, 1, "p", 0)
-                            .await
-                            .unwrap()
-                    );
-                    mine.push(c.row_id());
-                }
-            }
-            mine
-        }));
+        tasks.push(tokio::spawn(drain_as(store, format!("w{worker}"), 7)));
     }
     let mut all = Vec::new();
     for task in tasks {
@@ -2190,26 +2192,11 @@ async fn postgres_daemons_sharing_one_database_never_share_a_row() {
         let store = Arc::new(Store::open_postgres(&url, PgClock::Database).await.unwrap());
         for worker in 0..4 {
             let store = Arc::clone(&store);
-            tasks.push(tokio::spawn(async move {
-                let owner = format!("d{daemon}-w{worker}");
-                let mut mine = Vec::new();
-                loop {
-                    let got = store.claim_as(&owner, 5, LEASE, 0).await.unwrap();
-                    if got.is_empty() {
-                        break;
-                    }
-                    for c in got {
-                        assert!(
-                            store
-                                .complete_as(c.row_id(), &owner, c.lease.epoch, 1, "p", 0)
-                                .await
-                                .unwrap()
-                        );
-                        mine.push(c.row_id());
-                    }
-                }
-                mine
-            }));
+            tasks.push(tokio::spawn(drain_as(
+                store,
+                format!("d{daemon}-w{worker}"),
+                5,
+            )));
         }
     }
     let mut all = Vec::new();
