@@ -250,12 +250,21 @@ async fn packing_figures() -> anyhow::Result<()> {
     }
     // Loose files fresh in the page cache would flatter the read side.
     let _ = std::process::Command::new("sync").status();
+    let lease = store
+        .take_collection_task(
+            "mapillary-bench-1024",
+            &std::sync::Arc::from("bench"),
+            Duration::from_secs(3600),
+            mapillary_downloader::clock::now_ms(),
+        )
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the collection's lease is held"))?;
     let start = Instant::now();
     let report = mapillary_downloader::package::pack_collection(
         &store,
         &mapillary_downloader::archive_files::ArchiveFiles::Disk,
         &archive,
-        "mapillary-bench-1024",
+        &lease,
         0,
     )
     .await?;

@@ -187,6 +187,71 @@ pub fn write_atomically(
     })
 }
 
+/// Builds a whole file to become `final_path` later: written to a unique
+/// `.part` beside it and fsynced, then left there for
+/// [`link_create_only`]. Returns the part's path. On any error the part is
+/// removed.
+pub fn build_file(
+    final_path: &Path,
+    write: impl FnOnce(&mut io::BufWriter<&File>) -> io::Result<()>,
+) -> Result<PathBuf, ArchiveError> {
+    let dir = final_path
+        .parent()
+        .ok_or_else(|| ArchiveError::from_io(final_path, io::Error::other("path has no parent")))?;
+    fs::create_dir_all(dir).map_err(|e| ArchiveError::from_io(dir, e))?;
+    let part = part_path(final_path);
+    let result = (|| {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&part)?;
+        let mut writer = io::BufWriter::new(&file);
+        write(&mut writer)?;
+        writer.flush()?;
+        drop(writer);
+        file.sync_all()
+    })();
+    match result {
+        Ok(()) => Ok(part),
+        Err(e) => {
+            let _ = fs::remove_file(&part);
+            Err(ArchiveError::from_io(&part, e))
+        }
+    }
+}
+
+/// Gives the built file `part` the name `final_path` only if no file has
+/// it yet: a hard link (atomic and create-only, where `rename` would
+/// replace), then the part goes and the folder is synced. `false`: a file
+/// already had the name, and `part` is left for the caller. Where the
+/// filesystem has no hard links, a check then a rename (create-only but for
+/// a writer racing in between).
+pub fn link_create_only(part: &Path, final_path: &Path) -> Result<bool, ArchiveError> {
+    let dir = final_path
+        .parent()
+        .ok_or_else(|| ArchiveError::from_io(final_path, io::Error::other("path has no parent")))?;
+    match fs::hard_link(part, final_path) {
+        Ok(()) => {
+            fs::remove_file(part).map_err(|e| ArchiveError::from_io(part, e))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::Unsupported | io::ErrorKind::PermissionDenied
+            ) =>
+        {
+            if fs::symlink_metadata(final_path).is_ok() {
+                return Ok(false);
+            }
+            fs::rename(part, final_path).map_err(|e| ArchiveError::from_io(final_path, e))?;
+        }
+        Err(e) => return Err(ArchiveError::from_io(final_path, e)),
+    }
+    sync_dir(dir)?;
+    Ok(true)
+}
+
 fn replace_file(
     final_path: &Path,
     mtime_ms: Option<i64>,

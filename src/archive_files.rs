@@ -160,6 +160,27 @@ impl ArchiveFiles {
         }
     }
 
+    /// Builds the file that is to become `path` and leaves it, fsynced, in
+    /// a local `.part` file (beside `path` on disk, in the spool for a
+    /// bucket) for the caller to publish create-only. Returns that file.
+    /// Blocking.
+    pub fn build(
+        &self,
+        path: &Path,
+        write: impl FnOnce(&mut io::BufWriter<&File>) -> io::Result<()>,
+    ) -> Result<PathBuf, ArchiveError> {
+        match self {
+            ArchiveFiles::Disk => archive::build_file(path, write),
+            ArchiveFiles::Bucket(bucket) => {
+                let spooled = bucket.spool_path(path).map_err(|e| ArchiveError::Io {
+                    path: path.to_path_buf(),
+                    source: io_error(e),
+                })?;
+                archive::build_file(&spooled, write)
+            }
+        }
+    }
+
     /// A local copy of the file to read with file APIs (a tar), and whether
     /// it is a temporary one to remove after use. `None` if there is none.
     pub async fn local_copy(&self, path: &Path) -> io::Result<Option<(PathBuf, bool)>> {

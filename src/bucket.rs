@@ -19,6 +19,10 @@
 //! `AWS_REGION`, `AWS_ALLOW_HTTP`, …), read once; they are handed to the
 //! client and never stored, logged or shown.
 
+mod create_only;
+
+pub use create_only::Completed;
+
 use crate::secret::Secret;
 use bytes::Bytes;
 use futures_util::TryStreamExt;
@@ -177,6 +181,9 @@ pub struct Bucket {
     redactions: Vec<Secret>,
     root: PathBuf,
     store: AmazonS3,
+    /// For the requests object_store presigns and we send (a create-only
+    /// completion, see [`create_only`]).
+    http: reqwest::Client,
     /// A local folder where files too large to hold in memory
     /// (`metadata.jsonl`) are built whole before their upload.
     spool: PathBuf,
@@ -232,7 +239,16 @@ impl Bucket {
             })
             .map(|(_, value)| value.clone())
             .collect();
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| BucketError::Config {
+                url: url.to_string(),
+                reason: e.to_string(),
+            })?;
         Ok(Bucket {
+            http,
             redactions,
             root: url.root(),
             url: url.clone(),

@@ -711,3 +711,215 @@ async fn a_file_of_several_parts_uploads_whole_and_downloads_back() {
             .unwrap()
     );
 }
+
+/// A bucket built from the daemon's variables for `s3`, spooling in `dir`.
+fn open_bucket(s3: &S3Server, dir: &Path) -> std::sync::Arc<mapillary_downloader::bucket::Bucket> {
+    use mapillary_downloader::bucket::{ArchiveUrl, AwsEnvironment, Bucket};
+    let vars: std::collections::HashMap<String, String> =
+        s3.daemon_env(PREFIX).into_iter().collect();
+    let url = ArchiveUrl::parse(&vars["MLD__STORAGE__ARCHIVE_URL"]).unwrap();
+    std::sync::Arc::new(
+        Bucket::open(&url, &AwsEnvironment::from_vars(&vars), dir.join("spool")).unwrap(),
+    )
+}
+
+/// A tar's upload is create-only: it completes only while no object has
+/// the key, and never replaces one; an aborted upload can no longer
+/// complete; aborting one already over is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tar_upload_never_replaces_an_object_and_an_aborted_one_never_completes() {
+    use mapillary_downloader::bucket::Completed;
+    use mapillary_downloader::checksum::sha256_hex;
+    let s3 = S3Server::start("archive").await;
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = open_bucket(&s3, dir.path());
+    let local = dir.path().join("a.tar");
+    let bytes: Vec<u8> = (0..(9 << 20) + 777_u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8)
+        .collect();
+    std::fs::write(&local, &bytes).unwrap();
+    let sha = sha256_hex(&bytes);
+    let path = bucket.root().join("mapillary-x-original/2024-01-02.tar");
+    let key = format!("{PREFIX}/mapillary-x-original/2024-01-02.tar");
+
+    let first = bucket.begin_upload(&path, &sha).await.unwrap();
+    let parts = bucket.upload_parts(&local, &path, &first).await.unwrap();
+    assert_eq!(parts.len(), 2, "9 MiB and a bit: two parts");
+    assert_eq!(
+        bucket
+            .complete_create_only(&path, &first, &parts)
+            .await
+            .unwrap(),
+        Completed::Created
+    );
+    assert!(s3.get(&key).await.unwrap() == bytes);
+    assert_eq!(s3.metadata(&key).await["sha256"], sha);
+
+    // A second upload to the taken key: not completed, the object unchanged.
+    std::fs::write(&local, b"a shorter tar").unwrap();
+    let second = bucket.begin_upload(&path, "other").await.unwrap();
+    let parts = bucket.upload_parts(&local, &path, &second).await.unwrap();
+    assert_eq!(
+        bucket
+            .complete_create_only(&path, &second, &parts)
+            .await
+            .unwrap(),
+        Completed::KeyTaken
+    );
+    assert!(s3.get(&key).await.unwrap() == bytes, "never replaced");
+    bucket.abort_upload(&path, &second).await.unwrap();
+
+    // Aborted before its completion (a taker-over did it): it cannot
+    // complete, and no object appears.
+    let other = bucket.root().join("mapillary-x-original/2024-01-03.tar");
+    let third = bucket.begin_upload(&other, "x").await.unwrap();
+    let parts = bucket.upload_parts(&local, &other, &third).await.unwrap();
+    bucket.abort_upload(&other, &third).await.unwrap();
+    assert!(
+        bucket
+            .complete_create_only(&other, &third, &parts)
+            .await
+            .is_err()
+    );
+    assert!(
+        s3.get(&format!("{PREFIX}/mapillary-x-original/2024-01-03.tar"))
+            .await
+            .is_none()
+    );
+    bucket.abort_upload(&other, &third).await.unwrap();
+    assert!(s3.multipart_uploads().await.is_empty(), "no upload left");
+}
+
+/// A packer that lost its collection while uploading a tar (stalled) cannot
+/// complete the upload once the new packer aborted it, cannot record
+/// anything, and the bucket ends with the new packer's tars only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_packer_aborts_the_upload_a_stalled_one_left_and_the_stalled_one_changes_nothing()
+{
+    use mapillary_downloader::archive::{ArchivedFile, FileKind, collection_path, image_path};
+    use mapillary_downloader::archive_files::ArchiveFiles;
+    use mapillary_downloader::checksum::sha256_hex;
+    use mapillary_downloader::model::{ImageMeta, Packaging, Quality};
+    use mapillary_downloader::package::{self, PackStep};
+    use mapillary_downloader::selection::JobSpec;
+    use mapillary_downloader::store::{JobState, PackingState, Store};
+    use std::sync::Arc;
+    const COLLECTION: &str = "mapillary-pia-1024";
+    let s3 = S3Server::start("archive").await;
+    let dir = tempfile::tempdir().unwrap();
+    let bucket = open_bucket(&s3, dir.path());
+    let files = ArchiveFiles::Bucket(bucket.clone());
+    let root = bucket.root().to_path_buf();
+    let store = Arc::new(Store::open(&dir.path().join("mapillary.db")).await.unwrap());
+    let mut spec = JobSpec::user("pia", Quality::Q1024);
+    spec.package = Packaging::Tar;
+    let job = store.submit_job(&spec, 1).await.unwrap().job().id;
+    let images: Vec<ImageMeta> = (0..12_u64)
+        .map(|i| ImageMeta {
+            id: (5000 + i).to_string(),
+            captured_at: Some(1_704_153_600_000 + i as i64 * 1000),
+            sequence: Some("seq".into()),
+            thumb_1024_url: Some(format!("https://cdn.example/{i}.jpg")),
+            ..Default::default()
+        })
+        .collect();
+    store.insert_page(job, &images, None, 2).await.unwrap();
+    store
+        .transition_job(job, &[JobState::Queued], JobState::Downloading, 2)
+        .await
+        .unwrap();
+    let folder = collection_path(&root, COLLECTION).unwrap();
+    let owner: Arc<str> = "worker".into();
+    for image in store
+        .claim(&owner, 100, Duration::from_secs(60), 3, 0)
+        .await
+        .unwrap()
+    {
+        let path = image_path(&folder, &image.meta, FileKind::Jpeg).unwrap();
+        let bytes = format!("image {}", image.image_id).repeat(40).into_bytes();
+        let sha = sha256_hex(&bytes);
+        bucket
+            .put_image(
+                &path,
+                bytes.clone().into(),
+                &sha,
+                image.meta.captured_at,
+                "t",
+            )
+            .await
+            .unwrap();
+        let file = ArchivedFile::loose(&path, bytes.len() as u64, Some(sha));
+        assert!(store.complete(&image.lease, &file, 3).await.unwrap());
+    }
+    let lease = |owner: &'static str, at: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .take_collection_task(COLLECTION, &Arc::from(owner), Duration::from_millis(1), at)
+                .await
+                .unwrap()
+                .expect("the collection's lease")
+        }
+    };
+
+    // The first packer plans the tar, begins its upload, records it, sends
+    // the parts, and stalls before the completion.
+    let stalled = lease("daemon-a", 1 << 40).await;
+    let planned = match package::step(&store, &files, &root, &stalled, 0)
+        .await
+        .unwrap()
+    {
+        PackStep::Planned(p) => p,
+        other => panic!("expected a plan, got {other:?}"),
+    };
+    let tar = folder.join(&planned.tar_name);
+    let local = dir.path().join("stalled.tar");
+    std::fs::write(&local, b"what the stalled packer had built").unwrap();
+    let upload = bucket.begin_upload(&tar, "stalled").await.unwrap();
+    store
+        .record_upload(&stalled, &upload, &tar.to_string_lossy(), 10)
+        .await
+        .unwrap();
+    let parts = bucket.upload_parts(&local, &tar, &upload).await.unwrap();
+    assert_eq!(s3.multipart_uploads().await.len(), 1);
+
+    // Its lease expires; the next packer aborts the upload and packs.
+    let holder = lease("daemon-b", (1 << 40) + 10).await;
+    let report = package::pack_collection(&store, &files, &root, &holder, 0)
+        .await
+        .unwrap();
+    assert_eq!(report.tars, std::slice::from_ref(&planned.tar_name));
+    assert_eq!(report.members, 12);
+    assert!(store.recorded_uploads(COLLECTION).await.unwrap().is_empty());
+    assert!(s3.multipart_uploads().await.is_empty(), "aborted, not left");
+
+    // The stalled packer wakes: its completion does not complete (the
+    // upload is gone, the key taken), its writes are refused, and the tar
+    // in the bucket stays the one recorded.
+    let late = bucket.complete_create_only(&tar, &upload, &parts).await;
+    assert!(
+        !matches!(late, Ok(mapillary_downloader::bucket::Completed::Created)),
+        "{late:?}"
+    );
+    let err = store
+        .record_upload(&stalled, "another", &tar.to_string_lossy(), 20)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("lost the lease"), "{err}");
+    let key = format!("{PREFIX}/{COLLECTION}/{}", planned.tar_name);
+    let stored = s3.get(&key).await.unwrap();
+    let packing = &store.packings(COLLECTION).await.unwrap()[0];
+    assert_eq!(packing.state, PackingState::Cleaned);
+    assert_eq!(
+        packing.sha256.as_deref(),
+        Some(sha256_hex(&stored).as_str())
+    );
+    let loose: Vec<String> = s3
+        .keys(&format!("{PREFIX}/{COLLECTION}/"))
+        .await
+        .into_iter()
+        .filter(|k| k.ends_with(".jpg"))
+        .collect();
+    assert!(loose.is_empty(), "the loose objects went: {loose:?}");
+    assert!(s3.multipart_uploads().await.is_empty());
+}

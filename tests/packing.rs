@@ -12,7 +12,9 @@ use mapillary_downloader::checksum::sha256_hex;
 use mapillary_downloader::model::{ImageMeta, Packaging, Quality};
 use mapillary_downloader::package::{self, PackStep};
 use mapillary_downloader::selection::JobSpec;
-use mapillary_downloader::store::{Completion, ImageState, JobState, PackingState, Store};
+use mapillary_downloader::store::{
+    CollectionTask, Completion, ImageState, JobState, PackingState, Store,
+};
 use mld_testkit::tar_check::{self, tars_in};
 use std::path::Path;
 use std::sync::Arc;
@@ -31,6 +33,23 @@ fn meta(i: u64) -> ImageMeta {
         thumb_1024_url: Some(format!("https://cdn.example/{i}.jpg")),
         ..Default::default()
     }
+}
+
+/// A fresh lease on the collection, as a new packer takes it: each take
+/// comes after the one before has expired.
+async fn lease(store: &Store) -> CollectionTask {
+    static TAKES: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let at = (1 << 50) + TAKES.fetch_add(10, std::sync::atomic::Ordering::SeqCst);
+    store
+        .take_collection_task(
+            COLLECTION,
+            &Arc::from("test-packer"),
+            Duration::from_millis(1),
+            at,
+        )
+        .await
+        .unwrap()
+        .expect("the collection's lease")
 }
 
 async fn open(data: &Path) -> Arc<Store> {
@@ -97,9 +116,15 @@ async fn a_crash_between_any_two_steps_ends_with_the_same_tars() {
     let archive = reference.path().join("archive");
     let store = open(reference.path()).await;
     archived_job(&store, &archive).await;
-    let report = package::pack_collection(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
-        .await
-        .unwrap();
+    let report = package::pack_collection(
+        &store,
+        &ArchiveFiles::Disk,
+        &archive,
+        &lease(&store).await,
+        0,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.tars, ["2024-01-02.tar", "2024-01-03.tar"]);
     assert_eq!((report.members, report.requeued), (40, 0));
     let want = tars_in(&archive.join(COLLECTION));
@@ -110,9 +135,15 @@ async fn a_crash_between_any_two_steps_ends_with_the_same_tars() {
     let collection = archive.join(COLLECTION);
     let store = open(dir.path()).await;
     archived_job(&store, &archive).await;
-    let planned = match package::step(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
-        .await
-        .unwrap()
+    let planned = match package::step(
+        &store,
+        &ArchiveFiles::Disk,
+        &archive,
+        &lease(&store).await,
+        0,
+    )
+    .await
+    .unwrap()
     {
         PackStep::Planned(p) => p,
         other => panic!("expected a plan, got {other:?}"),
@@ -126,9 +157,15 @@ async fn a_crash_between_any_two_steps_ends_with_the_same_tars() {
     std::fs::write(collection.join("2024-01-02.tar.999-0.part"), b"half a tar").unwrap();
     let store = open(dir.path()).await;
     assert_eq!(loose_files(&collection).len(), 40, "planning moves nothing");
-    match package::step(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
-        .await
-        .unwrap()
+    match package::step(
+        &store,
+        &ArchiveFiles::Disk,
+        &archive,
+        &lease(&store).await,
+        0,
+    )
+    .await
+    .unwrap()
     {
         PackStep::Written(p, written) => {
             assert_eq!((p.id, written.members), (planned.id, 20));
@@ -146,9 +183,15 @@ async fn a_crash_between_any_two_steps_ends_with_the_same_tars() {
         std::fs::remove_file(collection.join(file)).unwrap();
     }
     let store = open(dir.path()).await;
-    match package::step(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
-        .await
-        .unwrap()
+    match package::step(
+        &store,
+        &ArchiveFiles::Disk,
+        &archive,
+        &lease(&store).await,
+        0,
+    )
+    .await
+    .unwrap()
     {
         PackStep::Cleaned(p) => assert_eq!(p.state, PackingState::Cleaned),
         other => panic!("expected the cleaning, got {other:?}"),
@@ -159,14 +202,26 @@ async fn a_crash_between_any_two_steps_ends_with_the_same_tars() {
         "the first date's files are gone"
     );
     assert!(!collection.join("2024-01-02").exists(), "and its folder");
-    let report = package::pack_collection(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
-        .await
-        .unwrap();
+    let report = package::pack_collection(
+        &store,
+        &ArchiveFiles::Disk,
+        &archive,
+        &lease(&store).await,
+        0,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.tars, ["2024-01-03.tar"]);
     assert!(matches!(
-        package::step(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
-            .await
-            .unwrap(),
+        package::step(
+            &store,
+            &ArchiveFiles::Disk,
+            &archive,
+            &lease(&store).await,
+            0
+        )
+        .await
+        .unwrap(),
         PackStep::Idle
     ));
     assert!(loose_files(&collection).is_empty());
@@ -189,9 +244,15 @@ async fn missing_or_mismatched_loose_files_stay_out_of_the_tar_and_are_queued_ag
     std::fs::remove_file(&gone).unwrap();
     std::fs::write(&damaged, b"not what was archived").unwrap();
 
-    let report = package::pack_collection(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
-        .await
-        .unwrap();
+    let report = package::pack_collection(
+        &store,
+        &ArchiveFiles::Disk,
+        &archive,
+        &lease(&store).await,
+        0,
+    )
+    .await
+    .unwrap();
     assert_eq!((report.members, report.requeued), (38, 2));
     assert!(
         !damaged.exists(),
@@ -216,9 +277,15 @@ async fn missing_or_mismatched_loose_files_stay_out_of_the_tar_and_are_queued_ag
 
     // Fetched again, they go into the next tar of their date.
     complete_all(&store, &archive, mapillary_downloader::clock::now_ms() + 1).await;
-    let report = package::pack_collection(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
-        .await
-        .unwrap();
+    let report = package::pack_collection(
+        &store,
+        &ArchiveFiles::Disk,
+        &archive,
+        &lease(&store).await,
+        0,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.tars, ["2024-01-02.1.tar"]);
     assert_eq!(report.members, 2);
     store.close().await;
@@ -236,9 +303,15 @@ async fn a_date_whose_files_all_vanished_gets_no_empty_tar() {
     let job = archived_job(&store, &archive).await;
     std::fs::remove_dir_all(collection.join("2024-01-03")).unwrap();
 
-    let report = package::pack_collection(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
-        .await
-        .unwrap();
+    let report = package::pack_collection(
+        &store,
+        &ArchiveFiles::Disk,
+        &archive,
+        &lease(&store).await,
+        0,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.tars, ["2024-01-02.tar"]);
     assert_eq!((report.members, report.requeued), (20, 20));
     assert!(!collection.join("2024-01-03.tar").exists());
@@ -247,9 +320,15 @@ async fn a_date_whose_files_all_vanished_gets_no_empty_tar() {
     assert_eq!(store.tar_names(COLLECTION).await.unwrap().len(), 1);
 
     complete_all(&store, &archive, mapillary_downloader::clock::now_ms() + 1).await;
-    let report = package::pack_collection(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
-        .await
-        .unwrap();
+    let report = package::pack_collection(
+        &store,
+        &ArchiveFiles::Disk,
+        &archive,
+        &lease(&store).await,
+        0,
+    )
+    .await
+    .unwrap();
     assert_eq!(report.tars, ["2024-01-03.tar"]);
     assert_eq!(report.members, 20);
     assert!(loose_files(&collection).is_empty());
@@ -281,9 +360,15 @@ async fn a_copy_completed_after_its_date_was_packed_joins_the_tar() {
     let folder = collection_path(&archive, COLLECTION).unwrap();
     let path = image_path(&folder, &meta(5), FileKind::Jpeg).unwrap();
     let bytes = std::fs::read(&path).unwrap();
-    package::pack_collection(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
-        .await
-        .unwrap();
+    package::pack_collection(
+        &store,
+        &ArchiveFiles::Disk,
+        &archive,
+        &lease(&store).await,
+        0,
+    )
+    .await
+    .unwrap();
     assert!(!path.exists());
     // Or it found no file and downloaded the image again, bytes that differ
     // from the member's (the CDN re-encoded it, say): the row still joins
@@ -318,9 +403,15 @@ async fn a_copy_completed_after_its_date_was_packed_joins_the_tar() {
     );
     assert_eq!(row.packing_id, copy.packing_id);
     // Nothing is left to pack.
-    let report = package::pack_collection(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
-        .await
-        .unwrap();
+    let report = package::pack_collection(
+        &store,
+        &ArchiveFiles::Disk,
+        &archive,
+        &lease(&store).await,
+        0,
+    )
+    .await
+    .unwrap();
     assert!(report.tars.is_empty(), "{report:?}");
     store.close().await;
 }
@@ -342,9 +433,15 @@ async fn a_row_is_loose_until_its_tar_is_written() {
             .unwrap()
     );
     assert!(matches!(
-        package::step(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
-            .await
-            .unwrap(),
+        package::step(
+            &store,
+            &ArchiveFiles::Disk,
+            &archive,
+            &lease(&store).await,
+            0
+        )
+        .await
+        .unwrap(),
         PackStep::Planned(_)
     ));
     assert!(
@@ -353,9 +450,15 @@ async fn a_row_is_loose_until_its_tar_is_written() {
             .await
             .unwrap()
     );
-    package::pack_collection(&store, &ArchiveFiles::Disk, &archive, COLLECTION, 0)
-        .await
-        .unwrap();
+    package::pack_collection(
+        &store,
+        &ArchiveFiles::Disk,
+        &archive,
+        &lease(&store).await,
+        0,
+    )
+    .await
+    .unwrap();
     assert!(
         !store
             .is_still_loose(listed.row_id, &listed.path)
@@ -368,5 +471,117 @@ async fn a_row_is_loose_until_its_tar_is_written() {
             .await
             .unwrap()
     );
+    store.close().await;
+}
+
+/// A tar takes its name only if the name is free, and only while its packer
+/// holds the collection: a packer that lost its lease publishes nothing; our
+/// very bytes already under the name (a crash before the packing was
+/// recorded) are adopted; any other file stops packing, with the file left
+/// alone and a message saying what to do.
+#[tokio::test]
+async fn a_tar_takes_its_name_only_while_its_packer_holds_the_collection_and_the_name_is_free() {
+    let reference = tempfile::tempdir().unwrap();
+    let archive = reference.path().join("archive");
+    let store = open(reference.path()).await;
+    archived_job(&store, &archive).await;
+    package::pack_collection(
+        &store,
+        &ArchiveFiles::Disk,
+        &archive,
+        &lease(&store).await,
+        0,
+    )
+    .await
+    .unwrap();
+    let want = tars_in(&archive.join(COLLECTION));
+    store.close().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let collection = archive.join(COLLECTION);
+    let store = open(dir.path()).await;
+    archived_job(&store, &archive).await;
+    let stale = lease(&store).await;
+    let planned = match package::step(&store, &ArchiveFiles::Disk, &archive, &stale, 0)
+        .await
+        .unwrap()
+    {
+        PackStep::Planned(p) => p,
+        other => panic!("expected a plan, got {other:?}"),
+    };
+    // Another packer takes the collection over; the first one's write of
+    // the planned tar is refused before the tar takes its name.
+    let holder = lease(&store).await;
+    let err = package::step(&store, &ArchiveFiles::Disk, &archive, &stale, 0)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("lost the lease"), "{err}");
+    assert!(tars_in(&collection).is_empty());
+    assert!(
+        !tar_check::files_under(&collection)
+            .iter()
+            .any(|f| f.ends_with(".part")),
+        "no part file left"
+    );
+    assert_eq!(loose_files(&collection).len(), 40);
+    // The same tar under its name already (a crash after it took it): adopted.
+    let first = "2024-01-02.tar";
+    std::fs::write(collection.join(first), &want[first]).unwrap();
+    match package::step(&store, &ArchiveFiles::Disk, &archive, &holder, 0)
+        .await
+        .unwrap()
+    {
+        PackStep::Written(p, written) => assert_eq!((p.id, written.members), (planned.id, 20)),
+        other => panic!("expected the tar, got {other:?}"),
+    }
+    // A stale packer cannot clean either.
+    let err = package::step(&store, &ArchiveFiles::Disk, &archive, &stale, 0)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("lost the lease"), "{err}");
+    assert_eq!(loose_files(&collection).len(), 40);
+    assert!(matches!(
+        package::step(&store, &ArchiveFiles::Disk, &archive, &holder, 0)
+            .await
+            .unwrap(),
+        PackStep::Cleaned(_)
+    ));
+    // The next date is planned; then a file that is not its tar appears
+    // under the name: packing stops and says so, and touches nothing.
+    let next = match package::step(&store, &ArchiveFiles::Disk, &archive, &holder, 0)
+        .await
+        .unwrap()
+    {
+        PackStep::Planned(p) => p,
+        other => panic!("expected a plan, got {other:?}"),
+    };
+    assert_eq!(next.tar_name, "2024-01-03.tar");
+    std::fs::write(collection.join(&next.tar_name), b"someone else's file").unwrap();
+    let err = package::step(&store, &ArchiveFiles::Disk, &archive, &holder, 0)
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("is already there") && message.contains("move it out"),
+        "{message}"
+    );
+    assert_eq!(
+        std::fs::read(collection.join(&next.tar_name)).unwrap(),
+        b"someone else's file"
+    );
+    assert_eq!(loose_files(&collection).len(), 20);
+    assert_eq!(
+        store.packing(next.id).await.unwrap().unwrap().state,
+        PackingState::Planned
+    );
+    // Moved away: packing goes on, and ends with the reference's tars.
+    std::fs::remove_file(collection.join(&next.tar_name)).unwrap();
+    let report = package::pack_collection(&store, &ArchiveFiles::Disk, &archive, &holder, 0)
+        .await
+        .unwrap();
+    assert_eq!(report.tars, ["2024-01-03.tar"]);
+    assert!(loose_files(&collection).is_empty());
+    assert_eq!(tars_in(&collection), want, "byte for byte");
     store.close().await;
 }

@@ -6,8 +6,8 @@ use mapillary_downloader::model::{Bbox, GeoPoint, ImageMeta, Quality};
 use mapillary_downloader::selection::JobSpec;
 use mapillary_downloader::store::{
     ApiSlot, ClaimedImage, Counts, DaemonInfo, DeferPolicy, FailOutcome, FailReason, ImageState,
-    Job, JobState, Lease, PartStep, PauseReason, PgClock, RetryPolicy, Store, StoreError,
-    StoreResult,
+    Job, JobState, Lease, PackingState, PartStep, PauseReason, PgClock, RetryPolicy, Store,
+    StoreError, StoreResult, TarWritten,
 };
 use mld_testkit::postgres::PgCluster;
 use rand::rngs::StdRng;
@@ -1990,6 +1990,15 @@ async fn a_job_task_has_one_holder_until_it_expires_and_fences_page_writes(f: Fi
     );
     assert_eq!(counts(s, job).await.discovered, 0);
     assert_eq!(s.job_cursor(job).await.unwrap(), None);
+    // Nor can it finish the job.
+    let err = s
+        .finish_job_clearing(job, 100_000, false, Some(&held))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::LostJobTask(id) if id == job),
+        "{err}"
+    );
     // The holder's page goes in.
     let stored = s
         .store_page(
@@ -2085,6 +2094,139 @@ async fn throughput_by_minute_counts_images_in_the_minute_they_finish(f: Fixture
     assert_eq!(s.finished_by_minute(0).await.unwrap().len(), 2);
 }
 
+async fn a_collection_lease_has_one_holder_and_fences_every_packing_write(f: Fixture) {
+    let s = &f.store;
+    let job = active_job(s, "alice").await;
+    s.insert_page(job, &metas(1..=4), None, 0).await.unwrap();
+    let claimed = s.claim_as("w", 4, LEASE, 1_000).await.unwrap();
+    let collection = claimed[0].collection.clone();
+    let folder = format!("/a/{collection}/2024-01-02");
+    for (i, c) in claimed.iter().enumerate() {
+        let path = format!("{folder}/s/{i}.jpg");
+        assert!(
+            s.complete_as(c.row_id(), "w", c.lease.epoch, 100, &path, 2_000)
+                .await
+                .unwrap()
+        );
+    }
+    let (a, b): (Arc<str>, Arc<str>) = ("daemon-a".into(), "daemon-b".into());
+    let held = s
+        .take_collection_task(&collection, &a, LEASE, 10_000)
+        .await
+        .unwrap()
+        .unwrap();
+    // One holder: another daemon, or another finishing in the same one.
+    for owner in [&b, &a] {
+        assert!(
+            s.take_collection_task(&collection, owner, LEASE, 10_000 + LEASE_MS - 1)
+                .await
+                .unwrap()
+                .is_none(),
+            "a live lease has one holder"
+        );
+    }
+    assert!(
+        s.take_collection_task("mapillary-bob-original", &b, LEASE, 10_001)
+            .await
+            .unwrap()
+            .is_some(),
+        "another collection packs meanwhile"
+    );
+    let packing = s
+        .plan_packing(&held, "2024-01-02", &folder, "2024-01-02.tar", 11_000)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(packing.members, 4);
+    let tar = format!("/a/{collection}/2024-01-02.tar");
+    s.record_upload(&held, "upload-1", &tar, 11_500)
+        .await
+        .unwrap();
+    assert!(s.renew_collection_task(&held, LEASE, 30_000).await.unwrap());
+    // a stalls past its renewed lease: b takes the collection over.
+    let taken = s
+        .take_collection_task(&collection, &b, LEASE, 30_000 + LEASE_MS + 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(taken.epoch > held.epoch);
+    assert!(
+        !s.renew_collection_task(&held, LEASE, 100_000)
+            .await
+            .unwrap()
+    );
+    // a wakes up: every packing write it tries is refused, nothing moves.
+    let lost = |e: StoreError| matches!(&e, StoreError::LostCollectionTask(c) if *c == collection);
+    let written = TarWritten {
+        members: 4,
+        bytes: 10_240,
+        sha256: "ab".repeat(32),
+        ..Default::default()
+    };
+    assert!(lost(s.check_collection_task(&held).await.unwrap_err()));
+    assert!(lost(
+        s.mark_packing_written(&held, &packing, &written, 100_000)
+            .await
+            .unwrap_err()
+    ));
+    assert!(lost(
+        s.abandon_empty_packing(&held, &packing, &TarWritten::default(), 100_000)
+            .await
+            .unwrap_err()
+    ));
+    assert!(lost(
+        s.mark_packing_cleaned(&held, &packing).await.unwrap_err()
+    ));
+    assert!(lost(
+        s.plan_packing(&held, "2024-01-02", &folder, "2024-01-02.1.tar", 100_000)
+            .await
+            .unwrap_err()
+    ));
+    assert!(lost(
+        s.record_upload(&held, "upload-2", &tar, 100_000)
+            .await
+            .unwrap_err()
+    ));
+    let now = s.packing(packing.id).await.unwrap().unwrap();
+    assert_eq!((now.state, now.members), (PackingState::Planned, 4));
+    assert_eq!(s.packings(&collection).await.unwrap().len(), 1);
+    // b finds the upload a began (to abort it), and moves the packing on.
+    let left: Vec<String> = s
+        .recorded_uploads(&collection)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.upload_id)
+        .collect();
+    assert_eq!(left, ["upload-1"]);
+    s.forget_upload("upload-1").await.unwrap();
+    assert!(s.recorded_uploads(&collection).await.unwrap().is_empty());
+    s.mark_packing_written(&taken, &packing, &written, 100_001)
+        .await
+        .unwrap();
+    s.mark_packing_cleaned(&taken, &packing).await.unwrap();
+    assert_eq!(
+        s.packing(packing.id).await.unwrap().unwrap().state,
+        PackingState::Cleaned
+    );
+    // Released: the next taker need not wait for the expiry; releasing a
+    // lost lease leaves the holder's alone.
+    s.release_collection_task(&held).await.unwrap();
+    assert!(
+        s.take_collection_task(&collection, &a, LEASE, 100_002)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    s.release_collection_task(&taken).await.unwrap();
+    assert!(
+        s.take_collection_task(&collection, &a, LEASE, 100_002)
+            .await
+            .unwrap()
+            .is_some()
+    );
+}
+
 /// Runs each listed test on a SQLite file and on a PostgreSQL database: one
 /// suite, so the two implementations of the store cannot drift apart.
 macro_rules! on_both_backends {
@@ -2105,6 +2247,7 @@ macro_rules! on_both_backends {
 }
 
 on_both_backends!(
+    a_collection_lease_has_one_holder_and_fences_every_packing_write,
     throughput_by_minute_counts_images_in_the_minute_they_finish,
     daemons_beat_and_the_silent_ones_drop_out_of_the_live_list,
     a_job_task_has_one_holder_until_it_expires_and_fences_page_writes,
@@ -2256,50 +2399,4 @@ async fn postgres_api_budget_spaces_the_clusters_calls_and_shares_a_hold() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = Store::open(&dir.path().join("m.db")).await.unwrap();
     assert!(!sqlite.shares_api_budget());
-}
-
-#[tokio::test]
-async fn postgres_one_packer_per_collection_and_a_dead_sessions_lock_goes_with_it() {
-    let url = PgCluster::shared().fresh_database();
-    let first = Store::open_postgres(&url, PgClock::Database).await.unwrap();
-    let second = Store::open_postgres(&url, PgClock::Database).await.unwrap();
-    let held = first
-        .try_packer_lock("mapillary-alice-original")
-        .await
-        .unwrap();
-    assert!(held.is_some());
-    assert!(
-        second
-            .try_packer_lock("mapillary-alice-original")
-            .await
-            .unwrap()
-            .is_none(),
-        "one packer per collection"
-    );
-    assert!(
-        second
-            .try_packer_lock("mapillary-bob-original")
-            .await
-            .unwrap()
-            .is_some(),
-        "another collection packs meanwhile"
-    );
-    // Its session ends (a daemon dead, or done): the lock goes with it.
-    drop(held);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if second
-            .try_packer_lock("mapillary-alice-original")
-            .await
-            .unwrap()
-            .is_some()
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the lock outlived its session"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

@@ -15,11 +15,15 @@ use crate::archive_files::ArchiveFiles;
 use crate::clock::now_ms;
 use crate::model::Packaging;
 use crate::package::{self, PackError, item, metadata};
-use crate::store::{Job, JobState, PauseReason};
-use tracing::{info, warn};
+use crate::store::{CollectionTask, Job, JobState, JobTask, PauseReason};
+use tracing::{debug, info, warn};
+
+/// How often a finisher asks again for a collection another holds.
+const COLLECTION_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Marks `job_id` done if its queue has drained. Returns whether it did.
-pub async fn finish_job(ctx: &EngineContext, job_id: i64) -> anyhow::Result<bool> {
+/// `task` is the job's task lease: the final write checks it.
+pub async fn finish_job(ctx: &EngineContext, job_id: i64, task: &JobTask) -> anyhow::Result<bool> {
     let Some(job) = ctx.store.find_job(job_id).await? else {
         return Ok(false);
     };
@@ -41,7 +45,7 @@ pub async fn finish_job(ctx: &EngineContext, job_id: i64) -> anyhow::Result<bool
         .is_ok_and(|set| set.contains(&job_id));
     let finished = ctx
         .store
-        .finish_job_clearing(job_id, now_ms(), failed_before)
+        .finish_job_clearing(job_id, now_ms(), failed_before, Some(task))
         .await?;
     if finished.is_some() {
         info!(
@@ -56,23 +60,64 @@ pub async fn finish_job(ctx: &EngineContext, job_id: i64) -> anyhow::Result<bool
     Ok(finished.is_some())
 }
 
-/// Writes one collection's files. `false` when the job cannot finish now:
-/// packing paused it (full disk) or sent images back to the queue.
+/// Writes one collection's files, holding the collection's lease: one
+/// packer/finaliser per collection at a time in the whole cluster. `false`
+/// when the job cannot finish now: another holds the collection (another
+/// daemon, or another job's finishing here), or packing paused the job
+/// (full disk) or sent images back to the queue.
 async fn package_collection(
     ctx: &EngineContext,
     job: &Job,
     collection: &str,
 ) -> anyhow::Result<bool> {
+    let ttl = super::job_task_ttl(ctx);
+    // Another holder is packing or writing it: wait here (a lease's life at
+    // most) rather than end the task and be started again at once.
+    let asked_since = tokio::time::Instant::now();
+    let task = loop {
+        if let Some(task) = ctx
+            .store
+            .take_collection_task(collection, &ctx.owner, ttl, now_ms())
+            .await?
+        {
+            break task;
+        }
+        if asked_since.elapsed() >= ttl {
+            debug!(
+                job = job.id,
+                collection,
+                "the collection is still being packed or finished by another; trying again later"
+            );
+            return Ok(false);
+        }
+        tokio::time::sleep(COLLECTION_RETRY).await;
+    };
+    let renew = || ctx.store.renew_collection_task(&task, ttl, now_ms());
+    let packaged = tokio::select! {
+        packaged = package_held_collection(ctx, job, &task) => packaged,
+        () = super::hold_lease(ttl, renew) => Err(anyhow::anyhow!(
+            "lost the lease on collection {collection}'s packing (another daemon took it over); \
+             finishing again later"
+        )),
+    };
+    if let Err(e) = ctx.store.release_collection_task(&task).await {
+        debug!(collection, error = %e, "could not release the collection's lease; it expires");
+    }
+    packaged
+}
+
+async fn package_held_collection(
+    ctx: &EngineContext,
+    job: &Job,
+    task: &CollectionTask,
+) -> anyhow::Result<bool> {
+    let collection: &str = &task.collection;
     let folder = archive::collection_path(&ctx.archive_dir, collection)?;
     let store = &ctx.store;
     let files = ArchiveFiles::new(ctx.bucket.as_ref());
     if job.package == Packaging::Tar {
+        // One packer per process at a time: tars are long sequential writes.
         let _one_packer = ctx.packer.lock().await;
-        // And one per collection in the cluster: another daemon packing it
-        // means this job finishes at a later round.
-        let Some(_cluster_packer) = store.try_packer_lock(collection).await? else {
-            return Ok(false);
-        };
         // From loose files, before they go into tars (as the Python tool
         // does). Cosmetic: a thumbnail that cannot be made never holds a job.
         if let Err(e) = item::write_thumbnail(store, &files, &folder, collection).await {
@@ -82,7 +127,7 @@ async fn package_collection(
             store,
             &files,
             &ctx.archive_dir,
-            collection,
+            task,
             ctx.tuning.min_free_bytes,
         )
         .await

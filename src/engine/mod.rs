@@ -378,7 +378,7 @@ async fn supervise_once(
                     if enumerate {
                         enumerate::run(&ctx, task.clone(), token.clone()).await;
                     } else {
-                        finish(&ctx, job.id, &token).await;
+                        finish(&ctx, job.id, &task, &token).await;
                     }
                 };
                 tokio::select! {
@@ -422,6 +422,19 @@ fn job_task_ttl(ctx: &EngineContext) -> Duration {
 /// database unreachable: another daemon may take it over from then on).
 async fn hold_job_task(ctx: &EngineContext, task: &crate::store::JobTask) {
     let ttl = job_task_ttl(ctx);
+    hold_lease(ttl, || ctx.store.renew_job_task(task, ttl, now_ms())).await;
+    warn!(job = task.job_id, "lost the job's task lease");
+}
+
+/// Renews a lease of `ttl` with `renew` every third of its life; returns
+/// when it is lost (`renew` said `false`), or once half of it passed since
+/// the last renewal that took (the database unreachable: stop with half the
+/// lease to spare rather than work on past it).
+async fn hold_lease<F, R>(ttl: Duration, renew: R)
+where
+    R: Fn() -> F,
+    F: std::future::Future<Output = crate::store::StoreResult<bool>>,
+{
     // When the last renewal that took was sent: the lease runs from then
     // by the database's clock, so that is what the margin counts from.
     let mut last_renewed = tokio::time::Instant::now();
@@ -430,13 +443,11 @@ async fn hold_job_task(ctx: &EngineContext, task: &crate::store::JobTask) {
         let sent = tokio::time::Instant::now();
         // Bounded: a half-open connection must not hold this loop (and the
         // task it guards) past the lease.
-        match tokio::time::timeout(ttl / 3, ctx.store.renew_job_task(task, ttl, now_ms())).await {
+        match tokio::time::timeout(ttl / 3, renew()).await {
             Ok(Ok(true)) => last_renewed = sent,
             Ok(Ok(false)) => return,
-            Ok(Err(e)) => {
-                warn!(job = task.job_id, error = %e, "could not renew the job's task lease");
-            }
-            Err(_) => warn!(job = task.job_id, "renewing the job's task lease timed out"),
+            Ok(Err(e)) => warn!(error = %e, "could not renew a lease"),
+            Err(_) => warn!("renewing a lease timed out"),
         }
         // Stop with half the lease to spare rather than work on past it.
         if last_renewed.elapsed() >= ttl / 2 {
@@ -456,13 +467,18 @@ const FINISH_RETRY: Duration = Duration::from_secs(30);
 /// Shutdown does not wait for it: packing a big collection can take minutes
 /// (or hang on a stuck disk), and every packing step is crash-safe, so the
 /// step is dropped where it stands and the next start finishes it.
-async fn finish(ctx: &EngineContext, job_id: i64, cancel: &CancellationToken) {
+async fn finish(
+    ctx: &EngineContext,
+    job_id: i64,
+    task: &crate::store::JobTask,
+    cancel: &CancellationToken,
+) {
     let finished = tokio::select! {
         _ = cancel.cancelled() => {
             info!(job = job_id, "shutting down mid-finishing; the next start finishes the job");
             return;
         }
-        finished = finalize::finish_job(ctx, job_id) => finished,
+        finished = finalize::finish_job(ctx, job_id, task) => finished,
     };
     let e = match finished {
         Ok(finished) => {

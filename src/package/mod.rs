@@ -19,13 +19,14 @@
 
 pub mod item;
 pub mod metadata;
+mod publish;
 pub mod tarball;
 
 use crate::archive::{self, ArchiveError, member_name};
 use crate::archive_files::ArchiveFiles;
 use crate::checksum::{HashingWriter, sha256_hex};
 use crate::clock::now_ms;
-use crate::store::{Packing, PackingState, Store, StoreError, TarWritten};
+use crate::store::{CollectionTask, Packing, PackingState, Store, StoreError, TarWritten};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -96,20 +97,22 @@ pub enum PackStep {
     Idle,
 }
 
-/// Packs every date folder of `collection` that holds done images no tar
-/// holds yet, after finishing any packing a crash interrupted: [`step`]
-/// until it is idle. `reserve` is the free space to keep (as for image
-/// writes).
+/// Packs every date folder of `task`'s collection that holds done images
+/// no tar holds yet, after finishing any packing a crash interrupted and
+/// aborting the uploads an earlier packer left: [`step`] until it is idle.
+/// `task` is the collection's lease, which every packing write checks.
+/// `reserve` is the free space to keep (as for image writes).
 pub async fn pack_collection(
     store: &Arc<Store>,
     files: &ArchiveFiles,
     archive_dir: &Path,
-    collection: &str,
+    task: &CollectionTask,
     reserve: u64,
 ) -> Result<PackReport, PackError> {
     let mut report = PackReport::default();
+    publish::abort_left_uploads(store, files, task).await?;
     loop {
-        match step(store, files, archive_dir, collection, reserve).await? {
+        match step(store, files, archive_dir, task, reserve).await? {
             PackStep::Idle => return Ok(report),
             PackStep::Planned(_) | PackStep::Cleaned(_) => {}
             PackStep::Written(packing, written) => {
@@ -132,15 +135,17 @@ fn dropped_rows(written: &TarWritten) -> u64 {
         .sum()
 }
 
-/// Moves `collection`'s packing work one state on: the oldest unfinished
-/// packing first (what a crash interrupted), else plans the next date.
+/// Moves the packing work of `task`'s collection one state on: the oldest
+/// unfinished packing first (what a crash interrupted), else plans the
+/// next date.
 pub async fn step(
     store: &Arc<Store>,
     files: &ArchiveFiles,
     archive_dir: &Path,
-    collection: &str,
+    task: &CollectionTask,
     reserve: u64,
 ) -> Result<PackStep, PackError> {
+    let collection: &str = &task.collection;
     let folder = archive::collection_path(archive_dir, collection)?;
     if let Some(packing) = store
         .unfinished_packings(collection)
@@ -149,8 +154,8 @@ pub async fn step(
         .next()
     {
         return match packing.state {
-            PackingState::Planned => write(store, files, &folder, packing, reserve).await,
-            _ => clean(store, files, &folder, packing).await,
+            PackingState::Planned => write(store, files, task, &folder, packing, reserve).await,
+            _ => clean(store, files, task, &folder, packing).await,
         };
     }
     let prefix = format!("{}/", folder.to_string_lossy());
@@ -161,7 +166,7 @@ pub async fn step(
     let tar_name = next_tar_name(store, files, collection, &date, &folder).await?;
     let date_folder = format!("{prefix}{date}");
     match store
-        .plan_packing(collection, &date, &date_folder, &tar_name, now_ms())
+        .plan_packing(task, &date, &date_folder, &tar_name, now_ms())
         .await?
     {
         Some(packing) => Ok(PackStep::Planned(packing)),
@@ -223,6 +228,7 @@ async fn next_tar_name(
 async fn write(
     store: &Arc<Store>,
     files: &ArchiveFiles,
+    task: &CollectionTask,
     folder: &Path,
     mut packing: Packing,
     reserve: u64,
@@ -232,28 +238,38 @@ async fn write(
     // Where the tar is built: beside its loose files, or in the spool.
     let room_in = files.building_dir(&tar)?;
     tokio::task::spawn_blocking(move || archive::ensure_room(&room_in, needed, reserve)).await??;
-    let (store_in, files_in, folder_in, packing_in) = (
+    let (store_in, files_in, task_in, folder_in, packing_in) = (
         store.clone(),
         files.clone(),
+        task.clone(),
         folder.to_path_buf(),
         packing.clone(),
     );
     let handle = tokio::runtime::Handle::current();
     let written = tokio::task::spawn_blocking(move || {
-        write_tar(&store_in, &files_in, &handle, &folder_in, &packing_in)
+        write_tar(
+            &store_in,
+            &files_in,
+            &handle,
+            &task_in,
+            &folder_in,
+            &packing_in,
+        )
     })
     .await??;
     if written.members == 0 {
-        // Every file it planned was gone or damaged: no empty tar in the item.
+        // Every file it planned was gone or damaged: no empty tar in the
+        // item (nor one an earlier try of this packing left).
+        store.check_collection_task(task).await?;
         files.remove_async(&tar).await?;
         store
-            .abandon_empty_packing(&packing, &written, now_ms())
+            .abandon_empty_packing(task, &packing, &written, now_ms())
             .await?;
         warn!(tar = %packing.tar_name, "every image planned for the tar had lost its loose file; queued them again, no tar");
         return Ok(PackStep::Emptied(packing, written));
     }
     store
-        .mark_packing_written(&packing, &written, now_ms())
+        .mark_packing_written(task, &packing, &written, now_ms())
         .await?;
     let dropped = dropped_rows(&written);
     if dropped > 0 {
@@ -274,9 +290,12 @@ async fn write(
 async fn clean(
     store: &Arc<Store>,
     files: &ArchiveFiles,
+    task: &CollectionTask,
     folder: &Path,
     mut packing: Packing,
 ) -> Result<PackStep, PackError> {
+    // Removing loose files is for the lease's holder only.
+    store.check_collection_task(task).await?;
     let (store_in, files_in, folder_in, packing_in) = (
         store.clone(),
         files.clone(),
@@ -288,22 +307,24 @@ async fn clean(
         remove_loose_files(&store_in, &files_in, &handle, &folder_in, &packing_in)
     })
     .await??;
-    store.mark_packing_cleaned(&packing).await?;
+    store.mark_packing_cleaned(task, &packing).await?;
     packing.state = PackingState::Cleaned;
     Ok(PackStep::Cleaned(packing))
 }
 
-/// Step 2: the tar of `packing`, written atomically from its loose files.
+/// Step 2: the tar of `packing`, built from its loose files, then given
+/// its name create-only (see [`publish`]).
 fn write_tar(
     store: &Store,
     files: &ArchiveFiles,
     handle: &tokio::runtime::Handle,
+    task: &CollectionTask,
     folder: &Path,
     packing: &Packing,
 ) -> Result<TarWritten, PackError> {
     let target = folder.join(&packing.tar_name);
     let mut written = TarWritten::default();
-    files.write_atomically(&target, |out| {
+    let built = files.build(&target, |out| {
         let mut builder = tar::Builder::new(HashingWriter::new(out));
         let mut after: Option<String> = None;
         loop {
@@ -348,22 +369,25 @@ fn write_tar(
         let (_, bytes, sha256) = builder.into_inner()?.finish();
         written.bytes = bytes;
         written.sha256 = sha256;
-        // Last thing before the tar takes its name: another packer (this
-        // one lost its lock while building, on a shared queue) may have
-        // written this tar and removed its loose files meanwhile. Never put
-        // a shorter tar over its tar.
-        let still_planned = handle
-            .block_on(store.packing(packing.id))
-            .map_err(io::Error::other)?
-            .is_some_and(|p| p.state == PackingState::Planned);
-        if !still_planned {
-            return Err(io::Error::other(format!(
-                "{} was written by another packer meanwhile: leaving its tar alone",
-                packing.tar_name
-            )));
-        }
         Ok(())
     })?;
+    if written.members == 0 {
+        // No tar to publish; the caller drops the packing.
+        let _ = std::fs::remove_file(&built);
+        return Ok(written);
+    }
+    publish::publish_tar(
+        store,
+        files,
+        handle,
+        &publish::BuiltTar {
+            task,
+            packing,
+            built: &built,
+            target: &target,
+            sha256: &written.sha256,
+        },
+    )?;
     Ok(written)
 }
 

@@ -6,6 +6,7 @@
 //! `packing_id` names a `written` or `cleaned` packing, the file is that
 //! packing's tar member `path` relative to the collection folder instead.
 
+use super::collection_tasks::{CollectionTask, check_sqlite};
 use super::{ClaimedImage, Store, StoreError, StoreResult, on_postgres};
 use crate::archive::ArchivedFile;
 use sqlx::Row;
@@ -334,20 +335,23 @@ impl Store {
         )
     }
 
-    /// Plans one tar: every done, unpacked image of `collection` whose loose
-    /// path lies under `folder` (the date folder, no trailing `/`) joins a new
-    /// `planned` packing named `tar_name`, in one transaction. `None` when
-    /// there was nothing to pack.
+    /// Plans one tar: every done, unpacked image of `task`'s collection whose
+    /// loose path lies under `folder` (the date folder, no trailing `/`) joins
+    /// a new `planned` packing named `tar_name`, in one transaction. `None`
+    /// when there was nothing to pack. Refused once `task` is lost, as are
+    /// every packing write below.
     pub async fn plan_packing(
         &self,
-        collection: &str,
+        task: &CollectionTask,
         date: &str,
         folder: &str,
         tar_name: &str,
         now_ms: i64,
     ) -> StoreResult<Option<Packing>> {
-        on_postgres!(self.plan_packing(collection, date, folder, tar_name, now_ms));
+        on_postgres!(self.plan_packing(task, date, folder, tar_name, now_ms));
+        let collection: &str = &task.collection;
         let mut tx = self.writer()?.begin().await?;
+        check_sqlite(&mut tx, task).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO packings (collection, date, tar_name, state, created_at) \
              VALUES (?, ?, ?, 'planned', ?) RETURNING id",
@@ -443,11 +447,12 @@ impl Store {
     /// other jobs that archived a member path meanwhile. One transaction.
     pub async fn mark_packing_written(
         &self,
+        task: &CollectionTask,
         packing: &Packing,
         written: &TarWritten,
         now_ms: i64,
     ) -> StoreResult<()> {
-        on_postgres!(self.mark_packing_written(packing, written, now_ms));
+        on_postgres!(self.mark_packing_written(task, packing, written, now_ms));
         // The next step deletes the loose files, so this commit must survive
         // a power loss, not only a process crash: under the default
         // `synchronous=NORMAL` it could roll back, the packing would be
@@ -462,7 +467,7 @@ impl Store {
             .execute(&mut *conn)
             .await?;
         let committed = self
-            .commit_packing_written(&mut conn, packing, written, now_ms)
+            .commit_packing_written(&mut conn, task, packing, written, now_ms)
             .await;
         let restore = match synchronous {
             0 => "PRAGMA synchronous = OFF",
@@ -482,12 +487,14 @@ impl Store {
     /// the name this one would have had.
     pub async fn abandon_empty_packing(
         &self,
+        task: &CollectionTask,
         packing: &Packing,
         written: &TarWritten,
         now_ms: i64,
     ) -> StoreResult<()> {
-        on_postgres!(self.abandon_empty_packing(packing, written, now_ms));
+        on_postgres!(self.abandon_empty_packing(task, packing, written, now_ms));
         let mut tx = self.writer()?.begin().await?;
+        check_sqlite(&mut tx, task).await?;
         for (row_ids, reason) in &written.dropped {
             requeue_in(&mut tx, row_ids, reason, now_ms).await?;
         }
@@ -505,12 +512,14 @@ impl Store {
     async fn commit_packing_written(
         &self,
         conn: &mut sqlx::SqliteConnection,
+        task: &CollectionTask,
         packing: &Packing,
         written: &TarWritten,
         now_ms: i64,
     ) -> StoreResult<()> {
         use sqlx::Connection;
         let mut tx = conn.begin().await?;
+        check_sqlite(&mut tx, task).await?;
         for (row_ids, sha256) in &written.hashed {
             sqlx::query(
                 "UPDATE images SET sha256 = ? WHERE rowid IN (SELECT value FROM json_each(?)) \
@@ -539,9 +548,14 @@ impl Store {
     }
 
     /// The loose files are gone: the packing is finished.
-    pub async fn mark_packing_cleaned(&self, packing: &Packing) -> StoreResult<()> {
-        on_postgres!(self.mark_packing_cleaned(packing));
+    pub async fn mark_packing_cleaned(
+        &self,
+        task: &CollectionTask,
+        packing: &Packing,
+    ) -> StoreResult<()> {
+        on_postgres!(self.mark_packing_cleaned(task, packing));
         let mut tx = self.writer()?.begin().await?;
+        check_sqlite(&mut tx, task).await?;
         attach_copies(&mut tx, packing).await?;
         sqlx::query("UPDATE packings SET state = 'cleaned' WHERE id = ?")
             .bind(packing.id)

@@ -90,35 +90,6 @@ impl Store {
     }
 }
 
-/// The right to pack one collection's tars: one packer per collection at a
-/// time in the whole cluster (a collection's tars are numbered and written
-/// from one plan; two writers of one planned tar could leave the shorter one
-/// in place). On PostgreSQL
-/// a session advisory lock on a connection of its own, held until this is
-/// dropped; a daemon that dies loses it with its session. On SQLite the
-/// process's own packer mutex is the whole rule, so this holds nothing.
-pub struct PackerLock {
-    _session: Option<sqlx::PgConnection>,
-}
-
-impl Store {
-    /// Takes `collection`'s packer lock, or `None` while another daemon
-    /// packs it.
-    pub async fn try_packer_lock(&self, collection: &str) -> StoreResult<Option<PackerLock>> {
-        match &self.backend {
-            super::Backend::Sqlite { .. } => Ok(Some(PackerLock { _session: None })),
-            super::Backend::Postgres(pg) => {
-                Ok(pg
-                    .try_packer_session(collection)
-                    .await?
-                    .map(|session| PackerLock {
-                        _session: Some(session),
-                    }))
-            }
-        }
-    }
-}
-
 /// Checks, inside a page's transaction, that `task` still holds its job.
 pub(super) async fn check_sqlite(
     tx: &mut sqlx::SqliteConnection,

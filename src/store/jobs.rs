@@ -7,7 +7,7 @@
 
 use super::parts::insert_parts;
 use super::{
-    Counts, Job, JobState, PauseReason, Store, StoreError, StoreResult, on_postgres,
+    Counts, Job, JobState, JobTask, PauseReason, Store, StoreError, StoreResult, on_postgres,
     rfc3339_from_ms, to_u64,
 };
 use crate::model::{OutputFormat, Packaging, Quality};
@@ -481,19 +481,26 @@ impl Store {
     /// it did not apply.
     pub async fn finish_job_if_drained(&self, id: i64, now_ms: i64) -> StoreResult<Option<Job>> {
         on_postgres!(self.finish_job_if_drained(id, now_ms));
-        self.finish_job_clearing(id, now_ms, false).await
+        self.finish_job_clearing(id, now_ms, false, None).await
     }
 
     /// [`Store::finish_job_if_drained`]; with `clear_error`, the job's
     /// `last_error` (a finishing failure that is now over) goes in the same
-    /// write, so no reader sees the job done with a stale error.
+    /// write, so no reader sees the job done with a stale error. With
+    /// `task`, refused ([`StoreError::LostJobTask`]) unless it still holds
+    /// the job: a finisher that lost its lease must not end the job.
     pub async fn finish_job_clearing(
         &self,
         id: i64,
         now_ms: i64,
         clear_error: bool,
+        task: Option<&JobTask>,
     ) -> StoreResult<Option<Job>> {
-        on_postgres!(self.finish_job_clearing(id, now_ms, clear_error));
+        on_postgres!(self.finish_job_clearing(id, now_ms, clear_error, task));
+        let mut tx = self.writer()?.begin().await?;
+        if let Some(task) = task {
+            super::job_tasks::check_sqlite(&mut tx, task).await?;
+        }
         let changed: Option<i64> = sqlx::query_scalar(
             "UPDATE jobs SET state = 'done', stalled_at = NULL, updated_at = ?1, \
              last_error = CASE WHEN ?3 OR stalled_at IS NOT NULL THEN NULL ELSE last_error END, \
@@ -504,8 +511,9 @@ impl Store {
         .bind(now_ms)
         .bind(id)
         .bind(clear_error)
-        .fetch_optional(self.writer()?)
+        .fetch_optional(&mut *tx)
         .await?;
+        tx.commit().await?;
         self.job_if_changed(changed).await
     }
 

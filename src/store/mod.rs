@@ -22,6 +22,7 @@
 //! checksum to the other done rows at its path: one file, one checksum.
 
 mod cluster;
+mod collection_tasks;
 mod connection;
 mod images;
 mod ingest;
@@ -34,9 +35,10 @@ mod rebase;
 mod stalls;
 
 pub use cluster::{ApiSlot, DaemonInfo, LiveDaemon};
+pub use collection_tasks::{CollectionTask, RecordedUpload};
 pub use connection::{Durability, StoreOptions};
 pub use ingest::{MissingImage, PartStep, strip_token};
-pub use job_tasks::{JobTask, PackerLock};
+pub use job_tasks::JobTask;
 pub use jobs::{ACTIVE, Submitted};
 pub use parts::Part;
 pub use postgres::PgClock;
@@ -71,6 +73,10 @@ pub enum StoreError {
     /// stalled): its write was refused, and the task must stop.
     #[error("lost the lease on job {0}'s task to another process; stopping it")]
     LostJobTask(i64),
+    /// The collection's packing lease was taken over: the packing write was
+    /// refused, and packing it must stop here.
+    #[error("lost the lease on collection {0}'s packing to another process; stopping it")]
+    LostCollectionTask(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

@@ -204,6 +204,35 @@ impl S3Server {
         }
     }
 
+    /// The multipart uploads begun and neither completed nor aborted, as
+    /// (key, upload id), sorted (ListMultipartUploads).
+    pub async fn multipart_uploads(&self) -> Vec<(String, String)> {
+        let body = self
+            .http
+            .get(format!("{}/{}?uploads", self.endpoint, self.bucket))
+            .header("Authorization", AUTHORIZATION)
+            .send()
+            .await
+            .expect("list multipart uploads")
+            .text()
+            .await
+            .expect("list multipart uploads body");
+        let mut uploads: Vec<(String, String)> = elements(&body, "Upload")
+            .into_iter()
+            .map(|upload| {
+                let first = |name: &str| {
+                    elements(&upload, name)
+                        .into_iter()
+                        .next()
+                        .unwrap_or_default()
+                };
+                (first("Key"), first("UploadId"))
+            })
+            .collect();
+        uploads.sort();
+        uploads
+    }
+
     /// The object's bytes, or `None` if there is none.
     pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
         let response = self.send(reqwest::Method::GET, key, None).await?;

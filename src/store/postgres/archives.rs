@@ -11,7 +11,9 @@
 //! - `json_each` over id lists is `= ANY($n::BIGINT[])` with a `Vec<i64>`.
 
 use super::PgStore;
+use super::collection_tasks::check;
 use crate::archive::ArchivedFile;
+use crate::store::CollectionTask;
 use crate::store::archives::{
     PACKING_COLUMNS, archived_from_fields, copy_from_fields, packed_file_from_fields,
     packing_from_fields,
@@ -200,13 +202,15 @@ impl PgStore {
     /// and returns `None` without inserting a packing.
     pub async fn plan_packing(
         &self,
-        collection: &str,
+        task: &CollectionTask,
         date: &str,
         folder: &str,
         tar_name: &str,
         now_ms: i64,
     ) -> StoreResult<Option<Packing>> {
+        let collection: &str = &task.collection;
         let mut tx = self.pool().begin().await?;
+        check(&mut tx, task).await?;
         // One planner per collection at a time, until this commits: a second
         // daemon then sees the images joined (`packing_id` set) and the tar
         // name taken, so it can neither plan the same images again nor
@@ -316,6 +320,7 @@ impl PgStore {
     /// `planned` (another daemon wrote or dropped it first).
     pub async fn mark_packing_written(
         &self,
+        task: &CollectionTask,
         packing: &Packing,
         written: &TarWritten,
         now_ms: i64,
@@ -326,7 +331,8 @@ impl PgStore {
         // returns under the server's default `synchronous_commit = on`.
         // `commit_packing_written` only raises the setting for its own
         // transaction if someone turned it `off`.
-        self.commit_packing_written(packing, written, now_ms).await
+        self.commit_packing_written(task, packing, written, now_ms)
+            .await
     }
 
     /// See the SQLite twin. Does nothing when the packing is no longer
@@ -334,11 +340,13 @@ impl PgStore {
     /// found missing may be the ones that daemon already packed and cleaned.
     pub async fn abandon_empty_packing(
         &self,
+        task: &CollectionTask,
         packing: &Packing,
         written: &TarWritten,
         now_ms: i64,
     ) -> StoreResult<()> {
         let mut tx = self.pool().begin().await?;
+        check(&mut tx, task).await?;
         // Locks the packing row: its state cannot move until this commits.
         let planned: Option<i64> = sqlx::query_scalar(
             "SELECT id FROM packings WHERE id = $1 AND state = 'planned' FOR UPDATE",
@@ -366,11 +374,13 @@ impl PgStore {
 
     async fn commit_packing_written(
         &self,
+        task: &CollectionTask,
         packing: &Packing,
         written: &TarWritten,
         now_ms: i64,
     ) -> StoreResult<()> {
         let mut tx = self.pool().begin().await?;
+        check(&mut tx, task).await?;
         // Durable commit even where `synchronous_commit` was set `off`
         // (`local` and stronger settings are left alone); `is_local`: for
         // this transaction only.
@@ -417,8 +427,13 @@ impl PgStore {
 
     /// See the SQLite twin. Moves only a `written` packing (the row lock
     /// orders it after any concurrent state move).
-    pub async fn mark_packing_cleaned(&self, packing: &Packing) -> StoreResult<()> {
+    pub async fn mark_packing_cleaned(
+        &self,
+        task: &CollectionTask,
+        packing: &Packing,
+    ) -> StoreResult<()> {
         let mut tx = self.pool().begin().await?;
+        check(&mut tx, task).await?;
         let moved = sqlx::query(
             "UPDATE packings SET state = 'cleaned' WHERE id = $1 AND state = 'written'",
         )

@@ -6,10 +6,6 @@ use crate::store::{StoreError, StoreResult};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The advisory lock class of a collection's packer ("ml" + 3); the
-/// collection's hash is the second key.
-const PACKER_LOCK: i32 = 0x6d6c_0003;
-
 impl PgStore {
     pub async fn take_job_task(
         &self,
@@ -57,22 +53,6 @@ impl PgStore {
         .await?
         .rows_affected();
         Ok(changed == 1)
-    }
-
-    /// A connection of its own holding the packer's session lock, or `None`
-    /// while another session holds it. Dropping the connection closes the
-    /// session, which releases the lock.
-    pub async fn try_packer_session(
-        &self,
-        collection: &str,
-    ) -> StoreResult<Option<sqlx::PgConnection>> {
-        let mut conn = self.pool().acquire().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, hashtext($2))")
-            .bind(PACKER_LOCK)
-            .bind(collection)
-            .fetch_one(&mut *conn)
-            .await?;
-        Ok(locked.then(|| conn.detach()))
     }
 
     pub async fn release_job_task(&self, task: &JobTask) -> StoreResult<()> {

@@ -10,7 +10,7 @@ use crate::selection::JobSpec;
 use crate::store::jobs::{
     JobRow, LegacyJob, job_columns, legacy_spec, resync_millis, resync_spec, username_column,
 };
-use crate::store::{Job, JobState, PauseReason, StoreError, StoreResult, Submitted};
+use crate::store::{Job, JobState, JobTask, PauseReason, StoreError, StoreResult, Submitted};
 use sqlx::PgConnection;
 
 /// The advisory-lock namespace (`pg_advisory_xact_lock(key1, key2)`'s first
@@ -274,7 +274,7 @@ impl PgStore {
     }
 
     pub async fn finish_job_if_drained(&self, id: i64, now_ms: i64) -> StoreResult<Option<Job>> {
-        self.finish_job_clearing(id, now_ms, false).await
+        self.finish_job_clearing(id, now_ms, false, None).await
     }
 
     /// See the SQLite twin. "Nothing pending or in flight" is tested on the
@@ -288,12 +288,16 @@ impl PgStore {
         id: i64,
         now_ms: i64,
         clear_error: bool,
+        task: Option<&JobTask>,
     ) -> StoreResult<Option<Job>> {
         let mut tx = self.pool().begin().await?;
         sqlx::query("SELECT id FROM jobs WHERE id = $1 FOR UPDATE")
             .bind(id)
             .execute(&mut *tx)
             .await?;
+        if let Some(task) = task {
+            super::job_tasks::check(&mut tx, task).await?;
+        }
         let changed: Option<i64> = sqlx::query_scalar(
             "UPDATE jobs SET state = 'done', stalled_at = NULL, updated_at = t.now_ms, \
              last_error = CASE WHEN $3 OR stalled_at IS NOT NULL THEN NULL ELSE last_error END, \

@@ -21,6 +21,7 @@
 
 mod archives;
 mod cluster;
+mod collection_tasks;
 mod images;
 mod ingest;
 mod job_tasks;

@@ -1,0 +1,208 @@
+//! A built tar takes its name, create-only, on disk or in a bucket.
+//!
+//! A tar must never replace another: a packer that lost its collection's
+//! lease while it built (stalled on a disk, S3 or the database) could
+//! otherwise put its tar over the one the new packer wrote, recorded and
+//! then cleaned the loose files of. So the lease and the packing's state are
+//! checked just before the name is taken, and the name is taken only if it
+//! is free: a hard link on disk, `If-None-Match: *` on the multipart
+//! completion in a bucket. A file already under the name with our bytes is
+//! adopted (a crash after the tar took its name, before the packing was
+//! recorded); any other file stops packing with a message saying what to do.
+//!
+//! In a bucket, the upload's id is recorded before its first part goes up:
+//! the next packer of the collection aborts whatever a dead or stalled one
+//! left ([`abort_left_uploads`]), so an orphaned upload neither lingers nor
+//! completes late.
+
+use super::PackError;
+use crate::archive;
+use crate::archive_files::ArchiveFiles;
+use crate::bucket::{Bucket, Completed};
+use crate::checksum::hash_reader;
+use crate::clock::now_ms;
+use crate::store::{CollectionTask, Packing, PackingState, Store, StoreError};
+use std::path::Path;
+use tokio::runtime::Handle;
+use tracing::{info, warn};
+
+/// How the tar came to be under its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Published {
+    Created,
+    /// Our very bytes were there already.
+    Adopted,
+}
+
+/// A built tar and where it goes.
+pub(super) struct BuiltTar<'a> {
+    /// The collection's lease, checked before the name is taken.
+    pub task: &'a CollectionTask,
+    pub packing: &'a Packing,
+    /// The local file holding the tar.
+    pub built: &'a Path,
+    /// Its archive path.
+    pub target: &'a Path,
+    pub sha256: &'a str,
+}
+
+/// Gives the built tar its name, create-only (see the module). Blocking:
+/// runs on the blocking pool, its requests on `handle`. The built file is
+/// gone afterwards, whatever happened.
+pub(super) fn publish_tar(
+    store: &Store,
+    files: &ArchiveFiles,
+    handle: &Handle,
+    tar: &BuiltTar<'_>,
+) -> Result<Published, PackError> {
+    let published = match files {
+        ArchiveFiles::Disk => publish_on_disk(store, handle, tar),
+        ArchiveFiles::Bucket(bucket) => handle.block_on(publish_in_bucket(store, bucket, tar)),
+    };
+    let _ = std::fs::remove_file(tar.built);
+    if matches!(published, Ok(Published::Adopted)) {
+        info!(tar = %tar.packing.tar_name, "the tar was already under its name with the same bytes (a crash before it was recorded): adopted");
+    }
+    published
+}
+
+fn publish_on_disk(
+    store: &Store,
+    handle: &Handle,
+    tar: &BuiltTar<'_>,
+) -> Result<Published, PackError> {
+    handle.block_on(still_ours(store, tar.task, tar.packing))?;
+    if archive::link_create_only(tar.built, tar.target)? {
+        return Ok(Published::Created);
+    }
+    let theirs = std::fs::File::open(tar.target)
+        .and_then(hash_reader)
+        .map(|(_, sha)| Some(sha))
+        .map_err(|e| archive::ArchiveError::Io {
+            path: tar.target.to_path_buf(),
+            source: e,
+        })?;
+    adopt_or_refuse(tar, theirs)
+}
+
+async fn publish_in_bucket(
+    store: &Store,
+    bucket: &Bucket,
+    tar: &BuiltTar<'_>,
+) -> Result<Published, PackError> {
+    let (task, packing, target) = (tar.task, tar.packing, tar.target);
+    still_ours(store, task, packing).await?;
+    let bucket_error = |e| {
+        PackError::Archive(archive::ArchiveError::Io {
+            path: target.to_path_buf(),
+            source: std::io::Error::other(e),
+        })
+    };
+    let upload_id = bucket
+        .begin_upload(target, tar.sha256)
+        .await
+        .map_err(bucket_error)?;
+    let path = target.to_string_lossy();
+    if let Err(e) = store.record_upload(task, &upload_id, &path, now_ms()).await {
+        let _ = bucket.abort_upload(target, &upload_id).await;
+        return Err(e.into());
+    }
+    let completed = async {
+        let parts = bucket
+            .upload_parts(tar.built, target, &upload_id)
+            .await
+            .map_err(bucket_error)?;
+        // The parts may have taken minutes: ask again just before the tar
+        // can appear.
+        still_ours(store, task, packing).await?;
+        bucket
+            .complete_create_only(target, &upload_id, &parts)
+            .await
+            .map_err(bucket_error)
+    }
+    .await;
+    if completed.is_err()
+        && let Err(e) = bucket.abort_upload(target, &upload_id).await
+    {
+        // It stays recorded: the next packer aborts it.
+        warn!(tar = %packing.tar_name, error = %e, "could not abort the tar's upload; the next packing round does");
+        return completed.map(|_| Published::Created);
+    }
+    if let Err(e) = store.forget_upload(&upload_id).await {
+        warn!(tar = %packing.tar_name, error = %e, "could not forget the tar's finished upload; the next packing round does");
+    }
+    match completed? {
+        Completed::Created => Ok(Published::Created),
+        Completed::KeyTaken => {
+            let theirs = bucket
+                .head(target)
+                .await
+                .map_err(bucket_error)?
+                .and_then(|head| head.sha256);
+            adopt_or_refuse(tar, theirs)
+        }
+    }
+}
+
+/// Whether `task` still holds the collection and `packing` still waits for
+/// its tar: else another packer took over (and may have written this tar
+/// and removed its loose files), so this one must not publish.
+async fn still_ours(
+    store: &Store,
+    task: &CollectionTask,
+    packing: &Packing,
+) -> Result<(), PackError> {
+    store.check_collection_task(task).await?;
+    let planned = store
+        .packing(packing.id)
+        .await?
+        .is_some_and(|p| p.state == PackingState::Planned);
+    if planned {
+        Ok(())
+    } else {
+        Err(PackError::Store(StoreError::LostCollectionTask(
+            task.collection.to_string(),
+        )))
+    }
+}
+
+fn adopt_or_refuse(tar: &BuiltTar<'_>, theirs: Option<String>) -> Result<Published, PackError> {
+    if theirs.as_deref() == Some(tar.sha256) {
+        return Ok(Published::Adopted);
+    }
+    Err(PackError::Layout(format!(
+        "{} is already there and is not the tar this packing wrote (its SHA-256 {}, this \
+         tar's {}); move it out of the archive to let packing of {} go on",
+        tar.target.display(),
+        theirs.as_deref().unwrap_or("unknown"),
+        tar.sha256,
+        tar.packing.collection,
+    )))
+}
+
+/// Aborts the multipart uploads earlier packers of `task`'s collection
+/// began and did not see end (a crash, a lost lease), then forgets them.
+pub(super) async fn abort_left_uploads(
+    store: &Store,
+    files: &ArchiveFiles,
+    task: &CollectionTask,
+) -> Result<usize, PackError> {
+    let uploads = store.recorded_uploads(&task.collection).await?;
+    let ArchiveFiles::Bucket(bucket) = files else {
+        return Ok(0);
+    };
+    for upload in &uploads {
+        bucket
+            .abort_upload(Path::new(&upload.path), &upload.upload_id)
+            .await
+            .map_err(|e| {
+                PackError::Archive(archive::ArchiveError::Io {
+                    path: upload.path.clone().into(),
+                    source: std::io::Error::other(e),
+                })
+            })?;
+        store.forget_upload(&upload.upload_id).await?;
+        info!(collection = %task.collection, path = %upload.path, "aborted a tar upload an earlier packer left unfinished");
+    }
+    Ok(uploads.len())
+}

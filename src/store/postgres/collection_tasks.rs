@@ -1,0 +1,139 @@
+//! PostgreSQL twin of `store::collection_tasks`, on the database's clock.
+
+use super::PgStore;
+use crate::store::collection_tasks::{CollectionTask, RecordedUpload};
+use crate::store::job_tasks::millis;
+use crate::store::{StoreError, StoreResult};
+use std::sync::Arc;
+use std::time::Duration;
+
+impl PgStore {
+    pub async fn take_collection_task(
+        &self,
+        collection: &str,
+        owner: &Arc<str>,
+        ttl: Duration,
+        now_ms: i64,
+    ) -> StoreResult<Option<CollectionTask>> {
+        // `excluded.until_ms - ttl` is the clock's now.
+        let epoch: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO collection_tasks (collection, owner, until_ms, epoch) \
+             SELECT $1, $2, coalesce($3::BIGINT, mld_now_ms()) + $4, 1 \
+             ON CONFLICT (collection) DO UPDATE SET owner = excluded.owner, \
+               until_ms = excluded.until_ms, epoch = collection_tasks.epoch + 1 \
+             WHERE collection_tasks.owner IS NULL \
+                OR collection_tasks.until_ms < excluded.until_ms - $4 \
+             RETURNING epoch",
+        )
+        .bind(collection)
+        .bind(&**owner)
+        .bind(self.at(now_ms))
+        .bind(millis(ttl))
+        .fetch_optional(self.pool())
+        .await?;
+        Ok(epoch.map(|epoch| CollectionTask {
+            collection: collection.into(),
+            owner: owner.clone(),
+            epoch,
+        }))
+    }
+
+    pub async fn renew_collection_task(
+        &self,
+        task: &CollectionTask,
+        ttl: Duration,
+        now_ms: i64,
+    ) -> StoreResult<bool> {
+        let changed = sqlx::query(
+            "UPDATE collection_tasks SET until_ms = coalesce($4::BIGINT, mld_now_ms()) + $5 \
+             WHERE collection = $1 AND owner = $2 AND epoch = $3",
+        )
+        .bind(&*task.collection)
+        .bind(&*task.owner)
+        .bind(task.epoch)
+        .bind(self.at(now_ms))
+        .bind(millis(ttl))
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(changed == 1)
+    }
+
+    pub async fn release_collection_task(&self, task: &CollectionTask) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE collection_tasks SET owner = NULL, until_ms = NULL \
+             WHERE collection = $1 AND owner = $2 AND epoch = $3",
+        )
+        .bind(&*task.collection)
+        .bind(&*task.owner)
+        .bind(task.epoch)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn check_collection_task(&self, task: &CollectionTask) -> StoreResult<()> {
+        let mut conn = self.pool().acquire().await?;
+        check(&mut conn, task).await
+    }
+
+    pub async fn record_upload(
+        &self,
+        task: &CollectionTask,
+        upload_id: &str,
+        path: &str,
+        now_ms: i64,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool().begin().await?;
+        check(&mut tx, task).await?;
+        sqlx::query(
+            "INSERT INTO multipart_uploads (upload_id, collection, path, started_at) \
+             VALUES ($1, $2, $3, coalesce($4::BIGINT, mld_now_ms()))",
+        )
+        .bind(upload_id)
+        .bind(&*task.collection)
+        .bind(path)
+        .bind(self.at(now_ms))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn recorded_uploads(&self, collection: &str) -> StoreResult<Vec<RecordedUpload>> {
+        Ok(sqlx::query_as(
+            "SELECT upload_id, path FROM multipart_uploads WHERE collection = $1 \
+             ORDER BY started_at, upload_id",
+        )
+        .bind(collection)
+        .fetch_all(self.pool())
+        .await?)
+    }
+
+    pub async fn forget_upload(&self, upload_id: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM multipart_uploads WHERE upload_id = $1")
+            .bind(upload_id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+}
+
+/// Checks, inside a packing write's transaction, that `task` still holds
+/// its collection; locks the lease row, so a take-over waits for the write
+/// to commit (and the write, once the take-over committed, sees it).
+pub(super) async fn check(tx: &mut sqlx::PgConnection, task: &CollectionTask) -> StoreResult<()> {
+    let held: Option<i32> = sqlx::query_scalar(
+        "SELECT 1 FROM collection_tasks WHERE collection = $1 AND owner = $2 AND epoch = $3 \
+         FOR NO KEY UPDATE",
+    )
+    .bind(&*task.collection)
+    .bind(&*task.owner)
+    .bind(task.epoch)
+    .fetch_optional(&mut *tx)
+    .await?;
+    match held {
+        Some(_) => Ok(()),
+        None => Err(StoreError::LostCollectionTask(task.collection.to_string())),
+    }
+}
