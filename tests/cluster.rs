@@ -200,6 +200,8 @@ async fn three_daemons_killed_at_random_and_restarted_end_with_one_exact_archive
         ("MLD__WORKERS__LEASE_SECS", "70"),
         // The cluster's budget: 4 calls a second, whoever calls.
         ("MLD__MAPILLARY__CALLS_PER_MINUTE", "240"),
+        // 50 pages: the listing spans several kills.
+        ("MLD__MAPILLARY__PAGE_SIZE", "100"),
     ] {
         mld_testkit::env::set(&mut env, key, value);
     }
@@ -260,9 +262,29 @@ async fn three_daemons_killed_at_random_and_restarted_end_with_one_exact_archive
         .map(|n| n.saturating_sub(1))
         .sum();
     let budget = fake.max_api_calls_per_window(Duration::from_secs(60));
+    // No job listed by two daemons at once: a listing page answered in full
+    // is asked for again only by the daemon that took the job over from a
+    // killed one (the page it had fetched and not stored), at most once a
+    // kill. Two enumerators at once would ask for every page twice.
+    let mut pages: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for request in fake.requests() {
+        let listing = request.query.contains("creator_username");
+        if listing && request.status == 200 && request.fault.is_none() {
+            *pages
+                .entry(format!("{}?{}", request.path, request.query))
+                .or_default() += 1;
+        }
+    }
+    let pages_again: usize = pages.values().map(|n| n - 1).sum();
     eprintln!(
-        "{kills} kills: {twice} images downloaded twice, {} API calls, at most {budget} in 60 s",
+        "{kills} kills: {twice} images downloaded twice, {} listing pages ({pages_again} asked again), {} API calls, at most {budget} in 60 s",
+        pages.len(),
         fake.api_calls()
+    );
+    assert!(pages.len() >= 50, "{} listing pages", pages.len());
+    assert!(
+        pages_again <= kills,
+        "{pages_again} listing pages asked for again after {kills} kills: a job was listed twice at once"
     );
     assert!(
         twice <= kills * 16,

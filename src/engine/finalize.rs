@@ -15,7 +15,8 @@ use crate::archive_files::ArchiveFiles;
 use crate::clock::now_ms;
 use crate::model::Packaging;
 use crate::package::{self, PackError, item, metadata};
-use crate::store::{CollectionTask, Job, JobState, JobTask, PauseReason};
+use crate::store::{CollectionTask, Job, JobState, JobTask, PauseReason, Store};
+use std::sync::Arc;
 use tracing::{debug, info, warn};
 
 /// How often a finisher asks again for a collection another holds.
@@ -92,18 +93,41 @@ async fn package_collection(
         }
         tokio::time::sleep(COLLECTION_RETRY).await;
     };
-    let renew = || ctx.store.renew_collection_task(&task, ttl, now_ms());
-    let packaged = tokio::select! {
-        packaged = package_held_collection(ctx, job, &task) => packaged,
+    // Released however this ends, even dropped mid-way (shutdown): a
+    // blocking write still running then finds the lease gone.
+    let lease = ReleaseOnDrop {
+        store: ctx.store.clone(),
+        task,
+    };
+    let task = &lease.task;
+    let renew = || ctx.store.renew_collection_task(task, ttl, now_ms());
+    tokio::select! {
+        packaged = package_held_collection(ctx, job, task) => packaged,
         () = super::hold_lease(ttl, renew) => Err(anyhow::anyhow!(
             "lost the lease on collection {collection}'s packing (another daemon took it over); \
              finishing again later"
         )),
-    };
-    if let Err(e) = ctx.store.release_collection_task(&task).await {
-        debug!(collection, error = %e, "could not release the collection's lease; it expires");
     }
-    packaged
+}
+
+/// A held collection lease, given up when dropped.
+struct ReleaseOnDrop {
+    store: Arc<Store>,
+    task: CollectionTask,
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        let (store, task) = (self.store.clone(), self.task.clone());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // the lease expires
+        };
+        runtime.spawn(async move {
+            if let Err(e) = store.release_collection_task(&task).await {
+                debug!(collection = %task.collection, error = %e, "could not release the collection's lease; it expires");
+            }
+        });
+    }
 }
 
 async fn package_held_collection(
@@ -152,6 +176,10 @@ async fn package_held_collection(
         }
     }
     let packed = job.package == Packaging::Tar || store.is_packed_collection(collection).await?;
+    // Item files are rewritten whole from the rows, by the lease's holder
+    // only: checked last thing before, so a finisher that lost the lease
+    // while it packed does not put an older view over a newer one.
+    store.check_collection_task(task).await?;
     metadata::write(store, &files, &folder, collection, packed).await?;
     if packed {
         item::write_meta_tags(store, &files, &folder, collection, true).await?;

@@ -30,6 +30,7 @@ use crate::store::{CollectionTask, Packing, PackingState, Store, StoreError, Tar
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::{info, warn};
 
 /// Files read per query while writing or cleaning a packing.
@@ -246,6 +247,10 @@ async fn write(
         packing.clone(),
     );
     let handle = tokio::runtime::Handle::current();
+    // Set when this future ends or is dropped (shutdown, a lost lease): the
+    // blocking build may run on, but must not publish a tar then.
+    let abandoned = AbandonOnDrop(Arc::new(AtomicBool::new(false)));
+    let abandoned_in = abandoned.0.clone();
     let written = tokio::task::spawn_blocking(move || {
         write_tar(
             &store_in,
@@ -254,9 +259,11 @@ async fn write(
             &task_in,
             &folder_in,
             &packing_in,
+            &abandoned_in,
         )
     })
     .await??;
+    drop(abandoned);
     if written.members == 0 {
         // Every file it planned was gone or damaged: no empty tar in the
         // item (nor one an earlier try of this packing left).
@@ -321,6 +328,7 @@ fn write_tar(
     task: &CollectionTask,
     folder: &Path,
     packing: &Packing,
+    abandoned: &AtomicBool,
 ) -> Result<TarWritten, PackError> {
     let target = folder.join(&packing.tar_name);
     let mut written = TarWritten::default();
@@ -386,9 +394,20 @@ fn write_tar(
             built: &built,
             target: &target,
             sha256: &written.sha256,
+            abandoned,
         },
     )?;
     Ok(written)
+}
+
+/// Raises its flag when dropped: tells a blocking build that the task
+/// waiting for it is gone.
+struct AbandonOnDrop(Arc<AtomicBool>);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
 }
 
 /// Step 3: the loose files a durable tar replaced, then every folder of

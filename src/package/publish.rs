@@ -23,6 +23,7 @@ use crate::checksum::hash_reader;
 use crate::clock::now_ms;
 use crate::store::{CollectionTask, Packing, PackingState, Store, StoreError};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 
@@ -44,6 +45,10 @@ pub(super) struct BuiltTar<'a> {
     /// Its archive path.
     pub target: &'a Path,
     pub sha256: &'a str,
+    /// Raised once the task that wanted this tar is gone (shutdown, a lost
+    /// lease): its lease may not have lapsed yet, but nobody will record
+    /// the tar, so it must not take the name.
+    pub abandoned: &'a AtomicBool,
 }
 
 /// Gives the built tar its name, create-only (see the module). Blocking:
@@ -71,7 +76,7 @@ fn publish_on_disk(
     handle: &Handle,
     tar: &BuiltTar<'_>,
 ) -> Result<Published, PackError> {
-    handle.block_on(still_ours(store, tar.task, tar.packing))?;
+    handle.block_on(still_ours(store, tar))?;
     if archive::link_create_only(tar.built, tar.target)? {
         return Ok(Published::Created);
     }
@@ -91,7 +96,7 @@ async fn publish_in_bucket(
     tar: &BuiltTar<'_>,
 ) -> Result<Published, PackError> {
     let (task, packing, target) = (tar.task, tar.packing, tar.target);
-    still_ours(store, task, packing).await?;
+    still_ours(store, tar).await?;
     let bucket_error = |e| {
         PackError::Archive(archive::ArchiveError::Io {
             path: target.to_path_buf(),
@@ -114,7 +119,7 @@ async fn publish_in_bucket(
             .map_err(bucket_error)?;
         // The parts may have taken minutes: ask again just before the tar
         // can appear.
-        still_ours(store, task, packing).await?;
+        still_ours(store, tar).await?;
         bucket
             .complete_create_only(target, &upload_id, &parts)
             .await
@@ -144,24 +149,27 @@ async fn publish_in_bucket(
     }
 }
 
-/// Whether `task` still holds the collection and `packing` still waits for
-/// its tar: else another packer took over (and may have written this tar
-/// and removed its loose files), so this one must not publish.
-async fn still_ours(
-    store: &Store,
-    task: &CollectionTask,
-    packing: &Packing,
-) -> Result<(), PackError> {
-    store.check_collection_task(task).await?;
+/// Whether the tar may still take its name: the task that wants it waits
+/// for it, its lease still holds the collection, and its packing still waits
+/// for its tar. Else another packer took over (and may have written this tar
+/// and removed its loose files), or nobody would record it.
+async fn still_ours(store: &Store, tar: &BuiltTar<'_>) -> Result<(), PackError> {
+    if tar.abandoned.load(Ordering::SeqCst) {
+        return Err(PackError::Task(format!(
+            "{} was abandoned (shutdown, or its finishing stopped): leaving its name alone",
+            tar.packing.tar_name
+        )));
+    }
+    store.check_collection_task(tar.task).await?;
     let planned = store
-        .packing(packing.id)
+        .packing(tar.packing.id)
         .await?
         .is_some_and(|p| p.state == PackingState::Planned);
     if planned {
         Ok(())
     } else {
         Err(PackError::Store(StoreError::LostCollectionTask(
-            task.collection.to_string(),
+            tar.task.collection.to_string(),
         )))
     }
 }
