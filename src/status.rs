@@ -191,7 +191,12 @@ impl StatusReport {
 /// read-only; PostgreSQL, shared by them all, as one more client).
 pub async fn print_status(settings: &crate::config::Settings, json: bool) -> anyhow::Result<()> {
     let store = match settings.database_url().map_err(anyhow::Error::msg)? {
-        Some(_) => crate::app::open_store(settings).await?,
+        // Never migrates: daemons of another version may be running on it.
+        Some(url) => Store::open_postgres_existing(url.expose().trim())
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("cannot read the PostgreSQL queue (storage.database_url): {e}")
+            })?,
         None => Store::open_read_only(&settings.database_path()).await?,
     };
     let jobs = store.list_jobs().await?;

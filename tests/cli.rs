@@ -519,3 +519,50 @@ async fn download_webp_tar_packs_for_the_internet_archive_then_verify_passes() {
         text(&out.stderr)
     );
 }
+
+/// `status --database-url` reads a shared PostgreSQL queue beside live
+/// daemons and never changes its schema: on a database with no queue it
+/// says so and creates nothing; on one a daemon set up, it lists the jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_reads_a_postgres_queue_by_flag_and_never_migrates_it() {
+    use mapillary_downloader::model::Quality as StoreQuality;
+    use mapillary_downloader::selection::JobSpec;
+    use mapillary_downloader::store::{PgClock, Store};
+    let url = mld_testkit::postgres::PgCluster::shared().fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = test_env("http://127.0.0.1:9/", DEFAULT_TOKEN);
+    // A shared queue wants a shared archive (here, nobody writes one).
+    env::set(&mut env, "MLD__STORAGE__SHARED_FILESYSTEM", "true");
+    let out = run(&["status", "--database-url", &url], dir.path(), &env).await;
+    let stderr = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("no queue yet"), "{stderr}");
+    let raw = sqlx::PgPool::connect(&url).await.unwrap();
+    let tables: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            .fetch_one(&raw)
+            .await
+            .unwrap();
+    assert_eq!(tables, 0, "status created nothing");
+
+    let store = Store::open_postgres(&url, PgClock::Database).await.unwrap();
+    store
+        .submit_job(&JobSpec::user("alice", StoreQuality::Q1024), 1)
+        .await
+        .unwrap();
+    store.close().await;
+    let out = run(
+        &["status", "--json", "--database-url", &url],
+        dir.path(),
+        &env,
+    )
+    .await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["jobs"][0]["username"], "alice", "{report}");
+    assert!(
+        !dir.path().join("mapillary.db").exists(),
+        "no SQLite file beside a PostgreSQL queue"
+    );
+}

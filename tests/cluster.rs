@@ -281,7 +281,8 @@ async fn three_daemons_killed_at_random_and_restarted_end_with_one_exact_archive
         pages.len(),
         fake.api_calls()
     );
-    assert!(pages.len() >= 50, "{} listing pages", pages.len());
+    // (Pages served only with a fault, even a harmless one, are not counted.)
+    assert!(pages.len() >= 25, "{} listing pages", pages.len());
     assert!(
         pages_again <= kills,
         "{pages_again} listing pages asked for again after {kills} kills: a job was listed twice at once"

@@ -444,7 +444,8 @@ impl StoreExt for Store {
         run_at: i64,
         note: Option<&str>,
     ) -> StoreResult<bool> {
-        self.release(&lease(row, owner, epoch), run_at, note).await
+        self.release(&lease(row, owner, epoch), Duration::ZERO, note, run_at)
+            .await
     }
 }
 
@@ -901,7 +902,7 @@ async fn a_stale_holder_cannot_complete_a_row_retried_and_claimed_again_on_its_a
         .unwrap()
     );
     assert!(
-        !s.release(&stale.lease, expired, Some("stale"))
+        !s.release(&stale.lease, Duration::ZERO, Some("stale"), expired)
             .await
             .unwrap()
     );
@@ -2399,4 +2400,46 @@ async fn postgres_api_budget_spaces_the_clusters_calls_and_shares_a_hold() {
     let dir = tempfile::tempdir().unwrap();
     let sqlite = Store::open(&dir.path().join("m.db")).await.unwrap();
     assert!(!sqlite.shares_api_budget());
+}
+
+#[tokio::test]
+async fn postgres_readers_never_migrate_and_refuse_a_schema_that_is_not_theirs() {
+    let url = PgCluster::shared().fresh_database();
+    let message = |r: StoreResult<Store>| match r {
+        Ok(_) => panic!("opened"),
+        Err(e) => e.to_string(),
+    };
+    let err = message(Store::open_postgres_existing(&url).await);
+    assert!(err.contains("no queue yet"), "{err}");
+    let raw = PgPoolOptions::new().connect(&url).await.unwrap();
+    let created: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+    assert!(!created, "a reader created the schema");
+    Store::open_postgres(&url, PgClock::Database)
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let reader = Store::open_postgres_existing(&url).await.unwrap();
+    assert!(reader.list_jobs().await.unwrap().is_empty());
+    reader.close().await;
+    // A daemon of a later version migrated it further.
+    sqlx::query(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99999, 'from the future', true, '\\x00', 0)",
+    )
+    .execute(&raw)
+    .await
+    .unwrap();
+    let err = message(Store::open_postgres_existing(&url).await);
+    assert!(err.contains("newer than this binary"), "{err}");
+    // Or an older one set it up, and no daemon of this version ran yet.
+    sqlx::query("DELETE FROM _sqlx_migrations WHERE version IN (99999, 4)")
+        .execute(&raw)
+        .await
+        .unwrap();
+    let err = message(Store::open_postgres_existing(&url).await);
+    assert!(err.contains("older than this binary"), "{err}");
 }

@@ -135,7 +135,10 @@ async fn ready_to_download(
         Err(e) => {
             // Do not strand the batch until its lease expires.
             for c in &claimed {
-                let _ = ctx.store.release(&c.lease, now_ms(), None).await;
+                let _ = ctx
+                    .store
+                    .release(&c.lease, Duration::ZERO, None, now_ms())
+                    .await;
             }
             Err(e)
         }
@@ -308,11 +311,13 @@ async fn hand_back(
         RetryDecision::RateLimited(wait) => {
             let delay = wait.unwrap_or(Duration::from_secs(1));
             ctx.store
-                .release(&image.lease, now + delay.as_millis() as i64, Some(&note))
+                .release(&image.lease, delay, Some(&note), now)
                 .await?;
         }
         RetryDecision::PauseJob => {
-            ctx.store.release(&image.lease, now, Some(&note)).await?;
+            ctx.store
+                .release(&image.lease, Duration::ZERO, Some(&note), now)
+                .await?;
         }
         RetryDecision::GiveUp => {
             // A refusal retrying cannot fix (a 4xx that is neither a rate

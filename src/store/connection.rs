@@ -126,6 +126,14 @@ impl Store {
         Ok(store)
     }
 
+    /// Opens the shared PostgreSQL store at `url` for a reader beside live
+    /// daemons: never creates or migrates, and refuses a schema that is not
+    /// this binary's.
+    pub async fn open_postgres_existing(url: &str) -> StoreResult<Store> {
+        let pg = PgStore::open_existing(url).await?;
+        Ok(Store::from_backend(Backend::Postgres(pg)))
+    }
+
     /// Moves PostgreSQL's counter deltas onto the job rows (see
     /// `migrations/postgres/0001_init.sql`); returns how many it moved.
     /// Counts read the same before and after. SQLite keeps its counters on

@@ -408,16 +408,17 @@ impl Store {
     pub async fn release(
         &self,
         lease: &Lease,
-        run_at_ms: i64,
+        delay: Duration,
         note: Option<&str>,
+        now_ms: i64,
     ) -> StoreResult<bool> {
-        on_postgres!(self.release(lease, run_at_ms, note));
+        on_postgres!(self.release(lease, delay, note, now_ms));
         let query = sqlx::query(concat!(
             "UPDATE images SET state = 'pending', attempts = max(attempts - 1, 0), run_at = ?, \
              lease_owner = NULL, lease_until = NULL, last_error = ifnull(?, last_error)",
             fence!()
         ))
-        .bind(run_at_ms)
+        .bind(now_ms.saturating_add(super::job_tasks::millis(delay)))
         .bind(note);
         let result = bind_lease(query, lease).execute(self.writer()?).await?;
         Ok(result.rows_affected() == 1)

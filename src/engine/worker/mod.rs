@@ -251,7 +251,7 @@ async fn record(ctx: &EngineContext, image: &ClaimedImage, outcome: Outcome) -> 
         }
         Outcome::UrlExpired => {
             ctx.store.update_urls(&[(lease.row_id, None)]).await?;
-            ctx.store.release(lease, now, None).await?;
+            ctx.store.release(lease, Duration::ZERO, None, now).await?;
         }
         Outcome::RateLimited { delay } => {
             // Deferred, not released: a CDN that keeps refusing pushes this
@@ -267,11 +267,13 @@ async fn record(ctx: &EngineContext, image: &ClaimedImage, outcome: Outcome) -> 
                 .await?;
         }
         Outcome::PauseJob { reason, message } => {
-            ctx.store.release(lease, now, Some(&message)).await?;
+            ctx.store
+                .release(lease, Duration::ZERO, Some(&message), now)
+                .await?;
             super::enumerate::pause(ctx, image.job_id, reason, &message).await?;
         }
         Outcome::Abandoned => {
-            ctx.store.release(lease, now, None).await?;
+            ctx.store.release(lease, Duration::ZERO, None, now).await?;
         }
         Outcome::StorageUnavailable { error } => {
             let policy = DeferPolicy {

@@ -39,6 +39,21 @@ use std::time::Duration;
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
+/// A pool on `url`, which may hold a password: errors never repeat it.
+async fn connect(url: &str) -> StoreResult<PgPool> {
+    let options = PgConnectOptions::from_str(url).map_err(|e| {
+        StoreError::Invalid(format!("storage.database_url is not a PostgreSQL URL: {e}"))
+    })?;
+    Ok(PgPoolOptions::new()
+        .max_connections(16)
+        .min_connections(1)
+        // A server restarting: callers wait this long, then get an error
+        // they retry, rather than waiting without a bound.
+        .acquire_timeout(Duration::from_secs(15))
+        .connect_with(options)
+        .await?)
+}
+
 /// Whose clock stamps leases and times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PgClock {
@@ -57,21 +72,51 @@ pub struct PgStore {
 
 impl PgStore {
     pub async fn open(url: &str, clock: PgClock) -> StoreResult<PgStore> {
-        let options = PgConnectOptions::from_str(url).map_err(|e| {
-            StoreError::Invalid(format!("storage.database_url is not a PostgreSQL URL: {e}"))
-        })?;
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .min_connections(1)
-            // A server restarting: callers wait this long, then get an error
-            // they retry, rather than waiting without a bound.
-            .acquire_timeout(Duration::from_secs(15))
-            .connect_with(options)
-            .await?;
+        let pool = connect(url).await?;
         // sqlx holds an advisory lock while migrating: daemons starting
         // together migrate once.
         MIGRATOR.run(&pool).await?;
         Ok(PgStore { pool, clock })
+    }
+
+    /// Opens a database whose schema is this binary's, without creating or
+    /// migrating anything: for readers beside live daemons (`status`), which
+    /// must not change the schema under daemons of another version.
+    pub async fn open_existing(url: &str) -> StoreResult<PgStore> {
+        let pool = connect(url).await?;
+        let applied: Vec<i64> = match sqlx::query_scalar(
+            "SELECT version FROM _sqlx_migrations WHERE success ORDER BY version",
+        )
+        .fetch_all(&pool)
+        .await
+        {
+            Ok(applied) => applied,
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => {
+                return Err(StoreError::Schema(
+                    "the PostgreSQL database has no queue yet: start `serve` (or run `download`) \
+                     on it first"
+                        .into(),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let known: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+        if let Some(unknown) = applied.iter().find(|v| !known.contains(v)) {
+            return Err(StoreError::Schema(format!(
+                "the PostgreSQL queue's schema is newer than this binary (migration {unknown}): \
+                 use the daemons' version"
+            )));
+        }
+        if let Some(missing) = known.iter().find(|v| !applied.contains(v)) {
+            return Err(StoreError::Schema(format!(
+                "the PostgreSQL queue's schema is older than this binary (migration {missing} \
+                 not applied): start a daemon of this version first, it migrates"
+            )));
+        }
+        Ok(PgStore {
+            pool,
+            clock: PgClock::Database,
+        })
     }
 
     /// The value to bind for a caller's `now_ms`: `None` on the database's

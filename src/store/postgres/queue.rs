@@ -277,21 +277,26 @@ impl PgStore {
 
     /// See the SQLite twin. `run_at_ms` is stored as given: the signature
     /// carries no `now_ms` to turn it into a delay on the database's clock.
+    /// See the SQLite twin: due `delay` after the database's now.
     pub async fn release(
         &self,
         lease: &Lease,
-        run_at_ms: i64,
+        delay: Duration,
         note: Option<&str>,
+        now_ms: i64,
     ) -> StoreResult<bool> {
         let query = sqlx::query(concat!(
             "UPDATE images SET state = 'pending', attempts = greatest(attempts - 1, 0), \
-             run_at = $1, lease_owner = NULL, lease_until = NULL, \
-             last_error = coalesce($2, last_error)",
+             run_at = coalesce($1::BIGINT, mld_now_ms()) + $6, lease_owner = NULL, \
+             lease_until = NULL, last_error = coalesce($2, last_error)",
             fence!(3, 4, 5)
         ))
-        .bind(run_at_ms)
+        .bind(self.at(now_ms))
         .bind(note);
-        let result = bind_lease(query, lease).execute(self.pool()).await?;
+        let result = bind_lease(query, lease)
+            .bind(crate::store::job_tasks::millis(delay))
+            .execute(self.pool())
+            .await?;
         Ok(result.rows_affected() == 1)
     }
 
