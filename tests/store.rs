@@ -2319,6 +2319,20 @@ async fn postgres_leases_and_times_come_from_the_database_clock() {
         other.iter().all(|c| c.image_id != claimed[0].image_id),
         "a skewed clock took over a live lease"
     );
+    // A daemon far ahead hands its image back: due at the database's now,
+    // not in that daemon's future.
+    let back = &other[0];
+    assert!(
+        store
+            .release(&back.lease, Duration::ZERO, None, i64::MAX / 4)
+            .await
+            .unwrap()
+    );
+    let again = store.claim_as("w3", 10, LEASE, 0).await.unwrap();
+    assert!(
+        again.iter().any(|c| c.image_id == back.image_id),
+        "a released image waits for a skewed clock's now"
+    );
 }
 
 #[tokio::test]

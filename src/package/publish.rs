@@ -126,12 +126,14 @@ async fn publish_in_bucket(
             .map_err(bucket_error)
     }
     .await;
-    if completed.is_err()
+    // Not completed (an error, or the key taken): its parts must go too.
+    if !matches!(completed, Ok(Completed::Created))
         && let Err(e) = bucket.abort_upload(target, &upload_id).await
     {
         // It stays recorded: the next packer aborts it.
         warn!(tar = %packing.tar_name, error = %e, "could not abort the tar's upload; the next packing round does");
-        return completed.map(|_| Published::Created);
+        completed?;
+        return Err(bucket_error(e));
     }
     if let Err(e) = store.forget_upload(&upload_id).await {
         warn!(tar = %packing.tar_name, error = %e, "could not forget the tar's finished upload; the next packing round does");
