@@ -1,7 +1,8 @@
 //! The one piece of test setup that needs the daemon's own types, so it
 //! cannot live in `mld-testkit` (which must not depend on this crate): the
 //! daemon running in the test's process, on `127.0.0.1:0`, with a real
-//! SQLite file, configured from the kit's test environment.
+//! SQLite file (or a PostgreSQL queue, see [`postgres_queue_for`]),
+//! configured from the kit's test environment.
 //!
 //! Used as `mod common;` by the tests that run the daemon in-process
 //! (`daemon.rs`, `crash_resume.rs`); everything else comes from the kit.
@@ -38,6 +39,10 @@ pub fn test_settings(
         ])
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
+    if let Some(url) = postgres_queue_for(data_dir) {
+        vars.insert("MLD__STORAGE__DATABASE_URL".into(), url);
+        vars.insert("MLD__STORAGE__SHARED_FILESYSTEM".into(), "true".into());
+    }
     vars.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     let flags = FlagOverrides {
         config_file: None,
@@ -48,6 +53,28 @@ pub fn test_settings(
         workers: Some(workers),
     };
     Settings::load_from(&flags, &vars).expect("test settings")
+}
+
+/// With `MLD_TEST_QUEUE=postgres`, the daemon tests that make sense there
+/// run on a PostgreSQL queue: a fresh database of the test binary's cluster
+/// per data dir (the same one when a test restarts on it), the archive on the
+/// local disk, marked shared. `scripts/test` runs its list of those tests a
+/// second time so. Any other value is refused rather than ignored.
+fn postgres_queue_for(data_dir: &Path) -> Option<String> {
+    static DATABASES: std::sync::Mutex<Option<HashMap<PathBuf, String>>> =
+        std::sync::Mutex::new(None);
+    match std::env::var("MLD_TEST_QUEUE").as_deref() {
+        Err(_) | Ok("") | Ok("sqlite") => None,
+        Ok("postgres") => {
+            let mut databases = DATABASES.lock().unwrap();
+            let url = databases
+                .get_or_insert_with(HashMap::new)
+                .entry(data_dir.to_path_buf())
+                .or_insert_with(|| mld_testkit::postgres::PgCluster::shared().fresh_database());
+            Some(url.clone())
+        }
+        Ok(other) => panic!("MLD_TEST_QUEUE={other}: use postgres, or leave it unset for SQLite"),
+    }
 }
 
 /// The daemon in this process; its API client is reachable through `Deref`
@@ -65,6 +92,12 @@ impl TestDaemon {
             .await
             .expect("daemon starts")
             .spawn();
+        if std::env::var("MLD_TEST_QUEUE").as_deref() == Ok("postgres") {
+            assert!(
+                !settings.database_path().exists(),
+                "MLD_TEST_QUEUE=postgres, yet the daemon made a SQLite file"
+            );
+        }
         TestDaemon {
             api: ApiClient::new(format!("http://{}", app.local_addr())),
             archive_dir: settings.archive_dir(),
