@@ -239,14 +239,10 @@ impl Bucket {
             })
             .map(|(_, value)| value.clone())
             .collect();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(120))
-            .build()
-            .map_err(|e| BucketError::Config {
-                url: url.to_string(),
-                reason: e.to_string(),
-            })?;
+        let http = completion_client(env).map_err(|reason| BucketError::Config {
+            url: url.to_string(),
+            reason,
+        })?;
         Ok(Bucket {
             http,
             redactions,
@@ -506,6 +502,32 @@ impl Bucket {
             }
         }
     }
+}
+
+/// The client for the requests we send ourselves (a presigned completion),
+/// with the `AWS_*` client settings object_store honours that decide whether
+/// a request gets through at all: `AWS_ALLOW_INVALID_CERTIFICATES` (a server
+/// on a self-signed certificate), `AWS_PROXY_URL` and `AWS_PROXY_EXCLUDES`.
+fn completion_client(env: &AwsEnvironment) -> Result<reqwest::Client, String> {
+    let setting = |name: &str| {
+        env.0
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(&format!("AWS_{name}")))
+            .map(|(_, value)| value.expose().trim().to_string())
+    };
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(120));
+    if setting("ALLOW_INVALID_CERTIFICATES").is_some_and(|v| v.eq_ignore_ascii_case("true")) {
+        builder = builder.danger_accept_invalid_certs(true);
+    }
+    if let Some(proxy) = setting("PROXY_URL") {
+        let proxy = reqwest::Proxy::all(&proxy)
+            .map_err(|e| format!("AWS_PROXY_URL is not a proxy URL: {e}"))?
+            .no_proxy(setting("PROXY_EXCLUDES").and_then(|v| reqwest::NoProxy::from_string(&v)));
+        builder = builder.proxy(proxy);
+    }
+    builder.build().map_err(|e| e.to_string())
 }
 
 /// An object_store error with its causes, each said once (its messages

@@ -755,6 +755,27 @@ async fn a_tar_upload_never_replaces_an_object_and_an_aborted_one_never_complete
     assert!(s3.get(&key).await.unwrap() == bytes);
     assert_eq!(s3.metadata(&key).await["sha256"], sha);
 
+    // Sizes at part boundaries: exactly one and two parts, and empty.
+    for (size, want_parts) in [(8_usize << 20, 1), (16 << 20, 2), (0, 1)] {
+        let exact: Vec<u8> = bytes.iter().copied().cycle().take(size).collect();
+        std::fs::write(&local, &exact).unwrap();
+        let at = bucket
+            .root()
+            .join(format!("mapillary-x-original/exact-{size}.tar"));
+        let id = bucket.begin_upload(&at, &sha256_hex(&exact)).await.unwrap();
+        let sent = bucket.upload_parts(&local, &at, &id).await.unwrap();
+        assert_eq!(sent.len(), want_parts, "{size} bytes");
+        assert_eq!(
+            bucket.complete_create_only(&at, &id, &sent).await.unwrap(),
+            Completed::Created
+        );
+        let stored = s3
+            .get(&format!("{PREFIX}/mapillary-x-original/exact-{size}.tar"))
+            .await
+            .unwrap();
+        assert!(stored == exact, "{size} bytes: the object is the file");
+    }
+
     // A second upload to the taken key: not completed, the object unchanged.
     std::fs::write(&local, b"a shorter tar").unwrap();
     let second = bucket.begin_upload(&path, "other").await.unwrap();

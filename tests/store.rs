@@ -1027,6 +1027,15 @@ async fn release_costs_no_attempt(f: Fixture) {
     );
     let rec = s.image_by_id(job, "1").await.unwrap().unwrap();
     assert_eq!(rec.last_error.as_deref(), Some("rate limited"));
+    // Released with a delay (a Retry-After): due that long after now.
+    let c = s.claim_as("w", 1, LEASE, 200).await.unwrap().remove(0);
+    assert!(
+        s.release(&c.lease, Duration::from_secs(5), None, 1_000)
+            .await
+            .unwrap()
+    );
+    assert!(s.claim_as("w", 1, LEASE, 5_999).await.unwrap().is_empty());
+    assert_eq!(s.claim_as("w", 1, LEASE, 6_000).await.unwrap().len(), 1);
 }
 
 async fn reset_in_flight_returns_rows_and_their_attempts(f: Fixture) {

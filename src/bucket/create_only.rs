@@ -75,6 +75,18 @@ impl Bucket {
         let mut file = tokio::fs::File::open(local).await.map_err(local_error)?;
         let mut parts: Vec<Option<PartId>> = Vec::new();
         let mut in_flight = tokio::task::JoinSet::new();
+        let settle =
+            |joined: Result<(usize, object_store::Result<PartId>), tokio::task::JoinError>,
+             parts: &mut Vec<Option<PartId>>|
+             -> Result<(), BucketError> {
+                let (index, sent) = joined.map_err(|e| BucketError::Request {
+                    op: "PUT (part)",
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+                parts[index] = Some(sent.map_err(self.failed("PUT (part)", path))?);
+                Ok(())
+            };
         loop {
             let mut chunk = Vec::with_capacity(PART_BYTES);
             while chunk.len() < PART_BYTES {
@@ -87,11 +99,12 @@ impl Bucket {
                     break;
                 }
             }
-            // S3 needs one part even for an empty object.
+            // The file is all sent (S3 needs one part even for an empty
+            // object, so an empty file sends one empty part).
             if chunk.is_empty() && !parts.is_empty() {
                 break;
             }
-            let last = chunk.len() < PART_BYTES;
+            let full = chunk.len() == PART_BYTES;
             let index = parts.len();
             parts.push(None);
             let (store, key, id) = (self.store.clone(), key.clone(), id.clone());
@@ -101,22 +114,27 @@ impl Bucket {
                     .await;
                 (index, sent)
             });
-            while in_flight.len() >= PARTS_IN_FLIGHT || (last && !in_flight.is_empty()) {
-                let Some(joined) = in_flight.join_next().await else {
-                    break;
-                };
-                let (index, sent) = joined.map_err(|e| BucketError::Request {
-                    op: "PUT (part)",
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                })?;
-                parts[index] = Some(sent.map_err(self.failed("PUT (part)", path))?);
+            while in_flight.len() >= PARTS_IN_FLIGHT {
+                if let Some(joined) = in_flight.join_next().await {
+                    settle(joined, &mut parts)?;
+                }
             }
-            if last {
+            if !full {
                 break;
             }
         }
-        Ok(parts.into_iter().flatten().collect())
+        // Every part in flight lands before the list is handed on.
+        while let Some(joined) = in_flight.join_next().await {
+            settle(joined, &mut parts)?;
+        }
+        parts
+            .into_iter()
+            .collect::<Option<Vec<PartId>>>()
+            .ok_or_else(|| BucketError::Request {
+                op: "PUT (part)",
+                path: path.to_path_buf(),
+                message: "a part was not sent".into(),
+            })
     }
 
     /// Completes upload `upload_id` only if no object has the key yet.

@@ -177,10 +177,10 @@ async fn package_held_collection(
     }
     let packed = job.package == Packaging::Tar || store.is_packed_collection(collection).await?;
     // Item files are rewritten whole from the rows, by the lease's holder
-    // only: checked last thing before, so a finisher that lost the lease
-    // while it packed does not put an older view over a newer one.
+    // only (`metadata::write` checks again just before its file replaces
+    // the old one).
     store.check_collection_task(task).await?;
-    metadata::write(store, &files, &folder, collection, packed).await?;
+    metadata::write(store, &files, &folder, task, packed).await?;
     if packed {
         item::write_meta_tags(store, &files, &folder, collection, true).await?;
     }

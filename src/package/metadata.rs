@@ -6,7 +6,7 @@
 use crate::archive::ArchiveError;
 use crate::archive_files::ArchiveFiles;
 use crate::model::ImageMeta;
-use crate::store::Store;
+use crate::store::{CollectionTask, Store};
 use flate2::{Compression, GzBuilder};
 use serde::Serialize;
 use std::io::Write;
@@ -33,16 +33,19 @@ struct Line<'a> {
     bytes: Option<u64>,
 }
 
-/// Writes `collection`'s metadata file in `folder`: gzipped when `packed`
-/// (and the plain one removed), plain otherwise. A collection with nothing
-/// archived gets no file.
+/// Writes the metadata file of `task`'s collection in `folder`: gzipped
+/// when `packed` (and the plain one removed), plain otherwise. A collection
+/// with nothing archived gets no file. The file replaces the one before only
+/// while `task` still holds the collection (checked last thing before), so a
+/// finisher that lost its lease does not put an older view over a newer one.
 pub async fn write(
     store: &Arc<Store>,
     files: &ArchiveFiles,
     folder: &Path,
-    collection: &str,
+    task: &CollectionTask,
     packed: bool,
 ) -> anyhow::Result<()> {
+    let collection: &str = &task.collection;
     if store
         .collection_images(collection, None, 1)
         .await?
@@ -55,7 +58,7 @@ pub async fn write(
     } else {
         (METADATA_FILE, METADATA_GZ_FILE)
     };
-    build(store, files, &folder.join(name), collection, packed).await?;
+    build(store, files, &folder.join(name), task, packed).await?;
     files.remove_async(&folder.join(stale)).await?;
     Ok(())
 }
@@ -65,13 +68,14 @@ async fn build(
     store: &Arc<Store>,
     files: &ArchiveFiles,
     target: &Path,
-    collection: &str,
+    task: &CollectionTask,
     packed: bool,
 ) -> anyhow::Result<()> {
     let target = target.to_path_buf();
     let files = files.clone();
     let store = Arc::clone(store);
-    let collection = collection.to_string();
+    let task = task.clone();
+    let collection = task.collection.to_string();
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
         files.write_atomically(&target, |out| {
@@ -86,10 +90,12 @@ async fn build(
                     .write(out, Compression::best());
                 lines(&mut gz)?;
                 gz.finish()?;
-                Ok(())
             } else {
-                lines(out)
+                lines(out)?;
             }
+            handle
+                .block_on(store.check_collection_task(&task))
+                .map_err(std::io::Error::other)
         })
     })
     .await??;

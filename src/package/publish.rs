@@ -109,7 +109,9 @@ async fn publish_in_bucket(
         .map_err(bucket_error)?;
     let path = target.to_string_lossy();
     if let Err(e) = store.record_upload(task, &upload_id, &path, now_ms()).await {
-        let _ = bucket.abort_upload(target, &upload_id).await;
+        if let Err(abort) = bucket.abort_upload(target, &upload_id).await {
+            warn!(tar = %packing.tar_name, error = %abort, "an upload neither recorded nor aborted: a bucket lifecycle rule ends it");
+        }
         return Err(e.into());
     }
     let completed = async {
@@ -201,18 +203,21 @@ pub(super) async fn abort_left_uploads(
     let ArchiveFiles::Bucket(bucket) = files else {
         return Ok(0);
     };
+    let mut aborted = 0;
     for upload in &uploads {
-        bucket
+        // One that cannot be aborted (a policy without
+        // s3:AbortMultipartUpload, a record from another archive URL) must
+        // not hold the collection: it stays recorded, and is said.
+        if let Err(e) = bucket
             .abort_upload(Path::new(&upload.path), &upload.upload_id)
             .await
-            .map_err(|e| {
-                PackError::Archive(archive::ArchiveError::Io {
-                    path: upload.path.clone().into(),
-                    source: std::io::Error::other(e),
-                })
-            })?;
+        {
+            warn!(collection = %task.collection, path = %upload.path, error = %e, "could not abort a tar upload an earlier packer left; tried again at the next packing (a bucket lifecycle rule also ends it)");
+            continue;
+        }
         store.forget_upload(&upload.upload_id).await?;
+        aborted += 1;
         info!(collection = %task.collection, path = %upload.path, "aborted a tar upload an earlier packer left unfinished");
     }
-    Ok(uploads.len())
+    Ok(aborted)
 }

@@ -403,8 +403,10 @@ impl Store {
     }
 
     /// Gives a claimed image back without burning its attempt: for rate
-    /// limits, expired URLs, paused jobs, a full disk and shutdown. `note`,
-    /// when given, replaces `last_error`. `false` means the lease was lost.
+    /// limits, expired URLs, paused jobs, a full disk and shutdown. It is due
+    /// again `delay` after `now_ms` (after the database's now on a shared
+    /// PostgreSQL queue, whatever this daemon's clock says). `note`, when
+    /// given, replaces `last_error`. `false` means the lease was lost.
     pub async fn release(
         &self,
         lease: &Lease,

@@ -275,9 +275,8 @@ impl PgStore {
         Ok(result.rows_affected())
     }
 
-    /// See the SQLite twin. `run_at_ms` is stored as given: the signature
-    /// carries no `now_ms` to turn it into a delay on the database's clock.
-    /// See the SQLite twin: due `delay` after the database's now.
+    /// See the SQLite twin: due `delay` after the store's clock's now (the
+    /// database's, on [`super::PgClock::Database`]).
     pub async fn release(
         &self,
         lease: &Lease,
