@@ -44,6 +44,23 @@ fn cluster_settings(
     test_settings(fake.api_url().as_str(), data, 8, &env)
 }
 
+/// Two in-process daemons on one queue and one bucket, each with a data dir
+/// of its own under `dir` (`a`, `b`).
+async fn two_daemons(
+    fake: &FakeMapillary,
+    dir: &std::path::Path,
+    database_url: &str,
+    s3_env: &[(String, String)],
+) -> (TestDaemon, TestDaemon) {
+    let start = |name: &str| {
+        TestDaemon::start(
+            cluster_settings(fake, &dir.join(name), database_url, s3_env),
+            DEFAULT_TOKEN,
+        )
+    };
+    (start("a").await, start("b").await)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_daemons_share_one_queue_and_a_crashed_ones_work_is_taken_over() {
     let s3 = S3Server::start("archive").await;
@@ -57,16 +74,7 @@ async fn two_daemons_share_one_queue_and_a_crashed_ones_work_is_taken_over() {
     let database_url = PgCluster::shared().fresh_database();
     let dir = tempfile::tempdir().unwrap();
     let s3_env = s3.daemon_env(PREFIX);
-    let first = TestDaemon::start(
-        cluster_settings(&fake, &dir.path().join("a"), &database_url, &s3_env),
-        DEFAULT_TOKEN,
-    )
-    .await;
-    let second = TestDaemon::start(
-        cluster_settings(&fake, &dir.path().join("b"), &database_url, &s3_env),
-        DEFAULT_TOKEN,
-    )
-    .await;
+    let (first, second) = two_daemons(&fake, dir.path(), &database_url, &s3_env).await;
 
     // Each daemon's /status lists both (the daemons table, by heartbeat).
     let (status, report) = second.request_json(Method::GET, "/status", None).await;
@@ -370,16 +378,7 @@ async fn a_postgres_restart_and_an_s3_outage_mid_run_lose_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut s3_env = s3.daemon_env(PREFIX);
     mld_testkit::env::set(&mut s3_env, "AWS_ENDPOINT_URL", &proxy.endpoint);
-    let first = TestDaemon::start(
-        cluster_settings(&fake, &dir.path().join("a"), &database_url, &s3_env),
-        DEFAULT_TOKEN,
-    )
-    .await;
-    let second = TestDaemon::start(
-        cluster_settings(&fake, &dir.path().join("b"), &database_url, &s3_env),
-        DEFAULT_TOKEN,
-    )
-    .await;
+    let (first, second) = two_daemons(&fake, dir.path(), &database_url, &s3_env).await;
     let (status, job) = first.post_job(json!({"username": "carl"})).await;
     assert_eq!(status, StatusCode::CREATED, "{job}");
     let id = job_id(&job);
@@ -499,16 +498,7 @@ async fn two_daemons_pack_a_tar_job_into_the_bucket_once() {
     let database_url = PgCluster::shared().fresh_database();
     let dir = tempfile::tempdir().unwrap();
     let s3_env = s3.daemon_env(PREFIX);
-    let first = TestDaemon::start(
-        cluster_settings(&fake, &dir.path().join("a"), &database_url, &s3_env),
-        DEFAULT_TOKEN,
-    )
-    .await;
-    let second = TestDaemon::start(
-        cluster_settings(&fake, &dir.path().join("b"), &database_url, &s3_env),
-        DEFAULT_TOKEN,
-    )
-    .await;
+    let (first, second) = two_daemons(&fake, dir.path(), &database_url, &s3_env).await;
     let (status, job) = first
         .post_job(json!({"username": "tara", "package": "tar"}))
         .await;

@@ -52,6 +52,27 @@ async fn lease(store: &Store) -> CollectionTask {
         .expect("the collection's lease")
 }
 
+/// One packing step on the local disk, by the holder of `task`.
+async fn step(
+    store: &Arc<Store>,
+    archive: &Path,
+    task: &CollectionTask,
+) -> Result<PackStep, package::PackError> {
+    package::step(store, &ArchiveFiles::Disk, archive, task, 0).await
+}
+
+/// Packs the collection on the local disk, by the holder of `task`.
+async fn pack_as(store: &Arc<Store>, archive: &Path, task: &CollectionTask) -> package::PackReport {
+    package::pack_collection(store, &ArchiveFiles::Disk, archive, task, 0)
+        .await
+        .unwrap()
+}
+
+/// Packs the collection as a new packer would (a fresh lease).
+async fn pack(store: &Arc<Store>, archive: &Path) -> package::PackReport {
+    pack_as(store, archive, &lease(store).await).await
+}
+
 async fn open(data: &Path) -> Arc<Store> {
     Arc::new(Store::open(&data.join("mapillary.db")).await.unwrap())
 }
@@ -116,15 +137,7 @@ async fn a_crash_between_any_two_steps_ends_with_the_same_tars() {
     let archive = reference.path().join("archive");
     let store = open(reference.path()).await;
     archived_job(&store, &archive).await;
-    let report = package::pack_collection(
-        &store,
-        &ArchiveFiles::Disk,
-        &archive,
-        &lease(&store).await,
-        0,
-    )
-    .await
-    .unwrap();
+    let report = pack(&store, &archive).await;
     assert_eq!(report.tars, ["2024-01-02.tar", "2024-01-03.tar"]);
     assert_eq!((report.members, report.requeued), (40, 0));
     let want = tars_in(&archive.join(COLLECTION));
@@ -135,16 +148,7 @@ async fn a_crash_between_any_two_steps_ends_with_the_same_tars() {
     let collection = archive.join(COLLECTION);
     let store = open(dir.path()).await;
     archived_job(&store, &archive).await;
-    let planned = match package::step(
-        &store,
-        &ArchiveFiles::Disk,
-        &archive,
-        &lease(&store).await,
-        0,
-    )
-    .await
-    .unwrap()
-    {
+    let planned = match step(&store, &archive, &lease(&store).await).await.unwrap() {
         PackStep::Planned(p) => p,
         other => panic!("expected a plan, got {other:?}"),
     };
@@ -157,16 +161,7 @@ async fn a_crash_between_any_two_steps_ends_with_the_same_tars() {
     std::fs::write(collection.join("2024-01-02.tar.999-0.part"), b"half a tar").unwrap();
     let store = open(dir.path()).await;
     assert_eq!(loose_files(&collection).len(), 40, "planning moves nothing");
-    match package::step(
-        &store,
-        &ArchiveFiles::Disk,
-        &archive,
-        &lease(&store).await,
-        0,
-    )
-    .await
-    .unwrap()
-    {
+    match step(&store, &archive, &lease(&store).await).await.unwrap() {
         PackStep::Written(p, written) => {
             assert_eq!((p.id, written.members), (planned.id, 20));
         }
@@ -183,16 +178,7 @@ async fn a_crash_between_any_two_steps_ends_with_the_same_tars() {
         std::fs::remove_file(collection.join(file)).unwrap();
     }
     let store = open(dir.path()).await;
-    match package::step(
-        &store,
-        &ArchiveFiles::Disk,
-        &archive,
-        &lease(&store).await,
-        0,
-    )
-    .await
-    .unwrap()
-    {
+    match step(&store, &archive, &lease(&store).await).await.unwrap() {
         PackStep::Cleaned(p) => assert_eq!(p.state, PackingState::Cleaned),
         other => panic!("expected the cleaning, got {other:?}"),
     }
@@ -202,26 +188,10 @@ async fn a_crash_between_any_two_steps_ends_with_the_same_tars() {
         "the first date's files are gone"
     );
     assert!(!collection.join("2024-01-02").exists(), "and its folder");
-    let report = package::pack_collection(
-        &store,
-        &ArchiveFiles::Disk,
-        &archive,
-        &lease(&store).await,
-        0,
-    )
-    .await
-    .unwrap();
+    let report = pack(&store, &archive).await;
     assert_eq!(report.tars, ["2024-01-03.tar"]);
     assert!(matches!(
-        package::step(
-            &store,
-            &ArchiveFiles::Disk,
-            &archive,
-            &lease(&store).await,
-            0
-        )
-        .await
-        .unwrap(),
+        step(&store, &archive, &lease(&store).await).await.unwrap(),
         PackStep::Idle
     ));
     assert!(loose_files(&collection).is_empty());
@@ -244,15 +214,7 @@ async fn missing_or_mismatched_loose_files_stay_out_of_the_tar_and_are_queued_ag
     std::fs::remove_file(&gone).unwrap();
     std::fs::write(&damaged, b"not what was archived").unwrap();
 
-    let report = package::pack_collection(
-        &store,
-        &ArchiveFiles::Disk,
-        &archive,
-        &lease(&store).await,
-        0,
-    )
-    .await
-    .unwrap();
+    let report = pack(&store, &archive).await;
     assert_eq!((report.members, report.requeued), (38, 2));
     assert!(
         !damaged.exists(),
@@ -277,15 +239,7 @@ async fn missing_or_mismatched_loose_files_stay_out_of_the_tar_and_are_queued_ag
 
     // Fetched again, they go into the next tar of their date.
     complete_all(&store, &archive, mapillary_downloader::clock::now_ms() + 1).await;
-    let report = package::pack_collection(
-        &store,
-        &ArchiveFiles::Disk,
-        &archive,
-        &lease(&store).await,
-        0,
-    )
-    .await
-    .unwrap();
+    let report = pack(&store, &archive).await;
     assert_eq!(report.tars, ["2024-01-02.1.tar"]);
     assert_eq!(report.members, 2);
     store.close().await;
@@ -303,15 +257,7 @@ async fn a_date_whose_files_all_vanished_gets_no_empty_tar() {
     let job = archived_job(&store, &archive).await;
     std::fs::remove_dir_all(collection.join("2024-01-03")).unwrap();
 
-    let report = package::pack_collection(
-        &store,
-        &ArchiveFiles::Disk,
-        &archive,
-        &lease(&store).await,
-        0,
-    )
-    .await
-    .unwrap();
+    let report = pack(&store, &archive).await;
     assert_eq!(report.tars, ["2024-01-02.tar"]);
     assert_eq!((report.members, report.requeued), (20, 20));
     assert!(!collection.join("2024-01-03.tar").exists());
@@ -320,15 +266,7 @@ async fn a_date_whose_files_all_vanished_gets_no_empty_tar() {
     assert_eq!(store.tar_names(COLLECTION).await.unwrap().len(), 1);
 
     complete_all(&store, &archive, mapillary_downloader::clock::now_ms() + 1).await;
-    let report = package::pack_collection(
-        &store,
-        &ArchiveFiles::Disk,
-        &archive,
-        &lease(&store).await,
-        0,
-    )
-    .await
-    .unwrap();
+    let report = pack(&store, &archive).await;
     assert_eq!(report.tars, ["2024-01-03.tar"]);
     assert_eq!(report.members, 20);
     assert!(loose_files(&collection).is_empty());
@@ -360,15 +298,7 @@ async fn a_copy_completed_after_its_date_was_packed_joins_the_tar() {
     let folder = collection_path(&archive, COLLECTION).unwrap();
     let path = image_path(&folder, &meta(5), FileKind::Jpeg).unwrap();
     let bytes = std::fs::read(&path).unwrap();
-    package::pack_collection(
-        &store,
-        &ArchiveFiles::Disk,
-        &archive,
-        &lease(&store).await,
-        0,
-    )
-    .await
-    .unwrap();
+    pack(&store, &archive).await;
     assert!(!path.exists());
     // Or it found no file and downloaded the image again, bytes that differ
     // from the member's (the CDN re-encoded it, say): the row still joins
@@ -403,15 +333,7 @@ async fn a_copy_completed_after_its_date_was_packed_joins_the_tar() {
     );
     assert_eq!(row.packing_id, copy.packing_id);
     // Nothing is left to pack.
-    let report = package::pack_collection(
-        &store,
-        &ArchiveFiles::Disk,
-        &archive,
-        &lease(&store).await,
-        0,
-    )
-    .await
-    .unwrap();
+    let report = pack(&store, &archive).await;
     assert!(report.tars.is_empty(), "{report:?}");
     store.close().await;
 }
@@ -433,15 +355,7 @@ async fn a_row_is_loose_until_its_tar_is_written() {
             .unwrap()
     );
     assert!(matches!(
-        package::step(
-            &store,
-            &ArchiveFiles::Disk,
-            &archive,
-            &lease(&store).await,
-            0
-        )
-        .await
-        .unwrap(),
+        step(&store, &archive, &lease(&store).await).await.unwrap(),
         PackStep::Planned(_)
     ));
     assert!(
@@ -450,15 +364,7 @@ async fn a_row_is_loose_until_its_tar_is_written() {
             .await
             .unwrap()
     );
-    package::pack_collection(
-        &store,
-        &ArchiveFiles::Disk,
-        &archive,
-        &lease(&store).await,
-        0,
-    )
-    .await
-    .unwrap();
+    pack(&store, &archive).await;
     assert!(
         !store
             .is_still_loose(listed.row_id, &listed.path)
@@ -485,15 +391,7 @@ async fn a_tar_takes_its_name_only_while_its_packer_holds_the_collection_and_the
     let archive = reference.path().join("archive");
     let store = open(reference.path()).await;
     archived_job(&store, &archive).await;
-    package::pack_collection(
-        &store,
-        &ArchiveFiles::Disk,
-        &archive,
-        &lease(&store).await,
-        0,
-    )
-    .await
-    .unwrap();
+    pack(&store, &archive).await;
     let want = tars_in(&archive.join(COLLECTION));
     store.close().await;
 
@@ -503,19 +401,14 @@ async fn a_tar_takes_its_name_only_while_its_packer_holds_the_collection_and_the
     let store = open(dir.path()).await;
     archived_job(&store, &archive).await;
     let stale = lease(&store).await;
-    let planned = match package::step(&store, &ArchiveFiles::Disk, &archive, &stale, 0)
-        .await
-        .unwrap()
-    {
+    let planned = match step(&store, &archive, &stale).await.unwrap() {
         PackStep::Planned(p) => p,
         other => panic!("expected a plan, got {other:?}"),
     };
     // Another packer takes the collection over; the first one's write of
     // the planned tar is refused before the tar takes its name.
     let holder = lease(&store).await;
-    let err = package::step(&store, &ArchiveFiles::Disk, &archive, &stale, 0)
-        .await
-        .unwrap_err();
+    let err = step(&store, &archive, &stale).await.unwrap_err();
     assert!(err.to_string().contains("lost the lease"), "{err}");
     assert!(tars_in(&collection).is_empty());
     assert!(
@@ -528,39 +421,27 @@ async fn a_tar_takes_its_name_only_while_its_packer_holds_the_collection_and_the
     // The same tar under its name already (a crash after it took it): adopted.
     let first = "2024-01-02.tar";
     std::fs::write(collection.join(first), &want[first]).unwrap();
-    match package::step(&store, &ArchiveFiles::Disk, &archive, &holder, 0)
-        .await
-        .unwrap()
-    {
+    match step(&store, &archive, &holder).await.unwrap() {
         PackStep::Written(p, written) => assert_eq!((p.id, written.members), (planned.id, 20)),
         other => panic!("expected the tar, got {other:?}"),
     }
     // A stale packer cannot clean either.
-    let err = package::step(&store, &ArchiveFiles::Disk, &archive, &stale, 0)
-        .await
-        .unwrap_err();
+    let err = step(&store, &archive, &stale).await.unwrap_err();
     assert!(err.to_string().contains("lost the lease"), "{err}");
     assert_eq!(loose_files(&collection).len(), 40);
     assert!(matches!(
-        package::step(&store, &ArchiveFiles::Disk, &archive, &holder, 0)
-            .await
-            .unwrap(),
+        step(&store, &archive, &holder).await.unwrap(),
         PackStep::Cleaned(_)
     ));
     // The next date is planned; then a file that is not its tar appears
     // under the name: packing stops and says so, and touches nothing.
-    let next = match package::step(&store, &ArchiveFiles::Disk, &archive, &holder, 0)
-        .await
-        .unwrap()
-    {
+    let next = match step(&store, &archive, &holder).await.unwrap() {
         PackStep::Planned(p) => p,
         other => panic!("expected a plan, got {other:?}"),
     };
     assert_eq!(next.tar_name, "2024-01-03.tar");
     std::fs::write(collection.join(&next.tar_name), b"someone else's file").unwrap();
-    let err = package::step(&store, &ArchiveFiles::Disk, &archive, &holder, 0)
-        .await
-        .unwrap_err();
+    let err = step(&store, &archive, &holder).await.unwrap_err();
     let message = err.to_string();
     assert!(
         message.contains("is already there") && message.contains("move it out"),
@@ -577,9 +458,7 @@ async fn a_tar_takes_its_name_only_while_its_packer_holds_the_collection_and_the
     );
     // Moved away: packing goes on, and ends with the reference's tars.
     std::fs::remove_file(collection.join(&next.tar_name)).unwrap();
-    let report = package::pack_collection(&store, &ArchiveFiles::Disk, &archive, &holder, 0)
-        .await
-        .unwrap();
+    let report = pack_as(&store, &archive, &holder).await;
     assert_eq!(report.tars, ["2024-01-03.tar"]);
     assert!(loose_files(&collection).is_empty());
     assert_eq!(tars_in(&collection), want, "byte for byte");

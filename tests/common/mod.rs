@@ -61,14 +61,13 @@ pub fn test_settings(
 /// local disk, marked shared. `scripts/test` runs its list of those tests a
 /// second time so. Any other value is refused rather than ignored.
 fn postgres_queue_for(data_dir: &Path) -> Option<String> {
-    static DATABASES: std::sync::Mutex<Option<HashMap<PathBuf, String>>> =
-        std::sync::Mutex::new(None);
+    static DATABASES: std::sync::LazyLock<std::sync::Mutex<HashMap<PathBuf, String>>> =
+        std::sync::LazyLock::new(Default::default);
     match std::env::var("MLD_TEST_QUEUE").as_deref() {
         Err(_) | Ok("") | Ok("sqlite") => None,
         Ok("postgres") => {
             let mut databases = DATABASES.lock().unwrap();
             let url = databases
-                .get_or_insert_with(HashMap::new)
                 .entry(data_dir.to_path_buf())
                 .or_insert_with(|| mld_testkit::postgres::PgCluster::shared().fresh_database());
             Some(url.clone())
