@@ -23,34 +23,35 @@
 
 mod cluster;
 mod collection_tasks;
-mod connection;
+mod composed;
 mod images;
 mod ingest;
+mod interface;
 mod job_tasks;
 mod jobs;
+mod open;
 mod parts;
 mod postgres;
 mod queue;
 mod rebase;
+mod sqlite;
 mod stalls;
 
 pub use cluster::{ApiSlot, DaemonInfo, LiveDaemon};
 pub use collection_tasks::{CollectionTask, RecordedUpload};
-pub use connection::{Durability, StoreOptions};
 pub use ingest::{MissingImage, PartStep, strip_token};
 pub use job_tasks::JobTask;
 pub use jobs::{ACTIVE, Submitted};
 pub use parts::Part;
 pub use postgres::PgClock;
 pub use queue::{DeferPolicy, RetryPolicy};
+pub use sqlite::{Durability, StoreOptions};
 pub use stalls::StallCandidate;
 
 use crate::model::{Bbox, ImageMeta, OutputFormat, Packaging, Quality};
 use crate::selection::{self, Selection, Source};
 use serde::Serialize;
-use sqlx::SqlitePool;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Errors at the store boundary. Every one is fatal for the operation; the
@@ -517,64 +518,18 @@ pub struct ImageRecord {
 
 /// The job store. Cheap to share behind an `Arc`; every method takes `&self`.
 ///
-/// One interface, two implementations: every public method is the same
-/// call on SQLite (its body here, in this module's files) or PostgreSQL
-/// ([`postgres::PgStore`], whose files mirror these). Callers never know
-/// which; `tests/store.rs` runs one suite against both.
+/// One interface, two implementations: the backend is chosen once, when the
+/// store opens ([`Store::open`] or [`Store::open_postgres`]), and every
+/// method of the interface (see [`interface`]) is the same call on either.
+/// Callers never know which; `tests/store.rs` runs one suite against both.
 pub struct Store {
     backend: Backend,
-    /// `(quality, format)` per job id. Both are fixed at creation, so the
-    /// claim path can skip a join on every call.
-    job_identity: Mutex<HashMap<i64, (Quality, OutputFormat)>>,
 }
 
+/// The database a [`Store`] is on.
 enum Backend {
-    Sqlite {
-        /// The single writer connection; `None` for a read-only store.
-        writer: Option<SqlitePool>,
-        /// Read-only connections for queries that never write.
-        reader: SqlitePool,
-    },
+    Sqlite(sqlite::SqliteStore),
     Postgres(postgres::PgStore),
-}
-
-/// Runs the PostgreSQL implementation of the method this opens, when the
-/// store is on PostgreSQL; the SQLite body follows it.
-macro_rules! on_postgres {
-    ($self:ident . $method:ident ( $($arg:expr),* $(,)? )) => {
-        if let $crate::store::Backend::Postgres(pg) = &$self.backend {
-            return pg.$method($($arg),*).await;
-        }
-    };
-}
-use on_postgres;
-
-impl Store {
-    fn writer(&self) -> StoreResult<&SqlitePool> {
-        match &self.backend {
-            Backend::Sqlite { writer, .. } => writer.as_ref().ok_or(StoreError::ReadOnly),
-            Backend::Postgres(_) => Err(StoreError::Invalid(
-                "internal error: a SQLite statement was sent to a PostgreSQL store".into(),
-            )),
-        }
-    }
-
-    fn reader(&self) -> StoreResult<&SqlitePool> {
-        match &self.backend {
-            Backend::Sqlite { reader, .. } => Ok(reader),
-            Backend::Postgres(_) => Err(StoreError::Invalid(
-                "internal error: a SQLite statement was sent to a PostgreSQL store".into(),
-            )),
-        }
-    }
-
-    /// Which kind of database this store is on.
-    pub fn kind(&self) -> StoreKind {
-        match &self.backend {
-            Backend::Sqlite { .. } => StoreKind::Sqlite,
-            Backend::Postgres(_) => StoreKind::Postgres,
-        }
-    }
 }
 
 /// The two queue backends.
@@ -599,6 +554,11 @@ fn parse_meta(row_id: i64, json: &str) -> StoreResult<ImageMeta> {
     serde_json::from_str(json).map_err(|e| {
         StoreError::Invalid(format!("image row {row_id} has unreadable metadata: {e}"))
     })
+}
+
+/// A duration as the store's milliseconds, saturating.
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn to_u64(value: i64) -> u64 {

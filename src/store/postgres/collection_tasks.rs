@@ -2,13 +2,13 @@
 
 use super::PgStore;
 use crate::store::collection_tasks::{CollectionTask, RecordedUpload};
-use crate::store::job_tasks::millis;
-use crate::store::{StoreError, StoreResult};
+use crate::store::interface::*;
+use crate::store::{StoreError, StoreResult, millis};
 use std::sync::Arc;
 use std::time::Duration;
 
-impl PgStore {
-    pub async fn take_collection_task(
+impl CollectionTasks for PgStore {
+    async fn take_collection_task(
         &self,
         collection: &str,
         owner: &Arc<str>,
@@ -38,7 +38,7 @@ impl PgStore {
         }))
     }
 
-    pub async fn renew_collection_task(
+    async fn renew_collection_task(
         &self,
         task: &CollectionTask,
         ttl: Duration,
@@ -59,7 +59,7 @@ impl PgStore {
         Ok(changed == 1)
     }
 
-    pub async fn release_collection_task(&self, task: &CollectionTask) -> StoreResult<()> {
+    async fn release_collection_task(&self, task: &CollectionTask) -> StoreResult<()> {
         sqlx::query(
             "UPDATE collection_tasks SET owner = NULL, until_ms = NULL \
              WHERE collection = $1 AND owner = $2 AND epoch = $3",
@@ -72,12 +72,12 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn check_collection_task(&self, task: &CollectionTask) -> StoreResult<()> {
+    async fn check_collection_task(&self, task: &CollectionTask) -> StoreResult<()> {
         let mut conn = self.pool().acquire().await?;
         check(&mut conn, task).await
     }
 
-    pub async fn record_upload(
+    async fn record_upload(
         &self,
         task: &CollectionTask,
         upload_id: &str,
@@ -100,7 +100,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn recorded_uploads(&self, collection: &str) -> StoreResult<Vec<RecordedUpload>> {
+    async fn recorded_uploads(&self, collection: &str) -> StoreResult<Vec<RecordedUpload>> {
         Ok(sqlx::query_as(
             "SELECT upload_id, path FROM multipart_uploads WHERE collection = $1 \
              ORDER BY started_at, upload_id",
@@ -110,7 +110,7 @@ impl PgStore {
         .await?)
     }
 
-    pub async fn forget_upload(&self, upload_id: &str) -> StoreResult<()> {
+    async fn forget_upload(&self, upload_id: &str) -> StoreResult<()> {
         sqlx::query("DELETE FROM multipart_uploads WHERE upload_id = $1")
             .bind(upload_id)
             .execute(self.pool())

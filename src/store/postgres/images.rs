@@ -3,6 +3,7 @@
 use super::PgStore;
 use crate::stats::MinuteThroughput;
 use crate::store::images::{ArchivedRow, FailedRow, ImageRow, minute_throughput};
+use crate::store::interface::*;
 use crate::store::{ArchivedImage, CollectionPosition, FailedImage, ImageRecord, StoreResult};
 use sqlx::FromRow;
 use sqlx::postgres::PgRow;
@@ -13,9 +14,9 @@ fn archived(rows: Vec<PgRow>) -> StoreResult<Vec<ArchivedImage>> {
         .collect()
 }
 
-impl PgStore {
+impl Images for PgStore {
     /// See the SQLite twin.
-    pub async fn finished_images(
+    async fn finished_images(
         &self,
         job_id: i64,
         after_row_id: Option<i64>,
@@ -50,7 +51,7 @@ impl PgStore {
 
     /// See the SQLite twin. `image_id` sorts by the database's collation,
     /// which orders Mapillary's digit-only ids as SQLite does.
-    pub async fn collection_images(
+    async fn collection_images(
         &self,
         collection: &str,
         after: Option<&CollectionPosition>,
@@ -85,7 +86,7 @@ impl PgStore {
     }
 
     /// See the SQLite twin.
-    pub async fn job_collections(&self, job_id: i64) -> StoreResult<Vec<String>> {
+    async fn job_collections(&self, job_id: i64) -> StoreResult<Vec<String>> {
         Ok(sqlx::query_scalar(
             "SELECT collection FROM job_collections WHERE job_id = $1 ORDER BY collection",
         )
@@ -95,7 +96,7 @@ impl PgStore {
     }
 
     /// See the SQLite twin.
-    pub async fn finished_by_minute(&self, since_ms: i64) -> StoreResult<Vec<MinuteThroughput>> {
+    async fn finished_by_minute(&self, since_ms: i64) -> StoreResult<Vec<MinuteThroughput>> {
         // From the per-minute table the update trigger feeds (folded and
         // not yet folded), never the images table: every daemon's `/status`
         // reads this, at any throughput. (An image done then re-queued stays
@@ -113,7 +114,7 @@ impl PgStore {
     }
 
     /// See the SQLite twin.
-    pub async fn finished_since(&self, since_ms: i64) -> StoreResult<(u64, u64)> {
+    async fn finished_since(&self, since_ms: i64) -> StoreResult<(u64, u64)> {
         let (count, bytes): (i64, i64) = sqlx::query_as(
             "SELECT count(*), coalesce(sum(bytes), 0)::BIGINT FROM images \
              WHERE state = 'done' AND updated_at > $1",
@@ -125,7 +126,7 @@ impl PgStore {
     }
 
     /// See the SQLite twin.
-    pub async fn failed_images(&self, job_id: i64, limit: u32) -> StoreResult<Vec<FailedImage>> {
+    async fn failed_images(&self, job_id: i64, limit: u32) -> StoreResult<Vec<FailedImage>> {
         let rows = sqlx::query(
             "SELECT rowid, image_id, attempts, last_error, fail_reason FROM images \
              WHERE job_id = $1 AND state = 'failed' ORDER BY rowid LIMIT $2",
@@ -141,7 +142,7 @@ impl PgStore {
 
     /// See the SQLite twin. Due by the database's clock, read once (an init
     /// plan, so it bounds the index scan).
-    pub async fn upcoming_urls(
+    async fn upcoming_urls(
         &self,
         job_id: i64,
         now_ms: i64,
@@ -161,11 +162,7 @@ impl PgStore {
     }
 
     /// See the SQLite twin.
-    pub async fn image_by_id(
-        &self,
-        job_id: i64,
-        image_id: &str,
-    ) -> StoreResult<Option<ImageRecord>> {
+    async fn image_by_id(&self, job_id: i64, image_id: &str) -> StoreResult<Option<ImageRecord>> {
         let row = sqlx::query(
             "SELECT rowid, job_id, image_id, meta, url, state, attempts, run_at, lease_owner, \
              lease_until, bytes, path, last_error, fail_reason, deferrals, captured_at, updated_at, \

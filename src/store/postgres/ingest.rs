@@ -11,17 +11,18 @@ use crate::store::JobTask;
 use crate::store::ingest::{
     MissingImage, PartStep, Placement, missing_meta, page_collections, prepare_rows, step_cursor,
 };
+use crate::store::interface::*;
 use crate::store::{StoreError, StoreResult};
 use std::collections::{BTreeMap, HashSet};
 
-impl PgStore {
+impl Ingest for PgStore {
     /// See the SQLite twin. The transaction first locks the job row: pages
     /// of one job (from several daemons) then go one at a time, so the next
     /// part's `seq` and `enumeration_complete` see every other page's parts.
     /// The database's clock is read once, there, for the whole page.
     // One page is one transaction: each argument is one of its inputs.
     #[allow(clippy::too_many_arguments)]
-    pub async fn store_page(
+    async fn store_page(
         &self,
         job_id: i64,
         part: i64,
@@ -146,46 +147,10 @@ impl PgStore {
         Ok(inserted)
     }
 
-    /// See the SQLite twin.
-    pub async fn insert_page(
-        &self,
-        job_id: i64,
-        images: &[impl Storable],
-        next_cursor: Option<&str>,
-        now_ms: i64,
-    ) -> StoreResult<u64> {
-        let Some(part) = self.open_parts(job_id, 1).await?.pop() else {
-            let exists: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1)")
-                    .bind(job_id)
-                    .fetch_one(self.pool())
-                    .await?;
-            if !exists {
-                return Err(StoreError::NoSuchJob(job_id));
-            }
-            return Err(StoreError::Invalid(format!(
-                "job {job_id} has no part left to store a page into"
-            )));
-        };
-        let step = next_cursor.map_or(PartStep::Done, PartStep::Next);
-        self.store_page(job_id, part.seq, images, &[], step, None, now_ms)
-            .await
-    }
-
-    /// Where a job's images go (see the SQLite twin).
-    async fn placement(&self, job_id: i64) -> StoreResult<Placement> {
-        let row: Option<(String, String, String, String)> =
-            sqlx::query_as("SELECT source_kind, username, quality, format FROM jobs WHERE id = $1")
-                .bind(job_id)
-                .fetch_optional(self.pool())
-                .await?;
-        Placement::from_fields(job_id, row.ok_or(StoreError::NoSuchJob(job_id))?)
-    }
-
     /// See the SQLite twin, in one statement: rows are locked in row id
     /// order first, so daemons refreshing overlapping rows cannot deadlock.
     /// A row id given twice keeps its last URL and counts twice, as there.
-    pub async fn update_urls(&self, urls: &[(i64, Option<String>)]) -> StoreResult<u64> {
+    async fn update_urls(&self, urls: &[(i64, Option<String>)]) -> StoreResult<u64> {
         if urls.is_empty() {
             return Ok(0);
         }
@@ -211,5 +176,17 @@ impl PgStore {
             .iter()
             .filter(|(row_id, _)| updated.contains(row_id))
             .count() as u64)
+    }
+}
+
+impl PgStore {
+    /// Where a job's images go (see the SQLite twin).
+    async fn placement(&self, job_id: i64) -> StoreResult<Placement> {
+        let row: Option<(String, String, String, String)> =
+            sqlx::query_as("SELECT source_kind, username, quality, format FROM jobs WHERE id = $1")
+                .bind(job_id)
+                .fetch_optional(self.pool())
+                .await?;
+        Placement::from_fields(job_id, row.ok_or(StoreError::NoSuchJob(job_id))?)
     }
 }

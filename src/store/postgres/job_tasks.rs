@@ -1,13 +1,15 @@
 //! PostgreSQL twin of `store::job_tasks`, on the database's clock.
 
 use super::PgStore;
-use crate::store::job_tasks::{JobTask, millis};
+use crate::store::interface::*;
+use crate::store::job_tasks::JobTask;
+use crate::store::millis;
 use crate::store::{StoreError, StoreResult};
 use std::sync::Arc;
 use std::time::Duration;
 
-impl PgStore {
-    pub async fn take_job_task(
+impl JobTasks for PgStore {
+    async fn take_job_task(
         &self,
         job_id: i64,
         owner: &Arc<str>,
@@ -34,7 +36,7 @@ impl PgStore {
         }))
     }
 
-    pub async fn renew_job_task(
+    async fn renew_job_task(
         &self,
         task: &JobTask,
         ttl: Duration,
@@ -55,7 +57,7 @@ impl PgStore {
         Ok(changed == 1)
     }
 
-    pub async fn release_job_task(&self, task: &JobTask) -> StoreResult<()> {
+    async fn release_job_task(&self, task: &JobTask) -> StoreResult<()> {
         sqlx::query(
             "UPDATE jobs SET task_owner = NULL, task_until = NULL \
              WHERE id = $1 AND task_owner = $2 AND task_epoch = $3",

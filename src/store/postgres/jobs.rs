@@ -7,6 +7,7 @@
 use super::PgStore;
 use super::parts::insert_parts;
 use crate::selection::JobSpec;
+use crate::store::interface::*;
 use crate::store::jobs::{
     JobRow, LegacyJob, job_columns, legacy_spec, resync_millis, resync_spec, username_column,
 };
@@ -22,7 +23,7 @@ fn state_names(states: &[JobState]) -> Vec<&'static str> {
     states.iter().map(|s| s.as_str()).collect()
 }
 
-impl PgStore {
+impl Jobs for PgStore {
     /// See the SQLite twin. SQLite's `BEGIN IMMEDIATE` makes find-then-insert
     /// atomic; here several daemons may submit one selection at once, so the
     /// transaction first takes an advisory lock on the job's identity
@@ -30,7 +31,7 @@ impl PgStore {
     /// commits, and its next statement (a new READ COMMITTED snapshot) sees
     /// the job the first one made. The existing row is also locked
     /// (`FOR UPDATE`) so no state change races the re-sync decision.
-    pub async fn submit_job(&self, spec: &JobSpec, now_ms: i64) -> StoreResult<Submitted> {
+    async fn submit_job(&self, spec: &JobSpec, now_ms: i64) -> StoreResult<Submitted> {
         let key = spec.key();
         let mut tx = self.pool().begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
@@ -95,7 +96,7 @@ impl PgStore {
     /// See the SQLite twin. The re-check locks the job row (`FOR UPDATE`):
     /// of two daemons re-syncing one job, the second waits and then finds it
     /// no longer done.
-    pub async fn start_due_resyncs(&self, now_ms: i64) -> StoreResult<Vec<i64>> {
+    async fn start_due_resyncs(&self, now_ms: i64) -> StoreResult<Vec<i64>> {
         let at = self.at(now_ms);
         let due: Vec<(i64, String, String, String, String)> = sqlx::query_as(
             "SELECT id, selection, quality, format, package FROM jobs \
@@ -127,7 +128,7 @@ impl PgStore {
     }
 
     /// See the SQLite twin; counts come from `job_rows`.
-    pub async fn find_job(&self, id: i64) -> StoreResult<Option<Job>> {
+    async fn find_job(&self, id: i64) -> StoreResult<Option<Job>> {
         let row: Option<JobRow> = sqlx::query_as(concat!(
             "SELECT ",
             job_columns!(),
@@ -139,12 +140,8 @@ impl PgStore {
         row.map(JobRow::into_job).transpose()
     }
 
-    pub async fn list_jobs(&self) -> StoreResult<Vec<Job>> {
-        self.jobs_in_states(JobState::ALL).await
-    }
-
     /// See the SQLite twin; counts come from `job_rows`.
-    pub async fn jobs_in_states(&self, states: &[JobState]) -> StoreResult<Vec<Job>> {
+    async fn jobs_in_states(&self, states: &[JobState]) -> StoreResult<Vec<Job>> {
         let rows: Vec<JobRow> = sqlx::query_as(concat!(
             "SELECT ",
             job_columns!(),
@@ -156,7 +153,7 @@ impl PgStore {
         rows.into_iter().map(JobRow::into_job).collect()
     }
 
-    pub async fn set_job_error(
+    async fn set_job_error(
         &self,
         id: i64,
         last_error: Option<&str>,
@@ -177,7 +174,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn set_job_note(&self, id: i64, note: Option<&str>, now_ms: i64) -> StoreResult<()> {
+    async fn set_job_note(&self, id: i64, note: Option<&str>, now_ms: i64) -> StoreResult<()> {
         sqlx::query(
             "UPDATE jobs SET note = $1, updated_at = coalesce($2::BIGINT, mld_now_ms()) \
              WHERE id = $3",
@@ -192,12 +189,7 @@ impl PgStore {
 
     /// See the SQLite twin. The conditional UPDATE decides (PostgreSQL
     /// re-checks `state` after waiting on a concurrent writer).
-    pub async fn skip_queued_job(
-        &self,
-        id: i64,
-        note: &str,
-        now_ms: i64,
-    ) -> StoreResult<Option<Job>> {
+    async fn skip_queued_job(&self, id: i64, note: &str, now_ms: i64) -> StoreResult<Option<Job>> {
         let mut tx = self.pool().begin().await?;
         let changed: Option<i64> = sqlx::query_scalar(
             "UPDATE jobs SET state = 'done', enumeration_complete = true, note = $1, \
@@ -220,7 +212,7 @@ impl PgStore {
         self.job_if_changed(changed).await
     }
 
-    pub async fn set_page_size(&self, id: i64, page_size: u32) -> StoreResult<()> {
+    async fn set_page_size(&self, id: i64, page_size: u32) -> StoreResult<()> {
         sqlx::query("UPDATE jobs SET page_size = $1 WHERE id = $2")
             .bind(i64::from(page_size))
             .bind(id)
@@ -229,7 +221,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn transition_job(
+    async fn transition_job(
         &self,
         id: i64,
         from: &[JobState],
@@ -249,7 +241,7 @@ impl PgStore {
         self.job_if_changed(changed).await
     }
 
-    pub async fn pause_job(
+    async fn pause_job(
         &self,
         id: i64,
         from: &[JobState],
@@ -273,17 +265,13 @@ impl PgStore {
         self.job_if_changed(changed).await
     }
 
-    pub async fn finish_job_if_drained(&self, id: i64, now_ms: i64) -> StoreResult<Option<Job>> {
-        self.finish_job_clearing(id, now_ms, false, None).await
-    }
-
     /// See the SQLite twin. "Nothing pending or in flight" is tested on the
     /// `images` rows themselves (the counters may lag). The job row is
     /// locked first, so the UPDATE's snapshot, taken after the lock, sees
     /// every write of whoever held it (a re-sync or retry that re-queued
     /// images); in one statement, a re-check after waiting on the row would
     /// see the new job row but still the old images.
-    pub async fn finish_job_clearing(
+    async fn finish_job_clearing(
         &self,
         id: i64,
         now_ms: i64,
@@ -319,7 +307,7 @@ impl PgStore {
         self.job_if_changed(changed).await
     }
 
-    pub async fn reactivate_job(
+    async fn reactivate_job(
         &self,
         id: i64,
         from: &[JobState],
@@ -340,7 +328,7 @@ impl PgStore {
         self.job_if_changed(changed).await
     }
 
-    pub async fn jobs_paused_for(&self, reason: PauseReason) -> StoreResult<Vec<i64>> {
+    async fn jobs_paused_for(&self, reason: PauseReason) -> StoreResult<Vec<i64>> {
         Ok(sqlx::query_scalar(
             "SELECT id FROM jobs WHERE state = 'paused' AND pause_reason = $1 ORDER BY id",
         )
@@ -348,7 +336,9 @@ impl PgStore {
         .fetch_all(self.pool())
         .await?)
     }
+}
 
+impl PgStore {
     /// See the SQLite twin. A PostgreSQL store never had rows without a
     /// selection; daemons running it at once write the same values.
     pub async fn backfill_selections(&self) -> StoreResult<()> {

@@ -31,6 +31,7 @@ mod queue;
 mod rebase;
 mod stalls;
 
+use super::interface::Health;
 use super::{StoreError, StoreResult};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -132,18 +133,18 @@ impl PgStore {
         &self.pool
     }
 
-    pub async fn ping(&self) -> StoreResult<()> {
+    pub(super) async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+impl Health for PgStore {
+    async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    /// Folds the counter deltas onto the job rows; returns how many it
-    /// folded. Readers see the same counts before and after.
-    pub async fn fold_counts(&self) -> StoreResult<u64> {
+    async fn fold_counts(&self) -> StoreResult<u64> {
         let folded: i64 = sqlx::query_scalar("SELECT mld_fold_counts()")
             .fetch_one(&self.pool)
             .await?;

@@ -2,6 +2,7 @@
 
 use super::PgStore;
 use crate::selection::PartSpec;
+use crate::store::interface::*;
 use crate::store::{Part, StoreResult, parts::part_from_fields};
 use sqlx::Row;
 
@@ -48,8 +49,8 @@ fn part_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<Part> {
     )
 }
 
-impl PgStore {
-    pub async fn open_parts(&self, job_id: i64, limit: u32) -> StoreResult<Vec<Part>> {
+impl Parts for PgStore {
+    async fn open_parts(&self, job_id: i64, limit: u32) -> StoreResult<Vec<Part>> {
         let rows = sqlx::query(
             "SELECT job_id, seq, kind, west, south, east, north, item, cursor FROM job_parts \
              WHERE job_id = $1 AND NOT done ORDER BY seq LIMIT $2",
@@ -61,7 +62,7 @@ impl PgStore {
         rows.iter().map(part_from_row).collect()
     }
 
-    pub async fn part_progress(&self, job_id: i64) -> StoreResult<(u64, u64)> {
+    async fn part_progress(&self, job_id: i64) -> StoreResult<(u64, u64)> {
         let (total, done): (i64, i64) = sqlx::query_as(
             "SELECT count(*), count(*) FILTER (WHERE done) FROM job_parts WHERE job_id = $1",
         )

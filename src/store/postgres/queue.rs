@@ -5,7 +5,9 @@
 
 use super::PgStore;
 use crate::archive::ArchivedFile;
-use crate::store::queue::{ClaimedRow, in_queue_order, millis};
+use crate::store::interface::*;
+use crate::store::millis;
+use crate::store::queue::{ClaimedRow, in_queue_order};
 use crate::store::queue::{DeferPolicy, RetryPolicy, identity_from_fields};
 use crate::store::{ClaimedImage, Completion, FailOutcome, FailReason, Lease, StoreResult};
 use sqlx::postgres::{PgArguments, Postgres};
@@ -98,10 +100,10 @@ fn bind_lease<'q>(query: PgQuery<'q>, lease: &'q Lease) -> PgQuery<'q> {
         .bind(lease.epoch)
 }
 
-impl PgStore {
+impl Queue for PgStore {
     /// See the SQLite twin. One statement that skips rows other daemons are
     /// claiming; times are the database's.
-    pub async fn claim(
+    async fn claim(
         &self,
         owner: &Arc<str>,
         limit: u32,
@@ -141,17 +143,7 @@ impl PgStore {
     }
 
     /// See the SQLite twin.
-    pub async fn complete(
-        &self,
-        lease: &Lease,
-        file: &ArchivedFile,
-        now_ms: i64,
-    ) -> StoreResult<bool> {
-        Ok(self.complete_image(lease, file, now_ms).await? != Completion::LeaseLost)
-    }
-
-    /// See the SQLite twin.
-    pub async fn complete_image(
+    async fn complete_image(
         &self,
         lease: &Lease,
         file: &ArchivedFile,
@@ -194,7 +186,7 @@ impl PgStore {
 
     /// See the SQLite twin. The retry is due `policy.retry_at_ms - now_ms`
     /// after the database's now; `run_at` is what the database stored.
-    pub async fn fail(
+    async fn fail(
         &self,
         lease: &Lease,
         error: &str,
@@ -230,7 +222,7 @@ impl PgStore {
     }
 
     /// See the SQLite twin.
-    pub async fn fail_for_good(
+    async fn fail_for_good(
         &self,
         lease: &Lease,
         reason: FailReason,
@@ -252,7 +244,7 @@ impl PgStore {
 
     /// See the SQLite twin. `state = 'pending'` is re-checked on each row
     /// after any concurrent claim commits, so a row just claimed is left alone.
-    pub async fn mark_pending_deleted(
+    async fn mark_pending_deleted(
         &self,
         row_ids: &[i64],
         error: &str,
@@ -277,7 +269,7 @@ impl PgStore {
 
     /// See the SQLite twin: due `delay` after the store's clock's now (the
     /// database's, on [`super::PgClock::Database`]).
-    pub async fn release(
+    async fn release(
         &self,
         lease: &Lease,
         delay: Duration,
@@ -293,7 +285,7 @@ impl PgStore {
         .bind(self.at(now_ms))
         .bind(note);
         let result = bind_lease(query, lease)
-            .bind(crate::store::job_tasks::millis(delay))
+            .bind(crate::store::millis(delay))
             .execute(self.pool())
             .await?;
         Ok(result.rows_affected() == 1)
@@ -301,7 +293,7 @@ impl PgStore {
 
     /// See the SQLite twin: the same delay (truncated like SQLite's `CAST`),
     /// after the database's now.
-    pub async fn defer(
+    async fn defer(
         &self,
         lease: &Lease,
         note: &str,
@@ -330,7 +322,7 @@ impl PgStore {
     }
 
     /// See the SQLite twin.
-    pub async fn retry_failed(
+    async fn retry_failed(
         &self,
         job_id: i64,
         include_deleted: bool,
@@ -354,7 +346,7 @@ impl PgStore {
 
     /// See the SQLite twin. Beware: like it, this hands back EVERY in-flight
     /// row, including leases other daemons sharing the database hold.
-    pub async fn reset_in_flight(&self, now_ms: i64) -> StoreResult<u64> {
+    async fn reset_in_flight(&self, now_ms: i64) -> StoreResult<u64> {
         let result = sqlx::query(
             "UPDATE images SET state = 'pending', attempts = greatest(attempts - 1, 0), \
              run_at = clock.now_ms, lease_owner = NULL, lease_until = NULL, \
@@ -374,7 +366,7 @@ impl PgStore {
     }
 
     /// See the SQLite twin.
-    pub async fn hand_back_leases_of(&self, owner: &str, now_ms: i64) -> StoreResult<u64> {
+    async fn hand_back_leases_of(&self, owner: &str, now_ms: i64) -> StoreResult<u64> {
         let result = sqlx::query(
             "UPDATE images SET state = 'pending', attempts = greatest(attempts - 1, 0), \
              run_at = clock.now_ms, lease_owner = NULL, lease_until = NULL, \

@@ -4,6 +4,7 @@
 
 use super::PgStore;
 use crate::store::StoreResult;
+use crate::store::interface::*;
 use crate::store::rebase::{MAX_OLD_ROOTS, archive_root, in_bucket, old_root_of, switch_refused};
 use std::path::Path;
 
@@ -11,11 +12,11 @@ use std::path::Path;
 /// serialises rebases.
 const REBASE_LOCK: (i32, i32) = (0x6d6c_6402, 0);
 
-impl PgStore {
+impl Rebase for PgStore {
     /// See the SQLite twin. Daemons starting together take an advisory lock
     /// first, so one rebases and records the root and the others, reading
     /// `store_facts` after it commits, find nothing to do.
-    pub async fn rebase_archive(&self, archive_dir: &Path) -> StoreResult<u64> {
+    async fn rebase_archive(&self, archive_dir: &Path) -> StoreResult<u64> {
         let root = archive_root(archive_dir)?;
         let mut tx = self.pool().begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")

@@ -3,11 +3,12 @@
 
 use super::PgStore;
 use crate::store::StoreResult;
+use crate::store::interface::*;
 use crate::store::stalls::{CandidateRow, StallCandidate, candidate_from_row};
 
-impl PgStore {
+impl Stalls for PgStore {
     /// See the SQLite twin; read from `job_rows`.
-    pub async fn stall_candidates(&self, before_ms: i64) -> StoreResult<Vec<StallCandidate>> {
+    async fn stall_candidates(&self, before_ms: i64) -> StoreResult<Vec<StallCandidate>> {
         let rows: Vec<CandidateRow> = sqlx::query_as(
             "SELECT id, n_pending + n_in_progress, enumeration_complete, progress_at, last_error \
              FROM job_rows WHERE state IN ('queued', 'enumerating', 'downloading') \
@@ -22,7 +23,7 @@ impl PgStore {
 
     /// See the SQLite twin. The order (newest `run_at`, then newest row) is
     /// spelt out: SQLite got it from walking `images_due` backwards.
-    pub async fn latest_image_error(&self, job_id: i64) -> StoreResult<Option<String>> {
+    async fn latest_image_error(&self, job_id: i64) -> StoreResult<Option<String>> {
         Ok(sqlx::query_scalar(
             "SELECT last_error FROM (SELECT last_error, run_at, rowid FROM images \
              WHERE job_id = $1 AND state = 'pending' ORDER BY run_at DESC, rowid DESC LIMIT 1000) w \
@@ -38,7 +39,7 @@ impl PgStore {
     /// the database's now. A completion committing while this runs is not
     /// seen: the job may be marked just after progressing, and is unmarked
     /// by its next progress, as a job marked an instant earlier would be.
-    pub async fn mark_stalled(
+    async fn mark_stalled(
         &self,
         job_id: i64,
         before_ms: i64,
@@ -62,7 +63,7 @@ impl PgStore {
     }
 
     /// See the SQLite twin; `progress_at` from `job_rows`, ids in order.
-    pub async fn clear_recovered_stalls(&self, now_ms: i64) -> StoreResult<Vec<i64>> {
+    async fn clear_recovered_stalls(&self, now_ms: i64) -> StoreResult<Vec<i64>> {
         Ok(sqlx::query_scalar(
             "WITH cleared AS ( \
                UPDATE jobs j SET stalled_at = NULL, last_error = NULL, updated_at = t.now_ms \

@@ -1,0 +1,160 @@
+//! Reading image rows back on SQLite, all on the read pool.
+
+use super::SqliteStore;
+use crate::stats::MinuteThroughput;
+use crate::store::images::*;
+use crate::store::interface::*;
+use crate::store::*;
+use sqlx::FromRow;
+
+impl Images for SqliteStore {
+    async fn finished_images(
+        &self,
+        job_id: i64,
+        after_row_id: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<ArchivedImage>> {
+        let rows =
+            match after_row_id {
+                None => sqlx::query(
+                    "SELECT rowid, meta, path, bytes, sha256, capture_order, image_id FROM images \
+                     WHERE job_id = ? AND state = 'done' \
+                     ORDER BY capture_order, rowid LIMIT ?",
+                )
+                .bind(job_id)
+                .bind(i64::from(limit))
+                .fetch_all(self.reader()?)
+                .await?,
+                Some(after) => sqlx::query(
+                    "SELECT rowid, meta, path, bytes, sha256, capture_order, image_id FROM images \
+                     WHERE job_id = ?1 AND state = 'done' \
+                       AND (capture_order, rowid) > \
+                           (SELECT capture_order, rowid FROM images WHERE rowid = ?2) \
+                     ORDER BY capture_order, rowid LIMIT ?3",
+                )
+                .bind(job_id)
+                .bind(after)
+                .bind(i64::from(limit))
+                .fetch_all(self.reader()?)
+                .await?,
+            };
+        rows.iter().map(archived_from_row).collect()
+    }
+
+    async fn collection_images(
+        &self,
+        collection: &str,
+        after: Option<&CollectionPosition>,
+        limit: u32,
+    ) -> StoreResult<Vec<ArchivedImage>> {
+        let rows =
+            match after {
+                None => sqlx::query(
+                    "SELECT rowid, meta, path, bytes, sha256, capture_order, image_id FROM images \
+                     INDEXED BY images_in_collection WHERE collection = ? AND state = 'done' \
+                     ORDER BY capture_order, image_id, rowid LIMIT ?",
+                )
+                .bind(collection)
+                .bind(i64::from(limit))
+                .fetch_all(self.reader()?)
+                .await?,
+                Some(after) => sqlx::query(
+                    "SELECT rowid, meta, path, bytes, sha256, capture_order, image_id FROM images \
+                     INDEXED BY images_in_collection WHERE collection = ? AND state = 'done' \
+                       AND (capture_order, image_id, rowid) > (?, ?, ?) \
+                     ORDER BY capture_order, image_id, rowid LIMIT ?",
+                )
+                .bind(collection)
+                .bind(after.capture_order)
+                .bind(&after.image_id)
+                .bind(after.row_id)
+                .bind(i64::from(limit))
+                .fetch_all(self.reader()?)
+                .await?,
+            };
+        rows.iter().map(archived_from_row).collect()
+    }
+
+    async fn job_collections(&self, job_id: i64) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT collection FROM job_collections WHERE job_id = ? ORDER BY collection",
+        )
+        .bind(job_id)
+        .fetch_all(self.reader()?)
+        .await?)
+    }
+
+    async fn finished_by_minute(&self, since_ms: i64) -> StoreResult<Vec<MinuteThroughput>> {
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
+            "SELECT updated_at / 60000 AS minute, count(*), ifnull(sum(bytes), 0) \
+             FROM images INDEXED BY images_finished \
+             WHERE state = 'done' AND updated_at >= ? GROUP BY minute ORDER BY minute",
+        )
+        .bind(since_ms.max(0))
+        .fetch_all(self.reader()?)
+        .await?;
+        Ok(rows.into_iter().map(minute_throughput).collect())
+    }
+
+    async fn finished_since(&self, since_ms: i64) -> StoreResult<(u64, u64)> {
+        let (count, bytes): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), ifnull(sum(bytes), 0) FROM images \
+             WHERE state = 'done' AND updated_at > ?",
+        )
+        .bind(since_ms)
+        .fetch_one(self.reader()?)
+        .await?;
+        Ok((count.max(0) as u64, bytes.max(0) as u64))
+    }
+
+    async fn failed_images(&self, job_id: i64, limit: u32) -> StoreResult<Vec<FailedImage>> {
+        let rows = sqlx::query(
+            "SELECT rowid, image_id, attempts, last_error, fail_reason FROM images \
+             WHERE job_id = ? AND state = 'failed' ORDER BY rowid LIMIT ?",
+        )
+        .bind(job_id)
+        .bind(i64::from(limit))
+        .fetch_all(self.reader()?)
+        .await?;
+        rows.iter()
+            .map(|row| FailedRow::from_row(row)?.into_failed())
+            .collect()
+    }
+
+    async fn upcoming_urls(
+        &self,
+        job_id: i64,
+        now_ms: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<(i64, String, Option<String>)>> {
+        let rows = sqlx::query_as(
+            "SELECT rowid, image_id, url FROM images INDEXED BY images_due \
+             WHERE job_id = ? AND state = 'pending' AND run_at <= ? \
+             ORDER BY run_at, rowid LIMIT ?",
+        )
+        .bind(job_id)
+        .bind(now_ms)
+        .bind(i64::from(limit))
+        .fetch_all(self.reader()?)
+        .await?;
+        Ok(rows)
+    }
+
+    async fn image_by_id(&self, job_id: i64, image_id: &str) -> StoreResult<Option<ImageRecord>> {
+        let row = sqlx::query(
+            "SELECT rowid, job_id, image_id, meta, url, state, attempts, run_at, lease_owner, \
+             lease_until, bytes, path, last_error, fail_reason, deferrals, captured_at, updated_at, \
+             sha256, kept_jpeg, packing_id FROM images WHERE job_id = ? AND image_id = ?",
+        )
+        .bind(job_id)
+        .bind(image_id)
+        .fetch_optional(self.reader()?)
+        .await?;
+        row.map(|row| ImageRow::from_row(&row)?.into_record())
+            .transpose()
+    }
+}
+
+fn archived_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<ArchivedImage> {
+    ArchivedRow::from_row(row)?.into_archived()
+}
