@@ -36,6 +36,7 @@ mod queue;
 mod rebase;
 mod sqlite;
 mod stalls;
+mod task_lease;
 
 pub use cluster::{ApiSlot, DaemonInfo, LiveDaemon};
 pub use collection_tasks::{CollectionTask, RecordedUpload};

@@ -11,7 +11,6 @@
 //! - `json_each` over id lists is `= ANY($n::BIGINT[])` with a `Vec<i64>`.
 
 use super::PgStore;
-use super::collection_tasks::check;
 use crate::archive::ArchivedFile;
 use crate::store::CollectionTask;
 use crate::store::archives::{
@@ -157,7 +156,7 @@ impl Archives for PgStore {
     ) -> StoreResult<Option<Packing>> {
         let collection: &str = &task.collection;
         let mut tx = self.pool().begin().await?;
-        check(&mut tx, task).await?;
+        super::task_lease::check(&mut *tx, task).await?;
         // One planner per collection at a time, until this commits: a second
         // daemon then sees the images joined (`packing_id` set) and the tar
         // name taken, so it can neither plan the same images again nor
@@ -293,7 +292,7 @@ impl Archives for PgStore {
         now_ms: i64,
     ) -> StoreResult<()> {
         let mut tx = self.pool().begin().await?;
-        check(&mut tx, task).await?;
+        super::task_lease::check(&mut *tx, task).await?;
         // Locks the packing row: its state cannot move until this commits.
         let planned: Option<i64> = sqlx::query_scalar(
             "SELECT id FROM packings WHERE id = $1 AND state = 'planned' FOR UPDATE",
@@ -327,7 +326,7 @@ impl Archives for PgStore {
         packing: &Packing,
     ) -> StoreResult<()> {
         let mut tx = self.pool().begin().await?;
-        check(&mut tx, task).await?;
+        super::task_lease::check(&mut *tx, task).await?;
         let moved = sqlx::query(
             "UPDATE packings SET state = 'cleaned' WHERE id = $1 AND state = 'written'",
         )
@@ -548,7 +547,7 @@ impl PgStore {
         now_ms: i64,
     ) -> StoreResult<()> {
         let mut tx = self.pool().begin().await?;
-        check(&mut tx, task).await?;
+        super::task_lease::check(&mut *tx, task).await?;
         // Durable commit even where `synchronous_commit` was set `off`
         // (`local` and stronger settings are left alone); `is_local`: for
         // this transaction only.

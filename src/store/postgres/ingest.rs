@@ -47,7 +47,7 @@ impl Ingest for PgStore {
         // The lease first, as on SQLite: a stale holder hears it lost the
         // job, not that the part it was on is gone.
         if let Some(task) = task {
-            super::job_tasks::check(&mut tx, task).await?;
+            super::task_lease::check(&mut *tx, task).await?;
         }
         let open: Option<i64> = sqlx::query_scalar(
             "SELECT seq FROM job_parts WHERE job_id = $1 AND seq = $2 AND NOT done FOR UPDATE",

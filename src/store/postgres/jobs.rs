@@ -284,7 +284,7 @@ impl Jobs for PgStore {
             .execute(&mut *tx)
             .await?;
         if let Some(task) = task {
-            super::job_tasks::check(&mut tx, task).await?;
+            super::task_lease::check(&mut *tx, task).await?;
         }
         let changed: Option<i64> = sqlx::query_scalar(
             "UPDATE jobs SET state = 'done', stalled_at = NULL, updated_at = t.now_ms, \

@@ -30,6 +30,7 @@ mod parts;
 mod queue;
 mod rebase;
 mod stalls;
+mod task_lease;
 
 use super::interface::Health;
 use super::{StoreError, StoreResult};

@@ -1,8 +1,10 @@
 //! Collection packing leases and the upload ledger on SQLite.
 
 use super::SqliteStore;
+use super::task_lease;
 use crate::store::collection_tasks::*;
 use crate::store::interface::*;
+use crate::store::task_lease::LeaseKey;
 use crate::store::*;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,27 +17,14 @@ impl CollectionTasks for SqliteStore {
         ttl: Duration,
         now_ms: i64,
     ) -> StoreResult<Option<CollectionTask>> {
-        // `excluded.until_ms - ttl` is `now_ms`.
-        let epoch: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO collection_tasks (collection, owner, until_ms, epoch) \
-             VALUES (?1, ?2, ?3 + ?4, 1) \
-             ON CONFLICT (collection) DO UPDATE SET owner = excluded.owner, \
-               until_ms = excluded.until_ms, epoch = collection_tasks.epoch + 1 \
-             WHERE collection_tasks.owner IS NULL \
-                OR collection_tasks.until_ms < excluded.until_ms - ?4 \
-             RETURNING epoch",
+        task_lease::take(
+            self.writer()?,
+            LeaseKey::Name(collection),
+            owner,
+            ttl,
+            now_ms,
         )
-        .bind(collection)
-        .bind(&**owner)
-        .bind(now_ms)
-        .bind(millis(ttl))
-        .fetch_optional(self.writer()?)
-        .await?;
-        Ok(epoch.map(|epoch| CollectionTask {
-            collection: collection.into(),
-            owner: owner.clone(),
-            epoch,
-        }))
+        .await
     }
 
     async fn renew_collection_task(
@@ -44,37 +33,16 @@ impl CollectionTasks for SqliteStore {
         ttl: Duration,
         now_ms: i64,
     ) -> StoreResult<bool> {
-        let changed = sqlx::query(
-            "UPDATE collection_tasks SET until_ms = ?4 + ?5 \
-             WHERE collection = ?1 AND owner = ?2 AND epoch = ?3",
-        )
-        .bind(&*task.collection)
-        .bind(&*task.owner)
-        .bind(task.epoch)
-        .bind(now_ms)
-        .bind(millis(ttl))
-        .execute(self.writer()?)
-        .await?
-        .rows_affected();
-        Ok(changed == 1)
+        task_lease::renew(self.writer()?, task, ttl, now_ms).await
     }
 
     async fn release_collection_task(&self, task: &CollectionTask) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE collection_tasks SET owner = NULL, until_ms = NULL \
-             WHERE collection = ?1 AND owner = ?2 AND epoch = ?3",
-        )
-        .bind(&*task.collection)
-        .bind(&*task.owner)
-        .bind(task.epoch)
-        .execute(self.writer()?)
-        .await?;
-        Ok(())
+        task_lease::release(self.writer()?, task).await
     }
 
     async fn check_collection_task(&self, task: &CollectionTask) -> StoreResult<()> {
         let mut conn = self.writer()?.acquire().await?;
-        check_sqlite(&mut conn, task).await
+        task_lease::check(&mut conn, task).await
     }
 
     async fn record_upload(
@@ -85,7 +53,7 @@ impl CollectionTasks for SqliteStore {
         now_ms: i64,
     ) -> StoreResult<()> {
         let mut tx = self.writer()?.begin().await?;
-        check_sqlite(&mut tx, task).await?;
+        task_lease::check(&mut *tx, task).await?;
         sqlx::query(
             "INSERT INTO multipart_uploads (upload_id, collection, path, started_at) \
              VALUES (?, ?, ?, ?)",
@@ -116,25 +84,5 @@ impl CollectionTasks for SqliteStore {
             .execute(self.writer()?)
             .await?;
         Ok(())
-    }
-}
-
-/// Checks, inside a packing write's transaction, that `task` still holds
-/// its collection.
-pub(super) async fn check_sqlite(
-    conn: &mut sqlx::SqliteConnection,
-    task: &CollectionTask,
-) -> StoreResult<()> {
-    let held: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM collection_tasks WHERE collection = ?1 AND owner = ?2 AND epoch = ?3",
-    )
-    .bind(&*task.collection)
-    .bind(&*task.owner)
-    .bind(task.epoch)
-    .fetch_optional(&mut *conn)
-    .await?;
-    match held {
-        Some(_) => Ok(()),
-        None => Err(StoreError::LostCollectionTask(task.collection.to_string())),
     }
 }

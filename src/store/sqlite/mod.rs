@@ -21,6 +21,7 @@ mod parts;
 mod queue;
 mod rebase;
 mod stalls;
+mod task_lease;
 
 pub use connection::{Durability, StoreOptions};
 
