@@ -34,6 +34,7 @@ mod parts;
 mod postgres;
 mod queue;
 mod rebase;
+mod sql;
 mod sqlite;
 mod stalls;
 mod task_lease;

@@ -18,6 +18,7 @@ use crate::store::archives::{
     packing_from_fields,
 };
 use crate::store::interface::*;
+use crate::store::sql;
 use crate::store::{
     ClaimedImage, PackedFile, Packing, StoreError, StoreResult, StoredCopy, TarWritten, to_u64,
 };
@@ -135,12 +136,10 @@ impl Archives for PgStore {
 
     /// See the SQLite twin.
     async fn tar_names(&self, collection: &str) -> StoreResult<Vec<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT tar_name FROM packings WHERE collection = $1 ORDER BY id")
-                .bind(collection)
-                .fetch_all(self.pool())
-                .await?,
-        )
+        Ok(sqlx::query_scalar(sql::TAR_NAMES)
+            .bind(collection)
+            .fetch_all(self.pool())
+            .await?)
     }
 
     /// See the SQLite twin. Daemons planning the same collection at once
@@ -406,14 +405,11 @@ impl Archives for PgStore {
 
     /// See the SQLite twin.
     async fn is_still_loose(&self, row_id: i64, path: &str) -> StoreResult<bool> {
-        let found: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM images WHERE rowid = $1 AND state = 'done' AND path = $2 \
-               AND (packing_id IS NULL OR packing_id IN (SELECT id FROM packings WHERE state = 'planned'))",
-        )
-        .bind(row_id)
-        .bind(path)
-        .fetch_optional(self.pool())
-        .await?;
+        let found: Option<i32> = sqlx::query_scalar(sql::IS_STILL_LOOSE)
+            .bind(row_id)
+            .bind(path)
+            .fetch_optional(self.pool())
+            .await?;
         Ok(found.is_some())
     }
 
@@ -468,12 +464,10 @@ impl Archives for PgStore {
 
     /// See the SQLite twin.
     async fn is_packed_collection(&self, collection: &str) -> StoreResult<bool> {
-        Ok(
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM packings WHERE collection = $1)")
-                .bind(collection)
-                .fetch_one(self.pool())
-                .await?,
-        )
+        Ok(sqlx::query_scalar(sql::IS_PACKED_COLLECTION)
+            .bind(collection)
+            .fetch_one(self.pool())
+            .await?)
     }
 
     /// See the SQLite twin.
@@ -502,10 +496,9 @@ impl PgStore {
         if claimed.is_empty() {
             return Ok(());
         }
-        let any_tar: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM packings WHERE state <> 'planned')")
-                .fetch_one(&mut *conn)
-                .await?;
+        let any_tar: bool = sqlx::query_scalar(sql::ANY_TAR)
+            .fetch_one(&mut *conn)
+            .await?;
         if !any_tar {
             return Ok(());
         }

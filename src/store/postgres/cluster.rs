@@ -5,6 +5,7 @@
 use super::PgStore;
 use crate::store::cluster::{ApiSlot, DaemonInfo, LiveDaemon, live_from_fields};
 use crate::store::interface::*;
+use crate::store::sql;
 use crate::store::{StoreResult, millis};
 use std::time::Duration;
 
@@ -43,7 +44,7 @@ impl Cluster for PgStore {
     }
 
     async fn forget_daemon(&self, id: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM daemons WHERE id = $1")
+        sqlx::query(sql::FORGET_DAEMON)
             .bind(id)
             .execute(self.pool())
             .await?;

@@ -5,6 +5,7 @@ use super::task_lease;
 use crate::store::StoreResult;
 use crate::store::collection_tasks::{CollectionTask, RecordedUpload};
 use crate::store::interface::*;
+use crate::store::sql;
 use crate::store::task_lease::LeaseKey;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,17 +70,14 @@ impl CollectionTasks for PgStore {
     }
 
     async fn recorded_uploads(&self, collection: &str) -> StoreResult<Vec<RecordedUpload>> {
-        Ok(sqlx::query_as(
-            "SELECT upload_id, path FROM multipart_uploads WHERE collection = $1 \
-             ORDER BY started_at, upload_id",
-        )
-        .bind(collection)
-        .fetch_all(self.pool())
-        .await?)
+        Ok(sqlx::query_as(sql::RECORDED_UPLOADS)
+            .bind(collection)
+            .fetch_all(self.pool())
+            .await?)
     }
 
     async fn forget_upload(&self, upload_id: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM multipart_uploads WHERE upload_id = $1")
+        sqlx::query(sql::FORGET_UPLOAD)
             .bind(upload_id)
             .execute(self.pool())
             .await?;

@@ -4,6 +4,7 @@ use super::PgStore;
 use crate::stats::MinuteThroughput;
 use crate::store::images::{ArchivedRow, FailedRow, ImageRow, minute_throughput};
 use crate::store::interface::*;
+use crate::store::sql;
 use crate::store::{ArchivedImage, CollectionPosition, FailedImage, ImageRecord, StoreResult};
 use sqlx::FromRow;
 use sqlx::postgres::PgRow;
@@ -22,30 +23,23 @@ impl Images for PgStore {
         after_row_id: Option<i64>,
         limit: u32,
     ) -> StoreResult<Vec<ArchivedImage>> {
-        let rows =
-            match after_row_id {
-                None => sqlx::query(
-                    "SELECT rowid, meta, path, bytes, sha256, capture_order, image_id FROM images \
-                     WHERE job_id = $1 AND state = 'done' \
-                     ORDER BY capture_order, rowid LIMIT $2",
-                )
-                .bind(job_id)
-                .bind(i64::from(limit))
-                .fetch_all(self.pool())
-                .await?,
-                Some(after) => sqlx::query(
-                    "SELECT rowid, meta, path, bytes, sha256, capture_order, image_id FROM images \
-                     WHERE job_id = $1 AND state = 'done' \
-                       AND (capture_order, rowid) > \
-                           (SELECT capture_order, rowid FROM images WHERE rowid = $2) \
-                     ORDER BY capture_order, rowid LIMIT $3",
-                )
-                .bind(job_id)
-                .bind(after)
-                .bind(i64::from(limit))
-                .fetch_all(self.pool())
-                .await?,
-            };
+        let rows = match after_row_id {
+            None => {
+                sqlx::query(sql::FINISHED_IMAGES_FIRST)
+                    .bind(job_id)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.pool())
+                    .await?
+            }
+            Some(after) => {
+                sqlx::query(sql::FINISHED_IMAGES_AFTER)
+                    .bind(job_id)
+                    .bind(after)
+                    .bind(i64::from(limit))
+                    .fetch_all(self.pool())
+                    .await?
+            }
+        };
         archived(rows)
     }
 
@@ -87,12 +81,10 @@ impl Images for PgStore {
 
     /// See the SQLite twin.
     async fn job_collections(&self, job_id: i64) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT collection FROM job_collections WHERE job_id = $1 ORDER BY collection",
-        )
-        .bind(job_id)
-        .fetch_all(self.pool())
-        .await?)
+        Ok(sqlx::query_scalar(sql::JOB_COLLECTIONS)
+            .bind(job_id)
+            .fetch_all(self.pool())
+            .await?)
     }
 
     /// See the SQLite twin.
@@ -127,14 +119,11 @@ impl Images for PgStore {
 
     /// See the SQLite twin.
     async fn failed_images(&self, job_id: i64, limit: u32) -> StoreResult<Vec<FailedImage>> {
-        let rows = sqlx::query(
-            "SELECT rowid, image_id, attempts, last_error, fail_reason FROM images \
-             WHERE job_id = $1 AND state = 'failed' ORDER BY rowid LIMIT $2",
-        )
-        .bind(job_id)
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await?;
+        let rows = sqlx::query(sql::FAILED_IMAGES)
+            .bind(job_id)
+            .bind(i64::from(limit))
+            .fetch_all(self.pool())
+            .await?;
         rows.iter()
             .map(|row| FailedRow::from_row(row)?.into_failed())
             .collect()
@@ -163,15 +152,11 @@ impl Images for PgStore {
 
     /// See the SQLite twin.
     async fn image_by_id(&self, job_id: i64, image_id: &str) -> StoreResult<Option<ImageRecord>> {
-        let row = sqlx::query(
-            "SELECT rowid, job_id, image_id, meta, url, state, attempts, run_at, lease_owner, \
-             lease_until, bytes, path, last_error, fail_reason, deferrals, captured_at, updated_at, \
-             sha256, kept_jpeg, packing_id FROM images WHERE job_id = $1 AND image_id = $2",
-        )
-        .bind(job_id)
-        .bind(image_id)
-        .fetch_optional(self.pool())
-        .await?;
+        let row = sqlx::query(sql::IMAGE_BY_ID)
+            .bind(job_id)
+            .bind(image_id)
+            .fetch_optional(self.pool())
+            .await?;
         row.map(|row| ImageRow::from_row(&row)?.into_record())
             .transpose()
     }

@@ -12,6 +12,7 @@ use crate::store::ingest::{
     MissingImage, PartStep, Placement, missing_meta, page_collections, prepare_rows, step_cursor,
 };
 use crate::store::interface::*;
+use crate::store::sql;
 use crate::store::{StoreError, StoreResult};
 use std::collections::{BTreeMap, HashSet};
 
@@ -120,7 +121,7 @@ impl Ingest for PgStore {
             .await?
             .rows_affected();
         }
-        sqlx::query("UPDATE job_parts SET cursor = $1, done = $2 WHERE job_id = $3 AND seq = $4")
+        sqlx::query(sql::MOVE_PART)
             .bind(cursor.as_deref())
             .bind(!matches!(step, PartStep::Next(_)))
             .bind(job_id)
@@ -128,7 +129,7 @@ impl Ingest for PgStore {
             .execute(&mut *tx)
             .await?;
         if let PartStep::Replace(children) = step {
-            let last: i64 = sqlx::query_scalar("SELECT max(seq) FROM job_parts WHERE job_id = $1")
+            let last: i64 = sqlx::query_scalar(sql::LAST_PART)
                 .bind(job_id)
                 .fetch_one(&mut *tx)
                 .await?;
@@ -182,11 +183,10 @@ impl Ingest for PgStore {
 impl PgStore {
     /// Where a job's images go (see the SQLite twin).
     async fn placement(&self, job_id: i64) -> StoreResult<Placement> {
-        let row: Option<(String, String, String, String)> =
-            sqlx::query_as("SELECT source_kind, username, quality, format FROM jobs WHERE id = $1")
-                .bind(job_id)
-                .fetch_optional(self.pool())
-                .await?;
+        let row: Option<(String, String, String, String)> = sqlx::query_as(sql::PLACEMENT)
+            .bind(job_id)
+            .fetch_optional(self.pool())
+            .await?;
         Placement::from_fields(job_id, row.ok_or(StoreError::NoSuchJob(job_id))?)
     }
 }

@@ -11,6 +11,7 @@ use crate::store::interface::*;
 use crate::store::jobs::{
     JobRow, LegacyJob, job_columns, legacy_spec, resync_millis, resync_spec, username_column,
 };
+use crate::store::sql;
 use crate::store::{Job, JobState, JobTask, PauseReason, StoreError, StoreResult, Submitted};
 use sqlx::PgConnection;
 
@@ -51,7 +52,7 @@ impl Jobs for PgStore {
             Some((id, state)) => {
                 let state = state.parse::<JobState>().map_err(StoreError::Invalid)?;
                 if let Some(interval) = resync_ms {
-                    sqlx::query("UPDATE jobs SET resync_every_ms = $1 WHERE id = $2")
+                    sqlx::query(sql::SET_RESYNC_EVERY)
                         .bind(interval)
                         .bind(id)
                         .execute(&mut *tx)
@@ -213,7 +214,7 @@ impl Jobs for PgStore {
     }
 
     async fn set_page_size(&self, id: i64, page_size: u32) -> StoreResult<()> {
-        sqlx::query("UPDATE jobs SET page_size = $1 WHERE id = $2")
+        sqlx::query(sql::SET_PAGE_SIZE)
             .bind(i64::from(page_size))
             .bind(id)
             .execute(self.pool())
@@ -329,12 +330,10 @@ impl Jobs for PgStore {
     }
 
     async fn jobs_paused_for(&self, reason: PauseReason) -> StoreResult<Vec<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE state = 'paused' AND pause_reason = $1 ORDER BY id",
-        )
-        .bind(reason.as_str())
-        .fetch_all(self.pool())
-        .await?)
+        Ok(sqlx::query_scalar(sql::JOBS_PAUSED_FOR)
+            .bind(reason.as_str())
+            .fetch_all(self.pool())
+            .await?)
     }
 }
 
@@ -342,15 +341,12 @@ impl PgStore {
     /// See the SQLite twin. A PostgreSQL store never had rows without a
     /// selection; daemons running it at once write the same values.
     pub async fn backfill_selections(&self) -> StoreResult<()> {
-        let legacy: Vec<LegacyJob> = sqlx::query_as(
-            "SELECT id, username, quality, bbox_west, bbox_south, bbox_east, bbox_north \
-             FROM jobs WHERE selection IS NULL OR job_key IS NULL",
-        )
-        .fetch_all(self.pool())
-        .await?;
+        let legacy: Vec<LegacyJob> = sqlx::query_as(sql::LEGACY_JOBS)
+            .fetch_all(self.pool())
+            .await?;
         for job in legacy {
             let spec = legacy_spec(&job)?;
-            sqlx::query("UPDATE jobs SET selection = $1, job_key = $2 WHERE id = $3")
+            sqlx::query(sql::SET_SELECTION)
                 .bind(spec.selection.canonical().to_string())
                 .bind(spec.key())
                 .bind(job.0)
@@ -382,7 +378,7 @@ async fn restart_enumeration(
     spec: &JobSpec,
     at: Option<i64>,
 ) -> StoreResult<()> {
-    sqlx::query("DELETE FROM job_parts WHERE job_id = $1")
+    sqlx::query(sql::DELETE_PARTS)
         .bind(id)
         .execute(&mut *tx)
         .await?;

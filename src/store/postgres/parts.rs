@@ -3,6 +3,7 @@
 use super::PgStore;
 use crate::selection::PartSpec;
 use crate::store::interface::*;
+use crate::store::sql;
 use crate::store::{Part, StoreResult, parts::part_from_fields};
 use sqlx::Row;
 
@@ -15,20 +16,17 @@ pub(super) async fn insert_parts(
 ) -> StoreResult<()> {
     for (offset, part) in parts.iter().enumerate() {
         let (bbox, item) = crate::store::parts::part_columns(part);
-        sqlx::query(
-            "INSERT INTO job_parts (job_id, seq, kind, west, south, east, north, item) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(job_id)
-        .bind(first_seq + offset as i64)
-        .bind(part.kind())
-        .bind(bbox.map(|b| b.west))
-        .bind(bbox.map(|b| b.south))
-        .bind(bbox.map(|b| b.east))
-        .bind(bbox.map(|b| b.north))
-        .bind(item)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(sql::INSERT_PART)
+            .bind(job_id)
+            .bind(first_seq + offset as i64)
+            .bind(part.kind())
+            .bind(bbox.map(|b| b.west))
+            .bind(bbox.map(|b| b.south))
+            .bind(bbox.map(|b| b.east))
+            .bind(bbox.map(|b| b.north))
+            .bind(item)
+            .execute(&mut *tx)
+            .await?;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use crate::store::interface::*;
 use crate::store::millis;
 use crate::store::queue::{ClaimedRow, in_queue_order};
 use crate::store::queue::{DeferPolicy, RetryPolicy, identity_from_fields};
+use crate::store::sql;
 use crate::store::{ClaimedImage, Completion, FailOutcome, FailReason, Lease, StoreResult};
 use sqlx::postgres::{PgArguments, Postgres};
 use sqlx::{FromRow, Row};
@@ -357,11 +358,9 @@ impl Queue for PgStore {
         .bind(self.at(now_ms))
         .execute(self.pool())
         .await?;
-        sqlx::query(
-            "UPDATE jobs SET task_owner = NULL, task_until = NULL WHERE task_owner IS NOT NULL",
-        )
-        .execute(self.pool())
-        .await?;
+        sqlx::query(sql::DROP_JOB_TASKS)
+            .execute(self.pool())
+            .await?;
         Ok(result.rows_affected())
     }
 

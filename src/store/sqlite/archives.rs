@@ -4,6 +4,7 @@ use super::SqliteStore;
 use crate::archive::ArchivedFile;
 use crate::store::archives::*;
 use crate::store::interface::*;
+use crate::store::sql;
 use crate::store::*;
 use sqlx::Row;
 
@@ -79,12 +80,10 @@ impl Archives for SqliteStore {
     }
 
     async fn tar_names(&self, collection: &str) -> StoreResult<Vec<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT tar_name FROM packings WHERE collection = ? ORDER BY id")
-                .bind(collection)
-                .fetch_all(self.reader()?)
-                .await?,
-        )
+        Ok(sqlx::query_scalar(sql::TAR_NAMES)
+            .bind(collection)
+            .fetch_all(self.reader()?)
+            .await?)
     }
 
     async fn plan_packing(
@@ -314,14 +313,11 @@ impl Archives for SqliteStore {
     }
 
     async fn is_still_loose(&self, row_id: i64, path: &str) -> StoreResult<bool> {
-        let found: Option<i64> = sqlx::query_scalar(
-            "SELECT 1 FROM images WHERE rowid = ?1 AND state = 'done' AND path = ?2 \
-               AND (packing_id IS NULL OR packing_id IN (SELECT id FROM packings WHERE state = 'planned'))",
-        )
-        .bind(row_id)
-        .bind(path)
-        .fetch_optional(self.reader()?)
-        .await?;
+        let found: Option<i64> = sqlx::query_scalar(sql::IS_STILL_LOOSE)
+            .bind(row_id)
+            .bind(path)
+            .fetch_optional(self.reader()?)
+            .await?;
         Ok(found.is_some())
     }
 
@@ -373,12 +369,10 @@ impl Archives for SqliteStore {
     }
 
     async fn is_packed_collection(&self, collection: &str) -> StoreResult<bool> {
-        Ok(
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM packings WHERE collection = ?)")
-                .bind(collection)
-                .fetch_one(self.reader()?)
-                .await?,
-        )
+        Ok(sqlx::query_scalar(sql::IS_PACKED_COLLECTION)
+            .bind(collection)
+            .fetch_one(self.reader()?)
+            .await?)
     }
 
     async fn collection_summary(
@@ -407,10 +401,9 @@ impl SqliteStore {
         if claimed.is_empty() {
             return Ok(());
         }
-        let any_tar: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM packings WHERE state <> 'planned')")
-                .fetch_one(self.reader()?)
-                .await?;
+        let any_tar: bool = sqlx::query_scalar(sql::ANY_TAR)
+            .fetch_one(self.reader()?)
+            .await?;
         if !any_tar {
             return Ok(());
         }

@@ -3,6 +3,7 @@
 use super::SqliteStore;
 use crate::store::cluster::*;
 use crate::store::interface::*;
+use crate::store::sql;
 use crate::store::*;
 use std::time::Duration;
 
@@ -39,7 +40,7 @@ impl Cluster for SqliteStore {
     }
 
     async fn forget_daemon(&self, id: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM daemons WHERE id = ?")
+        sqlx::query(sql::FORGET_DAEMON)
             .bind(id)
             .execute(self.writer()?)
             .await?;

@@ -4,6 +4,7 @@ use super::SqliteStore;
 use super::task_lease;
 use crate::store::collection_tasks::*;
 use crate::store::interface::*;
+use crate::store::sql;
 use crate::store::task_lease::LeaseKey;
 use crate::store::*;
 use std::sync::Arc;
@@ -69,17 +70,14 @@ impl CollectionTasks for SqliteStore {
     }
 
     async fn recorded_uploads(&self, collection: &str) -> StoreResult<Vec<RecordedUpload>> {
-        Ok(sqlx::query_as(
-            "SELECT upload_id, path FROM multipart_uploads WHERE collection = ? \
-             ORDER BY started_at, upload_id",
-        )
-        .bind(collection)
-        .fetch_all(self.writer()?)
-        .await?)
+        Ok(sqlx::query_as(sql::RECORDED_UPLOADS)
+            .bind(collection)
+            .fetch_all(self.writer()?)
+            .await?)
     }
 
     async fn forget_upload(&self, upload_id: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM multipart_uploads WHERE upload_id = ?")
+        sqlx::query(sql::FORGET_UPLOAD)
             .bind(upload_id)
             .execute(self.writer()?)
             .await?;

@@ -6,6 +6,7 @@ use super::parts::insert_parts;
 use crate::model::Storable;
 use crate::store::ingest::*;
 use crate::store::interface::*;
+use crate::store::sql;
 use crate::store::*;
 use sqlx::{AssertSqlSafe, SqlSafeStr};
 use std::borrow::Cow;
@@ -56,7 +57,7 @@ impl Ingest for SqliteStore {
             .await?;
         }
         inserted += insert_missing(&mut tx, job_id, missing, now_ms).await?;
-        sqlx::query("UPDATE job_parts SET cursor = ?, done = ? WHERE job_id = ? AND seq = ?")
+        sqlx::query(sql::MOVE_PART)
             .bind(cursor.as_deref())
             .bind(!matches!(step, PartStep::Next(_)))
             .bind(job_id)
@@ -64,7 +65,7 @@ impl Ingest for SqliteStore {
             .execute(&mut *tx)
             .await?;
         if let PartStep::Replace(children) = step {
-            let last: i64 = sqlx::query_scalar("SELECT max(seq) FROM job_parts WHERE job_id = ?")
+            let last: i64 = sqlx::query_scalar(sql::LAST_PART)
                 .bind(job_id)
                 .fetch_one(&mut *tx)
                 .await?;
@@ -102,11 +103,10 @@ impl Ingest for SqliteStore {
 impl SqliteStore {
     /// Where a job's images go. Fixed at creation, so read once per page.
     async fn placement(&self, job_id: i64) -> StoreResult<Placement> {
-        let row: Option<(String, String, String, String)> =
-            sqlx::query_as("SELECT source_kind, username, quality, format FROM jobs WHERE id = ?")
-                .bind(job_id)
-                .fetch_optional(self.reader()?)
-                .await?;
+        let row: Option<(String, String, String, String)> = sqlx::query_as(sql::PLACEMENT)
+            .bind(job_id)
+            .fetch_optional(self.reader()?)
+            .await?;
         Placement::from_fields(job_id, row.ok_or(StoreError::NoSuchJob(job_id))?)
     }
 }

@@ -6,6 +6,7 @@ use super::parts::insert_parts;
 use crate::selection::JobSpec;
 use crate::store::interface::*;
 use crate::store::jobs::*;
+use crate::store::sql;
 use crate::store::*;
 
 impl Jobs for SqliteStore {
@@ -26,7 +27,7 @@ impl Jobs for SqliteStore {
             Some((id, state)) => {
                 let state = state.parse::<JobState>().map_err(StoreError::Invalid)?;
                 if let Some(interval) = resync_ms {
-                    sqlx::query("UPDATE jobs SET resync_every_ms = ? WHERE id = ?")
+                    sqlx::query(sql::SET_RESYNC_EVERY)
                         .bind(interval)
                         .bind(id)
                         .execute(&mut *tx)
@@ -170,7 +171,7 @@ impl Jobs for SqliteStore {
     }
 
     async fn set_page_size(&self, id: i64, page_size: u32) -> StoreResult<()> {
-        sqlx::query("UPDATE jobs SET page_size = ? WHERE id = ?")
+        sqlx::query(sql::SET_PAGE_SIZE)
             .bind(i64::from(page_size))
             .bind(id)
             .execute(self.writer()?)
@@ -270,12 +271,10 @@ impl Jobs for SqliteStore {
     }
 
     async fn jobs_paused_for(&self, reason: PauseReason) -> StoreResult<Vec<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE state = 'paused' AND pause_reason = ? ORDER BY id",
-        )
-        .bind(reason.as_str())
-        .fetch_all(self.reader()?)
-        .await?)
+        Ok(sqlx::query_scalar(sql::JOBS_PAUSED_FOR)
+            .bind(reason.as_str())
+            .fetch_all(self.reader()?)
+            .await?)
     }
 }
 
@@ -283,15 +282,12 @@ impl SqliteStore {
     /// Gives jobs written by an older binary their canonical selection and
     /// identity (a username job, its bbox as a filter). Runs at open.
     pub(super) async fn backfill_selections(&self) -> StoreResult<()> {
-        let legacy: Vec<LegacyJob> = sqlx::query_as(
-            "SELECT id, username, quality, bbox_west, bbox_south, bbox_east, bbox_north \
-             FROM jobs WHERE selection IS NULL OR job_key IS NULL",
-        )
-        .fetch_all(self.writer()?)
-        .await?;
+        let legacy: Vec<LegacyJob> = sqlx::query_as(sql::LEGACY_JOBS)
+            .fetch_all(self.writer()?)
+            .await?;
         for job in legacy {
             let spec = legacy_spec(&job)?;
-            sqlx::query("UPDATE jobs SET selection = ?, job_key = ? WHERE id = ?")
+            sqlx::query(sql::SET_SELECTION)
                 .bind(spec.selection.canonical().to_string())
                 .bind(spec.key())
                 .bind(job.0)
@@ -331,7 +327,7 @@ async fn restart_enumeration(
     spec: &JobSpec,
     now_ms: i64,
 ) -> StoreResult<()> {
-    sqlx::query("DELETE FROM job_parts WHERE job_id = ?")
+    sqlx::query(sql::DELETE_PARTS)
         .bind(id)
         .execute(&mut **tx)
         .await?;

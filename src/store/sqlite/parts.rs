@@ -4,6 +4,7 @@ use super::SqliteStore;
 use crate::selection::PartSpec;
 use crate::store::interface::*;
 use crate::store::parts::*;
+use crate::store::sql;
 use crate::store::*;
 use sqlx::Row;
 
@@ -39,20 +40,17 @@ pub(super) async fn insert_parts(
 ) -> StoreResult<()> {
     for (offset, part) in parts.iter().enumerate() {
         let (bbox, item) = part_columns(part);
-        sqlx::query(
-            "INSERT INTO job_parts (job_id, seq, kind, west, south, east, north, item) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(job_id)
-        .bind(first_seq + offset as i64)
-        .bind(part.kind())
-        .bind(bbox.map(|b| b.west))
-        .bind(bbox.map(|b| b.south))
-        .bind(bbox.map(|b| b.east))
-        .bind(bbox.map(|b| b.north))
-        .bind(item)
-        .execute(&mut **tx)
-        .await?;
+        sqlx::query(sql::INSERT_PART)
+            .bind(job_id)
+            .bind(first_seq + offset as i64)
+            .bind(part.kind())
+            .bind(bbox.map(|b| b.west))
+            .bind(bbox.map(|b| b.south))
+            .bind(bbox.map(|b| b.east))
+            .bind(bbox.map(|b| b.north))
+            .bind(item)
+            .execute(&mut **tx)
+            .await?;
     }
     Ok(())
 }

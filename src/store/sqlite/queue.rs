@@ -5,6 +5,7 @@ use super::SqliteStore;
 use crate::archive::ArchivedFile;
 use crate::store::interface::*;
 use crate::store::queue::*;
+use crate::store::sql;
 use crate::store::*;
 use sqlx::{FromRow, Row};
 use std::sync::Arc;
@@ -319,11 +320,9 @@ impl Queue for SqliteStore {
         .execute(self.writer()?)
         .await?;
         // Jobs' task leases too: their holder is gone with the crash.
-        sqlx::query(
-            "UPDATE jobs SET task_owner = NULL, task_until = NULL WHERE task_owner IS NOT NULL",
-        )
-        .execute(self.writer()?)
-        .await?;
+        sqlx::query(sql::DROP_JOB_TASKS)
+            .execute(self.writer()?)
+            .await?;
         Ok(result.rows_affected())
     }
 
