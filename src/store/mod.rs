@@ -34,6 +34,7 @@ mod parts;
 mod postgres;
 mod queue;
 mod rebase;
+mod shared;
 mod sql;
 mod sqlite;
 mod stalls;

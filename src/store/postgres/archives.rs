@@ -61,6 +61,8 @@ fn archived_from_row(row: &PgRow, path: String) -> StoreResult<ArchivedFile> {
 }
 
 impl Archives for PgStore {
+    crate::store::shared::shared_archives!();
+
     /// See the SQLite twin.
     async fn archived_copy(
         &self,
@@ -132,14 +134,6 @@ impl Archives for PgStore {
         .bind(collection)
         .fetch_optional(self.pool())
         .await?)
-    }
-
-    /// See the SQLite twin.
-    async fn tar_names(&self, collection: &str) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar(sql::TAR_NAMES)
-            .bind(collection)
-            .fetch_all(self.pool())
-            .await?)
     }
 
     /// See the SQLite twin. Daemons planning the same collection at once
@@ -460,14 +454,6 @@ impl Archives for PgStore {
             }
         };
         Ok(to_u64(count))
-    }
-
-    /// See the SQLite twin.
-    async fn is_packed_collection(&self, collection: &str) -> StoreResult<bool> {
-        Ok(sqlx::query_scalar(sql::IS_PACKED_COLLECTION)
-            .bind(collection)
-            .fetch_one(self.pool())
-            .await?)
     }
 
     /// See the SQLite twin.

@@ -5,11 +5,12 @@
 use super::PgStore;
 use crate::store::cluster::{ApiSlot, DaemonInfo, LiveDaemon, live_from_fields};
 use crate::store::interface::*;
-use crate::store::sql;
 use crate::store::{StoreResult, millis};
 use std::time::Duration;
 
 impl Cluster for PgStore {
+    crate::store::shared::shared_cluster!();
+
     async fn heartbeat(&self, daemon: &DaemonInfo, now_ms: i64) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO daemons (id, host, workers, started_at, heartbeat_at) \
@@ -41,14 +42,6 @@ impl Cluster for PgStore {
                 live_from_fields(id, host, workers, started, age)
             })
             .collect())
-    }
-
-    async fn forget_daemon(&self, id: &str) -> StoreResult<()> {
-        sqlx::query(sql::FORGET_DAEMON)
-            .bind(id)
-            .execute(self.pool())
-            .await?;
-        Ok(())
     }
 
     async fn take_api_slot(&self, interval: Duration, tolerance: Duration) -> StoreResult<ApiSlot> {

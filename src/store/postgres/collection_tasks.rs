@@ -3,14 +3,15 @@
 use super::PgStore;
 use super::task_lease;
 use crate::store::StoreResult;
-use crate::store::collection_tasks::{CollectionTask, RecordedUpload};
+use crate::store::collection_tasks::CollectionTask;
 use crate::store::interface::*;
-use crate::store::sql;
 use crate::store::task_lease::LeaseKey;
 use std::sync::Arc;
 use std::time::Duration;
 
 impl CollectionTasks for PgStore {
+    crate::store::shared::shared_collection_tasks!();
+
     async fn take_collection_task(
         &self,
         collection: &str,
@@ -66,21 +67,6 @@ impl CollectionTasks for PgStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
-    }
-
-    async fn recorded_uploads(&self, collection: &str) -> StoreResult<Vec<RecordedUpload>> {
-        Ok(sqlx::query_as(sql::RECORDED_UPLOADS)
-            .bind(collection)
-            .fetch_all(self.pool())
-            .await?)
-    }
-
-    async fn forget_upload(&self, upload_id: &str) -> StoreResult<()> {
-        sqlx::query(sql::FORGET_UPLOAD)
-            .bind(upload_id)
-            .execute(self.pool())
-            .await?;
         Ok(())
     }
 }

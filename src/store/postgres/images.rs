@@ -2,10 +2,9 @@
 
 use super::PgStore;
 use crate::stats::MinuteThroughput;
-use crate::store::images::{ArchivedRow, FailedRow, ImageRow, minute_throughput};
+use crate::store::images::{ArchivedRow, minute_throughput};
 use crate::store::interface::*;
-use crate::store::sql;
-use crate::store::{ArchivedImage, CollectionPosition, FailedImage, ImageRecord, StoreResult};
+use crate::store::{ArchivedImage, CollectionPosition, StoreResult};
 use sqlx::FromRow;
 use sqlx::postgres::PgRow;
 
@@ -16,32 +15,7 @@ fn archived(rows: Vec<PgRow>) -> StoreResult<Vec<ArchivedImage>> {
 }
 
 impl Images for PgStore {
-    /// See the SQLite twin.
-    async fn finished_images(
-        &self,
-        job_id: i64,
-        after_row_id: Option<i64>,
-        limit: u32,
-    ) -> StoreResult<Vec<ArchivedImage>> {
-        let rows = match after_row_id {
-            None => {
-                sqlx::query(sql::FINISHED_IMAGES_FIRST)
-                    .bind(job_id)
-                    .bind(i64::from(limit))
-                    .fetch_all(self.pool())
-                    .await?
-            }
-            Some(after) => {
-                sqlx::query(sql::FINISHED_IMAGES_AFTER)
-                    .bind(job_id)
-                    .bind(after)
-                    .bind(i64::from(limit))
-                    .fetch_all(self.pool())
-                    .await?
-            }
-        };
-        archived(rows)
-    }
+    crate::store::shared::shared_images!();
 
     /// See the SQLite twin. `image_id` sorts by the database's collation,
     /// which orders Mapillary's digit-only ids as SQLite does.
@@ -80,14 +54,6 @@ impl Images for PgStore {
     }
 
     /// See the SQLite twin.
-    async fn job_collections(&self, job_id: i64) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar(sql::JOB_COLLECTIONS)
-            .bind(job_id)
-            .fetch_all(self.pool())
-            .await?)
-    }
-
-    /// See the SQLite twin.
     async fn finished_by_minute(&self, since_ms: i64) -> StoreResult<Vec<MinuteThroughput>> {
         // From the per-minute table the update trigger feeds (folded and
         // not yet folded), never the images table: every daemon's `/status`
@@ -117,18 +83,6 @@ impl Images for PgStore {
         Ok((count.max(0) as u64, bytes.max(0) as u64))
     }
 
-    /// See the SQLite twin.
-    async fn failed_images(&self, job_id: i64, limit: u32) -> StoreResult<Vec<FailedImage>> {
-        let rows = sqlx::query(sql::FAILED_IMAGES)
-            .bind(job_id)
-            .bind(i64::from(limit))
-            .fetch_all(self.pool())
-            .await?;
-        rows.iter()
-            .map(|row| FailedRow::from_row(row)?.into_failed())
-            .collect()
-    }
-
     /// See the SQLite twin. Due by the database's clock, read once (an init
     /// plan, so it bounds the index scan).
     async fn upcoming_urls(
@@ -148,16 +102,5 @@ impl Images for PgStore {
         .bind(i64::from(limit))
         .fetch_all(self.pool())
         .await?)
-    }
-
-    /// See the SQLite twin.
-    async fn image_by_id(&self, job_id: i64, image_id: &str) -> StoreResult<Option<ImageRecord>> {
-        let row = sqlx::query(sql::IMAGE_BY_ID)
-            .bind(job_id)
-            .bind(image_id)
-            .fetch_optional(self.pool())
-            .await?;
-        row.map(|row| ImageRow::from_row(&row)?.into_record())
-            .transpose()
     }
 }

@@ -25,6 +25,8 @@ fn state_names(states: &[JobState]) -> Vec<&'static str> {
 }
 
 impl Jobs for PgStore {
+    crate::store::shared::shared_jobs!();
+
     /// See the SQLite twin. SQLite's `BEGIN IMMEDIATE` makes find-then-insert
     /// atomic; here several daemons may submit one selection at once, so the
     /// transaction first takes an advisory lock on the job's identity
@@ -213,15 +215,6 @@ impl Jobs for PgStore {
         self.job_if_changed(changed).await
     }
 
-    async fn set_page_size(&self, id: i64, page_size: u32) -> StoreResult<()> {
-        sqlx::query(sql::SET_PAGE_SIZE)
-            .bind(i64::from(page_size))
-            .bind(id)
-            .execute(self.pool())
-            .await?;
-        Ok(())
-    }
-
     async fn transition_job(
         &self,
         id: i64,
@@ -327,13 +320,6 @@ impl Jobs for PgStore {
         .fetch_optional(self.pool())
         .await?;
         self.job_if_changed(changed).await
-    }
-
-    async fn jobs_paused_for(&self, reason: PauseReason) -> StoreResult<Vec<i64>> {
-        Ok(sqlx::query_scalar(sql::JOBS_PAUSED_FOR)
-            .bind(reason.as_str())
-            .fetch_all(self.pool())
-            .await?)
     }
 }
 

@@ -134,6 +134,18 @@ impl PgStore {
         &self.pool
     }
 
+    // `reader()` and `writer()` are SQLite's names for its two pools, so
+    // the bodies of `store/shared.rs` read the same on both backends.
+    #[allow(clippy::unnecessary_wraps)]
+    fn reader(&self) -> StoreResult<&PgPool> {
+        Ok(&self.pool)
+    }
+
+    #[allow(clippy::unnecessary_wraps)]
+    fn writer(&self) -> StoreResult<&PgPool> {
+        Ok(&self.pool)
+    }
+
     pub(super) async fn close(&self) {
         self.pool.close().await;
     }

@@ -9,6 +9,8 @@ use crate::store::*;
 use sqlx::Row;
 
 impl Archives for SqliteStore {
+    crate::store::shared::shared_archives!();
+
     async fn archived_copy(
         &self,
         collection: &str,
@@ -77,13 +79,6 @@ impl Archives for SqliteStore {
         .bind(collection)
         .fetch_optional(self.reader()?)
         .await?)
-    }
-
-    async fn tar_names(&self, collection: &str) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar(sql::TAR_NAMES)
-            .bind(collection)
-            .fetch_all(self.reader()?)
-            .await?)
     }
 
     async fn plan_packing(
@@ -366,13 +361,6 @@ impl Archives for SqliteStore {
             }
         };
         Ok(to_u64(count))
-    }
-
-    async fn is_packed_collection(&self, collection: &str) -> StoreResult<bool> {
-        Ok(sqlx::query_scalar(sql::IS_PACKED_COLLECTION)
-            .bind(collection)
-            .fetch_one(self.reader()?)
-            .await?)
     }
 
     async fn collection_summary(

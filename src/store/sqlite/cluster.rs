@@ -3,11 +3,12 @@
 use super::SqliteStore;
 use crate::store::cluster::*;
 use crate::store::interface::*;
-use crate::store::sql;
 use crate::store::*;
 use std::time::Duration;
 
 impl Cluster for SqliteStore {
+    crate::store::shared::shared_cluster!();
+
     async fn heartbeat(&self, daemon: &DaemonInfo, now_ms: i64) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO daemons (id, host, workers, started_at, heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?4) \
@@ -37,14 +38,6 @@ impl Cluster for SqliteStore {
                 live_from_fields(id, host, workers, started, age)
             })
             .collect())
-    }
-
-    async fn forget_daemon(&self, id: &str) -> StoreResult<()> {
-        sqlx::query(sql::FORGET_DAEMON)
-            .bind(id)
-            .execute(self.writer()?)
-            .await?;
-        Ok(())
     }
 
     async fn take_api_slot(

@@ -4,13 +4,14 @@ use super::SqliteStore;
 use super::task_lease;
 use crate::store::collection_tasks::*;
 use crate::store::interface::*;
-use crate::store::sql;
 use crate::store::task_lease::LeaseKey;
 use crate::store::*;
 use std::sync::Arc;
 use std::time::Duration;
 
 impl CollectionTasks for SqliteStore {
+    crate::store::shared::shared_collection_tasks!();
+
     async fn take_collection_task(
         &self,
         collection: &str,
@@ -66,21 +67,6 @@ impl CollectionTasks for SqliteStore {
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(())
-    }
-
-    async fn recorded_uploads(&self, collection: &str) -> StoreResult<Vec<RecordedUpload>> {
-        Ok(sqlx::query_as(sql::RECORDED_UPLOADS)
-            .bind(collection)
-            .fetch_all(self.writer()?)
-            .await?)
-    }
-
-    async fn forget_upload(&self, upload_id: &str) -> StoreResult<()> {
-        sqlx::query(sql::FORGET_UPLOAD)
-            .bind(upload_id)
-            .execute(self.writer()?)
-            .await?;
         Ok(())
     }
 }

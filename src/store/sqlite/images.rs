@@ -4,36 +4,11 @@ use super::SqliteStore;
 use crate::stats::MinuteThroughput;
 use crate::store::images::*;
 use crate::store::interface::*;
-use crate::store::sql;
 use crate::store::*;
 use sqlx::FromRow;
 
 impl Images for SqliteStore {
-    async fn finished_images(
-        &self,
-        job_id: i64,
-        after_row_id: Option<i64>,
-        limit: u32,
-    ) -> StoreResult<Vec<ArchivedImage>> {
-        let rows = match after_row_id {
-            None => {
-                sqlx::query(sql::FINISHED_IMAGES_FIRST)
-                    .bind(job_id)
-                    .bind(i64::from(limit))
-                    .fetch_all(self.reader()?)
-                    .await?
-            }
-            Some(after) => {
-                sqlx::query(sql::FINISHED_IMAGES_AFTER)
-                    .bind(job_id)
-                    .bind(after)
-                    .bind(i64::from(limit))
-                    .fetch_all(self.reader()?)
-                    .await?
-            }
-        };
-        rows.iter().map(archived_from_row).collect()
-    }
+    crate::store::shared::shared_images!();
 
     async fn collection_images(
         &self,
@@ -69,13 +44,6 @@ impl Images for SqliteStore {
         rows.iter().map(archived_from_row).collect()
     }
 
-    async fn job_collections(&self, job_id: i64) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar(sql::JOB_COLLECTIONS)
-            .bind(job_id)
-            .fetch_all(self.reader()?)
-            .await?)
-    }
-
     async fn finished_by_minute(&self, since_ms: i64) -> StoreResult<Vec<MinuteThroughput>> {
         let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
             "SELECT updated_at / 60000 AS minute, count(*), ifnull(sum(bytes), 0) \
@@ -99,17 +67,6 @@ impl Images for SqliteStore {
         Ok((count.max(0) as u64, bytes.max(0) as u64))
     }
 
-    async fn failed_images(&self, job_id: i64, limit: u32) -> StoreResult<Vec<FailedImage>> {
-        let rows = sqlx::query(sql::FAILED_IMAGES)
-            .bind(job_id)
-            .bind(i64::from(limit))
-            .fetch_all(self.reader()?)
-            .await?;
-        rows.iter()
-            .map(|row| FailedRow::from_row(row)?.into_failed())
-            .collect()
-    }
-
     async fn upcoming_urls(
         &self,
         job_id: i64,
@@ -127,16 +84,6 @@ impl Images for SqliteStore {
         .fetch_all(self.reader()?)
         .await?;
         Ok(rows)
-    }
-
-    async fn image_by_id(&self, job_id: i64, image_id: &str) -> StoreResult<Option<ImageRecord>> {
-        let row = sqlx::query(sql::IMAGE_BY_ID)
-            .bind(job_id)
-            .bind(image_id)
-            .fetch_optional(self.reader()?)
-            .await?;
-        row.map(|row| ImageRow::from_row(&row)?.into_record())
-            .transpose()
     }
 }
 

@@ -10,6 +10,8 @@ use crate::store::sql;
 use crate::store::*;
 
 impl Jobs for SqliteStore {
+    crate::store::shared::shared_jobs!();
+
     async fn submit_job(&self, spec: &JobSpec, now_ms: i64) -> StoreResult<Submitted> {
         let key = spec.key();
         let mut tx = self.writer()?.begin_with("BEGIN IMMEDIATE").await?;
@@ -170,15 +172,6 @@ impl Jobs for SqliteStore {
         self.job_if_changed(changed).await
     }
 
-    async fn set_page_size(&self, id: i64, page_size: u32) -> StoreResult<()> {
-        sqlx::query(sql::SET_PAGE_SIZE)
-            .bind(i64::from(page_size))
-            .bind(id)
-            .execute(self.writer()?)
-            .await?;
-        Ok(())
-    }
-
     async fn transition_job(
         &self,
         id: i64,
@@ -268,13 +261,6 @@ impl Jobs for SqliteStore {
         .fetch_optional(self.writer()?)
         .await?;
         self.job_if_changed(changed).await
-    }
-
-    async fn jobs_paused_for(&self, reason: PauseReason) -> StoreResult<Vec<i64>> {
-        Ok(sqlx::query_scalar(sql::JOBS_PAUSED_FOR)
-            .bind(reason.as_str())
-            .fetch_all(self.reader()?)
-            .await?)
     }
 }
 
