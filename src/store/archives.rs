@@ -5,6 +5,10 @@
 //! An image's location is its row: `path` is the loose file, and while its
 //! `packing_id` names a `written` or `cleaned` packing, the file is that
 //! packing's tar member `path` relative to the collection folder instead.
+//!
+//! This file holds what both backends share for the area: its types,
+//! row mapping and helpers. The statements are in `sqlite/archives.rs` and
+//! `postgres/archives.rs`, behind [`super::interface`].
 
 use super::{StoreError, StoreResult};
 use crate::archive::ArchivedFile;

@@ -2,6 +2,10 @@
 //! heartbeat row each, for `/status`, the page and `/metrics`), and the
 //! Graph API budget they share. On SQLite one daemon runs: it keeps its
 //! heartbeat row too (one behaviour), and its own limiter is the budget.
+//!
+//! This file holds what both backends share for the area: its types,
+//! row mapping and helpers. The statements are in `sqlite/cluster.rs` and
+//! `postgres/cluster.rs`, behind [`super::interface`].
 
 use std::time::Duration;
 

@@ -9,6 +9,10 @@
 //! Also the ledger of the multipart uploads a packer has begun: what a dead
 //! or stalled packer left is aborted by the next one, so no half-uploaded tar
 //! lingers in the bucket, or completes late.
+//!
+//! This file holds what both backends share for the area: its types,
+//! row mapping and helpers. The statements are in `sqlite/collection_tasks.rs` and
+//! `postgres/collection_tasks.rs`, behind [`super::interface`].
 
 use std::sync::Arc;
 

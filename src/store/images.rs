@@ -1,5 +1,9 @@
 //! Reading image rows back: archived pages for `metadata.jsonl`, failures,
 //! and one row for tests and debugging. All on the read pool.
+//!
+//! This file holds what both backends share for the area: its types,
+//! row mapping and helpers. The statements are in `sqlite/images.rs` and
+//! `postgres/images.rs`, behind [`super::interface`].
 
 use super::{
     ArchivedImage, CollectionPosition, FailReason, FailedImage, ImageRecord, ImageState,

@@ -6,6 +6,10 @@
 //! cache, and many rows per statement amortise the per-statement round trip to
 //! the connection's worker thread, which is what limits a one-row-at-a-time
 //! insert well below 100k rows/s.
+//!
+//! This file holds what both backends share for the area: its types,
+//! row mapping and helpers. The statements are in `sqlite/ingest.rs` and
+//! `postgres/ingest.rs`, behind [`super::interface`].
 
 use super::{FailReason, StoreError, StoreResult};
 use crate::model::{ImageMeta, OutputFormat, Quality, Storable, collection_name};

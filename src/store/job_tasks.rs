@@ -4,6 +4,10 @@
 //! so a dead daemon's job is taken over; every page write checks the lease's
 //! epoch in its own transaction, so a daemon that lost the lease without
 //! knowing it (stalled on the network) cannot move the job's cursor.
+//!
+//! This file holds what both backends share for the area: its types,
+//! row mapping and helpers. The statements are in `sqlite/job_tasks.rs` and
+//! `postgres/job_tasks.rs`, behind [`super::interface`].
 
 use std::sync::Arc;
 

@@ -4,6 +4,10 @@
 //! one short IMMEDIATE transaction for a submission), so two racing requests,
 //! or a request racing the engine, cannot both win: the loser sees `None` and
 //! the API answers 409 instead of silently overwriting a state.
+//!
+//! This file holds what both backends share for the area: its types,
+//! row mapping and helpers. The statements are in `sqlite/jobs.rs` and
+//! `postgres/jobs.rs`, behind [`super::interface`].
 
 use super::{
     Counts, Job, JobState, PauseReason, StoreError, StoreResult, millis, rfc3339_from_ms, to_u64,

@@ -1,25 +1,37 @@
-//! The SQLite job store: the only module that speaks SQL.
+//! The job store: the only module that speaks SQL, on one of two backends.
 //!
-//! One writer connection (WAL, busy timeout, foreign keys) serialises every
-//! write; a separate pool of read-only connections serves status queries so
-//! they never queue behind a page insert. Every function is one small named
-//! query or one short transaction, and none is ever held across a network call.
+//! - **SQLite** ([`sqlite`]): one file under the data dir, one daemon at a
+//!   time. One writer connection serialises every write; a pool of
+//!   read-only connections serves queries that never write.
+//! - **PostgreSQL** ([`postgres`]): a shared database, any number of
+//!   daemons; the database's clock stamps leases and times, claims skip
+//!   rows other daemons are claiming.
 //!
-//! Times are Unix milliseconds (`i64`) passed in by the caller, so tests and
-//! the engine control the clock.
+//! **One interface.** [`interface`] declares it once, as one trait per area
+//! (jobs, ingest, queue, images, archives, parts, stalls, rebase, cluster,
+//! job and collection task leases, health). `SqliteStore` and `PgStore`
+//! each implement all of it, so a method missing on either is a compile
+//! error, and [`Store`]'s public methods, generated from the same
+//! declaration, dispatch with a `match` on the backend chosen when the
+//! store opens ([`open`]). Written once at this level and used by both:
+//! shared types and policies (the area files: [`jobs`], [`queue`], ...),
+//! row mapping (`FromRow` structs, `*_from_fields`), the statements that
+//! read the same on both dialects ([`sql`], with `$N` placeholders, which
+//! SQLite binds too), method bodies that are the same on both ([`shared`]),
+//! the task lease protocol ([`task_lease`]), and shorthands over the
+//! interface ([`composed`]).
 //!
-//! Layout: [`connection`] opens the pools and checks the schema, [`jobs`] holds
-//! the job rows, [`ingest`] writes enumeration pages, [`queue`] is the work
-//! queue (claim, complete, fail, release, defer), [`images`] reads image rows
-//! back, [`archives`] tracks tar packings, adoptable copies and `verify`'s
-//! rows, [`rebase`] keeps stored paths on the archive directory as opened,
-//! and [`stalls`] finds jobs that stopped making progress.
+//! Every method is one small named query or one short transaction, none
+//! held across a network call; a completion is one fenced statement and a
+//! claim one `UPDATE ... RETURNING`. Times are Unix milliseconds (`i64`)
+//! passed in by the caller (on PostgreSQL, the database's unless the store
+//! opened on [`PgClock::Caller`]), so tests control the clock.
 //!
-//! Per-job counts are columns on the job row kept by SQLite triggers on
-//! `images` (see `migrations/`), so `/status` reads O(jobs) rows
-//! however many images exist, and no statement can make them drift. One more
-//! trigger (`images_share_loose_copy`) gives a completed loose file's
-//! checksum to the other done rows at its path: one file, one checksum.
+//! Per-job counts are columns on the job row kept by triggers on `images`
+//! (deltas folded later on PostgreSQL; see `migrations/`), so `/status`
+//! reads O(jobs) rows however many images exist. One more trigger
+//! (`images_share_loose_copy`) gives a completed loose file's checksum to
+//! the other done rows at its path: one file, one checksum.
 
 mod cluster;
 mod collection_tasks;

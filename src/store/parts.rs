@@ -3,6 +3,10 @@
 //! bbox) with its cursor, a sequence, or a batch of up to 50 image ids. The
 //! enumerator works on the first part not done; every page it stores moves
 //! that part on, in the same transaction as the page's images.
+//!
+//! This file holds what both backends share for the area: its types,
+//! row mapping and helpers. The statements are in `sqlite/parts.rs` and
+//! `postgres/parts.rs`, behind [`super::interface`].
 
 use super::{StoreError, StoreResult};
 use crate::model::Bbox;

@@ -1,6 +1,10 @@
 //! The work queue: claim with a lease, then complete, fail or release, each
 //! fenced by (lease owner, lease epoch) so a worker whose lease was taken over
 //! cannot overwrite the new holder's outcome.
+//!
+//! This file holds what both backends share for the area: its types,
+//! row mapping and helpers. The statements are in `sqlite/queue.rs` and
+//! `postgres/queue.rs`, behind [`super::interface`].
 
 use super::{ClaimedImage, Lease, StoreError, StoreResult, parse_meta};
 use crate::model::{OutputFormat, Quality};

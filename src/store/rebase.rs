@@ -3,6 +3,10 @@
 //! that differs from the root the rows begin with (the data dir was given
 //! under another spelling, was relative before, or was moved), the paths are
 //! rebased once, in one transaction, before anything reads them.
+//!
+//! This file holds what both backends share for the area: its types,
+//! row mapping and helpers. The statements are in `sqlite/rebase.rs` and
+//! `postgres/rebase.rs`, behind [`super::interface`].
 
 use super::{StoreError, StoreResult};
 use std::path::Path;

@@ -2,6 +2,10 @@
 //! too long are marked stalled, with `last_error` saying why, and unmarked by
 //! their next progress. Everything is read from the database (`progress_at`
 //! is stamped by the counter triggers), so any process sees the same answer.
+//!
+//! This file holds what both backends share for the area: its types,
+//! row mapping and helpers. The statements are in `sqlite/stalls.rs` and
+//! `postgres/stalls.rs`, behind [`super::interface`].
 
 use super::to_u64;
 

@@ -1,4 +1,4 @@
-//! PostgreSQL twin of `store::archives`.
+//! The [`crate::store::interface::Archives`] half on PostgreSQL.
 //!
 //! What differs, and why:
 //! - Paths are compared and ordered `COLLATE "C"` (byte order, as SQLite's
@@ -62,8 +62,6 @@ fn archived_from_row(row: &PgRow, path: String) -> StoreResult<ArchivedFile> {
 
 impl Archives for PgStore {
     crate::store::shared::shared_archives!();
-
-    /// See the SQLite twin.
     async fn archived_copy(
         &self,
         collection: &str,
@@ -89,8 +87,6 @@ impl Archives for PgStore {
         let path: String = row.try_get("path")?;
         archived_from_row(&row, path).map(Some)
     }
-
-    /// See the SQLite twin.
     async fn unfinished_packings(&self, collection: &str) -> StoreResult<Vec<Packing>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {PACKING_COLUMNS} FROM packings \
@@ -101,8 +97,6 @@ impl Archives for PgStore {
         .await?;
         rows.iter().map(packing_from_row).collect()
     }
-
-    /// See the SQLite twin.
     async fn packing(&self, id: i64) -> StoreResult<Option<Packing>> {
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {PACKING_COLUMNS} FROM packings WHERE id = $1"
@@ -112,8 +106,6 @@ impl Archives for PgStore {
         .await?;
         row.as_ref().map(packing_from_row).transpose()
     }
-
-    /// See the SQLite twin.
     async fn packings(&self, collection: &str) -> StoreResult<Vec<Packing>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {PACKING_COLUMNS} FROM packings WHERE collection = $1 ORDER BY id"
@@ -124,7 +116,7 @@ impl Archives for PgStore {
         rows.iter().map(packing_from_row).collect()
     }
 
-    /// See the SQLite twin (path order is byte order).
+    /// PostgreSQL: path order is byte order.
     async fn first_unpacked_path(&self, collection: &str) -> StoreResult<Option<String>> {
         Ok(sqlx::query_scalar(
             "SELECT path FROM images \
@@ -136,7 +128,7 @@ impl Archives for PgStore {
         .await?)
     }
 
-    /// See the SQLite twin. Daemons planning the same collection at once
+    /// PostgreSQL: Daemons planning the same collection at once
     /// take turns; the later one finds the folder's images already planned
     /// and returns `None` without inserting a packing.
     async fn plan_packing(
@@ -149,7 +141,7 @@ impl Archives for PgStore {
     ) -> StoreResult<Option<Packing>> {
         let collection: &str = &task.collection;
         let mut tx = self.pool().begin().await?;
-        super::task_lease::check(&mut *tx, task).await?;
+        super::task_lease::check(&mut tx, task).await?;
         // One planner per collection at a time, until this commits: a second
         // daemon then sees the images joined (`packing_id` set) and the tar
         // name taken, so it can neither plan the same images again nor
@@ -211,7 +203,7 @@ impl Archives for PgStore {
         packing_from_row(&row).map(Some)
     }
 
-    /// See the SQLite twin (tar order is byte order).
+    /// PostgreSQL: tar order is byte order.
     async fn packed_files(
         &self,
         packing_id: i64,
@@ -242,8 +234,6 @@ impl Archives for PgStore {
             })
             .collect()
     }
-
-    /// See the SQLite twin.
     async fn packing_size(&self, packing_id: i64) -> StoreResult<u64> {
         let bytes: i64 = sqlx::query_scalar(
             "SELECT coalesce(sum(bytes), 0)::BIGINT FROM (SELECT max(bytes) AS bytes FROM images \
@@ -255,7 +245,7 @@ impl Archives for PgStore {
         Ok(to_u64(bytes))
     }
 
-    /// See the SQLite twin. Does nothing when the packing is no longer
+    /// PostgreSQL: Does nothing when the packing is no longer
     /// `planned` (another daemon wrote or dropped it first).
     async fn mark_packing_written(
         &self,
@@ -274,7 +264,7 @@ impl Archives for PgStore {
             .await
     }
 
-    /// See the SQLite twin. Does nothing when the packing is no longer
+    /// PostgreSQL: Does nothing when the packing is no longer
     /// `planned`: another daemon moved it on, and the rows this daemon
     /// found missing may be the ones that daemon already packed and cleaned.
     async fn abandon_empty_packing(
@@ -285,7 +275,7 @@ impl Archives for PgStore {
         now_ms: i64,
     ) -> StoreResult<()> {
         let mut tx = self.pool().begin().await?;
-        super::task_lease::check(&mut *tx, task).await?;
+        super::task_lease::check(&mut tx, task).await?;
         // Locks the packing row: its state cannot move until this commits.
         let planned: Option<i64> = sqlx::query_scalar(
             "SELECT id FROM packings WHERE id = $1 AND state = 'planned' FOR UPDATE",
@@ -311,7 +301,7 @@ impl Archives for PgStore {
         Ok(())
     }
 
-    /// See the SQLite twin. Moves only a `written` packing (the row lock
+    /// PostgreSQL: Moves only a `written` packing (the row lock
     /// orders it after any concurrent state move).
     async fn mark_packing_cleaned(
         &self,
@@ -319,7 +309,7 @@ impl Archives for PgStore {
         packing: &Packing,
     ) -> StoreResult<()> {
         let mut tx = self.pool().begin().await?;
-        super::task_lease::check(&mut *tx, task).await?;
+        super::task_lease::check(&mut tx, task).await?;
         let moved = sqlx::query(
             "UPDATE packings SET state = 'cleaned' WHERE id = $1 AND state = 'written'",
         )
@@ -335,8 +325,6 @@ impl Archives for PgStore {
         tx.commit().await?;
         Ok(())
     }
-
-    /// See the SQLite twin.
     async fn copy_sharers(&self, row_id: i64) -> StoreResult<Vec<(i64, bool)>> {
         let rows = sqlx::query(
             "SELECT s.rowid AS row_id, j.state = 'cancelled' AS cancelled \
@@ -353,16 +341,12 @@ impl Archives for PgStore {
             .map(|row| Ok((row.try_get("row_id")?, row.try_get("cancelled")?)))
             .collect()
     }
-
-    /// See the SQLite twin.
     async fn requeue_images(&self, row_ids: &[i64], reason: &str, now_ms: i64) -> StoreResult<u64> {
         let mut tx = self.pool().begin().await?;
         let changed = requeue_in(&mut tx, row_ids, reason, self.at(now_ms)).await?;
         tx.commit().await?;
         Ok(changed)
     }
-
-    /// See the SQLite twin.
     async fn record_checksum(&self, row_id: i64, sha256: &str, bytes: u64) -> StoreResult<()> {
         sqlx::query(
             "UPDATE images SET sha256 = $1, bytes = coalesce(bytes, $2) \
@@ -375,8 +359,6 @@ impl Archives for PgStore {
         .await?;
         Ok(())
     }
-
-    /// See the SQLite twin.
     async fn loose_copies(
         &self,
         job_id: Option<i64>,
@@ -396,8 +378,6 @@ impl Archives for PgStore {
         .await?;
         rows.iter().map(copy_from_row).collect()
     }
-
-    /// See the SQLite twin.
     async fn is_still_loose(&self, row_id: i64, path: &str) -> StoreResult<bool> {
         let found: Option<i32> = sqlx::query_scalar(sql::IS_STILL_LOOSE)
             .bind(row_id)
@@ -407,7 +387,7 @@ impl Archives for PgStore {
         Ok(found.is_some())
     }
 
-    /// See the SQLite twin (collections in byte order).
+    /// PostgreSQL: collections in byte order.
     async fn written_packings(&self, job_id: Option<i64>) -> StoreResult<Vec<Packing>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {PACKING_COLUMNS} FROM packings p WHERE state IN ('written', 'cleaned') \
@@ -421,7 +401,7 @@ impl Archives for PgStore {
         rows.iter().map(packing_from_row).collect()
     }
 
-    /// See the SQLite twin (paths in byte order).
+    /// PostgreSQL: paths in byte order.
     async fn packing_rows(
         &self,
         packing_id: i64,
@@ -439,7 +419,7 @@ impl Archives for PgStore {
         rows.iter().map(copy_from_row).collect()
     }
 
-    /// See the SQLite twin; counts come from `job_rows` (current counters).
+    /// PostgreSQL: counts come from `job_rows` (current counters).
     async fn done_rows(&self, job_id: Option<i64>) -> StoreResult<u64> {
         let count: i64 = match job_id {
             Some(id) => sqlx::query_scalar("SELECT n_done FROM job_rows WHERE id = $1")
@@ -455,8 +435,6 @@ impl Archives for PgStore {
         };
         Ok(to_u64(count))
     }
-
-    /// See the SQLite twin.
     async fn collection_summary(
         &self,
         collection: &str,
@@ -526,7 +504,7 @@ impl PgStore {
         now_ms: i64,
     ) -> StoreResult<()> {
         let mut tx = self.pool().begin().await?;
-        super::task_lease::check(&mut *tx, task).await?;
+        super::task_lease::check(&mut tx, task).await?;
         // Durable commit even where `synchronous_commit` was set `off`
         // (`local` and stronger settings are left alone); `is_local`: for
         // this transaction only.
@@ -571,8 +549,6 @@ impl PgStore {
         Ok(())
     }
 }
-
-/// See the SQLite twin.
 async fn attach_copies(tx: &mut sqlx::PgConnection, packing: &Packing) -> StoreResult<()> {
     sqlx::query(
         "UPDATE images SET packing_id = $1 \
@@ -586,7 +562,7 @@ async fn attach_copies(tx: &mut sqlx::PgConnection, packing: &Packing) -> StoreR
     Ok(())
 }
 
-/// See the SQLite twin. `now` is [`PgStore::at`]'s value; each statement
+/// PostgreSQL: `now` is [`PgStore::at`]'s value; each statement
 /// reads the clock once, so a row's `run_at` and `updated_at` agree.
 async fn requeue_in(
     tx: &mut sqlx::PgConnection,

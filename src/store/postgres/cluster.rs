@@ -1,4 +1,5 @@
-//! PostgreSQL twin of `store::cluster`: heartbeats on the database's clock,
+//! The [`crate::store::interface::Cluster`] half on PostgreSQL: heartbeats
+//! on the database's clock,
 //! and the cluster's API budget (`mld_api_slot`, `mld_api_hold` in
 //! `migrations/postgres/0002`).
 

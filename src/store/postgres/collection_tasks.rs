@@ -1,4 +1,5 @@
-//! PostgreSQL twin of `store::collection_tasks`, on the database's clock.
+//! The [`crate::store::interface::CollectionTasks`] half on PostgreSQL, on
+//! the database's clock.
 
 use super::PgStore;
 use super::task_lease;
@@ -55,7 +56,7 @@ impl CollectionTasks for PgStore {
         now_ms: i64,
     ) -> StoreResult<()> {
         let mut tx = self.pool().begin().await?;
-        task_lease::check(&mut *tx, task).await?;
+        task_lease::check(&mut tx, task).await?;
         sqlx::query(
             "INSERT INTO multipart_uploads (upload_id, collection, path, started_at) \
              VALUES ($1, $2, $3, coalesce($4::BIGINT, mld_now_ms()))",

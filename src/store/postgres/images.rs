@@ -1,4 +1,4 @@
-//! PostgreSQL twin of `store::images`.
+//! The [`crate::store::interface::Images`] half on PostgreSQL.
 
 use super::PgStore;
 use crate::stats::MinuteThroughput;
@@ -17,7 +17,7 @@ fn archived(rows: Vec<PgRow>) -> StoreResult<Vec<ArchivedImage>> {
 impl Images for PgStore {
     crate::store::shared::shared_images!();
 
-    /// See the SQLite twin. `image_id` sorts by the database's collation,
+    /// PostgreSQL: `image_id` sorts by the database's collation,
     /// which orders Mapillary's digit-only ids as SQLite does.
     async fn collection_images(
         &self,
@@ -52,8 +52,6 @@ impl Images for PgStore {
             };
         archived(rows)
     }
-
-    /// See the SQLite twin.
     async fn finished_by_minute(&self, since_ms: i64) -> StoreResult<Vec<MinuteThroughput>> {
         // From the per-minute table the update trigger feeds (folded and
         // not yet folded), never the images table: every daemon's `/status`
@@ -70,8 +68,6 @@ impl Images for PgStore {
         .await?;
         Ok(rows.into_iter().map(minute_throughput).collect())
     }
-
-    /// See the SQLite twin.
     async fn finished_since(&self, since_ms: i64) -> StoreResult<(u64, u64)> {
         let (count, bytes): (i64, i64) = sqlx::query_as(
             "SELECT count(*), coalesce(sum(bytes), 0)::BIGINT FROM images \
@@ -83,7 +79,7 @@ impl Images for PgStore {
         Ok((count.max(0) as u64, bytes.max(0) as u64))
     }
 
-    /// See the SQLite twin. Due by the database's clock, read once (an init
+    /// PostgreSQL: Due by the database's clock, read once (an init
     /// plan, so it bounds the index scan).
     async fn upcoming_urls(
         &self,

@@ -1,4 +1,4 @@
-//! PostgreSQL twin of `store::ingest`.
+//! The [`crate::store::interface::Ingest`] half on PostgreSQL.
 //!
 //! A page goes in as one `INSERT ... SELECT FROM unnest(...)` (one array per
 //! column) instead of SQLite's fixed-size multi-row statements: one round
@@ -17,7 +17,7 @@ use crate::store::{StoreError, StoreResult};
 use std::collections::{BTreeMap, HashSet};
 
 impl Ingest for PgStore {
-    /// See the SQLite twin. The transaction first locks the job row: pages
+    /// PostgreSQL: The transaction first locks the job row: pages
     /// of one job (from several daemons) then go one at a time, so the next
     /// part's `seq` and `enumeration_complete` see every other page's parts.
     /// The database's clock is read once, there, for the whole page.
@@ -48,7 +48,7 @@ impl Ingest for PgStore {
         // The lease first, as on SQLite: a stale holder hears it lost the
         // job, not that the part it was on is gone.
         if let Some(task) = task {
-            super::task_lease::check(&mut *tx, task).await?;
+            super::task_lease::check(&mut tx, task).await?;
         }
         let open: Option<i64> = sqlx::query_scalar(
             "SELECT seq FROM job_parts WHERE job_id = $1 AND seq = $2 AND NOT done FOR UPDATE",
@@ -148,7 +148,7 @@ impl Ingest for PgStore {
         Ok(inserted)
     }
 
-    /// See the SQLite twin, in one statement: rows are locked in row id
+    /// PostgreSQL: in one statement: rows are locked in row id
     /// order first, so daemons refreshing overlapping rows cannot deadlock.
     /// A row id given twice keeps its last URL and counts twice, as there.
     async fn update_urls(&self, urls: &[(i64, Option<String>)]) -> StoreResult<u64> {
@@ -181,7 +181,7 @@ impl Ingest for PgStore {
 }
 
 impl PgStore {
-    /// Where a job's images go (see the SQLite twin).
+    /// Where a job's images go. Fixed at creation, so read once per page.
     async fn placement(&self, job_id: i64) -> StoreResult<Placement> {
         let row: Option<(String, String, String, String)> = sqlx::query_as(sql::PLACEMENT)
             .bind(job_id)

@@ -1,4 +1,4 @@
-//! PostgreSQL twin of `store::job_tasks`, on the database's clock.
+//! Job task leases on PostgreSQL, on the database's clock.
 
 use super::PgStore;
 use super::task_lease;

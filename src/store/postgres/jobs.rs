@@ -1,4 +1,4 @@
-//! PostgreSQL twin of `store::jobs`.
+//! The [`crate::store::interface::Jobs`] half on PostgreSQL.
 //!
 //! Jobs are read from `job_rows` (the job row plus its unfolded counter
 //! deltas) and written to `jobs`. Several daemons share the table, so every
@@ -27,7 +27,7 @@ fn state_names(states: &[JobState]) -> Vec<&'static str> {
 impl Jobs for PgStore {
     crate::store::shared::shared_jobs!();
 
-    /// See the SQLite twin. SQLite's `BEGIN IMMEDIATE` makes find-then-insert
+    /// PostgreSQL: SQLite's `BEGIN IMMEDIATE` makes find-then-insert
     /// atomic; here several daemons may submit one selection at once, so the
     /// transaction first takes an advisory lock on the job's identity
     /// (`hashtext(job_key)`): a second submitter waits until the first
@@ -96,7 +96,7 @@ impl Jobs for PgStore {
         Ok(outcome)
     }
 
-    /// See the SQLite twin. The re-check locks the job row (`FOR UPDATE`):
+    /// PostgreSQL: The re-check locks the job row (`FOR UPDATE`):
     /// of two daemons re-syncing one job, the second waits and then finds it
     /// no longer done.
     async fn start_due_resyncs(&self, now_ms: i64) -> StoreResult<Vec<i64>> {
@@ -130,7 +130,7 @@ impl Jobs for PgStore {
         Ok(started)
     }
 
-    /// See the SQLite twin; counts come from `job_rows`.
+    /// PostgreSQL: counts come from `job_rows`.
     async fn find_job(&self, id: i64) -> StoreResult<Option<Job>> {
         let row: Option<JobRow> = sqlx::query_as(concat!(
             "SELECT ",
@@ -143,7 +143,7 @@ impl Jobs for PgStore {
         row.map(JobRow::into_job).transpose()
     }
 
-    /// See the SQLite twin; counts come from `job_rows`.
+    /// PostgreSQL: counts come from `job_rows`.
     async fn jobs_in_states(&self, states: &[JobState]) -> StoreResult<Vec<Job>> {
         let rows: Vec<JobRow> = sqlx::query_as(concat!(
             "SELECT ",
@@ -190,7 +190,7 @@ impl Jobs for PgStore {
         Ok(())
     }
 
-    /// See the SQLite twin. The conditional UPDATE decides (PostgreSQL
+    /// PostgreSQL: The conditional UPDATE decides (PostgreSQL
     /// re-checks `state` after waiting on a concurrent writer).
     async fn skip_queued_job(&self, id: i64, note: &str, now_ms: i64) -> StoreResult<Option<Job>> {
         let mut tx = self.pool().begin().await?;
@@ -259,7 +259,7 @@ impl Jobs for PgStore {
         self.job_if_changed(changed).await
     }
 
-    /// See the SQLite twin. "Nothing pending or in flight" is tested on the
+    /// PostgreSQL: "Nothing pending or in flight" is tested on the
     /// `images` rows themselves (the counters may lag). The job row is
     /// locked first, so the UPDATE's snapshot, taken after the lock, sees
     /// every write of whoever held it (a re-sync or retry that re-queued
@@ -278,7 +278,7 @@ impl Jobs for PgStore {
             .execute(&mut *tx)
             .await?;
         if let Some(task) = task {
-            super::task_lease::check(&mut *tx, task).await?;
+            super::task_lease::check(&mut tx, task).await?;
         }
         let changed: Option<i64> = sqlx::query_scalar(
             "UPDATE jobs SET state = 'done', stalled_at = NULL, updated_at = t.now_ms, \
@@ -324,7 +324,7 @@ impl Jobs for PgStore {
 }
 
 impl PgStore {
-    /// See the SQLite twin. A PostgreSQL store never had rows without a
+    /// PostgreSQL: A PostgreSQL store never had rows without a
     /// selection; daemons running it at once write the same values.
     pub async fn backfill_selections(&self) -> StoreResult<()> {
         let legacy: Vec<LegacyJob> = sqlx::query_as(sql::LEGACY_JOBS)

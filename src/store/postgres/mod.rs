@@ -1,9 +1,7 @@
-//! The job store on PostgreSQL: the same methods as the SQLite store, for
-//! several daemons sharing one queue.
-//!
-//! The files mirror the SQLite ones ([`jobs`], [`ingest`], [`queue`],
-//! [`images`], [`archives`], [`parts`], [`rebase`], [`stalls`]); each method
-//! keeps its SQLite twin's meaning, and `tests/store.rs` runs on both.
+//! The job store on PostgreSQL, for several daemons sharing one queue:
+//! [`PgStore`] implements every trait of [`super::interface`], one file per
+//! area as in `sqlite/`; each method keeps the interface's meaning, and
+//! `tests/store.rs` runs one suite on both.
 //!
 //! What differs, and why:
 //! - **The clock is the database's.** A method's `now_ms` is bound as

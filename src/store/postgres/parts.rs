@@ -1,4 +1,4 @@
-//! PostgreSQL twin of `store::parts`.
+//! The [`crate::store::interface::Parts`] half on PostgreSQL.
 
 use super::PgStore;
 use crate::selection::PartSpec;

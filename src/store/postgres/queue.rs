@@ -1,4 +1,4 @@
-//! PostgreSQL twin of `store::queue`.
+//! The [`crate::store::interface::Queue`] half on PostgreSQL.
 //!
 //! Every time comes from one reading of the database clock per statement
 //! (`clock`), so a row's `updated_at`, `run_at` and `lease_until` agree.
@@ -66,7 +66,7 @@ SELECT c.rowid, c.job_id, c.image_id, c.meta, c.url, c.attempts, c.lease_epoch, 
        c.collection, j.quality, j.format
 FROM claimed c JOIN jobs j ON j.id = c.job_id";
 
-/// The fence of the SQLite twin: binds `rowid`, owner and epoch as `$n`,
+/// The fence (as on SQLite): binds `rowid`, owner and epoch as `$n`,
 /// `$n+1`, `$n+2` after the statement's `$1..$n-1`.
 macro_rules! fence {
     ($n:literal, $n1:literal, $n2:literal) => {
@@ -102,7 +102,7 @@ fn bind_lease<'q>(query: PgQuery<'q>, lease: &'q Lease) -> PgQuery<'q> {
 }
 
 impl Queue for PgStore {
-    /// See the SQLite twin. One statement that skips rows other daemons are
+    /// PostgreSQL: One statement that skips rows other daemons are
     /// claiming; times are the database's.
     async fn claim(
         &self,
@@ -142,8 +142,6 @@ impl Queue for PgStore {
         tx.commit().await?;
         Ok(claimed)
     }
-
-    /// See the SQLite twin.
     async fn complete_image(
         &self,
         lease: &Lease,
@@ -185,7 +183,7 @@ impl Queue for PgStore {
         })
     }
 
-    /// See the SQLite twin. The retry is due `policy.retry_at_ms - now_ms`
+    /// PostgreSQL: The retry is due `policy.retry_at_ms - now_ms`
     /// after the database's now; `run_at` is what the database stored.
     async fn fail(
         &self,
@@ -221,8 +219,6 @@ impl Queue for PgStore {
             }
         })
     }
-
-    /// See the SQLite twin.
     async fn fail_for_good(
         &self,
         lease: &Lease,
@@ -243,7 +239,7 @@ impl Queue for PgStore {
         Ok(result.rows_affected() == 1)
     }
 
-    /// See the SQLite twin. `state = 'pending'` is re-checked on each row
+    /// PostgreSQL: `state = 'pending'` is re-checked on each row
     /// after any concurrent claim commits, so a row just claimed is left alone.
     async fn mark_pending_deleted(
         &self,
@@ -268,7 +264,7 @@ impl Queue for PgStore {
         Ok(result.rows_affected())
     }
 
-    /// See the SQLite twin: due `delay` after the store's clock's now (the
+    /// PostgreSQL: due `delay` after the store's clock's now (the
     /// database's, on [`super::PgClock::Database`]).
     async fn release(
         &self,
@@ -292,7 +288,7 @@ impl Queue for PgStore {
         Ok(result.rows_affected() == 1)
     }
 
-    /// See the SQLite twin: the same delay (truncated like SQLite's `CAST`),
+    /// PostgreSQL: the same delay (truncated like SQLite's `CAST`),
     /// after the database's now.
     async fn defer(
         &self,
@@ -321,8 +317,6 @@ impl Queue for PgStore {
             .map(|row| row.try_get("run_at"))
             .transpose()?)
     }
-
-    /// See the SQLite twin.
     async fn retry_failed(
         &self,
         job_id: i64,
@@ -345,7 +339,7 @@ impl Queue for PgStore {
         Ok(result.rows_affected())
     }
 
-    /// See the SQLite twin. Beware: like it, this hands back EVERY in-flight
+    /// PostgreSQL: Beware: like it, this hands back EVERY in-flight
     /// row, including leases other daemons sharing the database hold.
     async fn reset_in_flight(&self, now_ms: i64) -> StoreResult<u64> {
         let result = sqlx::query(
@@ -363,8 +357,6 @@ impl Queue for PgStore {
             .await?;
         Ok(result.rows_affected())
     }
-
-    /// See the SQLite twin.
     async fn hand_back_leases_of(&self, owner: &str, now_ms: i64) -> StoreResult<u64> {
         let result = sqlx::query(
             "UPDATE images SET state = 'pending', attempts = greatest(attempts - 1, 0), \

@@ -1,4 +1,4 @@
-//! PostgreSQL twin of `store::rebase`. The stored paths are on the archive
+//! The [`crate::store::interface::Rebase`] half on PostgreSQL. The stored paths are on the archive
 //! root shared by every daemon; the rebase runs as on SQLite, one daemon at
 //! a time.
 
@@ -14,7 +14,7 @@ use std::path::Path;
 const REBASE_LOCK: (i32, i32) = (0x6d6c_6402, 0);
 
 impl Rebase for PgStore {
-    /// See the SQLite twin. Daemons starting together take an advisory lock
+    /// PostgreSQL: Daemons starting together take an advisory lock
     /// first, so one rebases and records the root and the others, reading
     /// `store_facts` after it commits, find nothing to do.
     async fn rebase_archive(&self, archive_dir: &Path) -> StoreResult<u64> {

@@ -1,4 +1,4 @@
-//! PostgreSQL twin of `store::stalls`. `progress_at` and the counts are
+//! The [`crate::store::interface::Stalls`] half on PostgreSQL. `progress_at` and the counts are
 //! read from `job_rows` (the job row's are not current).
 
 use super::PgStore;
@@ -7,7 +7,7 @@ use crate::store::interface::*;
 use crate::store::stalls::{CandidateRow, StallCandidate, candidate_from_row};
 
 impl Stalls for PgStore {
-    /// See the SQLite twin; read from `job_rows`.
+    /// PostgreSQL: read from `job_rows`.
     async fn stall_candidates(&self, before_ms: i64) -> StoreResult<Vec<StallCandidate>> {
         let rows: Vec<CandidateRow> = sqlx::query_as(
             "SELECT id, n_pending + n_in_progress, enumeration_complete, progress_at, last_error \
@@ -21,7 +21,7 @@ impl Stalls for PgStore {
         Ok(rows.into_iter().map(candidate_from_row).collect())
     }
 
-    /// See the SQLite twin. The order (newest `run_at`, then newest row) is
+    /// PostgreSQL: The order (newest `run_at`, then newest row) is
     /// spelt out: SQLite got it from walking `images_due` backwards.
     async fn latest_image_error(&self, job_id: i64) -> StoreResult<Option<String>> {
         Ok(sqlx::query_scalar(
@@ -34,7 +34,7 @@ impl Stalls for PgStore {
         .await?)
     }
 
-    /// See the SQLite twin. The caller's `before_ms` becomes an age
+    /// PostgreSQL: The caller's `before_ms` becomes an age
     /// (`now_ms - before_ms`) before the database's now, as `stalled_at` is
     /// the database's now. A completion committing while this runs is not
     /// seen: the job may be marked just after progressing, and is unmarked
@@ -62,7 +62,7 @@ impl Stalls for PgStore {
         Ok(result.rows_affected() == 1)
     }
 
-    /// See the SQLite twin; `progress_at` from `job_rows`, ids in order.
+    /// PostgreSQL: `progress_at` from `job_rows`, ids in order.
     async fn clear_recovered_stalls(&self, now_ms: i64) -> StoreResult<Vec<i64>> {
         Ok(sqlx::query_scalar(
             "WITH cleared AS ( \

@@ -91,7 +91,7 @@ impl Archives for SqliteStore {
     ) -> StoreResult<Option<Packing>> {
         let collection: &str = &task.collection;
         let mut tx = self.writer()?.begin().await?;
-        super::task_lease::check(&mut *tx, task).await?;
+        super::task_lease::check(&mut tx, task).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO packings (collection, date, tar_name, state, created_at) \
              VALUES (?, ?, ?, 'planned', ?) RETURNING id",
@@ -219,7 +219,7 @@ impl Archives for SqliteStore {
         now_ms: i64,
     ) -> StoreResult<()> {
         let mut tx = self.writer()?.begin().await?;
-        super::task_lease::check(&mut *tx, task).await?;
+        super::task_lease::check(&mut tx, task).await?;
         for (row_ids, reason) in &written.dropped {
             requeue_in(&mut tx, row_ids, reason, now_ms).await?;
         }
@@ -240,7 +240,7 @@ impl Archives for SqliteStore {
         packing: &Packing,
     ) -> StoreResult<()> {
         let mut tx = self.writer()?.begin().await?;
-        super::task_lease::check(&mut *tx, task).await?;
+        super::task_lease::check(&mut tx, task).await?;
         attach_copies(&mut tx, packing).await?;
         sqlx::query("UPDATE packings SET state = 'cleaned' WHERE id = ?")
             .bind(packing.id)
@@ -442,7 +442,7 @@ impl SqliteStore {
     ) -> StoreResult<()> {
         use sqlx::Connection;
         let mut tx = conn.begin().await?;
-        super::task_lease::check(&mut *tx, task).await?;
+        super::task_lease::check(&mut tx, task).await?;
         for (row_ids, sha256) in &written.hashed {
             sqlx::query(
                 "UPDATE images SET sha256 = ? WHERE rowid IN (SELECT value FROM json_each(?)) \

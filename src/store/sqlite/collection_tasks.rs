@@ -55,7 +55,7 @@ impl CollectionTasks for SqliteStore {
         now_ms: i64,
     ) -> StoreResult<()> {
         let mut tx = self.writer()?.begin().await?;
-        task_lease::check(&mut *tx, task).await?;
+        task_lease::check(&mut tx, task).await?;
         sqlx::query(
             "INSERT INTO multipart_uploads (upload_id, collection, path, started_at) \
              VALUES (?, ?, ?, ?)",

@@ -31,7 +31,7 @@ impl Ingest for SqliteStore {
 
         let mut tx = self.writer()?.begin().await?;
         if let Some(task) = task {
-            super::task_lease::check(&mut *tx, task).await?;
+            super::task_lease::check(&mut tx, task).await?;
         }
         let open: Option<i64> = sqlx::query_scalar(
             "SELECT seq FROM job_parts WHERE job_id = ? AND seq = ? AND done = 0",

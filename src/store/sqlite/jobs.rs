@@ -225,7 +225,7 @@ impl Jobs for SqliteStore {
     ) -> StoreResult<Option<Job>> {
         let mut tx = self.writer()?.begin().await?;
         if let Some(task) = task {
-            super::task_lease::check(&mut *tx, task).await?;
+            super::task_lease::check(&mut tx, task).await?;
         }
         let changed: Option<i64> = sqlx::query_scalar(
             "UPDATE jobs SET state = 'done', stalled_at = NULL, updated_at = ?1, \
