@@ -68,10 +68,10 @@ pub struct StoredCopy {
 pub(super) const PACKING_COLUMNS: &str =
     "id, collection, date, tar_name, state, members, bytes, sha256";
 
-/// A packing from its stored columns ([`PACKING_COLUMNS`], in order),
-/// whichever database they came from.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn packing_from_fields(
+/// A packing's stored columns ([`PACKING_COLUMNS`]), read the same way
+/// from either database.
+#[derive(sqlx::FromRow)]
+pub(super) struct PackingRow {
     id: i64,
     collection: String,
     date: String,
@@ -80,19 +80,25 @@ pub(super) fn packing_from_fields(
     members: i64,
     bytes: Option<i64>,
     sha256: Option<String>,
-) -> StoreResult<Packing> {
-    Ok(Packing {
-        id,
-        collection,
-        date,
-        tar_name,
-        state: state
-            .parse()
-            .map_err(|e| StoreError::Invalid(format!("packing {id}: {e}")))?,
-        members: super::to_u64(members),
-        bytes: bytes.map(super::to_u64),
-        sha256,
-    })
+}
+
+impl PackingRow {
+    pub(super) fn into_packing(self) -> StoreResult<Packing> {
+        let id = self.id;
+        Ok(Packing {
+            id,
+            collection: self.collection,
+            date: self.date,
+            tar_name: self.tar_name,
+            state: self
+                .state
+                .parse()
+                .map_err(|e| StoreError::Invalid(format!("packing {id}: {e}")))?,
+            members: super::to_u64(self.members),
+            bytes: self.bytes.map(super::to_u64),
+            sha256: self.sha256,
+        })
+    }
 }
 
 /// A done row from its stored columns (`rowid, job_id, image_id,

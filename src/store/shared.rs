@@ -82,6 +82,42 @@ macro_rules! shared_archives {
                 .await?)
         }
 
+        async fn unfinished_packings(
+            &self,
+            collection: &str,
+        ) -> $crate::store::StoreResult<Vec<$crate::store::Packing>> {
+            use $crate::store::{archives::PackingRow, sql};
+            let rows: Vec<PackingRow> = sqlx::query_as(sql::UNFINISHED_PACKINGS)
+                .bind(collection)
+                .fetch_all(self.reader()?)
+                .await?;
+            rows.into_iter().map(PackingRow::into_packing).collect()
+        }
+
+        async fn packing(
+            &self,
+            id: i64,
+        ) -> $crate::store::StoreResult<Option<$crate::store::Packing>> {
+            use $crate::store::{archives::PackingRow, sql};
+            let row: Option<PackingRow> = sqlx::query_as(sql::PACKING)
+                .bind(id)
+                .fetch_optional(self.reader()?)
+                .await?;
+            row.map(PackingRow::into_packing).transpose()
+        }
+
+        async fn packings(
+            &self,
+            collection: &str,
+        ) -> $crate::store::StoreResult<Vec<$crate::store::Packing>> {
+            use $crate::store::{archives::PackingRow, sql};
+            let rows: Vec<PackingRow> = sqlx::query_as(sql::PACKINGS)
+                .bind(collection)
+                .fetch_all(self.reader()?)
+                .await?;
+            rows.into_iter().map(PackingRow::into_packing).collect()
+        }
+
         async fn is_packed_collection(&self, collection: &str) -> $crate::store::StoreResult<bool> {
             Ok(sqlx::query_scalar($crate::store::sql::IS_PACKED_COLLECTION)
                 .bind(collection)

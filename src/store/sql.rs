@@ -109,3 +109,32 @@ pub(super) const REBASE_PATHS: &str = "UPDATE images SET path = $2 || substr(pat
 /// Records the archive root.
 pub(super) const SET_ARCHIVE_ROOT: &str = "INSERT INTO store_facts (key, value) VALUES ('archive_root', $1) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
+/// The columns a [`super::archives::PackingRow`] reads
+/// ([`super::archives::PACKING_COLUMNS`]), for `concat!`.
+macro_rules! packing_columns {
+    () => {
+        "id, collection, date, tar_name, state, members, bytes, sha256"
+    };
+}
+
+/// A collection's packings not yet cleaned, oldest first.
+pub(super) const UNFINISHED_PACKINGS: &str = concat!(
+    "SELECT ",
+    packing_columns!(),
+    " FROM packings WHERE collection = $1 AND state <> 'cleaned' ORDER BY id"
+);
+
+/// One packing.
+pub(super) const PACKING: &str = concat!(
+    "SELECT ",
+    packing_columns!(),
+    " FROM packings WHERE id = $1"
+);
+
+/// A collection's packings, oldest first.
+pub(super) const PACKINGS: &str = concat!(
+    "SELECT ",
+    packing_columns!(),
+    " FROM packings WHERE collection = $1 ORDER BY id"
+);

@@ -14,8 +14,7 @@ use super::PgStore;
 use crate::archive::ArchivedFile;
 use crate::store::CollectionTask;
 use crate::store::archives::{
-    PACKING_COLUMNS, archived_from_fields, copy_from_fields, packed_file_from_fields,
-    packing_from_fields,
+    PACKING_COLUMNS, PackingRow, archived_from_fields, copy_from_fields, packed_file_from_fields,
 };
 use crate::store::interface::*;
 use crate::store::sql;
@@ -26,16 +25,7 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 fn packing_from_row(row: &PgRow) -> StoreResult<Packing> {
-    packing_from_fields(
-        row.try_get("id")?,
-        row.try_get("collection")?,
-        row.try_get("date")?,
-        row.try_get("tar_name")?,
-        row.try_get("state")?,
-        row.try_get("members")?,
-        row.try_get("bytes")?,
-        row.try_get("sha256")?,
-    )
+    <PackingRow as sqlx::FromRow<_>>::from_row(row)?.into_packing()
 }
 
 fn copy_from_row(row: &PgRow) -> StoreResult<StoredCopy> {
@@ -87,35 +77,6 @@ impl Archives for PgStore {
         let path: String = row.try_get("path")?;
         archived_from_row(&row, path).map(Some)
     }
-    async fn unfinished_packings(&self, collection: &str) -> StoreResult<Vec<Packing>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {PACKING_COLUMNS} FROM packings \
-             WHERE collection = $1 AND state <> 'cleaned' ORDER BY id"
-        )))
-        .bind(collection)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(packing_from_row).collect()
-    }
-    async fn packing(&self, id: i64) -> StoreResult<Option<Packing>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {PACKING_COLUMNS} FROM packings WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(self.pool())
-        .await?;
-        row.as_ref().map(packing_from_row).transpose()
-    }
-    async fn packings(&self, collection: &str) -> StoreResult<Vec<Packing>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {PACKING_COLUMNS} FROM packings WHERE collection = $1 ORDER BY id"
-        )))
-        .bind(collection)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(packing_from_row).collect()
-    }
-
     /// PostgreSQL: path order is byte order.
     async fn first_unpacked_path(&self, collection: &str) -> StoreResult<Option<String>> {
         Ok(sqlx::query_scalar(

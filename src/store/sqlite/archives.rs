@@ -39,37 +39,6 @@ impl Archives for SqliteStore {
         )))
     }
 
-    async fn unfinished_packings(&self, collection: &str) -> StoreResult<Vec<Packing>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {PACKING_COLUMNS} FROM packings \
-             WHERE collection = ? AND state <> 'cleaned' ORDER BY id"
-        )))
-        .bind(collection)
-        .fetch_all(self.reader()?)
-        .await?;
-        rows.iter().map(packing_from_row).collect()
-    }
-
-    async fn packing(&self, id: i64) -> StoreResult<Option<Packing>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {PACKING_COLUMNS} FROM packings WHERE id = ?"
-        )))
-        .bind(id)
-        .fetch_optional(self.reader()?)
-        .await?;
-        row.as_ref().map(packing_from_row).transpose()
-    }
-
-    async fn packings(&self, collection: &str) -> StoreResult<Vec<Packing>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {PACKING_COLUMNS} FROM packings WHERE collection = ? ORDER BY id"
-        )))
-        .bind(collection)
-        .fetch_all(self.reader()?)
-        .await?;
-        rows.iter().map(packing_from_row).collect()
-    }
-
     async fn first_unpacked_path(&self, collection: &str) -> StoreResult<Option<String>> {
         Ok(sqlx::query_scalar(
             "SELECT path FROM images INDEXED BY images_to_pack \
@@ -472,16 +441,7 @@ impl SqliteStore {
 }
 
 fn packing_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<Packing> {
-    packing_from_fields(
-        row.try_get("id")?,
-        row.try_get("collection")?,
-        row.try_get("date")?,
-        row.try_get("tar_name")?,
-        row.try_get("state")?,
-        row.try_get("members")?,
-        row.try_get("bytes")?,
-        row.try_get("sha256")?,
-    )
+    <PackingRow as sqlx::FromRow<_>>::from_row(row)?.into_packing()
 }
 
 fn copy_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<StoredCopy> {
