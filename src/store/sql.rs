@@ -138,3 +138,11 @@ pub(super) const PACKINGS: &str = concat!(
     packing_columns!(),
     " FROM packings WHERE collection = $1 ORDER BY id"
 );
+
+/// A planned packing's count of distinct files, stored; returns the packing.
+pub(super) const COUNT_MEMBERS: &str = concat!(
+    "UPDATE packings SET members = \
+       (SELECT count(DISTINCT path) FROM images WHERE packing_id = $1) \
+     WHERE id = $1 RETURNING ",
+    packing_columns!()
+);

@@ -87,14 +87,10 @@ impl Archives for SqliteStore {
             tx.rollback().await?;
             return Ok(None);
         }
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE packings SET members = \
-               (SELECT count(DISTINCT path) FROM images WHERE packing_id = ?1) \
-             WHERE id = ?1 RETURNING {PACKING_COLUMNS}"
-        )))
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let row = sqlx::query(sql::COUNT_MEMBERS)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
         tx.commit().await?;
         packing_from_row(&row).map(Some)
     }
