@@ -92,6 +92,7 @@ store_interface! {
         /// starts again from its first parts; only new images get added.
         /// Returns the ids.
         fn start_due_resyncs(&self, now_ms: i64) -> Vec<i64>;
+        /// One job by id; `None` if there is none.
         fn find_job(&self, id: i64) -> Option<Job>;
         /// Jobs in any of `states`, oldest first.
         fn jobs_in_states(&self, states: &[JobState]) -> Vec<Job>;
