@@ -9,6 +9,10 @@
 
 use super::EngineContext;
 use super::refresh::{Renewal, renew};
+/// The supervisor builds the queue under this name; it lives with the
+/// workers, so that this module depends on them and not the reverse.
+pub use super::worker::WorkQueue;
+use super::worker::fail_attempt;
 use crate::clock::now_ms;
 use crate::config::TOKEN_ENV;
 use crate::mapillary::{
@@ -16,45 +20,9 @@ use crate::mapillary::{
 };
 use crate::model::Quality;
 use crate::store::{ClaimedImage, DeferPolicy, FailReason, PauseReason};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-
-/// A claimed image on its way to a worker. The permit frees a queue slot when
-/// the worker is done with it.
-pub struct Work {
-    pub image: ClaimedImage,
-    _slot: OwnedSemaphorePermit,
-}
-
-/// Bounded hand-off from the dispatcher to the workers.
-#[derive(Clone)]
-pub struct WorkQueue {
-    slots: Arc<Semaphore>,
-    capacity: usize,
-    tx: mpsc::UnboundedSender<Work>,
-    rx: Arc<Mutex<mpsc::UnboundedReceiver<Work>>>,
-}
-
-impl WorkQueue {
-    pub fn new(workers: usize) -> WorkQueue {
-        let capacity = (workers * 2).max(1);
-        let (tx, rx) = mpsc::unbounded_channel();
-        WorkQueue {
-            slots: Arc::new(Semaphore::new(capacity)),
-            capacity,
-            tx,
-            rx: Arc::new(Mutex::new(rx)),
-        }
-    }
-
-    /// Waits for the next image. Cancel-safe: dropping the future loses nothing.
-    pub async fn next(&self) -> Option<Work> {
-        self.rx.lock().await.recv().await
-    }
-}
 
 /// Does `url` need a refresh before a download that starts now?
 pub fn needs_refresh(url: Option<&str>, now_ms: i64, margin: Duration) -> bool {
@@ -244,7 +212,7 @@ async fn apply_renewal(
             // error of the image (an attempt), never a deletion.
             if let Some(i) = target.claimed {
                 let note = format!("the API's answer for it could not be read: {reason}");
-                super::worker::fail_attempt(ctx, &claimed[i], &note, now).await?;
+                fail_attempt(ctx, &claimed[i], &note, now).await?;
                 settled.settled.push(i);
             }
         } else if let (Some(i), Some(error)) = (target.claimed, failure.as_ref())
@@ -323,7 +291,7 @@ async fn hand_back(
             // A refusal retrying cannot fix (a 4xx that is neither a rate
             // limit nor a missing id): it costs the claim's attempt, so the
             // image ends failed with the reason instead of waiting forever.
-            super::worker::fail_attempt(ctx, image, &note, now).await?;
+            fail_attempt(ctx, image, &note, now).await?;
         }
         _ => {
             let policy = DeferPolicy {
@@ -348,26 +316,19 @@ pub async fn run(ctx: EngineContext, queue: WorkQueue, cancel: CancellationToken
     let mut failed_rounds = 0u32;
     loop {
         // Wait for at least one free slot, then take every free one (≤ 50).
-        let first = tokio::select! {
+        let mut slots = tokio::select! {
             _ = cancel.cancelled() => break,
-            permit = queue.slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
+            slots = queue.free_slots(MAX_IDS_PER_CALL) => match slots {
+                Some(slots) => slots,
+                None => break,
             },
         };
-        let mut permits = vec![first];
-        while permits.len() < MAX_IDS_PER_CALL.min(queue.capacity) {
-            match queue.slots.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
-            }
-        }
         // A refresh can wait on the shared limiter for as long as a
         // Retry-After says; shutdown must not. Anything half-claimed is
         // handed back by the engine's final reset.
         let claimed = tokio::select! {
             _ = cancel.cancelled() => break,
-            claimed = claim_batch(&ctx, permits.len() as u32, last_job) => claimed,
+            claimed = claim_batch(&ctx, slots.len() as u32, last_job) => claimed,
         };
         let batch = match claimed {
             Ok(batch) => {
@@ -380,7 +341,7 @@ pub async fn run(ctx: EngineContext, queue: WorkQueue, cancel: CancellationToken
             }
         };
         if batch.ready.is_empty() && batch.handed_back > 0 {
-            drop(permits);
+            drop(slots);
             failed_rounds = failed_rounds.saturating_add(1);
             let pause = backoff_delay(
                 failed_rounds,
@@ -396,7 +357,7 @@ pub async fn run(ctx: EngineContext, queue: WorkQueue, cancel: CancellationToken
         failed_rounds = 0;
         let images = batch.ready;
         if images.is_empty() {
-            drop(permits);
+            drop(slots);
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = ctx.wake.notified() => {}
@@ -405,8 +366,8 @@ pub async fn run(ctx: EngineContext, queue: WorkQueue, cancel: CancellationToken
             continue;
         }
         for image in images {
-            let Some(slot) = permits.pop() else { break };
-            if queue.tx.send(Work { image, _slot: slot }).is_err() {
+            let Some(slot) = slots.pop() else { break };
+            if !queue.send(image, slot) {
                 return;
             }
         }

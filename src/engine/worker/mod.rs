@@ -6,11 +6,12 @@
 //! download); [`disk`] is the rest (tag, re-encode, hash, write durably).
 
 mod disk;
+mod queue;
 
 pub use disk::Body;
+pub use queue::{Slot, Work, WorkQueue};
 
 use super::EngineContext;
-use super::dispatch::WorkQueue;
 use crate::archive::{self, ArchiveError, ArchivedFile, FileKind};
 use crate::clock::now_ms;
 use crate::mapillary::{RetryDecision, backoff_delay};
