@@ -345,7 +345,7 @@ pub async fn run(
         let outcome = process(&ctx, &work.image, &abort).await;
         apply_waiting_out_the_database(&ctx, index, &work.image, outcome, &abort).await;
     }
-    info!(worker = index, "worker stopped");
+    debug!(worker = index, "worker stopped");
 }
 
 /// The longest pause between two tries at recording an outcome while the
