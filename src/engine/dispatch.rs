@@ -180,11 +180,58 @@ async fn apply_renewal(
     settled: &mut Settled,
 ) -> anyhow::Result<()> {
     let now = now_ms();
-    let mut updates = Vec::with_capacity(chunk.len());
-    let mut deleted_pending = Vec::new();
-    let (unsettled_ids, failure) = match renewal.unsettled {
-        Some((ids, error)) => (ids, Some(error)),
-        None => (Vec::new(), None),
+    let rows = settle_claimed(ctx, claimed, chunk, &renewal, settled, now).await?;
+    let counters = ctx.client.metrics();
+    crate::metrics::add(&counters.url_refreshes, rows.fresh_urls.len() as u64);
+    let deleted = renewal.deleted.len() as u64;
+    crate::metrics::add(&counters.images_deleted, deleted);
+    crate::metrics::add(&counters.images_failed, deleted);
+    ctx.store.update_urls(&rows.fresh_urls).await?;
+    ctx.store
+        .mark_pending_deleted(&rows.deleted_pending, DELETED, now)
+        .await?;
+    if !renewal.deleted.is_empty() {
+        info!(
+            images = renewal.deleted.len(),
+            calls = renewal.calls,
+            "found images deleted on Mapillary; they are counted apart and not retried"
+        );
+    }
+    if let Some((_, error)) = &renewal.unsettled {
+        pause_if_token_rejected(ctx, claimed, chunk, error).await?;
+    }
+    debug!(
+        fresh = renewal.fresh.len(),
+        deleted = renewal.deleted.len(),
+        calls = renewal.calls,
+        "renewed image URLs"
+    );
+    Ok(())
+}
+
+/// What a renewal writes after the claimed images are settled.
+#[derive(Debug, Default)]
+struct RowChanges {
+    /// Every renewed row's fresh URL, claimed and look-ahead rows alike.
+    fresh_urls: Vec<(i64, Option<String>)>,
+    /// Look-ahead rows found deleted: failed for good without a claim.
+    deleted_pending: Vec<i64>,
+}
+
+/// Settles each claimed image of `chunk` by what the renewal learned of it:
+/// a fresh URL (set on the claim), deleted, unreadable (an attempt), or
+/// unsettled (handed back); collects what the look-ahead rows need.
+async fn settle_claimed(
+    ctx: &EngineContext,
+    claimed: &mut [ClaimedImage],
+    chunk: &[RefreshTarget],
+    renewal: &Renewal,
+    settled: &mut Settled,
+    now: i64,
+) -> anyhow::Result<RowChanges> {
+    let mut rows = RowChanges {
+        fresh_urls: Vec::with_capacity(chunk.len()),
+        deleted_pending: Vec::new(),
     };
     for target in chunk {
         if let Some(meta) = renewal.fresh.get(&target.image_id) {
@@ -192,7 +239,7 @@ async fn apply_renewal(
             if let Some(i) = target.claimed {
                 claimed[i].url.clone_from(&url);
             }
-            updates.push((target.row_id, url));
+            rows.fresh_urls.push((target.row_id, url));
         } else if renewal.deleted.contains(&target.image_id) {
             match target.claimed {
                 Some(i) => {
@@ -201,7 +248,7 @@ async fn apply_renewal(
                         .await?;
                     settled.settled.push(i);
                 }
-                None => deleted_pending.push(target.row_id),
+                None => rows.deleted_pending.push(target.row_id),
             }
         } else if let Some((_, reason)) = renewal
             .unreadable
@@ -215,49 +262,36 @@ async fn apply_renewal(
                 fail_attempt(ctx, &claimed[i], &note, now).await?;
                 settled.settled.push(i);
             }
-        } else if let (Some(i), Some(error)) = (target.claimed, failure.as_ref())
-            && unsettled_ids.contains(&target.image_id)
+        } else if let (Some(i), Some((unsettled, error))) = (target.claimed, &renewal.unsettled)
+            && unsettled.contains(&target.image_id)
         {
             hand_back(ctx, &claimed[i], error).await?;
             settled.settled.push(i);
             settled.handed_back += 1;
         }
     }
-    let counters = ctx.client.metrics();
-    crate::metrics::add(&counters.url_refreshes, updates.len() as u64);
-    let deleted = renewal.deleted.len() as u64;
-    crate::metrics::add(&counters.images_deleted, deleted);
-    crate::metrics::add(&counters.images_failed, deleted);
-    ctx.store.update_urls(&updates).await?;
-    ctx.store
-        .mark_pending_deleted(&deleted_pending, DELETED, now)
-        .await?;
-    if !renewal.deleted.is_empty() {
-        info!(
-            images = renewal.deleted.len(),
-            calls = renewal.calls,
-            "found images deleted on Mapillary; they are counted apart and not retried"
+    Ok(rows)
+}
+
+/// Pauses the chunk's job when the renewal failed on a rejected token: no
+/// claim can go on until the user sets a valid one.
+async fn pause_if_token_rejected(
+    ctx: &EngineContext,
+    claimed: &[ClaimedImage],
+    chunk: &[RefreshTarget],
+    error: &MapillaryError,
+) -> anyhow::Result<()> {
+    let job_id = chunk
+        .iter()
+        .find_map(|t| t.claimed.map(|i| claimed[i].job_id));
+    if error.decision() == RetryDecision::PauseJob
+        && let Some(job_id) = job_id
+    {
+        let message = format!(
+            "refreshing image URLs failed: {error}. Set a valid {TOKEN_ENV} and restart: the job resumes by itself"
         );
+        super::enumerate::pause(ctx, job_id, PauseReason::TokenRejected, &message).await?;
     }
-    if let Some(error) = &failure {
-        let job_id = chunk
-            .iter()
-            .find_map(|t| t.claimed.map(|i| claimed[i].job_id));
-        if error.decision() == RetryDecision::PauseJob
-            && let Some(job_id) = job_id
-        {
-            let message = format!(
-                "refreshing image URLs failed: {error}. Set a valid {TOKEN_ENV} and restart: the job resumes by itself"
-            );
-            super::enumerate::pause(ctx, job_id, PauseReason::TokenRejected, &message).await?;
-        }
-    }
-    debug!(
-        fresh = renewal.fresh.len(),
-        deleted = renewal.deleted.len(),
-        calls = renewal.calls,
-        "renewed image URLs"
-    );
     Ok(())
 }
 
