@@ -374,36 +374,54 @@ pub async fn run(ctx: EngineContext, queue: WorkQueue, cancel: CancellationToken
                 Batch::default()
             }
         };
-        if batch.ready.is_empty() && batch.handed_back > 0 {
+        if batch.ready.is_empty() {
             drop(slots);
-            failed_rounds = failed_rounds.saturating_add(1);
-            let pause = backoff_delay(
-                failed_rounds,
-                ctx.tuning.backoff_base,
-                ctx.tuning.backoff_cap,
-            );
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(pause) => {}
+            let all_failed = batch.handed_back > 0;
+            failed_rounds = if all_failed {
+                failed_rounds.saturating_add(1)
+            } else {
+                0
+            };
+            let backoff = all_failed.then(|| {
+                backoff_delay(
+                    failed_rounds,
+                    ctx.tuning.backoff_base,
+                    ctx.tuning.backoff_cap,
+                )
+            });
+            if !wait_for_work(&ctx, &cancel, backoff).await {
+                break;
             }
             continue;
         }
         failed_rounds = 0;
-        let images = batch.ready;
-        if images.is_empty() {
-            drop(slots);
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = ctx.wake.notified() => {}
-                _ = tokio::time::sleep(ctx.tuning.poll_interval) => {}
-            }
-            continue;
-        }
-        for image in images {
+        for image in batch.ready {
             let Some(slot) = slots.pop() else { break };
             if !queue.send(image, slot) {
                 return;
             }
         }
+    }
+}
+
+/// Waits before the next claim: `backoff` after a round whose every refresh
+/// failed (new work announced meanwhile does not cut it short), else until
+/// new work is announced or the poll interval passes. `false` once `cancel`
+/// fires.
+async fn wait_for_work(
+    ctx: &EngineContext,
+    cancel: &CancellationToken,
+    backoff: Option<Duration>,
+) -> bool {
+    match backoff {
+        Some(pause) => tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = tokio::time::sleep(pause) => true,
+        },
+        None => tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = ctx.wake.notified() => true,
+            _ = tokio::time::sleep(ctx.tuning.poll_interval) => true,
+        },
     }
 }
