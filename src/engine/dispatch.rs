@@ -9,8 +9,8 @@
 
 use super::EngineContext;
 use super::refresh::{Renewal, renew};
-/// The supervisor builds the queue under this name; it lives with the
-/// workers, so that this module depends on them and not the reverse.
+// The supervisor builds the queue under this name; it lives with the
+// workers, so that this module depends on them and not the reverse.
 pub use super::worker::WorkQueue;
 use super::worker::fail_attempt;
 use crate::clock::now_ms;
