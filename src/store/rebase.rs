@@ -82,6 +82,20 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The archive root the paths were last rebased onto (by a daemon, or
+    /// `download`), if any. Read-only: for `verify`, which maps stored
+    /// paths onto its own root in memory instead of rewriting them.
+    pub async fn recorded_archive_root(&self) -> StoreResult<Option<String>> {
+        on_postgres!(self.recorded_archive_root());
+        Ok(
+            sqlx::query_scalar("SELECT value FROM store_facts WHERE key = 'archive_root'")
+                .fetch_optional(self.reader()?)
+                .await?,
+        )
+    }
+}
+
 /// The root every stored path should begin with: `archive_dir` as UTF-8,
 /// without a trailing `/`.
 pub(super) fn archive_root(archive_dir: &Path) -> StoreResult<String> {

@@ -12,6 +12,15 @@ use std::path::Path;
 const REBASE_LOCK: (i32, i32) = (0x6d6c_6402, 0);
 
 impl PgStore {
+    /// See the SQLite twin.
+    pub async fn recorded_archive_root(&self) -> StoreResult<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM store_facts WHERE key = 'archive_root'")
+                .fetch_optional(self.pool())
+                .await?,
+        )
+    }
+
     /// See the SQLite twin. Daemons starting together take an advisory lock
     /// first, so one rebases and records the root and the others, reading
     /// `store_facts` after it commits, find nothing to do.
