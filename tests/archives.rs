@@ -605,7 +605,8 @@ async fn verify_finds_deleted_flipped_truncated_and_replaced_files_and_repair_he
         "{report}"
     );
 
-    // Images archived before checksums existed get one computed and stored.
+    // Images archived before checksums existed get one computed, stored
+    // by `--repair` only (without it the database is read-only).
     let db = data.join("mapillary.db");
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
         .await
@@ -615,13 +616,15 @@ async fn verify_finds_deleted_flipped_truncated_and_replaced_files_and_repair_he
         .execute(&pool)
         .await
         .unwrap();
-    let (code, report) = verify_json(&data, &[]);
-    assert_eq!((code, report["hashed"].as_u64()), (0, Some(40)), "{report}");
-    let unhashed: i64 = sqlx::query_scalar("SELECT count(*) FROM images WHERE sha256 IS NULL")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(unhashed, 0);
+    let unhashed = || {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM images WHERE sha256 IS NULL")
+            .fetch_one(&pool)
+    };
+    for (args, left) in [(&[][..], 40), (&["--repair"][..], 0)] {
+        let (code, report) = verify_json(&data, args);
+        assert_eq!((code, report["hashed"].as_u64()), (0, Some(40)), "{report}");
+        assert_eq!(unhashed().await.unwrap(), left, "after verify {args:?}");
+    }
 
     // Damage: a deleted file, a flipped byte, a file replaced by another
     // image's, and a tar cut in half.
@@ -670,6 +673,18 @@ async fn verify_finds_deleted_flipped_truncated_and_replaced_files_and_repair_he
             .unwrap_or_else(|| panic!("no problem at {needle}: {report:#}"))
     };
     assert_eq!(find(&path(0).display().to_string())["kind"], "missing");
+    // The damaged files were moved into quarantine, not deleted.
+    assert_eq!(report["quarantined"], 2, "{report:#}");
+    for i in [1, 2] {
+        let relative = path(i)
+            .strip_prefix(data.join("archive"))
+            .unwrap()
+            .to_path_buf();
+        assert!(
+            data.join("quarantine").join(relative).is_file(),
+            "image {i}"
+        );
+    }
     assert_eq!(find(&path(1).display().to_string())["kind"], "corrupt");
     assert_eq!(find(&path(2).display().to_string())["kind"], "corrupt");
     assert_eq!(report["corrupt"], 2, "{report:#}");

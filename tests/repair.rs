@@ -46,12 +46,8 @@ fn verify(data: &Path, args: &[&str], as_nobody: bool) -> (i32, Value) {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let report = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!(
-            "{e}: {stdout}\n{}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let report = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
     (out.status.code().unwrap_or(-1), report)
 }
 
@@ -154,7 +150,11 @@ async fn repair_quarantines_only_the_truncated_file_and_reports_each_doubt_apart
         "ok",
     ]
     .iter()
-    .map(|k| report[k].as_u64().unwrap_or_else(|| panic!("{k}: {report:#}")))
+    .map(|k| {
+        report[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k}: {report:#}"))
+    })
     .collect();
     assert_eq!(counts, [0, 1, 1, 1, 1, 1, 1, 1, 7], "{report:#}");
     let kind_of = |i: usize| {
@@ -170,7 +170,13 @@ async fn repair_quarantines_only_the_truncated_file_and_reports_each_doubt_apart
     let kinds: Vec<String> = (0..5).map(kind_of).collect();
     assert_eq!(
         kinds,
-        ["not_a_file", "corrupt", "undecodable", "outside", "unreadable"],
+        [
+            "not_a_file",
+            "corrupt",
+            "undecodable",
+            "outside",
+            "unreadable"
+        ],
         "{report:#}"
     );
 
@@ -183,13 +189,7 @@ async fn repair_quarantines_only_the_truncated_file_and_reports_each_doubt_apart
         &whole[..whole.len() / 2]
     );
     let mut expected = before.clone();
-    expected.remove(
-        path(1)
-            .strip_prefix(&data)
-            .unwrap()
-            .to_str()
-            .unwrap(),
-    );
+    expected.remove(path(1).strip_prefix(&data).unwrap().to_str().unwrap());
     assert_eq!(inventory(&data), expected, "nothing else moved or deleted");
     assert_eq!(std::fs::read(path(0).join("keep")).unwrap(), b"someone's");
     assert_eq!(std::fs::read(path(2)).unwrap(), garbage);
@@ -248,8 +248,15 @@ async fn verify_without_repair_never_writes_the_database_even_under_another_root
     let image = &fake.images("ira")[0];
     std::fs::write(image_path(&ira, image), b"damaged").unwrap();
     let (code, report) = verify(&moved, &[], false);
-    assert_eq!((code, report["corrupt"].as_u64()), (1, Some(1)), "{report:#}");
-    assert!(image_path(&ira, image).exists(), "verify alone moves nothing");
+    assert_eq!(
+        (code, report["corrupt"].as_u64()),
+        (1, Some(1)),
+        "{report:#}"
+    );
+    assert!(
+        image_path(&ira, image).exists(),
+        "verify alone moves nothing"
+    );
     assert_eq!(
         (digest(&db), std::fs::metadata(&db).unwrap().mtime()),
         before,
