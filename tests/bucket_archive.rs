@@ -249,11 +249,18 @@ async fn verify_finds_deleted_and_damaged_objects_and_repair_heals_them() {
         "{locations:?}"
     );
 
+    let damaged = s3.get(&key(1)).await.unwrap();
     let out = run(&["verify", "--repair"], dir.path(), &env).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(
         s3.get(&key(1)).await.is_none(),
-        "the corrupt object is removed, so nothing adopts it"
+        "the corrupt object leaves its key, so nothing adopts it"
+    );
+    let quarantined = key(1).replacen(PREFIX, &format!("{PREFIX}/quarantine"), 1);
+    assert_eq!(
+        s3.get(&quarantined).await,
+        Some(damaged),
+        "... but is kept whole under the quarantine/ prefix"
     );
     let out = run(&["download", "cleo", "--workers", "4"], dir.path(), &env).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
