@@ -247,6 +247,19 @@ pub fn check_tar(
         })
     };
     flush(&mut batch, &mut results);
+    results.extend(never_read(read, tar, expected));
+    results
+}
+
+/// The rows whose member reading the tar never reached, and why: not in
+/// it, the tar missing, unreadable, not a file, or cut short.
+fn never_read(
+    read: io::Result<()>,
+    tar: &TarToCheck<'_>,
+    expected: HashMap<String, Vec<StoredCopy>>,
+) -> Vec<(StoredCopy, Check, String)> {
+    let tar_text = tar.shown_as.display();
+    let mut results = Vec::new();
     let (kind, why) = match read {
         Ok(()) => (ProblemKind::Missing, "not in the tar".to_string()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {

@@ -270,6 +270,33 @@ fn check(
             signed.payload
         ));
     }
+    let canonical = canonical_request(method, path, &params, headers, &signed)?;
+    let to_sign = format!(
+        "AWS4-HMAC-SHA256\n{}\n{date}/{region}/s3/aws4_request\n{}",
+        signed.amz_date,
+        hex(&Sha256::digest(canonical.as_bytes()))
+    );
+    let mut k = hmac(format!("AWS4{SECRET_KEY}").as_bytes(), date.as_bytes());
+    for part in [region, "s3", "aws4_request"] {
+        k = hmac(&k, part.as_bytes());
+    }
+    let expected = hex(&hmac(&k, to_sign.as_bytes()));
+    if expected != signed.signature {
+        return Err(format!(
+            "signature mismatch; canonical request:\n{canonical}"
+        ));
+    }
+    Ok(())
+}
+
+/// The canonical request SigV4 signs (S3 flavour: the path encoded once).
+fn canonical_request(
+    method: &Method,
+    path: &str,
+    params: &BTreeMap<String, Vec<String>>,
+    headers: &HeaderMap,
+    signed: &Signed,
+) -> Result<String, String> {
     let mut canonical_query: Vec<(String, String)> = params
         .iter()
         .filter(|(k, _)| k.as_str() != "X-Amz-Signature")
@@ -301,29 +328,13 @@ fn check(
         }
         canonical_headers.push_str(&format!("{name}:{}\n", values.join(",")));
     }
-    let canonical = format!(
+    Ok(format!(
         "{method}\n{}\n{}\n{canonical_headers}\n{}\n{}",
         aws_encode(&decode(path), true),
         canonical_query.join("&"),
         signed.signed_headers,
         signed.payload
-    );
-    let to_sign = format!(
-        "AWS4-HMAC-SHA256\n{}\n{date}/{region}/s3/aws4_request\n{}",
-        signed.amz_date,
-        hex(&Sha256::digest(canonical.as_bytes()))
-    );
-    let mut k = hmac(format!("AWS4{SECRET_KEY}").as_bytes(), date.as_bytes());
-    for part in [region, "s3", "aws4_request"] {
-        k = hmac(&k, part.as_bytes());
-    }
-    let expected = hex(&hmac(&k, to_sign.as_bytes()));
-    if expected != signed.signature {
-        return Err(format!(
-            "signature mismatch; canonical request:\n{canonical}"
-        ));
-    }
-    Ok(())
+    ))
 }
 
 #[cfg(test)]
