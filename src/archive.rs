@@ -6,6 +6,12 @@
 //! Invariant 1 lives here: a file is written to `<final>.part`, fsynced,
 //! renamed, and its directory fsynced, before anyone may call it done.
 
+mod fence;
+
+pub use fence::{
+    QUARANTINE_DIR, candidates as quarantine_candidates, fence, move_aside, quarantine_path,
+};
+
 use crate::model::{ImageMeta, validate_image_id, validate_sequence_id, validate_username};
 use chrono::{DateTime, Utc};
 use std::fs::{self, File, OpenOptions};
@@ -26,6 +32,12 @@ pub enum ArchiveError {
     DiskFull { path: PathBuf, source: io::Error },
     #[error("cannot write {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// A stored path outside its collection folder, or climbing with `..`:
+    /// nothing is removed or moved there.
+    #[error(
+        "refused to touch {path}: it is not a plain path inside its collection folder {folder}"
+    )]
+    Fenced { path: PathBuf, folder: PathBuf },
 }
 
 impl ArchiveError {

@@ -7,7 +7,7 @@
 //! then uploaded: the upload's completion is what makes it durable, as the
 //! rename is on disk. Reading a tar back downloads it to the spool first.
 //!
-//! Blocking calls (`read`, `remove`, `write_atomically`) are for the
+//! Blocking calls (`read`, `remove_stored`, `write_atomically`) are for the
 //! blocking pool, where packaging runs; on a bucket they wait for the
 //! request on the runtime they were given. Async ones are for tasks.
 
@@ -97,22 +97,86 @@ impl ArchiveFiles {
         }
     }
 
-    /// Removes the file; gone already is fine. On disk the directory is
-    /// not synced: callers that need it durable sync it once. Blocking.
-    pub fn remove(&self, path: &Path) -> io::Result<()> {
+    /// Removes the stored file `path` of the collection folder `folder`;
+    /// gone already is fine. The path passes [`archive::fence`] first: one
+    /// outside its folder is refused and nothing goes. On disk the
+    /// directory is not synced: callers that need it durable sync it once.
+    /// Blocking.
+    pub fn remove_stored(&self, folder: &Path, path: &Path) -> Result<(), ArchiveError> {
+        archive::fence(folder, path)?;
+        let failed = |source| ArchiveError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
         match self {
             ArchiveFiles::Disk => match std::fs::remove_file(path) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(e),
+                Err(e) => Err(failed(e)),
             },
             ArchiveFiles::Bucket(bucket) => tokio::runtime::Handle::current()
                 .block_on(bucket.delete(path))
-                .map_err(io_error),
+                .map_err(|e| failed(io_error(e))),
         }
     }
 
-    /// [`ArchiveFiles::remove`] from a task, durably on disk.
+    /// Moves the doubted file `path` (of the collection folder `folder`,
+    /// under `archive_root`) into quarantine instead of deleting it: on
+    /// disk `<data-dir>/quarantine/<path relative to the archive root>`, in
+    /// a bucket the same under the `quarantine/` prefix; a copy already
+    /// there is kept (this one becomes `<name>.1`, …). Fenced like
+    /// [`ArchiveFiles::remove_stored`]; logged. Returns where it went.
+    pub async fn quarantine(
+        &self,
+        archive_root: &Path,
+        folder: &Path,
+        path: &Path,
+    ) -> Result<PathBuf, ArchiveError> {
+        archive::fence(folder, path)?;
+        let went = match self {
+            ArchiveFiles::Disk => {
+                let root = archive_root.parent().unwrap_or(archive_root);
+                let to = archive::quarantine_path(
+                    archive_root,
+                    &root.join(archive::QUARANTINE_DIR),
+                    path,
+                )?;
+                let from = path.to_path_buf();
+                tokio::task::spawn_blocking(move || archive::move_aside(&from, &to))
+                    .await
+                    .map_err(|e| ArchiveError::Io {
+                        path: path.to_path_buf(),
+                        source: io::Error::other(e),
+                    })??
+            }
+            ArchiveFiles::Bucket(bucket) => {
+                let to = archive::quarantine_path(archive_root, &bucket.quarantine_root(), path)?;
+                bucket
+                    .move_aside(path, &to)
+                    .await
+                    .map_err(|e| ArchiveError::Io {
+                        path: path.to_path_buf(),
+                        source: io_error(e),
+                    })?
+            }
+        };
+        tracing::warn!(file = %path.display(), quarantined = %went.display(), "moved a doubted file into quarantine");
+        Ok(went)
+    }
+
+    /// [`ArchiveFiles::quarantine`] from the blocking pool.
+    pub fn quarantine_blocking(
+        &self,
+        archive_root: &Path,
+        folder: &Path,
+        path: &Path,
+    ) -> Result<PathBuf, ArchiveError> {
+        tokio::runtime::Handle::current().block_on(self.quarantine(archive_root, folder, path))
+    }
+
+    /// Removes a file this program placed itself (not a path read from the
+    /// database: those go through [`ArchiveFiles::remove_stored`]), from a
+    /// task, durably on disk.
     pub async fn remove_async(&self, path: &Path) -> Result<(), ArchiveError> {
         match self {
             ArchiveFiles::Disk => {

@@ -20,6 +20,7 @@
 //! client and never stored, logged or shown.
 
 mod create_only;
+mod quarantine;
 
 pub use create_only::Completed;
 

@@ -183,14 +183,17 @@ async fn verify(config_file: Option<PathBuf>, args: VerifyArgs) -> Result<ExitCo
     let bucket = app::open_bucket(&settings)
         .await
         .map_err(|e| usage_error(format!("{e:#}")))?;
-    let store = app::open_store(&settings)
+    let store = open_for_verify(&settings, args.repair)
         .await
         .map(std::sync::Arc::new)
         .map_err(|e| usage_error(format!("{e:#}")))?;
-    store
-        .rebase_archive(&settings.archive_dir())
+    // Stored paths are mapped in memory, never rebased: a daemon beside us
+    // (perhaps seeing the archive under another path) keeps its root.
+    let recorded = store
+        .recorded_archive_root()
         .await
         .map_err(|e| runtime_error(e.into()))?;
+    let paths = verify::PathMap::new(&settings.archive_dir(), recorded);
     let total = match store.done_rows(args.job).await {
         Ok(total) => total,
         Err(e @ StoreError::NoSuchJob(_)) => return Err(usage_error(e)),
@@ -202,18 +205,18 @@ async fn verify(config_file: Option<PathBuf>, args: VerifyArgs) -> Result<ExitCo
         repair: args.repair,
         threads: 0,
     };
-    let report = verify::verify(
-        &store,
-        bucket.as_ref(),
-        &settings.archive_dir(),
-        &options,
-        &|n| bar.set_position(n),
-    )
-    .await
-    .map_err(|e| {
-        eprintln!("error: {e:#}");
-        ExitCode::from(1)
-    })?;
+    let archive_dir = settings.archive_dir();
+    let archive = verify::Archive {
+        bucket: bucket.as_ref(),
+        dir: &archive_dir,
+        paths: &paths,
+    };
+    let report = verify::verify(&store, &archive, &options, &|n| bar.set_position(n))
+        .await
+        .map_err(|e| {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        })?;
     bar.finish_and_clear();
     if args.json {
         println!(
@@ -229,6 +232,28 @@ async fn verify(config_file: Option<PathBuf>, args: VerifyArgs) -> Result<ExitCo
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The store for `verify`: read-only (no migration, no rebase, no write)
+/// unless it is to repair.
+async fn open_for_verify(settings: &Settings, repair: bool) -> anyhow::Result<crate::store::Store> {
+    use anyhow::Context;
+    if repair {
+        return app::open_store(settings).await;
+    }
+    match settings.database_url().map_err(anyhow::Error::msg)? {
+        Some(url) => crate::store::Store::open_postgres_existing(url.expose().trim())
+            .await
+            .context("cannot read the PostgreSQL queue (storage.database_url)"),
+        None => crate::store::Store::open_read_only(&settings.database_path())
+            .await
+            .with_context(|| {
+                format!(
+                    "cannot read the database {}",
+                    settings.database_path().display()
+                )
+            }),
+    }
 }
 
 /// A failure while running (exit 1), logged in full.

@@ -605,7 +605,8 @@ async fn verify_finds_deleted_flipped_truncated_and_replaced_files_and_repair_he
         "{report}"
     );
 
-    // Images archived before checksums existed get one computed and stored.
+    // Images archived before checksums existed get one computed, stored
+    // by `--repair` only (without it the database is read-only).
     let db = data.join("mapillary.db");
     let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
         .await
@@ -615,13 +616,15 @@ async fn verify_finds_deleted_flipped_truncated_and_replaced_files_and_repair_he
         .execute(&pool)
         .await
         .unwrap();
-    let (code, report) = verify_json(&data, &[]);
-    assert_eq!((code, report["hashed"].as_u64()), (0, Some(40)), "{report}");
-    let unhashed: i64 = sqlx::query_scalar("SELECT count(*) FROM images WHERE sha256 IS NULL")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-    assert_eq!(unhashed, 0);
+    let unhashed = || {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM images WHERE sha256 IS NULL")
+            .fetch_one(&pool)
+    };
+    for (args, left) in [(&[][..], 40), (&["--repair"][..], 0)] {
+        let (code, report) = verify_json(&data, args);
+        assert_eq!((code, report["hashed"].as_u64()), (0, Some(40)), "{report}");
+        assert_eq!(unhashed().await.unwrap(), left, "after verify {args:?}");
+    }
 
     // Damage: a deleted file, a flipped byte, a file replaced by another
     // image's, and a tar cut in half.
@@ -670,6 +673,18 @@ async fn verify_finds_deleted_flipped_truncated_and_replaced_files_and_repair_he
             .unwrap_or_else(|| panic!("no problem at {needle}: {report:#}"))
     };
     assert_eq!(find(&path(0).display().to_string())["kind"], "missing");
+    // The damaged files were moved into quarantine, not deleted.
+    assert_eq!(report["quarantined"], 2, "{report:#}");
+    for i in [1, 2] {
+        let relative = path(i)
+            .strip_prefix(data.join("archive"))
+            .unwrap()
+            .to_path_buf();
+        assert!(
+            data.join("quarantine").join(relative).is_file(),
+            "image {i}"
+        );
+    }
     assert_eq!(find(&path(1).display().to_string())["kind"], "corrupt");
     assert_eq!(find(&path(2).display().to_string())["kind"], "corrupt");
     assert_eq!(report["corrupt"], 2, "{report:#}");
@@ -934,29 +949,64 @@ async fn a_username_job_already_on_the_internet_archive_ends_at_once() {
     assert!(fake.images("ann").iter().all(|m| fake.cdn_hits(&m.id) == 0));
     daemon.stop().await;
 
-    // archive.org unreachable: the job goes ahead.
+    // archive.org unreachable (a closed port), or hanging (it accepts and
+    // never answers): the job goes ahead, delayed by no more than the
+    // check's 10 s timeout.
     let closed = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", listener.local_addr().unwrap())
     };
-    let dir = tempfile::tempdir().unwrap();
-    let settings = test_settings(
-        fake.api_url().as_str(),
-        dir.path(),
-        4,
-        &[
-            ("MLD__ARCHIVE__SKIP_IF_ON_IA", "true"),
-            ("MLD__ARCHIVE__IA_URL", &closed),
-        ],
+    let (hanging, accepted) = hanging_server().await;
+    let mut took = Vec::new();
+    for ia in [&closed, &hanging] {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = test_settings(
+            fake.api_url().as_str(),
+            dir.path(),
+            4,
+            &[
+                ("MLD__ARCHIVE__SKIP_IF_ON_IA", "true"),
+                ("MLD__ARCHIVE__IA_URL", ia),
+            ],
+        );
+        let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+        let started = std::time::Instant::now();
+        let (_, ann) = daemon
+            .post_job(json!({"username": "ann", "quality": "256"}))
+            .await;
+        let ann = daemon.wait_for_state(job_id(&ann), &["done"], LONG).await;
+        took.push(started.elapsed());
+        assert_eq!(ann["counts"]["done"], 30, "{ann}");
+        assert!(ann["note"].is_null(), "{ann}");
+        daemon.stop().await;
+    }
+    assert!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the check reached the hanging server"
     );
-    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
-    let (_, ann) = daemon
-        .post_job(json!({"username": "ann", "quality": "256"}))
-        .await;
-    let ann = daemon.wait_for_state(job_id(&ann), &["done"], LONG).await;
-    assert_eq!(ann["counts"]["done"], 30, "{ann}");
-    assert!(ann["note"].is_null(), "{ann}");
-    daemon.stop().await;
+    assert!(
+        took[1] <= took[0] + Duration::from_secs(12),
+        "a hanging archive.org held the job {:?} (a closed port: {:?})",
+        took[1],
+        took[0]
+    );
+}
+
+/// A server that accepts connections and never answers (nor closes them);
+/// its URL and how many connections it accepted.
+async fn hanging_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            held.push(socket);
+        }
+    });
+    (url, accepted)
 }
 
 /// The same item in a bucket (`storage.archive_url = s3://…`, moto's S3

@@ -249,11 +249,18 @@ async fn verify_finds_deleted_and_damaged_objects_and_repair_heals_them() {
         "{locations:?}"
     );
 
+    let damaged = s3.get(&key(1)).await.unwrap();
     let out = run(&["verify", "--repair"], dir.path(), &env).await;
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     assert!(
         s3.get(&key(1)).await.is_none(),
-        "the corrupt object is removed, so nothing adopts it"
+        "the corrupt object leaves its key, so nothing adopts it"
+    );
+    let quarantined = key(1).replacen(PREFIX, &format!("{PREFIX}/quarantine"), 1);
+    assert_eq!(
+        s3.get(&quarantined).await,
+        Some(damaged),
+        "... but is kept whole under the quarantine/ prefix"
     );
     let out = run(&["download", "cleo", "--workers", "4"], dir.path(), &env).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -264,6 +271,10 @@ async fn verify_finds_deleted_and_damaged_objects_and_repair_heals_them() {
     );
     let out = run(&["verify"], dir.path(), &env).await;
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    // Every request the daemon and verify sent was signed right, and each
+    // body carried its own SHA-256 (the kit's proxy checked them all).
+    assert_eq!(s3.checked.refused(), Vec::<String>::new());
+    assert!(s3.checked.signed() >= 100 && s3.checked.payloads() >= 42);
 
     // The credentials reached the S3 client only: not the logs, the
     // database or the spool.
@@ -281,7 +292,7 @@ async fn verify_finds_deleted_and_damaged_objects_and_repair_heals_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_s3_outage_mid_run_costs_no_image_and_no_attempt() {
     let s3 = S3Server::start("archive").await;
-    let proxy = FlakyProxy::start(&s3.endpoint).await;
+    let proxy = FlakyProxy::start(&s3.checked.endpoint).await;
     let fake = FakeMapillary::start(FakeConfig {
         cdn_latency: Duration::from_millis(20),
         ..FakeConfig::default()
@@ -594,7 +605,7 @@ async fn kill_9_while_packing_into_the_bucket_ends_with_the_tars_a_disk_run_writ
 async fn an_s3_error_that_echoes_the_credentials_never_shows_them() {
     use mld_testkit::s3::ACCESS_KEY;
     let s3 = S3Server::start("archive").await;
-    let proxy = FlakyProxy::start(&s3.endpoint).await;
+    let proxy = FlakyProxy::start(&s3.checked.endpoint).await;
     let fake = FakeMapillary::start(FakeConfig {
         cdn_latency: Duration::from_millis(20),
         ..FakeConfig::default()

@@ -157,6 +157,14 @@ async fn expired_urls_and_rate_limits_cost_no_attempt() {
     let mut rejections = vec![Fault::Expired; 30];
     rejections.extend(vec![Fault::Gone; 10]);
     fake.script(Route::Cdn, rejections);
+    // The first API call (the listing's first page) is surely rate-limited,
+    // with a Retry-After of 2 s; the preset adds random ones later.
+    fake.script(
+        Route::Api,
+        vec![Fault::RateLimit {
+            retry_after: Some(2),
+        }],
+    );
     let dir = tempfile::tempdir().unwrap();
     let settings = test_settings(
         fake.api_url().as_str(),
@@ -187,6 +195,25 @@ async fn expired_urls_and_rate_limits_cost_no_attempt() {
         .filter(|r| r.status == 403 || r.status == 410)
         .count();
     assert!(rejected >= 40, "the CDN really rejected URLs ({rejected})");
+    // The scripted 429 was served, and waited out: no API call started
+    // until its Retry-After had passed.
+    let api: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.route == Route::Api)
+        .collect();
+    let first = &api[0];
+    assert_eq!(first.status, 429, "{first:?}");
+    let next = api[1..]
+        .iter()
+        .map(|r| r.started)
+        .min()
+        .expect("the listing went on after the 429");
+    let waited = next.duration_since(first.at);
+    assert!(
+        waited >= Duration::from_millis(1900),
+        "the next API call came {waited:?} after a 429 asking for 2 s"
+    );
     daemon.stop().await;
 }
 

@@ -527,8 +527,9 @@ async fn an_endless_chain_of_empty_pages_ends_with_a_note() {
     daemon.stop().await;
 }
 
-/// Archives 1,500 images at 30 ms CDN latency and returns the time taken.
-async fn archive_with_cdn_faults(faults: Faults) -> Duration {
+/// Archives 1,500 images at 30 ms CDN latency; returns the time taken and
+/// how many bodies the fake stalled.
+async fn archive_with_cdn_faults(faults: Faults) -> (Duration, usize) {
     let fake = FakeMapillary::start(FakeConfig {
         cdn_latency: Duration::from_millis(30),
         faults,
@@ -565,9 +566,8 @@ async fn archive_with_cdn_faults(faults: Faults) -> Duration {
         .iter()
         .filter(|r| r.fault == Some("stall"))
         .count();
-    eprintln!("1,500 images, {stalls} stalled bodies: {elapsed:?}");
     daemon.stop().await;
-    elapsed
+    (elapsed, stalls)
 }
 
 /// CDN bodies that stop half-way with the connection left open cost the
@@ -576,15 +576,21 @@ async fn archive_with_cdn_faults(faults: Faults) -> Duration {
 /// every file exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stalled_bodies_cost_an_idle_timeout_not_the_download_timeout() {
-    let clean = archive_with_cdn_faults(Faults::default()).await;
-    let stalling = archive_with_cdn_faults(Faults {
+    let (clean, none) = archive_with_cdn_faults(Faults::default()).await;
+    assert_eq!(none, 0, "no stall without the fault");
+    let (stalling, stalls) = archive_with_cdn_faults(Faults {
         cdn_stall: 0.01,
         ..Faults::default()
     })
     .await;
+    // 1 % of at least 1,500 bodies: about 15. Fewer than 5 (a chance under
+    // 1 in 1,000) would leave the bound below untested.
+    assert!(stalls >= 5, "only {stalls} bodies stalled");
+    // Each stall costs about one idle timeout (1 s), spread over 16
+    // workers; the 300 s download timeout even once would blow the bound.
     assert!(
         stalling < clean + Duration::from_secs(10),
-        "with stalls {stalling:?}, without {clean:?}"
+        "with {stalls} stalls {stalling:?}, without {clean:?}"
     );
 }
 

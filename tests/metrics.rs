@@ -78,7 +78,13 @@ fn total(families: &Families, family: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn metrics_count_what_happened_and_parse_as_prometheus_text() {
-    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    // URLs live 120 s, under the 300 s refresh margin: each claimed image
+    // has its URL refreshed with `?ids=` first.
+    let fake = FakeMapillary::start(FakeConfig {
+        url_ttl_secs: 120,
+        ..FakeConfig::default()
+    })
+    .await;
     fake.add_user("mira", 120, 71);
     let images = fake.images("mira");
     // The first API call is rate-limited, the next fails once; three images
@@ -186,7 +192,13 @@ async fn metrics_count_what_happened_and_parse_as_prometheus_text() {
     );
     assert!(total(&families, "mapillary_api_calls", &[("outcome", "ok")]) >= 1.0);
     assert!(total(&families, "mapillary_rate_limit_holds", &[]) >= 1.0);
-    assert!(total(&families, "mapillary_url_refreshes", &[]) >= 0.0);
+    let refreshed = fake.urls_refreshed();
+    assert!(refreshed >= 120, "{refreshed} URLs refreshed");
+    assert_eq!(
+        total(&families, "mapillary_url_refreshes", &[]),
+        refreshed as f64,
+        "every URL refresh the fake answered is counted"
+    );
     let api_calls: f64 = ["ok", "rate_limited", "transient", "fatal"]
         .iter()
         .map(|o| total(&families, "mapillary_api_calls", &[("outcome", o)]))

@@ -218,7 +218,17 @@ async fn missing_or_mismatched_loose_files_stay_out_of_the_tar_and_are_queued_ag
     assert_eq!((report.members, report.requeued), (38, 2));
     assert!(
         !damaged.exists(),
-        "a corrupt loose file is removed so nothing adopts it"
+        "a corrupt loose file leaves its path so nothing adopts it"
+    );
+    // ... but is never deleted: it may be the only copy left.
+    let quarantined = dir
+        .path()
+        .join("quarantine")
+        .join(damaged.strip_prefix(&archive).unwrap());
+    assert_eq!(
+        std::fs::read(&quarantined).unwrap(),
+        b"not what was archived",
+        "moved to <data-dir>/quarantine/<its path in the archive>"
     );
     let members: Vec<String> = tar_check::list(&collection.join("2024-01-02.tar"))
         .into_iter()
@@ -242,7 +252,70 @@ async fn missing_or_mismatched_loose_files_stay_out_of_the_tar_and_are_queued_ag
     let report = pack(&store, &archive).await;
     assert_eq!(report.tars, ["2024-01-02.1.tar"]);
     assert_eq!(report.members, 2);
+    assert!(quarantined.exists(), "still in quarantine");
     store.close().await;
+}
+
+/// A stored path that climbs out of its collection through `..` is never
+/// removed: cleaning a written tar refuses it, and the file it names stays.
+#[tokio::test]
+async fn cleaning_refuses_a_stored_path_that_climbs_out_of_its_collection() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("archive");
+    let store = open(dir.path()).await;
+    let job = archived_job(&store, &archive).await;
+    let folder = collection_path(&archive, COLLECTION).unwrap();
+    let victim = dir.path().join("victim.jpg");
+    std::fs::write(&victim, b"not the archive's").unwrap();
+    let task = lease(&store).await;
+    // Planned and written as usual; then a row is pointed out of the
+    // collection before the clean step.
+    while !matches!(
+        step(&store, &archive, &task).await.unwrap(),
+        PackStep::Written(..)
+    ) {}
+    let climbing = format!("{}/2024-01-02/../../../victim.jpg", folder.display());
+    let moved = image_path(&folder, &meta(0), FileKind::Jpeg).unwrap();
+    let pool = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("mapillary.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("UPDATE images SET path = ?1 WHERE path = ?2 AND job_id = ?3")
+        .bind(&climbing)
+        .bind(moved.to_str().unwrap())
+        .bind(job)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let files = FileSet::of(dir.path());
+    let err = step(&store, &archive, &task).await.unwrap_err();
+    assert!(err.to_string().contains("refused"), "{err}");
+    assert_eq!(
+        std::fs::read(&victim).unwrap(),
+        b"not the archive's",
+        "the file the row climbs to is left"
+    );
+    assert!(moved.exists());
+    assert_eq!(FileSet::of(dir.path()), files, "nothing removed");
+    store.close().await;
+}
+
+/// Every file under a folder, for "nothing removed" checks.
+#[derive(Debug, PartialEq, Eq)]
+struct FileSet(Vec<String>);
+
+impl FileSet {
+    fn of(dir: &Path) -> FileSet {
+        let mut files: Vec<String> = tar_check::files_under(dir)
+            .into_iter()
+            .filter(|f| !f.starts_with("mapillary.db"))
+            .collect();
+        files.sort();
+        FileSet(files)
+    }
 }
 
 /// A date whose loose files are all gone gets no tar (not an empty one):

@@ -8,7 +8,8 @@
 //! 1. *plan*: in one transaction, a packings row and every done, unpacked
 //!    image under the date folder joined to it;
 //! 2. *write*: the tar goes to a `.part` file, member by member in path order
-//!    from the loose files (each checked against its SHA-256), is fsynced,
+//!    from the loose files (each checked against its SHA-256; one that does
+//!    not match is moved to quarantine, never deleted), is fsynced,
 //!    renamed and its folder fsynced; then the row becomes `written`;
 //! 3. *clean*: the loose files and emptied folders go, then `cleaned`.
 //!
@@ -360,8 +361,12 @@ fn write_tar(
                 match &file.sha256 {
                     Some(expected) if *expected != sha256 => {
                         // A corrupt loose file must not be adopted by the
-                        // download that replaces it.
-                        files.remove(Path::new(&file.path))?;
+                        // download that replaces it, nor be destroyed (it
+                        // may be the only copy left): it goes to quarantine.
+                        let archive_root = folder.parent().unwrap_or(folder);
+                        files
+                            .quarantine_blocking(archive_root, folder, Path::new(&file.path))
+                            .map_err(io::Error::other)?;
                         let why = "its file did not match its SHA-256 when its date was packed";
                         written.dropped.push((file.row_ids, why.into()));
                         continue;
@@ -430,12 +435,7 @@ fn remove_loose_files(
             break;
         }
         for file in page {
-            files
-                .remove(Path::new(&file.path))
-                .map_err(|e| ArchiveError::Io {
-                    path: PathBuf::from(&file.path),
-                    source: e,
-                })?;
+            files.remove_stored(folder, Path::new(&file.path))?;
             after = Some(file.path);
         }
     }

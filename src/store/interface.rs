@@ -418,6 +418,10 @@ store_interface! {
         /// Makes every image path begin with `archive_dir`. Returns how many
         /// rows were rewritten. A no-op (one read) once the root is recorded.
         fn rebase_archive(&self, archive_dir: &Path) -> u64;
+        /// The archive root the paths were last rebased onto (by a daemon, or
+        /// `download`), if any. Read-only: for `verify`, which maps stored
+        /// paths onto its own root in memory instead of rewriting them.
+        fn recorded_archive_root(&self) -> Option<String>;
     }
 
     /// What daemons sharing one queue know of each other: heartbeats and the shared API budget.

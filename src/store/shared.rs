@@ -191,3 +191,15 @@ macro_rules! shared_cluster {
     };
 }
 pub(super) use shared_cluster;
+
+/// [`super::interface::Rebase`]'s shared methods.
+macro_rules! shared_rebase {
+    () => {
+        async fn recorded_archive_root(&self) -> $crate::store::StoreResult<Option<String>> {
+            Ok(sqlx::query_scalar($crate::store::sql::ARCHIVE_ROOT)
+                .fetch_optional(self.reader()?)
+                .await?)
+        }
+    };
+}
+pub(super) use shared_rebase;

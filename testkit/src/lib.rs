@@ -34,5 +34,6 @@ pub mod postgres;
 pub mod process;
 pub mod s3;
 pub mod server;
+pub mod sigv4;
 pub mod tar_check;
 pub mod tmpfs;

@@ -7,7 +7,8 @@
 //! metadata, and needs no disk. It checks that requests are signed but not
 //! the signature, so the kit reads objects back with plain HTTP and a
 //! placeholder `Authorization`: an independent reader, not the daemon's
-//! client calling itself.
+//! client calling itself. The daemon is pointed at a proxy that does check
+//! (`crate::sigv4`): every signature, and every signed payload's hash.
 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -25,7 +26,11 @@ const AUTHORIZATION: &str = "AWS4-HMAC-SHA256 Credential=mld-test-access-key/202
 /// A running moto server with one bucket; killed on drop.
 pub struct S3Server {
     child: Child,
+    /// moto itself: the kit's own reads and writes go here.
     pub endpoint: String,
+    /// The daemon's endpoint: a proxy that checks every request's SigV4
+    /// signature and payload hash (see [`crate::sigv4`]).
+    pub checked: crate::sigv4::SigV4Proxy,
     pub bucket: String,
     http: reqwest::Client,
 }
@@ -66,9 +71,11 @@ impl S3Server {
                 .stderr(Stdio::null())
                 .spawn()
                 .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+            let endpoint = format!("http://127.0.0.1:{port}");
             let mut server = S3Server {
                 child,
-                endpoint: format!("http://127.0.0.1:{port}"),
+                checked: crate::sigv4::SigV4Proxy::start(&endpoint).await,
+                endpoint,
                 bucket: bucket.to_string(),
                 http: http.clone(),
             };
@@ -99,7 +106,7 @@ impl S3Server {
                 "MLD__STORAGE__ARCHIVE_URL",
                 format!("s3://{}/{prefix}", self.bucket),
             ),
-            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ENDPOINT_URL", self.checked.endpoint.clone()),
             ("AWS_ACCESS_KEY_ID", ACCESS_KEY.into()),
             ("AWS_SECRET_ACCESS_KEY", SECRET_KEY.into()),
             ("AWS_REGION", "us-east-1".into()),

@@ -14,6 +14,8 @@ use std::path::Path;
 const REBASE_LOCK: (i32, i32) = (0x6d6c_6402, 0);
 
 impl Rebase for PgStore {
+    crate::store::shared::shared_rebase!();
+
     /// PostgreSQL: Daemons starting together take an advisory lock
     /// first, so one rebases and records the root and the others, reading
     /// `store_facts` after it commits, find nothing to do.

@@ -9,6 +9,8 @@ use sqlx::Row;
 use std::path::Path;
 
 impl Rebase for SqliteStore {
+    crate::store::shared::shared_rebase!();
+
     async fn rebase_archive(&self, archive_dir: &Path) -> StoreResult<u64> {
         let root = archive_root(archive_dir)?;
         let mut tx = self.writer()?.begin().await?;

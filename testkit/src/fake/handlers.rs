@@ -79,6 +79,14 @@ pub(super) async fn api_ids(
             }
         }
     }
+    let urls = out
+        .values()
+        .filter(|o| {
+            o.as_object()
+                .is_some_and(|o| o.keys().any(|k| k.ends_with("_url")))
+        })
+        .count();
+    shared.lock().urls_in_ids_answers += urls;
     Json(Value::Object(out)).into_response()
 }
 

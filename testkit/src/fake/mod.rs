@@ -243,6 +243,8 @@ struct State_ {
     /// Every `GET /?ids=` answers 400 code 100 (no subcode): a refusal that
     /// is neither a rate limit nor a missing id, so retrying cannot help.
     refuse_ids_calls: bool,
+    /// Image URLs handed out by `?ids=` answers (URL refreshes answered).
+    urls_in_ids_answers: usize,
     /// Ids whose object in a `?ids=` answer carries a `captured_at` of the
     /// wrong type: an answer that has the image but cannot be read.
     unreadable_in_ids: std::collections::HashSet<String>,
@@ -424,6 +426,7 @@ impl FakeMapillary {
                 looping_next: false,
                 empty_pages_first: 0,
                 refuse_ids_calls: false,
+                urls_in_ids_answers: 0,
                 unreadable_in_ids: Default::default(),
                 unreadable_in_listings: Default::default(),
                 delete_when_listed: Default::default(),
@@ -542,6 +545,12 @@ impl FakeMapillary {
 
     /// Makes every `GET /?ids=` call answer 400 code 100 "Invalid parameter"
     /// (the whole batch, as the Graph API fails a call it cannot parse).
+    /// Image URLs the fake handed out in `?ids=` answers: the URL
+    /// refreshes it answered.
+    pub fn urls_refreshed(&self) -> usize {
+        self.shared.lock().urls_in_ids_answers
+    }
+
     pub fn set_refuse_ids_calls(&self, on: bool) {
         self.shared.lock().refuse_ids_calls = on;
     }
