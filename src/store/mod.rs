@@ -32,6 +32,7 @@ mod parts;
 mod postgres;
 mod queue;
 mod rebase;
+mod rescue;
 mod stalls;
 
 pub use cluster::{ApiSlot, DaemonInfo, LiveDaemon};
@@ -43,6 +44,7 @@ pub use jobs::{ACTIVE, Submitted};
 pub use parts::Part;
 pub use postgres::PgClock;
 pub use queue::{DeferPolicy, RetryPolicy};
+pub use rescue::Rescued;
 pub use stalls::StallCandidate;
 
 use crate::model::{Bbox, ImageMeta, OutputFormat, Packaging, Quality};

@@ -29,6 +29,7 @@ mod jobs;
 mod parts;
 mod queue;
 mod rebase;
+mod rescue;
 mod stalls;
 
 use super::{StoreError, StoreResult};
