@@ -544,3 +544,129 @@ async fn two_daemons_pack_a_tar_job_into_the_bucket_once() {
     assert!(loose.is_empty(), "loose objects left: {loose:?}");
     assert!(collection.join("metadata.jsonl.gz").exists());
 }
+
+/// One SQL answer from the shared test cluster's database behind
+/// `database_url` (psql, so blocking: run off the async workers).
+fn sql(database_url: &str, query: &str) -> String {
+    let database = database_url.rsplit('/').next().unwrap();
+    tokio::task::block_in_place(|| PgCluster::shared().psql(database, query))
+        .unwrap_or_else(|e| panic!("{query}: {e}"))
+}
+
+/// The environment of a daemon process of a cluster on `database_url`,
+/// archiving on a disk marked shared (these tests count rows, not files),
+/// plus `extra`.
+fn process_env(
+    fake: &FakeMapillary,
+    database_url: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut env = mld_testkit::env::test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    mld_testkit::env::set(&mut env, "MLD__STORAGE__DATABASE_URL", database_url);
+    mld_testkit::env::set(&mut env, "MLD__STORAGE__SHARED_FILESYSTEM", "true");
+    for (key, value) in extra {
+        mld_testkit::env::set(&mut env, key, value);
+    }
+    env
+}
+
+/// A daemon's lease owner id is `<pid>-<random>`: SQL matching its rows.
+fn owned_by(pid: u32) -> String {
+    format!("lease_owner LIKE '{pid}-%'")
+}
+
+/// SPEC Part 3 "Nothing lost, nothing stuck": kill -9 one of three daemons
+/// mid-run and, within 30 s, another daemon holds every image it held
+/// (re-leased or done). The leases run 600 s (the default): only the
+/// heartbeat rescue (`cluster.dead_after_secs`, default 20) can do it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_daemons_images_are_held_by_another_within_30_s() {
+    use mld_testkit::process::DaemonProcess;
+    const BINARY: &str = env!("CARGO_BIN_EXE_mapillary-downloader");
+    const IMAGES: u64 = 1_200;
+    let started = tokio::time::Instant::now();
+    let fake = FakeMapillary::start(FakeConfig {
+        cdn_latency: Duration::from_millis(200),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("una", IMAGES, 81);
+    let database_url = PgCluster::shared().fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let env = process_env(&fake, &database_url, &[]);
+    let mut daemons: Vec<DaemonProcess> = (0..3)
+        .map(|i| {
+            DaemonProcess::spawn(BINARY, &dir.path().join(format!("d{i}")), 8, &env)
+                .expect("a daemon starts")
+        })
+        .collect();
+    let api = daemons[0].api();
+    let (status, job) = api.post_job(json!({"username": "una"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let id = job_id(&job);
+    let deadline = tokio::time::Instant::now() + LONG;
+    while done_count(&api.job(id).await) < 150 {
+        assert!(tokio::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let victim = daemons.pop().unwrap();
+    let pid = victim.pid();
+    victim.kill9();
+    let killed = tokio::time::Instant::now();
+    let held = sql(
+        &database_url,
+        &format!(
+            "SELECT string_agg(rowid::text, ',') FROM images \
+             WHERE state = 'in_progress' AND {}",
+            owned_by(pid)
+        ),
+    );
+    assert!(!held.is_empty(), "the killed daemon held no image");
+    // Held by another: done, or in flight under another owner.
+    let unheld = format!(
+        "SELECT count(*) FROM images WHERE rowid IN ({held}) \
+         AND NOT (state = 'done' OR (state = 'in_progress' AND NOT {}))",
+        owned_by(pid)
+    );
+    loop {
+        if sql(&database_url, &unheld) == "0" {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "30 s after the kill, images it held are still not held by another: {}",
+            sql(
+                &database_url,
+                &format!(
+                    "SELECT string_agg(rowid || ':' || state || ':' || coalesce(lease_owner, '-'), ' ') \
+                     FROM images WHERE rowid IN ({held})"
+                )
+            )
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let taken_over = killed.elapsed();
+    let rows = sql(
+        &database_url,
+        &format!("SELECT count(*) FROM daemons WHERE id LIKE '{pid}-%'"),
+    );
+    assert_eq!(rows, "0", "the dead daemon's row stays");
+
+    let job = api
+        .wait_for_state(id, &["done", "failed"], Duration::from_secs(120))
+        .await;
+    assert_eq!(
+        (done_count(&job), job["counts"]["failed"].as_u64()),
+        (IMAGES, Some(0)),
+        "{job}"
+    );
+    for daemon in &mut daemons {
+        daemon.terminate(Duration::from_secs(30)).unwrap();
+    }
+    eprintln!(
+        "{} images of the killed daemon held by another {taken_over:?} after the kill; run took {:?}",
+        held.split(',').count(),
+        started.elapsed()
+    );
+}

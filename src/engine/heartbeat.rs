@@ -13,7 +13,7 @@
 
 use super::{EngineContext, daemon_info};
 use crate::clock::now_ms;
-use crate::store::StoreKind;
+use crate::store::{DaemonInfo, StoreKind};
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -71,43 +71,56 @@ impl Pulse {
 }
 
 /// Beats every [`interval`] until `cancel`; on a shared PostgreSQL queue,
-/// rescues silent daemons after each steady beat. The first beat was made
-/// by `Engine::start`, just before.
+/// looks for silent daemons five times as often (a cheap query on a small
+/// table), so a dead daemon's work is back within about a second of
+/// `dead_after`. The first beat was made by `Engine::start`, just before.
 pub(super) async fn run(ctx: EngineContext, cancel: CancellationToken) {
     let dead_after = ctx.tuning.dead_after;
     let every = interval(dead_after);
     let shared = ctx.store.kind() == StoreKind::Postgres;
     let me = daemon_info(&ctx);
     let mut pulse = Pulse::started(Instant::now());
+    let mut next_beat = Instant::now() + every;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(every / 5) => {}
         }
-        let beat = ctx.store.heartbeat(&me, now_ms());
-        // Bounded: a half-open connection must not hold the beats up.
-        match tokio::time::timeout(dead_after / 2, beat).await {
-            Ok(Ok(())) => {
-                if let Some(gap) = pulse.landed(Instant::now(), dead_after) {
-                    warn!(
-                        silent_for = ?gap,
-                        "this daemon could not beat for a while (paused or starved): if other daemons \
-                         took it for dead, they took its work over, and what it still holds of that is \
-                         refused"
-                    );
-                }
-            }
-            Ok(Err(e)) => {
-                pulse.failed();
-                warn!(error = %e, "could not record this daemon's heartbeat");
-            }
-            Err(_) => {
-                pulse.failed();
-                warn!("recording this daemon's heartbeat timed out");
-            }
+        // The beat first: a daemon that wakes from a pause must learn it
+        // was silent before it judges anyone else.
+        if Instant::now() >= next_beat {
+            next_beat = Instant::now() + every;
+            beat(&ctx, &me, &mut pulse).await;
         }
         if shared && pulse.may_rescue(Instant::now(), dead_after) {
             rescue(&ctx, dead_after).await;
+        }
+    }
+}
+
+/// Records one heartbeat, and what it says about this daemon's pulse.
+async fn beat(ctx: &EngineContext, me: &DaemonInfo, pulse: &mut Pulse) {
+    let dead_after = ctx.tuning.dead_after;
+    let beat = ctx.store.heartbeat(me, now_ms());
+    // Bounded: a half-open connection must not hold the beats up.
+    match tokio::time::timeout(dead_after / 2, beat).await {
+        Ok(Ok(())) => {
+            if let Some(gap) = pulse.landed(Instant::now(), dead_after) {
+                warn!(
+                    silent_for = ?gap,
+                    "this daemon could not beat for a while (paused or starved): if other daemons \
+                     took it for dead, they took its work over, and what it still holds of that is \
+                     refused"
+                );
+            }
+        }
+        Ok(Err(e)) => {
+            pulse.failed();
+            warn!(error = %e, "could not record this daemon's heartbeat");
+        }
+        Err(_) => {
+            pulse.failed();
+            warn!("recording this daemon's heartbeat timed out");
         }
     }
 }
