@@ -670,3 +670,172 @@ async fn a_killed_daemons_images_are_held_by_another_within_30_s() {
         started.elapsed()
     );
 }
+
+/// `mapillary_images_completed_total` of a daemon process.
+async fn completed_by_process(api: &mld_testkit::api_client::ApiClient) -> u64 {
+    let (status, text) = api
+        .try_request(Method::GET, "/metrics", None)
+        .await
+        .expect("the daemon answers /metrics");
+    assert_eq!(status, StatusCode::OK, "{text}");
+    text.lines()
+        .find_map(|line| line.strip_prefix("mapillary_images_completed_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no completed counter in /metrics:\n{text}"))
+}
+
+/// SPEC Part 3: a daemon that was only paused (SIGSTOP) past
+/// `cluster.dead_after_secs` is rescued like a dead one; when it wakes
+/// (SIGCONT) every write it tries is refused (its image completions and
+/// its listing's page), nothing it writes lands (each image it held ends
+/// done on a later lease), and it carries on: it beats again, takes new
+/// work, and stops cleanly. The job ends exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_daemon_that_wakes_after_its_rescue_has_every_write_refused() {
+    use mld_testkit::process::DaemonProcess;
+    const BINARY: &str = env!("CARGO_BIN_EXE_mapillary-downloader");
+    const IMAGES: u64 = 1_000;
+    let started = tokio::time::Instant::now();
+    // Slow pages (100 images a second) and slow bodies: the sleeper holds
+    // the listing and a worker's worth of images when it is stopped.
+    let fake = FakeMapillary::start(FakeConfig {
+        api_latency: Duration::from_millis(1_000),
+        cdn_latency: Duration::from_millis(300),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("pia", IMAGES, 83);
+    let database_url = PgCluster::shared().fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let env = process_env(
+        &fake,
+        &database_url,
+        &[("MLD__CLUSTER__DEAD_AFTER_SECS", "10")],
+    );
+    let spawn = |name: &str| {
+        DaemonProcess::spawn(BINARY, &dir.path().join(name), 8, &env).expect("a daemon starts")
+    };
+    // The sleeper starts alone and takes the job's listing.
+    let mut sleeper = spawn("sleeper");
+    let (status, job) = sleeper.api().post_job(json!({"username": "pia"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let id = job_id(&job);
+    let mut awake = spawn("awake");
+    let deadline = tokio::time::Instant::now() + LONG;
+    while done_count(&sleeper.api().job(id).await) < 40 {
+        assert!(tokio::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let completed_before = completed_by_process(&sleeper.api()).await;
+    let pid = sleeper.pid();
+    sleeper.signal(libc::SIGSTOP).unwrap();
+    let stopped = tokio::time::Instant::now();
+    // What it holds, once its last statements have landed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = sql(
+        &database_url,
+        &format!(
+            "SELECT string_agg(rowid || ':' || lease_epoch, ',') FROM images \
+             WHERE state = 'in_progress' AND {}",
+            owned_by(pid)
+        ),
+    );
+    assert!(!held.is_empty(), "the sleeper held no image");
+    let listing = sql(
+        &database_url,
+        &format!("SELECT count(*) FROM jobs WHERE id = {id} AND task_owner LIKE '{pid}-%'"),
+    );
+    assert_eq!(listing, "1", "the sleeper does not hold the listing");
+    // Rescued: its row goes (10 s of silence, by the database's clock).
+    let its_row = format!("SELECT count(*) FROM daemons WHERE id LIKE '{pid}-%'");
+    while sql(&database_url, &its_row) != "0" {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(25),
+            "a daemon silent for 25 s was not rescued"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rescued_after = stopped.elapsed();
+    sleeper.signal(libc::SIGCONT).unwrap();
+    let woke = tokio::time::Instant::now();
+    // It beats again: its row is back.
+    while sql(&database_url, &its_row) != "1" {
+        assert!(
+            woke.elapsed() < Duration::from_secs(10),
+            "the woken daemon did not beat again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let job = awake
+        .api()
+        .wait_for_state(id, &["done", "failed"], LONG)
+        .await;
+    assert_eq!(
+        (
+            job["counts"]["discovered"].as_u64(),
+            done_count(&job),
+            job["counts"]["failed"].as_u64()
+        ),
+        (Some(IMAGES), IMAGES, Some(0)),
+        "{job}"
+    );
+    // Nothing it held was recorded on its old lease: each such row is done
+    // on a later one.
+    let old: Vec<(String, i64)> = held
+        .split(',')
+        .map(|pair| {
+            let (row, epoch) = pair.split_once(':').unwrap();
+            (row.to_string(), epoch.parse().unwrap())
+        })
+        .collect();
+    for (row, epoch) in &old {
+        let now = sql(
+            &database_url,
+            &format!("SELECT state || ':' || lease_epoch FROM images WHERE rowid = {row}"),
+        );
+        let (state, now_epoch) = now.split_once(':').unwrap();
+        assert_eq!(state, "done", "row {row}");
+        assert!(
+            now_epoch.parse::<i64>().unwrap() > *epoch,
+            "row {row} was completed on the lease the sleeper held (epoch {epoch})"
+        );
+    }
+    // It met the refusals, carried on, archived new images, and stops
+    // cleanly.
+    let completed_after = completed_by_process(&sleeper.api()).await;
+    let log = sleeper.log_text();
+    let refused = log
+        .lines()
+        .filter(|l| l.contains("lost the lease before"))
+        .count();
+    let listing_refused =
+        log.contains("lost the lease on the job's task") || log.contains("enumeration stopped");
+    assert!(
+        log.contains("could not beat for a while"),
+        "no pause noticed"
+    );
+    // Each image it held went through a worker after the wake (in flight,
+    // or claimed and queued), and each outcome was refused.
+    assert!(
+        refused >= old.len(),
+        "{refused} image writes refused for {} images held: some landed",
+        old.len()
+    );
+    assert!(listing_refused, "the sleeper's listing was not refused");
+    assert!(
+        completed_after > completed_before,
+        "the woken daemon archived nothing new ({completed_before} → {completed_after})"
+    );
+    for daemon in [&mut sleeper, &mut awake] {
+        let status = daemon.terminate(Duration::from_secs(30)).unwrap();
+        assert!(status.success(), "{status}");
+    }
+    eprintln!(
+        "{} images and the listing of the sleeper rescued {rescued_after:?} into its pause; \
+         {refused} image writes refused after it woke; run took {:?}",
+        old.len(),
+        started.elapsed()
+    );
+}
