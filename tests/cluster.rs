@@ -839,3 +839,190 @@ async fn a_paused_daemon_that_wakes_after_its_rescue_has_every_write_refused() {
         started.elapsed()
     );
 }
+
+/// Two tar jobs of ONE collection (the same user and quality; one narrowed
+/// by a bbox that holds every image, so a distinct job on the same folder)
+/// finishing at once on two daemons: the collection lease is contested for
+/// real, and the collection is packed once. To make the contest certain,
+/// not likely: the second job's finishing is held back (its task taken by
+/// the test) until the first daemon holds the collection; that daemon is
+/// stopped (SIGSTOP, well within dead_after) while the other one takes the
+/// second job's finishing and is refused the collection; then it goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_jobs_of_one_collection_finishing_at_once_on_two_daemons_pack_it_once() {
+    use mld_testkit::process::DaemonProcess;
+    const BINARY: &str = env!("CARGO_BIN_EXE_mapillary-downloader");
+    const COLLECTION: &str = "mapillary-tess-original";
+    let started = tokio::time::Instant::now();
+    let s3 = S3Server::start("archive").await;
+    let fake = FakeMapillary::start(FakeConfig {
+        cdn_latency: Duration::from_millis(60),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("tess", 600, 91);
+    let database_url = PgCluster::shared().fresh_database();
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database_url)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = mld_testkit::env::test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    env.extend(s3.daemon_env(PREFIX));
+    mld_testkit::env::set(&mut env, "MLD__STORAGE__DATABASE_URL", &database_url);
+    let spawn = |name: &str| {
+        DaemonProcess::spawn(BINARY, &dir.path().join(name), 8, &env).expect("a daemon starts")
+    };
+    let mut daemons = [spawn("a"), spawn("b")];
+    let api = daemons[0].api();
+    let (status, first) = api
+        .post_job(json!({"username": "tess", "package": "tar"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let (status, second) = api
+        .post_job(json!({"username": "tess", "package": "tar", "bbox": [2.0, 48.0, 3.0, 49.5]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{second}");
+    let (first, second) = (job_id(&first), job_id(&second));
+    assert_ne!(first, second);
+    // Once each job is listed, the test takes its task: its finishing
+    // waits for the test, until both jobs are drained.
+    let deadline = tokio::time::Instant::now() + LONG;
+    for id in [first, second] {
+        while sqlx::query(
+            "UPDATE jobs SET task_owner = 'test', task_until = 9000000000000000, \
+             task_epoch = task_epoch + 1 \
+             WHERE id = $1 AND task_owner IS NULL AND enumeration_complete",
+        )
+        .bind(id)
+        .execute(&db)
+        .await
+        .unwrap()
+        .rows_affected()
+            == 0
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {id} is not listed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    for id in [first, second] {
+        loop {
+            let job = api.job(id).await;
+            let counts = &job["counts"];
+            if counts["done"] == 600 && counts["pending"] == 0 && counts["in_progress"] == 0 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "not drained: {job}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_ne!(api.job(id).await["state"], "done");
+    }
+    sqlx::query("UPDATE jobs SET task_owner = NULL, task_until = NULL WHERE id = $1")
+        .bind(first)
+        .execute(&db)
+        .await
+        .unwrap();
+    // The first job's finishing takes the collection: that daemon stops.
+    let holder: String = loop {
+        let owner: Option<Option<String>> =
+            sqlx::query_scalar("SELECT owner FROM collection_tasks WHERE collection = $1")
+                .bind(COLLECTION)
+                .fetch_optional(&db)
+                .await
+                .unwrap();
+        if let Some(Some(owner)) = owner {
+            break owner;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the collection is never packed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let packer = daemons
+        .iter()
+        .position(|d| holder.starts_with(&format!("{}-", d.pid())))
+        .expect("the holder is one of the daemons");
+    let other = 1 - packer;
+    daemons[packer].signal(libc::SIGSTOP).unwrap();
+    // The second job's finishing goes to the other daemon, which is
+    // refused the collection while the stopped one holds it.
+    sqlx::query("UPDATE jobs SET task_owner = NULL, task_until = NULL WHERE id = $1")
+        .bind(second)
+        .execute(&db)
+        .await
+        .unwrap();
+    let other_prefix = format!("{}-%", daemons[other].pid());
+    let contested = tokio::time::Instant::now();
+    loop {
+        let (taker, packing): (bool, Option<String>) = sqlx::query_as(
+            "SELECT (SELECT task_owner LIKE $2 FROM jobs WHERE id = $1), \
+                    (SELECT owner FROM collection_tasks WHERE collection = $3)",
+        )
+        .bind(second)
+        .bind(&other_prefix)
+        .bind(COLLECTION)
+        .fetch_one(&db)
+        .await
+        .map(|(taker, packing): (Option<bool>, Option<String>)| (taker == Some(true), packing))
+        .unwrap();
+        assert_eq!(packing.as_deref(), Some(holder.as_str()), "the lease moved");
+        if taker {
+            break;
+        }
+        assert!(
+            contested.elapsed() < Duration::from_secs(10),
+            "the other daemon did not take the second job's finishing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Refused a while (it asks every second), then the packer goes on.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let still: Option<String> =
+        sqlx::query_scalar("SELECT owner FROM collection_tasks WHERE collection = $1")
+            .bind(COLLECTION)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(
+        still.as_deref(),
+        Some(holder.as_str()),
+        "the lease was taken from its holder"
+    );
+    daemons[packer].signal(libc::SIGCONT).unwrap();
+    for id in [first, second] {
+        let job = api.wait_for_state(id, &["done"], LONG).await;
+        assert_eq!(done_count(&job), 600, "{job}");
+    }
+    for daemon in &mut daemons {
+        daemon.terminate(Duration::from_secs(30)).unwrap();
+    }
+
+    // Packed once: every image in exactly one tar member, one tar per date.
+    let mirror = dir.path().join("mirror");
+    s3.mirror(PREFIX, &mirror).await;
+    let collection = mirror.join(COLLECTION);
+    let tars = mld_testkit::tar_check::tars_in(&collection);
+    let mut members = std::collections::BTreeSet::new();
+    for name in tars.keys() {
+        assert!(!name.contains(".1.tar"), "a date packed twice: {name}");
+        for entry in mld_testkit::tar_check::list(&collection.join(name)) {
+            assert!(
+                members.insert(entry.name.clone()),
+                "{} in two tars",
+                entry.name
+            );
+        }
+    }
+    assert_eq!(members.len(), 600, "{} members", members.len());
+    let loose: Vec<String> = mld_testkit::tar_check::files_under(&collection)
+        .into_iter()
+        .filter(|f| f.ends_with(".jpg") && f != "__ia_thumb__.jpg")
+        .collect();
+    assert!(loose.is_empty(), "loose objects left: {loose:?}");
+    eprintln!("{} tars; run took {:?}", tars.len(), started.elapsed());
+}
