@@ -274,7 +274,7 @@ async fn kill_9_during_enumeration_of_every_source_kind_resumes_exactly() {
         "{downloads} downloads for {} kills with {workers} workers",
         kills.len()
     );
-    assert_resumed_where_it_stopped(&fake, &kills);
+    assert_resumed_where_it_stopped(fake, &kills);
 }
 
 /// The API requests (listing pages, sequence id lists, id batches) the fake
