@@ -185,10 +185,11 @@ mod tests {
         assert_eq!(pulse.landed(at(30), DEAD_AFTER), None);
         assert!(!pulse.may_rescue(at(45), DEAD_AFTER));
         assert!(pulse.may_rescue(at(50), DEAD_AFTER));
-        // Paused for 40 s: the gap is reported, and steadiness starts over.
+        // Paused after the beat at 30 s, woken at 90 s: the gap is
+        // reported, and steadiness starts over.
         assert_eq!(
             pulse.landed(at(90), DEAD_AFTER),
-            Some(Duration::from_secs(40))
+            Some(Duration::from_secs(60))
         );
         assert!(!pulse.may_rescue(at(90), DEAD_AFTER));
         assert!(pulse.may_rescue(at(110), DEAD_AFTER));
