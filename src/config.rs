@@ -66,6 +66,17 @@ pub struct Settings {
     pub archive: ArchiveSettings,
     pub api: ApiSettings,
     pub log: LogSettings,
+    pub cluster: ClusterSettings,
+}
+
+/// Daemons sharing a PostgreSQL queue.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClusterSettings {
+    /// A daemon silent (no heartbeat, by the database's clock) for this
+    /// long is dead: the others hand its leases and tasks back at once
+    /// rather than wait for them to expire. Daemons beat at least four
+    /// times within it.
+    pub dead_after_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -470,6 +481,11 @@ impl Settings {
             if !(min..=max).contains(&value) {
                 return Err((key, format!("{value} is out of range {min}..={max}")));
             }
+        }
+        let dead_after = self.cluster.dead_after_secs;
+        if !(4..=3600).contains(&dead_after) {
+            let reason = format!("{dead_after} is out of range 4..=3600");
+            return Err(("cluster.dead_after_secs", reason));
         }
         self.default_resync()
             .map_err(|reason| ("jobs.resync_every", reason))?;

@@ -183,6 +183,10 @@ async fn daemons_on_one_queue_keep_one_api_budget_between_them() {
     );
 }
 
+/// Three daemons, six kill -9s (each while at least 10 % of the images are
+/// left) and a PostgreSQL restart: one exact archive, and the job never
+/// stands still (SPEC Part 3, issue 22's "done when"): no stretch over 60 s
+/// with images left and none completing, though the leases run 600 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_daemons_killed_at_random_and_restarted_end_with_one_exact_archive() {
     use mld_testkit::fake::Faults;
@@ -190,7 +194,13 @@ async fn three_daemons_killed_at_random_and_restarted_end_with_one_exact_archive
     use rand::{Rng, SeedableRng};
     const BINARY: &str = env!("CARGO_BIN_EXE_mapillary-downloader");
     const IMAGES: u64 = 5_000;
+    const KILLS: usize = 6;
+    let started = tokio::time::Instant::now();
 
+    // A server of its own: it is restarted mid-run.
+    let pg = tokio::task::spawn_blocking(PgCluster::start).await.unwrap();
+    let database_url = pg.fresh_database();
+    let database = database_url.rsplit('/').next().unwrap().to_string();
     let s3 = S3Server::start("archive").await;
     let fake = FakeMapillary::start(FakeConfig {
         faults: Faults::preset("flaky").unwrap(),
@@ -199,13 +209,11 @@ async fn three_daemons_killed_at_random_and_restarted_end_with_one_exact_archive
     })
     .await;
     fake.add_user("kim", IMAGES, 61);
-    let database_url = PgCluster::shared().fresh_database();
     let dir = tempfile::tempdir().unwrap();
     let mut env = mld_testkit::env::test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
     env.extend(s3.daemon_env(PREFIX));
     for (key, value) in [
         ("MLD__STORAGE__DATABASE_URL", database_url.as_str()),
-        ("MLD__WORKERS__LEASE_SECS", "70"),
         // The cluster's budget: 4 calls a second, whoever calls.
         ("MLD__MAPILLARY__CALLS_PER_MINUTE", "240"),
         // 50 pages: the listing spans several kills.
@@ -223,16 +231,25 @@ async fn three_daemons_killed_at_random_and_restarted_end_with_one_exact_archive
     assert_eq!(status, StatusCode::CREATED, "{job}");
     let id = job_id(&job);
 
-    // Kill -9 a random daemon every 1.5 s while the job runs, and start it
-    // again at once on its data dir: enumeration and downloads are cut
-    // wherever they stand.
+    // Kill -9 a random daemon every 1.5 s, and start it again at once on
+    // its data dir: enumeration and downloads are cut wherever they stand.
+    // After the third, the database restarts.
     let mut rng = rand::rngs::StdRng::seed_from_u64(15);
     let mut kills = 0;
-    while kills < 6 {
+    while kills < KILLS {
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        if api(&daemons).job(id).await["state"] == "done" {
-            break;
-        }
+        let done = loop {
+            // (An answer without counts: the database restarting.)
+            if let Some(done) = api(&daemons).job(id).await["counts"]["done"].as_u64() {
+                break done;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            (IMAGES - done) * 10 >= IMAGES,
+            "kill {kills}: only {} of {IMAGES} images left; the job must outlast {KILLS} kills",
+            IMAGES - done
+        );
         let victim = rng.random_range(0..daemons.len());
         // Killed first: its data dir's lock goes with it.
         if let Some(killed) = daemons[victim].take() {
@@ -240,6 +257,11 @@ async fn three_daemons_killed_at_random_and_restarted_end_with_one_exact_archive
         }
         daemons[victim] = Some(spawn(victim));
         kills += 1;
+        if kills == 3 {
+            tokio::task::block_in_place(|| pg.stop_server());
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            tokio::task::block_in_place(|| pg.start_server());
+        }
     }
     let job = api(&daemons)
         .wait_for_state(id, &["done", "failed"], Duration::from_secs(400))
@@ -249,6 +271,24 @@ async fn three_daemons_killed_at_random_and_restarted_end_with_one_exact_archive
     for daemon in daemons.iter_mut().flatten() {
         daemon.terminate(Duration::from_secs(30)).unwrap();
     }
+    // The longest stretch with images left and none completing, from the
+    // job's creation to its last image (by the database's clock).
+    let stall = tokio::task::block_in_place(|| {
+        pg.psql(
+            &database,
+            &format!(
+                "SELECT max(gap) FROM (SELECT t - lag(t) OVER (ORDER BY t) AS gap FROM \
+                 (SELECT updated_at AS t FROM images WHERE job_id = {id} AND state = 'done' \
+                  UNION ALL SELECT created_at FROM jobs WHERE id = {id}) c) g"
+            ),
+        )
+    })
+    .unwrap();
+    let stall = Duration::from_millis(stall.parse().unwrap());
+    assert!(
+        stall <= Duration::from_secs(60),
+        "{stall:?} with images left and none completing"
+    );
 
     let mirror = dir.path().join("mirror");
     let objects = s3.mirror(PREFIX, &mirror).await;
@@ -285,9 +325,10 @@ async fn three_daemons_killed_at_random_and_restarted_end_with_one_exact_archive
     }
     let pages_again: usize = pages.values().map(|n| n - 1).sum();
     eprintln!(
-        "{kills} kills: {twice} images downloaded twice, {} listing pages ({pages_again} asked again), {} API calls, at most {budget} in 60 s",
+        "{kills} kills: {twice} images downloaded twice, {} listing pages ({pages_again} asked again), {} API calls, at most {budget} in 60 s, longest stall {stall:?}, run took {:?}",
         pages.len(),
-        fake.api_calls()
+        fake.api_calls(),
+        started.elapsed()
     );
     // (Pages served only with a fault, even a harmless one, are not counted.)
     assert!(pages.len() >= 25, "{} listing pages", pages.len());
@@ -543,4 +584,486 @@ async fn two_daemons_pack_a_tar_job_into_the_bucket_once() {
         .collect();
     assert!(loose.is_empty(), "loose objects left: {loose:?}");
     assert!(collection.join("metadata.jsonl.gz").exists());
+}
+
+/// One SQL answer from the shared test cluster's database behind
+/// `database_url` (psql, so blocking: run off the async workers).
+fn sql(database_url: &str, query: &str) -> String {
+    let database = database_url.rsplit('/').next().unwrap();
+    tokio::task::block_in_place(|| PgCluster::shared().psql(database, query))
+        .unwrap_or_else(|e| panic!("{query}: {e}"))
+}
+
+/// The environment of a daemon process of a cluster on `database_url`,
+/// archiving on a disk marked shared (these tests count rows, not files),
+/// plus `extra`.
+fn process_env(
+    fake: &FakeMapillary,
+    database_url: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut env = mld_testkit::env::test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    mld_testkit::env::set(&mut env, "MLD__STORAGE__DATABASE_URL", database_url);
+    mld_testkit::env::set(&mut env, "MLD__STORAGE__SHARED_FILESYSTEM", "true");
+    for (key, value) in extra {
+        mld_testkit::env::set(&mut env, key, value);
+    }
+    env
+}
+
+/// A daemon's lease owner id is `<pid>-<random>`: SQL matching its rows.
+fn owned_by(pid: u32) -> String {
+    format!("lease_owner LIKE '{pid}-%'")
+}
+
+/// SPEC Part 3 "Nothing lost, nothing stuck": kill -9 one of three daemons
+/// mid-run and, within 30 s, another daemon holds every image it held
+/// (re-leased or done). The leases run 600 s (the default): only the
+/// heartbeat rescue (`cluster.dead_after_secs`, default 20) can do it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_daemons_images_are_held_by_another_within_30_s() {
+    use mld_testkit::process::DaemonProcess;
+    const BINARY: &str = env!("CARGO_BIN_EXE_mapillary-downloader");
+    const IMAGES: u64 = 1_200;
+    let started = tokio::time::Instant::now();
+    let fake = FakeMapillary::start(FakeConfig {
+        cdn_latency: Duration::from_millis(200),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("una", IMAGES, 81);
+    let database_url = PgCluster::shared().fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let env = process_env(&fake, &database_url, &[]);
+    let mut daemons: Vec<DaemonProcess> = (0..3)
+        .map(|i| {
+            DaemonProcess::spawn(BINARY, &dir.path().join(format!("d{i}")), 8, &env)
+                .expect("a daemon starts")
+        })
+        .collect();
+    let api = daemons[0].api();
+    let (status, job) = api.post_job(json!({"username": "una"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let id = job_id(&job);
+    let deadline = tokio::time::Instant::now() + LONG;
+    while done_count(&api.job(id).await) < 150 {
+        assert!(tokio::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let victim = daemons.pop().unwrap();
+    let pid = victim.pid();
+    victim.kill9();
+    let killed = tokio::time::Instant::now();
+    let held = sql(
+        &database_url,
+        &format!(
+            "SELECT string_agg(rowid::text, ',') FROM images \
+             WHERE state = 'in_progress' AND {}",
+            owned_by(pid)
+        ),
+    );
+    assert!(!held.is_empty(), "the killed daemon held no image");
+    // Held by another: done, or in flight under another owner.
+    let unheld = format!(
+        "SELECT count(*) FROM images WHERE rowid IN ({held}) \
+         AND NOT (state = 'done' OR (state = 'in_progress' AND NOT {}))",
+        owned_by(pid)
+    );
+    loop {
+        if sql(&database_url, &unheld) == "0" {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(30),
+            "30 s after the kill, images it held are still not held by another: {}",
+            sql(
+                &database_url,
+                &format!(
+                    "SELECT string_agg(rowid || ':' || state || ':' || coalesce(lease_owner, '-'), ' ') \
+                     FROM images WHERE rowid IN ({held})"
+                )
+            )
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let taken_over = killed.elapsed();
+    let rows = sql(
+        &database_url,
+        &format!("SELECT count(*) FROM daemons WHERE id LIKE '{pid}-%'"),
+    );
+    assert_eq!(rows, "0", "the dead daemon's row stays");
+
+    let job = api
+        .wait_for_state(id, &["done", "failed"], Duration::from_secs(120))
+        .await;
+    assert_eq!(
+        (done_count(&job), job["counts"]["failed"].as_u64()),
+        (IMAGES, Some(0)),
+        "{job}"
+    );
+    for daemon in &mut daemons {
+        daemon.terminate(Duration::from_secs(30)).unwrap();
+    }
+    eprintln!(
+        "{} images of the killed daemon held by another {taken_over:?} after the kill; run took {:?}",
+        held.split(',').count(),
+        started.elapsed()
+    );
+}
+
+/// `mapillary_images_completed_total` of a daemon process.
+async fn completed_by_process(api: &mld_testkit::api_client::ApiClient) -> u64 {
+    let (status, text) = api
+        .try_request(Method::GET, "/metrics", None)
+        .await
+        .expect("the daemon answers /metrics");
+    assert_eq!(status, StatusCode::OK, "{text}");
+    text.lines()
+        .find_map(|line| line.strip_prefix("mapillary_images_completed_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or_else(|| panic!("no completed counter in /metrics:\n{text}"))
+}
+
+/// SPEC Part 3: a daemon that was only paused (SIGSTOP) past
+/// `cluster.dead_after_secs` is rescued like a dead one; when it wakes
+/// (SIGCONT) every write it tries is refused (its image completions and
+/// its listing's page), nothing it writes lands (each image it held ends
+/// done on a later lease), and it carries on: it beats again, takes new
+/// work, and stops cleanly. The job ends exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_paused_daemon_that_wakes_after_its_rescue_has_every_write_refused() {
+    use mld_testkit::process::DaemonProcess;
+    const BINARY: &str = env!("CARGO_BIN_EXE_mapillary-downloader");
+    const IMAGES: u64 = 1_000;
+    let started = tokio::time::Instant::now();
+    // Slow pages (100 images a second) and slow bodies: the sleeper holds
+    // the listing and a worker's worth of images when it is stopped.
+    let fake = FakeMapillary::start(FakeConfig {
+        api_latency: Duration::from_millis(1_000),
+        cdn_latency: Duration::from_millis(300),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("pia", IMAGES, 83);
+    let database_url = PgCluster::shared().fresh_database();
+    let dir = tempfile::tempdir().unwrap();
+    let env = process_env(
+        &fake,
+        &database_url,
+        &[("MLD__CLUSTER__DEAD_AFTER_SECS", "10")],
+    );
+    let spawn = |name: &str| {
+        DaemonProcess::spawn(BINARY, &dir.path().join(name), 8, &env).expect("a daemon starts")
+    };
+    // The sleeper starts alone and takes the job's listing.
+    let mut sleeper = spawn("sleeper");
+    let (status, job) = sleeper.api().post_job(json!({"username": "pia"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let id = job_id(&job);
+    let mut awake = spawn("awake");
+    let deadline = tokio::time::Instant::now() + LONG;
+    while done_count(&sleeper.api().job(id).await) < 40 {
+        assert!(tokio::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let completed_before = completed_by_process(&sleeper.api()).await;
+    let pid = sleeper.pid();
+    sleeper.signal(libc::SIGSTOP).unwrap();
+    let stopped = tokio::time::Instant::now();
+    // What it holds, once its last statements have landed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = sql(
+        &database_url,
+        &format!(
+            "SELECT string_agg(rowid || ':' || lease_epoch, ',') FROM images \
+             WHERE state = 'in_progress' AND {}",
+            owned_by(pid)
+        ),
+    );
+    assert!(!held.is_empty(), "the sleeper held no image");
+    let listing = sql(
+        &database_url,
+        &format!("SELECT count(*) FROM jobs WHERE id = {id} AND task_owner LIKE '{pid}-%'"),
+    );
+    assert_eq!(listing, "1", "the sleeper does not hold the listing");
+    // Rescued: its row goes (10 s of silence, by the database's clock).
+    let its_row = format!("SELECT count(*) FROM daemons WHERE id LIKE '{pid}-%'");
+    while sql(&database_url, &its_row) != "0" {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(25),
+            "a daemon silent for 25 s was not rescued"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let rescued_after = stopped.elapsed();
+    sleeper.signal(libc::SIGCONT).unwrap();
+    let woke = tokio::time::Instant::now();
+    // It beats again: its row is back.
+    while sql(&database_url, &its_row) != "1" {
+        assert!(
+            woke.elapsed() < Duration::from_secs(10),
+            "the woken daemon did not beat again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let job = awake
+        .api()
+        .wait_for_state(id, &["done", "failed"], LONG)
+        .await;
+    assert_eq!(
+        (
+            job["counts"]["discovered"].as_u64(),
+            done_count(&job),
+            job["counts"]["failed"].as_u64()
+        ),
+        (Some(IMAGES), IMAGES, Some(0)),
+        "{job}"
+    );
+    // Nothing it held was recorded on its old lease: each such row is done
+    // on a later one.
+    let old: Vec<(String, i64)> = held
+        .split(',')
+        .map(|pair| {
+            let (row, epoch) = pair.split_once(':').unwrap();
+            (row.to_string(), epoch.parse().unwrap())
+        })
+        .collect();
+    for (row, epoch) in &old {
+        let now = sql(
+            &database_url,
+            &format!("SELECT state || ':' || lease_epoch FROM images WHERE rowid = {row}"),
+        );
+        let (state, now_epoch) = now.split_once(':').unwrap();
+        assert_eq!(state, "done", "row {row}");
+        assert!(
+            now_epoch.parse::<i64>().unwrap() > *epoch,
+            "row {row} was completed on the lease the sleeper held (epoch {epoch})"
+        );
+    }
+    // It met the refusals, carried on, archived new images, and stops
+    // cleanly.
+    let completed_after = completed_by_process(&sleeper.api()).await;
+    let log = sleeper.log_text();
+    let refused = log
+        .lines()
+        .filter(|l| l.contains("lost the lease before"))
+        .count();
+    let listing_refused =
+        log.contains("lost the lease on the job's task") || log.contains("enumeration stopped");
+    assert!(
+        log.contains("could not beat for a while"),
+        "no pause noticed"
+    );
+    // Each image it held went through a worker after the wake (in flight,
+    // or claimed and queued), and each outcome was refused.
+    assert!(
+        refused >= old.len(),
+        "{refused} image writes refused for {} images held: some landed",
+        old.len()
+    );
+    assert!(listing_refused, "the sleeper's listing was not refused");
+    assert!(
+        completed_after > completed_before,
+        "the woken daemon archived nothing new ({completed_before} → {completed_after})"
+    );
+    for daemon in [&mut sleeper, &mut awake] {
+        let status = daemon.terminate(Duration::from_secs(30)).unwrap();
+        assert!(status.success(), "{status}");
+    }
+    eprintln!(
+        "{} images and the listing of the sleeper rescued {rescued_after:?} into its pause; \
+         {refused} image writes refused after it woke; run took {:?}",
+        old.len(),
+        started.elapsed()
+    );
+}
+
+/// Two tar jobs of ONE collection (the same user and quality; one narrowed
+/// by a bbox that holds every image, so a distinct job on the same folder)
+/// finishing at once on two daemons: the collection lease is contested for
+/// real, and the collection is packed once. To make the contest certain,
+/// not likely: the second job's finishing is held back (its task taken by
+/// the test) until the first daemon holds the collection; that daemon is
+/// stopped (SIGSTOP, well within dead_after) while the other one takes the
+/// second job's finishing and is refused the collection; then it goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_jobs_of_one_collection_finishing_at_once_on_two_daemons_pack_it_once() {
+    use mld_testkit::process::DaemonProcess;
+    const BINARY: &str = env!("CARGO_BIN_EXE_mapillary-downloader");
+    const COLLECTION: &str = "mapillary-tess-original";
+    let started = tokio::time::Instant::now();
+    let s3 = S3Server::start("archive").await;
+    let fake = FakeMapillary::start(FakeConfig {
+        cdn_latency: Duration::from_millis(60),
+        ..FakeConfig::default()
+    })
+    .await;
+    fake.add_user("tess", 600, 91);
+    let database_url = PgCluster::shared().fresh_database();
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database_url)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = mld_testkit::env::test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    env.extend(s3.daemon_env(PREFIX));
+    mld_testkit::env::set(&mut env, "MLD__STORAGE__DATABASE_URL", &database_url);
+    let spawn = |name: &str| {
+        DaemonProcess::spawn(BINARY, &dir.path().join(name), 8, &env).expect("a daemon starts")
+    };
+    let mut daemons = [spawn("a"), spawn("b")];
+    let api = daemons[0].api();
+    let (status, first) = api
+        .post_job(json!({"username": "tess", "package": "tar"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    let (status, second) = api
+        .post_job(json!({"username": "tess", "package": "tar", "bbox": [2.0, 48.0, 3.0, 49.5]}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{second}");
+    let (first, second) = (job_id(&first), job_id(&second));
+    assert_ne!(first, second);
+    // Once each job is listed, the test takes its task: its finishing
+    // waits for the test, until both jobs are drained.
+    let deadline = tokio::time::Instant::now() + LONG;
+    for id in [first, second] {
+        while sqlx::query(
+            "UPDATE jobs SET task_owner = 'test', task_until = 9000000000000000, \
+             task_epoch = task_epoch + 1 \
+             WHERE id = $1 AND task_owner IS NULL AND enumeration_complete",
+        )
+        .bind(id)
+        .execute(&db)
+        .await
+        .unwrap()
+        .rows_affected()
+            == 0
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "job {id} is not listed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    for id in [first, second] {
+        loop {
+            let job = api.job(id).await;
+            let counts = &job["counts"];
+            if counts["done"] == 600 && counts["pending"] == 0 && counts["in_progress"] == 0 {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "not drained: {job}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_ne!(api.job(id).await["state"], "done");
+    }
+    sqlx::query("UPDATE jobs SET task_owner = NULL, task_until = NULL WHERE id = $1")
+        .bind(first)
+        .execute(&db)
+        .await
+        .unwrap();
+    // The first job's finishing takes the collection: that daemon stops.
+    let holder: String = loop {
+        let owner: Option<Option<String>> =
+            sqlx::query_scalar("SELECT owner FROM collection_tasks WHERE collection = $1")
+                .bind(COLLECTION)
+                .fetch_optional(&db)
+                .await
+                .unwrap();
+        if let Some(Some(owner)) = owner {
+            break owner;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the collection is never packed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let packer = daemons
+        .iter()
+        .position(|d| holder.starts_with(&format!("{}-", d.pid())))
+        .expect("the holder is one of the daemons");
+    let other = 1 - packer;
+    daemons[packer].signal(libc::SIGSTOP).unwrap();
+    // The second job's finishing goes to the other daemon, which is
+    // refused the collection while the stopped one holds it.
+    sqlx::query("UPDATE jobs SET task_owner = NULL, task_until = NULL WHERE id = $1")
+        .bind(second)
+        .execute(&db)
+        .await
+        .unwrap();
+    let other_prefix = format!("{}-%", daemons[other].pid());
+    let contested = tokio::time::Instant::now();
+    loop {
+        let (taker, packing): (bool, Option<String>) = sqlx::query_as(
+            "SELECT (SELECT task_owner LIKE $2 FROM jobs WHERE id = $1), \
+                    (SELECT owner FROM collection_tasks WHERE collection = $3)",
+        )
+        .bind(second)
+        .bind(&other_prefix)
+        .bind(COLLECTION)
+        .fetch_one(&db)
+        .await
+        .map(|(taker, packing): (Option<bool>, Option<String>)| (taker == Some(true), packing))
+        .unwrap();
+        assert_eq!(packing.as_deref(), Some(holder.as_str()), "the lease moved");
+        if taker {
+            break;
+        }
+        assert!(
+            contested.elapsed() < Duration::from_secs(10),
+            "the other daemon did not take the second job's finishing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Refused a while (it asks every second), then the packer goes on.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let still: Option<String> =
+        sqlx::query_scalar("SELECT owner FROM collection_tasks WHERE collection = $1")
+            .bind(COLLECTION)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(
+        still.as_deref(),
+        Some(holder.as_str()),
+        "the lease was taken from its holder"
+    );
+    daemons[packer].signal(libc::SIGCONT).unwrap();
+    for id in [first, second] {
+        let job = api.wait_for_state(id, &["done"], LONG).await;
+        assert_eq!(done_count(&job), 600, "{job}");
+    }
+    for daemon in &mut daemons {
+        daemon.terminate(Duration::from_secs(30)).unwrap();
+    }
+
+    // Packed once: every image in exactly one tar member, one tar per date.
+    let mirror = dir.path().join("mirror");
+    s3.mirror(PREFIX, &mirror).await;
+    let collection = mirror.join(COLLECTION);
+    let tars = mld_testkit::tar_check::tars_in(&collection);
+    let mut members = std::collections::BTreeSet::new();
+    for name in tars.keys() {
+        assert!(!name.contains(".1.tar"), "a date packed twice: {name}");
+        for entry in mld_testkit::tar_check::list(&collection.join(name)) {
+            assert!(
+                members.insert(entry.name.clone()),
+                "{} in two tars",
+                entry.name
+            );
+        }
+    }
+    assert_eq!(members.len(), 600, "{} members", members.len());
+    let loose: Vec<String> = mld_testkit::tar_check::files_under(&collection)
+        .into_iter()
+        .filter(|f| f.ends_with(".jpg") && f != "__ia_thumb__.jpg")
+        .collect();
+    assert!(loose.is_empty(), "loose objects left: {loose:?}");
+    eprintln!("{} tars; run took {:?}", tars.len(), started.elapsed());
 }

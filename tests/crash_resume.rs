@@ -9,7 +9,7 @@ use mld_testkit::archive_check::{
     check_collection, check_image, collection_dir, image_path, part_files,
 };
 use mld_testkit::env::test_env;
-use mld_testkit::fake::{DEFAULT_TOKEN, FakeConfig, FakeMapillary, Quality};
+use mld_testkit::fake::{DEFAULT_TOKEN, FakeConfig, FakeMapillary, Quality, Route};
 use mld_testkit::process::DaemonProcess;
 use mld_testkit::tmpfs::{Tmpfs, fs_free_bytes};
 use rand::Rng;
@@ -192,6 +192,7 @@ async fn kill_9_during_enumeration_of_every_source_kind_resumes_exactly() {
         fake.add_sequence(seq, &[("quin", 20 + i as u64)]);
     }
     fake.add_user("rae", 400, 33);
+    fake.add_user("sam", 2_000, 34);
     let rae: Vec<String> = fake.images("rae").iter().map(|m| m.id.clone()).collect();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
@@ -201,6 +202,7 @@ async fn kill_9_during_enumeration_of_every_source_kind_resumes_exactly() {
     let api = daemon.api();
     let mut jobs = Vec::new();
     for body in [
+        json!({"username": "sam", "quality": "256"}),
         json!({"organization_id": "4242", "quality": "256"}),
         json!({"sequence_ids": sequences, "quality": "256"}),
         json!({"image_ids": rae, "quality": "1024"}),
@@ -208,27 +210,32 @@ async fn kill_9_during_enumeration_of_every_source_kind_resumes_exactly() {
         let (_, job) = api.post_job(body).await;
         jobs.push(job["id"].as_i64().unwrap());
     }
-    // Each kill lands once pages are stored and some listing is unfinished
-    // (parts run 8 at a time, so fixed delays would race the listing).
-    let mut kills = 0;
+    // Each kill lands once many listing pages, id lists and batches were
+    // answered since the last start, and some listing is unfinished.
+    let mut kills = Vec::new();
+    let mut since = std::time::Instant::now();
     for _ in 0..2 {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            let (mut discovered, mut enumerating) = (0, false);
+            let mut enumerating = false;
             for &id in &jobs {
-                let job = daemon.api().job(id).await;
-                discovered += job["counts"]["discovered"].as_u64().unwrap_or(0);
-                enumerating |= job["enumeration_complete"] == false;
+                enumerating |= daemon.api().job(id).await["enumeration_complete"] == false;
             }
-            assert!(enumerating, "kill {kills} should land during enumeration");
-            if discovered > 0 || std::time::Instant::now() > deadline {
+            assert!(
+                enumerating,
+                "kill {} should land during enumeration",
+                kills.len()
+            );
+            let answered = answered_api_keys(&fake, since, std::time::Instant::now()).len();
+            if answered >= 20 || std::time::Instant::now() > deadline {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        tokio::time::sleep(Duration::from_millis(60)).await;
         daemon.kill9();
-        kills += 1;
+        let killed = std::time::Instant::now();
+        kills.push(killed);
+        since = killed;
         daemon = spawn(&data, workers, &env);
     }
     for &id in &jobs {
@@ -242,6 +249,7 @@ async fn kill_9_during_enumeration_of_every_source_kind_resumes_exactly() {
     let archive = data.join("archive");
     let fake = &fake;
     for (user, quality) in [
+        ("sam", Quality::Q256),
         ("ola", Quality::Q256),
         ("per", Quality::Q256),
         ("quin", Quality::Q256),
@@ -256,12 +264,105 @@ async fn kill_9_during_enumeration_of_every_source_kind_resumes_exactly() {
         .into_iter()
         .chain(fake.images("per"))
         .collect();
-    let total = ola_per.len() + fake.images("quin").len() + fake.images("rae").len();
+    let total = ola_per.len()
+        + fake.images("quin").len()
+        + fake.images("rae").len()
+        + fake.images("sam").len();
     let downloads = fake.cdn_hits_total();
     assert!(
-        downloads <= total + kills * workers as usize,
-        "{downloads} downloads for {total} images after {kills} kills with {workers} workers"
+        downloads <= total + kills.len() * workers as usize,
+        "{downloads} downloads for {} kills with {workers} workers",
+        kills.len()
     );
+    assert_resumed_where_it_stopped(fake, &kills);
+}
+
+/// The API requests (listing pages, sequence id lists, id batches) the fake
+/// answered in full between `from` and `to`: `path?query` each.
+fn answered_api_keys(
+    fake: &FakeMapillary,
+    from: std::time::Instant,
+    to: std::time::Instant,
+) -> Vec<String> {
+    fake.requests()
+        .into_iter()
+        .filter(|r| r.route == Route::Api && r.status == 200 && r.fault.is_none())
+        .filter(|r| r.started >= from && r.at < to)
+        .map(|r| format!("{}?{}", r.path, r.query))
+        .collect()
+}
+
+/// After each kill -9, each request answered before it is asked again at
+/// most once, and only the few that were in flight (answered but not yet
+/// stored: parts list 8 at a time): an enumerator that started a source
+/// over would ask again for every page it had. Every source kind counts:
+/// user listings, organisation members, sequence id lists, id batches.
+fn assert_resumed_where_it_stopped(fake: &FakeMapillary, kills: &[std::time::Instant]) {
+    let start = kills[0] - Duration::from_secs(3600);
+    for (k, &killed) in kills.iter().enumerate() {
+        let next = kills
+            .get(k + 1)
+            .copied()
+            .unwrap_or_else(std::time::Instant::now);
+        let before: HashSet<String> = answered_api_keys(fake, start, killed).into_iter().collect();
+        let mut again: HashMap<String, usize> = HashMap::new();
+        for request in fake.requests() {
+            let key = format!("{}?{}", request.path, request.query);
+            if request.route == Route::Api
+                && request.started >= killed
+                && request.started < next
+                && before.contains(&key)
+            {
+                *again.entry(key).or_default() += 1;
+            }
+        }
+        eprintln!(
+            "kill {k}: {} API requests answered before, {} asked again",
+            before.len(),
+            again.len()
+        );
+        if let Some((key, n)) = again.iter().find(|(_, n)| **n > 1) {
+            panic!("kill {k}: {key} asked {n} times again");
+        }
+        // A listing asks for its first page again only if it had got no
+        // further before the kill.
+        for key in again.keys() {
+            let Some((listing, None)) = listing_page(key) else {
+                continue;
+            };
+            let further = before
+                .iter()
+                .filter_map(|b| listing_page(b))
+                .any(|(l, after)| l == listing && after.is_some());
+            assert!(!further, "kill {k}: a listing started over: {key}");
+        }
+        // What was in flight (answered, not yet stored) is a few requests
+        // per source; starting over would ask for every one again.
+        assert!(
+            again.len() * 2 <= before.len(),
+            "kill {k}: {} of {} answered requests asked again: {:?}",
+            again.len(),
+            before.len(),
+            again.keys().collect::<Vec<_>>()
+        );
+    }
+}
+
+/// A listing page's listing (its query without the cursor) and cursor.
+fn listing_page(key: &str) -> Option<(String, Option<String>)> {
+    let query = key.strip_prefix("/images?")?;
+    let mut after = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|p| match p.strip_prefix("after=") {
+            Some(cursor) => {
+                after = Some(cursor.to_string());
+                false
+            }
+            None => true,
+        })
+        .collect();
+    Some((rest.join("&"), after))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

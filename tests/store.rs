@@ -2647,3 +2647,260 @@ async fn postgres_readers_never_migrate_and_refuse_a_schema_that_is_not_theirs()
     let err = message(Store::open_postgres_existing(&url).await);
     assert!(err.contains("older than this binary"), "{err}");
 }
+
+// Heartbeat rescue (PostgreSQL).
+use mapillary_downloader::store::Rescued;
+
+/// A daemon of the cluster as it announces itself.
+fn daemon_named(id: &str) -> DaemonInfo {
+    DaemonInfo {
+        id: id.into(),
+        host: "h".into(),
+        workers: 8,
+    }
+}
+
+const DEAD_AFTER: Duration = Duration::from_secs(20);
+
+/// SPEC "Nothing lost, nothing stuck": a daemon whose heartbeat is older
+/// than `cluster.dead_after_secs` is dead; a live one hands its image
+/// leases back (the attempt counted as on a lease expiry, the rows at the
+/// head of the queue), frees its job and collection tasks and removes its
+/// row. A daemon still beating is left alone, and the dead one, should it
+/// wake, has every write refused. PostgreSQL only: on SQLite one daemon
+/// runs, and its start-up reset is the rescue.
+#[tokio::test]
+async fn postgres_a_silent_daemons_work_is_rescued_and_its_late_writes_refused() {
+    let f = pg_fixture().await;
+    let s = &f.store;
+    let job = active_job(s, "alice").await;
+    s.insert_page(job, &metas(1..=10), None, 0).await.unwrap();
+    // "dead" beat last at 1 s; "quiet" at 6 s (19 s silent at 25 s: not
+    // dead yet); "live" beats on.
+    s.heartbeat(&daemon_named("dead"), 1_000).await.unwrap();
+    s.heartbeat(&daemon_named("quiet"), 6_000).await.unwrap();
+    s.heartbeat(&daemon_named("live"), 6_000).await.unwrap();
+    let dead_rows = s.claim_as("dead", 3, LEASE, 2_000).await.unwrap();
+    let quiet_rows = s.claim_as("quiet", 2, LEASE, 2_000).await.unwrap();
+    assert_eq!((dead_rows.len(), quiet_rows.len()), (3, 2));
+    let collection = dead_rows[0].collection.clone();
+    let (dead, quiet, live): (Arc<str>, Arc<str>, Arc<str>) =
+        ("dead".into(), "quiet".into(), "live".into());
+    let dead_task = s
+        .take_job_task(job, &dead, LEASE, 2_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let dead_packing = s
+        .take_collection_task(&collection, &dead, LEASE, 2_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let quiet_packing = s
+        .take_collection_task("mapillary-bob-original", &quiet, LEASE, 2_000)
+        .await
+        .unwrap()
+        .unwrap();
+    s.heartbeat(&daemon_named("live"), 24_000).await.unwrap();
+
+    let rescued = s
+        .rescue_dead_daemons("live", DEAD_AFTER, 25_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        rescued,
+        [Rescued {
+            daemon: "dead".into(),
+            silent_for: Duration::from_secs(24),
+            images: 3,
+            job_tasks: 1,
+            collection_tasks: 1,
+        }]
+    );
+    // Its rows are pending, unowned, their attempt still counted.
+    for claimed in &dead_rows {
+        let row = s
+            .image_by_id(job, &claimed.image_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.state, ImageState::Pending, "{}", claimed.image_id);
+        assert_eq!((row.attempts, row.lease_owner), (1, None));
+    }
+    // The quiet daemon's work is untouched.
+    for claimed in &quiet_rows {
+        let row = s
+            .image_by_id(job, &claimed.image_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.state, ImageState::InProgress);
+        assert_eq!(row.lease_owner.as_deref(), Some("quiet"));
+    }
+    assert!(
+        s.take_collection_task("mapillary-bob-original", &live, LEASE, 25_000)
+            .await
+            .unwrap()
+            .is_none(),
+        "a live daemon's packing was freed"
+    );
+    // The row is gone; the others are listed still.
+    let listed: Vec<String> = s
+        .live_daemons(Duration::from_secs(3600), 25_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(listed, ["live", "quiet"]);
+    // Its tasks are free at once (their leases run until 62 s).
+    let taken_task = s
+        .take_job_task(job, &live, LEASE, 25_000)
+        .await
+        .unwrap()
+        .expect("the dead daemon's job task is free");
+    assert!(taken_task.epoch > dead_task.epoch);
+    let taken_packing = s
+        .take_collection_task(&collection, &live, LEASE, 25_000)
+        .await
+        .unwrap()
+        .expect("the dead daemon's packing is free");
+    assert!(taken_packing.epoch > dead_packing.epoch);
+    // The next claim takes its images first, ahead of the pending rows due
+    // since: as the claim takes an expired lease first. Each is a second
+    // attempt, as a lease expiry would have made it.
+    let again = s.claim_as("live", 3, LEASE, 25_000).await.unwrap();
+    let mut want: Vec<&str> = dead_rows.iter().map(|c| c.image_id.as_str()).collect();
+    let mut got: Vec<&str> = again.iter().map(|c| c.image_id.as_str()).collect();
+    want.sort_unstable();
+    got.sort_unstable();
+    assert_eq!(got, want);
+    assert!(again.iter().all(|c| c.lease.attempt == 2), "{again:?}");
+    // Compare: the quiet daemon's leases left to expire, then reclaimed.
+    let expired = s.claim_as("live", 2, LEASE, 62_001).await.unwrap();
+    assert_eq!(expired.len(), 2);
+    assert!(expired.iter().all(|c| c.lease.attempt == 2), "{expired:?}");
+
+    // The dead daemon was only paused: it wakes and every write it tries
+    // is refused; nothing it writes lands.
+    let old = &dead_rows[0];
+    assert!(
+        !s.complete_as(
+            old.row_id(),
+            "dead",
+            old.lease.epoch,
+            100,
+            "/x/late.jpg",
+            26_000
+        )
+        .await
+        .unwrap()
+    );
+    let policy = RetryPolicy {
+        max_attempts: 6,
+        retry_at_ms: 27_000,
+    };
+    let failed = s.fail(&dead_rows[1].lease, "late", policy, 26_000).await;
+    assert!(matches!(failed.unwrap(), FailOutcome::LeaseLost));
+    assert!(
+        !s.release(&dead_rows[2].lease, Duration::ZERO, None, 26_000)
+            .await
+            .unwrap()
+    );
+    assert!(!s.renew_job_task(&dead_task, LEASE, 26_000).await.unwrap());
+    let err = s
+        .finish_job_clearing(job, 26_000, false, Some(&dead_task))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::LostJobTask(_)), "{err}");
+    assert!(matches!(
+        s.check_collection_task(&dead_packing).await.unwrap_err(),
+        StoreError::LostCollectionTask(_)
+    ));
+    assert!(
+        !s.renew_collection_task(&dead_packing, LEASE, 26_000)
+            .await
+            .unwrap()
+    );
+    for claimed in &again {
+        let row = s
+            .image_by_id(job, &claimed.image_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.state, ImageState::InProgress);
+        assert_eq!(row.lease_owner.as_deref(), Some("live"));
+        assert_eq!(row.path, None);
+    }
+    assert_eq!(counts(s, job).await.discovered, 10);
+    // It beats again: back in the list, and not rescued while it beats.
+    s.heartbeat(&daemon_named("dead"), 26_000).await.unwrap();
+    assert!(
+        s.rescue_dead_daemons("live", DEAD_AFTER, 25_500)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        s.live_daemons(Duration::from_secs(3600), 26_000)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    s.release_collection_task(&quiet_packing).await.unwrap();
+}
+
+/// The rescue's fence: a daemon found silent that beats before its rescue
+/// runs is not rescued, and of two rescuers only one rescues a daemon
+/// (told apart by the report, and by the rows: each handed back once).
+#[tokio::test]
+async fn postgres_a_dead_daemon_is_rescued_once_and_a_late_beat_saves_it() {
+    let f = pg_fixture().await;
+    let url = f.url.clone().unwrap();
+    let s = &f.store;
+    let job = active_job(s, "alice").await;
+    s.insert_page(job, &metas(1..=40), None, 0).await.unwrap();
+    // Found silent at 25 s; beats at 24.5 s before the rescue reaches it.
+    s.heartbeat(&daemon_named("late"), 1_000).await.unwrap();
+    s.claim_as("late", 2, LEASE, 1_000).await.unwrap();
+    s.heartbeat(&daemon_named("late"), 24_500).await.unwrap();
+    assert_eq!(
+        s.rescue_daemon("late", DEAD_AFTER, 25_000).await.unwrap(),
+        None
+    );
+    assert_eq!(counts(s, job).await.in_progress, 2);
+    // The same daemon, rescued once: a second rescue finds nothing to do.
+    assert!(
+        s.rescue_daemon("late", DEAD_AFTER, 45_000)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(
+        s.rescue_daemon("late", DEAD_AFTER, 45_000).await.unwrap(),
+        None
+    );
+    // Twelve dead daemons with two leases each, two rescuers at once, each
+    // on a pool of its own.
+    for i in 0..12 {
+        let id = format!("gone-{i}");
+        s.heartbeat(&daemon_named(&id), 50_000).await.unwrap();
+        assert_eq!(s.claim_as(&id, 2, LEASE, 50_000).await.unwrap().len(), 2);
+    }
+    let other = Store::open_postgres(&url, PgClock::Caller).await.unwrap();
+    let (first, second) = tokio::join!(
+        s.rescue_dead_daemons("r1", DEAD_AFTER, 80_000),
+        other.rescue_dead_daemons("r2", DEAD_AFTER, 80_000),
+    );
+    let all: Vec<Rescued> = first.unwrap().into_iter().chain(second.unwrap()).collect();
+    let mut names: Vec<&str> = all.iter().map(|r| r.daemon.as_str()).collect();
+    names.sort_unstable();
+    let mut want: Vec<String> = (0..12).map(|i| format!("gone-{i}")).collect();
+    want.sort_unstable();
+    assert_eq!(names, want, "each dead daemon rescued exactly once");
+    assert!(all.iter().all(|r| r.images == 2), "{all:?}");
+    let c = counts(s, job).await;
+    assert_eq!((c.in_progress, c.pending), (0, 40));
+    other.close().await;
+}

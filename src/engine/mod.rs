@@ -12,6 +12,7 @@
 pub mod dispatch;
 pub mod enumerate;
 pub mod finalize;
+mod heartbeat;
 pub mod refresh;
 pub mod stalls;
 pub mod worker;
@@ -115,6 +116,8 @@ pub struct Tuning {
     /// `archive.skip_if_on_ia` and `archive.ia_url`.
     pub skip_if_on_ia: bool,
     pub ia_url: String,
+    /// `cluster.dead_after_secs`: a daemon silent this long is rescued.
+    pub dead_after: Duration,
 }
 
 impl Tuning {
@@ -135,6 +138,7 @@ impl Tuning {
             encode_threads: settings.output.encode_threads(),
             skip_if_on_ia: settings.archive.skip_if_on_ia,
             ia_url: settings.archive.ia_url.clone(),
+            dead_after: Duration::from_secs(settings.cluster.dead_after_secs),
         }
     }
 }
@@ -172,7 +176,8 @@ impl Engine {
     pub async fn start(ctx: EngineContext) -> anyhow::Result<Engine> {
         // On SQLite this process is the only one: whatever is in flight was
         // left by a crash. On a shared PostgreSQL queue in-flight rows are
-        // other daemons' live work; a dead daemon's leases expire instead.
+        // other daemons' live work; a dead daemon's are rescued by the live
+        // ones once its heartbeat stops (see `heartbeat`).
         let sole_engine = ctx.store.kind() == StoreKind::Sqlite;
         if sole_engine {
             let reset = ctx.store.reset_in_flight(now_ms()).await?;
@@ -214,6 +219,7 @@ impl Engine {
         let abort = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let queue = dispatch::WorkQueue::new(ctx.tuning.workers);
+        tasks.spawn(heartbeat::run(ctx.clone(), cancel.clone()));
         tasks.spawn(supervise(ctx.clone(), cancel.clone()));
         tasks.spawn(dispatch::run(ctx.clone(), queue.clone(), cancel.clone()));
         for index in 0..ctx.tuning.workers {
@@ -269,8 +275,8 @@ impl Engine {
     }
 }
 
-/// How often the supervisor beats (and folds PostgreSQL's counter deltas).
-const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// How often the supervisor folds PostgreSQL's counter deltas.
+const FOLD_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How this daemon announces itself in the daemons table.
 fn daemon_info(ctx: &EngineContext) -> crate::store::DaemonInfo {
@@ -290,14 +296,11 @@ async fn supervise(ctx: EngineContext, cancel: CancellationToken) {
     let mut last_stall_check = tokio::time::Instant::now();
     let mut last_fold = tokio::time::Instant::now();
     loop {
-        // The heartbeat other daemons (and `/status`) see; and
         // PostgreSQL's counter deltas onto the job rows, so reads stay
-        // O(jobs) (SQLite keeps its counters there already: a no-op).
-        if last_fold.elapsed() >= HEARTBEAT_INTERVAL {
+        // O(jobs) (SQLite keeps its counters there already: a no-op). The
+        // heartbeat has a task of its own (`heartbeat::run`).
+        if last_fold.elapsed() >= FOLD_INTERVAL {
             last_fold = tokio::time::Instant::now();
-            if let Err(e) = ctx.store.heartbeat(&daemon_info(&ctx), now_ms()).await {
-                warn!(error = %e, "could not record this daemon's heartbeat");
-            }
             if let Err(e) = ctx.store.fold_counts().await {
                 warn!(error = %e, "could not fold the job counters");
             }

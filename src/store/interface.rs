@@ -16,7 +16,7 @@ use super::{
     ApiSlot, ArchivedImage, Backend, ClaimedImage, CollectionPosition, CollectionTask, Completion,
     DaemonInfo, DeferPolicy, FailOutcome, FailReason, FailedImage, ImageRecord, Job, JobState,
     JobTask, Lease, LiveDaemon, MissingImage, PackedFile, Packing, Part, PartStep, PauseReason,
-    RecordedUpload, RetryPolicy, StallCandidate, Store, StoreResult, StoredCopy, Submitted,
+    RecordedUpload, Rescued, RetryPolicy, StallCandidate, Store, StoreResult, StoredCopy, Submitted,
     TarWritten,
 };
 use crate::archive::ArchivedFile;
@@ -422,6 +422,26 @@ store_interface! {
         /// `download`), if any. Read-only: for `verify`, which maps stored
         /// paths onto its own root in memory instead of rewriting them.
         fn recorded_archive_root(&self) -> Option<String>;
+    }
+
+    /// Rescuing a dead daemon's work by its heartbeat (see `store::rescue`).
+    /// Nothing to do on SQLite: one engine holds the data dir's lock file and
+    /// its start-up reset hands back whatever a crash left.
+    pub trait Rescue {
+        /// Rescues every daemon but `rescuer` whose last heartbeat is older
+        /// than `dead_after`: one transaction each, so a failure part-way
+        /// leaves the rest for the next round.
+        fn rescue_dead_daemons(
+            &self,
+            rescuer: &str,
+            dead_after: Duration,
+            now_ms: i64,
+        ) -> Vec<Rescued>;
+        /// Rescues `daemon` if its last heartbeat is (still) older than
+        /// `dead_after`; `None` if it is not dead, or another rescuer got
+        /// there first. The fenced step [`Store::rescue_dead_daemons`] takes
+        /// for each daemon it found silent.
+        fn rescue_daemon(&self, daemon: &str, dead_after: Duration, now_ms: i64) -> Option<Rescued>;
     }
 
     /// What daemons sharing one queue know of each other: heartbeats and the shared API budget.

@@ -46,6 +46,7 @@ mod parts;
 mod postgres;
 mod queue;
 mod rebase;
+mod rescue;
 mod shared;
 mod sql;
 mod sqlite;
@@ -60,6 +61,7 @@ pub use jobs::{ACTIVE, Submitted};
 pub use parts::Part;
 pub use postgres::PgClock;
 pub use queue::{DeferPolicy, RetryPolicy};
+pub use rescue::Rescued;
 pub use sqlite::{Durability, StoreOptions};
 pub use stalls::StallCandidate;
 

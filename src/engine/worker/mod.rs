@@ -204,7 +204,12 @@ pub(super) async fn fail_attempt(
             metrics::add(&ctx.client.metrics().images_failed, 1);
             warn!(image = %image.image_id, attempt = lease.attempt, error, "image failed for good")
         }
-        _ => {
+        // Taken over meanwhile (this daemon was taken for dead, or its
+        // lease expired): the new holder's outcome stands.
+        FailOutcome::LeaseLost => {
+            warn!(image = %image.image_id, error, "lost the lease before recording a failed attempt; nothing recorded")
+        }
+        FailOutcome::Retrying { .. } => {
             metrics::add(&ctx.client.metrics().retries, 1);
             debug!(image = %image.image_id, attempt = lease.attempt, error, ?delay, "image will be retried")
         }

@@ -27,6 +27,7 @@ mod jobs;
 mod parts;
 mod queue;
 mod rebase;
+mod rescue;
 mod stalls;
 mod task_lease;
 

@@ -52,3 +52,25 @@ impl Cluster for SqliteStore {
         Ok(())
     }
 }
+
+/// One engine per SQLite file (the data dir's lock file): no other daemon
+/// to rescue; the start-up reset hands back what a crash left.
+impl Rescue for SqliteStore {
+    async fn rescue_dead_daemons(
+        &self,
+        _rescuer: &str,
+        _dead_after: Duration,
+        _now_ms: i64,
+    ) -> StoreResult<Vec<Rescued>> {
+        Ok(Vec::new())
+    }
+
+    async fn rescue_daemon(
+        &self,
+        _daemon: &str,
+        _dead_after: Duration,
+        _now_ms: i64,
+    ) -> StoreResult<Option<Rescued>> {
+        Ok(None)
+    }
+}
