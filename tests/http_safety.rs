@@ -503,3 +503,50 @@ async fn healthz_answers_within_a_second_while_4000_idle_sockets_hold_every_slot
     }
     drop(idle);
 }
+
+/// Usernames match `[A-Za-z0-9_.-]{1,64}`: a direction override, fullwidth
+/// letters or URL syntax is refused with 422 and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usernames_outside_the_rule_are_refused() {
+    let server = start(Options::default()).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{}/jobs", server.addr);
+    let long = "a".repeat(65);
+    for bad in [
+        "a\u{202e}b",
+        "ａlice",
+        "a?b",
+        "a#b",
+        "a%2F",
+        "a b",
+        "..",
+        &long,
+    ] {
+        let response = client
+            .post(&url)
+            .json(&json!({"username": bad}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{bad:?}"
+        );
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert!(
+            body["error"].as_str().unwrap().contains("username"),
+            "{body}"
+        );
+    }
+    assert!(server.store.list_jobs().await.unwrap().is_empty());
+    for good in ["Alice_B.c-9", &"z".repeat(64)] {
+        let response = client
+            .post(&url)
+            .json(&json!({"username": good}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::CREATED, "{good:?}");
+    }
+}
