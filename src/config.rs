@@ -650,8 +650,13 @@ impl Settings {
             .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
             .filter(|h| !h.is_empty())
             .collect();
-        if let Ok(addr) = self.listen_addr() {
-            hosts.push(match addr.ip() {
+        // An unspecified listen address (`0.0.0.0`, `[::]`, as in the Docker
+        // image) names no host: a page at `http://0.0.0.0/` reaches loopback
+        // on some systems, so it is not trusted.
+        if let Ok(addr) = self.listen_addr().map(|a| a.ip())
+            && !addr.is_unspecified()
+        {
+            hosts.push(match addr {
                 std::net::IpAddr::V4(ip) => ip.to_string(),
                 std::net::IpAddr::V6(ip) => format!("[{ip}]"),
             });

@@ -470,4 +470,17 @@ fn allowed_hosts_come_from_a_file_or_a_comma_list_and_are_checked() {
         std::time::Duration::from_secs(600)
     );
     assert_eq!(limits.max_connections_per_ip, 256);
+    // The listen address is trusted, unless it is unspecified (0.0.0.0).
+    let flags = FlagOverrides {
+        listen: Some("192.168.1.5:8080".into()),
+        ..Default::default()
+    };
+    let s = Settings::load_from(&flags, &env(&[])).unwrap();
+    assert_eq!(s.trusted_hosts(), vec!["192.168.1.5".to_string()]);
+    let flags = FlagOverrides {
+        listen: Some("0.0.0.0:8080".into()),
+        ..Default::default()
+    };
+    let s = Settings::load_from(&flags, &env(&[])).unwrap();
+    assert!(s.trusted_hosts().is_empty());
 }
