@@ -50,8 +50,7 @@ fn check(state: &AppState, request: &Request) -> Result<(), ApiError> {
     if state.api_token.is_none() && request.uri().path() != crate::api::auth::OPEN_PATH {
         let trusted = host.as_deref().is_some_and(|host| {
             let name = host_name(host);
-            LOOPBACK_NAMES.contains(&name.as_str())
-                || state.trusted_hosts.iter().any(|t| *t == name)
+            LOOPBACK_NAMES.contains(&name.as_str()) || state.trusted_hosts.contains(&name)
         });
         if !trusted {
             return Err(ApiError::Forbidden(

@@ -130,17 +130,22 @@ impl HttpServer {
             });
         }
         drop(listener);
-        tasks.close();
-        if tokio::time::timeout(DRAIN + Duration::from_secs(1), tasks.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                ?DRAIN,
-                "HTTP connections still open after the drain period; closing them"
-            );
-        }
+        drain(tasks).await;
         Ok(())
+    }
+}
+
+/// Waits for the connections (told to shut down gracefully) to end.
+async fn drain(tasks: TaskTracker) {
+    tasks.close();
+    if tokio::time::timeout(DRAIN + Duration::from_secs(1), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?DRAIN,
+            "HTTP connections still open after the drain period; closing them"
+        );
     }
 }
 
