@@ -45,7 +45,7 @@ const DRAIN: Duration = Duration::from_secs(10);
 
 /// What a connection over the per-address cap is told before it is closed.
 const TOO_MANY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
-content-length: 57\r\nconnection: close\r\n\r\n{\"error\":\"too many connections from this address\"}\n";
+content-length: 51\r\nconnection: close\r\n\r\n{\"error\":\"too many connections from this address\"}\n";
 
 /// A bound but not yet serving HTTP server; `local_addr` is the real port,
 /// which matters when binding port 0.
@@ -252,5 +252,20 @@ async fn request_timeout(
             limit.as_secs()
         ))
         .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_429_declares_its_body_length() {
+        let text = std::str::from_utf8(TOO_MANY).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("content-length: {}\r\n", body.len())),
+            "{text}"
+        );
     }
 }
