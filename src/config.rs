@@ -541,13 +541,21 @@ impl Settings {
             }
         }
         self.default_resync()
-            .map_err(|reason| ("jobs.resync_every", reason))?;
+            // The parser's message quotes the value: said without it here.
+            .map_err(|_| {
+                let reason =
+                    "is not an interval like \"90m\", \"6h\" or \"7d\" (at least 10 minutes)";
+                ("jobs.resync_every", reason.to_string())
+            })?;
         check_http_url("archive.ia_url", &self.archive.ia_url)?;
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(("storage.data_dir", "must not be empty".into()));
         }
-        self.archive_url()
-            .map_err(|reason| ("storage.archive_url", reason))?;
+        self.archive_url().map_err(|_| {
+            let reason = "must be empty or an s3://bucket/prefix URL (bucket: 3 to 63 of a-z, \
+                              0-9, '.', '-'; prefix: plain names separated by '/')";
+            ("storage.archive_url", reason.to_string())
+        })?;
         let shared_queue = self
             .database_url()
             .map_err(|reason| ("storage.database_url", reason))?

@@ -375,6 +375,8 @@ fn value_errors_do_not_echo_the_value() {
         format!("[mapillary]\nurl = \"https://u:{secret}@[bad\"\n"),
         format!("[log]\nlevel = \"{secret}=??\"\n"),
         format!("[api]\nallowed_hosts = [\"{secret}/x\"]\n"),
+        format!("[storage]\narchive_url = \"https://k:{secret}@x\"\n"),
+        format!("[jobs]\nresync_every = \"{secret}\"\n"),
     ];
     for case in cases {
         let file = dir.path().join("values.toml");

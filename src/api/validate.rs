@@ -588,11 +588,11 @@ mod tests {
 
     #[test]
     fn oversized_username_is_refused() {
-        let body = format!(r#"{{"username":"{}"}}"#, "x".repeat(101));
+        let body = format!(r#"{{"username":"{}"}}"#, "x".repeat(65));
         let (status, msg) = message(spec(&body));
         assert_eq!(status, 422);
-        assert!(msg.contains("longer than 100"), "{msg}");
-        let body = format!(r#"{{"username":"{}"}}"#, "x".repeat(100));
+        assert!(msg.contains("longer than 64"), "{msg}");
+        let body = format!(r#"{{"username":"{}"}}"#, "x".repeat(64));
         assert!(parse(&body).is_ok());
     }
 
