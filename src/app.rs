@@ -184,6 +184,8 @@ impl Application {
             stats: ctx.stats.clone(),
             metrics: ctx.client.metrics().clone(),
             api_token: settings.api_token().cloned(),
+            trusted_hosts: settings.trusted_hosts().into(),
+            auth_failures: Default::default(),
             started: std::time::Instant::now(),
             default_resync: settings.default_resync().map_err(anyhow::Error::msg)?,
         };

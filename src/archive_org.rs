@@ -14,7 +14,27 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The public page of an item.
 pub fn item_url(ia_url: &str, identifier: &str) -> String {
-    format!("{}/details/{identifier}", ia_url.trim_end_matches('/'))
+    under(ia_url, "details", identifier).unwrap_or_else(|_| {
+        format!(
+            "{}/details/{}",
+            ia_url.trim_end_matches('/'),
+            url::form_urlencoded::byte_serialize(identifier.as_bytes()).collect::<String>()
+        )
+    })
+}
+
+/// `<ia_url>/<section>/<identifier>`, the identifier one percent-encoded
+/// path segment: whatever it holds (`?`, `#`, `/`, `%`), it cannot change
+/// the URL's query, fragment or path.
+fn under(ia_url: &str, section: &str, identifier: &str) -> Result<String, String> {
+    let mut url =
+        url::Url::parse(ia_url).map_err(|e| format!("archive.ia_url is not a URL: {e}"))?;
+    url.path_segments_mut()
+        .map_err(|_| "archive.ia_url cannot take a path".to_string())?
+        .pop_if_empty()
+        .push(section)
+        .push(identifier);
+    Ok(url.into())
 }
 
 /// `Ok(true)` when `identifier` is a live item on the archive at `ia_url`,
@@ -26,7 +46,7 @@ pub async fn item_exists(ia_url: &str, identifier: &str) -> Result<bool, String>
         .user_agent(concat!("mapillary-downloader/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
-    let url = format!("{}/metadata/{identifier}", ia_url.trim_end_matches('/'));
+    let url = under(ia_url, "metadata", identifier)?;
     let response = client
         .get(&url)
         .send()
@@ -71,6 +91,22 @@ mod tests {
         assert_eq!(
             item_url("https://archive.org/", "mapillary-a-2048"),
             "https://archive.org/details/mapillary-a-2048"
+        );
+    }
+
+    #[test]
+    fn identifiers_are_one_percent_encoded_segment() {
+        assert_eq!(
+            under("https://archive.org", "metadata", "a?b#c/d%e").unwrap(),
+            "https://archive.org/metadata/a%3Fb%23c%2Fd%25e"
+        );
+        assert_eq!(
+            under("http://127.0.0.1:9/ia/", "metadata", "mapillary-x-2048").unwrap(),
+            "http://127.0.0.1:9/ia/metadata/mapillary-x-2048"
+        );
+        assert_eq!(
+            item_url("https://archive.org", "x?y"),
+            "https://archive.org/details/x%3Fy"
         );
     }
 }

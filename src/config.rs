@@ -27,13 +27,21 @@ pub const TOKEN_ENV: &str = "MAPILLARY_TOKEN";
 pub const TOKEN_FILE_ENV: &str = "MAPILLARY_TOKEN_FILE";
 /// Environment variable overriding the API base URL.
 pub const API_URL_ENV: &str = "MAPILLARY_API_URL";
+/// `api.allowed_hosts` as a variable: `nas.lan,192.168.1.20`.
+const ALLOWED_HOSTS_ENV: &str = "MLD__API__ALLOWED_HOSTS";
 const ENV_PREFIX: &str = "MLD";
 const ENV_SEPARATOR: &str = "__";
 
-#[derive(Debug, thiserror::Error)]
+/// Debug shows what Display shows: the `config` crate's own Debug holds
+/// the value that failed.
+#[derive(thiserror::Error)]
 pub enum ConfigError {
-    #[error("{0}")]
+    /// Shown without the value that failed (see [`crate::config_errors`]).
+    #[error("{}", crate::config_errors::describe(.0))]
     Load(#[from] config::ConfigError),
+    /// A config file that is not TOML: where, never the line's text.
+    #[error("{0}")]
+    Syntax(#[from] crate::config_errors::SyntaxError),
     #[error("invalid value for `{key}` (set by {layer}): {reason}")]
     Invalid {
         key: &'static str,
@@ -53,6 +61,12 @@ pub enum ConfigError {
     MissingToken,
     #[error("{0}")]
     Secret(String),
+}
+
+impl std::fmt::Debug for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConfigError({self})")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,11 +177,48 @@ pub struct ApiSettings {
     pub listen: String,
     pub header_read_timeout_secs: u64,
     pub request_timeout_secs: u64,
+    pub write_timeout_secs: u64,
+    pub max_connection_age_secs: u64,
     pub max_connections: u64,
+    pub max_connections_per_ip: u64,
+    /// Host names (no port) trusted besides the loopback names and the
+    /// listen address when no token is set.
+    pub allowed_hosts: Vec<String>,
     pub token: Secret,
     /// A file holding the token instead (read once at load; then `token`).
     pub token_file: PathBuf,
 }
+
+/// The HTTP server's limits, from `[api]`. A settings type, so it lives
+/// here, below `api::server` which reads it (config imports nothing from
+/// `api`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    /// An answer the client leaves unread this long closes the connection.
+    pub write_timeout: Duration,
+    /// A connection is closed (after its request in flight) at this age.
+    pub max_connection_age: Duration,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            max_connection_age: Duration::from_secs(600),
+            max_connections: 4096,
+            max_connections_per_ip: 256,
+        }
+    }
+}
+
+/// Shortest `api.token` accepted: a short token falls to guessing.
+pub const MIN_API_TOKEN_CHARS: usize = 16;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct LogSettings {
@@ -343,6 +394,9 @@ impl Settings {
                 reason: format!("{} is not a readable file", path.display()),
             });
         }
+        if let Some(path) = &flags.config_file {
+            crate::config_errors::check_syntax(path)?;
+        }
         check_known_keys(flags, vars)?;
         let mut settings: Settings = merged_layers(flags, vars)?.try_deserialize()?;
         let invalid = |(key, reason): (&'static str, String)| ConfigError::Invalid {
@@ -358,6 +412,7 @@ impl Settings {
             .map_err(|e| invalid(("storage.data_dir", format!("cannot make it absolute: {e}"))))?;
         settings.storage.data_dir = std::fs::canonicalize(&absolute).unwrap_or(absolute);
         settings.api.token = settings.api_token_from_file().map_err(invalid)?;
+        settings.check_api_token().map_err(invalid)?;
         settings.storage.aws = crate::bucket::AwsEnvironment::from_vars(vars);
         Ok(settings)
     }
@@ -365,15 +420,10 @@ impl Settings {
     /// Range checks that serde cannot express. Returns the offending key.
     fn validate(&self) -> Result<(), (&'static str, String)> {
         let (m, r, w) = (&self.mapillary, &self.retry, &self.workers);
-        let url = url::Url::parse(&m.url)
-            .map_err(|e| ("mapillary.url", format!("{:?} is not a URL: {e}", m.url)))?;
-        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-            let reason = format!("{:?} must be an http(s) URL", m.url);
-            return Err(("mapillary.url", reason));
-        }
+        check_http_url("mapillary.url", &m.url)?;
         // A lease that expires mid-download lets a second worker take the image.
         let min_lease = m.download_timeout_secs + 60;
-        let ranges: [(&'static str, u64, u64, u64); 22] = [
+        let ranges: [(&'static str, u64, u64, u64); 25] = [
             (
                 "api.header_read_timeout_secs",
                 self.api.header_read_timeout_secs,
@@ -387,9 +437,27 @@ impl Settings {
                 3600,
             ),
             (
+                "api.write_timeout_secs",
+                self.api.write_timeout_secs,
+                1,
+                3600,
+            ),
+            (
+                "api.max_connection_age_secs",
+                self.api.max_connection_age_secs,
+                1,
+                7 * 86_400,
+            ),
+            (
                 "api.max_connections",
                 self.api.max_connections,
                 2048,
+                1_000_000,
+            ),
+            (
+                "api.max_connections_per_ip",
+                self.api.max_connections_per_ip,
+                1,
                 1_000_000,
             ),
             (
@@ -479,7 +547,8 @@ impl Settings {
         ];
         for (key, value, min, max) in ranges {
             if !(min..=max).contains(&value) {
-                return Err((key, format!("{value} is out of range {min}..={max}")));
+                // The value is not echoed: a misplaced secret must not print.
+                return Err((key, format!("the value is out of range {min}..={max}")));
             }
         }
         let dead_after = self.cluster.dead_after_secs;
@@ -488,20 +557,21 @@ impl Settings {
             return Err(("cluster.dead_after_secs", reason));
         }
         self.default_resync()
-            .map_err(|reason| ("jobs.resync_every", reason))?;
-        let ia = url::Url::parse(&self.archive.ia_url).map_err(|e| {
-            let reason = format!("{:?} is not a URL: {e}", self.archive.ia_url);
-            ("archive.ia_url", reason)
-        })?;
-        if !matches!(ia.scheme(), "http" | "https") || ia.host().is_none() {
-            let reason = format!("{:?} must be an http(s) URL", self.archive.ia_url);
-            return Err(("archive.ia_url", reason));
-        }
+            // The parser's message quotes the value: said without it here.
+            .map_err(|_| {
+                let reason =
+                    "is not an interval like \"90m\", \"6h\" or \"7d\" (at least 10 minutes)";
+                ("jobs.resync_every", reason.to_string())
+            })?;
+        check_http_url("archive.ia_url", &self.archive.ia_url)?;
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(("storage.data_dir", "must not be empty".into()));
         }
-        self.archive_url()
-            .map_err(|reason| ("storage.archive_url", reason))?;
+        self.archive_url().map_err(|_| {
+            let reason = "must be empty or an s3://bucket/prefix URL (bucket: 3 to 63 of a-z, \
+                              0-9, '.', '-'; prefix: plain names separated by '/')";
+            ("storage.archive_url", reason.to_string())
+        })?;
         let shared_queue = self
             .database_url()
             .map_err(|reason| ("storage.database_url", reason))?
@@ -520,14 +590,39 @@ impl Settings {
         self.listen_addr()
             .map_err(|reason| ("api.listen", reason))?;
         if !matches!(self.log.format.as_str(), "text" | "json") {
-            let reason = format!("{:?} must be \"text\" or \"json\"", self.log.format);
-            return Err(("log.format", reason));
+            return Err(("log.format", "must be \"text\" or \"json\"".into()));
         }
-        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
-            let reason = format!("{:?} is not a log filter: {e}", self.log.level);
-            ("log.level", reason)
+        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|_| {
+            let reason = "is not a log filter (e.g. \"info\" or \"mapillary_downloader=debug\")";
+            ("log.level", reason.to_string())
         })?;
+        for host in self
+            .api
+            .allowed_hosts
+            .iter()
+            .filter(|h| !h.trim().is_empty())
+        {
+            check_host_name(host).map_err(|reason| ("api.allowed_hosts", reason))?;
+        }
         Ok(())
+    }
+
+    /// `api.token` (from the setting or its file) is empty or long enough.
+    fn check_api_token(&self) -> Result<(), (&'static str, String)> {
+        let chars = self.api.token.expose().chars().count();
+        if chars == 0 || chars >= MIN_API_TOKEN_CHARS {
+            return Ok(());
+        }
+        let key = if self.api.token_file.as_os_str().is_empty() {
+            "api.token"
+        } else {
+            "api.token_file"
+        };
+        let reason = format!(
+            "the API token is shorter than {MIN_API_TOKEN_CHARS} characters; use a long random one \
+             (e.g. `openssl rand -hex 24`), or none to serve loopback only"
+        );
+        Err((key, reason))
     }
 
     /// `api.token`, or the contents of `api.token_file`; both set is an error.
@@ -556,21 +651,48 @@ impl Settings {
     }
 
     /// The HTTP server's limits from `[api]`.
-    pub fn api_limits(&self) -> crate::api::Limits {
-        crate::api::Limits {
-            header_read_timeout: std::time::Duration::from_secs(self.api.header_read_timeout_secs),
-            request_timeout: std::time::Duration::from_secs(self.api.request_timeout_secs),
-            max_connections: usize::try_from(self.api.max_connections).unwrap_or(usize::MAX),
+    pub fn api_limits(&self) -> HttpLimits {
+        let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        HttpLimits {
+            header_read_timeout: Duration::from_secs(self.api.header_read_timeout_secs),
+            request_timeout: Duration::from_secs(self.api.request_timeout_secs),
+            write_timeout: Duration::from_secs(self.api.write_timeout_secs),
+            max_connection_age: Duration::from_secs(self.api.max_connection_age_secs),
+            max_connections: count(self.api.max_connections),
+            max_connections_per_ip: count(self.api.max_connections_per_ip),
         }
     }
 
+    /// The host names a request may name without a token besides the
+    /// loopback names: the listen address's IP and `api.allowed_hosts`,
+    /// lower-case, IPv6 in brackets (as a `Host` header spells them).
+    pub fn trusted_hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = self
+            .api
+            .allowed_hosts
+            .iter()
+            .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+            .filter(|h| !h.is_empty())
+            .collect();
+        // An unspecified listen address (`0.0.0.0`, `[::]`, as in the Docker
+        // image) names no host: a page at `http://0.0.0.0/` reaches loopback
+        // on some systems, so it is not trusted.
+        if let Ok(addr) = self.listen_addr().map(|a| a.ip())
+            && !addr.is_unspecified()
+        {
+            hosts.push(match addr {
+                std::net::IpAddr::V4(ip) => ip.to_string(),
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            });
+        }
+        hosts
+    }
+
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
-        self.api.listen.parse().map_err(|_| {
-            format!(
-                "{:?} is not an address like 127.0.0.1:8080",
-                self.api.listen
-            )
-        })
+        self.api
+            .listen
+            .parse()
+            .map_err(|_| "is not an address like 127.0.0.1:8080".to_string())
     }
 
     /// The bearer token the HTTP API demands, if one is configured.
@@ -622,6 +744,40 @@ impl Settings {
     }
 }
 
+/// An http(s) URL with a host; the error does not echo it (it may hold
+/// credentials).
+fn check_http_url(key: &'static str, text: &str) -> Result<(), (&'static str, String)> {
+    let url = url::Url::parse(text).map_err(|e| (key, format!("is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        return Err((key, "must be an http(s) URL".into()));
+    }
+    Ok(())
+}
+
+/// A name as a `Host` header carries it, without the port: a DNS name or an
+/// IPv4 address, or an IPv6 address in brackets.
+fn check_host_name(host: &str) -> Result<(), String> {
+    let host = host.trim();
+    let plain = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    let ipv6 = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok());
+    if plain || ipv6 {
+        Ok(())
+    } else {
+        Err(
+            "each entry must be a host name or address without scheme or port \
+             (e.g. \"nas.lan\", \"192.168.1.20\", \"[fd00::1]\")"
+                .into(),
+        )
+    }
+}
+
 /// Defaults, the config file, `MLD__` variables, `MAPILLARY_API_URL` and
 /// flags, merged in that order.
 fn merged_layers(
@@ -643,11 +799,21 @@ fn merged_layers(
             .separator(ENV_SEPARATOR)
             .source(Some(
                 vars.iter()
-                    .filter(|(k, _)| k.starts_with(&prefix))
+                    .filter(|(k, _)| k.starts_with(&prefix) && *k != ALLOWED_HOSTS_ENV)
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
             )),
     );
+    // A list: comma-separated in its variable (config's own list parsing
+    // would also turn every other variable into numbers and booleans).
+    if let Some(hosts) = vars.get(ALLOWED_HOSTS_ENV) {
+        let hosts: Vec<String> = hosts
+            .split(',')
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .collect();
+        builder = builder.set_override("api.allowed_hosts", hosts)?;
+    }
     if let Some(url) = vars.get(API_URL_ENV).filter(|v| !v.trim().is_empty()) {
         builder = builder.set_override("mapillary.url", url.trim())?;
     }

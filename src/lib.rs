@@ -37,6 +37,7 @@ pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod config;
+pub mod config_errors;
 pub mod engine;
 pub mod estimate;
 pub mod exif;

@@ -135,6 +135,8 @@ pub struct Metrics {
     pub url_refreshes: AtomicU64,
     /// Times the API said "rate limited" and every API call was held.
     pub rate_limit_holds: AtomicU64,
+    /// HTTP API requests refused for a missing or wrong token.
+    pub http_auth_failures: AtomicU64,
     pub image_download_seconds: Histogram,
     pub api_call_seconds: Histogram,
 }
@@ -151,6 +153,7 @@ impl Default for Metrics {
             retries: AtomicU64::new(0),
             url_refreshes: AtomicU64::new(0),
             rate_limit_holds: AtomicU64::new(0),
+            http_auth_failures: AtomicU64::new(0),
             image_download_seconds: Histogram::new(DOWNLOAD_BOUNDS),
             api_call_seconds: Histogram::new(API_BOUNDS),
         }

@@ -465,22 +465,30 @@ impl<'de> Deserialize<'de> for Bbox {
     }
 }
 
-/// Checks a Mapillary username before it reaches a path or a query.
+/// Checks a Mapillary username before it reaches a path, a query or an
+/// archive.org identifier: `[A-Za-z0-9_.-]{1,64}`, not `.` or `..`. ASCII
+/// only, so no look-alike (fullwidth letters) or direction override
+/// (U+202E) can make one name read as another, and no `?#%/` can change a
+/// URL it is put in.
 pub fn validate_username(name: &str) -> Result<(), String> {
+    const RULE: &str = "1-64 characters of letters A-Z/a-z, digits, `_`, `.` and `-`";
     if name.is_empty() {
-        return Err("username must not be empty".into());
+        return Err(format!("username must not be empty: {RULE}"));
     }
-    if name.len() > 100 {
-        return Err("username is longer than 100 bytes".into());
+    if name.len() > 64 {
+        return Err(format!("username is longer than 64 characters: {RULE}"));
     }
     if name == "." || name == ".." {
         return Err("username must not be '.' or '..'".into());
     }
     if let Some(c) = name
         .chars()
-        .find(|c| *c == '/' || *c == '\\' || c.is_control() || c.is_whitespace())
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
     {
-        return Err(format!("username contains a forbidden character {c:?}"));
+        return Err(format!(
+            "username contains a forbidden character {:?} (U+{:04X}): {RULE}",
+            c, c as u32
+        ));
     }
     Ok(())
 }
@@ -555,5 +563,21 @@ mod tests {
         assert!(validate_username("alice").is_ok());
         assert!(validate_username("a/b").is_err());
         assert!(validate_username("a\u{7}").is_err());
+        assert!(validate_username("A.b_c-9").is_ok());
+        assert!(validate_username(&"a".repeat(64)).is_ok());
+        assert!(validate_username(&"a".repeat(65)).is_err());
+        for bad in [
+            "a\u{202e}b",
+            "ａlice",
+            "a?b",
+            "a#b",
+            "a%2F",
+            "a b",
+            "é",
+            "..",
+            "a+b",
+        ] {
+            assert!(validate_username(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -588,3 +588,21 @@ async fn download_ends_with_its_summary_and_shows_no_worker_lifecycle_at_the_def
         "the summary is the last line: {stderr}"
     );
 }
+
+/// Issue 23: a username outside `[A-Za-z0-9_.-]{1,64}` is a usage error (2)
+/// that names the rule and writes nothing.
+#[tokio::test]
+async fn a_username_outside_the_rule_is_a_usage_error() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    let long = "a".repeat(65);
+    for bad in ["a\u{202e}b", "ａlice", "a?b", "a#b", "a%2F", &long] {
+        let fresh = tempfile::tempdir().unwrap();
+        let data = fresh.path().join("data");
+        let out = run(&["download", bad], &data, &env).await;
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {stderr}");
+        assert!(stderr.contains("username"), "{stderr}");
+        assert!(!data.join("archive").exists(), "{bad:?}: nothing archived");
+    }
+}

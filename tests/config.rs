@@ -124,15 +124,18 @@ fn invalid_values_name_the_key_and_the_layer() {
 fn tokens_are_redacted_everywhere_they_could_print() {
     let vars = env(&[
         ("MAPILLARY_TOKEN", "MLY|123|deadbeef"),
-        ("MLD__API__TOKEN", "bearer-secret"),
+        ("MLD__API__TOKEN", "bearer-secret-0123456789"),
     ]);
     let token = token_from(&vars).unwrap();
     assert_eq!(token.expose(), "MLY|123|deadbeef");
     assert_eq!(format!("{token} {token:?}"), "[redacted] [redacted]");
     let s = Settings::load_from(&FlagOverrides::default(), &vars).unwrap();
     let debug = format!("{s:?}");
-    assert!(!debug.contains("bearer-secret"), "{debug}");
-    assert_eq!(s.api_token().map(|t| t.expose()), Some("bearer-secret"));
+    assert!(!debug.contains("bearer-secret-0123456789"), "{debug}");
+    assert_eq!(
+        s.api_token().map(|t| t.expose()),
+        Some("bearer-secret-0123456789")
+    );
 }
 
 #[test]
@@ -251,10 +254,13 @@ fn tokens_come_from_a_variable_or_a_file_never_both() {
     // The variable is trimmed too; one of spaces only is no token.
     let s = Settings::load_from(
         &FlagOverrides::default(),
-        &env(&[("MLD__API__TOKEN", " bearer-from-env ")]),
+        &env(&[("MLD__API__TOKEN", " bearer-from-env-0123 ")]),
     )
     .unwrap();
-    assert_eq!(s.api_token().map(|t| t.expose()), Some("bearer-from-env"));
+    assert_eq!(
+        s.api_token().map(|t| t.expose()),
+        Some("bearer-from-env-0123")
+    );
     let s = Settings::load_from(
         &FlagOverrides::default(),
         &env(&[("MLD__API__TOKEN", "  ")]),
@@ -317,4 +323,166 @@ fn a_shared_queue_with_a_local_archive_needs_a_shared_filesystem_and_urls_stay_s
         !err.contains("hunter2"),
         "the password reached an error: {err}"
     );
+}
+
+/// Issue 23: a syntax error on the token's line names the file, line,
+/// column and key, and prints no part of the token (the `config` crate's
+/// own message quotes the line).
+#[test]
+fn a_syntax_error_names_the_place_but_never_the_line() {
+    let secret = "Zq9xW7vT3kL5mN8p";
+    let dir = tempfile::tempdir().unwrap();
+    let broken_lines = [
+        format!("token = \"{secret}\n"),
+        format!("token = {secret}\n"),
+        format!("token = \"{secret}\" trailing\n"),
+        format!("token = '''{secret}\n"),
+    ];
+    for broken in broken_lines {
+        let file = dir.path().join("secret.toml");
+        std::fs::write(
+            &file,
+            format!("[api]\nlisten = \"127.0.0.1:8080\"\n{broken}"),
+        )
+        .unwrap();
+        let flags = FlagOverrides {
+            config_file: Some(file.clone()),
+            ..Default::default()
+        };
+        let err = Settings::load_from(&flags, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(&file.display().to_string()), "{err}");
+        assert!(err.contains("line 3") || err.contains("line 4"), "{err}");
+        assert!(err.contains("column"), "{err}");
+        assert!(err.contains("api.token"), "{err}");
+        for window in secret.as_bytes().windows(4) {
+            let part = std::str::from_utf8(window).unwrap();
+            assert!(!err.contains(part), "{part:?} of the token in: {err}");
+        }
+    }
+}
+
+/// Type errors and invalid values name the key, never the value: a password
+/// or token put under the wrong key must not print.
+#[test]
+fn value_errors_do_not_echo_the_value() {
+    let secret = "hunter2-Zq9xW7vT3kL5";
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        format!("[api]\nmax_connections = \"{secret}\"\n"),
+        format!("[api]\nlisten = \"{secret}\"\n"),
+        format!("[mapillary]\nurl = \"https://u:{secret}@[bad\"\n"),
+        format!("[log]\nlevel = \"{secret}=??\"\n"),
+        format!("[api]\nallowed_hosts = [\"{secret}/x\"]\n"),
+        format!("[storage]\narchive_url = \"https://k:{secret}@x\"\n"),
+        format!("[jobs]\nresync_every = \"{secret}\"\n"),
+    ];
+    for case in cases {
+        let file = dir.path().join("values.toml");
+        std::fs::write(&file, &case).unwrap();
+        let flags = FlagOverrides {
+            config_file: Some(file.clone()),
+            ..Default::default()
+        };
+        let err = Settings::load_from(&flags, &env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("hunter2"), "{case}: {err}");
+        assert!(!err.contains("Zq9x"), "{case}: {err}");
+    }
+    let err = Settings::load_from(
+        &FlagOverrides::default(),
+        &env(&[("MLD__WORKERS__COUNT", secret)]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("workers.count") && !err.contains("hunter2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_api_token_shorter_than_16_characters_is_refused() {
+    let err = Settings::load_from(
+        &FlagOverrides::default(),
+        &env(&[("MLD__API__TOKEN", "short-token-15c")]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("api.token") && err.contains("16"), "{err}");
+    assert!(!err.contains("short-token"), "{err}");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("api_token");
+    std::fs::write(&file, "tiny\n").unwrap();
+    let err = Settings::load_from(
+        &FlagOverrides::default(),
+        &env(&[("MLD__API__TOKEN_FILE", file.to_str().unwrap())]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("api.token_file") && !err.contains("tiny"),
+        "{err}"
+    );
+    let s = Settings::load_from(
+        &FlagOverrides::default(),
+        &env(&[("MLD__API__TOKEN", "sixteen-chars-ok")]),
+    )
+    .unwrap();
+    assert_eq!(s.api_token().map(|t| t.expose()), Some("sixteen-chars-ok"));
+}
+
+#[test]
+fn allowed_hosts_come_from_a_file_or_a_comma_list_and_are_checked() {
+    let s = Settings::load_from(
+        &FlagOverrides::default(),
+        &env(&[("MLD__API__ALLOWED_HOSTS", "NAS.lan, 192.168.1.20,[fd00::1]")]),
+    )
+    .unwrap();
+    let hosts = s.trusted_hosts();
+    for host in ["nas.lan", "192.168.1.20", "[fd00::1]", "127.0.0.1"] {
+        assert!(hosts.iter().any(|h| h == host), "{host} in {hosts:?}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hosts.toml");
+    std::fs::write(&file, "[api]\nallowed_hosts = [\"box.example\"]\n").unwrap();
+    let flags = FlagOverrides {
+        config_file: Some(file),
+        ..Default::default()
+    };
+    let s = Settings::load_from(&flags, &env(&[])).unwrap();
+    assert!(s.trusted_hosts().contains(&"box.example".to_string()));
+    for bad in ["http://nas.lan", "nas.lan:8080", "a b"] {
+        let err = Settings::load_from(
+            &FlagOverrides::default(),
+            &env(&[("MLD__API__ALLOWED_HOSTS", bad)]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("api.allowed_hosts"), "{bad}: {err}");
+    }
+    let limits = Settings::load_from(&FlagOverrides::default(), &env(&[]))
+        .unwrap()
+        .api_limits();
+    assert_eq!(limits.write_timeout, std::time::Duration::from_secs(30));
+    assert_eq!(
+        limits.max_connection_age,
+        std::time::Duration::from_secs(600)
+    );
+    assert_eq!(limits.max_connections_per_ip, 256);
+    // The listen address is trusted, unless it is unspecified (0.0.0.0).
+    let flags = FlagOverrides {
+        listen: Some("192.168.1.5:8080".into()),
+        ..Default::default()
+    };
+    let s = Settings::load_from(&flags, &env(&[])).unwrap();
+    assert_eq!(s.trusted_hosts(), vec!["192.168.1.5".to_string()]);
+    let flags = FlagOverrides {
+        listen: Some("0.0.0.0:8080".into()),
+        ..Default::default()
+    };
+    let s = Settings::load_from(&flags, &env(&[])).unwrap();
+    assert!(s.trusted_hosts().is_empty());
 }

@@ -36,6 +36,10 @@ async fn start() -> Server {
         header_read_timeout: HEADER_READ,
         request_timeout: REQUEST,
         max_connections: 4096,
+        // A thousand idle sockets from one address: the per-address cap
+        // (`http_safety.rs`) would refuse most of them.
+        max_connections_per_ip: 100_000,
+        ..Limits::default()
     };
     let server = api::bind("127.0.0.1:0".parse().unwrap(), api::router(state), limits)
         .await
@@ -112,7 +116,7 @@ async fn idle_slowloris_and_stalled_body_connections_are_cut() {
         tcp.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let start = Instant::now();
-        tcp.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n")
+        tcp.write_all(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\n")
             .unwrap();
         let mut buf = [0u8; 256];
         loop {
@@ -139,7 +143,7 @@ async fn idle_slowloris_and_stalled_body_connections_are_cut() {
     let (stalled, answer) = tokio::task::spawn_blocking(move || {
         closed_after(
             addr,
-            b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"user",
+            b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"user",
         )
     })
     .await
@@ -149,7 +153,7 @@ async fn idle_slowloris_and_stalled_body_connections_are_cut() {
     assert!(stalled >= REQUEST && stalled < REQUEST * 3, "{stalled:?}");
     // Keep-alive: an idle gap after a first request is cut the same way.
     let (gap, answer) = tokio::task::spawn_blocking(move || {
-        closed_after(addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        closed_after(addr, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     })
     .await
     .unwrap();
@@ -208,29 +212,29 @@ async fn ten_thousand_malformed_requests_leave_the_server_up_and_the_database_un
     assert_eq!(created.status(), StatusCode::CREATED);
     let before = server.store.list_jobs().await.unwrap();
     let long_path = format!(
-        "GET /{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /{} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
         "a".repeat(20_000)
     );
     let huge_header = format!(
-        "GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX: {}\r\n\r\n",
+        "GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nX: {}\r\n\r\n",
         "b".repeat(100_000)
     );
     let kinds: Vec<Vec<u8>> = vec![
         b"\x00\x01\x02garbage\r\n\r\n".to_vec(),
         b"GET\r\n\r\n".to_vec(),
         b"GET /status HTTP/9.9\r\n\r\n".to_vec(),
-        b"BREW /jobs HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
-        b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{\"userna".to_vec(),
-        b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4\r\nConnection: close\r\n\r\n[1,]".to_vec(),
-        b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 22\r\nConnection: close\r\n\r\n{\"username\": \"../etc\"}".to_vec(),
-        b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi".to_vec(),
-        b"POST /jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\nConnection: close\r\n\r\nzz\r\n".to_vec(),
-        b"POST /jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999\r\nConnection: close\r\n\r\n{".to_vec(),
-        b"GET /jobs/%ff%fe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
-        b"GET /jobs/99999999999999999999999 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
-        b"POST /jobs/abc/pause HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
-        b"DELETE /jobs/-1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_vec(),
-        b"GET /status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n".to_vec(),
+        b"BREW /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".to_vec(),
+        b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 9\r\nConnection: close\r\n\r\n{\"userna".to_vec(),
+        b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 4\r\nConnection: close\r\n\r\n[1,]".to_vec(),
+        b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 22\r\nConnection: close\r\n\r\n{\"username\": \"../etc\"}".to_vec(),
+        b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi".to_vec(),
+        b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\nContent-Type: application/json\r\nConnection: close\r\n\r\nzz\r\n".to_vec(),
+        b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99999999999\r\nConnection: close\r\n\r\n{".to_vec(),
+        b"GET /jobs/%ff%fe HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".to_vec(),
+        b"GET /jobs/99999999999999999999999 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".to_vec(),
+        b"POST /jobs/abc/pause HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_vec(),
+        b"DELETE /jobs/-1 HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".to_vec(),
+        b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer \xff\xfe\r\nConnection: close\r\n\r\n".to_vec(),
         long_path.into_bytes(),
         huge_header.into_bytes(),
     ];

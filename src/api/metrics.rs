@@ -95,6 +95,11 @@ fn since_start(out: &mut Exposition, m: &Metrics) {
             "Times the API rate-limited us and every API call was held back, or the CDN refused most downloads and every download was.",
             &m.rate_limit_holds,
         ),
+        (
+            "mapillary_http_auth_failures_total",
+            "HTTP API requests refused for a missing or wrong token.",
+            &m.http_auth_failures,
+        ),
     ] {
         out.typed_family(name, help, "counter");
         out.sample(&[], metrics::get(value) as f64);

@@ -6,8 +6,10 @@
 //! engine. The engine reacts to state, so the API needs no handle on it.
 
 pub mod auth;
+pub mod connections;
 pub mod error;
 pub mod extract;
+pub mod guard;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
@@ -24,7 +26,10 @@ use axum::extract::DefaultBodyLimit;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub use server::{HttpServer, Limits, bind};
+pub use crate::config::HttpLimits;
+/// The server's limits by the name its callers (tests, benches) use.
+pub type Limits = HttpLimits;
+pub use server::{HttpServer, bind};
 
 /// What every handler shares.
 #[derive(Clone)]
@@ -38,6 +43,12 @@ pub struct AppState {
     /// When set, every request but `GET /healthz` and the page (`page::PATHS`)
     /// needs `Authorization: Bearer <token>`.
     pub api_token: Option<Secret>,
+    /// Host names (lower-case, no port) a request may name without a token
+    /// besides the loopback names: the listen address and
+    /// `api.allowed_hosts` (`Settings::trusted_hosts`).
+    pub trusted_hosts: Arc<[String]>,
+    /// When each address's last failed authentication was logged.
+    pub auth_failures: Arc<auth::FailureLog>,
     /// Process start, for the uptime metric.
     pub started: Instant,
     /// `jobs.resync_every`: a new job's re-sync interval when its post does
@@ -56,6 +67,8 @@ impl AppState {
             stats: Arc::new(Stats::new()),
             metrics: Arc::default(),
             api_token: None,
+            trusted_hosts: Arc::new([]),
+            auth_failures: Arc::default(),
             started: Instant::now(),
             default_resync: None,
         }
@@ -96,6 +109,11 @@ pub fn router(state: AppState) -> Router {
             auth::require_bearer,
         ))
         .layer(DefaultBodyLimit::max(validate::MAX_BODY_BYTES))
+        // Before the token: a refused Host or Origin reaches nothing else.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::check_request,
+        ))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
 }

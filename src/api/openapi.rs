@@ -57,11 +57,65 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The answers `guard` gives before any handler runs, on every operation
+/// they can reach: 403 (a Host not trusted without a token; a cross-site
+/// state change) and, where a body may come, 413 for a declared length over
+/// the limit.
+struct GuardAnswers;
+
+impl Modify for GuardAnswers {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build()
+        };
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let reads = [item.get.as_mut(), item.head.as_mut()];
+            let writes = [
+                item.post.as_mut(),
+                item.put.as_mut(),
+                item.delete.as_mut(),
+                item.patch.as_mut(),
+            ];
+            if path != crate::api::auth::OPEN_PATH {
+                for operation in reads.into_iter().flatten() {
+                    operation.responses.responses.entry("403".into()).or_insert_with(|| {
+                        error("Without a token, the Host is not localhost, 127.0.0.1, [::1], the listen address or in api.allowed_hosts").into()
+                    });
+                }
+            }
+            for operation in writes.into_iter().flatten() {
+                operation.responses.responses.entry("403".into()).or_insert_with(|| {
+                    error("A cross-site request (Sec-Fetch-Site: cross-site, or an Origin other than this server), or without a token a Host that is not trusted").into()
+                });
+                operation
+                    .responses
+                    .responses
+                    .entry("413".into())
+                    .or_insert_with(|| error("The declared Content-Length is over 256 KiB").into());
+            }
+        }
+    }
+}
+
 /// The description, built once when the router is.
 static DESCRIPTION: OnceLock<serde_json::Value> = OnceLock::new();
 
+/// Completes the description the router's routes made (the guard's
+/// answers apply to every route, so they are added once all are there) and
+/// serves it from then on.
 pub(crate) fn publish(description: &utoipa::openapi::OpenApi) {
-    if let Ok(json) = serde_json::to_value(description) {
+    let mut description = description.clone();
+    GuardAnswers.modify(&mut description);
+    if let Ok(json) = serde_json::to_value(&description) {
         let _ = DESCRIPTION.set(json);
     }
 }

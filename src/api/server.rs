@@ -7,47 +7,45 @@
 //!   for a request, whether or not a byte came) and slowloris clients;
 //! - **request timeout**: a request (its body included) that takes longer
 //!   than `api.request_timeout_secs` is answered 408 and dropped;
-//! - **connection cap**: at most `api.max_connections` connections at once;
-//!   the next waits in the kernel's accept queue until one closes, so a
-//!   flood can neither exhaust file descriptors nor starve `/status` of CPU;
+//! - **write timeout**: an answer the client leaves unread for
+//!   `api.write_timeout_secs` closes the connection (a client pipelining
+//!   requests it never reads would otherwise hold it for ever);
+//! - **connection age**: at `api.max_connection_age_secs` a connection is
+//!   closed after its request in flight;
+//! - **connection cap**: at most `api.max_connections` connections at once,
+//!   at most `api.max_connections_per_ip` from one address (more are
+//!   answered 429 and closed). When every slot is taken, the longest-idle
+//!   connection is closed to make room (see `connections`), so `/healthz`
+//!   answers at once even when idle sockets hold every other slot; with
+//!   every connection busy, the next waits in the kernel's accept queue;
 //! - graceful shutdown: stop accepting, let requests in flight finish.
 
+use crate::api::connections::{Connection, Table, WriteTimeout};
 use crate::api::error::ApiError;
+use crate::config::HttpLimits;
 use axum::Router;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper::server::conn::http1;
+use hyper::service::Service as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-/// The server's limits, from `[api]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub header_read_timeout: Duration,
-    pub request_timeout: Duration,
-    pub max_connections: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            header_read_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
-            max_connections: 4096,
-        }
-    }
-}
-
-/// How long shutdown waits for connections to finish their requests.
+/// How long shutdown (or a connection past its age) waits for requests in
+/// flight to finish.
 const DRAIN: Duration = Duration::from_secs(10);
+
+/// What a connection over the per-address cap is told before it is closed.
+const TOO_MANY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\n\
+content-length: 51\r\nconnection: close\r\n\r\n{\"error\":\"too many connections from this address\"}\n";
 
 /// A bound but not yet serving HTTP server; `local_addr` is the real port,
 /// which matters when binding port 0.
@@ -55,11 +53,15 @@ pub struct HttpServer {
     pub local_addr: SocketAddr,
     listener: TcpListener,
     app: Router,
-    limits: Limits,
+    limits: HttpLimits,
 }
 
 /// Binds `addr` for `app`.
-pub async fn bind(addr: SocketAddr, app: Router, limits: Limits) -> std::io::Result<HttpServer> {
+pub async fn bind(
+    addr: SocketAddr,
+    app: Router,
+    limits: HttpLimits,
+) -> std::io::Result<HttpServer> {
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     let app = app.layer(axum::middleware::from_fn_with_state(
@@ -84,21 +86,20 @@ impl HttpServer {
             app,
             limits,
         } = self;
-        tracing::info!(addr = %local_addr, max_connections = limits.max_connections, "HTTP API listening");
+        tracing::info!(
+            addr = %local_addr,
+            max_connections = limits.max_connections,
+            max_connections_per_ip = limits.max_connections_per_ip,
+            "HTTP API listening"
+        );
         let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-        let graceful = GracefulShutdown::new();
+        let table = Table::new(limits.max_connections_per_ip);
+        let tasks = TaskTracker::new();
         loop {
-            let slot = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                slot = slots.clone().acquire_owned() => match slot {
-                    Ok(slot) => slot,
-                    Err(_) => break,
-                },
-            };
-            let tcp = tokio::select! {
+            let (tcp, peer) = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
-                    Ok((tcp, _)) => tcp,
+                    Ok(accepted) => accepted,
                     Err(error) => {
                         // EMFILE and friends: back off instead of spinning.
                         tracing::warn!(%error, "accepting a connection failed");
@@ -107,34 +108,133 @@ impl HttpServer {
                     }
                 },
             };
-            // Small JSON answers: do not let Nagle hold them back.
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "could not set TCP_NODELAY");
-            }
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
-            let connection = graceful.watch(connection);
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "HTTP connection ended with an error");
-                }
+            let Some(connection) = table.admit(peer.ip()) else {
+                refuse_over_cap(tcp, peer);
+                continue;
+            };
+            let slot = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                slot = take_slot(&slots, &table) => slot,
+            };
+            let served = Served {
+                tcp,
+                peer,
+                app: app.clone(),
+                limits,
+                connection,
+                shutdown: shutdown.clone(),
+            };
+            tasks.spawn(async move {
+                served.run().await;
                 drop(slot);
             });
         }
         drop(listener);
-        if tokio::time::timeout(DRAIN, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                ?DRAIN,
-                "HTTP connections still open after the drain period; closing them"
-            );
-        }
+        drain(tasks).await;
         Ok(())
+    }
+}
+
+/// Waits for the connections (told to shut down gracefully) to end.
+async fn drain(tasks: TaskTracker) {
+    tasks.close();
+    if tokio::time::timeout(DRAIN + Duration::from_secs(1), tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?DRAIN,
+            "HTTP connections still open after the drain period; closing them"
+        );
+    }
+}
+
+/// A free slot; when there is none, the longest-idle connection is closed
+/// to free one. With every connection busy, waits for one to end.
+async fn take_slot(slots: &Arc<Semaphore>, table: &Table) -> OwnedSemaphorePermit {
+    if let Ok(slot) = slots.clone().try_acquire_owned() {
+        return slot;
+    }
+    table.evict_oldest_idle();
+    slots
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("the semaphore is never closed")
+}
+
+/// Tells a client over the per-address cap so (best effort, never waiting)
+/// and closes.
+fn refuse_over_cap(tcp: TcpStream, peer: SocketAddr) {
+    tracing::debug!(%peer, "refused a connection: too many from this address");
+    let _ = tcp.try_write(TOO_MANY);
+}
+
+/// One accepted connection and what serving it needs.
+struct Served {
+    tcp: TcpStream,
+    peer: SocketAddr,
+    app: Router,
+    limits: HttpLimits,
+    connection: Arc<Connection>,
+    shutdown: CancellationToken,
+}
+
+impl Served {
+    /// Serves the connection until the client closes it, it times out, it
+    /// reaches its age, it is evicted, or the server shuts down.
+    async fn run(self) {
+        let Served {
+            tcp,
+            peer,
+            app,
+            limits,
+            connection,
+            shutdown,
+        } = self;
+        // Small JSON answers: do not let Nagle hold them back.
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY");
+        }
+        let io = TokioIo::new(WriteTimeout::new(tcp, limits.write_timeout));
+        let tracked = connection.clone();
+        let app = TowerToHyperService::new(app);
+        let service =
+            hyper::service::service_fn(move |mut request: Request<hyper::body::Incoming>| {
+                // The peer, for per-address logging (failed authentication).
+                request.extensions_mut().insert(ConnectInfo(peer));
+                let busy = tracked.request_started();
+                let answer = app.call(request);
+                async move {
+                    let response = answer.await;
+                    drop(busy);
+                    response
+                }
+            });
+        let served = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
+            .keep_alive(true)
+            .serve_connection(io, service);
+        let mut served = std::pin::pin!(served);
+        let age = tokio::time::sleep(limits.max_connection_age);
+        tokio::select! {
+            result = served.as_mut() => return log_end(result),
+            // Idle (no request in flight): closing loses nothing.
+            _ = connection.evicted().cancelled() => return,
+            _ = shutdown.cancelled() => {}
+            _ = age => {}
+        }
+        served.as_mut().graceful_shutdown();
+        if let Ok(result) = tokio::time::timeout(DRAIN, served).await {
+            log_end(result);
+        }
+    }
+}
+
+fn log_end(result: Result<(), hyper::Error>) {
+    if let Err(error) = result {
+        tracing::debug!(%error, "HTTP connection ended with an error");
     }
 }
 
@@ -152,5 +252,20 @@ async fn request_timeout(
             limit.as_secs()
         ))
         .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_429_declares_its_body_length() {
+        let text = std::str::from_utf8(TOO_MANY).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("content-length: {}\r\n", body.len())),
+            "{text}"
+        );
     }
 }

@@ -26,9 +26,9 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 #[derive(Debug, Clone, PartialEq, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateJobRequest {
-    /// Source: a contributor's images (1-100 characters: letters, digits, `_`, `-`, `.`).
+    /// Source: a contributor's images (1-64 characters: ASCII letters, digits, `_`, `-`, `.`).
     #[serde(default, deserialize_with = "username_field")]
-    #[schema(value_type = Option<String>, min_length = 1, max_length = 100)]
+    #[schema(value_type = Option<String>, min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.-]{1,64}$")]
     pub username: Option<String>,
     /// Source: an organization's images (digits).
     #[serde(default, deserialize_with = "organization_field")]
@@ -588,11 +588,11 @@ mod tests {
 
     #[test]
     fn oversized_username_is_refused() {
-        let body = format!(r#"{{"username":"{}"}}"#, "x".repeat(101));
+        let body = format!(r#"{{"username":"{}"}}"#, "x".repeat(65));
         let (status, msg) = message(spec(&body));
         assert_eq!(status, 422);
-        assert!(msg.contains("longer than 100"), "{msg}");
-        let body = format!(r#"{{"username":"{}"}}"#, "x".repeat(100));
+        assert!(msg.contains("longer than 64"), "{msg}");
+        let body = format!(r#"{{"username":"{}"}}"#, "x".repeat(64));
         assert!(parse(&body).is_ok());
     }
 

@@ -3,7 +3,9 @@
 //!
 //! Two `reqwest::Client`s keep the two hosts apart: only the API client ever
 //! sees the `Authorization` header, and it follows no redirects, so the token
-//! cannot be carried off the API origin. Each method makes exactly ONE
+//! cannot be carried off the API origin. Image downloads follow at most
+//! three redirects and never from https to plain http; an API answer is
+//! read up to 32 MiB, no further. Each method makes exactly ONE
 //! attempt; the daemon owns retries, using [`MapillaryError::decision`].
 
 use super::cdn_gate::CdnGate;
@@ -35,9 +37,13 @@ use url::Url;
 pub const MAX_IDS_PER_CALL: usize = 50;
 
 const USER_AGENT: &str = concat!("mapillary-downloader/", env!("CARGO_PKG_VERSION"));
-/// The most an API answer's Content-Length may reserve up front (a 2,000-image
-/// page of the fake is 2.1 MB).
-const MAX_PRESIZED_BODY: u64 = 32 << 20;
+/// The largest Graph API answer read: a 2,000-image page is a few MB, so
+/// anything near this is a broken or hostile server, and reading it whole
+/// into memory (once per worker) must not be able to exhaust it.
+pub const MAX_API_BODY: u64 = 32 << 20;
+/// Redirects an image download follows at most (Mapillary's CDN uses none
+/// or one).
+pub const MAX_IMAGE_REDIRECTS: usize = 3;
 
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
@@ -171,7 +177,12 @@ impl MapillaryClient {
             .connect_timeout(settings.connect_timeout)
             .timeout(settings.download_timeout)
             .read_timeout(settings.read_idle_timeout)
-            .redirect(reqwest::redirect::Policy::limited(5))
+            .redirect(reqwest::redirect::Policy::custom(
+                |attempt| match redirect_refusal(attempt.previous(), attempt.url()) {
+                    None => attempt.follow(),
+                    Some(reason) => attempt.error(reason),
+                },
+            ))
             .retry(reqwest::retry::never())
             .build()
             .map_err(|e| MapillaryError::Fatal(format!("cannot build the CDN HTTP client: {e}")))?;
@@ -553,11 +564,11 @@ impl MapillaryClient {
             let mut response = response;
             // Sized once from Content-Length (bounded: it is the server's
             // word), not doubled as a multi-megabyte page arrives.
-            let expected = response
-                .content_length()
-                .unwrap_or(0)
-                .min(MAX_PRESIZED_BODY);
-            let mut body = Vec::with_capacity(expected as usize);
+            let declared = response.content_length().unwrap_or(0);
+            if declared > MAX_API_BODY {
+                return Err(api_body_too_large());
+            }
+            let mut body = Vec::with_capacity(declared as usize);
             loop {
                 match tokio::time::timeout(idle, response.chunk()).await {
                     Err(_) => {
@@ -568,7 +579,12 @@ impl MapillaryClient {
                     }
                     Ok(Err(e)) => return Err(transport_error("API response", e)),
                     Ok(Ok(None)) => return Ok(Bytes::from(body)),
-                    Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk),
+                    Ok(Ok(Some(chunk))) => {
+                        if (body.len() + chunk.len()) as u64 > MAX_API_BODY {
+                            return Err(api_body_too_large());
+                        }
+                        body.extend_from_slice(&chunk);
+                    }
                 }
             }
         }
@@ -589,6 +605,30 @@ impl MapillaryClient {
             text.replace(token, "[redacted]")
         }
     }
+}
+
+/// An answer over [`MAX_API_BODY`]: transient (a server fault that may pass;
+/// it costs an attempt, so a server that keeps doing it ends the retries).
+fn api_body_too_large() -> MapillaryError {
+    MapillaryError::Transient(format!(
+        "the API's answer is larger than the {} MiB limit",
+        MAX_API_BODY >> 20
+    ))
+}
+
+/// Why an image download must not follow a redirect to `next` after the
+/// requests to `previous` (the first URL included), if it must not: more
+/// than [`MAX_IMAGE_REDIRECTS`], or from https down to plain http (the
+/// image, and the signed URL's query, would travel unencrypted).
+pub fn redirect_refusal(previous: &[Url], next: &Url) -> Option<&'static str> {
+    if previous.len() > MAX_IMAGE_REDIRECTS {
+        return Some("more than 3 redirects");
+    }
+    let from_https = previous.last().is_some_and(|url| url.scheme() == "https");
+    if from_https && next.scheme() != "https" {
+        return Some("refused a redirect from https to plain http");
+    }
+    None
 }
 
 /// An image URL we may request: absolute http(s), not yet past its `oe=` expiry.

@@ -295,3 +295,136 @@ impl Drop for PgCluster {
         self.stop_server();
     }
 }
+
+/// The certificate files of a cluster serving TLS ([`PgCluster::enable_tls`]).
+pub struct TlsFiles {
+    /// The CA that signed the server's certificate (for `sslrootcert`).
+    pub ca: PathBuf,
+    /// Another CA, which signed nothing the server shows: verification with
+    /// it must fail.
+    pub wrong_ca: PathBuf,
+}
+
+impl PgCluster {
+    /// Turns TLS on (`ssl = on`) with a certificate for `127.0.0.1` and
+    /// `localhost` signed by a throwaway CA made here with the `openssl`
+    /// command, and restarts the server. Plain connections still work.
+    pub fn enable_tls(&self) -> TlsFiles {
+        let dir = self.root.path().join("tls");
+        std::fs::create_dir_all(&dir).expect("a directory for the certificates");
+        make_ca(&dir, "ca");
+        make_ca(&dir, "wrong-ca");
+        openssl(
+            &dir,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                "/CN=localhost",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+            ],
+        );
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )
+        .expect("write the extensions file");
+        openssl(
+            &dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                "server.ext",
+                "-out",
+                "server.crt",
+            ],
+        );
+        let data = self.data_dir();
+        for file in ["server.crt", "server.key"] {
+            let target = data.join(file);
+            std::fs::copy(dir.join(file), &target).expect("copy into the data directory");
+            std::fs::set_permissions(&target, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod the certificate");
+            if let Some((uid, gid)) = server_user() {
+                std::os::unix::fs::chown(&target, Some(uid), Some(gid))
+                    .expect("chown the certificate to postgres");
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).expect("read postgresql.conf");
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).expect("write postgresql.conf");
+        self.stop_server();
+        self.start_server();
+        TlsFiles {
+            ca: dir.join("ca.crt"),
+            wrong_ca: dir.join("wrong-ca.crt"),
+        }
+    }
+}
+
+/// A self-signed CA certificate and key: `<name>.crt`, `<name>.key`.
+fn make_ca(dir: &Path, name: &str) {
+    let (key, crt, subject) = (
+        format!("{name}.key"),
+        format!("{name}.crt"),
+        format!("/CN=mld test {name}"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &subject,
+            "-keyout",
+            &key,
+            "-out",
+            &crt,
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ],
+    );
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -41,18 +41,51 @@ use std::time::Duration;
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/postgres");
 
 /// A pool on `url`, which may hold a password: errors never repeat it.
+///
+/// TLS follows the URL as libpq's does: `sslmode=disable|prefer|require|
+/// verify-ca|verify-full` (sqlx's default, `prefer`, when absent) and
+/// `sslrootcert=<file>` for a private CA, over rustls. A TLS failure says
+/// which mode asked for it and what to check.
 async fn connect(url: &str) -> StoreResult<PgPool> {
     let options = PgConnectOptions::from_str(url).map_err(|e| {
         StoreError::Invalid(format!("storage.database_url is not a PostgreSQL URL: {e}"))
     })?;
-    Ok(PgPoolOptions::new()
+    let mode = match options.get_ssl_mode() {
+        sqlx::postgres::PgSslMode::Disable => "disable",
+        sqlx::postgres::PgSslMode::Allow => "allow",
+        sqlx::postgres::PgSslMode::Prefer => "prefer",
+        sqlx::postgres::PgSslMode::Require => "require",
+        sqlx::postgres::PgSslMode::VerifyCa => "verify-ca",
+        sqlx::postgres::PgSslMode::VerifyFull => "verify-full",
+    };
+    PgPoolOptions::new()
         .max_connections(16)
         .min_connections(1)
         // A server restarting: callers wait this long, then get an error
         // they retry, rather than waiting without a bound.
         .acquire_timeout(Duration::from_secs(15))
         .connect_with(options)
-        .await?)
+        .await
+        .map_err(|error| {
+            let tls_failure = |cause: String| {
+                StoreError::Invalid(format!(
+                    "TLS to PostgreSQL failed (sslmode={mode}): {cause}. With verify-ca or \
+                     verify-full, sslrootcert must name the CA that signed the server's \
+                     certificate, and with verify-full the URL's host must be one it names"
+                ))
+            };
+            match error {
+                sqlx::Error::Tls(cause) => tls_failure(cause.to_string()),
+                // rustls reports a refused certificate as invalid data on the
+                // socket.
+                sqlx::Error::Io(io)
+                    if mode != "disable" && io.kind() == std::io::ErrorKind::InvalidData =>
+                {
+                    tls_failure(io.to_string())
+                }
+                other => other.into(),
+            }
+        })
 }
 
 /// Whose clock stamps leases and times.
