@@ -40,6 +40,7 @@ pub mod config;
 pub mod engine;
 pub mod estimate;
 pub mod exif;
+pub mod failures;
 pub mod mapillary;
 pub mod metrics;
 pub mod model;

@@ -69,7 +69,17 @@ impl From<&MinuteThroughput> for MinuteBucket {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StatusReport {
+    /// On `GET /status` and `status --json`: the [`STATUS_JOBS`] jobs most
+    /// recently changed or advanced, in id order, each selection's id list
+    /// summarised as `{"count": n}` (the whole job is at `GET /jobs/{id}`).
+    #[serde(serialize_with = "summarised_jobs")]
+    #[schema(value_type = Vec<JobSummary>)]
     pub jobs: Vec<Job>,
+    /// Every job in the queue, listed in `jobs` or not.
+    pub jobs_total: u64,
+    /// `jobs` leaves some out: `GET /jobs` pages through them all.
+    pub jobs_truncated: bool,
+    /// Over every job, not only those listed.
     pub totals: Totals,
     pub throughput: Throughput,
     /// Seconds until the images known so far are downloaded; `null` while
@@ -83,6 +93,123 @@ pub struct StatusReport {
     /// [`DAEMON_LIVE_WITHIN`] old): one on SQLite, every live one of the
     /// cluster on PostgreSQL.
     pub daemons: Vec<DaemonView>,
+}
+
+/// How many jobs `GET /status` and the `status` command list.
+pub const STATUS_JOBS: u32 = 100;
+
+/// The jobs a report lists, and the figures over every job.
+#[derive(Debug, Clone, Default)]
+pub struct JobsView {
+    pub jobs: Vec<Job>,
+    pub totals: Totals,
+    /// Pending and in-flight images of active jobs: what the ETA waits for.
+    pub remaining: u64,
+    /// How many jobs there are in all.
+    pub total: u64,
+}
+
+/// Every job listed: totals from the jobs themselves.
+impl From<Vec<Job>> for JobsView {
+    fn from(jobs: Vec<Job>) -> Self {
+        JobsView {
+            totals: Totals::of(&jobs),
+            remaining: remaining_images(&jobs),
+            total: jobs.len() as u64,
+            jobs,
+        }
+    }
+}
+
+impl JobsView {
+    /// The `limit` most recently updated jobs, with totals the database
+    /// sums over every job: a report that stays small however many jobs
+    /// (and however long their selections) the queue holds.
+    pub async fn recent(store: &Store, limit: u32) -> crate::store::StoreResult<JobsView> {
+        let sums = store.job_totals().await?;
+        let jobs = store.recent_jobs(limit).await?;
+        Ok(JobsView {
+            totals: Totals {
+                discovered: sums.pending + sums.in_progress + sums.done + sums.failed,
+                pending: sums.pending,
+                in_progress: sums.in_progress,
+                done: sums.done,
+                failed: sums.failed,
+                deleted: sums.deleted,
+                bytes_done: sums.bytes_done,
+            },
+            remaining: sums.remaining,
+            // A job created between the two reads is listed but not counted.
+            total: sums.jobs.max(jobs.len() as u64),
+            jobs,
+        })
+    }
+}
+
+/// A job as `/status` lists it: a [`Job`] whose `image_ids` and
+/// `sequence_ids` are `{"count": n}` instead of the lists (a selection of
+/// 10,000 ids would otherwise be sent every time the page polls).
+pub struct JobSummary;
+
+impl utoipa::PartialSchema for JobSummary {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::RefOr;
+        use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
+        let mut schema = <Job as utoipa::PartialSchema>::schema();
+        if let RefOr::T(Schema::Object(object)) = &mut schema {
+            for key in SUMMARISED {
+                let count = ObjectBuilder::new()
+                    .schema_type(SchemaType::from_iter([Type::Object, Type::Null]))
+                    .description(Some(format!("How many {key} the selection names")))
+                    .property(
+                        "count",
+                        ObjectBuilder::new()
+                            .schema_type(Type::Integer)
+                            .minimum(Some(0)),
+                    )
+                    .required("count");
+                object.properties.insert(key.to_string(), count.into());
+            }
+            object.description = Some(
+                "A job with its id lists summarised; `GET /jobs/{id}` has the whole job".into(),
+            );
+        }
+        schema
+    }
+}
+
+impl utoipa::ToSchema for JobSummary {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "JobSummary".into()
+    }
+
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        <Job as utoipa::ToSchema>::schemas(schemas);
+    }
+}
+
+/// The selection lists a [`JobSummary`] counts instead of listing.
+const SUMMARISED: [&str; 2] = ["image_ids", "sequence_ids"];
+
+/// Serialises `jobs` as [`JobSummary`]s.
+fn summarised_jobs<S: serde::Serializer>(jobs: &[Job], serializer: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::{Error, SerializeSeq};
+    let mut seq = serializer.serialize_seq(Some(jobs.len()))?;
+    for job in jobs {
+        let mut value = serde_json::to_value(job).map_err(S::Error::custom)?;
+        for key in SUMMARISED {
+            if let Some(ids) = value.get(key).and_then(|ids| ids.as_array()).map(Vec::len) {
+                value[key] = serde_json::json!({ "count": ids });
+            }
+        }
+        seq.serialize_element(&value)?;
+    }
+    seq.end()
 }
 
 /// A daemon's heartbeat older than this and it is not shown as live.
@@ -133,25 +260,32 @@ impl StatusReport {
     /// The report for `jobs` at throughput `rate`: the daemon's own rate for
     /// `GET /status`, one read from the database for the `status` command.
     /// Its history is all zeros; [`StatusReport::with_history`] gives one.
-    pub fn new(jobs: Vec<Job>, rate: Rate) -> StatusReport {
+    pub fn new(jobs: impl Into<JobsView>, rate: Rate) -> StatusReport {
         Self::with_history(jobs, rate, &empty_history(crate::clock::now_ms()))
     }
 
     /// [`StatusReport::new`] with the daemon's minute-by-minute history
     /// (`Stats::history`).
-    pub fn with_history(jobs: Vec<Job>, rate: Rate, history: &[MinuteThroughput]) -> StatusReport {
+    pub fn with_history(
+        jobs: impl Into<JobsView>,
+        rate: Rate,
+        history: &[MinuteThroughput],
+    ) -> StatusReport {
+        let view = jobs.into();
         // One reading for both, so the ETA matches the throughput shown.
         let eta_seconds = rate
-            .eta(remaining_images(&jobs))
+            .eta(view.remaining)
             .map(|eta| eta.as_secs_f64().ceil() as u64);
         StatusReport {
-            totals: Totals::of(&jobs),
+            totals: view.totals,
             throughput: Throughput {
                 images_per_sec: rate.images_per_sec,
                 bytes_per_sec: rate.bytes_per_sec,
             },
             eta_seconds,
-            jobs,
+            jobs_truncated: view.total > view.jobs.len() as u64,
+            jobs_total: view.total,
+            jobs: view.jobs,
             throughput_history: history.iter().map(MinuteBucket::from).collect(),
             daemons: Vec::new(),
         }
@@ -160,7 +294,10 @@ impl StatusReport {
     /// The report with throughput, ETA and history read from the database:
     /// the whole cluster's on a shared queue (what `/status` shows there),
     /// and the `status` command's on SQLite.
-    pub async fn from_database(store: &Store, jobs: Vec<Job>) -> crate::store::StoreResult<Self> {
+    pub async fn from_database(
+        store: &Store,
+        jobs: impl Into<JobsView>,
+    ) -> crate::store::StoreResult<Self> {
         let now = crate::clock::now_ms();
         let (images, bytes) = store.finished_since(now - 60_000).await?;
         let rate = Rate {
@@ -187,19 +324,25 @@ impl StatusReport {
     }
 }
 
-/// The `status` command: reads the database beside live daemons (SQLite
-/// read-only; PostgreSQL, shared by them all, as one more client).
-pub async fn print_status(settings: &crate::config::Settings, json: bool) -> anyhow::Result<()> {
-    let store = match settings.database_url().map_err(anyhow::Error::msg)? {
-        // Never migrates: daemons of another version may be running on it.
+/// The store as commands that only read open it, beside live daemons:
+/// SQLite read-only; PostgreSQL, shared by them all, as one more client
+/// that never migrates (daemons of another version may be running on it).
+pub async fn open_reader(settings: &crate::config::Settings) -> anyhow::Result<Store> {
+    Ok(match settings.database_url().map_err(anyhow::Error::msg)? {
         Some(url) => Store::open_postgres_existing(url.expose().trim())
             .await
             .map_err(|e| {
                 anyhow::anyhow!("cannot read the PostgreSQL queue (storage.database_url): {e}")
             })?,
         None => Store::open_read_only(&settings.database_path()).await?,
-    };
-    let jobs = store.list_jobs().await?;
+    })
+}
+
+/// The `status` command: reads the database beside live daemons (SQLite
+/// read-only; PostgreSQL, shared by them all, as one more client).
+pub async fn print_status(settings: &crate::config::Settings, json: bool) -> anyhow::Result<()> {
+    let store = open_reader(settings).await?;
+    let jobs = JobsView::recent(&store, STATUS_JOBS).await?;
     let report = StatusReport::from_database(&store, jobs)
         .await?
         .with_daemons_of(&store)
@@ -208,8 +351,23 @@ pub async fn print_status(settings: &crate::config::Settings, json: bool) -> any
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", render_table(&report.jobs));
+        print!("{}", more_line(&report));
     }
+    store.close().await;
     Ok(())
+}
+
+/// The line that ends a truncated table: how many jobs it left out.
+pub fn more_line(report: &StatusReport) -> String {
+    let left_out = report.jobs_total.saturating_sub(report.jobs.len() as u64);
+    if !report.jobs_truncated || left_out == 0 {
+        return String::new();
+    }
+    format!(
+        "… and {} more (the {} most recently updated are shown; GET /jobs lists every job)\n",
+        group_digits(left_out),
+        report.jobs.len()
+    )
 }
 
 /// The human table: one row per job.

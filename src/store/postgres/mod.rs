@@ -26,6 +26,7 @@ mod images;
 mod ingest;
 mod job_tasks;
 mod jobs;
+mod listing;
 mod parts;
 mod queue;
 mod rebase;
