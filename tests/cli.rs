@@ -566,3 +566,92 @@ async fn status_reads_a_postgres_queue_by_flag_and_never_migrates_it() {
         "no SQLite file beside a PostgreSQL queue"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failures_lists_each_failed_image_and_why_and_status_says_how_many_more() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("pia", 12, 23);
+    let first = fake.images("pia")[0].clone();
+    fake.add_image(
+        "pia",
+        FakeImage {
+            id: "not/a/number".into(),
+            ..first
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    let out = run(&["download", "pia", "--workers", "2"], dir.path(), &env).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+
+    let out = run(&["failures"], dir.path(), &env).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_plain(&stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    for column in ["JOB", "IMAGE", "REASON", "ATTEMPTS", "LAST ERROR"] {
+        assert!(lines[0].contains(column), "{stdout}");
+    }
+    assert_eq!(lines.len(), 3, "header, one image, count: {stdout}");
+    assert!(
+        lines[1].starts_with("1 ") && lines[1].contains("not/a/number") && lines[1].contains("error"),
+        "{stdout}"
+    );
+    assert_eq!(lines[2], "1 failed image");
+
+    let out = run(&["failures", "1", "--json"], dir.path(), &env).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let listed: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("failures --json is JSON");
+    let listed = listed.as_array().expect("an array");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let image = &listed[0];
+    assert_eq!(image["image_id"], "not/a/number");
+    assert_eq!(image["job_id"], 1);
+    assert_eq!(image["state"], "failed");
+    assert_eq!(image["fail_reason"], "error");
+    assert!(
+        !image["last_error"].as_str().unwrap_or_default().is_empty(),
+        "{image}"
+    );
+    assert!(image["path"].is_null());
+
+    let out = run(&["failures", "--reason", "deleted"], dir.path(), &env).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).ends_with("(no failed images)\n"), "{}", text(&out.stdout));
+    let out = run(&["failures", "--json", "--reason", "deleted"], dir.path(), &env).await;
+    assert_eq!(text(&out.stdout), "[]\n");
+    let out = run(&["failures", "99"], dir.path(), &env).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no job with id 99"), "{stderr}");
+    for bad in [["failures", "0"], ["failures", "--reason=lost"]] {
+        let out = run(&bad, dir.path(), &env).await;
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out.stderr));
+    }
+
+    // 102 jobs: the table lists the 100 most recently updated and says so.
+    let store = mapillary_downloader::store::Store::open(&dir.path().join("mapillary.db"))
+        .await
+        .unwrap();
+    for n in 0..101 {
+        let spec = mapillary_downloader::selection::JobSpec::user(
+            &format!("more{n}"),
+            mapillary_downloader::model::Quality::Q1024,
+        );
+        store.submit_job(&spec, 2_000_000_000_000 + n).await.unwrap();
+    }
+    store.close().await;
+    let out = run(&["status"], dir.path(), &env).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(stdout.lines().count(), 102, "header, 100 jobs, the rest: {stdout}");
+    let last = stdout.lines().last().unwrap();
+    assert!(last.starts_with("… and 2 more"), "{last}");
+    let out = run(&["status", "--json"], dir.path(), &env).await;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["jobs"].as_array().unwrap().len(), 100);
+    assert_eq!(report["jobs_total"], 102);
+    assert_eq!(report["jobs_truncated"], true);
+    assert_eq!(report["totals"]["failed"], 1, "totals over every job");
+}

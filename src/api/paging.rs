@@ -128,10 +128,13 @@ impl ImagesQuery {
                     })?)
                 }
                 "limit" => parsed.limit = parse_limit(&value)?,
-                _ if value.is_empty() || value.len() > MAX_AFTER_LEN => {
+                _ if value.is_empty()
+                    || value.len() > MAX_AFTER_LEN
+                    || value.chars().any(char::is_control) =>
+                {
                     return Err(ApiError::Unprocessable(format!(
-                        "after must be an image id (the last one of the page before), 1 to \
-                         {MAX_AFTER_LEN} bytes"
+                        "after must be an image id (the last one of the page before): 1 to \
+                         {MAX_AFTER_LEN} bytes, no control characters"
                     )));
                 }
                 _ => parsed.after = Some(value),
@@ -237,6 +240,7 @@ mod tests {
             "reason=gone",
             "state=done&reason=error",
             "after=",
+            "after=a%00b",
             "limit=0",
             "sort=asc",
         ] {
