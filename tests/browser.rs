@@ -1007,8 +1007,15 @@ async fn the_page_lists_failures_beside_retry_and_pages_through_every_job() {
             })
             .await;
             let _ = more;
-            assert!(row(driver, id).await.is_none(), "the oldest job is not among the recent");
-            assert!(text_of(driver, "jobs-more-text").await.contains("of 105 jobs"));
+            assert!(
+                row(driver, id).await.is_none(),
+                "the oldest job is not among the recent"
+            );
+            assert!(
+                text_of(driver, "jobs-more-text")
+                    .await
+                    .contains("of 105 jobs")
+            );
             click(driver, "#jobs-all").await;
             eventually("the first page of every job", async || {
                 let rows = rows(driver).await;

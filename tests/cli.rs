@@ -594,7 +594,9 @@ async fn failures_lists_each_failed_image_and_why_and_status_says_how_many_more(
     }
     assert_eq!(lines.len(), 3, "header, one image, count: {stdout}");
     assert!(
-        lines[1].starts_with("1 ") && lines[1].contains("not/a/number") && lines[1].contains("error"),
+        lines[1].starts_with("1 ")
+            && lines[1].contains("not/a/number")
+            && lines[1].contains("error"),
         "{stdout}"
     );
     assert_eq!(lines[2], "1 failed image");
@@ -618,8 +620,17 @@ async fn failures_lists_each_failed_image_and_why_and_status_says_how_many_more(
 
     let out = run(&["failures", "--reason", "deleted"], dir.path(), &env).await;
     assert_eq!(out.status.code(), Some(0));
-    assert!(text(&out.stdout).ends_with("(no failed images)\n"), "{}", text(&out.stdout));
-    let out = run(&["failures", "--json", "--reason", "deleted"], dir.path(), &env).await;
+    assert!(
+        text(&out.stdout).ends_with("(no failed images)\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(
+        &["failures", "--json", "--reason", "deleted"],
+        dir.path(),
+        &env,
+    )
+    .await;
     assert_eq!(text(&out.stdout), "[]\n");
     let out = run(&["failures", "99"], dir.path(), &env).await;
     let stderr = text(&out.stderr);
@@ -639,13 +650,20 @@ async fn failures_lists_each_failed_image_and_why_and_status_says_how_many_more(
             &format!("more{n}"),
             mapillary_downloader::model::Quality::Q1024,
         );
-        store.submit_job(&spec, 2_000_000_000_000 + n).await.unwrap();
+        store
+            .submit_job(&spec, 2_000_000_000_000 + n)
+            .await
+            .unwrap();
     }
     store.close().await;
     let out = run(&["status"], dir.path(), &env).await;
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(stdout.lines().count(), 102, "header, 100 jobs, the rest: {stdout}");
+    assert_eq!(
+        stdout.lines().count(),
+        102,
+        "header, 100 jobs, the rest: {stdout}"
+    );
     let last = stdout.lines().last().unwrap();
     assert!(last.starts_with("… and 2 more"), "{last}");
     let out = run(&["status", "--json"], dir.path(), &env).await;

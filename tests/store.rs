@@ -2698,11 +2698,76 @@ async fn jobs_page_by_id_and_recent_ones_are_the_last_changed(f: Fixture) {
     );
 }
 
+/// A done image's path is relative to the archive root while loose (and
+/// while its tar is only planned), and names the tar and its member once
+/// the tar is written.
+async fn listed_paths_are_archive_relative_and_name_the_tar_once_packed(f: Fixture) {
+    use mapillary_downloader::store::{ImageFilter, ListedImage};
+    let s = &f.store;
+    s.rebase_archive(Path::new("/a/archive")).await.unwrap();
+    let job = active_job(s, "alice").await;
+    s.insert_page(job, &metas(1..=3), None, 0).await.unwrap();
+    let claimed = s.claim_as("w", 3, LEASE, 1_000).await.unwrap();
+    let collection = claimed[0].collection.clone();
+    let folder = format!("/a/archive/{collection}/2024-01-02");
+    for c in &claimed {
+        let path = format!("{folder}/s/{}.jpg", c.image_id);
+        assert!(
+            s.complete_as(c.row_id(), "w", c.lease.epoch, 100, &path, 2_000)
+                .await
+                .unwrap()
+        );
+    }
+    let done = ImageFilter {
+        state: Some(ImageState::Done),
+        reason: None,
+    };
+    let paths = |page: Vec<ListedImage>| -> Vec<String> {
+        page.into_iter().map(|i| i.path.unwrap()).collect()
+    };
+    let loose = vec![
+        format!("{collection}/2024-01-02/s/1.jpg"),
+        format!("{collection}/2024-01-02/s/2.jpg"),
+        format!("{collection}/2024-01-02/s/3.jpg"),
+    ];
+    let listed = s.job_images(job, &done, None, 10).await.unwrap().items;
+    assert_eq!(paths(listed), loose);
+    let task = s
+        .take_collection_task(&collection, &"d".into(), LEASE, 10_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let packing = s
+        .plan_packing(&task, "2024-01-02", &folder, "2024-01-02.tar", 11_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let listed = s.job_images(job, &done, None, 10).await.unwrap().items;
+    assert_eq!(paths(listed), loose, "a planned tar is not the file yet");
+    let written = TarWritten {
+        members: 3,
+        bytes: 10_240,
+        sha256: "ab".repeat(32),
+        ..Default::default()
+    };
+    s.mark_packing_written(&task, &packing, &written, 12_000)
+        .await
+        .unwrap();
+    let listed = s.job_images(job, &done, None, 10).await.unwrap().items;
+    assert_eq!(
+        paths(listed),
+        [1, 2, 3]
+            .map(|i| format!("{collection}/2024-01-02.tar#2024-01-02/s/{i}.jpg"))
+            .to_vec()
+    );
+}
+
 mod listing {
     use super::*;
 
     on_both_backends!(
         failed_images_of_a_10000_image_job_page_through_exactly,
         jobs_page_by_id_and_recent_ones_are_the_last_changed,
+        listed_paths_are_archive_relative_and_name_the_tar_once_packed,
     );
 }
