@@ -673,3 +673,124 @@ async fn failures_lists_each_failed_image_and_why_and_status_says_how_many_more(
     assert_eq!(report["jobs_truncated"], true);
     assert_eq!(report["totals"]["failed"], 1, "totals over every job");
 }
+
+/// Puts `n` images into a new job of `store` and fails every one for good
+/// (every seventh deleted on Mapillary); returns the job's id.
+async fn job_with_failures(store: &mapillary_downloader::store::Store, n: u64) -> i64 {
+    use mapillary_downloader::model::{ImageMeta, Quality as StoreQuality};
+    use mapillary_downloader::selection::JobSpec;
+    use mapillary_downloader::store::{FailReason, JobState, RetryPolicy};
+    let job = store
+        .submit_job(&JobSpec::user("fay", StoreQuality::Q1024), 1_000)
+        .await
+        .unwrap()
+        .job()
+        .id;
+    let images: Vec<ImageMeta> = (1..=n)
+        .map(|i| ImageMeta {
+            id: (100_000 + i).to_string(),
+            ..ImageMeta::default()
+        })
+        .collect();
+    store.insert_page(job, &images, None, 1_000).await.unwrap();
+    store
+        .transition_job(job, JobState::ALL, JobState::Downloading, 1_000)
+        .await
+        .unwrap();
+    let claimed = store
+        .claim(&"w".into(), n as u32, Duration::from_secs(600), 2_000, 0)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len() as u64, n);
+    for (i, image) in claimed.iter().enumerate() {
+        if i % 7 == 0 {
+            let reason = FailReason::Deleted;
+            store
+                .fail_for_good(&image.lease, reason, "deleted on Mapillary", 3_000)
+                .await
+                .unwrap();
+        } else {
+            let policy = RetryPolicy {
+                max_attempts: 1,
+                retry_at_ms: 3_000,
+            };
+            store
+                .fail(&image.lease, "HTTP 500", policy, 3_000)
+                .await
+                .unwrap();
+        }
+    }
+    job
+}
+
+/// The image ids of `failures --json`, checked to be each listed once.
+fn listed_ids(out: &Output) -> Vec<String> {
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let ids: Vec<String> = listed
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|i| i["image_id"].as_str().unwrap().to_string())
+        .collect();
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "an image listed twice");
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failures_pages_through_thousands_on_sqlite_and_reads_postgres_by_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = test_env("http://127.0.0.1:9/", DEFAULT_TOKEN);
+    let store = mapillary_downloader::store::Store::open(&dir.path().join("mapillary.db"))
+        .await
+        .unwrap();
+    job_with_failures(&store, 2_500).await;
+    store.close().await;
+    let ids = listed_ids(&run(&["failures", "--json"], dir.path(), &env).await);
+    assert_eq!(
+        ids.len(),
+        2_500,
+        "more than one store page, every image once"
+    );
+    let deleted = listed_ids(
+        &run(
+            &["failures", "--json", "--reason", "deleted"],
+            dir.path(),
+            &env,
+        )
+        .await,
+    );
+    assert_eq!(deleted.len(), 2_500usize.div_ceil(7));
+    let out = run(&["failures", "1"], dir.path(), &env).await;
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        2_502,
+        "header, rows, count"
+    );
+
+    let url = mld_testkit::postgres::PgCluster::shared().fresh_database();
+    let mut env = env;
+    env::set(&mut env, "MLD__STORAGE__SHARED_FILESYSTEM", "true");
+    let pg_dir = tempfile::tempdir().unwrap();
+    let store = mapillary_downloader::store::Store::open_postgres(
+        &url,
+        mapillary_downloader::store::PgClock::Caller,
+    )
+    .await
+    .unwrap();
+    let job = job_with_failures(&store, 30).await;
+    store.close().await;
+    let job = job.to_string();
+    let out = run(
+        &["failures", &job, "--json", "--database-url", &url],
+        pg_dir.path(),
+        &env,
+    )
+    .await;
+    assert_eq!(listed_ids(&out).len(), 30);
+    assert!(
+        !pg_dir.path().join("mapillary.db").exists(),
+        "no SQLite file beside a PostgreSQL queue"
+    );
+}
