@@ -1002,11 +1002,10 @@ async fn the_page_lists_failures_beside_retry_and_pages_through_every_job() {
             for n in 0..104 {
                 post(api, json!({"username": format!("nobody{n}")})).await;
             }
-            let more = eventually("the note that some jobs are not shown", async || {
+            eventually("the note that some jobs are not shown", async || {
                 (shown(driver, "jobs-all").await && rows(driver).await.len() == 100).then_some(())
             })
             .await;
-            let _ = more;
             assert!(
                 row(driver, id).await.is_none(),
                 "the oldest job is not among the recent"
