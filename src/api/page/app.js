@@ -19,6 +19,9 @@
   // Jobs per GET /jobs page, and failed images per GET /jobs/{id}/images page.
   const JOBS_PAGE = 100;
   const FAILURES_PAGE = 20;
+  // Every job's full rows (whole selections) are read again this often;
+  // between reads, /status's fresh copies of the recent ones stand in.
+  const ALL_JOBS_EVERY_MS = 10000;
 
   const $ = (id) => document.getElementById(id);
   const show = (el, on) => { el.hidden = !on; };
@@ -35,6 +38,8 @@
   // how many pages to show.
   let allJobs = false;
   let jobPages = 1;
+  let allCache = null;
+  let allFetchedAt = 0;
 
   class Unauthorized extends Error {}
 
@@ -63,6 +68,22 @@
   function nextLink(header) {
     const m = /<([^>]*)>\s*;\s*rel="?next"?/.exec(header || '');
     return m ? m[1] : null;
+  }
+
+  // Every job so far ({list, more}): the pages shown, read again every
+  // ALL_JOBS_EVERY_MS; in between, `recent` (from /status) refreshes the
+  // rows it has, keeping the whole selections already read.
+  async function everyJob(recent) {
+    if (!allCache || performance.now() - allFetchedAt >= ALL_JOBS_EVERY_MS) {
+      allCache = await jobPagesUpTo(jobPages);
+      allFetchedAt = performance.now();
+    }
+    const fresh = new Map(recent.map((job) => [job.id, job]));
+    const list = allCache.list.map((job) => {
+      const f = fresh.get(job.id);
+      return f ? Object.assign({}, f, { image_ids: job.image_ids, sequence_ids: job.sequence_ids }) : job;
+    });
+    return { list, more: allCache.more };
   }
 
   // Up to `pages` pages of GET /jobs, following each page's next link:
@@ -99,7 +120,7 @@
     try {
       const r = await api('GET', '/status');
       if (!r.ok || !r.data) throw new Error(errorText(r.status, r.data));
-      const all = allJobs ? await jobPagesUpTo(jobPages) : null;
+      const all = allJobs ? await everyJob(r.data.jobs || []) : null;
       online();
       render(r.data, all);
     } catch (err) {
@@ -152,6 +173,9 @@
     token = '';
     sessionStorage.removeItem(TOKEN_KEY);
     views.clear();
+    allJobs = false;
+    allCache = null;
+    show($('jobs-more'), false);
     $('jobs').replaceChildren();
     $('chart').replaceChildren();
     for (const id of ['t-images', 't-failed', 't-bytes', 't-rate', 't-byterate', 't-eta']) $(id).textContent = '–';
@@ -289,9 +313,9 @@
     show($('jobs-more'), text !== '');
   }
 
-  $('jobs-all').addEventListener('click', () => { allJobs = true; jobPages = 1; poll(); });
-  $('jobs-next').addEventListener('click', () => { jobPages += 1; poll(); });
-  $('jobs-recent').addEventListener('click', () => { allJobs = false; jobPages = 1; poll(); });
+  $('jobs-all').addEventListener('click', () => { allJobs = true; jobPages = 1; allCache = null; poll(); });
+  $('jobs-next').addEventListener('click', () => { jobPages += 1; allCache = null; poll(); });
+  $('jobs-recent').addEventListener('click', () => { allJobs = false; jobPages = 1; allCache = null; poll(); });
 
   function svg(name, attrs) {
     const el = document.createElementNS(SVG_NS, name);
