@@ -123,7 +123,13 @@ async fn download(config_file: Option<PathBuf>, args: DownloadArgs) -> Result<Ex
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         })?;
-    Ok(match end {
+    Ok(exit_code(end))
+}
+
+/// The exit code README documents for how a download ended, with the line
+/// that says what to do when there is something to do.
+fn exit_code(end: RunEnd) -> ExitCode {
+    match end {
         RunEnd::Archived => ExitCode::SUCCESS,
         RunEnd::SomeFailed | RunEnd::Stalled => ExitCode::from(1),
         RunEnd::TokenRejected => {
@@ -137,7 +143,7 @@ async fn download(config_file: Option<PathBuf>, args: DownloadArgs) -> Result<Ex
             eprintln!("interrupted: run the same command again to resume");
             ExitCode::from(130)
         }
-    })
+    }
 }
 
 /// `status`: the jobs table (or `GET /status`'s JSON) from the database.

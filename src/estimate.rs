@@ -8,7 +8,7 @@ use crate::config::Settings;
 use crate::engine::refresh::renew;
 use crate::mapillary::{MapillaryClient, MapillaryError, RetryDecision, backoff_delay};
 use crate::model::{ImageMeta, Quality};
-use crate::selection::{IDS_PER_CALL, JobSpec, Source};
+use crate::selection::{IDS_PER_CALL, JobSpec, Selection, Source};
 use crate::units::{format_bytes, group_digits};
 use rand::Rng;
 use std::collections::HashSet;
@@ -66,30 +66,7 @@ pub async fn estimate(
     let selection = &spec.selection;
     match &selection.source {
         Source::Username(_) | Source::Organization(_) => {
-            // Overlapping pages repeat ids of the page before; remembering
-            // one page is enough to count each image once.
-            let mut previous_page = HashSet::new();
-            let filters = &selection.filters;
-            let first =
-                client.listing_url(&selection.source, filters, filters.bbox, client.page_size());
-            let mut url = Some(first);
-            while let Some(page_url) = url.take() {
-                let page = with_retries(settings, || client.fetch_page(&page_url)).await?;
-                let mut this_page = HashSet::with_capacity(page.images.len());
-                for image in &page.images {
-                    if previous_page.contains(&image.id) || !this_page.insert(image.id.clone()) {
-                        continue;
-                    }
-                    if selection.matches(image) {
-                        tally.add(image);
-                    }
-                }
-                if page.images.is_empty() {
-                    break;
-                }
-                previous_page = this_page;
-                url = page.next;
-            }
+            count_listing(client, settings, selection, &mut tally).await?;
         }
         Source::Sequences(sequences) => {
             for sequence in sequences {
@@ -116,6 +93,40 @@ pub async fn estimate(
         sampled: sizes.len(),
         estimated_bytes: (mean * tally.count as f64).round() as u64,
     })
+}
+
+/// Counts the images of a user's or an organization's listing that pass
+/// the filters, page by page.
+async fn count_listing(
+    client: &MapillaryClient,
+    settings: &Settings,
+    selection: &Selection,
+    tally: &mut Tally,
+) -> Result<(), MapillaryError> {
+    // Overlapping pages repeat ids of the page before; remembering one page
+    // is enough to count each image once.
+    let mut previous_page = HashSet::new();
+    let filters = &selection.filters;
+    let first = client.listing_url(&selection.source, filters, filters.bbox, client.page_size());
+    let mut url = Some(first);
+    while let Some(page_url) = url.take() {
+        let page = with_retries(settings, || client.fetch_page(&page_url)).await?;
+        let mut this_page = HashSet::with_capacity(page.images.len());
+        for image in &page.images {
+            if previous_page.contains(&image.id) || !this_page.insert(image.id.clone()) {
+                continue;
+            }
+            if selection.matches(image) {
+                tally.add(image);
+            }
+        }
+        if page.images.is_empty() {
+            break;
+        }
+        previous_page = this_page;
+        url = page.next;
+    }
+    Ok(())
 }
 
 /// Counts the images of `ids` that exist and pass the filters, 50 per call.

@@ -3,7 +3,6 @@
 //! store keeps. Plain atomics: one relaxed add per event, nothing global
 //! (one [`Metrics`] per client, shared by the engine and the API).
 
-use crate::mapillary::{MapillaryError, RetryDecision};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -36,22 +35,24 @@ impl OutcomeClass {
         }
     }
 
-    pub fn of<T>(result: &Result<T, MapillaryError>) -> OutcomeClass {
+    /// The class of a call's result; the error says its own class.
+    pub fn of<T, E: Classified>(result: &Result<T, E>) -> OutcomeClass {
         match result {
             Ok(_) => OutcomeClass::Ok,
-            Err(error) => match error.decision() {
-                RetryDecision::RateLimited(_) => OutcomeClass::RateLimited,
-                RetryDecision::Retryable | RetryDecision::RefreshUrl => OutcomeClass::Transient,
-                RetryDecision::PauseJob | RetryDecision::GiveUp | RetryDecision::Gone => {
-                    OutcomeClass::Fatal
-                }
-            },
+            Err(error) => error.outcome_class(),
         }
     }
 
     fn index(self) -> usize {
         self as usize
     }
+}
+
+/// An error that knows its [`OutcomeClass`]. The client's error implements
+/// it where it is defined, so this low module never names the client's types
+/// (the client feeds these counters: naming it here would be a cycle).
+pub trait Classified {
+    fn outcome_class(&self) -> OutcomeClass;
 }
 
 /// A counter per [`OutcomeClass`].
@@ -180,19 +181,5 @@ mod tests {
         assert_eq!(buckets, vec![(Some(0.1), 2), (Some(1.0), 3), (None, 4)]);
         assert_eq!(count, 4);
         assert!((sum - 5.65).abs() < 1e-9);
-    }
-
-    #[test]
-    fn outcomes_follow_the_retry_decision() {
-        assert_eq!(
-            OutcomeClass::of(&Ok::<(), MapillaryError>(())),
-            OutcomeClass::Ok
-        );
-        let limited: Result<(), _> = Err(MapillaryError::RateLimited { retry_after: None });
-        assert_eq!(OutcomeClass::of(&limited), OutcomeClass::RateLimited);
-        let transient: Result<(), _> = Err(MapillaryError::Transient("x".into()));
-        assert_eq!(OutcomeClass::of(&transient), OutcomeClass::Transient);
-        let fatal: Result<(), _> = Err(MapillaryError::BadToken("x".into()));
-        assert_eq!(OutcomeClass::of(&fatal), OutcomeClass::Fatal);
     }
 }

@@ -257,6 +257,37 @@ pub fn more_line(report: &StatusReport) -> String {
     )
 }
 
+/// One job's cells of the human table, in [`render_table`]'s column order.
+fn table_row(j: &Job) -> [String; 8] {
+    let discovered = if j.enumeration_complete { "" } else { "+" };
+    let failed = if j.counts.deleted > 0 {
+        format!(
+            "{} ({} deleted)",
+            group_digits(j.counts.failed),
+            group_digits(j.counts.deleted)
+        )
+    } else {
+        group_digits(j.counts.failed)
+    };
+    [
+        j.id.to_string(),
+        j.selection.to_string(),
+        format!("{}{}", j.quality, j.format.collection_suffix()),
+        j.state.as_str().to_string(),
+        format!(
+            "{}/{}{discovered}",
+            group_digits(j.counts.done),
+            group_digits(j.counts.discovered),
+        ),
+        failed,
+        format_bytes(j.bytes_done),
+        j.last_error
+            .clone()
+            .unwrap_or_default()
+            .replace(['\n', '\r'], " "),
+    ]
+}
+
 /// The human table: one row per job.
 pub fn render_table(jobs: &[Job]) -> String {
     let header = [
@@ -269,37 +300,7 @@ pub fn render_table(jobs: &[Job]) -> String {
         "SIZE",
         "LAST ERROR",
     ];
-    let rows: Vec<[String; 8]> = jobs
-        .iter()
-        .map(|j| {
-            [
-                j.id.to_string(),
-                j.selection.to_string(),
-                format!("{}{}", j.quality, j.format.collection_suffix()),
-                j.state.as_str().to_string(),
-                format!(
-                    "{}/{}{}",
-                    group_digits(j.counts.done),
-                    group_digits(j.counts.discovered),
-                    if j.enumeration_complete { "" } else { "+" }
-                ),
-                if j.counts.deleted > 0 {
-                    format!(
-                        "{} ({} deleted)",
-                        group_digits(j.counts.failed),
-                        group_digits(j.counts.deleted)
-                    )
-                } else {
-                    group_digits(j.counts.failed)
-                },
-                format_bytes(j.bytes_done),
-                j.last_error
-                    .clone()
-                    .unwrap_or_default()
-                    .replace(['\n', '\r'], " "),
-            ]
-        })
-        .collect();
+    let rows: Vec<[String; 8]> = jobs.iter().map(table_row).collect();
     let mut widths = header.map(str::len);
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -794,3 +794,25 @@ async fn failures_pages_through_thousands_on_sqlite_and_reads_postgres_by_flag()
         "no SQLite file beside a PostgreSQL queue"
     );
 }
+
+/// What a newcomer sees at the default log level (no `RUST_LOG`, default
+/// workers): the run's last line is its summary, and no single worker's
+/// lifecycle (one line per worker at shutdown) is shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn download_ends_with_its_summary_and_shows_no_worker_lifecycle_at_the_default_level() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("quinn", 40, 31);
+    let dir = tempfile::tempdir().unwrap();
+    let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    let env = env::without(&env::without(&env, "RUST_LOG"), "MLD__LOG__LEVEL");
+    let out = run(&["download", "quinn"], dir.path(), &env).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains(" INFO "), "info lines are shown: {stderr}");
+    assert!(!stderr.contains("worker stopped"), "{stderr}");
+    let last = stderr.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("user quinn [original]: done: 40 of 40 images archived, "),
+        "the summary is the last line: {stderr}"
+    );
+}

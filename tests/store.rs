@@ -3,7 +3,7 @@
 
 use mapillary_downloader::archive::ArchivedFile;
 use mapillary_downloader::model::{Bbox, GeoPoint, ImageMeta, Quality};
-use mapillary_downloader::selection::JobSpec;
+use mapillary_downloader::selection::{JobSpec, Resync};
 use mapillary_downloader::store::{
     ApiSlot, ClaimedImage, Counts, DaemonInfo, DeferPolicy, FailOutcome, FailReason, ImageState,
     Job, JobState, Lease, PackingState, PartStep, PauseReason, PgClock, RetryPolicy, Store,
@@ -2237,6 +2237,184 @@ async fn a_collection_lease_has_one_holder_and_fences_every_packing_write(f: Fix
     );
 }
 
+/// Claims and completes every pending image, each at `/a/<image id>.jpg`
+/// (no checksum), whichever job it belongs to.
+async fn complete_everything(s: &Store, now: i64) {
+    loop {
+        let claimed = s.claim_as("w", 10, LEASE, now).await.unwrap();
+        if claimed.is_empty() {
+            return;
+        }
+        for c in &claimed {
+            let path = format!("/a/{}.jpg", c.image_id);
+            assert!(
+                s.complete_as(c.row_id(), "w", c.lease.epoch, 10, &path, now)
+                    .await
+                    .unwrap()
+            );
+        }
+    }
+}
+
+/// `verify` and `--repair`'s store paths: the done total, the rows sharing
+/// one copy, a re-queue of every sharer that reopens their finished jobs,
+/// and a checksum recorded once and never overwritten.
+async fn verify_counts_sharers_requeues_and_records_checksums(f: Fixture) {
+    let s = &f.store;
+    let a = active_job(s, "alice").await;
+    // Same collection as `a` (same user and quality), another selection.
+    let bbox = Bbox::new(0.0, 0.0, 1.0, 1.0).unwrap();
+    let b = s
+        .create_job("alice", Quality::Original, Some(bbox), 0)
+        .await
+        .unwrap()
+        .id;
+    s.set_job_state(b, JobState::Downloading, None, 0)
+        .await
+        .unwrap();
+    s.insert_page(a, &metas([1, 2]), None, 0).await.unwrap();
+    s.insert_page(b, &metas([1]), None, 0).await.unwrap();
+    complete_everything(s, 5).await;
+    assert_eq!(s.done_rows(None).await.unwrap(), 3);
+    assert_eq!(s.done_rows(Some(a)).await.unwrap(), 2);
+    assert_eq!(s.done_rows(Some(b)).await.unwrap(), 1);
+
+    let raw = f.raw().await;
+    let (one_a, one_b, two_a) = (
+        raw.row_of(a, "1").await,
+        raw.row_of(b, "1").await,
+        raw.row_of(a, "2").await,
+    );
+    let mut sharers = s.copy_sharers(one_a).await.unwrap();
+    sharers.sort();
+    assert_eq!(sharers, vec![(one_a, false), (one_b, false)]);
+    assert_eq!(s.copy_sharers(two_a).await.unwrap(), vec![(two_a, false)]);
+
+    let sha = "ab".repeat(32);
+    s.record_checksum(two_a, &sha, 10).await.unwrap();
+    s.record_checksum(two_a, &"cd".repeat(32), 11)
+        .await
+        .unwrap();
+    let two = s.image_by_id(a, "2").await.unwrap().unwrap();
+    assert_eq!(
+        (two.sha256.as_deref(), two.bytes),
+        (Some(sha.as_str()), Some(10))
+    );
+
+    for job in [a, b] {
+        assert!(s.finish_job_if_drained(job, 6).await.unwrap().is_some());
+    }
+    assert_eq!(
+        s.requeue_images(&[one_a, one_b], "corrupt", 20)
+            .await
+            .unwrap(),
+        2
+    );
+    for job in [a, b] {
+        let rec = s.image_by_id(job, "1").await.unwrap().unwrap();
+        assert_eq!(
+            (rec.state, rec.attempts, rec.run_at, rec.path, rec.sha256),
+            (ImageState::Pending, 0, 20, None, None)
+        );
+        assert_eq!(rec.last_error.as_deref(), Some("corrupt"));
+        let job = s.find_job(job).await.unwrap().unwrap();
+        assert_eq!(
+            job.state,
+            JobState::Downloading,
+            "a re-queue reopens its job"
+        );
+    }
+    assert_eq!(s.done_rows(None).await.unwrap(), 1);
+    // Rows no longer done are left alone.
+    assert_eq!(s.requeue_images(&[one_a], "again", 30).await.unwrap(), 0);
+    let c = counts(s, a).await;
+    assert_eq!((c.pending, c.done, c.failed), (1, 1, 0));
+}
+
+/// A done job with a re-sync interval restarts its enumeration once
+/// `next_sync_at` comes, and only once; a job without one never does.
+async fn due_resyncs_restart_done_jobs_once_their_time_comes(f: Fixture) {
+    let s = &f.store;
+    let mut spec = JobSpec::user("alice", Quality::Original);
+    spec.resync = Resync::Set(Some(Duration::from_secs(60)));
+    let every = s.submit_job(&spec, 0).await.unwrap().job().id;
+    let never = active_job(s, "bob").await;
+    s.set_job_state(every, JobState::Downloading, None, 0)
+        .await
+        .unwrap();
+    for job in [every, never] {
+        s.insert_page(job, &metas([1]), None, 1_000).await.unwrap();
+    }
+    complete_everything(s, 1_500).await;
+    for job in [every, never] {
+        assert!(s.finish_job_if_drained(job, 2_000).await.unwrap().is_some());
+    }
+    let done = s.find_job(every).await.unwrap().unwrap();
+    assert!(done.next_sync_at.is_some());
+
+    assert!(s.start_due_resyncs(61_999).await.unwrap().is_empty());
+    assert_eq!(s.start_due_resyncs(62_000).await.unwrap(), vec![every]);
+    assert!(s.start_due_resyncs(99_000).await.unwrap().is_empty());
+    let job = s.find_job(every).await.unwrap().unwrap();
+    assert_eq!(job.state, JobState::Enumerating);
+    assert!(!job.enumeration_complete);
+    assert_eq!(job.next_sync_at, None);
+    assert!(s.current_part(every).await.unwrap().is_some());
+    assert_eq!(
+        s.find_job(never).await.unwrap().unwrap().state,
+        JobState::Done
+    );
+    // Only new images are added.
+    assert_eq!(
+        s.insert_page(every, &metas([1, 2]), None, 63_000)
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+/// A graceful stop hands back only its own leases: those rows are pending,
+/// due now, with their attempt returned; another owner's stay in flight and
+/// still complete; nothing fails.
+async fn hand_back_leases_of_returns_only_that_owners_rows(f: Fixture) {
+    let s = &f.store;
+    let job = active_job(s, "alice").await;
+    s.insert_page(job, &metas(1..=4), None, 0).await.unwrap();
+    let mine = s.claim_as("a", 2, LEASE, 0).await.unwrap();
+    let theirs = s.claim_as("b", 2, LEASE, 0).await.unwrap();
+    assert_eq!((mine.len(), theirs.len()), (2, 2));
+
+    assert_eq!(s.hand_back_leases_of("a", 500).await.unwrap(), 2);
+    for c in &mine {
+        let rec = s.image_by_id(job, &c.image_id).await.unwrap().unwrap();
+        assert_eq!(
+            (rec.state, rec.attempts, rec.run_at, rec.lease_owner),
+            (ImageState::Pending, 0, 500, None)
+        );
+    }
+    for c in &theirs {
+        let rec = s.image_by_id(job, &c.image_id).await.unwrap().unwrap();
+        assert_eq!(
+            (rec.state, rec.attempts, rec.lease_owner.as_deref()),
+            (ImageState::InProgress, 1, Some("b"))
+        );
+    }
+    let c = counts(s, job).await;
+    assert_eq!((c.pending, c.in_progress, c.failed), (2, 2, 0));
+    assert!(
+        !s.complete_as(mine[0].row_id(), "a", mine[0].lease.epoch, 9, "p", 600)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.complete_as(theirs[0].row_id(), "b", theirs[0].lease.epoch, 9, "q", 600)
+            .await
+            .unwrap()
+    );
+    assert!(s.failed_images(job, 10).await.unwrap().is_empty());
+    assert_eq!(s.hand_back_leases_of("a", 700).await.unwrap(), 0);
+}
+
 /// Runs each listed test on a SQLite file and on a PostgreSQL database: one
 /// suite, so the two implementations of the store cannot drift apart.
 macro_rules! on_both_backends {
@@ -2285,6 +2463,9 @@ on_both_backends!(
     deferrals_double_each_delay_up_to_the_cap_and_reset_on_completion,
     pause_reasons_are_stored_and_cleared_by_a_resume,
     jobs_without_progress_are_marked_stalled_and_unmarked_by_progress,
+    verify_counts_sharers_requeues_and_records_checksums,
+    due_resyncs_restart_done_jobs_once_their_time_comes,
+    hand_back_leases_of_returns_only_that_owners_rows,
 );
 
 #[tokio::test]

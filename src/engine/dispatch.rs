@@ -9,6 +9,10 @@
 
 use super::EngineContext;
 use super::refresh::{Renewal, renew};
+// The supervisor builds the queue under this name; it lives with the
+// workers, so that this module depends on them and not the reverse.
+pub use super::worker::WorkQueue;
+use super::worker::fail_attempt;
 use crate::clock::now_ms;
 use crate::config::TOKEN_ENV;
 use crate::mapillary::{
@@ -16,45 +20,9 @@ use crate::mapillary::{
 };
 use crate::model::Quality;
 use crate::store::{ClaimedImage, DeferPolicy, FailReason, PauseReason};
-use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-
-/// A claimed image on its way to a worker. The permit frees a queue slot when
-/// the worker is done with it.
-pub struct Work {
-    pub image: ClaimedImage,
-    _slot: OwnedSemaphorePermit,
-}
-
-/// Bounded hand-off from the dispatcher to the workers.
-#[derive(Clone)]
-pub struct WorkQueue {
-    slots: Arc<Semaphore>,
-    capacity: usize,
-    tx: mpsc::UnboundedSender<Work>,
-    rx: Arc<Mutex<mpsc::UnboundedReceiver<Work>>>,
-}
-
-impl WorkQueue {
-    pub fn new(workers: usize) -> WorkQueue {
-        let capacity = (workers * 2).max(1);
-        let (tx, rx) = mpsc::unbounded_channel();
-        WorkQueue {
-            slots: Arc::new(Semaphore::new(capacity)),
-            capacity,
-            tx,
-            rx: Arc::new(Mutex::new(rx)),
-        }
-    }
-
-    /// Waits for the next image. Cancel-safe: dropping the future loses nothing.
-    pub async fn next(&self) -> Option<Work> {
-        self.rx.lock().await.recv().await
-    }
-}
 
 /// Does `url` need a refresh before a download that starts now?
 pub fn needs_refresh(url: Option<&str>, now_ms: i64, margin: Duration) -> bool {
@@ -212,11 +180,58 @@ async fn apply_renewal(
     settled: &mut Settled,
 ) -> anyhow::Result<()> {
     let now = now_ms();
-    let mut updates = Vec::with_capacity(chunk.len());
-    let mut deleted_pending = Vec::new();
-    let (unsettled_ids, failure) = match renewal.unsettled {
-        Some((ids, error)) => (ids, Some(error)),
-        None => (Vec::new(), None),
+    let rows = settle_claimed(ctx, claimed, chunk, &renewal, settled, now).await?;
+    let counters = ctx.client.metrics();
+    crate::metrics::add(&counters.url_refreshes, rows.fresh_urls.len() as u64);
+    let deleted = renewal.deleted.len() as u64;
+    crate::metrics::add(&counters.images_deleted, deleted);
+    crate::metrics::add(&counters.images_failed, deleted);
+    ctx.store.update_urls(&rows.fresh_urls).await?;
+    ctx.store
+        .mark_pending_deleted(&rows.deleted_pending, DELETED, now)
+        .await?;
+    if !renewal.deleted.is_empty() {
+        info!(
+            images = renewal.deleted.len(),
+            calls = renewal.calls,
+            "found images deleted on Mapillary; they are counted apart and not retried"
+        );
+    }
+    if let Some((_, error)) = &renewal.unsettled {
+        pause_if_token_rejected(ctx, claimed, chunk, error).await?;
+    }
+    debug!(
+        fresh = renewal.fresh.len(),
+        deleted = renewal.deleted.len(),
+        calls = renewal.calls,
+        "renewed image URLs"
+    );
+    Ok(())
+}
+
+/// What a renewal writes after the claimed images are settled.
+#[derive(Debug, Default)]
+struct RowChanges {
+    /// Every renewed row's fresh URL, claimed and look-ahead rows alike.
+    fresh_urls: Vec<(i64, Option<String>)>,
+    /// Look-ahead rows found deleted: failed for good without a claim.
+    deleted_pending: Vec<i64>,
+}
+
+/// Settles each claimed image of `chunk` by what the renewal learned of it:
+/// a fresh URL (set on the claim), deleted, unreadable (an attempt), or
+/// unsettled (handed back); collects what the look-ahead rows need.
+async fn settle_claimed(
+    ctx: &EngineContext,
+    claimed: &mut [ClaimedImage],
+    chunk: &[RefreshTarget],
+    renewal: &Renewal,
+    settled: &mut Settled,
+    now: i64,
+) -> anyhow::Result<RowChanges> {
+    let mut rows = RowChanges {
+        fresh_urls: Vec::with_capacity(chunk.len()),
+        deleted_pending: Vec::new(),
     };
     for target in chunk {
         if let Some(meta) = renewal.fresh.get(&target.image_id) {
@@ -224,7 +239,7 @@ async fn apply_renewal(
             if let Some(i) = target.claimed {
                 claimed[i].url.clone_from(&url);
             }
-            updates.push((target.row_id, url));
+            rows.fresh_urls.push((target.row_id, url));
         } else if renewal.deleted.contains(&target.image_id) {
             match target.claimed {
                 Some(i) => {
@@ -233,7 +248,7 @@ async fn apply_renewal(
                         .await?;
                     settled.settled.push(i);
                 }
-                None => deleted_pending.push(target.row_id),
+                None => rows.deleted_pending.push(target.row_id),
             }
         } else if let Some((_, reason)) = renewal
             .unreadable
@@ -244,52 +259,39 @@ async fn apply_renewal(
             // error of the image (an attempt), never a deletion.
             if let Some(i) = target.claimed {
                 let note = format!("the API's answer for it could not be read: {reason}");
-                super::worker::fail_attempt(ctx, &claimed[i], &note, now).await?;
+                fail_attempt(ctx, &claimed[i], &note, now).await?;
                 settled.settled.push(i);
             }
-        } else if let (Some(i), Some(error)) = (target.claimed, failure.as_ref())
-            && unsettled_ids.contains(&target.image_id)
+        } else if let (Some(i), Some((unsettled, error))) = (target.claimed, &renewal.unsettled)
+            && unsettled.contains(&target.image_id)
         {
             hand_back(ctx, &claimed[i], error).await?;
             settled.settled.push(i);
             settled.handed_back += 1;
         }
     }
-    let counters = ctx.client.metrics();
-    crate::metrics::add(&counters.url_refreshes, updates.len() as u64);
-    let deleted = renewal.deleted.len() as u64;
-    crate::metrics::add(&counters.images_deleted, deleted);
-    crate::metrics::add(&counters.images_failed, deleted);
-    ctx.store.update_urls(&updates).await?;
-    ctx.store
-        .mark_pending_deleted(&deleted_pending, DELETED, now)
-        .await?;
-    if !renewal.deleted.is_empty() {
-        info!(
-            images = renewal.deleted.len(),
-            calls = renewal.calls,
-            "found images deleted on Mapillary; they are counted apart and not retried"
+    Ok(rows)
+}
+
+/// Pauses the chunk's job when the renewal failed on a rejected token: no
+/// claim can go on until the user sets a valid one.
+async fn pause_if_token_rejected(
+    ctx: &EngineContext,
+    claimed: &[ClaimedImage],
+    chunk: &[RefreshTarget],
+    error: &MapillaryError,
+) -> anyhow::Result<()> {
+    let job_id = chunk
+        .iter()
+        .find_map(|t| t.claimed.map(|i| claimed[i].job_id));
+    if error.decision() == RetryDecision::PauseJob
+        && let Some(job_id) = job_id
+    {
+        let message = format!(
+            "refreshing image URLs failed: {error}. Set a valid {TOKEN_ENV} and restart: the job resumes by itself"
         );
+        super::enumerate::pause(ctx, job_id, PauseReason::TokenRejected, &message).await?;
     }
-    if let Some(error) = &failure {
-        let job_id = chunk
-            .iter()
-            .find_map(|t| t.claimed.map(|i| claimed[i].job_id));
-        if error.decision() == RetryDecision::PauseJob
-            && let Some(job_id) = job_id
-        {
-            let message = format!(
-                "refreshing image URLs failed: {error}. Set a valid {TOKEN_ENV} and restart: the job resumes by itself"
-            );
-            super::enumerate::pause(ctx, job_id, PauseReason::TokenRejected, &message).await?;
-        }
-    }
-    debug!(
-        fresh = renewal.fresh.len(),
-        deleted = renewal.deleted.len(),
-        calls = renewal.calls,
-        "renewed image URLs"
-    );
     Ok(())
 }
 
@@ -323,7 +325,7 @@ async fn hand_back(
             // A refusal retrying cannot fix (a 4xx that is neither a rate
             // limit nor a missing id): it costs the claim's attempt, so the
             // image ends failed with the reason instead of waiting forever.
-            super::worker::fail_attempt(ctx, image, &note, now).await?;
+            fail_attempt(ctx, image, &note, now).await?;
         }
         _ => {
             let policy = DeferPolicy {
@@ -348,26 +350,19 @@ pub async fn run(ctx: EngineContext, queue: WorkQueue, cancel: CancellationToken
     let mut failed_rounds = 0u32;
     loop {
         // Wait for at least one free slot, then take every free one (≤ 50).
-        let first = tokio::select! {
+        let mut slots = tokio::select! {
             _ = cancel.cancelled() => break,
-            permit = queue.slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => break,
+            slots = queue.free_slots(MAX_IDS_PER_CALL) => match slots {
+                Some(slots) => slots,
+                None => break,
             },
         };
-        let mut permits = vec![first];
-        while permits.len() < MAX_IDS_PER_CALL.min(queue.capacity) {
-            match queue.slots.clone().try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
-            }
-        }
         // A refresh can wait on the shared limiter for as long as a
         // Retry-After says; shutdown must not. Anything half-claimed is
         // handed back by the engine's final reset.
         let claimed = tokio::select! {
             _ = cancel.cancelled() => break,
-            claimed = claim_batch(&ctx, permits.len() as u32, last_job) => claimed,
+            claimed = claim_batch(&ctx, slots.len() as u32, last_job) => claimed,
         };
         let batch = match claimed {
             Ok(batch) => {
@@ -379,36 +374,54 @@ pub async fn run(ctx: EngineContext, queue: WorkQueue, cancel: CancellationToken
                 Batch::default()
             }
         };
-        if batch.ready.is_empty() && batch.handed_back > 0 {
-            drop(permits);
-            failed_rounds = failed_rounds.saturating_add(1);
-            let pause = backoff_delay(
-                failed_rounds,
-                ctx.tuning.backoff_base,
-                ctx.tuning.backoff_cap,
-            );
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = tokio::time::sleep(pause) => {}
+        if batch.ready.is_empty() {
+            drop(slots);
+            let all_failed = batch.handed_back > 0;
+            failed_rounds = if all_failed {
+                failed_rounds.saturating_add(1)
+            } else {
+                0
+            };
+            let backoff = all_failed.then(|| {
+                backoff_delay(
+                    failed_rounds,
+                    ctx.tuning.backoff_base,
+                    ctx.tuning.backoff_cap,
+                )
+            });
+            if !wait_for_work(&ctx, &cancel, backoff).await {
+                break;
             }
             continue;
         }
         failed_rounds = 0;
-        let images = batch.ready;
-        if images.is_empty() {
-            drop(permits);
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = ctx.wake.notified() => {}
-                _ = tokio::time::sleep(ctx.tuning.poll_interval) => {}
-            }
-            continue;
-        }
-        for image in images {
-            let Some(slot) = permits.pop() else { break };
-            if queue.tx.send(Work { image, _slot: slot }).is_err() {
+        for image in batch.ready {
+            let Some(slot) = slots.pop() else { break };
+            if !queue.send(image, slot) {
                 return;
             }
         }
+    }
+}
+
+/// Waits before the next claim: `backoff` after a round whose every refresh
+/// failed (new work announced meanwhile does not cut it short), else until
+/// new work is announced or the poll interval passes. `false` once `cancel`
+/// fires.
+async fn wait_for_work(
+    ctx: &EngineContext,
+    cancel: &CancellationToken,
+    backoff: Option<Duration>,
+) -> bool {
+    match backoff {
+        Some(pause) => tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = tokio::time::sleep(pause) => true,
+        },
+        None => tokio::select! {
+            _ = cancel.cancelled() => false,
+            _ = ctx.wake.notified() => true,
+            _ = tokio::time::sleep(ctx.tuning.poll_interval) => true,
+        },
     }
 }

@@ -2,7 +2,7 @@
 //! the served file already carried, encoded by kamadak-exif's writer.
 
 use super::ExifError;
-use super::datetime::{UTC_OFFSET, timestamp_to_exif_datetime};
+use super::datetime::{ExifDateTime, UTC_OFFSET, timestamp_to_exif_datetime};
 use super::segments::MAX_EXIF_TIFF;
 use super::values::{
     altitude_rational, decimal_to_dms, heading_rational, pick_altitude, pick_heading,
@@ -93,61 +93,44 @@ fn encode(
         .map(|exif| kept_fields(ours, exif, thumbnail.is_some()))
         .unwrap_or_default();
 
-    let has_gps = ours
-        .iter()
-        .chain(kept.iter().copied())
-        .any(|f| f.tag.context() == Context::Gps);
-    let gps_version = Field {
-        tag: Tag::GPSVersionID,
-        ifd_num: In::PRIMARY,
-        value: Value::Byte(vec![2, 2, 0, 0]),
-    };
-    let has_exif_ifd = ours
-        .iter()
-        .chain(kept.iter().copied())
-        .any(|f| f.tag.context() == Context::Exif);
-    let exif_version = Field {
-        tag: Tag::ExifVersion,
-        ifd_num: In::PRIMARY,
-        value: Value::Undefined(b"0232".to_vec(), 0),
-    };
-
+    let implied = implied_fields(ours, &kept);
     let mut writer = Writer::new();
-    for field in ours {
+    for field in ours.iter().chain(kept.iter().copied()).chain(&implied) {
         writer.push_field(field);
-    }
-    for field in kept.iter().copied() {
-        writer.push_field(field);
-    }
-    if has_gps {
-        writer.push_field(&gps_version);
-    }
-    let old_exif_version = kept
-        .iter()
-        .any(|f| f.tag == Tag::ExifVersion && f.ifd_num == In::PRIMARY);
-    if has_exif_ifd && !old_exif_version {
-        writer.push_field(&exif_version);
     }
     if let Some(jpeg) = thumbnail {
         writer.set_jpeg(jpeg, In::THUMBNAIL);
     }
-    // TIFF needs at least one entry in IFD0, even when we know nothing and
-    // the old block had nothing worth keeping (it still replaces that block).
-    let software = Field {
-        tag: Tag::Software,
-        ifd_num: In::PRIMARY,
-        value: Value::Ascii(vec![b"mapillary-downloader".to_vec()]),
-    };
-    let ifd0_empty = ours.is_empty() && !kept.iter().any(|f| f.ifd_num == In::PRIMARY);
-    if ifd0_empty {
-        writer.push_field(&software);
-    }
-
     let mut buf = Cursor::new(Vec::with_capacity(1024));
     writer
         .write(&mut buf, little_endian)
         .map_err(|e| ExifError::Write(format!("kamadak-exif cannot encode the block: {e}")))?;
     Ok(buf.into_inner())
+}
+
+/// The fields the others imply: the GPS and EXIF versions when those IFDs
+/// are written (an old EXIF version is kept as it was), and `Software` when
+/// IFD0 would be empty: TIFF needs at least one entry in it, even when we
+/// know nothing and the old block had nothing worth keeping (it still
+/// replaces that block).
+fn implied_fields(ours: &[Field], kept: &[&Field]) -> Vec<Field> {
+    let all = || ours.iter().chain(kept.iter().copied());
+    let mut implied = Vec::new();
+    if all().any(|f| f.tag.context() == Context::Gps) {
+        implied.push(primary(Tag::GPSVersionID, Value::Byte(vec![2, 2, 0, 0])));
+    }
+    let old_exif_version = kept
+        .iter()
+        .any(|f| f.tag == Tag::ExifVersion && f.ifd_num == In::PRIMARY);
+    if all().any(|f| f.tag.context() == Context::Exif) && !old_exif_version {
+        let version = Value::Undefined(b"0232".to_vec(), 0);
+        implied.push(primary(Tag::ExifVersion, version));
+    }
+    let ifd0_empty = ours.is_empty() && !kept.iter().any(|f| f.ifd_num == In::PRIMARY);
+    if ifd0_empty {
+        implied.push(primary(Tag::Software, ascii("mapillary-downloader")));
+    }
+    implied
 }
 
 /// The served file's own fields that survive into our block: IFD0 (and
@@ -185,78 +168,80 @@ fn jpeg_thumbnail(exif: &Exif) -> Option<&[u8]> {
 /// Every field we derive from the API metadata and the file's real size.
 fn fields_from_meta(meta: &ImageMeta, dimensions: Option<(u32, u32)>) -> Vec<Field> {
     let mut fields = Vec::with_capacity(24);
-    let mut push = |tag: Tag, value: Value| {
-        fields.push(Field {
-            tag,
-            ifd_num: In::PRIMARY,
-            value,
-        })
-    };
-    let ascii = |s: &str| Value::Ascii(vec![s.as_bytes().to_vec()]);
-
     if let Some(make) = meta.make.as_deref().and_then(clean_text) {
-        push(Tag::Make, Value::Ascii(vec![make]));
+        fields.push(primary(Tag::Make, Value::Ascii(vec![make])));
     }
     if let Some(model) = meta.model.as_deref().and_then(clean_text) {
-        push(Tag::Model, Value::Ascii(vec![model]));
+        fields.push(primary(Tag::Model, Value::Ascii(vec![model])));
     }
-
     if let Some(when) = meta.captured_at.and_then(timestamp_to_exif_datetime) {
-        for tag in [Tag::DateTime, Tag::DateTimeOriginal, Tag::DateTimeDigitized] {
-            push(tag, ascii(&when.datetime));
-        }
-        for tag in [
-            Tag::OffsetTime,
-            Tag::OffsetTimeOriginal,
-            Tag::OffsetTimeDigitized,
-        ] {
-            push(tag, ascii(UTC_OFFSET));
-        }
-        for tag in [
-            Tag::SubSecTime,
-            Tag::SubSecTimeOriginal,
-            Tag::SubSecTimeDigitized,
-        ] {
-            push(tag, ascii(&when.subsec));
-        }
+        push_capture_time(&mut fields, &when);
     }
-
     if let Some((width, height)) = dimensions {
-        push(Tag::PixelXDimension, Value::Long(vec![width]));
-        push(Tag::PixelYDimension, Value::Long(vec![height]));
+        fields.push(primary(Tag::PixelXDimension, Value::Long(vec![width])));
+        fields.push(primary(Tag::PixelYDimension, Value::Long(vec![height])));
     }
+    push_gps(&mut fields, meta);
+    fields
+}
 
+/// A field of IFD0 (or of the EXIF and GPS IFDs it points to).
+fn primary(tag: Tag, value: Value) -> Field {
+    Field {
+        tag,
+        ifd_num: In::PRIMARY,
+        value,
+    }
+}
+
+fn ascii(s: &str) -> Value {
+    Value::Ascii(vec![s.as_bytes().to_vec()])
+}
+
+/// The capture time, as the three `DateTime*` fields with their UTC
+/// offsets and sub-seconds.
+fn push_capture_time(fields: &mut Vec<Field>, when: &ExifDateTime) {
+    for tag in [Tag::DateTime, Tag::DateTimeOriginal, Tag::DateTimeDigitized] {
+        fields.push(primary(tag, ascii(&when.datetime)));
+    }
+    for tag in [
+        Tag::OffsetTime,
+        Tag::OffsetTimeOriginal,
+        Tag::OffsetTimeDigitized,
+    ] {
+        fields.push(primary(tag, ascii(UTC_OFFSET)));
+    }
+    for tag in [
+        Tag::SubSecTime,
+        Tag::SubSecTimeOriginal,
+        Tag::SubSecTimeDigitized,
+    ] {
+        fields.push(primary(tag, ascii(&when.subsec)));
+    }
+}
+
+/// Position, altitude and heading, each when the metadata has it.
+fn push_gps(fields: &mut Vec<Field>, meta: &ImageMeta) {
     if let Some((lat, lon)) = meta.position() {
-        push(
-            Tag::GPSLatitudeRef,
-            ascii(if lat < 0.0 { "S" } else { "N" }),
-        );
-        push(
-            Tag::GPSLatitude,
-            Value::Rational(decimal_to_dms(lat).to_vec()),
-        );
-        push(
-            Tag::GPSLongitudeRef,
-            ascii(if lon < 0.0 { "W" } else { "E" }),
-        );
-        push(
-            Tag::GPSLongitude,
-            Value::Rational(decimal_to_dms(lon).to_vec()),
-        );
+        let lat_ref = if lat < 0.0 { "S" } else { "N" };
+        let lon_ref = if lon < 0.0 { "W" } else { "E" };
+        fields.push(primary(Tag::GPSLatitudeRef, ascii(lat_ref)));
+        let lat_dms = Value::Rational(decimal_to_dms(lat).to_vec());
+        fields.push(primary(Tag::GPSLatitude, lat_dms));
+        fields.push(primary(Tag::GPSLongitudeRef, ascii(lon_ref)));
+        let lon_dms = Value::Rational(decimal_to_dms(lon).to_vec());
+        fields.push(primary(Tag::GPSLongitude, lon_dms));
     }
     if let Some(metres) = pick_altitude(meta) {
         let (reference, magnitude) = altitude_rational(metres);
-        push(Tag::GPSAltitudeRef, Value::Byte(vec![reference]));
-        push(Tag::GPSAltitude, Value::Rational(vec![magnitude]));
+        fields.push(primary(Tag::GPSAltitudeRef, Value::Byte(vec![reference])));
+        fields.push(primary(Tag::GPSAltitude, Value::Rational(vec![magnitude])));
     }
     if let Some(degrees) = pick_heading(meta) {
-        push(Tag::GPSImgDirectionRef, ascii("T"));
-        push(
-            Tag::GPSImgDirection,
-            Value::Rational(vec![heading_rational(degrees)]),
-        );
+        fields.push(primary(Tag::GPSImgDirectionRef, ascii("T")));
+        let heading = Value::Rational(vec![heading_rational(degrees)]);
+        fields.push(primary(Tag::GPSImgDirection, heading));
     }
-    fields
 }
 
 /// Make/Model as written: trimmed, NULs removed (a NUL would end the ASCII

@@ -5,6 +5,7 @@
 //! ARCHITECTURE.md invariants 3-6 (refresh, retry, rate limit, pause) lives in
 //! one match.
 
+use crate::metrics::{Classified, OutcomeClass};
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde::Deserialize;
@@ -93,6 +94,19 @@ impl MapillaryError {
             | MapillaryError::NotFound(_)
             | MapillaryError::Fatal(_) => RetryDecision::GiveUp,
             MapillaryError::Missing { .. } => RetryDecision::Gone,
+        }
+    }
+}
+
+/// The `outcome` label of `/metrics` follows the retry decision.
+impl Classified for MapillaryError {
+    fn outcome_class(&self) -> OutcomeClass {
+        match self.decision() {
+            RetryDecision::RateLimited(_) => OutcomeClass::RateLimited,
+            RetryDecision::Retryable | RetryDecision::RefreshUrl => OutcomeClass::Transient,
+            RetryDecision::PauseJob | RetryDecision::GiveUp | RetryDecision::Gone => {
+                OutcomeClass::Fatal
+            }
         }
     }
 }
@@ -439,5 +453,19 @@ mod tests {
             MapillaryError::NotFound("x".into()).decision(),
             RetryDecision::GiveUp
         );
+    }
+
+    #[test]
+    fn outcomes_follow_the_retry_decision() {
+        assert_eq!(
+            OutcomeClass::of(&Ok::<(), MapillaryError>(())),
+            OutcomeClass::Ok
+        );
+        let limited: Result<(), _> = Err(MapillaryError::RateLimited { retry_after: None });
+        assert_eq!(OutcomeClass::of(&limited), OutcomeClass::RateLimited);
+        let transient: Result<(), _> = Err(MapillaryError::Transient("x".into()));
+        assert_eq!(OutcomeClass::of(&transient), OutcomeClass::Transient);
+        let fatal: Result<(), _> = Err(MapillaryError::BadToken("x".into()));
+        assert_eq!(OutcomeClass::of(&fatal), OutcomeClass::Fatal);
     }
 }

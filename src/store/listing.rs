@@ -4,16 +4,16 @@
 //!
 //! Every page is keyset-paged (`after` the last key seen, never OFFSET) and
 //! fetched as `limit + 1` rows, so [`Page::more`] says exactly whether
-//! another page exists. Each image page is one seek on an index of
-//! `migrations/*/…_image_listings.sql`, so paging a million-image job costs
-//! O(n) in total.
+//! another page exists. Each image page is one seek (see
+//! `migrations/*/…_image_listings.sql` for which index serves which state),
+//! so paging a million-image job costs O(n) in total.
+//!
+//! Declared in [`super::interface::Listings`]; this file holds what both
+//! backends share (types, row mapping, the image page's statement), and
+//! `sqlite/listing.rs` and `postgres/listing.rs` the rest.
 
-use super::jobs::{JobRow, job_columns};
 use super::rebase::old_root_of;
-use super::{
-    FailReason, ImageState, Job, Store, StoreError, StoreResult, on_postgres, parse_meta,
-    rfc3339_from_ms, to_u64,
-};
+use super::{FailReason, ImageState, StoreError, StoreResult, parse_meta, rfc3339_from_ms, to_u64};
 use serde::Serialize;
 use sqlx::FromRow;
 
@@ -148,7 +148,7 @@ pub(super) struct ListedRow {
 
 /// The select list and join of an image listing (`i` the image, `p` its
 /// packing), in either dialect.
-pub(super) const LISTED_COLUMNS: &str = "i.rowid, i.job_id, i.image_id, i.state, i.fail_reason, \
+const LISTED_COLUMNS: &str = "i.rowid, i.job_id, i.image_id, i.state, i.fail_reason, \
      i.last_error, i.attempts, i.captured_at, i.meta, i.path, \
      CASE WHEN p.state IN ('written', 'cleaned') THEN p.tar_name END AS tar_name, \
      CASE WHEN p.state IN ('written', 'cleaned') THEN p.collection END AS tar_collection";
@@ -156,7 +156,7 @@ pub(super) const LISTED_COLUMNS: &str = "i.rowid, i.job_id, i.image_id, i.state,
 impl ListedRow {
     /// The image as lists show it; `root` is the archive root the paths
     /// were stored under.
-    pub(super) fn into_listed(self, root: Option<&str>) -> StoreResult<ListedImage> {
+    fn into_listed(self, root: Option<&str>) -> StoreResult<ListedImage> {
         let row_id = self.rowid;
         let invalid = |e: String| StoreError::Invalid(format!("image row {row_id}: {e}"));
         let state = self.state.parse::<ImageState>().map_err(invalid)?;
@@ -192,7 +192,7 @@ impl ListedRow {
 /// `<collection>/<tar>#<member>` when `tar` (its name and collection) holds
 /// the file. A path under an older root (a database not yet rebased, read
 /// by the `failures` command) is cut at its `archive/` folder.
-pub(super) fn listed_path(root: Option<&str>, path: &str, tar: Option<(&str, &str)>) -> String {
+fn listed_path(root: Option<&str>, path: &str, tar: Option<(&str, &str)>) -> String {
     let under = |root: &str| path.strip_prefix(root).and_then(|p| p.strip_prefix('/'));
     let relative = root
         .and_then(under)
@@ -214,7 +214,7 @@ pub(super) fn listed_path(root: Option<&str>, path: &str, tar: Option<(&str, &st
 /// dialect: state and reason inline (enum names, so a partial index
 /// matches them), then the keyset bound `after` (a placeholder, compared
 /// only when set, so both variants bind the same parameters).
-pub(super) fn listing_filter(
+fn listing_filter(
     state: Option<ImageState>,
     reason: Option<FailReason>,
     after: bool,
@@ -270,110 +270,35 @@ pub fn scrub_secrets(text: &str) -> String {
     out
 }
 
-impl Store {
-    /// One page of jobs in id order, after job `after` (the last id seen).
-    pub async fn jobs_page(&self, after: Option<i64>, limit: u32) -> StoreResult<Page<Job>> {
-        on_postgres!(self.jobs_page(after, limit));
-        let rows: Vec<JobRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE id > ? ORDER BY id LIMIT ?"
-        ))
-        .bind(after.unwrap_or(0))
-        .bind(i64::from(limit) + 1)
-        .fetch_all(self.reader()?)
-        .await?;
-        let jobs = rows
-            .into_iter()
-            .map(JobRow::into_job)
-            .collect::<StoreResult<_>>()?;
-        Ok(Page::from_overfetch(jobs, limit))
-    }
+/// The statement of one page of a job's images, in either dialect: `$1`
+/// the job, `$2` the last image id seen (or NULL), `$3` the page's
+/// `limit + 1`. `hint` goes after the table (SQLite's `INDEXED BY`; empty
+/// on PostgreSQL).
+pub(super) fn images_page_sql(
+    hint: &str,
+    state: Option<ImageState>,
+    reason: Option<FailReason>,
+    after: bool,
+) -> String {
+    format!(
+        "SELECT {LISTED_COLUMNS} FROM images i{hint} LEFT JOIN packings p ON p.id = i.packing_id \
+         WHERE i.job_id = $1 {} ORDER BY i.image_id LIMIT $3",
+        listing_filter(state, reason, after, "$2"),
+    )
+}
 
-    /// The `limit` jobs most recently changed or advanced (the later of
-    /// `updated_at` and `progress_at`), returned in id order so a page that
-    /// polls them keeps its rows in place.
-    pub async fn recent_jobs(&self, limit: u32) -> StoreResult<Vec<Job>> {
-        on_postgres!(self.recent_jobs(limit));
-        let rows: Vec<JobRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM (SELECT * FROM jobs ORDER BY max(updated_at, ifnull(progress_at, 0)) DESC, \
-             id DESC LIMIT ?) ORDER BY id"
-        ))
-        .bind(i64::from(limit))
-        .fetch_all(self.reader()?)
-        .await?;
-        rows.into_iter().map(JobRow::into_job).collect()
-    }
-
-    /// Counts over every job, summed by the database.
-    pub async fn job_totals(&self) -> StoreResult<JobTotals> {
-        on_postgres!(self.job_totals());
-        let row: TotalsRow = sqlx::query_as(
-            "SELECT count(*) AS jobs, ifnull(sum(n_pending), 0) AS pending, \
-             ifnull(sum(n_in_progress), 0) AS in_progress, ifnull(sum(n_done), 0) AS done, \
-             ifnull(sum(n_failed), 0) AS failed, ifnull(sum(n_deleted), 0) AS deleted, \
-             ifnull(sum(bytes_done), 0) AS bytes_done, \
-             ifnull(sum(CASE WHEN state IN ('queued', 'enumerating', 'downloading') \
-                        THEN n_pending + n_in_progress ELSE 0 END), 0) AS remaining \
-             FROM jobs",
-        )
-        .fetch_one(self.reader()?)
-        .await?;
-        Ok(row.into())
-    }
-
-    /// One page of job `job_id`'s images that `filter` selects, by image
-    /// id, after image `after` (the last id seen). A job that does not
-    /// exist has no images: callers that must tell look the job up.
-    pub async fn job_images(
-        &self,
-        job_id: i64,
-        filter: &ImageFilter,
-        after: Option<&str>,
-        limit: u32,
-    ) -> StoreResult<Page<ListedImage>> {
-        on_postgres!(self.job_images(job_id, filter, after, limit));
-        let state = filter.effective_state()?;
-        // Pinned: without statistics the planner might walk the job's whole
-        // UNIQUE (job_id, image_id) index and filter it.
-        let index = match state {
-            None => "",
-            Some(ImageState::Pending) => " INDEXED BY images_listed_pending",
-            Some(ImageState::InProgress) => " INDEXED BY images_leased",
-            Some(ImageState::Done) => " INDEXED BY images_listed_done",
-            Some(ImageState::Failed) => " INDEXED BY images_listed_failed",
-        };
-        let sql = format!(
-            "SELECT {LISTED_COLUMNS} FROM images i{index} LEFT JOIN packings p ON p.id = i.packing_id \
-             WHERE i.job_id = ?1 {} ORDER BY i.image_id LIMIT ?3",
-            listing_filter(state, filter.reason, after.is_some(), "?2"),
-        );
-        let rows: Vec<ListedRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(job_id)
-            .bind(after)
-            .bind(i64::from(limit) + 1)
-            .fetch_all(self.reader()?)
-            .await?;
-        let root = self.recorded_archive_root().await?;
-        let images = rows
-            .into_iter()
-            .map(|row| row.into_listed(root.as_deref()))
-            .collect::<StoreResult<_>>()?;
-        Ok(Page::from_overfetch(images, limit))
-    }
-
-    /// The archive root the stored paths begin with, once a daemon has
-    /// recorded it.
-    async fn recorded_archive_root(&self) -> StoreResult<Option<String>> {
-        on_postgres!(self.recorded_archive_root());
-        Ok(
-            sqlx::query_scalar("SELECT value FROM store_facts WHERE key = 'archive_root'")
-                .fetch_optional(self.reader()?)
-                .await?,
-        )
-    }
+/// The page of listed images from `limit + 1` fetched rows; `root` is the
+/// archive root the paths were stored under (`store_facts`).
+pub(super) fn images_page(
+    rows: Vec<ListedRow>,
+    root: Option<&str>,
+    limit: u32,
+) -> StoreResult<Page<ListedImage>> {
+    let images = rows
+        .into_iter()
+        .map(|row| row.into_listed(root))
+        .collect::<StoreResult<_>>()?;
+    Ok(Page::from_overfetch(images, limit))
 }
 
 #[cfg(test)]

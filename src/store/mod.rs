@@ -1,43 +1,60 @@
-//! The SQLite job store: the only module that speaks SQL.
+//! The job store: the only module that speaks SQL, on one of two backends.
 //!
-//! One writer connection (WAL, busy timeout, foreign keys) serialises every
-//! write; a separate pool of read-only connections serves status queries so
-//! they never queue behind a page insert. Every function is one small named
-//! query or one short transaction, and none is ever held across a network call.
+//! - **SQLite** ([`sqlite`]): one file under the data dir, one daemon at a
+//!   time. One writer connection serialises every write; a pool of
+//!   read-only connections serves queries that never write.
+//! - **PostgreSQL** ([`postgres`]): a shared database, any number of
+//!   daemons; the database's clock stamps leases and times, claims skip
+//!   rows other daemons are claiming.
 //!
-//! Times are Unix milliseconds (`i64`) passed in by the caller, so tests and
-//! the engine control the clock.
+//! **One interface.** [`interface`] declares it once, as one trait per area
+//! (jobs, ingest, queue, images, listings, archives, parts, stalls, rebase,
+//! cluster, job and collection task leases, health). `SqliteStore` and `PgStore`
+//! each implement all of it, so a method missing on either is a compile
+//! error, and [`Store`]'s public methods, generated from the same
+//! declaration, dispatch with a `match` on the backend chosen when the
+//! store opens ([`open`]). Written once at this level and used by both:
+//! shared types and policies (the area files: [`jobs`], [`queue`], ...),
+//! row mapping (`FromRow` structs, `*_from_fields`), the statements that
+//! read the same on both dialects ([`sql`], with `$N` placeholders, which
+//! SQLite binds too), method bodies that are the same on both ([`shared`]),
+//! the task lease protocol ([`task_lease`]), and shorthands over the
+//! interface ([`composed`]).
 //!
-//! Layout: [`connection`] opens the pools and checks the schema, [`jobs`] holds
-//! the job rows, [`ingest`] writes enumeration pages, [`queue`] is the work
-//! queue (claim, complete, fail, release, defer), [`images`] reads image rows
-//! back, [`archives`] tracks tar packings, adoptable copies and `verify`'s
-//! rows, [`rebase`] keeps stored paths on the archive directory as opened,
-//! and [`stalls`] finds jobs that stopped making progress.
+//! Every method is one small named query or one short transaction, none
+//! held across a network call; a completion is one fenced statement and a
+//! claim one `UPDATE ... RETURNING`. Times are Unix milliseconds (`i64`)
+//! passed in by the caller (on PostgreSQL, the database's unless the store
+//! opened on [`PgClock::Caller`]), so tests control the clock.
 //!
-//! Per-job counts are columns on the job row kept by SQLite triggers on
-//! `images` (see `migrations/`), so `/status` reads O(jobs) rows
-//! however many images exist, and no statement can make them drift. One more
-//! trigger (`images_share_loose_copy`) gives a completed loose file's
-//! checksum to the other done rows at its path: one file, one checksum.
+//! Per-job counts are columns on the job row kept by triggers on `images`
+//! (deltas folded later on PostgreSQL; see `migrations/`), so `/status`
+//! reads O(jobs) rows however many images exist. One more trigger
+//! (`images_share_loose_copy`) gives a completed loose file's checksum to
+//! the other done rows at its path: one file, one checksum.
 
 mod cluster;
 mod collection_tasks;
-mod connection;
+mod composed;
 mod images;
 mod ingest;
+mod interface;
 mod job_tasks;
 mod jobs;
 mod listing;
+mod open;
 mod parts;
 mod postgres;
 mod queue;
 mod rebase;
+mod shared;
+mod sql;
+mod sqlite;
 mod stalls;
+mod task_lease;
 
 pub use cluster::{ApiSlot, DaemonInfo, LiveDaemon};
 pub use collection_tasks::{CollectionTask, RecordedUpload};
-pub use connection::{Durability, StoreOptions};
 pub use ingest::{MissingImage, PartStep, strip_token};
 pub use job_tasks::JobTask;
 pub use jobs::{ACTIVE, Submitted};
@@ -45,14 +62,13 @@ pub use listing::{ImageFilter, JobTotals, ListedImage, Page, scrub_secrets};
 pub use parts::Part;
 pub use postgres::PgClock;
 pub use queue::{DeferPolicy, RetryPolicy};
+pub use sqlite::{Durability, StoreOptions};
 pub use stalls::StallCandidate;
 
 use crate::model::{Bbox, ImageMeta, OutputFormat, Packaging, Quality};
 use crate::selection::{self, Selection, Source};
 use serde::Serialize;
-use sqlx::SqlitePool;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Errors at the store boundary. Every one is fatal for the operation; the
@@ -519,64 +535,18 @@ pub struct ImageRecord {
 
 /// The job store. Cheap to share behind an `Arc`; every method takes `&self`.
 ///
-/// One interface, two implementations: every public method is the same
-/// call on SQLite (its body here, in this module's files) or PostgreSQL
-/// ([`postgres::PgStore`], whose files mirror these). Callers never know
-/// which; `tests/store.rs` runs one suite against both.
+/// One interface, two implementations: the backend is chosen once, when the
+/// store opens ([`Store::open`] or [`Store::open_postgres`]), and every
+/// method of the interface (see [`interface`]) is the same call on either.
+/// Callers never know which; `tests/store.rs` runs one suite against both.
 pub struct Store {
     backend: Backend,
-    /// `(quality, format)` per job id. Both are fixed at creation, so the
-    /// claim path can skip a join on every call.
-    job_identity: Mutex<HashMap<i64, (Quality, OutputFormat)>>,
 }
 
+/// The database a [`Store`] is on.
 enum Backend {
-    Sqlite {
-        /// The single writer connection; `None` for a read-only store.
-        writer: Option<SqlitePool>,
-        /// Read-only connections for queries that never write.
-        reader: SqlitePool,
-    },
+    Sqlite(sqlite::SqliteStore),
     Postgres(postgres::PgStore),
-}
-
-/// Runs the PostgreSQL implementation of the method this opens, when the
-/// store is on PostgreSQL; the SQLite body follows it.
-macro_rules! on_postgres {
-    ($self:ident . $method:ident ( $($arg:expr),* $(,)? )) => {
-        if let $crate::store::Backend::Postgres(pg) = &$self.backend {
-            return pg.$method($($arg),*).await;
-        }
-    };
-}
-use on_postgres;
-
-impl Store {
-    fn writer(&self) -> StoreResult<&SqlitePool> {
-        match &self.backend {
-            Backend::Sqlite { writer, .. } => writer.as_ref().ok_or(StoreError::ReadOnly),
-            Backend::Postgres(_) => Err(StoreError::Invalid(
-                "internal error: a SQLite statement was sent to a PostgreSQL store".into(),
-            )),
-        }
-    }
-
-    fn reader(&self) -> StoreResult<&SqlitePool> {
-        match &self.backend {
-            Backend::Sqlite { reader, .. } => Ok(reader),
-            Backend::Postgres(_) => Err(StoreError::Invalid(
-                "internal error: a SQLite statement was sent to a PostgreSQL store".into(),
-            )),
-        }
-    }
-
-    /// Which kind of database this store is on.
-    pub fn kind(&self) -> StoreKind {
-        match &self.backend {
-            Backend::Sqlite { .. } => StoreKind::Sqlite,
-            Backend::Postgres(_) => StoreKind::Postgres,
-        }
-    }
 }
 
 /// The two queue backends.
@@ -601,6 +571,11 @@ fn parse_meta(row_id: i64, json: &str) -> StoreResult<ImageMeta> {
     serde_json::from_str(json).map_err(|e| {
         StoreError::Invalid(format!("image row {row_id} has unreadable metadata: {e}"))
     })
+}
+
+/// A duration as the store's milliseconds, saturating.
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn to_u64(value: i64) -> u64 {

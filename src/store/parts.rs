@@ -3,11 +3,14 @@
 //! bbox) with its cursor, a sequence, or a batch of up to 50 image ids. The
 //! enumerator works on the first part not done; every page it stores moves
 //! that part on, in the same transaction as the page's images.
+//!
+//! This file holds what both backends share for the area: its types,
+//! row mapping and helpers. The statements are in `sqlite/parts.rs` and
+//! `postgres/parts.rs`, behind [`super::interface`].
 
-use super::{Store, StoreError, StoreResult, on_postgres};
+use super::{StoreError, StoreResult};
 use crate::model::Bbox;
 use crate::selection::PartSpec;
-use sqlx::Row;
 
 /// One part of a job's enumeration, as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,33 +23,6 @@ pub struct Part {
     pub cursor: Option<String>,
 }
 
-/// Appends `parts` to a job's list, numbered from `first_seq`, inside `tx`.
-pub(super) async fn insert_parts(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    job_id: i64,
-    first_seq: i64,
-    parts: &[PartSpec],
-) -> StoreResult<()> {
-    for (offset, part) in parts.iter().enumerate() {
-        let (bbox, item) = part_columns(part);
-        sqlx::query(
-            "INSERT INTO job_parts (job_id, seq, kind, west, south, east, north, item) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(job_id)
-        .bind(first_seq + offset as i64)
-        .bind(part.kind())
-        .bind(bbox.map(|b| b.west))
-        .bind(bbox.map(|b| b.south))
-        .bind(bbox.map(|b| b.east))
-        .bind(bbox.map(|b| b.north))
-        .bind(item)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
-}
-
 /// A part's bbox and `item` columns.
 pub(super) fn part_columns(part: &PartSpec) -> (Option<Bbox>, Option<String>) {
     match part {
@@ -54,22 +30,6 @@ pub(super) fn part_columns(part: &PartSpec) -> (Option<Bbox>, Option<String>) {
         PartSpec::Sequence(id) => (None, Some(id.clone())),
         PartSpec::Images(ids) => (None, Some(serde_json::Value::from(ids.clone()).to_string())),
     }
-}
-
-fn part_from_row(row: &sqlx::sqlite::SqliteRow) -> StoreResult<Part> {
-    part_from_fields(
-        row.try_get("job_id")?,
-        row.try_get("seq")?,
-        row.try_get("kind")?,
-        row.try_get("item")?,
-        [
-            row.try_get("west")?,
-            row.try_get("south")?,
-            row.try_get("east")?,
-            row.try_get("north")?,
-        ],
-        row.try_get("cursor")?,
-    )
 }
 
 /// A part from its stored columns, whichever database they came from.
@@ -105,37 +65,4 @@ pub(super) fn part_from_fields(
         spec,
         cursor,
     })
-}
-
-impl Store {
-    /// The job's first part not done: where its enumeration stands. `None`
-    /// once every part is done.
-    pub async fn current_part(&self, job_id: i64) -> StoreResult<Option<Part>> {
-        Ok(self.open_parts(job_id, 1).await?.pop())
-    }
-
-    /// The job's first `limit` parts not done, in order.
-    pub async fn open_parts(&self, job_id: i64, limit: u32) -> StoreResult<Vec<Part>> {
-        on_postgres!(self.open_parts(job_id, limit));
-        let rows = sqlx::query(
-            "SELECT job_id, seq, kind, west, south, east, north, item, cursor FROM job_parts \
-             INDEXED BY job_parts_open WHERE job_id = ? AND done = 0 ORDER BY seq LIMIT ?",
-        )
-        .bind(job_id)
-        .bind(i64::from(limit))
-        .fetch_all(self.reader()?)
-        .await?;
-        rows.iter().map(part_from_row).collect()
-    }
-
-    /// How many parts the job has, and how many are done.
-    pub async fn part_progress(&self, job_id: i64) -> StoreResult<(u64, u64)> {
-        on_postgres!(self.part_progress(job_id));
-        let (total, done): (i64, i64) =
-            sqlx::query_as("SELECT count(*), ifnull(sum(done), 0) FROM job_parts WHERE job_id = ?")
-                .bind(job_id)
-                .fetch_one(self.reader()?)
-                .await?;
-        Ok((super::to_u64(total), super::to_u64(done)))
-    }
 }

@@ -3,9 +3,12 @@
 //! that differs from the root the rows begin with (the data dir was given
 //! under another spelling, was relative before, or was moved), the paths are
 //! rebased once, in one transaction, before anything reads them.
+//!
+//! This file holds what both backends share for the area: its types,
+//! row mapping and helpers. The statements are in `sqlite/rebase.rs` and
+//! `postgres/rebase.rs`, behind [`super::interface`].
 
-use super::{Store, StoreError, StoreResult, on_postgres};
-use sqlx::Row;
+use super::{StoreError, StoreResult};
 use std::path::Path;
 
 /// Distinct old roots one open rebases at most (a database written under
@@ -14,73 +17,6 @@ pub(super) const MAX_OLD_ROOTS: usize = 16;
 
 /// How a bucket archive's root begins (see [`crate::bucket`]).
 const BUCKET_SCHEME: &str = "s3://";
-
-impl Store {
-    /// Makes every image path begin with `archive_dir`. Returns how many
-    /// rows were rewritten. A no-op (one read) once the root is recorded.
-    pub async fn rebase_archive(&self, archive_dir: &Path) -> StoreResult<u64> {
-        on_postgres!(self.rebase_archive(archive_dir));
-        let root = archive_root(archive_dir)?;
-        let mut tx = self.writer()?.begin().await?;
-        let recorded: Option<String> =
-            sqlx::query_scalar("SELECT value FROM store_facts WHERE key = 'archive_root'")
-                .fetch_optional(&mut *tx)
-                .await?;
-        if recorded.as_deref() == Some(root.as_str()) {
-            return Ok(0);
-        }
-        // A bucket does not move with the data dir: paths never rebase onto
-        // or off one. A database with archived files stays with its archive.
-        if in_bucket(&root) || recorded.as_deref().is_some_and(in_bucket) {
-            // A file's row, or a tar's (whose rows a repair may have reset).
-            let archived: Option<String> = sqlx::query_scalar(
-                "SELECT path FROM images WHERE path IS NOT NULL \
-                 UNION ALL SELECT collection || '/' || tar_name FROM packings LIMIT 1",
-            )
-            .fetch_optional(&mut *tx)
-            .await?;
-            if let Some(path) = archived {
-                return Err(switch_refused(recorded, &path, &root));
-            }
-        }
-        let mut rewritten = 0;
-        for _ in 0..MAX_OLD_ROOTS {
-            // A full scan, run only when the root changed.
-            let stray = sqlx::query(
-                "SELECT path FROM images WHERE path IS NOT NULL \
-                   AND substr(path, 1, length(?1) + 1) <> ?1 || '/' LIMIT 1",
-            )
-            .bind(&root)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let Some(stray) = stray else { break };
-            let path: String = stray.try_get("path")?;
-            let Some(old) = old_root_of(&path) else {
-                tracing::warn!(%path, "an image path outside any archive layout; left as it is");
-                break;
-            };
-            let result = sqlx::query(
-                "UPDATE images SET path = ?2 || substr(path, length(?1) + 1) \
-                 WHERE substr(path, 1, length(?1) + 1) = ?1 || '/'",
-            )
-            .bind(old)
-            .bind(&root)
-            .execute(&mut *tx)
-            .await?;
-            tracing::info!(from = old, to = %root, rows = result.rows_affected(), "image paths rebased onto the archive directory");
-            rewritten += result.rows_affected();
-        }
-        sqlx::query(
-            "INSERT INTO store_facts (key, value) VALUES ('archive_root', ?1) \
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        )
-        .bind(&root)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(rewritten)
-    }
-}
 
 /// The root every stored path should begin with: `archive_dir` as UTF-8,
 /// without a trailing `/`.

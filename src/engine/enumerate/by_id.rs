@@ -6,9 +6,10 @@ use super::Stored;
 use crate::clock::now_ms;
 use crate::engine::EngineContext;
 use crate::engine::refresh::renew;
-use crate::model::ListedImage;
+use crate::model::{ImageMeta, ListedImage};
 use crate::selection::{PartSpec, Source};
 use crate::store::{FailReason, Job, JobTask, MissingImage, PartStep};
+use std::collections::HashMap;
 use tracing::debug;
 
 /// Lists a sequence's image ids and replaces the part with their batches.
@@ -42,6 +43,51 @@ pub(super) async fn sequence_step(
     Ok(Stored::Images(0))
 }
 
+/// The images of `fresh` the job's filters keep, in the batch's order, so
+/// claims follow the sequence or the user's list.
+fn kept_in_order(
+    job: &Job,
+    ids: &[String],
+    fresh: &HashMap<String, ImageMeta>,
+) -> anyhow::Result<Vec<ListedImage>> {
+    let mut images = Vec::with_capacity(fresh.len());
+    for id in ids {
+        if let Some(meta) = fresh.get(id)
+            && job.selection.matches(meta)
+        {
+            images.push(ListedImage::new(meta.clone())?);
+        }
+    }
+    Ok(images)
+}
+
+/// Each unreadable id with the note its row keeps: an error of the image,
+/// not a deletion.
+fn unreadable_notes(unreadable: &[(String, String)]) -> Vec<(&str, String)> {
+    unreadable
+        .iter()
+        .map(|(id, why)| {
+            let message = format!("the API's answer for this image could not be read: {why}");
+            (id.as_str(), message)
+        })
+        .collect()
+}
+
+/// How an id the API does not know is recorded: deleted, for an image of a
+/// sequence; unknown (deleted, or never there), for an id the user named.
+fn why_missing(source: &Source) -> (FailReason, &'static str) {
+    match source {
+        Source::Images(_) => (
+            FailReason::Error,
+            "Mapillary has no image with this id (deleted, or never there)",
+        ),
+        _ => (
+            FailReason::Deleted,
+            "deleted on Mapillary: the API no longer knows this image",
+        ),
+    }
+}
+
 /// Fetches a batch of images by id and stores those the filters keep. Ids
 /// the API no longer knows are recorded failed: deleted, for images of a
 /// sequence; unknown (deleted, or never there), for ids the user named.
@@ -61,33 +107,9 @@ pub(super) async fn images_step(
     if let Some((_, error)) = renewal.unsettled {
         return Ok(Stored::Failure(error));
     }
-    let mut images = Vec::with_capacity(renewal.fresh.len());
-    // In the batch's order, so claims follow the sequence or the user's list.
-    for id in ids {
-        if let Some(meta) = renewal.fresh.get(id)
-            && job.selection.matches(meta)
-        {
-            images.push(ListedImage::new(meta.clone())?);
-        }
-    }
-    let (reason, message) = match job.selection.source {
-        Source::Images(_) => (
-            FailReason::Error,
-            "Mapillary has no image with this id (deleted, or never there)",
-        ),
-        _ => (
-            FailReason::Deleted,
-            "deleted on Mapillary: the API no longer knows this image",
-        ),
-    };
-    let unreadable: Vec<(&str, String)> = renewal
-        .unreadable
-        .iter()
-        .map(|(id, why)| {
-            let message = format!("the API's answer for this image could not be read: {why}");
-            (id.as_str(), message)
-        })
-        .collect();
+    let images = kept_in_order(job, ids, &renewal.fresh)?;
+    let (reason, message) = why_missing(&job.selection.source);
+    let unreadable = unreadable_notes(&renewal.unreadable);
     let missing: Vec<MissingImage> = renewal
         .deleted
         .iter()

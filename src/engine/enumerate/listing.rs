@@ -16,7 +16,7 @@
 use super::{Listing, Stored};
 use crate::clock::now_ms;
 use crate::engine::EngineContext;
-use crate::mapillary::{MapillaryError, with_limit};
+use crate::mapillary::{ImagePage, MapillaryError, with_limit};
 use crate::model::{Bbox, ListedImage};
 use crate::selection::PartSpec;
 use crate::store::{Job, Part, PartStep};
@@ -79,8 +79,55 @@ pub(super) async fn step(
             page_size,
         ),
     };
-    let page = match ctx.client.fetch_page(&url).await {
+    let page = match fetch(ctx, job, &url, page_size).await? {
         Ok(page) => page,
+        Err(failure) => return Ok(failure),
+    };
+    listing.seen.insert(cursor_of(&url));
+    let served = page.images.len();
+    let empty = served == 0 && page.skipped == 0;
+    let next = where_next(ctx, job, listing, page.next.as_deref(), empty).await?;
+    let kept: Vec<ListedImage> = page
+        .images
+        .into_iter()
+        .filter(|image| job.selection.matches(image))
+        .collect();
+    // Items that did not parse still filled the page.
+    let capped = next.is_none() && (served + page.skipped) as u64 >= u64::from(page_size);
+    let quarters = match tile {
+        Some(tile) if capped => split_capped(ctx, job, tile).await?,
+        _ => Vec::new(),
+    };
+    let step = match next {
+        Some(link) => PartStep::Next(link),
+        None if !quarters.is_empty() => PartStep::Replace(&quarters),
+        None => PartStep::Done,
+    };
+    let task = listing.task.as_ref();
+    let new_images = ctx
+        .store
+        .store_page(job.id, part.seq, &kept, &[], step, task, now_ms())
+        .await?;
+    debug!(
+        job = job.id,
+        served,
+        kept = kept.len(),
+        new_images,
+        "stored a page"
+    );
+    Ok(Stored::Images(new_images))
+}
+
+/// One page of the listing, or the failure to store for it. A query
+/// timeout halves the job's page size first (down to [`MIN_PAGE_SIZE`]).
+async fn fetch(
+    ctx: &EngineContext,
+    job: &Job,
+    url: &str,
+    page_size: u32,
+) -> anyhow::Result<Result<ImagePage, Stored>> {
+    match ctx.client.fetch_page(url).await {
+        Ok(page) => Ok(Ok(page)),
         Err(MapillaryError::QueryTimeout(detail)) if page_size > MIN_PAGE_SIZE => {
             let smaller = (page_size / 2).max(MIN_PAGE_SIZE);
             ctx.store.set_page_size(job.id, smaller).await?;
@@ -89,15 +136,24 @@ pub(super) async fn step(
                 page_size = smaller,
                 "query timeout; asking for smaller pages"
             );
-            return Ok(Stored::Failure(MapillaryError::QueryTimeout(detail)));
+            Ok(Err(Stored::Failure(MapillaryError::QueryTimeout(detail))))
         }
-        Err(error) => return Ok(Stored::Failure(error)),
-    };
-    listing.seen.insert(cursor_of(&url));
-    let served = page.images.len();
-    let mut next = page.next.as_deref();
+        Err(error) => Ok(Err(Stored::Failure(error))),
+    }
+}
+
+/// The page's `next` link, unless the listing must end here: after
+/// [`MAX_EMPTY_PAGES_IN_A_ROW`] empty pages (with a job note), or on a link
+/// back to a page already read. `empty`: the page had no item at all.
+async fn where_next<'p>(
+    ctx: &EngineContext,
+    job: &Job,
+    listing: &mut Listing,
+    next: Option<&'p str>,
+    empty: bool,
+) -> anyhow::Result<Option<&'p str>> {
     // Counts a part's own run: a page with items, or a part's end, resets it.
-    let empty_with_next = served == 0 && page.skipped == 0 && next.is_some();
+    let empty_with_next = empty && next.is_some();
     listing.empty_pages = if empty_with_next {
         listing.empty_pages + 1
     } else {
@@ -112,66 +168,37 @@ pub(super) async fn step(
         ctx.store
             .set_job_note(job.id, Some(&note), now_ms())
             .await?;
-        next = None;
-    } else if let Some(link) = next
+        return Ok(None);
+    }
+    if let Some(link) = next
         && listing.seen.contains(&cursor_of(link))
     {
         warn!(
             job = job.id,
             "the next link leads back to a page already read; ending the listing"
         );
-        next = None;
+        return Ok(None);
     }
-    let kept: Vec<ListedImage> = page
-        .images
-        .into_iter()
-        .filter(|image| job.selection.matches(image))
-        .collect();
-    // Items that did not parse still filled the page.
-    let capped = next.is_none() && (served + page.skipped) as u64 >= u64::from(page_size);
-    let quarters = match tile {
-        Some(tile) if capped => split(tile),
-        _ => Vec::new(),
-    };
-    let step = match next {
-        Some(link) => PartStep::Next(link),
-        None if !quarters.is_empty() => PartStep::Replace(&quarters),
-        None => PartStep::Done,
-    };
-    if capped && let Some(tile) = tile {
-        if quarters.is_empty() {
-            let note = format!(
-                "the bbox tile {} still returns a full page at the smallest tile size; some images in it may be missing",
-                tile.to_query()
-            );
-            warn!(job = job.id, %note);
-            ctx.store
-                .set_job_note(job.id, Some(&note), now_ms())
-                .await?;
-        } else {
-            debug!(job = job.id, tile = %tile.to_query(), "a full page without next: splitting the tile");
-        }
+    Ok(next)
+}
+
+/// The parts a capped tile is listed again as ([`split`]); a tile too small
+/// to split is noted on the job instead, as possibly missing images.
+async fn split_capped(ctx: &EngineContext, job: &Job, tile: Bbox) -> anyhow::Result<Vec<PartSpec>> {
+    let quarters = split(tile);
+    if quarters.is_empty() {
+        let note = format!(
+            "the bbox tile {} still returns a full page at the smallest tile size; some images in it may be missing",
+            tile.to_query()
+        );
+        warn!(job = job.id, %note);
+        ctx.store
+            .set_job_note(job.id, Some(&note), now_ms())
+            .await?;
+    } else {
+        debug!(job = job.id, tile = %tile.to_query(), "a full page without next: splitting the tile");
     }
-    let new_images = ctx
-        .store
-        .store_page(
-            job.id,
-            part.seq,
-            &kept,
-            &[],
-            step,
-            listing.task.as_ref(),
-            now_ms(),
-        )
-        .await?;
-    debug!(
-        job = job.id,
-        served,
-        kept = kept.len(),
-        new_images,
-        "stored a page"
-    );
-    Ok(Stored::Images(new_images))
+    Ok(quarters)
 }
 
 /// The parts a capped tile is listed again as: its quarters (halves when one

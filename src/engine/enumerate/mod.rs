@@ -273,6 +273,15 @@ pub(crate) async fn pause(
     Ok(())
 }
 
+/// Did the step fail because another holder took the job's task over?
+/// Then this enumerator must stop, not retry.
+fn lost_job_task(error: &anyhow::Error) -> bool {
+    matches!(
+        error.downcast_ref::<StoreError>(),
+        Some(StoreError::LostJobTask(_))
+    )
+}
+
 /// Runs [`step`] until the job is enumerated, stopped, or `cancel` fires.
 pub async fn run(ctx: &EngineContext, task: JobTask, cancel: CancellationToken) {
     let job_id = task.job_id;
@@ -289,11 +298,12 @@ pub async fn run(ctx: &EngineContext, task: JobTask, cancel: CancellationToken) 
             _ = cancel.cancelled() => return,
             outcome = step(ctx, job_id, &mut listing) => outcome,
         };
-        match outcome {
+        let delay = match outcome {
             Ok(PageOutcome::More { .. }) => {
                 listing.failures = 0;
                 pages += 1;
                 ctx.wake.notify_waiters();
+                continue;
             }
             Ok(PageOutcome::Finished { .. }) => {
                 info!(job = job_id, pages = pages + 1, "enumeration complete");
@@ -306,17 +316,9 @@ pub async fn run(ctx: &EngineContext, task: JobTask, cancel: CancellationToken) 
             Ok(PageOutcome::RetryAfter { delay, error }) => {
                 listing.failures = listing.failures.saturating_add(1);
                 debug!(job = job_id, ?delay, error, "page will be retried");
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
+                delay
             }
-            Err(e)
-                if matches!(
-                    e.downcast_ref::<StoreError>(),
-                    Some(StoreError::LostJobTask(_))
-                ) =>
-            {
+            Err(e) if lost_job_task(&e) => {
                 warn!(job = job_id, error = %e, "enumeration stopped");
                 return;
             }
@@ -324,16 +326,16 @@ pub async fn run(ctx: &EngineContext, task: JobTask, cancel: CancellationToken) 
                 // A store error: wait and try again rather than spin.
                 listing.failures = listing.failures.saturating_add(1);
                 warn!(job = job_id, error = %e, "enumeration step failed");
-                let delay = backoff_delay(
+                backoff_delay(
                     listing.failures,
                     ctx.tuning.backoff_base,
                     ctx.tuning.backoff_cap,
-                );
-                tokio::select! {
-                    _ = cancel.cancelled() => return,
-                    _ = tokio::time::sleep(delay) => {}
-                }
+                )
             }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::engine::EngineContext;
 use crate::model::{ImageMeta, OutputFormat};
 use crate::store::PauseReason;
 use crate::webp::{self, WebpError};
+use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use tracing::{debug, info};
 
@@ -307,20 +308,8 @@ async fn adopt_from_bucket(
         let Some(existing) = bucket.get(&path).await? else {
             continue;
         };
-        let checked_meta = meta.clone();
-        let checked = tokio::task::spawn_blocking(move || match kind {
-            FileKind::Webp => webp::chunks(&existing).map(|_| (existing.to_vec(), false)),
-            FileKind::Jpeg => {
-                let tagged = crate::exif::tag_jpeg(&existing, &checked_meta).ok()?;
-                let changed = tagged != existing;
-                Some((tagged, changed))
-            }
-        })
-        .await
-        .ok()
-        .flatten();
         // Not ours, and not a file we can take: replaced by a download.
-        let Some((bytes, changed)) = checked else {
+        let Some((bytes, changed)) = check_object(existing, kind, meta.clone()).await else {
             return Ok(None);
         };
         let sha256 = sha256_hex(&bytes);
@@ -342,6 +331,23 @@ async fn adopt_from_bucket(
         }));
     }
     Ok(None)
+}
+
+/// An object's bytes as we would keep them: a WebP as is if it parses, a
+/// JPEG re-tagged from `meta` (and whether that changed it). `None`: not a
+/// file we can take.
+async fn check_object(existing: Bytes, kind: FileKind, meta: ImageMeta) -> Option<(Vec<u8>, bool)> {
+    tokio::task::spawn_blocking(move || match kind {
+        FileKind::Webp => webp::chunks(&existing).map(|_| (existing.to_vec(), false)),
+        FileKind::Jpeg => {
+            let tagged = crate::exif::tag_jpeg(&existing, &meta).ok()?;
+            let changed = tagged != existing;
+            Some((tagged, changed))
+        }
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 fn adopt_webp(path: PathBuf) -> Option<ArchivedFile> {

@@ -6,15 +6,17 @@
 //! download); [`disk`] is the rest (tag, re-encode, hash, write durably).
 
 mod disk;
+mod queue;
 
 pub use disk::Body;
+pub use queue::{Slot, Work, WorkQueue};
 
 use super::EngineContext;
-use super::dispatch::WorkQueue;
 use crate::archive::{self, ArchiveError, ArchivedFile, FileKind};
 use crate::clock::now_ms;
-use crate::mapillary::{RetryDecision, backoff_delay};
+use crate::mapillary::{MapillaryError, RetryDecision, backoff_delay};
 use crate::metrics;
+use crate::model::ImageMeta;
 use crate::store::{
     ClaimedImage, Completion, DeferPolicy, FailOutcome, FailReason, PauseReason, RetryPolicy,
     StoreError,
@@ -84,31 +86,16 @@ pub async fn fetch(
     image: &ClaimedImage,
     abort: &CancellationToken,
 ) -> Fetched {
-    let give_up = |e: ArchiveError| {
-        Fetched::Finished(Outcome::GiveUp {
-            error: e.to_string(),
-        })
+    let (meta, target) = match checked_target(ctx, image) {
+        Ok(checked) => checked,
+        Err(outcome) => return Fetched::Finished(outcome),
     };
-    let collection = match archive::collection_path(&ctx.archive_dir, &image.collection) {
-        Ok(dir) => dir,
-        Err(e) => return give_up(e),
-    };
-    // The row's image id is the one the queue knows; the metadata must agree.
-    let mut meta = image.meta.clone();
-    meta.id.clone_from(&image.image_id);
-    if let Err(e) = archive::image_path(&collection, &meta, FileKind::Jpeg) {
-        return give_up(e);
-    }
     // Another job packed this image into a tar of the same collection (the
     // claim found it): take that copy, as is.
     if let Some(copy) = image.packed_copy.clone() {
         debug!(image = %image.image_id, "adopted a copy already packed in a tar");
         return Fetched::Finished(Outcome::Done { file: copy });
     }
-    let target = disk::Target {
-        collection,
-        format: image.format,
-    };
     // A file at the final path is whole (it got there by rename): a crash hit
     // after the write but before the row was marked done, or another job of
     // the same collection archived it. Re-tag it from our metadata instead of
@@ -144,25 +131,52 @@ pub async fn fetch(
             meta,
             target,
         })),
-        Err(error) => Fetched::Finished(match error.decision() {
-            RetryDecision::RefreshUrl => Outcome::UrlExpired,
-            RetryDecision::RateLimited(wait) => Outcome::RateLimited {
-                delay: wait.unwrap_or(Duration::from_secs(5)),
-            },
-            RetryDecision::PauseJob => Outcome::PauseJob {
-                reason: PauseReason::TokenRejected,
-                message: format!("download rejected: {error}"),
-            },
-            RetryDecision::Gone => Outcome::Deleted {
-                error: format!("deleted on Mapillary: {error}"),
-            },
-            // A CDN refusal outside the known classes (say, HTTP 400 for a
-            // mangled URL) may pass with the next fresh URL: it costs an
-            // attempt rather than failing the image at once.
-            RetryDecision::Retryable | RetryDecision::GiveUp => Outcome::Retry {
-                error: format!("download failed: {error}"),
-            },
-        }),
+        Err(error) => Fetched::Finished(download_failed(&error)),
+    }
+}
+
+/// The image's metadata (under the id the queue knows) and where it goes,
+/// once both ids are checked safe for a path; an invalid one gives up.
+fn checked_target(
+    ctx: &EngineContext,
+    image: &ClaimedImage,
+) -> Result<(ImageMeta, disk::Target), Outcome> {
+    let give_up = |e: ArchiveError| Outcome::GiveUp {
+        error: e.to_string(),
+    };
+    let collection =
+        archive::collection_path(&ctx.archive_dir, &image.collection).map_err(give_up)?;
+    // The row's image id is the one the queue knows; the metadata must agree.
+    let mut meta = image.meta.clone();
+    meta.id.clone_from(&image.image_id);
+    archive::image_path(&collection, &meta, FileKind::Jpeg).map_err(give_up)?;
+    let target = disk::Target {
+        collection,
+        format: image.format,
+    };
+    Ok((meta, target))
+}
+
+/// What a failed download means for the image.
+fn download_failed(error: &MapillaryError) -> Outcome {
+    match error.decision() {
+        RetryDecision::RefreshUrl => Outcome::UrlExpired,
+        RetryDecision::RateLimited(wait) => Outcome::RateLimited {
+            delay: wait.unwrap_or(Duration::from_secs(5)),
+        },
+        RetryDecision::PauseJob => Outcome::PauseJob {
+            reason: PauseReason::TokenRejected,
+            message: format!("download rejected: {error}"),
+        },
+        RetryDecision::Gone => Outcome::Deleted {
+            error: format!("deleted on Mapillary: {error}"),
+        },
+        // A CDN refusal outside the known classes (say, HTTP 400 for a
+        // mangled URL) may pass with the next fresh URL: it costs an
+        // attempt rather than failing the image at once.
+        RetryDecision::Retryable | RetryDecision::GiveUp => Outcome::Retry {
+            error: format!("download failed: {error}"),
+        },
     }
 }
 
@@ -214,24 +228,7 @@ async fn record(ctx: &EngineContext, image: &ClaimedImage, outcome: Outcome) -> 
     let now = now_ms();
     let lease = &image.lease;
     match outcome {
-        Outcome::Done { file } => match ctx.store.complete_image(lease, &file, now).await? {
-            Completion::LeaseLost => {
-                warn!(image = %image.image_id, "lost the lease before completing; the file is in place anyway");
-            }
-            completion => {
-                ctx.stats.record_image(file.bytes);
-                metrics::add(&ctx.client.metrics().images_completed, 1);
-                if completion == Completion::JoinedTar {
-                    // Its date was packed meanwhile (by another job of the
-                    // collection): the tar holds the image, the loose file
-                    // would stay behind untracked.
-                    debug!(image = %image.image_id, path = %file.path.display(), "joined a tar; removing the loose file");
-                    crate::archive_files::ArchiveFiles::new(ctx.bucket.as_ref())
-                        .remove_async(&file.path)
-                        .await?;
-                }
-            }
-        },
+        Outcome::Done { file } => record_done(ctx, image, &file, now).await?,
         Outcome::Retry { error } => fail_attempt(ctx, image, &error, now).await?,
         Outcome::GiveUp { error } => {
             warn!(image = %image.image_id, error, "image failed for good");
@@ -262,9 +259,8 @@ async fn record(ctx: &EngineContext, image: &ClaimedImage, outcome: Outcome) -> 
                 cap: ctx.tuning.backoff_cap.max(delay),
                 jitter: 1.0,
             };
-            ctx.store
-                .defer(lease, "rate limited by the CDN", policy, now)
-                .await?;
+            let note = "rate limited by the CDN";
+            ctx.store.defer(lease, note, policy, now).await?;
         }
         Outcome::PauseJob { reason, message } => {
             ctx.store
@@ -285,6 +281,31 @@ async fn record(ctx: &EngineContext, image: &ClaimedImage, outcome: Outcome) -> 
             // Each image's delay doubles while it lasts, so this stays rare.
             warn!(image = %image.image_id, error, ?due, "the archive bucket refused or did not answer; the image waits");
         }
+    }
+    Ok(())
+}
+
+/// Marks a written (or adopted) image done, fenced by its lease.
+async fn record_done(
+    ctx: &EngineContext,
+    image: &ClaimedImage,
+    file: &ArchivedFile,
+    now: i64,
+) -> anyhow::Result<()> {
+    let completion = ctx.store.complete_image(&image.lease, file, now).await?;
+    if completion == Completion::LeaseLost {
+        warn!(image = %image.image_id, "lost the lease before completing; the file is in place anyway");
+        return Ok(());
+    }
+    ctx.stats.record_image(file.bytes);
+    metrics::add(&ctx.client.metrics().images_completed, 1);
+    if completion == Completion::JoinedTar {
+        // Its date was packed meanwhile (by another job of the collection):
+        // the tar holds the image, the loose file would stay behind untracked.
+        debug!(image = %image.image_id, path = %file.path.display(), "joined a tar; removing the loose file");
+        crate::archive_files::ArchiveFiles::new(ctx.bucket.as_ref())
+            .remove_async(&file.path)
+            .await?;
     }
     Ok(())
 }
@@ -344,7 +365,7 @@ pub async fn run(
         let outcome = process(&ctx, &work.image, &abort).await;
         apply_waiting_out_the_database(&ctx, index, &work.image, outcome, &abort).await;
     }
-    info!(worker = index, "worker stopped");
+    debug!(worker = index, "worker stopped");
 }
 
 /// The longest pause between two tries at recording an outcome while the

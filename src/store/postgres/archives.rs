@@ -1,4 +1,4 @@
-//! PostgreSQL twin of `store::archives`.
+//! The [`crate::store::interface::Archives`] half on PostgreSQL.
 //!
 //! What differs, and why:
 //! - Paths are compared and ordered `COLLATE "C"` (byte order, as SQLite's
@@ -11,13 +11,13 @@
 //! - `json_each` over id lists is `= ANY($n::BIGINT[])` with a `Vec<i64>`.
 
 use super::PgStore;
-use super::collection_tasks::check;
 use crate::archive::ArchivedFile;
 use crate::store::CollectionTask;
 use crate::store::archives::{
-    PACKING_COLUMNS, archived_from_fields, copy_from_fields, packed_file_from_fields,
-    packing_from_fields,
+    PACKING_COLUMNS, PackingRow, archived_from_fields, copy_from_fields, packed_file_from_fields,
 };
+use crate::store::interface::*;
+use crate::store::sql;
 use crate::store::{
     ClaimedImage, PackedFile, Packing, StoreError, StoreResult, StoredCopy, TarWritten, to_u64,
 };
@@ -25,16 +25,7 @@ use sqlx::Row;
 use sqlx::postgres::PgRow;
 
 fn packing_from_row(row: &PgRow) -> StoreResult<Packing> {
-    packing_from_fields(
-        row.try_get("id")?,
-        row.try_get("collection")?,
-        row.try_get("date")?,
-        row.try_get("tar_name")?,
-        row.try_get("state")?,
-        row.try_get("members")?,
-        row.try_get("bytes")?,
-        row.try_get("sha256")?,
-    )
+    <PackingRow as sqlx::FromRow<_>>::from_row(row)?.into_packing()
 }
 
 fn copy_from_row(row: &PgRow) -> StoreResult<StoredCopy> {
@@ -59,9 +50,9 @@ fn archived_from_row(row: &PgRow, path: String) -> StoreResult<ArchivedFile> {
     ))
 }
 
-impl PgStore {
-    /// See the SQLite twin.
-    pub async fn archived_copy(
+impl Archives for PgStore {
+    crate::store::shared::shared_archives!();
+    async fn archived_copy(
         &self,
         collection: &str,
         image_id: &str,
@@ -86,97 +77,8 @@ impl PgStore {
         let path: String = row.try_get("path")?;
         archived_from_row(&row, path).map(Some)
     }
-
-    /// See the SQLite twin.
-    pub(in crate::store) async fn attach_packed_copies(
-        &self,
-        claimed: &mut [ClaimedImage],
-    ) -> StoreResult<()> {
-        let mut conn = self.pool().acquire().await?;
-        PgStore::attach_packed_copies_on(&mut conn, claimed).await
-    }
-
-    /// [`PgStore::attach_packed_copies`] on `conn` (the claim's transaction).
-    pub(in crate::store) async fn attach_packed_copies_on(
-        conn: &mut sqlx::PgConnection,
-        claimed: &mut [ClaimedImage],
-    ) -> StoreResult<()> {
-        if claimed.is_empty() {
-            return Ok(());
-        }
-        let any_tar: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM packings WHERE state <> 'planned')")
-                .fetch_one(&mut *conn)
-                .await?;
-        if !any_tar {
-            return Ok(());
-        }
-        let collections: Vec<&str> = claimed.iter().map(|c| c.collection.as_str()).collect();
-        let image_ids: Vec<&str> = claimed.iter().map(|c| c.image_id.as_str()).collect();
-        let rows = sqlx::query(
-            "SELECT c.collection, c.image_id, c.path, c.bytes, c.sha256, c.kept_jpeg, p.id AS packed \
-             FROM unnest($1::TEXT[], $2::TEXT[]) AS w(collection, image_id) \
-             JOIN images c \
-               ON c.collection = w.collection AND c.image_id = w.image_id AND c.state = 'done' \
-             JOIN packings p ON p.id = c.packing_id AND p.state IN ('written', 'cleaned')",
-        )
-        .bind(&collections)
-        .bind(&image_ids)
-        .fetch_all(&mut *conn)
-        .await?;
-        for row in rows {
-            let collection: String = row.try_get("collection")?;
-            let image_id: String = row.try_get("image_id")?;
-            let Some(path) = row.try_get::<Option<String>, _>("path")? else {
-                continue;
-            };
-            let copy = archived_from_row(&row, path)?;
-            for image in claimed
-                .iter_mut()
-                .filter(|c| c.collection == collection && c.image_id == image_id)
-            {
-                image.packed_copy = Some(copy.clone());
-            }
-        }
-        Ok(())
-    }
-
-    /// See the SQLite twin.
-    pub async fn unfinished_packings(&self, collection: &str) -> StoreResult<Vec<Packing>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {PACKING_COLUMNS} FROM packings \
-             WHERE collection = $1 AND state <> 'cleaned' ORDER BY id"
-        )))
-        .bind(collection)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(packing_from_row).collect()
-    }
-
-    /// See the SQLite twin.
-    pub async fn packing(&self, id: i64) -> StoreResult<Option<Packing>> {
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {PACKING_COLUMNS} FROM packings WHERE id = $1"
-        )))
-        .bind(id)
-        .fetch_optional(self.pool())
-        .await?;
-        row.as_ref().map(packing_from_row).transpose()
-    }
-
-    /// See the SQLite twin.
-    pub async fn packings(&self, collection: &str) -> StoreResult<Vec<Packing>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {PACKING_COLUMNS} FROM packings WHERE collection = $1 ORDER BY id"
-        )))
-        .bind(collection)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(packing_from_row).collect()
-    }
-
-    /// See the SQLite twin (path order is byte order).
-    pub async fn first_unpacked_path(&self, collection: &str) -> StoreResult<Option<String>> {
+    /// PostgreSQL: path order is byte order.
+    async fn first_unpacked_path(&self, collection: &str) -> StoreResult<Option<String>> {
         Ok(sqlx::query_scalar(
             "SELECT path FROM images \
              WHERE collection = $1 AND state = 'done' AND packing_id IS NULL AND path IS NOT NULL \
@@ -187,20 +89,10 @@ impl PgStore {
         .await?)
     }
 
-    /// See the SQLite twin.
-    pub async fn tar_names(&self, collection: &str) -> StoreResult<Vec<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT tar_name FROM packings WHERE collection = $1 ORDER BY id")
-                .bind(collection)
-                .fetch_all(self.pool())
-                .await?,
-        )
-    }
-
-    /// See the SQLite twin. Daemons planning the same collection at once
+    /// PostgreSQL: Daemons planning the same collection at once
     /// take turns; the later one finds the folder's images already planned
     /// and returns `None` without inserting a packing.
-    pub async fn plan_packing(
+    async fn plan_packing(
         &self,
         task: &CollectionTask,
         date: &str,
@@ -210,7 +102,7 @@ impl PgStore {
     ) -> StoreResult<Option<Packing>> {
         let collection: &str = &task.collection;
         let mut tx = self.pool().begin().await?;
-        check(&mut tx, task).await?;
+        super::task_lease::check(&mut tx, task).await?;
         // One planner per collection at a time, until this commits: a second
         // daemon then sees the images joined (`packing_id` set) and the tar
         // name taken, so it can neither plan the same images again nor
@@ -260,20 +152,16 @@ impl PgStore {
             tx.rollback().await?;
             return Ok(None);
         }
-        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "UPDATE packings SET members = \
-               (SELECT count(DISTINCT path) FROM images WHERE packing_id = $1) \
-             WHERE id = $1 RETURNING {PACKING_COLUMNS}"
-        )))
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let row = sqlx::query(sql::COUNT_MEMBERS)
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
         tx.commit().await?;
         packing_from_row(&row).map(Some)
     }
 
-    /// See the SQLite twin (tar order is byte order).
-    pub async fn packed_files(
+    /// PostgreSQL: tar order is byte order.
+    async fn packed_files(
         &self,
         packing_id: i64,
         after: Option<&str>,
@@ -303,9 +191,7 @@ impl PgStore {
             })
             .collect()
     }
-
-    /// See the SQLite twin.
-    pub async fn packing_size(&self, packing_id: i64) -> StoreResult<u64> {
+    async fn packing_size(&self, packing_id: i64) -> StoreResult<u64> {
         let bytes: i64 = sqlx::query_scalar(
             "SELECT coalesce(sum(bytes), 0)::BIGINT FROM (SELECT max(bytes) AS bytes FROM images \
              WHERE packing_id = $1 AND state = 'done' GROUP BY path) files",
@@ -316,9 +202,9 @@ impl PgStore {
         Ok(to_u64(bytes))
     }
 
-    /// See the SQLite twin. Does nothing when the packing is no longer
+    /// PostgreSQL: Does nothing when the packing is no longer
     /// `planned` (another daemon wrote or dropped it first).
-    pub async fn mark_packing_written(
+    async fn mark_packing_written(
         &self,
         task: &CollectionTask,
         packing: &Packing,
@@ -335,10 +221,10 @@ impl PgStore {
             .await
     }
 
-    /// See the SQLite twin. Does nothing when the packing is no longer
+    /// PostgreSQL: Does nothing when the packing is no longer
     /// `planned`: another daemon moved it on, and the rows this daemon
     /// found missing may be the ones that daemon already packed and cleaned.
-    pub async fn abandon_empty_packing(
+    async fn abandon_empty_packing(
         &self,
         task: &CollectionTask,
         packing: &Packing,
@@ -346,7 +232,7 @@ impl PgStore {
         now_ms: i64,
     ) -> StoreResult<()> {
         let mut tx = self.pool().begin().await?;
-        check(&mut tx, task).await?;
+        super::task_lease::check(&mut tx, task).await?;
         // Locks the packing row: its state cannot move until this commits.
         let planned: Option<i64> = sqlx::query_scalar(
             "SELECT id FROM packings WHERE id = $1 AND state = 'planned' FOR UPDATE",
@@ -372,6 +258,201 @@ impl PgStore {
         Ok(())
     }
 
+    /// PostgreSQL: Moves only a `written` packing (the row lock
+    /// orders it after any concurrent state move).
+    async fn mark_packing_cleaned(
+        &self,
+        task: &CollectionTask,
+        packing: &Packing,
+    ) -> StoreResult<()> {
+        let mut tx = self.pool().begin().await?;
+        super::task_lease::check(&mut tx, task).await?;
+        let moved = sqlx::query(
+            "UPDATE packings SET state = 'cleaned' WHERE id = $1 AND state = 'written'",
+        )
+        .bind(packing.id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if moved == 0 {
+            tx.rollback().await?;
+            return Ok(());
+        }
+        attach_copies(&mut tx, packing).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+    async fn copy_sharers(&self, row_id: i64) -> StoreResult<Vec<(i64, bool)>> {
+        let rows = sqlx::query(
+            "SELECT s.rowid AS row_id, j.state = 'cancelled' AS cancelled \
+             FROM images r \
+             JOIN images s \
+               ON s.collection = r.collection AND s.image_id = r.image_id AND s.state = 'done' \
+             JOIN jobs j ON j.id = s.job_id \
+             WHERE r.rowid = $1 AND s.path = r.path AND s.packing_id IS NOT DISTINCT FROM r.packing_id",
+        )
+        .bind(row_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("row_id")?, row.try_get("cancelled")?)))
+            .collect()
+    }
+    async fn requeue_images(&self, row_ids: &[i64], reason: &str, now_ms: i64) -> StoreResult<u64> {
+        let mut tx = self.pool().begin().await?;
+        let changed = requeue_in(&mut tx, row_ids, reason, self.at(now_ms)).await?;
+        tx.commit().await?;
+        Ok(changed)
+    }
+    async fn record_checksum(&self, row_id: i64, sha256: &str, bytes: u64) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE images SET sha256 = $1, bytes = coalesce(bytes, $2) \
+             WHERE rowid = $3 AND state = 'done' AND sha256 IS NULL",
+        )
+        .bind(sha256)
+        .bind(i64::try_from(bytes).unwrap_or(i64::MAX))
+        .bind(row_id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+    async fn loose_copies(
+        &self,
+        job_id: Option<i64>,
+        after: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<StoredCopy>> {
+        let rows = sqlx::query(
+            "SELECT rowid, job_id, image_id, collection, path, bytes, sha256 FROM images \
+             WHERE rowid > $1 AND state = 'done' AND ($2::BIGINT IS NULL OR job_id = $2) \
+               AND (packing_id IS NULL OR packing_id IN (SELECT id FROM packings WHERE state = 'planned')) \
+             ORDER BY rowid LIMIT $3",
+        )
+        .bind(after)
+        .bind(job_id)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(copy_from_row).collect()
+    }
+    async fn is_still_loose(&self, row_id: i64, path: &str) -> StoreResult<bool> {
+        let found: Option<i32> = sqlx::query_scalar(sql::IS_STILL_LOOSE)
+            .bind(row_id)
+            .bind(path)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok(found.is_some())
+    }
+
+    /// PostgreSQL: collections in byte order.
+    async fn written_packings(&self, job_id: Option<i64>) -> StoreResult<Vec<Packing>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {PACKING_COLUMNS} FROM packings p WHERE state IN ('written', 'cleaned') \
+               AND ($1::BIGINT IS NULL OR EXISTS (SELECT 1 FROM images i \
+                    WHERE i.packing_id = p.id AND i.job_id = $1 AND i.state = 'done')) \
+             ORDER BY collection COLLATE \"C\", id"
+        )))
+        .bind(job_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(packing_from_row).collect()
+    }
+
+    /// PostgreSQL: paths in byte order.
+    async fn packing_rows(
+        &self,
+        packing_id: i64,
+        job_id: Option<i64>,
+    ) -> StoreResult<Vec<StoredCopy>> {
+        let rows = sqlx::query(
+            "SELECT rowid, job_id, image_id, collection, path, bytes, sha256 FROM images \
+             WHERE packing_id = $1 AND state = 'done' AND ($2::BIGINT IS NULL OR job_id = $2) \
+             ORDER BY path COLLATE \"C\", rowid",
+        )
+        .bind(packing_id)
+        .bind(job_id)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(copy_from_row).collect()
+    }
+
+    /// PostgreSQL: counts come from `job_rows` (current counters).
+    async fn done_rows(&self, job_id: Option<i64>) -> StoreResult<u64> {
+        let count: i64 = match job_id {
+            Some(id) => sqlx::query_scalar("SELECT n_done FROM job_rows WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await?
+                .ok_or(StoreError::NoSuchJob(id))?,
+            None => {
+                sqlx::query_scalar("SELECT coalesce(sum(n_done), 0)::BIGINT FROM job_rows")
+                    .fetch_one(self.pool())
+                    .await?
+            }
+        };
+        Ok(to_u64(count))
+    }
+    async fn collection_summary(
+        &self,
+        collection: &str,
+    ) -> StoreResult<(u64, Option<i64>, Option<i64>)> {
+        let (count, first, last): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT count(DISTINCT image_id), min(captured_at), max(captured_at) \
+             FROM images WHERE collection = $1 AND state = 'done'",
+        )
+        .bind(collection)
+        .fetch_one(self.pool())
+        .await?;
+        Ok((to_u64(count), first, last))
+    }
+}
+
+impl PgStore {
+    /// Gives each claimed image the copy another job packed into a tar of
+    /// its collection, if any, on `conn` (the claim's transaction).
+    pub(super) async fn attach_packed_copies_on(
+        conn: &mut sqlx::PgConnection,
+        claimed: &mut [ClaimedImage],
+    ) -> StoreResult<()> {
+        if claimed.is_empty() {
+            return Ok(());
+        }
+        let any_tar: bool = sqlx::query_scalar(sql::ANY_TAR)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !any_tar {
+            return Ok(());
+        }
+        let collections: Vec<&str> = claimed.iter().map(|c| c.collection.as_str()).collect();
+        let image_ids: Vec<&str> = claimed.iter().map(|c| c.image_id.as_str()).collect();
+        let rows = sqlx::query(
+            "SELECT c.collection, c.image_id, c.path, c.bytes, c.sha256, c.kept_jpeg, p.id AS packed \
+             FROM unnest($1::TEXT[], $2::TEXT[]) AS w(collection, image_id) \
+             JOIN images c \
+               ON c.collection = w.collection AND c.image_id = w.image_id AND c.state = 'done' \
+             JOIN packings p ON p.id = c.packing_id AND p.state IN ('written', 'cleaned')",
+        )
+        .bind(&collections)
+        .bind(&image_ids)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
+            let collection: String = row.try_get("collection")?;
+            let image_id: String = row.try_get("image_id")?;
+            let Some(path) = row.try_get::<Option<String>, _>("path")? else {
+                continue;
+            };
+            let copy = archived_from_row(&row, path)?;
+            for image in claimed
+                .iter_mut()
+                .filter(|c| c.collection == collection && c.image_id == image_id)
+            {
+                image.packed_copy = Some(copy.clone());
+            }
+        }
+        Ok(())
+    }
+
     async fn commit_packing_written(
         &self,
         task: &CollectionTask,
@@ -380,7 +461,7 @@ impl PgStore {
         now_ms: i64,
     ) -> StoreResult<()> {
         let mut tx = self.pool().begin().await?;
-        check(&mut tx, task).await?;
+        super::task_lease::check(&mut tx, task).await?;
         // Durable commit even where `synchronous_commit` was set `off`
         // (`local` and stronger settings are left alone); `is_local`: for
         // this transaction only.
@@ -424,187 +505,7 @@ impl PgStore {
         tx.commit().await?;
         Ok(())
     }
-
-    /// See the SQLite twin. Moves only a `written` packing (the row lock
-    /// orders it after any concurrent state move).
-    pub async fn mark_packing_cleaned(
-        &self,
-        task: &CollectionTask,
-        packing: &Packing,
-    ) -> StoreResult<()> {
-        let mut tx = self.pool().begin().await?;
-        check(&mut tx, task).await?;
-        let moved = sqlx::query(
-            "UPDATE packings SET state = 'cleaned' WHERE id = $1 AND state = 'written'",
-        )
-        .bind(packing.id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if moved == 0 {
-            tx.rollback().await?;
-            return Ok(());
-        }
-        attach_copies(&mut tx, packing).await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// See the SQLite twin.
-    pub async fn copy_sharers(&self, row_id: i64) -> StoreResult<Vec<(i64, bool)>> {
-        let rows = sqlx::query(
-            "SELECT s.rowid AS row_id, j.state = 'cancelled' AS cancelled \
-             FROM images r \
-             JOIN images s \
-               ON s.collection = r.collection AND s.image_id = r.image_id AND s.state = 'done' \
-             JOIN jobs j ON j.id = s.job_id \
-             WHERE r.rowid = $1 AND s.path = r.path AND s.packing_id IS NOT DISTINCT FROM r.packing_id",
-        )
-        .bind(row_id)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("row_id")?, row.try_get("cancelled")?)))
-            .collect()
-    }
-
-    /// See the SQLite twin.
-    pub async fn requeue_images(
-        &self,
-        row_ids: &[i64],
-        reason: &str,
-        now_ms: i64,
-    ) -> StoreResult<u64> {
-        let mut tx = self.pool().begin().await?;
-        let changed = requeue_in(&mut tx, row_ids, reason, self.at(now_ms)).await?;
-        tx.commit().await?;
-        Ok(changed)
-    }
-
-    /// See the SQLite twin.
-    pub async fn record_checksum(&self, row_id: i64, sha256: &str, bytes: u64) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE images SET sha256 = $1, bytes = coalesce(bytes, $2) \
-             WHERE rowid = $3 AND state = 'done' AND sha256 IS NULL",
-        )
-        .bind(sha256)
-        .bind(i64::try_from(bytes).unwrap_or(i64::MAX))
-        .bind(row_id)
-        .execute(self.pool())
-        .await?;
-        Ok(())
-    }
-
-    /// See the SQLite twin.
-    pub async fn loose_copies(
-        &self,
-        job_id: Option<i64>,
-        after: i64,
-        limit: u32,
-    ) -> StoreResult<Vec<StoredCopy>> {
-        let rows = sqlx::query(
-            "SELECT rowid, job_id, image_id, collection, path, bytes, sha256 FROM images \
-             WHERE rowid > $1 AND state = 'done' AND ($2::BIGINT IS NULL OR job_id = $2) \
-               AND (packing_id IS NULL OR packing_id IN (SELECT id FROM packings WHERE state = 'planned')) \
-             ORDER BY rowid LIMIT $3",
-        )
-        .bind(after)
-        .bind(job_id)
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(copy_from_row).collect()
-    }
-
-    /// See the SQLite twin.
-    pub async fn is_still_loose(&self, row_id: i64, path: &str) -> StoreResult<bool> {
-        let found: Option<i32> = sqlx::query_scalar(
-            "SELECT 1 FROM images WHERE rowid = $1 AND state = 'done' AND path = $2 \
-               AND (packing_id IS NULL OR packing_id IN (SELECT id FROM packings WHERE state = 'planned'))",
-        )
-        .bind(row_id)
-        .bind(path)
-        .fetch_optional(self.pool())
-        .await?;
-        Ok(found.is_some())
-    }
-
-    /// See the SQLite twin (collections in byte order).
-    pub async fn written_packings(&self, job_id: Option<i64>) -> StoreResult<Vec<Packing>> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {PACKING_COLUMNS} FROM packings p WHERE state IN ('written', 'cleaned') \
-               AND ($1::BIGINT IS NULL OR EXISTS (SELECT 1 FROM images i \
-                    WHERE i.packing_id = p.id AND i.job_id = $1 AND i.state = 'done')) \
-             ORDER BY collection COLLATE \"C\", id"
-        )))
-        .bind(job_id)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(packing_from_row).collect()
-    }
-
-    /// See the SQLite twin (paths in byte order).
-    pub async fn packing_rows(
-        &self,
-        packing_id: i64,
-        job_id: Option<i64>,
-    ) -> StoreResult<Vec<StoredCopy>> {
-        let rows = sqlx::query(
-            "SELECT rowid, job_id, image_id, collection, path, bytes, sha256 FROM images \
-             WHERE packing_id = $1 AND state = 'done' AND ($2::BIGINT IS NULL OR job_id = $2) \
-             ORDER BY path COLLATE \"C\", rowid",
-        )
-        .bind(packing_id)
-        .bind(job_id)
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter().map(copy_from_row).collect()
-    }
-
-    /// See the SQLite twin; counts come from `job_rows` (current counters).
-    pub async fn done_rows(&self, job_id: Option<i64>) -> StoreResult<u64> {
-        let count: i64 = match job_id {
-            Some(id) => sqlx::query_scalar("SELECT n_done FROM job_rows WHERE id = $1")
-                .bind(id)
-                .fetch_optional(self.pool())
-                .await?
-                .ok_or(StoreError::NoSuchJob(id))?,
-            None => {
-                sqlx::query_scalar("SELECT coalesce(sum(n_done), 0)::BIGINT FROM job_rows")
-                    .fetch_one(self.pool())
-                    .await?
-            }
-        };
-        Ok(to_u64(count))
-    }
-
-    /// See the SQLite twin.
-    pub async fn is_packed_collection(&self, collection: &str) -> StoreResult<bool> {
-        Ok(
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM packings WHERE collection = $1)")
-                .bind(collection)
-                .fetch_one(self.pool())
-                .await?,
-        )
-    }
-
-    /// See the SQLite twin.
-    pub async fn collection_summary(
-        &self,
-        collection: &str,
-    ) -> StoreResult<(u64, Option<i64>, Option<i64>)> {
-        let (count, first, last): (i64, Option<i64>, Option<i64>) = sqlx::query_as(
-            "SELECT count(DISTINCT image_id), min(captured_at), max(captured_at) \
-             FROM images WHERE collection = $1 AND state = 'done'",
-        )
-        .bind(collection)
-        .fetch_one(self.pool())
-        .await?;
-        Ok((to_u64(count), first, last))
-    }
 }
-
-/// See the SQLite twin.
 async fn attach_copies(tx: &mut sqlx::PgConnection, packing: &Packing) -> StoreResult<()> {
     sqlx::query(
         "UPDATE images SET packing_id = $1 \
@@ -618,7 +519,7 @@ async fn attach_copies(tx: &mut sqlx::PgConnection, packing: &Packing) -> StoreR
     Ok(())
 }
 
-/// See the SQLite twin. `now` is [`PgStore::at`]'s value; each statement
+/// PostgreSQL: `now` is [`PgStore::at`]'s value; each statement
 /// reads the clock once, so a row's `run_at` and `updated_at` agree.
 async fn requeue_in(
     tx: &mut sqlx::PgConnection,

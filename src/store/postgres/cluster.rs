@@ -1,15 +1,18 @@
-//! PostgreSQL twin of `store::cluster`: heartbeats on the database's clock,
+//! The [`crate::store::interface::Cluster`] half on PostgreSQL: heartbeats
+//! on the database's clock,
 //! and the cluster's API budget (`mld_api_slot`, `mld_api_hold` in
 //! `migrations/postgres/0002`).
 
 use super::PgStore;
-use crate::store::StoreResult;
 use crate::store::cluster::{ApiSlot, DaemonInfo, LiveDaemon, live_from_fields};
-use crate::store::job_tasks::millis;
+use crate::store::interface::*;
+use crate::store::{StoreResult, millis};
 use std::time::Duration;
 
-impl PgStore {
-    pub async fn heartbeat(&self, daemon: &DaemonInfo, now_ms: i64) -> StoreResult<()> {
+impl Cluster for PgStore {
+    crate::store::shared::shared_cluster!();
+
+    async fn heartbeat(&self, daemon: &DaemonInfo, now_ms: i64) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO daemons (id, host, workers, started_at, heartbeat_at) \
              SELECT $1, $2, $3, t.now_ms, t.now_ms FROM (SELECT coalesce($4::BIGINT, mld_now_ms()) AS now_ms) t \
@@ -24,11 +27,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn live_daemons(
-        &self,
-        within: Duration,
-        now_ms: i64,
-    ) -> StoreResult<Vec<LiveDaemon>> {
+    async fn live_daemons(&self, within: Duration, now_ms: i64) -> StoreResult<Vec<LiveDaemon>> {
         let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
             "SELECT d.id, d.host, d.workers, d.started_at, t.now_ms - d.heartbeat_at \
              FROM daemons d, (SELECT coalesce($1::BIGINT, mld_now_ms()) AS now_ms) t \
@@ -46,19 +45,7 @@ impl PgStore {
             .collect())
     }
 
-    pub async fn forget_daemon(&self, id: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM daemons WHERE id = $1")
-            .bind(id)
-            .execute(self.pool())
-            .await?;
-        Ok(())
-    }
-
-    pub async fn take_api_slot(
-        &self,
-        interval: Duration,
-        tolerance: Duration,
-    ) -> StoreResult<ApiSlot> {
+    async fn take_api_slot(&self, interval: Duration, tolerance: Duration) -> StoreResult<ApiSlot> {
         let ms: i64 = sqlx::query_scalar("SELECT mld_api_slot($1, $2)")
             .bind(millis(interval))
             .bind(millis(tolerance))
@@ -67,7 +54,7 @@ impl PgStore {
         Ok(ApiSlot::from_ms(ms))
     }
 
-    pub async fn hold_api_calls(&self, pause: Duration) -> StoreResult<()> {
+    async fn hold_api_calls(&self, pause: Duration) -> StoreResult<()> {
         sqlx::query("SELECT mld_api_hold($1)")
             .bind(millis(pause))
             .execute(self.pool())

@@ -1,83 +1,54 @@
-//! PostgreSQL twin of `store::collection_tasks`, on the database's clock.
+//! The [`crate::store::interface::CollectionTasks`] half on PostgreSQL, on
+//! the database's clock.
 
 use super::PgStore;
-use crate::store::collection_tasks::{CollectionTask, RecordedUpload};
-use crate::store::job_tasks::millis;
-use crate::store::{StoreError, StoreResult};
+use super::task_lease;
+use crate::store::StoreResult;
+use crate::store::collection_tasks::CollectionTask;
+use crate::store::interface::*;
+use crate::store::task_lease::LeaseKey;
 use std::sync::Arc;
 use std::time::Duration;
 
-impl PgStore {
-    pub async fn take_collection_task(
+impl CollectionTasks for PgStore {
+    crate::store::shared::shared_collection_tasks!();
+
+    async fn take_collection_task(
         &self,
         collection: &str,
         owner: &Arc<str>,
         ttl: Duration,
         now_ms: i64,
     ) -> StoreResult<Option<CollectionTask>> {
-        // `excluded.until_ms - ttl` is the clock's now.
-        let epoch: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO collection_tasks (collection, owner, until_ms, epoch) \
-             SELECT $1, $2, coalesce($3::BIGINT, mld_now_ms()) + $4, 1 \
-             ON CONFLICT (collection) DO UPDATE SET owner = excluded.owner, \
-               until_ms = excluded.until_ms, epoch = collection_tasks.epoch + 1 \
-             WHERE collection_tasks.owner IS NULL \
-                OR collection_tasks.until_ms < excluded.until_ms - $4 \
-             RETURNING epoch",
+        task_lease::take(
+            self.pool(),
+            LeaseKey::Name(collection),
+            owner,
+            ttl,
+            self.at(now_ms),
         )
-        .bind(collection)
-        .bind(&**owner)
-        .bind(self.at(now_ms))
-        .bind(millis(ttl))
-        .fetch_optional(self.pool())
-        .await?;
-        Ok(epoch.map(|epoch| CollectionTask {
-            collection: collection.into(),
-            owner: owner.clone(),
-            epoch,
-        }))
+        .await
     }
 
-    pub async fn renew_collection_task(
+    async fn renew_collection_task(
         &self,
         task: &CollectionTask,
         ttl: Duration,
         now_ms: i64,
     ) -> StoreResult<bool> {
-        let changed = sqlx::query(
-            "UPDATE collection_tasks SET until_ms = coalesce($4::BIGINT, mld_now_ms()) + $5 \
-             WHERE collection = $1 AND owner = $2 AND epoch = $3",
-        )
-        .bind(&*task.collection)
-        .bind(&*task.owner)
-        .bind(task.epoch)
-        .bind(self.at(now_ms))
-        .bind(millis(ttl))
-        .execute(self.pool())
-        .await?
-        .rows_affected();
-        Ok(changed == 1)
+        task_lease::renew(self.pool(), task, ttl, self.at(now_ms)).await
     }
 
-    pub async fn release_collection_task(&self, task: &CollectionTask) -> StoreResult<()> {
-        sqlx::query(
-            "UPDATE collection_tasks SET owner = NULL, until_ms = NULL \
-             WHERE collection = $1 AND owner = $2 AND epoch = $3",
-        )
-        .bind(&*task.collection)
-        .bind(&*task.owner)
-        .bind(task.epoch)
-        .execute(self.pool())
-        .await?;
-        Ok(())
+    async fn release_collection_task(&self, task: &CollectionTask) -> StoreResult<()> {
+        task_lease::release(self.pool(), task).await
     }
 
-    pub async fn check_collection_task(&self, task: &CollectionTask) -> StoreResult<()> {
+    async fn check_collection_task(&self, task: &CollectionTask) -> StoreResult<()> {
         let mut conn = self.pool().acquire().await?;
-        check(&mut conn, task).await
+        task_lease::check(&mut conn, task).await
     }
 
-    pub async fn record_upload(
+    async fn record_upload(
         &self,
         task: &CollectionTask,
         upload_id: &str,
@@ -85,7 +56,7 @@ impl PgStore {
         now_ms: i64,
     ) -> StoreResult<()> {
         let mut tx = self.pool().begin().await?;
-        check(&mut tx, task).await?;
+        task_lease::check(&mut tx, task).await?;
         sqlx::query(
             "INSERT INTO multipart_uploads (upload_id, collection, path, started_at) \
              VALUES ($1, $2, $3, coalesce($4::BIGINT, mld_now_ms()))",
@@ -98,42 +69,5 @@ impl PgStore {
         .await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    pub async fn recorded_uploads(&self, collection: &str) -> StoreResult<Vec<RecordedUpload>> {
-        Ok(sqlx::query_as(
-            "SELECT upload_id, path FROM multipart_uploads WHERE collection = $1 \
-             ORDER BY started_at, upload_id",
-        )
-        .bind(collection)
-        .fetch_all(self.pool())
-        .await?)
-    }
-
-    pub async fn forget_upload(&self, upload_id: &str) -> StoreResult<()> {
-        sqlx::query("DELETE FROM multipart_uploads WHERE upload_id = $1")
-            .bind(upload_id)
-            .execute(self.pool())
-            .await?;
-        Ok(())
-    }
-}
-
-/// Checks, inside a packing write's transaction, that `task` still holds
-/// its collection; locks the lease row, so a take-over waits for the write
-/// to commit (and the write, once the take-over committed, sees it).
-pub(super) async fn check(tx: &mut sqlx::PgConnection, task: &CollectionTask) -> StoreResult<()> {
-    let held: Option<i32> = sqlx::query_scalar(
-        "SELECT 1 FROM collection_tasks WHERE collection = $1 AND owner = $2 AND epoch = $3 \
-         FOR NO KEY UPDATE",
-    )
-    .bind(&*task.collection)
-    .bind(&*task.owner)
-    .bind(task.epoch)
-    .fetch_optional(&mut *tx)
-    .await?;
-    match held {
-        Some(_) => Ok(()),
-        None => Err(StoreError::LostCollectionTask(task.collection.to_string())),
     }
 }

@@ -1,9 +1,10 @@
-//! PostgreSQL twin of `store::images`.
+//! The [`crate::store::interface::Images`] half on PostgreSQL.
 
 use super::PgStore;
 use crate::stats::MinuteThroughput;
-use crate::store::images::{ArchivedRow, FailedRow, ImageRow, minute_throughput};
-use crate::store::{ArchivedImage, CollectionPosition, FailedImage, ImageRecord, StoreResult};
+use crate::store::images::{ArchivedRow, minute_throughput};
+use crate::store::interface::*;
+use crate::store::{ArchivedImage, CollectionPosition, StoreResult};
 use sqlx::FromRow;
 use sqlx::postgres::PgRow;
 
@@ -13,44 +14,12 @@ fn archived(rows: Vec<PgRow>) -> StoreResult<Vec<ArchivedImage>> {
         .collect()
 }
 
-impl PgStore {
-    /// See the SQLite twin.
-    pub async fn finished_images(
-        &self,
-        job_id: i64,
-        after_row_id: Option<i64>,
-        limit: u32,
-    ) -> StoreResult<Vec<ArchivedImage>> {
-        let rows =
-            match after_row_id {
-                None => sqlx::query(
-                    "SELECT rowid, meta, path, bytes, sha256, capture_order, image_id FROM images \
-                     WHERE job_id = $1 AND state = 'done' \
-                     ORDER BY capture_order, rowid LIMIT $2",
-                )
-                .bind(job_id)
-                .bind(i64::from(limit))
-                .fetch_all(self.pool())
-                .await?,
-                Some(after) => sqlx::query(
-                    "SELECT rowid, meta, path, bytes, sha256, capture_order, image_id FROM images \
-                     WHERE job_id = $1 AND state = 'done' \
-                       AND (capture_order, rowid) > \
-                           (SELECT capture_order, rowid FROM images WHERE rowid = $2) \
-                     ORDER BY capture_order, rowid LIMIT $3",
-                )
-                .bind(job_id)
-                .bind(after)
-                .bind(i64::from(limit))
-                .fetch_all(self.pool())
-                .await?,
-            };
-        archived(rows)
-    }
+impl Images for PgStore {
+    crate::store::shared::shared_images!();
 
-    /// See the SQLite twin. `image_id` sorts by the database's collation,
+    /// PostgreSQL: `image_id` sorts by the database's collation,
     /// which orders Mapillary's digit-only ids as SQLite does.
-    pub async fn collection_images(
+    async fn collection_images(
         &self,
         collection: &str,
         after: Option<&CollectionPosition>,
@@ -83,19 +52,7 @@ impl PgStore {
             };
         archived(rows)
     }
-
-    /// See the SQLite twin.
-    pub async fn job_collections(&self, job_id: i64) -> StoreResult<Vec<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT collection FROM job_collections WHERE job_id = $1 ORDER BY collection",
-        )
-        .bind(job_id)
-        .fetch_all(self.pool())
-        .await?)
-    }
-
-    /// See the SQLite twin.
-    pub async fn finished_by_minute(&self, since_ms: i64) -> StoreResult<Vec<MinuteThroughput>> {
+    async fn finished_by_minute(&self, since_ms: i64) -> StoreResult<Vec<MinuteThroughput>> {
         // From the per-minute table the update trigger feeds (folded and
         // not yet folded), never the images table: every daemon's `/status`
         // reads this, at any throughput. (An image done then re-queued stays
@@ -111,9 +68,7 @@ impl PgStore {
         .await?;
         Ok(rows.into_iter().map(minute_throughput).collect())
     }
-
-    /// See the SQLite twin.
-    pub async fn finished_since(&self, since_ms: i64) -> StoreResult<(u64, u64)> {
+    async fn finished_since(&self, since_ms: i64) -> StoreResult<(u64, u64)> {
         let (count, bytes): (i64, i64) = sqlx::query_as(
             "SELECT count(*), coalesce(sum(bytes), 0)::BIGINT FROM images \
              WHERE state = 'done' AND updated_at > $1",
@@ -124,24 +79,9 @@ impl PgStore {
         Ok((count.max(0) as u64, bytes.max(0) as u64))
     }
 
-    /// See the SQLite twin.
-    pub async fn failed_images(&self, job_id: i64, limit: u32) -> StoreResult<Vec<FailedImage>> {
-        let rows = sqlx::query(
-            "SELECT rowid, image_id, attempts, last_error, fail_reason FROM images \
-             WHERE job_id = $1 AND state = 'failed' ORDER BY rowid LIMIT $2",
-        )
-        .bind(job_id)
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|row| FailedRow::from_row(row)?.into_failed())
-            .collect()
-    }
-
-    /// See the SQLite twin. Due by the database's clock, read once (an init
+    /// PostgreSQL: Due by the database's clock, read once (an init
     /// plan, so it bounds the index scan).
-    pub async fn upcoming_urls(
+    async fn upcoming_urls(
         &self,
         job_id: i64,
         now_ms: i64,
@@ -158,24 +98,5 @@ impl PgStore {
         .bind(i64::from(limit))
         .fetch_all(self.pool())
         .await?)
-    }
-
-    /// See the SQLite twin.
-    pub async fn image_by_id(
-        &self,
-        job_id: i64,
-        image_id: &str,
-    ) -> StoreResult<Option<ImageRecord>> {
-        let row = sqlx::query(
-            "SELECT rowid, job_id, image_id, meta, url, state, attempts, run_at, lease_owner, \
-             lease_until, bytes, path, last_error, fail_reason, deferrals, captured_at, updated_at, \
-             sha256, kept_jpeg, packing_id FROM images WHERE job_id = $1 AND image_id = $2",
-        )
-        .bind(job_id)
-        .bind(image_id)
-        .fetch_optional(self.pool())
-        .await?;
-        row.map(|row| ImageRow::from_row(&row)?.into_record())
-            .transpose()
     }
 }

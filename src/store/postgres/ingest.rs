@@ -1,4 +1,4 @@
-//! PostgreSQL twin of `store::ingest`.
+//! The [`crate::store::interface::Ingest`] half on PostgreSQL.
 //!
 //! A page goes in as one `INSERT ... SELECT FROM unnest(...)` (one array per
 //! column) instead of SQLite's fixed-size multi-row statements: one round
@@ -11,17 +11,19 @@ use crate::store::JobTask;
 use crate::store::ingest::{
     MissingImage, PartStep, Placement, missing_meta, page_collections, prepare_rows, step_cursor,
 };
+use crate::store::interface::*;
+use crate::store::sql;
 use crate::store::{StoreError, StoreResult};
 use std::collections::{BTreeMap, HashSet};
 
-impl PgStore {
-    /// See the SQLite twin. The transaction first locks the job row: pages
+impl Ingest for PgStore {
+    /// PostgreSQL: The transaction first locks the job row: pages
     /// of one job (from several daemons) then go one at a time, so the next
     /// part's `seq` and `enumeration_complete` see every other page's parts.
     /// The database's clock is read once, there, for the whole page.
     // One page is one transaction: each argument is one of its inputs.
     #[allow(clippy::too_many_arguments)]
-    pub async fn store_page(
+    async fn store_page(
         &self,
         job_id: i64,
         part: i64,
@@ -46,7 +48,7 @@ impl PgStore {
         // The lease first, as on SQLite: a stale holder hears it lost the
         // job, not that the part it was on is gone.
         if let Some(task) = task {
-            super::job_tasks::check(&mut tx, task).await?;
+            super::task_lease::check(&mut tx, task).await?;
         }
         let open: Option<i64> = sqlx::query_scalar(
             "SELECT seq FROM job_parts WHERE job_id = $1 AND seq = $2 AND NOT done FOR UPDATE",
@@ -119,7 +121,7 @@ impl PgStore {
             .await?
             .rows_affected();
         }
-        sqlx::query("UPDATE job_parts SET cursor = $1, done = $2 WHERE job_id = $3 AND seq = $4")
+        sqlx::query(sql::MOVE_PART)
             .bind(cursor.as_deref())
             .bind(!matches!(step, PartStep::Next(_)))
             .bind(job_id)
@@ -127,7 +129,7 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         if let PartStep::Replace(children) = step {
-            let last: i64 = sqlx::query_scalar("SELECT max(seq) FROM job_parts WHERE job_id = $1")
+            let last: i64 = sqlx::query_scalar(sql::LAST_PART)
                 .bind(job_id)
                 .fetch_one(&mut *tx)
                 .await?;
@@ -146,46 +148,10 @@ impl PgStore {
         Ok(inserted)
     }
 
-    /// See the SQLite twin.
-    pub async fn insert_page(
-        &self,
-        job_id: i64,
-        images: &[impl Storable],
-        next_cursor: Option<&str>,
-        now_ms: i64,
-    ) -> StoreResult<u64> {
-        let Some(part) = self.open_parts(job_id, 1).await?.pop() else {
-            let exists: bool =
-                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM jobs WHERE id = $1)")
-                    .bind(job_id)
-                    .fetch_one(self.pool())
-                    .await?;
-            if !exists {
-                return Err(StoreError::NoSuchJob(job_id));
-            }
-            return Err(StoreError::Invalid(format!(
-                "job {job_id} has no part left to store a page into"
-            )));
-        };
-        let step = next_cursor.map_or(PartStep::Done, PartStep::Next);
-        self.store_page(job_id, part.seq, images, &[], step, None, now_ms)
-            .await
-    }
-
-    /// Where a job's images go (see the SQLite twin).
-    async fn placement(&self, job_id: i64) -> StoreResult<Placement> {
-        let row: Option<(String, String, String, String)> =
-            sqlx::query_as("SELECT source_kind, username, quality, format FROM jobs WHERE id = $1")
-                .bind(job_id)
-                .fetch_optional(self.pool())
-                .await?;
-        Placement::from_fields(job_id, row.ok_or(StoreError::NoSuchJob(job_id))?)
-    }
-
-    /// See the SQLite twin, in one statement: rows are locked in row id
+    /// PostgreSQL: in one statement: rows are locked in row id
     /// order first, so daemons refreshing overlapping rows cannot deadlock.
     /// A row id given twice keeps its last URL and counts twice, as there.
-    pub async fn update_urls(&self, urls: &[(i64, Option<String>)]) -> StoreResult<u64> {
+    async fn update_urls(&self, urls: &[(i64, Option<String>)]) -> StoreResult<u64> {
         if urls.is_empty() {
             return Ok(0);
         }
@@ -211,5 +177,16 @@ impl PgStore {
             .iter()
             .filter(|(row_id, _)| updated.contains(row_id))
             .count() as u64)
+    }
+}
+
+impl PgStore {
+    /// Where a job's images go. Fixed at creation, so read once per page.
+    async fn placement(&self, job_id: i64) -> StoreResult<Placement> {
+        let row: Option<(String, String, String, String)> = sqlx::query_as(sql::PLACEMENT)
+            .bind(job_id)
+            .fetch_optional(self.pool())
+            .await?;
+        Placement::from_fields(job_id, row.ok_or(StoreError::NoSuchJob(job_id))?)
     }
 }

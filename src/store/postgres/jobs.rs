@@ -1,4 +1,4 @@
-//! PostgreSQL twin of `store::jobs`.
+//! The [`crate::store::interface::Jobs`] half on PostgreSQL.
 //!
 //! Jobs are read from `job_rows` (the job row plus its unfolded counter
 //! deltas) and written to `jobs`. Several daemons share the table, so every
@@ -7,9 +7,11 @@
 use super::PgStore;
 use super::parts::insert_parts;
 use crate::selection::JobSpec;
+use crate::store::interface::*;
 use crate::store::jobs::{
     JobRow, LegacyJob, job_columns, legacy_spec, resync_millis, resync_spec, username_column,
 };
+use crate::store::sql;
 use crate::store::{Job, JobState, JobTask, PauseReason, StoreError, StoreResult, Submitted};
 use sqlx::PgConnection;
 
@@ -22,15 +24,17 @@ fn state_names(states: &[JobState]) -> Vec<&'static str> {
     states.iter().map(|s| s.as_str()).collect()
 }
 
-impl PgStore {
-    /// See the SQLite twin. SQLite's `BEGIN IMMEDIATE` makes find-then-insert
+impl Jobs for PgStore {
+    crate::store::shared::shared_jobs!();
+
+    /// PostgreSQL: SQLite's `BEGIN IMMEDIATE` makes find-then-insert
     /// atomic; here several daemons may submit one selection at once, so the
     /// transaction first takes an advisory lock on the job's identity
     /// (`hashtext(job_key)`): a second submitter waits until the first
     /// commits, and its next statement (a new READ COMMITTED snapshot) sees
     /// the job the first one made. The existing row is also locked
     /// (`FOR UPDATE`) so no state change races the re-sync decision.
-    pub async fn submit_job(&self, spec: &JobSpec, now_ms: i64) -> StoreResult<Submitted> {
+    async fn submit_job(&self, spec: &JobSpec, now_ms: i64) -> StoreResult<Submitted> {
         let key = spec.key();
         let mut tx = self.pool().begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
@@ -50,7 +54,7 @@ impl PgStore {
             Some((id, state)) => {
                 let state = state.parse::<JobState>().map_err(StoreError::Invalid)?;
                 if let Some(interval) = resync_ms {
-                    sqlx::query("UPDATE jobs SET resync_every_ms = $1 WHERE id = $2")
+                    sqlx::query(sql::SET_RESYNC_EVERY)
                         .bind(interval)
                         .bind(id)
                         .execute(&mut *tx)
@@ -92,10 +96,10 @@ impl PgStore {
         Ok(outcome)
     }
 
-    /// See the SQLite twin. The re-check locks the job row (`FOR UPDATE`):
+    /// PostgreSQL: The re-check locks the job row (`FOR UPDATE`):
     /// of two daemons re-syncing one job, the second waits and then finds it
     /// no longer done.
-    pub async fn start_due_resyncs(&self, now_ms: i64) -> StoreResult<Vec<i64>> {
+    async fn start_due_resyncs(&self, now_ms: i64) -> StoreResult<Vec<i64>> {
         let at = self.at(now_ms);
         let due: Vec<(i64, String, String, String, String)> = sqlx::query_as(
             "SELECT id, selection, quality, format, package FROM jobs \
@@ -126,8 +130,8 @@ impl PgStore {
         Ok(started)
     }
 
-    /// See the SQLite twin; counts come from `job_rows`.
-    pub async fn find_job(&self, id: i64) -> StoreResult<Option<Job>> {
+    /// PostgreSQL: counts come from `job_rows`.
+    async fn find_job(&self, id: i64) -> StoreResult<Option<Job>> {
         let row: Option<JobRow> = sqlx::query_as(concat!(
             "SELECT ",
             job_columns!(),
@@ -139,12 +143,8 @@ impl PgStore {
         row.map(JobRow::into_job).transpose()
     }
 
-    pub async fn list_jobs(&self) -> StoreResult<Vec<Job>> {
-        self.jobs_in_states(JobState::ALL).await
-    }
-
-    /// See the SQLite twin; counts come from `job_rows`.
-    pub async fn jobs_in_states(&self, states: &[JobState]) -> StoreResult<Vec<Job>> {
+    /// PostgreSQL: counts come from `job_rows`.
+    async fn jobs_in_states(&self, states: &[JobState]) -> StoreResult<Vec<Job>> {
         let rows: Vec<JobRow> = sqlx::query_as(concat!(
             "SELECT ",
             job_columns!(),
@@ -156,7 +156,7 @@ impl PgStore {
         rows.into_iter().map(JobRow::into_job).collect()
     }
 
-    pub async fn set_job_error(
+    async fn set_job_error(
         &self,
         id: i64,
         last_error: Option<&str>,
@@ -177,7 +177,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub async fn set_job_note(&self, id: i64, note: Option<&str>, now_ms: i64) -> StoreResult<()> {
+    async fn set_job_note(&self, id: i64, note: Option<&str>, now_ms: i64) -> StoreResult<()> {
         sqlx::query(
             "UPDATE jobs SET note = $1, updated_at = coalesce($2::BIGINT, mld_now_ms()) \
              WHERE id = $3",
@@ -190,14 +190,9 @@ impl PgStore {
         Ok(())
     }
 
-    /// See the SQLite twin. The conditional UPDATE decides (PostgreSQL
+    /// PostgreSQL: The conditional UPDATE decides (PostgreSQL
     /// re-checks `state` after waiting on a concurrent writer).
-    pub async fn skip_queued_job(
-        &self,
-        id: i64,
-        note: &str,
-        now_ms: i64,
-    ) -> StoreResult<Option<Job>> {
+    async fn skip_queued_job(&self, id: i64, note: &str, now_ms: i64) -> StoreResult<Option<Job>> {
         let mut tx = self.pool().begin().await?;
         let changed: Option<i64> = sqlx::query_scalar(
             "UPDATE jobs SET state = 'done', enumeration_complete = true, note = $1, \
@@ -220,16 +215,7 @@ impl PgStore {
         self.job_if_changed(changed).await
     }
 
-    pub async fn set_page_size(&self, id: i64, page_size: u32) -> StoreResult<()> {
-        sqlx::query("UPDATE jobs SET page_size = $1 WHERE id = $2")
-            .bind(i64::from(page_size))
-            .bind(id)
-            .execute(self.pool())
-            .await?;
-        Ok(())
-    }
-
-    pub async fn transition_job(
+    async fn transition_job(
         &self,
         id: i64,
         from: &[JobState],
@@ -249,7 +235,7 @@ impl PgStore {
         self.job_if_changed(changed).await
     }
 
-    pub async fn pause_job(
+    async fn pause_job(
         &self,
         id: i64,
         from: &[JobState],
@@ -273,17 +259,13 @@ impl PgStore {
         self.job_if_changed(changed).await
     }
 
-    pub async fn finish_job_if_drained(&self, id: i64, now_ms: i64) -> StoreResult<Option<Job>> {
-        self.finish_job_clearing(id, now_ms, false, None).await
-    }
-
-    /// See the SQLite twin. "Nothing pending or in flight" is tested on the
+    /// PostgreSQL: "Nothing pending or in flight" is tested on the
     /// `images` rows themselves (the counters may lag). The job row is
     /// locked first, so the UPDATE's snapshot, taken after the lock, sees
     /// every write of whoever held it (a re-sync or retry that re-queued
     /// images); in one statement, a re-check after waiting on the row would
     /// see the new job row but still the old images.
-    pub async fn finish_job_clearing(
+    async fn finish_job_clearing(
         &self,
         id: i64,
         now_ms: i64,
@@ -296,7 +278,7 @@ impl PgStore {
             .execute(&mut *tx)
             .await?;
         if let Some(task) = task {
-            super::job_tasks::check(&mut tx, task).await?;
+            super::task_lease::check(&mut tx, task).await?;
         }
         let changed: Option<i64> = sqlx::query_scalar(
             "UPDATE jobs SET state = 'done', stalled_at = NULL, updated_at = t.now_ms, \
@@ -319,7 +301,7 @@ impl PgStore {
         self.job_if_changed(changed).await
     }
 
-    pub async fn reactivate_job(
+    async fn reactivate_job(
         &self,
         id: i64,
         from: &[JobState],
@@ -339,28 +321,18 @@ impl PgStore {
         .await?;
         self.job_if_changed(changed).await
     }
+}
 
-    pub async fn jobs_paused_for(&self, reason: PauseReason) -> StoreResult<Vec<i64>> {
-        Ok(sqlx::query_scalar(
-            "SELECT id FROM jobs WHERE state = 'paused' AND pause_reason = $1 ORDER BY id",
-        )
-        .bind(reason.as_str())
-        .fetch_all(self.pool())
-        .await?)
-    }
-
-    /// See the SQLite twin. A PostgreSQL store never had rows without a
+impl PgStore {
+    /// PostgreSQL: A PostgreSQL store never had rows without a
     /// selection; daemons running it at once write the same values.
     pub async fn backfill_selections(&self) -> StoreResult<()> {
-        let legacy: Vec<LegacyJob> = sqlx::query_as(
-            "SELECT id, username, quality, bbox_west, bbox_south, bbox_east, bbox_north \
-             FROM jobs WHERE selection IS NULL OR job_key IS NULL",
-        )
-        .fetch_all(self.pool())
-        .await?;
+        let legacy: Vec<LegacyJob> = sqlx::query_as(sql::LEGACY_JOBS)
+            .fetch_all(self.pool())
+            .await?;
         for job in legacy {
             let spec = legacy_spec(&job)?;
-            sqlx::query("UPDATE jobs SET selection = $1, job_key = $2 WHERE id = $3")
+            sqlx::query(sql::SET_SELECTION)
                 .bind(spec.selection.canonical().to_string())
                 .bind(spec.key())
                 .bind(job.0)
@@ -392,7 +364,7 @@ async fn restart_enumeration(
     spec: &JobSpec,
     at: Option<i64>,
 ) -> StoreResult<()> {
-    sqlx::query("DELETE FROM job_parts WHERE job_id = $1")
+    sqlx::query(sql::DELETE_PARTS)
         .bind(id)
         .execute(&mut *tx)
         .await?;

@@ -1,18 +1,26 @@
-//! PostgreSQL twin of `store::listing`. Jobs are read from `job_rows` (the
-//! job row plus its unfolded counter deltas); image ids compare in the
-//! column's `C` collation, the byte order SQLite uses, so a page boundary
-//! means the same on both.
+//! Lists that page on PostgreSQL. Jobs are read from `job_rows` (the job
+//! row plus its unfolded counter deltas); image ids compare in the column's
+//! `C` collation, the byte order SQLite uses, so a page boundary means the
+//! same on both.
 
 use super::PgStore;
+use crate::store::interface::*;
 use crate::store::jobs::{JobRow, job_columns};
-use crate::store::listing::{
-    ImageFilter, JobTotals, LISTED_COLUMNS, ListedImage, ListedRow, Page, TotalsRow, listing_filter,
-};
-use crate::store::{Job, StoreResult};
+use crate::store::listing::{JobTotals, Page, TotalsRow};
+use crate::store::{ImageState, Job, StoreResult};
 
-impl PgStore {
-    /// See the SQLite twin.
-    pub async fn jobs_page(&self, after: Option<i64>, limit: u32) -> StoreResult<Page<Job>> {
+/// No hint: the planner picks the index (see
+/// `migrations/postgres/0005_image_listings.sql`); the state is in the
+/// statement's text, so even a generic plan can use the failed rows'
+/// partial index.
+fn no_hint(_: Option<ImageState>) -> &'static str {
+    ""
+}
+
+impl Listings for PgStore {
+    crate::store::shared::shared_listings!(no_hint);
+
+    async fn jobs_page(&self, after: Option<i64>, limit: u32) -> StoreResult<Page<Job>> {
         let rows: Vec<JobRow> = sqlx::query_as(concat!(
             "SELECT ",
             job_columns!(),
@@ -20,7 +28,7 @@ impl PgStore {
         ))
         .bind(after.unwrap_or(0))
         .bind(i64::from(limit) + 1)
-        .fetch_all(self.pool())
+        .fetch_all(self.reader()?)
         .await?;
         let jobs = rows
             .into_iter()
@@ -29,8 +37,7 @@ impl PgStore {
         Ok(Page::from_overfetch(jobs, limit))
     }
 
-    /// See the SQLite twin.
-    pub async fn recent_jobs(&self, limit: u32) -> StoreResult<Vec<Job>> {
+    async fn recent_jobs(&self, limit: u32) -> StoreResult<Vec<Job>> {
         let rows: Vec<JobRow> = sqlx::query_as(concat!(
             "SELECT ",
             job_columns!(),
@@ -39,13 +46,12 @@ impl PgStore {
              ORDER BY id"
         ))
         .bind(i64::from(limit))
-        .fetch_all(self.pool())
+        .fetch_all(self.reader()?)
         .await?;
         rows.into_iter().map(JobRow::into_job).collect()
     }
 
-    /// See the SQLite twin.
-    pub async fn job_totals(&self) -> StoreResult<JobTotals> {
+    async fn job_totals(&self) -> StoreResult<JobTotals> {
         let row: TotalsRow = sqlx::query_as(
             "SELECT count(*) AS jobs, coalesce(sum(n_pending), 0)::BIGINT AS pending, \
              coalesce(sum(n_in_progress), 0)::BIGINT AS in_progress, \
@@ -56,46 +62,8 @@ impl PgStore {
                            THEN n_pending + n_in_progress ELSE 0 END), 0)::BIGINT AS remaining \
              FROM job_rows",
         )
-        .fetch_one(self.pool())
+        .fetch_one(self.reader()?)
         .await?;
         Ok(row.into())
-    }
-
-    /// See the SQLite twin. The partial indexes' states are in the SQL
-    /// text, so even a generic plan can use them.
-    pub async fn job_images(
-        &self,
-        job_id: i64,
-        filter: &ImageFilter,
-        after: Option<&str>,
-        limit: u32,
-    ) -> StoreResult<Page<ListedImage>> {
-        let state = filter.effective_state()?;
-        let sql = format!(
-            "SELECT {LISTED_COLUMNS} FROM images i LEFT JOIN packings p ON p.id = i.packing_id \
-             WHERE i.job_id = $1 {} ORDER BY i.image_id LIMIT $3",
-            listing_filter(state, filter.reason, after.is_some(), "$2"),
-        );
-        let rows: Vec<ListedRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(job_id)
-            .bind(after)
-            .bind(i64::from(limit) + 1)
-            .fetch_all(self.pool())
-            .await?;
-        let root = self.recorded_archive_root().await?;
-        let images = rows
-            .into_iter()
-            .map(|row| row.into_listed(root.as_deref()))
-            .collect::<StoreResult<_>>()?;
-        Ok(Page::from_overfetch(images, limit))
-    }
-
-    /// See the SQLite twin.
-    pub async fn recorded_archive_root(&self) -> StoreResult<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT value FROM store_facts WHERE key = 'archive_root'")
-                .fetch_optional(self.pool())
-                .await?,
-        )
     }
 }

@@ -1,9 +1,7 @@
-//! The job store on PostgreSQL: the same methods as the SQLite store, for
-//! several daemons sharing one queue.
-//!
-//! The files mirror the SQLite ones ([`jobs`], [`ingest`], [`queue`],
-//! [`images`], [`archives`], [`parts`], [`rebase`], [`stalls`]); each method
-//! keeps its SQLite twin's meaning, and `tests/store.rs` runs on both.
+//! The job store on PostgreSQL, for several daemons sharing one queue:
+//! [`PgStore`] implements every trait of [`super::interface`], one file per
+//! area as in `sqlite/`; each method keeps the interface's meaning, and
+//! `tests/store.rs` runs one suite on both.
 //!
 //! What differs, and why:
 //! - **The clock is the database's.** A method's `now_ms` is bound as
@@ -31,7 +29,9 @@ mod parts;
 mod queue;
 mod rebase;
 mod stalls;
+mod task_lease;
 
+use super::interface::Health;
 use super::{StoreError, StoreResult};
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
@@ -133,18 +133,30 @@ impl PgStore {
         &self.pool
     }
 
-    pub async fn ping(&self) -> StoreResult<()> {
+    // `reader()` and `writer()` are SQLite's names for its two pools, so
+    // the bodies of `store/shared.rs` read the same on both backends.
+    #[allow(clippy::unnecessary_wraps)]
+    fn reader(&self) -> StoreResult<&PgPool> {
+        Ok(&self.pool)
+    }
+
+    #[allow(clippy::unnecessary_wraps)]
+    fn writer(&self) -> StoreResult<&PgPool> {
+        Ok(&self.pool)
+    }
+
+    pub(super) async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+impl Health for PgStore {
+    async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
 
-    pub async fn close(&self) {
-        self.pool.close().await;
-    }
-
-    /// Folds the counter deltas onto the job rows; returns how many it
-    /// folded. Readers see the same counts before and after.
-    pub async fn fold_counts(&self) -> StoreResult<u64> {
+    async fn fold_counts(&self) -> StoreResult<u64> {
         let folded: i64 = sqlx::query_scalar("SELECT mld_fold_counts()")
             .fetch_one(&self.pool)
             .await?;

@@ -1,7 +1,9 @@
-//! PostgreSQL twin of `store::parts`.
+//! The [`crate::store::interface::Parts`] half on PostgreSQL.
 
 use super::PgStore;
 use crate::selection::PartSpec;
+use crate::store::interface::*;
+use crate::store::sql;
 use crate::store::{Part, StoreResult, parts::part_from_fields};
 use sqlx::Row;
 
@@ -14,20 +16,17 @@ pub(super) async fn insert_parts(
 ) -> StoreResult<()> {
     for (offset, part) in parts.iter().enumerate() {
         let (bbox, item) = crate::store::parts::part_columns(part);
-        sqlx::query(
-            "INSERT INTO job_parts (job_id, seq, kind, west, south, east, north, item) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(job_id)
-        .bind(first_seq + offset as i64)
-        .bind(part.kind())
-        .bind(bbox.map(|b| b.west))
-        .bind(bbox.map(|b| b.south))
-        .bind(bbox.map(|b| b.east))
-        .bind(bbox.map(|b| b.north))
-        .bind(item)
-        .execute(&mut *tx)
-        .await?;
+        sqlx::query(sql::INSERT_PART)
+            .bind(job_id)
+            .bind(first_seq + offset as i64)
+            .bind(part.kind())
+            .bind(bbox.map(|b| b.west))
+            .bind(bbox.map(|b| b.south))
+            .bind(bbox.map(|b| b.east))
+            .bind(bbox.map(|b| b.north))
+            .bind(item)
+            .execute(&mut *tx)
+            .await?;
     }
     Ok(())
 }
@@ -48,8 +47,8 @@ fn part_from_row(row: &sqlx::postgres::PgRow) -> StoreResult<Part> {
     )
 }
 
-impl PgStore {
-    pub async fn open_parts(&self, job_id: i64, limit: u32) -> StoreResult<Vec<Part>> {
+impl Parts for PgStore {
+    async fn open_parts(&self, job_id: i64, limit: u32) -> StoreResult<Vec<Part>> {
         let rows = sqlx::query(
             "SELECT job_id, seq, kind, west, south, east, north, item, cursor FROM job_parts \
              WHERE job_id = $1 AND NOT done ORDER BY seq LIMIT $2",
@@ -61,7 +60,7 @@ impl PgStore {
         rows.iter().map(part_from_row).collect()
     }
 
-    pub async fn part_progress(&self, job_id: i64) -> StoreResult<(u64, u64)> {
+    async fn part_progress(&self, job_id: i64) -> StoreResult<(u64, u64)> {
         let (total, done): (i64, i64) = sqlx::query_as(
             "SELECT count(*), count(*) FILTER (WHERE done) FROM job_parts WHERE job_id = $1",
         )

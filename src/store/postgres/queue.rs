@@ -1,12 +1,15 @@
-//! PostgreSQL twin of `store::queue`.
+//! The [`crate::store::interface::Queue`] half on PostgreSQL.
 //!
 //! Every time comes from one reading of the database clock per statement
 //! (`clock`), so a row's `updated_at`, `run_at` and `lease_until` agree.
 
 use super::PgStore;
 use crate::archive::ArchivedFile;
-use crate::store::queue::{ClaimedRow, in_queue_order, millis};
+use crate::store::interface::*;
+use crate::store::millis;
+use crate::store::queue::{ClaimedRow, in_queue_order};
 use crate::store::queue::{DeferPolicy, RetryPolicy, identity_from_fields};
+use crate::store::sql;
 use crate::store::{ClaimedImage, Completion, FailOutcome, FailReason, Lease, StoreResult};
 use sqlx::postgres::{PgArguments, Postgres};
 use sqlx::{FromRow, Row};
@@ -63,7 +66,7 @@ SELECT c.rowid, c.job_id, c.image_id, c.meta, c.url, c.attempts, c.lease_epoch, 
        c.collection, j.quality, j.format
 FROM claimed c JOIN jobs j ON j.id = c.job_id";
 
-/// The fence of the SQLite twin: binds `rowid`, owner and epoch as `$n`,
+/// The fence (as on SQLite): binds `rowid`, owner and epoch as `$n`,
 /// `$n+1`, `$n+2` after the statement's `$1..$n-1`.
 macro_rules! fence {
     ($n:literal, $n1:literal, $n2:literal) => {
@@ -98,10 +101,10 @@ fn bind_lease<'q>(query: PgQuery<'q>, lease: &'q Lease) -> PgQuery<'q> {
         .bind(lease.epoch)
 }
 
-impl PgStore {
-    /// See the SQLite twin. One statement that skips rows other daemons are
+impl Queue for PgStore {
+    /// PostgreSQL: One statement that skips rows other daemons are
     /// claiming; times are the database's.
-    pub async fn claim(
+    async fn claim(
         &self,
         owner: &Arc<str>,
         limit: u32,
@@ -139,19 +142,7 @@ impl PgStore {
         tx.commit().await?;
         Ok(claimed)
     }
-
-    /// See the SQLite twin.
-    pub async fn complete(
-        &self,
-        lease: &Lease,
-        file: &ArchivedFile,
-        now_ms: i64,
-    ) -> StoreResult<bool> {
-        Ok(self.complete_image(lease, file, now_ms).await? != Completion::LeaseLost)
-    }
-
-    /// See the SQLite twin.
-    pub async fn complete_image(
+    async fn complete_image(
         &self,
         lease: &Lease,
         file: &ArchivedFile,
@@ -192,9 +183,9 @@ impl PgStore {
         })
     }
 
-    /// See the SQLite twin. The retry is due `policy.retry_at_ms - now_ms`
+    /// PostgreSQL: The retry is due `policy.retry_at_ms - now_ms`
     /// after the database's now; `run_at` is what the database stored.
-    pub async fn fail(
+    async fn fail(
         &self,
         lease: &Lease,
         error: &str,
@@ -228,9 +219,7 @@ impl PgStore {
             }
         })
     }
-
-    /// See the SQLite twin.
-    pub async fn fail_for_good(
+    async fn fail_for_good(
         &self,
         lease: &Lease,
         reason: FailReason,
@@ -250,9 +239,9 @@ impl PgStore {
         Ok(result.rows_affected() == 1)
     }
 
-    /// See the SQLite twin. `state = 'pending'` is re-checked on each row
+    /// PostgreSQL: `state = 'pending'` is re-checked on each row
     /// after any concurrent claim commits, so a row just claimed is left alone.
-    pub async fn mark_pending_deleted(
+    async fn mark_pending_deleted(
         &self,
         row_ids: &[i64],
         error: &str,
@@ -275,9 +264,9 @@ impl PgStore {
         Ok(result.rows_affected())
     }
 
-    /// See the SQLite twin: due `delay` after the store's clock's now (the
+    /// PostgreSQL: due `delay` after the store's clock's now (the
     /// database's, on [`super::PgClock::Database`]).
-    pub async fn release(
+    async fn release(
         &self,
         lease: &Lease,
         delay: Duration,
@@ -293,15 +282,15 @@ impl PgStore {
         .bind(self.at(now_ms))
         .bind(note);
         let result = bind_lease(query, lease)
-            .bind(crate::store::job_tasks::millis(delay))
+            .bind(crate::store::millis(delay))
             .execute(self.pool())
             .await?;
         Ok(result.rows_affected() == 1)
     }
 
-    /// See the SQLite twin: the same delay (truncated like SQLite's `CAST`),
+    /// PostgreSQL: the same delay (truncated like SQLite's `CAST`),
     /// after the database's now.
-    pub async fn defer(
+    async fn defer(
         &self,
         lease: &Lease,
         note: &str,
@@ -328,9 +317,7 @@ impl PgStore {
             .map(|row| row.try_get("run_at"))
             .transpose()?)
     }
-
-    /// See the SQLite twin.
-    pub async fn retry_failed(
+    async fn retry_failed(
         &self,
         job_id: i64,
         include_deleted: bool,
@@ -352,9 +339,9 @@ impl PgStore {
         Ok(result.rows_affected())
     }
 
-    /// See the SQLite twin. Beware: like it, this hands back EVERY in-flight
+    /// PostgreSQL: Beware: like it, this hands back EVERY in-flight
     /// row, including leases other daemons sharing the database hold.
-    pub async fn reset_in_flight(&self, now_ms: i64) -> StoreResult<u64> {
+    async fn reset_in_flight(&self, now_ms: i64) -> StoreResult<u64> {
         let result = sqlx::query(
             "UPDATE images SET state = 'pending', attempts = greatest(attempts - 1, 0), \
              run_at = clock.now_ms, lease_owner = NULL, lease_until = NULL, \
@@ -365,16 +352,12 @@ impl PgStore {
         .bind(self.at(now_ms))
         .execute(self.pool())
         .await?;
-        sqlx::query(
-            "UPDATE jobs SET task_owner = NULL, task_until = NULL WHERE task_owner IS NOT NULL",
-        )
-        .execute(self.pool())
-        .await?;
+        sqlx::query(sql::DROP_JOB_TASKS)
+            .execute(self.pool())
+            .await?;
         Ok(result.rows_affected())
     }
-
-    /// See the SQLite twin.
-    pub async fn hand_back_leases_of(&self, owner: &str, now_ms: i64) -> StoreResult<u64> {
+    async fn hand_back_leases_of(&self, owner: &str, now_ms: i64) -> StoreResult<u64> {
         let result = sqlx::query(
             "UPDATE images SET state = 'pending', attempts = greatest(attempts - 1, 0), \
              run_at = clock.now_ms, lease_owner = NULL, lease_until = NULL, \

@@ -1,13 +1,14 @@
-//! PostgreSQL twin of `store::stalls`. `progress_at` and the counts are
+//! The [`crate::store::interface::Stalls`] half on PostgreSQL. `progress_at` and the counts are
 //! read from `job_rows` (the job row's are not current).
 
 use super::PgStore;
 use crate::store::StoreResult;
+use crate::store::interface::*;
 use crate::store::stalls::{CandidateRow, StallCandidate, candidate_from_row};
 
-impl PgStore {
-    /// See the SQLite twin; read from `job_rows`.
-    pub async fn stall_candidates(&self, before_ms: i64) -> StoreResult<Vec<StallCandidate>> {
+impl Stalls for PgStore {
+    /// PostgreSQL: read from `job_rows`.
+    async fn stall_candidates(&self, before_ms: i64) -> StoreResult<Vec<StallCandidate>> {
         let rows: Vec<CandidateRow> = sqlx::query_as(
             "SELECT id, n_pending + n_in_progress, enumeration_complete, progress_at, last_error \
              FROM job_rows WHERE state IN ('queued', 'enumerating', 'downloading') \
@@ -20,9 +21,9 @@ impl PgStore {
         Ok(rows.into_iter().map(candidate_from_row).collect())
     }
 
-    /// See the SQLite twin. The order (newest `run_at`, then newest row) is
+    /// PostgreSQL: The order (newest `run_at`, then newest row) is
     /// spelt out: SQLite got it from walking `images_due` backwards.
-    pub async fn latest_image_error(&self, job_id: i64) -> StoreResult<Option<String>> {
+    async fn latest_image_error(&self, job_id: i64) -> StoreResult<Option<String>> {
         Ok(sqlx::query_scalar(
             "SELECT last_error FROM (SELECT last_error, run_at, rowid FROM images \
              WHERE job_id = $1 AND state = 'pending' ORDER BY run_at DESC, rowid DESC LIMIT 1000) w \
@@ -33,12 +34,12 @@ impl PgStore {
         .await?)
     }
 
-    /// See the SQLite twin. The caller's `before_ms` becomes an age
+    /// PostgreSQL: The caller's `before_ms` becomes an age
     /// (`now_ms - before_ms`) before the database's now, as `stalled_at` is
     /// the database's now. A completion committing while this runs is not
     /// seen: the job may be marked just after progressing, and is unmarked
     /// by its next progress, as a job marked an instant earlier would be.
-    pub async fn mark_stalled(
+    async fn mark_stalled(
         &self,
         job_id: i64,
         before_ms: i64,
@@ -61,8 +62,8 @@ impl PgStore {
         Ok(result.rows_affected() == 1)
     }
 
-    /// See the SQLite twin; `progress_at` from `job_rows`, ids in order.
-    pub async fn clear_recovered_stalls(&self, now_ms: i64) -> StoreResult<Vec<i64>> {
+    /// PostgreSQL: `progress_at` from `job_rows`, ids in order.
+    async fn clear_recovered_stalls(&self, now_ms: i64) -> StoreResult<Vec<i64>> {
         Ok(sqlx::query_scalar(
             "WITH cleared AS ( \
                UPDATE jobs j SET stalled_at = NULL, last_error = NULL, updated_at = t.now_ms \

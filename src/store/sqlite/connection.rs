@@ -1,13 +1,11 @@
-//! Opening the database: one writer, a read pool, migrations and the schema check.
+//! Opening the SQLite database: one writer, a read pool, migrations and the schema check.
 
-use super::postgres::{PgClock, PgStore};
-use super::{Backend, Store, StoreError, StoreResult, on_postgres};
+use super::SqliteStore;
+use crate::store::{StoreError, StoreResult};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
-use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::Duration;
 
 static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
@@ -49,14 +47,10 @@ impl Default for StoreOptions {
     }
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating file and parent directory if needed) and migrates the
-    /// database with the default options.
-    pub async fn open(path: &Path) -> StoreResult<Store> {
-        Store::open_with(path, StoreOptions::default()).await
-    }
-
-    pub async fn open_with(path: &Path, options: StoreOptions) -> StoreResult<Store> {
+    /// database, and brings jobs an older binary wrote up to date.
+    pub(in crate::store) async fn open(path: &Path, options: StoreOptions) -> StoreResult<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             tokio::fs::create_dir_all(parent).await.map_err(|e| {
                 StoreError::Invalid(format!(
@@ -87,14 +81,14 @@ impl Store {
             .await?;
         MIGRATOR.run(&writer).await?;
         let reader = connect_readers(path, options).await?;
-        let store = Store::from_pools(Some(writer), reader);
+        let store = SqliteStore::from_pools(Some(writer), reader);
         store.backfill_selections().await?;
         Ok(store)
     }
 
     /// Opens an existing database for reading only, beside a live daemon:
     /// never creates, writes or migrates, and refuses a schema it does not know.
-    pub async fn open_read_only(path: &Path) -> StoreResult<Store> {
+    pub(in crate::store) async fn open_read_only(path: &Path) -> StoreResult<Self> {
         if !tokio::fs::try_exists(path).await.unwrap_or(false) {
             return Err(StoreError::Schema(format!(
                 "no database at {}: run `serve` or `download` with this data dir first",
@@ -103,71 +97,7 @@ impl Store {
         }
         let reader = connect_readers(path, StoreOptions::default()).await?;
         check_schema(&reader, path).await?;
-        Ok(Store::from_pools(None, reader))
-    }
-
-    fn from_pools(writer: Option<SqlitePool>, reader: SqlitePool) -> Store {
-        Store::from_backend(Backend::Sqlite { writer, reader })
-    }
-
-    pub(super) fn from_backend(backend: Backend) -> Store {
-        Store {
-            backend,
-            job_identity: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Opens (creating its schema if needed) the shared PostgreSQL store at
-    /// `url` (`postgres://…`). The daemon always uses the database's clock.
-    pub async fn open_postgres(url: &str, clock: PgClock) -> StoreResult<Store> {
-        let pg = PgStore::open(url, clock).await?;
-        let store = Store::from_backend(Backend::Postgres(pg));
-        store.backfill_selections().await?;
-        Ok(store)
-    }
-
-    /// Opens the shared PostgreSQL store at `url` for a reader beside live
-    /// daemons: never creates or migrates, and refuses a schema that is not
-    /// this binary's.
-    pub async fn open_postgres_existing(url: &str) -> StoreResult<Store> {
-        let pg = PgStore::open_existing(url).await?;
-        Ok(Store::from_backend(Backend::Postgres(pg)))
-    }
-
-    /// Moves PostgreSQL's counter deltas onto the job rows (see
-    /// `migrations/postgres/0001_init.sql`); returns how many it moved.
-    /// Counts read the same before and after. SQLite keeps its counters on
-    /// the job rows already: nothing to do.
-    pub async fn fold_counts(&self) -> StoreResult<u64> {
-        on_postgres!(self.fold_counts());
-        Ok(0)
-    }
-
-    /// Whether the database answers; for `/healthz`.
-    pub async fn ping(&self) -> StoreResult<()> {
-        on_postgres!(self.ping());
-        sqlx::query("SELECT 1").execute(self.reader()?).await?;
-        if let Backend::Sqlite {
-            writer: Some(writer),
-            ..
-        } = &self.backend
-        {
-            sqlx::query("SELECT 1").execute(writer).await?;
-        }
-        Ok(())
-    }
-
-    /// Closes every connection, letting the last one checkpoint the WAL.
-    pub async fn close(&self) {
-        match &self.backend {
-            Backend::Sqlite { writer, reader } => {
-                reader.close().await;
-                if let Some(writer) = writer {
-                    writer.close().await;
-                }
-            }
-            Backend::Postgres(pg) => pg.close().await,
-        }
+        Ok(SqliteStore::from_pools(None, reader))
     }
 }
 

@@ -1,0 +1,68 @@
+//! The bounded hand-off from the dispatcher to the workers.
+//!
+//! It lives with its consumers, the workers, so that the dispatcher (which
+//! also records failed attempts through [`super::fail_attempt`]) depends on
+//! the workers and never the other way round.
+
+use crate::store::ClaimedImage;
+use std::sync::Arc;
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
+
+/// A claimed image on its way to a worker. Its slot frees a place in the
+/// queue when the worker is done with it.
+pub struct Work {
+    pub image: ClaimedImage,
+    _slot: Slot,
+}
+
+/// One place in the queue, taken before an image is claimed so that at most
+/// `2 × workers` images are claimed at any moment (invariant 7).
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+}
+
+/// Bounded hand-off from the dispatcher to the workers.
+#[derive(Clone)]
+pub struct WorkQueue {
+    slots: Arc<Semaphore>,
+    capacity: usize,
+    tx: mpsc::UnboundedSender<Work>,
+    rx: Arc<Mutex<mpsc::UnboundedReceiver<Work>>>,
+}
+
+impl WorkQueue {
+    pub fn new(workers: usize) -> WorkQueue {
+        let capacity = (workers * 2).max(1);
+        let (tx, rx) = mpsc::unbounded_channel();
+        WorkQueue {
+            slots: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            tx,
+            rx: Arc::new(Mutex::new(rx)),
+        }
+    }
+
+    /// Waits for one free slot, then takes every other free one, `max` at
+    /// most. `None` once the queue is closed. Cancel-safe.
+    pub async fn free_slots(&self, max: usize) -> Option<Vec<Slot>> {
+        let first = self.slots.clone().acquire_owned().await.ok()?;
+        let mut slots = vec![Slot { _permit: first }];
+        while slots.len() < max.min(self.capacity) {
+            match self.slots.clone().try_acquire_owned() {
+                Ok(p) => slots.push(Slot { _permit: p }),
+                Err(_) => break,
+            }
+        }
+        Some(slots)
+    }
+
+    /// Hands `image` to the next free worker. `false` if no worker is left.
+    pub fn send(&self, image: ClaimedImage, slot: Slot) -> bool {
+        self.tx.send(Work { image, _slot: slot }).is_ok()
+    }
+
+    /// Waits for the next image. Cancel-safe: dropping the future loses nothing.
+    pub async fn next(&self) -> Option<Work> {
+        self.rx.lock().await.recv().await
+    }
+}

@@ -1,0 +1,225 @@
+//! Method bodies that are the same on both backends, written once. Each
+//! macro expands inside a backend's `impl <Area> for ...` to the area's
+//! shared methods; they read through `self.reader()?`, write through
+//! `self.writer()?` (the backend's pools: SQLite's read pool and single
+//! writer, PostgreSQL's one pool) and run the statements of [`super::sql`].
+
+/// [`super::interface::Images`]'s shared methods.
+macro_rules! shared_images {
+    () => {
+        async fn finished_images(
+            &self,
+            job_id: i64,
+            after_row_id: Option<i64>,
+            limit: u32,
+        ) -> $crate::store::StoreResult<Vec<$crate::store::ArchivedImage>> {
+            use $crate::store::{images::ArchivedRow, sql};
+            let rows: Vec<ArchivedRow> = match after_row_id {
+                None => {
+                    sqlx::query_as(sql::FINISHED_IMAGES_FIRST)
+                        .bind(job_id)
+                        .bind(i64::from(limit))
+                        .fetch_all(self.reader()?)
+                        .await?
+                }
+                Some(after) => {
+                    sqlx::query_as(sql::FINISHED_IMAGES_AFTER)
+                        .bind(job_id)
+                        .bind(after)
+                        .bind(i64::from(limit))
+                        .fetch_all(self.reader()?)
+                        .await?
+                }
+            };
+            rows.into_iter().map(ArchivedRow::into_archived).collect()
+        }
+
+        async fn job_collections(&self, job_id: i64) -> $crate::store::StoreResult<Vec<String>> {
+            Ok(sqlx::query_scalar($crate::store::sql::JOB_COLLECTIONS)
+                .bind(job_id)
+                .fetch_all(self.reader()?)
+                .await?)
+        }
+
+        async fn failed_images(
+            &self,
+            job_id: i64,
+            limit: u32,
+        ) -> $crate::store::StoreResult<Vec<$crate::store::FailedImage>> {
+            use $crate::store::{images::FailedRow, sql};
+            let rows: Vec<FailedRow> = sqlx::query_as(sql::FAILED_IMAGES)
+                .bind(job_id)
+                .bind(i64::from(limit))
+                .fetch_all(self.reader()?)
+                .await?;
+            rows.into_iter().map(FailedRow::into_failed).collect()
+        }
+
+        async fn image_by_id(
+            &self,
+            job_id: i64,
+            image_id: &str,
+        ) -> $crate::store::StoreResult<Option<$crate::store::ImageRecord>> {
+            use $crate::store::{images::ImageRow, sql};
+            let row: Option<ImageRow> = sqlx::query_as(sql::IMAGE_BY_ID)
+                .bind(job_id)
+                .bind(image_id)
+                .fetch_optional(self.reader()?)
+                .await?;
+            row.map(ImageRow::into_record).transpose()
+        }
+    };
+}
+pub(super) use shared_images;
+
+/// [`super::interface::Archives`]'s shared methods.
+macro_rules! shared_archives {
+    () => {
+        async fn tar_names(&self, collection: &str) -> $crate::store::StoreResult<Vec<String>> {
+            Ok(sqlx::query_scalar($crate::store::sql::TAR_NAMES)
+                .bind(collection)
+                .fetch_all(self.reader()?)
+                .await?)
+        }
+
+        async fn unfinished_packings(
+            &self,
+            collection: &str,
+        ) -> $crate::store::StoreResult<Vec<$crate::store::Packing>> {
+            use $crate::store::{archives::PackingRow, sql};
+            let rows: Vec<PackingRow> = sqlx::query_as(sql::UNFINISHED_PACKINGS)
+                .bind(collection)
+                .fetch_all(self.reader()?)
+                .await?;
+            rows.into_iter().map(PackingRow::into_packing).collect()
+        }
+
+        async fn packing(
+            &self,
+            id: i64,
+        ) -> $crate::store::StoreResult<Option<$crate::store::Packing>> {
+            use $crate::store::{archives::PackingRow, sql};
+            let row: Option<PackingRow> = sqlx::query_as(sql::PACKING)
+                .bind(id)
+                .fetch_optional(self.reader()?)
+                .await?;
+            row.map(PackingRow::into_packing).transpose()
+        }
+
+        async fn packings(
+            &self,
+            collection: &str,
+        ) -> $crate::store::StoreResult<Vec<$crate::store::Packing>> {
+            use $crate::store::{archives::PackingRow, sql};
+            let rows: Vec<PackingRow> = sqlx::query_as(sql::PACKINGS)
+                .bind(collection)
+                .fetch_all(self.reader()?)
+                .await?;
+            rows.into_iter().map(PackingRow::into_packing).collect()
+        }
+
+        async fn is_packed_collection(&self, collection: &str) -> $crate::store::StoreResult<bool> {
+            Ok(sqlx::query_scalar($crate::store::sql::IS_PACKED_COLLECTION)
+                .bind(collection)
+                .fetch_one(self.reader()?)
+                .await?)
+        }
+    };
+}
+pub(super) use shared_archives;
+
+/// [`super::interface::CollectionTasks`]'s shared methods.
+macro_rules! shared_collection_tasks {
+    () => {
+        // On the writer: a packer reads back what it just recorded.
+        async fn recorded_uploads(
+            &self,
+            collection: &str,
+        ) -> $crate::store::StoreResult<Vec<$crate::store::RecordedUpload>> {
+            Ok(sqlx::query_as($crate::store::sql::RECORDED_UPLOADS)
+                .bind(collection)
+                .fetch_all(self.writer()?)
+                .await?)
+        }
+
+        async fn forget_upload(&self, upload_id: &str) -> $crate::store::StoreResult<()> {
+            sqlx::query($crate::store::sql::FORGET_UPLOAD)
+                .bind(upload_id)
+                .execute(self.writer()?)
+                .await?;
+            Ok(())
+        }
+    };
+}
+pub(super) use shared_collection_tasks;
+
+/// [`super::interface::Jobs`]'s shared methods.
+macro_rules! shared_jobs {
+    () => {
+        async fn set_page_size(&self, id: i64, page_size: u32) -> $crate::store::StoreResult<()> {
+            sqlx::query($crate::store::sql::SET_PAGE_SIZE)
+                .bind(i64::from(page_size))
+                .bind(id)
+                .execute(self.writer()?)
+                .await?;
+            Ok(())
+        }
+
+        async fn jobs_paused_for(
+            &self,
+            reason: $crate::store::PauseReason,
+        ) -> $crate::store::StoreResult<Vec<i64>> {
+            Ok(sqlx::query_scalar($crate::store::sql::JOBS_PAUSED_FOR)
+                .bind(reason.as_str())
+                .fetch_all(self.reader()?)
+                .await?)
+        }
+    };
+}
+pub(super) use shared_jobs;
+
+/// [`super::interface::Cluster`]'s shared methods.
+macro_rules! shared_cluster {
+    () => {
+        async fn forget_daemon(&self, id: &str) -> $crate::store::StoreResult<()> {
+            sqlx::query($crate::store::sql::FORGET_DAEMON)
+                .bind(id)
+                .execute(self.writer()?)
+                .await?;
+            Ok(())
+        }
+    };
+}
+pub(super) use shared_cluster;
+
+/// [`super::interface::Listings`]'s shared method: one page of a job's
+/// images. `$hint` maps the state filtered on to the text that follows the
+/// table (SQLite's `INDEXED BY`, to pin the index; nothing on PostgreSQL,
+/// whose planner sees the state in the statement's text).
+macro_rules! shared_listings {
+    ($hint:path) => {
+        async fn job_images(
+            &self,
+            job_id: i64,
+            filter: &$crate::store::ImageFilter,
+            after: Option<&str>,
+            limit: u32,
+        ) -> $crate::store::StoreResult<$crate::store::Page<$crate::store::ListedImage>> {
+            use $crate::store::{listing, sql};
+            let state = filter.effective_state()?;
+            let statement =
+                listing::images_page_sql($hint(state), state, filter.reason, after.is_some());
+            let rows: Vec<listing::ListedRow> = sqlx::query_as(sqlx::AssertSqlSafe(statement))
+                .bind(job_id)
+                .bind(after)
+                .bind(i64::from(limit) + 1)
+                .fetch_all(self.reader()?)
+                .await?;
+            let root: Option<String> = sqlx::query_scalar(sql::ARCHIVE_ROOT)
+                .fetch_optional(self.reader()?)
+                .await?;
+            listing::images_page(rows, root.as_deref(), limit)
+        }
+    };
+}
+pub(super) use shared_listings;

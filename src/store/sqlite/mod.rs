@@ -1,0 +1,88 @@
+//! The job store on SQLite: one file under the data dir, one daemon at a
+//! time (the lock file).
+//!
+//! One writer connection (WAL, busy timeout, foreign keys) serialises every
+//! write; a separate pool of read-only connections serves queries that never
+//! write, so they never queue behind a page insert. Every method is one
+//! small named query or one short transaction, none held across a network
+//! call, and a completion is one statement (no transaction of its own).
+//! Times are the `now_ms` each call passes. Per-job counts are columns of
+//! the job row kept by triggers on `images` (`migrations/sqlite/`).
+
+mod archives;
+mod cluster;
+mod collection_tasks;
+mod connection;
+mod images;
+mod ingest;
+mod job_tasks;
+mod jobs;
+mod listing;
+mod parts;
+mod queue;
+mod rebase;
+mod stalls;
+mod task_lease;
+
+pub use connection::{Durability, StoreOptions};
+
+use super::interface::Health;
+use super::{StoreError, StoreResult};
+use crate::model::{OutputFormat, Quality};
+use sqlx::SqlitePool;
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+/// The SQLite half of [`super::Store`].
+pub struct SqliteStore {
+    /// The single writer connection; `None` for a read-only store.
+    writer: Option<SqlitePool>,
+    /// Read-only connections for queries that never write.
+    reader: SqlitePool,
+    /// `(quality, format)` per job id. Both are fixed at creation, so the
+    /// claim path can skip a join on every call.
+    job_identity: Mutex<HashMap<i64, (Quality, OutputFormat)>>,
+}
+
+impl SqliteStore {
+    fn from_pools(writer: Option<SqlitePool>, reader: SqlitePool) -> SqliteStore {
+        SqliteStore {
+            writer,
+            reader,
+            job_identity: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn writer(&self) -> StoreResult<&SqlitePool> {
+        self.writer.as_ref().ok_or(StoreError::ReadOnly)
+    }
+
+    // A `Result` like `writer()`, so every statement reads the same.
+    #[allow(clippy::unnecessary_wraps)]
+    fn reader(&self) -> StoreResult<&SqlitePool> {
+        Ok(&self.reader)
+    }
+
+    /// Closes every connection, letting the last one checkpoint the WAL.
+    pub(super) async fn close(&self) {
+        self.reader.close().await;
+        if let Some(writer) = &self.writer {
+            writer.close().await;
+        }
+    }
+}
+
+impl Health for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(self.reader()?).await?;
+        if let Some(writer) = &self.writer {
+            sqlx::query("SELECT 1").execute(writer).await?;
+        }
+        Ok(())
+    }
+
+    /// Nothing to fold: SQLite's triggers keep the counters on the job rows.
+    async fn fold_counts(&self) -> StoreResult<u64> {
+        Ok(0)
+    }
+}
