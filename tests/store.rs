@@ -2801,27 +2801,23 @@ async fn failed_images_of_a_10000_image_job_page_through_exactly(f: Fixture) {
     assert_eq!(waiting.len(), 10_000 - 9_300 - 50);
     let everything = page_through(s, job, &ImageFilter::default(), 1_000).await;
     assert_eq!(ids(&everything), want(&|_| true), "every image once");
-    // Each page is a seek on the state's partial index (pinned on SQLite
-    // with INDEXED BY; chosen by PostgreSQL's planner).
+    // A page of failed images is a seek on their own partial index (pinned
+    // on SQLite with INDEXED BY, where a wrong name is an error; chosen by
+    // PostgreSQL's planner). The dense states have no index of their own:
+    // which of the existing ones PostgreSQL walks depends on its statistics.
     if let Raw::Postgres(pool) = &raw {
-        for (state, index) in [
-            ("failed", "images_listed_failed"),
-            ("pending", "images_listed_pending"),
-            ("done", "images_listed_done"),
-        ] {
-            let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                "EXPLAIN SELECT i.image_id FROM images i LEFT JOIN packings p ON p.id = i.packing_id \
-                 WHERE i.job_id = $1 AND i.state = '{state}' AND i.image_id > $2 \
-                 ORDER BY i.image_id LIMIT 101"
-            )))
-            .bind(job)
-            .bind("5")
-            .fetch_all(pool)
-            .await
-            .unwrap();
-            let plan = plan.join("\n");
-            assert!(plan.contains(index), "{state}: {plan}");
-        }
+        let plan: Vec<String> = sqlx::query_scalar(
+            "EXPLAIN SELECT i.image_id FROM images i LEFT JOIN packings p ON p.id = i.packing_id \
+             WHERE i.job_id = $1 AND i.state = 'failed' AND i.image_id > $2 \
+             ORDER BY i.image_id LIMIT 101",
+        )
+        .bind(job)
+        .bind("5")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("images_listed_failed"), "{plan}");
     }
     // Another job's rows never show; a job without images lists nothing.
     let theirs = page_through(s, other, &ImageFilter::default(), 1_000).await;
