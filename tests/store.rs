@@ -2801,6 +2801,15 @@ async fn failed_images_of_a_10000_image_job_page_through_exactly(f: Fixture) {
     assert_eq!(waiting.len(), 10_000 - 9_300 - 50);
     let everything = page_through(s, job, &ImageFilter::default(), 1_000).await;
     assert_eq!(ids(&everything), want(&|_| true), "every image once");
+    // In flight: the few leased rows, read through `images_leased`.
+    let leased = s.claim_as("w", 7, LEASE, 6_000).await.unwrap();
+    let mut in_flight: Vec<String> = leased.iter().map(|c| c.image_id.clone()).collect();
+    in_flight.sort();
+    let in_progress = ImageFilter {
+        state: Some(ImageState::InProgress),
+        reason: None,
+    };
+    assert_eq!(ids(&page_through(s, job, &in_progress, 3).await), in_flight);
     // A page of failed images is a seek on their own partial index (pinned
     // on SQLite with INDEXED BY, where a wrong name is an error; chosen by
     // PostgreSQL's planner). The dense states have no index of their own:
