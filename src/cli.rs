@@ -2,6 +2,7 @@
 
 use crate::model::{Bbox, OutputFormat, Quality};
 use crate::selection::{Pano, parse_date};
+use crate::store::FailReason;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -31,6 +32,9 @@ pub enum Command {
     Download(DownloadArgs),
     /// Print the jobs and their progress from the database (works beside a running daemon).
     Status(StatusArgs),
+    /// Print the images that failed for good and why (every job's, or one job's), from the
+    /// database (works beside a running daemon).
+    Failures(FailuresArgs),
     /// Check every archived image (loose or in a tar): there, right size and SHA-256, decodable.
     /// Exit 0 when all are ok, 1 when a problem is found, 2 for a usage or config error.
     Verify(VerifyArgs),
@@ -149,6 +153,31 @@ pub struct StatusArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct FailuresArgs {
+    /// Only this job's failed images (default: every job's).
+    #[arg(value_name = "JOB", value_parser = clap::value_parser!(i64).range(1..))]
+    pub job: Option<i64>,
+    /// Only images failed for this reason: deleted (gone from Mapillary) or error.
+    #[arg(long, value_name = "deleted|error", value_parser = parse_reason)]
+    pub reason: Option<FailReason>,
+    /// Where the database lives.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The archive's bucket, as serve and download were given it (checked, not needed): s3://bucket/prefix
+    /// (endpoint and credentials from the AWS_* variables). Sets storage.archive_url.
+    #[arg(long, value_name = "URL")]
+    pub archive_url: Option<String>,
+    /// Share a PostgreSQL job queue instead of <data-dir>/mapillary.db: postgres://user:pass@host/db
+    /// (prefer MLD__STORAGE__DATABASE_URL: a command line is visible to every user of the machine).
+    /// Sets storage.database_url.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Print a JSON array of the objects `GET /jobs/{id}/images` answers.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Where the database and archive live.
     #[arg(long, value_name = "DIR")]
@@ -187,6 +216,11 @@ pub fn parse_date_arg(s: &str) -> Result<i64, String> {
 
 /// Parses `--format` for clap.
 pub fn parse_format(s: &str) -> Result<OutputFormat, String> {
+    s.parse()
+}
+
+/// Parses `--reason` for clap.
+pub fn parse_reason(s: &str) -> Result<FailReason, String> {
     s.parse()
 }
 

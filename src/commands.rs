@@ -3,7 +3,7 @@
 //! failure or images failed for good, 2 usage, config or token error,
 //! 130 interrupted).
 
-use crate::cli::{Cli, Command, DownloadArgs, ServeArgs, StatusArgs, VerifyArgs};
+use crate::cli::{Cli, Command, DownloadArgs, FailuresArgs, ServeArgs, StatusArgs, VerifyArgs};
 use crate::config::{self, FlagOverrides, Settings};
 use crate::model::Packaging;
 use crate::oneshot::{self, DownloadRequest, RunEnd};
@@ -36,6 +36,7 @@ pub async fn run(cli: Cli) -> ExitCode {
             }
         }
         Command::Status(args) => status(cli.config, args).await,
+        Command::Failures(args) => failures(cli.config, args).await,
         Command::Verify(args) => verify(cli.config, args).await,
     };
     outcome.unwrap_or_else(|code| code)
@@ -161,6 +162,36 @@ async fn status(config_file: Option<PathBuf>, args: StatusArgs) -> Result<ExitCo
             ExitCode::from(1)
         })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `failures`: the failed images and why, from the database; exit 0 when
+/// listed (even when there are some), 2 for a job that does not exist.
+async fn failures(config_file: Option<PathBuf>, args: FailuresArgs) -> Result<ExitCode, ExitCode> {
+    let settings = load(&FlagOverrides {
+        config_file,
+        data_dir: args.data_dir,
+        archive_url: args.archive_url,
+        database_url: args.database_url,
+        ..FlagOverrides::default()
+    })?;
+    let runtime = |e: anyhow::Error| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(1)
+    };
+    let store = status::open_reader(&settings).await.map_err(runtime)?;
+    let options = crate::failures::FailuresOptions {
+        job: args.job,
+        reason: args.reason,
+        json: args.json,
+    };
+    let written =
+        crate::failures::write_failures(&store, options, &mut std::io::stdout().lock()).await;
+    store.close().await;
+    match written {
+        Ok(_) => Ok(ExitCode::SUCCESS),
+        Err(e) if matches!(e.downcast_ref(), Some(StoreError::NoSuchJob(_))) => Err(usage_error(e)),
+        Err(e) => Err(runtime(e)),
+    }
 }
 
 /// `verify`: re-reads every archived image; exit 0 clean, 1 problems.

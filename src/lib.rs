@@ -41,6 +41,7 @@ pub mod config_errors;
 pub mod engine;
 pub mod estimate;
 pub mod exif;
+pub mod failures;
 pub mod mapillary;
 pub mod metrics;
 pub mod model;

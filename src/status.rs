@@ -11,6 +11,10 @@ use crate::store::{Job, JobState, LiveDaemon, Store};
 use crate::units::{format_bytes, group_digits};
 use serde::Serialize;
 
+mod jobs_view;
+use jobs_view::summarised_jobs;
+pub use jobs_view::{JobSummary, JobsView, STATUS_JOBS};
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Totals {
     pub discovered: u64,
@@ -69,7 +73,17 @@ impl From<&MinuteThroughput> for MinuteBucket {
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StatusReport {
+    /// On `GET /status` and `status --json`: the [`STATUS_JOBS`] jobs most
+    /// recently changed or advanced, in id order, each selection's id list
+    /// summarised as `{"count": n}` (the whole job is at `GET /jobs/{id}`).
+    #[serde(serialize_with = "summarised_jobs")]
+    #[schema(value_type = Vec<JobSummary>)]
     pub jobs: Vec<Job>,
+    /// Every job in the queue, listed in `jobs` or not.
+    pub jobs_total: u64,
+    /// `jobs` leaves some out: `GET /jobs` pages through them all.
+    pub jobs_truncated: bool,
+    /// Over every job, not only those listed.
     pub totals: Totals,
     pub throughput: Throughput,
     /// Seconds until the images known so far are downloaded; `null` while
@@ -133,25 +147,32 @@ impl StatusReport {
     /// The report for `jobs` at throughput `rate`: the daemon's own rate for
     /// `GET /status`, one read from the database for the `status` command.
     /// Its history is all zeros; [`StatusReport::with_history`] gives one.
-    pub fn new(jobs: Vec<Job>, rate: Rate) -> StatusReport {
+    pub fn new(jobs: impl Into<JobsView>, rate: Rate) -> StatusReport {
         Self::with_history(jobs, rate, &empty_history(crate::clock::now_ms()))
     }
 
     /// [`StatusReport::new`] with the daemon's minute-by-minute history
     /// (`Stats::history`).
-    pub fn with_history(jobs: Vec<Job>, rate: Rate, history: &[MinuteThroughput]) -> StatusReport {
+    pub fn with_history(
+        jobs: impl Into<JobsView>,
+        rate: Rate,
+        history: &[MinuteThroughput],
+    ) -> StatusReport {
+        let view = jobs.into();
         // One reading for both, so the ETA matches the throughput shown.
         let eta_seconds = rate
-            .eta(remaining_images(&jobs))
+            .eta(view.remaining)
             .map(|eta| eta.as_secs_f64().ceil() as u64);
         StatusReport {
-            totals: Totals::of(&jobs),
+            totals: view.totals,
             throughput: Throughput {
                 images_per_sec: rate.images_per_sec,
                 bytes_per_sec: rate.bytes_per_sec,
             },
             eta_seconds,
-            jobs,
+            jobs_truncated: view.total > view.jobs.len() as u64,
+            jobs_total: view.total,
+            jobs: view.jobs,
             throughput_history: history.iter().map(MinuteBucket::from).collect(),
             daemons: Vec::new(),
         }
@@ -160,7 +181,10 @@ impl StatusReport {
     /// The report with throughput, ETA and history read from the database:
     /// the whole cluster's on a shared queue (what `/status` shows there),
     /// and the `status` command's on SQLite.
-    pub async fn from_database(store: &Store, jobs: Vec<Job>) -> crate::store::StoreResult<Self> {
+    pub async fn from_database(
+        store: &Store,
+        jobs: impl Into<JobsView>,
+    ) -> crate::store::StoreResult<Self> {
         let now = crate::clock::now_ms();
         let (images, bytes) = store.finished_since(now - 60_000).await?;
         let rate = Rate {
@@ -187,19 +211,25 @@ impl StatusReport {
     }
 }
 
-/// The `status` command: reads the database beside live daemons (SQLite
-/// read-only; PostgreSQL, shared by them all, as one more client).
-pub async fn print_status(settings: &crate::config::Settings, json: bool) -> anyhow::Result<()> {
-    let store = match settings.database_url().map_err(anyhow::Error::msg)? {
-        // Never migrates: daemons of another version may be running on it.
+/// The store as commands that only read open it, beside live daemons:
+/// SQLite read-only; PostgreSQL, shared by them all, as one more client
+/// that never migrates (daemons of another version may be running on it).
+pub async fn open_reader(settings: &crate::config::Settings) -> anyhow::Result<Store> {
+    Ok(match settings.database_url().map_err(anyhow::Error::msg)? {
         Some(url) => Store::open_postgres_existing(url.expose().trim())
             .await
             .map_err(|e| {
                 anyhow::anyhow!("cannot read the PostgreSQL queue (storage.database_url): {e}")
             })?,
         None => Store::open_read_only(&settings.database_path()).await?,
-    };
-    let jobs = store.list_jobs().await?;
+    })
+}
+
+/// The `status` command: reads the database beside live daemons (SQLite
+/// read-only; PostgreSQL, shared by them all, as one more client).
+pub async fn print_status(settings: &crate::config::Settings, json: bool) -> anyhow::Result<()> {
+    let store = open_reader(settings).await?;
+    let jobs = JobsView::recent(&store, STATUS_JOBS).await?;
     let report = StatusReport::from_database(&store, jobs)
         .await?
         .with_daemons_of(&store)
@@ -208,8 +238,23 @@ pub async fn print_status(settings: &crate::config::Settings, json: bool) -> any
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", render_table(&report.jobs));
+        print!("{}", more_line(&report));
     }
+    store.close().await;
     Ok(())
+}
+
+/// The line that ends a truncated table: how many jobs it left out.
+pub fn more_line(report: &StatusReport) -> String {
+    let left_out = report.jobs_total.saturating_sub(report.jobs.len() as u64);
+    if !report.jobs_truncated || left_out == 0 {
+        return String::new();
+    }
+    format!(
+        "… and {} more (the {} most recently updated are shown; GET /jobs lists every job)\n",
+        group_digits(left_out),
+        report.jobs.len()
+    )
 }
 
 /// One job's cells of the human table, in [`render_table`]'s column order.

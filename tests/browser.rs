@@ -921,3 +921,127 @@ async fn the_page_says_when_the_daemon_stops_answering_and_when_it_is_back() {
         daemon.stop().await;
     }
 }
+
+/// The failed images of a job as its row lists them: `(image id, reason,
+/// text)` of each, once the list is shown.
+async fn failures_listed(driver: &WebDriver, id: i64) -> Option<Vec<(String, String, String)>> {
+    let listed = js(
+        driver,
+        &format!(
+            r#"const li = document.querySelector('li.job[data-id="{id}"]');
+               const box = li && li.querySelector('.job-failures');
+               if (!box || box.hidden) return null;
+               return Array.from(box.querySelectorAll('li.failure')).map(f =>
+                 [f.dataset.imageId, f.dataset.reason, f.innerText]);"#
+        ),
+    )
+    .await;
+    let rows = listed.as_array()?;
+    Some(
+        rows.iter()
+            .map(|r| {
+                let cell = |i: usize| r[i].as_str().unwrap_or_default().to_string();
+                (cell(0), cell(1), cell(2))
+            })
+            .collect(),
+    )
+}
+
+/// A job's failed images are listed with their reasons beside its "Retry
+/// failed" button; with more jobs than `/status` lists, the page says so
+/// and shows every job, page by page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_page_lists_failures_beside_retry_and_pages_through_every_job() {
+    let _turn = SERIAL.lock().await;
+    let d = daemon(
+        FakeConfig::default(),
+        2,
+        &[("MLD__RETRY__MAX_ATTEMPTS", "2")],
+    )
+    .await;
+    d.fake.add_user("ines", 10, 9);
+    let mut victims: Vec<String> = [2, 6]
+        .iter()
+        .map(|&i| d.fake.images("ines")[i].id.clone())
+        .collect();
+    victims.sort();
+    for victim in &victims {
+        d.fake.fail_image_always(victim, Some(Fault::Status503Html));
+    }
+    let id = post(&d.daemon, json!({"username": "ines"})).await;
+    let job = d.daemon.wait_for_state(id, &["done", "failed"], WAIT).await;
+    assert_eq!(job["counts"]["failed"], 2, "{job}");
+    let url = d.daemon.url("/");
+    let api = &d.daemon;
+    Browser::open(1200, 900)
+        .await
+        .run(async |driver| {
+            load(driver, &url).await;
+            let r = eventually("ines's row with its buttons", async || {
+                row(driver, id).await.filter(|r| r["retry"] == true)
+            })
+            .await;
+            assert!(r["text"].as_str().unwrap().contains("Show failures"), "{r}");
+            assert_eq!(failures_listed(driver, id).await, None, "closed at first");
+            click(driver, &format!("li.job[data-id=\"{id}\"] .act-failures")).await;
+            let listed = eventually("the failed images listed", async || {
+                failures_listed(driver, id).await.filter(|l| l.len() == 2)
+            })
+            .await;
+            let ids: Vec<&str> = listed.iter().map(|(i, _, _)| i.as_str()).collect();
+            assert_eq!(ids, victims, "by image id");
+            for (_, reason, text) in &listed {
+                assert_eq!(reason, "error");
+                assert!(text.contains("503"), "the reason shown: {text}");
+                assert!(text.contains(" attempt"), "{text}");
+            }
+            let r = row(driver, id).await.unwrap();
+            assert_eq!(r["retry"], true, "the retry button beside the list: {r}");
+
+            // 104 more jobs: /status lists the 100 most recently updated.
+            for n in 0..104 {
+                post(api, json!({"username": format!("nobody{n}")})).await;
+            }
+            eventually("the note that some jobs are not shown", async || {
+                (shown(driver, "jobs-all").await && rows(driver).await.len() == 100).then_some(())
+            })
+            .await;
+            assert!(
+                row(driver, id).await.is_none(),
+                "the oldest job is not among the recent"
+            );
+            assert!(
+                text_of(driver, "jobs-more-text")
+                    .await
+                    .contains("of 105 jobs")
+            );
+            click(driver, "#jobs-all").await;
+            eventually("the first page of every job", async || {
+                let rows = rows(driver).await;
+                (rows.len() == 100 && rows[0]["id"] == id && shown(driver, "jobs-next").await)
+                    .then_some(())
+            })
+            .await;
+            click(driver, "#jobs-next").await;
+            let all = eventually("every job", async || {
+                let rows = rows(driver).await;
+                (rows.len() == 105).then_some(rows)
+            })
+            .await;
+            let ids: Vec<i64> = all.iter().map(|r| r["id"].as_i64().unwrap()).collect();
+            let mut sorted = ids.clone();
+            sorted.sort();
+            sorted.dedup();
+            assert_eq!(ids, sorted, "every job once, oldest first");
+            assert!(!shown(driver, "jobs-next").await, "nothing more");
+            click(driver, "#jobs-recent").await;
+            eventually("back to the recent ones", async || {
+                (rows(driver).await.len() == 100).then_some(())
+            })
+            .await;
+            let severe = severe_entries(driver).await;
+            assert!(severe.is_empty(), "console errors: {severe:#?}");
+        })
+        .await;
+    d.daemon.stop().await;
+}

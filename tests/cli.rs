@@ -567,6 +567,234 @@ async fn status_reads_a_postgres_queue_by_flag_and_never_migrates_it() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failures_lists_each_failed_image_and_why_and_status_says_how_many_more() {
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    fake.add_user("pia", 12, 23);
+    let first = fake.images("pia")[0].clone();
+    fake.add_image(
+        "pia",
+        FakeImage {
+            id: "not/a/number".into(),
+            ..first
+        },
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    let out = run(&["download", "pia", "--workers", "2"], dir.path(), &env).await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+
+    let out = run(&["failures"], dir.path(), &env).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_plain(&stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    for column in ["JOB", "IMAGE", "REASON", "ATTEMPTS", "LAST ERROR"] {
+        assert!(lines[0].contains(column), "{stdout}");
+    }
+    assert_eq!(lines.len(), 3, "header, one image, count: {stdout}");
+    assert!(
+        lines[1].starts_with("1 ")
+            && lines[1].contains("not/a/number")
+            && lines[1].contains("error"),
+        "{stdout}"
+    );
+    assert_eq!(lines[2], "1 failed image");
+
+    let out = run(&["failures", "1", "--json"], dir.path(), &env).await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let listed: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("failures --json is JSON");
+    let listed = listed.as_array().expect("an array");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    let image = &listed[0];
+    assert_eq!(image["image_id"], "not/a/number");
+    assert_eq!(image["job_id"], 1);
+    assert_eq!(image["state"], "failed");
+    assert_eq!(image["fail_reason"], "error");
+    assert!(
+        !image["last_error"].as_str().unwrap_or_default().is_empty(),
+        "{image}"
+    );
+    assert!(image["path"].is_null());
+
+    let out = run(&["failures", "--reason", "deleted"], dir.path(), &env).await;
+    assert_eq!(out.status.code(), Some(0));
+    assert!(
+        text(&out.stdout).ends_with("(no failed images)\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = run(
+        &["failures", "--json", "--reason", "deleted"],
+        dir.path(),
+        &env,
+    )
+    .await;
+    assert_eq!(text(&out.stdout), "[]\n");
+    let out = run(&["failures", "99"], dir.path(), &env).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("no job with id 99"), "{stderr}");
+    for bad in [["failures", "0"], ["failures", "--reason=lost"]] {
+        let out = run(&bad, dir.path(), &env).await;
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", text(&out.stderr));
+    }
+
+    // 102 jobs: the table lists the 100 most recently updated and says so.
+    let store = mapillary_downloader::store::Store::open(&dir.path().join("mapillary.db"))
+        .await
+        .unwrap();
+    for n in 0..101 {
+        let spec = mapillary_downloader::selection::JobSpec::user(
+            &format!("more{n}"),
+            mapillary_downloader::model::Quality::Q1024,
+        );
+        store
+            .submit_job(&spec, 2_000_000_000_000 + n)
+            .await
+            .unwrap();
+    }
+    store.close().await;
+    let out = run(&["status"], dir.path(), &env).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        stdout.lines().count(),
+        102,
+        "header, 100 jobs, the rest: {stdout}"
+    );
+    let last = stdout.lines().last().unwrap();
+    assert!(last.starts_with("… and 2 more"), "{last}");
+    let out = run(&["status", "--json"], dir.path(), &env).await;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["jobs"].as_array().unwrap().len(), 100);
+    assert_eq!(report["jobs_total"], 102);
+    assert_eq!(report["jobs_truncated"], true);
+    assert_eq!(report["totals"]["failed"], 1, "totals over every job");
+}
+
+/// Puts `n` images into a new job of `store` and fails every one for good
+/// (every seventh deleted on Mapillary); returns the job's id.
+async fn job_with_failures(store: &mapillary_downloader::store::Store, n: u64) -> i64 {
+    use mapillary_downloader::model::{ImageMeta, Quality as StoreQuality};
+    use mapillary_downloader::selection::JobSpec;
+    use mapillary_downloader::store::{FailReason, JobState, RetryPolicy};
+    let job = store
+        .submit_job(&JobSpec::user("fay", StoreQuality::Q1024), 1_000)
+        .await
+        .unwrap()
+        .job()
+        .id;
+    let images: Vec<ImageMeta> = (1..=n)
+        .map(|i| ImageMeta {
+            id: (100_000 + i).to_string(),
+            ..ImageMeta::default()
+        })
+        .collect();
+    store.insert_page(job, &images, None, 1_000).await.unwrap();
+    store
+        .transition_job(job, JobState::ALL, JobState::Downloading, 1_000)
+        .await
+        .unwrap();
+    let claimed = store
+        .claim(&"w".into(), n as u32, Duration::from_secs(600), 2_000, 0)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len() as u64, n);
+    for (i, image) in claimed.iter().enumerate() {
+        if i % 7 == 0 {
+            let reason = FailReason::Deleted;
+            store
+                .fail_for_good(&image.lease, reason, "deleted on Mapillary", 3_000)
+                .await
+                .unwrap();
+        } else {
+            let policy = RetryPolicy {
+                max_attempts: 1,
+                retry_at_ms: 3_000,
+            };
+            store
+                .fail(&image.lease, "HTTP 500", policy, 3_000)
+                .await
+                .unwrap();
+        }
+    }
+    job
+}
+
+/// The image ids of `failures --json`, checked to be each listed once.
+fn listed_ids(out: &Output) -> Vec<String> {
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let ids: Vec<String> = listed
+        .as_array()
+        .expect("an array")
+        .iter()
+        .map(|i| i["image_id"].as_str().unwrap().to_string())
+        .collect();
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "an image listed twice");
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failures_pages_through_thousands_on_sqlite_and_reads_postgres_by_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = test_env("http://127.0.0.1:9/", DEFAULT_TOKEN);
+    let store = mapillary_downloader::store::Store::open(&dir.path().join("mapillary.db"))
+        .await
+        .unwrap();
+    job_with_failures(&store, 2_500).await;
+    store.close().await;
+    let ids = listed_ids(&run(&["failures", "--json"], dir.path(), &env).await);
+    assert_eq!(
+        ids.len(),
+        2_500,
+        "more than one store page, every image once"
+    );
+    let deleted = listed_ids(
+        &run(
+            &["failures", "--json", "--reason", "deleted"],
+            dir.path(),
+            &env,
+        )
+        .await,
+    );
+    assert_eq!(deleted.len(), 2_500usize.div_ceil(7));
+    let out = run(&["failures", "1"], dir.path(), &env).await;
+    assert_eq!(
+        text(&out.stdout).lines().count(),
+        2_502,
+        "header, rows, count"
+    );
+
+    let url = mld_testkit::postgres::PgCluster::shared().fresh_database();
+    let mut env = env;
+    env::set(&mut env, "MLD__STORAGE__SHARED_FILESYSTEM", "true");
+    let pg_dir = tempfile::tempdir().unwrap();
+    let store = mapillary_downloader::store::Store::open_postgres(
+        &url,
+        mapillary_downloader::store::PgClock::Caller,
+    )
+    .await
+    .unwrap();
+    let job = job_with_failures(&store, 30).await;
+    store.close().await;
+    let job = job.to_string();
+    let out = run(
+        &["failures", &job, "--json", "--database-url", &url],
+        pg_dir.path(),
+        &env,
+    )
+    .await;
+    assert_eq!(listed_ids(&out).len(), 30);
+    assert!(
+        !pg_dir.path().join("mapillary.db").exists(),
+        "no SQLite file beside a PostgreSQL queue"
+    );
+}
+
 /// What a newcomer sees at the default log level (no `RUST_LOG`, default
 /// workers): the run's last line is its summary, and no single worker's
 /// lifecycle (one line per worker at shutdown) is shown.

@@ -1309,3 +1309,286 @@ async fn shutdown_is_graceful_and_prompt() {
     server.stop().await;
     assert!(reqwest::get(format!("{base}/healthz")).await.is_err());
 }
+
+/// A GET answered as `(status, body, next)`, `next` the target of its
+/// `Link: <…>; rel="next"` header.
+async fn get_page(server: &Server, path: &str) -> (StatusCode, Value, Option<String>) {
+    let response = server.client().get(server.url(path)).send().await.unwrap();
+    let status = response.status();
+    let next = response
+        .headers()
+        .get(reqwest::header::LINK)
+        .map(|v| v.to_str().unwrap().to_string())
+        .map(|link| {
+            let target = link
+                .strip_suffix(">; rel=\"next\"")
+                .and_then(|l| l.strip_prefix('<'))
+                .unwrap_or_else(|| panic!("not a next link: {link}"));
+            target.to_string()
+        });
+    let body = response.json().await.unwrap();
+    (status, body, next)
+}
+
+/// Follows `first` and every next link: the items of every page, and how
+/// many pages there were.
+async fn all_pages(server: &Server, first: &str) -> (Vec<Value>, usize) {
+    let mut items = Vec::new();
+    let mut pages = 0;
+    let mut next = Some(first.to_string());
+    while let Some(path) = next {
+        let (status, body, link) = get_page(server, &path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {body}");
+        items.extend(body.as_array().unwrap_or_else(|| panic!("{body}")).clone());
+        pages += 1;
+        next = link;
+    }
+    (items, pages)
+}
+
+#[tokio::test]
+async fn jobs_page_a_hundred_at_a_time_with_a_link_to_the_next() {
+    let server = start(None).await;
+    let mut ids = Vec::new();
+    for n in 0..105 {
+        let spec = JobSpec::user(&format!("user{n}"), Quality::Original);
+        ids.push(
+            server
+                .store
+                .submit_job(&spec, now_ms())
+                .await
+                .unwrap()
+                .job()
+                .id,
+        );
+    }
+    // Without parameters: the first 100, and where the rest are.
+    let (status, first, next) = get_page(&server, "/jobs").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(first.as_array().unwrap().len(), 100);
+    assert_eq!(
+        next.as_deref(),
+        Some(format!("/jobs?limit=100&after={}", ids[99]).as_str())
+    );
+    let (rest, pages) = all_pages(&server, &next.unwrap()).await;
+    assert_eq!((rest.len(), pages), (5, 1));
+    // Any page size: every job once, in id order.
+    for limit in [1, 7, 105, 1000] {
+        let (jobs, pages) = all_pages(&server, &format!("/jobs?limit={limit}")).await;
+        let seen: Vec<i64> = jobs.iter().map(job_id).collect();
+        assert_eq!(seen, ids, "pages of {limit}");
+        assert_eq!(pages, 105usize.div_ceil(limit as usize), "pages of {limit}");
+    }
+    let (_, tail, next) = get_page(&server, &format!("/jobs?after={}", ids[102])).await;
+    assert_eq!(tail.as_array().unwrap().len(), 2);
+    assert_eq!(next, None, "no link after the last page");
+    for (query, says) in [
+        ("limit=0", "limit must be an integer from 1 to 1000"),
+        ("limit=1001", "limit must be an integer from 1 to 1000"),
+        ("limit=ten", "limit must be"),
+        ("after=-3", "after must be a job id"),
+        ("after=x", "after must be a job id"),
+        ("page=2", "unknown query parameter"),
+        ("limit=5&limit=6", "given twice"),
+    ] {
+        let (status, body) = server.get(&format!("/jobs?{query}")).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
+        assert!(error_message(&body).contains(says), "{query}: {body}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn failed_images_of_a_10000_image_job_page_through_exactly_over_http() {
+    let server = start(None).await;
+    let (_, job) = server.post("/jobs", json!({"username": "vera"})).await;
+    let id = job_id(&job);
+    enumerate(&server, id, 1, 10_000).await;
+    let store = &server.store;
+    store
+        .transition_job_for_test(id, JobState::Downloading, None, now_ms())
+        .await
+        .unwrap();
+    let claimed = store
+        .claim(&"w".into(), 10_000, Duration::from_secs(600), now_ms(), 0)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 10_000);
+    let mut deleted = Vec::new();
+    let mut failed = Vec::new();
+    for (n, image) in claimed.iter().enumerate() {
+        if n % 10 == 0 {
+            deleted.push(image.image_id.clone());
+            let reason = mapillary_downloader::store::FailReason::Deleted;
+            store
+                .fail_for_good(&image.lease, reason, "deleted on Mapillary", now_ms())
+                .await
+                .unwrap();
+        } else {
+            failed.push(image.image_id.clone());
+            store
+                .fail(
+                    &image.lease,
+                    "download failed: HTTP 500",
+                    fail_now(),
+                    now_ms(),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let sorted = |mut ids: Vec<String>| {
+        ids.sort();
+        ids
+    };
+    let ids = |images: &[Value]| -> Vec<String> {
+        images
+            .iter()
+            .map(|i| i["image_id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let everything = sorted(claimed.iter().map(|c| c.image_id.clone()).collect());
+    for limit in [1000, 333] {
+        let (images, pages) = all_pages(
+            &server,
+            &format!("/jobs/{id}/images?state=failed&limit={limit}"),
+        )
+        .await;
+        assert_eq!(
+            ids(&images),
+            everything,
+            "pages of {limit}: no repeats, none missing"
+        );
+        assert_eq!(pages, 10_000usize.div_ceil(limit));
+    }
+    let (gone, _) = all_pages(&server, &format!("/jobs/{id}/images?reason=deleted")).await;
+    assert_eq!(ids(&gone), sorted(deleted));
+    let (errors, pages) = all_pages(
+        &server,
+        &format!("/jobs/{id}/images?state=failed&reason=error&limit=1000"),
+    )
+    .await;
+    assert_eq!((ids(&errors), pages), (sorted(failed), 9));
+    let first = &errors[0];
+    let mut keys: Vec<&str> = first
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        [
+            "attempts",
+            "captured_at",
+            "fail_reason",
+            "image_id",
+            "job_id",
+            "last_error",
+            "path",
+            "sequence",
+            "state"
+        ]
+    );
+    assert_eq!(first["state"], "failed");
+    assert_eq!(first["fail_reason"], "error");
+    assert_eq!(first["last_error"], "download failed: HTTP 500");
+    assert_eq!(first["attempts"], 1);
+    assert!(first["path"].is_null());
+    let n: i64 = first["image_id"].as_str().unwrap().parse().unwrap();
+    let at = chrono::DateTime::parse_from_rfc3339(first["captured_at"].as_str().unwrap()).unwrap();
+    assert_eq!(at.timestamp_millis(), 1_600_000_000_000 + n);
+    // Nothing pending or done; every image in the unfiltered list.
+    let (status, none, next) = get_page(&server, &format!("/jobs/{id}/images?state=pending")).await;
+    assert_eq!((status, none, next), (StatusCode::OK, json!([]), None));
+    let (all, _) = all_pages(&server, &format!("/jobs/{id}/images?limit=1000")).await;
+    assert_eq!(all.len(), 10_000);
+
+    for (query, says) in [
+        (
+            "state=lost",
+            "state must be failed, pending, in_progress or done",
+        ),
+        ("reason=gone", "reason must be deleted or error"),
+        (
+            "state=done&reason=error",
+            "reason applies to failed images only",
+        ),
+        ("limit=0", "limit must be"),
+        ("after=", "after must be an image id"),
+        ("sort=id", "unknown query parameter"),
+    ] {
+        let (status, body) = server.get(&format!("/jobs/{id}/images?{query}")).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{query}: {body}");
+        assert!(error_message(&body).contains(says), "{query}: {body}");
+    }
+    let (status, body) = server.get("/jobs/4242/images?state=failed").await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, _) = server.get("/jobs/abc/images").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn status_lists_the_100_most_recent_jobs_summarised_with_totals_over_all() {
+    let server = start(None).await;
+    let store = &server.store;
+    // The oldest job: its images count in the totals though it is not listed.
+    let old = store
+        .submit_job(&JobSpec::user("old", Quality::Original), 1)
+        .await
+        .unwrap()
+        .job()
+        .id;
+    store
+        .insert_page(old, &[image(1), image(2)], None, 1)
+        .await
+        .unwrap();
+    let mut recent = Vec::new();
+    for n in 0..103 {
+        let spec = JobSpec::user(&format!("user{n}"), Quality::Original);
+        recent.push(store.submit_job(&spec, 1_000 + n).await.unwrap().job().id);
+    }
+    let ids: Vec<String> = (0..1000).map(|n| (7_000_000 + n).to_string()).collect();
+    let (status, big) = server.post("/jobs", json!({"image_ids": ids})).await;
+    assert_eq!(status, StatusCode::CREATED, "{big}");
+    let (status, report) = server.get("/status").await;
+    assert_eq!(status, StatusCode::OK);
+    let listed: Vec<i64> = report["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(job_id)
+        .collect();
+    let mut want: Vec<i64> = recent[4..].to_vec();
+    want.push(job_id(&big));
+    assert_eq!(listed, want, "the 100 most recently updated, in id order");
+    assert_eq!(report["jobs_total"], 105);
+    assert_eq!(report["jobs_truncated"], true);
+    assert_eq!(report["totals"]["discovered"], 2, "{report}");
+    assert_eq!(report["totals"]["pending"], 2);
+    let summary = &report["jobs"][99];
+    assert_eq!(summary["image_ids"], json!({"count": 1000}));
+    assert!(summary["sequence_ids"].is_null());
+    assert!(
+        report.to_string().len() < 150_000,
+        "a summary, not the ids: {} bytes",
+        report.to_string().len()
+    );
+    let (_, whole) = server.get(&format!("/jobs/{}", job_id(&big))).await;
+    assert_eq!(whole["image_ids"].as_array().unwrap().len(), 1000);
+    // Few jobs: all of them, not truncated.
+    let small = start(None).await;
+    small.post("/jobs", json!({"username": "solo"})).await;
+    let (_, report) = small.get("/status").await;
+    assert_eq!(
+        (
+            report["jobs_total"].clone(),
+            report["jobs_truncated"].clone()
+        ),
+        (json!(1), json!(false))
+    );
+    small.stop().await;
+    server.stop().await;
+}

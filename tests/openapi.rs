@@ -73,6 +73,7 @@ async fn the_description_is_openapi_3_1_and_names_every_route() {
         "POST /jobs/{id}/pause",
         "POST /jobs/{id}/resume",
         "POST /jobs/{id}/retry",
+        "GET /jobs/{id}/images",
         "GET /",
         "GET /assets/app.js",
         "GET /assets/style.css",

@@ -2904,3 +2904,335 @@ async fn postgres_a_dead_daemon_is_rescued_once_and_a_late_beat_saves_it() {
     assert_eq!((c.in_progress, c.pending), (0, 40));
     other.close().await;
 }
+
+/// Pages of `job`'s images that `filter` selects, `limit` at a time, by
+/// following each page's last id: every image id in order.
+async fn page_through(
+    s: &Store,
+    job: i64,
+    filter: &mapillary_downloader::store::ImageFilter,
+    limit: u32,
+) -> Vec<mapillary_downloader::store::ListedImage> {
+    let mut all = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = s
+            .job_images(job, filter, after.as_deref(), limit)
+            .await
+            .unwrap();
+        assert!(page.items.len() <= limit as usize);
+        assert!(
+            !page.more || page.items.len() == limit as usize,
+            "more is set only on a full page"
+        );
+        after = page.items.last().map(|i| i.image_id.clone());
+        all.extend(page.items);
+        if !page.more {
+            return all;
+        }
+    }
+}
+
+/// A job of 10,000 images, 9,000 deleted on Mapillary, 300 failed with an
+/// error, 50 done, the rest pending: each listing pages through exactly
+/// (no repeats, none missing, in image id order), whatever the page size.
+async fn failed_images_of_a_10000_image_job_page_through_exactly(f: Fixture) {
+    use mapillary_downloader::store::ImageFilter;
+    let s = &f.store;
+    let job = active_job(s, "alice").await;
+    let other = active_job(s, "bob").await;
+    s.insert_page(job, &metas(1..=10_000), None, 1_000)
+        .await
+        .unwrap();
+    s.insert_page(other, &metas(1..=20), None, 1_000)
+        .await
+        .unwrap();
+    s.set_job_state(other, JobState::Paused, None, 1_000)
+        .await
+        .unwrap();
+    let raw = f.raw().await;
+    let pending = raw.row_ids(job, "pending", 9_000).await;
+    assert_eq!(
+        s.mark_pending_deleted(&pending, "deleted on Mapillary", 2_000)
+            .await
+            .unwrap(),
+        9_000
+    );
+    let claimed = s.claim_as("w", 350, LEASE, 3_000).await.unwrap();
+    assert_eq!(claimed.len(), 350);
+    for c in &claimed[..300] {
+        let error = format!("HTTP 500 for {} (access_token=MLY|9|leak)", c.image_id);
+        s.fail_as(c.row_id(), "w", c.lease.epoch, &error, 1, 4_000, 4_000)
+            .await
+            .unwrap();
+    }
+    for c in &claimed[300..] {
+        let path = format!("/a/archive/mapillary-alice-original/x/{}.jpg", c.image_id);
+        assert!(
+            s.complete_as(c.row_id(), "w", c.lease.epoch, 10, &path, 5_000)
+                .await
+                .unwrap()
+        );
+    }
+    let errors: HashSet<String> = claimed[..300].iter().map(|c| c.image_id.clone()).collect();
+    let done: HashSet<String> = claimed[300..].iter().map(|c| c.image_id.clone()).collect();
+    let want = |pick: &dyn Fn(u64) -> bool| -> Vec<String> {
+        let mut ids: Vec<String> = (1..=10_000u64)
+            .filter(|&i| pick(i))
+            .map(|i| i.to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let ids = |images: &[mapillary_downloader::store::ListedImage]| -> Vec<String> {
+        images.iter().map(|i| i.image_id.clone()).collect()
+    };
+    let failed_filter = ImageFilter {
+        state: Some(ImageState::Failed),
+        reason: None,
+    };
+    let all_failed = want(&|i| i <= 9_000 || errors.contains(&i.to_string()));
+    assert_eq!(all_failed.len(), 9_300);
+    for limit in [1_000, 97, 9_300] {
+        let failed = page_through(s, job, &failed_filter, limit).await;
+        assert_eq!(ids(&failed), all_failed, "failed images, pages of {limit}");
+        assert!(
+            failed
+                .iter()
+                .all(|i| i.job_id == job && i.state == ImageState::Failed)
+        );
+    }
+    let by_reason = |reason| ImageFilter {
+        state: None,
+        reason: Some(reason),
+    };
+    let deleted = page_through(s, job, &by_reason(FailReason::Deleted), 333).await;
+    assert_eq!(ids(&deleted), want(&|i| i <= 9_000));
+    assert!(
+        deleted
+            .iter()
+            .all(|i| i.fail_reason == Some(FailReason::Deleted)
+                && i.last_error.as_deref() == Some("deleted on Mapillary")
+                && i.attempts == 0)
+    );
+    let failing = page_through(s, job, &by_reason(FailReason::Error), 7).await;
+    assert_eq!(ids(&failing), want(&|i| errors.contains(&i.to_string())));
+    for image in &failing {
+        let error = image.last_error.as_deref().unwrap();
+        assert!(error.starts_with("HTTP 500 for"), "{error}");
+        assert!(
+            !error.contains("MLY|") && !error.contains("leak"),
+            "a token in {error}"
+        );
+        assert_eq!(
+            (image.attempts, image.sequence.as_deref()),
+            (1, Some("seqA"))
+        );
+        assert!(
+            image
+                .captured_at
+                .as_deref()
+                .unwrap()
+                .starts_with("2020-09-13T")
+        );
+        assert_eq!(image.path, None);
+    }
+    let finished = ImageFilter {
+        state: Some(ImageState::Done),
+        reason: None,
+    };
+    let listed = page_through(s, job, &finished, 20).await;
+    assert_eq!(ids(&listed), want(&|i| done.contains(&i.to_string())));
+    // No archive root recorded yet: cut at the archive folder.
+    for image in &listed {
+        assert_eq!(
+            image.path.as_deref(),
+            Some(format!("mapillary-alice-original/x/{}.jpg", image.image_id).as_str())
+        );
+    }
+    let pending_filter = ImageFilter {
+        state: Some(ImageState::Pending),
+        reason: None,
+    };
+    let waiting = page_through(s, job, &pending_filter, 100).await;
+    assert_eq!(waiting.len(), 10_000 - 9_300 - 50);
+    let everything = page_through(s, job, &ImageFilter::default(), 1_000).await;
+    assert_eq!(ids(&everything), want(&|_| true), "every image once");
+    // In flight: the few leased rows, read through `images_leased`.
+    let leased = s.claim_as("w", 7, LEASE, 6_000).await.unwrap();
+    let mut in_flight: Vec<String> = leased.iter().map(|c| c.image_id.clone()).collect();
+    in_flight.sort();
+    let in_progress = ImageFilter {
+        state: Some(ImageState::InProgress),
+        reason: None,
+    };
+    assert_eq!(ids(&page_through(s, job, &in_progress, 3).await), in_flight);
+    // A page of failed images is a seek on their own partial index (pinned
+    // on SQLite with INDEXED BY, where a wrong name is an error; chosen by
+    // PostgreSQL's planner). The dense states have no index of their own:
+    // which of the existing ones PostgreSQL walks depends on its statistics.
+    if let Raw::Postgres(pool) = &raw {
+        let plan: Vec<String> = sqlx::query_scalar(
+            "EXPLAIN SELECT i.image_id FROM images i LEFT JOIN packings p ON p.id = i.packing_id \
+             WHERE i.job_id = $1 AND i.state = 'failed' AND i.image_id > $2 \
+             ORDER BY i.image_id LIMIT 101",
+        )
+        .bind(job)
+        .bind("5")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("images_listed_failed"), "{plan}");
+    }
+    // Another job's rows never show; a job without images lists nothing.
+    let theirs = page_through(s, other, &ImageFilter::default(), 1_000).await;
+    assert_eq!(theirs.len(), 20);
+    assert!(page_through(s, 999, &failed_filter, 10).await.is_empty());
+    // A reason with another state is refused.
+    let wrong = ImageFilter {
+        state: Some(ImageState::Done),
+        reason: Some(FailReason::Error),
+    };
+    assert!(matches!(
+        s.job_images(job, &wrong, None, 10).await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+/// Jobs page by id; `recent_jobs` picks the most recently changed or
+/// advanced ones; totals sum over every job.
+async fn jobs_page_by_id_and_recent_ones_are_the_last_changed(f: Fixture) {
+    let s = &f.store;
+    let mut ids = Vec::new();
+    for n in 0..25 {
+        ids.push(active_job(s, &format!("user{n}")).await);
+    }
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.jobs_page(after, 10).await.unwrap();
+        after = page.items.last().map(|j| j.id);
+        seen.extend(page.items.iter().map(|j| j.id));
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(seen, ids);
+    let last = s.jobs_page(Some(ids[19]), 5).await.unwrap();
+    assert!(!last.more, "exactly the last five");
+    assert_eq!(last.items.len(), 5);
+    // Job 3 changes last, job 7 advances last: both are among the 2 most recent.
+    s.set_job_error(ids[3], Some("x"), 50_000).await.unwrap();
+    s.insert_page(ids[7], &metas(1..=4), None, 60_000)
+        .await
+        .unwrap();
+    let claimed = s.claim_as("w", 1, LEASE, 60_000).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let c = &claimed[0];
+    s.complete_as(
+        c.row_id(),
+        "w",
+        c.lease.epoch,
+        99,
+        "/a/archive/m/1.jpg",
+        70_000,
+    )
+    .await
+    .unwrap();
+    let recent: Vec<i64> = s
+        .recent_jobs(2)
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    let mut want = vec![ids[3], ids[7]];
+    want.sort();
+    assert_eq!(recent, want, "in id order");
+    let totals = s.job_totals().await.unwrap();
+    assert_eq!(totals.jobs, 25);
+    assert_eq!(
+        (
+            totals.pending,
+            totals.done,
+            totals.bytes_done,
+            totals.remaining
+        ),
+        (3, 1, 99, 3)
+    );
+}
+
+/// A done image's path is relative to the archive root while loose (and
+/// while its tar is only planned), and names the tar and its member once
+/// the tar is written.
+async fn listed_paths_are_archive_relative_and_name_the_tar_once_packed(f: Fixture) {
+    use mapillary_downloader::store::{ImageFilter, ListedImage};
+    let s = &f.store;
+    s.rebase_archive(Path::new("/a/archive")).await.unwrap();
+    let job = active_job(s, "alice").await;
+    s.insert_page(job, &metas(1..=3), None, 0).await.unwrap();
+    let claimed = s.claim_as("w", 3, LEASE, 1_000).await.unwrap();
+    let collection = claimed[0].collection.clone();
+    let folder = format!("/a/archive/{collection}/2024-01-02");
+    for c in &claimed {
+        let path = format!("{folder}/s/{}.jpg", c.image_id);
+        assert!(
+            s.complete_as(c.row_id(), "w", c.lease.epoch, 100, &path, 2_000)
+                .await
+                .unwrap()
+        );
+    }
+    let done = ImageFilter {
+        state: Some(ImageState::Done),
+        reason: None,
+    };
+    let paths = |page: Vec<ListedImage>| -> Vec<String> {
+        page.into_iter().map(|i| i.path.unwrap()).collect()
+    };
+    let loose = vec![
+        format!("{collection}/2024-01-02/s/1.jpg"),
+        format!("{collection}/2024-01-02/s/2.jpg"),
+        format!("{collection}/2024-01-02/s/3.jpg"),
+    ];
+    let listed = s.job_images(job, &done, None, 10).await.unwrap().items;
+    assert_eq!(paths(listed), loose);
+    let task = s
+        .take_collection_task(&collection, &"d".into(), LEASE, 10_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let packing = s
+        .plan_packing(&task, "2024-01-02", &folder, "2024-01-02.tar", 11_000)
+        .await
+        .unwrap()
+        .unwrap();
+    let listed = s.job_images(job, &done, None, 10).await.unwrap().items;
+    assert_eq!(paths(listed), loose, "a planned tar is not the file yet");
+    let written = TarWritten {
+        members: 3,
+        bytes: 10_240,
+        sha256: "ab".repeat(32),
+        ..Default::default()
+    };
+    s.mark_packing_written(&task, &packing, &written, 12_000)
+        .await
+        .unwrap();
+    let listed = s.job_images(job, &done, None, 10).await.unwrap().items;
+    assert_eq!(
+        paths(listed),
+        [1, 2, 3]
+            .map(|i| format!("{collection}/2024-01-02.tar#2024-01-02/s/{i}.jpg"))
+            .to_vec()
+    );
+}
+
+mod listing {
+    use super::*;
+
+    on_both_backends!(
+        failed_images_of_a_10000_image_job_page_through_exactly,
+        jobs_page_by_id_and_recent_ones_are_the_last_changed,
+        listed_paths_are_archive_relative_and_name_the_tar_once_packed,
+    );
+}

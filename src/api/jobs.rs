@@ -9,12 +9,14 @@ use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::api::extract::{ApiJson, JobId};
 use crate::api::openapi::ErrorBody;
+use crate::api::paging::{JobsQuery, paged};
 use crate::api::validate::{CreateJobRequest, RetryParams};
 use crate::clock::now_ms;
 use crate::store::{Job, JobState, PauseReason, Submitted};
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 
 /// States a job can be paused from: the ones where work is (or will be) running.
 const PAUSABLE: &[JobState] = &[
@@ -77,16 +79,35 @@ pub async fn create_job(
     Ok((status, Json(job)))
 }
 
-/// `GET /jobs`.
+/// `GET /jobs[?limit=&after=]`: one page of jobs in id order (oldest
+/// first), a `Link: <…>; rel="next"` header while more remain.
 #[utoipa::path(
     get,
     path = "/jobs",
     tag = "jobs",
-    summary = "Every job, oldest first",
-    responses((status = 200, description = "The jobs", body = Vec<Job>), (status = 401, description = "A token is configured and the request has none or another", body = ErrorBody))
+    summary = "Jobs, oldest first, a page at a time",
+    params(
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "Jobs per page (default 100, at most 1000)"),
+        ("after" = Option<i64>, Query, minimum = 0, description = "The last job id of the page before (from the `Link` header)")
+    ),
+    responses(
+        (status = 200, description = "One page of jobs", body = Vec<Job>,
+            headers(("Link" = String, description = "`</jobs?limit=…&after=…>; rel=\"next\"` while more jobs follow"))),
+        (status = 401, description = "A token is configured and the request has none or another", body = ErrorBody),
+        (status = 422, description = "`limit` or `after` is not a valid value, or the query names another parameter", body = ErrorBody)
+    )
 )]
-pub async fn list_jobs(State(state): State<AppState>) -> Result<Json<Vec<Job>>, ApiError> {
-    Ok(Json(state.store.list_jobs().await?))
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = JobsQuery::parse(query.as_deref())?;
+    let page = state.store.jobs_page(query.after, query.limit).await?;
+    let next = match page.items.last() {
+        Some(last) if page.more => Some(format!("/jobs?limit={}&after={}", query.limit, last.id)),
+        _ => None,
+    };
+    Ok(paged(page.items, next))
 }
 
 /// `GET /jobs/{id}`.

@@ -10,10 +10,12 @@ pub mod connections;
 pub mod error;
 pub mod extract;
 pub mod guard;
+pub mod images;
 pub mod jobs;
 pub mod metrics;
 pub mod openapi;
 pub mod page;
+pub mod paging;
 pub mod server;
 pub mod status;
 pub mod validate;
@@ -95,6 +97,7 @@ pub fn router(state: AppState) -> Router {
     .routes(utoipa_axum::routes!(jobs::pause_job))
     .routes(utoipa_axum::routes!(jobs::resume_job))
     .routes(utoipa_axum::routes!(jobs::retry_job))
+    .routes(utoipa_axum::routes!(images::list_images))
     .routes(utoipa_axum::routes!(page::index))
     .routes(utoipa_axum::routes!(page::script))
     .routes(utoipa_axum::routes!(page::style))

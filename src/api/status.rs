@@ -1,12 +1,14 @@
 //! `/status` (progress for humans and scripts) and `/healthz` (liveness).
 //!
 //! Both read only the per-job counters the store keeps, so they cost O(jobs)
-//! however many images are queued.
+//! however many images are queued; `/status` lists at most
+//! [`STATUS_JOBS`] jobs, their selections summarised, so its size stays
+//! bounded however many jobs there are.
 
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::api::openapi::{ErrorBody, Health};
-use crate::status::StatusReport;
+use crate::status::{JobsView, STATUS_JOBS, StatusReport};
 use crate::store::StoreKind;
 use axum::Json;
 use axum::extract::State;
@@ -20,11 +22,11 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
     get,
     path = "/status",
     tag = "status",
-    summary = "Every job with totals, throughput and ETA",
+    summary = "The 100 most recently updated jobs (selections summarised), totals over every job, throughput and ETA",
     responses((status = 200, description = "The report", body = StatusReport), (status = 401, description = "A token is configured and the request has none or another", body = ErrorBody))
 )]
 pub async fn status(State(state): State<AppState>) -> Result<Json<StatusReport>, ApiError> {
-    let jobs = state.store.list_jobs().await?;
+    let jobs = JobsView::recent(&state.store, STATUS_JOBS).await?;
     let stats = &state.stats;
     // On a shared queue this daemon's memory knows only its own share: the
     // cluster's figures come from the database.

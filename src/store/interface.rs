@@ -14,10 +14,10 @@
 use super::StoreError;
 use super::{
     ApiSlot, ArchivedImage, Backend, ClaimedImage, CollectionPosition, CollectionTask, Completion,
-    DaemonInfo, DeferPolicy, FailOutcome, FailReason, FailedImage, ImageRecord, Job, JobState,
-    JobTask, Lease, LiveDaemon, MissingImage, PackedFile, Packing, Part, PartStep, PauseReason,
-    RecordedUpload, Rescued, RetryPolicy, StallCandidate, Store, StoreResult, StoredCopy, Submitted,
-    TarWritten,
+    DaemonInfo, DeferPolicy, FailOutcome, FailReason, FailedImage, ImageFilter, ImageRecord, Job,
+    JobState, JobTask, JobTotals, Lease, ListedImage, LiveDaemon, MissingImage, PackedFile,
+    Packing, Page, Part, PartStep, PauseReason, RecordedUpload, Rescued, RetryPolicy,
+    StallCandidate, Store, StoreResult, StoredCopy, Submitted, TarWritten,
 };
 use crate::archive::ArchivedFile;
 use crate::model::Storable;
@@ -292,6 +292,32 @@ store_interface! {
         ) -> Vec<(i64, String, Option<String>)>;
         /// Everything stored about one image of a job.
         fn image_by_id(&self, job_id: i64, image_id: &str) -> Option<ImageRecord>;
+    }
+
+    /// Lists that page (see `store/listing.rs`): keyset `after` the last key
+    /// seen, never OFFSET, `limit + 1` rows read so a page knows whether
+    /// more follow.
+    pub trait Listings {
+        /// One page of jobs in id order, after job `after` (the last id seen).
+        fn jobs_page(&self, after: Option<i64>, limit: u32) -> Page<Job>;
+        /// The `limit` jobs most recently changed or advanced (the later of
+        /// `updated_at` and `progress_at`), returned in id order so a page that
+        /// polls them keeps its rows in place.
+        fn recent_jobs(&self, limit: u32) -> Vec<Job>;
+        /// Counts over every job, summed by the database.
+        fn job_totals(&self) -> JobTotals;
+        /// One page of job `job_id`'s images that `filter` selects, by image
+        /// id, after image `after` (the last id seen). A job that does not
+        /// exist has no images: callers that must tell look the job up. A
+        /// reason paired with a state other than failed is
+        /// [`StoreError::Invalid`].
+        fn job_images(
+            &self,
+            job_id: i64,
+            filter: &ImageFilter,
+            after: Option<&str>,
+            limit: u32,
+        ) -> Page<ListedImage>;
     }
 
     /// Tar packings, adoptable copies, and `verify`'s rows and re-queueing.

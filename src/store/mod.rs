@@ -8,8 +8,8 @@
 //!   rows other daemons are claiming.
 //!
 //! **One interface.** [`interface`] declares it once, as one trait per area
-//! (jobs, ingest, queue, images, archives, parts, stalls, rebase, cluster,
-//! job and collection task leases, health). `SqliteStore` and `PgStore`
+//! (jobs, ingest, queue, images, listings, archives, parts, stalls, rebase,
+//! cluster, job and collection task leases, health). `SqliteStore` and `PgStore`
 //! each implement all of it, so a method missing on either is a compile
 //! error, and [`Store`]'s public methods, generated from the same
 //! declaration, dispatch with a `match` on the backend chosen when the
@@ -41,6 +41,7 @@ mod ingest;
 mod interface;
 mod job_tasks;
 mod jobs;
+mod listing;
 mod open;
 mod parts;
 mod postgres;
@@ -58,6 +59,7 @@ pub use collection_tasks::{CollectionTask, RecordedUpload};
 pub use ingest::{MissingImage, PartStep, strip_token};
 pub use job_tasks::JobTask;
 pub use jobs::{ACTIVE, Submitted};
+pub use listing::{ImageFilter, JobTotals, ListedImage, Page, scrub_secrets};
 pub use parts::Part;
 pub use postgres::PgClock;
 pub use queue::{DeferPolicy, RetryPolicy};

@@ -203,3 +203,34 @@ macro_rules! shared_rebase {
     };
 }
 pub(super) use shared_rebase;
+/// [`super::interface::Listings`]'s shared method: one page of a job's
+/// images. `$hint` maps the state filtered on to the text that follows the
+/// table (SQLite's `INDEXED BY`, to pin the index; nothing on PostgreSQL,
+/// whose planner sees the state in the statement's text).
+macro_rules! shared_listings {
+    ($hint:path) => {
+        async fn job_images(
+            &self,
+            job_id: i64,
+            filter: &$crate::store::ImageFilter,
+            after: Option<&str>,
+            limit: u32,
+        ) -> $crate::store::StoreResult<$crate::store::Page<$crate::store::ListedImage>> {
+            use $crate::store::{listing, sql};
+            let state = filter.effective_state()?;
+            let statement =
+                listing::images_page_sql($hint(state), state, filter.reason, after.is_some());
+            let rows: Vec<listing::ListedRow> = sqlx::query_as(sqlx::AssertSqlSafe(statement))
+                .bind(job_id)
+                .bind(after)
+                .bind(i64::from(limit) + 1)
+                .fetch_all(self.reader()?)
+                .await?;
+            let root: Option<String> = sqlx::query_scalar(sql::ARCHIVE_ROOT)
+                .fetch_optional(self.reader()?)
+                .await?;
+            listing::images_page(rows, root.as_deref(), limit)
+        }
+    };
+}
+pub(super) use shared_listings;

@@ -1,5 +1,8 @@
 // The operator's page: polls GET /status, draws the totals, the hour's chart
-// and one row per job, and steers jobs through the JSON API.
+// and one row per job (the 100 most recently updated, or every job page by
+// page through GET /jobs), lists a job's failed images on demand, and
+// steers jobs through the JSON API. Lists follow the API's `Link: <…>;
+// rel="next"` header.
 // Every value from the API reaches the DOM as text (textContent, attributes),
 // never as markup. Styles are set through classes or the CSSOM, never through
 // inline style attributes, so a strict Content-Security-Policy holds.
@@ -13,6 +16,12 @@
   // Client-side job rates use the counts seen over this window.
   const RATE_WINDOW_MS = 30000;
   const ACTIVE = ['queued', 'enumerating', 'downloading'];
+  // Jobs per GET /jobs page, and failed images per GET /jobs/{id}/images page.
+  const JOBS_PAGE = 100;
+  const FAILURES_PAGE = 20;
+  // Every job's full rows (whole selections) are read again this often;
+  // between reads, /status's fresh copies of the recent ones stand in.
+  const ALL_JOBS_EVERY_MS = 10000;
 
   const $ = (id) => document.getElementById(id);
   const show = (el, on) => { el.hidden = !on; };
@@ -25,6 +34,12 @@
   let lastGood = null;
   let failingSince = null;
   const views = new Map();
+  // Every job page by page (GET /jobs) instead of /status's recent ones;
+  // how many pages to show.
+  let allJobs = false;
+  let jobPages = 1;
+  let allCache = null;
+  let allFetchedAt = 0;
 
   class Unauthorized extends Error {}
 
@@ -46,7 +61,43 @@
     let data = null;
     try { data = text ? JSON.parse(text) : null; } catch (_) { data = null; }
     if (res.status === 401) throw new Unauthorized(errorText(res.status, data));
-    return { ok: res.ok, status: res.status, data };
+    return { ok: res.ok, status: res.status, data, next: nextLink(res.headers.get('Link')) };
+  }
+
+  // The `rel="next"` target of a Link header, or null.
+  function nextLink(header) {
+    const m = /<([^>]*)>\s*;\s*rel="?next"?/.exec(header || '');
+    return m ? m[1] : null;
+  }
+
+  // Every job so far ({list, more}): the pages shown, read again every
+  // ALL_JOBS_EVERY_MS; in between, `recent` (from /status) refreshes the
+  // rows it has, keeping the whole selections already read.
+  async function everyJob(recent) {
+    if (!allCache || performance.now() - allFetchedAt >= ALL_JOBS_EVERY_MS) {
+      allCache = await jobPagesUpTo(jobPages);
+      allFetchedAt = performance.now();
+    }
+    const fresh = new Map(recent.map((job) => [job.id, job]));
+    const list = allCache.list.map((job) => {
+      const f = fresh.get(job.id);
+      return f ? Object.assign({}, f, { image_ids: job.image_ids, sequence_ids: job.sequence_ids }) : job;
+    });
+    return { list, more: allCache.more };
+  }
+
+  // Up to `pages` pages of GET /jobs, following each page's next link:
+  // {list, more}.
+  async function jobPagesUpTo(pages) {
+    let list = [];
+    let url = '/jobs?limit=' + JOBS_PAGE;
+    for (let i = 0; i < pages && url; i += 1) {
+      const r = await api('GET', url);
+      if (!r.ok || !Array.isArray(r.data)) throw new Error(errorText(r.status, r.data));
+      list = list.concat(r.data);
+      url = r.next;
+    }
+    return { list, more: !!url };
   }
 
   // The API's own message ({"error": "..."}), verbatim.
@@ -69,8 +120,9 @@
     try {
       const r = await api('GET', '/status');
       if (!r.ok || !r.data) throw new Error(errorText(r.status, r.data));
+      const all = allJobs ? await everyJob(r.data.jobs || []) : null;
       online();
-      render(r.data);
+      render(r.data, all);
     } catch (err) {
       if (err instanceof Unauthorized) {
         polling = false;
@@ -121,6 +173,9 @@
     token = '';
     sessionStorage.removeItem(TOKEN_KEY);
     views.clear();
+    allJobs = false;
+    allCache = null;
+    show($('jobs-more'), false);
     $('jobs').replaceChildren();
     $('chart').replaceChildren();
     for (const id of ['t-images', 't-failed', 't-bytes', 't-rate', 't-byterate', 't-eta']) $(id).textContent = '–';
@@ -185,7 +240,11 @@
   // A date filter: the day alone when it is midnight UTC.
   const day = (iso) => String(iso).replace(/T00:00:00(\.0+)?Z$/, '');
 
+  // An id list, or /status's summary of one ({count}).
   function listOf(ids, one, many) {
+    if (ids && !Array.isArray(ids) && typeof ids.count === 'number') {
+      return int(ids.count) + ' ' + (ids.count === 1 ? one : many);
+    }
     const list = Array.isArray(ids) ? ids : [];
     const head = list.slice(0, 2).join(', ');
     return list.length + ' ' + (list.length === 1 ? one : many) + ': ' + head + (list.length > 2 ? ', …' : '');
@@ -222,7 +281,8 @@
 
   // ---- totals and chart ---------------------------------------------------
 
-  function render(report) {
+  // `all`: every job so far (GET /jobs pages) when showing them all.
+  function render(report, all) {
     const t = report.totals || {};
     $('t-images').textContent = int(t.done) + ' / ' + int(t.discovered);
     $('t-failed').textContent = int(t.failed) + (t.deleted ? ' (' + int(t.deleted) + ' deleted)' : '');
@@ -232,8 +292,30 @@
     $('t-byterate').textContent = bytes(tp.bytes_per_sec) + '/s';
     $('t-eta').textContent = t.pending + t.in_progress > 0 ? duration(report.eta_seconds) : '–';
     chart(report.throughput_history || []);
-    jobs(report.jobs || []);
+    jobs(all ? all.list : report.jobs || []);
+    jobsMore(report, all);
   }
+
+  // Says how many jobs the list leaves out, with the control that shows
+  // them: every job, then one more page at a time.
+  function jobsMore(report, all) {
+    const total = report.jobs_total || 0;
+    let text = '';
+    if (all) {
+      text = 'Showing ' + int(all.list.length) + ' of ' + int(total) + ' jobs, oldest first.';
+    } else if (report.jobs_truncated) {
+      text = 'Showing the ' + int((report.jobs || []).length) + ' most recently updated of ' + int(total) + ' jobs.';
+    }
+    $('jobs-more-text').textContent = text;
+    show($('jobs-all'), !all && !!report.jobs_truncated);
+    show($('jobs-next'), !!all && all.more);
+    show($('jobs-recent'), !!all);
+    show($('jobs-more'), text !== '');
+  }
+
+  $('jobs-all').addEventListener('click', () => { allJobs = true; jobPages = 1; allCache = null; poll(); });
+  $('jobs-next').addEventListener('click', () => { jobPages += 1; allCache = null; poll(); });
+  $('jobs-recent').addEventListener('click', () => { allJobs = false; jobPages = 1; allCache = null; poll(); });
 
   function svg(name, attrs) {
     const el = document.createElementNS(SVG_NS, name);
@@ -330,6 +412,8 @@
     // Deleted images are left out of a plain retry (they would fail again);
     // this one asks for them too, for images that were only hidden a while.
     v.retryDeleted = button('Retry deleted', 'act-retry-deleted', () => act(v, 'POST', '/retry?include_deleted=true'));
+    // Which images failed and why, beside the buttons that retry them.
+    v.failuresButton = button('Show failures', 'act-failures', () => toggleFailures(v));
     v.cancel = button('Cancel…', 'act-cancel danger', () => { v.confirming = true; update(v, v.job); v.keep.focus(); });
     v.ask = actions.appendChild(el('span', 'confirm-text', 'Cancel job #' + id + '? Its files stay.'));
     v.confirm = button('Yes, cancel it', 'act-confirm danger', () => { v.confirming = false; act(v, 'DELETE', ''); });
@@ -337,8 +421,64 @@
     v.error = el('p', 'msg error act-error', '');
     v.error.setAttribute('role', 'alert');
     v.error.hidden = true;
-    v.el.append(head, v.sel, v.bar, nums, v.msgs, actions, v.error);
+    v.failures = el('div', 'job-failures');
+    v.failures.hidden = true;
+    v.failList = v.failures.appendChild(el('ol', 'failure-list'));
+    v.failMore = v.failures.appendChild(el('button', 'act-failures-more link', 'More failures'));
+    v.failMore.type = 'button';
+    v.failMore.addEventListener('click', () => loadFailures(v, v.failNext, true));
+    v.failError = v.failures.appendChild(el('p', 'msg error', ''));
+    v.failError.hidden = true;
+    v.failOpen = false;
+    v.failNext = null;
+    v.failSeen = -1;
+    v.el.append(head, v.sel, v.bar, nums, v.msgs, actions, v.failures, v.error);
     return v;
+  }
+
+  // ---- a job's failed images ---------------------------------------------
+
+  function toggleFailures(v) {
+    v.failOpen = !v.failOpen;
+    v.failSeen = -1;
+    update(v, v.job);
+  }
+
+  // One page of the job's failed images (the first, or `url`, the next
+  // one the last page's Link named), appended when `more`.
+  async function loadFailures(v, url, more) {
+    const first = '/jobs/' + encodeURIComponent(v.id) + '/images?state=failed&limit=' + FAILURES_PAGE;
+    try {
+      const r = await api('GET', url || first);
+      if (!r.ok || !Array.isArray(r.data)) throw new Error(errorText(r.status, r.data));
+      const items = r.data.map(failureItem);
+      if (more) v.failList.append(...items); else v.failList.replaceChildren(...items);
+      v.failNext = r.next;
+      v.failError.hidden = true;
+    } catch (err) {
+      if (err instanceof Unauthorized) { askForToken(true); return; }
+      v.failError.textContent = err && err.message ? err.message : failureText(err);
+      v.failError.hidden = false;
+    }
+    show(v.failMore, !!v.failNext);
+    if (!v.failList.children.length && v.failError.hidden) {
+      v.failList.append(el('li', 'muted small', 'No failed images.'));
+    }
+  }
+
+  const FAIL_REASONS = { deleted: 'deleted on Mapillary', error: 'failed' };
+
+  function failureItem(img) {
+    const li = el('li', 'failure');
+    li.dataset.imageId = String(img.image_id);
+    li.dataset.reason = String(img.fail_reason || '');
+    li.append(el('span', 'failure-id', String(img.image_id)));
+    const facts = [FAIL_REASONS[img.fail_reason] || String(img.fail_reason || 'failed')];
+    facts.push(int(img.attempts) + (img.attempts === 1 ? ' attempt' : ' attempts'));
+    if (img.captured_at) facts.push('captured ' + day(img.captured_at));
+    li.append(el('span', 'failure-facts muted small', facts.join(' · ')));
+    if (img.last_error) li.append(el('span', 'failure-error', String(img.last_error)));
+    return li;
   }
 
   function update(v, job) {
@@ -395,11 +535,20 @@
     show(v.retry, can.retry && !v.confirming);
     v.retry.textContent = failedLeft > 0 ? 'Retry ' + int(failedLeft) + ' failed' : 'Retry failed';
     show(v.retryDeleted, can.retryDeleted && !v.confirming);
+    const failed = c.failed || 0;
+    if (failed === 0) v.failOpen = false;
+    show(v.failuresButton, failed > 0 && !v.confirming);
+    v.failuresButton.textContent = v.failOpen ? 'Hide failures' : 'Show failures';
+    v.failuresButton.setAttribute('aria-expanded', String(v.failOpen));
+    show(v.failures, v.failOpen);
+    // Read again when opened, and whenever the job's failures change.
+    if (v.failOpen && v.failSeen !== failed) { v.failSeen = failed; loadFailures(v, null, false); }
     v.retryDeleted.textContent = 'Retry ' + int(c.deleted || 0) + ' deleted';
     show(v.cancel, can.cancel && !v.confirming);
     for (const b of [v.ask, v.confirm, v.keep]) show(b, v.confirming);
-    show(v.actions, v.confirming || can.pause || can.resume || can.retry || can.retryDeleted || can.cancel);
+    show(v.actions, v.confirming || can.pause || can.resume || can.retry || can.retryDeleted || can.cancel || failed > 0);
     for (const b of [v.pause, v.resume, v.retry, v.retryDeleted, v.cancel, v.confirm, v.keep]) b.disabled = v.busy;
+    v.failMore.disabled = v.busy;
   }
 
   // Images and bytes per second over the counts seen in the last half

@@ -24,6 +24,7 @@ mod images;
 mod ingest;
 mod job_tasks;
 mod jobs;
+mod listing;
 mod parts;
 mod queue;
 mod rebase;

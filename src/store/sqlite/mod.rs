@@ -17,6 +17,7 @@ mod images;
 mod ingest;
 mod job_tasks;
 mod jobs;
+mod listing;
 mod parts;
 mod queue;
 mod rebase;

@@ -1,0 +1,13 @@
+-- `GET /jobs/{id}/images` and the `failures` command page a job's images by
+-- image id, filtered by state; each page must be a seek, never a scan of the
+-- whole job. Every index on `images` is paid on each state change of millions
+-- of rows (issue 24), so only the sparse state gets one of its own:
+-- - failed: few rows (what the operator lists), so this index costs next to
+--   nothing to keep, and a page reads only failed rows;
+-- - pending and done: dense, so a page walks UNIQUE (job_id, image_id) with
+--   the state as a filter and reads about `limit` entries (a page of a rare
+--   state in a huge job reads more: the price of not indexing it);
+-- - in_progress: one row per worker, read through `images_leased` and sorted;
+-- - no state: UNIQUE (job_id, image_id) as is.
+-- `store/sqlite/listing.rs` pins these with INDEXED BY.
+CREATE INDEX images_listed_failed ON images (job_id, image_id) WHERE state = 'failed';
