@@ -68,9 +68,11 @@ impl ArchiveUrl {
     /// Parses `s3://bucket[/prefix]`. The bucket follows S3's naming rules
     /// (3–63 of `a-z 0-9 . -`, starting and ending with a letter or digit);
     /// the prefix is plain `/`-separated names, none empty, `.` or `..`.
+    /// The error says what is wrong without repeating the value (config
+    /// errors never echo one).
     pub fn parse(text: &str) -> Result<ArchiveUrl, String> {
         let rest = text.strip_prefix("s3://").ok_or_else(|| {
-            format!("{text:?} is not an s3://bucket/prefix URL (only s3:// is supported)")
+            "is not an s3://bucket/prefix URL (only s3:// is supported)".to_string()
         })?;
         let rest = rest.trim_end_matches('/');
         let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
@@ -81,9 +83,9 @@ impl ArchiveUrl {
             && bucket.starts_with(|c: char| c.is_ascii_alphanumeric())
             && bucket.ends_with(|c: char| c.is_ascii_alphanumeric());
         if !bucket_ok {
-            return Err(format!(
-                "{text:?}: {bucket:?} is not a bucket name (3 to 63 of a-z, 0-9, '.', '-')"
-            ));
+            return Err(
+                "its bucket is not a bucket name (3 to 63 of a-z, 0-9, '.', '-')".to_string(),
+            );
         }
         for segment in prefix.split('/').filter(|_| !prefix.is_empty()) {
             let plain = !segment.is_empty()
@@ -91,9 +93,7 @@ impl ArchiveUrl {
                 && segment != ".."
                 && !segment.chars().any(|c| c.is_control() || c == '\\');
             if !plain {
-                return Err(format!(
-                    "{text:?}: the prefix must be plain names separated by '/' (found {segment:?})"
-                ));
+                return Err("has a prefix that is not plain names separated by '/'".to_string());
             }
         }
         Ok(ArchiveUrl {

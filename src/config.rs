@@ -567,11 +567,9 @@ impl Settings {
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(("storage.data_dir", "must not be empty".into()));
         }
-        self.archive_url().map_err(|_| {
-            let reason = "must be empty or an s3://bucket/prefix URL (bucket: 3 to 63 of a-z, \
-                              0-9, '.', '-'; prefix: plain names separated by '/')";
-            ("storage.archive_url", reason.to_string())
-        })?;
+        // `ArchiveUrl::parse` says what is wrong without the value.
+        self.archive_url()
+            .map_err(|reason| ("storage.archive_url", reason))?;
         let shared_queue = self
             .database_url()
             .map_err(|reason| ("storage.database_url", reason))?
