@@ -206,6 +206,10 @@ impl Queue {
             let url = mld_testkit::postgres::PgCluster::shared().fresh_database();
             mld_testkit::env::set(&mut env, "MLD__STORAGE__DATABASE_URL", &url);
             mld_testkit::env::set(&mut env, "MLD__STORAGE__SHARED_FILESYSTEM", "true");
+            // No start-up reset on a shared queue: a killed daemon's images
+            // wait for its heartbeat rescue. The shortest wait allowed keeps
+            // the test lean.
+            mld_testkit::env::set(&mut env, "MLD__CLUSTER__DEAD_AFTER_SECS", "4");
         }
         env
     }
