@@ -177,6 +177,46 @@ async fn kill_9_twice_while_images_are_deleted_and_urls_expire() {
 /// nothing downloaded twice beyond what was in flight at each kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_during_enumeration_of_every_source_kind_resumes_exactly() {
+    kill_9_during_enumeration(Queue::Sqlite).await;
+}
+
+/// The same on a PostgreSQL queue: the child daemon is a process, so
+/// `MLD_TEST_QUEUE` (which only reaches in-process daemons) cannot switch it;
+/// the queue is given through its environment instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_during_enumeration_of_every_source_kind_resumes_exactly_on_postgres() {
+    kill_9_during_enumeration(Queue::Postgres).await;
+}
+
+/// Where the child daemon keeps its queue.
+#[derive(Clone, Copy, Debug)]
+enum Queue {
+    /// The default: a SQLite file in the data dir.
+    Sqlite,
+    /// A fresh database of the test binary's PostgreSQL cluster, the archive
+    /// on the local disk (marked shared, as a shared queue requires).
+    Postgres,
+}
+
+impl Queue {
+    /// The child's environment for this queue, on top of the kit's.
+    fn env(self, fake: &FakeMapillary) -> Vec<(String, String)> {
+        let mut env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+        if let Queue::Postgres = self {
+            let url = mld_testkit::postgres::PgCluster::shared().fresh_database();
+            mld_testkit::env::set(&mut env, "MLD__STORAGE__DATABASE_URL", &url);
+            mld_testkit::env::set(&mut env, "MLD__STORAGE__SHARED_FILESYSTEM", "true");
+            // No start-up reset on a shared queue: a killed daemon's images
+            // wait for its heartbeat rescue. The shortest wait allowed keeps
+            // the test lean.
+            mld_testkit::env::set(&mut env, "MLD__CLUSTER__DEAD_AFTER_SECS", "4");
+        }
+        env
+    }
+}
+
+/// Two kill -9s while every source kind is being listed, on `queue`.
+async fn kill_9_during_enumeration(queue: Queue) {
     let fake = FakeMapillary::start(FakeConfig {
         api_latency: Duration::from_millis(150),
         cdn_latency: Duration::from_millis(5),
@@ -196,7 +236,7 @@ async fn kill_9_during_enumeration_of_every_source_kind_resumes_exactly() {
     let rae: Vec<String> = fake.images("rae").iter().map(|m| m.id.clone()).collect();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let env = test_env(fake.api_url().as_str(), DEFAULT_TOKEN);
+    let env = queue.env(&fake);
     let workers = 4;
     let mut daemon = spawn(&data, workers, &env);
     let api = daemon.api();
@@ -247,6 +287,21 @@ async fn kill_9_during_enumeration_of_every_source_kind_resumes_exactly() {
     }
     drop(daemon);
     let archive = data.join("archive");
+    if let Queue::Postgres = queue {
+        assert!(
+            !data.join("mapillary.db").exists(),
+            "the daemon was given PostgreSQL, yet made a SQLite file"
+        );
+        // A local archive on a shared queue is never swept at start-up
+        // (another daemon may be writing there), so a killed daemon's
+        // `.part` files stay: not this test's subject (enumeration), and
+        // at most one per worker per kill. Cleared so the set check runs.
+        let parts = part_files(&archive);
+        assert!(parts.len() <= kills.len() * workers as usize, "{parts:?}");
+        for part in parts {
+            std::fs::remove_file(part).unwrap();
+        }
+    }
     let fake = &fake;
     for (user, quality) in [
         ("sam", Quality::Q256),
