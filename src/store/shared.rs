@@ -203,12 +203,39 @@ macro_rules! shared_rebase {
     };
 }
 pub(super) use shared_rebase;
-/// [`super::interface::Listings`]'s shared method: one page of a job's
-/// images. `$hint` maps the state filtered on to the text that follows the
+
+/// [`super::interface::Listings`]'s shared methods: a page of jobs by id
+/// (from `$jobs_table`: `jobs` on SQLite, the `job_rows` view with its
+/// counter deltas folded in on PostgreSQL) and a page of a job's images.
+/// `$hint` maps the state filtered on to the text that follows the
 /// table (SQLite's `INDEXED BY`, to pin the index; nothing on PostgreSQL,
 /// whose planner sees the state in the statement's text).
 macro_rules! shared_listings {
-    ($hint:path) => {
+    ($hint:path, $jobs_table:literal) => {
+        async fn jobs_page(
+            &self,
+            after: Option<i64>,
+            limit: u32,
+        ) -> $crate::store::StoreResult<$crate::store::Page<$crate::store::Job>> {
+            use $crate::store::jobs::{JobRow, job_columns};
+            let rows: Vec<JobRow> = sqlx::query_as(concat!(
+                "SELECT ",
+                job_columns!(),
+                " FROM ",
+                $jobs_table,
+                " WHERE id > $1 ORDER BY id LIMIT $2"
+            ))
+            .bind(after.unwrap_or(0))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(self.reader()?)
+            .await?;
+            let jobs = rows
+                .into_iter()
+                .map(JobRow::into_job)
+                .collect::<$crate::store::StoreResult<_>>()?;
+            Ok($crate::store::Page::from_overfetch(jobs, limit))
+        }
+
         async fn job_images(
             &self,
             job_id: i64,

@@ -6,7 +6,7 @@
 use super::PgStore;
 use crate::store::interface::*;
 use crate::store::jobs::{JobRow, job_columns};
-use crate::store::listing::{JobTotals, Page, TotalsRow};
+use crate::store::listing::{JobTotals, TotalsRow};
 use crate::store::{ImageState, Job, StoreResult};
 
 /// No hint: the planner picks the index (see
@@ -18,24 +18,7 @@ fn no_hint(_: Option<ImageState>) -> &'static str {
 }
 
 impl Listings for PgStore {
-    crate::store::shared::shared_listings!(no_hint);
-
-    async fn jobs_page(&self, after: Option<i64>, limit: u32) -> StoreResult<Page<Job>> {
-        let rows: Vec<JobRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM job_rows WHERE id > $1 ORDER BY id LIMIT $2"
-        ))
-        .bind(after.unwrap_or(0))
-        .bind(i64::from(limit) + 1)
-        .fetch_all(self.reader()?)
-        .await?;
-        let jobs = rows
-            .into_iter()
-            .map(JobRow::into_job)
-            .collect::<StoreResult<_>>()?;
-        Ok(Page::from_overfetch(jobs, limit))
-    }
+    crate::store::shared::shared_listings!(no_hint, "job_rows");
 
     async fn recent_jobs(&self, limit: u32) -> StoreResult<Vec<Job>> {
         let rows: Vec<JobRow> = sqlx::query_as(concat!(

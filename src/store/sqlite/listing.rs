@@ -5,7 +5,7 @@
 use super::SqliteStore;
 use crate::store::interface::*;
 use crate::store::jobs::{JobRow, job_columns};
-use crate::store::listing::{JobTotals, Page, TotalsRow};
+use crate::store::listing::{JobTotals, TotalsRow};
 use crate::store::{ImageState, Job, StoreResult};
 
 /// The index a page of images in `state` walks (see
@@ -25,24 +25,7 @@ fn index_hint(state: Option<ImageState>) -> &'static str {
 }
 
 impl Listings for SqliteStore {
-    crate::store::shared::shared_listings!(index_hint);
-
-    async fn jobs_page(&self, after: Option<i64>, limit: u32) -> StoreResult<Page<Job>> {
-        let rows: Vec<JobRow> = sqlx::query_as(concat!(
-            "SELECT ",
-            job_columns!(),
-            " FROM jobs WHERE id > ? ORDER BY id LIMIT ?"
-        ))
-        .bind(after.unwrap_or(0))
-        .bind(i64::from(limit) + 1)
-        .fetch_all(self.reader()?)
-        .await?;
-        let jobs = rows
-            .into_iter()
-            .map(JobRow::into_job)
-            .collect::<StoreResult<_>>()?;
-        Ok(Page::from_overfetch(jobs, limit))
-    }
+    crate::store::shared::shared_listings!(index_hint, "jobs");
 
     async fn recent_jobs(&self, limit: u32) -> StoreResult<Vec<Job>> {
         let rows: Vec<JobRow> = sqlx::query_as(concat!(
