@@ -20,8 +20,8 @@
 //! sits between.
 
 use anyhow::{Context, bail};
+use mapillary_downloader::archive::checksum::sha256_hex;
 use mapillary_downloader::archive::{ArchivedFile, FileKind, collection_path, image_path};
-use mapillary_downloader::checksum::sha256_hex;
 use mapillary_downloader::model::{ImageMeta, Packaging, Quality};
 use mapillary_downloader::selection::JobSpec;
 use mapillary_downloader::store::{JobState, Store};
@@ -109,7 +109,7 @@ fn webp_figures(photo: &image::DynamicImage) -> anyhow::Result<()> {
         let start = thread_cpu();
         let mut size = 0;
         for i in 0..rounds {
-            let webp = mapillary_downloader::webp::jpeg_to_webp(&jpeg, &meta(i), 75.0)?;
+            let webp = mapillary_downloader::archive::webp::jpeg_to_webp(&jpeg, &meta(i), 75.0)?;
             size = webp.len();
         }
         let ours = (thread_cpu() - start).as_secs_f64() * 1000.0 / rounds as f64;
@@ -262,7 +262,7 @@ async fn packing_figures() -> anyhow::Result<()> {
     let start = Instant::now();
     let report = mapillary_downloader::package::pack_collection(
         &store,
-        &mapillary_downloader::archive_files::ArchiveFiles::Disk,
+        &mapillary_downloader::archive::ArchiveFiles::Disk,
         &archive,
         &lease,
         0,

@@ -7,7 +7,7 @@
 //! test) that embeds the daemon.
 
 use crate::api::{self, AppState, HttpServer};
-use crate::bucket::Bucket;
+use crate::archive::bucket::Bucket;
 use crate::config::Settings;
 use crate::engine::{Engine, EngineContext, Tuning};
 use crate::mapillary::SharedBudget;

@@ -1,4 +1,14 @@
-//! The command line: what each subcommand takes. Parsing only; no behaviour.
+//! The command line: what each subcommand takes (clap, parsing only, in
+//! this file), and the subcommands themselves below it: [`commands`] maps
+//! each to the library and to exit codes, [`oneshot`] runs `download`
+//! (with [`progress`] and the `--dry-run` [`estimate`]), [`failures`] lists
+//! failed images.
+
+pub mod commands;
+pub mod estimate;
+pub mod failures;
+pub mod oneshot;
+pub mod progress;
 
 use crate::model::{Bbox, OutputFormat, Quality};
 use crate::selection::{Pano, parse_date};

@@ -13,6 +13,8 @@
 //! set is an error, so nobody wonders which one won.
 
 pub use crate::secret::Secret;
+
+pub mod errors;
 use serde::Deserialize;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -36,12 +38,12 @@ const ENV_SEPARATOR: &str = "__";
 /// the value that failed.
 #[derive(thiserror::Error)]
 pub enum ConfigError {
-    /// Shown without the value that failed (see [`crate::config_errors`]).
-    #[error("{}", crate::config_errors::describe(.0))]
+    /// Shown without the value that failed (see [`crate::config::errors`]).
+    #[error("{}", crate::config::errors::describe(.0))]
     Load(#[from] config::ConfigError),
     /// A config file that is not TOML: where, never the line's text.
     #[error("{0}")]
-    Syntax(#[from] crate::config_errors::SyntaxError),
+    Syntax(#[from] crate::config::errors::SyntaxError),
     #[error("invalid value for `{key}` (set by {layer}): {reason}")]
     Invalid {
         key: &'static str,
@@ -169,7 +171,7 @@ pub struct StorageSettings {
     /// The `AWS_*` variables seen at load (for an `s3://` archive). Never
     /// printed: Debug shows the names only.
     #[serde(skip)]
-    pub aws: crate::bucket::AwsEnvironment,
+    pub aws: crate::archive::bucket::AwsEnvironment,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -395,7 +397,7 @@ impl Settings {
             });
         }
         if let Some(path) = &flags.config_file {
-            crate::config_errors::check_syntax(path)?;
+            crate::config::errors::check_syntax(path)?;
         }
         check_known_keys(flags, vars)?;
         let mut settings: Settings = merged_layers(flags, vars)?.try_deserialize()?;
@@ -413,7 +415,7 @@ impl Settings {
         settings.storage.data_dir = std::fs::canonicalize(&absolute).unwrap_or(absolute);
         settings.api.token = settings.api_token_from_file().map_err(invalid)?;
         settings.check_api_token().map_err(invalid)?;
-        settings.storage.aws = crate::bucket::AwsEnvironment::from_vars(vars);
+        settings.storage.aws = crate::archive::bucket::AwsEnvironment::from_vars(vars);
         Ok(settings)
     }
 
@@ -729,12 +731,12 @@ impl Settings {
     }
 
     /// The bucket `storage.archive_url` names; `None` for the local disk.
-    pub fn archive_url(&self) -> Result<Option<crate::bucket::ArchiveUrl>, String> {
+    pub fn archive_url(&self) -> Result<Option<crate::archive::bucket::ArchiveUrl>, String> {
         let url = self.storage.archive_url.trim();
         if url.is_empty() {
             return Ok(None);
         }
-        crate::bucket::ArchiveUrl::parse(url).map(Some)
+        crate::archive::bucket::ArchiveUrl::parse(url).map(Some)
     }
 
     pub fn lease(&self) -> Duration {

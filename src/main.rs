@@ -1,5 +1,5 @@
 //! Entry point: parse the command line, start the runtime, and hand over to
-//! [`mapillary_downloader::commands`], which loads settings, sets up tracing
+//! [`mapillary_downloader::cli::commands`], which loads settings, sets up tracing
 //! and maps outcomes to exit codes.
 
 use clap::Parser;
@@ -16,7 +16,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match tokio::runtime::Runtime::new() {
         Ok(runtime) => {
-            let code = runtime.block_on(mapillary_downloader::commands::run(cli));
+            let code = runtime.block_on(mapillary_downloader::cli::commands::run(cli));
             // A blocking write abandoned at shutdown (a tar on a stuck disk)
             // must not keep the process alive: everything it does is
             // crash-safe, so give it a moment, then leave.

@@ -27,8 +27,8 @@ pub use paths::PathMap;
 pub use render::render;
 
 use crate::archive;
-use crate::archive_files::ArchiveFiles;
-use crate::bucket::Bucket;
+use crate::archive::ArchiveFiles;
+use crate::archive::bucket::Bucket;
 use crate::clock::now_ms;
 use crate::store::{Store, StoredCopy};
 use check::{Check, TarToCheck};

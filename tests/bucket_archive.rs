@@ -692,7 +692,7 @@ async fn an_s3_error_that_echoes_the_credentials_never_shows_them() {
 /// whole; a download streams it back to disk byte for byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_of_several_parts_uploads_whole_and_downloads_back() {
-    use mapillary_downloader::bucket::{ArchiveUrl, AwsEnvironment, Bucket};
+    use mapillary_downloader::archive::bucket::{ArchiveUrl, AwsEnvironment, Bucket};
     let s3 = S3Server::start("archive").await;
     let dir = tempfile::tempdir().unwrap();
     let vars: std::collections::HashMap<String, String> =
@@ -737,8 +737,11 @@ async fn a_file_of_several_parts_uploads_whole_and_downloads_back() {
 }
 
 /// A bucket built from the daemon's variables for `s3`, spooling in `dir`.
-fn open_bucket(s3: &S3Server, dir: &Path) -> std::sync::Arc<mapillary_downloader::bucket::Bucket> {
-    use mapillary_downloader::bucket::{ArchiveUrl, AwsEnvironment, Bucket};
+fn open_bucket(
+    s3: &S3Server,
+    dir: &Path,
+) -> std::sync::Arc<mapillary_downloader::archive::bucket::Bucket> {
+    use mapillary_downloader::archive::bucket::{ArchiveUrl, AwsEnvironment, Bucket};
     let vars: std::collections::HashMap<String, String> =
         s3.daemon_env(PREFIX).into_iter().collect();
     let url = ArchiveUrl::parse(&vars["MLD__STORAGE__ARCHIVE_URL"]).unwrap();
@@ -752,8 +755,8 @@ fn open_bucket(s3: &S3Server, dir: &Path) -> std::sync::Arc<mapillary_downloader
 /// complete; aborting one already over is fine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tar_upload_never_replaces_an_object_and_an_aborted_one_never_completes() {
-    use mapillary_downloader::bucket::Completed;
-    use mapillary_downloader::checksum::sha256_hex;
+    use mapillary_downloader::archive::bucket::Completed;
+    use mapillary_downloader::archive::checksum::sha256_hex;
     let s3 = S3Server::start("archive").await;
     let dir = tempfile::tempdir().unwrap();
     let bucket = open_bucket(&s3, dir.path());
@@ -841,9 +844,9 @@ async fn a_tar_upload_never_replaces_an_object_and_an_aborted_one_never_complete
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_packer_aborts_the_upload_a_stalled_one_left_and_the_stalled_one_changes_nothing()
 {
+    use mapillary_downloader::archive::ArchiveFiles;
+    use mapillary_downloader::archive::checksum::sha256_hex;
     use mapillary_downloader::archive::{ArchivedFile, FileKind, collection_path, image_path};
-    use mapillary_downloader::archive_files::ArchiveFiles;
-    use mapillary_downloader::checksum::sha256_hex;
     use mapillary_downloader::model::{ImageMeta, Packaging, Quality};
     use mapillary_downloader::package::{self, PackStep};
     use mapillary_downloader::selection::JobSpec;
@@ -943,7 +946,10 @@ async fn the_next_packer_aborts_the_upload_a_stalled_one_left_and_the_stalled_on
     // in the bucket stays the one recorded.
     let late = bucket.complete_create_only(&tar, &upload, &parts).await;
     assert!(
-        !matches!(late, Ok(mapillary_downloader::bucket::Completed::Created)),
+        !matches!(
+            late,
+            Ok(mapillary_downloader::archive::bucket::Completed::Created)
+        ),
         "{late:?}"
     );
     let err = store

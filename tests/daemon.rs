@@ -556,8 +556,8 @@ async fn a_job_that_cannot_finish_says_why_and_finishes_once_it_can() {
 /// image in the tar.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_does_not_wait_for_a_packing_stuck_on_a_file() {
+    use mapillary_downloader::archive::checksum::sha256_hex;
     use mapillary_downloader::archive::{ArchivedFile, FileKind, collection_path};
-    use mapillary_downloader::checksum::sha256_hex;
     use mapillary_downloader::model::Packaging;
     use mapillary_downloader::store::{JobState, Store};
     use std::sync::Arc;

@@ -6,9 +6,9 @@
 //! files missing or not matching their checksum are left out and queued
 //! again, and a copy completed by another job after packing joins the tar.
 
+use mapillary_downloader::archive::ArchiveFiles;
+use mapillary_downloader::archive::checksum::sha256_hex;
 use mapillary_downloader::archive::{ArchivedFile, FileKind, collection_path, image_path};
-use mapillary_downloader::archive_files::ArchiveFiles;
-use mapillary_downloader::checksum::sha256_hex;
 use mapillary_downloader::model::{ImageMeta, Packaging, Quality};
 use mapillary_downloader::package::{self, PackStep};
 use mapillary_downloader::selection::JobSpec;

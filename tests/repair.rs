@@ -111,7 +111,9 @@ async fn repair_quarantines_only_the_truncated_file_and_reports_each_doubt_apart
     std::fs::write(path(2), &garbage).unwrap();
     let pool = sqlite(&data).await;
     sqlx::query("UPDATE images SET sha256 = ?1, bytes = ?2 WHERE image_id = ?3")
-        .bind(mapillary_downloader::checksum::sha256_hex(&garbage))
+        .bind(mapillary_downloader::archive::checksum::sha256_hex(
+            &garbage,
+        ))
         .bind(garbage.len() as i64)
         .bind(&images[2].id)
         .execute(&pool)
@@ -210,7 +212,7 @@ async fn repair_quarantines_only_the_truncated_file_and_reports_each_doubt_apart
 
 /// SHA-256 of a file's bytes, to prove it unchanged.
 fn digest(path: &Path) -> String {
-    mapillary_downloader::checksum::sha256_hex(&std::fs::read(path).unwrap())
+    mapillary_downloader::archive::checksum::sha256_hex(&std::fs::read(path).unwrap())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -11,7 +11,7 @@
 
 use super::EngineContext;
 use crate::archive;
-use crate::archive_files::ArchiveFiles;
+use crate::archive::ArchiveFiles;
 use crate::clock::now_ms;
 use crate::model::Packaging;
 use crate::package::{self, PackError, item, metadata};

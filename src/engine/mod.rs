@@ -42,7 +42,7 @@ pub struct EngineContext {
     pub archive_dir: PathBuf,
     /// The bucket the archive lives in (`archive_dir` is then its
     /// `s3://bucket/prefix` root); `None` for the local disk.
-    pub bucket: Option<Arc<crate::bucket::Bucket>>,
+    pub bucket: Option<Arc<crate::archive::bucket::Bucket>>,
     /// This process's lease owner id.
     pub owner: Arc<str>,
     /// Free URL refreshes in a row per image row (see [`worker::apply`]).
@@ -85,7 +85,7 @@ impl EngineContext {
 
     /// The same context archiving into `bucket`, whose root becomes
     /// `archive_dir`.
-    pub fn with_bucket(mut self, bucket: Arc<crate::bucket::Bucket>) -> Self {
+    pub fn with_bucket(mut self, bucket: Arc<crate::archive::bucket::Bucket>) -> Self {
         self.archive_dir = bucket.root().to_path_buf();
         self.bucket = Some(bucket);
         self

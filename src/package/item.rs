@@ -10,8 +10,8 @@
 //! (one capture date each, not one sequence).
 
 use super::tarball;
+use crate::archive::ArchiveFiles;
 use crate::archive::member_name;
-use crate::archive_files::ArchiveFiles;
 use crate::store::Store;
 use crate::units::group_digits;
 use chrono::{DateTime, Utc};

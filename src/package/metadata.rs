@@ -4,7 +4,7 @@
 //! Written atomically, page by page, so memory stays flat (invariant 11).
 
 use crate::archive::ArchiveError;
-use crate::archive_files::ArchiveFiles;
+use crate::archive::ArchiveFiles;
 use crate::model::ImageMeta;
 use crate::store::{CollectionTask, Store};
 use flate2::{Compression, GzBuilder};

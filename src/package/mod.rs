@@ -23,9 +23,9 @@ pub mod metadata;
 mod publish;
 pub mod tarball;
 
+use crate::archive::ArchiveFiles;
+use crate::archive::checksum::{HashingWriter, sha256_hex};
 use crate::archive::{self, ArchiveError, member_name};
-use crate::archive_files::ArchiveFiles;
-use crate::checksum::{HashingWriter, sha256_hex};
 use crate::clock::now_ms;
 use crate::store::{CollectionTask, Packing, PackingState, Store, StoreError, TarWritten};
 use std::io;

@@ -17,9 +17,9 @@
 
 use super::PackError;
 use crate::archive;
-use crate::archive_files::ArchiveFiles;
-use crate::bucket::{Bucket, Completed};
-use crate::checksum::hash_reader;
+use crate::archive::ArchiveFiles;
+use crate::archive::bucket::{Bucket, Completed};
+use crate::archive::checksum::hash_reader;
 use crate::clock::now_ms;
 use crate::store::{CollectionTask, Packing, PackingState, Store, StoreError};
 use std::path::Path;

@@ -15,7 +15,7 @@ use std::path::Path;
 /// more spellings than this keeps the rest, which `verify` then reports).
 pub(super) const MAX_OLD_ROOTS: usize = 16;
 
-/// How a bucket archive's root begins (see [`crate::bucket`]).
+/// How a bucket archive's root begins (see [`crate::archive::bucket`]).
 const BUCKET_SCHEME: &str = "s3://";
 
 /// The root every stored path should begin with: `archive_dir` as UTF-8,

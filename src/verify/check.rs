@@ -4,9 +4,9 @@
 //! none): only a copy proven damaged is ever moved.
 
 use super::ProblemKind;
+use crate::archive::bucket::Bucket;
+use crate::archive::checksum::sha256_hex;
 use crate::archive::{FileKind, member_name};
-use crate::bucket::Bucket;
-use crate::checksum::sha256_hex;
 use crate::package::tarball;
 use crate::store::StoredCopy;
 use std::collections::HashMap;

@@ -122,12 +122,12 @@ async fn skip_if_on_internet_archive(
         return Ok(false);
     };
     let collection = crate::model::collection_name(Some(username), job.quality, job.format);
-    match crate::archive_org::item_exists(&ctx.tuning.ia_url, &collection).await {
+    match crate::archive::archive_org::item_exists(&ctx.tuning.ia_url, &collection).await {
         Ok(true) => {
             let note = format!(
                 "{collection} is already on the Internet Archive ({}); nothing was downloaded \
                  (archive.skip_if_on_ia is on)",
-                crate::archive_org::item_url(&ctx.tuning.ia_url, &collection)
+                crate::archive::archive_org::item_url(&ctx.tuning.ia_url, &collection)
             );
             if ctx
                 .store

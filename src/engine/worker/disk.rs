@@ -4,13 +4,13 @@
 //! file already at the final path is adopted.
 
 use super::Outcome;
+use crate::archive::bucket::{Bucket, BucketError};
+use crate::archive::checksum::sha256_hex;
+use crate::archive::webp::{self, WebpError};
 use crate::archive::{self, ArchiveError, ArchivedFile, FileKind};
-use crate::bucket::{Bucket, BucketError};
-use crate::checksum::sha256_hex;
 use crate::engine::EngineContext;
 use crate::model::{ImageMeta, OutputFormat};
 use crate::store::PauseReason;
-use crate::webp::{self, WebpError};
 use bytes::Bytes;
 use std::path::{Path, PathBuf};
 use tracing::{debug, info};

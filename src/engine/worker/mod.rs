@@ -308,7 +308,7 @@ async fn record_done(
         // Its date was packed meanwhile (by another job of the collection):
         // the tar holds the image, the loose file would stay behind untracked.
         debug!(image = %image.image_id, path = %file.path.display(), "joined a tar; removing the loose file");
-        crate::archive_files::ArchiveFiles::new(ctx.bucket.as_ref())
+        crate::archive::ArchiveFiles::new(ctx.bucket.as_ref())
             .remove_async(&file.path)
             .await?;
     }

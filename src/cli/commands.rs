@@ -3,14 +3,15 @@
 //! failure or images failed for good, 2 usage, config or token error,
 //! 130 interrupted).
 
+use super::{estimate, progress};
+use crate::cli::oneshot::{self, DownloadRequest, RunEnd};
 use crate::cli::{Cli, Command, DownloadArgs, FailuresArgs, ServeArgs, StatusArgs, VerifyArgs};
 use crate::config::{self, FlagOverrides, Settings};
 use crate::model::Packaging;
-use crate::oneshot::{self, DownloadRequest, RunEnd};
 use crate::selection::{Filters, JobSpec};
 use crate::store::StoreError;
 use crate::verify::{self, VerifyOptions};
-use crate::{app, estimate, progress, status, telemetry};
+use crate::{app, status, telemetry};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -179,13 +180,13 @@ async fn failures(config_file: Option<PathBuf>, args: FailuresArgs) -> Result<Ex
         ExitCode::from(1)
     };
     let store = status::open_reader(&settings).await.map_err(runtime)?;
-    let options = crate::failures::FailuresOptions {
+    let options = crate::cli::failures::FailuresOptions {
         job: args.job,
         reason: args.reason,
         json: args.json,
     };
     let written =
-        crate::failures::write_failures(&store, options, &mut std::io::stdout().lock()).await;
+        crate::cli::failures::write_failures(&store, options, &mut std::io::stdout().lock()).await;
     store.close().await;
     match written {
         Ok(_) => Ok(ExitCode::SUCCESS),

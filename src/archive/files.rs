@@ -11,8 +11,8 @@
 //! blocking pool, where packaging runs; on a bucket they wait for the
 //! request on the runtime they were given. Async ones are for tasks.
 
+use crate::archive::bucket::{Bucket, BucketError};
 use crate::archive::{self, ArchiveError};
-use crate::bucket::{Bucket, BucketError};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};

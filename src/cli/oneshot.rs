@@ -3,11 +3,11 @@
 //! database and archive with `serve`, so each resumes the other's work.
 
 use crate::app::{engine_context, lock_data_dir};
+use crate::cli::progress::{JobProgress, RateMeter, Reporter};
 use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::engine::{Engine, EngineContext};
 use crate::model::{OutputFormat, Packaging, Quality};
-use crate::progress::{JobProgress, RateMeter, Reporter};
 use crate::secret::Secret;
 use crate::selection::{Filters, JobSpec, Resync, Selection, Source};
 use crate::store::{Job, JobState, PauseReason, Store};
