@@ -262,10 +262,8 @@ async fn packing_figures() -> anyhow::Result<()> {
     let start = Instant::now();
     let report = mapillary_downloader::package::pack_collection(
         &store,
-        &mapillary_downloader::archive::ArchiveFiles::Disk,
-        &archive,
+        &mapillary_downloader::archive::Archive::disk(&archive, 0),
         &lease,
-        0,
     )
     .await?;
     let secs = start.elapsed().as_secs_f64();

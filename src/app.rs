@@ -7,6 +7,7 @@
 //! test) that embeds the daemon.
 
 use crate::api::{self, AppState, HttpServer};
+use crate::archive::Archive;
 use crate::archive::bucket::Bucket;
 use crate::config::Settings;
 use crate::engine::{Engine, EngineContext, Tuning};
@@ -67,7 +68,7 @@ pub fn client_settings(settings: &Settings) -> anyhow::Result<ClientSettings> {
 
 /// The engine's shared context, ready to start.
 pub async fn engine_context(settings: &Settings, token: Secret) -> anyhow::Result<EngineContext> {
-    let bucket = open_bucket(settings).await?;
+    let archive = open_archive(settings).await?;
     let store = open_store(settings).await?;
     store
         .rebase_archive(&settings.archive_dir())
@@ -78,16 +79,12 @@ pub async fn engine_context(settings: &Settings, token: Secret) -> anyhow::Resul
     if store.shares_api_budget() {
         client = client.with_shared_budget(Arc::new(QueueBudget(store.clone())));
     }
-    let ctx = EngineContext::new(
+    Ok(EngineContext::new(
         store,
         client,
-        settings.archive_dir(),
+        archive,
         Tuning::from_settings(settings),
-    );
-    Ok(match bucket {
-        Some(bucket) => ctx.with_bucket(bucket),
-        None => ctx,
-    })
+    ))
 }
 
 /// The API budget of a shared queue: every daemon's calls take their slot
@@ -148,11 +145,14 @@ pub async fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     }
 }
 
-/// The bucket `storage.archive_url` names, checked to answer with the
-/// configured credentials; `None` for the local disk.
-pub async fn open_bucket(settings: &Settings) -> anyhow::Result<Option<Arc<Bucket>>> {
+/// The archive the settings name: the bucket of `storage.archive_url`
+/// (checked to answer with the configured credentials, its spool under the
+/// data dir), or the local `<data-dir>/archive`; either keeps
+/// `storage.min_free_mib` free on the disk it writes locally.
+pub async fn open_archive(settings: &Settings) -> anyhow::Result<Archive> {
+    let reserve = settings.storage.min_free_mib.saturating_mul(1024 * 1024);
     let Some(url) = settings.archive_url().map_err(anyhow::Error::msg)? else {
-        return Ok(None);
+        return Ok(Archive::disk(settings.archive_dir(), reserve));
     };
     let spool = settings.storage.data_dir.join("spool");
     let bucket = Bucket::open(&url, &settings.storage.aws, spool)?;
@@ -163,7 +163,7 @@ pub async fn open_bucket(settings: &Settings) -> anyhow::Result<Option<Arc<Bucke
         )
     })?;
     info!(archive = %url, "archiving into an S3-compatible bucket");
-    Ok(Some(Arc::new(bucket)))
+    Ok(Archive::bucket(Arc::new(bucket), reserve))
 }
 
 /// The daemon: HTTP API + engine.

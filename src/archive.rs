@@ -17,16 +17,22 @@
 pub mod archive_org;
 pub mod bucket;
 pub mod checksum;
+mod create_only;
 mod fence;
 pub mod files;
+mod images;
 pub mod layout;
+mod reading;
 pub mod webp;
 
+pub use create_only::{Publish, PublishGuard};
 pub use fence::{
     QUARANTINE_DIR, candidates as quarantine_candidates, fence, move_aside, quarantine_path,
 };
-pub use files::ArchiveFiles;
+pub use files::Archive;
+pub use images::{ImageFile, tagged_from};
 pub use layout::{ArchivedFile, FileKind, collection_path, date_folder, image_path, member_name};
+pub use reading::{Found, in_parallel};
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -52,6 +58,10 @@ pub enum ArchiveError {
         "refused to touch {path}: it is not a plain path inside its collection folder {folder}"
     )]
     Fenced { path: PathBuf, folder: PathBuf },
+    /// The archive's bucket refused or did not answer (after the client's
+    /// own retries): not the image's fault, so it costs no attempt.
+    #[error("{0}")]
+    Unavailable(#[from] bucket::BucketError),
 }
 
 impl ArchiveError {

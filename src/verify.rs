@@ -27,8 +27,7 @@ pub use paths::PathMap;
 pub use render::render;
 
 use crate::archive;
-use crate::archive::ArchiveFiles;
-use crate::archive::bucket::Bucket;
+use crate::archive::Archive;
 use crate::clock::now_ms;
 use crate::store::{Store, StoredCopy};
 use check::{Check, TarToCheck};
@@ -132,10 +131,11 @@ impl VerifyReport {
     }
 }
 
-/// Where the archive is and how its stored paths map onto it.
-pub struct Archive<'a> {
-    pub bucket: Option<&'a Arc<Bucket>>,
-    pub dir: &'a Path,
+/// The archive to check and how its stored paths map onto its root.
+pub struct Target<'a> {
+    /// The archive, on the disk or in a bucket.
+    pub archive: &'a Archive,
+    /// Stored paths onto [`Archive::root`], in memory.
     pub paths: &'a PathMap,
 }
 
@@ -143,7 +143,7 @@ pub struct Archive<'a> {
 /// with the number checked so far.
 pub async fn verify(
     store: &Arc<Store>,
-    archive: &Archive<'_>,
+    target: &Target<'_>,
     options: &VerifyOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<VerifyReport> {
@@ -153,8 +153,7 @@ pub async fn verify(
     };
     let mut run = Run {
         store,
-        files: ArchiveFiles::new(archive.bucket),
-        archive_dir: archive.dir,
+        files: target.archive,
         options,
         report: VerifyReport::default(),
         requeued_rows: Default::default(),
@@ -164,7 +163,7 @@ pub async fn verify(
         let rows = store.loose_copies(options.job, after, PAGE).await?;
         let Some(last) = rows.last() else { break };
         after = last.row_id;
-        for (row, stored, check) in check_loose_page(archive, rows, threads).await? {
+        for (row, stored, check) in check_loose_page(target, rows, threads).await? {
             // Beside a running daemon a loose file goes when its date is
             // packed: a row that is no longer loose is checked in its tar
             // below, not reported (or re-queued) as missing.
@@ -180,9 +179,9 @@ pub async fn verify(
     }
     for packing in store.written_packings(options.job).await? {
         let rows = store.packing_rows(packing.id, options.job).await?;
-        let rows = rows.into_iter().map(|row| mapped(archive.paths, row).0);
+        let rows = rows.into_iter().map(|row| mapped(target.paths, row).0);
         let rows: Vec<StoredCopy> = rows.collect();
-        let folder = archive::collection_path(archive.dir, &packing.collection)?;
+        let folder = archive::collection_path(target.archive.root(), &packing.collection)?;
         let tar_path = folder.join(&packing.tar_name);
         // A tar in a bucket is read from a copy in the spool, one at a time.
         let local = run.files.local_copy(&tar_path).await?;
@@ -219,7 +218,7 @@ fn mapped(paths: &PathMap, mut row: StoredCopy) -> (StoredCopy, String) {
 /// outside its collection is not even read), then read and checked.
 /// Returns each row (path mapped), its stored path, and the check.
 async fn check_loose_page(
-    archive: &Archive<'_>,
+    target: &Target<'_>,
     rows: Vec<StoredCopy>,
     threads: usize,
 ) -> anyhow::Result<Vec<(StoredCopy, String, Check)>> {
@@ -227,8 +226,8 @@ async fn check_loose_page(
     let mut to_read = Vec::new();
     let mut stored_paths = Vec::new();
     for row in rows {
-        let (row, stored) = mapped(archive.paths, row);
-        let inside = archive::collection_path(archive.dir, &row.collection)
+        let (row, stored) = mapped(target.paths, row);
+        let inside = archive::collection_path(target.archive.root(), &row.collection)
             .and_then(|folder| archive::fence(&folder, Path::new(&row.path)));
         match inside {
             Ok(()) => {
@@ -241,16 +240,15 @@ async fn check_loose_page(
             }
         }
     }
-    let checked = match archive.bucket {
-        Some(bucket) => check::check_in_bucket(bucket, to_read, threads).await?,
-        None => {
-            tokio::task::spawn_blocking(move || {
-                let checks = check::in_parallel(&to_read, threads, check::check_loose);
-                to_read.into_iter().zip(checks).collect::<Vec<_>>()
-            })
-            .await?
-        }
-    };
+    let checked = target
+        .archive
+        .check_each(
+            to_read,
+            threads,
+            |row| Path::new(&row.path),
+            check::check_found,
+        )
+        .await?;
     let read = checked
         .into_iter()
         .zip(stored_paths)
@@ -261,8 +259,7 @@ async fn check_loose_page(
 
 struct Run<'a> {
     store: &'a Store,
-    files: ArchiveFiles,
-    archive_dir: &'a Path,
+    files: &'a Archive,
     options: &'a VerifyOptions,
     report: VerifyReport,
     /// Rows re-queued with a damaged copy they shared with another row.
@@ -376,9 +373,10 @@ impl Run<'_> {
 
     /// Moves a corrupt loose file into quarantine (fenced).
     async fn quarantine(&self, row: &StoredCopy) -> Result<PathBuf, archive::ArchiveError> {
-        let folder = archive::collection_path(self.archive_dir, &row.collection)?;
+        let root = self.files.root();
+        let folder = archive::collection_path(root, &row.collection)?;
         self.files
-            .quarantine(self.archive_dir, &folder, Path::new(&row.path))
+            .quarantine(root, &folder, Path::new(&row.path))
             .await
     }
 }

@@ -844,7 +844,7 @@ async fn a_tar_upload_never_replaces_an_object_and_an_aborted_one_never_complete
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_next_packer_aborts_the_upload_a_stalled_one_left_and_the_stalled_one_changes_nothing()
 {
-    use mapillary_downloader::archive::ArchiveFiles;
+    use mapillary_downloader::archive::Archive;
     use mapillary_downloader::archive::checksum::sha256_hex;
     use mapillary_downloader::archive::{ArchivedFile, FileKind, collection_path, image_path};
     use mapillary_downloader::model::{ImageMeta, Packaging, Quality};
@@ -856,7 +856,7 @@ async fn the_next_packer_aborts_the_upload_a_stalled_one_left_and_the_stalled_on
     let s3 = S3Server::start("archive").await;
     let dir = tempfile::tempdir().unwrap();
     let bucket = open_bucket(&s3, dir.path());
-    let files = ArchiveFiles::Bucket(bucket.clone());
+    let files = Archive::bucket(bucket.clone(), 0);
     let root = bucket.root().to_path_buf();
     let store = Arc::new(Store::open(&dir.path().join("mapillary.db")).await.unwrap());
     let mut spec = JobSpec::user("pia", Quality::Q1024);
@@ -913,10 +913,7 @@ async fn the_next_packer_aborts_the_upload_a_stalled_one_left_and_the_stalled_on
     // The first packer plans the tar, begins its upload, records it, sends
     // the parts, and stalls before the completion.
     let stalled = lease("daemon-a", 1 << 40).await;
-    let planned = match package::step(&store, &files, &root, &stalled, 0)
-        .await
-        .unwrap()
-    {
+    let planned = match package::step(&store, &files, &stalled).await.unwrap() {
         PackStep::Planned(p) => p,
         other => panic!("expected a plan, got {other:?}"),
     };
@@ -933,7 +930,7 @@ async fn the_next_packer_aborts_the_upload_a_stalled_one_left_and_the_stalled_on
 
     // Its lease expires; the next packer aborts the upload and packs.
     let holder = lease("daemon-b", (1 << 40) + 10).await;
-    let report = package::pack_collection(&store, &files, &root, &holder, 0)
+    let report = package::pack_collection(&store, &files, &holder)
         .await
         .unwrap();
     assert_eq!(report.tars, std::slice::from_ref(&planned.tar_name));

@@ -6,7 +6,7 @@
 //! files missing or not matching their checksum are left out and queued
 //! again, and a copy completed by another job after packing joins the tar.
 
-use mapillary_downloader::archive::ArchiveFiles;
+use mapillary_downloader::archive::Archive;
 use mapillary_downloader::archive::checksum::sha256_hex;
 use mapillary_downloader::archive::{ArchivedFile, FileKind, collection_path, image_path};
 use mapillary_downloader::model::{ImageMeta, Packaging, Quality};
@@ -58,12 +58,12 @@ async fn step(
     archive: &Path,
     task: &CollectionTask,
 ) -> Result<PackStep, package::PackError> {
-    package::step(store, &ArchiveFiles::Disk, archive, task, 0).await
+    package::step(store, &Archive::disk(archive, 0), task).await
 }
 
 /// Packs the collection on the local disk, by the holder of `task`.
 async fn pack_as(store: &Arc<Store>, archive: &Path, task: &CollectionTask) -> package::PackReport {
-    package::pack_collection(store, &ArchiveFiles::Disk, archive, task, 0)
+    package::pack_collection(store, &Archive::disk(archive, 0), task)
         .await
         .unwrap()
 }

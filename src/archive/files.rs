@@ -1,5 +1,8 @@
-//! The archive's files wherever they live, for the code that packages and
-//! checks them (tars, item files, `verify`): the local disk, or a bucket.
+//! [`Archive`]: the archive's files wherever they live, the local disk or
+//! a bucket, chosen once from the settings. Everything that stores, adopts,
+//! reads, lists or removes an archive file (the workers, packaging, item
+//! files, `verify`) goes through it, and nothing outside this module asks
+//! which of the two it is.
 //!
 //! Paths keep one form either way (rooted at `<data-dir>/archive` or at
 //! `s3://bucket/prefix`). On a bucket, a file built in pieces (a tar, a
@@ -18,32 +21,88 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-#[derive(Clone)]
-pub enum ArchiveFiles {
+/// The archive: its root, the free space its local writes keep, and where
+/// its files live. Cheap to clone (the bucket client is shared).
+#[derive(Clone, Debug)]
+pub struct Archive {
+    root: PathBuf,
+    reserve: u64,
+    pub(super) place: Place,
+}
+
+/// Where the files live. Private to the archive: callers see one
+/// [`Archive`] and never branch on this.
+#[derive(Clone, Debug)]
+pub(super) enum Place {
     Disk,
     Bucket(Arc<Bucket>),
 }
 
-fn io_error(error: BucketError) -> io::Error {
+pub(super) fn io_error(error: BucketError) -> io::Error {
     io::Error::other(error)
 }
 
-impl ArchiveFiles {
-    pub fn new(bucket: Option<&Arc<Bucket>>) -> ArchiveFiles {
-        bucket.map_or(ArchiveFiles::Disk, |b| ArchiveFiles::Bucket(b.clone()))
+impl Archive {
+    /// The archive on the local disk under `root`, keeping `reserve` bytes
+    /// free on its filesystem (see [`archive::ensure_room`]).
+    pub fn disk(root: impl Into<PathBuf>, reserve: u64) -> Archive {
+        Archive {
+            root: root.into(),
+            reserve,
+            place: Place::Disk,
+        }
     }
 
-    pub fn is_bucket(&self) -> bool {
-        matches!(self, ArchiveFiles::Bucket(_))
+    /// The archive in `bucket`, rooted at its `s3://bucket/prefix`; files
+    /// built locally first (tars, metadata) go to its spool, which keeps
+    /// `reserve` bytes free.
+    pub fn bucket(bucket: Arc<Bucket>, reserve: u64) -> Archive {
+        Archive {
+            root: bucket.root().to_path_buf(),
+            reserve,
+            place: Place::Bucket(bucket),
+        }
+    }
+
+    /// The root every archive path begins with: the archive directory, or
+    /// `s3://bucket/prefix`.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The free bytes every local write keeps on its filesystem, so the
+    /// database (on the same disk) always has room to record a pause.
+    pub fn reserve(&self) -> u64 {
+        self.reserve
+    }
+
+    /// The local folder whose filesystem fills as this archive is written
+    /// (the archive itself, or a bucket's spool), for the free-space checks.
+    pub fn local_root(&self) -> &Path {
+        match &self.place {
+            Place::Disk => &self.root,
+            Place::Bucket(bucket) => bucket.spool_dir(),
+        }
+    }
+
+    /// Where `.part` files only this process writes may be left by a kill:
+    /// a bucket's spool is this data dir's own; a local archive is too when
+    /// this engine is the only one (`sole_engine`), but a folder shared by
+    /// daemons on one PostgreSQL queue may hold their live `.part` files.
+    pub fn own_partial_files(&self, sole_engine: bool) -> Option<&Path> {
+        match &self.place {
+            Place::Disk => sole_engine.then_some(self.root.as_path()),
+            Place::Bucket(bucket) => Some(bucket.spool_dir()),
+        }
     }
 
     /// Where files are built before they become archive files: the
     /// archive's own folder on disk, the spool for a bucket. The free-space
     /// reserve is checked there.
     pub fn building_dir(&self, path: &Path) -> Result<PathBuf, ArchiveError> {
-        match self {
-            ArchiveFiles::Disk => Ok(path.parent().unwrap_or(path).to_path_buf()),
-            ArchiveFiles::Bucket(bucket) => {
+        match &self.place {
+            Place::Disk => Ok(path.parent().unwrap_or(path).to_path_buf()),
+            Place::Bucket(bucket) => {
                 let spooled = bucket.spool_path(path).map_err(|e| ArchiveError::Io {
                     path: path.to_path_buf(),
                     source: io_error(e),
@@ -55,23 +114,23 @@ impl ArchiveFiles {
 
     /// The file's bytes, or `None` if there is none. Blocking.
     pub fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
-        match self {
-            ArchiveFiles::Disk => match std::fs::read(path) {
+        match &self.place {
+            Place::Disk => match std::fs::read(path) {
                 Ok(bytes) => Ok(Some(bytes)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(e),
             },
-            ArchiveFiles::Bucket(bucket) => tokio::runtime::Handle::current()
+            Place::Bucket(bucket) => tokio::runtime::Handle::current()
                 .block_on(bucket.get(path))
                 .map(|b| b.map(|b| b.to_vec()))
                 .map_err(io_error),
         }
     }
 
-    /// [`ArchiveFiles::read`] from a task.
+    /// [`Archive::read`] from a task.
     pub async fn read_async(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
-        match self {
-            ArchiveFiles::Disk => {
+        match &self.place {
+            Place::Disk => {
                 // On the blocking pool: a read of a stuck disk must not hold
                 // a runtime thread.
                 match tokio::fs::read(path).await {
@@ -80,7 +139,7 @@ impl ArchiveFiles {
                     Err(e) => Err(e),
                 }
             }
-            ArchiveFiles::Bucket(bucket) => bucket
+            Place::Bucket(bucket) => bucket
                 .get(path)
                 .await
                 .map(|b| b.map(|b| b.to_vec()))
@@ -89,11 +148,9 @@ impl ArchiveFiles {
     }
 
     pub async fn exists(&self, path: &Path) -> io::Result<bool> {
-        match self {
-            ArchiveFiles::Disk => tokio::fs::try_exists(path).await,
-            ArchiveFiles::Bucket(bucket) => {
-                Ok(bucket.head(path).await.map_err(io_error)?.is_some())
-            }
+        match &self.place {
+            Place::Disk => tokio::fs::try_exists(path).await,
+            Place::Bucket(bucket) => Ok(bucket.head(path).await.map_err(io_error)?.is_some()),
         }
     }
 
@@ -108,15 +165,29 @@ impl ArchiveFiles {
             path: path.to_path_buf(),
             source,
         };
-        match self {
-            ArchiveFiles::Disk => match std::fs::remove_file(path) {
+        match &self.place {
+            Place::Disk => match std::fs::remove_file(path) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(failed(e)),
             },
-            ArchiveFiles::Bucket(bucket) => tokio::runtime::Handle::current()
+            Place::Bucket(bucket) => tokio::runtime::Handle::current()
                 .block_on(bucket.delete(path))
                 .map_err(|e| failed(io_error(e))),
+        }
+    }
+
+    /// Ends a round of [`Archive::remove_stored`] under `folder/sub`: on
+    /// disk, the folders left empty go (deepest first; one still holding
+    /// files stays) and the collection folder is synced, so the removals
+    /// are durable; a bucket has no folders to leave behind. Blocking.
+    pub fn tidy_after_removals(&self, folder: &Path, sub: &str) -> Result<(), ArchiveError> {
+        match &self.place {
+            Place::Disk => {
+                remove_empty_dirs(&folder.join(sub));
+                archive::sync_dir(folder)
+            }
+            Place::Bucket(_) => Ok(()),
         }
     }
 
@@ -125,7 +196,7 @@ impl ArchiveFiles {
     /// disk `<data-dir>/quarantine/<path relative to the archive root>`, in
     /// a bucket the same under the `quarantine/` prefix; a copy already
     /// there is kept (this one becomes `<name>.1`, …). Fenced like
-    /// [`ArchiveFiles::remove_stored`]; logged. Returns where it went.
+    /// [`Archive::remove_stored`]; logged. Returns where it went.
     pub async fn quarantine(
         &self,
         archive_root: &Path,
@@ -133,8 +204,8 @@ impl ArchiveFiles {
         path: &Path,
     ) -> Result<PathBuf, ArchiveError> {
         archive::fence(folder, path)?;
-        let went = match self {
-            ArchiveFiles::Disk => {
+        let went = match &self.place {
+            Place::Disk => {
                 let root = archive_root.parent().unwrap_or(archive_root);
                 let to = archive::quarantine_path(
                     archive_root,
@@ -149,7 +220,7 @@ impl ArchiveFiles {
                         source: io::Error::other(e),
                     })??
             }
-            ArchiveFiles::Bucket(bucket) => {
+            Place::Bucket(bucket) => {
                 let to = archive::quarantine_path(archive_root, &bucket.quarantine_root(), path)?;
                 bucket
                     .move_aside(path, &to)
@@ -164,7 +235,7 @@ impl ArchiveFiles {
         Ok(went)
     }
 
-    /// [`ArchiveFiles::quarantine`] from the blocking pool.
+    /// [`Archive::quarantine`] from the blocking pool.
     pub fn quarantine_blocking(
         &self,
         archive_root: &Path,
@@ -175,11 +246,11 @@ impl ArchiveFiles {
     }
 
     /// Removes a file this program placed itself (not a path read from the
-    /// database: those go through [`ArchiveFiles::remove_stored`]), from a
+    /// database: those go through [`Archive::remove_stored`]), from a
     /// task, durably on disk.
     pub async fn remove_async(&self, path: &Path) -> Result<(), ArchiveError> {
-        match self {
-            ArchiveFiles::Disk => {
+        match &self.place {
+            Place::Disk => {
                 let owned = path.to_path_buf();
                 tokio::task::spawn_blocking(move || archive::remove_if_present(&owned))
                     .await
@@ -188,12 +259,10 @@ impl ArchiveFiles {
                         source: io::Error::other(e),
                     })?
             }
-            ArchiveFiles::Bucket(bucket) => {
-                bucket.delete(path).await.map_err(|e| ArchiveError::Io {
-                    path: path.to_path_buf(),
-                    source: io_error(e),
-                })
-            }
+            Place::Bucket(bucket) => bucket.delete(path).await.map_err(|e| ArchiveError::Io {
+                path: path.to_path_buf(),
+                source: io_error(e),
+            }),
         }
     }
 
@@ -205,9 +274,9 @@ impl ArchiveFiles {
         path: &Path,
         write: impl FnOnce(&mut io::BufWriter<&File>) -> io::Result<()>,
     ) -> Result<(), ArchiveError> {
-        match self {
-            ArchiveFiles::Disk => archive::write_atomically(path, write),
-            ArchiveFiles::Bucket(bucket) => {
+        match &self.place {
+            Place::Disk => archive::write_atomically(path, write),
+            Place::Bucket(bucket) => {
                 let spooled = bucket.spool_path(path).map_err(|e| ArchiveError::Io {
                     path: path.to_path_buf(),
                     source: io_error(e),
@@ -233,9 +302,9 @@ impl ArchiveFiles {
         path: &Path,
         write: impl FnOnce(&mut io::BufWriter<&File>) -> io::Result<()>,
     ) -> Result<PathBuf, ArchiveError> {
-        match self {
-            ArchiveFiles::Disk => archive::build_file(path, write),
-            ArchiveFiles::Bucket(bucket) => {
+        match &self.place {
+            Place::Disk => archive::build_file(path, write),
+            Place::Bucket(bucket) => {
                 let spooled = bucket.spool_path(path).map_err(|e| ArchiveError::Io {
                     path: path.to_path_buf(),
                     source: io_error(e),
@@ -248,15 +317,29 @@ impl ArchiveFiles {
     /// A local copy of the file to read with file APIs (a tar), and whether
     /// it is a temporary one to remove after use. `None` if there is none.
     pub async fn local_copy(&self, path: &Path) -> io::Result<Option<(PathBuf, bool)>> {
-        match self {
-            ArchiveFiles::Disk => Ok(tokio::fs::try_exists(path)
+        match &self.place {
+            Place::Disk => Ok(tokio::fs::try_exists(path)
                 .await?
                 .then(|| (path.to_path_buf(), false))),
-            ArchiveFiles::Bucket(bucket) => {
+            Place::Bucket(bucket) => {
                 let spooled = bucket.spool_path(path).map_err(io_error)?;
                 let found = bucket.download(path, &spooled).await.map_err(io_error)?;
                 Ok(found.then_some((spooled, true)))
             }
         }
     }
+}
+
+/// Removes `dir` and its subfolders, deepest first, where empty. A folder
+/// still holding files (images archived after the plan) stays.
+fn remove_empty_dirs(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_empty_dirs(&entry.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
 }

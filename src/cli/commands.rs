@@ -212,7 +212,7 @@ async fn verify(config_file: Option<PathBuf>, args: VerifyArgs) -> Result<ExitCo
             database.display()
         )));
     }
-    let bucket = app::open_bucket(&settings)
+    let archive = app::open_archive(&settings)
         .await
         .map_err(|e| usage_error(format!("{e:#}")))?;
     let store = open_for_verify(&settings, args.repair)
@@ -237,13 +237,11 @@ async fn verify(config_file: Option<PathBuf>, args: VerifyArgs) -> Result<ExitCo
         repair: args.repair,
         threads: 0,
     };
-    let archive_dir = settings.archive_dir();
-    let archive = verify::Archive {
-        bucket: bucket.as_ref(),
-        dir: &archive_dir,
+    let target = verify::Target {
+        archive: &archive,
         paths: &paths,
     };
-    let report = verify::verify(&store, &archive, &options, &|n| bar.set_position(n))
+    let report = verify::verify(&store, &target, &options, &|n| bar.set_position(n))
         .await
         .map_err(|e| {
             eprintln!("error: {e:#}");

@@ -11,7 +11,6 @@
 
 use super::EngineContext;
 use crate::archive;
-use crate::archive::ArchiveFiles;
 use crate::clock::now_ms;
 use crate::model::Packaging;
 use crate::package::{self, PackError, item, metadata};
@@ -136,26 +135,18 @@ async fn package_held_collection(
     task: &CollectionTask,
 ) -> anyhow::Result<bool> {
     let collection: &str = &task.collection;
-    let folder = archive::collection_path(&ctx.archive_dir, collection)?;
+    let folder = archive::collection_path(ctx.archive.root(), collection)?;
     let store = &ctx.store;
-    let files = ArchiveFiles::new(ctx.bucket.as_ref());
+    let files = &ctx.archive;
     if job.package == Packaging::Tar {
         // One packer per process at a time: tars are long sequential writes.
         let _one_packer = ctx.packer.lock().await;
         // From loose files, before they go into tars (as the Python tool
         // does). Cosmetic: a thumbnail that cannot be made never holds a job.
-        if let Err(e) = item::write_thumbnail(store, &files, &folder, collection).await {
+        if let Err(e) = item::write_thumbnail(store, files, &folder, collection).await {
             warn!(job = job.id, collection, error = %e, "could not make the item thumbnail");
         }
-        match package::pack_collection(
-            store,
-            &files,
-            &ctx.archive_dir,
-            task,
-            ctx.tuning.min_free_bytes,
-        )
-        .await
-        {
+        match package::pack_collection(store, files, task).await {
             Ok(report) => {
                 if !report.tars.is_empty() {
                     info!(job = job.id, collection, tars = ?report.tars, members = report.members, bytes = report.bytes, "collection packed");
@@ -180,9 +171,9 @@ async fn package_held_collection(
     // only (`metadata::write` checks again just before its file replaces
     // the old one).
     store.check_collection_task(task).await?;
-    metadata::write(store, &files, &folder, task, packed).await?;
+    metadata::write(store, files, &folder, task, packed).await?;
     if packed {
-        item::write_meta_tags(store, &files, &folder, collection, true).await?;
+        item::write_meta_tags(store, files, &folder, collection, true).await?;
     }
     Ok(true)
 }

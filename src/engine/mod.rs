@@ -17,13 +17,13 @@ pub mod refresh;
 pub mod stalls;
 pub mod worker;
 
+use crate::archive::Archive;
 use crate::clock::now_ms;
 use crate::config::Settings;
 use crate::mapillary::MapillaryClient;
 use crate::stats::Stats;
 use crate::store::{ACTIVE, JobState, PauseReason, Store, StoreKind};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -39,10 +39,9 @@ pub struct EngineContext {
     pub stats: Arc<Stats>,
     /// Woken whenever work may have appeared (a new job, a resume, a retry).
     pub wake: Arc<Notify>,
-    pub archive_dir: PathBuf,
-    /// The bucket the archive lives in (`archive_dir` is then its
-    /// `s3://bucket/prefix` root); `None` for the local disk.
-    pub bucket: Option<Arc<crate::archive::bucket::Bucket>>,
+    /// Where images are stored: the local disk or a bucket, chosen once
+    /// from the settings.
+    pub archive: Archive,
     /// This process's lease owner id.
     pub owner: Arc<str>,
     /// Free URL refreshes in a row per image row (see [`worker::apply`]).
@@ -64,7 +63,7 @@ impl EngineContext {
     pub fn new(
         store: Arc<Store>,
         client: MapillaryClient,
-        archive_dir: PathBuf,
+        archive: Archive,
         tuning: Tuning,
     ) -> EngineContext {
         EngineContext {
@@ -72,8 +71,7 @@ impl EngineContext {
             client,
             stats: Arc::new(Stats::new()),
             wake: Arc::new(Notify::new()),
-            archive_dir,
-            bucket: None,
+            archive,
             owner: new_owner_id(),
             url_strikes: Arc::default(),
             encoder: Arc::new(tokio::sync::Semaphore::new(tuning.encode_threads.max(1))),
@@ -81,14 +79,6 @@ impl EngineContext {
             finish_failures: Arc::default(),
             tuning,
         }
-    }
-
-    /// The same context archiving into `bucket`, whose root becomes
-    /// `archive_dir`.
-    pub fn with_bucket(mut self, bucket: Arc<crate::archive::bucket::Bucket>) -> Self {
-        self.archive_dir = bucket.root().to_path_buf();
-        self.bucket = Some(bucket);
-        self
     }
 }
 
@@ -107,8 +97,6 @@ pub struct Tuning {
     pub disk_full_retry: Duration,
     /// A job with work and no progress for this long is marked stalled.
     pub stall_after: Duration,
-    /// Free bytes kept in reserve on the data dir's filesystem.
-    pub min_free_bytes: u64,
     /// `output.webp_quality`, 0-100.
     pub webp_quality: f32,
     /// Images re-encoded at once.
@@ -133,7 +121,6 @@ impl Tuning {
             shutdown_grace: Duration::from_secs(settings.workers.shutdown_grace_secs),
             disk_full_retry: Duration::from_secs(10),
             stall_after: Duration::from_secs(settings.jobs.stall_after_secs),
-            min_free_bytes: settings.storage.min_free_mib.saturating_mul(1024 * 1024),
             webp_quality: settings.output.webp_quality as f32,
             encode_threads: settings.output.encode_threads(),
             skip_if_on_ia: settings.archive.skip_if_on_ia,
@@ -193,10 +180,10 @@ impl Engine {
         // local archive shared by several daemons may hold their `.part`
         // files: left alone (a crashed one's is replaced when its image is
         // written again).
-        let local_root = match &ctx.bucket {
-            Some(bucket) => Some(bucket.spool_dir().to_path_buf()),
-            None => sole_engine.then(|| ctx.archive_dir.clone()),
-        };
+        let local_root = ctx
+            .archive
+            .own_partial_files(sole_engine)
+            .map(|root| root.to_path_buf());
         let swept = match local_root {
             Some(root) => {
                 tokio::task::spawn_blocking(move || crate::archive::remove_part_files(&root))
@@ -523,11 +510,8 @@ async fn finish(
 /// Resumes jobs paused for a full disk once twice the reserve is free again.
 async fn resume_disk_full_jobs(ctx: &EngineContext) -> anyhow::Result<()> {
     // With a bucket, what fills is the spool (tars are built there).
-    let root = match &ctx.bucket {
-        Some(bucket) => bucket.spool_dir().to_path_buf(),
-        None => ctx.archive_dir.clone(),
-    };
-    let needed = ctx.tuning.min_free_bytes.saturating_mul(2);
+    let root = ctx.archive.local_root().to_path_buf();
+    let needed = ctx.archive.reserve().saturating_mul(2);
     let room =
         tokio::task::spawn_blocking(move || crate::archive::ensure_room(&root, 0, needed)).await?;
     if room.is_err() {

@@ -10,7 +10,7 @@
 //! (one capture date each, not one sequence).
 
 use super::tarball;
-use crate::archive::ArchiveFiles;
+use crate::archive::Archive;
 use crate::archive::member_name;
 use crate::store::Store;
 use crate::units::group_digits;
@@ -34,7 +34,7 @@ const THUMB_CANDIDATES: u32 = 16;
 /// damaged collection is not read file by file here before packing.
 pub async fn write_thumbnail(
     store: &Arc<Store>,
-    files: &ArchiveFiles,
+    files: &Archive,
     folder: &Path,
     collection: &str,
 ) -> anyhow::Result<()> {
@@ -105,7 +105,7 @@ pub fn thumbnail(image: &[u8]) -> anyhow::Result<Vec<u8>> {
 /// for this, then removed).
 pub async fn read_archived(
     store: &Store,
-    files: &ArchiveFiles,
+    files: &Archive,
     folder: &Path,
     collection: &str,
     image_id: &str,
@@ -265,7 +265,7 @@ fn scanner() -> String {
 /// only when its text changed.
 pub async fn write_meta_tags(
     store: &Store,
-    files: &ArchiveFiles,
+    files: &Archive,
     folder: &Path,
     collection: &str,
     packed: bool,

@@ -3,8 +3,8 @@
 //! archived it, each image once, with the `sha256` and `bytes` of its file.
 //! Written atomically, page by page, so memory stays flat (invariant 11).
 
+use crate::archive::Archive;
 use crate::archive::ArchiveError;
-use crate::archive::ArchiveFiles;
 use crate::model::ImageMeta;
 use crate::store::{CollectionTask, Store};
 use flate2::{Compression, GzBuilder};
@@ -40,7 +40,7 @@ struct Line<'a> {
 /// finisher that lost its lease does not put an older view over a newer one.
 pub async fn write(
     store: &Arc<Store>,
-    files: &ArchiveFiles,
+    files: &Archive,
     folder: &Path,
     task: &CollectionTask,
     packed: bool,
@@ -66,7 +66,7 @@ pub async fn write(
 /// Writes the metadata file at the local path `target`, atomically.
 async fn build(
     store: &Arc<Store>,
-    files: &ArchiveFiles,
+    files: &Archive,
     target: &Path,
     task: &CollectionTask,
     packed: bool,

@@ -23,7 +23,7 @@ pub mod metadata;
 mod publish;
 pub mod tarball;
 
-use crate::archive::ArchiveFiles;
+use crate::archive::Archive;
 use crate::archive::checksum::{HashingWriter, sha256_hex};
 use crate::archive::{self, ArchiveError, member_name};
 use crate::clock::now_ms;
@@ -103,18 +103,16 @@ pub enum PackStep {
 /// no tar holds yet, after finishing any packing a crash interrupted and
 /// aborting the uploads an earlier packer left: [`step`] until it is idle.
 /// `task` is the collection's lease, which every packing write checks.
-/// `reserve` is the free space to keep (as for image writes).
+/// Local writes keep the archive's free-space reserve (as image writes do).
 pub async fn pack_collection(
     store: &Arc<Store>,
-    files: &ArchiveFiles,
-    archive_dir: &Path,
+    files: &Archive,
     task: &CollectionTask,
-    reserve: u64,
 ) -> Result<PackReport, PackError> {
     let mut report = PackReport::default();
     publish::abort_left_uploads(store, files, task).await?;
     loop {
-        match step(store, files, archive_dir, task, reserve).await? {
+        match step(store, files, task).await? {
             PackStep::Idle => return Ok(report),
             PackStep::Planned(_) | PackStep::Cleaned(_) => {}
             PackStep::Written(packing, written) => {
@@ -142,13 +140,12 @@ fn dropped_rows(written: &TarWritten) -> u64 {
 /// next date.
 pub async fn step(
     store: &Arc<Store>,
-    files: &ArchiveFiles,
-    archive_dir: &Path,
+    files: &Archive,
     task: &CollectionTask,
-    reserve: u64,
 ) -> Result<PackStep, PackError> {
     let collection: &str = &task.collection;
-    let folder = archive::collection_path(archive_dir, collection)?;
+    let folder = archive::collection_path(files.root(), collection)?;
+    let reserve = files.reserve();
     if let Some(packing) = store
         .unfinished_packings(collection)
         .await?
@@ -200,7 +197,7 @@ fn date_of(prefix: &str, path: &str) -> Result<String, PackError> {
 /// file in the folder already uses.
 async fn next_tar_name(
     store: &Store,
-    files: &ArchiveFiles,
+    files: &Archive,
     collection: &str,
     date: &str,
     folder: &Path,
@@ -229,7 +226,7 @@ async fn next_tar_name(
 /// Step 2 for a `planned` packing: its tar, then `written`.
 async fn write(
     store: &Arc<Store>,
-    files: &ArchiveFiles,
+    files: &Archive,
     task: &CollectionTask,
     folder: &Path,
     mut packing: Packing,
@@ -301,7 +298,7 @@ async fn write(
 /// Step 3 for a `written` packing: its loose files go, then `cleaned`.
 async fn clean(
     store: &Arc<Store>,
-    files: &ArchiveFiles,
+    files: &Archive,
     task: &CollectionTask,
     folder: &Path,
     mut packing: Packing,
@@ -328,7 +325,7 @@ async fn clean(
 /// its name create-only (see [`publish`]).
 fn write_tar(
     store: &Store,
-    files: &ArchiveFiles,
+    files: &Archive,
     handle: &tokio::runtime::Handle,
     task: &CollectionTask,
     folder: &Path,
@@ -423,7 +420,7 @@ impl Drop for AbandonOnDrop {
 /// the date left empty. Files already gone are fine (a crash mid-way).
 fn remove_loose_files(
     store: &Store,
-    files: &ArchiveFiles,
+    files: &Archive,
     handle: &tokio::runtime::Handle,
     folder: &Path,
     packing: &Packing,
@@ -439,26 +436,8 @@ fn remove_loose_files(
             after = Some(file.path);
         }
     }
-    if !files.is_bucket() {
-        // A bucket has no folders to leave behind.
-        remove_empty_dirs(&folder.join(&packing.date));
-        archive::sync_dir(folder)?;
-    }
+    files.tidy_after_removals(folder, &packing.date)?;
     Ok(())
-}
-
-/// Removes `dir` and its subfolders, deepest first, where empty. A folder
-/// still holding files (images archived after the plan) stays.
-fn remove_empty_dirs(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            remove_empty_dirs(&entry.path());
-        }
-    }
-    let _ = std::fs::remove_dir(dir);
 }
 
 #[cfg(test)]

@@ -16,10 +16,7 @@
 //! completes late.
 
 use super::PackError;
-use crate::archive;
-use crate::archive::ArchiveFiles;
-use crate::archive::bucket::{Bucket, Completed};
-use crate::archive::checksum::hash_reader;
+use crate::archive::{Archive, Publish, PublishGuard};
 use crate::clock::now_ms;
 use crate::store::{CollectionTask, Packing, PackingState, Store, StoreError};
 use std::path::Path;
@@ -56,14 +53,17 @@ pub(super) struct BuiltTar<'a> {
 /// gone afterwards, whatever happened.
 pub(super) fn publish_tar(
     store: &Store,
-    files: &ArchiveFiles,
+    files: &Archive,
     handle: &Handle,
     tar: &BuiltTar<'_>,
 ) -> Result<Published, PackError> {
-    let published = match files {
-        ArchiveFiles::Disk => publish_on_disk(store, handle, tar),
-        ArchiveFiles::Bucket(bucket) => handle.block_on(publish_in_bucket(store, bucket, tar)),
-    };
+    let guard = Guard { store, tar };
+    let published = handle
+        .block_on(files.publish_create_only(tar.built, tar.target, tar.sha256, &guard))
+        .and_then(|published| match published {
+            Publish::Created => Ok(Published::Created),
+            Publish::Taken { sha256 } => adopt_or_refuse(tar, sha256),
+        });
     let _ = std::fs::remove_file(tar.built);
     if matches!(published, Ok(Published::Adopted)) {
         info!(tar = %tar.packing.tar_name, "the tar was already under its name with the same bytes (a crash before it was recorded): adopted");
@@ -71,84 +71,31 @@ pub(super) fn publish_tar(
     published
 }
 
-fn publish_on_disk(
-    store: &Store,
-    handle: &Handle,
-    tar: &BuiltTar<'_>,
-) -> Result<Published, PackError> {
-    handle.block_on(still_ours(store, tar))?;
-    if archive::link_create_only(tar.built, tar.target)? {
-        return Ok(Published::Created);
-    }
-    let theirs = std::fs::File::open(tar.target)
-        .and_then(hash_reader)
-        .map(|(_, sha)| Some(sha))
-        .map_err(|e| archive::ArchiveError::Io {
-            path: tar.target.to_path_buf(),
-            source: e,
-        })?;
-    adopt_or_refuse(tar, theirs)
+/// The packer's side of a create-only publish: its lease and packing
+/// checked, its upload recorded under the collection's lease.
+struct Guard<'a> {
+    store: &'a Store,
+    tar: &'a BuiltTar<'a>,
 }
 
-async fn publish_in_bucket(
-    store: &Store,
-    bucket: &Bucket,
-    tar: &BuiltTar<'_>,
-) -> Result<Published, PackError> {
-    let (task, packing, target) = (tar.task, tar.packing, tar.target);
-    still_ours(store, tar).await?;
-    let bucket_error = |e| {
-        PackError::Archive(archive::ArchiveError::Io {
-            path: target.to_path_buf(),
-            source: std::io::Error::other(e),
-        })
-    };
-    let upload_id = bucket
-        .begin_upload(target, tar.sha256)
-        .await
-        .map_err(bucket_error)?;
-    let path = target.to_string_lossy();
-    if let Err(e) = store.record_upload(task, &upload_id, &path, now_ms()).await {
-        if let Err(abort) = bucket.abort_upload(target, &upload_id).await {
-            warn!(tar = %packing.tar_name, error = %abort, "an upload neither recorded nor aborted: a bucket lifecycle rule ends it");
-        }
-        return Err(e.into());
+impl PublishGuard for Guard<'_> {
+    type Error = PackError;
+
+    async fn still_ours(&self) -> Result<(), PackError> {
+        still_ours(self.store, self.tar).await
     }
-    let completed = async {
-        let parts = bucket
-            .upload_parts(tar.built, target, &upload_id)
-            .await
-            .map_err(bucket_error)?;
-        // The parts may have taken minutes: ask again just before the tar
-        // can appear.
-        still_ours(store, tar).await?;
-        bucket
-            .complete_create_only(target, &upload_id, &parts)
-            .await
-            .map_err(bucket_error)
+
+    async fn record_upload(&self, upload_id: &str, path: &str) -> Result<(), PackError> {
+        let task = self.tar.task;
+        Ok(self
+            .store
+            .record_upload(task, upload_id, path, now_ms())
+            .await?)
     }
-    .await;
-    // Not completed (an error, or the key taken): its parts must go too.
-    if !matches!(completed, Ok(Completed::Created))
-        && let Err(e) = bucket.abort_upload(target, &upload_id).await
-    {
-        // It stays recorded: the next packer aborts it.
-        warn!(tar = %packing.tar_name, error = %e, "could not abort the tar's upload; the next packing round does");
-        completed?;
-        return Err(bucket_error(e));
-    }
-    if let Err(e) = store.forget_upload(&upload_id).await {
-        warn!(tar = %packing.tar_name, error = %e, "could not forget the tar's finished upload; the next packing round does");
-    }
-    match completed? {
-        Completed::Created => Ok(Published::Created),
-        Completed::KeyTaken => {
-            let theirs = bucket
-                .head(target)
-                .await
-                .map_err(bucket_error)?
-                .and_then(|head| head.sha256);
-            adopt_or_refuse(tar, theirs)
+
+    async fn forget_upload(&self, upload_id: &str) {
+        if let Err(e) = self.store.forget_upload(upload_id).await {
+            warn!(tar = %self.tar.packing.tar_name, error = %e, "could not forget the tar's finished upload; the next packing round does");
         }
     }
 }
@@ -196,24 +143,26 @@ fn adopt_or_refuse(tar: &BuiltTar<'_>, theirs: Option<String>) -> Result<Publish
 /// began and did not see end (a crash, a lost lease), then forgets them.
 pub(super) async fn abort_left_uploads(
     store: &Store,
-    files: &ArchiveFiles,
+    files: &Archive,
     task: &CollectionTask,
 ) -> Result<usize, PackError> {
     let uploads = store.recorded_uploads(&task.collection).await?;
-    let ArchiveFiles::Bucket(bucket) = files else {
-        return Ok(0);
-    };
     let mut aborted = 0;
     for upload in &uploads {
         // One that cannot be aborted (a policy without
         // s3:AbortMultipartUpload, a record from another archive URL) must
         // not hold the collection: it stays recorded, and is said.
-        if let Err(e) = bucket
+        match files
             .abort_upload(Path::new(&upload.path), &upload.upload_id)
             .await
         {
-            warn!(collection = %task.collection, path = %upload.path, error = %e, "could not abort a tar upload an earlier packer left; tried again at the next packing (a bucket lifecycle rule also ends it)");
-            continue;
+            Ok(true) => {}
+            // No uploads in this archive (the disk): nothing to abort.
+            Ok(false) => continue,
+            Err(e) => {
+                warn!(collection = %task.collection, path = %upload.path, error = %e, "could not abort a tar upload an earlier packer left; tried again at the next packing (a bucket lifecycle rule also ends it)");
+                continue;
+            }
         }
         store.forget_upload(&upload.upload_id).await?;
         aborted += 1;

@@ -4,9 +4,9 @@
 //! none): only a copy proven damaged is ever moved.
 
 use super::ProblemKind;
-use crate::archive::bucket::Bucket;
 use crate::archive::checksum::sha256_hex;
 use crate::archive::{FileKind, member_name};
+use crate::archive::{Found, in_parallel};
 use crate::package::tarball;
 use crate::store::StoredCopy;
 use std::collections::HashMap;
@@ -28,95 +28,17 @@ fn problem(kind: ProblemKind, detail: impl Into<String>) -> Check {
     Check::Problem(kind, detail.into())
 }
 
-/// Runs `check` over `rows` on up to `threads` threads, results in order.
-pub fn in_parallel<T: Sync, R: Send>(
-    rows: &[T],
-    threads: usize,
-    check: impl Fn(&T) -> R + Sync,
-) -> Vec<R> {
-    let chunk = rows.len().div_ceil(threads.max(1)).max(1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = rows
-            .chunks(chunk)
-            .map(|part| scope.spawn(|| part.iter().map(&check).collect::<Vec<R>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| {
-                h.join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-            })
-            .collect()
-    })
-}
-
-/// Objects fetched at once from a bucket: bounds memory (a batch is at
-/// most this many images) while requests overlap and every core decodes.
-const BUCKET_BATCH: usize = 16;
-
-/// [`check_loose`] for rows whose files are objects in `bucket`. An object
-/// the bucket would not give (after the client's retries) is unreadable:
-/// it proves nothing either way, so nothing is repaired.
-pub async fn check_in_bucket(
-    bucket: &Bucket,
-    rows: Vec<StoredCopy>,
-    threads: usize,
-) -> anyhow::Result<Vec<(StoredCopy, Check)>> {
-    let mut checked = Vec::with_capacity(rows.len());
-    let mut rows = rows.into_iter().peekable();
-    while rows.peek().is_some() {
-        let batch: Vec<StoredCopy> = rows.by_ref().take(BUCKET_BATCH).collect();
-        let fetched = futures_util::future::join_all(
-            batch.iter().map(|row| bucket.get(Path::new(&row.path))),
-        )
-        .await;
-        let checks = tokio::task::spawn_blocking(move || {
-            let pairs: Vec<_> = batch.into_iter().zip(fetched).collect();
-            let checks = in_parallel(&pairs, threads, |(row, fetched)| match fetched {
-                Ok(Some(data)) => check_bytes(data, &row.path, row),
-                Ok(None) => problem(ProblemKind::Missing, "no such object"),
-                Err(e) => problem(ProblemKind::Unreadable, format!("cannot read it: {e}")),
-            });
-            pairs
-                .into_iter()
-                .map(|(row, _)| row)
-                .zip(checks)
-                .collect::<Vec<_>>()
-        })
-        .await?;
-        checked.extend(checks);
-    }
-    Ok(checked)
-}
-
-/// A loose file on disk. "Not found" is missing; any other error (EIO,
-/// EACCES, ESTALE) is unreadable, never corrupt: the file may be whole.
-pub fn check_loose(row: &StoredCopy) -> Check {
-    let path = Path::new(&row.path);
-    let not_there = |e: &io::Error| {
-        matches!(
-            e.kind(),
-            io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-        )
-    };
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.is_dir() => {
-            return problem(
-                ProblemKind::NotAFile,
-                "a directory is where the file should be: left as it is",
-            );
+/// A loose file's check from what reading it found ([`Archive::check_each`](crate::archive::Archive::check_each)):
+/// a missing or unreadable file, or something that is not a file, is its
+/// own problem; bytes are checked by [`check_bytes`].
+pub fn check_found(row: &StoredCopy, found: Found<'_>) -> Check {
+    match found {
+        Found::Bytes(data) => check_bytes(data, &row.path, row),
+        Found::Missing(detail) => problem(ProblemKind::Missing, detail),
+        Found::NotAFile(detail) => problem(ProblemKind::NotAFile, detail),
+        Found::Unreadable(error) => {
+            problem(ProblemKind::Unreadable, format!("cannot read it: {error}"))
         }
-        Ok(meta) if !meta.is_file() => {
-            return problem(ProblemKind::NotAFile, "not a regular file: left as it is");
-        }
-        Ok(_) => {}
-        Err(e) if not_there(&e) => return problem(ProblemKind::Missing, "no such file"),
-        Err(e) => return problem(ProblemKind::Unreadable, format!("cannot read it: {e}")),
-    }
-    match std::fs::read(path) {
-        Ok(data) => check_bytes(&data, &row.path, row),
-        Err(e) if not_there(&e) => problem(ProblemKind::Missing, "no such file"),
-        Err(e) => problem(ProblemKind::Unreadable, format!("cannot read it: {e}")),
     }
 }
 

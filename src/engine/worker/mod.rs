@@ -3,13 +3,13 @@
 //! [`run`]. Tests call [`process`] and [`apply`] directly.
 //!
 //! [`fetch`] is the network half (adopt a copy already archived, or
-//! download); [`disk`] is the rest (tag, re-encode, hash, write durably).
+//! download); [`write`] is the rest (tag, re-encode, hash, store in the archive).
 
-mod disk;
 mod queue;
+mod write;
 
-pub use disk::Body;
 pub use queue::{Slot, Work, WorkQueue};
+pub use write::Body;
 
 use super::EngineContext;
 use crate::archive::{self, ArchiveError, ArchivedFile, FileKind};
@@ -64,7 +64,7 @@ pub async fn process(
         // After the shutdown grace a stuck write (a bucket that accepts and
         // never answers) is dropped like a stuck download.
         Fetched::Body(body) => tokio::select! {
-            outcome = disk::write(ctx, *body) => outcome,
+            outcome = write::write(ctx, *body) => outcome,
             _ = abort.cancelled() => Outcome::Abandoned,
         },
         Fetched::Finished(outcome) => outcome,
@@ -101,7 +101,7 @@ pub async fn fetch(
     // the same collection archived it. Re-tag it from our metadata instead of
     // downloading it again.
     let adopted = tokio::select! {
-        adopted = disk::adopt_loose(ctx, &target, &meta) => adopted,
+        adopted = write::adopt_loose(ctx, &target, &meta) => adopted,
         _ = abort.cancelled() => return Fetched::Finished(Outcome::Abandoned),
     };
     match adopted {
@@ -140,17 +140,17 @@ pub async fn fetch(
 fn checked_target(
     ctx: &EngineContext,
     image: &ClaimedImage,
-) -> Result<(ImageMeta, disk::Target), Outcome> {
+) -> Result<(ImageMeta, write::Target), Outcome> {
     let give_up = |e: ArchiveError| Outcome::GiveUp {
         error: e.to_string(),
     };
     let collection =
-        archive::collection_path(&ctx.archive_dir, &image.collection).map_err(give_up)?;
+        archive::collection_path(ctx.archive.root(), &image.collection).map_err(give_up)?;
     // The row's image id is the one the queue knows; the metadata must agree.
     let mut meta = image.meta.clone();
     meta.id.clone_from(&image.image_id);
     archive::image_path(&collection, &meta, FileKind::Jpeg).map_err(give_up)?;
-    let target = disk::Target {
+    let target = write::Target {
         collection,
         format: image.format,
     };
@@ -308,9 +308,7 @@ async fn record_done(
         // Its date was packed meanwhile (by another job of the collection):
         // the tar holds the image, the loose file would stay behind untracked.
         debug!(image = %image.image_id, path = %file.path.display(), "joined a tar; removing the loose file");
-        crate::archive::ArchiveFiles::new(ctx.bucket.as_ref())
-            .remove_async(&file.path)
-            .await?;
+        ctx.archive.remove_async(&file.path).await?;
     }
     Ok(())
 }
