@@ -292,7 +292,7 @@ fn no_line_is_longer_than_the_documents_width() {
 fn the_checks_catch_what_they_guard() {
     assert!(check_citation("store::counters_always_equal_a_group_by_count").is_none());
     assert!(check_citation("store::{sqlite,postgres}::release_costs_no_attempt").is_none());
-    assert!(check_citation("archive::tests::hostile_ids_never_become_paths").is_none());
+    assert!(check_citation("archive::layout::tests::hostile_ids_never_become_paths").is_none());
     assert!(check_citation("cluster::two_daemons_share_one_queue_…").is_none());
     assert!(check_citation("store::collection_tasks").is_none());
     assert!(check_citation("store::a_test_that_was_never_written").is_some());
