@@ -174,6 +174,8 @@ pub struct Application {
 }
 
 impl Application {
+    /// Opens the store and the archive, starts the engine and binds the
+    /// listener: a daemon ready to [`Application::run_until`] a signal, its address known.
     pub async fn build(settings: &Settings, token: Secret) -> anyhow::Result<Application> {
         let lock = lock_data_dir(settings)?;
         let ctx = engine_context(settings, token).await?;

@@ -42,6 +42,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// Suffix of a file still being written. Never left behind by a finished job.
 pub const PART_SUFFIX: &str = ".part";
 
+/// Why an archive file could not be placed, read or removed; each kind decides what the caller does.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
     /// Invariant 10: an id that would not be a safe path component.
@@ -49,15 +50,31 @@ pub enum ArchiveError {
     InvalidId(String),
     /// ENOSPC (or a quota): not the image's fault, so it costs no attempt.
     #[error("disk full while writing {path}: {source}")]
-    DiskFull { path: PathBuf, source: io::Error },
+    DiskFull {
+        /// What was being written.
+        path: PathBuf,
+        /// The error (or the reserve's reason).
+        source: io::Error,
+    },
+    /// Any other I/O error: the image is retried (an attempt).
     #[error("cannot write {path}: {source}")]
-    Io { path: PathBuf, source: io::Error },
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
     /// A stored path outside its collection folder, or climbing with `..`:
     /// nothing is removed or moved there.
     #[error(
         "refused to touch {path}: it is not a plain path inside its collection folder {folder}"
     )]
-    Fenced { path: PathBuf, folder: PathBuf },
+    Fenced {
+        /// The stored path.
+        path: PathBuf,
+        /// The collection folder it should be in.
+        folder: PathBuf,
+    },
     /// The archive's bucket refused or did not answer (after the client's
     /// own retries): not the image's fault, so it costs no attempt.
     #[error("{0}")]

@@ -16,6 +16,7 @@ use crate::store::FailReason;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+/// The whole command line (its help text is the `about` below).
 #[derive(Debug, Parser)]
 #[command(
     name = "mapillary-downloader",
@@ -30,10 +31,12 @@ pub struct Cli {
     /// A TOML file overriding config/default.toml.
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The subcommand to run.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The subcommands; each variant's text is its `--help` summary.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: HTTP API, enumerators and workers.
@@ -52,6 +55,7 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
 }
 
+/// `healthcheck`'s flags.
 #[derive(Debug, Args)]
 pub struct HealthcheckArgs {
     /// URL to probe; defaults to /healthz on the configured `api.listen` address.
@@ -59,6 +63,7 @@ pub struct HealthcheckArgs {
     pub url: Option<String>,
 }
 
+/// `download`'s arguments and flags.
 #[derive(Debug, Args)]
 pub struct DownloadArgs {
     /// Mapillary usernames to archive (each its own job). Optional when
@@ -117,6 +122,7 @@ pub struct DownloadArgs {
     pub tar: bool,
 }
 
+/// `verify`'s flags.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// Where the database and archive live.
@@ -143,6 +149,7 @@ pub struct VerifyArgs {
     pub json: bool,
 }
 
+/// `status`'s flags.
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Where the database lives.
@@ -162,6 +169,7 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
+/// `failures`' flags.
 #[derive(Debug, Args)]
 pub struct FailuresArgs {
     /// Only this job's failed images (default: every job's).
@@ -187,6 +195,7 @@ pub struct FailuresArgs {
     pub json: bool,
 }
 
+/// `serve`'s flags.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Where the database and archive live.

@@ -44,23 +44,32 @@ pub enum ConfigError {
     /// A config file that is not TOML: where, never the line's text.
     #[error("{0}")]
     Syntax(#[from] crate::config::errors::SyntaxError),
+    /// A value that breaks its rule, named with the layer that set it.
     #[error("invalid value for `{key}` (set by {layer}): {reason}")]
     Invalid {
+        /// `section.key`.
         key: &'static str,
+        /// The defaults, a file, a variable or a flag.
         layer: String,
+        /// The rule it breaks (never the value).
         reason: String,
     },
     #[error("unknown setting `{key}` in {origin}{}", suggestion.as_ref().map(|s| format!("; did you mean `{s}`?")).unwrap_or_default())]
+    /// A setting no default knows (a misspelling), with the closest known one.
     UnknownKey {
+        /// The key as written.
         key: String,
         /// The file or variable that named it.
         origin: String,
+        /// The nearest known key, when one is near.
         suggestion: Option<String>,
     },
+    /// No Mapillary token: nothing can be listed or downloaded.
     #[error(
         "{TOKEN_ENV} is not set: export your Mapillary access token (it looks like MLY|<app id>|<hex>) as {TOKEN_ENV}, or put it in a file named by {TOKEN_FILE_ENV}"
     )]
     MissingToken,
+    /// A secret set both directly and by a file, or a file that cannot be read.
     #[error("{0}")]
     Secret(String),
 }
@@ -71,17 +80,28 @@ impl std::fmt::Debug for ConfigError {
     }
 }
 
+/// Every setting, merged from its layers and checked: what the daemon and the commands run by.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
+    /// `[mapillary]`: the API, its pace and timeouts.
     pub mapillary: MapillarySettings,
+    /// `[retry]`: attempts and backoff per image.
     pub retry: RetrySettings,
+    /// `[workers]`: concurrency, leases, shutdown grace.
     pub workers: WorkerSettings,
+    /// `[jobs]`: stall detection and default re-sync.
     pub jobs: JobSettings,
+    /// `[storage]`: data dir, archive and queue locations, free-space reserve.
     pub storage: StorageSettings,
+    /// `[output]`: WebP quality and encoders.
     pub output: OutputSettings,
+    /// `[archive]`: the Internet Archive check.
     pub archive: ArchiveSettings,
+    /// `[api]`: the HTTP server.
     pub api: ApiSettings,
+    /// `[log]`: level and format.
     pub log: LogSettings,
+    /// `[cluster]`: daemons sharing a PostgreSQL queue.
     pub cluster: ClusterSettings,
 }
 
@@ -95,8 +115,10 @@ pub struct ClusterSettings {
     pub dead_after_secs: u64,
 }
 
+/// `[output]`: how WebP jobs encode.
 #[derive(Debug, Clone, Deserialize)]
 pub struct OutputSettings {
+    /// Lossy WebP quality, 0-100 (75 is cwebp's default).
     pub webp_quality: u32,
     /// 0: one per core.
     pub encode_threads: u32,
@@ -112,50 +134,77 @@ impl OutputSettings {
     }
 }
 
+/// `[archive]`: whether username jobs first ask the Internet Archive.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ArchiveSettings {
+    /// End a username job at once when its collection is already an Internet Archive item.
     pub skip_if_on_ia: bool,
+    /// Base URL of the Internet Archive (tests point it at a fake).
     pub ia_url: String,
 }
 
+/// `[mapillary]`: where the Graph API is and how hard we may use it.
 #[derive(Debug, Clone, Deserialize)]
 pub struct MapillarySettings {
+    /// Base URL of the Graph API (`MAPILLARY_API_URL` overrides it).
     pub url: String,
+    /// Images per `GET /images` page (1..=2000).
     pub page_size: u32,
+    /// Ceiling on API calls per minute, shared by every job and worker.
     pub calls_per_minute: u32,
+    /// Seconds to wait for a connection before the attempt fails.
     pub connect_timeout_secs: u64,
+    /// Seconds a whole API call may take.
     pub request_timeout_secs: u64,
+    /// Seconds one image download may take, request to last byte.
     pub download_timeout_secs: u64,
+    /// Seconds without a byte after which a transfer counts as stalled.
     pub read_idle_timeout_secs: u64,
+    /// Largest image body accepted; a larger one is a transient fault.
     pub max_image_bytes: u64,
+    /// A stored URL expiring within this many seconds is refreshed first.
     pub url_refresh_margin_secs: u64,
 }
 
+/// `[retry]`: how often an image is tried and how far apart.
 #[derive(Debug, Clone, Deserialize)]
 pub struct RetrySettings {
+    /// Attempts per image before it fails for good (rate limits and the like cost none).
     pub max_attempts: u32,
+    /// First retry delay; each further attempt doubles it, with jitter.
     pub backoff_base_ms: u64,
+    /// Upper bound of a retry delay.
     pub backoff_cap_ms: u64,
 }
 
+/// `[workers]`: how many images at once and how long a claim holds.
 #[derive(Debug, Clone, Deserialize)]
 pub struct WorkerSettings {
+    /// Concurrent image downloads.
     pub count: u32,
+    /// Seconds a claimed image stays leased before another worker may reclaim it.
     pub lease_secs: u64,
+    /// Pause between checks for due work while the queue is idle.
     pub poll_interval_ms: u64,
+    /// Seconds in-flight images may take to finish after a stop signal.
     pub shutdown_grace_secs: u64,
 }
 
+/// `[jobs]`: how jobs are watched and re-synced by default.
 #[derive(Debug, Clone, Deserialize)]
 pub struct JobSettings {
+    /// Seconds with work and no progress after which a job is marked stalled.
     pub stall_after_secs: u64,
     /// Default re-sync interval of new jobs ("" = none).
     pub resync_every: String,
 }
 
+/// `[storage]`: where the database, the archive and the queue live.
 #[derive(Debug, Clone, Deserialize)]
 pub struct StorageSettings {
+    /// Where the SQLite database, the local archive and the spool live.
     pub data_dir: PathBuf,
+    /// MiB kept free on the data dir's filesystem (0: no check), so the database can record a pause.
     pub min_free_mib: u64,
     /// Where the archive goes: empty = `<data_dir>/archive`; `s3://bucket/prefix`
     /// = an S3-compatible bucket configured by the `AWS_*` variables.
@@ -174,18 +223,27 @@ pub struct StorageSettings {
     pub aws: crate::archive::bucket::AwsEnvironment,
 }
 
+/// `[api]`: where the HTTP server listens, its limits and its token.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ApiSettings {
+    /// Address the HTTP API binds.
     pub listen: String,
+    /// Seconds a client may take to send its request headers.
     pub header_read_timeout_secs: u64,
+    /// Seconds a whole request may take.
     pub request_timeout_secs: u64,
+    /// Seconds an answer may wait unread before the connection closes.
     pub write_timeout_secs: u64,
+    /// Seconds a connection may live.
     pub max_connection_age_secs: u64,
+    /// Connections held at once.
     pub max_connections: u64,
+    /// Connections one address may hold at once.
     pub max_connections_per_ip: u64,
     /// Host names (no port) trusted besides the loopback names and the
     /// listen address when no token is set.
     pub allowed_hosts: Vec<String>,
+    /// The bearer token the API requires (empty: none, loopback hosts only).
     pub token: Secret,
     /// A file holding the token instead (read once at load; then `token`).
     pub token_file: PathBuf,
@@ -196,13 +254,17 @@ pub struct ApiSettings {
 /// `api`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HttpLimits {
+    /// A client that has not sent its headers by then is cut.
     pub header_read_timeout: Duration,
+    /// A request still running by then is answered 408.
     pub request_timeout: Duration,
     /// An answer the client leaves unread this long closes the connection.
     pub write_timeout: Duration,
     /// A connection is closed (after its request in flight) at this age.
     pub max_connection_age: Duration,
+    /// Connections held at once (the longest idle goes when all are held).
     pub max_connections: usize,
+    /// Connections one address may hold, so one client cannot take them all.
     pub max_connections_per_ip: usize,
 }
 
@@ -222,20 +284,29 @@ impl Default for HttpLimits {
 /// Shortest `api.token` accepted: a short token falls to guessing.
 pub const MIN_API_TOKEN_CHARS: usize = 16;
 
+/// `[log]`: what tracing prints and how.
 #[derive(Debug, Clone, Deserialize)]
 pub struct LogSettings {
+    /// A tracing filter (`info`, `mapillary_downloader=debug`, ...).
     pub level: String,
+    /// `text` or `json`.
     pub format: String,
 }
 
 /// Values given on the command line; `None` leaves the lower layers alone.
 #[derive(Debug, Clone, Default)]
 pub struct FlagOverrides {
+    /// `--config`: a TOML file over the defaults.
     pub config_file: Option<PathBuf>,
+    /// `--data-dir`.
     pub data_dir: Option<PathBuf>,
+    /// `--archive-url`.
     pub archive_url: Option<String>,
+    /// `--database-url` (a secret once loaded).
     pub database_url: Option<String>,
+    /// `--listen`.
     pub listen: Option<String>,
+    /// `--workers`.
     pub workers: Option<u32>,
 }
 
@@ -688,6 +759,7 @@ impl Settings {
         hosts
     }
 
+    /// The address `api.listen` names, or why it is not one.
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
         self.api
             .listen
@@ -717,6 +789,7 @@ impl Settings {
         Ok(Some(&self.storage.database_url))
     }
 
+    /// The SQLite database under the data dir (used when no `database_url` is set).
     pub fn database_path(&self) -> PathBuf {
         self.storage.data_dir.join("mapillary.db")
     }
@@ -739,6 +812,7 @@ impl Settings {
         crate::archive::bucket::ArchiveUrl::parse(url).map(Some)
     }
 
+    /// How long a claim holds an image (`workers.lease_secs`).
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.workers.lease_secs)
     }

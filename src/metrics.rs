@@ -9,6 +9,7 @@ use std::time::Duration;
 /// How a call to the API or the CDN ended, for `outcome` labels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OutcomeClass {
+    /// Answered as hoped.
     Ok,
     /// HTTP 429, or the Graph API's rate-limit codes.
     RateLimited,
@@ -19,6 +20,7 @@ pub enum OutcomeClass {
 }
 
 impl OutcomeClass {
+    /// Every class, in the order `/metrics` prints them.
     pub const ALL: [OutcomeClass; 4] = [
         OutcomeClass::Ok,
         OutcomeClass::RateLimited,
@@ -26,6 +28,7 @@ impl OutcomeClass {
         OutcomeClass::Fatal,
     ];
 
+    /// The `outcome` label's value.
     pub fn as_str(self) -> &'static str {
         match self {
             OutcomeClass::Ok => "ok",
@@ -52,6 +55,7 @@ impl OutcomeClass {
 /// it where it is defined, so this low module never names the client's types
 /// (the client feeds these counters: naming it here would be a cycle).
 pub trait Classified {
+    /// The class this outcome is counted under.
     fn outcome_class(&self) -> OutcomeClass;
 }
 
@@ -60,10 +64,12 @@ pub trait Classified {
 pub struct ByOutcome([AtomicU64; 4]);
 
 impl ByOutcome {
+    /// Counts one call of `class`.
     pub fn add(&self, class: OutcomeClass) {
         self.0[class.index()].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Calls of `class` so far.
     pub fn get(&self, class: OutcomeClass) -> u64 {
         self.0[class.index()].load(Ordering::Relaxed)
     }
@@ -87,6 +93,7 @@ impl Histogram {
         }
     }
 
+    /// Records one duration in its bucket and the sum.
     pub fn observe(&self, elapsed: Duration) {
         let secs = elapsed.as_secs_f64();
         let bucket = self
@@ -123,11 +130,17 @@ const API_BOUNDS: &[f64] = &[0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 3
 /// Everything counted since the process started.
 #[derive(Debug)]
 pub struct Metrics {
+    /// Images archived (written or adopted).
     pub images_completed: AtomicU64,
+    /// Images failed for good.
     pub images_failed: AtomicU64,
+    /// Images found deleted on Mapillary (also counted failed).
     pub images_deleted: AtomicU64,
+    /// Bytes of images stored.
     pub bytes_written: AtomicU64,
+    /// Graph API calls by outcome.
     pub api_calls: ByOutcome,
+    /// CDN downloads by outcome.
     pub cdn_fetches: ByOutcome,
     /// Attempts that failed and will be tried again.
     pub retries: AtomicU64,
@@ -137,7 +150,9 @@ pub struct Metrics {
     pub rate_limit_holds: AtomicU64,
     /// HTTP API requests refused for a missing or wrong token.
     pub http_auth_failures: AtomicU64,
+    /// How long image downloads take.
     pub image_download_seconds: Histogram,
+    /// How long Graph API calls take.
     pub api_call_seconds: Histogram,
 }
 
@@ -165,6 +180,7 @@ pub fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
 }
 
+/// A counter's value now, relaxed like [`add`].
 pub fn get(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }

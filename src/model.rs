@@ -35,8 +35,10 @@ pub const IMAGE_FIELDS: &[&str] = &[
 /// A GeoJSON point as the API serves it: `coordinates` is `[lon, lat]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GeoPoint {
+    /// GeoJSON's `type` (always `Point` from the API); kept so the stored JSON round-trips.
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
+    /// `[lon, lat]`, as GeoJSON orders them.
     pub coordinates: Vec<f64>,
 }
 
@@ -68,44 +70,64 @@ impl GeoPoint {
 /// holds is the metadata alone, with no copy of the image made to drop them.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ImageMeta {
+    /// The image id (the API serves it as text or a number; we keep text).
     #[serde(deserialize_with = "id_text_or_number")]
     pub id: String,
+    /// Capture time, Unix ms: the date folder, EXIF time and file mtime.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub captured_at: Option<i64>,
+    /// Where the camera said it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub geometry: Option<GeoPoint>,
+    /// Mapillary's corrected position, preferred for GPS tags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub computed_geometry: Option<GeoPoint>,
+    /// Altitude the camera recorded, metres.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub altitude: Option<f64>,
+    /// Mapillary's corrected altitude, preferred for GPS tags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub computed_altitude: Option<f64>,
+    /// Heading the camera recorded, degrees.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compass_angle: Option<f64>,
+    /// Mapillary's corrected heading, preferred for GPS tags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub computed_compass_angle: Option<f64>,
+    /// The sequence the image belongs to: its folder under the date.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sequence: Option<String>,
+    /// Camera make, for the EXIF tags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub make: Option<String>,
+    /// Camera model, for the EXIF tags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<String>,
+    /// A panorama: gets GPano XMP and passes the panorama filter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub is_pano: Option<bool>,
+    /// The API's projection (`spherical`, `equirectangular`, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub camera_type: Option<String>,
+    /// Width in pixels, as the API reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub width: Option<u32>,
+    /// Height in pixels, as the API reports it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub height: Option<u32>,
+    /// CDN URL of the 256 px image (expires; never stored).
     #[serde(default, skip_serializing)]
     pub thumb_256_url: Option<String>,
+    /// CDN URL of the 1024 px image (expires; never stored).
     #[serde(default, skip_serializing)]
     pub thumb_1024_url: Option<String>,
+    /// CDN URL of the 2048 px image (expires; never stored).
     #[serde(default, skip_serializing)]
     pub thumb_2048_url: Option<String>,
+    /// CDN URL of the original image (expires; never stored).
     #[serde(default, skip_serializing)]
     pub thumb_original_url: Option<String>,
+    /// Every other field the API served, kept as is for `metadata.jsonl` (URLs dropped).
     #[serde(flatten, serialize_with = "serialize_without_urls")]
     pub extra: Map<String, Value>,
 }
@@ -175,12 +197,14 @@ impl ImageMeta {
 /// storing a page is SQL only.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ListedImage {
+    /// The decoded metadata.
     pub meta: ImageMeta,
     /// `meta` as stored: no URLs.
     pub stored: String,
 }
 
 impl ListedImage {
+    /// `meta` with its stored JSON made now, off the async workers.
     pub fn new(meta: ImageMeta) -> Result<ListedImage, serde_json::Error> {
         let stored = serde_json::to_string(&meta)?;
         Ok(ListedImage { meta, stored })
@@ -199,7 +223,9 @@ impl std::ops::Deref for ListedImage {
 /// it keeps of it (made ahead of time by a [`ListedImage`], on the spot by a
 /// bare [`ImageMeta`]).
 pub trait Storable: Sync {
+    /// The image's metadata.
     fn meta(&self) -> &ImageMeta;
+    /// The JSON the store keeps of it (no URLs).
     fn stored_json(&self) -> Result<std::borrow::Cow<'_, str>, serde_json::Error>;
 }
 
@@ -228,18 +254,23 @@ impl Storable for ImageMeta {
     Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
 )]
 pub enum Quality {
+    /// The full-size original.
     #[serde(rename = "original")]
     #[default]
     Original,
+    /// 2048 px on the long side.
     #[serde(rename = "2048")]
     Q2048,
+    /// 1024 px on the long side.
     #[serde(rename = "1024")]
     Q1024,
+    /// 256 px on the long side.
     #[serde(rename = "256")]
     Q256,
 }
 
 impl Quality {
+    /// Every quality, for parsing and listing them.
     pub const ALL: [Quality; 4] = [
         Quality::Original,
         Quality::Q2048,
@@ -247,6 +278,7 @@ impl Quality {
         Quality::Q256,
     ];
 
+    /// The API's and the collection name's spelling.
     pub fn as_str(self) -> &'static str {
         match self {
             Quality::Original => "original",
@@ -300,6 +332,7 @@ pub enum OutputFormat {
 }
 
 impl OutputFormat {
+    /// The spelling in jobs, flags and the API.
     pub fn as_str(self) -> &'static str {
         match self {
             OutputFormat::Jpeg => "jpeg",
@@ -341,6 +374,7 @@ pub enum Packaging {
 }
 
 impl Packaging {
+    /// The spelling in jobs, flags and the API.
     pub fn as_str(self) -> &'static str {
         match self {
             Packaging::None => "none",
@@ -381,9 +415,13 @@ impl ImageMeta {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 #[serde(into = "[f64; 4]")]
 pub struct Bbox {
+    /// Smallest longitude, degrees.
     pub west: f64,
+    /// Smallest latitude, degrees.
     pub south: f64,
+    /// Largest longitude, degrees.
     pub east: f64,
+    /// Largest latitude, degrees.
     pub north: f64,
 }
 
@@ -422,6 +460,7 @@ impl Bbox {
         })
     }
 
+    /// A bbox from `[west, south, east, north]` as JSON or flags give it, checked like [`Bbox::new`].
     pub fn from_slice(values: &[f64]) -> Result<Bbox, String> {
         match values {
             [w, s, e, n] => Bbox::new(*w, *s, *e, *n),
@@ -437,6 +476,7 @@ impl Bbox {
         format!("{},{},{},{}", self.west, self.south, self.east, self.north)
     }
 
+    /// Whether a point lies inside (edges included): the local filter of listed images.
     pub fn contains(&self, lat: f64, lon: f64) -> bool {
         (self.west..=self.east).contains(&lon) && (self.south..=self.north).contains(&lat)
     }

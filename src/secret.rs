@@ -7,10 +7,12 @@
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 
+/// A token, password or URL with credentials: Debug and Display print `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a value the moment it is read, so it never travels bare.
     pub fn new(value: impl Into<String>) -> Secret {
         Secret(value.into())
     }
@@ -21,6 +23,7 @@ impl Secret {
         &self.0
     }
 
+    /// Whether it is blank (an unset token), without exposing it.
     pub fn is_empty(&self) -> bool {
         self.0.trim().is_empty()
     }

@@ -111,13 +111,17 @@ fn checked_list(
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Pano {
+    /// Panoramas and flat images alike.
     #[default]
     Any,
+    /// Panoramas only.
     Only,
+    /// Flat images only.
     Exclude,
 }
 
 impl Pano {
+    /// The spelling in jobs, flags and the API.
     pub fn as_str(self) -> &'static str {
         match self {
             Pano::Any => "any",
@@ -145,11 +149,13 @@ impl FromStr for Pano {
 /// The filters of a job; every image must pass all of them.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Filters {
+    /// Only images inside this box.
     pub bbox: Option<Bbox>,
     /// Inclusive, Unix ms.
     pub start_captured_at: Option<i64>,
     /// Exclusive, Unix ms.
     pub end_captured_at: Option<i64>,
+    /// Only panoramas, none, or either.
     pub pano: Pano,
 }
 
@@ -202,7 +208,9 @@ impl Filters {
 /// A whole selection: one source and its filters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Selection {
+    /// Where the images come from.
     pub source: Source,
+    /// Which of them are kept.
     pub filters: Filters,
 }
 
@@ -215,6 +223,7 @@ impl Selection {
         }
     }
 
+    /// Whether a listed image passes the filters (the API's own filtering is not trusted to be exact).
     pub fn matches(&self, image: &ImageMeta) -> bool {
         self.filters.matches(image)
     }
@@ -282,7 +291,10 @@ pub const IDS_PER_CALL: usize = 50;
 #[derive(Debug, Clone, PartialEq)]
 pub enum PartSpec {
     /// A `GET /images` query: the job's own, or one tile of its bbox.
-    Listing { bbox: Option<Bbox> },
+    Listing {
+        /// The tile of the job's bbox this part lists, or `None` for the whole query.
+        bbox: Option<Bbox>,
+    },
     /// One sequence: its image ids (`GET /image_ids`) become `Images` parts.
     Sequence(String),
     /// Up to 50 image ids, fetched with one `GET /?ids=`.
@@ -290,6 +302,7 @@ pub enum PartSpec {
 }
 
 impl PartSpec {
+    /// The part's kind as stored and shown (`listing`, `sequence`, `images`).
     pub fn kind(&self) -> &'static str {
         match self {
             PartSpec::Listing { .. } => "listing",
@@ -320,10 +333,15 @@ pub enum Resync {
 /// Everything a submission asks for: the selection and how it is archived.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobSpec {
+    /// What to archive.
     pub selection: Selection,
+    /// Which size to download.
     pub quality: crate::model::Quality,
+    /// JPEG as served, or re-encoded WebP.
     pub format: crate::model::OutputFormat,
+    /// Loose files, or tars per date when done.
     pub package: crate::model::Packaging,
+    /// Whether and how often the job lists its source again.
     pub resync: Resync,
 }
 
@@ -381,11 +399,14 @@ fn list_summary(noun: &str, ids: &[String]) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {reason}")]
 pub struct SelectionError {
+    /// The input field at fault, as the API and flags name it.
     pub field: &'static str,
+    /// What is wrong with it (never echoing a secret).
     pub reason: String,
 }
 
 impl SelectionError {
+    /// An error naming `field`.
     pub fn new(field: &'static str, reason: String) -> SelectionError {
         SelectionError { field, reason }
     }

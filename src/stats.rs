@@ -74,7 +74,9 @@ pub struct Stats {
 pub struct MinuteThroughput {
     /// Unix milliseconds at the start of the minute.
     pub start_ms: i64,
+    /// Images completed in it.
     pub images: u64,
+    /// Bytes written in it.
     pub bytes: u64,
 }
 
@@ -115,7 +117,9 @@ pub fn history_of(now_ms: i64, minutes: &[MinuteThroughput]) -> Vec<MinuteThroug
 /// A throughput reading.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Rate {
+    /// Images completed per second.
     pub images_per_sec: f64,
+    /// Bytes written per second.
     pub bytes_per_sec: f64,
 }
 
@@ -142,6 +146,7 @@ impl Default for Stats {
 }
 
 impl Stats {
+    /// Empty rings: nothing completed yet.
     pub fn new() -> Stats {
         Stats {
             origin: Instant::now(),

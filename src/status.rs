@@ -15,19 +15,27 @@ mod jobs_view;
 use jobs_view::summarised_jobs;
 pub use jobs_view::{JobSummary, JobsView, STATUS_JOBS};
 
+/// Image counts summed over jobs: what `/status` and the `status` command show at the bottom.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Totals {
+    /// Images enumerated so far.
     pub discovered: u64,
+    /// Waiting for a worker.
     pub pending: u64,
+    /// Held by a worker now.
     pub in_progress: u64,
+    /// Archived.
     pub done: u64,
+    /// Failed for good.
     pub failed: u64,
     /// Deleted on Mapillary: a subset of `failed`.
     pub deleted: u64,
+    /// Bytes archived.
     pub bytes_done: u64,
 }
 
 impl Totals {
+    /// The sum of `jobs`' counters (each kept by the store, so this is O(jobs)).
     pub fn of(jobs: &[Job]) -> Totals {
         jobs.iter().fold(Totals::default(), |t, job| Totals {
             discovered: t.discovered + job.counts.discovered,
@@ -41,9 +49,12 @@ impl Totals {
     }
 }
 
+/// The rate over the last minute, as `/status` serves it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Throughput {
+    /// Images completed per second.
     pub images_per_sec: f64,
+    /// Bytes written per second.
     pub bytes_per_sec: f64,
 }
 
@@ -71,6 +82,7 @@ impl From<&MinuteThroughput> for MinuteBucket {
     }
 }
 
+/// The status report shared by `GET /status` and the `status` command, so both say the same.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StatusReport {
     /// On `GET /status` and `status --json`: the [`STATUS_JOBS`] jobs most
@@ -85,6 +97,7 @@ pub struct StatusReport {
     pub jobs_truncated: bool,
     /// Over every job, not only those listed.
     pub totals: Totals,
+    /// Over the last minute, in this process (the `status` command reads it from the database).
     pub throughput: Throughput,
     /// Seconds until the images known so far are downloaded; `null` while
     /// nothing has completed in the last minute.
@@ -107,7 +120,9 @@ pub const DAEMON_LIVE_WITHIN: std::time::Duration = std::time::Duration::from_se
 pub struct DaemonView {
     /// Its lease owner id (pid and a random suffix).
     pub id: String,
+    /// The machine it runs on.
     pub host: String,
+    /// Its worker count.
     pub workers: u32,
     /// RFC 3339 UTC.
     pub started_at: String,

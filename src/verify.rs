@@ -40,10 +40,12 @@ pub const LISTED_PROBLEMS: usize = 1000;
 /// Loose rows read per query.
 const PAGE: u32 = 512;
 
+/// What a `verify` run covers and whether it may repair.
 #[derive(Debug, Clone, Default)]
 pub struct VerifyOptions {
     /// Only this job's images.
     pub job: Option<i64>,
+    /// Quarantine corrupt files and re-queue missing and corrupt images (else read-only).
     pub repair: bool,
     /// Files checked at once; 0 means one per core.
     pub threads: usize,
@@ -53,6 +55,7 @@ pub struct VerifyOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProblemKind {
+    /// Not there at all (no file, no object, no tar member).
     Missing,
     /// Proven damaged: wrong size or SHA-256, or (with no SHA-256 recorded)
     /// it does not decode.
@@ -67,25 +70,39 @@ pub enum ProblemKind {
     Outside,
 }
 
+/// One image whose copy failed a check, as the report lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
+    /// Which way it failed (decides the repair).
     pub kind: ProblemKind,
+    /// The job whose row it is.
     pub job_id: i64,
+    /// The image.
     pub image_id: String,
     /// The loose path, or `<tar path>:<member>`.
     pub location: String,
+    /// What was found, and what repair did about it.
     pub detail: String,
 }
 
+/// What a `verify` run found: counts by kind and the problems themselves (`--json` prints it as is).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
+    /// Images checked.
     pub checked: u64,
+    /// Images whose copy passed every check.
     pub ok: u64,
+    /// Count of [`ProblemKind::Missing`].
     pub missing: u64,
+    /// Count of [`ProblemKind::Corrupt`].
     pub corrupt: u64,
+    /// Count of [`ProblemKind::Unreadable`].
     pub unreadable: u64,
+    /// Count of [`ProblemKind::NotAFile`].
     pub not_a_file: u64,
+    /// Count of [`ProblemKind::Undecodable`].
     pub undecodable: u64,
+    /// Count of [`ProblemKind::Outside`].
     pub outside: u64,
     /// Files that had no checksum yet (stored with `repair` only).
     pub hashed: u64,
@@ -98,6 +115,7 @@ pub struct VerifyReport {
 }
 
 impl VerifyReport {
+    /// No problem of any kind: the exit code is 0.
     pub fn is_clean(&self) -> bool {
         self.missing
             + self.corrupt
@@ -108,6 +126,7 @@ impl VerifyReport {
             == 0
     }
 
+    /// How many problems of `kind` were found.
     pub fn count(&self, kind: ProblemKind) -> u64 {
         match kind {
             ProblemKind::Missing => self.missing,

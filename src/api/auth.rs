@@ -33,6 +33,9 @@ const MAX_REMEMBERED: usize = 4096;
 /// Path that answers without a token.
 pub const OPEN_PATH: &str = "/healthz";
 
+/// Middleware: with `api.token` set, every request but [`OPEN_PATH`] needs
+/// `Authorization: Bearer <token>` (compared in constant time); failures are
+/// counted and logged once per address a while.
 pub async fn require_bearer(
     State(state): State<AppState>,
     request: Request,

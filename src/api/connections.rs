@@ -87,6 +87,7 @@ struct Inner {
 }
 
 impl Table {
+    /// An empty table letting each address hold `per_ip_cap` connections.
     pub fn new(per_ip_cap: usize) -> Arc<Table> {
         Arc::new(Table {
             epoch: Instant::now(),
@@ -179,6 +180,7 @@ pub struct WriteTimeout<S> {
 }
 
 impl<S> WriteTimeout<S> {
+    /// `inner`, whose writes may wait at most `limit` for the client to read.
     pub fn new(inner: S, limit: Duration) -> WriteTimeout<S> {
         WriteTimeout {
             inner,

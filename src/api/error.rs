@@ -11,6 +11,7 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+/// An HTTP API error: its status code and a JSON `{"error": …}` body that never shows a secret.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// Malformed request: not JSON, bad path parameter, bad header.
@@ -19,24 +20,31 @@ pub enum ApiError {
     /// Well-formed JSON whose content breaks a rule (unknown quality, bad bbox...).
     #[error("{0}")]
     Unprocessable(String),
+    /// A body that is not `application/json`.
     #[error("{0}")]
     UnsupportedMediaType(String),
+    /// A body over the limit (refused from its declared length).
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// A token is configured and the request has none or another.
     #[error("authentication required: send the header `Authorization: Bearer <api token>`")]
     Unauthorized,
     /// A foreign Host without a token, or a cross-site state change.
     #[error("{0}")]
     Forbidden(String),
+    /// No such route or job.
     #[error("{0}")]
     NotFound(String),
+    /// A route that exists, with another method.
     #[error("{0}")]
     MethodNotAllowed(String),
     /// The request is valid but the job's current state forbids it.
     #[error("{0}")]
     Conflict(String),
+    /// The store failed: logged in full, answered 500 without details.
     #[error("database error (details are in the server log)")]
     Store(#[from] StoreError),
+    /// The database does not answer (`/healthz` says 503).
     #[error("database is not answering")]
     Unavailable,
     /// The request (its body included) took longer than `api.request_timeout_secs`.
@@ -45,6 +53,7 @@ pub enum ApiError {
 }
 
 impl ApiError {
+    /// The HTTP status this error answers with.
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -62,6 +71,7 @@ impl ApiError {
         }
     }
 
+    /// The 404 for a job id that is not in the store.
     pub fn job_not_found(id: i64) -> ApiError {
         ApiError::NotFound(format!("job {id} not found"))
     }

@@ -26,6 +26,9 @@ use axum::response::{IntoResponse, Response};
 /// Names trusted without a token, besides `AppState::trusted_hosts`.
 const LOOPBACK_NAMES: &[&str] = &["localhost", "127.0.0.1", "[::1]"];
 
+/// Middleware run before auth: a foreign `Host` without a token gets 403, a
+/// cross-site state change gets 403, a declared body over the limit 413, so
+/// a browser page elsewhere can neither read nor steer the daemon.
 pub async fn check_request(
     State(state): State<AppState>,
     request: Request,

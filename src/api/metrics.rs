@@ -18,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use std::fmt::Write as _;
 use std::time::Duration;
 
+/// The Prometheus text exposition format `/metrics` answers in.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// `GET /metrics`.

@@ -36,9 +36,11 @@ pub use server::{HttpServer, bind};
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
+    /// The job store every handler reads and writes.
     pub store: Arc<Store>,
     /// Poked after every change, so idle workers and enumerators look again.
     pub wake: Arc<tokio::sync::Notify>,
+    /// Throughput for `/status`.
     pub stats: Arc<Stats>,
     /// Counters and histograms since the start, shared with the engine.
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -84,6 +86,8 @@ impl AppState {
     }
 }
 
+/// The whole HTTP surface: routes, the OpenAPI description built from them,
+/// and the guard and auth layers, over `state`.
 pub fn router(state: AppState) -> Router {
     let (documented, description) = utoipa_axum::router::OpenApiRouter::with_openapi(
         <openapi::ApiDoc as utoipa::OpenApi>::openapi(),

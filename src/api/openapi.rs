@@ -13,6 +13,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
 /// Every error answer: `{"error": "<what went wrong, for a human>"}`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
+    /// What went wrong, for a human; never a secret.
     pub error: String,
 }
 
@@ -23,6 +24,7 @@ pub struct Health {
     pub status: String,
 }
 
+/// The OpenAPI description, assembled from the handlers' annotations.
 #[derive(OpenApi)]
 #[openapi(
     info(

@@ -25,16 +25,20 @@ pub const MAX_AFTER_LEN: usize = 256;
 /// `GET /jobs`'s query: `limit` and `after` (a job id).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JobsQuery {
+    /// Jobs per page.
     pub limit: u32,
+    /// The last job id seen.
     pub after: Option<i64>,
 }
 
 /// `GET /jobs/{id}/images`'s query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImagesQuery {
+    /// Images per page.
     pub limit: u32,
     /// The last image id seen.
     pub after: Option<String>,
+    /// Which images (state, failure reason).
     pub filter: ImageFilter,
 }
 

@@ -50,6 +50,7 @@ content-length: 51\r\nconnection: close\r\n\r\n{\"error\":\"too many connections
 /// A bound but not yet serving HTTP server; `local_addr` is the real port,
 /// which matters when binding port 0.
 pub struct HttpServer {
+    /// The address it is bound to.
     pub local_addr: SocketAddr,
     listener: TcpListener,
     app: Router,

@@ -81,9 +81,12 @@ pub struct CreateJobRequest {
 /// `null` (never), or an interval.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum ResyncField {
+    /// Not in the body: the configured default applies.
     #[default]
     Omitted,
+    /// `null`: never re-sync.
     Never,
+    /// An interval.
     Every(Duration),
 }
 

@@ -59,6 +59,7 @@ const PART_BYTES: usize = 8 << 20;
 /// A parsed `s3://bucket[/prefix]` URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchiveUrl {
+    /// The bucket's name.
     pub bucket: String,
     /// Without leading or trailing `/`; empty for the bucket's root.
     pub prefix: String,
@@ -124,6 +125,7 @@ impl fmt::Display for ArchiveUrl {
 pub struct AwsEnvironment(Vec<(String, Secret)>);
 
 impl AwsEnvironment {
+    /// The non-empty `AWS_*` variables of `vars`, values wrapped as secrets.
     pub fn from_vars(vars: &HashMap<String, String>) -> AwsEnvironment {
         let mut found: Vec<(String, Secret)> = vars
             .iter()
@@ -143,11 +145,17 @@ impl fmt::Debug for AwsEnvironment {
     }
 }
 
+/// Why a bucket request failed, never showing a credential.
 #[derive(Debug, thiserror::Error)]
 pub enum BucketError {
     /// The client could not be configured (a bad `AWS_*` value).
     #[error("cannot use {url}: {reason}")]
-    Config { url: String, reason: String },
+    Config {
+        /// The archive URL.
+        url: String,
+        /// What object_store said (it names keys, not values).
+        reason: String,
+    },
     /// A path that is not under the archive root (a bug, or a row written
     /// under another archive).
     #[error("{0} is not inside the archive bucket")]
@@ -156,13 +164,19 @@ pub enum BucketError {
     /// (see [`Bucket::failed`]).
     #[error("{op} {path}: {message}")]
     Request {
+        /// The request (`PUT`, `GET`, …).
         op: &'static str,
+        /// The object's archive path.
         path: PathBuf,
+        /// object_store's message, credentials removed.
         message: String,
     },
+    /// A local file (the spool) could not be read or written.
     #[error("local file {path}: {error}")]
     Local {
+        /// The local file.
         path: PathBuf,
+        /// What the system said.
         error: std::io::Error,
     },
 }
@@ -170,8 +184,11 @@ pub enum BucketError {
 /// What a HEAD of an archived image tells.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
+    /// The object's size.
     pub bytes: u64,
+    /// Its SHA-256 if we wrote it (our user metadata).
     pub sha256: Option<String>,
+    /// The fingerprint of the metadata a JPEG of ours was tagged from.
     pub tagged_from: Option<String>,
 }
 
@@ -254,6 +271,7 @@ impl Bucket {
         })
     }
 
+    /// The URL it was opened for (for messages).
     pub fn url(&self) -> &ArchiveUrl {
         &self.url
     }

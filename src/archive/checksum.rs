@@ -26,6 +26,7 @@ pub struct HashingWriter<W> {
 }
 
 impl<W: Write> HashingWriter<W> {
+    /// Wraps `inner`, hashing from the first byte on.
     pub fn new(inner: W) -> Self {
         HashingWriter {
             inner,

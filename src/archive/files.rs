@@ -147,6 +147,7 @@ impl Archive {
         }
     }
 
+    /// Whether a file is at `path` (a HEAD in a bucket), from a task.
     pub async fn exists(&self, path: &Path) -> io::Result<bool> {
         match &self.place {
             Place::Disk => tokio::fs::try_exists(path).await,

@@ -34,11 +34,14 @@ pub fn date_folder(captured_at_ms: Option<i64>) -> String {
 /// `verify` checks it with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
+    /// A tagged JPEG: `<id>.jpg`.
     Jpeg,
+    /// A tagged lossy WebP: `<id>.webp`.
     Webp,
 }
 
 impl FileKind {
+    /// The file name's extension (no dot).
     pub fn extension(self) -> &'static str {
         match self {
             FileKind::Jpeg => "jpg",
@@ -61,11 +64,15 @@ impl FileKind {
 /// was adopted from a copy already packed in a tar.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ArchivedFile {
+    /// The loose file, or (with `packing_id`) its tar member path.
     pub path: PathBuf,
+    /// Its size.
     pub bytes: u64,
     /// `None` only for a copy archived before checksums existed.
     pub sha256: Option<String>,
+    /// A JPEG a WebP job kept because the image is too large for WebP.
     pub kept_jpeg: bool,
+    /// The packing whose tar holds it, for a copy adopted from a tar.
     pub packing_id: Option<i64>,
 }
 

@@ -17,15 +17,24 @@ use crate::model::ImageMeta;
 /// WebP's largest image side, in pixels.
 pub const MAX_SIDE: u32 = 16_383;
 
+/// Why an image did not become a WebP; only `TooLarge` keeps the JPEG instead of retrying.
 #[derive(Debug, thiserror::Error)]
 pub enum WebpError {
     /// Wider or taller than WebP allows: the caller keeps the JPEG.
     #[error("{width}x{height} is larger than WebP's 16383-pixel side")]
-    TooLarge { width: u32, height: u32 },
+    TooLarge {
+        /// The image's width.
+        width: u32,
+        /// The image's height.
+        height: u32,
+    },
+    /// The JPEG does not decode.
     #[error("cannot decode the JPEG: {0}")]
     Decode(String),
+    /// libwebp refused to encode.
     #[error("libwebp could not encode the image")]
     Encode,
+    /// The EXIF or XMP to carry could not be built.
     #[error(transparent)]
     Tags(#[from] ExifError),
 }

@@ -22,8 +22,11 @@ const SAMPLE_SIZE: usize = 100;
 pub struct Estimate {
     /// The job's selection, in a few words.
     pub what: String,
+    /// Images the job would archive.
     pub images: u64,
+    /// Images whose size was asked (the sample).
     pub sampled: usize,
+    /// The sample's mean size times `images`.
     pub estimated_bytes: u64,
 }
 

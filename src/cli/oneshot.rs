@@ -17,13 +17,21 @@ use std::time::Duration;
 /// What the user asked for on the command line.
 #[derive(Debug, Clone, Default)]
 pub struct DownloadRequest {
+    /// Users to archive, one job each.
     pub usernames: Vec<String>,
+    /// Organizations to archive, one job each.
     pub organizations: Vec<String>,
+    /// Sequences to archive, together in one job.
     pub sequences: Vec<String>,
+    /// Image ids to archive, together in one job.
     pub images: Vec<String>,
+    /// The size to download.
     pub quality: Quality,
+    /// JPEG or WebP.
     pub format: OutputFormat,
+    /// Loose files or tars.
     pub package: Packaging,
+    /// Filters every job of the request shares.
     pub filters: Filters,
 }
 

@@ -13,19 +13,28 @@ use std::time::Duration;
 pub struct JobProgress {
     /// What the job archives, in a few words.
     pub selection: String,
+    /// The job's quality, as shown.
     pub quality: String,
+    /// Images archived.
     pub done: u64,
+    /// Images failed for good.
     pub failed: u64,
+    /// Images enumerated so far.
     pub discovered: u64,
     /// True while enumeration runs: the total is still growing.
     pub total_growing: bool,
+    /// Bytes archived.
     pub bytes: u64,
+    /// Current byte rate.
     pub bytes_per_sec: f64,
+    /// Current image rate.
     pub images_per_sec: f64,
+    /// The job's state (a paused job says why elsewhere).
     pub state: JobState,
 }
 
 impl JobProgress {
+    /// A job's progress from its row, with the rates the caller measured.
     pub fn from_job(job: &Job, images_per_sec: f64, bytes_per_sec: f64) -> JobProgress {
         JobProgress {
             selection: job.selection.summary(),
@@ -145,12 +154,16 @@ pub fn count_bar(total: u64, label: &str, hidden: bool) -> ProgressBar {
 pub enum Reporter {
     /// Live bars on a terminal.
     Bars {
+        /// The terminal's set of bars.
         multi: MultiProgress,
+        /// One bar per job id.
         bars: HashMap<i64, ProgressBar>,
     },
     /// Plain lines on stderr every `every`.
     Lines {
+        /// Time between lines.
         every: Duration,
+        /// When the last line went out.
         last: Option<tokio::time::Instant>,
     },
 }
@@ -205,6 +218,7 @@ impl Reporter {
         }
     }
 
+    /// Leaves the bars as they ended, so the summary prints below them.
     pub fn finish(&mut self) {
         if let Reporter::Bars { bars, .. } = self {
             for bar in bars.values() {

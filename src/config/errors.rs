@@ -17,8 +17,11 @@ use std::path::{Path, PathBuf};
     key.as_ref().map(|k| format!(" ({}key `{k}`)", if *key_above { "after " } else { "" })).unwrap_or_default()
 )]
 pub struct SyntaxError {
+    /// The file.
     pub file: PathBuf,
+    /// 1-based line.
     pub line: usize,
+    /// 1-based column.
     pub column: usize,
     /// `section.key` of the line, when the line is a `key = value` one; else
     /// of the nearest such line above (an unclosed string ends at the end

@@ -34,8 +34,11 @@ use tracing::{debug, info, warn};
 /// Everything a step needs. Cheap to clone (all shared).
 #[derive(Clone)]
 pub struct EngineContext {
+    /// The job store: the one source of truth every step reads and writes.
     pub store: Arc<Store>,
+    /// The Graph API and CDN client (its limiter shared by every task).
     pub client: MapillaryClient,
+    /// Throughput for `/status` and the ETA.
     pub stats: Arc<Stats>,
     /// Woken whenever work may have appeared (a new job, a resume, a retry).
     pub wake: Arc<Notify>,
@@ -55,6 +58,7 @@ pub struct EngineContext {
     /// Jobs whose last finishing attempt failed (its error is their
     /// `last_error`), so a later success knows to clear it.
     pub finish_failures: Arc<Mutex<std::collections::HashSet<i64>>>,
+    /// The numbers the engine runs by.
     pub tuning: Tuning,
 }
 
@@ -85,13 +89,21 @@ impl EngineContext {
 /// The numbers the engine runs by, taken from [`Settings`].
 #[derive(Debug, Clone)]
 pub struct Tuning {
+    /// `workers.count`: image tasks at once.
     pub workers: usize,
+    /// How long a claim holds an image.
     pub lease: Duration,
+    /// Attempts before an image fails for good.
     pub max_attempts: u32,
+    /// First retry delay.
     pub backoff_base: Duration,
+    /// Longest retry delay.
     pub backoff_cap: Duration,
+    /// Pause between looks for due work while idle.
     pub poll_interval: Duration,
+    /// A URL expiring within this is refreshed before its download.
     pub url_refresh_margin: Duration,
+    /// How long in-flight images may finish after a stop.
     pub shutdown_grace: Duration,
     /// How often a job paused for a full disk is tried again.
     pub disk_full_retry: Duration,
@@ -103,12 +115,14 @@ pub struct Tuning {
     pub encode_threads: usize,
     /// `archive.skip_if_on_ia` and `archive.ia_url`.
     pub skip_if_on_ia: bool,
+    /// Base URL of the Internet Archive for that check.
     pub ia_url: String,
     /// `cluster.dead_after_secs`: a daemon silent this long is rescued.
     pub dead_after: Duration,
 }
 
 impl Tuning {
+    /// The engine's numbers from the settings, in the units the engine uses.
     pub fn from_settings(settings: &Settings) -> Tuning {
         Tuning {
             workers: settings.workers.count as usize,

@@ -45,18 +45,26 @@ pub const MAX_API_BODY: u64 = 32 << 20;
 /// or one).
 pub const MAX_IMAGE_REDIRECTS: usize = 3;
 
+/// The client's settings in its own units, from `[mapillary]` (tests build them directly against the fake).
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
+    /// Base URL of the Graph API.
     pub api_url: Url,
+    /// Images per listing page.
     pub page_size: u32,
+    /// The limiter's pace for API calls.
     pub calls_per_minute: u32,
+    /// Longest wait for a connection.
     pub connect_timeout: Duration,
+    /// Longest API call.
     pub request_timeout: Duration,
+    /// Longest image download.
     pub download_timeout: Duration,
     /// Longest wait for the next byte of a body (and, on the CDN, for the
     /// response to start): a stalled transfer is a transient fault after
     /// this, not after the whole download timeout.
     pub read_idle_timeout: Duration,
+    /// Largest image body accepted.
     pub max_image_bytes: u64,
 }
 
@@ -94,7 +102,9 @@ pub struct ImagePage {
 /// objects it sent that could not be read (by id, with the reason).
 #[derive(Debug, Default)]
 pub struct ImagesAnswer {
+    /// Images the API returned, by id.
     pub found: HashMap<String, ImageMeta>,
+    /// Objects it returned that could not be decoded, by id, with why.
     pub unreadable: HashMap<String, String>,
 }
 
@@ -147,6 +157,7 @@ struct Paging {
 }
 
 impl MapillaryClient {
+    /// A client with its own limiter and connection pools; an empty token is refused here, before any call.
     pub fn new(settings: ClientSettings, token: Secret) -> Result<Self, MapillaryError> {
         if token.is_empty() {
             return Err(MapillaryError::BadToken("the access token is empty".into()));
@@ -220,6 +231,7 @@ impl MapillaryClient {
         &self.inner.metrics
     }
 
+    /// The settings it was built with (page size for the enumerators).
     pub fn settings(&self) -> &ClientSettings {
         &self.inner.settings
     }

@@ -29,6 +29,7 @@ const UNKNOWN_OBJECT: (i64, i64) = (100, 33);
 /// false, yet a retry with a smaller `limit` succeeds).
 const QUERY_TIMEOUT: (i64, i64) = (-2, 3_404_014);
 
+/// Every way an API call or download fails, classified so the caller knows whether it costs an attempt.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MapillaryError {
     /// Worth another attempt after a backoff: 5xx, resets, timeouts, short or
@@ -37,7 +38,10 @@ pub enum MapillaryError {
     Transient(String),
     /// HTTP 429 or Graph code 4/17/32/613. Costs no attempt.
     #[error("rate limited by the API{}", retry_after.map(|d| format!(" (retry after {}s)", d.as_secs_f64())).unwrap_or_default())]
-    RateLimited { retry_after: Option<Duration> },
+    RateLimited {
+        /// The server's `Retry-After`, if it sent one.
+        retry_after: Option<Duration>,
+    },
     /// The signed CDN URL is expired or refused: fetch a fresh one via `?ids=`.
     #[error("image URL expired or refused: {0}")]
     UrlExpired(String),
@@ -46,14 +50,25 @@ pub enum MapillaryError {
     BadToken(String),
     /// Graph code 100 or another 4xx: the request itself is wrong.
     #[error("bad request{}: {message}", code.map(|c| format!(" (code {c})")).unwrap_or_default())]
-    BadRequest { code: Option<i64>, message: String },
+    BadRequest {
+        /// The Graph error code, if the body had one.
+        code: Option<i64>,
+        /// The API's message.
+        message: String,
+    },
+    /// HTTP 404 on a call or a download.
     #[error("not found: {0}")]
     NotFound(String),
     /// The API says objects we asked for do not exist: images deleted on
     /// Mapillary. `ids` are the ones it named (possibly none, possibly only
     /// one of several).
     #[error("Mapillary no longer has {}: {message}", describe_ids(ids))]
-    Missing { ids: Vec<String>, message: String },
+    Missing {
+        /// The ids it named.
+        ids: Vec<String>,
+        /// The API's message.
+        message: String,
+    },
     /// Graph code -2 / subcode 3404014: a search took too long. It says it
     /// is not transient; a retry with a smaller `limit` succeeds.
     #[error("the API timed out on a search ({0}); retrying with smaller pages")]
@@ -82,6 +97,7 @@ pub enum RetryDecision {
 }
 
 impl MapillaryError {
+    /// What the caller should do about this error (see [`RetryDecision`]).
     pub fn decision(&self) -> RetryDecision {
         match self {
             MapillaryError::Transient(_) | MapillaryError::QueryTimeout(_) => {

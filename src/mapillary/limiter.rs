@@ -50,6 +50,7 @@ pub async fn take_shared_slot(budget: &dyn SharedBudget, limiter: &Limiter) {
     }
 }
 
+/// Paces API calls to `calls_per_minute` with a small burst, shared by every task of the process.
 #[derive(Debug)]
 pub struct Limiter {
     interval: Duration,

@@ -19,7 +19,9 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
+/// The Internet Archive's item thumbnail, in the collection folder.
 pub const THUMB_FILE: &str = "__ia_thumb__.jpg";
+/// The folder of the item's tag files (the Python tool's `.meta/`).
 pub const META_DIR: &str = ".meta";
 /// The thumbnail's bound, each side.
 const THUMB_SIDE: u32 = 256;
@@ -143,13 +145,19 @@ pub async fn read_archived(
 /// What `.meta/` says about a collection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ItemFacts {
+    /// Whose collection it is.
     pub username: String,
+    /// Its quality.
     pub quality: String,
+    /// Whether it holds WebP files.
     pub webp: bool,
+    /// Whether its images are in tars.
     pub packed: bool,
+    /// Images it holds.
     pub image_count: u64,
     /// `YYYY-MM-DD` (UTC) or `unknown`.
     pub first_date: String,
+    /// `YYYY-MM-DD` (UTC) or `unknown`.
     pub last_date: String,
 }
 

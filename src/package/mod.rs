@@ -40,17 +40,27 @@ const PAGE: u32 = 500;
 /// `<date>.tar` then `<date>.1.tar` … : names tried before giving up.
 const MAX_TARS_PER_DATE: u32 = 100_000;
 
+/// Why packing stopped; a full disk pauses the job instead of failing it.
 #[derive(Debug, thiserror::Error)]
 pub enum PackError {
     /// ENOSPC or the free-space reserve: the job pauses until there is room.
     #[error("disk full while packing {path}: {source}")]
-    DiskFull { path: PathBuf, source: io::Error },
+    DiskFull {
+        /// What was being written.
+        path: PathBuf,
+        /// The error (or the reserve's reason).
+        source: io::Error,
+    },
+    /// An archive file could not be read, written or removed.
     #[error(transparent)]
     Archive(ArchiveError),
+    /// The database refused or did not answer.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The archive holds something packing will not touch (a stranger's file under a tar's name).
     #[error("{0}")]
     Layout(String),
+    /// The packing task ended (shutdown, a lost lease, a panic).
     #[error("packing stopped: {0}")]
     Task(String),
 }
@@ -75,7 +85,9 @@ impl From<tokio::task::JoinError> for PackError {
 pub struct PackReport {
     /// Tars written, by name.
     pub tars: Vec<String>,
+    /// Members written into them.
     pub members: u64,
+    /// Bytes of those members.
     pub bytes: u64,
     /// Images left out of a tar (their loose file missing or not matching
     /// its checksum) and sent back to the queue.

@@ -37,10 +37,15 @@ pub fn append<W: Write>(
 
 /// One member read back from a tar.
 pub struct Member {
+    /// Its path inside the tar.
     pub name: String,
+    /// Its mtime, Unix seconds (the capture time).
     pub mtime: u64,
+    /// Owner id (0: deterministic tars).
     pub uid: u64,
+    /// Group id (0: deterministic tars).
     pub gid: u64,
+    /// Its bytes.
     pub data: Vec<u8>,
 }
 

@@ -12,7 +12,9 @@ pub const STATUS_JOBS: u32 = 100;
 /// The jobs a report lists, and the figures over every job.
 #[derive(Debug, Clone, Default)]
 pub struct JobsView {
+    /// The most recently changed jobs, in id order.
     pub jobs: Vec<Job>,
+    /// Counts over every job, listed or not.
     pub totals: Totals,
     /// Pending and in-flight images of active jobs: what the ETA waits for.
     pub remaining: u64,

@@ -17,6 +17,7 @@ pub struct PathMap {
 const BUCKET_SCHEME: &str = "s3://";
 
 impl PathMap {
+    /// Maps paths stored under the `recorded` root onto `archive_dir`, this run's root.
     pub fn new(archive_dir: &Path, recorded: Option<String>) -> PathMap {
         PathMap {
             root: archive_dir

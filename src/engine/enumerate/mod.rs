@@ -24,17 +24,34 @@ use tracing::{debug, info, warn};
 #[derive(Debug)]
 pub enum PageOutcome {
     /// A page (or a part) was stored; more follow.
-    More { new_images: u64 },
+    More {
+        /// Images new to the queue.
+        new_images: u64,
+    },
     /// The last part was stored; enumeration is complete.
-    Finished { new_images: u64 },
+    Finished {
+        /// Images new to the queue.
+        new_images: u64,
+    },
     /// The job is no longer one we enumerate (paused, cancelled, gone).
     Stopped,
     /// A transient fault or rate limit: try the same page again after this long.
-    RetryAfter { delay: Duration, error: String },
+    RetryAfter {
+        /// How long to wait.
+        delay: Duration,
+        /// What went wrong, for the job's note.
+        error: String,
+    },
     /// The token was rejected: the job is paused with a clear error.
-    Paused { reason: String },
+    Paused {
+        /// The job's `last_error`.
+        reason: String,
+    },
     /// The API refused the request for good (bad parameter): the job failed.
-    Failed { reason: String },
+    Failed {
+        /// The job's `last_error`.
+        reason: String,
+    },
 }
 
 /// What one enumerator run remembers between pages.

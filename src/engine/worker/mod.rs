@@ -29,21 +29,38 @@ use tracing::{debug, info, warn};
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// Written durably (or adopted): where, how big, its SHA-256.
-    Done { file: ArchivedFile },
+    Done {
+        /// What the row records.
+        file: ArchivedFile,
+    },
     /// A fault that costs an attempt; retried with backoff until `max_attempts`.
-    Retry { error: String },
+    Retry {
+        /// The row's `last_error`.
+        error: String,
+    },
     /// Will never work (an invalid id): failed for good now.
-    GiveUp { error: String },
+    GiveUp {
+        /// The row's `last_error`.
+        error: String,
+    },
     /// Deleted on Mapillary: failed for good as deleted. No attempt.
-    Deleted { error: String },
+    Deleted {
+        /// The row's `last_error`.
+        error: String,
+    },
     /// The URL expired: drop it so the dispatcher refreshes it. No attempt.
     UrlExpired,
     /// The CDN rate-limited the download: back in the queue after at least
     /// `delay`, doubling if it keeps happening. No attempt.
-    RateLimited { delay: Duration },
+    RateLimited {
+        /// The CDN's `Retry-After`, or a default.
+        delay: Duration,
+    },
     /// The job cannot go on (bad token, full disk): pause it. No attempt.
     PauseJob {
+        /// Why, as stored (a full disk resumes by itself).
         reason: PauseReason,
+        /// The job's `last_error`.
         message: String,
     },
     /// Shutdown overtook the image: hand it back untouched. No attempt.
@@ -51,7 +68,10 @@ pub enum Outcome {
     /// The archive's bucket did not answer (after the client's own
     /// retries): not the image's fault, so no attempt; back after a delay
     /// that doubles while it lasts, with the error as the image's note.
-    StorageUnavailable { error: String },
+    StorageUnavailable {
+        /// The image's note.
+        error: String,
+    },
 }
 
 /// Downloads, tags and writes one image. Never touches the queue state.

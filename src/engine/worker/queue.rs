@@ -11,6 +11,7 @@ use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
 /// A claimed image on its way to a worker. Its slot frees a place in the
 /// queue when the worker is done with it.
 pub struct Work {
+    /// The claimed image, its lease and URL.
     pub image: ClaimedImage,
     _slot: Slot,
 }
@@ -31,6 +32,7 @@ pub struct WorkQueue {
 }
 
 impl WorkQueue {
+    /// A queue holding at most `2 × workers` claimed images (at least one).
     pub fn new(workers: usize) -> WorkQueue {
         let capacity = (workers * 2).max(1);
         let (tx, rx) = mpsc::unbounded_channel();
