@@ -344,3 +344,53 @@ fn remove_empty_dirs(dir: &Path) {
     }
     let _ = std::fs::remove_dir(dir);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::bucket::{ArchiveUrl, AwsEnvironment};
+    use std::collections::HashMap;
+
+    fn bucket_archive(spool: &Path) -> Archive {
+        let url = ArchiveUrl::parse("s3://my-archive/photos").unwrap();
+        let vars = HashMap::from([
+            ("AWS_REGION".to_string(), "us-east-1".to_string()),
+            (
+                "AWS_ENDPOINT_URL".to_string(),
+                "http://127.0.0.1:9".to_string(),
+            ),
+            ("AWS_ALLOW_HTTP".to_string(), "true".to_string()),
+        ]);
+        let env = AwsEnvironment::from_vars(&vars);
+        let bucket = Bucket::open(&url, &env, spool.to_path_buf()).unwrap();
+        Archive::bucket(Arc::new(bucket), 7)
+    }
+
+    /// The start-up sweep and the free-space checks ask the archive where
+    /// its local files are: a shared local archive is never swept, a
+    /// bucket's spool always is, and a bucket's disk is its spool.
+    #[test]
+    fn each_archive_says_which_local_folder_is_its_own() {
+        let disk = Archive::disk("/data/archive", 5);
+        assert_eq!(disk.root(), Path::new("/data/archive"));
+        assert_eq!(disk.local_root(), Path::new("/data/archive"));
+        assert_eq!(disk.reserve(), 5);
+        assert_eq!(
+            disk.own_partial_files(true),
+            Some(Path::new("/data/archive"))
+        );
+        assert_eq!(
+            disk.own_partial_files(false),
+            None,
+            "daemons sharing a local archive may be writing their .part files"
+        );
+
+        let spool = Path::new("/data/spool");
+        let bucket = bucket_archive(spool);
+        assert_eq!(bucket.root(), Path::new("s3://my-archive/photos"));
+        assert_eq!(bucket.local_root(), spool);
+        assert_eq!(bucket.reserve(), 7);
+        assert_eq!(bucket.own_partial_files(false), Some(spool));
+        assert_eq!(bucket.own_partial_files(true), Some(spool));
+    }
+}

@@ -130,3 +130,46 @@ fn read_local<R>(path: &Path, check: impl FnOnce(Found<'_>) -> R) -> R {
         Err(e) => check(Found::Unreadable(e.to_string())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    fn kind(found: Found<'_>) -> String {
+        match found {
+            Found::Bytes(data) => format!("bytes {}", data.len()),
+            Found::Missing(detail) => format!("missing: {detail}"),
+            Found::NotAFile(detail) => format!("not a file: {detail}"),
+            Found::Unreadable(error) => format!("unreadable: {error}"),
+        }
+    }
+
+    /// `verify` repairs only what is proven missing or corrupt: a directory
+    /// in a file's place must come back as "not a file", never as an error
+    /// that could be taken for damage, and results keep the rows' order.
+    #[tokio::test]
+    async fn a_file_a_directory_and_nothing_are_told_apart_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("1.jpg");
+        std::fs::write(&file, b"12345").unwrap();
+        let folder = dir.path().join("2.jpg");
+        std::fs::create_dir(&folder).unwrap();
+        let gone = dir.path().join("3.jpg");
+        let archive = Archive::disk(dir.path(), 0);
+        let items: Vec<PathBuf> = vec![file, folder, gone];
+        let checked = archive
+            .check_each(items.clone(), 2, |p| p.as_path(), |_, found| kind(found))
+            .await
+            .unwrap();
+        let (paths, kinds): (Vec<PathBuf>, Vec<String>) = checked.into_iter().unzip();
+        assert_eq!(paths, items);
+        assert_eq!(kinds[0], "bytes 5");
+        assert!(
+            kinds[1].starts_with("not a file: a directory"),
+            "{}",
+            kinds[1]
+        );
+        assert_eq!(kinds[2], "missing: no such file");
+    }
+}
