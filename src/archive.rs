@@ -19,7 +19,7 @@ pub mod bucket;
 pub mod checksum;
 mod create_only;
 mod fence;
-pub mod files;
+mod files;
 mod images;
 pub mod layout;
 mod reading;
