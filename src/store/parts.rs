@@ -32,8 +32,38 @@ pub(super) fn part_columns(part: &PartSpec) -> (Option<Bbox>, Option<String>) {
     }
 }
 
+/// A `job_parts` row as plain values, read the same way from either
+/// database.
+#[derive(sqlx::FromRow)]
+pub(super) struct PartRow {
+    job_id: i64,
+    seq: i64,
+    kind: String,
+    west: Option<f64>,
+    south: Option<f64>,
+    east: Option<f64>,
+    north: Option<f64>,
+    item: Option<String>,
+    cursor: Option<String>,
+}
+
+impl PartRow {
+    /// The part, or why its columns do not make one.
+    pub(super) fn into_part(self) -> StoreResult<Part> {
+        let corners = [self.west, self.south, self.east, self.north];
+        part_from_fields(
+            self.job_id,
+            self.seq,
+            self.kind,
+            self.item,
+            corners,
+            self.cursor,
+        )
+    }
+}
+
 /// A part from its stored columns, whichever database they came from.
-pub(super) fn part_from_fields(
+fn part_from_fields(
     job_id: i64,
     seq: i64,
     kind: String,

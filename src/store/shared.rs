@@ -3,6 +3,12 @@
 //! shared methods; they read through `self.reader()?`, write through
 //! `self.writer()?` (the backend's pools: SQLite's read pool and single
 //! writer, PostgreSQL's one pool) and run the statements of [`super::sql`].
+//! The submodules share whole areas; their statements fill the dialect
+//! holes from the backend's `dialect.rs` (`super::dialect`, resolved where
+//! the macro expands).
+
+pub(super) mod jobs;
+pub(super) mod parts;
 
 /// [`super::interface::Images`]'s shared methods.
 macro_rules! shared_images {
@@ -152,31 +158,6 @@ macro_rules! shared_collection_tasks {
     };
 }
 pub(super) use shared_collection_tasks;
-
-/// [`super::interface::Jobs`]'s shared methods.
-macro_rules! shared_jobs {
-    () => {
-        async fn set_page_size(&self, id: i64, page_size: u32) -> $crate::store::StoreResult<()> {
-            sqlx::query($crate::store::sql::SET_PAGE_SIZE)
-                .bind(i64::from(page_size))
-                .bind(id)
-                .execute(self.writer()?)
-                .await?;
-            Ok(())
-        }
-
-        async fn jobs_paused_for(
-            &self,
-            reason: $crate::store::PauseReason,
-        ) -> $crate::store::StoreResult<Vec<i64>> {
-            Ok(sqlx::query_scalar($crate::store::sql::JOBS_PAUSED_FOR)
-                .bind(reason.as_str())
-                .fetch_all(self.reader()?)
-                .await?)
-        }
-    };
-}
-pub(super) use shared_jobs;
 
 /// [`super::interface::Cluster`]'s shared methods.
 macro_rules! shared_cluster {

@@ -20,6 +20,7 @@
 mod archives;
 mod cluster;
 mod collection_tasks;
+mod dialect;
 mod images;
 mod ingest;
 mod job_tasks;

@@ -13,6 +13,7 @@ mod archives;
 mod cluster;
 mod collection_tasks;
 mod connection;
+mod dialect;
 mod images;
 mod ingest;
 mod job_tasks;

@@ -1,0 +1,111 @@
+//! PostgreSQL's side of the statements written once in `store/shared/`:
+//! the holes where the two dialects differ, filled for PostgreSQL. Each
+//! macro expands to a string literal, so the shared statements stay
+//! `&'static str` (`concat!`), prepared once and cached by sqlx.
+
+use super::PgStore;
+use crate::store::{JobState, StoreResult};
+
+/// What a store's `at(now_ms)` binds for the clock: `None` on the database's clock.
+pub(super) type At = Option<i64>;
+
+/// The connection a transaction derefs to, for helpers shared by both
+/// backends that run inside one.
+pub(super) type Conn = sqlx::PgConnection;
+
+/// The advisory-lock namespace (`pg_advisory_xact_lock(key1, key2)`'s first
+/// key) that serialises submissions of one job identity.
+const SUBMIT_LOCK: i32 = 0x6d6c_6401;
+
+/// A caller's `now_ms` bound at placeholder `$n`, or the database's clock
+/// when [`PgStore::at`] binds `NULL`. `mld_now_ms()` is volatile: a
+/// statement that needs one time twice reads it once in a subquery.
+macro_rules! now {
+    ($n:literal) => {
+        concat!("coalesce(", $n, "::BIGINT, mld_now_ms())")
+    };
+}
+pub(super) use now;
+
+/// `state` is one of the states bound at `$n` (a `TEXT[]`, see [`states`]).
+macro_rules! in_states {
+    ($n:literal) => {
+        concat!("= ANY(", $n, ")")
+    };
+}
+pub(super) use in_states;
+
+/// Where job rows are read: `job_rows`, the row plus its unfolded counter
+/// deltas (no statement on `images` locks the job row).
+macro_rules! jobs_view {
+    () => {
+        "job_rows"
+    };
+}
+pub(super) use jobs_view;
+
+/// Row locks: several daemons share the table, so a read that decides a
+/// write locks what it read.
+macro_rules! for_update {
+    () => {
+        " FOR UPDATE"
+    };
+}
+pub(super) use for_update;
+
+/// Nothing pending or in flight, tested on the `images` rows themselves:
+/// the counters are deltas that may lag.
+macro_rules! drained {
+    () => {
+        "NOT EXISTS (SELECT 1 FROM images i WHERE i.job_id = $2 AND i.state = 'pending') \
+         AND NOT EXISTS (SELECT 1 FROM images i WHERE i.job_id = $2 AND i.state = 'in_progress')"
+    };
+}
+pub(super) use drained;
+
+/// The `WHERE` of a job's open parts, the job's id at `$n` (`job_parts_open`'s predicate, `NOT done`).
+macro_rules! open_parts_of {
+    ($n:literal) => {
+        concat!("WHERE job_id = ", $n, " AND NOT done")
+    };
+}
+pub(super) use open_parts_of;
+
+/// States as a PostgreSQL `TEXT[]` for `state = ANY($n)`.
+pub(super) fn states(states: &[JobState]) -> Vec<&'static str> {
+    states.iter().map(|s| s.as_str()).collect()
+}
+
+/// Serialises submissions of one job identity (`hashtext(job_key)`):
+/// several daemons may submit one selection at once, so a second
+/// submitter waits until the first commits, and its next statement (a new
+/// READ COMMITTED snapshot) sees the job the first one made.
+pub(super) async fn lock_submission(tx: &mut Conn, key: &str) -> StoreResult<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+        .bind(SUBMIT_LOCK)
+        .bind(key)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// Locks a job row, so the next statement's snapshot (taken after the
+/// lock) sees every write of whoever held it (a re-sync or retry that
+/// re-queued images); in one statement, a re-check after waiting on the
+/// row would see the new job row but still the old images.
+pub(super) async fn lock_job(tx: &mut Conn, id: i64) -> StoreResult<()> {
+    sqlx::query("SELECT id FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+impl PgStore {
+    /// A write transaction; the statements inside lock what they decide on.
+    pub(super) async fn begin_write(
+        &self,
+    ) -> StoreResult<sqlx::Transaction<'static, sqlx::Postgres>> {
+        Ok(self.pool().begin().await?)
+    }
+}

@@ -1,0 +1,103 @@
+//! SQLite's side of the statements written once in `store/shared/`: the
+//! holes where the two dialects differ, filled for SQLite. Each macro
+//! expands to a string literal, so the shared statements stay `&'static
+//! str` (`concat!`), prepared once and cached by sqlx like any other.
+
+use super::SqliteStore;
+use crate::store::{JobState, StoreResult};
+
+/// What a store's `at(now_ms)` binds for the clock: the caller's time, always.
+pub(super) type At = i64;
+
+/// The connection a transaction derefs to, for helpers shared by both
+/// backends that run inside one.
+pub(super) type Conn = sqlx::SqliteConnection;
+
+/// A caller's `now_ms` bound at placeholder `$n`: SQLite's time is the
+/// caller's.
+macro_rules! now {
+    ($n:literal) => {
+        $n
+    };
+}
+pub(super) use now;
+
+/// `state` is one of the states bound at `$n` (as JSON, see [`states`]).
+macro_rules! in_states {
+    ($n:literal) => {
+        concat!("IN (SELECT value FROM json_each(", $n, "))")
+    };
+}
+pub(super) use in_states;
+
+/// Where job rows are read: the table, whose counters triggers keep.
+macro_rules! jobs_view {
+    () => {
+        "jobs"
+    };
+}
+pub(super) use jobs_view;
+
+/// Row locks: none, the single writer serialises every write.
+macro_rules! for_update {
+    () => {
+        ""
+    };
+}
+pub(super) use for_update;
+
+/// Nothing pending or in flight, by the job row's trigger-kept counters
+/// (exact on SQLite: the triggers run inside the writing statement).
+macro_rules! drained {
+    () => {
+        "n_pending = 0 AND n_in_progress = 0"
+    };
+}
+pub(super) use drained;
+
+/// The `WHERE` of a job's open parts, the job's id at `$n` (pinned: the partial index `job_parts_open`, `done = 0`).
+macro_rules! open_parts_of {
+    ($n:literal) => {
+        concat!(
+            "INDEXED BY job_parts_open WHERE job_id = ",
+            $n,
+            " AND done = 0"
+        )
+    };
+}
+pub(super) use open_parts_of;
+
+/// States as the JSON array `json_each` reads, so one prepared statement
+/// serves every set of states.
+pub(super) fn states(states: &[JobState]) -> String {
+    let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+    serde_json::Value::from(names).to_string()
+}
+
+/// Nothing to lock: `BEGIN IMMEDIATE` already holds the only writer.
+#[allow(clippy::unnecessary_wraps, clippy::unused_async)]
+pub(super) async fn lock_submission(_tx: &mut Conn, _key: &str) -> StoreResult<()> {
+    Ok(())
+}
+
+/// Nothing to lock: the writer is one connection.
+#[allow(clippy::unnecessary_wraps, clippy::unused_async)]
+pub(super) async fn lock_job(_tx: &mut Conn, _id: i64) -> StoreResult<()> {
+    Ok(())
+}
+
+impl SqliteStore {
+    /// The value bound for a caller's `now_ms`: itself (see
+    /// `PgStore::at`, where the database's clock may take over).
+    pub(super) fn at(&self, now_ms: i64) -> i64 {
+        now_ms
+    }
+
+    /// A write transaction that takes the write lock at once, so a
+    /// read-then-write inside it cannot race another writer.
+    pub(super) async fn begin_write(
+        &self,
+    ) -> StoreResult<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        Ok(self.writer()?.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
