@@ -65,10 +65,7 @@ pub struct StoredCopy {
     pub sha256: Option<String>,
 }
 
-pub(super) const PACKING_COLUMNS: &str =
-    "id, collection, date, tar_name, state, members, bytes, sha256";
-
-/// A packing's stored columns ([`PACKING_COLUMNS`]), read the same way
+/// A packing's stored columns (`sql.rs`'s `packing_columns!`), read the same way
 /// from either database.
 #[derive(sqlx::FromRow)]
 pub(super) struct PackingRow {
@@ -101,64 +98,86 @@ impl PackingRow {
     }
 }
 
-/// A done row from its stored columns (`rowid, job_id, image_id,
-/// collection, path, bytes, sha256`), whichever database they came from.
-pub(super) fn copy_from_fields(
-    row_id: i64,
+/// A `verify` row (`rowid, job_id, image_id, collection, path, bytes,
+/// sha256`) as plain values, read the same way from either database.
+#[derive(sqlx::FromRow)]
+pub(super) struct StoredCopyRow {
+    rowid: i64,
     job_id: i64,
     image_id: String,
     collection: Option<String>,
     path: Option<String>,
     bytes: Option<i64>,
     sha256: Option<String>,
-) -> StoreResult<StoredCopy> {
-    Ok(StoredCopy {
-        row_id,
-        job_id,
-        image_id,
-        collection: collection
-            .ok_or_else(|| StoreError::Invalid(format!("image row {row_id} has no collection")))?,
-        path: path.ok_or_else(|| {
-            StoreError::Invalid(format!("image row {row_id} is done without a path"))
-        })?,
-        bytes: bytes.map(super::to_u64),
-        sha256,
-    })
 }
 
-/// An archived copy from its stored columns, whichever database they came
-/// from: a missing size reads as 0, `packing_id` only for a written tar.
-pub(super) fn archived_from_fields(
-    path: String,
-    bytes: Option<i64>,
-    sha256: Option<String>,
-    kept_jpeg: bool,
-    packing_id: Option<i64>,
-) -> ArchivedFile {
-    ArchivedFile {
-        path: PathBuf::from(path),
-        bytes: super::to_u64(bytes.unwrap_or(0)),
-        sha256,
-        kept_jpeg,
-        packing_id,
+impl StoredCopyRow {
+    /// The copy, or why a done row cannot be one.
+    pub(super) fn into_copy(self) -> StoreResult<StoredCopy> {
+        let row_id = self.rowid;
+        Ok(StoredCopy {
+            row_id,
+            job_id: self.job_id,
+            image_id: self.image_id,
+            collection: self.collection.ok_or_else(|| {
+                StoreError::Invalid(format!("image row {row_id} has no collection"))
+            })?,
+            path: self.path.ok_or_else(|| {
+                StoreError::Invalid(format!("image row {row_id} is done without a path"))
+            })?,
+            bytes: self.bytes.map(super::to_u64),
+            sha256: self.sha256,
+        })
     }
 }
 
-/// One packed file from its grouped columns, whichever database they came
-/// from.
-pub(super) fn packed_file_from_fields(
-    path: String,
+/// An archived copy's columns (`path, bytes, sha256, kept_jpeg, packed`:
+/// the id of the written tar holding it), read the same way from either
+/// database.
+#[derive(sqlx::FromRow)]
+pub(super) struct CopyRow {
+    path: Option<String>,
     bytes: Option<i64>,
     sha256: Option<String>,
-    captured_at: Option<i64>,
-    row_ids: Vec<i64>,
-) -> PackedFile {
-    PackedFile {
-        path,
-        bytes: bytes.map(super::to_u64),
-        sha256,
-        captured_at,
-        row_ids,
+    kept_jpeg: bool,
+    packed: Option<i64>,
+}
+
+impl CopyRow {
+    /// The copy; `None` for a row without a file.
+    pub(super) fn into_archived(self) -> Option<ArchivedFile> {
+        Some(ArchivedFile {
+            path: PathBuf::from(self.path?),
+            bytes: super::to_u64(self.bytes.unwrap_or(0)),
+            sha256: self.sha256,
+            kept_jpeg: self.kept_jpeg,
+            packing_id: self.packed,
+        })
+    }
+}
+
+/// A packed copy found for a claimed `(collection, image_id)`.
+#[derive(sqlx::FromRow)]
+pub(super) struct ClaimCopyRow {
+    collection: String,
+    image_id: String,
+    #[sqlx(flatten)]
+    copy: CopyRow,
+}
+
+/// Gives each claimed image the packed copy found for it, if any (the
+/// claim's lookup, one query per claim on either backend).
+pub(super) fn give_packed_copies(claimed: &mut [super::ClaimedImage], rows: Vec<ClaimCopyRow>) {
+    for row in rows {
+        let Some(copy) = row.copy.into_archived() else {
+            continue;
+        };
+        for image in claimed
+            .iter_mut()
+            .filter(|c| c.collection == row.collection && c.image_id == row.image_id)
+        {
+            image.packed_copy = Some(copy.clone());
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! holes from the backend's `dialect.rs` (`super::dialect`, resolved where
 //! the macro expands).
 
+pub(super) mod archives;
 pub(super) mod jobs;
 pub(super) mod parts;
 

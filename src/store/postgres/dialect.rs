@@ -71,6 +71,79 @@ macro_rules! open_parts_of {
 }
 pub(super) use open_parts_of;
 
+/// Index hints: none, PostgreSQL's planner needs none.
+macro_rules! hint {
+    ($index:literal) => {
+        ""
+    };
+}
+pub(super) use hint;
+
+/// Byte order for paths (as SQLite's `BINARY`), whatever the database's
+/// collation: tar order, `after` paging and the date-folder range depend
+/// on it.
+macro_rules! bytewise {
+    () => {
+        " COLLATE \"C\""
+    };
+}
+pub(super) use bytewise;
+
+/// `rowid` is one of the ids bound at `$n` (a `BIGINT[]`, see [`ids`]).
+macro_rules! in_ids {
+    ($n:literal) => {
+        concat!("= ANY(", $n, "::BIGINT[])")
+    };
+}
+pub(super) use in_ids;
+
+/// A packed file's row ids, aggregated in order (see [`row_ids`]).
+macro_rules! row_ids_agg {
+    () => {
+        "array_agg(rowid ORDER BY rowid)"
+    };
+}
+pub(super) use row_ids_agg;
+
+/// How [`row_ids_agg!`] reads: an array.
+pub(super) type RowIds = Vec<i64>;
+
+/// The ids of [`row_ids_agg!`].
+#[allow(clippy::unnecessary_wraps)]
+pub(super) fn row_ids(ids: RowIds, _packing_id: i64) -> StoreResult<Vec<i64>> {
+    Ok(ids)
+}
+
+/// Row ids as a `BIGINT[]`.
+pub(super) fn ids(ids: &[i64]) -> Vec<i64> {
+    ids.to_vec()
+}
+
+/// One planner per collection at a time, until the transaction commits: a
+/// second daemon then sees the images joined (`packing_id` set) and the tar
+/// name taken, so it can neither plan the same images again nor fail on
+/// the name.
+pub(super) async fn lock_collection(tx: &mut Conn, collection: &str) -> StoreResult<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .bind(collection)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// A durable commit even where `synchronous_commit` was set `off` (`local`
+/// and stronger settings are left alone); `is_local`: for this transaction
+/// only.
+pub(super) async fn durable_commit(tx: &mut Conn) -> StoreResult<()> {
+    sqlx::query(
+        "SELECT set_config('synchronous_commit', 'local', true) \
+         WHERE current_setting('synchronous_commit') = 'off'",
+    )
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
 /// States as a PostgreSQL `TEXT[]` for `state = ANY($n)`.
 pub(super) fn states(states: &[JobState]) -> Vec<&'static str> {
     states.iter().map(|s| s.as_str()).collect()

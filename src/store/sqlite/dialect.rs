@@ -4,7 +4,7 @@
 //! str` (`concat!`), prepared once and cached by sqlx like any other.
 
 use super::SqliteStore;
-use crate::store::{JobState, StoreResult};
+use crate::store::{JobState, StoreError, StoreResult};
 
 /// What a store's `at(now_ms)` binds for the clock: the caller's time, always.
 pub(super) type At = i64;
@@ -66,6 +66,68 @@ macro_rules! open_parts_of {
     };
 }
 pub(super) use open_parts_of;
+
+/// Pins the index a statement was written for (`INDEXED BY`): SQLite's
+/// planner would otherwise sometimes pick a worse one at 1M rows.
+macro_rules! hint {
+    ($index:literal) => {
+        concat!(" INDEXED BY ", $index)
+    };
+}
+pub(super) use hint;
+
+/// Byte order for paths: SQLite's default `BINARY` collation already is.
+macro_rules! bytewise {
+    () => {
+        ""
+    };
+}
+pub(super) use bytewise;
+
+/// `rowid` is one of the ids bound at `$n` (as JSON, see [`ids`]).
+macro_rules! in_ids {
+    ($n:literal) => {
+        concat!("IN (SELECT value FROM json_each(", $n, "))")
+    };
+}
+pub(super) use in_ids;
+
+/// A packed file's row ids, aggregated (see [`row_ids`]).
+macro_rules! row_ids_agg {
+    () => {
+        "group_concat(rowid)"
+    };
+}
+pub(super) use row_ids_agg;
+
+/// How [`row_ids_agg!`] reads: `1,2,3`.
+pub(super) type RowIds = String;
+
+/// The ids of [`row_ids_agg!`].
+pub(super) fn row_ids(ids: RowIds, packing_id: i64) -> StoreResult<Vec<i64>> {
+    ids.split(',')
+        .map(|id| id.parse::<i64>())
+        .collect::<Result<_, _>>()
+        .map_err(|e| StoreError::Invalid(format!("packing {packing_id}: {e}")))
+}
+
+/// Row ids as the JSON array `json_each` reads (`[1,2,3]`).
+pub(super) fn ids(ids: &[i64]) -> String {
+    serde_json::Value::from(ids.to_vec()).to_string()
+}
+
+/// Nothing to lock: the writer is one connection.
+#[allow(clippy::unnecessary_wraps, clippy::unused_async)]
+pub(super) async fn lock_collection(_tx: &mut Conn, _collection: &str) -> StoreResult<()> {
+    Ok(())
+}
+
+/// Nothing here: `mark_packing_written` raises `synchronous` around the
+/// whole commit on the writer connection.
+#[allow(clippy::unnecessary_wraps, clippy::unused_async)]
+pub(super) async fn durable_commit(_tx: &mut Conn) -> StoreResult<()> {
+    Ok(())
+}
 
 /// States as the JSON array `json_each` reads, so one prepared statement
 /// serves every set of states.
