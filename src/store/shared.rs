@@ -10,6 +10,7 @@
 pub(super) mod archives;
 pub(super) mod jobs;
 pub(super) mod parts;
+pub(super) mod queue;
 
 /// [`super::interface::Images`]'s shared methods.
 macro_rules! shared_images {

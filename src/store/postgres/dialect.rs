@@ -144,6 +144,23 @@ pub(super) async fn durable_commit(tx: &mut Conn) -> StoreResult<()> {
     Ok(())
 }
 
+/// A deferral's delay: `base` doubled per deferral, capped, times the
+/// jitter factor, truncated to whole milliseconds.
+macro_rules! deferral {
+    ($cap:literal, $base:literal, $jitter:literal) => {
+        concat!(
+            "trunc(least(",
+            $cap,
+            "::BIGINT, ",
+            $base,
+            "::BIGINT * (1::BIGINT << least(deferrals, 30)::INT)) * ",
+            $jitter,
+            "::DOUBLE PRECISION)::BIGINT"
+        )
+    };
+}
+pub(super) use deferral;
+
 /// States as a PostgreSQL `TEXT[]` for `state = ANY($n)`.
 pub(super) fn states(states: &[JobState]) -> Vec<&'static str> {
     states.iter().map(|s| s.as_str()).collect()

@@ -129,6 +129,23 @@ pub(super) async fn durable_commit(_tx: &mut Conn) -> StoreResult<()> {
     Ok(())
 }
 
+/// A deferral's delay: `base` doubled per deferral, capped, times the
+/// jitter factor, truncated to whole milliseconds.
+macro_rules! deferral {
+    ($cap:literal, $base:literal, $jitter:literal) => {
+        concat!(
+            "CAST(min(",
+            $cap,
+            ", ",
+            $base,
+            " * (1 << min(deferrals, 30))) * ",
+            $jitter,
+            " AS INTEGER)"
+        )
+    };
+}
+pub(super) use deferral;
+
 /// States as the JSON array `json_each` reads, so one prepared statement
 /// serves every set of states.
 pub(super) fn states(states: &[JobState]) -> String {
