@@ -29,7 +29,7 @@ impl Archives for PgStore {
         // a power loss: under the server's default `synchronous_commit = on`
         // a commit is flushed to the WAL before it returns; the commit
         // raises the setting for its own transaction if someone turned it
-        // `off` (`dialect::durable_commit`).
+        // `off` (`TxLock::DurableCommit`).
         let mut conn = self.pool().acquire().await?;
         commit_packing_written(&mut conn, task, packing, written, self.at(now_ms)).await
     }

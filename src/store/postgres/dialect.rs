@@ -4,6 +4,7 @@
 //! `&'static str` (`concat!`), prepared once and cached by sqlx.
 
 use super::PgStore;
+use crate::store::shared::TxLock;
 use crate::store::{JobState, StoreResult};
 
 /// What a store's `at(now_ms)` binds for the clock: `None` on the database's clock.
@@ -17,6 +18,9 @@ pub(super) type Conn = sqlx::PgConnection;
 /// key) that serialises submissions of one job identity.
 const SUBMIT_LOCK: i32 = 0x6d6c_6401;
 
+/// The advisory-lock key that serialises rebases.
+const REBASE_LOCK: i32 = 0x6d6c_6402;
+
 /// A caller's `now_ms` bound at placeholder `$n`, or the database's clock
 /// when [`PgStore::at`] binds `NULL`. `mld_now_ms()` is volatile: a
 /// statement that needs one time twice reads it once in a subquery.
@@ -26,6 +30,15 @@ macro_rules! now {
     };
 }
 pub(super) use now;
+
+/// [`now!`] where a statement compares many rows with it: a scalar
+/// subquery, read once (an init plan, so it can bound an index scan).
+macro_rules! now_once {
+    ($n:literal) => {
+        concat!("(SELECT coalesce(", $n, "::BIGINT, mld_now_ms()))")
+    };
+}
+pub(super) use now_once;
 
 /// `state` is one of the states bound at `$n` (a `TEXT[]`, see [`states`]).
 macro_rules! in_states {
@@ -119,31 +132,6 @@ pub(super) fn ids(ids: &[i64]) -> Vec<i64> {
     ids.to_vec()
 }
 
-/// One planner per collection at a time, until the transaction commits: a
-/// second daemon then sees the images joined (`packing_id` set) and the tar
-/// name taken, so it can neither plan the same images again nor fail on
-/// the name.
-pub(super) async fn lock_collection(tx: &mut Conn, collection: &str) -> StoreResult<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))")
-        .bind(collection)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
-}
-
-/// A durable commit even where `synchronous_commit` was set `off` (`local`
-/// and stronger settings are left alone); `is_local`: for this transaction
-/// only.
-pub(super) async fn durable_commit(tx: &mut Conn) -> StoreResult<()> {
-    sqlx::query(
-        "SELECT set_config('synchronous_commit', 'local', true) \
-         WHERE current_setting('synchronous_commit') = 'off'",
-    )
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
-}
-
 /// A deferral's delay: `base` doubled per deferral, capped, times the
 /// jitter factor, truncated to whole milliseconds.
 macro_rules! deferral {
@@ -161,34 +149,46 @@ macro_rules! deferral {
 }
 pub(super) use deferral;
 
+/// Takes what a [`TxLock`] asks for, until the transaction ends.
+///
+/// - `Submission`: an advisory lock on the job's identity
+///   (`hashtext(job_key)`): a second submitter of one selection waits until
+///   the first commits, and its next statement (a new READ COMMITTED
+///   snapshot) sees the job the first one made.
+/// - `Job`: the job row (`FOR UPDATE`), so the next statement's snapshot,
+///   taken after the lock, sees every write of whoever held it (a re-sync or
+///   retry that re-queued images); in one statement, a re-check after
+///   waiting on the row would see the new job row but still the old images.
+/// - `Collection`: one planner per collection: a second daemon then sees the
+///   images joined (`packing_id` set) and the tar name taken, so it can
+///   neither plan the same images again nor fail on the name.
+/// - `Rebase`: one daemon rebases and records the root; the others, reading
+///   `store_facts` after it commits, find nothing to do.
+/// - `DurableCommit`: a durable commit even where `synchronous_commit` was
+///   set `off` (`local` and stronger settings are left alone; `is_local`:
+///   for this transaction only).
+pub(super) async fn lock(tx: &mut Conn, what: TxLock<'_>) -> StoreResult<()> {
+    let query = match what {
+        TxLock::Submission(key) => sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(SUBMIT_LOCK)
+            .bind(key),
+        TxLock::Job(id) => sqlx::query("SELECT id FROM jobs WHERE id = $1 FOR UPDATE").bind(id),
+        TxLock::Collection(name) => {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtext($1))").bind(name)
+        }
+        TxLock::Rebase => sqlx::query("SELECT pg_advisory_xact_lock($1, 0)").bind(REBASE_LOCK),
+        TxLock::DurableCommit => sqlx::query(
+            "SELECT set_config('synchronous_commit', 'local', true) \
+             WHERE current_setting('synchronous_commit') = 'off'",
+        ),
+    };
+    query.execute(&mut *tx).await?;
+    Ok(())
+}
+
 /// States as a PostgreSQL `TEXT[]` for `state = ANY($n)`.
 pub(super) fn states(states: &[JobState]) -> Vec<&'static str> {
     states.iter().map(|s| s.as_str()).collect()
-}
-
-/// Serialises submissions of one job identity (`hashtext(job_key)`):
-/// several daemons may submit one selection at once, so a second
-/// submitter waits until the first commits, and its next statement (a new
-/// READ COMMITTED snapshot) sees the job the first one made.
-pub(super) async fn lock_submission(tx: &mut Conn, key: &str) -> StoreResult<()> {
-    sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-        .bind(SUBMIT_LOCK)
-        .bind(key)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
-}
-
-/// Locks a job row, so the next statement's snapshot (taken after the
-/// lock) sees every write of whoever held it (a re-sync or retry that
-/// re-queued images); in one statement, a re-check after waiting on the
-/// row would see the new job row but still the old images.
-pub(super) async fn lock_job(tx: &mut Conn, id: i64) -> StoreResult<()> {
-    sqlx::query("SELECT id FROM jobs WHERE id = $1 FOR UPDATE")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    Ok(())
 }
 
 impl PgStore {

@@ -248,7 +248,11 @@ macro_rules! shared_packing_moves {
             let collection: &str = &task.collection;
             let mut tx = self.writer()?.begin().await?;
             super::task_lease::check(&mut tx, task).await?;
-            super::dialect::lock_collection(&mut tx, collection).await?;
+            super::dialect::lock(
+                &mut tx,
+                $crate::store::shared::TxLock::Collection(collection),
+            )
+            .await?;
             if !any_to_plan(&mut tx, collection, folder).await? {
                 tx.rollback().await?;
                 return Ok(None);
@@ -498,7 +502,7 @@ macro_rules! shared_archive_writes {
             use sqlx::Connection;
             let mut tx = conn.begin().await?;
             super::task_lease::check(&mut tx, task).await?;
-            super::dialect::durable_commit(&mut tx).await?;
+            super::dialect::lock(&mut tx, $crate::store::shared::TxLock::DurableCommit).await?;
             let moved = sqlx::query(
                 "UPDATE packings SET state = 'written', members = $1, bytes = $2, sha256 = $3 \
                  WHERE id = $4 AND state = 'planned'",

@@ -29,7 +29,7 @@ macro_rules! shared_job_submission {
             use $crate::store::{JobState, StoreError, Submitted, jobs::resync_millis, sql};
             let key = spec.key();
             let mut tx = self.begin_write().await?;
-            super::dialect::lock_submission(&mut tx, &key).await?;
+            super::dialect::lock(&mut tx, $crate::store::shared::TxLock::Submission(&key)).await?;
             let existing: Option<(i64, String)> = sqlx::query_as(concat!(
                 "SELECT id, state FROM jobs WHERE job_key = $1 AND state <> 'cancelled' \
                  ORDER BY id DESC LIMIT 1",
@@ -319,7 +319,7 @@ macro_rules! shared_job_finish {
             task: Option<&$crate::store::JobTask>,
         ) -> $crate::store::StoreResult<Option<$crate::store::Job>> {
             let mut tx = self.writer()?.begin().await?;
-            super::dialect::lock_job(&mut tx, id).await?;
+            super::dialect::lock(&mut tx, $crate::store::shared::TxLock::Job(id)).await?;
             if let Some(task) = task {
                 super::task_lease::check(&mut tx, task).await?;
             }

@@ -4,6 +4,7 @@
 //! str` (`concat!`), prepared once and cached by sqlx like any other.
 
 use super::SqliteStore;
+use crate::store::shared::TxLock;
 use crate::store::{JobState, StoreError, StoreResult};
 
 /// What a store's `at(now_ms)` binds for the clock: the caller's time, always.
@@ -21,6 +22,15 @@ macro_rules! now {
     };
 }
 pub(super) use now;
+
+/// [`now!`] where a statement compares many rows with it: the caller's
+/// time as is.
+macro_rules! now_once {
+    ($n:literal) => {
+        $n
+    };
+}
+pub(super) use now_once;
 
 /// `state` is one of the states bound at `$n` (as JSON, see [`states`]).
 macro_rules! in_states {
@@ -116,19 +126,6 @@ pub(super) fn ids(ids: &[i64]) -> String {
     serde_json::Value::from(ids.to_vec()).to_string()
 }
 
-/// Nothing to lock: the writer is one connection.
-#[allow(clippy::unnecessary_wraps, clippy::unused_async)]
-pub(super) async fn lock_collection(_tx: &mut Conn, _collection: &str) -> StoreResult<()> {
-    Ok(())
-}
-
-/// Nothing here: `mark_packing_written` raises `synchronous` around the
-/// whole commit on the writer connection.
-#[allow(clippy::unnecessary_wraps, clippy::unused_async)]
-pub(super) async fn durable_commit(_tx: &mut Conn) -> StoreResult<()> {
-    Ok(())
-}
-
 /// A deferral's delay: `base` doubled per deferral, capped, times the
 /// jitter factor, truncated to whole milliseconds.
 macro_rules! deferral {
@@ -146,23 +143,19 @@ macro_rules! deferral {
 }
 pub(super) use deferral;
 
+/// Nothing to take for any [`TxLock`]: `BEGIN IMMEDIATE` or the writer
+/// connection (one) already serialises writers, and `mark_packing_written`
+/// raises `synchronous` around its whole commit.
+#[allow(clippy::unnecessary_wraps, clippy::unused_async)]
+pub(super) async fn lock(_tx: &mut Conn, _what: TxLock<'_>) -> StoreResult<()> {
+    Ok(())
+}
+
 /// States as the JSON array `json_each` reads, so one prepared statement
 /// serves every set of states.
 pub(super) fn states(states: &[JobState]) -> String {
     let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
     serde_json::Value::from(names).to_string()
-}
-
-/// Nothing to lock: `BEGIN IMMEDIATE` already holds the only writer.
-#[allow(clippy::unnecessary_wraps, clippy::unused_async)]
-pub(super) async fn lock_submission(_tx: &mut Conn, _key: &str) -> StoreResult<()> {
-    Ok(())
-}
-
-/// Nothing to lock: the writer is one connection.
-#[allow(clippy::unnecessary_wraps, clippy::unused_async)]
-pub(super) async fn lock_job(_tx: &mut Conn, _id: i64) -> StoreResult<()> {
-    Ok(())
 }
 
 impl SqliteStore {
