@@ -53,12 +53,14 @@ pub fn render(report: &StatusReport, uptime: Duration, counters: &Metrics) -> St
     per_job(&mut out, &report.jobs);
     all_jobs(&mut out, report, uptime);
     daemons(&mut out, report);
-    since_start(&mut out, counters);
+    counters_since_start(&mut out, counters);
+    outcomes_since_start(&mut out, counters);
+    histograms_since_start(&mut out, counters);
     out.text
 }
 
-/// Counters and histograms since the process started.
-fn since_start(out: &mut Exposition, m: &Metrics) {
+/// Plain counters since the process started.
+fn counters_since_start(out: &mut Exposition, m: &Metrics) {
     for (name, help, value) in [
         (
             "mapillary_images_completed_total",
@@ -104,6 +106,11 @@ fn since_start(out: &mut Exposition, m: &Metrics) {
         out.typed_family(name, help, "counter");
         out.sample(&[], metrics::get(value) as f64);
     }
+}
+
+/// Counters by outcome class since the process started: one sample per
+/// class, zeros included, so a rate over any class is defined.
+fn outcomes_since_start(out: &mut Exposition, m: &Metrics) {
     for (name, help, by_outcome) in [
         (
             "mapillary_api_calls_total",
@@ -121,6 +128,10 @@ fn since_start(out: &mut Exposition, m: &Metrics) {
             out.sample(&[("outcome", class.as_str())], by_outcome.get(class) as f64);
         }
     }
+}
+
+/// Latency histograms since the process started (cumulative buckets).
+fn histograms_since_start(out: &mut Exposition, m: &Metrics) {
     for (name, help, histogram) in [
         (
             "mapillary_image_download_seconds",

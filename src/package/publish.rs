@@ -95,7 +95,7 @@ async fn publish_in_bucket(
     bucket: &Bucket,
     tar: &BuiltTar<'_>,
 ) -> Result<Published, PackError> {
-    let (task, packing, target) = (tar.task, tar.packing, tar.target);
+    let (packing, target) = (tar.packing, tar.target);
     still_ours(store, tar).await?;
     let bucket_error = |e| {
         PackError::Archive(archive::ArchiveError::Io {
@@ -103,17 +103,7 @@ async fn publish_in_bucket(
             source: std::io::Error::other(e),
         })
     };
-    let upload_id = bucket
-        .begin_upload(target, tar.sha256)
-        .await
-        .map_err(bucket_error)?;
-    let path = target.to_string_lossy();
-    if let Err(e) = store.record_upload(task, &upload_id, &path, now_ms()).await {
-        if let Err(abort) = bucket.abort_upload(target, &upload_id).await {
-            warn!(tar = %packing.tar_name, error = %abort, "an upload neither recorded nor aborted: a bucket lifecycle rule ends it");
-        }
-        return Err(e.into());
-    }
+    let upload_id = begin_recorded_upload(store, bucket, tar).await?;
     let completed = async {
         let parts = bucket
             .upload_parts(tar.built, target, &upload_id)
@@ -151,6 +141,34 @@ async fn publish_in_bucket(
             adopt_or_refuse(tar, theirs)
         }
     }
+}
+
+/// Begins the tar's multipart upload and records it under the lease, so
+/// a packer that dies mid-upload leaves it for the next one to abort; an
+/// upload that cannot be recorded is aborted at once.
+async fn begin_recorded_upload(
+    store: &Store,
+    bucket: &Bucket,
+    tar: &BuiltTar<'_>,
+) -> Result<String, PackError> {
+    let target = tar.target;
+    let upload_id = bucket.begin_upload(target, tar.sha256).await.map_err(|e| {
+        PackError::Archive(archive::ArchiveError::Io {
+            path: target.to_path_buf(),
+            source: std::io::Error::other(e),
+        })
+    })?;
+    let path = target.to_string_lossy();
+    if let Err(e) = store
+        .record_upload(tar.task, &upload_id, &path, now_ms())
+        .await
+    {
+        if let Err(abort) = bucket.abort_upload(target, &upload_id).await {
+            warn!(tar = %tar.packing.tar_name, error = %abort, "an upload neither recorded nor aborted: a bucket lifecycle rule ends it");
+        }
+        return Err(e.into());
+    }
+    Ok(upload_id)
 }
 
 /// Whether the tar may still take its name: the task that wants it waits

@@ -29,25 +29,34 @@ text_enum! {
 /// One tar of one capture date of one collection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Packing {
+    /// Its row id, which members' `packing_id` name.
     pub id: i64,
+    /// The collection whose folder holds the tar.
     pub collection: String,
     /// `YYYY-MM-DD` or `unknown-date`: the folder it packs.
     pub date: String,
     /// `<date>.tar` or `<date>.<n>.tar`, in the collection folder.
     pub tar_name: String,
+    /// How far the packing got (each step durable before the next).
     pub state: PackingState,
     /// Distinct files in the tar (once written).
     pub members: u64,
+    /// The tar's size once written, for `verify` and item files.
     pub bytes: Option<u64>,
+    /// The tar's SHA-256 once written, for `verify` and item files.
     pub sha256: Option<String>,
 }
 
 /// One file a packing holds: a distinct path among its rows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PackedFile {
+    /// The member's loose path (its name in the tar is relative to the collection folder).
     pub path: String,
+    /// The file's size, when recorded.
     pub bytes: Option<u64>,
+    /// The file's SHA-256, when recorded: a mismatch keeps it out of the tar.
     pub sha256: Option<String>,
+    /// Capture time in ms, the member's mtime (deterministic tars).
     pub captured_at: Option<i64>,
     /// Every done row (of any job) archived at this path.
     pub row_ids: Vec<i64>,
@@ -56,12 +65,19 @@ pub struct PackedFile {
 /// One done row as `verify` sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCopy {
+    /// The image row, for a repair to re-queue.
     pub row_id: i64,
+    /// The job the row belongs to, for `verify`'s per-job report.
     pub job_id: i64,
+    /// The Mapillary image id, for messages.
     pub image_id: String,
+    /// The collection folder the path must stay inside.
     pub collection: String,
+    /// The loose file (or, for a packed row, the member's path).
     pub path: String,
+    /// The recorded size, checked against the file.
     pub bytes: Option<u64>,
+    /// The recorded SHA-256, checked against the file.
     pub sha256: Option<String>,
 }
 
@@ -184,8 +200,11 @@ pub(super) fn give_packed_copies(claimed: &mut [super::ClaimedImage], rows: Vec<
 /// What writing a packing's tar produced, for [`Store::mark_packing_written`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TarWritten {
+    /// Members written (distinct files).
     pub members: u64,
+    /// The tar's size in bytes.
     pub bytes: u64,
+    /// The tar's SHA-256 (hex), recorded on the packing.
     pub sha256: String,
     /// Rows that had no checksum, and the one their member got.
     pub hashed: Vec<(Vec<i64>, String)>,

@@ -15,9 +15,11 @@ use crate::selection::PartSpec;
 /// One part of a job's enumeration, as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Part {
+    /// The job the part belongs to.
     pub job_id: i64,
     /// Its place in the job's order.
     pub seq: i64,
+    /// What the part enumerates.
     pub spec: PartSpec,
     /// The token-free `next` of a listing part started but not finished.
     pub cursor: Option<String>,

@@ -323,14 +323,52 @@ macro_rules! shared_cluster {
 }
 pub(super) use shared_cluster;
 
-/// [`super::interface::Listings`]'s shared methods: a page of jobs by id
-/// (from `$jobs_table`: `jobs` on SQLite, the `job_rows` view with its
-/// counter deltas folded in on PostgreSQL) and a page of a job's images.
+/// [`super::interface::Listings`]'s methods: recent jobs, totals, a page
+/// of jobs by id (from the backend's jobs view: `jobs` on SQLite, the
+/// `job_rows` view with its counter deltas folded in on PostgreSQL) and a
+/// page of a job's images.
 /// `$hint` maps the state filtered on to the text that follows the
 /// table (SQLite's `INDEXED BY`, to pin the index; nothing on PostgreSQL,
 /// whose planner sees the state in the statement's text).
 macro_rules! shared_listings {
-    ($hint:path, $jobs_table:literal) => {
+    ($hint:path) => {
+        async fn recent_jobs(
+            &self,
+            limit: u32,
+        ) -> $crate::store::StoreResult<Vec<$crate::store::Job>> {
+            use $crate::store::jobs::{JobRow, job_columns};
+            let rows: Vec<JobRow> = sqlx::query_as(concat!(
+                "SELECT ",
+                job_columns!(),
+                " FROM (SELECT * FROM ",
+                super::dialect::jobs_view!(),
+                " ORDER BY CASE WHEN updated_at > coalesce(progress_at, 0) THEN updated_at \
+                 ELSE coalesce(progress_at, 0) END DESC, id DESC LIMIT $1) r ORDER BY id"
+            ))
+            .bind(i64::from(limit))
+            .fetch_all(self.reader()?)
+            .await?;
+            rows.into_iter().map(JobRow::into_job).collect()
+        }
+
+        async fn job_totals(&self) -> $crate::store::StoreResult<$crate::store::JobTotals> {
+            let row: $crate::store::listing::TotalsRow = sqlx::query_as(concat!(
+                "SELECT count(*) AS jobs, CAST(coalesce(sum(n_pending), 0) AS BIGINT) AS pending, \
+                 CAST(coalesce(sum(n_in_progress), 0) AS BIGINT) AS in_progress, \
+                 CAST(coalesce(sum(n_done), 0) AS BIGINT) AS done, \
+                 CAST(coalesce(sum(n_failed), 0) AS BIGINT) AS failed, \
+                 CAST(coalesce(sum(n_deleted), 0) AS BIGINT) AS deleted, \
+                 CAST(coalesce(sum(bytes_done), 0) AS BIGINT) AS bytes_done, \
+                 CAST(coalesce(sum(CASE WHEN state IN ('queued', 'enumerating', 'downloading') \
+                      THEN n_pending + n_in_progress ELSE 0 END), 0) AS BIGINT) AS remaining \
+                 FROM ",
+                super::dialect::jobs_view!()
+            ))
+            .fetch_one(self.reader()?)
+            .await?;
+            Ok(row.into())
+        }
+
         async fn jobs_page(
             &self,
             after: Option<i64>,
@@ -341,7 +379,7 @@ macro_rules! shared_listings {
                 "SELECT ",
                 job_columns!(),
                 " FROM ",
-                $jobs_table,
+                super::dialect::jobs_view!(),
                 " WHERE id > $1 ORDER BY id LIMIT $2"
             ))
             .bind(after.unwrap_or(0))
