@@ -1,8 +1,7 @@
 //! Packings, adoptable copies and `verify`'s rows on PostgreSQL: the bodies
 //! are `store/shared/archives.rs` (paths compared `COLLATE "C"`, planners
 //! of one collection serialised by an advisory lock, every state move of a
-//! packing conditional), but for the durable commit of a written tar and
-//! the claim's packed-copy lookup.
+//! packing conditional), but for the claim's packed-copy lookup.
 
 use super::PgStore;
 use crate::store::archives::{ClaimCopyRow, give_packed_copies};
@@ -15,24 +14,6 @@ impl Archives for PgStore {
     crate::store::shared::shared_archives!();
     crate::store::shared::archives::shared_archive_reads!();
     crate::store::shared::archives::shared_packing_moves!();
-
-    /// Does nothing when the packing is no longer `planned` (another daemon
-    /// wrote or dropped it first).
-    async fn mark_packing_written(
-        &self,
-        task: &CollectionTask,
-        packing: &Packing,
-        written: &TarWritten,
-        now_ms: i64,
-    ) -> StoreResult<()> {
-        // The next step deletes the loose files, so this commit must survive
-        // a power loss: under the server's default `synchronous_commit = on`
-        // a commit is flushed to the WAL before it returns; the commit
-        // raises the setting for its own transaction if someone turned it
-        // `off` (`TxLock::DurableCommit`).
-        let mut conn = self.pool().acquire().await?;
-        commit_packing_written(&mut conn, task, packing, written, self.at(now_ms)).await
-    }
 }
 
 impl PgStore {

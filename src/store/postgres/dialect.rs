@@ -186,6 +186,24 @@ pub(super) async fn lock(tx: &mut Conn, what: TxLock<'_>) -> StoreResult<()> {
     Ok(())
 }
 
+/// Nothing to put back: see [`raise_durability`].
+pub(super) type Synchronous = ();
+
+/// Nothing before the commit: under the server's default
+/// `synchronous_commit = on` a commit is flushed to the WAL before it
+/// returns, and the commit's transaction raises the setting for itself if
+/// someone turned it `off` ([`TxLock::DurableCommit`]).
+#[allow(clippy::unnecessary_wraps, clippy::unused_async)]
+pub(super) async fn raise_durability(_conn: &mut Conn) -> StoreResult<Synchronous> {
+    Ok(())
+}
+
+/// Nothing to put back.
+#[allow(clippy::unnecessary_wraps, clippy::unused_async)]
+pub(super) async fn restore_durability(_conn: &mut Conn, _before: Synchronous) -> StoreResult<()> {
+    Ok(())
+}
+
 /// States as a PostgreSQL `TEXT[]` for `state = ANY($n)`.
 pub(super) fn states(states: &[JobState]) -> Vec<&'static str> {
     states.iter().map(|s| s.as_str()).collect()

@@ -1,6 +1,5 @@
-//! [`crate::store::interface::Archives`] written once for both backends,
-//! but for `mark_packing_written` (each backend makes that commit durable
-//! its own way) and the claim's packed-copy lookup. Dialect holes:
+//! [`crate::store::interface::Archives`] written once for both backends
+//! (the claim's packed-copy lookup aside, in each backend's `archives.rs`). Dialect holes:
 //! `hint!` (SQLite's `INDEXED BY`, pinning the index each statement was
 //! written for), `bytewise!` (PostgreSQL's `COLLATE "C"`: tar order, `after`
 //! paging and the date-folder range are byte order, as SQLite's `BINARY`),
@@ -277,6 +276,26 @@ macro_rules! shared_packing_moves {
                     .await?;
             tx.commit().await?;
             row.into_packing().map(Some)
+        }
+
+        /// The next step deletes the loose files, so this commit must
+        /// survive a power loss, not only a process crash (see each
+        /// dialect's `raise_durability`). Does nothing when the packing is no
+        /// longer `planned` (another daemon wrote or dropped it first).
+        async fn mark_packing_written(
+            &self,
+            task: &$crate::store::CollectionTask,
+            packing: &$crate::store::Packing,
+            written: &$crate::store::TarWritten,
+            now_ms: i64,
+        ) -> $crate::store::StoreResult<()> {
+            let mut conn = self.writer()?.acquire().await?;
+            let before = super::dialect::raise_durability(&mut conn).await?;
+            let at = self.at(now_ms);
+            let committed = commit_packing_written(&mut conn, task, packing, written, at).await;
+            let restored = super::dialect::restore_durability(&mut conn, before).await;
+            committed?;
+            restored
         }
 
         /// Does nothing when the packing is no longer `planned`: another

@@ -1,6 +1,5 @@
 //! Packings, adoptable copies and `verify`'s rows on SQLite: the bodies
-//! are `store/shared/archives.rs`, but for the durable commit of a written
-//! tar and the claim's packed-copy lookup.
+//! are `store/shared/archives.rs`, but for the claim's packed-copy lookup.
 
 use super::SqliteStore;
 use crate::store::archives::{ClaimCopyRow, give_packed_copies};
@@ -13,39 +12,6 @@ impl Archives for SqliteStore {
     crate::store::shared::shared_archives!();
     crate::store::shared::archives::shared_archive_reads!();
     crate::store::shared::archives::shared_packing_moves!();
-
-    async fn mark_packing_written(
-        &self,
-        task: &CollectionTask,
-        packing: &Packing,
-        written: &TarWritten,
-        now_ms: i64,
-    ) -> StoreResult<()> {
-        // The next step deletes the loose files, so this commit must survive
-        // a power loss, not only a process crash: under the default
-        // `synchronous=NORMAL` it could roll back, the packing would be
-        // `planned` again with its files gone, and the rewrite would replace
-        // the full tar with an empty one. FULL fsyncs the WAL at this commit
-        // (and with it every earlier one); then the setting goes back.
-        let mut conn = self.writer()?.acquire().await?;
-        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
-            .fetch_one(&mut *conn)
-            .await?;
-        sqlx::query("PRAGMA synchronous = FULL")
-            .execute(&mut *conn)
-            .await?;
-        let committed = commit_packing_written(&mut conn, task, packing, written, now_ms).await;
-        let restore = match synchronous {
-            0 => "PRAGMA synchronous = OFF",
-            2 => "PRAGMA synchronous = FULL",
-            3 => "PRAGMA synchronous = EXTRA",
-            _ => "PRAGMA synchronous = NORMAL",
-        };
-        let restored = sqlx::query(restore).execute(&mut *conn).await;
-        committed?;
-        restored?;
-        Ok(())
-    }
 }
 
 impl SqliteStore {

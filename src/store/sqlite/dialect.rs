@@ -151,6 +151,37 @@ pub(super) async fn lock(_tx: &mut Conn, _what: TxLock<'_>) -> StoreResult<()> {
     Ok(())
 }
 
+/// What [`raise_durability`] found, to put back.
+pub(super) type Synchronous = i64;
+
+/// Raises `synchronous` to FULL on the writer for one commit: under the
+/// default `synchronous=NORMAL` a power loss could roll the commit back,
+/// the packing would be `planned` again with its files gone, and the
+/// rewrite would replace the full tar with an empty one. FULL fsyncs the
+/// WAL at the commit (and with it every earlier one). Returns the setting
+/// it replaced.
+pub(super) async fn raise_durability(conn: &mut Conn) -> StoreResult<Synchronous> {
+    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(&mut *conn)
+        .await?;
+    sqlx::query("PRAGMA synchronous = FULL")
+        .execute(&mut *conn)
+        .await?;
+    Ok(synchronous)
+}
+
+/// Puts back the setting [`raise_durability`] replaced.
+pub(super) async fn restore_durability(conn: &mut Conn, before: Synchronous) -> StoreResult<()> {
+    let restore = match before {
+        0 => "PRAGMA synchronous = OFF",
+        2 => "PRAGMA synchronous = FULL",
+        3 => "PRAGMA synchronous = EXTRA",
+        _ => "PRAGMA synchronous = NORMAL",
+    };
+    sqlx::query(restore).execute(&mut *conn).await?;
+    Ok(())
+}
+
 /// States as the JSON array `json_each` reads, so one prepared statement
 /// serves every set of states.
 pub(super) fn states(states: &[JobState]) -> String {
