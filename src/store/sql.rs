@@ -2,6 +2,9 @@
 //! written once. Placeholders are PostgreSQL's `$N`, which SQLite reads
 //! as the N-th bound value too.
 
+/// A round trip that touches no table: is the connection alive?
+pub(super) const PING: &str = "SELECT 1";
+
 /// A collection's tar names, oldest first.
 pub(super) const TAR_NAMES: &str =
     "SELECT tar_name FROM packings WHERE collection = $1 ORDER BY id";
