@@ -155,6 +155,9 @@ fn histograms_since_start(out: &mut Exposition, m: &Metrics) {
     }
 }
 
+/// A per-job gauge's value, read off the job.
+type JobGauge = fn(&Job) -> f64;
+
 /// Gauges labelled by job.
 fn per_job(out: &mut Exposition, jobs: &[Job]) {
     out.family("mapillary_job_images", "Images of a job by state.");
@@ -169,33 +172,33 @@ fn per_job(out: &mut Exposition, jobs: &[Job]) {
             out.sample_job(job, Some(name), value as f64);
         }
     }
-    out.family(
-        "mapillary_job_deleted_images",
-        "Images of a job deleted on Mapillary while it ran (a subset of its failed images).",
-    );
-    for job in jobs {
-        out.sample_job(job, None, job.counts.deleted as f64);
-    }
-    out.family(
-        "mapillary_job_stalled",
-        "1 while a job has work but has made no progress for longer than jobs.stall_after_secs (its last_error says why).",
-    );
-    for job in jobs {
-        out.sample_job(job, None, f64::from(u8::from(job.stalled_since.is_some())));
-    }
-    out.family(
-        "mapillary_job_discovered_images",
-        "Images enumeration has found for a job so far.",
-    );
-    for job in jobs {
-        out.sample_job(job, None, job.counts.discovered as f64);
-    }
-    out.family(
-        "mapillary_job_bytes_done",
-        "Bytes of a job's images written to the archive.",
-    );
-    for job in jobs {
-        out.sample_job(job, None, job.bytes_done as f64);
+    let gauges: [(&str, &str, JobGauge); 4] = [
+        (
+            "mapillary_job_deleted_images",
+            "Images of a job deleted on Mapillary while it ran (a subset of its failed images).",
+            |job| job.counts.deleted as f64,
+        ),
+        (
+            "mapillary_job_stalled",
+            "1 while a job has work but has made no progress for longer than jobs.stall_after_secs (its last_error says why).",
+            |job| f64::from(u8::from(job.stalled_since.is_some())),
+        ),
+        (
+            "mapillary_job_discovered_images",
+            "Images enumeration has found for a job so far.",
+            |job| job.counts.discovered as f64,
+        ),
+        (
+            "mapillary_job_bytes_done",
+            "Bytes of a job's images written to the archive.",
+            |job| job.bytes_done as f64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        out.family(name, help);
+        for job in jobs {
+            out.sample_job(job, None, value(job));
+        }
     }
     out.family(
         "mapillary_job_state",

@@ -97,12 +97,7 @@ async fn publish_in_bucket(
 ) -> Result<Published, PackError> {
     let (packing, target) = (tar.packing, tar.target);
     still_ours(store, tar).await?;
-    let bucket_error = |e| {
-        PackError::Archive(archive::ArchiveError::Io {
-            path: target.to_path_buf(),
-            source: std::io::Error::other(e),
-        })
-    };
+    let bucket_error = |e| bucket_error(target, e);
     let upload_id = begin_recorded_upload(store, bucket, tar).await?;
     let completed = async {
         let parts = bucket
@@ -152,12 +147,10 @@ async fn begin_recorded_upload(
     tar: &BuiltTar<'_>,
 ) -> Result<String, PackError> {
     let target = tar.target;
-    let upload_id = bucket.begin_upload(target, tar.sha256).await.map_err(|e| {
-        PackError::Archive(archive::ArchiveError::Io {
-            path: target.to_path_buf(),
-            source: std::io::Error::other(e),
-        })
-    })?;
+    let upload_id = bucket
+        .begin_upload(target, tar.sha256)
+        .await
+        .map_err(|e| bucket_error(target, e))?;
     let path = target.to_string_lossy();
     if let Err(e) = store
         .record_upload(tar.task, &upload_id, &path, now_ms())
@@ -238,4 +231,13 @@ pub(super) async fn abort_left_uploads(
         info!(collection = %task.collection, path = %upload.path, "aborted a tar upload an earlier packer left unfinished");
     }
     Ok(aborted)
+}
+
+/// A bucket's error while publishing the tar at `target`, as packing
+/// reports it (an I/O error at that path).
+fn bucket_error(target: &Path, e: crate::bucket::BucketError) -> PackError {
+    PackError::Archive(archive::ArchiveError::Io {
+        path: target.to_path_buf(),
+        source: std::io::Error::other(e),
+    })
 }
