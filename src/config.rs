@@ -490,61 +490,26 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Range checks that serde cannot express. Returns the offending key.
-    fn validate(&self) -> Result<(), (&'static str, String)> {
-        let (m, r, w) = (&self.mapillary, &self.retry, &self.workers);
+    /// Checks serde cannot express, one function per section so a new
+    /// section adds one line here. Returns the offending key and why.
+    fn validate(&self) -> Result<(), Invalid> {
+        self.validate_mapillary()?;
+        self.validate_api()?;
+        self.validate_output()?;
+        self.validate_retry()?;
+        self.validate_workers()?;
+        self.validate_jobs()?;
+        self.validate_storage()?;
+        self.validate_cluster()?;
+        self.validate_archive()?;
+        self.validate_log()
+    }
+
+    /// `[mapillary]`: the API's URL and the client's limits and timeouts.
+    fn validate_mapillary(&self) -> Result<(), Invalid> {
+        let m = &self.mapillary;
         check_http_url("mapillary.url", &m.url)?;
-        // A lease that expires mid-download lets a second worker take the image.
-        let min_lease = m.download_timeout_secs + 60;
-        let ranges: [(&'static str, u64, u64, u64); 25] = [
-            (
-                "api.header_read_timeout_secs",
-                self.api.header_read_timeout_secs,
-                1,
-                3600,
-            ),
-            (
-                "api.request_timeout_secs",
-                self.api.request_timeout_secs,
-                1,
-                3600,
-            ),
-            (
-                "api.write_timeout_secs",
-                self.api.write_timeout_secs,
-                1,
-                3600,
-            ),
-            (
-                "api.max_connection_age_secs",
-                self.api.max_connection_age_secs,
-                1,
-                7 * 86_400,
-            ),
-            (
-                "api.max_connections",
-                self.api.max_connections,
-                2048,
-                1_000_000,
-            ),
-            (
-                "api.max_connections_per_ip",
-                self.api.max_connections_per_ip,
-                1,
-                1_000_000,
-            ),
-            (
-                "output.webp_quality",
-                self.output.webp_quality.into(),
-                0,
-                100,
-            ),
-            (
-                "output.encode_threads",
-                self.output.encode_threads.into(),
-                0,
-                256,
-            ),
+        check_ranges(&[
             ("mapillary.page_size", m.page_size.into(), 1, 2000),
             (
                 "mapillary.calls_per_minute",
@@ -588,6 +553,57 @@ impl Settings {
                 0,
                 86_400,
             ),
+        ])
+    }
+
+    /// `[api]`: the server's timeouts and connection caps, and the extra
+    /// host names it trusts.
+    fn validate_api(&self) -> Result<(), Invalid> {
+        let a = &self.api;
+        check_ranges(&[
+            (
+                "api.header_read_timeout_secs",
+                a.header_read_timeout_secs,
+                1,
+                3600,
+            ),
+            ("api.request_timeout_secs", a.request_timeout_secs, 1, 3600),
+            ("api.write_timeout_secs", a.write_timeout_secs, 1, 3600),
+            (
+                "api.max_connection_age_secs",
+                a.max_connection_age_secs,
+                1,
+                7 * 86_400,
+            ),
+            ("api.max_connections", a.max_connections, 2048, 1_000_000),
+            (
+                "api.max_connections_per_ip",
+                a.max_connections_per_ip,
+                1,
+                1_000_000,
+            ),
+        ])?;
+        self.listen_addr()
+            .map_err(|reason| ("api.listen", reason))?;
+        for host in a.allowed_hosts.iter().filter(|h| !h.trim().is_empty()) {
+            check_host_name(host).map_err(|reason| ("api.allowed_hosts", reason))?;
+        }
+        Ok(())
+    }
+
+    /// `[output]`: WebP quality and how many encoders run at once.
+    fn validate_output(&self) -> Result<(), Invalid> {
+        let o = &self.output;
+        check_ranges(&[
+            ("output.webp_quality", o.webp_quality.into(), 0, 100),
+            ("output.encode_threads", o.encode_threads.into(), 0, 256),
+        ])
+    }
+
+    /// `[retry]`: attempts and a backoff whose cap is not below its base.
+    fn validate_retry(&self) -> Result<(), Invalid> {
+        let r = &self.retry;
+        check_ranges(&[
             ("retry.max_attempts", r.max_attempts.into(), 1, 1000),
             ("retry.backoff_base_ms", r.backoff_base_ms, 1, 86_400_000),
             (
@@ -596,6 +612,15 @@ impl Settings {
                 r.backoff_base_ms,
                 86_400_000,
             ),
+        ])
+    }
+
+    /// `[workers]`: a lease that expires mid-download lets a second worker
+    /// take the image, so it outlasts the download timeout by a minute.
+    fn validate_workers(&self) -> Result<(), Invalid> {
+        let w = &self.workers;
+        let min_lease = self.mapillary.download_timeout_secs + 60;
+        check_ranges(&[
             ("workers.count", w.count.into(), 1, 1024),
             ("workers.lease_secs", w.lease_secs, min_lease, 86_400),
             ("workers.poll_interval_ms", w.poll_interval_ms, 1, 60_000),
@@ -605,39 +630,27 @@ impl Settings {
                 0,
                 3600,
             ),
-            (
-                "jobs.stall_after_secs",
-                self.jobs.stall_after_secs,
-                1,
-                30 * 86_400,
-            ),
-            (
-                "storage.min_free_mib",
-                self.storage.min_free_mib,
-                0,
-                1 << 20,
-            ),
-        ];
-        for (key, value, min, max) in ranges {
-            if !(min..=max).contains(&value) {
-                // The value is not echoed: a misplaced secret must not print.
-                return Err((key, format!("the value is out of range {min}..={max}")));
-            }
-        }
-        let dead_after = self.cluster.dead_after_secs;
-        if !(4..=3600).contains(&dead_after) {
-            let reason = format!("{dead_after} is out of range 4..=3600");
-            return Err(("cluster.dead_after_secs", reason));
-        }
-        self.default_resync()
-            // The parser's message quotes the value: said without it here.
-            .map_err(|_| {
-                let reason =
-                    "is not an interval like \"90m\", \"6h\" or \"7d\" (at least 10 minutes)";
-                ("jobs.resync_every", reason.to_string())
-            })?;
-        check_http_url("archive.ia_url", &self.archive.ia_url)?;
-        if self.storage.data_dir.as_os_str().is_empty() {
+        ])
+    }
+
+    /// `[jobs]`: the stall mark and the default re-sync interval.
+    fn validate_jobs(&self) -> Result<(), Invalid> {
+        let stall = self.jobs.stall_after_secs;
+        check_ranges(&[("jobs.stall_after_secs", stall, 1, 30 * 86_400)])?;
+        // The parser's message quotes the value: said without it here.
+        self.default_resync().map_err(|_| {
+            let reason = "is not an interval like \"90m\", \"6h\" or \"7d\" (at least 10 minutes)";
+            ("jobs.resync_every", reason.to_string())
+        })?;
+        Ok(())
+    }
+
+    /// `[storage]`: the data dir, the free-space reserve, the archive and
+    /// queue URLs, and a shared queue never split over local disks.
+    fn validate_storage(&self) -> Result<(), Invalid> {
+        let s = &self.storage;
+        check_ranges(&[("storage.min_free_mib", s.min_free_mib, 0, 1 << 20)])?;
+        if s.data_dir.as_os_str().is_empty() {
             return Err(("storage.data_dir", "must not be empty".into()));
         }
         // `ArchiveUrl::parse` says what is wrong without the value.
@@ -647,10 +660,7 @@ impl Settings {
             .database_url()
             .map_err(|reason| ("storage.database_url", reason))?
             .is_some();
-        if shared_queue
-            && self.storage.archive_url.trim().is_empty()
-            && !self.storage.shared_filesystem
-        {
+        if shared_queue && s.archive_url.trim().is_empty() && !s.shared_filesystem {
             let reason = "storage.database_url is a shared PostgreSQL queue but the archive is on this \
                           machine's disk: every daemon would keep part of one archive. Set \
                           storage.archive_url to an s3:// bucket, or set shared_filesystem = true if \
@@ -658,8 +668,26 @@ impl Settings {
                 .to_string();
             return Err(("storage.shared_filesystem", reason));
         }
-        self.listen_addr()
-            .map_err(|reason| ("api.listen", reason))?;
+        Ok(())
+    }
+
+    /// `[cluster]`: a dead mark daemons can beat four times within.
+    fn validate_cluster(&self) -> Result<(), Invalid> {
+        let dead_after = self.cluster.dead_after_secs;
+        if !(4..=3600).contains(&dead_after) {
+            let reason = format!("{dead_after} is out of range 4..=3600");
+            return Err(("cluster.dead_after_secs", reason));
+        }
+        Ok(())
+    }
+
+    /// `[archive]`: where the Internet Archive is asked about items.
+    fn validate_archive(&self) -> Result<(), Invalid> {
+        check_http_url("archive.ia_url", &self.archive.ia_url)
+    }
+
+    /// `[log]`: a known format and a filter `tracing` accepts.
+    fn validate_log(&self) -> Result<(), Invalid> {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return Err(("log.format", "must be \"text\" or \"json\"".into()));
         }
@@ -667,14 +695,6 @@ impl Settings {
             let reason = "is not a log filter (e.g. \"info\" or \"mapillary_downloader=debug\")";
             ("log.level", reason.to_string())
         })?;
-        for host in self
-            .api
-            .allowed_hosts
-            .iter()
-            .filter(|h| !h.trim().is_empty())
-        {
-            check_host_name(host).map_err(|reason| ("api.allowed_hosts", reason))?;
-        }
         Ok(())
     }
 
@@ -816,6 +836,21 @@ impl Settings {
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.workers.lease_secs)
     }
+}
+
+/// A setting that failed a check: its key and why (never its value).
+type Invalid = (&'static str, String);
+
+/// Each `(key, value, min, max)` in order; the first value outside
+/// `min..=max` is the error. The value is not echoed: a misplaced secret
+/// must not print.
+fn check_ranges(ranges: &[(&'static str, u64, u64, u64)]) -> Result<(), Invalid> {
+    for &(key, value, min, max) in ranges {
+        if !(min..=max).contains(&value) {
+            return Err((key, format!("the value is out of range {min}..={max}")));
+        }
+    }
+    Ok(())
 }
 
 /// An http(s) URL with a host; the error does not echo it (it may hold

@@ -49,7 +49,6 @@ pub mod secret;
 pub mod selection;
 pub mod stats;
 pub mod status;
-#[allow(missing_docs)] // removed at merge: src/store/** is documented on the dedupe branch
 pub mod store;
 pub mod telemetry;
 pub mod units;

@@ -54,12 +54,14 @@ pub fn render(report: &StatusReport, uptime: Duration, counters: &Metrics) -> St
     per_job(&mut out, &report.jobs);
     all_jobs(&mut out, report, uptime);
     daemons(&mut out, report);
-    since_start(&mut out, counters);
+    counters_since_start(&mut out, counters);
+    outcomes_since_start(&mut out, counters);
+    histograms_since_start(&mut out, counters);
     out.text
 }
 
-/// Counters and histograms since the process started.
-fn since_start(out: &mut Exposition, m: &Metrics) {
+/// Plain counters since the process started.
+fn counters_since_start(out: &mut Exposition, m: &Metrics) {
     for (name, help, value) in [
         (
             "mapillary_images_completed_total",
@@ -105,6 +107,11 @@ fn since_start(out: &mut Exposition, m: &Metrics) {
         out.typed_family(name, help, "counter");
         out.sample(&[], metrics::get(value) as f64);
     }
+}
+
+/// Counters by outcome class since the process started: one sample per
+/// class, zeros included, so a rate over any class is defined.
+fn outcomes_since_start(out: &mut Exposition, m: &Metrics) {
     for (name, help, by_outcome) in [
         (
             "mapillary_api_calls_total",
@@ -122,6 +129,10 @@ fn since_start(out: &mut Exposition, m: &Metrics) {
             out.sample(&[("outcome", class.as_str())], by_outcome.get(class) as f64);
         }
     }
+}
+
+/// Latency histograms since the process started (cumulative buckets).
+fn histograms_since_start(out: &mut Exposition, m: &Metrics) {
     for (name, help, histogram) in [
         (
             "mapillary_image_download_seconds",
@@ -145,6 +156,9 @@ fn since_start(out: &mut Exposition, m: &Metrics) {
     }
 }
 
+/// A per-job gauge's value, read off the job.
+type JobGauge = fn(&Job) -> f64;
+
 /// Gauges labelled by job.
 fn per_job(out: &mut Exposition, jobs: &[Job]) {
     out.family("mapillary_job_images", "Images of a job by state.");
@@ -159,33 +173,33 @@ fn per_job(out: &mut Exposition, jobs: &[Job]) {
             out.sample_job(job, Some(name), value as f64);
         }
     }
-    out.family(
-        "mapillary_job_deleted_images",
-        "Images of a job deleted on Mapillary while it ran (a subset of its failed images).",
-    );
-    for job in jobs {
-        out.sample_job(job, None, job.counts.deleted as f64);
-    }
-    out.family(
-        "mapillary_job_stalled",
-        "1 while a job has work but has made no progress for longer than jobs.stall_after_secs (its last_error says why).",
-    );
-    for job in jobs {
-        out.sample_job(job, None, f64::from(u8::from(job.stalled_since.is_some())));
-    }
-    out.family(
-        "mapillary_job_discovered_images",
-        "Images enumeration has found for a job so far.",
-    );
-    for job in jobs {
-        out.sample_job(job, None, job.counts.discovered as f64);
-    }
-    out.family(
-        "mapillary_job_bytes_done",
-        "Bytes of a job's images written to the archive.",
-    );
-    for job in jobs {
-        out.sample_job(job, None, job.bytes_done as f64);
+    let gauges: [(&str, &str, JobGauge); 4] = [
+        (
+            "mapillary_job_deleted_images",
+            "Images of a job deleted on Mapillary while it ran (a subset of its failed images).",
+            |job| job.counts.deleted as f64,
+        ),
+        (
+            "mapillary_job_stalled",
+            "1 while a job has work but has made no progress for longer than jobs.stall_after_secs (its last_error says why).",
+            |job| f64::from(u8::from(job.stalled_since.is_some())),
+        ),
+        (
+            "mapillary_job_discovered_images",
+            "Images enumeration has found for a job so far.",
+            |job| job.counts.discovered as f64,
+        ),
+        (
+            "mapillary_job_bytes_done",
+            "Bytes of a job's images written to the archive.",
+            |job| job.bytes_done as f64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        out.family(name, help);
+        for job in jobs {
+            out.sample_job(job, None, value(job));
+        }
     }
     out.family(
         "mapillary_job_state",

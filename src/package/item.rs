@@ -196,8 +196,9 @@ impl ItemFacts {
         })
     }
 
-    /// The tags, in the Python tool's order, each with its values.
-    pub fn tags(&self) -> Vec<(&'static str, Vec<String>)> {
+    /// The item's description: who, how many, what resolution, when, and
+    /// how the files are laid out.
+    fn description(&self) -> String {
         let user = &self.username;
         let resolution = if self.quality == "original" {
             "original resolution".to_string()
@@ -222,6 +223,13 @@ impl ItemFacts {
              GPS coordinates, camera information, and compass direction.\n\n",
         );
         description.push_str(&format!("Downloaded using {}.", scanner()));
+        description
+    }
+
+    /// The tags, in the Python tool's order, each with its values.
+    pub fn tags(&self) -> Vec<(&'static str, Vec<String>)> {
+        let user = &self.username;
+        let description = self.description();
         let one = |value: String| vec![value];
         vec![
             ("title", one(format!("Mapillary images by {user}"))),

@@ -27,7 +27,9 @@ use crate::archive::Archive;
 use crate::archive::checksum::{HashingWriter, sha256_hex};
 use crate::archive::{self, ArchiveError, member_name};
 use crate::clock::now_ms;
-use crate::store::{CollectionTask, Packing, PackingState, Store, StoreError, TarWritten};
+use crate::store::{
+    CollectionTask, PackedFile, Packing, PackingState, Store, StoreError, TarWritten,
+};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -249,31 +251,7 @@ async fn write(
     // Where the tar is built: beside its loose files, or in the spool.
     let room_in = files.building_dir(&tar)?;
     tokio::task::spawn_blocking(move || archive::ensure_room(&room_in, needed, reserve)).await??;
-    let (store_in, files_in, task_in, folder_in, packing_in) = (
-        store.clone(),
-        files.clone(),
-        task.clone(),
-        folder.to_path_buf(),
-        packing.clone(),
-    );
-    let handle = tokio::runtime::Handle::current();
-    // Set when this future ends or is dropped (shutdown, a lost lease): the
-    // blocking build may run on, but must not publish a tar then.
-    let abandoned = AbandonOnDrop(Arc::new(AtomicBool::new(false)));
-    let abandoned_in = abandoned.0.clone();
-    let written = tokio::task::spawn_blocking(move || {
-        write_tar(
-            &store_in,
-            &files_in,
-            &handle,
-            &task_in,
-            &folder_in,
-            &packing_in,
-            &abandoned_in,
-        )
-    })
-    .await??;
-    drop(abandoned);
+    let written = build_tar(store, files, task, folder, &packing).await?;
     if written.members == 0 {
         // Every file it planned was gone or damaged: no empty tar in the
         // item. A file under the name (an earlier try's, published before a
@@ -307,6 +285,43 @@ async fn write(
     Ok(PackStep::Written(packing, written))
 }
 
+/// Runs [`write_tar`] on a blocking thread; a drop of this future (a
+/// shutdown, a lost lease) tells the build not to publish.
+async fn build_tar(
+    store: &Arc<Store>,
+    files: &Archive,
+    task: &CollectionTask,
+    folder: &Path,
+    packing: &Packing,
+) -> Result<TarWritten, PackError> {
+    let (store_in, files_in, task_in, folder_in, packing_in) = (
+        store.clone(),
+        files.clone(),
+        task.clone(),
+        folder.to_path_buf(),
+        packing.clone(),
+    );
+    let handle = tokio::runtime::Handle::current();
+    // Set when this future ends or is dropped (shutdown, a lost lease): the
+    // blocking build may run on, but must not publish a tar then.
+    let abandoned = AbandonOnDrop(Arc::new(AtomicBool::new(false)));
+    let abandoned_in = abandoned.0.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        write_tar(&TarBuild {
+            store: &store_in,
+            files: &files_in,
+            handle: &handle,
+            task: &task_in,
+            folder: &folder_in,
+            packing: &packing_in,
+            abandoned: &abandoned_in,
+        })
+    })
+    .await??;
+    drop(abandoned);
+    Ok(written)
+}
+
 /// Step 3 for a `written` packing: its loose files go, then `cleaned`.
 async fn clean(
     store: &Arc<Store>,
@@ -333,63 +348,42 @@ async fn clean(
     Ok(PackStep::Cleaned(packing))
 }
 
+/// What building one packing's tar needs, on the blocking thread.
+struct TarBuild<'a> {
+    store: &'a Store,
+    files: &'a Archive,
+    /// The runtime, for the store's pages of members.
+    handle: &'a tokio::runtime::Handle,
+    task: &'a CollectionTask,
+    /// The collection's folder: members are named relative to it.
+    folder: &'a Path,
+    packing: &'a Packing,
+    /// Set when the waiting task is gone: the tar must not be published.
+    abandoned: &'a AtomicBool,
+}
+
 /// Step 2: the tar of `packing`, built from its loose files, then given
 /// its name create-only (see [`publish`]).
-fn write_tar(
-    store: &Store,
-    files: &Archive,
-    handle: &tokio::runtime::Handle,
-    task: &CollectionTask,
-    folder: &Path,
-    packing: &Packing,
-    abandoned: &AtomicBool,
-) -> Result<TarWritten, PackError> {
-    let target = folder.join(&packing.tar_name);
+fn write_tar(job: &TarBuild<'_>) -> Result<TarWritten, PackError> {
+    let target = job.folder.join(&job.packing.tar_name);
     let mut written = TarWritten::default();
-    let built = files.build(&target, |out| {
+    let built = job.files.build(&target, |out| {
         let mut builder = tar::Builder::new(HashingWriter::new(out));
         let mut after: Option<String> = None;
         loop {
-            let page = handle
-                .block_on(store.packed_files(packing.id, after.as_deref(), PAGE))
+            let page = job
+                .handle
+                .block_on(
+                    job.store
+                        .packed_files(job.packing.id, after.as_deref(), PAGE),
+                )
                 .map_err(io::Error::other)?;
             if page.is_empty() {
                 break;
             }
             for file in page {
                 after = Some(file.path.clone());
-                let name = member_name(folder, Path::new(&file.path)).ok_or_else(|| {
-                    io::Error::other(format!("{} is outside {}", file.path, folder.display()))
-                })?;
-                let Some(data) = files.read(Path::new(&file.path))? else {
-                    let why = "its file was gone when its date was packed";
-                    written.dropped.push((file.row_ids, why.into()));
-                    continue;
-                };
-                let sha256 = sha256_hex(&data);
-                match &file.sha256 {
-                    Some(expected) if *expected != sha256 => {
-                        // A corrupt loose file must not be adopted by the
-                        // download that replaces it, nor be destroyed (it
-                        // may be the only copy left): it goes to quarantine.
-                        let archive_root = folder.parent().unwrap_or(folder);
-                        files
-                            .quarantine_blocking(archive_root, folder, Path::new(&file.path))
-                            .map_err(io::Error::other)?;
-                        let why = "its file did not match its SHA-256 when its date was packed";
-                        written.dropped.push((file.row_ids, why.into()));
-                        continue;
-                    }
-                    Some(_) => {}
-                    None => written.hashed.push((file.row_ids, sha256)),
-                }
-                tarball::append(
-                    &mut builder,
-                    &name,
-                    tarball::member_mtime(file.captured_at),
-                    &data,
-                )?;
-                written.members += 1;
+                append_member(job, &mut builder, file, &mut written)?;
             }
         }
         let (_, bytes, sha256) = builder.into_inner()?.finish();
@@ -403,19 +397,58 @@ fn write_tar(
         return Ok(written);
     }
     publish::publish_tar(
-        store,
-        files,
-        handle,
+        job.store,
+        job.files,
+        job.handle,
         &publish::BuiltTar {
-            task,
-            packing,
+            task: job.task,
+            packing: job.packing,
             built: &built,
             target: &target,
             sha256: &written.sha256,
-            abandoned,
+            abandoned: job.abandoned,
         },
     )?;
     Ok(written)
+}
+
+/// One packed file into the tar; into `written.dropped` instead when its
+/// loose file is gone, or does not match its SHA-256 (then quarantined: a
+/// corrupt loose file must not be adopted by the download that replaces
+/// it, nor be destroyed, as it may be the only copy left).
+fn append_member<W: io::Write>(
+    job: &TarBuild<'_>,
+    builder: &mut tar::Builder<W>,
+    file: PackedFile,
+    written: &mut TarWritten,
+) -> io::Result<()> {
+    let folder = job.folder;
+    let name = member_name(folder, Path::new(&file.path)).ok_or_else(|| {
+        io::Error::other(format!("{} is outside {}", file.path, folder.display()))
+    })?;
+    let Some(data) = job.files.read(Path::new(&file.path))? else {
+        let why = "its file was gone when its date was packed";
+        written.dropped.push((file.row_ids, why.into()));
+        return Ok(());
+    };
+    let sha256 = sha256_hex(&data);
+    match &file.sha256 {
+        Some(expected) if *expected != sha256 => {
+            let archive_root = folder.parent().unwrap_or(folder);
+            job.files
+                .quarantine_blocking(archive_root, folder, Path::new(&file.path))
+                .map_err(io::Error::other)?;
+            let why = "its file did not match its SHA-256 when its date was packed";
+            written.dropped.push((file.row_ids, why.into()));
+            return Ok(());
+        }
+        Some(_) => {}
+        None => written.hashed.push((file.row_ids, sha256)),
+    }
+    let mtime = tarball::member_mtime(file.captured_at);
+    tarball::append(builder, &name, mtime, &data)?;
+    written.members += 1;
+    Ok(())
 }
 
 /// Raises its flag when dropped: tells a blocking build that the task

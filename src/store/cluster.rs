@@ -14,15 +14,20 @@ use std::time::Duration;
 pub struct DaemonInfo {
     /// Its lease owner id (pid + random), unique per process.
     pub id: String,
+    /// The machine's name, for operators reading `/status`.
     pub host: String,
+    /// Its worker count, for operators reading `/status`.
     pub workers: u32,
 }
 
 /// A daemon whose heartbeat is recent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveDaemon {
+    /// The daemon's id (also its lease owner prefix).
     pub id: String,
+    /// The machine's name, as it reported it.
     pub host: String,
+    /// Its worker count, as it reported it.
     pub workers: u32,
     /// Unix ms.
     pub started_at: i64,

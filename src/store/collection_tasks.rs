@@ -19,7 +19,9 @@ use std::sync::Arc;
 /// The right to pack and finish one collection, as taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CollectionTask {
+    /// The collection leased.
     pub collection: Arc<str>,
+    /// Who holds the lease: every packing write checks it.
     pub owner: Arc<str>,
     /// The collection's take count at this take; only grows.
     pub epoch: i64,
@@ -28,6 +30,7 @@ pub struct CollectionTask {
 /// A multipart upload a packer began and did not see end.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct RecordedUpload {
+    /// The bucket's id of the multipart upload, to abort it.
     pub upload_id: String,
     /// The archive path (rooted at the archive URL) being uploaded.
     pub path: String,

@@ -42,8 +42,11 @@ pub enum PartStep<'a> {
 /// job shows it: an image-id job naming an unknown id, say.
 #[derive(Debug, Clone, Copy)]
 pub struct MissingImage<'a> {
+    /// The id the API said does not exist.
     pub image_id: &'a str,
+    /// Why it is failed for good (deleted, or an error).
     pub reason: FailReason,
+    /// What the API said, kept as the row's last error.
     pub message: &'a str,
 }
 

@@ -14,7 +14,9 @@ use std::sync::Arc;
 /// The right to work on one job's task, as taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobTask {
+    /// The job leased.
     pub job_id: i64,
+    /// Who holds the lease: every enumeration write checks it.
     pub owner: Arc<str>,
     /// The job's task count at this take; only grows.
     pub epoch: i64,

@@ -49,6 +49,7 @@ pub enum Submitted {
 }
 
 impl Submitted {
+    /// The job, whichever way the submission went (the API answers with it).
     pub fn job(&self) -> &Job {
         match self {
             Submitted::Created(job) | Submitted::Existing(job) | Submitted::Resynced(job) => job,

@@ -20,6 +20,7 @@ use sqlx::FromRow;
 /// One page of a list, and whether more follow it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page<T> {
+    /// At most `limit` items, in key order.
     pub items: Vec<T>,
     /// Another page follows (asked for `limit + 1` rows and got them).
     pub more: bool,
@@ -63,8 +64,11 @@ impl ImageFilter {
 /// failed and where its file is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ListedImage {
+    /// The job listed.
     pub job_id: i64,
+    /// The Mapillary image id (the page's key).
     pub image_id: String,
+    /// Where the image stands.
     pub state: ImageState,
     /// Set while `state` is `failed`: `deleted` (gone from Mapillary) or
     /// `error` (attempts used up, or a fault no retry fixes).
@@ -87,12 +91,19 @@ pub struct ListedImage {
 /// Sums over every job, for `/status`: O(jobs) counters, never O(images).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JobTotals {
+    /// How many jobs exist.
     pub jobs: u64,
+    /// Images waiting, over every job.
     pub pending: u64,
+    /// Images being downloaded now, over every job.
     pub in_progress: u64,
+    /// Images archived, over every job.
     pub done: u64,
+    /// Images failed for good, over every job.
     pub failed: u64,
+    /// Images found deleted on Mapillary, over every job.
     pub deleted: u64,
+    /// Bytes archived, over every job.
     pub bytes_done: u64,
     /// Pending and in-flight images of the jobs the engine works on
     /// (queued, enumerating, downloading): what an ETA waits for.

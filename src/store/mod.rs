@@ -78,16 +78,22 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
+    /// A database error (connection, statement, decoding).
     Sqlx(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
+    /// The schema could not be brought up to date.
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("no job with id {0}")]
+    /// No job has this id.
     NoSuchJob(i64),
     #[error("the store was opened read-only; this operation writes")]
+    /// A write on a store opened read-only (`status` beside a daemon).
     ReadOnly,
     #[error("{0}")]
+    /// The database's schema is not this binary's.
     Schema(String),
     #[error("{0}")]
+    /// A stored value this binary cannot read, or an input the store refuses.
     Invalid(String),
     /// The job's task lease was taken over (it expired while this process
     /// stalled): its write was refused, and the task must stop.
@@ -99,6 +105,7 @@ pub enum StoreError {
     LostCollectionTask(String),
 }
 
+/// What every store method returns: one error type for both backends.
 pub type StoreResult<T> = Result<T, StoreError>;
 
 impl StoreError {
@@ -133,8 +140,10 @@ macro_rules! text_enum {
         }
 
         impl $name {
+            /// Every variant, in declaration order (for schemas and tests).
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
 
+            /// The text stored in the column and shown by the API.
             pub fn as_str(self) -> &'static str {
                 match self {
                     $($name::$variant => $text),+
@@ -181,12 +190,19 @@ macro_rules! text_enum {
 text_enum! {
     /// A job's lifecycle state.
     JobState {
+        /// Submitted; the engine has not started it.
         Queued => "queued",
+        /// Its parts are being listed (images may download meanwhile).
         Enumerating => "enumerating",
+        /// Every part listed; images still downloading.
         Downloading => "downloading",
+        /// Held (see its `PauseReason`); nothing is claimed.
         Paused => "paused",
+        /// Every image archived or failed for good; item files written.
         Done => "done",
+        /// Gave up (a fault no retry fixes).
         Failed => "failed",
+        /// Cancelled by the user; its identity is free for a new job.
         Cancelled => "cancelled",
     }
 }
@@ -194,9 +210,13 @@ text_enum! {
 text_enum! {
     /// An image row's state.
     ImageState {
+        /// Waiting for a worker (due at its `run_at`).
         Pending => "pending",
+        /// Leased by a worker.
         InProgress => "in_progress",
+        /// Archived.
         Done => "done",
+        /// Failed for good (see its `FailReason`).
         Failed => "failed",
     }
 }
@@ -232,10 +252,15 @@ pub use archives::{PackedFile, Packing, PackingState, StoredCopy, TarWritten};
 /// Per-job image counts, kept as counters so `/status` is O(jobs), not O(images).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Counts {
+    /// Images the enumeration found.
     pub discovered: u64,
+    /// Images waiting for a worker.
     pub pending: u64,
+    /// Images a worker holds a lease on.
     pub in_progress: u64,
+    /// Images archived.
     pub done: u64,
+    /// Images failed for good.
     pub failed: u64,
     /// Failed because Mapillary deleted them: a subset of `failed`.
     pub deleted: u64,
@@ -247,23 +272,33 @@ pub struct Counts {
 /// token-free and never shown).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Job {
+    /// The job's id, in URLs and logs.
     pub id: i64,
     /// What it archives: one source and its filters, normalised.
     pub selection: Selection,
+    /// The image size archived.
     pub quality: Quality,
+    /// JPEG as served, or WebP.
     pub format: OutputFormat,
+    /// Loose files, or tars per capture date.
     pub package: Packaging,
     /// Re-sync by itself this long after finishing; `None`: never.
     pub resync_every: Option<Duration>,
     /// RFC 3339 UTC: when the next re-sync is due (while done).
     pub next_sync_at: Option<String>,
+    /// Where the job stands.
     pub state: JobState,
+    /// Whether every part is enumerated: a job is done only then.
     pub enumeration_complete: bool,
+    /// Its images by state (kept by triggers, or deltas folded on PostgreSQL).
     pub counts: Counts,
+    /// Bytes archived for the job.
     pub bytes_done: u64,
     /// RFC 3339 UTC.
     pub created_at: String,
+    /// When the row last changed (RFC 3339).
     pub updated_at: String,
+    /// Why the job is paused or stalled, if it is.
     pub last_error: Option<String>,
     /// Set while `state` is `paused`.
     pub pause_reason: Option<PauseReason>,
@@ -415,7 +450,9 @@ impl Serialize for Job {
 /// new holder's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
+    /// The claimed row.
     pub row_id: i64,
+    /// Who claimed it: the fence of every outcome.
     pub owner: Arc<str>,
     /// The attempt number this claim holds (1-based): drives backoff and
     /// the give-up decision, but a retry resets it, so it cannot fence.
@@ -428,13 +465,19 @@ pub struct Lease {
 /// What a worker gets from a claim.
 #[derive(Debug, Clone)]
 pub struct ClaimedImage {
+    /// The claim's fence: owner and epoch.
     pub lease: Lease,
+    /// The job the image belongs to.
     pub job_id: i64,
+    /// The Mapillary image id.
     pub image_id: String,
+    /// The size to download (the job's).
     pub quality: Quality,
+    /// JPEG or WebP (the job's).
     pub format: OutputFormat,
     /// The collection folder it goes to (`mapillary-<user>-<quality>`).
     pub collection: String,
+    /// The image's metadata, for EXIF and `metadata.jsonl`.
     pub meta: ImageMeta,
     /// Last known CDN URL for the job's quality, if any.
     pub url: Option<String>,
@@ -444,6 +487,7 @@ pub struct ClaimedImage {
 }
 
 impl ClaimedImage {
+    /// The claimed row's id.
     pub fn row_id(&self) -> i64 {
         self.lease.row_id
     }
@@ -465,7 +509,10 @@ pub enum Completion {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailOutcome {
     /// Back to pending, due again at `run_at` (Unix ms).
-    Retrying { run_at: i64 },
+    Retrying {
+        /// When the row is due again (Unix ms).
+        run_at: i64,
+    },
     /// Attempts are used up: the row is `failed` with its last error.
     FailedForGood,
     /// The caller no longer holds the lease (expired and reclaimed, or reset):
@@ -480,9 +527,11 @@ pub struct ArchivedImage {
     pub row_id: i64,
     /// The stored metadata (no URLs).
     pub meta: ImageMeta,
+    /// The loose file, or the tar member's path.
     pub path: String,
     /// The archived file's size and SHA-256 (`None` before checksums existed).
     pub bytes: Option<u64>,
+    /// The file's SHA-256 (hex), when known.
     pub sha256: Option<String>,
     /// Where it stands in its collection's order: pass the last one's to
     /// fetch a collection's next page.
@@ -494,42 +543,67 @@ pub struct ArchivedImage {
 pub struct CollectionPosition {
     /// `captured_at`, or `i64::MAX` without one (those go last).
     pub capture_order: i64,
+    /// The Mapillary image id, the page's tie-break.
     pub image_id: String,
+    /// The row id, the last tie-break.
     pub row_id: i64,
 }
 
 /// A failed image and why it failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FailedImage {
+    /// The image row.
     pub row_id: i64,
+    /// The Mapillary image id.
     pub image_id: String,
+    /// Attempts used.
     pub attempts: i64,
+    /// The last error, as the worker recorded it.
     pub last_error: Option<String>,
+    /// Why it failed for good.
     pub fail_reason: Option<FailReason>,
 }
 
 /// Everything stored about one image row; for tests and debugging.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ImageRecord {
+    /// The image row.
     pub row_id: i64,
+    /// The job it belongs to.
     pub job_id: i64,
+    /// The Mapillary image id.
     pub image_id: String,
+    /// Its metadata as enumerated.
     pub meta: ImageMeta,
+    /// Its CDN URL (token-free, may have expired).
     pub url: Option<String>,
+    /// Where it stands.
     pub state: ImageState,
+    /// Attempts used (a release gives one back).
     pub attempts: i64,
+    /// When it is due (ms).
     pub run_at: i64,
+    /// Who holds its lease, while in progress.
     pub lease_owner: Option<String>,
+    /// When that lease expires (ms).
     pub lease_until: Option<i64>,
+    /// The archived file's size.
     pub bytes: Option<i64>,
+    /// The archived file (or tar member) path.
     pub path: Option<String>,
+    /// The last error recorded.
     pub last_error: Option<String>,
+    /// Why it failed for good, if it did.
     pub fail_reason: Option<FailReason>,
+    /// How often it was deferred (backoff doubles each time).
     pub deferrals: i64,
+    /// Capture time in ms, if Mapillary gave one.
     pub captured_at: Option<i64>,
     /// Unix ms of the last claim, completion or failure.
     pub updated_at: i64,
+    /// The archived file's SHA-256 (hex).
     pub sha256: Option<String>,
+    /// Whether the JPEG was kept as served (no WebP re-encode).
     pub kept_jpeg: bool,
     /// The packing whose tar holds (or will hold) its file.
     pub packing_id: Option<i64>,

@@ -15,9 +15,11 @@ use crate::selection::PartSpec;
 /// One part of a job's enumeration, as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Part {
+    /// The job the part belongs to.
     pub job_id: i64,
     /// Its place in the job's order.
     pub seq: i64,
+    /// What the part enumerates.
     pub spec: PartSpec,
     /// The token-free `next` of a listing part started but not finished.
     pub cursor: Option<String>,
@@ -32,8 +34,38 @@ pub(super) fn part_columns(part: &PartSpec) -> (Option<Bbox>, Option<String>) {
     }
 }
 
+/// A `job_parts` row as plain values, read the same way from either
+/// database.
+#[derive(sqlx::FromRow)]
+pub(super) struct PartRow {
+    job_id: i64,
+    seq: i64,
+    kind: String,
+    west: Option<f64>,
+    south: Option<f64>,
+    east: Option<f64>,
+    north: Option<f64>,
+    item: Option<String>,
+    cursor: Option<String>,
+}
+
+impl PartRow {
+    /// The part, or why its columns do not make one.
+    pub(super) fn into_part(self) -> StoreResult<Part> {
+        let corners = [self.west, self.south, self.east, self.north];
+        part_from_fields(
+            self.job_id,
+            self.seq,
+            self.kind,
+            self.item,
+            corners,
+            self.cursor,
+        )
+    }
+}
+
 /// A part from its stored columns, whichever database they came from.
-pub(super) fn part_from_fields(
+fn part_from_fields(
     job_id: i64,
     seq: i64,
     kind: String,

@@ -24,8 +24,11 @@ pub struct RetryPolicy {
 /// `jitter` (0.5..=1.0 keeps retries of one batch from moving in lockstep).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DeferPolicy {
+    /// The first deferral's delay; each next one doubles it.
     pub base: Duration,
+    /// The longest delay.
     pub cap: Duration,
+    /// Fraction of the delay kept (0..=1): spreads rows that deferred together.
     pub jitter: f64,
 }
 

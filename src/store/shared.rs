@@ -3,6 +3,35 @@
 //! shared methods; they read through `self.reader()?`, write through
 //! `self.writer()?` (the backend's pools: SQLite's read pool and single
 //! writer, PostgreSQL's one pool) and run the statements of [`super::sql`].
+//! The submodules share whole areas; their statements fill the dialect
+//! holes from the backend's `dialect.rs` (`super::dialect`, resolved where
+//! the macro expands).
+
+pub(super) mod archives;
+pub(super) mod ingest;
+pub(super) mod jobs;
+pub(super) mod parts;
+pub(super) mod queue;
+pub(super) mod rebase;
+pub(super) mod tasks;
+
+/// What a read-then-write transaction must hold before it reads, where the
+/// backend needs it: on PostgreSQL several daemons run the same
+/// transaction at once (`postgres/dialect.rs` says what each takes); on
+/// SQLite the single writer already serialises them.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum TxLock<'a> {
+    /// A submission of the job identity (`job_key`).
+    Submission(&'a str),
+    /// The job row with this id, before a decision on its images.
+    Job(i64),
+    /// Packing planning for this collection.
+    Collection(&'a str),
+    /// The rebase of stored paths.
+    Rebase,
+    /// Not a lock: this transaction's commit must be durable.
+    DurableCommit,
+}
 
 /// [`super::interface::Images`]'s shared methods.
 macro_rules! shared_images {
@@ -68,9 +97,115 @@ macro_rules! shared_images {
                 .await?;
             row.map(ImageRow::into_record).transpose()
         }
+
+        async fn collection_images(
+            &self,
+            collection: &str,
+            after: Option<&$crate::store::CollectionPosition>,
+            limit: u32,
+        ) -> $crate::store::StoreResult<Vec<$crate::store::ArchivedImage>> {
+            use $crate::store::images::ArchivedRow;
+            // `(i64::MIN, '', 0)` is before every row: one statement for
+            // the first page and the next.
+            let (order, image_id, row_id) = after.map_or((i64::MIN, "", 0), |a| {
+                (a.capture_order, a.image_id.as_str(), a.row_id)
+            });
+            let rows: Vec<ArchivedRow> = sqlx::query_as(concat!(
+                "SELECT rowid, meta, path, bytes, sha256, capture_order, image_id FROM images",
+                super::dialect::hint!("images_in_collection"),
+                " WHERE collection = $1 AND state = 'done' \
+                   AND (capture_order, image_id, rowid) > ($2, $3, $4) \
+                 ORDER BY capture_order, image_id, rowid LIMIT $5"
+            ))
+            .bind(collection)
+            .bind(order)
+            .bind(image_id)
+            .bind(row_id)
+            .bind(i64::from(limit))
+            .fetch_all(self.reader()?)
+            .await?;
+            rows.into_iter().map(ArchivedRow::into_archived).collect()
+        }
+
+        async fn finished_since(&self, since_ms: i64) -> $crate::store::StoreResult<(u64, u64)> {
+            let (count, bytes): (i64, i64) = sqlx::query_as(
+                "SELECT count(*), CAST(coalesce(sum(bytes), 0) AS BIGINT) FROM images \
+                 WHERE state = 'done' AND updated_at > $1",
+            )
+            .bind(since_ms)
+            .fetch_one(self.reader()?)
+            .await?;
+            Ok((count.max(0) as u64, bytes.max(0) as u64))
+        }
+
+        /// Due by the store's clock, read once (on PostgreSQL an init plan,
+        /// so it bounds the index scan).
+        async fn upcoming_urls(
+            &self,
+            job_id: i64,
+            now_ms: i64,
+            limit: u32,
+        ) -> $crate::store::StoreResult<Vec<(i64, String, Option<String>)>> {
+            Ok(sqlx::query_as(concat!(
+                "SELECT rowid, image_id, url FROM images",
+                super::dialect::hint!("images_due"),
+                " WHERE job_id = $1 AND state = 'pending' AND run_at <= ",
+                super::dialect::now_once!("$2"),
+                " ORDER BY run_at, rowid LIMIT $3"
+            ))
+            .bind(job_id)
+            .bind(self.at(now_ms))
+            .bind(i64::from(limit))
+            .fetch_all(self.reader()?)
+            .await?)
+        }
     };
 }
 pub(super) use shared_images;
+
+/// [`super::interface::Stalls`]'s shared methods: the reads (the marks
+/// differ: PostgreSQL's `progress_at` is `job_rows`').
+macro_rules! shared_stalls {
+    () => {
+        async fn stall_candidates(
+            &self,
+            before_ms: i64,
+        ) -> $crate::store::StoreResult<Vec<$crate::store::StallCandidate>> {
+            use $crate::store::stalls::{CandidateRow, candidate_from_row};
+            let rows: Vec<CandidateRow> = sqlx::query_as(concat!(
+                "SELECT id, n_pending + n_in_progress, enumeration_complete, progress_at, \
+                 last_error FROM ",
+                super::dialect::jobs_view!(),
+                " WHERE state IN ('queued', 'enumerating', 'downloading') \
+                   AND stalled_at IS NULL AND progress_at < $1 \
+                   AND (n_pending + n_in_progress > 0 OR NOT enumeration_complete) ORDER BY id"
+            ))
+            .bind(before_ms)
+            .fetch_all(self.reader()?)
+            .await?;
+            Ok(rows.into_iter().map(candidate_from_row).collect())
+        }
+
+        /// The newest error among the job's last 1000 pending rows (newest
+        /// `run_at`, then newest row).
+        async fn latest_image_error(
+            &self,
+            job_id: i64,
+        ) -> $crate::store::StoreResult<Option<String>> {
+            Ok(sqlx::query_scalar(concat!(
+                "SELECT last_error FROM (SELECT last_error, run_at, rowid FROM images",
+                super::dialect::hint!("images_due"),
+                " WHERE job_id = $1 AND state = 'pending' \
+                 ORDER BY run_at DESC, rowid DESC LIMIT 1000) w \
+                 WHERE last_error IS NOT NULL ORDER BY run_at DESC, rowid DESC LIMIT 1"
+            ))
+            .bind(job_id)
+            .fetch_optional(self.reader()?)
+            .await?)
+        }
+    };
+}
+pub(super) use shared_stalls;
 
 /// [`super::interface::Archives`]'s shared methods.
 macro_rules! shared_archives {
@@ -128,59 +263,55 @@ macro_rules! shared_archives {
 }
 pub(super) use shared_archives;
 
-/// [`super::interface::CollectionTasks`]'s shared methods.
-macro_rules! shared_collection_tasks {
-    () => {
-        // On the writer: a packer reads back what it just recorded.
-        async fn recorded_uploads(
-            &self,
-            collection: &str,
-        ) -> $crate::store::StoreResult<Vec<$crate::store::RecordedUpload>> {
-            Ok(sqlx::query_as($crate::store::sql::RECORDED_UPLOADS)
-                .bind(collection)
-                .fetch_all(self.writer()?)
-                .await?)
-        }
-
-        async fn forget_upload(&self, upload_id: &str) -> $crate::store::StoreResult<()> {
-            sqlx::query($crate::store::sql::FORGET_UPLOAD)
-                .bind(upload_id)
-                .execute(self.writer()?)
-                .await?;
-            Ok(())
-        }
-    };
-}
-pub(super) use shared_collection_tasks;
-
-/// [`super::interface::Jobs`]'s shared methods.
-macro_rules! shared_jobs {
-    () => {
-        async fn set_page_size(&self, id: i64, page_size: u32) -> $crate::store::StoreResult<()> {
-            sqlx::query($crate::store::sql::SET_PAGE_SIZE)
-                .bind(i64::from(page_size))
-                .bind(id)
-                .execute(self.writer()?)
-                .await?;
-            Ok(())
-        }
-
-        async fn jobs_paused_for(
-            &self,
-            reason: $crate::store::PauseReason,
-        ) -> $crate::store::StoreResult<Vec<i64>> {
-            Ok(sqlx::query_scalar($crate::store::sql::JOBS_PAUSED_FOR)
-                .bind(reason.as_str())
-                .fetch_all(self.reader()?)
-                .await?)
-        }
-    };
-}
-pub(super) use shared_jobs;
-
 /// [`super::interface::Cluster`]'s shared methods.
 macro_rules! shared_cluster {
     () => {
+        async fn heartbeat(
+            &self,
+            daemon: &$crate::store::DaemonInfo,
+            now_ms: i64,
+        ) -> $crate::store::StoreResult<()> {
+            // `WHERE true`: SQLite reads `ON CONFLICT` after a bare
+            // `SELECT … FROM t` as a join constraint.
+            sqlx::query(concat!(
+                "INSERT INTO daemons (id, host, workers, started_at, heartbeat_at) \
+                 SELECT $1, $2, $3, t.now_ms, t.now_ms FROM (SELECT ",
+                super::dialect::now!("$4"),
+                " AS now_ms) t WHERE true ON CONFLICT (id) DO UPDATE \
+                 SET heartbeat_at = excluded.heartbeat_at, workers = excluded.workers"
+            ))
+            .bind(&daemon.id)
+            .bind(&daemon.host)
+            .bind(i64::from(daemon.workers))
+            .bind(self.at(now_ms))
+            .execute(self.writer()?)
+            .await?;
+            Ok(())
+        }
+
+        async fn live_daemons(
+            &self,
+            within: std::time::Duration,
+            now_ms: i64,
+        ) -> $crate::store::StoreResult<Vec<$crate::store::LiveDaemon>> {
+            let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(concat!(
+                "SELECT d.id, d.host, d.workers, d.started_at, t.now_ms - d.heartbeat_at \
+                 FROM daemons d, (SELECT ",
+                super::dialect::now!("$1"),
+                " AS now_ms) t WHERE d.heartbeat_at >= t.now_ms - $2 ORDER BY d.id"
+            ))
+            .bind(self.at(now_ms))
+            .bind($crate::store::millis(within))
+            .fetch_all(self.reader()?)
+            .await?;
+            Ok(rows
+                .into_iter()
+                .map(|(id, host, workers, started, age)| {
+                    $crate::store::cluster::live_from_fields(id, host, workers, started, age)
+                })
+                .collect())
+        }
+
         async fn forget_daemon(&self, id: &str) -> $crate::store::StoreResult<()> {
             sqlx::query($crate::store::sql::FORGET_DAEMON)
                 .bind(id)
@@ -192,26 +323,52 @@ macro_rules! shared_cluster {
 }
 pub(super) use shared_cluster;
 
-/// [`super::interface::Rebase`]'s shared methods.
-macro_rules! shared_rebase {
-    () => {
-        async fn recorded_archive_root(&self) -> $crate::store::StoreResult<Option<String>> {
-            Ok(sqlx::query_scalar($crate::store::sql::ARCHIVE_ROOT)
-                .fetch_optional(self.reader()?)
-                .await?)
-        }
-    };
-}
-pub(super) use shared_rebase;
-
-/// [`super::interface::Listings`]'s shared methods: a page of jobs by id
-/// (from `$jobs_table`: `jobs` on SQLite, the `job_rows` view with its
-/// counter deltas folded in on PostgreSQL) and a page of a job's images.
+/// [`super::interface::Listings`]'s methods: recent jobs, totals, a page
+/// of jobs by id (from the backend's jobs view: `jobs` on SQLite, the
+/// `job_rows` view with its counter deltas folded in on PostgreSQL) and a
+/// page of a job's images.
 /// `$hint` maps the state filtered on to the text that follows the
 /// table (SQLite's `INDEXED BY`, to pin the index; nothing on PostgreSQL,
 /// whose planner sees the state in the statement's text).
 macro_rules! shared_listings {
-    ($hint:path, $jobs_table:literal) => {
+    ($hint:path) => {
+        async fn recent_jobs(
+            &self,
+            limit: u32,
+        ) -> $crate::store::StoreResult<Vec<$crate::store::Job>> {
+            use $crate::store::jobs::{JobRow, job_columns};
+            let rows: Vec<JobRow> = sqlx::query_as(concat!(
+                "SELECT ",
+                job_columns!(),
+                " FROM (SELECT * FROM ",
+                super::dialect::jobs_view!(),
+                " ORDER BY CASE WHEN updated_at > coalesce(progress_at, 0) THEN updated_at \
+                 ELSE coalesce(progress_at, 0) END DESC, id DESC LIMIT $1) r ORDER BY id"
+            ))
+            .bind(i64::from(limit))
+            .fetch_all(self.reader()?)
+            .await?;
+            rows.into_iter().map(JobRow::into_job).collect()
+        }
+
+        async fn job_totals(&self) -> $crate::store::StoreResult<$crate::store::JobTotals> {
+            let row: $crate::store::listing::TotalsRow = sqlx::query_as(concat!(
+                "SELECT count(*) AS jobs, CAST(coalesce(sum(n_pending), 0) AS BIGINT) AS pending, \
+                 CAST(coalesce(sum(n_in_progress), 0) AS BIGINT) AS in_progress, \
+                 CAST(coalesce(sum(n_done), 0) AS BIGINT) AS done, \
+                 CAST(coalesce(sum(n_failed), 0) AS BIGINT) AS failed, \
+                 CAST(coalesce(sum(n_deleted), 0) AS BIGINT) AS deleted, \
+                 CAST(coalesce(sum(bytes_done), 0) AS BIGINT) AS bytes_done, \
+                 CAST(coalesce(sum(CASE WHEN state IN ('queued', 'enumerating', 'downloading') \
+                      THEN n_pending + n_in_progress ELSE 0 END), 0) AS BIGINT) AS remaining \
+                 FROM ",
+                super::dialect::jobs_view!()
+            ))
+            .fetch_one(self.reader()?)
+            .await?;
+            Ok(row.into())
+        }
+
         async fn jobs_page(
             &self,
             after: Option<i64>,
@@ -222,7 +379,7 @@ macro_rules! shared_listings {
                 "SELECT ",
                 job_columns!(),
                 " FROM ",
-                $jobs_table,
+                super::dialect::jobs_view!(),
                 " WHERE id > $1 ORDER BY id LIMIT $2"
             ))
             .bind(after.unwrap_or(0))

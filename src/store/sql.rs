@@ -2,13 +2,17 @@
 //! written once. Placeholders are PostgreSQL's `$N`, which SQLite reads
 //! as the N-th bound value too.
 
+/// A round trip that touches no table: is the connection alive?
+pub(super) const PING: &str = "SELECT 1";
+
 /// A collection's tar names, oldest first.
 pub(super) const TAR_NAMES: &str =
     "SELECT tar_name FROM packings WHERE collection = $1 ORDER BY id";
 
 /// A done row still at its loose file (no written tar holds it).
-pub(super) const IS_STILL_LOOSE: &str = "SELECT 1 FROM images WHERE rowid = $1 AND state = 'done' AND path = $2 \
-               AND (packing_id IS NULL OR packing_id IN (SELECT id FROM packings WHERE state = 'planned'))";
+pub(super) const IS_STILL_LOOSE: &str = "SELECT EXISTS (SELECT 1 FROM images \
+               WHERE rowid = $1 AND state = 'done' AND path = $2 AND (packing_id IS NULL \
+               OR packing_id IN (SELECT id FROM packings WHERE state = 'planned')))";
 
 /// Whether a collection has any packing.
 pub(super) const IS_PACKED_COLLECTION: &str =
@@ -110,13 +114,13 @@ pub(super) const REBASE_PATHS: &str = "UPDATE images SET path = $2 || substr(pat
 pub(super) const SET_ARCHIVE_ROOT: &str = "INSERT INTO store_facts (key, value) VALUES ('archive_root', $1) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
-/// The columns a [`super::archives::PackingRow`] reads
-/// ([`super::archives::PACKING_COLUMNS`]), for `concat!`.
+/// The columns a [`super::archives::PackingRow`] reads, for `concat!`.
 macro_rules! packing_columns {
     () => {
         "id, collection, date, tar_name, state, members, bytes, sha256"
     };
 }
+pub(super) use packing_columns;
 
 /// A collection's packings not yet cleaned, oldest first.
 pub(super) const UNFINISHED_PACKINGS: &str = concat!(

@@ -12,9 +12,11 @@ use super::to_u64;
 /// A job that has work but has not progressed since the threshold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StallCandidate {
+    /// The job that made no progress.
     pub job_id: i64,
     /// Images pending or in flight.
     pub waiting: u64,
+    /// Whether enumeration is complete (then only downloads can stall).
     pub enumeration_complete: bool,
     /// Unix ms of the last progress.
     pub progress_at: i64,

@@ -20,6 +20,7 @@
 mod archives;
 mod cluster;
 mod collection_tasks;
+mod dialect;
 mod images;
 mod ingest;
 mod job_tasks;
@@ -186,7 +187,7 @@ impl PgStore {
 
 impl Health for PgStore {
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query(super::sql::PING).execute(&self.pool).await?;
         Ok(())
     }
 

@@ -63,37 +63,7 @@ impl Rescue for PgStore {
             tx.rollback().await?;
             return Ok(None);
         };
-        // Freed, not handed to anyone: whoever asks next takes them (and
-        // bumps their epoch, which fences the dead owner out for good).
-        let job_tasks = sqlx::query(
-            "UPDATE jobs SET task_owner = NULL, task_until = NULL WHERE task_owner = $1",
-        )
-        .bind(daemon)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let collection_tasks = sqlx::query(
-            "UPDATE collection_tasks SET owner = NULL, until_ms = NULL WHERE owner = $1",
-        )
-        .bind(daemon)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // As a lease expiry counts it: the attempt the dead daemon made
-        // stays spent (the claim that takes the row again adds the next).
-        // `run_at` is kept: the rows go back at their place at the head of
-        // the queue, as the claim takes expired leases first, rather than
-        // behind every image due since.
-        let images = sqlx::query(
-            "UPDATE images SET state = 'pending', lease_owner = NULL, lease_until = NULL, \
-             run_at = least(run_at, $2), updated_at = $2 \
-             WHERE state = 'in_progress' AND lease_owner = $1",
-        )
-        .bind(daemon)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let (images, job_tasks, collection_tasks) = free_leases_of(&mut tx, daemon, now).await?;
         tx.commit().await?;
         Ok(Some(Rescued {
             daemon: daemon.to_string(),
@@ -103,4 +73,44 @@ impl Rescue for PgStore {
             collection_tasks,
         }))
     }
+}
+
+/// Frees a dead daemon's leases inside the rescue's transaction: its job
+/// and collection tasks, and its in-flight images. Returns how many of
+/// each (images, job tasks, collection tasks).
+async fn free_leases_of(
+    tx: &mut sqlx::PgConnection,
+    daemon: &str,
+    now: i64,
+) -> StoreResult<(u64, u64, u64)> {
+    // Freed, not handed to anyone: whoever asks next takes them (and
+    // bumps their epoch, which fences the dead owner out for good).
+    let job_tasks =
+        sqlx::query("UPDATE jobs SET task_owner = NULL, task_until = NULL WHERE task_owner = $1")
+            .bind(daemon)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    let collection_tasks =
+        sqlx::query("UPDATE collection_tasks SET owner = NULL, until_ms = NULL WHERE owner = $1")
+            .bind(daemon)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    // As a lease expiry counts it: the attempt the dead daemon made
+    // stays spent (the claim that takes the row again adds the next).
+    // `run_at` is kept: the rows go back at their place at the head of
+    // the queue, as the claim takes expired leases first, rather than
+    // behind every image due since.
+    let images = sqlx::query(
+        "UPDATE images SET state = 'pending', lease_owner = NULL, lease_until = NULL, \
+         run_at = least(run_at, $2), updated_at = $2 \
+         WHERE state = 'in_progress' AND lease_owner = $1",
+    )
+    .bind(daemon)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    Ok((images, job_tasks, collection_tasks))
 }

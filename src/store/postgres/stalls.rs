@@ -4,35 +4,9 @@
 use super::PgStore;
 use crate::store::StoreResult;
 use crate::store::interface::*;
-use crate::store::stalls::{CandidateRow, StallCandidate, candidate_from_row};
 
 impl Stalls for PgStore {
-    /// PostgreSQL: read from `job_rows`.
-    async fn stall_candidates(&self, before_ms: i64) -> StoreResult<Vec<StallCandidate>> {
-        let rows: Vec<CandidateRow> = sqlx::query_as(
-            "SELECT id, n_pending + n_in_progress, enumeration_complete, progress_at, last_error \
-             FROM job_rows WHERE state IN ('queued', 'enumerating', 'downloading') \
-               AND stalled_at IS NULL AND progress_at < $1 \
-               AND (n_pending + n_in_progress > 0 OR NOT enumeration_complete) ORDER BY id",
-        )
-        .bind(before_ms)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(rows.into_iter().map(candidate_from_row).collect())
-    }
-
-    /// PostgreSQL: The order (newest `run_at`, then newest row) is
-    /// spelt out: SQLite got it from walking `images_due` backwards.
-    async fn latest_image_error(&self, job_id: i64) -> StoreResult<Option<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT last_error FROM (SELECT last_error, run_at, rowid FROM images \
-             WHERE job_id = $1 AND state = 'pending' ORDER BY run_at DESC, rowid DESC LIMIT 1000) w \
-             WHERE last_error IS NOT NULL ORDER BY run_at DESC, rowid DESC LIMIT 1",
-        )
-        .bind(job_id)
-        .fetch_optional(self.pool())
-        .await?)
-    }
+    crate::store::shared::shared_stalls!();
 
     /// PostgreSQL: The caller's `before_ms` becomes an age
     /// (`now_ms - before_ms`) before the database's now, as `stalled_at` is

@@ -24,12 +24,16 @@ static MIGRATOR: Migrator = sqlx::migrate!("migrations/sqlite");
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
     #[default]
+    /// `synchronous=NORMAL`: a power loss may lose the last commits, never corrupt.
     Normal,
+    /// `synchronous=FULL`: every commit survives a power loss (tests of it).
     Full,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a SQLite store opens (the daemon's defaults suit most).
 pub struct StoreOptions {
+    /// How hard commits are flushed.
     pub durability: Durability,
     /// Read-only connections in the read pool.
     pub readers: u32,

@@ -1,88 +1,20 @@
 //! Enumeration pages on SQLite: rows go in as multi-row `INSERT`s of a few fixed sizes
-//! (kept in the statement cache), with where the part stands, in one transaction.
+//! (kept in the statement cache), with where the part stands, in one transaction
+//! (`store/shared/ingest.rs`).
 
 use super::SqliteStore;
-use super::parts::insert_parts;
-use crate::model::Storable;
+use super::dialect::Conn;
 use crate::store::ingest::*;
 use crate::store::interface::*;
-use crate::store::sql;
 use crate::store::*;
 use sqlx::{AssertSqlSafe, SqlSafeStr};
 use std::borrow::Cow;
 use std::sync::OnceLock;
 
-impl Ingest for SqliteStore {
-    // One page is one transaction: each argument is one of its inputs.
-    #[allow(clippy::too_many_arguments)]
-    async fn store_page(
-        &self,
-        job_id: i64,
-        part: i64,
-        images: &[impl Storable],
-        missing: &[MissingImage<'_>],
-        step: PartStep<'_>,
-        task: Option<&JobTask>,
-        now_ms: i64,
-    ) -> StoreResult<u64> {
-        let cursor = step_cursor(step)?;
-        let placement = self.placement(job_id).await?;
-        let rows = prepare_rows(images, &placement)?;
+crate::store::shared::ingest::shared_ingest_helpers!(SqliteStore);
 
-        let mut tx = self.writer()?.begin().await?;
-        if let Some(task) = task {
-            super::task_lease::check(&mut tx, task).await?;
-        }
-        let open: Option<i64> = sqlx::query_scalar(
-            "SELECT seq FROM job_parts WHERE job_id = ? AND seq = ? AND done = 0",
-        )
-        .bind(job_id)
-        .bind(part)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if open.is_none() {
-            return Err(StoreError::Invalid(format!(
-                "job {job_id} has no open part {part} to store a page into"
-            )));
-        }
-        let mut inserted = insert_rows(&mut tx, job_id, &rows, now_ms).await?;
-        for collection in page_collections(&rows) {
-            sqlx::query(
-                "INSERT INTO job_collections (job_id, collection) VALUES (?, ?) \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(job_id)
-            .bind(collection)
-            .execute(&mut *tx)
-            .await?;
-        }
-        inserted += insert_missing(&mut tx, job_id, missing, now_ms).await?;
-        sqlx::query(sql::MOVE_PART)
-            .bind(cursor.as_deref())
-            .bind(!matches!(step, PartStep::Next(_)))
-            .bind(job_id)
-            .bind(part)
-            .execute(&mut *tx)
-            .await?;
-        if let PartStep::Replace(children) = step {
-            let last: i64 = sqlx::query_scalar(sql::LAST_PART)
-                .bind(job_id)
-                .fetch_one(&mut *tx)
-                .await?;
-            insert_parts(&mut tx, job_id, last + 1, children).await?;
-        }
-        sqlx::query(
-            "UPDATE jobs SET enumeration_complete = NOT EXISTS \
-             (SELECT 1 FROM job_parts WHERE job_id = ?1 AND done = 0), \
-             updated_at = ?2, progress_at = ?2 WHERE id = ?1",
-        )
-        .bind(job_id)
-        .bind(now_ms)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(inserted)
-    }
+impl Ingest for SqliteStore {
+    crate::store::shared::ingest::shared_store_page!();
 
     async fn update_urls(&self, urls: &[(i64, Option<String>)]) -> StoreResult<u64> {
         let mut tx = self.writer()?.begin().await?;
@@ -97,17 +29,6 @@ impl Ingest for SqliteStore {
         }
         tx.commit().await?;
         Ok(updated)
-    }
-}
-
-impl SqliteStore {
-    /// Where a job's images go. Fixed at creation, so read once per page.
-    async fn placement(&self, job_id: i64) -> StoreResult<Placement> {
-        let row: Option<(String, String, String, String)> = sqlx::query_as(sql::PLACEMENT)
-            .bind(job_id)
-            .fetch_optional(self.reader()?)
-            .await?;
-        Placement::from_fields(job_id, row.ok_or(StoreError::NoSuchJob(job_id))?)
     }
 }
 
@@ -146,9 +67,37 @@ fn chunk_sql(rows: usize) -> impl SqlSafeStr {
     AssertSqlSafe(Cow::Borrowed(all[index].as_str()))
 }
 
+/// The page's time: the caller's (the single writer already serialises
+/// pages).
+#[allow(clippy::unnecessary_wraps, clippy::unused_async)]
+async fn lock_job_for_page(_tx: &mut Conn, _job_id: i64, at: i64) -> StoreResult<Option<i64>> {
+    Ok(Some(at))
+}
+
+/// The page's image rows, and the collections they go to.
+async fn insert_page_rows(
+    tx: &mut Conn,
+    job_id: i64,
+    rows: &[PreparedRow<'_>],
+    now_ms: i64,
+) -> StoreResult<u64> {
+    let inserted = insert_rows(tx, job_id, rows, now_ms).await?;
+    for collection in page_collections(rows) {
+        sqlx::query(
+            "INSERT INTO job_collections (job_id, collection) VALUES ($1, $2) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(job_id)
+        .bind(collection)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(inserted)
+}
+
 /// Inserts prepared rows in fixed-size multi-row statements.
 async fn insert_rows(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut Conn,
     job_id: i64,
     rows: &[PreparedRow<'_>],
     now_ms: i64,
@@ -173,7 +122,7 @@ async fn insert_rows(
                 .bind(now_ms)
                 .bind(row.collection.as_ref());
         }
-        inserted += query.execute(&mut **tx).await?.rows_affected();
+        inserted += query.execute(&mut *tx).await?.rows_affected();
         rest = tail;
     }
     Ok(inserted)
@@ -181,7 +130,7 @@ async fn insert_rows(
 
 /// Records images the API says do not exist as failed for good.
 async fn insert_missing(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    tx: &mut Conn,
     job_id: i64,
     missing: &[MissingImage<'_>],
     now_ms: i64,
@@ -200,7 +149,7 @@ async fn insert_missing(
         .bind(image.reason.as_str())
         .bind(image.message)
         .bind(now_ms)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
     }

@@ -13,6 +13,7 @@ mod archives;
 mod cluster;
 mod collection_tasks;
 mod connection;
+mod dialect;
 mod images;
 mod ingest;
 mod job_tasks;
@@ -74,9 +75,11 @@ impl SqliteStore {
 
 impl Health for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
-        sqlx::query("SELECT 1").execute(self.reader()?).await?;
+        sqlx::query(super::sql::PING)
+            .execute(self.reader()?)
+            .await?;
         if let Some(writer) = &self.writer {
-            sqlx::query("SELECT 1").execute(writer).await?;
+            sqlx::query(super::sql::PING).execute(writer).await?;
         }
         Ok(())
     }
