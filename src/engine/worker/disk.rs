@@ -51,19 +51,7 @@ impl From<ArchiveError> for WriteError {
 /// Tags (and for WebP jobs re-encodes) `body`, and stores it: durably on
 /// the local disk (keeping the free-space reserve), or in the bucket.
 pub async fn write(ctx: &EngineContext, body: Body) -> Outcome {
-    let captured_at = body.meta.captured_at;
-    let tagged_from = bucket_fingerprint(&body.meta);
-    let written = match convert(ctx, body).await {
-        Ok(Ok(file)) => match &ctx.bucket {
-            Some(bucket) => Ok(put_in_bucket(bucket, file, captured_at, &tagged_from).await),
-            None => {
-                let reserve = ctx.tuning.min_free_bytes;
-                tokio::task::spawn_blocking(move || store_file(file, captured_at, reserve)).await
-            }
-        },
-        Ok(Err(e)) => Ok(Err(e)),
-        Err(join) => Err(join),
-    };
+    let written = store(ctx, body).await;
     match written {
         Ok(Ok(file)) => {
             crate::metrics::add(&ctx.client.metrics().bytes_written, file.bytes);
@@ -94,6 +82,36 @@ pub async fn write(ctx: &EngineContext, body: Body) -> Outcome {
     }
 }
 
+/// Tags (and re-encodes) `body` and stores the file; what [`write`] then
+/// turns into an outcome.
+async fn store(
+    ctx: &EngineContext,
+    body: Body,
+) -> Result<Result<ArchivedFile, WriteError>, tokio::task::JoinError> {
+    let captured_at = body.meta.captured_at;
+    let reserve = ctx.tuning.min_free_bytes;
+    if ctx.bucket.is_none() && matches!(body.target.format, OutputFormat::Jpeg) {
+        // The common case in one blocking task: tag, hash, write (a second
+        // task would cost one more hand-off between threads per image).
+        return tokio::task::spawn_blocking(move || {
+            store_file(convert_jpeg(body)?, captured_at, reserve)
+        })
+        .await;
+    }
+    let tagged_from = ctx.bucket.as_ref().map(|_| bucket_fingerprint(&body.meta));
+    let file = match convert(ctx, body).await {
+        Ok(Ok(file)) => file,
+        Ok(Err(e)) => return Ok(Err(e)),
+        Err(join) => return Err(join),
+    };
+    match (&ctx.bucket, tagged_from) {
+        (Some(bucket), Some(tagged_from)) => {
+            Ok(put_in_bucket(bucket, file, captured_at, &tagged_from).await)
+        }
+        _ => tokio::task::spawn_blocking(move || store_file(file, captured_at, reserve)).await,
+    }
+}
+
 /// A file's final bytes and where they go, before they are stored.
 struct Converted {
     path: PathBuf,
@@ -108,21 +126,23 @@ async fn convert(
     body: Body,
 ) -> Result<Result<Converted, WriteError>, tokio::task::JoinError> {
     match body.target.format {
-        OutputFormat::Jpeg => {
-            tokio::task::spawn_blocking(move || {
-                let path =
-                    archive::image_path(&body.target.collection, &body.meta, FileKind::Jpeg)?;
-                let bytes = tag(&body.bytes, &body.meta)?;
-                Ok(Converted {
-                    path,
-                    bytes,
-                    kept_jpeg: false,
-                })
-            })
-            .await
-        }
+        OutputFormat::Jpeg => tokio::task::spawn_blocking(move || convert_jpeg(body)).await,
         OutputFormat::Webp => convert_webp(ctx, body).await,
     }
+}
+
+/// The JPEG path: the body tagged in place of its old EXIF.
+fn convert_jpeg(body: Body) -> Result<Converted, WriteError> {
+    let path = archive::image_path(&body.target.collection, &body.meta, FileKind::Jpeg)?;
+    let tagged = crate::exif::tag_jpeg_shared(body.bytes.clone(), &body.meta);
+    // The download's buffer, now that tagging let go of it: the next one.
+    crate::buffers::give_bytes(body.bytes);
+    let bytes = tagged.map_err(|e| WriteError::Convert(format!("tagging failed: {e}")))?;
+    Ok(Converted {
+        path,
+        bytes,
+        kept_jpeg: false,
+    })
 }
 
 /// The WebP path: the encode holds an encoder permit (CPU and decoded-image
@@ -196,6 +216,7 @@ fn store_file(
     let dir = file.path.parent().unwrap_or(&file.path);
     archive::ensure_room(dir, archived.bytes, reserve)?;
     archive::write_durably(&file.path, &file.bytes, mtime_ms)?;
+    crate::buffers::give(file.bytes);
     Ok(archived)
 }
 
