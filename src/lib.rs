@@ -7,6 +7,7 @@
 //! - [`store`]: the SQLite job store; every SQL statement lives here.
 //! - [`mapillary`]: the Graph API and CDN client, its error classification and the shared rate limiter.
 //! - [`exif`]: JPEG bytes + metadata -> tagged JPEG bytes (EXIF, GPS, XMP GPano).
+//! - [`buffers`]: image-sized buffers reused from one image to the next.
 //! - [`api`]: the axum HTTP API: job commands, `/status`, `/healthz`, `/metrics`, bearer auth.
 //! - [`stats`]: throughput over the last minute and the ETA derived from it.
 //!   [`metrics`]: counters and histograms (calls by outcome, download times) for `/metrics`.
@@ -32,6 +33,7 @@ pub mod archive;
 pub mod archive_files;
 pub mod archive_org;
 pub mod bucket;
+pub mod buffers;
 pub mod checksum;
 pub mod cli;
 pub mod clock;
