@@ -1,5 +1,5 @@
 //! The work queue on SQLite: the claim is one `UPDATE ... RETURNING` on the writer, every
-//! outcome one fenced statement (no transaction per completion).
+//! outcome one fenced statement; completions share a commit when they queue (`completions`).
 
 use super::SqliteStore;
 use crate::archive::ArchivedFile;
@@ -70,16 +70,6 @@ macro_rules! fence {
     };
 }
 
-/// The tail of a subquery for the done copy of this row's image at path
-/// `?2` that a written (or cleaned) tar holds: `SELECT c.<column>` + this.
-macro_rules! packed_copy {
-    () => {
-        " FROM images c INDEXED BY images_copies JOIN packings p ON p.id = c.packing_id \
-         WHERE c.collection = images.collection AND c.image_id = images.image_id \
-           AND c.state = 'done' AND c.path = ?2 AND p.state <> 'planned' LIMIT 1"
-    };
-}
-
 /// Binds a [`Lease`] to the three `?` of [`fence!`].
 fn bind_lease<'q>(
     query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
@@ -128,37 +118,12 @@ impl Queue for SqliteStore {
         file: &ArchivedFile,
         now_ms: i64,
     ) -> StoreResult<Completion> {
-        let path = file.path.to_string_lossy();
-        // One statement (no transaction round trips on the hot path): the
-        // packed copy at this path, if any, gives the packing, the checksum
-        // and the size; each subquery is one seek of `images_copies`.
-        let query = sqlx::query(concat!(
-            "UPDATE images SET state = 'done', path = ?2, kept_jpeg = ?4, \
-             packing_id = coalesce(?5, (SELECT c.packing_id",
-            packed_copy!(),
-            ")), \
-             sha256 = CASE WHEN ?5 IS NULL THEN coalesce((SELECT c.sha256",
-            packed_copy!(),
-            "), ?3) ELSE ?3 END, \
-             bytes = CASE WHEN ?5 IS NULL THEN coalesce((SELECT c.bytes",
-            packed_copy!(),
-            "), ?1) ELSE ?1 END, \
-             lease_owner = NULL, lease_until = NULL, last_error = NULL, fail_reason = NULL, \
-             deferrals = 0, updated_at = ?6",
-            " WHERE rowid = ?7 AND state = 'in_progress' AND lease_owner = ?8 AND lease_epoch = ?9 \
-             RETURNING packing_id"
-        ))
-        .bind(i64::try_from(file.bytes).unwrap_or(i64::MAX))
-        .bind(path.as_ref())
-        .bind(file.sha256.as_deref())
-        .bind(file.kept_jpeg)
-        .bind(file.packing_id)
-        .bind(now_ms);
-        let packing: Option<Option<i64>> = bind_lease(query, lease)
-            .fetch_optional(self.writer()?)
-            .await?
-            .map(|row| row.try_get("packing_id"))
-            .transpose()?;
+        // Written in a group with the completions that queue meanwhile
+        // (see `completions`): one commit for all of them.
+        let packing = self
+            .completions
+            .complete(self.writer()?, lease, file, now_ms)
+            .await?;
         Ok(match packing {
             None => Completion::LeaseLost,
             Some(Some(_)) if file.packing_id.is_none() => Completion::JoinedTar,
