@@ -697,7 +697,13 @@ async fn run(cfg: BenchConfig) -> anyhow::Result<()> {
     }
     let floor = match throughput.last() {
         Some(r) if cfg.floor_files > 0 => {
-            let sizes: Vec<usize> = r.sizes.iter().copied().cycle().take(cfg.floor_files).collect();
+            let sizes: Vec<usize> = r
+                .sizes
+                .iter()
+                .copied()
+                .cycle()
+                .take(cfg.floor_files)
+                .collect();
             let threads = cfg.worker_counts.iter().copied().max().unwrap_or(1) as usize;
             let floor = floor::measure(&cfg.data_root, &sizes, threads)?;
             println!(
@@ -746,9 +752,17 @@ fn summarize_throughput(
 ) {
     for r in throughput {
         figures.check(
-            &format!("throughput, {} workers, L = {} ms", r.workers, cfg.latency.as_millis()),
+            &format!(
+                "throughput, {} workers, L = {} ms",
+                r.workers,
+                cfg.latency.as_millis()
+            ),
             &format!(">= {:.0} % of N/L", THROUGHPUT_TARGET * 100.0),
-            &format!("{:.1} % ({:.0}/s)", r.fraction() * 100.0, r.measured_per_sec),
+            &format!(
+                "{:.1} % ({:.0}/s)",
+                r.fraction() * 100.0,
+                r.measured_per_sec
+            ),
             r.fraction() >= THROUGHPUT_TARGET,
         );
     }

@@ -113,7 +113,9 @@ mod tests {
         let other = bytes.clone();
         assert!(other.clone().try_into_mut().is_err(), "shared: kept as is");
         drop(bytes);
-        let unique = other.try_into_mut().expect("the last handle owns the buffer");
+        let unique = other
+            .try_into_mut()
+            .expect("the last handle owns the buffer");
         assert!(Vec::from(unique).capacity() >= 70_000);
     }
 }

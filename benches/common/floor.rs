@@ -92,7 +92,10 @@ pub fn measure(root: &Path, sizes: &[usize], threads: usize) -> anyhow::Result<F
             .collect();
         workers
             .into_iter()
-            .map(|w| w.join().map_err(|_| io::Error::other("a floor thread panicked"))?)
+            .map(|w| {
+                w.join()
+                    .map_err(|_| io::Error::other("a floor thread panicked"))?
+            })
             .collect::<io::Result<Vec<_>>>()
     })?;
     let wall = started.elapsed();

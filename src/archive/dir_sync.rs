@@ -49,7 +49,10 @@ fn lock() -> MutexGuard<'static, HashMap<PathBuf, Folder>> {
 /// Returns once `dir` was fsynced after the caller's rename in it (which
 /// must have returned): by `sync` here, or by another writer's fsync that
 /// began later. Blocking: call it from a blocking thread.
-pub(super) fn sync_after_rename<E>(dir: &Path, sync: impl Fn(&Path) -> Result<(), E>) -> Result<(), E> {
+pub(super) fn sync_after_rename<E>(
+    dir: &Path,
+    sync: impl Fn(&Path) -> Result<(), E>,
+) -> Result<(), E> {
     let mut folders = lock();
     let ticket = {
         let folder = folders.entry(dir.to_path_buf()).or_default();
@@ -58,7 +61,9 @@ pub(super) fn sync_after_rename<E>(dir: &Path, sync: impl Fn(&Path) -> Result<()
         folder.renamed
     };
     loop {
-        let folder = folders.get_mut(dir).expect("a folder stays while anyone waits");
+        let folder = folders
+            .get_mut(dir)
+            .expect("a folder stays while anyone waits");
         if folder.synced >= ticket {
             leave(&mut folders, dir);
             return Ok(());
@@ -75,7 +80,9 @@ pub(super) fn sync_after_rename<E>(dir: &Path, sync: impl Fn(&Path) -> Result<()
         drop(folders);
         let result = sync(dir);
         folders = lock();
-        let folder = folders.get_mut(dir).expect("a folder stays while anyone waits");
+        let folder = folders
+            .get_mut(dir)
+            .expect("a folder stays while anyone waits");
         folder.syncing = false;
         if result.is_ok() {
             folder.synced = folder.synced.max(covers);
@@ -117,7 +124,10 @@ mod tests {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         let failed = sync_after_rename(dir, |_| Err("EIO"));
         assert_eq!(failed, Err("EIO"));
-        assert!(lock().get(dir).is_none(), "the entry goes with its last writer");
+        assert!(
+            lock().get(dir).is_none(),
+            "the entry goes with its last writer"
+        );
     }
 
     /// Writers that rename while an fsync runs share the next one: fewer
@@ -142,7 +152,10 @@ mod tests {
                     assert!(result.is_ok());
                     // Some fsync that began after this rename has ended.
                     let syncs = syncs.lock().unwrap();
-                    assert!(syncs.iter().any(|&seen| seen >= mine), "writer {mine} was released uncovered");
+                    assert!(
+                        syncs.iter().any(|&seen| seen >= mine),
+                        "writer {mine} was released uncovered"
+                    );
                 })
             })
             .collect();
