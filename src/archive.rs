@@ -18,6 +18,7 @@ pub mod archive_org;
 pub mod bucket;
 pub mod checksum;
 mod create_only;
+mod dir_sync;
 mod fence;
 mod files;
 mod images;
@@ -212,15 +213,9 @@ fn replace_file(
     let dir = final_path
         .parent()
         .ok_or_else(|| ArchiveError::from_io(final_path, io::Error::other("path has no parent")))?;
-    fs::create_dir_all(dir).map_err(|e| ArchiveError::from_io(dir, e))?;
     let part = part_path(final_path);
     let result = (|| {
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&part)
-            .map_err(|e| ArchiveError::from_io(&part, e))?;
+        let file = create_in(dir, &part)?;
         write(&file).map_err(|e| ArchiveError::from_io(&part, e))?;
         if let Some(mtime) = mtime_ms.and_then(system_time_from_ms) {
             file.set_modified(mtime)
@@ -229,12 +224,34 @@ fn replace_file(
         file.sync_all()
             .map_err(|e| ArchiveError::from_io(&part, e))?;
         fs::rename(&part, final_path).map_err(|e| ArchiveError::from_io(final_path, e))?;
-        sync_dir(dir)
+        // Shared with the other writers renaming into this folder meanwhile.
+        dir_sync::sync_after_rename(dir, sync_dir)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&part);
     }
     result
+}
+
+/// Creates (or truncates) `part` in `dir`, making `dir` only when the open
+/// says it is missing: the folder usually exists, and asking first would
+/// cost a `mkdir` and a `stat` per image.
+fn create_in(dir: &Path, part: &Path) -> Result<File, ArchiveError> {
+    let open = || {
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(part)
+    };
+    match open() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(|e| ArchiveError::from_io(dir, e))?;
+            open()
+        }
+        other => other,
+    }
+    .map_err(|e| ArchiveError::from_io(part, e))
 }
 
 fn system_time_from_ms(ms: i64) -> Option<SystemTime> {
@@ -288,8 +305,18 @@ pub fn ensure_room(dir: &Path, needed: u64, reserve: u64) -> Result<(), ArchiveE
     if reserve == 0 {
         return Ok(());
     }
-    let probe = dir.ancestors().find(|p| p.exists()).unwrap_or(dir);
-    let free = free_bytes(probe).map_err(|e| ArchiveError::from_io(probe, e))?;
+    // The folder itself usually exists: ask it first, its ancestors only
+    // when it does not (no `stat` per image).
+    let mut probe = dir;
+    let free = loop {
+        match free_bytes(probe) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match probe.parent() {
+                Some(parent) => probe = parent,
+                None => return Err(ArchiveError::from_io(dir, e)),
+            },
+            other => break other.map_err(|e| ArchiveError::from_io(probe, e))?,
+        }
+    };
     if free < needed.saturating_add(reserve) {
         return Err(ArchiveError::DiskFull {
             path: dir.to_path_buf(),

@@ -20,6 +20,7 @@
 //! - [`archive`]: the one [`Archive`] (local disk or S3-compatible bucket): layout, durable writes,
 //!   adoption, create-only publishing, quarantine; [`archive::bucket`], [`archive::checksum`],
 //!   [`archive::webp`] (JPEG -> tagged WebP), [`archive::archive_org`] (already an Internet Archive item?).
+//! - [`buffers`]: image-sized buffers reused from one image to the next (no allocation per image).
 //! - [`package`]: tars per capture date (planned -> written -> cleaned), `metadata.jsonl.gz`, item files.
 //! - [`verify`]: re-reads every archived file (loose or in a tar) against its size and SHA-256; repairs.
 //! - [`engine`]: enumerators, the dispatcher, workers and the supervisor; crash recovery and shutdown.
@@ -36,6 +37,7 @@
 pub mod api;
 pub mod app;
 pub mod archive;
+pub mod buffers;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -97,6 +97,9 @@ fn check_order(calls: &[Call], final_path: &str, marker: &str, wal_fds: &[String
                 && c.args.contains(&part_prefix)
                 && c.args.contains(".part\"")
                 && c.args.contains("O_CREAT")
+                // A refused open (ENOENT: the folder is made on demand,
+                // then the open is tried again) is not the part's.
+                && !c.result.starts_with('-')
         })
         .unwrap_or_else(|| panic!("no .part file was opened for {final_path}"));
     let part_fd = calls[open].result.clone();

@@ -26,11 +26,11 @@ pub struct ImageFile {
     pub bytes: Vec<u8>,
     /// A JPEG a WebP job kept because the image is too large for WebP.
     pub kept_jpeg: bool,
-    /// The capture time (Unix ms): the file's mtime on disk, an object's
-    /// `captured-at` in a bucket.
-    pub captured_at: Option<i64>,
-    /// [`tagged_from`] of the metadata it was tagged from.
-    pub tagged_from: String,
+    /// The metadata it was tagged from: its capture time is the file's
+    /// mtime on disk (an object's `captured-at` in a bucket), and a bucket
+    /// records its [`tagged_from`] (computed only there: it hashes the
+    /// metadata, a cost a disk write does not need).
+    pub meta: ImageMeta,
 }
 
 impl ImageFile {
@@ -63,20 +63,40 @@ impl Archive {
     /// with one PUT in the bucket (one that fails is
     /// [`ArchiveError::Unavailable`]).
     pub async fn put_image(&self, file: ImageFile) -> Result<ArchivedFile, ArchiveError> {
+        self.make_and_put(move || Ok::<_, ArchiveError>(file)).await
+    }
+
+    /// [`Archive::put_image`] of the file `make` builds on the blocking pool
+    /// (tagging, say): on disk the build and the durable write share one
+    /// blocking task, one hand-off between threads per image instead of two.
+    pub async fn make_and_put<E>(
+        &self,
+        make: impl FnOnce() -> Result<ImageFile, E> + Send + 'static,
+    ) -> Result<ArchivedFile, E>
+    where
+        E: From<ArchiveError> + Send + 'static,
+    {
+        let panicked = |join: tokio::task::JoinError| {
+            E::from(ArchiveError::Io {
+                path: PathBuf::new(),
+                source: std::io::Error::other(format!("writing the image panicked: {join}")),
+            })
+        };
         match &self.place {
             Place::Disk => {
                 let reserve = self.reserve();
-                let path = file.path.clone();
-                tokio::task::spawn_blocking(move || store_file(file, reserve))
+                tokio::task::spawn_blocking(move || Ok(store_file(make()?, reserve)?))
                     .await
-                    .map_err(|join| ArchiveError::Io {
-                        path,
-                        source: std::io::Error::other(format!(
-                            "writing the image panicked: {join}"
-                        )),
-                    })?
+                    .map_err(panicked)?
             }
-            Place::Bucket(bucket) => Ok(put_in_bucket(bucket, file).await?),
+            Place::Bucket(bucket) => {
+                let file = tokio::task::spawn_blocking(make)
+                    .await
+                    .map_err(panicked)??;
+                Ok(put_in_bucket(bucket, file)
+                    .await
+                    .map_err(ArchiveError::from)?)
+            }
         }
     }
 
@@ -108,7 +128,9 @@ fn store_file(file: ImageFile, reserve: u64) -> Result<ArchivedFile, ArchiveErro
     let archived = file.archived();
     let dir = file.path.parent().unwrap_or(&file.path);
     archive::ensure_room(dir, archived.bytes, reserve)?;
-    archive::write_durably(&file.path, &file.bytes, file.captured_at)?;
+    archive::write_durably(&file.path, &file.bytes, file.meta.captured_at)?;
+    // The buffer goes back to the pool for the next image.
+    crate::buffers::give(file.bytes);
     Ok(archived)
 }
 
@@ -122,8 +144,8 @@ async fn put_in_bucket(bucket: &Bucket, file: ImageFile) -> Result<ArchivedFile,
             &file.path,
             file.bytes.into(),
             sha256,
-            file.captured_at,
-            &file.tagged_from,
+            file.meta.captured_at,
+            &tagged_from(&file.meta),
         )
         .await?;
     Ok(archived)

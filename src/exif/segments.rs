@@ -31,7 +31,18 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<CheckedJpeg, ExifError> {
             "the body does not start with a JPEG SOI marker",
         ));
     }
-    let jpeg = Jpeg::from_bytes(Bytes::copy_from_slice(bytes))
+    parse_shared(Bytes::copy_from_slice(bytes))
+}
+
+/// [`parse`] of bytes the segments may share (no copy of the body).
+pub(crate) fn parse_shared(body: Bytes) -> Result<CheckedJpeg, ExifError> {
+    let bytes = &body[..];
+    if bytes.len() < 3 || bytes[..3] != [0xFF, 0xD8, 0xFF] {
+        return Err(ExifError::NotJpeg(
+            "the body does not start with a JPEG SOI marker",
+        ));
+    }
+    let jpeg = Jpeg::from_bytes(body.clone())
         .map_err(|e| ExifError::Malformed(format!("cannot parse the JPEG segments: {e}")))?;
 
     let segments = jpeg.segments();
@@ -150,7 +161,7 @@ impl CheckedJpeg {
             segments.insert(exif_at + 1, xmp);
         }
 
-        let mut out = Vec::with_capacity(self.jpeg.len());
+        let mut out = crate::buffers::take(self.jpeg.len());
         self.jpeg
             .encoder()
             .write_to(&mut out)

@@ -452,7 +452,7 @@ impl MapillaryClient {
             .unwrap_or(256 * 1024)
             .min(max)
             .min(64 * 1024 * 1024);
-        let mut buf = Vec::with_capacity(usize::try_from(capacity).unwrap_or(0));
+        let mut buf = crate::buffers::take(usize::try_from(capacity).unwrap_or(0));
         loop {
             let chunk = response
                 .chunk()

@@ -6,7 +6,12 @@
 
 use crate::store::ClaimedImage;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore, mpsc};
+
+/// The longest [`WorkQueue::free_slots`] waits to gather slots for a claim:
+/// a few images' worth of a worker's time, far less than the work queued.
+const GATHER_WAIT: Duration = Duration::from_millis(20);
 
 /// A claimed image on its way to a worker. Its slot frees a place in the
 /// queue when the worker is done with it.
@@ -46,16 +51,41 @@ impl WorkQueue {
 
     /// Waits for one free slot, then takes every other free one, `max` at
     /// most. `None` once the queue is closed. Cancel-safe.
+    ///
+    /// Fewer than an eighth of the slots free means the queue still holds
+    /// work for three quarters of the workers: then it waits up to
+    /// [`GATHER_WAIT`] for that eighth, so that a claim (a statement and a
+    /// commit) serves several images instead of one per finished image.
     pub async fn free_slots(&self, max: usize) -> Option<Vec<Slot>> {
         let first = self.slots.clone().acquire_owned().await.ok()?;
         let mut slots = vec![Slot { _permit: first }];
-        while slots.len() < max.min(self.capacity) {
+        let max = max.min(self.capacity);
+        self.take_free(&mut slots, max);
+        let gather = (self.capacity / 8).min(max);
+        if slots.len() < gather {
+            let deadline = tokio::time::Instant::now() + GATHER_WAIT;
+            while slots.len() < gather {
+                tokio::select! {
+                    permit = self.slots.clone().acquire_owned() => match permit {
+                        Ok(p) => slots.push(Slot { _permit: p }),
+                        Err(_) => break,
+                    },
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+            self.take_free(&mut slots, max);
+        }
+        Some(slots)
+    }
+
+    /// Adds the slots free right now to `slots`, up to `max` in all.
+    fn take_free(&self, slots: &mut Vec<Slot>, max: usize) {
+        while slots.len() < max {
             match self.slots.clone().try_acquire_owned() {
                 Ok(p) => slots.push(Slot { _permit: p }),
                 Err(_) => break,
             }
         }
-        Some(slots)
     }
 
     /// Hands `image` to the next free worker. `false` if no worker is left.

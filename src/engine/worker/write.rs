@@ -47,12 +47,16 @@ impl From<ArchiveError> for WriteError {
 /// archive (durably on disk, keeping the free-space reserve, or in the
 /// bucket).
 pub async fn write(ctx: &EngineContext, body: Body) -> Outcome {
-    let written = match convert(ctx, body).await {
-        Ok(Ok(file)) => ctx.archive.put_image(file).await.map_err(WriteError::from),
-        Ok(Err(e)) => Err(e),
-        Err(join) => Err(WriteError::Convert(format!(
-            "writing the image panicked: {join}"
-        ))),
+    let written = match body.target.format {
+        // The common case: tag (and, on disk, write) in one blocking task.
+        OutputFormat::Jpeg => ctx.archive.make_and_put(move || convert_jpeg(body)).await,
+        OutputFormat::Webp => match convert_webp(ctx, body).await {
+            Ok(Ok(file)) => ctx.archive.put_image(file).await.map_err(WriteError::from),
+            Ok(Err(e)) => Err(e),
+            Err(join) => Err(WriteError::Convert(format!(
+                "re-encoding the image panicked: {join}"
+            ))),
+        },
     };
     match written {
         Ok(file) => {
@@ -79,24 +83,14 @@ pub async fn write(ctx: &EngineContext, body: Body) -> Outcome {
     }
 }
 
-/// The body as the file to archive: the tagged JPEG, or the WebP (a JPEG
-/// kept when the image is too large for WebP).
-async fn convert(
-    ctx: &EngineContext,
-    body: Body,
-) -> Result<Result<ImageFile, WriteError>, tokio::task::JoinError> {
-    match body.target.format {
-        OutputFormat::Jpeg => {
-            tokio::task::spawn_blocking(move || {
-                let path =
-                    archive::image_path(&body.target.collection, &body.meta, FileKind::Jpeg)?;
-                let bytes = tag(&body.bytes, &body.meta)?;
-                Ok(image_file(&body.meta, path, bytes, false))
-            })
-            .await
-        }
-        OutputFormat::Webp => convert_webp(ctx, body).await,
-    }
+/// The JPEG path: the body tagged in place of its old EXIF (the parse
+/// shares the download's memory), whose buffer then goes back to the pool.
+fn convert_jpeg(body: Body) -> Result<ImageFile, WriteError> {
+    let path = archive::image_path(&body.target.collection, &body.meta, FileKind::Jpeg)?;
+    let tagged = crate::exif::tag_jpeg_shared(body.bytes.clone(), &body.meta);
+    crate::buffers::give_bytes(body.bytes);
+    let bytes = tagged.map_err(|e| WriteError::Convert(format!("tagging failed: {e}")))?;
+    Ok(image_file(body.meta, path, bytes, false))
 }
 
 /// The WebP path: the encode holds an encoder permit (CPU and decoded-image
@@ -118,7 +112,7 @@ async fn convert_webp(
             Ok(webp) => {
                 let path =
                     archive::image_path(&body.target.collection, &body.meta, FileKind::Webp)?;
-                Ok(image_file(&body.meta, path, webp, false))
+                Ok(image_file(body.meta, path, webp, false))
             }
             Err(WebpError::TooLarge { width, height }) => {
                 info!(
@@ -130,7 +124,7 @@ async fn convert_webp(
                 let path =
                     archive::image_path(&body.target.collection, &body.meta, FileKind::Jpeg)?;
                 let bytes = tag(&body.bytes, &body.meta)?;
-                Ok(image_file(&body.meta, path, bytes, true))
+                Ok(image_file(body.meta, path, bytes, true))
             }
             Err(e) => Err(WriteError::Convert(format!(
                 "re-encoding to WebP failed: {e}"
@@ -141,13 +135,12 @@ async fn convert_webp(
 }
 
 /// The file to store, with what the archive records of its origin.
-fn image_file(meta: &ImageMeta, path: PathBuf, bytes: Vec<u8>, kept_jpeg: bool) -> ImageFile {
+fn image_file(meta: ImageMeta, path: PathBuf, bytes: Vec<u8>, kept_jpeg: bool) -> ImageFile {
     ImageFile {
         path,
         bytes,
         kept_jpeg,
-        captured_at: meta.captured_at,
-        tagged_from: archive::tagged_from(meta),
+        meta,
     }
 }
 

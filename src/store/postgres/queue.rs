@@ -105,5 +105,6 @@ impl Queue for PgStore {
         tx.commit().await?;
         Ok(claimed)
     }
+    crate::store::shared::queue::shared_complete_image!();
     crate::store::shared::queue::shared_queue!();
 }

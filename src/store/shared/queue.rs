@@ -59,9 +59,51 @@ macro_rules! attempt_back {
 }
 pub(in crate::store) use attempt_back;
 
-/// The `Queue` outcomes, expanded inside a backend's `impl Queue for …`
-/// beside its own `claim`.
-macro_rules! shared_queue {
+/// The completion statement: the packed copy at path `$2`, if any, gives the
+/// packing, the checksum and the size (each subquery one index seek); fenced
+/// by the lease at `$7`-`$9`; `$6` is the time. One text for both backends,
+/// whether written alone ([`shared_complete_image!`]) or in SQLite's groups
+/// (`store/sqlite/completions.rs`).
+macro_rules! complete_image_sql {
+    () => {
+        concat!(
+            "UPDATE images SET state = 'done', path = $2, kept_jpeg = $4, \
+             packing_id = coalesce(CAST($5 AS BIGINT), (SELECT c.packing_id",
+            $crate::store::shared::queue::packed_copy!(),
+            ")), sha256 = CASE WHEN CAST($5 AS BIGINT) IS NULL \
+             THEN coalesce((SELECT c.sha256",
+            $crate::store::shared::queue::packed_copy!(),
+            "), $3) ELSE $3 END, bytes = CASE WHEN CAST($5 AS BIGINT) IS NULL \
+             THEN coalesce((SELECT c.bytes",
+            $crate::store::shared::queue::packed_copy!(),
+            "), $1) ELSE $1 END, \
+             lease_owner = NULL, lease_until = NULL, last_error = NULL, fail_reason = NULL, \
+             deferrals = 0, updated_at = ",
+            super::dialect::now!("$6"),
+            $crate::store::shared::queue::fence!("$7", "$8", "$9"),
+            " RETURNING packing_id"
+        )
+    };
+}
+pub(in crate::store) use complete_image_sql;
+
+/// What a completion's `RETURNING packing_id` (or its absence: the fence
+/// refused it) means for the worker.
+pub(in crate::store) fn completion(
+    packing: Option<Option<i64>>,
+    file: &crate::archive::ArchivedFile,
+) -> crate::store::Completion {
+    use crate::store::Completion;
+    match packing {
+        None => Completion::LeaseLost,
+        Some(Some(_)) if file.packing_id.is_none() => Completion::JoinedTar,
+        Some(_) => Completion::Done,
+    }
+}
+
+/// `complete_image` as one statement on the caller's connection: the
+/// PostgreSQL backend's (SQLite groups its completions instead).
+macro_rules! shared_complete_image {
     () => {
         async fn complete_image(
             &self,
@@ -69,44 +111,28 @@ macro_rules! shared_queue {
             file: &$crate::archive::ArchivedFile,
             now_ms: i64,
         ) -> $crate::store::StoreResult<$crate::store::Completion> {
-            use $crate::store::Completion;
-            use $crate::store::shared::queue::{bind_lease, fence, packed_copy};
+            use $crate::store::shared::queue::{bind_lease, complete_image_sql, completion};
             let path = file.path.to_string_lossy();
-            // One statement (no transaction round trips on the hot path):
-            // the packed copy at this path, if any, gives the packing, the
-            // checksum and the size; each subquery is one index seek.
-            let query = sqlx::query_scalar(concat!(
-                "UPDATE images SET state = 'done', path = $2, kept_jpeg = $4, \
-                 packing_id = coalesce(CAST($5 AS BIGINT), (SELECT c.packing_id",
-                packed_copy!(),
-                ")), sha256 = CASE WHEN CAST($5 AS BIGINT) IS NULL \
-                 THEN coalesce((SELECT c.sha256",
-                packed_copy!(),
-                "), $3) ELSE $3 END, bytes = CASE WHEN CAST($5 AS BIGINT) IS NULL \
-                 THEN coalesce((SELECT c.bytes",
-                packed_copy!(),
-                "), $1) ELSE $1 END, \
-                 lease_owner = NULL, lease_until = NULL, last_error = NULL, fail_reason = NULL, \
-                 deferrals = 0, updated_at = ",
-                super::dialect::now!("$6"),
-                fence!("$7", "$8", "$9"),
-                " RETURNING packing_id"
-            ))
-            .bind(i64::try_from(file.bytes).unwrap_or(i64::MAX))
-            .bind(path.as_ref())
-            .bind(file.sha256.as_deref())
-            .bind(file.kept_jpeg)
-            .bind(file.packing_id)
-            .bind(self.at(now_ms));
-            let packing: Option<Option<i64>> =
-                bind_lease!(query, lease).fetch_optional(self.writer()?).await?;
-            Ok(match packing {
-                None => Completion::LeaseLost,
-                Some(Some(_)) if file.packing_id.is_none() => Completion::JoinedTar,
-                Some(_) => Completion::Done,
-            })
+            let query = sqlx::query_scalar(complete_image_sql!())
+                .bind(i64::try_from(file.bytes).unwrap_or(i64::MAX))
+                .bind(path.as_ref())
+                .bind(file.sha256.as_deref())
+                .bind(file.kept_jpeg)
+                .bind(file.packing_id)
+                .bind(self.at(now_ms));
+            let packing: Option<Option<i64>> = bind_lease!(query, lease)
+                .fetch_optional(self.writer()?)
+                .await?;
+            Ok(completion(packing, file))
         }
+    };
+}
+pub(in crate::store) use shared_complete_image;
 
+/// The `Queue` outcomes but the completion, expanded inside a backend's
+/// `impl Queue for …` beside its own `claim`.
+macro_rules! shared_queue {
+    () => {
         /// The retry is due `policy.retry_at_ms - now_ms` after the store's
         /// now (the database's on PostgreSQL); `run_at` is what was stored.
         async fn fail(
@@ -134,8 +160,9 @@ macro_rules! shared_queue {
             .bind(policy.retry_at_ms.saturating_sub(now_ms))
             .bind(error)
             .bind(self.at(now_ms));
-            let row: Option<(String, i64)> =
-                bind_lease!(query, lease).fetch_optional(self.writer()?).await?;
+            let row: Option<(String, i64)> = bind_lease!(query, lease)
+                .fetch_optional(self.writer()?)
+                .await?;
             Ok(match row {
                 None => FailOutcome::LeaseLost,
                 Some((state, _)) if state == "failed" => FailOutcome::FailedForGood,

@@ -5,13 +5,15 @@
 //! write; a separate pool of read-only connections serves queries that never
 //! write, so they never queue behind a page insert. Every method is one
 //! small named query or one short transaction, none held across a network
-//! call, and a completion is one statement (no transaction of its own).
+//! call. A completion is one statement; those that queue behind the writer
+//! share one commit (`completions`).
 //! Times are the `now_ms` each call passes. Per-job counts are columns of
 //! the job row kept by triggers on `images` (`migrations/sqlite/`).
 
 mod archives;
 mod cluster;
 mod collection_tasks;
+mod completions;
 mod connection;
 mod dialect;
 mod images;
@@ -32,7 +34,7 @@ use super::{StoreError, StoreResult};
 use crate::model::{OutputFormat, Quality};
 use sqlx::SqlitePool;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// The SQLite half of [`super::Store`].
 pub struct SqliteStore {
@@ -43,6 +45,8 @@ pub struct SqliteStore {
     /// `(quality, format)` per job id. Both are fixed at creation, so the
     /// claim path can skip a join on every call.
     job_identity: Mutex<HashMap<i64, (Quality, OutputFormat)>>,
+    /// Images marked done wait here for the writer, to share one commit.
+    completions: Arc<completions::CompletionGroups>,
 }
 
 impl SqliteStore {
@@ -51,6 +55,7 @@ impl SqliteStore {
             writer,
             reader,
             job_identity: Mutex::new(HashMap::new()),
+            completions: Arc::default(),
         }
     }
 

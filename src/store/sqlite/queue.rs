@@ -1,5 +1,6 @@
 //! The work queue on SQLite: the claim is one `UPDATE ... RETURNING` on the writer; the
-//! outcomes, one fenced statement each, are `store/shared/queue.rs`.
+//! outcomes, one fenced statement each, are `store/shared/queue.rs`, and completions share a
+//! commit when they queue behind the writer (`completions`).
 
 use super::SqliteStore;
 use crate::store::interface::*;
@@ -87,6 +88,21 @@ impl Queue for SqliteStore {
         let mut claimed = in_queue_order(claimed);
         self.attach_packed_copies(&mut claimed).await?;
         Ok(claimed)
+    }
+
+    async fn complete_image(
+        &self,
+        lease: &Lease,
+        file: &crate::archive::ArchivedFile,
+        now_ms: i64,
+    ) -> StoreResult<Completion> {
+        // Written in a group with the completions that queue meanwhile
+        // (see `completions`): one commit for all of them.
+        let packing = self
+            .completions
+            .complete(self.writer()?, lease, file, now_ms)
+            .await?;
+        Ok(crate::store::shared::queue::completion(packing, file))
     }
 
     crate::store::shared::queue::shared_queue!();
