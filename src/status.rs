@@ -221,9 +221,6 @@ pub async fn live_daemons(store: &Store) -> crate::store::StoreResult<Vec<Daemon
         .collect())
 }
 
-impl StatusReport {
-}
-
 /// The store as commands that only read open it, beside live daemons:
 /// SQLite read-only; PostgreSQL, shared by them all, as one more client
 /// that never migrates (daemons of another version may be running on it).
