@@ -150,6 +150,13 @@ pub struct Metrics {
     pub rate_limit_holds: AtomicU64,
     /// HTTP API requests refused for a missing or wrong token.
     pub http_auth_failures: AtomicU64,
+    /// Hedged downloads (a second request beside a quiet first one) that
+    /// the first request won anyway.
+    pub hedges_won_by_first: AtomicU64,
+    /// Hedged downloads that the second request won.
+    pub hedges_won_by_twin: AtomicU64,
+    /// Hedged downloads whose two requests both failed.
+    pub hedges_failed: AtomicU64,
     /// How long image downloads take.
     pub image_download_seconds: Histogram,
     /// How long Graph API calls take.
@@ -169,6 +176,9 @@ impl Default for Metrics {
             url_refreshes: AtomicU64::new(0),
             rate_limit_holds: AtomicU64::new(0),
             http_auth_failures: AtomicU64::new(0),
+            hedges_won_by_first: AtomicU64::new(0),
+            hedges_won_by_twin: AtomicU64::new(0),
+            hedges_failed: AtomicU64::new(0),
             image_download_seconds: Histogram::new(DOWNLOAD_BOUNDS),
             api_call_seconds: Histogram::new(API_BOUNDS),
         }

@@ -215,15 +215,25 @@ impl StatusReport {
     }
 
     /// The report with the live daemons read from `store`.
-    pub async fn with_daemons_of(mut self, store: &Store) -> crate::store::StoreResult<Self> {
-        self.daemons = store
-            .live_daemons(DAEMON_LIVE_WITHIN, crate::clock::now_ms())
-            .await?
-            .into_iter()
-            .map(DaemonView::from)
-            .collect();
-        Ok(self)
+    pub async fn with_daemons_of(self, store: &Store) -> crate::store::StoreResult<Self> {
+        Ok(self.with_daemons(live_daemons(store).await?))
     }
+
+    /// The report with `daemons` (read beside the jobs, see [`live_daemons`]).
+    pub fn with_daemons(mut self, daemons: Vec<DaemonView>) -> Self {
+        self.daemons = daemons;
+        self
+    }
+}
+
+/// The daemons whose heartbeat is recent, as `/status` shows them.
+pub async fn live_daemons(store: &Store) -> crate::store::StoreResult<Vec<DaemonView>> {
+    Ok(store
+        .live_daemons(DAEMON_LIVE_WITHIN, crate::clock::now_ms())
+        .await?
+        .into_iter()
+        .map(DaemonView::from)
+        .collect())
 }
 
 /// The store as commands that only read open it, beside live daemons:

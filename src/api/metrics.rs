@@ -129,6 +129,18 @@ fn outcomes_since_start(out: &mut Exposition, m: &Metrics) {
             out.sample(&[("outcome", class.as_str())], by_outcome.get(class) as f64);
         }
     }
+    out.typed_family(
+        "mapillary_hedged_downloads_total",
+        "Downloads that went quiet and got a second request, by which request won (first, twin) or neither.",
+        "counter",
+    );
+    for (won, counter) in [
+        ("first", &m.hedges_won_by_first),
+        ("twin", &m.hedges_won_by_twin),
+        ("neither", &m.hedges_failed),
+    ] {
+        out.sample(&[("won", won)], metrics::get(counter) as f64);
+    }
 }
 
 /// Latency histograms since the process started (cumulative buckets).

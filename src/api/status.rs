@@ -8,7 +8,7 @@
 use crate::api::AppState;
 use crate::api::error::ApiError;
 use crate::api::openapi::{ErrorBody, Health};
-use crate::status::{JobsView, STATUS_JOBS, StatusReport};
+use crate::status::{JobsView, STATUS_JOBS, StatusReport, live_daemons};
 use crate::store::StoreKind;
 use axum::Json;
 use axum::extract::State;
@@ -26,17 +26,20 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
     responses((status = 200, description = "The report", body = StatusReport), (status = 401, description = "A token is configured and the request has none or another", body = ErrorBody))
 )]
 pub async fn status(State(state): State<AppState>) -> Result<Json<StatusReport>, ApiError> {
-    let jobs = JobsView::recent(&state.store, STATUS_JOBS).await?;
+    // Every read at once, each on its own connection of the read pool: the
+    // answer waits for the slowest read rather than for their sum.
+    let (jobs, daemons) = tokio::try_join!(
+        JobsView::recent(&state.store, STATUS_JOBS),
+        live_daemons(&state.store)
+    )?;
     let stats = &state.stats;
     // On a shared queue this daemon's memory knows only its own share: the
     // cluster's figures come from the database.
     let report = match state.store.kind() {
         StoreKind::Postgres => StatusReport::from_database(&state.store, jobs).await?,
         StoreKind::Sqlite => StatusReport::with_history(jobs, stats.rate(), &stats.history()),
-    }
-    .with_daemons_of(&state.store)
-    .await?;
-    Ok(Json(report))
+    };
+    Ok(Json(report.with_daemons(daemons)))
 }
 
 /// `GET /healthz` (never needs a token).

@@ -10,6 +10,7 @@
 
 use super::cdn_gate::CdnGate;
 use super::error::{MapillaryError, classify_api_status, classify_cdn_status, transport_error};
+use super::hedge::{self, HedgePolicy, Progress, QuietEstimate};
 use super::limiter::{Limiter, SharedBudget, take_shared_slot};
 use super::urls::{
     endpoint, listing_url, mentions_secret, onto_api_origin, strip_secret, url_expires_at,
@@ -126,6 +127,9 @@ struct Inner {
     shared_budget: Option<Arc<dyn SharedBudget>>,
     /// Holds every download while the CDN refuses most of them.
     cdn_gate: CdnGate,
+    /// How long healthy downloads stay quiet: when a hedged download gets
+    /// its twin.
+    quiet: QuietEstimate,
     metrics: Arc<Metrics>,
 }
 
@@ -201,6 +205,7 @@ impl MapillaryClient {
             settings.calls_per_minute,
             Limiter::default_burst(settings.calls_per_minute),
         );
+        let quiet = QuietEstimate::new(HedgePolicy::for_idle_timeout(settings.read_idle_timeout));
         Ok(MapillaryClient {
             inner: Arc::new(Inner {
                 settings,
@@ -211,6 +216,7 @@ impl MapillaryClient {
                 limiter,
                 shared_budget: None,
                 cdn_gate: CdnGate::default(),
+                quiet,
                 metrics: Arc::default(),
             }),
         })
@@ -391,11 +397,41 @@ impl MapillaryClient {
         Ok(out)
     }
 
-    /// Downloads one CDN object into memory. No `Authorization` header, ever.
+    /// Downloads one CDN object into memory, in ONE request. No
+    /// `Authorization` header, ever.
     pub async fn download(&self, url: &str) -> Result<Bytes, MapillaryError> {
         self.inner.cdn_gate.pass().await;
         let started = Instant::now();
-        let result = self.download_once(url).await;
+        let progress = Progress::new();
+        let result = self.download_once(url, &progress).await;
+        if result.is_ok() {
+            self.inner.quiet.record(&progress);
+        }
+        self.downloaded(started, result)
+    }
+
+    /// [`MapillaryClient::download`], with a second request for the same
+    /// URL should the first go quiet for far longer than downloads do (see
+    /// [`hedge`]): the first body to arrive whole is returned, the other
+    /// request dropped. Counted as one download in `cdn_fetches`, and in
+    /// the hedge counters when a twin was started.
+    pub async fn download_hedged(&self, url: &str) -> Result<Bytes, MapillaryError> {
+        self.inner.cdn_gate.pass().await;
+        let started = Instant::now();
+        let (result, winner) = hedge::race(&self.inner.quiet, |progress| async move {
+            self.download_once(url, &progress).await
+        })
+        .await;
+        hedge::count(&self.inner.metrics, winner);
+        self.downloaded(started, result)
+    }
+
+    /// Feeds a download's result to the CDN gate and the metrics.
+    fn downloaded(
+        &self,
+        started: Instant,
+        result: Result<Bytes, MapillaryError>,
+    ) -> Result<Bytes, MapillaryError> {
         let refusal = match &result {
             Ok(_) => Some(None),
             Err(MapillaryError::RateLimited { retry_after }) => Some(Some(*retry_after)),
@@ -418,7 +454,8 @@ impl MapillaryClient {
         result
     }
 
-    async fn download_once(&self, url: &str) -> Result<Bytes, MapillaryError> {
+    /// One request, reporting each sign of life to `progress`.
+    async fn download_once(&self, url: &str, progress: &Progress) -> Result<Bytes, MapillaryError> {
         let target = cdn_target(url)?;
         let started = Instant::now();
         let mut response = self
@@ -428,6 +465,7 @@ impl MapillaryClient {
             .send()
             .await
             .map_err(|e| transport_error("image download", e))?;
+        progress.answered();
         let status = response.status();
         if !status.is_success() {
             tracing::debug!(status = status.as_u16(), "CDN refused an image");
@@ -459,6 +497,7 @@ impl MapillaryClient {
                 .await
                 .map_err(|e| transport_error("image download", e))?;
             let Some(chunk) = chunk else { break };
+            progress.chunk();
             if (buf.len() + chunk.len()) as u64 > max {
                 return Err(MapillaryError::Transient(format!(
                     "image body exceeds the {max}-byte limit"

@@ -4,6 +4,7 @@
 //! - [`error`]: [`MapillaryError`] and the [`RetryDecision`] each failure carries.
 //! - [`limiter`]: the one shared limiter that keeps API calls under `calls_per_minute`.
 //! - [`cdn_gate`]: holds every download while the CDN refuses most of them (HTTP 429).
+//! - [`hedge`]: a second request for a download gone quiet far past the usual (the tail).
 //! - [`backoff`]: exponential retry delays with jitter, for the daemon's retries.
 //! - [`urls`]: token stripping, `oe=` expiry, keeping page links on the API origin.
 
@@ -11,6 +12,7 @@ pub mod backoff;
 pub mod cdn_gate;
 pub mod client;
 pub mod error;
+pub mod hedge;
 pub mod limiter;
 pub mod urls;
 

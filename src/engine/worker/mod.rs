@@ -143,7 +143,7 @@ pub async fn fetch(
     };
     let body = tokio::select! {
         _ = abort.cancelled() => return Fetched::Finished(Outcome::Abandoned),
-        body = ctx.client.download(url) => body,
+        body = ctx.client.download_hedged(url) => body,
     };
     match body {
         Ok(bytes) => Fetched::Body(Box::new(Body {

@@ -12,10 +12,25 @@ pub(super) fn pick_fault(
     image: Option<&str>,
     listing: bool,
 ) -> Option<Fault> {
+    // Counted whatever the answer, so a test sees every request made.
+    let nth = match image {
+        Some(id) if route == Route::Cdn => {
+            let seen = s.cdn_requests_by_image.entry(id.to_string()).or_insert(0);
+            *seen += 1;
+            *seen
+        }
+        _ => 0,
+    };
     if let Some(aimed) = image.and_then(|id| s.image_faults.get_mut(id))
         && let Some(f) = aimed.script.pop_front().or_else(|| aimed.always.clone())
     {
         return (f != Fault::Pass).then_some(f);
+    }
+    if let Some(id) = image
+        && s.halfway
+            .is_some_and(|h| nth <= h.requests && h.chooses(id))
+    {
+        return Some(Fault::Stall);
     }
     let scripted = match route {
         // A scripted query timeout waits for a listing request.

@@ -266,6 +266,28 @@ struct State_ {
     api_paths: HashMap<String, usize>,
     /// The `limit` of every `/images` request, in arrival order.
     images_limits: Vec<usize>,
+    /// Half-way stalls chosen by image id (see [`HalfwayStalls`]).
+    halfway: Option<HalfwayStalls>,
+    /// CDN requests per image id, whatever their outcome (`clear_log` resets).
+    cdn_requests_by_image: HashMap<String, usize>,
+}
+
+/// A share of the images whose first CDN requests stall half-way through
+/// the body: the choice hangs on the image id alone (a hash), so a run is
+/// the same whatever the concurrency or order of requests.
+#[derive(Debug, Clone, Copy)]
+struct HalfwayStalls {
+    /// The chosen share of images, 0.0..=1.0.
+    fraction: f64,
+    /// How many of each chosen image's requests stall (the first ones).
+    requests: usize,
+}
+
+impl HalfwayStalls {
+    fn chooses(&self, id: &str) -> bool {
+        let unit = (data::mix(data::hash_str(id) ^ 0x57a11) >> 11) as f64 / (1u64 << 53) as f64;
+        unit < self.fraction
+    }
 }
 
 struct Shared {
@@ -437,6 +459,8 @@ impl FakeMapillary {
                 orgs: HashMap::new(),
                 api_paths: HashMap::new(),
                 images_limits: Vec::new(),
+                halfway: None,
+                cdn_requests_by_image: HashMap::new(),
             }),
             bases: JpegBases::new(),
             api_url,
@@ -597,6 +621,35 @@ impl FakeMapillary {
         s.image_faults.entry(id.to_string()).or_default().always = fault;
     }
 
+    /// Makes the first `requests` CDN requests of a `fraction` of the images
+    /// stall half-way: the headers (with the full Content-Length) and half
+    /// the body, then silence with the connection open. Which images is
+    /// fixed by their ids ([`FakeMapillary::halfway_stalled`] lists them);
+    /// a fraction of 0 lifts it. Faults aimed at an image come first.
+    pub fn stall_halfway(&self, fraction: f64, requests: usize) {
+        self.shared.lock().halfway = (fraction > 0.0 && requests > 0).then_some(HalfwayStalls {
+            fraction: fraction.clamp(0.0, 1.0),
+            requests,
+        });
+    }
+
+    /// Which of `ids` [`FakeMapillary::stall_halfway`] makes stall.
+    pub fn halfway_stalled<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        let Some(halfway) = self.shared.lock().halfway else {
+            return Vec::new();
+        };
+        ids.into_iter()
+            .filter(|id| halfway.chooses(id))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// CDN requests per image id since the start (or `clear_log`), whatever
+    /// became of them: a download made twice shows as 2.
+    pub fn cdn_requests_by_image(&self) -> HashMap<String, usize> {
+        self.shared.lock().cdn_requests_by_image.clone()
+    }
+
     /// Every request as it arrived, before latency or faults (oldest first).
     pub fn started_requests(&self) -> Vec<StartRecord> {
         self.shared.lock().started.iter().cloned().collect()
@@ -723,6 +776,7 @@ impl FakeMapillary {
         s.token_on_cdn = false;
         s.api_paths.clear();
         s.images_limits.clear();
+        s.cdn_requests_by_image.clear();
     }
 
     /// Every API request received, whatever its outcome.
