@@ -105,6 +105,11 @@ pub struct DownloadArgs {
     /// metadata.jsonl.gz, __ia_thumb__.jpg and .meta/ item tags.
     #[arg(long)]
     pub tar: bool,
+    /// Upload each packed collection to the Internet Archive (implies --tar); exit 0 only once
+    /// every file is confirmed on archive.org. Keys: IA_ACCESS_KEY / IA_SECRET_KEY (or _FILE),
+    /// else the `ia` tool's ia.ini.
+    #[arg(long)]
+    pub upload_ia: bool,
 }
 
 #[derive(Debug, Args)]

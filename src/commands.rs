@@ -93,11 +93,12 @@ async fn download(config_file: Option<PathBuf>, args: DownloadArgs) -> Result<Ex
         images: args.images,
         quality: args.quality,
         format: args.format,
-        package: if args.tar {
+        package: if args.tar || args.upload_ia {
             Packaging::Tar
         } else {
             Packaging::None
         },
+        upload: args.upload_ia.then_some(crate::model::UploadTarget::Ia),
         filters: Filters {
             bbox: args.bbox,
             start_captured_at: args.since,

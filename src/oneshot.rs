@@ -24,6 +24,8 @@ pub struct DownloadRequest {
     pub quality: Quality,
     pub format: OutputFormat,
     pub package: Packaging,
+    /// `--upload-ia`: upload the packed collections once archived (sets `package`).
+    pub upload: Option<crate::model::UploadTarget>,
     pub filters: Filters,
 }
 
@@ -56,6 +58,7 @@ impl DownloadRequest {
                     quality: self.quality,
                     format: self.format,
                     package: self.package,
+                    upload: self.upload,
                     resync: Resync::KeepOr(None),
                 })
             })
@@ -86,6 +89,9 @@ pub async fn prepare_jobs(store: &Store, specs: &[JobSpec]) -> anyhow::Result<Ve
     for spec in specs {
         let submitted = store.submit_job(spec, now_ms()).await?;
         let job = submitted.job();
+        if spec.upload.is_some() {
+            store.enable_upload(job.id, now_ms()).await?;
+        }
         // Running again is how a user retries: failed images go back in the queue.
         // Images deleted on Mapillary stay failed: asking again cannot bring them back.
         let requeued = store.retry_failed(job.id, false, now_ms()).await?;

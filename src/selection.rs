@@ -324,6 +324,9 @@ pub struct JobSpec {
     pub quality: crate::model::Quality,
     pub format: crate::model::OutputFormat,
     pub package: crate::model::Packaging,
+    /// Where the packed collections go once the job is done; `None`: they
+    /// stay on this machine.
+    pub upload: Option<crate::model::UploadTarget>,
     pub resync: Resync,
 }
 
@@ -335,6 +338,7 @@ impl JobSpec {
             quality,
             format: Default::default(),
             package: Default::default(),
+            upload: None,
             resync: Resync::KeepOr(None),
         }
     }
@@ -345,16 +349,20 @@ impl JobSpec {
         self
     }
 
-    /// The job's identity: the canonical selection plus quality, format and
-    /// package. Posts with the same key are one job.
+    /// The job's identity: the canonical selection plus quality, format,
+    /// package and upload. Posts with the same key are one job. `upload` is
+    /// in it only when set, so jobs stored before it existed keep their key.
     pub fn key(&self) -> String {
-        serde_json::json!({
+        let mut key = serde_json::json!({
             "selection": self.selection.canonical(),
             "quality": self.quality.as_str(),
             "format": self.format.as_str(),
             "package": self.package.as_str(),
-        })
-        .to_string()
+        });
+        if let Some(upload) = self.upload {
+            key["upload"] = upload.as_str().into();
+        }
+        key.to_string()
     }
 
     /// The parts an enumeration starts from (and re-syncs restart from).

@@ -64,7 +64,13 @@ pub async fn create_job(
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     let spec = request.into_spec(state.default_resync)?;
     let submitted = state.store.submit_job(&spec, now_ms()).await?;
-    let (status, job) = match submitted {
+    if spec.upload.is_some() {
+        state
+            .store
+            .enable_upload(submitted.job().id, now_ms())
+            .await?;
+    }
+    let (status, mut job) = match submitted {
         Submitted::Created(job) => {
             tracing::info!(job = job.id, selection = %job.selection, quality = %job.quality, "job created");
             (StatusCode::CREATED, job)
@@ -76,6 +82,10 @@ pub async fn create_job(
         Submitted::Existing(job) => (StatusCode::OK, job),
     };
     state.wake_engine();
+    state
+        .store
+        .with_uploads(std::slice::from_mut(&mut job))
+        .await?;
     Ok((status, Json(job)))
 }
 
