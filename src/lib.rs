@@ -55,5 +55,6 @@ pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod units;
+pub mod upload;
 pub mod verify;
 pub mod webp;
