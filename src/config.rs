@@ -81,6 +81,7 @@ pub struct Settings {
     pub api: ApiSettings,
     pub log: LogSettings,
     pub cluster: ClusterSettings,
+    pub ia: crate::upload::settings::IaSettings,
 }
 
 /// Daemons sharing a PostgreSQL queue.
@@ -564,6 +565,7 @@ impl Settings {
                 ("jobs.resync_every", reason.to_string())
             })?;
         check_http_url("archive.ia_url", &self.archive.ia_url)?;
+        self.ia.validate()?;
         if self.storage.data_dir.as_os_str().is_empty() {
             return Err(("storage.data_dir", "must not be empty".into()));
         }
@@ -744,7 +746,7 @@ impl Settings {
 
 /// An http(s) URL with a host; the error does not echo it (it may hold
 /// credentials).
-fn check_http_url(key: &'static str, text: &str) -> Result<(), (&'static str, String)> {
+pub(crate) fn check_http_url(key: &'static str, text: &str) -> Result<(), (&'static str, String)> {
     let url = url::Url::parse(text).map_err(|e| (key, format!("is not a URL: {e}")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err((key, "must be an http(s) URL".into()));

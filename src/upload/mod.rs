@@ -6,3 +6,4 @@
 //!   identifiers and each part's tags.
 
 pub mod plan;
+pub mod settings;
