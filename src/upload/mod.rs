@@ -5,5 +5,6 @@
 //! - [`plan`]: which item each tar goes to, within IA's item limits; the
 //!   identifiers and each part's tags.
 
+pub mod client;
 pub mod plan;
 pub mod settings;
