@@ -18,6 +18,7 @@
 //!   [`archive_files`]: reading, writing and removing archive files on either, for packaging and `verify`.
 //! - [`package`]: tars per capture date (planned -> written -> cleaned), `metadata.jsonl.gz`, item files.
 //!   [`archive_org`]: is a collection already an Internet Archive item?
+//!   [`upload`]: sending a packed collection to the Internet Archive (IA-S3), resumable and confirmed.
 //! - [`verify`]: re-reads every archived file (loose or in a tar) against its size and SHA-256; repairs.
 //! - [`engine`]: enumerators, the dispatcher, workers and the supervisor; crash recovery and shutdown.
 //! - [`app`]: wiring for `serve`: store + client + engine + HTTP server, and signal handling.

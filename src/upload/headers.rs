@@ -1,0 +1,190 @@
+//! The headers of an IA-S3 `PUT`, built from a collection's `.meta` tags.
+//!
+//! IA-S3 turns `x-archive-meta-<key>` headers into the item's metadata when
+//! the first `PUT` creates the item (`x-archive-auto-make-bucket: 1`). The
+//! rules below are the ones the `internetarchive` library
+//! (`internetarchive/iarequest.py`, `prepare_headers`) follows and IA-S3
+//! decodes (see `docs/ia-s3.md`):
+//! - a tag with several values is sent as `x-archive-meta01-<key>`,
+//!   `x-archive-meta02-<key>`, … (IA keeps them in that order); one value as
+//!   `x-archive-meta-<key>`;
+//! - `_` cannot appear in a header name IA-S3 accepts, so a key's `_` is sent
+//!   as `--`, which IA-S3 turns back into `_`;
+//! - a value with a non-ASCII character or any whitespace (the library's
+//!   `needs_quote`) is sent as `uri(<percent-encoded UTF-8>)`, which IA-S3
+//!   decodes;
+//! - `x-archive-queue-derive: 0` (no derivatives of tars), and
+//!   `x-archive-size-hint: <item bytes>` so IA picks a server with room.
+//!
+//! `Content-MD5` and `Content-Length` are per file: the upload client adds them.
+
+use super::credentials::IaCredentials;
+use crate::secret::Secret;
+use std::fmt;
+use std::path::Path;
+
+/// One metadata tag and its values, in order (`.meta/<tag>/0`, `/1`, …).
+pub type MetaTag = (String, Vec<String>);
+
+/// Why headers could not be built, or `.meta` read. Names the tag, never a
+/// credential.
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderError {
+    /// A tag name IA would not take as a metadata field: it must start with a
+    /// letter and hold only ASCII letters, digits, `_` and `-`.
+    #[error("the metadata tag {0:?} is not a valid Internet Archive field name")]
+    BadKey(String),
+    /// `.meta` could not be read.
+    #[error("cannot read {}: {reason}", path.display())]
+    Unreadable {
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        reason: String,
+    },
+}
+
+/// The headers every `PUT` of one item carries: the auth header (a
+/// [`Secret`]) and the `x-archive-*` ones, in a fixed order.
+#[derive(Clone)]
+pub struct ItemHeaders {
+    authorization: Secret,
+    access: String,
+    archive: Vec<(String, String)>,
+}
+
+impl ItemHeaders {
+    /// The `x-archive-*` headers, in order (no credential among them).
+    pub fn archive(&self) -> &[(String, String)] {
+        &self.archive
+    }
+
+    /// The `authorization` header's value, for the one request it goes on.
+    pub fn authorization(&self) -> &Secret {
+        &self.authorization
+    }
+
+    /// Every header as `name: value` lines, the secret key replaced by
+    /// `[redacted]`: what `upload --dry-run` prints.
+    pub fn redacted(&self) -> String {
+        let mut out = format!("authorization: LOW {}:[redacted]\n", self.access);
+        for (name, value) in &self.archive {
+            out.push_str(&format!("{name}: {value}\n"));
+        }
+        out
+    }
+}
+
+impl fmt::Debug for ItemHeaders {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// The headers of every `PUT` into an item of `size_hint` bytes in all,
+/// carrying `tags` as its metadata.
+pub fn item_headers(
+    credentials: &IaCredentials,
+    tags: &[MetaTag],
+    size_hint: u64,
+) -> Result<ItemHeaders, HeaderError> {
+    let mut archive = vec![
+        ("x-archive-auto-make-bucket".to_string(), "1".to_string()),
+        ("x-archive-queue-derive".to_string(), "0".to_string()),
+        ("x-archive-size-hint".to_string(), size_hint.to_string()),
+    ];
+    archive.extend(meta_headers(tags)?);
+    Ok(ItemHeaders {
+        authorization: credentials.authorization(),
+        access: credentials.access.clone(),
+        archive,
+    })
+}
+
+/// `x-archive-meta*` headers for `tags` (see the module doc). Empty values
+/// are left out, as the library leaves them out.
+pub fn meta_headers(tags: &[MetaTag]) -> Result<Vec<(String, String)>, HeaderError> {
+    let mut headers = Vec::new();
+    for (key, values) in tags {
+        if !valid_key(key) {
+            return Err(HeaderError::BadKey(key.clone()));
+        }
+        let name = key.to_ascii_lowercase().replace('_', "--");
+        let values: Vec<&String> = values.iter().filter(|v| !v.is_empty()).collect();
+        for (index, value) in values.iter().enumerate() {
+            let header = if values.len() == 1 {
+                format!("x-archive-meta-{name}")
+            } else {
+                format!("x-archive-meta{:02}-{name}", index + 1)
+            };
+            headers.push((header, encode_value(value)));
+        }
+    }
+    Ok(headers)
+}
+
+/// A metadata value as a header value: itself when it is ASCII without
+/// whitespace or control characters, else `uri(<percent-encoded UTF-8>)`.
+/// The library quotes on non-ASCII or any whitespace (`utils.needs_quote`);
+/// we quote control characters too, which no header may carry.
+pub fn encode_value(value: &str) -> String {
+    let plain = value.bytes().all(|b| b.is_ascii_graphic());
+    if plain {
+        value.to_string()
+    } else {
+        format!("uri({})", quote(value))
+    }
+}
+
+/// Python's `urllib.parse.quote(value)`: every byte but ASCII letters,
+/// digits and `_.-~/` as `%XX` (upper-case hex).
+fn quote(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() * 3);
+    for byte in value.bytes() {
+        if byte.is_ascii_alphanumeric() || b"_.-~/".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+fn valid_key(key: &str) -> bool {
+    let mut chars = key.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// The tags under a collection's `.meta/` directory (`<tag>/<n>`, one value
+/// per file), tags sorted by name and values by `n`.
+pub fn read_meta_dir(meta_dir: &Path) -> Result<Vec<MetaTag>, HeaderError> {
+    let unreadable = |path: &Path, e: std::io::Error| HeaderError::Unreadable {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    };
+    let mut tags = Vec::new();
+    let entries = std::fs::read_dir(meta_dir).map_err(|e| unreadable(meta_dir, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| unreadable(meta_dir, e))?;
+        if !entry.path().is_dir() {
+            continue;
+        }
+        let tag = entry.file_name().to_string_lossy().into_owned();
+        let mut values: Vec<(u64, String)> = Vec::new();
+        let files = std::fs::read_dir(entry.path()).map_err(|e| unreadable(&entry.path(), e))?;
+        for file in files {
+            let file = file.map_err(|e| unreadable(&entry.path(), e))?;
+            let Ok(n) = file.file_name().to_string_lossy().parse::<u64>() else {
+                continue;
+            };
+            let value =
+                std::fs::read_to_string(file.path()).map_err(|e| unreadable(&file.path(), e))?;
+            values.push((n, value));
+        }
+        values.sort();
+        tags.push((tag, values.into_iter().map(|(_, v)| v).collect()));
+    }
+    tags.sort();
+    Ok(tags)
+}
