@@ -12,6 +12,7 @@ use crate::secret::Secret;
 use crate::selection::{Filters, JobSpec, Resync, Selection, Source};
 use crate::store::{Job, JobState, PauseReason, Store};
 use crate::units::{format_bytes, group_digits};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What the user asked for on the command line.
@@ -143,7 +144,42 @@ pub async fn download(
     for job in load_jobs(&ctx, &job_ids).await? {
         eprintln!("{}", summary_line(&job));
     }
-    Ok(end)
+    let uploads: Vec<i64> = job_ids
+        .iter()
+        .zip(specs)
+        .filter(|(_, spec)| spec.upload.is_some())
+        .map(|(id, _)| *id)
+        .collect();
+    if end != RunEnd::Archived || uploads.is_empty() {
+        return Ok(end);
+    }
+    upload_after(settings, &ctx.store, &uploads, shutdown).await
+}
+
+/// `--upload-ia`: the archived jobs' upload, until every file is confirmed
+/// (`Archived`), it pauses or fails (`SomeFailed`), or `shutdown` fires.
+async fn upload_after(
+    settings: &Settings,
+    store: &Arc<Store>,
+    job_ids: &[i64],
+    shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> anyhow::Result<RunEnd> {
+    use crate::upload::{command, run::UploadEnd};
+    let uploader = command::uploader(settings, store.clone())?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let run = command::run_tracks(&uploader, job_ids, &cancel);
+    let end = tokio::select! {
+        end = run => end?,
+        () = shutdown => UploadEnd::Interrupted,
+    };
+    Ok(match end {
+        UploadEnd::Confirmed => RunEnd::Archived,
+        UploadEnd::Paused(message) | UploadEnd::Failed(message) => {
+            eprintln!("upload to the Internet Archive stopped: {message}");
+            RunEnd::SomeFailed
+        }
+        UploadEnd::Interrupted => RunEnd::Interrupted,
+    })
 }
 
 async fn load_jobs(ctx: &EngineContext, ids: &[i64]) -> anyhow::Result<Vec<Job>> {

@@ -16,7 +16,10 @@
 //! in `docs/ia-s3.md`.
 
 pub mod client;
+pub mod command;
 pub mod credentials;
 pub mod headers;
 pub mod plan;
+pub mod run;
 pub mod settings;
+pub mod sync;

@@ -9,7 +9,7 @@
 //! into a fresh item; a placement once recorded never changes (the caller
 //! passes only tars not yet placed).
 
-use crate::package::item::ItemFacts;
+use super::headers::MetaTag;
 use std::collections::BTreeSet;
 
 /// Files an item holds besides its tars: `metadata.jsonl.gz` and
@@ -148,11 +148,10 @@ fn fits(item: &ItemLoad, bytes: u64, limits: Limits) -> bool {
 
 /// The `.meta` tags of part `part`: the collection's, with " (part N)" at
 /// the end of the title of every part after the first.
-pub fn item_tags(facts: &ItemFacts, part: u32) -> Vec<(&'static str, Vec<String>)> {
-    let mut tags = facts.tags();
+pub fn part_tags(mut tags: Vec<MetaTag>, part: u32) -> Vec<MetaTag> {
     if part > 1 {
         for (tag, values) in &mut tags {
-            if *tag == "title" {
+            if tag == "title" {
                 for value in values.iter_mut() {
                     value.push_str(&format!(" (part {part})"));
                 }
@@ -308,8 +307,14 @@ mod tests {
 
     #[test]
     fn parts_after_the_first_say_so_in_their_title() {
-        let facts = ItemFacts::new("mapillary-bob-256", true, 3, None, None).unwrap();
-        let title = |part| item_tags(&facts, part)[0].1[0].clone();
+        let facts = crate::package::item::ItemFacts::new("mapillary-bob-256", true, 3, None, None);
+        let tags: Vec<MetaTag> = facts
+            .unwrap()
+            .tags()
+            .into_iter()
+            .map(|(t, v)| (t.to_string(), v))
+            .collect();
+        let title = |part| part_tags(tags.clone(), part)[0].1[0].clone();
         assert_eq!(title(1), "Mapillary images by bob");
         assert_eq!(title(2), "Mapillary images by bob (part 2)");
         let dates = item_dates(["2024-01-01.tar", "2024-01-01.1.tar", "2024-01-02.tar"]);
