@@ -18,6 +18,7 @@
 pub mod client;
 pub mod command;
 pub mod credentials;
+pub mod daemon;
 pub mod headers;
 pub mod plan;
 pub mod run;
