@@ -309,10 +309,9 @@ impl Put<'_> {
         let item = state
             .items
             .entry(self.identifier.to_string())
-            .or_insert_with(|| {
-                let mut item = Item::default();
-                item.metadata = decode_meta_headers(&stored.headers);
-                item
+            .or_insert_with(|| Item {
+                metadata: decode_meta_headers(&stored.headers),
+                ..Item::default()
             });
         if replace_meta {
             item.metadata = decode_meta_headers(&stored.headers);
