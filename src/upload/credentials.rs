@@ -3,8 +3,9 @@
 //! Where they come from, first match wins (SPEC Part 3, "Credentials"):
 //! 1. `IA_ACCESS_KEY` / `IA_SECRET_KEY`, each or both in its `_FILE` form
 //!    (a path whose file holds the value: Docker and Kubernetes secrets);
-//! 2. with none of those four set, the `ia` tool's own config file, looked
-//!    up as `ia` does (`IA_CONFIG_FILE`, `$XDG_CONFIG_HOME/internetarchive/ia.ini`,
+//! 2. with none of those four set, the `ia` tool's own variables
+//!    (`IA_ACCESS_KEY_ID`/`IA_SECRET_ACCESS_KEY`, which `ia` itself reads);
+//! 3. else the `ia` tool's own config file, looked up as `ia` does (`IA_CONFIG_FILE`, `$XDG_CONFIG_HOME/internetarchive/ia.ini`,
 //!    `~/.config/internetarchive/ia.ini`, `~/.config/ia.ini`, `~/.ia`), section `[s3]`, keys
 //!    `access` and `secret`, so an operator who ran `ia configure` needs nothing more.
 //!
@@ -25,6 +26,10 @@ pub const SECRET_ENV: &str = "IA_SECRET_KEY";
 pub const ACCESS_FILE_ENV: &str = "IA_ACCESS_KEY_FILE";
 /// The secret key's file form: a path to a file holding the key.
 pub const SECRET_FILE_ENV: &str = "IA_SECRET_KEY_FILE";
+/// The `ia` tool's own access key variable (`internetarchive/config.py`).
+pub const IA_TOOL_ACCESS_ENV: &str = "IA_ACCESS_KEY_ID";
+/// The `ia` tool's own secret key variable (`internetarchive/config.py`).
+pub const IA_TOOL_SECRET_ENV: &str = "IA_SECRET_ACCESS_KEY";
 /// The `ia` tool's override of its config file's path, honoured as `ia` honours it.
 pub const CONFIG_FILE_ENV: &str = "IA_CONFIG_FILE";
 
@@ -46,6 +51,8 @@ pub struct IaCredentials {
 pub enum CredentialSource {
     /// The environment (`IA_ACCESS_KEY`/`IA_SECRET_KEY` or their `_FILE` forms).
     Environment,
+    /// The `ia` tool's variables (`IA_ACCESS_KEY_ID`/`IA_SECRET_ACCESS_KEY`).
+    IaToolEnvironment,
     /// The `ia` tool's config file at this path.
     ConfigFile(PathBuf),
 }
@@ -55,6 +62,12 @@ impl fmt::Display for CredentialSource {
         match self {
             CredentialSource::Environment => {
                 write!(f, "the environment ({ACCESS_ENV}, {SECRET_ENV})")
+            }
+            CredentialSource::IaToolEnvironment => {
+                write!(
+                    f,
+                    "the environment ({IA_TOOL_ACCESS_ENV}, {IA_TOOL_SECRET_ENV})"
+                )
             }
             CredentialSource::ConfigFile(path) => write!(f, "{}", path.display()),
         }
@@ -75,13 +88,13 @@ pub enum CredentialsError {
     },
     /// One key of the pair in the environment and not the other.
     #[error(
-        "{present} is set but neither {missing} nor {missing}_FILE is: set both keys of the pair \
+        "{present} is set but {missing} is not: set both keys of the pair \
          (from https://archive.org/account/s3.php)"
     )]
     HalfPair {
         /// The key that is set (or its `_FILE` form).
         present: &'static str,
-        /// The key that is missing.
+        /// The key that is missing (nor is its `_FILE` form set, where it has one).
         missing: &'static str,
     },
     /// A `_FILE` variable, or the `ia` config file, that cannot be read.
@@ -157,7 +170,7 @@ impl IaCredentials {
                 present: SECRET_ENV,
                 missing: ACCESS_ENV,
             }),
-            (None, None) => from_config_file(vars),
+            (None, None) => ia_tool_env(vars).unwrap_or_else(|| from_config_file(vars)),
         }
     }
 
@@ -196,6 +209,28 @@ fn env_value(
             Ok(Some(value))
         }
         (None, None) => Ok(None),
+    }
+}
+
+/// `IA_ACCESS_KEY_ID`/`IA_SECRET_ACCESS_KEY`, as `ia` reads them; `None`
+/// when neither is set.
+fn ia_tool_env(vars: &HashMap<String, String>) -> Option<Result<IaCredentials, CredentialsError>> {
+    let set = |name: &str| vars.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+    match (set(IA_TOOL_ACCESS_ENV), set(IA_TOOL_SECRET_ENV)) {
+        (None, None) => None,
+        (Some(access), Some(secret)) => Some(Ok(IaCredentials {
+            access: access.to_string(),
+            secret: Secret::new(secret),
+            source: CredentialSource::IaToolEnvironment,
+        })),
+        (Some(_), None) => Some(Err(CredentialsError::HalfPair {
+            present: IA_TOOL_ACCESS_ENV,
+            missing: IA_TOOL_SECRET_ENV,
+        })),
+        (None, Some(_)) => Some(Err(CredentialsError::HalfPair {
+            present: IA_TOOL_SECRET_ENV,
+            missing: IA_TOOL_ACCESS_ENV,
+        })),
     }
 }
 
@@ -268,17 +303,28 @@ fn from_config_file(vars: &HashMap<String, String>) -> Result<IaCredentials, Cre
 
 /// The `[s3]` section of an INI file as Python's `configparser` reads it:
 /// `key = value` or `key: value`, keys case-insensitive, `#`/`;` comment
-/// lines, blank lines; other sections skipped. Values stay [`Secret`]s.
+/// lines, blank lines, indented continuation lines; other sections skipped.
+/// Values stay [`Secret`]s.
 fn s3_section(path: &Path, text: &str) -> Result<HashMap<String, Secret>, CredentialsError> {
     let mut section: Option<&str> = None;
-    let mut keys = HashMap::new();
+    let mut keys: HashMap<String, Secret> = HashMap::new();
+    let mut last_key: Option<String> = None;
     for (index, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
             continue;
         }
+        if raw.starts_with([' ', '\t']) && last_key.is_some() {
+            // A continuation of the previous value (configparser joins with "\n").
+            if let (Some("s3"), Some(key)) = (section, &last_key) {
+                let joined = format!("{}\n{line}", keys[key].expose());
+                keys.insert(key.clone(), Secret::new(joined));
+            }
+            continue;
+        }
         if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
             section = Some(name.trim());
+            last_key = None;
             continue;
         }
         let split = line.find(['=', ':']);
@@ -288,10 +334,211 @@ fn s3_section(path: &Path, text: &str) -> Result<HashMap<String, Secret>, Creden
                 line: index + 1,
             });
         };
+        let key = line[..at].trim().to_ascii_lowercase();
         if name == "s3" {
-            let key = line[..at].trim().to_ascii_lowercase();
-            keys.insert(key, Secret::new(line[at + 1..].trim()));
+            keys.insert(key.clone(), Secret::new(line[at + 1..].trim()));
         }
+        last_key = Some(key);
     }
     Ok(keys)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "s3cr3t-VALUE-never-shown";
+
+    fn vars(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The error's message, checked to hold no secret.
+    fn message(error: CredentialsError) -> String {
+        let text = format!("{error} {error:?}");
+        assert!(!text.contains(SECRET), "{text}");
+        text
+    }
+
+    fn home_with(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let home = tempfile::tempdir().unwrap();
+        for (path, text) in files {
+            let path = home.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        home
+    }
+
+    fn home_vars(home: &tempfile::TempDir) -> HashMap<String, String> {
+        vars(&[("HOME", home.path().to_str().unwrap())])
+    }
+
+    #[test]
+    fn the_pair_from_the_environment_never_prints_the_secret() {
+        let found = IaCredentials::from_vars(&vars(&[(ACCESS_ENV, " acc "), (SECRET_ENV, SECRET)]))
+            .unwrap();
+        assert_eq!(found.access, "acc");
+        assert_eq!(found.secret.expose(), SECRET);
+        assert_eq!(found.source, CredentialSource::Environment);
+        assert_eq!(found.authorization().expose(), format!("LOW acc:{SECRET}"));
+        assert!(!format!("{found:?} {}", found.authorization()).contains(SECRET));
+    }
+
+    #[test]
+    fn file_forms_are_read_and_trimmed() {
+        let home = home_with(&[("access", "acc\n"), ("secret", &format!("{SECRET}\n"))]);
+        let path = |name: &str| home.path().join(name).to_str().unwrap().to_string();
+        let found = IaCredentials::from_vars(&vars(&[
+            (ACCESS_FILE_ENV, &path("access")),
+            (SECRET_FILE_ENV, &path("secret")),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (found.access.as_str(), found.secret.expose()),
+            ("acc", SECRET)
+        );
+        // One plain, one from a file.
+        let found = IaCredentials::from_vars(&vars(&[
+            (ACCESS_ENV, "a2"),
+            (SECRET_FILE_ENV, &path("secret")),
+        ]))
+        .unwrap();
+        assert_eq!(
+            (found.access.as_str(), found.secret.expose()),
+            ("a2", SECRET)
+        );
+    }
+
+    #[test]
+    fn bad_environments_say_which_variable_and_never_the_value() {
+        let home = home_with(&[("empty", "  \n")]);
+        let empty = home.path().join("empty");
+        let missing = home.path().join("nope");
+        let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
+            (
+                vec![
+                    (ACCESS_ENV, "a"),
+                    (SECRET_ENV, SECRET),
+                    (SECRET_FILE_ENV, "/x"),
+                ],
+                "both IA_SECRET_KEY and IA_SECRET_KEY_FILE are set",
+            ),
+            (
+                vec![(SECRET_ENV, SECRET)],
+                "IA_SECRET_KEY is set but IA_ACCESS_KEY is not",
+            ),
+            (
+                vec![(ACCESS_ENV, "a")],
+                "IA_ACCESS_KEY is set but IA_SECRET_KEY is not",
+            ),
+            (
+                vec![
+                    (ACCESS_ENV, "a"),
+                    (SECRET_FILE_ENV, missing.to_str().unwrap()),
+                ],
+                "IA_SECRET_KEY_FILE: cannot read",
+            ),
+            (
+                vec![
+                    (ACCESS_ENV, "a"),
+                    (SECRET_FILE_ENV, empty.to_str().unwrap()),
+                ],
+                "the secret key is empty",
+            ),
+            (
+                vec![(IA_TOOL_SECRET_ENV, SECRET)],
+                "IA_SECRET_ACCESS_KEY is set but IA_ACCESS_KEY_ID is not",
+            ),
+        ];
+        for (pairs, expected) in cases {
+            let error = IaCredentials::from_vars(&vars(&pairs)).unwrap_err();
+            let text = message(error);
+            assert!(text.contains(expected), "{pairs:?}: {text}");
+        }
+    }
+
+    #[test]
+    fn the_ia_tools_own_variables_come_after_ours() {
+        let tool = [(IA_TOOL_ACCESS_ENV, "tool"), (IA_TOOL_SECRET_ENV, SECRET)];
+        let found = IaCredentials::from_vars(&vars(&tool)).unwrap();
+        assert_eq!(found.access, "tool");
+        assert_eq!(found.source, CredentialSource::IaToolEnvironment);
+        let mut both = tool.to_vec();
+        both.extend([(ACCESS_ENV, "ours"), (SECRET_ENV, "x")]);
+        assert_eq!(
+            IaCredentials::from_vars(&vars(&both)).unwrap().access,
+            "ours"
+        );
+    }
+
+    #[test]
+    fn the_ia_config_file_is_read_as_configparser_does() {
+        let ini = format!(
+            "# written by ia configure\n[general]\nscreenname = someone\n\n[s3]\nACCESS: acc\n\
+             ; a comment\nsecret = {SECRET}\n\n[cookies]\nlogged-in-sig = a%20b=c; d\n"
+        );
+        let home = home_with(&[(".config/internetarchive/ia.ini", &ini)]);
+        let found = IaCredentials::from_vars(&home_vars(&home)).unwrap();
+        assert_eq!(
+            (found.access.as_str(), found.secret.expose()),
+            ("acc", SECRET)
+        );
+        let path = home.path().join(".config/internetarchive/ia.ini");
+        assert_eq!(found.source, CredentialSource::ConfigFile(path.clone()));
+        assert_eq!(found.source.to_string(), path.display().to_string());
+        // The environment wins over the file.
+        let mut env = home_vars(&home);
+        env.extend(vars(&[(ACCESS_ENV, "env"), (SECRET_ENV, "x")]));
+        assert_eq!(IaCredentials::from_vars(&env).unwrap().access, "env");
+    }
+
+    #[test]
+    fn config_files_are_looked_up_in_the_ia_tools_order() {
+        let ini = |access: &str| format!("[s3]\naccess = {access}\nsecret = {SECRET}\n");
+        let home = home_with(&[
+            (".ia", &ini("dot-ia")),
+            (".config/ia.ini", &ini("config-ia-ini")),
+            ("xdg/internetarchive/ia.ini", &ini("xdg")),
+            ("chosen.ini", &ini("chosen")),
+        ]);
+        let access = |env: &HashMap<String, String>| IaCredentials::from_vars(env).unwrap().access;
+        let mut env = home_vars(&home);
+        assert_eq!(access(&env), "config-ia-ini");
+        std::fs::remove_file(home.path().join(".config/ia.ini")).unwrap();
+        assert_eq!(access(&env), "dot-ia");
+        let xdg = home.path().join("xdg");
+        env.insert("XDG_CONFIG_HOME".into(), xdg.to_str().unwrap().into());
+        assert_eq!(access(&env), "xdg");
+        // A relative XDG_CONFIG_HOME is ignored, as the XDG spec says.
+        env.insert("XDG_CONFIG_HOME".into(), "xdg".into());
+        assert_eq!(access(&env), "dot-ia");
+        let chosen = home.path().join("chosen.ini");
+        env.insert(CONFIG_FILE_ENV.into(), chosen.to_str().unwrap().into());
+        assert_eq!(access(&env), "chosen");
+    }
+
+    #[test]
+    fn bad_config_files_say_where_and_never_the_line() {
+        let home = home_with(&[(".ia", &format!("[s3]\naccess = a\n{SECRET}\n"))]);
+        let text = message(IaCredentials::from_vars(&home_vars(&home)).unwrap_err());
+        assert!(text.contains(".ia, line 3"), "{text}");
+        let home = home_with(&[(".ia", "[s3]\naccess = a\n")]);
+        let text = message(IaCredentials::from_vars(&home_vars(&home)).unwrap_err());
+        assert!(text.contains("no `secret` in section [s3]"), "{text}");
+        let home = home_with(&[(".ia", "[s3]\naccess = a\nsecret =\n")]);
+        let text = message(IaCredentials::from_vars(&home_vars(&home)).unwrap_err());
+        assert!(text.contains("the secret key is empty"), "{text}");
+        let home = home_with(&[]);
+        let text = message(IaCredentials::from_vars(&home_vars(&home)).unwrap_err());
+        assert!(
+            text.contains("no Internet Archive keys") && text.contains(".ia"),
+            "{text}"
+        );
+        let text = message(IaCredentials::from_vars(&HashMap::new()).unwrap_err());
+        assert!(text.contains("(no HOME)"), "{text}");
+    }
 }

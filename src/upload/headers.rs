@@ -188,3 +188,171 @@ pub fn read_meta_dir(meta_dir: &Path) -> Result<Vec<MetaTag>, HeaderError> {
     tags.sort();
     Ok(tags)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upload::credentials::CredentialSource;
+
+    fn tag(key: &str, values: &[&str]) -> MetaTag {
+        (
+            key.to_string(),
+            values.iter().map(|v| v.to_string()).collect(),
+        )
+    }
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn values_are_quoted_as_the_library_quotes_them() {
+        // internetarchive tests/test_iarequest.py::test_metadata_header_uri_encoding
+        assert_eq!(
+            encode_value("http://example.com/foo bar?q=✓"),
+            "uri(http%3A//example.com/foo%20bar%3Fq%3D%E2%9C%93)"
+        );
+        // internetarchive tests/test_item.py::test_upload_metadata
+        assert_eq!(
+            encode_value("Почему бы и нет..."),
+            "uri(%D0%9F%D0%BE%D1%87%D0%B5%D0%BC%D1%83%20%D0%B1%D1%8B%20%D0%B8%20%D0%BD%D0%B5%D1%82...)"
+        );
+        assert_eq!(encode_value("street-view"), "street-view");
+        assert_eq!(
+            encode_value("https://creativecommons.org/licenses/by-sa/4.0/"),
+            "https://creativecommons.org/licenses/by-sa/4.0/"
+        );
+        // Whitespace of any kind, as `needs_quote`; a control character too.
+        assert_eq!(encode_value("a b"), "uri(a%20b)");
+        assert_eq!(encode_value("a\n\nb"), "uri(a%0A%0Ab)");
+        assert_eq!(encode_value("a\u{1}"), "uri(a%01)");
+        assert_eq!(encode_value("100% ~_.-"), "uri(100%25%20~_.-)");
+    }
+
+    #[test]
+    fn repeated_values_are_numbered_and_underscores_doubled() {
+        let headers = meta_headers(&[
+            tag("title", &["Mapillary images by alice"]),
+            tag("subject", &["mapillary", "street-view", "computer-vision"]),
+            tag("mapillary_downloader", &["0.1.0"]),
+            tag("Coverage", &["2024"]),
+            tag("notes", &["", "kept"]),
+            tag("empty", &[]),
+        ])
+        .unwrap();
+        assert_eq!(
+            headers,
+            pairs(&[
+                (
+                    "x-archive-meta-title",
+                    "uri(Mapillary%20images%20by%20alice)"
+                ),
+                ("x-archive-meta01-subject", "mapillary"),
+                ("x-archive-meta02-subject", "street-view"),
+                ("x-archive-meta03-subject", "computer-vision"),
+                ("x-archive-meta-mapillary--downloader", "0.1.0"),
+                ("x-archive-meta-coverage", "2024"),
+                ("x-archive-meta-notes", "kept"),
+            ])
+        );
+    }
+
+    #[test]
+    fn every_tag_packing_writes_makes_valid_headers() {
+        let facts = crate::package::item::ItemFacts::new(
+            "mapillary-zoë_x-2048-webp",
+            true,
+            1234,
+            Some(1_700_000_000_000),
+            Some(1_710_000_000_000),
+        )
+        .unwrap();
+        let tags: Vec<MetaTag> = facts
+            .tags()
+            .into_iter()
+            .map(|(key, values)| (key.to_string(), values))
+            .collect();
+        let headers = meta_headers(&tags).unwrap();
+        for (name, value) in &headers {
+            reqwest::header::HeaderName::from_bytes(name.as_bytes()).unwrap();
+            reqwest::header::HeaderValue::from_str(value).unwrap();
+            assert!(value.is_ascii() && !name.contains('_'), "{name}: {value}");
+        }
+        let description = &headers
+            .iter()
+            .find(|(n, _)| n == "x-archive-meta-description");
+        assert!(
+            description
+                .unwrap()
+                .1
+                .starts_with("uri(Street-level%20imagery")
+        );
+    }
+
+    #[test]
+    fn keys_ia_would_refuse_are_errors() {
+        for key in ["", "1st", "has space", "dot.ted", "ümlaut", "-dash"] {
+            let error = meta_headers(&[tag(key, &["v"])]).unwrap_err();
+            assert!(matches!(error, HeaderError::BadKey(_)), "{key:?}");
+        }
+    }
+
+    #[test]
+    fn item_headers_carry_the_item_flags_and_redact_the_secret() {
+        let credentials = IaCredentials {
+            access: "acc".into(),
+            secret: Secret::new("the-secret-key"),
+            source: CredentialSource::Environment,
+        };
+        let headers = item_headers(&credentials, &[tag("mediatype", &["data"])], 90_000).unwrap();
+        assert_eq!(
+            headers.archive(),
+            pairs(&[
+                ("x-archive-auto-make-bucket", "1"),
+                ("x-archive-queue-derive", "0"),
+                ("x-archive-size-hint", "90000"),
+                ("x-archive-meta-mediatype", "data"),
+            ])
+        );
+        assert_eq!(headers.authorization().expose(), "LOW acc:the-secret-key");
+        let shown = format!("{}{headers:?}", headers.redacted());
+        assert!(!shown.contains("the-secret-key"), "{shown}");
+        assert!(
+            shown.starts_with("authorization: LOW acc:[redacted]\n"),
+            "{shown}"
+        );
+        assert!(shown.contains("x-archive-size-hint: 90000\n"), "{shown}");
+    }
+
+    #[test]
+    fn meta_dirs_read_back_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |tag: &str, n: &str, value: &str| {
+            let path = dir.path().join(tag).join(n);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, value).unwrap();
+        };
+        for n in 0..11 {
+            write("subject", &n.to_string(), &format!("s{n}"));
+        }
+        write("title", "0", "Zoë's images\n(part 2)");
+        write("title", "notes.txt", "not a value");
+        std::fs::write(dir.path().join("stray"), "a file, not a tag").unwrap();
+        let tags = read_meta_dir(dir.path()).unwrap();
+        let subjects: Vec<String> = (0..11).map(|n| format!("s{n}")).collect();
+        assert_eq!(
+            tags,
+            vec![
+                ("subject".to_string(), subjects),
+                (
+                    "title".to_string(),
+                    vec!["Zoë's images\n(part 2)".to_string()]
+                ),
+            ]
+        );
+        let missing = read_meta_dir(&dir.path().join("nope")).unwrap_err();
+        assert!(missing.to_string().contains("nope"), "{missing}");
+    }
+}

@@ -19,6 +19,7 @@
 
 mod decode;
 mod handlers;
+mod put;
 mod state;
 
 pub use decode::decode_meta_headers;
@@ -39,9 +40,35 @@ use tokio::task::JoinHandle;
 pub const DEFAULT_ACCESS: &str = "fakeaccess0123";
 /// The secret key the fake accepts by default.
 pub const DEFAULT_SECRET: &str = "fakesecret-s3cr3t-0123456789";
-/// The body IA sends with its spam refusal (a `503`): a refusal that is not
-/// transient, which the upload must pause on, not retry.
-pub const SPAM_BODY: &str = "<?xml version='1.0' encoding='UTF-8'?>\n<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message><Resource>Your upload of this item has been flagged as potential spam: uploads from this account are paused for review. Contact info@archive.org.</Resource><RequestId>fake</RequestId></Error>";
+/// What IA's spam refusal says, and what the `internetarchive` library
+/// looks for (`item.py`: `b'appears to be spam' in response.content`).
+pub const SPAM_MARKER: &str = "appears to be spam";
+
+/// The body of IA's spam refusal (a `503` with the `SlowDown` code, so only
+/// the text tells it from throttling), as reported in
+/// bibanon/tubeup#135: a refusal that waiting does not lift.
+pub fn spam_body(identifier: &str) -> String {
+    format!(
+        "<?xml version='1.0' encoding='UTF-8'?>\n<Error><Code>SlowDown</Code><Message>Please reduce your \
+         request rate.</Message><Resource>Your upload of {identifier} from username fake@example.org \
+         {SPAM_MARKER}. If you believe this is a mistake, contact info@archive.org and include this entire \
+         message in your email.</Resource><RequestId>00000000-fake-4e32-b64a-ab8a85f647b6</RequestId></Error>"
+    )
+}
+
+/// An MD5 as `/metadata` lists it and the `internetarchive` library sends
+/// it in `Content-MD5`: lower-case hex.
+pub fn md5_hex(bytes: &[u8]) -> String {
+    use md5::Digest;
+    state::hex(&md5::Md5::digest(bytes))
+}
+
+/// An MD5 as standard S3 sends it in `Content-MD5`: base64 of the 16 bytes.
+pub fn md5_base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    use md5::Digest;
+    base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(bytes))
+}
 
 /// How the fake starts; every field can change later through [`FakeIa`].
 #[derive(Debug, Clone)]
@@ -91,7 +118,10 @@ impl FakeIa {
         let app = Router::new()
             .route("/", get(handlers::root))
             .route("/metadata/{identifier}", get(handlers::metadata))
-            .route("/{identifier}/{*file}", put(handlers::put_file))
+            .route(
+                "/{identifier}/{*file}",
+                put(put::put_file).post(handlers::multipart),
+            )
             .fallback(handlers::unknown)
             .with_state(shared.clone());
         let service = app.into_make_service_with_connect_info::<ConnInfo>();
@@ -137,7 +167,7 @@ impl FakeIa {
         self.shared.lock().over_limit = over_limit;
     }
 
-    /// While on, every `PUT` gets IA's spam refusal ([`SPAM_BODY`], 503).
+    /// While on, every `PUT` gets IA's spam refusal ([`spam_body`], 503).
     pub fn refuse_as_spam(&self, on: bool) {
         self.shared.lock().spam = on;
     }
@@ -154,9 +184,39 @@ impl FakeIa {
         self.shared.lock().drop_after = Some(bytes);
     }
 
+    /// The next `PUT` stops reading its body once `bytes` have arrived
+    /// (they are on the fake's disk) until [`FakeIa::release_held`]: a file
+    /// in flight for as long as a test needs, e.g. to kill -9 the uploader.
+    /// A held `PUT` whose client died sees it only once released.
+    pub fn hold_after(&self, bytes: u64) {
+        self.shared.lock().hold_after = Some(bytes);
+    }
+
+    /// Waits until a `PUT` is held by [`FakeIa::hold_after`]; its
+    /// (identifier, file).
+    pub async fn wait_held(&self) -> (String, String) {
+        self.shared.wait_held().await
+    }
+
+    /// Lets the held `PUT` go on.
+    pub fn release_held(&self) {
+        self.shared.release();
+    }
+
     /// Changes the listing delay for `PUT`s from now on.
     pub fn set_listing_delay(&self, delay: Duration) {
         self.shared.lock().options.listing_delay = delay;
+    }
+
+    /// Runs IA's task queue now: every stored file is listed in `/metadata`
+    /// from this instant, whatever the listing delay said.
+    pub fn run_tasks(&self) {
+        let now = tokio::time::Instant::now();
+        for item in self.shared.lock().items.values_mut() {
+            for file in item.files.values_mut() {
+                file.listed_from = file.listed_from.min(now);
+            }
+        }
     }
 
     /// Changes the bandwidth cap (bytes per second; `None`: no cap).

@@ -8,6 +8,7 @@ use rand::rngs::StdRng;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
 /// A file an item holds.
@@ -23,6 +24,9 @@ pub struct StoredFile {
     pub headers: Vec<(String, String)>,
     /// When `/metadata` starts listing it.
     pub listed_from: Instant,
+    /// From the body's first byte to its last, as received (a hold included):
+    /// the throughput a bench reads.
+    pub receive_time: std::time::Duration,
 }
 
 /// One request as the fake saw it.
@@ -63,6 +67,7 @@ pub(super) struct State {
     pub spam: bool,
     pub forbidden: HashSet<String>,
     pub drop_after: Option<u64>,
+    pub hold_after: Option<u64>,
     pub attempts: HashMap<(String, String), u32>,
     pub stored_count: HashMap<(String, String), u32>,
     pub requests: Vec<IaRequest>,
@@ -83,6 +88,10 @@ pub(super) struct Link {
 pub(crate) struct Shared {
     state: Mutex<State>,
     link: Mutex<Link>,
+    /// The `PUT` held mid-body (identifier, file), if any.
+    held: watch::Sender<Option<(String, String)>>,
+    /// Lets the held `PUT` go on.
+    release: Notify,
     pub(super) dir: tempfile::TempDir,
 }
 
@@ -101,6 +110,7 @@ impl Shared {
                 spam: false,
                 forbidden: HashSet::new(),
                 drop_after: None,
+                hold_after: None,
                 attempts: HashMap::new(),
                 stored_count: HashMap::new(),
                 requests: Vec::new(),
@@ -109,6 +119,8 @@ impl Shared {
                 next_upload: 0,
             }),
             link: Mutex::new(link),
+            held: watch::Sender::new(None),
+            release: Notify::new(),
             dir: tempfile::tempdir().expect("a temp dir for the fake IA"),
         }
     }
@@ -157,6 +169,7 @@ impl Shared {
             md5: hex(&Md5::digest(bytes)),
             headers: Vec::new(),
             listed_from: Instant::now(),
+            receive_time: std::time::Duration::ZERO,
         };
         let mut state = self.lock();
         let item = state.items.entry(identifier.to_string()).or_default();
@@ -164,6 +177,38 @@ impl Shared {
             .entry("identifier".into())
             .or_insert_with(|| vec![identifier.to_string()]);
         item.files.insert(file.to_string(), stored);
+    }
+
+    /// Whether a pending "drop the connection" fault fires now (once).
+    pub(super) fn take_drop(&self) -> bool {
+        self.lock().drop_after.take().is_some()
+    }
+
+    /// Holds the calling `PUT` until [`Shared::release`]; once per
+    /// `hold_after` setting.
+    pub(super) async fn hold(&self, identifier: &str, file: &str) {
+        if self.lock().hold_after.take().is_none() {
+            return;
+        }
+        self.held
+            .send_replace(Some((identifier.to_string(), file.to_string())));
+        self.release.notified().await;
+        self.held.send_replace(None);
+    }
+
+    /// Waits until a `PUT` is held; its (identifier, file).
+    pub(super) async fn wait_held(&self) -> (String, String) {
+        let mut held = self.held.subscribe();
+        let value = held
+            .wait_for(|h| h.is_some())
+            .await
+            .expect("the fake IA is gone");
+        value.clone().expect("a held PUT")
+    }
+
+    /// Lets a held `PUT` go on (or the next one, if none is held yet).
+    pub(super) fn release(&self) {
+        self.release.notify_one();
     }
 
     pub(super) fn kill_all(&self) {
