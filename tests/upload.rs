@@ -286,8 +286,8 @@ async fn slowdown_storms_slow_the_upload_without_failing_it(postgres: bool) {
         .map(|d| fake.put_attempts(COLLECTION, &format!("{d}.tar")))
         .sum();
     assert!(
-        attempts >= 3 + 1,
-        "SlowDown answers were retried: {attempts}"
+        attempts >= 9,
+        "each SlowDown answer was retried: {attempts}"
     );
     assert_eq!(setup.state().await.0, UploadState::Confirmed);
 }
@@ -413,8 +413,8 @@ async fn kill_9_during_an_upload_resends_only_the_file_in_flight() {
 
     fake.set_bandwidth(None);
     let log2 = data.join("second.log");
-    let mut second = spawn(&env, &log2);
-    let status = tokio::task::spawn_blocking(move || second.wait().unwrap())
+    let mut rerun = spawn(&env, &log2);
+    let status = tokio::task::spawn_blocking(move || rerun.wait().unwrap())
         .await
         .unwrap();
     assert!(status.success(), "{}", read(&log2));
