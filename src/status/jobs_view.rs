@@ -38,7 +38,10 @@ impl JobsView {
     /// (and however long their selections) the queue holds.
     pub async fn recent(store: &Store, limit: u32) -> crate::store::StoreResult<JobsView> {
         let sums = store.job_totals().await?;
-        let jobs = store.recent_jobs(limit).await?;
+        let mut jobs = store.recent_jobs(limit).await?;
+        // Each job's upload to the Internet Archive: one query over the
+        // (few) upload tracks.
+        store.with_uploads(&mut jobs).await?;
         Ok(JobsView {
             totals: Totals {
                 discovered: sums.pending + sums.in_progress + sums.done + sums.failed,
