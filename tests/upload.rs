@@ -304,7 +304,9 @@ async fn the_spam_answer_pauses_the_upload_with_the_reason(postgres: bool) {
     );
     let (state, error) = setup.state().await;
     assert_eq!(state, UploadState::Paused);
-    assert!(error.unwrap().contains("info@archive.org"));
+    let error = error.unwrap();
+    assert!(error.contains("flagged as potential spam"), "{error}");
+    assert!(error.contains("info@archive.org"), "{error}");
     let attempts: u32 = DAYS
         .iter()
         .map(|d| fake.put_attempts(COLLECTION, &format!("{d}.tar")))

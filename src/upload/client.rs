@@ -276,7 +276,7 @@ async fn check(
     Err(match status.as_u16() {
         503 if lower.contains("spam") => IaError::Spam {
             identifier: identifier.into(),
-            reason,
+            reason: spam_reason(&body).unwrap_or(reason),
         },
         503 if lower.contains("slowdown") || lower.contains("reduce your request rate") => {
             IaError::SlowDown { retry_after }
@@ -303,6 +303,16 @@ fn excerpt(body: &str) -> String {
         .map_or(body, |(message, _)| message);
     let line: String = message.split_whitespace().collect::<Vec<_>>().join(" ");
     line.chars().take(BODY_EXCERPT).collect()
+}
+
+/// The sentence of IA's spam refusal that says so (its `<Resource>`).
+fn spam_reason(body: &str) -> Option<String> {
+    let (_, rest) = body.split_once("<Resource>")?;
+    let (resource, _) = rest.split_once("</Resource>")?;
+    resource
+        .to_ascii_lowercase()
+        .contains("spam")
+        .then(|| excerpt(resource))
 }
 
 fn network(what: &str, error: &reqwest::Error) -> IaError {
