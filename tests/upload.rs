@@ -5,6 +5,7 @@
 //! PostgreSQL; the kill -9 test runs the real binary.
 
 use flate2::{Compression, GzBuilder};
+use mapillary_downloader::config::IaSettings;
 use mapillary_downloader::model::{ImageMeta, Packaging, Quality, UploadTarget};
 use mapillary_downloader::secret::Secret;
 use mapillary_downloader::selection::JobSpec;
@@ -13,7 +14,6 @@ use mapillary_downloader::upload::client::IaClient;
 use mapillary_downloader::upload::command;
 use mapillary_downloader::upload::credentials::{CredentialSource, IaCredentials};
 use mapillary_downloader::upload::run::{UploadEnd, Uploader};
-use mapillary_downloader::upload::settings::IaSettings;
 use mld_testkit::fake_ia::{FakeIa, FakeIaOptions};
 use mld_testkit::postgres::PgCluster;
 use std::io::Write;
@@ -305,7 +305,10 @@ async fn the_spam_answer_pauses_the_upload_with_the_reason(postgres: bool) {
     let (state, error) = setup.state().await;
     assert_eq!(state, UploadState::Paused);
     let error = error.unwrap();
-    assert!(error.contains("flagged as potential spam"), "{error}");
+    assert!(
+        error.contains("appears to be spam"),
+        "IA's own sentence: {error}"
+    );
     assert!(error.contains("info@archive.org"), "{error}");
     let attempts: u32 = DAYS
         .iter()

@@ -182,7 +182,7 @@ async fn dry_run_collection(
             Some((part, f.name.clone(), f.bytes, f.state.as_str()))
         })
         .collect();
-    for p in plan::place(&loads, &fresh, uploader.settings.limits()) {
+    for p in plan::place(&loads, &fresh, plan::limits(&uploader.settings)) {
         let bytes = fresh
             .iter()
             .find(|t| t.name == p.name)

@@ -10,7 +10,12 @@
 //!   identifiers and each part's tags.
 //! - [`client`]: IA-S3 `PUT`s streamed from disk, an item's file list,
 //!   `check_limit`; each error's retry-or-pause decision.
-//! - [`settings`]: the `[ia]` section.
+//! - [`sync`]: placements and each item's own files recorded before sending.
+//! - [`run`]: one job's track: send, skip what the item holds, confirm.
+//! - [`command`]: the `upload` command and `download --upload-ia`.
+//! - [`daemon`]: the track's loop in `serve`; pause, resume, retry.
+//!
+//! Settings: `config::IaSettings` (`[ia]`).
 //!
 //! What IA-S3 really does (limits, multipart, header encoding) is written up
 //! in `docs/ia-s3.md`.
@@ -22,5 +27,4 @@ pub mod daemon;
 pub mod headers;
 pub mod plan;
 pub mod run;
-pub mod settings;
 pub mod sync;

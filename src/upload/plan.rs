@@ -25,6 +25,14 @@ pub struct Limits {
     pub max_files: u64,
 }
 
+/// The limits `[ia]` sets.
+pub fn limits(settings: &crate::config::IaSettings) -> Limits {
+    Limits {
+        max_bytes: settings.max_item_bytes,
+        max_files: settings.max_item_files,
+    }
+}
+
 /// What an item already holds: its tars' bytes and count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ItemLoad {

@@ -14,9 +14,9 @@ use super::client::{Decision, IaClient, IaError, ListedFile, Put};
 use super::credentials::IaCredentials;
 use super::headers::{self, MetaTag};
 use super::plan;
-use super::settings::IaSettings;
 use super::sync::{self, Places, SyncError};
 use crate::clock::now_ms;
+use crate::config::IaSettings;
 use crate::package::item::META_DIR;
 use crate::store::{
     Store, StoreError, UploadFile, UploadFileKind, UploadFileState, UploadItem, UploadState,
@@ -163,7 +163,13 @@ impl Uploader {
             folder: &folder,
             spool: &spool,
         };
-        match sync::sync_collection(&self.store, collection, &places, self.settings.limits()).await
+        match sync::sync_collection(
+            &self.store,
+            collection,
+            &places,
+            plan::limits(&self.settings),
+        )
+        .await
         {
             Ok(items) => Ok(items),
             Err(SyncError::Store(e)) => Err(Stop::Store(e)),
