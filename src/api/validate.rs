@@ -453,6 +453,16 @@ mod tests {
     }
 
     #[test]
+    fn upload_ia_packs_as_tar_and_is_part_of_the_identity() {
+        let plain = spec(r#"{"username":"a","package":"tar"}"#).unwrap();
+        let upload = spec(r#"{"username":"a","upload":"ia"}"#).unwrap();
+        assert_eq!(upload.package, Packaging::Tar);
+        assert_eq!(upload.upload, Some(UploadTarget::Ia));
+        assert_ne!(plain.key(), upload.key());
+        assert!(!plain.key().contains("upload"), "older jobs keep their key");
+    }
+
+    #[test]
     fn selections_normalise_to_one_identity() {
         let a = spec(
             r#"{"image_ids":["30","4","30"],"start_captured_at":"2024-01-01","pano":"exclude"}"#,
@@ -581,6 +591,16 @@ mod tests {
                 r#"{"username":"a","package":"zip"}"#,
                 422,
                 "package: unknown package",
+            ),
+            (
+                r#"{"username":"a","upload":"ia","package":"none"}"#,
+                422,
+                "upload: ia needs package: tar",
+            ),
+            (
+                r#"{"username":"a","upload":"s3"}"#,
+                422,
+                "upload: unknown upload",
             ),
             (
                 r#"{"username":"a","resync_every":"5m"}"#,
