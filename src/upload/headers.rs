@@ -261,8 +261,9 @@ mod tests {
 
     #[test]
     fn every_tag_packing_writes_makes_valid_headers() {
+        // An ASCII user name: the description's blank line alone must make it `uri()`.
         let facts = crate::package::item::ItemFacts::new(
-            "mapillary-zoë_x-2048-webp",
+            "mapillary-alice_x-2048-webp",
             true,
             1234,
             Some(1_700_000_000_000),
