@@ -327,7 +327,9 @@ async fn a_held_put_waits_for_release() {
     let sender = fake.clone();
     let upload =
         tokio::spawn(async move { put(&sender, "a.tar", vec![1u8; 1_000_000], &[]).await });
-    let held = fake.wait_held().await;
+    let held = tokio::time::timeout(Duration::from_secs(10), fake.wait_held())
+        .await
+        .expect("a PUT is held");
     assert_eq!(held, (ITEM.to_string(), "a.tar".to_string()));
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!upload.is_finished());

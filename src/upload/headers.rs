@@ -20,6 +20,7 @@
 
 use super::credentials::IaCredentials;
 use crate::secret::Secret;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use std::fmt;
 use std::path::Path;
 
@@ -34,6 +35,10 @@ pub enum HeaderError {
     /// letter and hold only ASCII letters, digits, `_` and `-`.
     #[error("the metadata tag {0:?} is not a valid Internet Archive field name")]
     BadKey(String),
+    /// A key that cannot go into a header (a control character, say); the
+    /// key itself is not shown.
+    #[error("the Internet Archive {0} key holds a character an HTTP header cannot carry")]
+    BadCredential(&'static str),
     /// `.meta` could not be read.
     #[error("cannot read {}: {reason}", path.display())]
     Unreadable {
@@ -62,6 +67,25 @@ impl ItemHeaders {
     /// The `authorization` header's value, for the one request it goes on.
     pub fn authorization(&self) -> &Secret {
         &self.authorization
+    }
+
+    /// Every header as a [`HeaderMap`] for the request, the auth header
+    /// marked sensitive so hyper and reqwest leave it out of their `Debug`.
+    pub fn header_map(&self) -> Result<HeaderMap, HeaderError> {
+        let mut map = HeaderMap::new();
+        let mut auth = HeaderValue::from_str(self.authorization.expose())
+            .map_err(|_| HeaderError::BadCredential("access or secret"))?;
+        auth.set_sensitive(true);
+        map.insert(reqwest::header::AUTHORIZATION, auth);
+        for (name, value) in &self.archive {
+            // Names are checked keys, values `encode_value`'s visible ASCII.
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| HeaderError::BadKey(name.clone()))?;
+            let value =
+                HeaderValue::from_str(value).map_err(|_| HeaderError::BadKey(name.to_string()))?;
+            map.append(name, value);
+        }
+        Ok(map)
     }
 
     /// Every header as `name: value` lines, the secret key replaced by
@@ -261,8 +285,9 @@ mod tests {
 
     #[test]
     fn every_tag_packing_writes_makes_valid_headers() {
+        // An ASCII user name: the description's blank line alone must make it `uri()`.
         let facts = crate::package::item::ItemFacts::new(
-            "mapillary-zoë_x-2048-webp",
+            "mapillary-alice_x-2048-webp",
             true,
             1234,
             Some(1_700_000_000_000),
@@ -324,6 +349,20 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("x-archive-size-hint: 90000\n"), "{shown}");
+        let map = headers.header_map().unwrap();
+        assert!(map["authorization"].is_sensitive());
+        assert!(!format!("{map:?}").contains("the-secret-key"));
+        assert_eq!(map["x-archive-meta-mediatype"], "data");
+        assert_eq!(map.len(), 5);
+        let broken = IaCredentials {
+            secret: Secret::new("a\nb"),
+            ..credentials
+        };
+        let error = item_headers(&broken, &[], 1)
+            .unwrap()
+            .header_map()
+            .unwrap_err();
+        assert!(matches!(error, HeaderError::BadCredential(_)));
     }
 
     #[test]

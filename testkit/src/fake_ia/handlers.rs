@@ -97,6 +97,20 @@ pub(super) async fn root(
     .into_response()
 }
 
+/// One of IA's own files in a listing (`source: metadata`), with a size and
+/// an MD5 of its own, as archive.org lists them: a client must match files
+/// by name, not take every entry for one of its uploads.
+fn ia_file(name: &str) -> Value {
+    json!({
+        "name": name,
+        "source": "metadata",
+        "format": "Metadata",
+        "mtime": "1700000000",
+        "size": "1234",
+        "md5": super::md5_hex(name.as_bytes()),
+    })
+}
+
 /// `GET /metadata/<identifier>`: `{}` for an unknown item; else the item's
 /// metadata and the files whose listing delay has passed, sizes as strings
 /// as archive.org gives them, plus IA's own `_meta.xml` and `_files.xml`.
@@ -124,8 +138,8 @@ fn item_json(
 ) -> Value {
     let now = Instant::now();
     let mut listed = vec![
-        json!({"name": format!("{identifier}_meta.xml"), "source": "metadata", "format": "Metadata"}),
-        json!({"name": format!("{identifier}_files.xml"), "source": "metadata", "format": "Metadata"}),
+        ia_file(&format!("{identifier}_meta.xml")),
+        ia_file(&format!("{identifier}_files.xml")),
     ];
     let mut item_size = 0u64;
     for (name, file) in files.iter().filter(|(_, f)| f.listed_from <= now) {

@@ -73,23 +73,8 @@ fn valid_identifier(identifier: &str) -> bool {
 /// existence.
 fn refusal(shared: &SharedState, identifier: &str, headers: &HeaderMap) -> Option<Response> {
     let mut state = shared.lock();
-    let expected = format!("LOW {}:{}", state.options.access, state.options.secret);
-    match headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()) {
-        None => {
-            return Some(s3_error(
-                StatusCode::FORBIDDEN,
-                "AccessDenied",
-                "Access Denied: anonymous uploads are not allowed",
-            ));
-        }
-        Some(value) if value != expected.as_bytes() => {
-            return Some(s3_error(
-                StatusCode::FORBIDDEN,
-                "InvalidAccessKeyId",
-                "The AWS Access Key Id you provided does not exist in our records.",
-            ));
-        }
-        Some(_) => {}
+    if let Some(refused) = auth_refusal(&state, headers) {
+        return Some(refused);
     }
     if !valid_identifier(identifier) {
         return Some(s3_error(
@@ -144,6 +129,24 @@ fn refusal(shared: &SharedState, identifier: &str, headers: &HeaderMap) -> Optio
         ));
     }
     None
+}
+
+/// IA-S3's answer to a missing or wrong `authorization: LOW <access>:<secret>`.
+fn auth_refusal(state: &super::state::State, headers: &HeaderMap) -> Option<Response> {
+    let expected = format!("LOW {}:{}", state.options.access, state.options.secret);
+    match headers.get(header::AUTHORIZATION).map(|v| v.as_bytes()) {
+        None => Some(s3_error(
+            StatusCode::FORBIDDEN,
+            "AccessDenied",
+            "Access Denied: anonymous uploads are not allowed",
+        )),
+        Some(value) if value != expected.as_bytes() => Some(s3_error(
+            StatusCode::FORBIDDEN,
+            "InvalidAccessKeyId",
+            "The AWS Access Key Id you provided does not exist in our records.",
+        )),
+        Some(_) => None,
+    }
 }
 
 impl super::state::State {
