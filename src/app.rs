@@ -171,6 +171,8 @@ pub struct Application {
     server: HttpServer,
     engine: Engine,
     _lock: File,
+    /// The upload track's loop (`"upload": "ia"` jobs); stops when dropped.
+    _uploads: crate::upload::daemon::UploadDaemon,
 }
 
 impl Application {
@@ -194,10 +196,12 @@ impl Application {
         let server = api::bind(addr, api::router(state), settings.api_limits())
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
+        let uploads = crate::upload::daemon::spawn(settings, ctx.store.clone());
         let engine = Engine::start(ctx).await?;
         Ok(Application {
             server,
             engine,
+            _uploads: uploads,
             _lock: lock,
         })
     }

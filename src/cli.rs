@@ -51,6 +51,9 @@ pub enum Command {
     /// Check every archived image (loose or in a tar): there, right size and SHA-256, decodable.
     /// Exit 0 when all are ok, 1 when a problem is found, 2 for a usage or config error.
     Verify(VerifyArgs),
+    /// Upload packed collections to the Internet Archive (every job with an unfinished upload, or
+    /// --job ID); exit 0 once every file is confirmed, 1 when paused or failed, 130 interrupted.
+    Upload(UploadArgs),
     /// Exit 0 when the daemon's /healthz answers 200 (for Docker's HEALTHCHECK; needs no curl).
     Healthcheck(HealthcheckArgs),
 }
@@ -120,6 +123,30 @@ pub struct DownloadArgs {
     /// metadata.jsonl.gz, __ia_thumb__.jpg and .meta/ item tags.
     #[arg(long)]
     pub tar: bool,
+    /// Upload each packed collection to the Internet Archive (implies --tar); exit 0 only once
+    /// every file is confirmed on archive.org. Keys: IA_ACCESS_KEY / IA_SECRET_KEY (or _FILE),
+    /// else the `ia` tool's ia.ini.
+    #[arg(long)]
+    pub upload_ia: bool,
+}
+
+/// `upload`: send packed collections to the Internet Archive.
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    /// Where the database and archive live.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Share a PostgreSQL job queue instead of <data-dir>/mapillary.db: postgres://user:pass@host/db
+    /// (prefer MLD__STORAGE__DATABASE_URL: a command line is visible to every user of the machine).
+    /// Sets storage.database_url.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Only this job's collections (a packed job; given an upload if it asked for none).
+    #[arg(long, value_name = "ID", value_parser = clap::value_parser!(i64).range(1..))]
+    pub job: Option<i64>,
+    /// Print each item's files, sizes and headers (the secret key redacted); send and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// `verify`'s flags.

@@ -22,6 +22,7 @@
 //!   [`archive::webp`] (JPEG -> tagged WebP), [`archive::archive_org`] (already an Internet Archive item?).
 //! - [`buffers`]: image-sized buffers reused from one image to the next (no allocation per image).
 //! - [`package`]: tars per capture date (planned -> written -> cleaned), `metadata.jsonl.gz`, item files.
+//! - [`upload`]: a packed collection sent to the Internet Archive (IA-S3), resumable and confirmed.
 //! - [`verify`]: re-reads every archived file (loose or in a tar) against its size and SHA-256; repairs.
 //! - [`engine`]: enumerators, the dispatcher, workers and the supervisor; crash recovery and shutdown.
 //! - [`api`]: the axum HTTP API: job commands, `/status`, `/healthz`, `/metrics`, bearer auth, the page.
@@ -54,6 +55,7 @@ pub mod status;
 pub mod store;
 pub mod telemetry;
 pub mod units;
+pub mod upload;
 pub mod verify;
 
 pub use app::{Application, RunningApplication};

@@ -394,6 +394,34 @@ impl FromStr for Packaging {
     }
 }
 
+/// Where a job's packed collections go once it is done (`"upload": "ia"`):
+/// the Internet Archive, or nowhere (no field). Part of the job's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadTarget {
+    /// archive.org, through its S3-like API: one item per collection.
+    Ia,
+}
+
+impl UploadTarget {
+    /// The name the API and the identity use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UploadTarget::Ia => "ia",
+        }
+    }
+}
+
+impl FromStr for UploadTarget {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ia" => Ok(UploadTarget::Ia),
+            other => Err(format!("unknown upload {other:?}: expected ia")),
+        }
+    }
+}
+
 /// The collection folder of a contributor's images:
 /// `mapillary-<username>-<quality>[-webp]`. A username that is not a safe
 /// path component (or none at all) gives the `unknown` collection.

@@ -341,6 +341,9 @@ pub struct JobSpec {
     pub format: crate::model::OutputFormat,
     /// Loose files, or tars per date when done.
     pub package: crate::model::Packaging,
+    /// Where the packed collections go once the job is done; `None`: they
+    /// stay on this machine.
+    pub upload: Option<crate::model::UploadTarget>,
     /// Whether and how often the job lists its source again.
     pub resync: Resync,
 }
@@ -353,6 +356,7 @@ impl JobSpec {
             quality,
             format: Default::default(),
             package: Default::default(),
+            upload: None,
             resync: Resync::KeepOr(None),
         }
     }
@@ -363,16 +367,20 @@ impl JobSpec {
         self
     }
 
-    /// The job's identity: the canonical selection plus quality, format and
-    /// package. Posts with the same key are one job.
+    /// The job's identity: the canonical selection plus quality, format,
+    /// package and upload. Posts with the same key are one job. `upload` is
+    /// in it only when set, so jobs stored before it existed keep their key.
     pub fn key(&self) -> String {
-        serde_json::json!({
+        let mut key = serde_json::json!({
             "selection": self.selection.canonical(),
             "quality": self.quality.as_str(),
             "format": self.format.as_str(),
             "package": self.package.as_str(),
-        })
-        .to_string()
+        });
+        if let Some(upload) = self.upload {
+            key["upload"] = upload.as_str().into();
+        }
+        key.to_string()
     }
 
     /// The parts an enumeration starts from (and re-syncs restart from).

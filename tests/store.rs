@@ -385,6 +385,7 @@ impl StoreExt for Store {
             quality: job.quality,
             format: job.format,
             package: job.package,
+            upload: None,
             resync: mapillary_downloader::selection::Resync::KeepOr(None),
         };
         self.submit_job(&spec, now).await?;
@@ -3234,5 +3235,192 @@ mod listing {
         failed_images_of_a_10000_image_job_page_through_exactly,
         jobs_page_by_id_and_recent_ones_are_the_last_changed,
         listed_paths_are_archive_relative_and_name_the_tar_once_packed,
+    );
+}
+
+/// The upload to the Internet Archive: tracks, items, files (issue 25).
+mod uploads {
+    use super::*;
+    use mapillary_downloader::store::{
+        NewUploadFile, Placed, UploadFileKind, UploadFileState, UploadState,
+    };
+
+    fn tar<'a>(name: &'a str, bytes: u64, md5: &'a str) -> NewUploadFile<'a> {
+        NewUploadFile {
+            kind: UploadFileKind::Tar,
+            name,
+            local_path: name,
+            bytes,
+            md5,
+        }
+    }
+
+    /// A tar is placed once and never moves; the item counts what it holds;
+    /// an item file with new content is pending again; progress sums the
+    /// files of the job's collections.
+    async fn placements_are_recorded_once_and_progress_sums_them(f: Fixture) {
+        let s = &f.store;
+        let job = active_job(s, "alice").await;
+        s.insert_page(job, &metas(1..=1), None, 0).await.unwrap();
+        assert!(s.upload_track(job).await.unwrap().is_none());
+        assert!(s.enable_upload(job, 5).await.unwrap());
+        assert!(!s.enable_upload(job, 6).await.unwrap(), "idempotent");
+        let track = s.upload_track(job).await.unwrap().unwrap();
+        assert_eq!(track.state, UploadState::Waiting);
+
+        let collection = "mapillary-alice-original";
+        let one = s.add_upload_item(collection, 1, collection).await.unwrap();
+        let again = s.add_upload_item(collection, 1, collection).await.unwrap();
+        assert_eq!(one.id, again.id);
+        let two = s
+            .add_upload_item(collection, 2, "mapillary-alice-original-2")
+            .await
+            .unwrap();
+        assert!(
+            s.add_upload_item("other", 1, collection).await.is_err(),
+            "an identifier belongs to one collection"
+        );
+
+        let placed = s
+            .place_upload_file(&one, &tar("2024-01-01.tar", 100, "aa"))
+            .await;
+        assert_eq!(placed.unwrap(), Placed::New);
+        // The same tar offered to another item stays where it was placed.
+        let moved = s
+            .place_upload_file(&two, &tar("2024-01-01.tar", 100, "aa"))
+            .await;
+        assert_eq!(moved.unwrap(), Placed::Unchanged);
+        s.place_upload_file(&two, &tar("2024-01-02.tar", 50, "bb"))
+            .await
+            .unwrap();
+        let meta = |md5, bytes| NewUploadFile {
+            kind: UploadFileKind::Item,
+            name: "metadata.jsonl.gz",
+            local_path: "/spool/m.gz",
+            bytes,
+            md5,
+        };
+        assert_eq!(
+            s.place_upload_file(&one, &meta("m1", 10)).await.unwrap(),
+            Placed::New
+        );
+        assert_eq!(
+            s.place_upload_file(&one, &meta("m1", 10)).await.unwrap(),
+            Placed::Unchanged
+        );
+        let items = s.upload_items(collection).await.unwrap();
+        assert_eq!(
+            items
+                .iter()
+                .map(|i| (i.part, i.bytes, i.files))
+                .collect::<Vec<_>>(),
+            vec![(1, 110, 2), (2, 50, 1)]
+        );
+
+        let files = s.upload_files(collection).await.unwrap();
+        assert_eq!(files.len(), 3);
+        assert!(files.iter().all(|f| f.state == UploadFileState::Pending));
+        let first = &files[0];
+        assert_eq!(
+            (first.name.as_str(), first.item_id),
+            ("2024-01-01.tar", one.id)
+        );
+        s.begin_file_send(first.id).await.unwrap();
+        let sent = UploadFileState::Sent;
+        assert!(
+            s.set_file_state(first.id, UploadFileState::Pending, sent, 7)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.set_file_state(first.id, UploadFileState::Pending, sent, 7)
+                .await
+                .unwrap()
+        );
+        let meta_row = files
+            .iter()
+            .find(|f| f.name == "metadata.jsonl.gz")
+            .unwrap();
+        s.set_file_state(meta_row.id, UploadFileState::Pending, sent, 7)
+            .await
+            .unwrap();
+        s.set_file_state(meta_row.id, sent, UploadFileState::Confirmed, 8)
+            .await
+            .unwrap();
+
+        let progress = s.upload_progress(Some(job)).await.unwrap();
+        assert_eq!(progress.len(), 1);
+        let p = &progress[0];
+        assert_eq!(
+            (
+                p.items,
+                p.files_total,
+                p.files_confirmed,
+                p.bytes_sent,
+                p.bytes_total
+            ),
+            (2, 3, 1, 110, 160)
+        );
+
+        // New content for an item file: pending again, the item's bytes follow.
+        let changed = s.place_upload_file(&one, &meta("m2", 15)).await.unwrap();
+        assert_eq!(changed, Placed::Changed);
+        let files = s.upload_files(collection).await.unwrap();
+        let meta_row = files
+            .iter()
+            .find(|f| f.name == "metadata.jsonl.gz")
+            .unwrap();
+        assert_eq!(
+            (meta_row.state, meta_row.md5.as_str()),
+            (UploadFileState::Pending, "m2")
+        );
+        let first = files.iter().find(|f| f.name == "2024-01-01.tar").unwrap();
+        assert_eq!((first.state, first.attempts), (UploadFileState::Sent, 1));
+        assert_eq!(s.upload_items(collection).await.unwrap()[0].bytes, 115);
+    }
+
+    /// The track moves only from the state the caller saw, with its message.
+    async fn the_upload_track_moves_conditionally_with_its_error(f: Fixture) {
+        let s = &f.store;
+        let job = active_job(s, "bob").await;
+        let other = active_job(s, "carol").await;
+        s.enable_upload(job, 1).await.unwrap();
+        let (w, u, p) = (
+            UploadState::Waiting,
+            UploadState::Uploading,
+            UploadState::Paused,
+        );
+        assert!(s.set_upload_state(job, w, u, None, 2).await.unwrap());
+        assert!(!s.set_upload_state(job, w, u, None, 3).await.unwrap());
+        assert!(
+            !s.set_upload_state(other, w, u, None, 3).await.unwrap(),
+            "no track"
+        );
+        let why = "archive.org refused the keys: set IA_ACCESS_KEY";
+        assert!(s.set_upload_state(job, u, p, Some(why), 4).await.unwrap());
+        let tracks = s.upload_tracks().await.unwrap();
+        assert_eq!(tracks.len(), 1);
+        assert_eq!(
+            (tracks[0].state, tracks[0].last_error.as_deref()),
+            (p, Some(why))
+        );
+        let mut jobs = vec![
+            s.find_job(job).await.unwrap().unwrap(),
+            s.find_job(other).await.unwrap().unwrap(),
+        ];
+        s.with_uploads(&mut jobs).await.unwrap();
+        assert_eq!(jobs[0].upload.as_ref().unwrap().state, UploadState::Paused);
+        assert!(jobs[1].upload.is_none());
+        let json = serde_json::to_value(&jobs[0]).unwrap();
+        assert_eq!(json["upload"]["last_error"], why);
+        assert_eq!(
+            serde_json::to_value(&jobs[1]).unwrap()["upload"],
+            serde_json::Value::Null
+        );
+    }
+
+    on_both_backends!(
+        placements_are_recorded_once_and_progress_sums_them,
+        the_upload_track_moves_conditionally_with_its_error,
     );
 }

@@ -12,7 +12,7 @@ use crate::api::openapi::ErrorBody;
 use crate::api::paging::{JobsQuery, paged};
 use crate::api::validate::{CreateJobRequest, RetryParams};
 use crate::clock::now_ms;
-use crate::store::{Job, JobState, PauseReason, Submitted};
+use crate::store::{Job, JobState, PauseReason, Submitted, UploadState};
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
@@ -64,7 +64,13 @@ pub async fn create_job(
 ) -> Result<(StatusCode, Json<Job>), ApiError> {
     let spec = request.into_spec(state.default_resync)?;
     let submitted = state.store.submit_job(&spec, now_ms()).await?;
-    let (status, job) = match submitted {
+    if spec.upload.is_some() {
+        state
+            .store
+            .enable_upload(submitted.job().id, now_ms())
+            .await?;
+    }
+    let (status, mut job) = match submitted {
         Submitted::Created(job) => {
             tracing::info!(job = job.id, selection = %job.selection, quality = %job.quality, "job created");
             (StatusCode::CREATED, job)
@@ -76,6 +82,10 @@ pub async fn create_job(
         Submitted::Existing(job) => (StatusCode::OK, job),
     };
     state.wake_engine();
+    state
+        .store
+        .with_uploads(std::slice::from_mut(&mut job))
+        .await?;
     Ok((status, Json(job)))
 }
 
@@ -123,12 +133,7 @@ pub async fn get_job(
     State(state): State<AppState>,
     JobId(id): JobId,
 ) -> Result<Json<Job>, ApiError> {
-    state
-        .store
-        .find_job(id)
-        .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::job_not_found(id))
+    Ok(Json(with_upload(&state, id).await?))
 }
 
 /// `POST /jobs/{id}/pause`: queued, enumerating or downloading -> paused.
@@ -155,6 +160,10 @@ pub async fn pause_job(
             tracing::info!(job = id, "job paused");
             state.wake_engine();
             Ok(Json(job))
+        }
+        None if crate::upload::daemon::pause(&state.store, id).await? => {
+            tracing::info!(job = id, "upload paused");
+            Ok(Json(with_upload(&state, id).await?))
         }
         None => Err(refusal(&state, id, "paused", PAUSABLE).await),
     }
@@ -183,6 +192,12 @@ pub async fn resume_job(
             tracing::info!(job = id, state = job.state.as_str(), "job resumed");
             state.wake_engine();
             Ok(Json(job))
+        }
+        None if crate::upload::daemon::restart(&state.store, id, &[UploadState::Paused])
+            .await? =>
+        {
+            tracing::info!(job = id, "upload resumed");
+            Ok(Json(with_upload(&state, id).await?))
         }
         None => Err(refusal(&state, id, "resumed", &[JobState::Paused]).await),
     }
@@ -230,14 +245,25 @@ pub async fn retry_job(
         .await?;
     // Only a finished job changes state; the conditional update ignores the others.
     state.store.reactivate_job(id, FINISHED, now).await?;
+    let stopped = [UploadState::Failed, UploadState::Paused];
+    crate::upload::daemon::restart(&state.store, id, &stopped).await?;
     tracing::info!(job = id, requeued, "failed images re-queued");
     state.wake_engine();
-    let job = state
+    Ok(Json(with_upload(&state, id).await?))
+}
+
+/// Job `id` with its upload, as the answers that show it.
+async fn with_upload(state: &AppState, id: i64) -> Result<Job, ApiError> {
+    let mut job = state
         .store
         .find_job(id)
         .await?
         .ok_or_else(|| ApiError::job_not_found(id))?;
-    Ok(Json(job))
+    state
+        .store
+        .with_uploads(std::slice::from_mut(&mut job))
+        .await?;
+    Ok(job)
 }
 
 /// `DELETE /jobs/{id}`: cancels the job and keeps its files. Cancelling a

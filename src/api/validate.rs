@@ -7,7 +7,7 @@
 //! Everything is checked before any handler runs, so bad input writes nothing.
 
 use crate::api::error::ApiError;
-use crate::model::{Bbox, OutputFormat, Packaging, Quality, validate_username};
+use crate::model::{Bbox, OutputFormat, Packaging, Quality, UploadTarget, validate_username};
 use crate::selection::{
     Filters, JobSpec, Pano, Resync, Selection, SelectionError, Source, parse_date, parse_interval,
 };
@@ -66,10 +66,14 @@ pub struct CreateJobRequest {
     #[serde(default, deserialize_with = "format_field")]
     #[schema(value_type = Option<OutputFormat>)]
     pub format: OutputFormat,
-    /// `none` (default) or `tar`.
+    /// `none` (default) or `tar`; `tar` when `upload` is set (`none` with it is refused).
     #[serde(default, deserialize_with = "package_field")]
     #[schema(value_type = Option<Packaging>)]
-    pub package: Packaging,
+    pub package: Option<Packaging>,
+    /// `ia`: upload the packed collections to the Internet Archive once the job is done.
+    #[serde(default, deserialize_with = "upload_field")]
+    #[schema(value_type = Option<UploadTarget>)]
+    pub upload: Option<UploadTarget>,
     /// Re-sync by itself this long after finishing (`90m`, `6h`, `7d`; at least 10 minutes);
     /// `null`: never; absent: `jobs.resync_every`.
     #[serde(default, deserialize_with = "resync_field")]
@@ -137,11 +141,22 @@ impl CreateJobRequest {
             source: source.normalized().map_err(unprocessable)?,
             filters,
         };
+        let package = match (self.upload, self.package) {
+            (Some(_), Some(Packaging::None)) => {
+                return Err(ApiError::Unprocessable(
+                    "upload: ia needs package: tar (leave package out, or set it to \"tar\")"
+                        .into(),
+                ));
+            }
+            (Some(_), _) => Packaging::Tar,
+            (None, package) => package.unwrap_or_default(),
+        };
         Ok(JobSpec {
             selection,
             quality: self.quality,
             format: self.format,
-            package: self.package,
+            package,
+            upload: self.upload,
             // Not part of the identity: posting a job again without it
             // keeps the interval the job has.
             resync: match self.resync_every {
@@ -263,8 +278,22 @@ fn format_field<'de, D: Deserializer<'de>>(d: D) -> Result<OutputFormat, D::Erro
     choice(d, "format", "\"jpeg\", \"webp\"")
 }
 
-fn package_field<'de, D: Deserializer<'de>>(d: D) -> Result<Packaging, D::Error> {
-    choice(d, "package", "\"none\", \"tar\"")
+fn package_field<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Packaging>, D::Error> {
+    choice(d, "package", "\"none\", \"tar\"").map(Some)
+}
+
+fn upload_field<'de, D: Deserializer<'de>>(d: D) -> Result<Option<UploadTarget>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::String(s) => s
+            .parse()
+            .map(Some)
+            .map_err(|e| D::Error::custom(format!("upload: {e}"))),
+        other => Err(D::Error::custom(format!(
+            "upload must be null or the string \"ia\", got {}",
+            kind(&other)
+        ))),
+    }
 }
 
 fn resync_field<'de, D: Deserializer<'de>>(d: D) -> Result<ResyncField, D::Error> {
@@ -427,6 +456,16 @@ mod tests {
     }
 
     #[test]
+    fn upload_ia_packs_as_tar_and_is_part_of_the_identity() {
+        let plain = spec(r#"{"username":"a","package":"tar"}"#).unwrap();
+        let upload = spec(r#"{"username":"a","upload":"ia"}"#).unwrap();
+        assert_eq!(upload.package, Packaging::Tar);
+        assert_eq!(upload.upload, Some(UploadTarget::Ia));
+        assert_ne!(plain.key(), upload.key());
+        assert!(!plain.key().contains("upload"), "older jobs keep their key");
+    }
+
+    #[test]
     fn selections_normalise_to_one_identity() {
         let a = spec(
             r#"{"image_ids":["30","4","30"],"start_captured_at":"2024-01-01","pano":"exclude"}"#,
@@ -555,6 +594,16 @@ mod tests {
                 r#"{"username":"a","package":"zip"}"#,
                 422,
                 "package: unknown package",
+            ),
+            (
+                r#"{"username":"a","upload":"ia","package":"none"}"#,
+                422,
+                "upload: ia needs package: tar",
+            ),
+            (
+                r#"{"username":"a","upload":"s3"}"#,
+                422,
+                "upload: unknown upload",
             ),
             (
                 r#"{"username":"a","resync_every":"5m"}"#,

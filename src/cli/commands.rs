@@ -5,7 +5,9 @@
 
 use super::{estimate, progress};
 use crate::cli::oneshot::{self, DownloadRequest, RunEnd};
-use crate::cli::{Cli, Command, DownloadArgs, FailuresArgs, ServeArgs, StatusArgs, VerifyArgs};
+use crate::cli::{
+    Cli, Command, DownloadArgs, FailuresArgs, ServeArgs, StatusArgs, UploadArgs, VerifyArgs,
+};
 use crate::config::{self, FlagOverrides, Settings};
 use crate::model::Packaging;
 use crate::selection::{Filters, JobSpec};
@@ -39,6 +41,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Status(args) => status(cli.config, args).await,
         Command::Failures(args) => failures(cli.config, args).await,
         Command::Verify(args) => verify(cli.config, args).await,
+        Command::Upload(args) => upload(cli.config, args).await,
     };
     outcome.unwrap_or_else(|code| code)
 }
@@ -94,11 +97,12 @@ async fn download(config_file: Option<PathBuf>, args: DownloadArgs) -> Result<Ex
         images: args.images,
         quality: args.quality,
         format: args.format,
-        package: if args.tar {
+        package: if args.tar || args.upload_ia {
             Packaging::Tar
         } else {
             Packaging::None
         },
+        upload: args.upload_ia.then_some(crate::model::UploadTarget::Ia),
         filters: Filters {
             bbox: args.bbox,
             start_captured_at: args.since,
@@ -108,6 +112,10 @@ async fn download(config_file: Option<PathBuf>, args: DownloadArgs) -> Result<Ex
     };
     let specs = request.specs().map_err(usage_error)?;
     let token = token()?;
+    if args.upload_ia {
+        // Missing keys are said now, not after hours of downloading.
+        crate::upload::credentials::IaCredentials::from_env().map_err(usage_error)?;
+    }
     // Bars and info logs fight over a terminal; keep logs to warnings there.
     if std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("RUST_LOG").is_none()
@@ -352,4 +360,55 @@ async fn dry_run(settings: &Settings, token: config::Secret, specs: &[JobSpec]) 
         }
     }
     ExitCode::SUCCESS
+}
+
+/// `upload`: each job's upload track until confirmed, paused, failed or
+/// interrupted; `--dry-run` prints what it would send.
+async fn upload(config_file: Option<PathBuf>, args: UploadArgs) -> Result<ExitCode, ExitCode> {
+    use crate::upload::{command, run::UploadEnd};
+    let settings = load(&FlagOverrides {
+        config_file,
+        data_dir: args.data_dir,
+        database_url: args.database_url,
+        ..FlagOverrides::default()
+    })?;
+    telemetry::init(&settings.log);
+    let runtime = |e: anyhow::Error| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(1)
+    };
+    let _lock = app::lock_data_dir(&settings).map_err(runtime)?;
+    let store = std::sync::Arc::new(app::open_store(&settings).await.map_err(runtime)?);
+    let uploader = command::uploader(&settings, store.clone()).map_err(usage_error)?;
+    let jobs = command::jobs_to_upload(&store, args.job)
+        .await
+        .map_err(usage_error)?;
+    if args.dry_run {
+        let mut out = std::io::stdout().lock();
+        command::dry_run(&uploader, &jobs, &mut out)
+            .await
+            .map_err(runtime)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let cancel = shutdown.clone();
+    tokio::spawn(async move {
+        app::shutdown_signal().await;
+        cancel.cancel();
+    });
+    let end = command::run_tracks(&uploader, &jobs, &shutdown)
+        .await
+        .map_err(runtime)?;
+    store.close().await;
+    Ok(match end {
+        UploadEnd::Confirmed => ExitCode::SUCCESS,
+        UploadEnd::Paused(m) | UploadEnd::Failed(m) => {
+            eprintln!("error: {m}");
+            ExitCode::from(1)
+        }
+        UploadEnd::Interrupted => {
+            eprintln!("interrupted: run the same command again to resume");
+            ExitCode::from(130)
+        }
+    })
 }

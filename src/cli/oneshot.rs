@@ -12,6 +12,7 @@ use crate::secret::Secret;
 use crate::selection::{Filters, JobSpec, Resync, Selection, Source};
 use crate::store::{Job, JobState, PauseReason, Store};
 use crate::units::{format_bytes, group_digits};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What the user asked for on the command line.
@@ -31,6 +32,8 @@ pub struct DownloadRequest {
     pub format: OutputFormat,
     /// Loose files or tars.
     pub package: Packaging,
+    /// `--upload-ia`: upload the packed collections once archived (sets `package`).
+    pub upload: Option<crate::model::UploadTarget>,
     /// Filters every job of the request shares.
     pub filters: Filters,
 }
@@ -64,6 +67,7 @@ impl DownloadRequest {
                     quality: self.quality,
                     format: self.format,
                     package: self.package,
+                    upload: self.upload,
                     resync: Resync::KeepOr(None),
                 })
             })
@@ -94,6 +98,9 @@ pub async fn prepare_jobs(store: &Store, specs: &[JobSpec]) -> anyhow::Result<Ve
     for spec in specs {
         let submitted = store.submit_job(spec, now_ms()).await?;
         let job = submitted.job();
+        if spec.upload.is_some() {
+            store.enable_upload(job.id, now_ms()).await?;
+        }
         // Running again is how a user retries: failed images go back in the queue.
         // Images deleted on Mapillary stay failed: asking again cannot bring them back.
         let requeued = store.retry_failed(job.id, false, now_ms()).await?;
@@ -145,7 +152,42 @@ pub async fn download(
     for job in load_jobs(&ctx, &job_ids).await? {
         eprintln!("{}", summary_line(&job));
     }
-    Ok(end)
+    let uploads: Vec<i64> = job_ids
+        .iter()
+        .zip(specs)
+        .filter(|(_, spec)| spec.upload.is_some())
+        .map(|(id, _)| *id)
+        .collect();
+    if end != RunEnd::Archived || uploads.is_empty() {
+        return Ok(end);
+    }
+    upload_after(settings, &ctx.store, &uploads, shutdown).await
+}
+
+/// `--upload-ia`: the archived jobs' upload, until every file is confirmed
+/// (`Archived`), it pauses or fails (`SomeFailed`), or `shutdown` fires.
+async fn upload_after(
+    settings: &Settings,
+    store: &Arc<Store>,
+    job_ids: &[i64],
+    shutdown: std::pin::Pin<&mut impl std::future::Future<Output = ()>>,
+) -> anyhow::Result<RunEnd> {
+    use crate::upload::{command, run::UploadEnd};
+    let uploader = command::uploader(settings, store.clone())?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let run = command::run_tracks(&uploader, job_ids, &cancel);
+    let end = tokio::select! {
+        end = run => end?,
+        () = shutdown => UploadEnd::Interrupted,
+    };
+    Ok(match end {
+        UploadEnd::Confirmed => RunEnd::Archived,
+        UploadEnd::Paused(message) | UploadEnd::Failed(message) => {
+            eprintln!("upload to the Internet Archive stopped: {message}");
+            RunEnd::SomeFailed
+        }
+        UploadEnd::Interrupted => RunEnd::Interrupted,
+    })
 }
 
 async fn load_jobs(ctx: &EngineContext, ids: &[i64]) -> anyhow::Result<Vec<Job>> {

@@ -42,7 +42,10 @@ impl JobsView {
         // Two reads on two connections of the read pool at once: a request
         // waits for the slower, not for both in turn (each read is a hop to
         // a connection's thread, and on a busy machine the hops dominate).
-        let (sums, jobs) = tokio::try_join!(store.job_totals(), store.recent_jobs(limit))?;
+        let (sums, mut jobs) = tokio::try_join!(store.job_totals(), store.recent_jobs(limit))?;
+        // Each job's upload to the Internet Archive: one query over the
+        // (few) upload tracks.
+        store.with_uploads(&mut jobs).await?;
         Ok(JobsView {
             totals: Totals {
                 discovered: sums.pending + sums.in_progress + sums.done + sums.failed,

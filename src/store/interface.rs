@@ -19,6 +19,10 @@ use super::{
     Packing, Page, Part, PartStep, PauseReason, RecordedUpload, Rescued, RetryPolicy,
     StallCandidate, Store, StoreResult, StoredCopy, Submitted, TarWritten,
 };
+use super::{
+    NewUploadFile, Placed, UploadFile, UploadFileState, UploadItem, UploadProgress, UploadState,
+    UploadTrack,
+};
 use crate::archive::ArchivedFile;
 use crate::model::Storable;
 use crate::selection::JobSpec;
@@ -540,5 +544,55 @@ store_interface! {
         /// The upload completed or was aborted. Unfenced: forgetting an upload
         /// that is over is right whoever does it.
         fn forget_upload(&self, upload_id: &str) -> ();
+    }
+
+    /// The upload to the Internet Archive (see `store/uploads.rs`): a job's
+    /// track, a collection's items, and each file's way to one.
+    pub trait Uploads {
+        /// Gives job `job_id` an upload track (`waiting`) if it has none;
+        /// `true` when it was created. Idempotent: a re-post calls it again.
+        fn enable_upload(&self, job_id: i64, now_ms: i64) -> bool;
+        /// The job's upload track; `None` when it asked for no upload.
+        fn upload_track(&self, job_id: i64) -> Option<UploadTrack>;
+        /// Every upload track, by job id: what the engine's upload loop walks.
+        fn upload_tracks(&self) -> Vec<UploadTrack>;
+        /// Moves the job's track from `from` to `to`, setting `last_error`
+        /// (`None` clears it); `false` if it was not in `from`, so of two
+        /// racing callers one wins.
+        fn set_upload_state(
+            &self,
+            job_id: i64,
+            from: UploadState,
+            to: UploadState,
+            last_error: Option<&str>,
+            now_ms: i64,
+        ) -> bool;
+        /// A collection's items, by part.
+        fn upload_items(&self, collection: &str) -> Vec<UploadItem>;
+        /// Part `part` of `collection`, named `identifier`: created empty if
+        /// missing. [`StoreError::Invalid`] when the identifier belongs to
+        /// another collection or part.
+        fn add_upload_item(&self, collection: &str, part: u32, identifier: &str) -> UploadItem;
+        /// Places a file in `item`, in one transaction with the item's byte
+        /// and file counts. A tar already placed (in this item or any other
+        /// of its collection) stays where it is ([`Placed::Unchanged`]); an
+        /// item file whose size or MD5 changed goes back to pending.
+        fn place_upload_file(&self, item: &UploadItem, file: &NewUploadFile<'_>) -> Placed;
+        /// A collection's placed files, by item, then in placement order.
+        fn upload_files(&self, collection: &str) -> Vec<UploadFile>;
+        /// A PUT of the file begins: counts an attempt, before any byte goes,
+        /// so a crash mid-send shows as a resend.
+        fn begin_file_send(&self, file_id: i64) -> ();
+        /// Moves one file from `from` to `to`; `false` if it was not in `from`.
+        fn set_file_state(
+            &self,
+            file_id: i64,
+            from: UploadFileState,
+            to: UploadFileState,
+            now_ms: i64,
+        ) -> bool;
+        /// Upload tracks with their sums over the files of each job's
+        /// collections (the job object's `upload`): of one job, or of all.
+        fn upload_progress(&self, job_id: Option<i64>) -> Vec<UploadProgress>;
     }
 }

@@ -144,6 +144,7 @@ impl JobRow {
             stalled_since: self.stalled_at.map(rfc3339_from_ms),
             note: self.note,
             page_size: self.page_size.and_then(|n| u32::try_from(n).ok()),
+            upload: None,
         })
     }
 }
@@ -180,6 +181,9 @@ pub(super) fn resync_spec(
         quality: quality.parse().map_err(corrupt)?,
         format: format.parse().map_err(corrupt)?,
         package: package.parse().map_err(corrupt)?,
+        // A re-sync restarts the listing only; the upload track is the job's
+        // own row (`job_uploads`) and goes on from there.
+        upload: None,
         resync: Resync::KeepOr(None),
     })
 }

@@ -66,6 +66,10 @@ pub use queue::{DeferPolicy, RetryPolicy};
 pub use rescue::Rescued;
 pub use sqlite::{Durability, StoreOptions};
 pub use stalls::StallCandidate;
+pub use uploads::{
+    NewUploadFile, Placed, UploadFile, UploadFileKind, UploadFileState, UploadItem, UploadProgress,
+    UploadState, UploadTrack,
+};
 
 use crate::model::{Bbox, ImageMeta, OutputFormat, Packaging, Quality};
 use crate::selection::{self, Selection, Source};
@@ -186,6 +190,9 @@ macro_rules! text_enum {
         }
     };
 }
+
+// After `text_enum!`, which it uses.
+mod uploads;
 
 text_enum! {
     /// A job's lifecycle state.
@@ -313,6 +320,9 @@ pub struct Job {
     pub note: Option<String>,
     /// The `limit` of its listing pages, when a query timeout lowered it.
     pub page_size: Option<u32>,
+    /// Its upload to the Internet Archive, when it asked for one. Not a
+    /// column: [`Store::with_uploads`] fills it for the answers that show it.
+    pub upload: Option<UploadProgress>,
 }
 
 impl Job {
@@ -375,6 +385,8 @@ struct JobView<'a> {
     progress_at: Option<&'a str>,
     #[schema(value_type = Option<String>)]
     stalled_since: Option<&'a str>,
+    /// The upload to the Internet Archive (`"upload": "ia"`); null without one.
+    upload: Option<&'a UploadProgress>,
 }
 
 impl utoipa::PartialSchema for Job {
@@ -439,6 +451,7 @@ impl Serialize for Job {
             note: self.note.as_deref(),
             progress_at: self.progress_at.as_deref(),
             stalled_since: self.stalled_since.as_deref(),
+            upload: self.upload.as_ref(),
         }
         .serialize(serializer)
     }

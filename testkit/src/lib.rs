@@ -3,6 +3,8 @@
 //!
 //! - [`fake`]: a fake Mapillary Graph API + CDN with scriptable faults and a
 //!   request log (`src/bin/fake_mapillary.rs` runs it standalone);
+//! - [`fake_ia`]: a fake Internet Archive (IA-S3 uploads, `check_limit`,
+//!   `/metadata`) with throttling, refusals, a kill switch and a bandwidth cap;
 //! - [`jpeg`]: JPEG fixtures built in code, and segment surgery;
 //! - [`process`]: the daemon binary as a child process, and `/proc` readings;
 //! - [`env`]: the daemon's environment against the fake (one list);
@@ -28,6 +30,7 @@ pub mod archive_check;
 pub mod browser;
 pub mod env;
 pub mod fake;
+pub mod fake_ia;
 pub mod jpeg;
 pub mod latency;
 pub mod postgres;

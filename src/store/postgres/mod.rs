@@ -32,6 +32,7 @@ mod rebase;
 mod rescue;
 mod stalls;
 mod task_lease;
+mod uploads;
 
 use super::interface::Health;
 use super::{StoreError, StoreResult};

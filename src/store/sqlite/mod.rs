@@ -26,6 +26,7 @@ mod queue;
 mod rebase;
 mod stalls;
 mod task_lease;
+mod uploads;
 
 pub use connection::{Durability, StoreOptions};
 

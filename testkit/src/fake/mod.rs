@@ -25,7 +25,7 @@ mod faults;
 mod gate;
 mod handlers;
 mod listing;
-mod net;
+pub(crate) mod net;
 mod selection;
 #[cfg(test)]
 mod tests;
