@@ -130,7 +130,7 @@ impl IaSettings {
     /// Checks every value, naming the key and never echoing a value.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         check_http_url("ia.endpoint", &self.endpoint)?;
-        let ranges: [(&'static str, u64, u64, u64); 5] = [
+        check_ranges(&[
             ("ia.max_item_bytes", self.max_item_bytes, 1, 1 << 40),
             ("ia.max_item_files", self.max_item_files, 3, 100_000),
             (
@@ -141,11 +141,14 @@ impl IaSettings {
             ),
             ("ia.confirm_poll_ms", self.confirm_poll_ms, 1, 3_600_000),
             ("ia.slowdown_max_secs", self.slowdown_max_secs, 1, 86_400),
-        ];
-        for (key, value, min, max) in ranges {
-            if !(min..=max).contains(&value) {
-                return Err((key, format!("the value is out of range {min}..={max}")));
-            }
+        ])?;
+        if self.delete_after_confirm {
+            // Refused until `verify` knows images held on archive.org only:
+            // today it would call them missing, and `--repair` would
+            // download every one of them again.
+            let reason = "is not supported yet: verify --repair would download the images of every \
+                          removed tar again; leave it false";
+            return Err(("ia.delete_after_confirm", reason.to_string()));
         }
         Ok(())
     }

@@ -486,3 +486,19 @@ fn allowed_hosts_come_from_a_file_or_a_comma_list_and_are_checked() {
     let s = Settings::load_from(&flags, &env(&[])).unwrap();
     assert!(s.trusted_hosts().is_empty());
 }
+
+#[test]
+fn deleting_tars_after_the_upload_is_refused_until_verify_knows_the_internet_archive() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ia.toml");
+    std::fs::write(&file, "[ia]\ndelete_after_confirm = true\n").unwrap();
+    let flags = FlagOverrides {
+        config_file: Some(file),
+        ..Default::default()
+    };
+    let err = Settings::load_from(&flags, &env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ia.delete_after_confirm"), "{err}");
+    assert!(err.contains("not supported yet"), "{err}");
+}
