@@ -11,7 +11,7 @@ use crate::api::error::ApiError;
 use crate::metrics::{self, Metrics, OutcomeClass};
 use crate::status::{StatusReport, Totals};
 use crate::store::StoreKind;
-use crate::store::{Job, JobState};
+use crate::store::{Job, JobState, UploadProgress, UploadState};
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -33,7 +33,9 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
     )
 )]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let jobs = state.store.list_jobs().await?;
+    let mut jobs = state.store.list_jobs().await?;
+    // Each job's upload to the Internet Archive, for its gauges.
+    state.store.with_uploads(&mut jobs).await?;
     let report = match state.store.kind() {
         StoreKind::Postgres => StatusReport::from_database(&state.store, jobs).await?,
         StoreKind::Sqlite => StatusReport::new(jobs, state.stats.rate()),
@@ -52,6 +54,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
 pub fn render(report: &StatusReport, uptime: Duration, counters: &Metrics) -> String {
     let mut out = Exposition::default();
     per_job(&mut out, &report.jobs);
+    uploads(&mut out, &report.jobs);
     all_jobs(&mut out, report, uptime);
     daemons(&mut out, report);
     counters_since_start(&mut out, counters);
@@ -229,6 +232,50 @@ fn per_job(out: &mut Exposition, jobs: &[Job]) {
     );
     for job in jobs {
         out.sample_job(job, None, f64::from(u8::from(job.enumeration_complete)));
+    }
+}
+
+/// The upload to the Internet Archive of every job that asks for one:
+/// files and bytes placed against confirmed and sent, and the track's state.
+fn uploads(out: &mut Exposition, jobs: &[Job]) {
+    let uploading = || {
+        jobs.iter()
+            .filter_map(|j| j.upload.as_ref().map(|u| (j, u)))
+    };
+    type Count = fn(&UploadProgress) -> u64;
+    type Family = (&'static str, &'static str, [(&'static str, Count); 2]);
+    let families: [Family; 2] = [
+        (
+            "mapillary_job_upload_files",
+            "Files of a job's Internet Archive items: placed in them, and confirmed by their metadata.",
+            [
+                ("placed", |u| u.files_total),
+                ("confirmed", |u| u.files_confirmed),
+            ],
+        ),
+        (
+            "mapillary_job_upload_bytes",
+            "Bytes of a job's Internet Archive items: placed in them, and sent.",
+            [("placed", |u| u.bytes_total), ("sent", |u| u.bytes_sent)],
+        ),
+    ];
+    for (name, help, counts) in families {
+        out.family(name, help);
+        for (job, upload) in uploading() {
+            for (state, count) in counts {
+                out.sample_job(job, Some(state), count(upload) as f64);
+            }
+        }
+    }
+    out.family(
+        "mapillary_job_upload_state",
+        "1 for the state a job's upload is in (waiting, uploading, confirming, confirmed, paused, failed), 0 for the others.",
+    );
+    for (job, upload) in uploading() {
+        for &candidate in UploadState::ALL {
+            let value = f64::from(u8::from(upload.state == candidate));
+            out.sample_job(job, Some(candidate.as_str()), value);
+        }
     }
 }
 
@@ -412,6 +459,63 @@ mod tests {
         assert_eq!(escape_label_value(r#"a"b\c"#), r#"a\"b\\c"#);
         assert_eq!(escape_label_value("x\ny"), "x\\ny");
         assert_eq!(escape_label_value("zoë"), "zoë");
+    }
+
+    #[tokio::test]
+    async fn a_jobs_upload_shows_in_its_gauges() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("m.db"))
+            .await
+            .unwrap();
+        let spec = crate::selection::JobSpec::user("alice", crate::model::Quality::Original);
+        let mut job = store.submit_job(&spec, 0).await.unwrap().job().clone();
+        let mut other = job.clone();
+        other.id += 1;
+        job.upload = Some(UploadProgress {
+            job_id: job.id,
+            state: UploadState::Confirming,
+            items: 2,
+            files_total: 5,
+            files_confirmed: 3,
+            bytes_sent: 700,
+            bytes_total: 1000,
+            last_error: None,
+        });
+        let mut out = Exposition::default();
+        uploads(&mut out, &[job, other]);
+        let line = |name: &str, state: &str| {
+            out.text
+                .lines()
+                .find(|l| l.starts_with(name) && l.contains(&format!("state=\"{state}\"")))
+                .map(|l| l.rsplit(' ').next().unwrap().to_string())
+        };
+        assert_eq!(
+            line("mapillary_job_upload_files{", "placed").as_deref(),
+            Some("5")
+        );
+        assert_eq!(
+            line("mapillary_job_upload_files{", "confirmed").as_deref(),
+            Some("3")
+        );
+        assert_eq!(
+            line("mapillary_job_upload_bytes{", "sent").as_deref(),
+            Some("700")
+        );
+        assert_eq!(
+            line("mapillary_job_upload_bytes{", "placed").as_deref(),
+            Some("1000")
+        );
+        assert_eq!(
+            line("mapillary_job_upload_state{", "confirming").as_deref(),
+            Some("1")
+        );
+        assert_eq!(
+            line("mapillary_job_upload_state{", "paused").as_deref(),
+            Some("0")
+        );
+        // A job with no upload has no upload samples.
+        let samples = out.text.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(samples, 4 + UploadState::ALL.len(), "{}", out.text);
     }
 
     #[test]
