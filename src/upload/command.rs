@@ -11,7 +11,7 @@ use super::plan::{self, ItemLoad, LocalTar};
 use super::run::{UploadEnd, Uploader};
 use crate::config::Settings;
 use crate::package::item::META_DIR;
-use crate::store::{Store, UploadFileKind, UploadState};
+use crate::store::{Store, UploadFile, UploadFileKind, UploadItem, UploadState};
 use crate::units::format_bytes;
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -143,15 +143,9 @@ pub async fn dry_run(
     Ok(())
 }
 
-async fn dry_run_collection(
-    uploader: &Uploader,
-    collection: &str,
-    out: &mut impl Write,
-) -> anyhow::Result<()> {
-    let store = &uploader.store;
-    let placed = store.upload_files(collection).await?;
-    let items = store.upload_items(collection).await?;
-    let loads: Vec<ItemLoad> = items
+/// Each recorded item's tars, as the planner weighs them.
+fn item_loads(items: &[UploadItem], placed: &[UploadFile]) -> Vec<ItemLoad> {
+    items
         .iter()
         .map(|i| {
             let tars = placed
@@ -163,11 +157,18 @@ async fn dry_run_collection(
                 tars: tars.count() as u64,
             }
         })
-        .collect();
+        .collect()
+}
+
+/// The collection folder's tars that no item holds yet: what a real run
+/// would place next.
+fn unplaced_tars(
+    folder: &std::path::Path,
+    placed: &[UploadFile],
+) -> std::io::Result<Vec<LocalTar>> {
     let names: BTreeSet<&str> = placed.iter().map(|f| f.name.as_str()).collect();
-    let folder = uploader.archive_dir.join(collection);
     let mut fresh = Vec::new();
-    for entry in std::fs::read_dir(&folder)? {
+    for entry in std::fs::read_dir(folder)? {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(".tar") && !names.contains(name.as_str()) {
@@ -175,6 +176,20 @@ async fn dry_run_collection(
             fresh.push(LocalTar { name, bytes });
         }
     }
+    Ok(fresh)
+}
+
+async fn dry_run_collection(
+    uploader: &Uploader,
+    collection: &str,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let store = &uploader.store;
+    let placed = store.upload_files(collection).await?;
+    let items = store.upload_items(collection).await?;
+    let loads = item_loads(&items, &placed);
+    let folder = uploader.archive_dir.join(collection);
+    let fresh = unplaced_tars(&folder, &placed)?;
     let mut files: Vec<(u32, String, u64, &str)> = placed
         .iter()
         .filter_map(|f| {
