@@ -19,7 +19,10 @@
 //! compresses worse than photos and flat colour better; the synthetic one
 //! sits between.
 
+mod common;
+
 use anyhow::{Context, bail};
+use common::cpu::{children_cpu, thread_cpu};
 use mapillary_downloader::archive::checksum::sha256_hex;
 use mapillary_downloader::archive::{ArchivedFile, FileKind, collection_path, image_path};
 use mapillary_downloader::model::{ImageMeta, Packaging, Quality};
@@ -128,29 +131,6 @@ fn webp_figures(photo: &image::DynamicImage) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// CPU time of finished children so far (getrusage).
-fn children_cpu() -> Duration {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
-    // SAFETY: getrusage fills the struct on success.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 /// `cwebp -q 75` on `jpeg`, `rounds` times: CPU ms per run and output size.

@@ -10,6 +10,8 @@
 //! while the workers download. Prints both beside the target; exits 1 on a
 //! miss. `BENCH_DATA_DIR` picks the disk (default the temp dir).
 
+mod common;
+
 use anyhow::{Context, bail};
 use mld_testkit::env;
 use mld_testkit::fake::{FakeConfig, FakeMapillary};
@@ -72,17 +74,7 @@ async fn main() -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let during = sample_get(url.clone(), interval, usize::MAX, stop.clone());
     let started = Instant::now();
-    let (status, body) = api
-        .try_request_json(
-            Method::POST,
-            "/jobs",
-            Some(serde_json::json!({ "username": user })),
-        )
-        .await?;
-    if !status.is_success() {
-        bail!("POST /jobs answered {status}: {body}");
-    }
-    let id = body["id"].as_i64().context("no job id")?;
+    let id = common::job::post_username_job(&api, user).await?;
     let path = format!("/jobs/{id}");
     let discovered = loop {
         let (_, job) = api.try_request_json(Method::GET, &path, None).await?;

@@ -11,6 +11,8 @@
 //! `BENCH_TAIL_IMAGES` (1500), `BENCH_TAIL_WORKERS` (32), `BENCH_TAIL_STALL`
 //! (0.012), `BENCH_LATENCY_MS` (50), `BENCH_DATA_DIR` (the temp dir).
 
+mod common;
+
 use anyhow::{Context, bail};
 use mld_testkit::api_client::ApiClient;
 use mld_testkit::env;
@@ -99,17 +101,7 @@ async fn run(cfg: &Config, stall: f64) -> anyhow::Result<Run> {
         DaemonProcess::spawn_keeping(BINARY, dir.path(), cfg.workers, &vars, KeepLog::Tail(100))?;
     let api = daemon.api();
     let started = Instant::now();
-    let (status, body) = api
-        .try_request_json(
-            Method::POST,
-            "/jobs",
-            Some(serde_json::json!({ "username": user })),
-        )
-        .await?;
-    if !status.is_success() {
-        bail!("POST /jobs answered {status}: {body}");
-    }
-    let id = body["id"].as_i64().context("no job id")?;
+    let id = common::job::post_username_job(&api, user).await?;
     let mut listing = None;
     let deadline = started + Duration::from_secs(300);
     let total = loop {

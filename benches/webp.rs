@@ -9,9 +9,11 @@
 //! since the peer pays it per image. `BENCH_WEBP_IMAGES` (12) distinct
 //! photo-like JPEGs per size. Exits 1 when ours is slower.
 
+mod common;
+
 use anyhow::{Context, bail};
+use common::cpu::{children_cpu, thread_cpu};
 use mapillary_downloader::model::ImageMeta;
-use std::time::Duration;
 
 fn main() -> anyhow::Result<()> {
     let count: u64 = std::env::var("BENCH_WEBP_IMAGES")
@@ -105,27 +107,4 @@ fn cwebp_per_cpu_second(jpegs: &[Vec<u8>]) -> anyhow::Result<f64> {
         }
     }
     Ok(jpegs.len() as f64 / (children_cpu() - before).as_secs_f64())
-}
-
-/// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid timespec to fill.
-    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// CPU time of finished children so far (getrusage).
-fn children_cpu() -> Duration {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::uninit();
-    // SAFETY: getrusage fills the struct on success.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_CHILDREN, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
 }

@@ -1,11 +1,14 @@
 //! What more than one bench uses: pages of listed images as the API hands
 //! them out (`store`, `cluster`), figures beside their targets ([`report`]),
-//! the disk's durable-write floor ([`floor`]). Not a bench of its own (`benches/common/`
-//! is not discovered as a target); each bench takes what it needs.
+//! the disk's durable-write floor ([`floor`]), CPU readings ([`cpu`]) and a
+//! posted job ([`job`]). Not a bench of its own (`benches/common/` is not
+//! discovered as a target); each bench takes what it needs.
 
 #![allow(dead_code)]
 
+pub mod cpu;
 pub mod floor;
+pub mod job;
 pub mod report;
 
 use mapillary_downloader::model::{GeoPoint, ImageMeta};

@@ -128,10 +128,7 @@ async fn download(config_file: Option<PathBuf>, args: DownloadArgs) -> Result<Ex
     }
     let end = oneshot::download(&settings, token, &specs, app::shutdown_signal())
         .await
-        .map_err(|e| {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        })?;
+        .map_err(print_error)?;
     Ok(exit_code(end))
 }
 
@@ -166,10 +163,7 @@ async fn status(config_file: Option<PathBuf>, args: StatusArgs) -> Result<ExitCo
     })?;
     status::print_status(&settings, args.json)
         .await
-        .map_err(|e| {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        })?;
+        .map_err(print_error)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -183,11 +177,7 @@ async fn failures(config_file: Option<PathBuf>, args: FailuresArgs) -> Result<Ex
         database_url: args.database_url,
         ..FlagOverrides::default()
     })?;
-    let runtime = |e: anyhow::Error| {
-        eprintln!("error: {e:#}");
-        ExitCode::from(1)
-    };
-    let store = status::open_reader(&settings).await.map_err(runtime)?;
+    let store = status::open_reader(&settings).await.map_err(print_error)?;
     let options = crate::cli::failures::FailuresOptions {
         job: args.job,
         reason: args.reason,
@@ -199,7 +189,7 @@ async fn failures(config_file: Option<PathBuf>, args: FailuresArgs) -> Result<Ex
     match written {
         Ok(_) => Ok(ExitCode::SUCCESS),
         Err(e) if matches!(e.downcast_ref(), Some(StoreError::NoSuchJob(_))) => Err(usage_error(e)),
-        Err(e) => Err(runtime(e)),
+        Err(e) => Err(print_error(e)),
     }
 }
 
@@ -251,10 +241,7 @@ async fn verify(config_file: Option<PathBuf>, args: VerifyArgs) -> Result<ExitCo
     };
     let report = verify::verify(&store, &target, &options, &|n| bar.set_position(n))
         .await
-        .map_err(|e| {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        })?;
+        .map_err(print_error)?;
     bar.finish_and_clear();
     if args.json {
         println!(
@@ -292,6 +279,13 @@ async fn open_for_verify(settings: &Settings, repair: bool) -> anyhow::Result<cr
                 )
             }),
     }
+}
+
+/// A failure while running (exit 1) of a command without a log (status,
+/// failures, verify, upload, a one-shot's end): said on stderr in full.
+fn print_error(e: anyhow::Error) -> ExitCode {
+    eprintln!("error: {e:#}");
+    ExitCode::from(1)
 }
 
 /// A failure while running (exit 1), logged in full.
@@ -373,12 +367,8 @@ async fn upload(config_file: Option<PathBuf>, args: UploadArgs) -> Result<ExitCo
         ..FlagOverrides::default()
     })?;
     telemetry::init(&settings.log);
-    let runtime = |e: anyhow::Error| {
-        eprintln!("error: {e:#}");
-        ExitCode::from(1)
-    };
-    let _lock = app::lock_data_dir(&settings).map_err(runtime)?;
-    let store = std::sync::Arc::new(app::open_store(&settings).await.map_err(runtime)?);
+    let _lock = app::lock_data_dir(&settings).map_err(print_error)?;
+    let store = std::sync::Arc::new(app::open_store(&settings).await.map_err(print_error)?);
     let uploader = command::uploader(&settings, store.clone()).map_err(usage_error)?;
     let jobs = command::jobs_to_upload(&store, args.job)
         .await
@@ -387,7 +377,7 @@ async fn upload(config_file: Option<PathBuf>, args: UploadArgs) -> Result<ExitCo
         let mut out = std::io::stdout().lock();
         command::dry_run(&uploader, &jobs, &mut out)
             .await
-            .map_err(runtime)?;
+            .map_err(print_error)?;
         return Ok(ExitCode::SUCCESS);
     }
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -398,7 +388,7 @@ async fn upload(config_file: Option<PathBuf>, args: UploadArgs) -> Result<ExitCo
     });
     let end = command::run_tracks(&uploader, &jobs, &shutdown)
         .await
-        .map_err(runtime)?;
+        .map_err(print_error)?;
     store.close().await;
     Ok(match end {
         UploadEnd::Confirmed => ExitCode::SUCCESS,
