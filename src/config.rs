@@ -122,7 +122,8 @@ pub struct IaSettings {
     pub confirm_poll_ms: u64,
     /// Longest wait after a `503 SlowDown` without Retry-After.
     pub slowdown_max_secs: u64,
-    /// Remove a local tar once confirmed.
+    /// Remove a local tar once confirmed: its images are then held on the
+    /// Internet Archive only (`verify` says so; `--repair` leaves them).
     pub delete_after_confirm: bool,
 }
 
@@ -141,16 +142,7 @@ impl IaSettings {
             ),
             ("ia.confirm_poll_ms", self.confirm_poll_ms, 1, 3_600_000),
             ("ia.slowdown_max_secs", self.slowdown_max_secs, 1, 86_400),
-        ])?;
-        if self.delete_after_confirm {
-            // Refused until `verify` knows images held on archive.org only:
-            // today it would call them missing, and `--repair` would
-            // download every one of them again.
-            let reason = "is not supported yet: verify --repair would download the images of every \
-                          removed tar again; leave it false";
-            return Err(("ia.delete_after_confirm", reason.to_string()));
-        }
-        Ok(())
+        ])
     }
 
     /// `ia.confirm_timeout_secs`.

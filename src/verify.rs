@@ -17,6 +17,10 @@
 //! file should be, files that match their SHA-256 but do not decode, and
 //! fenced paths are reported and left as they are.
 //!
+//! Images whose tar was removed once archive.org confirmed it
+//! (`ia.delete_after_confirm`) are held on the Internet Archive only: they
+//! are counted as such, never read, never missing, never re-queued.
+//!
 //! Decoding is the costly part: files are checked on one thread per core.
 
 mod check;
@@ -110,6 +114,10 @@ pub struct VerifyReport {
     pub requeued: u64,
     /// Damaged loose files `repair` moved into quarantine.
     pub quarantined: u64,
+    /// Images held on the Internet Archive only: their tar was removed
+    /// once archive.org confirmed it (`ia.delete_after_confirm`). Not read
+    /// here, never missing, never re-queued; not counted in `checked`.
+    pub held_on_ia_only: u64,
     /// The first [`LISTED_PROBLEMS`] problems.
     pub problems: Vec<Problem>,
 }
@@ -159,7 +167,8 @@ pub struct Target<'a> {
 }
 
 /// Checks every done image (of `options.job`, or all), calling `progress`
-/// with the number checked so far.
+/// with the number gone through so far (checked, or held on the Internet
+/// Archive only).
 pub async fn verify(
     store: &Arc<Store>,
     target: &Target<'_>,
@@ -196,8 +205,32 @@ pub async fn verify(
         }
         progress(run.report.checked);
     }
-    for packing in store.written_packings(options.job).await? {
-        let rows = store.packing_rows(packing.id, options.job).await?;
+    check_packings(&mut run, target, threads, progress).await?;
+    Ok(run.report)
+}
+
+/// Checks every written tar's members, a tar at a time; a tar held on the
+/// Internet Archive only is not read: its images are counted as such.
+async fn check_packings(
+    run: &mut Run<'_>,
+    target: &Target<'_>,
+    threads: usize,
+    progress: &(dyn Fn(u64) + Sync),
+) -> anyhow::Result<()> {
+    let (store, job) = (run.store, run.options.job);
+    let on_ia_only: std::collections::HashMap<i64, u64> = store
+        .tars_on_ia_only(job)
+        .await?
+        .into_iter()
+        .map(|tar| (tar.packing_id, tar.images))
+        .collect();
+    for packing in store.written_packings(job).await? {
+        if let Some(images) = on_ia_only.get(&packing.id) {
+            run.report.held_on_ia_only += images;
+            progress(run.report.checked + run.report.held_on_ia_only);
+            continue;
+        }
+        let rows = store.packing_rows(packing.id, job).await?;
         let rows = rows.into_iter().map(|row| mapped(target.paths, row).0);
         let rows: Vec<StoredCopy> = rows.collect();
         let folder = archive::collection_path(target.archive.root(), &packing.collection)?;
@@ -221,9 +254,9 @@ pub async fn verify(
         for (row, check, location) in checked {
             run.record(row, check, location, false).await?;
         }
-        progress(run.report.checked);
+        progress(run.report.checked + run.report.held_on_ia_only);
     }
-    Ok(run.report)
+    Ok(())
 }
 
 /// `row` with its path mapped onto this run's root, and the stored path.

@@ -364,6 +364,167 @@ async fn the_secret_key_is_in_no_dry_run_output_nor_answer(postgres: bool) {
     assert!(!answer.contains("wrong-secret-key-value") && !answer.contains(&fake.secret()));
 }
 
+/// The collection's tars still in its folder, by name.
+fn local_tars(setup: &Setup) -> Vec<String> {
+    let mut tars: Vec<String> = std::fs::read_dir(setup.folder())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tar"))
+        .collect();
+    tars.sort();
+    tars
+}
+
+fn all_tars() -> Vec<String> {
+    DAYS.iter().map(|d| format!("{d}.tar")).collect()
+}
+
+/// `ia.delete_after_confirm`: every tar goes once the item lists it with
+/// our MD5 (the item's own files stay); without it, every tar stays.
+async fn confirmed_tars_are_removed_with_delete_after_confirm_only(postgres: bool) {
+    let kept = Setup::new(postgres, 2_000).await;
+    let fake = fake().await;
+    assert_eq!(
+        run(&kept, &kept.uploader(&fake, 1 << 30)).await,
+        UploadEnd::Confirmed
+    );
+    assert_eq!(
+        local_tars(&kept),
+        all_tars(),
+        "without the setting, tars stay"
+    );
+    assert!(
+        kept.store
+            .tars_to_remove(COLLECTION)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let setup = Setup::new(postgres, 2_000).await;
+    let fake = fake().await;
+    let mut uploader = setup.uploader(&fake, 1 << 30);
+    uploader.settings.delete_after_confirm = true;
+    assert_eq!(run(&setup, &uploader).await, UploadEnd::Confirmed);
+    assert_eq!(
+        local_tars(&setup),
+        Vec::<String>::new(),
+        "every confirmed tar removed"
+    );
+    for (i, day) in DAYS.iter().enumerate() {
+        assert_eq!(
+            fake.file_bytes(COLLECTION, &format!("{day}.tar")),
+            Some(body(i as u8, 2_000)),
+            "{day}.tar is on archive.org"
+        );
+    }
+    for kept_file in ["metadata.jsonl.gz", "__ia_thumb__.jpg", ".meta/title/0"] {
+        assert!(
+            setup.folder().join(kept_file).is_file(),
+            "{kept_file} stays"
+        );
+    }
+    assert!(
+        setup
+            .store
+            .tars_to_remove(COLLECTION)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(setup.state().await.0, UploadState::Confirmed);
+}
+
+/// A tar archive.org never lists is never removed, nor recorded as held
+/// there: the upload fails on the confirmation timeout and the disk keeps
+/// everything.
+async fn a_tar_never_confirmed_is_never_removed(postgres: bool) {
+    let setup = Setup::new(postgres, 1_000).await;
+    let fake = FakeIa::start(FakeIaOptions {
+        listing_delay: Duration::from_secs(3_600),
+        ..FakeIaOptions::default()
+    })
+    .await;
+    let mut uploader = setup.uploader(&fake, 1 << 30);
+    uploader.settings.delete_after_confirm = true;
+    uploader.settings.confirm_timeout_secs = 1;
+    let end = run(&setup, &uploader).await;
+    assert!(matches!(end, UploadEnd::Failed(_)), "{end:?}");
+    assert_eq!(local_tars(&setup), all_tars());
+    for file in setup.store.upload_files(COLLECTION).await.unwrap() {
+        assert!(
+            !setup.store.record_tar_on_ia_only(file.id, 5).await.unwrap(),
+            "{} is {}: not recordable",
+            file.name,
+            file.state
+        );
+    }
+    assert!(
+        setup
+            .store
+            .tars_to_remove(COLLECTION)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// What a kill -9 leaves between recording a tar as held on archive.org
+/// only and removing it (the record, the file still there), and between
+/// removing it and marking it removed (the record, the file gone): the next
+/// run finishes both removals, even with the setting off since, and sends
+/// nothing again.
+async fn a_kill_between_recording_and_removing_leaves_a_consistent_state(postgres: bool) {
+    let setup = Setup::new(postgres, 1_500).await;
+    let fake = fake().await;
+    let uploader = setup.uploader(&fake, 1 << 30);
+    assert_eq!(run(&setup, &uploader).await, UploadEnd::Confirmed);
+    let files = setup.store.upload_files(COLLECTION).await.unwrap();
+    let tar = |name: &str| files.iter().find(|f| f.name == name).unwrap().id;
+    let (first, second) = (tar("2024-01-01.tar"), tar("2024-01-02.tar"));
+    // Killed right after the record's commit: the file is still there.
+    assert!(setup.store.record_tar_on_ia_only(first, 10).await.unwrap());
+    // Killed right after the removal: not marked removed yet.
+    assert!(setup.store.record_tar_on_ia_only(second, 11).await.unwrap());
+    std::fs::remove_file(setup.folder().join("2024-01-02.tar")).unwrap();
+    assert_eq!(
+        setup.store.tars_to_remove(COLLECTION).await.unwrap().len(),
+        2
+    );
+
+    let (from, to) = (UploadState::Confirmed, UploadState::Waiting);
+    assert!(
+        setup
+            .store
+            .set_upload_state(setup.job, from, to, None, 12)
+            .await
+            .unwrap()
+    );
+    assert_eq!(run(&setup, &uploader).await, UploadEnd::Confirmed);
+    assert_eq!(
+        local_tars(&setup),
+        ["2024-01-03.tar"],
+        "only the recorded ones go"
+    );
+    assert!(
+        setup
+            .store
+            .tars_to_remove(COLLECTION)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    for name in all_tars() {
+        assert_eq!(
+            fake.put_attempts(COLLECTION, &name),
+            1,
+            "{name} not sent again"
+        );
+    }
+    let progress = &setup.store.upload_progress(Some(setup.job)).await.unwrap()[0];
+    assert_eq!((progress.files_confirmed, progress.files_total), (5, 5));
+}
+
 macro_rules! on_both_backends {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -388,6 +549,9 @@ on_both_backends!(
     slowdown_storms_slow_the_upload_without_failing_it,
     the_spam_answer_pauses_the_upload_with_the_reason,
     the_secret_key_is_in_no_dry_run_output_nor_answer,
+    confirmed_tars_are_removed_with_delete_after_confirm_only,
+    a_tar_never_confirmed_is_never_removed,
+    a_kill_between_recording_and_removing_leaves_a_consistent_state,
 );
 
 /// `mapillary-downloader upload` killed with SIGKILL while a file is on its

@@ -267,6 +267,37 @@ impl Archive {
         }
     }
 
+    /// Removes the stored file `path` of the collection folder `folder` for
+    /// good, from a task: fenced as [`Archive::remove_stored`], gone already
+    /// is fine, and on disk the folder is synced even then (an earlier
+    /// removal may not have been), so the removal survives a power loss.
+    pub async fn remove_stored_durably(
+        &self,
+        folder: &Path,
+        path: &Path,
+    ) -> Result<(), ArchiveError> {
+        archive::fence(folder, path)?;
+        match &self.place {
+            Place::Disk => {
+                let (folder, file) = (folder.to_path_buf(), path.to_path_buf());
+                tokio::task::spawn_blocking(move || match std::fs::remove_file(&file) {
+                    Ok(()) => archive::sync_dir(&folder),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => archive::sync_dir(&folder),
+                    Err(e) => Err(ArchiveError::from_io(&file, e)),
+                })
+                .await
+                .map_err(|e| ArchiveError::Io {
+                    path: path.to_path_buf(),
+                    source: io::Error::other(e),
+                })?
+            }
+            Place::Bucket(bucket) => bucket.delete(path).await.map_err(|e| ArchiveError::Io {
+                path: path.to_path_buf(),
+                source: io_error(e),
+            }),
+        }
+    }
+
     /// Writes a whole file atomically (see [`archive::write_atomically`]);
     /// on a bucket built in the spool, then uploaded, then the spooled copy
     /// removed. Blocking.

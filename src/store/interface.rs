@@ -20,8 +20,8 @@ use super::{
     StallCandidate, Store, StoreResult, StoredCopy, Submitted, TarWritten,
 };
 use super::{
-    NewUploadFile, Placed, UploadFile, UploadFileState, UploadItem, UploadProgress, UploadState,
-    UploadTrack,
+    NewUploadFile, Placed, TarOnIaOnly, UploadFile, UploadFileState, UploadItem, UploadProgress,
+    UploadState, UploadTrack,
 };
 use crate::archive::ArchivedFile;
 use crate::model::Storable;
@@ -594,5 +594,20 @@ store_interface! {
         /// Upload tracks with their sums over the files of each job's
         /// collections (the job object's `upload`): of one job, or of all.
         fn upload_progress(&self, job_id: Option<i64>) -> Vec<UploadProgress>;
+        /// `ia.delete_after_confirm`: records tar `file_id` as held on the
+        /// Internet Archive only, before its local file is removed, in a
+        /// commit that survives a power loss. Only a tar that is confirmed
+        /// (and whose packing, if any, is `cleaned`) is recorded; returns
+        /// whether it is recorded (now or before). See `store/ia_only.rs`.
+        fn record_tar_on_ia_only(&self, file_id: i64, now_ms: i64) -> bool;
+        /// A collection's tars recorded as held on the Internet Archive only
+        /// whose local file is not known to be removed yet.
+        fn tars_to_remove(&self, collection: &str) -> Vec<UploadFile>;
+        /// The local file of tar `file_id` is durably removed.
+        fn mark_tar_removed(&self, file_id: i64, now_ms: i64) -> ();
+        /// Packings whose tar is held on the Internet Archive only, each with
+        /// its done image rows (of one job, or of all): what `verify` reports
+        /// as such instead of reading the tar.
+        fn tars_on_ia_only(&self, job_id: Option<i64>) -> Vec<TarOnIaOnly>;
     }
 }

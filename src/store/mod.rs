@@ -193,6 +193,9 @@ macro_rules! text_enum {
 
 // After `text_enum!`, which it uses.
 mod uploads;
+// Tars held on the Internet Archive only: part of the upload's interface.
+mod ia_only;
+pub use ia_only::TarOnIaOnly;
 
 text_enum! {
     /// A job's lifecycle state.

@@ -12,6 +12,8 @@
 //!   `check_limit`; each error's retry-or-pause decision.
 //! - [`sync`]: placements and each item's own files recorded before sending.
 //! - [`run`]: one job's track: send, skip what the item holds, confirm.
+//! - [`ia_only`]: `ia.delete_after_confirm`: a confirmed tar recorded as held
+//!   on the Internet Archive only, then removed locally (crash-safe).
 //! - [`command`]: the `upload` command and `download --upload-ia`.
 //! - [`daemon`]: the track's loop in `serve`; pause, resume, retry.
 //!
@@ -25,6 +27,7 @@ pub mod command;
 pub mod credentials;
 pub mod daemon;
 pub mod headers;
+pub mod ia_only;
 pub mod plan;
 pub mod run;
 pub mod sync;

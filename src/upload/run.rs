@@ -13,6 +13,7 @@
 use super::client::{Decision, IaClient, IaError, ListedFile, Put};
 use super::credentials::IaCredentials;
 use super::headers::{self, MetaTag};
+use super::ia_only::{self, CleanError};
 use super::plan;
 use super::sync::{self, Places, SyncError};
 use crate::clock::now_ms;
@@ -152,6 +153,9 @@ impl Uploader {
             .await?;
         for (collection, items) in &all {
             self.confirm_collection(collection, items, shutdown).await?;
+        }
+        for collection in &collections {
+            self.tidy(collection).await?;
         }
         Ok(())
     }
@@ -359,7 +363,7 @@ impl Uploader {
         for file in sent {
             if holds(&listed, file) {
                 self.mark(file, UploadFileState::Confirmed).await?;
-                self.after_confirm(file).await;
+                self.after_confirm(file).await?;
             } else {
                 waiting += 1;
             }
@@ -367,16 +371,34 @@ impl Uploader {
         Ok(waiting)
     }
 
-    /// `ia.delete_after_confirm`: the local tar goes once archive.org holds it.
-    async fn after_confirm(&self, file: &UploadFile) {
+    /// `ia.delete_after_confirm`: the local tar goes once archive.org holds
+    /// it (recorded as held there only first; see [`ia_only`]). A failed
+    /// removal is logged: the tar stays recorded and the next run retries.
+    async fn after_confirm(&self, file: &UploadFile) -> Result<(), StoreError> {
         if !self.settings.delete_after_confirm || file.kind != UploadFileKind::Tar {
-            return;
+            return Ok(());
         }
-        match tokio::fs::remove_file(&file.local_path).await {
-            Ok(()) => {
-                tracing::info!(file = %file.name, "confirmed on archive.org; local tar removed")
+        match ia_only::hold_on_ia_only(&self.store, &self.archive_dir, file).await {
+            Ok(_) => Ok(()),
+            Err(CleanError::Store(e)) => Err(e),
+            Err(e) => {
+                tracing::warn!("{e}");
+                Ok(())
             }
-            Err(e) => tracing::warn!(file = %file.name, "cannot remove the confirmed tar: {e}"),
+        }
+    }
+
+    /// The end of a run: removals a kill left unfinished, and (with
+    /// `ia.delete_after_confirm`) confirmed tars still on the disk.
+    async fn tidy(&self, collection: &str) -> Result<(), StoreError> {
+        let delete = self.settings.delete_after_confirm;
+        match ia_only::tidy_collection(&self.store, &self.archive_dir, collection, delete).await {
+            Ok(_) => Ok(()),
+            Err(CleanError::Store(e)) => Err(e),
+            Err(e) => {
+                tracing::warn!("{e}");
+                Ok(())
+            }
         }
     }
 }

@@ -48,6 +48,13 @@ pub fn render(report: &VerifyReport, repair: bool) -> String {
             }
         ));
     }
+    if report.held_on_ia_only > 0 {
+        out.push_str(&format!(
+            "; {} held on the Internet Archive only (their tars removed once archive.org \
+             confirmed them: not read here, not missing)",
+            group_digits(report.held_on_ia_only)
+        ));
+    }
     out.push('\n');
     for (kind, label) in KINDS {
         let count = report.count(kind);
