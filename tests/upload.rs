@@ -383,9 +383,9 @@ fn all_tars() -> Vec<String> {
 /// our MD5 (the item's own files stay); without it, every tar stays.
 async fn confirmed_tars_are_removed_with_delete_after_confirm_only(postgres: bool) {
     let kept = Setup::new(postgres, 2_000).await;
-    let fake = fake().await;
+    let first_fake = fake().await;
     assert_eq!(
-        run(&kept, &kept.uploader(&fake, 1 << 30)).await,
+        run(&kept, &kept.uploader(&first_fake, 1 << 30)).await,
         UploadEnd::Confirmed
     );
     assert_eq!(

@@ -256,6 +256,11 @@ async fn the_daemons_upload_track_shows_in_the_job_and_pauses_and_resumes(postgr
         .await;
     assert!(status.is_success(), "{status}: {paused:#}");
     assert_eq!(paused["upload"]["state"], "paused", "{paused:#}");
+    let count = |job: &Value, key: &str| job["upload"][key].as_u64().unwrap();
+    assert!(
+        count(&paused, "files_confirmed") < count(&paused, "files_total"),
+        "paused half-way: {paused:#}"
+    );
     note(&paused);
     // Within a tick of the loop the runner stops: then nothing begins.
     tokio::time::sleep(Duration::from_millis(2_500)).await;
@@ -285,6 +290,10 @@ async fn the_daemons_upload_track_shows_in_the_job_and_pauses_and_resumes(postgr
     note(&resumed);
     let job = wait_for_upload(&api, id, "confirmed", &mut note).await;
     daemon.terminate(Duration::from_secs(30)).unwrap();
+    assert!(
+        puts_begun(&world.ia, &collection, &folder) > begun,
+        "resumed"
+    );
 
     assert_eq!(
         states.first().map(String::as_str),
