@@ -113,22 +113,29 @@ async fn post_upload_job(api: &ApiClient, user: &str, quality: &str) -> (i64, Va
 
 /// Polls job `id` until its upload is `state`, calling `seen` with each
 /// answer; panics with the job after [`LONG`].
-async fn wait_for_upload(
+async fn wait_for_upload(api: &ApiClient, id: i64, state: &str, seen: impl FnMut(&Value)) -> Value {
+    wait_until(api, id, state, |job| job["upload"]["state"] == state, seen).await
+}
+
+/// Polls job `id` until `done(job)`, calling `seen` with each answer;
+/// panics with the job (and `what` it waited for) after [`LONG`].
+async fn wait_until(
     api: &ApiClient,
     id: i64,
-    state: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
     mut seen: impl FnMut(&Value),
 ) -> Value {
     let deadline = tokio::time::Instant::now() + LONG;
     loop {
         let job = api.job(id).await;
         seen(&job);
-        if job["upload"]["state"] == state {
+        if done(&job) {
             return job;
         }
         assert!(
             tokio::time::Instant::now() < deadline,
-            "job {id}'s upload never became {state}: {job:#}"
+            "job {id}'s upload never got to {what}: {job:#}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
@@ -227,6 +234,16 @@ fn puts_begun(ia: &FakeIa, collection: &str, folder: &Path) -> u32 {
         .sum()
 }
 
+/// Files of the item the fake IA holds whole.
+fn stored_files(ia: &FakeIa, collection: &str, folder: &Path) -> usize {
+    let mut names = tars_in(folder);
+    names.extend(["metadata.jsonl.gz".into(), "__ia_thumb__.jpg".into()]);
+    names
+        .iter()
+        .filter(|name| ia.stored(collection, name).is_some())
+        .count()
+}
+
 /// `serve` runs a job's upload on its own track, visible in
 /// `GET /jobs/{id}`: waiting while the job works, then uploading, …,
 /// confirmed. The job's pause stops it (no PUT begins while paused) and
@@ -234,7 +251,7 @@ fn puts_begun(ia: &FakeIa, collection: &str, folder: &Path) -> u32 {
 async fn the_daemons_upload_track_shows_in_the_job_and_pauses_and_resumes(postgres: bool) {
     let world = World::new(postgres, Duration::from_millis(300)).await;
     world.fake.add_user("jon", IMAGES, 42);
-    world.ia.set_bandwidth(Some(150_000));
+    world.ia.set_bandwidth(Some(300_000));
     let mut daemon = world.daemon();
     let api = daemon.api();
     let (id, posted) = post_upload_job(&api, "jon", "1024").await;
@@ -249,7 +266,10 @@ async fn the_daemons_upload_track_shows_in_the_job_and_pauses_and_resumes(postgr
         }
     };
     note(&posted);
-    wait_for_upload(&api, id, "uploading", &mut note).await;
+    let first_sent = |job: &Value| {
+        job["upload"]["state"] == "uploading" && job["upload"]["bytes_sent"].as_u64() > Some(0)
+    };
+    wait_until(&api, id, "a file sent", first_sent, &mut note).await;
 
     let (status, paused) = api
         .request(reqwest::Method::POST, &format!("/jobs/{id}/pause"), None)
@@ -262,13 +282,20 @@ async fn the_daemons_upload_track_shows_in_the_job_and_pauses_and_resumes(postgr
         "paused half-way: {paused:#}"
     );
     note(&paused);
-    // Within a tick of the loop the runner stops: then nothing begins.
+    // Within a tick of the loop the runner stops: then nothing begins and
+    // nothing arrives (the ~1.5 MB left take ~5 s at this bandwidth).
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let folder = world.folder("jon", Quality::Q1024);
     let collection = folder.file_name().unwrap().to_string_lossy().into_owned();
     let begun = puts_begun(&world.ia, &collection, &folder);
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let stored = stored_files(&world.ia, &collection, &folder);
+    tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(puts_begun(&world.ia, &collection, &folder), begun, "paused");
+    assert_eq!(
+        stored_files(&world.ia, &collection, &folder),
+        stored,
+        "paused"
+    );
     let job = api.job(id).await;
     assert_eq!(
         (job["state"].as_str(), job["upload"]["state"].as_str()),
