@@ -113,3 +113,17 @@ async fn remove(store: &Store, archive_dir: &Path, file: &UploadFile) -> Result<
     tracing::info!(file = %file.name, collection = %file.collection, "confirmed on archive.org; local tar removed");
     Ok(())
 }
+
+/// What the upload makes of a clean-up's end: a database error ends the run;
+/// a tar that could not be removed is logged and stays recorded (the next
+/// run tries again), the upload itself being confirmed.
+pub fn store_errors_only<T>(result: Result<T, CleanError>) -> Result<(), StoreError> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(CleanError::Store(e)) => Err(e),
+        Err(e) => {
+            tracing::warn!("{e}");
+            Ok(())
+        }
+    }
+}

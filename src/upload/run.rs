@@ -13,7 +13,7 @@
 use super::client::{Decision, IaClient, IaError, ListedFile, Put};
 use super::credentials::IaCredentials;
 use super::headers::{self, MetaTag};
-use super::ia_only::{self, CleanError};
+use super::ia_only;
 use super::plan;
 use super::sync::{self, Places, SyncError};
 use crate::clock::now_ms;
@@ -378,28 +378,18 @@ impl Uploader {
         if !self.settings.delete_after_confirm || file.kind != UploadFileKind::Tar {
             return Ok(());
         }
-        match ia_only::hold_on_ia_only(&self.store, &self.archive_dir, file).await {
-            Ok(_) => Ok(()),
-            Err(CleanError::Store(e)) => Err(e),
-            Err(e) => {
-                tracing::warn!("{e}");
-                Ok(())
-            }
-        }
+        ia_only::store_errors_only(
+            ia_only::hold_on_ia_only(&self.store, &self.archive_dir, file).await,
+        )
     }
 
     /// The end of a run: removals a kill left unfinished, and (with
     /// `ia.delete_after_confirm`) confirmed tars still on the disk.
     async fn tidy(&self, collection: &str) -> Result<(), StoreError> {
         let delete = self.settings.delete_after_confirm;
-        match ia_only::tidy_collection(&self.store, &self.archive_dir, collection, delete).await {
-            Ok(_) => Ok(()),
-            Err(CleanError::Store(e)) => Err(e),
-            Err(e) => {
-                tracing::warn!("{e}");
-                Ok(())
-            }
-        }
+        ia_only::store_errors_only(
+            ia_only::tidy_collection(&self.store, &self.archive_dir, collection, delete).await,
+        )
     }
 }
 
