@@ -88,14 +88,19 @@ impl World {
         }
     }
 
-    /// `verify --json` with `args`: exit code and report.
-    fn verify(&self, args: &[&str]) -> (i32, Value) {
-        let out = mld_testkit::process::command(BINARY, &self.env)
-            .args(["verify", "--json", "--data-dir"])
+    /// `verify --data-dir <data>` with `args`.
+    fn run_verify(&self, args: &[&str]) -> std::process::Output {
+        mld_testkit::process::command(BINARY, &self.env)
+            .args(["verify", "--data-dir"])
             .arg(&self.data)
             .args(args)
             .output()
-            .unwrap();
+            .unwrap()
+    }
+
+    /// `verify --json` with `args`: exit code and report.
+    fn verify(&self, args: &[&str]) -> (i32, Value) {
+        let out = self.run_verify(&[&["--json"], args].concat());
         let stdout = String::from_utf8_lossy(&out.stdout);
         let report = serde_json::from_str(&stdout)
             .unwrap_or_else(|e| panic!("{e}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
@@ -203,6 +208,12 @@ async fn deleted_tars_leave_their_images_held_on_the_internet_archive_only(postg
         (report["missing"].as_u64(), report["checked"].as_u64()),
         (Some(0), Some(0))
     );
+    let out = world.run_verify(&[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("{done} held on the Internet Archive only")),
+        "{text}"
+    );
     let (code, report) = world.verify(&["--repair"]);
     assert_eq!(code, 0, "{report:#}");
     assert_eq!(report["requeued"], 0, "{report:#}");
@@ -251,7 +262,7 @@ fn stored_files(ia: &FakeIa, collection: &str, folder: &Path) -> usize {
 async fn the_daemons_upload_track_shows_in_the_job_and_pauses_and_resumes(postgres: bool) {
     let world = World::new(postgres, Duration::from_millis(300)).await;
     world.fake.add_user("jon", IMAGES, 42);
-    world.ia.set_bandwidth(Some(300_000));
+    world.ia.set_bandwidth(Some(250_000));
     let mut daemon = world.daemon();
     let api = daemon.api();
     let (id, posted) = post_upload_job(&api, "jon", "1024").await;
@@ -282,9 +293,10 @@ async fn the_daemons_upload_track_shows_in_the_job_and_pauses_and_resumes(postgr
         "paused half-way: {paused:#}"
     );
     note(&paused);
-    // Within a tick of the loop the runner stops: then nothing begins and
-    // nothing arrives (the ~1.5 MB left take ~5 s at this bandwidth).
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    // Within a tick of the loop (2 s; 4 s leaves room on a busy machine)
+    // the runner stops: then nothing begins and nothing arrives (the ~1.5 MB
+    // left would take ~6 s at this bandwidth).
+    tokio::time::sleep(Duration::from_secs(4)).await;
     let folder = world.folder("jon", Quality::Q1024);
     let collection = folder.file_name().unwrap().to_string_lossy().into_owned();
     let begun = puts_begun(&world.ia, &collection, &folder);
