@@ -239,17 +239,19 @@ mod tests {
         let back =
             ImagesQuery::parse(Some("state=failed&reason=deleted&limit=2&after=a+b%26c")).unwrap();
         assert_eq!(back.after.as_deref(), Some("a b&c"));
-        for bad in [
-            "state=lost",
-            "reason=gone",
-            "state=done&reason=error",
-            "after=",
-            "after=a%00b",
-            "limit=0",
-            "sort=asc",
+        // Each refusal names what is wrong.
+        for (bad, says) in [
+            ("state=lost", "state must be failed, pending"),
+            ("reason=gone", "reason must be deleted or error"),
+            ("state=done&reason=error", "reason applies to failed"),
+            ("after=", "after must be an image id"),
+            ("after=a%00b", "after must be an image id"),
+            ("limit=0", "limit must be an integer"),
+            ("sort=asc", "unknown query parameter \"sort\""),
         ] {
             let err = ImagesQuery::parse(Some(bad)).unwrap_err();
             assert!(matches!(err, ApiError::Unprocessable(_)), "{bad}: {err}");
+            assert!(err.to_string().contains(says), "{bad}: {err}");
         }
         assert!(ImagesQuery::parse(Some("reason=error")).is_ok());
     }
