@@ -58,6 +58,38 @@ pub enum Command {
     Healthcheck(HealthcheckArgs),
 }
 
+/// Where the database and the archive are: the flags `serve`, `download`,
+/// `verify`, `status` and `failures` share (the last two, which only read,
+/// word them as [`read_only_storage`] says).
+#[derive(Debug, Args)]
+pub struct StorageArgs {
+    /// Where the database and archive live.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Archive into an S3-compatible bucket instead of <data-dir>/archive: s3://bucket/prefix
+    /// (endpoint and credentials from the AWS_* variables). Sets storage.archive_url.
+    #[arg(long, value_name = "URL")]
+    pub archive_url: Option<String>,
+    /// Share a PostgreSQL job queue instead of <data-dir>/mapillary.db: postgres://user:pass@host/db
+    /// (prefer MLD__STORAGE__DATABASE_URL: a command line is visible to every user of the machine).
+    /// Sets storage.database_url.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+}
+
+/// [`StorageArgs`] as the commands that only read the database word them.
+fn read_only_storage(arg: clap::Arg) -> clap::Arg {
+    match arg.get_id().as_str() {
+        "data_dir" => arg.help("Where the database lives"),
+        "archive_url" => arg.help(
+            "The archive's bucket, as serve and download were given it (checked, not needed): \
+             s3://bucket/prefix (endpoint and credentials from the AWS_* variables). \
+             Sets storage.archive_url",
+        ),
+        _ => arg,
+    }
+}
+
 /// `healthcheck`'s flags.
 #[derive(Debug, Args)]
 pub struct HealthcheckArgs {
@@ -97,18 +129,9 @@ pub struct DownloadArgs {
     /// Only panoramas (`only`) or no panoramas (`exclude`).
     #[arg(long, value_name = "only|exclude", value_parser = parse_pano)]
     pub pano: Option<Pano>,
-    /// Where the database and archive live.
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Archive into an S3-compatible bucket instead of <data-dir>/archive: s3://bucket/prefix
-    /// (endpoint and credentials from the AWS_* variables). Sets storage.archive_url.
-    #[arg(long, value_name = "URL")]
-    pub archive_url: Option<String>,
-    /// Share a PostgreSQL job queue instead of <data-dir>/mapillary.db: postgres://user:pass@host/db
-    /// (prefer MLD__STORAGE__DATABASE_URL: a command line is visible to every user of the machine).
-    /// Sets storage.database_url.
-    #[arg(long, value_name = "URL")]
-    pub database_url: Option<String>,
+    /// Where the database, the archive and the queue are.
+    #[command(flatten)]
+    pub storage: StorageArgs,
     /// Concurrent downloads.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub workers: Option<u32>,
@@ -152,18 +175,9 @@ pub struct UploadArgs {
 /// `verify`'s flags.
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Where the database and archive live.
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Archive into an S3-compatible bucket instead of <data-dir>/archive: s3://bucket/prefix
-    /// (endpoint and credentials from the AWS_* variables). Sets storage.archive_url.
-    #[arg(long, value_name = "URL")]
-    pub archive_url: Option<String>,
-    /// Share a PostgreSQL job queue instead of <data-dir>/mapillary.db: postgres://user:pass@host/db
-    /// (prefer MLD__STORAGE__DATABASE_URL: a command line is visible to every user of the machine).
-    /// Sets storage.database_url.
-    #[arg(long, value_name = "URL")]
-    pub database_url: Option<String>,
+    /// Where the database, the archive and the queue are.
+    #[command(flatten)]
+    pub storage: StorageArgs,
     /// Only this job's images.
     #[arg(long, value_name = "ID")]
     pub job: Option<i64>,
@@ -178,19 +192,11 @@ pub struct VerifyArgs {
 
 /// `status`'s flags.
 #[derive(Debug, Args)]
+#[command(mut_args(read_only_storage))]
 pub struct StatusArgs {
-    /// Where the database lives.
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// The archive's bucket, as serve and download were given it (checked, not needed): s3://bucket/prefix
-    /// (endpoint and credentials from the AWS_* variables). Sets storage.archive_url.
-    #[arg(long, value_name = "URL")]
-    pub archive_url: Option<String>,
-    /// Share a PostgreSQL job queue instead of <data-dir>/mapillary.db: postgres://user:pass@host/db
-    /// (prefer MLD__STORAGE__DATABASE_URL: a command line is visible to every user of the machine).
-    /// Sets storage.database_url.
-    #[arg(long, value_name = "URL")]
-    pub database_url: Option<String>,
+    /// Where the database, the archive and the queue are.
+    #[command(flatten)]
+    pub storage: StorageArgs,
     /// Print the same JSON as `GET /status`.
     #[arg(long)]
     pub json: bool,
@@ -198,6 +204,7 @@ pub struct StatusArgs {
 
 /// `failures`' flags.
 #[derive(Debug, Args)]
+#[command(mut_args(read_only_storage))]
 pub struct FailuresArgs {
     /// Only this job's failed images (default: every job's).
     #[arg(value_name = "JOB", value_parser = clap::value_parser!(i64).range(1..))]
@@ -205,18 +212,9 @@ pub struct FailuresArgs {
     /// Only images failed for this reason: deleted (gone from Mapillary) or error.
     #[arg(long, value_name = "deleted|error", value_parser = parse_reason)]
     pub reason: Option<FailReason>,
-    /// Where the database lives.
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// The archive's bucket, as serve and download were given it (checked, not needed): s3://bucket/prefix
-    /// (endpoint and credentials from the AWS_* variables). Sets storage.archive_url.
-    #[arg(long, value_name = "URL")]
-    pub archive_url: Option<String>,
-    /// Share a PostgreSQL job queue instead of <data-dir>/mapillary.db: postgres://user:pass@host/db
-    /// (prefer MLD__STORAGE__DATABASE_URL: a command line is visible to every user of the machine).
-    /// Sets storage.database_url.
-    #[arg(long, value_name = "URL")]
-    pub database_url: Option<String>,
+    /// Where the database, the archive and the queue are.
+    #[command(flatten)]
+    pub storage: StorageArgs,
     /// Print a JSON array of the objects `GET /jobs/{id}/images` answers.
     #[arg(long)]
     pub json: bool,
@@ -225,18 +223,9 @@ pub struct FailuresArgs {
 /// `serve`'s flags.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Where the database and archive live.
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Archive into an S3-compatible bucket instead of <data-dir>/archive: s3://bucket/prefix
-    /// (endpoint and credentials from the AWS_* variables). Sets storage.archive_url.
-    #[arg(long, value_name = "URL")]
-    pub archive_url: Option<String>,
-    /// Share a PostgreSQL job queue instead of <data-dir>/mapillary.db: postgres://user:pass@host/db
-    /// (prefer MLD__STORAGE__DATABASE_URL: a command line is visible to every user of the machine).
-    /// Sets storage.database_url.
-    #[arg(long, value_name = "URL")]
-    pub database_url: Option<String>,
+    /// Where the database, the archive and the queue are.
+    #[command(flatten)]
+    pub storage: StorageArgs,
     /// Address for the HTTP API, e.g. 127.0.0.1:8080.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<String>,

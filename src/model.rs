@@ -6,6 +6,34 @@ use serde_json::{Map, Value};
 use std::fmt;
 use std::str::FromStr;
 
+/// `as_str` and `FromStr` for a plain enum from one table of spellings (as
+/// in jobs, flags and the API), so each is written once and the two cannot
+/// disagree; the closure after `else` words the refusal of other text.
+macro_rules! spelled {
+    ($ty:ident { $($variant:ident => $text:literal),+ $(,)? } else $refuse:expr) => {
+        impl $ty {
+            /// The spelling in jobs, flags and the API.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $text,)+
+                }
+            }
+        }
+
+        impl ::std::str::FromStr for $ty {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                let refuse: fn(&str) -> String = $refuse;
+                match s {
+                    $($text => Ok($ty::$variant),)+
+                    other => Err(refuse(other)),
+                }
+            }
+        }
+    };
+}
+pub(crate) use spelled;
+
 /// The image fields we ask the API for, in the order `fields=` lists them.
 /// Every `thumb_*_url` is requested so a refresh serves any quality.
 pub const IMAGE_FIELDS: &[&str] = &[
@@ -331,31 +359,17 @@ pub enum OutputFormat {
     Webp,
 }
 
-impl OutputFormat {
-    /// The spelling in jobs, flags and the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OutputFormat::Jpeg => "jpeg",
-            OutputFormat::Webp => "webp",
-        }
-    }
+spelled!(OutputFormat {
+    Jpeg => "jpeg",
+    Webp => "webp",
+} else |other| format!("unknown format {other:?}: expected jpeg or webp"));
 
+impl OutputFormat {
     /// The collection folder's suffix: the Python tool's `-webp`.
     pub fn collection_suffix(self) -> &'static str {
         match self {
             OutputFormat::Jpeg => "",
             OutputFormat::Webp => "-webp",
-        }
-    }
-}
-
-impl FromStr for OutputFormat {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "jpeg" => Ok(OutputFormat::Jpeg),
-            "webp" => Ok(OutputFormat::Webp),
-            other => Err(format!("unknown format {other:?}: expected jpeg or webp")),
         }
     }
 }
@@ -373,26 +387,10 @@ pub enum Packaging {
     Tar,
 }
 
-impl Packaging {
-    /// The spelling in jobs, flags and the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Packaging::None => "none",
-            Packaging::Tar => "tar",
-        }
-    }
-}
-
-impl FromStr for Packaging {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "none" => Ok(Packaging::None),
-            "tar" => Ok(Packaging::Tar),
-            other => Err(format!("unknown package {other:?}: expected none or tar")),
-        }
-    }
-}
+spelled!(Packaging {
+    None => "none",
+    Tar => "tar",
+} else |other| format!("unknown package {other:?}: expected none or tar"));
 
 /// Where a job's packed collections go once it is done (`"upload": "ia"`):
 /// the Internet Archive, or nowhere (no field). Part of the job's identity.
@@ -403,24 +401,9 @@ pub enum UploadTarget {
     Ia,
 }
 
-impl UploadTarget {
-    /// The name the API and the identity use.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UploadTarget::Ia => "ia",
-        }
-    }
-}
-
-impl FromStr for UploadTarget {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "ia" => Ok(UploadTarget::Ia),
-            other => Err(format!("unknown upload {other:?}: expected ia")),
-        }
-    }
-}
+spelled!(UploadTarget {
+    Ia => "ia",
+} else |other| format!("unknown upload {other:?}: expected ia"));
 
 /// The collection folder of a contributor's images:
 /// `mapillary-<username>-<quality>[-webp]`. A username that is not a safe

@@ -5,11 +5,13 @@
 //! here to every image ([`Selection::matches`]), so nothing outside the
 //! selection is archived even when the API ignores a parameter.
 
-use crate::model::{Bbox, ImageMeta, validate_image_id, validate_sequence_id, validate_username};
+use crate::model::{
+    Bbox, ImageMeta, spelled, validate_image_id, validate_sequence_id, validate_username,
+};
+use crate::units::clip;
 use chrono::{DateTime, Datelike, NaiveDate, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 /// Most sequences one job may name.
@@ -56,7 +58,7 @@ impl Source {
                 if id.is_empty() || id.len() > 32 || !id.bytes().all(|b| b.is_ascii_digit()) {
                     return Err(SelectionError::new(
                         "organization_id",
-                        format!("{:?} must be 1-32 digits", truncate(&id, 40)),
+                        format!("{:?} must be 1-32 digits", clip(&id, 40)),
                     ));
                 }
                 Ok(Source::Organization(id))
@@ -120,31 +122,14 @@ pub enum Pano {
     Exclude,
 }
 
-impl Pano {
-    /// The spelling in jobs, flags and the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Pano::Any => "any",
-            Pano::Only => "only",
-            Pano::Exclude => "exclude",
-        }
-    }
-}
-
-impl FromStr for Pano {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "any" => Ok(Pano::Any),
-            "only" => Ok(Pano::Only),
-            "exclude" => Ok(Pano::Exclude),
-            other => Err(format!(
-                "unknown pano value {:?}: expected any, only or exclude",
-                truncate(other, 40)
-            )),
-        }
-    }
-}
+spelled!(Pano {
+    Any => "any",
+    Only => "only",
+    Exclude => "exclude",
+} else |other| {
+    let other = clip(other, 40);
+    format!("unknown pano value {other:?}: expected any, only or exclude")
+});
 
 /// The filters of a job; every image must pass all of them.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -237,7 +222,7 @@ impl Selection {
             Source::Sequences(ids) => list_summary("sequence", ids),
             Source::Images(ids) => list_summary("image", ids),
         };
-        truncate(&text, 64).to_string()
+        clip(&text, 64).to_string()
     }
 
     /// The canonical JSON of the selection: fixed key order, normalised
@@ -447,7 +432,7 @@ pub fn parse_date(text: &str) -> Result<i64, String> {
     } else {
         return Err(format!(
             "{:?} is not a date: use RFC 3339 (2024-05-01T12:00:00Z) or YYYY-MM-DD",
-            truncate(text, 40)
+            clip(text, 40)
         ));
     };
     let readable = DateTime::<Utc>::from_timestamp_millis(ms)
@@ -455,7 +440,7 @@ pub fn parse_date(text: &str) -> Result<i64, String> {
     if !readable {
         return Err(format!(
             "{:?} is out of range: the year (in UTC) must be 0000 to 9999",
-            truncate(text, 40)
+            clip(text, 40)
         ));
     }
     Ok(ms)
@@ -467,7 +452,7 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
     let bad = || {
         format!(
             "{:?} is not a duration like \"90m\", \"6h\" or \"7d\"",
-            truncate(text, 40)
+            clip(text, 40)
         )
     };
     let mut total: u64 = 0;
@@ -501,11 +486,11 @@ pub fn parse_interval(text: &str) -> Result<Duration, String> {
     if interval < MIN_RESYNC {
         return Err(format!(
             "{:?} is shorter than the 10-minute minimum",
-            truncate(text, 40)
+            clip(text, 40)
         ));
     }
     if total > 366 * 86_400 {
-        return Err(format!("{:?} is longer than a year", truncate(text, 40)));
+        return Err(format!("{:?} is longer than a year", clip(text, 40)));
     }
     Ok(interval)
 }
@@ -527,17 +512,6 @@ pub fn format_interval(interval: Duration) -> String {
         }
     }
     if out.is_empty() { "0s".into() } else { out }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 impl fmt::Display for Selection {

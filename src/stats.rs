@@ -26,39 +26,42 @@ pub const HISTORY_MINUTES: usize = 60;
 
 const MINUTE_MS: i64 = 60_000;
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Bucket {
-    /// Which second since `origin` this bucket currently counts.
-    second: u64,
-    images: u64,
-    bytes: u64,
-}
-
-/// One wall-clock minute of the history ring.
+/// One bucket of a ring: what completed in the second or minute `at`.
+/// Both rings recycle their buckets the same way, so one type serves both.
 #[derive(Debug, Clone, Copy)]
-struct MinuteBucket {
-    /// Which minute since the Unix epoch this bucket currently counts
-    /// (`i64::MIN`: never used).
-    minute: i64,
+struct Bucket<T> {
+    /// Which second since `origin` (the rate's ring) or minute since the
+    /// Unix epoch (the history's; `i64::MIN`: never used) it counts.
+    at: T,
     images: u64,
     bytes: u64,
 }
 
-impl Default for MinuteBucket {
-    fn default() -> Self {
-        MinuteBucket {
-            minute: i64::MIN,
+impl<T: Copy + PartialEq> Bucket<T> {
+    const fn empty(at: T) -> Self {
+        Bucket {
+            at,
             images: 0,
             bytes: 0,
         }
+    }
+
+    /// Counts one image of `bytes` bytes in `at`, first emptying a bucket
+    /// still holding an older second or minute.
+    fn count(&mut self, at: T, bytes: u64) {
+        if self.at != at {
+            *self = Bucket::empty(at);
+        }
+        self.images += 1;
+        self.bytes = self.bytes.saturating_add(bytes);
     }
 }
 
 /// Both rings, behind one lock so an image is counted in both or neither.
 #[derive(Debug)]
 struct Rings {
-    seconds: [Bucket; WINDOW_SECS as usize],
-    minutes: [MinuteBucket; HISTORY_MINUTES],
+    seconds: [Bucket<u64>; WINDOW_SECS as usize],
+    minutes: [Bucket<i64>; HISTORY_MINUTES],
 }
 
 /// Images and bytes completed per second, averaged over the last minute;
@@ -151,8 +154,8 @@ impl Stats {
         Stats {
             origin: Instant::now(),
             rings: Mutex::new(Rings {
-                seconds: [Bucket::default(); WINDOW_SECS as usize],
-                minutes: [MinuteBucket::default(); HISTORY_MINUTES],
+                seconds: [Bucket::empty(0); WINDOW_SECS as usize],
+                minutes: [Bucket::empty(i64::MIN); HISTORY_MINUTES],
             }),
         }
     }
@@ -180,26 +183,8 @@ impl Stats {
         let second = self.second_now();
         let minute = now_ms.div_euclid(MINUTE_MS);
         let mut rings = self.lock();
-        let slot = &mut rings.minutes[minute.rem_euclid(HISTORY_MINUTES as i64) as usize];
-        if slot.minute != minute {
-            *slot = MinuteBucket {
-                minute,
-                images: 0,
-                bytes: 0,
-            };
-        }
-        slot.images += 1;
-        slot.bytes = slot.bytes.saturating_add(bytes);
-        let bucket = &mut rings.seconds[(second % WINDOW_SECS) as usize];
-        if bucket.second != second {
-            *bucket = Bucket {
-                second,
-                images: 0,
-                bytes: 0,
-            };
-        }
-        bucket.images += 1;
-        bucket.bytes = bucket.bytes.saturating_add(bytes);
+        rings.minutes[minute.rem_euclid(HISTORY_MINUTES as i64) as usize].count(minute, bytes);
+        rings.seconds[(second % WINDOW_SECS) as usize].count(second, bytes);
     }
 
     /// The average over the last 60 s (the current, partial second included).
@@ -215,7 +200,7 @@ impl Stats {
             rings
                 .seconds
                 .iter()
-                .filter(|b| b.second >= oldest && b.second <= second)
+                .filter(|b| b.at >= oldest && b.at <= second)
                 .fold((0u64, 0u64), |(i, by), b| {
                     (i + b.images, by.saturating_add(b.bytes))
                 })
@@ -243,13 +228,13 @@ impl Stats {
         for m in minutes {
             let minute = m.start_ms.div_euclid(MINUTE_MS);
             let slot = &mut rings.minutes[minute.rem_euclid(HISTORY_MINUTES as i64) as usize];
-            if slot.minute < minute {
-                *slot = MinuteBucket {
-                    minute,
+            if slot.at < minute {
+                *slot = Bucket {
+                    at: minute,
                     images: m.images,
                     bytes: m.bytes,
                 };
-            } else if slot.minute == minute && slot.images < m.images {
+            } else if slot.at == minute && slot.images < m.images {
                 slot.images = m.images;
                 slot.bytes = m.bytes;
             }
@@ -271,7 +256,7 @@ impl Stats {
         for entry in &mut history {
             let minute = entry.start_ms / MINUTE_MS;
             let slot = &rings.minutes[minute.rem_euclid(HISTORY_MINUTES as i64) as usize];
-            if slot.minute == minute {
+            if slot.at == minute {
                 entry.images = slot.images;
                 entry.bytes = slot.bytes;
             }
@@ -287,6 +272,17 @@ mod tests {
 
     fn approx(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-9
+    }
+
+    /// Stats that counted `images` images of `bytes` bytes each at once,
+    /// `secs` seconds after they started.
+    async fn burst_after(secs: u64, images: usize, bytes: u64) -> Stats {
+        let stats = Stats::new();
+        advance(Duration::from_secs(secs)).await;
+        for _ in 0..images {
+            stats.record_image(bytes);
+        }
+        stats
     }
 
     #[tokio::test(start_paused = true)]
@@ -317,11 +313,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn young_process_divides_by_elapsed_time() {
-        let stats = Stats::new();
-        advance(Duration::from_secs(10)).await;
-        for _ in 0..20 {
-            stats.record_image(50);
-        }
+        let stats = burst_after(10, 20, 50).await;
         let rate = stats.rate();
         assert!(approx(rate.images_per_sec, 2.0), "{rate:?}");
         assert!(approx(rate.bytes_per_sec, 100.0), "{rate:?}");
@@ -336,11 +328,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn old_work_leaves_the_window() {
-        let stats = Stats::new();
-        advance(Duration::from_secs(100)).await;
-        for _ in 0..60 {
-            stats.record_image(1);
-        }
+        let stats = burst_after(100, 60, 1).await;
         advance(Duration::from_secs(59)).await;
         assert!(approx(stats.rate().images_per_sec, 1.0));
         advance(Duration::from_secs(1)).await;

@@ -11,6 +11,12 @@ use std::time::Duration;
 
 const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
 
+/// `s` cut to at most `max_bytes` at a character boundary: text echoed
+/// into an error or a label (an id, a query value, a path) cannot bloat it.
+pub fn clip(s: &str, max_bytes: usize) -> &str {
+    &s[..s.floor_char_boundary(max_bytes)]
+}
+
 /// `1234567` -> `1,234,567`.
 pub fn group_digits(n: u64) -> String {
     let digits = n.to_string();
@@ -81,6 +87,28 @@ pub fn format_duration(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clipping_keeps_whole_characters() {
+        assert_eq!(clip("abc", 64), "abc");
+        assert_eq!(clip("abcdef", 3), "abc");
+        // "é" is two bytes: a cut through it keeps the character out.
+        assert_eq!(clip("aé", 2), "a");
+        assert_eq!(clip("aé", 3), "aé");
+        assert_eq!(clip("", 0), "");
+    }
+
+    #[test]
+    fn digits_group_by_thousands() {
+        for (n, grouped) in [
+            (0, "0"),
+            (999, "999"),
+            (1000, "1,000"),
+            (1_234_567, "1,234,567"),
+        ] {
+            assert_eq!(group_digits(n), grouped);
+        }
+    }
 
     #[test]
     fn bytes() {

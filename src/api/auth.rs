@@ -33,6 +33,13 @@ const MAX_REMEMBERED: usize = 4096;
 /// Path that answers without a token.
 pub const OPEN_PATH: &str = "/healthz";
 
+/// Whether GET and HEAD of `path` answer without a token: [`OPEN_PATH`]
+/// and the operator page's (which hold no data). The description's 401s
+/// follow the same rule.
+pub fn is_open_path(path: &str) -> bool {
+    path == OPEN_PATH || crate::api::page::PATHS.contains(&path)
+}
+
 /// Middleware: with `api.token` set, every request but [`OPEN_PATH`] needs
 /// `Authorization: Bearer <token>` (compared in constant time); failures are
 /// counted and logged once per address a while.
@@ -45,8 +52,8 @@ pub async fn require_bearer(
         return Ok(next.run(request).await);
     };
     let path = request.uri().path();
-    let is_open = (path == OPEN_PATH || crate::api::page::PATHS.contains(&path))
-        && (request.method() == Method::GET || request.method() == Method::HEAD);
+    let is_open =
+        is_open_path(path) && (request.method() == Method::GET || request.method() == Method::HEAD);
     if is_open {
         return Ok(next.run(request).await);
     }

@@ -270,12 +270,18 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<S> {
 mod tests {
     use super::*;
 
+    /// A table capping each address at `cap`, its address 127.0.0.1 and
+    /// `N` connections admitted from it.
+    fn admitted<const N: usize>(cap: usize) -> (Arc<Table>, IpAddr, [Arc<Connection>; N]) {
+        let table = Table::new(cap);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let connections = std::array::from_fn(|_| table.admit(ip).unwrap());
+        (table, ip, connections)
+    }
+
     #[test]
     fn the_per_address_cap_holds_and_frees() {
-        let table = Table::new(2);
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let a = table.admit(ip).unwrap();
-        let _b = table.admit(ip).unwrap();
+        let (table, ip, [a, _b]) = admitted(2);
         assert!(table.admit(ip).is_none());
         assert!(table.admit("127.0.0.2".parse().unwrap()).is_some());
         drop(a);
@@ -285,11 +291,7 @@ mod tests {
 
     #[test]
     fn eviction_takes_the_longest_idle_and_spares_busy_ones() {
-        let table = Table::new(10);
-        let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let old = table.admit(ip).unwrap();
-        let busy_one = table.admit(ip).unwrap();
-        let young = table.admit(ip).unwrap();
+        let (table, _, [old, busy_one, young]) = admitted(10);
         old.last_active_ms.store(0, Ordering::Relaxed);
         busy_one.last_active_ms.store(0, Ordering::Relaxed);
         young.last_active_ms.store(5, Ordering::Relaxed);

@@ -109,13 +109,5 @@ pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri
 
 /// Echoed paths are capped so a long URL cannot bloat the error.
 fn shorten(path: &str) -> &str {
-    const MAX: usize = 200;
-    if path.len() <= MAX {
-        return path;
-    }
-    let mut end = MAX;
-    while !path.is_char_boundary(end) {
-        end -= 1;
-    }
-    &path[..end]
+    crate::units::clip(path, 200)
 }

@@ -145,12 +145,16 @@ mod tests {
 
     #[test]
     fn host_names_lose_their_port() {
-        assert_eq!(host_name("127.0.0.1:8080"), "127.0.0.1");
-        assert_eq!(host_name("LocalHost."), "localhost");
-        assert_eq!(host_name("[::1]:80"), "[::1]");
-        assert_eq!(host_name("[::1]"), "[::1]");
-        assert_eq!(host_name("evil.example:1"), "evil.example");
-        assert_eq!(host_name("evil.example:x"), "evil.example:x");
+        for (host, name) in [
+            ("127.0.0.1:8080", "127.0.0.1"),
+            ("LocalHost.", "localhost"),
+            ("[::1]:80", "[::1]"),
+            ("[::1]", "[::1]"),
+            ("evil.example:1", "evil.example"),
+            ("evil.example:x", "evil.example:x"),
+        ] {
+            assert_eq!(host_name(host), name, "{host}");
+        }
     }
 
     #[test]

@@ -28,7 +28,6 @@ use axum::response::Response;
         (status = 200, description = "One page of the job's images", body = Vec<ListedImage>,
             headers(("Link" = String, description = "`</jobs/{id}/images?…&after=…>; rel=\"next\"` while more images follow"))),
         (status = 400, description = "The id is not a positive integer", body = ErrorBody),
-        (status = 401, description = "A token is configured and the request has none or another", body = ErrorBody),
         (status = 404, description = "No such job", body = ErrorBody),
         (status = 422, description = "A query parameter is not a valid value (a reason with a state other than failed included), or is not one of these", body = ErrorBody)
     )

@@ -52,7 +52,6 @@ const FINISHED: &[JobState] = &[JobState::Done, JobState::Failed];
         (status = 201, description = "A new job", body = Job),
         (status = 200, description = "The same selection, quality, format and package is already a job: that job (re-synced if it had finished)", body = Job),
         (status = 400, description = "The body is not JSON, or not an object", body = ErrorBody),
-        (status = 401, description = "A token is configured and the request has none or another", body = ErrorBody),
         (status = 413, description = "The body is larger than 256 KiB", body = ErrorBody),
         (status = 415, description = "Content-Type is not application/json", body = ErrorBody),
         (status = 422, description = "A field breaks a rule; the message names it", body = ErrorBody)
@@ -103,7 +102,6 @@ pub async fn create_job(
     responses(
         (status = 200, description = "One page of jobs", body = Vec<Job>,
             headers(("Link" = String, description = "`</jobs?limit=…&after=…>; rel=\"next\"` while more jobs follow"))),
-        (status = 401, description = "A token is configured and the request has none or another", body = ErrorBody),
         (status = 422, description = "`limit` or `after` is not a valid value, or the query names another parameter", body = ErrorBody)
     )
 )]
@@ -127,7 +125,7 @@ pub async fn list_jobs(
     tag = "jobs",
     summary = "One job",
     params(("id" = i64, Path, description = "Job id (a positive integer)", minimum = 1)),
-    responses((status = 200, description = "The job", body = Job), (status = 400, description = "The id is not a positive integer", body = ErrorBody), (status = 401, description = "A token is configured and the request has none or another", body = ErrorBody), (status = 404, description = "No such job", body = ErrorBody))
+    responses((status = 200, description = "The job", body = Job), (status = 400, description = "The id is not a positive integer", body = ErrorBody), (status = 404, description = "No such job", body = ErrorBody))
 )]
 pub async fn get_job(
     State(state): State<AppState>,
@@ -144,7 +142,7 @@ pub async fn get_job(
     tag = "jobs",
     summary = "Pause a queued or running job",
     params(("id" = i64, Path, description = "Job id (a positive integer)", minimum = 1)),
-    responses((status = 200, description = "The paused job", body = Job), (status = 400, description = "The id is not a positive integer", body = ErrorBody), (status = 401, description = "A token is configured and the request has none or another", body = ErrorBody), (status = 404, description = "No such job", body = ErrorBody), (status = 409, description = "The job's state does not allow it", body = ErrorBody))
+    responses((status = 200, description = "The paused job", body = Job), (status = 400, description = "The id is not a positive integer", body = ErrorBody), (status = 404, description = "No such job", body = ErrorBody), (status = 409, description = "The job's state does not allow it", body = ErrorBody))
 )]
 pub async fn pause_job(
     State(state): State<AppState>,
@@ -177,7 +175,7 @@ pub async fn pause_job(
     tag = "jobs",
     summary = "Resume a paused job",
     params(("id" = i64, Path, description = "Job id (a positive integer)", minimum = 1)),
-    responses((status = 200, description = "The resumed job", body = Job), (status = 400, description = "The id is not a positive integer", body = ErrorBody), (status = 401, description = "A token is configured and the request has none or another", body = ErrorBody), (status = 404, description = "No such job", body = ErrorBody), (status = 409, description = "The job's state does not allow it", body = ErrorBody))
+    responses((status = 200, description = "The resumed job", body = Job), (status = 400, description = "The id is not a positive integer", body = ErrorBody), (status = 404, description = "No such job", body = ErrorBody), (status = 409, description = "The job's state does not allow it", body = ErrorBody))
 )]
 pub async fn resume_job(
     State(state): State<AppState>,
@@ -218,7 +216,7 @@ pub async fn resume_job(
     responses(
         (status = 200, description = "The job, back at work if it had finished", body = Job),
         (status = 400, description = "The id is not a positive integer, or the query is not `include_deleted=true|false`", body = ErrorBody),
-        (status = 401, description = "A token is configured and the request has none or another", body = ErrorBody), (status = 404, description = "No such job", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
         (status = 409, description = "The job is cancelled", body = ErrorBody)
     )
 )]
@@ -274,7 +272,7 @@ async fn with_upload(state: &AppState, id: i64) -> Result<Job, ApiError> {
     tag = "jobs",
     summary = "Cancel a job (its files stay)",
     params(("id" = i64, Path, description = "Job id (a positive integer)", minimum = 1)),
-    responses((status = 200, description = "The cancelled job", body = Job), (status = 400, description = "The id is not a positive integer", body = ErrorBody), (status = 401, description = "A token is configured and the request has none or another", body = ErrorBody), (status = 404, description = "No such job", body = ErrorBody))
+    responses((status = 200, description = "The cancelled job", body = Job), (status = 400, description = "The id is not a positive integer", body = ErrorBody), (status = 404, description = "No such job", body = ErrorBody))
 )]
 pub async fn cancel_job(
     State(state): State<AppState>,

@@ -28,8 +28,7 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
     tag = "status",
     summary = "Prometheus metrics (text exposition format 0.0.4)",
     responses(
-        (status = 200, description = "The metrics", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String),
-        (status = 401, description = "A token is configured and the request has none or another", body = crate::api::openapi::ErrorBody)
+        (status = 200, description = "The metrics", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String)
     )
 )]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {

@@ -59,27 +59,37 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The answers `guard` gives before any handler runs, on every operation
-/// they can reach: 403 (a Host not trusted without a token; a cross-site
-/// state change) and, where a body may come, 413 for a declared length over
-/// the limit.
+/// The answers `guard` and `auth` give before any handler runs, on every
+/// operation they can reach: 401 (no token or another, where `auth` asks for
+/// one), 403 (a Host not trusted without a token; a cross-site state change)
+/// and, where a body may come, 413 for a declared length over the limit.
 struct GuardAnswers;
 
 impl Modify for GuardAnswers {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::Operation;
         use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        let error = |description: &str| {
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/json",
-                    ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("ErrorBody")))
-                        .build(),
-                )
-                .build()
+        let answer = |operation: &mut Operation, status: &str, description: &str| {
+            operation
+                .responses
+                .responses
+                .entry(status.into())
+                .or_insert_with(|| {
+                    ResponseBuilder::new()
+                        .description(description)
+                        .content(
+                            "application/json",
+                            ContentBuilder::new()
+                                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                                .build(),
+                        )
+                        .build()
+                        .into()
+                });
         };
+        let unauthorized = "A token is configured and the request has none or another";
         for (path, item) in openapi.paths.paths.iter_mut() {
+            let open = crate::api::auth::is_open_path(path);
             let reads = [item.get.as_mut(), item.head.as_mut()];
             let writes = [
                 item.post.as_mut(),
@@ -87,22 +97,30 @@ impl Modify for GuardAnswers {
                 item.delete.as_mut(),
                 item.patch.as_mut(),
             ];
-            if path != crate::api::auth::OPEN_PATH {
-                for operation in reads.into_iter().flatten() {
-                    operation.responses.responses.entry("403".into()).or_insert_with(|| {
-                        error("Without a token, the Host is not localhost, 127.0.0.1, [::1], the listen address or in api.allowed_hosts").into()
-                    });
+            for operation in reads.into_iter().flatten() {
+                if !open {
+                    answer(operation, "401", unauthorized);
+                }
+                if path != crate::api::auth::OPEN_PATH {
+                    answer(
+                        operation,
+                        "403",
+                        "Without a token, the Host is not localhost, 127.0.0.1, [::1], the listen address or in api.allowed_hosts",
+                    );
                 }
             }
             for operation in writes.into_iter().flatten() {
-                operation.responses.responses.entry("403".into()).or_insert_with(|| {
-                    error("A cross-site request (Sec-Fetch-Site: cross-site, or an Origin other than this server), or without a token a Host that is not trusted").into()
-                });
-                operation
-                    .responses
-                    .responses
-                    .entry("413".into())
-                    .or_insert_with(|| error("The declared Content-Length is over 256 KiB").into());
+                answer(operation, "401", unauthorized);
+                answer(
+                    operation,
+                    "403",
+                    "A cross-site request (Sec-Fetch-Site: cross-site, or an Origin other than this server), or without a token a Host that is not trusted",
+                );
+                answer(
+                    operation,
+                    "413",
+                    "The declared Content-Length is over 256 KiB",
+                );
             }
         }
     }
@@ -129,8 +147,7 @@ pub(crate) fn publish(description: &utoipa::openapi::OpenApi) {
     tag = "status",
     summary = "This API description (OpenAPI 3.1)",
     responses(
-        (status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object),
-        (status = 401, description = "A token is configured and the request has none or another", body = ErrorBody)
+        (status = 200, description = "The OpenAPI document", content_type = "application/json", body = Object)
     )
 )]
 pub async fn openapi_json() -> Json<serde_json::Value> {

@@ -9,7 +9,7 @@
 //! or host.
 
 use crate::api::error::ApiError;
-use crate::store::{FailReason, ImageFilter, ImageState};
+use crate::store::{ImageFilter, ImageState};
 use axum::Json;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -116,20 +116,12 @@ impl ImagesQuery {
         for (key, value) in pairs(query, &["state", "reason", "limit", "after"])? {
             match key.as_str() {
                 "state" => {
-                    parsed.filter.state = Some(value.parse::<ImageState>().map_err(|_| {
-                        ApiError::Unprocessable(format!(
-                            "state must be failed, pending, in_progress or done, got {:?}",
-                            clip(&value)
-                        ))
-                    })?)
+                    let must_be = "failed, pending, in_progress or done";
+                    parsed.filter.state = Some(parse_value("state", must_be, &value)?);
                 }
                 "reason" => {
-                    parsed.filter.reason = Some(value.parse::<FailReason>().map_err(|_| {
-                        ApiError::Unprocessable(format!(
-                            "reason must be deleted or error, got {:?}",
-                            clip(&value)
-                        ))
-                    })?)
+                    let must_be = "deleted or error";
+                    parsed.filter.reason = Some(parse_value("reason", must_be, &value)?);
                 }
                 "limit" => parsed.limit = parse_limit(&value)?,
                 _ if value.is_empty()
@@ -181,18 +173,26 @@ pub fn paged<T: Serialize>(items: Vec<T>, next: Option<String>) -> Response {
     response
 }
 
+/// `value` as a `T`, or 422 saying what the parameter `name` must be.
+fn parse_value<T: std::str::FromStr>(
+    name: &str,
+    must_be: &str,
+    value: &str,
+) -> Result<T, ApiError> {
+    value.parse().map_err(|_| {
+        ApiError::Unprocessable(format!("{name} must be {must_be}, got {:?}", clip(value)))
+    })
+}
+
 /// A value echoed in an error, cut to 64 bytes.
 fn clip(s: &str) -> &str {
-    let mut end = s.len().min(64);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
+    crate::units::clip(s, 64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::FailReason;
 
     #[test]
     fn jobs_query_defaults_bounds_and_refusals() {
@@ -239,17 +239,19 @@ mod tests {
         let back =
             ImagesQuery::parse(Some("state=failed&reason=deleted&limit=2&after=a+b%26c")).unwrap();
         assert_eq!(back.after.as_deref(), Some("a b&c"));
-        for bad in [
-            "state=lost",
-            "reason=gone",
-            "state=done&reason=error",
-            "after=",
-            "after=a%00b",
-            "limit=0",
-            "sort=asc",
+        // Each refusal names what is wrong.
+        for (bad, says) in [
+            ("state=lost", "state must be failed, pending"),
+            ("reason=gone", "reason must be deleted or error"),
+            ("state=done&reason=error", "reason applies to failed"),
+            ("after=", "after must be an image id"),
+            ("after=a%00b", "after must be an image id"),
+            ("limit=0", "limit must be an integer"),
+            ("sort=asc", "unknown query parameter \"sort\""),
         ] {
             let err = ImagesQuery::parse(Some(bad)).unwrap_err();
             assert!(matches!(err, ApiError::Unprocessable(_)), "{bad}: {err}");
+            assert!(err.to_string().contains(says), "{bad}: {err}");
         }
         assert!(ImagesQuery::parse(Some("reason=error")).is_ok());
     }

@@ -11,6 +11,7 @@ use crate::model::{Bbox, OutputFormat, Packaging, Quality, UploadTarget, validat
 use crate::selection::{
     Filters, JobSpec, Pano, Resync, Selection, SelectionError, Source, parse_date, parse_interval,
 };
+use crate::units::clip;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
@@ -399,13 +400,13 @@ impl RetryParams {
                 ("include_deleted", other) => {
                     return Err(ApiError::BadRequest(format!(
                         "include_deleted must be true or false, got {:?}",
-                        truncate(other, 64)
+                        clip(other, 64)
                     )));
                 }
                 (other, _) => {
                     return Err(ApiError::BadRequest(format!(
                         "unknown query parameter {:?}; this endpoint takes include_deleted",
-                        truncate(other, 64)
+                        clip(other, 64)
                     )));
                 }
             }
@@ -420,20 +421,9 @@ pub fn parse_job_id(raw: &str) -> Result<i64, ApiError> {
         Ok(id) if id > 0 && raw.bytes().all(|b| b.is_ascii_digit()) => Ok(id),
         _ => Err(ApiError::BadRequest(format!(
             "job id must be a positive integer, got {:?}",
-            truncate(raw, 64)
+            clip(raw, 64)
         ))),
     }
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 #[cfg(test)]

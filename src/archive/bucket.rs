@@ -370,24 +370,15 @@ impl Bucket {
         tagged_from: &str,
     ) -> Result<(), BucketError> {
         let key = self.key(path)?;
-        let mut attributes = Attributes::new();
-        attributes.insert(
-            Attribute::Metadata(META_SHA256.into()),
-            sha256.to_string().into(),
-        );
-        attributes.insert(
-            Attribute::Metadata(META_TAGGED_FROM.into()),
-            tagged_from.to_string().into(),
-        );
+        let mut metadata = vec![
+            (META_SHA256, sha256.to_string()),
+            (META_TAGGED_FROM, tagged_from.to_string()),
+        ];
         if let Some(ms) = captured_at_ms {
-            attributes.insert(
-                Attribute::Metadata(META_CAPTURED_AT.into()),
-                ms.to_string().into(),
-            );
+            metadata.push((META_CAPTURED_AT, ms.to_string()));
         }
-        attributes.insert(Attribute::ContentType, content_type(path).into());
         let options = PutOptions {
-            attributes,
+            attributes: attributes(path, metadata),
             ..Default::default()
         };
         self.store
@@ -583,6 +574,17 @@ fn without_error_body(text: &str) -> String {
         _ => "(the error body is not shown)".to_string(),
     };
     format!("{}{summary}", &text[..start])
+}
+
+/// An object's attributes: each `(name, value)` of `metadata` as user
+/// metadata, and the content type of `path`.
+fn attributes(path: &Path, metadata: Vec<(&'static str, String)>) -> Attributes {
+    let mut attributes = Attributes::new();
+    for (name, value) in metadata {
+        attributes.insert(Attribute::Metadata(name.into()), value.into());
+    }
+    attributes.insert(Attribute::ContentType, content_type(path).into());
+    attributes
 }
 
 fn content_type(path: &Path) -> &'static str {

@@ -8,7 +8,7 @@
 
 use super::bucket::{Bucket, Completed};
 use super::checksum::hash_reader;
-use super::files::{Archive, Place, io_error};
+use super::files::{Archive, Place, failed};
 use super::{ArchiveError, link_create_only};
 use std::future::Future;
 use std::path::Path;
@@ -43,13 +43,6 @@ pub enum Publish {
         /// The file under the name: its SHA-256, if it can be told.
         sha256: Option<String>,
     },
-}
-
-fn failed(target: &Path) -> impl Fn(super::bucket::BucketError) -> ArchiveError + '_ {
-    move |e| ArchiveError::Io {
-        path: target.to_path_buf(),
-        source: io_error(e),
-    }
 }
 
 impl Archive {

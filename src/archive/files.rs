@@ -42,6 +42,14 @@ pub(super) fn io_error(error: BucketError) -> io::Error {
     io::Error::other(error)
 }
 
+/// The error of a bucket call about `path`, for `map_err`.
+pub(super) fn failed(path: &Path) -> impl Fn(BucketError) -> ArchiveError + '_ {
+    move |e| ArchiveError::Io {
+        path: path.to_path_buf(),
+        source: io_error(e),
+    }
+}
+
 impl Archive {
     /// The archive on the local disk under `root`, keeping `reserve` bytes
     /// free on its filesystem (see [`archive::ensure_room`]).
@@ -103,10 +111,7 @@ impl Archive {
         match &self.place {
             Place::Disk => Ok(path.parent().unwrap_or(path).to_path_buf()),
             Place::Bucket(bucket) => {
-                let spooled = bucket.spool_path(path).map_err(|e| ArchiveError::Io {
-                    path: path.to_path_buf(),
-                    source: io_error(e),
-                })?;
+                let spooled = bucket.spool_path(path).map_err(failed(path))?;
                 Ok(spooled.parent().unwrap_or(&spooled).to_path_buf())
             }
         }
@@ -223,13 +228,7 @@ impl Archive {
             }
             Place::Bucket(bucket) => {
                 let to = archive::quarantine_path(archive_root, &bucket.quarantine_root(), path)?;
-                bucket
-                    .move_aside(path, &to)
-                    .await
-                    .map_err(|e| ArchiveError::Io {
-                        path: path.to_path_buf(),
-                        source: io_error(e),
-                    })?
+                bucket.move_aside(path, &to).await.map_err(failed(path))?
             }
         };
         tracing::warn!(file = %path.display(), quarantined = %went.display(), "moved a doubted file into quarantine");
@@ -260,10 +259,7 @@ impl Archive {
                         source: io::Error::other(e),
                     })?
             }
-            Place::Bucket(bucket) => bucket.delete(path).await.map_err(|e| ArchiveError::Io {
-                path: path.to_path_buf(),
-                source: io_error(e),
-            }),
+            Place::Bucket(bucket) => bucket.delete(path).await.map_err(failed(path)),
         }
     }
 
@@ -309,18 +305,12 @@ impl Archive {
         match &self.place {
             Place::Disk => archive::write_atomically(path, write),
             Place::Bucket(bucket) => {
-                let spooled = bucket.spool_path(path).map_err(|e| ArchiveError::Io {
-                    path: path.to_path_buf(),
-                    source: io_error(e),
-                })?;
+                let spooled = bucket.spool_path(path).map_err(failed(path))?;
                 archive::write_atomically(&spooled, write)?;
                 let uploaded =
                     tokio::runtime::Handle::current().block_on(bucket.upload_file(&spooled, path));
                 let _ = std::fs::remove_file(&spooled);
-                uploaded.map_err(|e| ArchiveError::Io {
-                    path: path.to_path_buf(),
-                    source: io_error(e),
-                })
+                uploaded.map_err(failed(path))
             }
         }
     }
@@ -337,10 +327,7 @@ impl Archive {
         match &self.place {
             Place::Disk => archive::build_file(path, write),
             Place::Bucket(bucket) => {
-                let spooled = bucket.spool_path(path).map_err(|e| ArchiveError::Io {
-                    path: path.to_path_buf(),
-                    source: io_error(e),
-                })?;
+                let spooled = bucket.spool_path(path).map_err(failed(path))?;
                 archive::build_file(&spooled, write)
             }
         }

@@ -6,7 +6,8 @@
 use super::{estimate, progress};
 use crate::cli::oneshot::{self, DownloadRequest, RunEnd};
 use crate::cli::{
-    Cli, Command, DownloadArgs, FailuresArgs, ServeArgs, StatusArgs, UploadArgs, VerifyArgs,
+    Cli, Command, DownloadArgs, FailuresArgs, ServeArgs, StatusArgs, StorageArgs, UploadArgs,
+    VerifyArgs,
 };
 use crate::config::{self, FlagOverrides, Settings};
 use crate::model::Packaging;
@@ -51,6 +52,17 @@ fn load(flags: &FlagOverrides) -> Result<Settings, ExitCode> {
     Settings::load(flags).map_err(usage_error)
 }
 
+/// The settings' overrides that the storage flags and `--config` make.
+fn storage_flags(config_file: Option<PathBuf>, storage: StorageArgs) -> FlagOverrides {
+    FlagOverrides {
+        config_file,
+        data_dir: storage.data_dir,
+        archive_url: storage.archive_url,
+        database_url: storage.database_url,
+        ..FlagOverrides::default()
+    }
+}
+
 /// The Mapillary token, or exit 2 naming the variable.
 fn token() -> Result<config::Secret, ExitCode> {
     config::token_from_env().map_err(usage_error)
@@ -59,12 +71,9 @@ fn token() -> Result<config::Secret, ExitCode> {
 /// `serve`: the daemon until SIGTERM/SIGINT.
 async fn serve(config_file: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode, ExitCode> {
     let settings = load(&FlagOverrides {
-        config_file,
-        data_dir: args.data_dir,
-        archive_url: args.archive_url,
-        database_url: args.database_url,
         listen: args.listen,
         workers: args.workers,
+        ..storage_flags(config_file, args.storage)
     })?;
     let token = token()?;
     telemetry::init(&settings.log);
@@ -83,12 +92,8 @@ async fn serve(config_file: Option<PathBuf>, args: ServeArgs) -> Result<ExitCode
 /// `download`: the engine in-process until the named users are archived.
 async fn download(config_file: Option<PathBuf>, args: DownloadArgs) -> Result<ExitCode, ExitCode> {
     let mut settings = load(&FlagOverrides {
-        config_file,
-        data_dir: args.data_dir,
-        archive_url: args.archive_url,
-        database_url: args.database_url,
-        listen: None,
         workers: args.workers,
+        ..storage_flags(config_file, args.storage)
     })?;
     let request = DownloadRequest {
         usernames: args.usernames,
@@ -154,13 +159,7 @@ fn exit_code(end: RunEnd) -> ExitCode {
 
 /// `status`: the jobs table (or `GET /status`'s JSON) from the database.
 async fn status(config_file: Option<PathBuf>, args: StatusArgs) -> Result<ExitCode, ExitCode> {
-    let settings = load(&FlagOverrides {
-        config_file,
-        data_dir: args.data_dir,
-        archive_url: args.archive_url,
-        database_url: args.database_url,
-        ..FlagOverrides::default()
-    })?;
+    let settings = load(&storage_flags(config_file, args.storage))?;
     status::print_status(&settings, args.json)
         .await
         .map_err(print_error)?;
@@ -170,13 +169,7 @@ async fn status(config_file: Option<PathBuf>, args: StatusArgs) -> Result<ExitCo
 /// `failures`: the failed images and why, from the database; exit 0 when
 /// listed (even when there are some), 2 for a job that does not exist.
 async fn failures(config_file: Option<PathBuf>, args: FailuresArgs) -> Result<ExitCode, ExitCode> {
-    let settings = load(&FlagOverrides {
-        config_file,
-        data_dir: args.data_dir,
-        archive_url: args.archive_url,
-        database_url: args.database_url,
-        ..FlagOverrides::default()
-    })?;
+    let settings = load(&storage_flags(config_file, args.storage))?;
     let store = status::open_reader(&settings).await.map_err(print_error)?;
     let options = crate::cli::failures::FailuresOptions {
         job: args.job,
@@ -195,13 +188,7 @@ async fn failures(config_file: Option<PathBuf>, args: FailuresArgs) -> Result<Ex
 
 /// `verify`: re-reads every archived image; exit 0 clean, 1 problems.
 async fn verify(config_file: Option<PathBuf>, args: VerifyArgs) -> Result<ExitCode, ExitCode> {
-    let settings = load(&FlagOverrides {
-        config_file,
-        data_dir: args.data_dir,
-        archive_url: args.archive_url,
-        database_url: args.database_url,
-        ..FlagOverrides::default()
-    })?;
+    let settings = load(&storage_flags(config_file, args.storage))?;
     let database = settings.database_path();
     let on_postgres = settings.database_url().map_err(usage_error)?.is_some();
     if !on_postgres && !database.exists() {

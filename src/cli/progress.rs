@@ -77,11 +77,9 @@ impl JobProgress {
             None if self.total_growing => "unknown (still enumerating)".into(),
             None => "unknown".into(),
         };
-        let failed = if self.failed > 0 {
-            format!(", {} failed", group_digits(self.failed))
-        } else {
-            String::new()
-        };
+        let failed = failed_count(self.failed)
+            .map(|n| format!(", {n} failed"))
+            .unwrap_or_default();
         format!(
             "{} [{}] {}: {} images{failed}, {}, {}, {:.1} images/s, ETA {eta}",
             self.selection,
@@ -228,6 +226,11 @@ impl Reporter {
     }
 }
 
+/// How many images failed, digits grouped; `None` while none has.
+fn failed_count(failed: u64) -> Option<String> {
+    (failed > 0).then(|| group_digits(failed))
+}
+
 /// The text right of a bar.
 pub fn bar_message(p: &JobProgress) -> String {
     let eta = p.eta().map(format_duration).unwrap_or_else(|| {
@@ -237,11 +240,9 @@ pub fn bar_message(p: &JobProgress) -> String {
             "-".into()
         }
     });
-    let failed = if p.failed > 0 {
-        format!(" ({} failed)", group_digits(p.failed))
-    } else {
-        String::new()
-    };
+    let failed = failed_count(p.failed)
+        .map(|n| format!(" ({n} failed)"))
+        .unwrap_or_default();
     format!(
         "{}{failed} {} {} ETA {eta}",
         p.count_text(),
@@ -295,13 +296,5 @@ mod tests {
         );
         assert!(line.contains("ETA 5m"), "{line}");
         assert!(line.chars().all(|c| !c.is_control()), "{line:?}");
-    }
-
-    #[test]
-    fn digits_group_by_thousands() {
-        assert_eq!(group_digits(0), "0");
-        assert_eq!(group_digits(999), "999");
-        assert_eq!(group_digits(1000), "1,000");
-        assert_eq!(group_digits(1_234_567), "1,234,567");
     }
 }

@@ -253,11 +253,7 @@ fn push_gps(fields: &mut Vec<Field>, meta: &ImageMeta) {
 /// managers decode these bytes as UTF-8: transliterating would lose data.
 fn clean_text(raw: &str) -> Option<Vec<u8>> {
     let text: String = raw.trim().chars().filter(|c| *c != '\0').collect();
-    let mut end = text.len().min(MAX_TEXT_BYTES);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let text = text[..end].trim_end();
+    let text = crate::units::clip(&text, MAX_TEXT_BYTES).trim_end();
     (!text.is_empty()).then(|| text.as_bytes().to_vec())
 }
 

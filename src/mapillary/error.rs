@@ -429,18 +429,16 @@ mod tests {
 
     #[test]
     fn cdn_statuses() {
-        assert!(matches!(
-            classify_cdn_status(StatusCode::FORBIDDEN, &HeaderMap::new()),
-            MapillaryError::UrlExpired(_)
-        ));
-        assert!(matches!(
-            classify_cdn_status(StatusCode::GONE, &HeaderMap::new()),
-            MapillaryError::UrlExpired(_)
-        ));
-        assert!(matches!(
-            classify_cdn_status(StatusCode::NOT_FOUND, &HeaderMap::new()),
-            MapillaryError::UrlExpired(_)
-        ));
+        for status in [
+            StatusCode::FORBIDDEN,
+            StatusCode::GONE,
+            StatusCode::NOT_FOUND,
+        ] {
+            assert!(matches!(
+                classify_cdn_status(status, &HeaderMap::new()),
+                MapillaryError::UrlExpired(_)
+            ));
+        }
         assert!(matches!(
             classify_cdn_status(StatusCode::BAD_GATEWAY, &HeaderMap::new()),
             MapillaryError::Transient(_)

@@ -372,56 +372,38 @@ mod tests {
         }
     }
 
+    /// An estimate that has seen 16 healthy downloads: headers after 50 ms,
+    /// chunks 5 ms apart.
+    fn learned_healthy() -> QuietEstimate {
+        let estimate = QuietEstimate::new(policy());
+        learned(&estimate, ms(50), ms(5), 16);
+        estimate
+    }
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
     #[test]
     fn thresholds_follow_the_p95_within_floor_and_cap() {
         let estimate = QuietEstimate::new(policy());
-        assert_eq!(
-            estimate.threshold_for(Phase::Headers),
-            Duration::from_secs(2)
-        );
-        learned(
-            &estimate,
-            Duration::from_millis(50),
-            Duration::from_millis(1),
-            16,
-        );
-        assert_eq!(
-            estimate.threshold_for(Phase::Headers),
-            Duration::from_millis(200)
-        );
+        assert_eq!(estimate.threshold_for(Phase::Headers), ms(2000));
+        learned(&estimate, ms(50), ms(1), 16);
+        assert_eq!(estimate.threshold_for(Phase::Headers), ms(200));
         // Gaps of 1 ms x 4 stay at the floor.
-        assert_eq!(
-            estimate.threshold_for(Phase::Body),
-            Duration::from_millis(100)
-        );
-        learned(
-            &estimate,
-            Duration::from_secs(5),
-            Duration::from_secs(5),
-            256,
-        );
-        assert_eq!(estimate.threshold_for(Phase::Body), Duration::from_secs(2));
+        assert_eq!(estimate.threshold_for(Phase::Body), ms(100));
+        learned(&estimate, ms(5000), ms(5000), 256);
+        assert_eq!(estimate.threshold_for(Phase::Body), ms(2000));
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_healthy_download_is_never_hedged() {
-        let estimate = QuietEstimate::new(policy());
-        learned(
-            &estimate,
-            Duration::from_millis(50),
-            Duration::from_millis(5),
-            16,
-        );
+        let estimate = learned_healthy();
         let calls = AtomicUsize::new(0);
         for _ in 0..50 {
             let (result, winner) = race(&estimate, |p| {
                 calls.fetch_add(1, Ordering::Relaxed);
-                scripted(
-                    p,
-                    Duration::from_millis(60),
-                    Duration::from_millis(20),
-                    false,
-                )
+                scripted(p, ms(60), ms(20), false)
             })
             .await;
             assert_eq!((result.unwrap(), winner), ("body", Winner::Only));
@@ -431,23 +413,12 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_body_stalled_half_way_is_won_by_its_twin_soon_after_the_threshold() {
-        let estimate = QuietEstimate::new(policy());
-        learned(
-            &estimate,
-            Duration::from_millis(50),
-            Duration::from_millis(5),
-            16,
-        );
+        let estimate = learned_healthy();
         let calls = AtomicUsize::new(0);
         let started = Instant::now();
         let (result, winner) = race(&estimate, |p| {
             let stall = calls.fetch_add(1, Ordering::Relaxed) == 0;
-            scripted(
-                p,
-                Duration::from_millis(50),
-                Duration::from_millis(5),
-                stall,
-            )
+            scripted(p, ms(50), ms(5), stall)
         })
         .await;
         assert_eq!((result.unwrap(), winner), ("body", Winner::Twin));

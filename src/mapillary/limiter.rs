@@ -173,6 +173,19 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    /// `n` tasks that each acquire once and return when they got through.
+    fn acquirers(limiter: &Arc<Limiter>, n: usize) -> Vec<tokio::task::JoinHandle<Instant>> {
+        (0..n)
+            .map(|_| {
+                let l = limiter.clone();
+                tokio::spawn(async move {
+                    l.acquire().await;
+                    Instant::now()
+                })
+            })
+            .collect()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn spaces_calls_at_the_configured_rate() {
         let limiter = Limiter::new(600, 1); // one call per 100 ms
@@ -201,15 +214,7 @@ mod tests {
     async fn concurrent_callers_share_the_rate() {
         let limiter = Arc::new(Limiter::new(60, 1)); // one per second
         let start = Instant::now();
-        let tasks: Vec<_> = (0..10)
-            .map(|_| {
-                let l = limiter.clone();
-                tokio::spawn(async move {
-                    l.acquire().await;
-                    Instant::now()
-                })
-            })
-            .collect();
+        let tasks = acquirers(&limiter, 10);
         let mut times = Vec::new();
         for t in tasks {
             times.push(t.await.unwrap() - start);
@@ -228,15 +233,7 @@ mod tests {
             limiter.hold(Some(Duration::from_secs(5))),
             Duration::from_secs(5)
         );
-        let tasks: Vec<_> = (0..8)
-            .map(|_| {
-                let l = limiter.clone();
-                tokio::spawn(async move {
-                    l.acquire().await;
-                    Instant::now()
-                })
-            })
-            .collect();
+        let tasks = acquirers(&limiter, 8);
         for t in tasks {
             assert!(t.await.unwrap() - start >= Duration::from_secs(5));
         }

@@ -23,19 +23,29 @@ pub fn strip_token(url: &str) -> String {
     let Some((base, query)) = before_fragment.split_once('?') else {
         return url.to_string();
     };
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| !pair.is_empty() && !is_token_pair(pair))
-        .collect();
-    let mut out = String::with_capacity(url.len());
+    keep_pairs(base, query, fragment, |pair| {
+        !pair.is_empty() && !is_token_pair(pair)
+    })
+}
+
+/// `base`, then the pairs of `query` that `keep` keeps (byte for byte, in
+/// their order), then `#fragment`.
+fn keep_pairs(
+    base: &str,
+    query: &str,
+    fragment: Option<&str>,
+    keep: impl Fn(&str) -> bool,
+) -> String {
+    let kept: Vec<&str> = query.split('&').filter(|pair| keep(pair)).collect();
+    let mut out = String::with_capacity(base.len() + query.len() + 1);
     out.push_str(base);
     if !kept.is_empty() {
         out.push('?');
         out.push_str(&kept.join("&"));
     }
-    if let Some(frag) = fragment {
+    if let Some(fragment) = fragment {
         out.push('#');
-        out.push_str(frag);
+        out.push_str(fragment);
     }
     out
 }
@@ -56,23 +66,10 @@ pub fn strip_secret(url: &str, secret: &str) -> String {
         Some((q, f)) => (q, Some(f)),
         None => (rest, None),
     };
-    let kept: Vec<&str> = query
-        .split('&')
-        .filter(|pair| {
-            !url::form_urlencoded::parse(pair.as_bytes())
-                .any(|(k, v)| k.contains(secret) || v.contains(secret))
-        })
-        .collect();
-    let mut out = base.to_string();
-    if !kept.is_empty() {
-        out.push('?');
-        out.push_str(&kept.join("&"));
-    }
-    if let Some(fragment) = fragment {
-        out.push('#');
-        out.push_str(fragment);
-    }
-    out
+    keep_pairs(base, query, fragment, |pair| {
+        !url::form_urlencoded::parse(pair.as_bytes())
+            .any(|(k, v)| k.contains(secret) || v.contains(secret))
+    })
 }
 
 /// Whether `text`, raw or percent-decoded, contains `secret`.

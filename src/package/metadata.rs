@@ -10,7 +10,7 @@ use crate::store::{CollectionTask, Store};
 use flate2::{Compression, GzBuilder};
 use serde::Serialize;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Name of the per-collection metadata file.
@@ -58,23 +58,28 @@ pub async fn write(
     } else {
         (METADATA_FILE, METADATA_GZ_FILE)
     };
-    build(store, files, &folder.join(name), task, packed).await?;
+    let target = folder.join(name);
+    build(
+        Arc::clone(store),
+        files.clone(),
+        target,
+        task.clone(),
+        packed,
+    )
+    .await?;
     files.remove_async(&folder.join(stale)).await?;
     Ok(())
 }
 
-/// Writes the metadata file at the local path `target`, atomically.
+/// Writes the metadata file at the local path `target`, atomically. Takes
+/// its store, archive and task owned: they move to a blocking thread.
 async fn build(
-    store: &Arc<Store>,
-    files: &Archive,
-    target: &Path,
-    task: &CollectionTask,
+    store: Arc<Store>,
+    files: Archive,
+    target: PathBuf,
+    task: CollectionTask,
     packed: bool,
 ) -> anyhow::Result<()> {
-    let target = target.to_path_buf();
-    let files = files.clone();
-    let store = Arc::clone(store);
-    let task = task.clone();
     let collection = task.collection.to_string();
     let handle = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {

@@ -203,14 +203,7 @@ impl IaClient {
     pub async fn listed_files(&self, identifier: &str) -> Result<Vec<ListedFile>, IaError> {
         let what = format!("GET /metadata/{identifier}");
         let url = segments(&self.ia_url, &["metadata", identifier]);
-        let response = self
-            .http
-            .get(url)
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .map_err(|e| network(&what, &e))?;
-        let body = check(response, &what, identifier).await?;
+        let body = self.get(url, &what, identifier).await?;
         let value: serde_json::Value =
             serde_json::from_str(&body).map_err(|e| IaError::Status {
                 what: what.clone(),
@@ -218,6 +211,19 @@ impl IaClient {
                 reason: format!("not JSON: {e}"),
             })?;
         Ok(parse_files(&value))
+    }
+
+    /// The body of a GET of `url` (a minute at the most) that [`check`]
+    /// passes; `what` names the call in errors.
+    async fn get(&self, url: url::Url, what: &str, identifier: &str) -> Result<String, IaError> {
+        let response = self
+            .http
+            .get(url)
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .map_err(|e| network(what, &e))?;
+        check(response, what, identifier).await
     }
 
     /// `check_limit`: whether IA wants no new upload into `identifier` now
@@ -229,14 +235,7 @@ impl IaClient {
             .append_pair("check_limit", "1")
             .append_pair("accesskey", access)
             .append_pair("bucket", identifier);
-        let response = self
-            .http
-            .get(url)
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .map_err(|e| network(&what, &e))?;
-        let body = check(response, &what, identifier).await?;
+        let body = self.get(url, &what, identifier).await?;
         let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
         Ok(value["over_limit"].as_i64().is_some_and(|n| n != 0))
     }

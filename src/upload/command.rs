@@ -7,11 +7,11 @@
 use super::client::IaClient;
 use super::credentials::IaCredentials;
 use super::headers;
-use super::plan::{self, ItemLoad, LocalTar};
+use super::plan::{self, LocalTar};
 use super::run::{UploadEnd, Uploader};
 use crate::config::Settings;
 use crate::package::item::META_DIR;
-use crate::store::{Store, UploadFile, UploadFileKind, UploadItem, UploadState};
+use crate::store::{Store, UploadFile, UploadState};
 use crate::units::format_bytes;
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -143,23 +143,6 @@ pub async fn dry_run(
     Ok(())
 }
 
-/// Each recorded item's tars, as the planner weighs them.
-fn item_loads(items: &[UploadItem], placed: &[UploadFile]) -> Vec<ItemLoad> {
-    items
-        .iter()
-        .map(|i| {
-            let tars = placed
-                .iter()
-                .filter(|f| f.item_id == i.id && f.kind == UploadFileKind::Tar);
-            ItemLoad {
-                part: i.part,
-                bytes: tars.clone().map(|f| f.bytes).sum(),
-                tars: tars.count() as u64,
-            }
-        })
-        .collect()
-}
-
 /// The collection folder's tars that no item holds yet: what a real run
 /// would place next.
 fn unplaced_tars(
@@ -187,7 +170,7 @@ async fn dry_run_collection(
     let store = &uploader.store;
     let placed = store.upload_files(collection).await?;
     let items = store.upload_items(collection).await?;
-    let loads = item_loads(&items, &placed);
+    let loads = plan::item_loads(&items, &placed);
     let folder = uploader.archive_dir.join(collection);
     let fresh = unplaced_tars(&folder, &placed)?;
     let mut files: Vec<(u32, String, u64, &str)> = placed

@@ -10,6 +10,7 @@
 //! passes only tars not yet placed).
 
 use super::headers::MetaTag;
+use crate::store::{UploadFile, UploadFileKind, UploadItem};
 use std::collections::BTreeSet;
 
 /// Files an item holds besides its tars: `metadata.jsonl.gz` and
@@ -42,6 +43,23 @@ pub struct ItemLoad {
     pub bytes: u64,
     /// Tars placed in it.
     pub tars: u64,
+}
+
+/// Each recorded item's tars, as the planner weighs them.
+pub fn item_loads(items: &[UploadItem], placed: &[UploadFile]) -> Vec<ItemLoad> {
+    items
+        .iter()
+        .map(|i| {
+            let tars = placed
+                .iter()
+                .filter(|f| f.item_id == i.id && f.kind == UploadFileKind::Tar);
+            ItemLoad {
+                part: i.part,
+                bytes: tars.clone().map(|f| f.bytes).sum(),
+                tars: tars.count() as u64,
+            }
+        })
+        .collect()
 }
 
 /// A tar on disk, not yet placed.

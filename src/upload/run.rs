@@ -200,10 +200,7 @@ impl Uploader {
     ) -> Result<(), Stop> {
         for item in items {
             let files = self.store.upload_files(collection).await?;
-            let pending: Vec<&UploadFile> = files
-                .iter()
-                .filter(|f| f.item_id == item.id && f.state == UploadFileState::Pending)
-                .collect();
+            let pending = in_state(&files, item, UploadFileState::Pending);
             if pending.is_empty() {
                 continue;
             }
@@ -350,10 +347,7 @@ impl Uploader {
         shutdown: &CancellationToken,
     ) -> Result<usize, Stop> {
         let files = self.store.upload_files(collection).await?;
-        let sent: Vec<&UploadFile> = files
-            .iter()
-            .filter(|f| f.item_id == item.id && f.state == UploadFileState::Sent)
-            .collect();
+        let sent = in_state(&files, item, UploadFileState::Sent);
         if sent.is_empty() {
             return Ok(0);
         }
@@ -391,6 +385,16 @@ impl Uploader {
             ia_only::tidy_collection(&self.store, &self.archive_dir, collection, delete).await,
         )
     }
+}
+
+/// The files of `item` in `state`.
+fn in_state<'a>(
+    files: &'a [UploadFile],
+    item: &UploadItem,
+    state: UploadFileState,
+) -> Vec<&'a UploadFile> {
+    let of_item = |f: &&UploadFile| f.item_id == item.id && f.state == state;
+    files.iter().filter(of_item).collect()
 }
 
 /// Whether the item lists `file` with our MD5 and size.

@@ -106,19 +106,7 @@ fn local_tars(folder: &Path) -> Result<Vec<LocalTar>, SyncError> {
 async fn item_loads(store: &Store, collection: &str) -> Result<Vec<ItemLoad>, SyncError> {
     let items = store.upload_items(collection).await?;
     let files = store.upload_files(collection).await?;
-    Ok(items
-        .iter()
-        .map(|item| {
-            let tars = files
-                .iter()
-                .filter(|f| f.item_id == item.id && f.kind == UploadFileKind::Tar);
-            ItemLoad {
-                part: item.part,
-                bytes: tars.clone().map(|f| f.bytes).sum(),
-                tars: tars.count() as u64,
-            }
-        })
-        .collect())
+    Ok(plan::item_loads(&items, &files))
 }
 
 /// Records one file with its size and MD5 (read from disk).

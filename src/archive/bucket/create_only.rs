@@ -10,10 +10,10 @@
 //! with the upload id and the `If-None-Match` header in the signature) and
 //! this module sends.
 
-use super::{Bucket, BucketError, PART_BYTES, content_type, without_error_body};
+use super::{Bucket, BucketError, PART_BYTES, attributes, without_error_body};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::signer::{HeaderValue, Method, SignedUrlOptions, Signer};
-use object_store::{Attribute, Attributes, PutMultipartOptions, PutPayload};
+use object_store::{PutMultipartOptions, PutPayload};
 use std::path::Path;
 use std::time::Duration;
 
@@ -41,14 +41,8 @@ impl Bucket {
     /// `sha256` as user metadata; returns its upload id.
     pub async fn begin_upload(&self, path: &Path, sha256: &str) -> Result<String, BucketError> {
         let key = self.key(path)?;
-        let mut attributes = Attributes::new();
-        attributes.insert(
-            Attribute::Metadata(super::META_SHA256.into()),
-            sha256.to_string().into(),
-        );
-        attributes.insert(Attribute::ContentType, content_type(path).into());
         let options = PutMultipartOptions {
-            attributes,
+            attributes: attributes(path, vec![(super::META_SHA256, sha256.to_string())]),
             ..Default::default()
         };
         self.store
