@@ -303,6 +303,21 @@ mod tests {
             .connect_with(sqlx::sqlite::SqliteConnectOptions::new().filename(&path))
             .await
             .unwrap();
+        // One seek per group row: never a scan of images.
+        let plan: Vec<String> = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN {GROUP_SQL}"
+        )))
+        .bind("[]")
+        .fetch_all(&writer)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get::<String, _>("detail"))
+        .collect();
+        assert!(
+            !plan.iter().any(|s| s.starts_with("SCAN images")),
+            "{plan:#?}"
+        );
         let marked = in_one_statement(&writer, &group).await.unwrap();
         assert_eq!(marked, vec![Some(None), Some(None), Some(None), None]);
 
