@@ -292,7 +292,12 @@ mod tests {
             .iter()
             .map(|c| {
                 let path = format!("/a/{}.jpg", c.image_id);
-                pending(&c.lease, 100 + c.row_id(), &path, &format!("sha-{}", c.image_id))
+                pending(
+                    &c.lease,
+                    100 + c.row_id(),
+                    &path,
+                    &format!("sha-{}", c.image_id),
+                )
             })
             .collect();
         // The last one's lease was lost: another claim bumped the epoch.
@@ -329,8 +334,16 @@ mod tests {
             assert_eq!(row.lease_owner, None);
         }
         let lost = &claimed[3];
-        let row = store.image_by_id(job, &lost.image_id).await.unwrap().unwrap();
-        assert_eq!(row.state, ImageState::InProgress, "a stale lease marks nothing");
+        let row = store
+            .image_by_id(job, &lost.image_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            row.state,
+            ImageState::InProgress,
+            "a stale lease marks nothing"
+        );
         let counts = store.find_job(job).await.unwrap().unwrap();
         let bytes: i64 = group[..3].iter().map(|p| p.bytes).sum();
         assert_eq!((counts.counts.done, counts.bytes_done as i64), (3, bytes));
