@@ -478,14 +478,8 @@ impl MapillaryClient {
                 "image is {n} bytes, over the {max}-byte limit"
             )));
         }
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("none")
-            .chars()
-            .take(60)
-            .collect::<String>();
+        // Kept for the "not a JPEG" error only: no string per image.
+        let content_type = response.headers().get(CONTENT_TYPE).cloned();
         let capacity = declared
             .unwrap_or(256 * 1024)
             .min(max)
@@ -514,6 +508,13 @@ impl MapillaryClient {
             )));
         }
         if !buf.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            let content_type = content_type
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("none")
+                .chars()
+                .take(60)
+                .collect::<String>();
             return Err(MapillaryError::Transient(format!(
                 "not a JPEG: {} bytes of content-type {content_type}",
                 buf.len()

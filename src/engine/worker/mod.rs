@@ -169,9 +169,11 @@ fn checked_target(
     // The row's image id is the one the queue knows; the metadata must agree.
     let mut meta = image.meta.clone();
     meta.id.clone_from(&image.image_id);
-    archive::image_path(&collection, &meta, FileKind::Jpeg).map_err(give_up)?;
+    // Checked here, and kept: the adoption check and the JPEG write use it.
+    let jpeg = archive::image_path(&collection, &meta, FileKind::Jpeg).map_err(give_up)?;
     let target = write::Target {
         collection,
+        jpeg,
         format: image.format,
     };
     Ok((meta, target))

@@ -17,6 +17,9 @@ use tracing::info;
 pub struct Target {
     /// The collection's folder ([`archive::collection_path`]).
     pub collection: PathBuf,
+    /// The image's JPEG path in it ([`archive::image_path`]), made once per
+    /// image: the adoption check and the JPEG write both use it.
+    pub jpeg: PathBuf,
     /// The job's output format.
     pub format: OutputFormat,
 }
@@ -86,11 +89,10 @@ pub async fn write(ctx: &EngineContext, body: Body) -> Outcome {
 /// The JPEG path: the body tagged in place of its old EXIF (the parse
 /// shares the download's memory), whose buffer then goes back to the pool.
 fn convert_jpeg(body: Body) -> Result<ImageFile, WriteError> {
-    let path = archive::image_path(&body.target.collection, &body.meta, FileKind::Jpeg)?;
     let tagged = crate::exif::tag_jpeg_shared(body.bytes.clone(), &body.meta);
     crate::buffers::give_bytes(body.bytes);
     let bytes = tagged.map_err(|e| WriteError::Convert(format!("tagging failed: {e}")))?;
-    Ok(image_file(body.meta, path, bytes, false))
+    Ok(image_file(body.meta, body.target.jpeg, bytes, false))
 }
 
 /// The WebP path: the encode holds an encoder permit (CPU and decoded-image
@@ -160,15 +162,16 @@ pub async fn adopt_loose(
     target: &Target,
     meta: &ImageMeta,
 ) -> Result<Option<ArchivedFile>, ArchiveError> {
-    let (Ok(webp_path), Ok(jpeg_path)) = (
-        archive::image_path(&target.collection, meta, FileKind::Webp),
-        archive::image_path(&target.collection, meta, FileKind::Jpeg),
-    ) else {
-        return Ok(None);
-    };
+    let jpeg = (target.jpeg.clone(), FileKind::Jpeg);
     let candidates = match target.format {
-        OutputFormat::Jpeg => vec![(jpeg_path, FileKind::Jpeg)],
-        OutputFormat::Webp => vec![(webp_path, FileKind::Webp), (jpeg_path, FileKind::Jpeg)],
+        OutputFormat::Jpeg => vec![jpeg],
+        OutputFormat::Webp => {
+            let Ok(webp_path) = archive::image_path(&target.collection, meta, FileKind::Webp)
+            else {
+                return Ok(None);
+            };
+            vec![(webp_path, FileKind::Webp), jpeg]
+        }
     };
     let keeps_jpeg = target.format == OutputFormat::Webp;
     ctx.archive.adopt(candidates, meta, keeps_jpeg).await
