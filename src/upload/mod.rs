@@ -13,6 +13,7 @@
 //! - [`sync`]: placements and each item's own files recorded before sending.
 //! - [`run`]: one job's track: send, skip what the item holds, confirm.
 //! - [`command`]: the `upload` command and `download --upload-ia`.
+//! - [`progress`]: their progress bar or lines, and the summary line.
 //! - [`daemon`]: the track's loop in `serve`; pause, resume, retry.
 //!
 //! Settings: `config::IaSettings` (`[ia]`).
@@ -26,5 +27,6 @@ pub mod credentials;
 pub mod daemon;
 pub mod headers;
 pub mod plan;
+pub mod progress;
 pub mod run;
 pub mod sync;
