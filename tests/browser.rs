@@ -1146,6 +1146,8 @@ async fn a_job_with_an_upload_shows_the_uploads_state_figures_and_error() {
             assert_eq!(shown["items"], up["items"].to_string().as_str(), "{shown}");
             assert_eq!(shown["error"], error.as_str(), "the API's message verbatim");
             assert_eq!(shown["error_shown"], true, "{shown}");
+            let upload = screenshot_path().with_file_name("operator-page-upload.png");
+            driver.screenshot(&upload).await.expect("a screenshot");
             let severe = severe_entries(driver).await;
             assert!(severe.is_empty(), "console errors: {severe:#?}");
         })
