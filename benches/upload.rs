@@ -248,7 +248,9 @@ fn write_random(path: &Path, bytes: u64) -> anyhow::Result<()> {
 
 /// Runs the uploader in a child process while the fake serves here.
 async fn run_child(dir: &Path, fake: &FakeIa, job: i64) -> anyhow::Result<Measured> {
-    let output = tokio::process::Command::new(std::env::current_exe()?)
+    // `output()` would capture stderr too: the child's progress lines
+    // belong on the terminal.
+    let child = tokio::process::Command::new(std::env::current_exe()?)
         .env(CHILD, dir)
         .env(CHILD_URL, fake.base_url())
         .env(CHILD_JOB, job.to_string())
@@ -258,9 +260,10 @@ async fn run_child(dir: &Path, fake: &FakeIa, job: i64) -> anyhow::Result<Measur
         .env_remove("IA_SECRET_KEY_FILE")
         .env_remove("BENCH_REPORT")
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
-        .output()
-        .await?;
+        .spawn()?;
+    let output = child.wait_with_output().await?;
     let stdout = String::from_utf8_lossy(&output.stdout);
     if !output.status.success() {
         bail!("the uploader child failed ({}): {stdout}", output.status);

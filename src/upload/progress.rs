@@ -56,9 +56,15 @@ impl UploadLine {
 
     /// One line for logs: no control characters, no colour.
     pub fn plain_line(&self) -> String {
+        // Nothing placed yet reads 0 %, unless the track is confirmed.
+        let none = if self.track.state == UploadState::Confirmed {
+            100
+        } else {
+            0
+        };
         let percent = (self.sent.saturating_mul(100))
             .checked_div(self.track.bytes_total)
-            .unwrap_or(100);
+            .unwrap_or(none);
         format!(
             "job {} upload to the Internet Archive: {percent}%, {}{}",
             self.job_id,
