@@ -1045,3 +1045,112 @@ async fn the_page_lists_failures_beside_retry_and_pages_through_every_job() {
         .await;
     d.daemon.stop().await;
 }
+
+/// Places two files in the job's first item through the store, one of them
+/// confirmed: an upload caught half-way, whatever the daemon's own track
+/// did before it paused.
+async fn half_uploaded(db: &Path, job: i64) {
+    use mapillary_downloader::store::{NewUploadFile, Store, UploadFileKind, UploadFileState};
+    let store = Store::open(db).await.unwrap();
+    let collection = store.job_collections(job).await.unwrap().remove(0);
+    let item = store
+        .add_upload_item(&collection, 1, &collection)
+        .await
+        .unwrap();
+    for (name, bytes) in [("1999-01-01.tar", 300_000), ("1999-01-02.tar", 700_000)] {
+        let file = NewUploadFile {
+            kind: UploadFileKind::Tar,
+            name,
+            local_path: "/nowhere",
+            bytes,
+            md5: "0123456789abcdef0123456789abcdef",
+        };
+        store.place_upload_file(&item, &file).await.unwrap();
+    }
+    let first = store.upload_files(&collection).await.unwrap();
+    let first = first.iter().find(|f| f.name == "1999-01-01.tar").unwrap();
+    for (from, to) in [
+        (UploadFileState::Pending, UploadFileState::Sent),
+        (UploadFileState::Sent, UploadFileState::Confirmed),
+    ] {
+        assert!(store.set_file_state(first.id, from, to, 1).await.unwrap());
+    }
+    store.close().await;
+}
+
+/// A job with an upload to the Internet Archive shows the upload's own
+/// state, files confirmed of placed, bytes sent of placed and its
+/// `last_error`, as the API gives them. The daemon has no IA keys here, so
+/// its track pauses with the reason; IA's endpoints point at the kit's fake
+/// so nothing could leave the machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_job_with_an_upload_shows_the_uploads_state_figures_and_error() {
+    use mapillary_downloader::units::format_bytes;
+    use mld_testkit::fake_ia::{FakeIa, FakeIaOptions};
+    let _turn = SERIAL.lock().await;
+    let ia = FakeIa::start(FakeIaOptions::default()).await;
+    let url = ia.base_url();
+    let extra = [
+        ("MLD__IA__ENDPOINT", url.as_str()),
+        ("MLD__ARCHIVE__IA_URL", url.as_str()),
+    ];
+    let d = daemon(FakeConfig::default(), 4, &extra).await;
+    d.fake.add_user("alice", 6, 1);
+    let body = json!({"username": "alice", "quality": "1024", "upload": "ia"});
+    let id = post(&d.daemon, body).await;
+    d.daemon.wait_for_state(id, &["done"], WAIT).await;
+    eventually("the upload track to pause", async || {
+        let job = d.daemon.job(id).await;
+        (job["upload"]["state"] == "paused").then_some(())
+    })
+    .await;
+    half_uploaded(&d.dir.path().join("mapillary.db"), id).await;
+    let up = d.daemon.job(id).await["upload"].clone();
+    assert_eq!(
+        (up["files_confirmed"].as_u64(), up["state"].as_str()),
+        (Some(1), Some("paused")),
+        "{up}"
+    );
+    let error = up["last_error"]
+        .as_str()
+        .expect("a paused upload says why")
+        .to_string();
+    let page = d.daemon.url("/");
+    Browser::open(1200, 900)
+        .await
+        .run(async |driver| {
+            load(driver, &page).await;
+            let shown = eventually("the job's upload block", async || {
+                let v = js(driver, &format!(
+                    "const li = document.querySelector('#jobs > li.job[data-id=\"{id}\"]');\
+                     const u = li && li.querySelector('.job-upload');\
+                     if (!u || u.hidden) return null;\
+                     const t = (c) => u.querySelector(c).textContent;\
+                     const bar = u.querySelector('progress');\
+                     return {{state: u.dataset.state, badge: t('.upload-state'), files: t('.up-files'),\
+                       bytes: t('.up-bytes'), items: t('.up-items'), error: t('.up-error'),\
+                       error_shown: !u.querySelector('.up-error').hidden, value: bar.value, max: bar.max}};"
+                )).await;
+                (!v.is_null()).then_some(v)
+            })
+            .await;
+            assert_eq!(shown["state"], "paused", "{shown}");
+            assert_eq!(shown["badge"], "paused", "{shown}");
+            let files = format!("{} / {}", up["files_confirmed"], up["files_total"]);
+            assert_eq!(shown["files"], files.as_str(), "{shown}");
+            let sent = up["bytes_sent"].as_u64().unwrap();
+            let total = up["bytes_total"].as_u64().unwrap();
+            let bytes = format!("{} / {}", format_bytes(sent), format_bytes(total));
+            assert_eq!(shown["bytes"], bytes.as_str(), "{shown}");
+            assert_eq!((shown["value"].as_u64(), shown["max"].as_u64()), (Some(sent), Some(total)));
+            assert_eq!(shown["items"], up["items"].to_string().as_str(), "{shown}");
+            assert_eq!(shown["error"], error.as_str(), "the API's message verbatim");
+            assert_eq!(shown["error_shown"], true, "{shown}");
+            let upload = screenshot_path().with_file_name("operator-page-upload.png");
+            driver.screenshot(&upload).await.expect("a screenshot");
+            let severe = severe_entries(driver).await;
+            assert!(severe.is_empty(), "console errors: {severe:#?}");
+        })
+        .await;
+    d.daemon.stop().await;
+}

@@ -10,6 +10,7 @@ use mapillary_downloader::model::{ImageMeta, Packaging, Quality, UploadTarget};
 use mapillary_downloader::secret::Secret;
 use mapillary_downloader::selection::JobSpec;
 use mapillary_downloader::store::{PgClock, Store, UploadState};
+use mapillary_downloader::units::format_bytes;
 use mapillary_downloader::upload::client::IaClient;
 use mapillary_downloader::upload::command;
 use mapillary_downloader::upload::credentials::{CredentialSource, IaCredentials};
@@ -597,6 +598,48 @@ async fn kill_9_during_an_upload_resends_only_the_file_in_flight() {
     for text in [read(&log), read(&log2)] {
         assert!(!text.contains(&fake.secret()), "the secret key in a log");
     }
+}
+
+/// `upload` off a terminal: plain progress lines (no bar drawn), then a
+/// summary line per job with the upload's figures: files confirmed of
+/// placed, bytes sent of placed, items, and this run's bytes.
+// Two threads: the fake serves while the test waits on the child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upload_command_ends_with_a_summary_line_of_the_uploads_figures() {
+    let setup = Setup::new(false, 200_000).await;
+    let (data, job) = (setup.dir.path().to_path_buf(), setup.job);
+    setup.store.close().await;
+    let fake = fake().await;
+    let log = data.join("upload.log");
+    let mut child = spawn(&binary_env(&fake, &data), &log);
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    let text = read(&log);
+    assert!(status.success(), "{text}");
+    let store = Store::open(&data.join("mapillary.db")).await.unwrap();
+    let p = store.upload_progress(Some(job)).await.unwrap().remove(0);
+    assert_eq!((p.files_confirmed, p.files_total, p.items), (5, 5, 1));
+    let head = format!("job {job} upload to the Internet Archive confirmed: ");
+    let summary = text
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(&head))
+        .unwrap_or_else(|| panic!("no summary line: {text}"));
+    let total = format_bytes(p.bytes_total);
+    let figures =
+        format!("5 of 5 files confirmed, {total} of {total} sent in 1 item(s); {total} sent in ");
+    assert!(summary.starts_with(&figures), "{summary}");
+    assert!(summary.ends_with("/s)"), "this run's rate: {summary}");
+    let progress = format!("job {job} upload to the Internet Archive: ");
+    assert!(
+        text.lines().any(|l| l.starts_with(&progress)),
+        "a plain progress line: {text}"
+    );
+    assert!(
+        !text.contains('\r'),
+        "no bar drawn off a terminal: {text:?}"
+    );
 }
 
 fn binary_env(fake: &FakeIa, data: &Path) -> Vec<(String, String)> {

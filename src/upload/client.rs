@@ -14,9 +14,12 @@
 //! an error: errors carry IA's answer, which never echoes it.
 
 use crate::secret::Secret;
+use futures_util::TryStreamExt;
 use md5::{Digest, Md5};
 use std::io::Read;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::io::ReaderStream;
 
@@ -153,6 +156,48 @@ pub struct IaClient {
     http: reqwest::Client,
     endpoint: url::Url,
     ia_url: url::Url,
+    /// Body bytes handed to the connection by the `PUT`s under way (shared
+    /// by clones): the progress inside a file.
+    in_flight: Arc<AtomicU64>,
+}
+
+/// One `PUT`'s share of [`IaClient::in_flight_bytes`]: its body adds to it
+/// chunk by chunk, and it leaves the gauge when the `PUT` ends (answered,
+/// failed or dropped). `None` once ended: a body hyper still holds then
+/// adds nothing more.
+struct InFlight {
+    total: Arc<AtomicU64>,
+    mine: Arc<Mutex<Option<u64>>>,
+}
+
+impl InFlight {
+    fn new(total: &Arc<AtomicU64>) -> InFlight {
+        InFlight {
+            total: total.clone(),
+            mine: Arc::new(Mutex::new(Some(0))),
+        }
+    }
+
+    /// Counts `bytes` more handed to the connection.
+    fn counter(&self) -> impl Fn(u64) + Send + Sync + 'static {
+        let (total, mine) = (self.total.clone(), self.mine.clone());
+        move |bytes| {
+            let mut mine = mine.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(sent) = mine.as_mut() {
+                *sent += bytes;
+                total.fetch_add(bytes, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut mine = self.mine.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sent) = mine.take() {
+            self.total.fetch_sub(sent, Ordering::Relaxed);
+        }
+    }
 }
 
 impl IaClient {
@@ -172,7 +217,14 @@ impl IaClient {
             http,
             endpoint: url::Url::parse(endpoint).map_err(|e| bad("ia.endpoint", e.to_string()))?,
             ia_url: url::Url::parse(ia_url).map_err(|e| bad("archive.ia_url", e.to_string()))?,
+            in_flight: Arc::new(AtomicU64::new(0)),
         })
+    }
+
+    /// Body bytes the `PUT`s under way have handed to the connection so
+    /// far (0 between files).
+    pub fn in_flight_bytes(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
     }
 
     /// `PUT /<identifier>/<name>`: the file streamed from disk with its
@@ -183,7 +235,11 @@ impl IaClient {
         let file = tokio::fs::File::open(put.path)
             .await
             .map_err(|e| local(put.path, &e))?;
-        let body = reqwest::Body::wrap_stream(ReaderStream::with_capacity(file, CHUNK));
+        let in_flight = InFlight::new(&self.in_flight);
+        let count = in_flight.counter();
+        let chunks = ReaderStream::with_capacity(file, CHUNK)
+            .inspect_ok(move |chunk| count(chunk.len() as u64));
+        let body = reqwest::Body::wrap_stream(chunks);
         let mut request = self
             .http
             .put(url)

@@ -8,6 +8,7 @@ use super::client::IaClient;
 use super::credentials::IaCredentials;
 use super::headers;
 use super::plan::{self, LocalTar};
+use super::progress;
 use super::run::{UploadEnd, Uploader};
 use crate::config::Settings;
 use crate::package::item::META_DIR;
@@ -16,7 +17,6 @@ use crate::units::format_bytes;
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Why no upload could start: a usage or settings problem (exit 2).
@@ -51,60 +51,35 @@ pub fn uploader(settings: &Settings, store: Arc<Store>) -> Result<Uploader, Setu
     })
 }
 
-/// Runs each job's track in turn, printing progress every few seconds.
-/// The first end that is not `Confirmed` wins (a pause stops the rest).
+/// Runs each job's track in turn, its progress on stderr ([`progress`]: a
+/// bar on a terminal, a line every few seconds elsewhere, a summary line
+/// per job at the end). The first end that is not `Confirmed` wins (a
+/// pause stops the rest).
 pub async fn run_tracks(
     uploader: &Uploader,
     job_ids: &[i64],
     shutdown: &CancellationToken,
 ) -> anyhow::Result<UploadEnd> {
-    let ticker = tokio::spawn(report_progress(uploader.store.clone(), job_ids.to_vec()));
-    let mut end = UploadEnd::Confirmed;
+    let stop = CancellationToken::new();
+    let shown = tokio::spawn(progress::report(
+        uploader.store.clone(),
+        uploader.client.clone(),
+        job_ids.to_vec(),
+        stop.clone(),
+    ));
+    let mut end = Ok(UploadEnd::Confirmed);
     for id in job_ids {
-        let job_end = uploader.run_job(*id, shutdown).await?;
-        if job_end != UploadEnd::Confirmed {
-            end = job_end;
-            break;
+        match uploader.run_job(*id, shutdown).await {
+            Ok(UploadEnd::Confirmed) => {}
+            other => {
+                end = other;
+                break;
+            }
         }
     }
-    ticker.abort();
-    print_progress(&uploader.store, job_ids).await;
-    Ok(end)
-}
-
-/// A line per job every 2 s: the `download` progress of the upload.
-async fn report_progress(store: Arc<Store>, job_ids: Vec<i64>) {
-    loop {
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        print_progress(&store, &job_ids).await;
-    }
-}
-
-async fn print_progress(store: &Store, job_ids: &[i64]) {
-    let Ok(all) = store.upload_progress(None).await else {
-        return;
-    };
-    for p in all.iter().filter(|p| job_ids.contains(&p.job_id)) {
-        let percent = (p.bytes_sent * 100)
-            .checked_div(p.bytes_total)
-            .unwrap_or(100);
-        eprintln!(
-            "job {} upload {}: [{}{}] {percent}% {} of {} sent, {} of {} files confirmed, {} item(s){}",
-            p.job_id,
-            p.state,
-            "#".repeat((percent / 5) as usize),
-            ".".repeat(20 - (percent / 5).min(20) as usize),
-            format_bytes(p.bytes_sent),
-            format_bytes(p.bytes_total),
-            p.files_confirmed,
-            p.files_total,
-            p.items,
-            p.last_error
-                .as_deref()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default()
-        );
-    }
+    stop.cancel();
+    let _ = shown.await;
+    Ok(end?)
 }
 
 /// The jobs `upload` acts on: `--job ID` (given an upload track if it has

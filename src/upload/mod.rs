@@ -15,6 +15,7 @@
 //! - [`ia_only`]: `ia.delete_after_confirm`: a confirmed tar recorded as held
 //!   on the Internet Archive only, then removed locally (crash-safe).
 //! - [`command`]: the `upload` command and `download --upload-ia`.
+//! - [`progress`]: their progress bar or lines, and the summary line.
 //! - [`daemon`]: the track's loop in `serve`; pause, resume, retry.
 //!
 //! Settings: `config::IaSettings` (`[ia]`).
@@ -29,5 +30,6 @@ pub mod daemon;
 pub mod headers;
 pub mod ia_only;
 pub mod plan;
+pub mod progress;
 pub mod run;
 pub mod sync;

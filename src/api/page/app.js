@@ -398,6 +398,7 @@
     v.rateText = num('rate', 'n-rate');
     v.eta = num('ETA', 'n-eta');
     v.msgs = el('div', 'job-msgs');
+    makeUploadView(v);
     const actions = v.actions = el('div', 'job-actions');
     const button = (label, cls, fn) => {
       const b = el('button', cls, label);
@@ -432,8 +433,52 @@
     v.failOpen = false;
     v.failNext = null;
     v.failSeen = -1;
-    v.el.append(head, v.sel, v.bar, nums, v.msgs, actions, v.failures, v.error);
+    v.el.append(head, v.sel, v.bar, nums, v.upload, v.msgs, actions, v.failures, v.error);
     return v;
+  }
+
+  // ---- a job's upload to the Internet Archive ----------------------------
+
+  // The block under a job's figures, shown for a job with an `upload`.
+  function makeUploadView(v) {
+    v.upload = el('div', 'job-upload');
+    v.upload.hidden = true;
+    const head = v.upload.appendChild(el('div', 'upload-head'));
+    head.append(el('span', 'upload-title', 'Internet Archive'));
+    v.upState = head.appendChild(el('span', 'state upload-state'));
+    v.upBar = v.upload.appendChild(el('progress', 'upload-bar'));
+    v.upBar.setAttribute('aria-label', 'Job ' + v.id + ' upload to the Internet Archive');
+    const nums = v.upload.appendChild(el('div', 'job-nums'));
+    const num = (label, cls) => {
+      const box = el('span', 'num');
+      box.append(el('span', 'muted small', label + ' '));
+      const value = box.appendChild(el('span', cls));
+      nums.append(box);
+      return value;
+    };
+    v.upFiles = num('files confirmed', 'up-files');
+    v.upBytes = num('sent', 'up-bytes');
+    v.upItems = num('items', 'up-items');
+    v.upError = v.upload.appendChild(el('p', 'msg error up-error', ''));
+    v.upError.hidden = true;
+  }
+
+  // `up`: the job's `upload` ({state, items, files_total, files_confirmed,
+  // bytes_sent, bytes_total, last_error}), or nothing.
+  function updateUpload(v, up) {
+    show(v.upload, !!up);
+    if (!up) return;
+    const state = String(up.state);
+    v.upload.dataset.state = state;
+    v.upState.textContent = state;
+    v.upState.className = 'state upload-state up-state-' + state;
+    v.upBar.max = Math.max(Number(up.bytes_total || 0), 1);
+    v.upBar.value = state === 'confirmed' ? v.upBar.max : Number(up.bytes_sent || 0);
+    v.upFiles.textContent = int(up.files_confirmed) + ' / ' + int(up.files_total);
+    v.upBytes.textContent = bytes(up.bytes_sent) + ' / ' + bytes(up.bytes_total);
+    v.upItems.textContent = int(up.items);
+    v.upError.textContent = up.last_error ? String(up.last_error) : '';
+    show(v.upError, !!up.last_error);
   }
 
   // ---- a job's failed images ---------------------------------------------
@@ -519,6 +564,7 @@
     if (job.note) msgs.push(['note', job.note]);
     if (state === 'done' && job.next_sync_at) msgs.push(['note', 'Next re-sync ' + when(job.next_sync_at) + '.']);
     v.msgs.replaceChildren(...msgs.map(([cls, text]) => el('p', 'msg ' + cls, text)));
+    updateUpload(v, job.upload);
 
     const failedLeft = (c.failed || 0) - (c.deleted || 0);
     const can = {
