@@ -662,6 +662,20 @@ fn parse_meta(row_id: i64, json: &str) -> StoreResult<ImageMeta> {
     })
 }
 
+/// How a row mapper reports a column it cannot read: `what` of the row
+/// `kind id` (`job 7`, `upload file 3`), as [`StoreError::Invalid`] (a row
+/// we wrote ourselves that no longer reads was edited or corrupted).
+fn corrupt_row(kind: &'static str, id: i64) -> impl Fn(String) -> StoreError + Copy {
+    move |what| StoreError::Invalid(format!("{kind} {id}: {what}"))
+}
+
+/// An optional text column parsed into its type (`None` stays `None`).
+fn parse_optional<T: std::str::FromStr<Err = String>>(
+    text: Option<String>,
+) -> Result<Option<T>, String> {
+    text.map(|text| text.parse()).transpose()
+}
+
 /// A duration as the store's milliseconds, saturating.
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)

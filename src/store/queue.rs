@@ -90,7 +90,7 @@ pub(super) fn identity_from_fields(
     quality: String,
     format: String,
 ) -> StoreResult<(Quality, OutputFormat)> {
-    let corrupt = |e: String| StoreError::Invalid(format!("job {job_id}: {e}"));
+    let corrupt = super::corrupt_row("job", job_id);
     Ok((
         quality.parse::<Quality>().map_err(corrupt)?,
         format.parse::<OutputFormat>().map_err(corrupt)?,

@@ -163,8 +163,8 @@ macro_rules! shared_images {
 }
 pub(super) use shared_images;
 
-/// [`super::interface::Stalls`]'s shared methods: the reads (the marks
-/// differ: PostgreSQL's `progress_at` is `job_rows`').
+/// [`super::interface::Stalls`], written once; the marks' statements are
+/// the backend's (PostgreSQL's `progress_at` is `job_rows`').
 macro_rules! shared_stalls {
     () => {
         async fn stall_candidates(
@@ -203,11 +203,41 @@ macro_rules! shared_stalls {
             .fetch_optional(self.reader()?)
             .await?)
         }
+
+        /// The statement is the backend's (`stalls.rs`); both bind the
+        /// clock, the message, the job and the age `now_ms - before_ms`.
+        async fn mark_stalled(
+            &self,
+            job_id: i64,
+            before_ms: i64,
+            message: &str,
+            now_ms: i64,
+        ) -> $crate::store::StoreResult<bool> {
+            let result = sqlx::query(super::stalls::MARK_STALLED)
+                .bind(self.at(now_ms))
+                .bind(message)
+                .bind(job_id)
+                .bind(now_ms.saturating_sub(before_ms))
+                .execute(self.writer()?)
+                .await?;
+            Ok(result.rows_affected() == 1)
+        }
+
+        async fn clear_recovered_stalls(
+            &self,
+            now_ms: i64,
+        ) -> $crate::store::StoreResult<Vec<i64>> {
+            Ok(sqlx::query_scalar(super::stalls::CLEAR_RECOVERED_STALLS)
+                .bind(self.at(now_ms))
+                .fetch_all(self.writer()?)
+                .await?)
+        }
     };
 }
 pub(super) use shared_stalls;
 
-/// [`super::interface::Archives`]'s shared methods.
+/// [`super::interface::Archives`], written once (the rest of it in
+/// `shared/archives.rs`).
 macro_rules! shared_archives {
     () => {
         async fn tar_names(&self, collection: &str) -> $crate::store::StoreResult<Vec<String>> {
@@ -259,6 +289,9 @@ macro_rules! shared_archives {
                 .fetch_one(self.reader()?)
                 .await?)
         }
+
+        $crate::store::shared::archives::shared_archive_reads!();
+        $crate::store::shared::archives::shared_packing_moves!();
     };
 }
 pub(super) use shared_archives;
@@ -313,11 +346,7 @@ macro_rules! shared_cluster {
         }
 
         async fn forget_daemon(&self, id: &str) -> $crate::store::StoreResult<()> {
-            sqlx::query($crate::store::sql::FORGET_DAEMON)
-                .bind(id)
-                .execute(self.writer()?)
-                .await?;
-            Ok(())
+            self.delete_keyed($crate::store::sql::FORGET_DAEMON, id).await
         }
     };
 }

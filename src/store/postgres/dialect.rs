@@ -40,13 +40,15 @@ macro_rules! now_once {
 }
 pub(super) use now_once;
 
-/// `state` is one of the states bound at `$n` (a `TEXT[]`, see [`states`]).
-macro_rules! in_states {
+/// The column is one of the values bound at `$n` as one array: the
+/// `TEXT[]` of [`states`] or the `BIGINT[]` of [`ids`] (sqlx declares the
+/// parameter's type, so no cast is needed).
+macro_rules! in_list {
     ($n:literal) => {
         concat!("= ANY(", $n, ")")
     };
 }
-pub(super) use in_states;
+pub(super) use in_list;
 
 /// Where job rows are read: `job_rows`, the row plus its unfolded counter
 /// deltas (no statement on `images` locks the job row).
@@ -101,14 +103,6 @@ macro_rules! bytewise {
     };
 }
 pub(super) use bytewise;
-
-/// `rowid` is one of the ids bound at `$n` (a `BIGINT[]`, see [`ids`]).
-macro_rules! in_ids {
-    ($n:literal) => {
-        concat!("= ANY(", $n, "::BIGINT[])")
-    };
-}
-pub(super) use in_ids;
 
 /// A packed file's row ids, aggregated in order (see [`row_ids`]).
 macro_rules! row_ids_agg {

@@ -1,7 +1,7 @@
 //! [`crate::store::interface::Jobs`] written once for both backends. The
 //! statements name their dialect holes through `super::dialect` (the
 //! backend's `dialect.rs`, resolved where the macro expands): the clock
-//! (`now!`), a set of states (`in_states!`), the jobs view, row locks.
+//! (`now!`), a set of states (`in_list!`), the jobs view, row locks.
 //! Every state change stays one conditional `UPDATE … RETURNING id`.
 
 /// The `Jobs` methods, expanded inside a backend's `impl Jobs for …`.
@@ -140,7 +140,7 @@ macro_rules! shared_job_reads {
                 " FROM ",
                 super::dialect::jobs_view!(),
                 " WHERE state ",
-                super::dialect::in_states!("$1"),
+                super::dialect::in_list!("$1"),
                 " ORDER BY id"
             ))
             .bind(super::dialect::states(states))
@@ -264,7 +264,7 @@ macro_rules! shared_job_lifecycle {
                 "UPDATE jobs SET state = $1, updated_at = ",
                 super::dialect::now!("$2"),
                 " WHERE id = $3 AND state ",
-                super::dialect::in_states!("$4"),
+                super::dialect::in_list!("$4"),
                 " RETURNING id"
             ))
             .bind(to.as_str())
@@ -290,7 +290,7 @@ macro_rules! shared_job_lifecycle {
                  stalled_at = NULL, updated_at = ",
                 super::dialect::now!("$3"),
                 " WHERE id = $4 AND state ",
-                super::dialect::in_states!("$5"),
+                super::dialect::in_list!("$5"),
                 " RETURNING id"
             ))
             .bind(reason.as_str())
@@ -358,7 +358,7 @@ macro_rules! shared_job_finish {
                  FROM (SELECT ",
                 super::dialect::now!("$1"),
                 " AS now_ms) t WHERE id = $2 AND state ",
-                super::dialect::in_states!("$3"),
+                super::dialect::in_list!("$3"),
                 " RETURNING id"
             ))
             .bind(self.at(now_ms))
@@ -372,8 +372,8 @@ macro_rules! shared_job_finish {
 }
 pub(in crate::store) use shared_job_finish;
 
-/// The helpers the `Jobs` bodies call, expanded once at the top of each
-/// backend's `jobs.rs`: `$store` is the backend's store type.
+/// The helpers the `Jobs` bodies (and a few others) call, expanded once at
+/// the top of each backend's `jobs.rs`: `$store` is the backend's store type.
 macro_rules! shared_job_helpers {
     ($store:ty) => {
         impl $store {
@@ -421,6 +421,17 @@ macro_rules! shared_job_helpers {
                     Some(id) => Ok(Some(self.job_after_write(id).await?)),
                     None => Ok(None),
                 }
+            }
+
+            /// Deletes the row `statement` names by the key bound at `$1`
+            /// (a daemon's id, an upload's id); a missing row is no error.
+            pub(super) async fn delete_keyed(
+                &self,
+                statement: &'static str,
+                key: &str,
+            ) -> $crate::store::StoreResult<()> {
+                sqlx::query(statement).bind(key).execute(self.writer()?).await?;
+                Ok(())
             }
         }
 

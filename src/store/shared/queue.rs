@@ -209,7 +209,7 @@ macro_rules! shared_queue {
                  updated_at = ",
                 super::dialect::now!("$2"),
                 " WHERE state = 'pending' AND rowid ",
-                super::dialect::in_ids!("$3")
+                super::dialect::in_list!("$3")
             ))
             .bind(error)
             .bind(self.at(now_ms))

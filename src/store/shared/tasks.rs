@@ -114,11 +114,7 @@ macro_rules! shared_collection_tasks {
         }
 
         async fn forget_upload(&self, upload_id: &str) -> $crate::store::StoreResult<()> {
-            sqlx::query($crate::store::sql::FORGET_UPLOAD)
-                .bind(upload_id)
-                .execute(self.writer()?)
-                .await?;
-            Ok(())
+            self.delete_keyed($crate::store::sql::FORGET_UPLOAD, upload_id).await
         }
     };
 }

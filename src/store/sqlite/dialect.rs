@@ -32,13 +32,14 @@ macro_rules! now_once {
 }
 pub(super) use now_once;
 
-/// `state` is one of the states bound at `$n` (as JSON, see [`states`]).
-macro_rules! in_states {
+/// The column is one of the values bound at `$n` as one JSON array: the
+/// states of [`states`] or the row ids of [`ids`].
+macro_rules! in_list {
     ($n:literal) => {
         concat!("IN (SELECT value FROM json_each(", $n, "))")
     };
 }
-pub(super) use in_states;
+pub(super) use in_list;
 
 /// Where job rows are read: the table, whose counters triggers keep.
 macro_rules! jobs_view {
@@ -93,14 +94,6 @@ macro_rules! bytewise {
     };
 }
 pub(super) use bytewise;
-
-/// `rowid` is one of the ids bound at `$n` (as JSON, see [`ids`]).
-macro_rules! in_ids {
-    ($n:literal) => {
-        concat!("IN (SELECT value FROM json_each(", $n, "))")
-    };
-}
-pub(super) use in_ids;
 
 /// A packed file's row ids, aggregated (see [`row_ids`]).
 macro_rules! row_ids_agg {
