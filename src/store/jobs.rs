@@ -9,9 +9,7 @@
 //! row mapping and helpers. The statements are in `sqlite/jobs.rs` and
 //! `postgres/jobs.rs`, behind [`super::interface`].
 
-use super::{
-    Counts, Job, JobState, PauseReason, StoreResult, millis, rfc3339_from_ms, to_u64,
-};
+use super::{Counts, Job, JobState, PauseReason, StoreResult, millis, rfc3339_from_ms, to_u64};
 use crate::model::{OutputFormat, Packaging, Quality};
 use crate::selection::{JobSpec, Resync, Selection, Source};
 use std::time::Duration;
@@ -96,7 +94,8 @@ impl JobRow {
         let format = self.format.parse::<OutputFormat>().map_err(corrupt)?;
         let package = self.package.parse::<Packaging>().map_err(corrupt)?;
         let state = self.state.parse::<JobState>().map_err(corrupt)?;
-        let pause_reason = super::parse_optional::<PauseReason>(self.pause_reason).map_err(corrupt)?;
+        let pause_reason =
+            super::parse_optional::<PauseReason>(self.pause_reason).map_err(corrupt)?;
         let selection = match self.selection {
             Some(text) => {
                 let value = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;

@@ -56,7 +56,7 @@ mod task_lease;
 
 pub use cluster::{ApiSlot, DaemonInfo, LiveDaemon};
 pub use collection_tasks::{CollectionTask, RecordedUpload};
-pub use ingest::{MissingImage, PartStep, strip_token};
+pub use ingest::{MissingImage, PageWrite, PartStep, strip_token};
 pub use job_tasks::JobTask;
 pub use jobs::{ACTIVE, Submitted};
 pub use listing::{ImageFilter, JobTotals, ListedImage, Page, scrub_secrets};

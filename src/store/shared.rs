@@ -33,6 +33,26 @@ pub(super) enum TxLock<'a> {
     DurableCommit,
 }
 
+/// A dialect's fixed fragments, one line each (`name = "text";`): each
+/// becomes a macro `name!()` expanding to its literal, so the shared
+/// statements `concat!` it and stay `&'static str`. Each backend's
+/// `dialect.rs` lists its own; the fragments that take a placeholder are
+/// written out there.
+macro_rules! fixed_fragments {
+    ($($(#[$doc:meta])* $name:ident = $text:literal;)*) => {
+        $(
+            $(#[$doc])*
+            macro_rules! $name {
+                () => {
+                    $text
+                };
+            }
+            pub(super) use $name;
+        )*
+    };
+}
+pub(super) use fixed_fragments;
+
 /// [`super::interface::Images`]'s shared methods.
 macro_rules! shared_images {
     () => {
@@ -213,14 +233,15 @@ macro_rules! shared_stalls {
             message: &str,
             now_ms: i64,
         ) -> $crate::store::StoreResult<bool> {
-            let result = sqlx::query(super::stalls::MARK_STALLED)
+            let marked = sqlx::query(super::stalls::MARK_STALLED)
                 .bind(self.at(now_ms))
                 .bind(message)
                 .bind(job_id)
                 .bind(now_ms.saturating_sub(before_ms))
                 .execute(self.writer()?)
-                .await?;
-            Ok(result.rows_affected() == 1)
+                .await?
+                .rows_affected();
+            Ok(marked == 1)
         }
 
         async fn clear_recovered_stalls(
@@ -346,7 +367,8 @@ macro_rules! shared_cluster {
         }
 
         async fn forget_daemon(&self, id: &str) -> $crate::store::StoreResult<()> {
-            self.delete_keyed($crate::store::sql::FORGET_DAEMON, id).await
+            self.delete_keyed($crate::store::sql::FORGET_DAEMON, id)
+                .await
         }
     };
 }

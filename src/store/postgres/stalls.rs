@@ -10,8 +10,7 @@ use crate::store::interface::*;
 /// `stalled_at` is the database's now. A completion committing while this
 /// runs is not seen: the job may be marked just after progressing, and is
 /// unmarked by its next progress, as a job marked an instant earlier would be.
-pub(super) const MARK_STALLED: &str =
-    "UPDATE jobs j SET stalled_at = t.now_ms, last_error = $2, updated_at = t.now_ms \
+pub(super) const MARK_STALLED: &str = "UPDATE jobs j SET stalled_at = t.now_ms, last_error = $2, updated_at = t.now_ms \
      FROM (SELECT coalesce($1::BIGINT, mld_now_ms()) AS now_ms) t, job_rows r \
      WHERE j.id = $3 AND r.id = j.id AND j.stalled_at IS NULL \
        AND r.progress_at < t.now_ms - $4 \

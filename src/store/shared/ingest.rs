@@ -8,19 +8,20 @@
 /// `store_page`, expanded inside a backend's `impl Ingest for …`.
 macro_rules! shared_store_page {
     () => {
-        // One page is one transaction: each argument is one of its inputs.
-        #[allow(clippy::too_many_arguments)]
         async fn store_page(
             &self,
-            job_id: i64,
-            part: i64,
-            images: &[impl $crate::model::Storable],
-            missing: &[$crate::store::MissingImage<'_>],
-            step: $crate::store::PartStep<'_>,
-            task: Option<&$crate::store::JobTask>,
-            now_ms: i64,
+            page: $crate::store::PageWrite<'_, impl $crate::model::Storable>,
         ) -> $crate::store::StoreResult<u64> {
-            use $crate::store::ingest::{prepare_rows, step_cursor};
+            use $crate::store::ingest::{PreparedPage, prepare_rows, step_cursor};
+            let $crate::store::PageWrite {
+                job_id,
+                part,
+                images,
+                missing,
+                step,
+                task,
+                now_ms,
+            } = page;
             let cursor = step_cursor(step)?;
             let placement = self.placement(job_id).await?;
             let rows = prepare_rows(images, &placement)?;
@@ -44,8 +45,14 @@ macro_rules! shared_store_page {
                     "job {job_id} has no open part {part} to store a page into"
                 )));
             };
-            let mut inserted = insert_page_rows(&mut tx, job_id, &rows, now).await?;
-            inserted += insert_missing(&mut tx, job_id, missing, now).await?;
+            let prepared = PreparedPage {
+                job_id,
+                rows: &rows,
+                missing,
+                now,
+            };
+            let mut inserted = insert_page_rows(&mut tx, &prepared).await?;
+            inserted += insert_missing(&mut tx, &prepared).await?;
             move_part(&mut tx, job_id, part, cursor.as_deref(), step, now).await?;
             tx.commit().await?;
             Ok(inserted)

@@ -430,7 +430,10 @@ macro_rules! shared_job_helpers {
                 statement: &'static str,
                 key: &str,
             ) -> $crate::store::StoreResult<()> {
-                sqlx::query(statement).bind(key).execute(self.writer()?).await?;
+                sqlx::query(statement)
+                    .bind(key)
+                    .execute(self.writer()?)
+                    .await?;
                 Ok(())
             }
         }
@@ -440,10 +443,39 @@ macro_rules! shared_job_helpers {
 }
 pub(in crate::store) use shared_job_helpers;
 
-/// The two statements a submission and a re-sync run inside their
+/// The two statements a re-sync and a submission run inside their
 /// transaction, as free functions on the backend's connection.
 macro_rules! shared_job_statements {
     () => {
+        /// Starts a job's enumeration again from its first parts, inside
+        /// the transaction that holds the job: a re-sync. Images already
+        /// known stay; only new ones get added. `at` is the store's `at`.
+        async fn restart_enumeration(
+            tx: &mut super::dialect::Conn,
+            id: i64,
+            spec: &$crate::selection::JobSpec,
+            at: super::dialect::At,
+        ) -> $crate::store::StoreResult<()> {
+            sqlx::query($crate::store::sql::DELETE_PARTS)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            super::parts::insert_parts(tx, id, 0, &spec.initial_parts()).await?;
+            sqlx::query(concat!(
+                "UPDATE jobs SET enumeration_complete = false, cursor = NULL, \
+                 state = 'enumerating', last_error = NULL, stalled_at = NULL, \
+                 next_sync_at = NULL, note = NULL, progress_at = t.now_ms, updated_at = t.now_ms \
+                 FROM (SELECT ",
+                super::dialect::now!("$1"),
+                " AS now_ms) t WHERE id = $2"
+            ))
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            Ok(())
+        }
+
         /// A new job row, `queued`, with its first parts; its id.
         async fn insert_job(
             tx: &mut super::dialect::Conn,
@@ -474,35 +506,6 @@ macro_rules! shared_job_statements {
             .await?;
             super::parts::insert_parts(tx, id, 0, &spec.initial_parts()).await?;
             Ok(id)
-        }
-
-        /// Starts a job's enumeration again from its first parts, inside
-        /// the transaction that holds the job: a re-sync. Images already
-        /// known stay; only new ones get added. `at` is the store's `at`.
-        async fn restart_enumeration(
-            tx: &mut super::dialect::Conn,
-            id: i64,
-            spec: &$crate::selection::JobSpec,
-            at: super::dialect::At,
-        ) -> $crate::store::StoreResult<()> {
-            sqlx::query($crate::store::sql::DELETE_PARTS)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            super::parts::insert_parts(tx, id, 0, &spec.initial_parts()).await?;
-            sqlx::query(concat!(
-                "UPDATE jobs SET enumeration_complete = false, cursor = NULL, \
-                 state = 'enumerating', last_error = NULL, stalled_at = NULL, \
-                 next_sync_at = NULL, note = NULL, progress_at = t.now_ms, updated_at = t.now_ms \
-                 FROM (SELECT ",
-                super::dialect::now!("$1"),
-                " AS now_ms) t WHERE id = $2"
-            ))
-            .bind(at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-            Ok(())
         }
     };
 }

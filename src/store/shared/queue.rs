@@ -129,10 +129,31 @@ macro_rules! shared_complete_image {
 }
 pub(in crate::store) use shared_complete_image;
 
-/// The `Queue` outcomes but the completion, expanded inside a backend's
-/// `impl Queue for …` beside its own `claim`.
+/// The `Queue` methods but the completion, expanded inside a backend's
+/// `impl Queue for …`; the claim itself is the backend's `claim_batch`.
 macro_rules! shared_queue {
     () => {
+        async fn claim(
+            &self,
+            owner: &std::sync::Arc<str>,
+            limit: u32,
+            lease: std::time::Duration,
+            now_ms: i64,
+            after_job: i64,
+        ) -> $crate::store::StoreResult<Vec<$crate::store::ClaimedImage>> {
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            let batch = $crate::store::queue::ClaimBatch {
+                owner,
+                limit,
+                lease,
+                now_ms,
+                after_job,
+            };
+            self.claim_batch(batch).await
+        }
+
         /// The retry is due `policy.retry_at_ms - now_ms` after the store's
         /// now (the database's on PostgreSQL); `run_at` is what was stored.
         async fn fail(

@@ -98,8 +98,7 @@ macro_rules! shared_collection_tasks {
             .bind(self.at(now_ms))
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
-            Ok(())
+            Ok(tx.commit().await?)
         }
 
         // On the writer: a packer reads back what it just recorded.
@@ -114,7 +113,8 @@ macro_rules! shared_collection_tasks {
         }
 
         async fn forget_upload(&self, upload_id: &str) -> $crate::store::StoreResult<()> {
-            self.delete_keyed($crate::store::sql::FORGET_UPLOAD, upload_id).await
+            self.delete_keyed($crate::store::sql::FORGET_UPLOAD, upload_id)
+                .await
         }
     };
 }
