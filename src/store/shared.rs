@@ -118,6 +118,17 @@ macro_rules! shared_images {
             row.map(ImageRow::into_record).transpose()
         }
 
+        async fn finished_since(&self, since_ms: i64) -> $crate::store::StoreResult<(u64, u64)> {
+            let (count, bytes): (i64, i64) = sqlx::query_as(
+                "SELECT count(*), CAST(coalesce(sum(bytes), 0) AS BIGINT) FROM images \
+                 WHERE state = 'done' AND updated_at > $1",
+            )
+            .bind(since_ms)
+            .fetch_one(self.reader()?)
+            .await?;
+            Ok((count.max(0) as u64, bytes.max(0) as u64))
+        }
+
         async fn collection_images(
             &self,
             collection: &str,
@@ -145,17 +156,6 @@ macro_rules! shared_images {
             .fetch_all(self.reader()?)
             .await?;
             rows.into_iter().map(ArchivedRow::into_archived).collect()
-        }
-
-        async fn finished_since(&self, since_ms: i64) -> $crate::store::StoreResult<(u64, u64)> {
-            let (count, bytes): (i64, i64) = sqlx::query_as(
-                "SELECT count(*), CAST(coalesce(sum(bytes), 0) AS BIGINT) FROM images \
-                 WHERE state = 'done' AND updated_at > $1",
-            )
-            .bind(since_ms)
-            .fetch_one(self.reader()?)
-            .await?;
-            Ok((count.max(0) as u64, bytes.max(0) as u64))
         }
 
         /// Due by the store's clock, read once (on PostgreSQL an init plan,

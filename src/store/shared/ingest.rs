@@ -65,22 +65,6 @@ pub(in crate::store) use shared_store_page;
 /// backend's `ingest.rs`: `$store` is the backend's store type.
 macro_rules! shared_ingest_helpers {
     ($store:ty) => {
-        impl $store {
-            /// Where a job's images go. Fixed at creation, so read once per page.
-            async fn placement(
-                &self,
-                job_id: i64,
-            ) -> $crate::store::StoreResult<$crate::store::ingest::Placement> {
-                let row: Option<(String, String, String, String)> =
-                    sqlx::query_as($crate::store::sql::PLACEMENT)
-                        .bind(job_id)
-                        .fetch_optional(self.reader()?)
-                        .await?;
-                let row = row.ok_or($crate::store::StoreError::NoSuchJob(job_id))?;
-                $crate::store::ingest::Placement::from_fields(job_id, row)
-            }
-        }
-
         /// Where the part stands after the page (its cursor, done or not,
         /// replaced by children appended after the job's last part), and
         /// whether any part is left open: the job's `enumeration_complete`.
@@ -107,16 +91,34 @@ macro_rules! shared_ingest_helpers {
                     .await?;
                 super::parts::insert_parts(tx, job_id, last + 1, children).await?;
             }
-            sqlx::query(concat!(
+            /// Job `$1` is listed in full once no part is left open; `$2` the page's time.
+            const SET_ENUMERATION_COMPLETE: &str = concat!(
                 "UPDATE jobs SET enumeration_complete = NOT EXISTS (SELECT 1 FROM job_parts ",
                 super::dialect::open_parts_of!("$1"),
                 "), updated_at = $2, progress_at = $2 WHERE id = $1"
-            ))
-            .bind(job_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            );
+            sqlx::query(SET_ENUMERATION_COMPLETE)
+                .bind(job_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
             Ok(())
+        }
+
+        impl $store {
+            /// Where a job's images go. Fixed at creation, so read once per page.
+            async fn placement(
+                &self,
+                job_id: i64,
+            ) -> $crate::store::StoreResult<$crate::store::ingest::Placement> {
+                let row: Option<(String, String, String, String)> =
+                    sqlx::query_as($crate::store::sql::PLACEMENT)
+                        .bind(job_id)
+                        .fetch_optional(self.reader()?)
+                        .await?;
+                let row = row.ok_or($crate::store::StoreError::NoSuchJob(job_id))?;
+                $crate::store::ingest::Placement::from_fields(job_id, row)
+            }
         }
     };
 }

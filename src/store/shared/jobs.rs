@@ -377,29 +377,6 @@ pub(in crate::store) use shared_job_finish;
 macro_rules! shared_job_helpers {
     ($store:ty) => {
         impl $store {
-            /// Gives jobs written by an older binary their canonical
-            /// selection and identity (a username job, its bbox as a
-            /// filter). Runs at open; daemons running it at once write the
-            /// same values.
-            pub(in crate::store) async fn backfill_selections(
-                &self,
-            ) -> $crate::store::StoreResult<()> {
-                use $crate::store::{jobs::LegacyJob, sql};
-                let legacy: Vec<LegacyJob> = sqlx::query_as(sql::LEGACY_JOBS)
-                    .fetch_all(self.writer()?)
-                    .await?;
-                for job in legacy {
-                    let spec = $crate::store::jobs::legacy_spec(&job)?;
-                    sqlx::query(sql::SET_SELECTION)
-                        .bind(spec.selection.canonical().to_string())
-                        .bind(spec.key())
-                        .bind(job.0)
-                        .execute(self.writer()?)
-                        .await?;
-                }
-                Ok(())
-            }
-
             /// Reads a job just written and committed (a WAL reader sees
             /// every committed write), there unless deleted in between.
             async fn job_after_write(
@@ -434,6 +411,29 @@ macro_rules! shared_job_helpers {
                     .bind(key)
                     .execute(self.writer()?)
                     .await?;
+                Ok(())
+            }
+
+            /// Gives jobs written by an older binary their canonical
+            /// selection and identity (a username job, its bbox as a
+            /// filter). Runs at open; daemons running it at once write the
+            /// same values.
+            pub(in crate::store) async fn backfill_selections(
+                &self,
+            ) -> $crate::store::StoreResult<()> {
+                use $crate::store::{jobs::LegacyJob, sql};
+                let legacy: Vec<LegacyJob> = sqlx::query_as(sql::LEGACY_JOBS)
+                    .fetch_all(self.writer()?)
+                    .await?;
+                for job in legacy {
+                    let spec = $crate::store::jobs::legacy_spec(&job)?;
+                    sqlx::query(sql::SET_SELECTION)
+                        .bind(spec.selection.canonical().to_string())
+                        .bind(spec.key())
+                        .bind(job.0)
+                        .execute(self.writer()?)
+                        .await?;
+                }
                 Ok(())
             }
         }

@@ -333,17 +333,11 @@ macro_rules! shared_queue_hand_backs {
         /// other daemons hold) and every job's task lease: for a restart of
         /// a queue this process has alone.
         async fn reset_in_flight(&self, now_ms: i64) -> $crate::store::StoreResult<u64> {
-            let result = sqlx::query(concat!(
-                "UPDATE images SET state = 'pending', attempts = ",
-                $crate::store::shared::queue::attempt_back!(),
-                ", run_at = clock.now_ms, lease_owner = NULL, lease_until = NULL, \
-                 updated_at = clock.now_ms FROM (SELECT ",
-                super::dialect::now!("$1"),
-                " AS now_ms) clock WHERE state = 'in_progress'"
-            ))
-            .bind(self.at(now_ms))
-            .execute(self.writer()?)
-            .await?;
+            use $crate::store::shared::queue::hand_back_in_flight;
+            let result = sqlx::query(hand_back_in_flight!(""))
+                .bind(self.at(now_ms))
+                .execute(self.writer()?)
+                .await?;
             sqlx::query($crate::store::sql::DROP_JOB_TASKS)
                 .execute(self.writer()?)
                 .await?;
@@ -355,20 +349,33 @@ macro_rules! shared_queue_hand_backs {
             owner: &str,
             now_ms: i64,
         ) -> $crate::store::StoreResult<u64> {
-            let result = sqlx::query(concat!(
-                "UPDATE images SET state = 'pending', attempts = ",
-                $crate::store::shared::queue::attempt_back!(),
-                ", run_at = clock.now_ms, lease_owner = NULL, lease_until = NULL, \
-                 updated_at = clock.now_ms FROM (SELECT ",
-                super::dialect::now!("$1"),
-                " AS now_ms) clock WHERE state = 'in_progress' AND lease_owner = $2"
-            ))
-            .bind(self.at(now_ms))
-            .bind(owner)
-            .execute(self.writer()?)
-            .await?;
+            use $crate::store::shared::queue::hand_back_in_flight;
+            let result = sqlx::query(hand_back_in_flight!(" AND lease_owner = $2"))
+                .bind(self.at(now_ms))
+                .bind(owner)
+                .execute(self.writer()?)
+                .await?;
             Ok(result.rows_affected())
         }
     };
 }
 pub(in crate::store) use shared_queue_hand_backs;
+
+/// The `UPDATE` that hands in-flight rows back to `pending` (the attempt
+/// given back, due at once by the store's now, `$1`), narrowed by `$rest`
+/// (`""`: every in-flight row). One literal, so the statement stays
+/// `&'static str`; `now!` is the expanding backend's.
+macro_rules! hand_back_in_flight {
+    ($rest:literal) => {
+        concat!(
+            "UPDATE images SET state = 'pending', attempts = ",
+            $crate::store::shared::queue::attempt_back!(),
+            ", run_at = clock.now_ms, lease_owner = NULL, lease_until = NULL, \
+             updated_at = clock.now_ms FROM (SELECT ",
+            super::dialect::now!("$1"),
+            " AS now_ms) clock WHERE state = 'in_progress'",
+            $rest
+        )
+    };
+}
+pub(in crate::store) use hand_back_in_flight;
