@@ -6,8 +6,8 @@ use mapillary_downloader::model::{Bbox, GeoPoint, ImageMeta, Quality};
 use mapillary_downloader::selection::{JobSpec, Resync};
 use mapillary_downloader::store::{
     ApiSlot, ClaimedImage, Counts, DaemonInfo, DeferPolicy, FailOutcome, FailReason, ImageState,
-    Job, JobState, Lease, PackingState, PartStep, PauseReason, PgClock, RetryPolicy, Store,
-    StoreError, StoreResult, TarWritten,
+    Job, JobState, Lease, PackingState, PageWrite, PartStep, PauseReason, PgClock, RetryPolicy,
+    Store, StoreError, StoreResult, TarWritten,
 };
 use mld_testkit::postgres::PgCluster;
 use rand::rngs::StdRng;
@@ -1984,15 +1984,15 @@ async fn a_job_task_has_one_holder_until_it_expires_and_fences_page_writes(f: Fi
     // a wakes up and writes a page: refused, nothing changes.
     let part = s.current_part(job).await.unwrap().unwrap();
     let err = s
-        .store_page(
-            job,
-            part.seq,
-            &metas(1..=3),
-            &[],
-            PartStep::Next("https://h/?after=stale"),
-            Some(&held),
-            100_000,
-        )
+        .store_page(PageWrite {
+            job_id: job,
+            part: part.seq,
+            images: &metas(1..=3),
+            missing: &[],
+            step: PartStep::Next("https://h/?after=stale"),
+            task: Some(&held),
+            now_ms: 100_000,
+        })
         .await
         .unwrap_err();
     assert!(
@@ -2012,15 +2012,15 @@ async fn a_job_task_has_one_holder_until_it_expires_and_fences_page_writes(f: Fi
     );
     // The holder's page goes in.
     let stored = s
-        .store_page(
-            job,
-            part.seq,
-            &metas(1..=3),
-            &[],
-            PartStep::Next("https://h/?after=c1"),
-            Some(&taken),
-            100_001,
-        )
+        .store_page(PageWrite {
+            job_id: job,
+            part: part.seq,
+            images: &metas(1..=3),
+            missing: &[],
+            step: PartStep::Next("https://h/?after=c1"),
+            task: Some(&taken),
+            now_ms: 100_001,
+        })
         .await
         .unwrap();
     assert_eq!(stored, 3);

@@ -59,7 +59,15 @@ impl Store {
             )));
         };
         let step = next_cursor.map_or(PartStep::Done, PartStep::Next);
-        self.store_page(job_id, part.seq, images, &[], step, None, now_ms)
-            .await
+        self.store_page(super::PageWrite {
+            job_id,
+            part: part.seq,
+            images,
+            missing: &[],
+            step,
+            task: None,
+            now_ms,
+        })
+        .await
     }
 }

@@ -11,7 +11,7 @@
 //! row mapping and helpers. The statements are in `sqlite/ingest.rs` and
 //! `postgres/ingest.rs`, behind [`super::interface`].
 
-use super::{FailReason, StoreError, StoreResult};
+use super::{FailReason, JobTask, StoreError, StoreResult};
 use crate::model::{ImageMeta, OutputFormat, Quality, Storable, collection_name};
 use crate::selection::PartSpec;
 use std::borrow::Cow;
@@ -36,6 +36,37 @@ pub enum PartStep<'a> {
     /// The part is finished and these take its place at the end of the
     /// list: a sequence's image batches, or a capped tile's quarters.
     Replace(&'a [PartSpec]),
+}
+
+/// One enumeration page to store ([`super::Store::store_page`]): the part
+/// it belongs to, what it holds, what becomes of the part and under which
+/// job task lease (`None`: the caller holds none, as the one-shot command).
+#[derive(Debug, Clone, Copy)]
+pub struct PageWrite<'a, S> {
+    /// The job listed.
+    pub job_id: i64,
+    /// The part's `seq`: a page for a part no longer open is refused.
+    pub part: i64,
+    /// The page's images (repeated ids are ignored).
+    pub images: &'a [S],
+    /// Images the API says do not exist, recorded failed for good.
+    pub missing: &'a [MissingImage<'a>],
+    /// What becomes of the part.
+    pub step: PartStep<'a>,
+    /// The lease the write is fenced by, if any.
+    pub task: Option<&'a JobTask>,
+    /// The caller's now (ms).
+    pub now_ms: i64,
+}
+
+/// A page's rows as the backends insert them, prepared before the
+/// transaction: the rows, the missing images and the page's time.
+pub(super) struct PreparedPage<'a> {
+    pub(super) job_id: i64,
+    pub(super) rows: &'a [PreparedRow<'a>],
+    pub(super) missing: &'a [MissingImage<'a>],
+    /// The page's time (the database's on PostgreSQL, read once).
+    pub(super) now: i64,
 }
 
 /// An image the API says does not exist, recorded failed for good so the

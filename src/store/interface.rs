@@ -15,9 +15,9 @@ use super::StoreError;
 use super::{
     ApiSlot, ArchivedImage, Backend, ClaimedImage, CollectionPosition, CollectionTask, Completion,
     DaemonInfo, DeferPolicy, FailOutcome, FailReason, FailedImage, ImageFilter, ImageRecord, Job,
-    JobState, JobTask, JobTotals, Lease, ListedImage, LiveDaemon, MissingImage, PackedFile,
-    Packing, Page, Part, PartStep, PauseReason, RecordedUpload, Rescued, RetryPolicy,
-    StallCandidate, Store, StoreResult, StoredCopy, Submitted, TarWritten,
+    JobState, JobTask, JobTotals, Lease, ListedImage, LiveDaemon, PackedFile, Packing, Page,
+    PageWrite, Part, PauseReason, RecordedUpload, Rescued, RetryPolicy, StallCandidate, Store,
+    StoreResult, StoredCopy, Submitted, TarWritten,
 };
 use super::{
     NewUploadFile, Placed, TarOnIaOnly, UploadFile, UploadFileState, UploadItem, UploadProgress,
@@ -163,17 +163,7 @@ store_interface! {
         /// parts) is refused and changes nothing. When no part is left open,
         /// enumeration is complete. Returns how many images were new (repeated
         /// ids are ignored).
-        #[allow(clippy::too_many_arguments)]
-        fn store_page(
-            &self,
-            job_id: i64,
-            part: i64,
-            images: &[impl Storable],
-            missing: &[MissingImage<'_>],
-            step: PartStep<'_>,
-            task: Option<&JobTask>,
-            now_ms: i64,
-        ) -> u64;
+        fn store_page(&self, page: PageWrite<'_, impl Storable>) -> u64;
         /// Stores refreshed CDN URLs (`None` clears one) in one transaction.
         /// Returns how many rows exist and were updated.
         fn update_urls(&self, urls: &[(i64, Option<String>)]) -> u64;

@@ -9,9 +9,7 @@
 //! row mapping and helpers. The statements are in `sqlite/jobs.rs` and
 //! `postgres/jobs.rs`, behind [`super::interface`].
 
-use super::{
-    Counts, Job, JobState, PauseReason, StoreError, StoreResult, millis, rfc3339_from_ms, to_u64,
-};
+use super::{Counts, Job, JobState, PauseReason, StoreResult, millis, rfc3339_from_ms, to_u64};
 use crate::model::{OutputFormat, Packaging, Quality};
 use crate::selection::{JobSpec, Resync, Selection, Source};
 use std::time::Duration;
@@ -91,17 +89,13 @@ pub(super) struct JobRow {
 impl JobRow {
     /// The job these columns describe.
     pub(super) fn into_job(self) -> StoreResult<Job> {
-        let id = self.id;
-        let corrupt = |what: String| StoreError::Invalid(format!("job {id}: {what}"));
+        let corrupt = super::corrupt_row("job", self.id);
         let quality = self.quality.parse::<Quality>().map_err(corrupt)?;
         let format = self.format.parse::<OutputFormat>().map_err(corrupt)?;
         let package = self.package.parse::<Packaging>().map_err(corrupt)?;
         let state = self.state.parse::<JobState>().map_err(corrupt)?;
-        let pause_reason = self
-            .pause_reason
-            .map(|r| r.parse::<PauseReason>())
-            .transpose()
-            .map_err(corrupt)?;
+        let pause_reason =
+            super::parse_optional::<PauseReason>(self.pause_reason).map_err(corrupt)?;
         let selection = match self.selection {
             Some(text) => {
                 let value = serde_json::from_str(&text).map_err(|e| corrupt(e.to_string()))?;
@@ -115,7 +109,7 @@ impl JobRow {
         let done = to_u64(self.n_done);
         let failed = to_u64(self.n_failed);
         Ok(Job {
-            id,
+            id: self.id,
             selection,
             quality,
             format,
@@ -174,7 +168,7 @@ pub(super) fn resync_spec(
     format: &str,
     package: &str,
 ) -> StoreResult<JobSpec> {
-    let corrupt = |e: String| StoreError::Invalid(format!("job {id}: {e}"));
+    let corrupt = super::corrupt_row("job", id);
     let value = serde_json::from_str(selection).map_err(|e| corrupt(e.to_string()))?;
     Ok(JobSpec {
         selection: Selection::from_canonical(&value).map_err(corrupt)?,
@@ -203,7 +197,7 @@ pub(super) type LegacyJob = (
 /// as a filter.
 pub(super) fn legacy_spec(job: &LegacyJob) -> StoreResult<JobSpec> {
     let (id, username, quality, w, s, e, n) = job;
-    let corrupt = |e: String| StoreError::Invalid(format!("job {id}: {e}"));
+    let corrupt = super::corrupt_row("job", *id);
     let bbox = match (w, s, e, n) {
         (Some(w), Some(s), Some(e), Some(n)) => {
             Some(crate::model::Bbox::new(*w, *s, *e, *n).map_err(corrupt)?)

@@ -169,13 +169,9 @@ impl ListedRow {
     /// were stored under.
     fn into_listed(self, root: Option<&str>) -> StoreResult<ListedImage> {
         let row_id = self.rowid;
-        let invalid = |e: String| StoreError::Invalid(format!("image row {row_id}: {e}"));
+        let invalid = super::corrupt_row("image row", row_id);
         let state = self.state.parse::<ImageState>().map_err(invalid)?;
-        let fail_reason = self
-            .fail_reason
-            .map(|r| r.parse::<FailReason>())
-            .transpose()
-            .map_err(invalid)?;
+        let fail_reason = super::parse_optional::<FailReason>(self.fail_reason).map_err(invalid)?;
         let meta = parse_meta(row_id, &self.meta)?;
         let path = match (state, self.path) {
             (ImageState::Done, Some(path)) => Some(listed_path(

@@ -56,7 +56,7 @@ mod task_lease;
 
 pub use cluster::{ApiSlot, DaemonInfo, LiveDaemon};
 pub use collection_tasks::{CollectionTask, RecordedUpload};
-pub use ingest::{MissingImage, PartStep, strip_token};
+pub use ingest::{MissingImage, PageWrite, PartStep, strip_token};
 pub use job_tasks::JobTask;
 pub use jobs::{ACTIVE, Submitted};
 pub use listing::{ImageFilter, JobTotals, ListedImage, Page, scrub_secrets};
@@ -663,6 +663,20 @@ fn parse_meta(row_id: i64, json: &str) -> StoreResult<ImageMeta> {
     serde_json::from_str(json).map_err(|e| {
         StoreError::Invalid(format!("image row {row_id} has unreadable metadata: {e}"))
     })
+}
+
+/// How a row mapper reports a column it cannot read: `what` of the row
+/// `kind id` (`job 7`, `upload file 3`), as [`StoreError::Invalid`] (a row
+/// we wrote ourselves that no longer reads was edited or corrupted).
+fn corrupt_row(kind: &'static str, id: i64) -> impl Fn(String) -> StoreError + Copy {
+    move |what| StoreError::Invalid(format!("{kind} {id}: {what}"))
+}
+
+/// An optional text column parsed into its type (`None` stays `None`).
+fn parse_optional<T: std::str::FromStr<Err = String>>(
+    text: Option<String>,
+) -> Result<Option<T>, String> {
+    text.map(|text| text.parse()).transpose()
 }
 
 /// A duration as the store's milliseconds, saturating.

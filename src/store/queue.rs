@@ -11,6 +11,18 @@ use crate::model::{OutputFormat, Quality};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// One claim as a backend's `claim_batch` takes it (the shared `claim`
+/// answers a zero `limit` itself): up to `limit` due images for `owner`,
+/// leased for `lease`, taking turns from the job after `after_job`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ClaimBatch<'a> {
+    pub(super) owner: &'a Arc<str>,
+    pub(super) limit: u32,
+    pub(super) lease: Duration,
+    pub(super) now_ms: i64,
+    pub(super) after_job: i64,
+}
+
 /// When a failed attempt's image is due again, if attempts remain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -90,7 +102,7 @@ pub(super) fn identity_from_fields(
     quality: String,
     format: String,
 ) -> StoreResult<(Quality, OutputFormat)> {
-    let corrupt = |e: String| StoreError::Invalid(format!("job {job_id}: {e}"));
+    let corrupt = super::corrupt_row("job", job_id);
     Ok((
         quality.parse::<Quality>().map_err(corrupt)?,
         format.parse::<OutputFormat>().map_err(corrupt)?,

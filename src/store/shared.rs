@@ -33,6 +33,26 @@ pub(super) enum TxLock<'a> {
     DurableCommit,
 }
 
+/// A dialect's fixed fragments, one line each (`name = "text";`): each
+/// becomes a macro `name!()` expanding to its literal, so the shared
+/// statements `concat!` it and stay `&'static str`. Each backend's
+/// `dialect.rs` lists its own; the fragments that take a placeholder are
+/// written out there.
+macro_rules! fixed_fragments {
+    ($($(#[$doc:meta])* $name:ident = $text:literal;)*) => {
+        $(
+            $(#[$doc])*
+            macro_rules! $name {
+                () => {
+                    $text
+                };
+            }
+            pub(super) use $name;
+        )*
+    };
+}
+pub(super) use fixed_fragments;
+
 /// [`super::interface::Images`]'s shared methods.
 macro_rules! shared_images {
     () => {
@@ -98,6 +118,17 @@ macro_rules! shared_images {
             row.map(ImageRow::into_record).transpose()
         }
 
+        async fn finished_since(&self, since_ms: i64) -> $crate::store::StoreResult<(u64, u64)> {
+            let (count, bytes): (i64, i64) = sqlx::query_as(
+                "SELECT count(*), CAST(coalesce(sum(bytes), 0) AS BIGINT) FROM images \
+                 WHERE state = 'done' AND updated_at > $1",
+            )
+            .bind(since_ms)
+            .fetch_one(self.reader()?)
+            .await?;
+            Ok((count.max(0) as u64, bytes.max(0) as u64))
+        }
+
         async fn collection_images(
             &self,
             collection: &str,
@@ -127,17 +158,6 @@ macro_rules! shared_images {
             rows.into_iter().map(ArchivedRow::into_archived).collect()
         }
 
-        async fn finished_since(&self, since_ms: i64) -> $crate::store::StoreResult<(u64, u64)> {
-            let (count, bytes): (i64, i64) = sqlx::query_as(
-                "SELECT count(*), CAST(coalesce(sum(bytes), 0) AS BIGINT) FROM images \
-                 WHERE state = 'done' AND updated_at > $1",
-            )
-            .bind(since_ms)
-            .fetch_one(self.reader()?)
-            .await?;
-            Ok((count.max(0) as u64, bytes.max(0) as u64))
-        }
-
         /// Due by the store's clock, read once (on PostgreSQL an init plan,
         /// so it bounds the index scan).
         async fn upcoming_urls(
@@ -163,8 +183,8 @@ macro_rules! shared_images {
 }
 pub(super) use shared_images;
 
-/// [`super::interface::Stalls`]'s shared methods: the reads (the marks
-/// differ: PostgreSQL's `progress_at` is `job_rows`').
+/// [`super::interface::Stalls`], written once; the marks' statements are
+/// the backend's (PostgreSQL's `progress_at` is `job_rows`').
 macro_rules! shared_stalls {
     () => {
         async fn stall_candidates(
@@ -203,11 +223,42 @@ macro_rules! shared_stalls {
             .fetch_optional(self.reader()?)
             .await?)
         }
+
+        /// The statement is the backend's (`stalls.rs`); both bind the
+        /// clock, the message, the job and the age `now_ms - before_ms`.
+        async fn mark_stalled(
+            &self,
+            job_id: i64,
+            before_ms: i64,
+            message: &str,
+            now_ms: i64,
+        ) -> $crate::store::StoreResult<bool> {
+            let marked = sqlx::query(super::stalls::MARK_STALLED)
+                .bind(self.at(now_ms))
+                .bind(message)
+                .bind(job_id)
+                .bind(now_ms.saturating_sub(before_ms))
+                .execute(self.writer()?)
+                .await?
+                .rows_affected();
+            Ok(marked == 1)
+        }
+
+        async fn clear_recovered_stalls(
+            &self,
+            now_ms: i64,
+        ) -> $crate::store::StoreResult<Vec<i64>> {
+            Ok(sqlx::query_scalar(super::stalls::CLEAR_RECOVERED_STALLS)
+                .bind(self.at(now_ms))
+                .fetch_all(self.writer()?)
+                .await?)
+        }
     };
 }
 pub(super) use shared_stalls;
 
-/// [`super::interface::Archives`]'s shared methods.
+/// [`super::interface::Archives`], written once (the rest of it in
+/// `shared/archives.rs`).
 macro_rules! shared_archives {
     () => {
         async fn tar_names(&self, collection: &str) -> $crate::store::StoreResult<Vec<String>> {
@@ -259,6 +310,9 @@ macro_rules! shared_archives {
                 .fetch_one(self.reader()?)
                 .await?)
         }
+
+        $crate::store::shared::archives::shared_archive_reads!();
+        $crate::store::shared::archives::shared_packing_moves!();
     };
 }
 pub(super) use shared_archives;
@@ -313,11 +367,8 @@ macro_rules! shared_cluster {
         }
 
         async fn forget_daemon(&self, id: &str) -> $crate::store::StoreResult<()> {
-            sqlx::query($crate::store::sql::FORGET_DAEMON)
-                .bind(id)
-                .execute(self.writer()?)
-                .await?;
-            Ok(())
+            self.delete_keyed($crate::store::sql::FORGET_DAEMON, id)
+                .await
         }
     };
 }

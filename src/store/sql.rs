@@ -122,26 +122,23 @@ macro_rules! packing_columns {
 }
 pub(super) use packing_columns;
 
+/// `SELECT` of a packing's columns from `packings`, then the rest of the
+/// statement: one literal, so each statement below stays `&'static str`.
+macro_rules! select_packings {
+    ($rest:literal) => {
+        concat!("SELECT ", packing_columns!(), " FROM packings ", $rest)
+    };
+}
+
 /// A collection's packings not yet cleaned, oldest first.
-pub(super) const UNFINISHED_PACKINGS: &str = concat!(
-    "SELECT ",
-    packing_columns!(),
-    " FROM packings WHERE collection = $1 AND state <> 'cleaned' ORDER BY id"
-);
+pub(super) const UNFINISHED_PACKINGS: &str =
+    select_packings!("WHERE collection = $1 AND state <> 'cleaned' ORDER BY id");
 
 /// One packing.
-pub(super) const PACKING: &str = concat!(
-    "SELECT ",
-    packing_columns!(),
-    " FROM packings WHERE id = $1"
-);
+pub(super) const PACKING: &str = select_packings!("WHERE id = $1");
 
 /// A collection's packings, oldest first.
-pub(super) const PACKINGS: &str = concat!(
-    "SELECT ",
-    packing_columns!(),
-    " FROM packings WHERE collection = $1 ORDER BY id"
-);
+pub(super) const PACKINGS: &str = select_packings!("WHERE collection = $1 ORDER BY id");
 
 /// A planned packing's count of distinct files, stored; returns the packing.
 pub(super) const COUNT_MEMBERS: &str = concat!(

@@ -19,6 +19,18 @@ pub(super) enum LeaseKey<'a> {
     Name(&'a str),
 }
 
+impl From<i64> for LeaseKey<'_> {
+    fn from(id: i64) -> Self {
+        LeaseKey::Id(id)
+    }
+}
+
+impl<'a> From<&'a str> for LeaseKey<'a> {
+    fn from(name: &'a str) -> Self {
+        LeaseKey::Name(name)
+    }
+}
+
 /// One dialect's statements for one kind of lease. Parameters: `$1` key,
 /// `$2` owner, `$3` epoch (take: `$3` now, `$4` ttl; renew: `$4` now,
 /// `$5` ttl).
@@ -39,13 +51,23 @@ pub(super) struct LeaseSql {
 pub(super) trait TaskLease: Sized {
     const SQLITE: LeaseSql;
     const POSTGRES: LeaseSql;
+    /// What a take names the row by: a job's id, a collection's name.
+    type Key<'k>: Copy + Into<LeaseKey<'k>>;
     fn key(&self) -> LeaseKey<'_>;
-    fn owner(&self) -> &str;
-    fn epoch(&self) -> i64;
+    /// The holder and the epoch it took the lease at.
+    fn held(&self) -> (&str, i64);
     /// The lease as taken.
-    fn taken(key: LeaseKey<'_>, owner: &Arc<str>, epoch: i64) -> Self;
+    fn taken(key: Self::Key<'_>, owner: &Arc<str>, epoch: i64) -> Self;
     /// The error a write fenced by a lost lease answers.
     fn lost(&self) -> StoreError;
+}
+
+/// The `WHERE` of a held lease: the row (`$1`), still the holder's (`$2`)
+/// at the epoch it took (`$3`). Renew, release and check match all three.
+macro_rules! held_by {
+    ($k:literal, $o:literal, $e:literal) => {
+        concat!(" WHERE ", $k, " = $1 AND ", $o, " = $2 AND ", $e, " = $3")
+    };
 }
 
 /// The statements of a kind whose lease lives in `table`'s columns, in one
@@ -93,13 +115,8 @@ macro_rules! lease_sql {
                 $u,
                 " = ",
                 $now4,
-                " + $5 WHERE ",
-                $k,
-                " = $1 AND ",
-                $o,
-                " = $2 AND ",
-                $e,
-                " = $3"
+                " + $5",
+                held_by!($k, $o, $e)
             ),
             release: concat!(
                 "UPDATE ",
@@ -108,26 +125,10 @@ macro_rules! lease_sql {
                 $o,
                 " = NULL, ",
                 $u,
-                " = NULL WHERE ",
-                $k,
-                " = $1 AND ",
-                $o,
-                " = $2 AND ",
-                $e,
-                " = $3"
+                " = NULL",
+                held_by!($k, $o, $e)
             ),
-            check: concat!(
-                "SELECT 1 FROM ",
-                $t,
-                " WHERE ",
-                $k,
-                " = $1 AND ",
-                $o,
-                " = $2 AND ",
-                $e,
-                " = $3",
-                $lock
-            ),
+            check: concat!("SELECT 1 FROM ", $t, held_by!($k, $o, $e), $lock),
         }
     };
 }
@@ -158,22 +159,17 @@ impl TaskLease for JobTask {
         epoch: "task_epoch", ensure: None,
     );
 
+    type Key<'k> = i64;
+
     fn key(&self) -> LeaseKey<'_> {
         LeaseKey::Id(self.job_id)
     }
 
-    fn owner(&self) -> &str {
-        &self.owner
+    fn held(&self) -> (&str, i64) {
+        (&self.owner, self.epoch)
     }
 
-    fn epoch(&self) -> i64 {
-        self.epoch
-    }
-
-    fn taken(key: LeaseKey<'_>, owner: &Arc<str>, epoch: i64) -> Self {
-        let LeaseKey::Id(job_id) = key else {
-            unreachable!("a job task is keyed by the job's id")
-        };
+    fn taken(job_id: i64, owner: &Arc<str>, epoch: i64) -> Self {
         JobTask {
             job_id,
             owner: owner.clone(),
@@ -197,22 +193,17 @@ impl TaskLease for CollectionTask {
         ),
     );
 
+    type Key<'k> = &'k str;
+
     fn key(&self) -> LeaseKey<'_> {
         LeaseKey::Name(&self.collection)
     }
 
-    fn owner(&self) -> &str {
-        &self.owner
+    fn held(&self) -> (&str, i64) {
+        (&self.owner, self.epoch)
     }
 
-    fn epoch(&self) -> i64 {
-        self.epoch
-    }
-
-    fn taken(key: LeaseKey<'_>, owner: &Arc<str>, epoch: i64) -> Self {
-        let LeaseKey::Name(collection) = key else {
-            unreachable!("a collection task is keyed by the collection's name")
-        };
+    fn taken(collection: &str, owner: &Arc<str>, epoch: i64) -> Self {
         CollectionTask {
             collection: collection.into(),
             owner: owner.clone(),
@@ -247,23 +238,24 @@ macro_rules! task_lease_protocol {
 
         /// Binds `$1..$3`: the lease's key, owner and epoch.
         fn bind_held<'q, K: TaskLease>(query: LeaseQuery<'q>, task: &'q K) -> LeaseQuery<'q> {
-            bind_key(query, task.key())
-                .bind(task.owner())
-                .bind(task.epoch())
+            let (owner, epoch) = task.held();
+            bind_key(query, task.key()).bind(owner).bind(epoch)
         }
 
         /// Takes the lease on `key` for `owner` until `now_ms + ttl`, if free or expired.
         pub(in crate::store) async fn take<K: TaskLease>(
             writer: &$pool,
-            key: LeaseKey<'_>,
+            key: K::Key<'_>,
             owner: &Arc<str>,
             ttl: Duration,
             now_ms: $now,
         ) -> StoreResult<Option<K>> {
             if let Some(ensure) = K::$sql.ensure {
-                bind_key(sqlx::query(ensure), key).execute(writer).await?;
+                bind_key(sqlx::query(ensure), key.into())
+                    .execute(writer)
+                    .await?;
             }
-            let query = bind_key(sqlx::query(K::$sql.take), key)
+            let query = bind_key(sqlx::query(K::$sql.take), key.into())
                 .bind(&**owner)
                 .bind(now_ms)
                 .bind(millis(ttl));

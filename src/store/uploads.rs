@@ -202,10 +202,9 @@ pub(super) struct FileRow {
 
 impl FileRow {
     pub(super) fn into_file(self) -> StoreResult<UploadFile> {
-        let id = self.id;
-        let corrupt = |e: String| StoreError::Invalid(format!("upload file {id}: {e}"));
+        let corrupt = super::corrupt_row("upload file", self.id);
         Ok(UploadFile {
-            id,
+            id: self.id,
             item_id: self.item_id,
             collection: self.collection,
             kind: self.kind.parse().map_err(corrupt)?,

@@ -8,7 +8,7 @@ use crate::engine::EngineContext;
 use crate::engine::refresh::renew;
 use crate::model::{ImageMeta, ListedImage};
 use crate::selection::{PartSpec, Source};
-use crate::store::{FailReason, Job, JobTask, MissingImage, PartStep};
+use crate::store::{FailReason, Job, JobTask, MissingImage, PageWrite, PartStep};
 use std::collections::HashMap;
 use tracing::debug;
 
@@ -38,7 +38,15 @@ pub(super) async fn sequence_step(
     };
     let none: &[ListedImage] = &[];
     ctx.store
-        .store_page(job.id, part, none, &[], step, task, now_ms())
+        .store_page(PageWrite {
+            job_id: job.id,
+            part,
+            images: none,
+            missing: &[],
+            step,
+            task,
+            now_ms: now_ms(),
+        })
         .await?;
     Ok(Stored::Images(0))
 }
@@ -126,15 +134,15 @@ pub(super) async fn images_step(
         .collect();
     let new_images = ctx
         .store
-        .store_page(
-            job.id,
+        .store_page(PageWrite {
+            job_id: job.id,
             part,
-            &images,
-            &missing,
-            PartStep::Done,
+            images: &images,
+            missing: &missing,
+            step: PartStep::Done,
             task,
-            now_ms(),
-        )
+            now_ms: now_ms(),
+        })
         .await?;
     debug!(
         job = job.id,

@@ -19,7 +19,7 @@ use crate::engine::EngineContext;
 use crate::mapillary::{ImagePage, MapillaryError, with_limit};
 use crate::model::{Bbox, ListedImage};
 use crate::selection::PartSpec;
-use crate::store::{Job, Part, PartStep};
+use crate::store::{Job, PageWrite, Part, PartStep};
 use tracing::{debug, info, warn};
 
 /// Smallest page size a query timeout may bring a job down to.
@@ -106,7 +106,15 @@ pub(super) async fn step(
     let task = listing.task.as_ref();
     let new_images = ctx
         .store
-        .store_page(job.id, part.seq, &kept, &[], step, task, now_ms())
+        .store_page(PageWrite {
+            job_id: job.id,
+            part: part.seq,
+            images: &kept,
+            missing: &[],
+            step,
+            task,
+            now_ms: now_ms(),
+        })
         .await?;
     debug!(
         job = job.id,

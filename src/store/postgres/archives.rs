@@ -12,8 +12,6 @@ crate::store::shared::archives::shared_archive_statements!();
 
 impl Archives for PgStore {
     crate::store::shared::shared_archives!();
-    crate::store::shared::archives::shared_archive_reads!();
-    crate::store::shared::archives::shared_packing_moves!();
 }
 
 impl PgStore {

@@ -40,41 +40,34 @@ macro_rules! now_once {
 }
 pub(super) use now_once;
 
-/// `state` is one of the states bound at `$n` (a `TEXT[]`, see [`states`]).
-macro_rules! in_states {
+/// The column is one of the values bound at `$n` as one array: the
+/// `TEXT[]` of [`states`] or the `BIGINT[]` of [`ids`] (sqlx declares the
+/// parameter's type, so no cast is needed).
+macro_rules! in_list {
     ($n:literal) => {
         concat!("= ANY(", $n, ")")
     };
 }
-pub(super) use in_states;
+pub(super) use in_list;
 
-/// Where job rows are read: `job_rows`, the row plus its unfolded counter
-/// deltas (no statement on `images` locks the job row).
-macro_rules! jobs_view {
-    () => {
-        "job_rows"
-    };
+crate::store::shared::fixed_fragments! {
+    /// Where job rows are read: `job_rows`, the row plus its unfolded counter
+    /// deltas (no statement on `images` locks the job row).
+    jobs_view = "job_rows";
+    /// Row locks: several daemons share the table, so a read that decides a
+    /// write locks what it read.
+    for_update = " FOR UPDATE";
+    /// Nothing pending or in flight, tested on the `images` rows themselves:
+    /// the counters are deltas that may lag.
+    drained = "NOT EXISTS (SELECT 1 FROM images i WHERE i.job_id = $2 AND i.state = 'pending') \
+     AND NOT EXISTS (SELECT 1 FROM images i WHERE i.job_id = $2 AND i.state = 'in_progress')";
+    /// Byte order for paths (as SQLite's `BINARY`), whatever the database's
+    /// collation: tar order, `after` paging and the date-folder range depend
+    /// on it.
+    bytewise = " COLLATE \"C\"";
+    /// A packed file's row ids, aggregated in order (see [`row_ids`]).
+    row_ids_agg = "array_agg(rowid ORDER BY rowid)";
 }
-pub(super) use jobs_view;
-
-/// Row locks: several daemons share the table, so a read that decides a
-/// write locks what it read.
-macro_rules! for_update {
-    () => {
-        " FOR UPDATE"
-    };
-}
-pub(super) use for_update;
-
-/// Nothing pending or in flight, tested on the `images` rows themselves:
-/// the counters are deltas that may lag.
-macro_rules! drained {
-    () => {
-        "NOT EXISTS (SELECT 1 FROM images i WHERE i.job_id = $2 AND i.state = 'pending') \
-         AND NOT EXISTS (SELECT 1 FROM images i WHERE i.job_id = $2 AND i.state = 'in_progress')"
-    };
-}
-pub(super) use drained;
 
 /// The `WHERE` of a job's open parts, the job's id at `$n` (`job_parts_open`'s predicate, `NOT done`).
 macro_rules! open_parts_of {
@@ -91,32 +84,6 @@ macro_rules! hint {
     };
 }
 pub(super) use hint;
-
-/// Byte order for paths (as SQLite's `BINARY`), whatever the database's
-/// collation: tar order, `after` paging and the date-folder range depend
-/// on it.
-macro_rules! bytewise {
-    () => {
-        " COLLATE \"C\""
-    };
-}
-pub(super) use bytewise;
-
-/// `rowid` is one of the ids bound at `$n` (a `BIGINT[]`, see [`ids`]).
-macro_rules! in_ids {
-    ($n:literal) => {
-        concat!("= ANY(", $n, "::BIGINT[])")
-    };
-}
-pub(super) use in_ids;
-
-/// A packed file's row ids, aggregated in order (see [`row_ids`]).
-macro_rules! row_ids_agg {
-    () => {
-        "array_agg(rowid ORDER BY rowid)"
-    };
-}
-pub(super) use row_ids_agg;
 
 /// How [`row_ids_agg!`] reads: an array.
 pub(super) type RowIds = Vec<i64>;

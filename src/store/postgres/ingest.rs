@@ -6,7 +6,7 @@
 use super::PgStore;
 use super::dialect::Conn;
 use crate::store::StoreResult;
-use crate::store::ingest::{MissingImage, PreparedRow, missing_meta, page_collections};
+use crate::store::ingest::{PreparedPage, missing_meta, page_collections};
 use crate::store::interface::*;
 use std::collections::{BTreeMap, HashSet};
 
@@ -67,12 +67,10 @@ async fn lock_job_for_page(
 
 /// The page's image rows in one statement, in the page's order, and the
 /// collections they go to in another.
-async fn insert_page_rows(
-    tx: &mut Conn,
-    job_id: i64,
-    rows: &[PreparedRow<'_>],
-    now: i64,
-) -> StoreResult<u64> {
+async fn insert_page_rows(tx: &mut Conn, page: &PreparedPage<'_>) -> StoreResult<u64> {
+    let PreparedPage {
+        job_id, rows, now, ..
+    } = *page;
     if rows.is_empty() {
         return Ok(0);
     }
@@ -112,12 +110,13 @@ async fn insert_page_rows(
 
 /// Records images the API says do not exist as failed for good, in one
 /// statement.
-async fn insert_missing(
-    tx: &mut Conn,
-    job_id: i64,
-    missing: &[MissingImage<'_>],
-    now: i64,
-) -> StoreResult<u64> {
+async fn insert_missing(tx: &mut Conn, page: &PreparedPage<'_>) -> StoreResult<u64> {
+    let PreparedPage {
+        job_id,
+        missing,
+        now,
+        ..
+    } = *page;
     if missing.is_empty() {
         return Ok(0);
     }

@@ -8,11 +8,9 @@ use super::PgStore;
 use crate::store::interface::*;
 use crate::store::millis;
 use crate::store::queue::identity_from_fields;
-use crate::store::queue::{ClaimedRow, in_queue_order};
+use crate::store::queue::{ClaimBatch, ClaimedRow, in_queue_order};
 use crate::store::{ClaimedImage, StoreResult};
 use sqlx::{FromRow, Row};
-use std::sync::Arc;
-use std::time::Duration;
 
 /// The SQLite claim's rules in one statement: expired leases of active jobs
 /// first (oldest lease first), then due pending rows of the first active job
@@ -65,29 +63,24 @@ SELECT c.rowid, c.job_id, c.image_id, c.meta, c.url, c.attempts, c.lease_epoch, 
 FROM claimed c JOIN jobs j ON j.id = c.job_id";
 
 impl Queue for PgStore {
-    /// PostgreSQL: One statement that skips rows other daemons are
+    crate::store::shared::queue::shared_complete_image!();
+    crate::store::shared::queue::shared_queue!();
+}
+
+impl PgStore {
+    /// The claim: one statement that skips rows other daemons are
     /// claiming; times are the database's.
-    async fn claim(
-        &self,
-        owner: &Arc<str>,
-        limit: u32,
-        lease: Duration,
-        now_ms: i64,
-        after_job: i64,
-    ) -> StoreResult<Vec<ClaimedImage>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
+    async fn claim_batch(&self, batch: ClaimBatch<'_>) -> StoreResult<Vec<ClaimedImage>> {
         // One transaction with the packed-copy lookup: a server going away
         // between the two must not leave rows claimed by a caller who got an
         // error (they would wait out their whole lease).
         let mut tx = self.pool().begin().await?;
         let rows = sqlx::query(CLAIM_SQL)
-            .bind(&**owner)
-            .bind(self.at(now_ms))
-            .bind(millis(lease))
-            .bind(i64::from(limit))
-            .bind(after_job)
+            .bind(&**batch.owner)
+            .bind(self.at(batch.now_ms))
+            .bind(millis(batch.lease))
+            .bind(i64::from(batch.limit))
+            .bind(batch.after_job)
             .fetch_all(&mut *tx)
             .await?;
         let mut claimed = Vec::with_capacity(rows.len());
@@ -98,13 +91,11 @@ impl Queue for PgStore {
                 row.try_get("quality")?,
                 row.try_get("format")?,
             )?;
-            claimed.push(claim.into_claimed(owner, identity)?);
+            claimed.push(claim.into_claimed(batch.owner, identity)?);
         }
         let mut claimed = in_queue_order(claimed);
         PgStore::attach_packed_copies_on(&mut tx, &mut claimed).await?;
         tx.commit().await?;
         Ok(claimed)
     }
-    crate::store::shared::queue::shared_complete_image!();
-    crate::store::shared::queue::shared_queue!();
 }

@@ -2,10 +2,5 @@
 //! shares, one daemon at a time: the bodies are `store/shared/rebase.rs`.
 
 use super::PgStore;
-use crate::store::interface::Rebase;
 
-crate::store::shared::rebase::shared_rebase_paths!();
-
-impl Rebase for PgStore {
-    crate::store::shared::rebase::shared_rebase!();
-}
+crate::store::shared::rebase::shared_rebase!(PgStore);

@@ -85,18 +85,18 @@ async fn free_leases_of(
 ) -> StoreResult<(u64, u64, u64)> {
     // Freed, not handed to anyone: whoever asks next takes them (and
     // bumps their epoch, which fences the dead owner out for good).
-    let job_tasks =
-        sqlx::query("UPDATE jobs SET task_owner = NULL, task_until = NULL WHERE task_owner = $1")
-            .bind(daemon)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-    let collection_tasks =
-        sqlx::query("UPDATE collection_tasks SET owner = NULL, until_ms = NULL WHERE owner = $1")
-            .bind(daemon)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+    let job_tasks = free_tasks_of(
+        tx,
+        "UPDATE jobs SET task_owner = NULL, task_until = NULL WHERE task_owner = $1",
+        daemon,
+    )
+    .await?;
+    let collection_tasks = free_tasks_of(
+        tx,
+        "UPDATE collection_tasks SET owner = NULL, until_ms = NULL WHERE owner = $1",
+        daemon,
+    )
+    .await?;
     // As a lease expiry counts it: the attempt the dead daemon made
     // stays spent (the claim that takes the row again adds the next).
     // `run_at` is kept: the rows go back at their place at the head of
@@ -113,4 +113,17 @@ async fn free_leases_of(
     .await?
     .rows_affected();
     Ok((images, job_tasks, collection_tasks))
+}
+
+/// Runs one kind's `free` statement (`$1` the daemon); how many leases it freed.
+async fn free_tasks_of(
+    tx: &mut sqlx::PgConnection,
+    free: &'static str,
+    daemon: &str,
+) -> StoreResult<u64> {
+    Ok(sqlx::query(free)
+        .bind(daemon)
+        .execute(tx)
+        .await?
+        .rows_affected())
 }

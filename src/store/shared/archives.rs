@@ -3,7 +3,7 @@
 //! `hint!` (SQLite's `INDEXED BY`, pinning the index each statement was
 //! written for), `bytewise!` (PostgreSQL's `COLLATE "C"`: tar order, `after`
 //! paging and the date-folder range are byte order, as SQLite's `BINARY`),
-//! `in_ids!`/`ids` (a list of row ids), `now!`.
+//! `in_list!`/`ids` (a list of row ids), `now!`.
 //!
 //! Every state move of a packing is conditional on the state it leaves, so
 //! of two daemons moving one packing only the first does anything.
@@ -540,7 +540,7 @@ macro_rules! shared_archive_writes {
             for (row_ids, sha256) in &written.hashed {
                 sqlx::query(concat!(
                     "UPDATE images SET sha256 = $1 WHERE rowid ",
-                    super::dialect::in_ids!("$2"),
+                    super::dialect::in_list!("$2"),
                     " AND sha256 IS NULL"
                 ))
                 .bind(sha256)
@@ -566,7 +566,7 @@ macro_rules! shared_archive_writes {
             reason: &str,
             at: super::dialect::At,
         ) -> $crate::store::StoreResult<u64> {
-            use super::dialect::{in_ids, now};
+            use super::dialect::{in_list, now};
             let ids = super::dialect::ids(row_ids);
             let changed = sqlx::query(concat!(
                 "UPDATE images SET state = 'pending', attempts = 0, deferrals = 0, \
@@ -575,7 +575,7 @@ macro_rules! shared_archive_writes {
                  FROM (SELECT ",
                 now!("$1"),
                 " AS now_ms) t WHERE images.rowid ",
-                in_ids!("$3"),
+                in_list!("$3"),
                 " AND state = 'done'"
             ))
             .bind(at)
@@ -592,7 +592,7 @@ macro_rules! shared_archive_writes {
                 now!("$1"),
                 " AS now_ms) t WHERE state IN ('done', 'failed') \
                    AND id IN (SELECT job_id FROM images WHERE rowid ",
-                in_ids!("$2"),
+                in_list!("$2"),
                 ")"
             ))
             .bind(at)

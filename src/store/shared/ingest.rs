@@ -8,19 +8,20 @@
 /// `store_page`, expanded inside a backend's `impl Ingest for …`.
 macro_rules! shared_store_page {
     () => {
-        // One page is one transaction: each argument is one of its inputs.
-        #[allow(clippy::too_many_arguments)]
         async fn store_page(
             &self,
-            job_id: i64,
-            part: i64,
-            images: &[impl $crate::model::Storable],
-            missing: &[$crate::store::MissingImage<'_>],
-            step: $crate::store::PartStep<'_>,
-            task: Option<&$crate::store::JobTask>,
-            now_ms: i64,
+            page: $crate::store::PageWrite<'_, impl $crate::model::Storable>,
         ) -> $crate::store::StoreResult<u64> {
-            use $crate::store::ingest::{prepare_rows, step_cursor};
+            use $crate::store::ingest::{PreparedPage, prepare_rows, step_cursor};
+            let $crate::store::PageWrite {
+                job_id,
+                part,
+                images,
+                missing,
+                step,
+                task,
+                now_ms,
+            } = page;
             let cursor = step_cursor(step)?;
             let placement = self.placement(job_id).await?;
             let rows = prepare_rows(images, &placement)?;
@@ -44,8 +45,14 @@ macro_rules! shared_store_page {
                     "job {job_id} has no open part {part} to store a page into"
                 )));
             };
-            let mut inserted = insert_page_rows(&mut tx, job_id, &rows, now).await?;
-            inserted += insert_missing(&mut tx, job_id, missing, now).await?;
+            let prepared = PreparedPage {
+                job_id,
+                rows: &rows,
+                missing,
+                now,
+            };
+            let mut inserted = insert_page_rows(&mut tx, &prepared).await?;
+            inserted += insert_missing(&mut tx, &prepared).await?;
             move_part(&mut tx, job_id, part, cursor.as_deref(), step, now).await?;
             tx.commit().await?;
             Ok(inserted)
@@ -58,22 +65,6 @@ pub(in crate::store) use shared_store_page;
 /// backend's `ingest.rs`: `$store` is the backend's store type.
 macro_rules! shared_ingest_helpers {
     ($store:ty) => {
-        impl $store {
-            /// Where a job's images go. Fixed at creation, so read once per page.
-            async fn placement(
-                &self,
-                job_id: i64,
-            ) -> $crate::store::StoreResult<$crate::store::ingest::Placement> {
-                let row: Option<(String, String, String, String)> =
-                    sqlx::query_as($crate::store::sql::PLACEMENT)
-                        .bind(job_id)
-                        .fetch_optional(self.reader()?)
-                        .await?;
-                let row = row.ok_or($crate::store::StoreError::NoSuchJob(job_id))?;
-                $crate::store::ingest::Placement::from_fields(job_id, row)
-            }
-        }
-
         /// Where the part stands after the page (its cursor, done or not,
         /// replaced by children appended after the job's last part), and
         /// whether any part is left open: the job's `enumeration_complete`.
@@ -100,16 +91,34 @@ macro_rules! shared_ingest_helpers {
                     .await?;
                 super::parts::insert_parts(tx, job_id, last + 1, children).await?;
             }
-            sqlx::query(concat!(
+            /// Job `$1` is listed in full once no part is left open; `$2` the page's time.
+            const SET_ENUMERATION_COMPLETE: &str = concat!(
                 "UPDATE jobs SET enumeration_complete = NOT EXISTS (SELECT 1 FROM job_parts ",
                 super::dialect::open_parts_of!("$1"),
                 "), updated_at = $2, progress_at = $2 WHERE id = $1"
-            ))
-            .bind(job_id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            );
+            sqlx::query(SET_ENUMERATION_COMPLETE)
+                .bind(job_id)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
             Ok(())
+        }
+
+        impl $store {
+            /// Where a job's images go. Fixed at creation, so read once per page.
+            async fn placement(
+                &self,
+                job_id: i64,
+            ) -> $crate::store::StoreResult<$crate::store::ingest::Placement> {
+                let row: Option<(String, String, String, String)> =
+                    sqlx::query_as($crate::store::sql::PLACEMENT)
+                        .bind(job_id)
+                        .fetch_optional(self.reader()?)
+                        .await?;
+                let row = row.ok_or($crate::store::StoreError::NoSuchJob(job_id))?;
+                $crate::store::ingest::Placement::from_fields(job_id, row)
+            }
         }
     };
 }

@@ -1,7 +1,7 @@
 //! [`crate::store::interface::Jobs`] written once for both backends. The
 //! statements name their dialect holes through `super::dialect` (the
 //! backend's `dialect.rs`, resolved where the macro expands): the clock
-//! (`now!`), a set of states (`in_states!`), the jobs view, row locks.
+//! (`now!`), a set of states (`in_list!`), the jobs view, row locks.
 //! Every state change stays one conditional `UPDATE … RETURNING id`.
 
 /// The `Jobs` methods, expanded inside a backend's `impl Jobs for …`.
@@ -140,7 +140,7 @@ macro_rules! shared_job_reads {
                 " FROM ",
                 super::dialect::jobs_view!(),
                 " WHERE state ",
-                super::dialect::in_states!("$1"),
+                super::dialect::in_list!("$1"),
                 " ORDER BY id"
             ))
             .bind(super::dialect::states(states))
@@ -264,7 +264,7 @@ macro_rules! shared_job_lifecycle {
                 "UPDATE jobs SET state = $1, updated_at = ",
                 super::dialect::now!("$2"),
                 " WHERE id = $3 AND state ",
-                super::dialect::in_states!("$4"),
+                super::dialect::in_list!("$4"),
                 " RETURNING id"
             ))
             .bind(to.as_str())
@@ -290,7 +290,7 @@ macro_rules! shared_job_lifecycle {
                  stalled_at = NULL, updated_at = ",
                 super::dialect::now!("$3"),
                 " WHERE id = $4 AND state ",
-                super::dialect::in_states!("$5"),
+                super::dialect::in_list!("$5"),
                 " RETURNING id"
             ))
             .bind(reason.as_str())
@@ -358,7 +358,7 @@ macro_rules! shared_job_finish {
                  FROM (SELECT ",
                 super::dialect::now!("$1"),
                 " AS now_ms) t WHERE id = $2 AND state ",
-                super::dialect::in_states!("$3"),
+                super::dialect::in_list!("$3"),
                 " RETURNING id"
             ))
             .bind(self.at(now_ms))
@@ -372,34 +372,11 @@ macro_rules! shared_job_finish {
 }
 pub(in crate::store) use shared_job_finish;
 
-/// The helpers the `Jobs` bodies call, expanded once at the top of each
-/// backend's `jobs.rs`: `$store` is the backend's store type.
+/// The helpers the `Jobs` bodies (and a few others) call, expanded once at
+/// the top of each backend's `jobs.rs`: `$store` is the backend's store type.
 macro_rules! shared_job_helpers {
     ($store:ty) => {
         impl $store {
-            /// Gives jobs written by an older binary their canonical
-            /// selection and identity (a username job, its bbox as a
-            /// filter). Runs at open; daemons running it at once write the
-            /// same values.
-            pub(in crate::store) async fn backfill_selections(
-                &self,
-            ) -> $crate::store::StoreResult<()> {
-                use $crate::store::{jobs::LegacyJob, sql};
-                let legacy: Vec<LegacyJob> = sqlx::query_as(sql::LEGACY_JOBS)
-                    .fetch_all(self.writer()?)
-                    .await?;
-                for job in legacy {
-                    let spec = $crate::store::jobs::legacy_spec(&job)?;
-                    sqlx::query(sql::SET_SELECTION)
-                        .bind(spec.selection.canonical().to_string())
-                        .bind(spec.key())
-                        .bind(job.0)
-                        .execute(self.writer()?)
-                        .await?;
-                }
-                Ok(())
-            }
-
             /// Reads a job just written and committed (a WAL reader sees
             /// every committed write), there unless deleted in between.
             async fn job_after_write(
@@ -422,6 +399,43 @@ macro_rules! shared_job_helpers {
                     None => Ok(None),
                 }
             }
+
+            /// Deletes the row `statement` names by the key bound at `$1`
+            /// (a daemon's id, an upload's id); a missing row is no error.
+            pub(super) async fn delete_keyed(
+                &self,
+                statement: &'static str,
+                key: &str,
+            ) -> $crate::store::StoreResult<()> {
+                sqlx::query(statement)
+                    .bind(key)
+                    .execute(self.writer()?)
+                    .await?;
+                Ok(())
+            }
+
+            /// Gives jobs written by an older binary their canonical
+            /// selection and identity (a username job, its bbox as a
+            /// filter). Runs at open; daemons running it at once write the
+            /// same values.
+            pub(in crate::store) async fn backfill_selections(
+                &self,
+            ) -> $crate::store::StoreResult<()> {
+                use $crate::store::{jobs::LegacyJob, sql};
+                let legacy: Vec<LegacyJob> = sqlx::query_as(sql::LEGACY_JOBS)
+                    .fetch_all(self.writer()?)
+                    .await?;
+                for job in legacy {
+                    let spec = $crate::store::jobs::legacy_spec(&job)?;
+                    sqlx::query(sql::SET_SELECTION)
+                        .bind(spec.selection.canonical().to_string())
+                        .bind(spec.key())
+                        .bind(job.0)
+                        .execute(self.writer()?)
+                        .await?;
+                }
+                Ok(())
+            }
         }
 
         $crate::store::shared::jobs::shared_job_statements!();
@@ -429,10 +443,39 @@ macro_rules! shared_job_helpers {
 }
 pub(in crate::store) use shared_job_helpers;
 
-/// The two statements a submission and a re-sync run inside their
+/// The two statements a re-sync and a submission run inside their
 /// transaction, as free functions on the backend's connection.
 macro_rules! shared_job_statements {
     () => {
+        /// Starts a job's enumeration again from its first parts, inside
+        /// the transaction that holds the job: a re-sync. Images already
+        /// known stay; only new ones get added. `at` is the store's `at`.
+        async fn restart_enumeration(
+            tx: &mut super::dialect::Conn,
+            id: i64,
+            spec: &$crate::selection::JobSpec,
+            at: super::dialect::At,
+        ) -> $crate::store::StoreResult<()> {
+            sqlx::query($crate::store::sql::DELETE_PARTS)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            super::parts::insert_parts(tx, id, 0, &spec.initial_parts()).await?;
+            sqlx::query(concat!(
+                "UPDATE jobs SET enumeration_complete = false, cursor = NULL, \
+                 state = 'enumerating', last_error = NULL, stalled_at = NULL, \
+                 next_sync_at = NULL, note = NULL, progress_at = t.now_ms, updated_at = t.now_ms \
+                 FROM (SELECT ",
+                super::dialect::now!("$1"),
+                " AS now_ms) t WHERE id = $2"
+            ))
+            .bind(at)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            Ok(())
+        }
+
         /// A new job row, `queued`, with its first parts; its id.
         async fn insert_job(
             tx: &mut super::dialect::Conn,
@@ -463,35 +506,6 @@ macro_rules! shared_job_statements {
             .await?;
             super::parts::insert_parts(tx, id, 0, &spec.initial_parts()).await?;
             Ok(id)
-        }
-
-        /// Starts a job's enumeration again from its first parts, inside
-        /// the transaction that holds the job: a re-sync. Images already
-        /// known stay; only new ones get added. `at` is the store's `at`.
-        async fn restart_enumeration(
-            tx: &mut super::dialect::Conn,
-            id: i64,
-            spec: &$crate::selection::JobSpec,
-            at: super::dialect::At,
-        ) -> $crate::store::StoreResult<()> {
-            sqlx::query($crate::store::sql::DELETE_PARTS)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            super::parts::insert_parts(tx, id, 0, &spec.initial_parts()).await?;
-            sqlx::query(concat!(
-                "UPDATE jobs SET enumeration_complete = false, cursor = NULL, \
-                 state = 'enumerating', last_error = NULL, stalled_at = NULL, \
-                 next_sync_at = NULL, note = NULL, progress_at = t.now_ms, updated_at = t.now_ms \
-                 FROM (SELECT ",
-                super::dialect::now!("$1"),
-                " AS now_ms) t WHERE id = $2"
-            ))
-            .bind(at)
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-            Ok(())
         }
     };
 }

@@ -129,10 +129,31 @@ macro_rules! shared_complete_image {
 }
 pub(in crate::store) use shared_complete_image;
 
-/// The `Queue` outcomes but the completion, expanded inside a backend's
-/// `impl Queue for …` beside its own `claim`.
+/// The `Queue` methods but the completion, expanded inside a backend's
+/// `impl Queue for …`; the claim itself is the backend's `claim_batch`.
 macro_rules! shared_queue {
     () => {
+        async fn claim(
+            &self,
+            owner: &std::sync::Arc<str>,
+            limit: u32,
+            lease: std::time::Duration,
+            now_ms: i64,
+            after_job: i64,
+        ) -> $crate::store::StoreResult<Vec<$crate::store::ClaimedImage>> {
+            if limit == 0 {
+                return Ok(Vec::new());
+            }
+            let batch = $crate::store::queue::ClaimBatch {
+                owner,
+                limit,
+                lease,
+                now_ms,
+                after_job,
+            };
+            self.claim_batch(batch).await
+        }
+
         /// The retry is due `policy.retry_at_ms - now_ms` after the store's
         /// now (the database's on PostgreSQL); `run_at` is what was stored.
         async fn fail(
@@ -209,7 +230,7 @@ macro_rules! shared_queue {
                  updated_at = ",
                 super::dialect::now!("$2"),
                 " WHERE state = 'pending' AND rowid ",
-                super::dialect::in_ids!("$3")
+                super::dialect::in_list!("$3")
             ))
             .bind(error)
             .bind(self.at(now_ms))
@@ -312,17 +333,11 @@ macro_rules! shared_queue_hand_backs {
         /// other daemons hold) and every job's task lease: for a restart of
         /// a queue this process has alone.
         async fn reset_in_flight(&self, now_ms: i64) -> $crate::store::StoreResult<u64> {
-            let result = sqlx::query(concat!(
-                "UPDATE images SET state = 'pending', attempts = ",
-                $crate::store::shared::queue::attempt_back!(),
-                ", run_at = clock.now_ms, lease_owner = NULL, lease_until = NULL, \
-                 updated_at = clock.now_ms FROM (SELECT ",
-                super::dialect::now!("$1"),
-                " AS now_ms) clock WHERE state = 'in_progress'"
-            ))
-            .bind(self.at(now_ms))
-            .execute(self.writer()?)
-            .await?;
+            use $crate::store::shared::queue::hand_back_in_flight;
+            let result = sqlx::query(hand_back_in_flight!(""))
+                .bind(self.at(now_ms))
+                .execute(self.writer()?)
+                .await?;
             sqlx::query($crate::store::sql::DROP_JOB_TASKS)
                 .execute(self.writer()?)
                 .await?;
@@ -334,20 +349,33 @@ macro_rules! shared_queue_hand_backs {
             owner: &str,
             now_ms: i64,
         ) -> $crate::store::StoreResult<u64> {
-            let result = sqlx::query(concat!(
-                "UPDATE images SET state = 'pending', attempts = ",
-                $crate::store::shared::queue::attempt_back!(),
-                ", run_at = clock.now_ms, lease_owner = NULL, lease_until = NULL, \
-                 updated_at = clock.now_ms FROM (SELECT ",
-                super::dialect::now!("$1"),
-                " AS now_ms) clock WHERE state = 'in_progress' AND lease_owner = $2"
-            ))
-            .bind(self.at(now_ms))
-            .bind(owner)
-            .execute(self.writer()?)
-            .await?;
+            use $crate::store::shared::queue::hand_back_in_flight;
+            let result = sqlx::query(hand_back_in_flight!(" AND lease_owner = $2"))
+                .bind(self.at(now_ms))
+                .bind(owner)
+                .execute(self.writer()?)
+                .await?;
             Ok(result.rows_affected())
         }
     };
 }
 pub(in crate::store) use shared_queue_hand_backs;
+
+/// The `UPDATE` that hands in-flight rows back to `pending` (the attempt
+/// given back, due at once by the store's now, `$1`), narrowed by `$rest`
+/// (`""`: every in-flight row). One literal, so the statement stays
+/// `&'static str`; `now!` is the expanding backend's.
+macro_rules! hand_back_in_flight {
+    ($rest:literal) => {
+        concat!(
+            "UPDATE images SET state = 'pending', attempts = ",
+            $crate::store::shared::queue::attempt_back!(),
+            ", run_at = clock.now_ms, lease_owner = NULL, lease_until = NULL, \
+             updated_at = clock.now_ms FROM (SELECT ",
+            super::dialect::now!("$1"),
+            " AS now_ms) clock WHERE state = 'in_progress'",
+            $rest
+        )
+    };
+}
+pub(in crate::store) use hand_back_in_flight;

@@ -2,8 +2,50 @@
 //! transaction (on PostgreSQL behind an advisory lock, so of daemons
 //! starting together one rebases and the others find nothing to do).
 
-/// The `Rebase` methods, expanded inside a backend's `impl Rebase for …`.
+/// `impl Rebase for $store` and the `rebase_paths` it runs, expanded once
+/// in each backend's `rebase.rs`: `$store` is the backend's store type.
 macro_rules! shared_rebase {
+    ($store:ty) => {
+        impl $crate::store::interface::Rebase for $store {
+            $crate::store::shared::rebase::shared_rebase_methods!();
+        }
+
+        /// Moves every stored path under an old root onto `root`, one old
+        /// root at a time (a full scan each, run only when the root changed).
+        async fn rebase_paths(
+            tx: &mut super::dialect::Conn,
+            root: &str,
+        ) -> $crate::store::StoreResult<u64> {
+            use $crate::store::rebase::{MAX_OLD_ROOTS, old_root_of};
+            use $crate::store::sql;
+            let mut rewritten = 0;
+            for _ in 0..MAX_OLD_ROOTS {
+                let stray: Option<String> = sqlx::query_scalar(sql::PATHS_OUTSIDE_ROOT)
+                    .bind(root)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                let Some(path) = stray else { break };
+                let Some(old) = old_root_of(&path) else {
+                    tracing::warn!(%path, "an image path outside any archive layout; left as it is");
+                    break;
+                };
+                let result = sqlx::query(sql::REBASE_PATHS)
+                    .bind(old)
+                    .bind(root)
+                    .execute(&mut *tx)
+                    .await?;
+                let rows = result.rows_affected();
+                tracing::info!(from = old, to = %root, rows, "image paths rebased onto the archive directory");
+                rewritten += rows;
+            }
+            Ok(rewritten)
+        }
+    };
+}
+pub(in crate::store) use shared_rebase;
+
+/// The `Rebase` methods, inside the `impl` [`shared_rebase!`] writes.
+macro_rules! shared_rebase_methods {
     () => {
         async fn recorded_archive_root(&self) -> $crate::store::StoreResult<Option<String>> {
             Ok(sqlx::query_scalar($crate::store::sql::ARCHIVE_ROOT)
@@ -48,41 +90,4 @@ macro_rules! shared_rebase {
         }
     };
 }
-pub(in crate::store) use shared_rebase;
-
-/// `rebase_paths`, expanded once at the top of each backend's `rebase.rs`.
-macro_rules! shared_rebase_paths {
-    () => {
-        /// Moves every stored path under an old root onto `root`, one old
-        /// root at a time (a full scan each, run only when the root changed).
-        async fn rebase_paths(
-            tx: &mut super::dialect::Conn,
-            root: &str,
-        ) -> $crate::store::StoreResult<u64> {
-            use $crate::store::rebase::{MAX_OLD_ROOTS, old_root_of};
-            use $crate::store::sql;
-            let mut rewritten = 0;
-            for _ in 0..MAX_OLD_ROOTS {
-                let stray: Option<String> = sqlx::query_scalar(sql::PATHS_OUTSIDE_ROOT)
-                    .bind(root)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some(path) = stray else { break };
-                let Some(old) = old_root_of(&path) else {
-                    tracing::warn!(%path, "an image path outside any archive layout; left as it is");
-                    break;
-                };
-                let result = sqlx::query(sql::REBASE_PATHS)
-                    .bind(old)
-                    .bind(root)
-                    .execute(&mut *tx)
-                    .await?;
-                let rows = result.rows_affected();
-                tracing::info!(from = old, to = %root, rows, "image paths rebased onto the archive directory");
-                rewritten += rows;
-            }
-            Ok(rewritten)
-        }
-    };
-}
-pub(in crate::store) use shared_rebase_paths;
+pub(in crate::store) use shared_rebase_methods;

@@ -3,35 +3,42 @@
 //! backends, over the one lease protocol (`store/task_lease.rs`, expanded
 //! per backend in its `task_lease.rs`).
 
-/// The `JobTasks` methods, expanded inside a backend's `impl JobTasks for …`.
-macro_rules! shared_job_tasks {
-    () => {
-        async fn take_job_task(
+/// A task kind's take, renew and release over the one lease protocol:
+/// `take_task` names the row by `$key` (the kind's `TaskLease::Key`).
+macro_rules! task_lease_methods {
+    ($take:ident, $renew:ident, $release:ident, $task:ty, $key:ident: $key_ty:ty) => {
+        async fn $take(
             &self,
-            job_id: i64,
+            $key: $key_ty,
             owner: &std::sync::Arc<str>,
             ttl: std::time::Duration,
             now_ms: i64,
-        ) -> $crate::store::StoreResult<Option<$crate::store::JobTask>> {
-            let key = $crate::store::task_lease::LeaseKey::Id(job_id);
-            super::task_lease::take(self.writer()?, key, owner, ttl, self.at(now_ms)).await
+        ) -> $crate::store::StoreResult<Option<$task>> {
+            super::task_lease::take(self.writer()?, $key, owner, ttl, self.at(now_ms)).await
         }
 
-        async fn renew_job_task(
+        async fn $renew(
             &self,
-            task: &$crate::store::JobTask,
+            task: &$task,
             ttl: std::time::Duration,
             now_ms: i64,
         ) -> $crate::store::StoreResult<bool> {
             super::task_lease::renew(self.writer()?, task, ttl, self.at(now_ms)).await
         }
 
-        async fn release_job_task(
-            &self,
-            task: &$crate::store::JobTask,
-        ) -> $crate::store::StoreResult<()> {
+        async fn $release(&self, task: &$task) -> $crate::store::StoreResult<()> {
             super::task_lease::release(self.writer()?, task).await
         }
+    };
+}
+pub(in crate::store) use task_lease_methods;
+
+/// The `JobTasks` methods, expanded inside a backend's `impl JobTasks for …`.
+macro_rules! shared_job_tasks {
+    () => {
+        $crate::store::shared::tasks::task_lease_methods!(
+            take_job_task, renew_job_task, release_job_task, $crate::store::JobTask, job_id: i64
+        );
     };
 }
 pub(in crate::store) use shared_job_tasks;
@@ -40,32 +47,10 @@ pub(in crate::store) use shared_job_tasks;
 /// `impl CollectionTasks for …`.
 macro_rules! shared_collection_tasks {
     () => {
-        async fn take_collection_task(
-            &self,
-            collection: &str,
-            owner: &std::sync::Arc<str>,
-            ttl: std::time::Duration,
-            now_ms: i64,
-        ) -> $crate::store::StoreResult<Option<$crate::store::CollectionTask>> {
-            let key = $crate::store::task_lease::LeaseKey::Name(collection);
-            super::task_lease::take(self.writer()?, key, owner, ttl, self.at(now_ms)).await
-        }
-
-        async fn renew_collection_task(
-            &self,
-            task: &$crate::store::CollectionTask,
-            ttl: std::time::Duration,
-            now_ms: i64,
-        ) -> $crate::store::StoreResult<bool> {
-            super::task_lease::renew(self.writer()?, task, ttl, self.at(now_ms)).await
-        }
-
-        async fn release_collection_task(
-            &self,
-            task: &$crate::store::CollectionTask,
-        ) -> $crate::store::StoreResult<()> {
-            super::task_lease::release(self.writer()?, task).await
-        }
+        $crate::store::shared::tasks::task_lease_methods!(
+            take_collection_task, renew_collection_task, release_collection_task,
+            $crate::store::CollectionTask, collection: &str
+        );
 
         async fn check_collection_task(
             &self,
@@ -98,8 +83,7 @@ macro_rules! shared_collection_tasks {
             .bind(self.at(now_ms))
             .execute(&mut *tx)
             .await?;
-            tx.commit().await?;
-            Ok(())
+            Ok(tx.commit().await?)
         }
 
         // On the writer: a packer reads back what it just recorded.
@@ -114,11 +98,8 @@ macro_rules! shared_collection_tasks {
         }
 
         async fn forget_upload(&self, upload_id: &str) -> $crate::store::StoreResult<()> {
-            sqlx::query($crate::store::sql::FORGET_UPLOAD)
-                .bind(upload_id)
-                .execute(self.writer()?)
-                .await?;
-            Ok(())
+            self.delete_keyed($crate::store::sql::FORGET_UPLOAD, upload_id)
+                .await
         }
     };
 }

@@ -32,38 +32,28 @@ macro_rules! now_once {
 }
 pub(super) use now_once;
 
-/// `state` is one of the states bound at `$n` (as JSON, see [`states`]).
-macro_rules! in_states {
+/// The column is one of the values bound at `$n` as one JSON array: the
+/// states of [`states`] or the row ids of [`ids`].
+macro_rules! in_list {
     ($n:literal) => {
         concat!("IN (SELECT value FROM json_each(", $n, "))")
     };
 }
-pub(super) use in_states;
+pub(super) use in_list;
 
-/// Where job rows are read: the table, whose counters triggers keep.
-macro_rules! jobs_view {
-    () => {
-        "jobs"
-    };
+crate::store::shared::fixed_fragments! {
+    /// Where job rows are read: the table, whose counters triggers keep.
+    jobs_view = "jobs";
+    /// Row locks: none, the single writer serialises every write.
+    for_update = "";
+    /// Nothing pending or in flight, by the job row's trigger-kept counters
+    /// (exact on SQLite: the triggers run inside the writing statement).
+    drained = "n_pending = 0 AND n_in_progress = 0";
+    /// Byte order for paths: SQLite's default `BINARY` collation already is.
+    bytewise = "";
+    /// A packed file's row ids, aggregated (see [`row_ids`]).
+    row_ids_agg = "group_concat(rowid)";
 }
-pub(super) use jobs_view;
-
-/// Row locks: none, the single writer serialises every write.
-macro_rules! for_update {
-    () => {
-        ""
-    };
-}
-pub(super) use for_update;
-
-/// Nothing pending or in flight, by the job row's trigger-kept counters
-/// (exact on SQLite: the triggers run inside the writing statement).
-macro_rules! drained {
-    () => {
-        "n_pending = 0 AND n_in_progress = 0"
-    };
-}
-pub(super) use drained;
 
 /// The `WHERE` of a job's open parts, the job's id at `$n` (pinned: the partial index `job_parts_open`, `done = 0`).
 macro_rules! open_parts_of {
@@ -85,30 +75,6 @@ macro_rules! hint {
     };
 }
 pub(super) use hint;
-
-/// Byte order for paths: SQLite's default `BINARY` collation already is.
-macro_rules! bytewise {
-    () => {
-        ""
-    };
-}
-pub(super) use bytewise;
-
-/// `rowid` is one of the ids bound at `$n` (as JSON, see [`ids`]).
-macro_rules! in_ids {
-    ($n:literal) => {
-        concat!("IN (SELECT value FROM json_each(", $n, "))")
-    };
-}
-pub(super) use in_ids;
-
-/// A packed file's row ids, aggregated (see [`row_ids`]).
-macro_rules! row_ids_agg {
-    () => {
-        "group_concat(rowid)"
-    };
-}
-pub(super) use row_ids_agg;
 
 /// How [`row_ids_agg!`] reads: `1,2,3`.
 pub(super) type RowIds = String;

@@ -75,19 +75,14 @@ async fn lock_job_for_page(_tx: &mut Conn, _job_id: i64, at: i64) -> StoreResult
 }
 
 /// The page's image rows, and the collections they go to.
-async fn insert_page_rows(
-    tx: &mut Conn,
-    job_id: i64,
-    rows: &[PreparedRow<'_>],
-    now_ms: i64,
-) -> StoreResult<u64> {
-    let inserted = insert_rows(tx, job_id, rows, now_ms).await?;
-    for collection in page_collections(rows) {
+async fn insert_page_rows(tx: &mut Conn, page: &PreparedPage<'_>) -> StoreResult<u64> {
+    let inserted = insert_rows(tx, page).await?;
+    for collection in page_collections(page.rows) {
         sqlx::query(
             "INSERT INTO job_collections (job_id, collection) VALUES ($1, $2) \
              ON CONFLICT DO NOTHING",
         )
-        .bind(job_id)
+        .bind(page.job_id)
         .bind(collection)
         .execute(&mut *tx)
         .await?;
@@ -96,14 +91,10 @@ async fn insert_page_rows(
 }
 
 /// Inserts prepared rows in fixed-size multi-row statements.
-async fn insert_rows(
-    tx: &mut Conn,
-    job_id: i64,
-    rows: &[PreparedRow<'_>],
-    now_ms: i64,
-) -> StoreResult<u64> {
+async fn insert_rows(tx: &mut Conn, page: &PreparedPage<'_>) -> StoreResult<u64> {
+    let PreparedPage { job_id, now, .. } = *page;
     let mut inserted = 0;
-    let mut rest = rows;
+    let mut rest = page.rows;
     while !rest.is_empty() {
         let size = CHUNK_SIZES
             .into_iter()
@@ -118,8 +109,8 @@ async fn insert_rows(
                 .bind(row.meta.as_ref())
                 .bind(row.url)
                 .bind(row.captured_at)
-                .bind(now_ms)
-                .bind(now_ms)
+                .bind(now)
+                .bind(now)
                 .bind(row.collection.as_ref());
         }
         inserted += query.execute(&mut *tx).await?.rows_affected();
@@ -129,26 +120,21 @@ async fn insert_rows(
 }
 
 /// Records images the API says do not exist as failed for good.
-async fn insert_missing(
-    tx: &mut Conn,
-    job_id: i64,
-    missing: &[MissingImage<'_>],
-    now_ms: i64,
-) -> StoreResult<u64> {
+async fn insert_missing(tx: &mut Conn, page: &PreparedPage<'_>) -> StoreResult<u64> {
     let mut inserted = 0;
-    for image in missing {
+    for image in page.missing {
         let meta = missing_meta(image);
         inserted += sqlx::query(
             "INSERT INTO images (job_id, image_id, meta, state, fail_reason, last_error, \
              run_at, updated_at) VALUES (?1, ?2, ?3, 'failed', ?4, ?5, ?6, ?6) \
              ON CONFLICT (job_id, image_id) DO NOTHING",
         )
-        .bind(job_id)
+        .bind(page.job_id)
         .bind(image.image_id)
         .bind(meta)
         .bind(image.reason.as_str())
         .bind(image.message)
-        .bind(now_ms)
+        .bind(page.now)
         .execute(&mut *tx)
         .await?
         .rows_affected();

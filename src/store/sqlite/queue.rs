@@ -7,8 +7,6 @@ use crate::store::interface::*;
 use crate::store::queue::*;
 use crate::store::*;
 use sqlx::{FromRow, Row};
-use std::sync::Arc;
-use std::time::Duration;
 
 /// One statement claims up to `?4` rows: first expired leases (crashed or
 /// stuck attempts, oldest lease first), then due pending rows of one active
@@ -60,36 +58,6 @@ WHERE rowid IN (
 RETURNING rowid, job_id, image_id, meta, url, attempts, lease_epoch, run_at, collection";
 
 impl Queue for SqliteStore {
-    async fn claim(
-        &self,
-        owner: &Arc<str>,
-        limit: u32,
-        lease: Duration,
-        now_ms: i64,
-        after_job: i64,
-    ) -> StoreResult<Vec<ClaimedImage>> {
-        if limit == 0 {
-            return Ok(Vec::new());
-        }
-        let rows = sqlx::query(CLAIM_SQL)
-            .bind(&**owner)
-            .bind(now_ms.saturating_add(millis(lease)))
-            .bind(now_ms)
-            .bind(i64::from(limit))
-            .bind(after_job)
-            .fetch_all(self.writer()?)
-            .await?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let row = ClaimedRow::from_row(row)?;
-            let identity = self.job_identity(row.job_id).await?;
-            claimed.push(row.into_claimed(owner, identity)?);
-        }
-        let mut claimed = in_queue_order(claimed);
-        self.attach_packed_copies(&mut claimed).await?;
-        Ok(claimed)
-    }
-
     async fn complete_image(
         &self,
         lease: &Lease,
@@ -109,6 +77,27 @@ impl Queue for SqliteStore {
 }
 
 impl SqliteStore {
+    /// The claim: one `UPDATE … RETURNING` on the writer ([`CLAIM_SQL`]).
+    async fn claim_batch(&self, batch: ClaimBatch<'_>) -> StoreResult<Vec<ClaimedImage>> {
+        let rows = sqlx::query(CLAIM_SQL)
+            .bind(&**batch.owner)
+            .bind(batch.now_ms.saturating_add(millis(batch.lease)))
+            .bind(batch.now_ms)
+            .bind(i64::from(batch.limit))
+            .bind(batch.after_job)
+            .fetch_all(self.writer()?)
+            .await?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let row = ClaimedRow::from_row(row)?;
+            let identity = self.job_identity(row.job_id).await?;
+            claimed.push(row.into_claimed(batch.owner, identity)?);
+        }
+        let mut claimed = in_queue_order(claimed);
+        self.attach_packed_copies(&mut claimed).await?;
+        Ok(claimed)
+    }
+
     /// A job's quality and format, cached: neither ever changes.
     async fn job_identity(&self, job_id: i64) -> StoreResult<(Quality, OutputFormat)> {
         if let Some(found) = self.lock_identity().get(&job_id) {

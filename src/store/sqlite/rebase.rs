@@ -2,10 +2,5 @@
 //! bodies are `store/shared/rebase.rs`.
 
 use super::SqliteStore;
-use crate::store::interface::Rebase;
 
-crate::store::shared::rebase::shared_rebase_paths!();
-
-impl Rebase for SqliteStore {
-    crate::store::shared::rebase::shared_rebase!();
-}
+crate::store::shared::rebase::shared_rebase!(SqliteStore);
