@@ -23,6 +23,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+/// Read connections reserved for the HTTP API on SQLite: `/status` reads
+/// three things at once (see `api::status`), and one is left for the page's
+/// other requests.
+const API_READERS: u32 = 4;
+
 /// Name of the lock file that keeps two engines off one data dir.
 const LOCK_FILE: &str = "mapillary.lock";
 
@@ -183,7 +188,7 @@ impl Application {
         let ctx = engine_context(settings, token).await?;
         let addr = settings.listen_addr().map_err(anyhow::Error::msg)?;
         let state = AppState {
-            store: ctx.store.clone(),
+            store: Arc::new(ctx.store.for_api(API_READERS).await?),
             wake: ctx.wake.clone(),
             stats: ctx.stats.clone(),
             metrics: ctx.client.metrics().clone(),
@@ -217,15 +222,16 @@ impl Application {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> anyhow::Result<()> {
         let stop_http = CancellationToken::new();
-        let server = tokio::spawn(self.server.serve(stop_http.clone()));
+        // The API on a thread of its own (see `HttpServer::spawn_own_thread`).
+        let server = self
+            .server
+            .spawn_own_thread(stop_http.clone())
+            .context("starting the HTTP server's thread")?;
         shutdown.await;
         info!("shutting down: no new claims; letting in-flight images finish");
         self.engine.shutdown().await;
         stop_http.cancel();
-        server
-            .await
-            .context("HTTP server task")?
-            .context("HTTP server")?;
+        server.join().await.context("HTTP server")?;
         info!("shutdown complete");
         Ok(())
     }

@@ -654,3 +654,55 @@ async fn shutdown_does_not_wait_for_a_packing_stuck_on_a_file() {
     assert_eq!(members, 5, "every image in the tar");
     daemon.stop().await;
 }
+
+/// The HTTP API runs on a thread and a runtime of its own (issue 24): with
+/// every thread of the engine's runtime held by a task that never yields
+/// (as a page parse or an image's hashing holds one for a while), `/status`
+/// still answers at once, from the database, instead of queueing behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_while_every_engine_thread_is_busy() {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let fake = FakeMapillary::start(FakeConfig::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let settings = test_settings(fake.api_url().as_str(), dir.path(), 2, &[]);
+    let daemon = TestDaemon::start(settings, DEFAULT_TOKEN).await;
+    let (status, _) = daemon.request(reqwest::Method::GET, "/status", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let release = Arc::new(AtomicBool::new(false));
+    for _ in 0..4 {
+        let release = release.clone();
+        tokio::spawn(async move {
+            while !release.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        });
+    }
+    // This body runs on a thread of its own: let the spinners take both workers.
+    std::thread::sleep(Duration::from_millis(100));
+    let addr = daemon.base().trim_start_matches("http://").to_string();
+    let asked = std::thread::spawn(move || {
+        let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let started = std::time::Instant::now();
+        write!(
+            tcp,
+            "GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        let read = tcp.read_to_end(&mut answer);
+        (read.map_err(|e| e.kind()), started.elapsed(), answer)
+    })
+    .join()
+    .unwrap();
+    release.store(true, Ordering::Relaxed);
+    let (read, took, answer) = asked;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        read.is_ok() && answer.starts_with("HTTP/1.1 200") && answer.contains("\"totals\""),
+        "no answer from /status in {took:?} with the engine's runtime busy ({read:?}): {answer}"
+    );
+    daemon.stop().await;
+}

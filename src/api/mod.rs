@@ -31,7 +31,7 @@ use std::time::Instant;
 pub use crate::config::HttpLimits;
 /// The server's limits by the name its callers (tests, benches) use.
 pub type Limits = HttpLimits;
-pub use server::{HttpServer, bind};
+pub use server::{HttpServer, OwnThread, bind};
 
 /// What every handler shares.
 #[derive(Clone)]

@@ -47,6 +47,19 @@ impl Store {
         Store { backend }
     }
 
+    /// This store as the HTTP API uses it: on SQLite its reads go to
+    /// `readers` connections of their own (writes to the same single
+    /// writer), so a request never waits for a read connection the engine
+    /// holds, nor for the engine's runtime to hand one back; on PostgreSQL
+    /// it is the same pool. Never [`Store::close`] it: the writer is shared.
+    pub async fn for_api(&self, readers: u32) -> StoreResult<Store> {
+        let backend = match &self.backend {
+            Backend::Sqlite(db) => Backend::Sqlite(db.with_own_readers(readers).await?),
+            Backend::Postgres(db) => Backend::Postgres(db.clone()),
+        };
+        Ok(Store::from_backend(backend))
+    }
+
     /// Closes every connection (on SQLite, letting the last one checkpoint
     /// the WAL).
     pub async fn close(&self) {

@@ -102,6 +102,7 @@ pub enum PgClock {
 }
 
 /// The PostgreSQL half of [`super::Store`].
+#[derive(Clone)]
 pub struct PgStore {
     pool: PgPool,
     clock: PgClock,

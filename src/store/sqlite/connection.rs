@@ -105,6 +105,34 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// The same store with `readers` read connections of its own, for the
+    /// HTTP API (see `Store::for_api`). They stay open (a request never
+    /// opens one) and are not pinged before each use: a SQLite connection
+    /// does not go stale, and each ping is one more hop to its thread.
+    pub(in crate::store) async fn with_own_readers(
+        &self,
+        readers: u32,
+    ) -> StoreResult<SqliteStore> {
+        let options = (*self.reader.connect_options()).clone();
+        let readers = readers.max(1);
+        let reader = SqlitePoolOptions::new()
+            .max_connections(readers)
+            .min_connections(readers)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .test_before_acquire(false)
+            .connect_with(options)
+            .await?;
+        Ok(SqliteStore {
+            writer: self.writer.clone(),
+            reader,
+            job_identity: Default::default(),
+            completions: self.completions.clone(),
+        })
+    }
+}
+
 async fn connect_readers(path: &Path, options: StoreOptions) -> StoreResult<SqlitePool> {
     // Readers serve index lookups (status, a worker's search for an
     // archived copy, metadata pages): a small page cache each keeps memory
