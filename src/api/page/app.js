@@ -373,6 +373,15 @@
     return e;
   }
 
+  /** A labelled figure appended to `nums`: returns the span its value goes in. */
+  function numberBox(nums, label, cls) {
+    const box = el('span', 'num');
+    box.append(el('span', 'muted small', label + ' '));
+    const value = box.appendChild(el('span', cls));
+    nums.append(box);
+    return value;
+  }
+
   function makeView(id) {
     const v = { id, samples: [], rate: null, confirming: false, busy: false, job: null };
     v.el = el('li', 'job');
@@ -385,13 +394,7 @@
     v.bar = el('progress');
     v.bar.setAttribute('aria-label', 'Job ' + id + ' progress');
     const nums = el('div', 'job-nums');
-    const num = (label, cls) => {
-      const box = el('span', 'num');
-      box.append(el('span', 'muted small', label + ' '));
-      const value = box.appendChild(el('span', cls));
-      nums.append(box);
-      return value;
-    };
+    const num = (label, cls) => numberBox(nums, label, cls);
     v.done = num('done', 'n-done');
     v.failed = num('failed', 'n-failed');
     v.size = num('archived', 'n-bytes');
@@ -449,13 +452,7 @@
     v.upBar = v.upload.appendChild(el('progress', 'upload-bar'));
     v.upBar.setAttribute('aria-label', 'Job ' + v.id + ' upload to the Internet Archive');
     const nums = v.upload.appendChild(el('div', 'job-nums'));
-    const num = (label, cls) => {
-      const box = el('span', 'num');
-      box.append(el('span', 'muted small', label + ' '));
-      const value = box.appendChild(el('span', cls));
-      nums.append(box);
-      return value;
-    };
+    const num = (label, cls) => numberBox(nums, label, cls);
     v.upFiles = num('files confirmed', 'up-files');
     v.upBytes = num('sent', 'up-bytes');
     v.upItems = num('items', 'up-items');
