@@ -8,7 +8,10 @@
 //! 3. Claim + complete throughput with 16 workers, NORMAL and FULL.
 //! 4. Claim latency when a paused job holds 1,000,000 due rows.
 //!
-//! Set `STORE_BENCH_ROWS` to use fewer rows for a quick run.
+//! Set `STORE_BENCH_ROWS` to use fewer rows for a quick run, and
+//! `STORE_BENCH_LOAD_RATE` (images/s) to pace the background load of 2. so
+//! that two builds compare under the same load: unpaced, a faster store
+//! loads its own reads harder and ends with more rows done before 4.
 
 mod common;
 
@@ -169,6 +172,16 @@ async fn timed_reads(store: &Store, job_id: i64, rounds: usize) -> [(Duration, D
 /// 16 workers claim 8 at a time and complete each until `total` are done or
 /// `stop` is set.
 async fn claim_complete(store: Arc<Store>, total: usize, stop: Arc<AtomicBool>) -> Rate {
+    claim_complete_paced(store, total, stop, None).await
+}
+
+/// [`claim_complete`] at no more than `rate` images/s in all when given.
+async fn claim_complete_paced(
+    store: Arc<Store>,
+    total: usize,
+    stop: Arc<AtomicBool>,
+    rate: Option<f64>,
+) -> Rate {
     let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let (start, cpu_start) = (Instant::now(), cpu_seconds());
     let mut tasks = Vec::new();
@@ -176,11 +189,17 @@ async fn claim_complete(store: Arc<Store>, total: usize, stop: Arc<AtomicBool>) 
         let (store, done, stop) = (store.clone(), done.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
             let owner: Arc<str> = format!("bench-{w}").into();
+            let mut mine = 0u64;
             while done.load(Ordering::Relaxed) < total && !stop.load(Ordering::Relaxed) {
+                if let Some(rate) = rate {
+                    let due = start + Duration::from_secs_f64(mine as f64 * WORKERS as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let claimed = store.claim(&owner, 8, LEASE, 1, 0).await.expect("claim");
                 if claimed.is_empty() {
                     break;
                 }
+                mine += claimed.len() as u64;
                 for c in claimed {
                     let ok = store
                         .complete(
@@ -282,7 +301,16 @@ async fn main() {
         .await
         .expect("state");
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(claim_complete(store.clone(), usize::MAX, stop.clone()));
+    let load_rate = std::env::var("STORE_BENCH_LOAD_RATE")
+        .ok()
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|r| *r > 0.0);
+    let load = tokio::spawn(claim_complete_paced(
+        store.clone(),
+        usize::MAX,
+        stop.clone(),
+        load_rate,
+    ));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let [(l50, l99), (f50, f99)] = timed_reads(&store, big, 2_000).await;
     stop.store(true, Ordering::Relaxed);

@@ -7,7 +7,10 @@
 //! reads tars as opaque files: their MD5, size and bytes are all it uses),
 //! in a data dir under `BENCH_DATA_DIR` (default the temp dir), removed
 //! after. The kit's fake IA runs in this process with its bandwidth cap at
-//! 20,000,000 bytes/s over all connections; the uploader runs in a child
+//! 20,000,000 bytes/s over all connections (a token bucket that banks at
+//! most 20 ms of credit while idle, as socket buffers keep a wire busy while
+//! the receiver writes and hashes: without it, the fake's own pauses were
+//! counted against the uploader); the uploader runs in a child
 //! process (this binary again, `BENCH_UPLOAD_CHILD=<data dir>`) so its
 //! memory is measured apart from the fake's, through the functions the
 //! `upload` command calls: `Settings::load_from`, `app::open_store`,

@@ -13,7 +13,8 @@
 //!   refusal, a forbidden item (403), a connection dropped after N body bytes;
 //! - `/metadata/<identifier>` lists a file only `listing_delay` after its
 //!   `PUT` (IA's task queue), `{}` for an unknown item;
-//! - a bandwidth cap over all connections (a simulated link), and counters.
+//! - a bandwidth cap over all connections (a simulated link: a token bucket
+//!   that banks 20 ms of idle credit, as socket buffers do), and counters.
 //!
 //! Its base URL serves as both `ia.endpoint` and `archive.ia_url`.
 

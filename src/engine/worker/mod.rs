@@ -364,13 +364,22 @@ fn count_url_strikes(ctx: &EngineContext, row_id: i64, outcome: Outcome) -> Outc
 }
 
 /// Takes images from the queue until shutdown. After `cancel`, the worker
-/// finishes the image in hand and stops; after `abort`, it drops it.
+/// finishes the image in hand, records it and stops; after `abort`, it
+/// drops it.
 ///
 /// A worker keeps its image through the write: handing bodies to a separate
 /// write pool would let the next download start sooner (fsync is ~10 % of an
 /// image's time on a real disk), but then up to twice `workers` downloaded
 /// bodies could be unrecorded at a crash, and invariant 7 promises at most
 /// `workers` re-downloads.
+///
+/// Recording is another matter: once an outcome is in hand its file (if
+/// any) is durable at its final path, and a restart adopts such a file
+/// without downloading it again. So the worker records image k while it
+/// takes and downloads image k + 1, instead of leaving its download slot
+/// idle for a commit. At most one outcome per worker waits to be recorded,
+/// and it keeps its queue slot until it is, so no more than `2 × workers`
+/// images are claimed at any moment, as before.
 pub async fn run(
     ctx: EngineContext,
     index: usize,
@@ -378,17 +387,28 @@ pub async fn run(
     cancel: CancellationToken,
     abort: CancellationToken,
 ) {
+    let mut finished: Option<(Work, Outcome)> = None;
     loop {
-        let work = tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break,
-            work = queue.next() => match work {
-                Some(work) => work,
-                None => break,
-            },
+        let record = async {
+            if let Some((work, outcome)) = finished.take() {
+                apply_waiting_out_the_database(&ctx, index, &work.image, outcome, &abort).await;
+            }
         };
-        let outcome = process(&ctx, &work.image, &abort).await;
-        apply_waiting_out_the_database(&ctx, index, &work.image, outcome, &abort).await;
+        let next = async {
+            let work = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return None,
+                work = queue.next() => work?,
+            };
+            let outcome = process(&ctx, &work.image, &abort).await;
+            Some((work, outcome))
+        };
+        // Both run to their end: the last outcome is recorded before a stop.
+        let ((), next) = tokio::join!(record, next);
+        match next {
+            Some(done) => finished = Some(done),
+            None => break,
+        }
     }
     debug!(worker = index, "worker stopped");
 }

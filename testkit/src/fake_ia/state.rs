@@ -77,6 +77,10 @@ pub(super) struct State {
     pub next_upload: u64,
 }
 
+/// How much idle time the simulated link banks as credit (20 ms: at 4 MB/s
+/// 80 KB, at 20 MB/s 400 KB, about what socket buffers hold in flight).
+const LINK_BURST: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// A token bucket over every connection: the simulated link.
 #[derive(Debug, Default)]
 pub(super) struct Link {
@@ -143,7 +147,13 @@ impl Shared {
                 return;
             };
             let now = Instant::now();
-            let start = link.free_at.filter(|t| *t > now).unwrap_or(now);
+            // A link idle for a moment has banked up to `LINK_BURST` of
+            // credit, as a real one's socket buffers keep the wire busy while
+            // the receiver stops to write and hash a chunk (`tc tbf` calls it
+            // the burst). Without it, every pause of the fake's own was lost
+            // link time that the sender was blamed for.
+            let earliest = now.checked_sub(LINK_BURST).unwrap_or(now);
+            let start = link.free_at.map_or(earliest, |t| t.max(earliest));
             let cost = std::time::Duration::from_secs_f64(bytes as f64 / rate as f64);
             link.free_at = Some(start + cost);
             start + cost
