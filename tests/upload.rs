@@ -15,6 +15,7 @@ use mapillary_downloader::upload::client::IaClient;
 use mapillary_downloader::upload::command;
 use mapillary_downloader::upload::credentials::{CredentialSource, IaCredentials};
 use mapillary_downloader::upload::run::{UploadEnd, Uploader};
+use mld_testkit::archive_check::tar_names;
 use mld_testkit::fake_ia::{FakeIa, FakeIaOptions};
 use mld_testkit::postgres::PgCluster;
 use std::io::Write;
@@ -36,6 +37,16 @@ struct Setup {
 }
 
 impl Setup {
+    /// Puts the job's confirmed upload track back to `waiting`, as a
+    /// re-sync's new tar or a changed setting makes it run again.
+    async fn reopen_confirmed(&self, now_ms: i64) {
+        let (from, to) = (UploadState::Confirmed, UploadState::Waiting);
+        let reopened = self
+            .store
+            .set_upload_state(self.job, from, to, None, now_ms);
+        assert!(reopened.await.unwrap(), "the track was confirmed");
+    }
+
     async fn new(postgres: bool, tar_bytes: usize) -> Setup {
         let dir = tempfile::tempdir().unwrap();
         let store = if postgres {
@@ -218,14 +229,7 @@ async fn a_collection_over_the_item_limit_splits_by_whole_dates(postgres: bool) 
     assert_eq!(title, &["Mapillary images by alice (part 3)"]);
 
     setup.write("2024-01-01.1.tar", &body(9, 1_000));
-    let (from, to) = (UploadState::Confirmed, UploadState::Waiting);
-    assert!(
-        setup
-            .store
-            .set_upload_state(setup.job, from, to, None, 2)
-            .await
-            .unwrap()
-    );
+    setup.reopen_confirmed(2).await;
     assert_eq!(run(&setup, &uploader).await, UploadEnd::Confirmed);
     assert!(
         fake.stored(&parts[2], "2024-01-01.1.tar").is_some(),
@@ -367,13 +371,7 @@ async fn the_secret_key_is_in_no_dry_run_output_nor_answer(postgres: bool) {
 
 /// The collection's tars still in its folder, by name.
 fn local_tars(setup: &Setup) -> Vec<String> {
-    let mut tars: Vec<String> = std::fs::read_dir(setup.folder())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".tar"))
-        .collect();
-    tars.sort();
-    tars
+    tar_names(&setup.folder())
 }
 
 fn all_tars() -> Vec<String> {
@@ -493,14 +491,7 @@ async fn a_kill_between_recording_and_removing_leaves_a_consistent_state(postgre
         2
     );
 
-    let (from, to) = (UploadState::Confirmed, UploadState::Waiting);
-    assert!(
-        setup
-            .store
-            .set_upload_state(setup.job, from, to, None, 12)
-            .await
-            .unwrap()
-    );
+    setup.reopen_confirmed(12).await;
     assert_eq!(run(&setup, &uploader).await, UploadEnd::Confirmed);
     assert_eq!(
         local_tars(&setup),

@@ -12,7 +12,7 @@
 use mapillary_downloader::archive::checksum::sha256_hex;
 use mapillary_downloader::store::{PgClock, Store};
 use mld_testkit::api_client::ApiClient;
-use mld_testkit::archive_check::collection_dir;
+use mld_testkit::archive_check::{collection_dir, tar_names};
 use mld_testkit::env::{set, test_env};
 use mld_testkit::fake::{DEFAULT_TOKEN, FakeConfig, FakeMapillary, Quality};
 use mld_testkit::fake_ia::{FakeIa, FakeIaOptions};
@@ -146,17 +146,6 @@ async fn wait_until(
     }
 }
 
-/// The `.tar` files in `folder`, by name.
-fn tars_in(folder: &Path) -> Vec<String> {
-    let mut tars: Vec<String> = std::fs::read_dir(folder)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".tar"))
-        .collect();
-    tars.sort();
-    tars
-}
-
 /// `serve` uploads with `ia.delete_after_confirm`: the tars leave the disk
 /// once the item lists them; `verify` reports every image as held on the
 /// Internet Archive only and exits 0; `--repair` re-queues nothing; a
@@ -178,7 +167,11 @@ async fn deleted_tars_leave_their_images_held_on_the_internet_archive_only(postg
 
     let folder = world.folder("ivy", Quality::Q256);
     let collection = folder.file_name().unwrap().to_string_lossy().into_owned();
-    assert_eq!(tars_in(&folder), Vec::<String>::new(), "every tar removed");
+    assert_eq!(
+        tar_names(&folder),
+        Vec::<String>::new(),
+        "every tar removed"
+    );
     assert!(
         folder.join("metadata.jsonl.gz").is_file(),
         "item files stay"
@@ -237,7 +230,7 @@ async fn deleted_tars_leave_their_images_held_on_the_internet_archive_only(postg
 
 /// PUTs the fake IA began for the item's files (its tars and own files).
 fn puts_begun(ia: &FakeIa, collection: &str, folder: &Path) -> u32 {
-    let mut names = tars_in(folder);
+    let mut names = tar_names(folder);
     names.extend(["metadata.jsonl.gz".into(), "__ia_thumb__.jpg".into()]);
     names
         .iter()
@@ -247,7 +240,7 @@ fn puts_begun(ia: &FakeIa, collection: &str, folder: &Path) -> u32 {
 
 /// Files of the item the fake IA holds whole.
 fn stored_files(ia: &FakeIa, collection: &str, folder: &Path) -> usize {
-    let mut names = tars_in(folder);
+    let mut names = tar_names(folder);
     names.extend(["metadata.jsonl.gz".into(), "__ia_thumb__.jpg".into()]);
     names
         .iter()
@@ -355,7 +348,7 @@ async fn the_daemons_upload_track_shows_in_the_job_and_pauses_and_resumes(postgr
     );
     assert_eq!(upload["files_confirmed"], upload["files_total"], "{job:#}");
     assert_eq!(upload["bytes_sent"], upload["bytes_total"], "{job:#}");
-    let tars = tars_in(&folder);
+    let tars = tar_names(&folder);
     assert!(!tars.is_empty());
     for name in &tars {
         let local = std::fs::read(folder.join(name)).unwrap();

@@ -81,14 +81,9 @@ impl HttpServer {
     /// Serves until `shutdown` is cancelled, then stops accepting and lets
     /// requests in flight finish (for up to ten seconds).
     pub async fn serve(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let HttpServer {
-            local_addr,
-            listener,
-            app,
-            limits,
-        } = self;
+        let (listener, app, limits) = (self.listener, self.app, self.limits);
         tracing::info!(
-            addr = %local_addr,
+            addr = %self.local_addr,
             max_connections = limits.max_connections,
             max_connections_per_ip = limits.max_connections_per_ip,
             "HTTP API listening"

@@ -52,6 +52,17 @@ pub fn member_name(image: &FakeImage, ext: &str) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// The `.tar` files directly in `folder`, by name, sorted.
+pub fn tar_names(folder: &Path) -> Vec<String> {
+    let mut tars: Vec<String> = std::fs::read_dir(folder)
+        .unwrap_or_else(|e| panic!("{}: {e}", folder.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".tar"))
+        .collect();
+    tars.sort();
+    tars
+}
+
 /// Every `*.part` file under `root`.
 pub fn part_files(root: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();

@@ -61,9 +61,10 @@ pub(in crate::store) use attempt_back;
 
 /// The completion statement: the packed copy at path `$2`, if any, gives the
 /// packing, the checksum and the size (each subquery one index seek); fenced
-/// by the lease at `$7`-`$9`; `$6` is the time. One text for both backends,
-/// whether written alone ([`shared_complete_image!`]) or in SQLite's groups
-/// (`store/sqlite/completions.rs`).
+/// by the lease at `$7`-`$9`; `$6` is the time. Written alone by
+/// [`shared_complete_image!`]; SQLite writes its completions in groups
+/// instead, with the same `SET` over a JSON array
+/// (`store/sqlite/completions.rs`, `GROUP_SQL`).
 macro_rules! complete_image_sql {
     () => {
         concat!(

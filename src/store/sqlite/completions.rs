@@ -114,8 +114,9 @@ async fn drain(groups: Arc<CompletionGroups>, writer: SqlitePool) {
     }
 }
 
-/// One group: one statement when it holds more than one completion; alone
-/// (each its own result) when it holds one or the group's statement failed.
+/// One group in one statement ([`GROUP_SQL`]); when that fails, each of its
+/// completions alone in the same statement, so one bad row cannot fail the
+/// others and each gets its own result.
 async fn write_group(writer: &SqlitePool, group: Vec<Pending>) {
     if group.len() > 1 {
         match in_one_statement(writer, &group).await {
@@ -131,7 +132,9 @@ async fn write_group(writer: &SqlitePool, group: Vec<Pending>) {
         }
     }
     for pending in group {
-        let marked = mark_done(writer, &pending).await;
+        let marked = in_one_statement(writer, std::slice::from_ref(&pending))
+            .await
+            .map(|mut marked| marked.pop().flatten());
         let _ = pending.reply.send(marked);
     }
 }
@@ -211,27 +214,6 @@ async fn in_one_statement(writer: &SqlitePool, group: &[Pending]) -> StoreResult
         .iter()
         .map(|p| packings.get(&p.lease.row_id).copied())
         .collect())
-}
-
-async fn mark_done<'c>(
-    executor: impl sqlx::SqliteExecutor<'c>,
-    p: &Pending,
-) -> StoreResult<Marked> {
-    let row = sqlx::query(crate::store::shared::queue::complete_image_sql!())
-        .bind(p.bytes)
-        .bind(&p.path)
-        .bind(p.sha256.as_deref())
-        .bind(p.kept_jpeg)
-        .bind(p.packing_id)
-        .bind(p.now_ms)
-        .bind(p.lease.row_id)
-        .bind(&*p.lease.owner)
-        .bind(p.lease.epoch)
-        .fetch_optional(executor)
-        .await?;
-    Ok(row
-        .map(|row| row.try_get::<Option<i64>, _>("packing_id"))
-        .transpose()?)
 }
 
 #[cfg(test)]
