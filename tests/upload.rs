@@ -37,6 +37,12 @@ struct Setup {
 }
 
 impl Setup {
+    /// How many tars are recorded as held on archive.org only and not yet
+    /// removed from the disk.
+    async fn tars_to_remove(&self) -> usize {
+        self.store.tars_to_remove(COLLECTION).await.unwrap().len()
+    }
+
     /// Puts the job's confirmed upload track back to `waiting`, as a
     /// re-sync's new tar or a changed setting makes it run again.
     async fn reopen_confirmed(&self, now_ms: i64) {
@@ -392,13 +398,7 @@ async fn confirmed_tars_are_removed_with_delete_after_confirm_only(postgres: boo
         all_tars(),
         "without the setting, tars stay"
     );
-    assert!(
-        kept.store
-            .tars_to_remove(COLLECTION)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(kept.tars_to_remove().await, 0);
 
     let setup = Setup::new(postgres, 2_000).await;
     let fake = fake().await;
@@ -423,14 +423,7 @@ async fn confirmed_tars_are_removed_with_delete_after_confirm_only(postgres: boo
             "{kept_file} stays"
         );
     }
-    assert!(
-        setup
-            .store
-            .tars_to_remove(COLLECTION)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(setup.tars_to_remove().await, 0);
     assert_eq!(setup.state().await.0, UploadState::Confirmed);
 }
 
@@ -458,14 +451,7 @@ async fn a_tar_never_confirmed_is_never_removed(postgres: bool) {
             file.state
         );
     }
-    assert!(
-        setup
-            .store
-            .tars_to_remove(COLLECTION)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(setup.tars_to_remove().await, 0);
 }
 
 /// What a kill -9 leaves between recording a tar as held on archive.org
@@ -486,10 +472,7 @@ async fn a_kill_between_recording_and_removing_leaves_a_consistent_state(postgre
     // Killed right after the removal: not marked removed yet.
     assert!(setup.store.record_tar_on_ia_only(second, 11).await.unwrap());
     std::fs::remove_file(setup.folder().join("2024-01-02.tar")).unwrap();
-    assert_eq!(
-        setup.store.tars_to_remove(COLLECTION).await.unwrap().len(),
-        2
-    );
+    assert_eq!(setup.tars_to_remove().await, 2);
 
     setup.reopen_confirmed(12).await;
     assert_eq!(run(&setup, &uploader).await, UploadEnd::Confirmed);
@@ -498,14 +481,7 @@ async fn a_kill_between_recording_and_removing_leaves_a_consistent_state(postgre
         ["2024-01-03.tar"],
         "only the recorded ones go"
     );
-    assert!(
-        setup
-            .store
-            .tars_to_remove(COLLECTION)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert_eq!(setup.tars_to_remove().await, 0);
     for name in all_tars() {
         assert_eq!(
             fake.put_attempts(COLLECTION, &name),
